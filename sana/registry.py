@@ -1,0 +1,131 @@
+"""The model registry: released SANA models as data (one JSON preset a model under `sana/presets/`).
+
+A preset gives everything known about a model without a download: hub repo id, family, native resolution,
+parameter counts, per-precision download sizes, the transformer config and the sampling defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from .errors import ModelNotFound
+
+FAMILIES = ("sana", "sana1.5", "sprint", "video", "wm")
+IMAGE_FAMILIES = ("sana", "sana1.5", "sprint")
+
+
+@dataclass(frozen=True)
+class WeightSet:
+    """One precision of a model's weights on the hub: the file variant suffix and bytes per component."""
+
+    precision: str  # "fp32" | "fp16" | "bf16"
+    variant: str | None  # hub file variant ("fp16" -> *.fp16.safetensors); None for the default files
+    bytes: dict[str, int]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A released model: what the registry knows about it."""
+
+    name: str
+    repo: str
+    family: str
+    description: str
+    resolution: int
+    pipeline: str
+    params: dict[str, int]
+    transformer: dict[str, Any]
+    weights: dict[str, WeightSet]
+    defaults: dict[str, Any]
+    aliases: tuple[str, ...] = ()
+    verified: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def transformer_params(self) -> int:
+        return self.params["transformer"]
+
+    @property
+    def is_image(self) -> bool:
+        return self.family in IMAGE_FAMILIES
+
+    def weight_set(self, precision: str | None = None) -> WeightSet:
+        """The weights to fetch for `precision` (default: the preset's recommended dtype, else the first)."""
+        if precision is None:
+            precision = self.defaults.get("dtype")
+        if precision in self.weights:
+            return self.weights[precision]
+        # fp16 compute from fp32 files, bf16 compute from fp16 files, ...: the smallest set that exists
+        return min(self.weights.values(), key=lambda w: w.total_bytes)
+
+
+def _spec_from_dict(data: dict[str, Any]) -> ModelSpec:
+    known = {"name", "repo", "family", "description", "resolution", "pipeline", "params", "transformer",
+             "weights", "defaults", "aliases", "verified"}
+    weights = {p: WeightSet(p, w.get("variant"), dict(w["bytes"])) for p, w in data["weights"].items()}
+    if data["family"] not in FAMILIES:
+        raise ValueError(f"preset {data['name']}: unknown family {data['family']!r}")
+    return ModelSpec(
+        name=data["name"], repo=data["repo"], family=data["family"], description=data["description"],
+        resolution=int(data["resolution"]), pipeline=data["pipeline"], params=dict(data["params"]),
+        transformer=dict(data["transformer"]), weights=weights, defaults=dict(data["defaults"]),
+        aliases=tuple(data.get("aliases", ())), verified=bool(data.get("verified", True)),
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+@lru_cache(maxsize=1)
+def all_specs() -> tuple[ModelSpec, ...]:
+    """Every preset, in a stable order (family, then size, then resolution)."""
+    specs = []
+    for entry in resources.files("sana.presets").iterdir():
+        if entry.name.endswith(".json"):
+            specs.append(_spec_from_dict(json.loads(entry.read_text(encoding="utf-8"))))
+    order = {f: i for i, f in enumerate(FAMILIES)}
+    return tuple(sorted(specs, key=lambda s: (order[s.family], s.transformer_params, s.resolution, s.name)))
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+@lru_cache(maxsize=1)
+def _index() -> dict[str, ModelSpec]:
+    index: dict[str, ModelSpec] = {}
+    for spec in all_specs():
+        keys = {spec.name, spec.repo, spec.repo.split("/")[-1], *spec.aliases}
+        for key in keys:
+            index[_normalise(key)] = spec
+    return index
+
+
+def find_spec(name: str) -> ModelSpec | None:
+    """The preset for a registry name, alias or hub repo id; None when the registry does not know it."""
+    return _index().get(_normalise(name))
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Like `find_spec`, but an unknown name is a user error with suggestions."""
+    spec = find_spec(name)
+    if spec is None:
+        import difflib
+
+        close = difflib.get_close_matches(_normalise(name), [s.name for s in all_specs()], n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `sana models list`"
+        raise ModelNotFound(f"unknown model '{name}'", hint)
+    return spec
+
+
+def find_spec_by_repo(repo_id: str) -> ModelSpec | None:
+    for spec in all_specs():
+        if spec.repo.lower() == repo_id.lower():
+            return spec
+    return None

@@ -1,0 +1,1 @@
+"""The `sana` command line: a thin layer over the `sana` engine."""

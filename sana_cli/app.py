@@ -1,0 +1,62 @@
+"""The `sana` Typer app: global options, subcommand registration and one place for error handling."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from sana import __version__
+from sana.errors import SanaError
+
+from . import console
+from .models import models_app
+
+app = typer.Typer(
+    name="sana",
+    help="Generate images with NVIDIA's SANA linear diffusion transformers.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_app, name="models")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sana {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail; full tracebacks on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and results."),
+) -> None:
+    console.settings.verbose = verbose
+    console.settings.quiet = quiet and not verbose
+
+
+def main() -> None:
+    """Console-script entry: runs the app and turns errors into one line and an exit code."""
+    # --verbose must be known here too: errors can be raised before the callback has run.
+    verbose = any(a in ("--verbose", "-v") for a in sys.argv[1:])
+    try:
+        app()  # standalone mode: usage errors print and exit 2 by themselves
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        sys.exit(130)
+    except SanaError as exc:
+        if verbose:
+            console.err.print_exception()
+        console.error(str(exc))
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # anything unexpected: one line unless --verbose
+        if verbose:
+            console.err.print_exception()
+        console.error(f"{type(exc).__name__}: {exc} (run with --verbose for the traceback)")
+        sys.exit(1)

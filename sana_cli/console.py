@@ -1,0 +1,38 @@
+"""Console output shared by every command: messages go to stderr, results to stdout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import Console
+
+
+@dataclass
+class Settings:
+    verbose: bool = False
+    quiet: bool = False
+
+
+settings = Settings()
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    """A one-line notice (suppressed by --quiet)."""
+    if not settings.quiet:
+        err.print(f"[yellow]note:[/yellow] {message}", highlight=False)
+
+
+def info(message: str) -> None:
+    if not settings.quiet:
+        err.print(message, highlight=False)
+
+
+def debug(message: str) -> None:
+    if settings.verbose:
+        err.print(f"[dim]{message}[/dim]", highlight=False)
+
+
+def error(message: str) -> None:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
