@@ -1,0 +1,76 @@
+"""Loading the components that are not our hot path: DC-AE (diffusers), scheduler config, model index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import SanaError
+
+COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SanaError(f"missing file {path}", "the model directory is incomplete; pull it again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SanaError(f"{path} is not valid JSON ({exc})") from None
+
+
+def model_index(model_dir: Path) -> dict:
+    path = model_dir / "model_index.json"
+    return read_json(path) if path.exists() else {}
+
+
+def family_from_index(index: dict) -> str | None:
+    """The model family a diffusers pipeline class implies."""
+    name = index.get("_class_name", "")
+    if "Sprint" in name:
+        return "sprint"
+    if "Video" in name:
+        return "video"
+    if "WM" in name:
+        return "wm"
+    if name.startswith("Sana"):
+        return "sana"
+    return None
+
+
+def require_component(model_dir: Path, name: str) -> Path:
+    path = model_dir / name
+    if not path.is_dir():
+        raise SanaError(f"{model_dir} has no {name}/ folder", f"a SANA pipeline needs {', '.join(COMPONENTS)}")
+    return path
+
+
+def component_variant(component_dir: Path, variant: str | None) -> str | None:
+    """`variant` when the folder has files of that variant (e.g. model.bf16.safetensors), else None."""
+    if not variant:
+        return None
+    for f in component_dir.iterdir():
+        parts = f.name.split(".")
+        if f.name.endswith((".safetensors", ".json")) and (variant in parts or any(p.startswith(variant + "-") for p in parts)):
+            if f.name != "config.json":
+                return variant
+    return None
+
+
+def scheduler_config(model_dir: Path) -> dict:
+    path = model_dir / "scheduler" / "scheduler_config.json"
+    return read_json(path) if path.exists() else {}
+
+
+def load_vae(model_dir: Path, *, dtype: torch.dtype, device: torch.device | str, variant: str | None = None):
+    """diffusers' AutoencoderDC from `vae/`."""
+    from diffusers import AutoencoderDC
+
+    vae_dir = require_component(model_dir, "vae")
+    try:
+        vae = AutoencoderDC.from_pretrained(vae_dir, torch_dtype=dtype, variant=component_variant(vae_dir, variant))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SanaError(f"cannot load the VAE from {vae_dir}: {str(exc).splitlines()[0]}") from None
+    return vae.to(device).eval()

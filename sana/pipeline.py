@@ -1,0 +1,217 @@
+"""The SANA image pipeline (SANA 1.0 / 1.5 / 2K / 4K, PAG, Sprint) on our own DiT.
+
+Steps of `generate`: encode prompts, draw noise, denoise (CFG / PAG as one batched forward), decode, resize
+to the request. Progress and timings leave through `Events`; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import sampling
+from .components import family_from_index, load_vae, model_index, require_component, scheduler_config
+from .errors import SanaError
+from .text import PromptEmbeddings, TextEncoder
+
+
+@dataclass
+class ImageRequest:
+    """One prompt, one or more seeds: everything that decides the pixels."""
+
+    prompt: str
+    seeds: list[int]
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    sampler: str
+    flow_shift: float
+    negative_prompt: str = ""
+    pag: float = 0.0
+    pag_layers: tuple[int, ...] = (8,)
+    max_timesteps: float = 1.5708  # Sprint (SCM) only
+    intermediate_timesteps: float | None = 1.3  # Sprint with 2 steps only
+
+
+@dataclass
+class Events:
+    """Callbacks from the engine to whoever drives it."""
+
+    on_phase: Callable[[str], None] | None = None  # "encode" | "denoise" | "decode"
+    on_step: Callable[[int, int], None] | None = None  # (step done, total)
+
+
+@dataclass
+class ImageResult:
+    images: list  # PIL images, one a seed
+    timings: dict[str, float] = field(default_factory=dict)
+    generated_size: tuple[int, int] = (0, 0)  # (width, height) the DiT ran at, before resizing to the request
+
+
+def _aspect_ratio_bins() -> dict[int, dict]:
+    from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN
+    from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import ASPECT_RATIO_2048_BIN
+    from diffusers.pipelines.sana.pipeline_sana import ASPECT_RATIO_4096_BIN
+
+    return {512: ASPECT_RATIO_512_BIN, 1024: ASPECT_RATIO_1024_BIN, 2048: ASPECT_RATIO_2048_BIN, 4096: ASPECT_RATIO_4096_BIN}
+
+
+def binned_size(width: int, height: int, native: int) -> tuple[int, int]:
+    """The trained aspect bin nearest to width/height for a model of `native` px; unchanged if it has no bins."""
+    bins = _aspect_ratio_bins().get(native)
+    if bins is None:
+        return width, height
+    ratio = height / width
+    closest = min(bins, key=lambda r: abs(float(r) - ratio))
+    h, w = bins[closest]
+    return int(w), int(h)
+
+
+class ImagePipeline:
+    """Text encoder + our DiT + DC-AE, for one model."""
+
+    def __init__(self, *, transformer, text_encoder: TextEncoder, vae, family: str, scheduler_config: dict,
+                 device: torch.device, dtype: torch.dtype):
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.family = family
+        self.scheduler_config = scheduler_config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.vae_scale_factor = 2 ** (len(vae.config.encoder_block_out_channels) - 1)
+        self.native_resolution = transformer.config.sample_size * self.vae_scale_factor
+
+    @classmethod
+    def from_pretrained(cls, model_dir: Path, *, dtype: torch.dtype, device: torch.device | str,
+                        family: str | None = None, variant: str | None = None,
+                        loras: list[tuple[Path, float]] = ()) -> "ImagePipeline":
+        from .loading import load_transformer
+
+        index = model_index(model_dir)
+        family = family or family_from_index(index) or "sana"
+        if family not in ("sana", "sana1.5", "sprint"):
+            raise SanaError(f"{model_dir} holds a {family} model", "`sana gen` and `sana sprint` take image models")
+        require_component(model_dir, "transformer")
+        transformer = load_transformer(model_dir, dtype=dtype, device=device, variant=variant, loras=list(loras))
+        text_encoder = TextEncoder.from_pretrained(model_dir, dtype=dtype, device=device, variant=variant)
+        vae = load_vae(model_dir, dtype=dtype, device=device, variant=variant)
+        return cls(transformer=transformer, text_encoder=text_encoder, vae=vae, family=family,
+                   scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype)
+
+    @property
+    def is_sprint(self) -> bool:
+        return self.family == "sprint" or bool(getattr(self.transformer.config, "guidance_embeds", False))
+
+    # -- steps --------------------------------------------------------------------------------------------
+
+    def encode(self, request: ImageRequest) -> tuple[PromptEmbeddings, int]:
+        """Text rows for one batched forward: [uncond] [cond] [cond for PAG], each `len(seeds)` rows."""
+        batch = len(request.seeds)
+        cond = self.text_encoder.encode([request.prompt])
+        parts = []
+        if not self.is_sprint and request.guidance > 1.0:
+            parts.append(self.text_encoder.encode([request.negative_prompt], with_instruction=False))
+        parts.append(cond)
+        if not self.is_sprint and request.pag > 0.0:
+            parts.append(cond)
+        rows = PromptEmbeddings.cat(parts)
+        # one encoding a distinct prompt, repeated over the seeds
+        return rows.index([i for i in range(len(rows)) for _ in range(batch)]), batch
+
+    def _flow_prediction(self, text: PromptEmbeddings, request: ImageRequest, batch: int):
+        copies = len(text) // batch
+        perturbed = batch if request.pag > 0.0 else 0
+        layers = tuple(request.pag_layers) if perturbed else ()
+
+        def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x = torch.cat([latents] * copies) if copies > 1 else latents
+            timestep = t.expand(x.shape[0]).to(self.device) * self.transformer.config.timestep_scale
+            out = self.transformer(x.to(self.device, self.dtype), text.embeds.to(self.dtype), timestep,
+                                   text_mask=text.mask, perturbed_rows=perturbed, perturbed_layers=layers).float()
+            return sampling.guided(out, batch=batch, guidance=request.guidance, pag=request.pag)
+
+        return predict
+
+    def _trigflow_prediction(self, text: PromptEmbeddings, request: ImageRequest, sigma_data: float):
+        cfg = self.transformer.config
+        guidance = torch.full((len(text),), request.guidance, device=self.device) * cfg.guidance_embeds_scale
+
+        def flow_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.transformer(x.to(self.dtype), text.embeds.to(self.dtype), t, text_mask=text.mask,
+                                    guidance=guidance.to(self.dtype))
+
+        def predict(latents: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+            theta = theta.to(self.device).expand(latents.shape[0])
+            return sampling.trigflow_velocity(flow_model, latents.to(self.device), theta, sigma_data)
+
+        return predict
+
+    @torch.no_grad()
+    def generate(self, request: ImageRequest, events: Events | None = None) -> ImageResult:
+        events = events or Events()
+        timings: dict[str, float] = {}
+
+        def phase(name: str) -> float:
+            if events.on_phase:
+                events.on_phase(name)
+            return time.perf_counter()
+
+        # 1. Size: generate at the nearest trained aspect bin, resize to the request afterwards.
+        gen_w, gen_h = binned_size(request.width, request.height, self.native_resolution)
+        latent_shape = (self.transformer.config.in_channels, gen_h // self.vae_scale_factor, gen_w // self.vae_scale_factor)
+
+        # 2. Encode the prompts.
+        start = phase("encode")
+        text, batch = self.encode(request)
+        timings["encode"] = self._elapsed(start)
+
+        # 3. Denoise.
+        start = phase("denoise")
+        generators = [sampling.cpu_generator(s) for s in request.seeds]
+        noise = torch.cat([torch.randn((1, *latent_shape), generator=g, dtype=torch.float32) for g in generators])
+        latents = noise.to(self.device)
+        if self.is_sprint:
+            scheduler = sampling.make_scheduler("scm", flow_shift=request.flow_shift, base_config=self.scheduler_config)
+            sampling.set_scm_timesteps(scheduler, request.steps, max_timesteps=request.max_timesteps,
+                                       intermediate_timesteps=request.intermediate_timesteps)
+            sigma_data = scheduler.config.sigma_data
+            predict = self._trigflow_prediction(text, request, sigma_data)
+            latents = sampling.denoise(predict, latents * sigma_data, scheduler, generators=generators,
+                                       on_step=events.on_step) / sigma_data
+        else:
+            scheduler = sampling.make_scheduler(request.sampler, flow_shift=request.flow_shift,
+                                                base_config=self.scheduler_config)
+            scheduler.set_timesteps(request.steps, device=self.device)
+            predict = self._flow_prediction(text, request, batch)
+            latents = sampling.denoise(predict, latents, scheduler, on_step=events.on_step)
+        timings["denoise"] = self._elapsed(start)
+
+        # 4. Decode, resize to the request, convert.
+        start = phase("decode")
+        images = [self.decode(latents[i : i + 1], request.width, request.height) for i in range(latents.shape[0])]
+        timings["decode"] = self._elapsed(start)
+        return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h))
+
+    def decode(self, latents: torch.Tensor, width: int, height: int):
+        """Latents [1, C, h, w] -> one PIL image of width x height."""
+        from diffusers.image_processor import PixArtImageProcessor
+
+        pixels = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        if not torch.isfinite(pixels).all():
+            hint = "fp16 overflow is the usual cause: try --dtype bf16 or fp32" if self.vae.dtype == torch.float16 \
+                else "the weights or the settings give non-finite values; try --dtype fp32"
+            raise SanaError("the decoded image has NaN or infinite values", hint)
+        if pixels.shape[-2:] != (height, width):
+            pixels = PixArtImageProcessor.resize_and_crop_tensor(pixels, width, height)
+        return PixArtImageProcessor(vae_scale_factor=self.vae_scale_factor).postprocess(pixels, output_type="pil")[0]
+
+    def _elapsed(self, start: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start

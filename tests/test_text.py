@@ -1,0 +1,52 @@
+"""Prompt encoding matches diffusers' SanaPipeline.encode_prompt exactly."""
+
+import inspect
+
+import pytest
+import torch
+
+from sana.text import COMPLEX_HUMAN_INSTRUCTION, TextEncoder
+from tests.tiny_pipeline import build_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-sana")
+    return build_pipeline(path, "sana"), path
+
+
+def test_instruction_is_diffusers_default():
+    from diffusers import SanaPipeline
+
+    default = inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default
+    assert tuple(default) == COMPLEX_HUMAN_INSTRUCTION
+
+
+@pytest.mark.parametrize("prompts", [["A Red Circle on the left  "], ["a cat", "An ASTRONAUT riding a horse, 日本"]],
+                         ids=["one", "two-mixed"])
+def test_matches_diffusers_encode_prompt(tiny, prompts):
+    pipe, path = tiny
+    ours = TextEncoder.from_pretrained(path, dtype=torch.float32)
+    ref_embeds, ref_mask, ref_neg, ref_neg_mask = pipe.encode_prompt(
+        prompts, do_classifier_free_guidance=True, negative_prompt="blurry, Low quality", device="cpu",
+        complex_human_instruction=list(COMPLEX_HUMAN_INSTRUCTION),
+    )
+    cond = ours.encode(prompts)
+    neg = ours.encode(["blurry, Low quality"] * len(prompts), with_instruction=False)
+    assert cond.embeds.shape == ref_embeds.shape == (len(prompts), 300, ref_embeds.shape[-1])
+    torch.testing.assert_close(cond.embeds, ref_embeds, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cond.mask, ref_mask)
+    torch.testing.assert_close(neg.embeds, ref_neg, rtol=0, atol=1e-6)
+    torch.testing.assert_close(neg.mask, ref_neg_mask)
+
+
+def test_repeated_prompts_are_encoded_once(tiny):
+    _, path = tiny
+    enc = TextEncoder.from_pretrained(path, dtype=torch.float32)
+    calls = []
+    original = enc.model.forward
+    enc.model.forward = lambda *a, **k: (calls.append(a[0].shape[0]), original(*a, **k))[1]
+    out = enc.encode(["same", "same", "other", "same"])
+    assert calls == [2]
+    torch.testing.assert_close(out.embeds[0], out.embeds[3])
+    assert not torch.equal(out.embeds[0], out.embeds[2])
