@@ -174,8 +174,7 @@ class ImagePipeline:
         # 3. Denoise.
         start = phase("denoise")
         generators = [sampling.cpu_generator(s) for s in request.seeds]
-        noise = torch.cat([torch.randn((1, *latent_shape), generator=g, dtype=torch.float32) for g in generators])
-        latents = noise.to(self.device)
+        latents = sampling.initial_noise(generators, latent_shape).to(self.device)
         if self.is_sprint:
             scheduler = sampling.make_scheduler("scm", flow_shift=request.flow_shift, base_config=self.scheduler_config)
             sampling.set_scm_timesteps(scheduler, request.steps, max_timesteps=request.max_timesteps,

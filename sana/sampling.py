@@ -53,10 +53,10 @@ def set_scm_timesteps(scheduler, steps: int, *, max_timesteps: float, intermedia
     scheduler.set_begin_index(0)
 
 
-def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
-    """Noise [B, C, h, w] in fp32, one CPU generator a seed: what diffusers draws for
-    `generator=torch.Generator("cpu").manual_seed(seed)`, on any device."""
-    return torch.cat([torch.randn((1, *shape), generator=cpu_generator(s), dtype=torch.float32) for s in seeds])
+def initial_noise(generators: list[torch.Generator], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Noise [B, C, h, w] in fp32, a row from each CPU generator: what diffusers draws for
+    `generator=torch.Generator("cpu").manual_seed(seed)`, whatever the device."""
+    return torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in generators])
 
 
 def cpu_generator(seed: int) -> torch.Generator:
