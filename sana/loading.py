@@ -1,0 +1,269 @@
+"""The one transformer loader: diffusers-format folders (single, sharded, variants), NVlabs `.pth` checkpoints and
+single-file safetensors, through one key mapping, onto a model built on the meta device.
+
+Key mapping, in one place: NVlabs names -> diffusers names (`ORIGINAL_TO_DIFFUSERS`), LoRAs merged there, then
+diffusers names -> engine names with q/k/v and k/v fused (`diffusers_to_engine`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import SanaError
+from .lora import merge_loras
+from .models.transformer import SanaTransformer, TransformerConfig
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+# Tensors some checkpoints carry that the model recomputes or never uses.
+IGNORED = re.compile(r"^(pos_embed|patch_embed\.pos_embed|y_embedder\.y_embedding|logvar_linear\..*)$")
+
+
+@dataclass
+class LoadReport:
+    files: list[str]
+    unexpected: list[str] = field(default_factory=list)
+    loras: list[str] = field(default_factory=list)
+
+
+# -- files ---------------------------------------------------------------------------------------------------
+
+def _variant_name(name: str, variant: str | None) -> str:
+    """diffusers' naming: a.safetensors -> a.fp16.safetensors; a.safetensors.index.json -> a.safetensors.index.fp16.json."""
+    if not variant:
+        return name
+    parts = name.split(".")
+    return ".".join(parts[:-1] + [variant, parts[-1]])
+
+
+def transformer_files(folder: Path, variant: str | None = None) -> list[Path]:
+    """The safetensors files of a diffusers transformer folder, preferring `variant` when present."""
+    for v in ([variant] if variant else []) + [None]:
+        index = folder / _variant_name(INDEX_NAME, v)
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+                raise SanaError(f"{index} is not a valid shard index ({exc})") from None
+            files = [folder / name for name in dict.fromkeys(weight_map.values())]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise SanaError(f"{folder} is missing shard(s) {', '.join(missing)}", "pull the model again")
+            return files
+        single = folder / _variant_name(WEIGHTS_NAME, v)
+        if single.is_file():
+            return [single]
+    others = sorted(p.name for p in folder.glob("*.safetensors"))
+    if len(others) == 1:
+        return [folder / others[0]]
+    raise SanaError(f"no transformer weights in {folder}", "expected diffusion_pytorch_model*.safetensors")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for truncated or corrupt files
+        raise SanaError(f"cannot read {path.name}: the file is corrupt or truncated ({exc})",
+                        "delete it and download it again") from None
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """An NVlabs `.pth` (a dict with `state_dict`, `model` or `module`, or a flat tensor dict), never unpickling code."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # weights_only refuses anything but plain containers of tensors
+        raise SanaError(f"{path.name} is not a plain state dict ({str(exc).splitlines()[0][:120]})",
+                        "only tensor checkpoints are loaded; convert it to safetensors") from None
+    if isinstance(data, dict):
+        for key in ("state_dict", "model", "module", "ema"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise SanaError(f"{path.name} is not a plain state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+# -- key mapping ---------------------------------------------------------------------------------------------
+
+ORIGINAL_TO_DIFFUSERS = [
+    (r"x_embedder\.proj\.", "patch_embed.proj."),
+    (r"y_embedder\.y_proj\.fc1\.", "caption_projection.linear_1."),
+    (r"y_embedder\.y_proj\.fc2\.", "caption_projection.linear_2."),
+    (r"t_embedder\.mlp\.0\.", "time_embed.emb.timestep_embedder.linear_1."),
+    (r"t_embedder\.mlp\.2\.", "time_embed.emb.timestep_embedder.linear_2."),
+    (r"cfg_embedder\.mlp\.0\.", "time_embed.guidance_embedder.linear_1."),
+    (r"cfg_embedder\.mlp\.2\.", "time_embed.guidance_embedder.linear_2."),
+    (r"t_block\.1\.", "time_embed.linear."),
+    (r"attention_y_norm\.", "caption_norm."),
+    (r"final_layer\.linear\.", "proj_out."),
+    (r"final_layer\.scale_shift_table", "scale_shift_table"),
+    (r"blocks\.(\d+)\.scale_shift_table", r"transformer_blocks.\1.scale_shift_table"),
+    (r"blocks\.(\d+)\.attn\.q_norm\.", r"transformer_blocks.\1.attn1.norm_q."),
+    (r"blocks\.(\d+)\.attn\.k_norm\.", r"transformer_blocks.\1.attn1.norm_k."),
+    (r"blocks\.(\d+)\.attn\.proj\.", r"transformer_blocks.\1.attn1.to_out.0."),
+    (r"blocks\.(\d+)\.cross_attn\.q_linear\.", r"transformer_blocks.\1.attn2.to_q."),
+    (r"blocks\.(\d+)\.cross_attn\.q_norm\.", r"transformer_blocks.\1.attn2.norm_q."),
+    (r"blocks\.(\d+)\.cross_attn\.k_norm\.", r"transformer_blocks.\1.attn2.norm_k."),
+    (r"blocks\.(\d+)\.cross_attn\.proj\.", r"transformer_blocks.\1.attn2.to_out.0."),
+    (r"blocks\.(\d+)\.mlp\.inverted_conv\.conv\.", r"transformer_blocks.\1.ff.conv_inverted."),
+    (r"blocks\.(\d+)\.mlp\.depth_conv\.conv\.", r"transformer_blocks.\1.ff.conv_depth."),
+    (r"blocks\.(\d+)\.mlp\.point_conv\.conv\.", r"transformer_blocks.\1.ff.conv_point."),
+]
+_ORIGINAL_SPLITS = [  # fused original tensors that diffusers stores split
+    (re.compile(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)"), "transformer_blocks.{0}.attn1", ("to_q", "to_k", "to_v")),
+    (re.compile(r"blocks\.(\d+)\.cross_attn\.kv_linear\.(weight|bias)"), "transformer_blocks.{0}.attn2", ("to_k", "to_v")),
+]
+
+
+def is_original_layout(state: dict) -> bool:
+    return any(k.startswith(("blocks.", "x_embedder.", "final_layer.")) for k in state)
+
+
+def original_to_diffusers(state: dict[str, torch.Tensor], guidance_embeds: bool) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, tensor in state.items():
+        for pattern, base, names in _ORIGINAL_SPLITS:
+            match = pattern.fullmatch(key)
+            if match:
+                for name, part in zip(names, tensor.chunk(len(names), dim=0)):
+                    out[f"{base.format(match.group(1))}.{name}.{match.group(2)}"] = part
+                break
+        else:
+            new = key
+            for pattern, replacement in ORIGINAL_TO_DIFFUSERS:
+                new, count = re.subn(rf"^{pattern}", replacement, key)
+                if count:
+                    break
+            if guidance_embeds:  # Sprint's diffusers layout has no `.emb` level
+                new = new.replace("time_embed.emb.timestep_embedder.", "time_embed.timestep_embedder.")
+            out[new] = tensor
+    return out
+
+
+_RENAMES = [
+    (r"patch_embed\.proj\.", "patch_embed."),
+    (r"time_embed\.emb\.timestep_embedder\.", "time_embed.timestep_embedder."),
+    (r"transformer_blocks\.(\d+)\.attn1\.to_out\.0\.", r"blocks.\1.attn.out."),
+    (r"transformer_blocks\.(\d+)\.attn1\.norm_([qk])\.", r"blocks.\1.attn.norm_\2."),
+    (r"transformer_blocks\.(\d+)\.attn2\.to_q\.", r"blocks.\1.cross_attn.q."),
+    (r"transformer_blocks\.(\d+)\.attn2\.to_out\.0\.", r"blocks.\1.cross_attn.out."),
+    (r"transformer_blocks\.(\d+)\.attn2\.norm_([qk])\.", r"blocks.\1.cross_attn.norm_\2."),
+    (r"transformer_blocks\.(\d+)\.ff\.conv_inverted\.", r"blocks.\1.ff.inverted."),
+    (r"transformer_blocks\.(\d+)\.ff\.conv_depth\.", r"blocks.\1.ff.depthwise."),
+    (r"transformer_blocks\.(\d+)\.ff\.conv_point\.", r"blocks.\1.ff.point."),
+    (r"transformer_blocks\.(\d+)\.", r"blocks.\1."),
+]
+_FUSED = [  # (diffusers parts, engine name)
+    (re.compile(r"transformer_blocks\.(\d+)\.attn1\.to_([qkv])\.(weight|bias)"), ("q", "k", "v"), "blocks.{0}.attn.qkv.{1}"),
+    (re.compile(r"transformer_blocks\.(\d+)\.attn2\.to_([kv])\.(weight|bias)"), ("k", "v"), "blocks.{0}.cross_attn.kv.{1}"),
+]
+
+
+def diffusers_to_engine(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename to engine names, fuse q/k/v and k/v, and flatten the 1x1 convs into linear weights."""
+    out: dict[str, torch.Tensor] = {}
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        for pattern, order, target in _FUSED:
+            match = pattern.fullmatch(key)
+            if match:
+                groups.setdefault(target.format(match.group(1), match.group(3)), {})[match.group(2)] = tensor
+                break
+        else:
+            new = key
+            for pattern, replacement in _RENAMES:
+                new, count = re.subn(rf"^{pattern}", replacement, key)
+                if count:
+                    break
+            if re.search(r"\.ff\.(inverted|point)\.weight$", new) and tensor.ndim == 4:
+                tensor = tensor.flatten(1)  # 1x1 conv [O, I, 1, 1] -> linear [O, I]
+            out[new] = tensor
+    for target, parts in groups.items():
+        order = ("q", "k", "v") if ".attn.qkv." in target else ("k", "v")
+        missing = [p for p in order if p not in parts]
+        if missing:
+            raise SanaError(f"checkpoint has {target.split('.')[-2]} without its {'/'.join(missing)} part ({target})")
+        out[target] = torch.cat([parts[p] for p in order], dim=0)
+    return out
+
+
+# -- loading -------------------------------------------------------------------------------------------------
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SanaError(f"{folder} has no config.json", "not a diffusers-format transformer folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SanaError(f"{path} is not valid JSON ({exc})") from None
+
+
+def _locate(path: Path, config: dict | None, variant: str | None) -> tuple[dict, list[Path]]:
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise SanaError(f"{path} has no transformer/ folder with a config.json", "not a SANA model directory")
+        return config or _read_config(folder), transformer_files(folder, variant)
+    if not path.is_file():
+        raise SanaError(f"no such file or directory: {path}")
+    if config is None:
+        raise SanaError(f"{path.name} holds weights only", "give the model's config (a registry name or a folder)")
+    return config, [path]
+
+
+def load_transformer(path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                     config: dict | None = None, variant: str | None = None,
+                     loras: list[tuple[Path, float]] = ()) -> SanaTransformer:
+    """Load our DiT from a model folder, a transformer folder, or a single `.safetensors` / `.pth` file.
+
+    `config` (a `config.json` dict) is needed for single files; `variant` ("fp16", "bf16") picks variant files
+    when they exist; `loras` are (file, scale) pairs merged into the weights. The model's `load_report` lists the
+    files read and any unexpected tensors.
+    """
+    config, files = _locate(Path(path), config, variant)
+    try:
+        cfg = TransformerConfig.from_dict(config)
+    except (TypeError, ValueError) as exc:
+        raise SanaError(f"unsupported transformer config: {exc}") from None
+
+    # 1. Read every tensor, whatever the layout.
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(read_checkpoint(file) if file.suffix in (".pth", ".pt", ".ckpt", ".bin") else read_safetensors(file))
+    state = {k: v for k, v in state.items() if not IGNORED.match(k)}
+
+    # 2. One mapping: original -> diffusers (LoRAs merge here) -> engine.
+    if is_original_layout(state):
+        state = original_to_diffusers(state, cfg.guidance_embeds)
+    merge_loras(state, list(loras))
+    state = diffusers_to_engine(state)
+
+    # 3. Build on the meta device, check shapes, assign.
+    with torch.device("meta"):
+        model = SanaTransformer(cfg)
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key in expected and expected[key].shape != tensor.shape:
+            raise SanaError(f"weight '{key}' has shape {tuple(tensor.shape)}, the config expects {tuple(expected[key].shape)}",
+                            "the weights do not belong to this config")
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise SanaError(f"the checkpoint lacks {len(missing)} weight(s): {shown}", "it is incomplete or for another model")
+    unexpected = sorted(set(state) - set(expected))
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True, assign=True)
+    model = model.to(device=device, dtype=dtype).eval()
+    model.load_report = LoadReport(files=[f.name for f in files], unexpected=unexpected,
+                                   loras=[str(p) for p, _ in loras])
+    return model

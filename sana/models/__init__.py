@@ -1,0 +1,3 @@
+from .transformer import SanaTransformer, TransformerConfig
+
+__all__ = ["SanaTransformer", "TransformerConfig"]

@@ -1,0 +1,308 @@
+"""The SANA image DiT (SANA 1.0 / 1.5 / 2K / 4K / Sprint) as plain modules, configured from `config.json`.
+
+Weights are stored the engine's way: q/k/v of self-attention fused into `qkv`, k/v of cross-attention into
+`kv`, the Mix-FFN 1x1 convs as linears on token-major activations. `sana.loading` maps diffusers and NVlabs
+checkpoints onto these names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The hyperparameters of `SanaTransformer2DModel` (diffusers' names and defaults)."""
+
+    in_channels: int = 32
+    out_channels: int | None = 32
+    num_attention_heads: int = 70
+    attention_head_dim: int = 32
+    num_layers: int = 20
+    num_cross_attention_heads: int | None = 20
+    cross_attention_head_dim: int | None = 112
+    cross_attention_dim: int | None = 2240
+    caption_channels: int = 2304
+    mlp_ratio: float = 2.5
+    dropout: float = 0.0
+    attention_bias: bool = False
+    sample_size: int = 32
+    patch_size: int = 1
+    norm_elementwise_affine: bool = False
+    norm_eps: float = 1e-6
+    interpolation_scale: float | None = None
+    guidance_embeds: bool = False
+    guidance_embeds_scale: float = 0.1
+    qk_norm: str | None = None
+    timestep_scale: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TransformerConfig":
+        """Known keys only (config.json also carries `_class_name`, `_diffusers_version`, ...)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        config = cls(**{k: v for k, v in data.items() if k in names})
+        if config.qk_norm not in (None, "rms_norm_across_heads"):
+            raise ValueError(f"unsupported qk_norm {config.qk_norm!r}")
+        return config
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def output_channels(self) -> int:
+        return self.out_channels or self.in_channels
+
+    @property
+    def ffn_hidden(self) -> int:
+        return int(self.mlp_ratio * self.inner_dim)
+
+
+# -- embeddings ----------------------------------------------------------------------------------------------
+
+def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding [B] -> [B, dim] in fp32, cos first (diffusers Timesteps, flip_sin_to_cos=True)."""
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    args = t[:, None].float() * torch.exp(exponent)[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+@lru_cache(maxsize=8)
+def _sincos_position_embedding(dim: int, height: int, width: int, base_size: int, interpolation_scale: float):
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    return get_2d_sincos_pos_embed(dim, (height, width), base_size=base_size, interpolation_scale=interpolation_scale,
+                                   output_type="pt").float().unsqueeze(0)  # [1, N, D]
+
+
+class MLPEmbedder(nn.Module):
+    """Linear-SiLU-Linear (diffusers TimestepEmbedding)."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class TimeEmbedding(nn.Module):
+    """adaLN-single: the shared timestep MLP (plus Sprint's guidance MLP) giving the 6 x D block modulation."""
+
+    def __init__(self, dim: int, with_guidance: bool):
+        super().__init__()
+        self.timestep_embedder = MLPEmbedder(256, dim)
+        self.guidance_embedder = MLPEmbedder(256, dim) if with_guidance else None
+        self.linear = nn.Linear(dim, 6 * dim)
+
+    def forward(self, t: torch.Tensor, guidance: torch.Tensor | None, dtype: torch.dtype):
+        emb = self.timestep_embedder(timestep_embedding(t).to(dtype))  # [B, D]
+        if self.guidance_embedder is not None:
+            if guidance is None:
+                raise ValueError("this model has a guidance embedding: pass guidance")
+            emb = emb + self.guidance_embedder(timestep_embedding(guidance).to(dtype))
+        return self.linear(F.silu(emb)), emb  # [B, 6D], [B, D]
+
+
+class CaptionProjection(nn.Module):
+    """Linear-GELU(tanh)-Linear from the text encoder width to D."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.gelu(self.linear_1(x), approximate="tanh"))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
+
+# -- attention ----------------------------------------------------------------------------------------------
+
+class LinearSelfAttention(nn.Module):
+    """ReLU linear self-attention with fused q/k/v and optional RMSNorm of q and k across heads."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.heads = cfg.num_attention_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=cfg.attention_bias)
+        self.norm_q = RMSNorm(dim, 1e-5) if cfg.qk_norm else None
+        self.norm_k = RMSNorm(dim, 1e-5) if cfg.qk_norm else None
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, perturbed_rows: int = 0) -> torch.Tensor:
+        """x [B, N, D] -> [B, N, D]. The last `perturbed_rows` rows get identity attention (PAG): out(v)."""
+        keep = x.shape[0] - perturbed_rows
+        q, k, v = self.qkv(x[:keep]).chunk(3, dim=-1)  # [b, N, D] each, views of one projection
+        if self.norm_q is not None:
+            q, k = self.norm_q(q), self.norm_k(k)
+        attended = ops.linear_attention(q, k, v, self.heads)
+        if perturbed_rows:
+            dim = x.shape[-1]
+            v_weight = self.qkv.weight[2 * dim :]
+            v_bias = self.qkv.bias[2 * dim :] if self.qkv.bias is not None else None
+            attended = torch.cat([attended, F.linear(x[keep:], v_weight, v_bias)])
+        out = self.out(attended)
+        if out.dtype == torch.float16:
+            out = out.clip(-ops.FP16_MAX, ops.FP16_MAX)
+        return out
+
+
+class CrossAttention(nn.Module):
+    """Softmax attention from image tokens to text tokens, with padding masked by a -10000 bias."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        inner = cfg.num_cross_attention_heads * cfg.cross_attention_head_dim
+        self.heads = cfg.num_cross_attention_heads
+        self.q = nn.Linear(cfg.inner_dim, inner)
+        self.kv = nn.Linear(cfg.cross_attention_dim, 2 * inner)
+        self.norm_q = RMSNorm(inner, 1e-5) if cfg.qk_norm else None
+        self.norm_k = RMSNorm(inner, 1e-5) if cfg.qk_norm else None
+        self.out = nn.Linear(inner, cfg.inner_dim)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None) -> torch.Tensor:
+        """x [B, N, D], text [B, L, D], text_bias [B, 1, 1, L] -> [B, N, D]."""
+        b = x.shape[0]
+        q = self.q(x)
+        k, v = self.kv(text).chunk(2, dim=-1)
+        if self.norm_q is not None:
+            q, k = self.norm_q(q), self.norm_k(k)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B, h, *, d]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_bias)
+        return self.out(out.transpose(1, 2).reshape(b, -1, q.shape[1] * q.shape[-1]).to(q.dtype))
+
+
+# -- feed-forward -------------------------------------------------------------------------------------------
+
+class MixFFN(nn.Module):
+    """GLUMBConv on token-major activations: 1x1 (as linear) -> SiLU -> depthwise 3x3 -> GLU -> 1x1 (as linear)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        dim, hidden = cfg.inner_dim, cfg.ffn_hidden
+        self.inverted = nn.Linear(dim, 2 * hidden)
+        self.depthwise = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
+        self.point = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        h = self.inverted(x)  # [B, N, 2Hd]
+        h = ops.mixffn_middle(h, height, width, self.depthwise.weight, self.depthwise.bias)  # [B, N, Hd]
+        return self.point(h)
+
+
+# -- blocks and model ---------------------------------------------------------------------------------------
+
+class SanaBlock(nn.Module):
+    """adaLN-single modulated linear self-attention, cross-attention to the text, and Mix-FFN."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=cfg.norm_eps)
+        self.attn = LinearSelfAttention(cfg)
+        self.cross_attn = CrossAttention(cfg)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=cfg.norm_elementwise_affine, eps=cfg.norm_eps)
+        self.ff = MixFFN(cfg)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+
+    def forward(self, x, text, text_bias, t_mod, height: int, width: int, perturbed_rows: int = 0):
+        """x [B, N, D]; t_mod [B, 6D] from the shared timestep MLP."""
+        b = x.shape[0]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.scale_shift_table[None] + t_mod.reshape(b, 6, -1)
+        ).chunk(6, dim=1)  # each [B, 1, D]
+        h = ops.modulate(self.norm1(x), shift_msa, scale_msa).to(x.dtype)
+        x = x + gate_msa * self.attn(h, perturbed_rows)
+        x = x + self.cross_attn(x, text, text_bias)
+        h = ops.modulate(self.norm2(x), shift_mlp, scale_mlp)
+        return x + gate_mlp * self.ff(h, height, width)
+
+
+class SanaTransformer(nn.Module):
+    """The SANA linear DiT: latent [B, C, H, W] + text [B, L, C_text] + timestep -> velocity [B, C, H, W]."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        dim, p = config.inner_dim, config.patch_size
+        self.patch_embed = nn.Conv2d(config.in_channels, dim, kernel_size=p, stride=p)
+        self.time_embed = TimeEmbedding(dim, with_guidance=config.guidance_embeds)
+        self.caption_projection = CaptionProjection(config.caption_channels, dim)
+        self.caption_norm = RMSNorm(dim, 1e-5)
+        self.blocks = nn.ModuleList([SanaBlock(config) for _ in range(config.num_layers)])
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.proj_out = nn.Linear(dim, p * p * config.output_channels)
+        self.gradient_checkpointing = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    def position_embedding(self, height: int, width: int, device) -> torch.Tensor | None:
+        """Fixed 2D sin-cos embedding [1, N, D] (2K/4K models), recomputed per grid like diffusers."""
+        cfg = self.config
+        if cfg.interpolation_scale is None:
+            return None
+        base = cfg.sample_size // cfg.patch_size
+        return _sincos_position_embedding(cfg.inner_dim, height, width, base, float(cfg.interpolation_scale)).to(device)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, text_mask: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None, perturbed_rows: int = 0,
+                perturbed_layers: tuple[int, ...] = ()) -> torch.Tensor:
+        """x [B, C, H, W], text [B, L, C_text], timestep [B], text_mask [B, L] (1 keep, 0 pad), guidance [B].
+
+        PAG: the last `perturbed_rows` rows use identity self-attention in the blocks `perturbed_layers`.
+        """
+        cfg = self.config
+        b, _, height, width = x.shape
+        p = cfg.patch_size
+        h, w = height // p, width // p
+
+        # 1. Inputs: patches, timestep modulation, projected and normalised text.
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, D]
+        pos = self.position_embedding(h, w, x.device)
+        if pos is not None:
+            tokens = (tokens + pos).to(tokens.dtype)
+        t_mod, t_emb = self.time_embed(timestep, guidance, tokens.dtype)  # [B, 6D], [B, D]
+        text = self.caption_norm(self.caption_projection(text))  # [B, L, D]
+        text_bias = None
+        if text_mask is not None:
+            text_bias = ((1 - text_mask.to(tokens.dtype)) * -10000.0)[:, None, None, :]  # [B, 1, 1, L]
+
+        # 2. Blocks.
+        for index, block in enumerate(self.blocks):
+            rows = perturbed_rows if index in perturbed_layers else 0
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, text, text_bias, t_mod, h, w, rows,
+                                                           use_reentrant=False)
+            else:
+                tokens = block(tokens, text, text_bias, t_mod, h, w, rows)
+
+        # 3. Output: modulated norm, projection, unpatchify.
+        shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)
+        tokens = self.proj_out(ops.modulate(self.norm_out(tokens), shift, scale))  # [B, N, p*p*C]
+        out = tokens.reshape(b, h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4)
+        return out.reshape(b, -1, h * p, w * p)
