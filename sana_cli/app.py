@@ -11,6 +11,7 @@ from sana import __version__
 from sana.errors import SanaError
 
 from . import console
+from .info import info_command
 from .models import models_app
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_app, name="models")
+app.command("info")(info_command)
 
 
 def _print_version(value: bool) -> None:
