@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import SanaError
+
 # The instruction prefix the SANA models were trained with (NVlabs' app configs; diffusers' default).
 COMPLEX_HUMAN_INSTRUCTION = (
     "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual descriptions suitable for image generation. Evaluate the level of detail in the user prompt:",
@@ -64,13 +66,17 @@ class TextEncoder:
                         variant: str | None = None) -> "TextEncoder":
         from transformers import AutoModel, AutoTokenizer
 
-        from .components import component_variant
+        from .components import component_variant, require_component
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer", trust_remote_code=False)
-        te_dir = model_dir / "text_encoder"
-        model = AutoModel.from_pretrained(
-            te_dir, dtype=dtype, variant=component_variant(te_dir, variant), trust_remote_code=False
-        )
+        tokenizer_dir = require_component(model_dir, "tokenizer")
+        te_dir = require_component(model_dir, "text_encoder")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+            model = AutoModel.from_pretrained(
+                te_dir, dtype=dtype, variant=component_variant(te_dir, variant), trust_remote_code=False
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SanaError(f"cannot load the text encoder from {model_dir}: {str(exc).splitlines()[0]}") from None
         return cls(tokenizer, model.to(device).eval())
 
     @property
