@@ -78,18 +78,29 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """An NVlabs `.pth` (a dict with `state_dict`, `model` or `module`, or a flat tensor dict), never unpickling code."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            data = torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format cannot mmap
     except Exception as exc:  # weights_only refuses anything but plain containers of tensors
-        raise SanaError(f"{path.name} is not a plain state dict ({str(exc).splitlines()[0][:120]})",
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise SanaError(f"{path.name} is not a plain state dict ({reason})",
                         "only tensor checkpoints are loaded; convert it to safetensors") from None
     if isinstance(data, dict):
         for key in ("state_dict", "model", "module", "ema"):
             if isinstance(data.get(key), dict):
                 data = data[key]
                 break
-    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise SanaError(f"{path.name} is not a plain state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in data.items()}
+    if not isinstance(data, dict) or not data:
+        raise SanaError(f"{path.name} is not a plain state dict (it holds {type(data).__name__})",
+                        "expected a dict of tensors, or one under 'state_dict'")
+    odd = next((k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise SanaError(f"{path.name} is not a plain state dict (entry {odd!r} is not a tensor)",
+                        "expected a dict of tensors, or one under 'state_dict'")
+    return data
 
 
 # -- key mapping ---------------------------------------------------------------------------------------------
@@ -124,8 +135,26 @@ _ORIGINAL_SPLITS = [  # fused original tensors that diffusers stores split
 ]
 
 
+# Wrappers that training code and single-file exports put in front of every key.
+_KEY_PREFIXES = ("module.", "model.diffusion_model.", "_orig_mod.")
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, tensor in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _KEY_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = tensor
+    return out
+
+
 def is_original_layout(state: dict) -> bool:
-    return any(k.startswith(("blocks.", "x_embedder.", "final_layer.")) for k in state)
+    """NVlabs names (`blocks.N.attn.qkv`, `x_embedder`, `final_layer`) rather than diffusers ones."""
+    return any(k.startswith(("blocks.", "x_embedder.", "final_layer.", "t_block.")) for k in state)
 
 
 def original_to_diffusers(state: dict[str, torch.Tensor], guidance_embeds: bool) -> dict[str, torch.Tensor]:
@@ -168,15 +197,22 @@ _FUSED = [  # (diffusers parts, engine name)
 ]
 
 
-def diffusers_to_engine(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename to engine names, fuse q/k/v and k/v, and flatten the 1x1 convs into linear weights."""
+def diffusers_to_engine(state: dict[str, torch.Tensor],
+                        sources: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """Rename to engine names, fuse q/k/v and k/v, and flatten the 1x1 convs into linear weights.
+
+    `sources`, when given, is filled with engine name -> the checkpoint name(s) it came from (for messages).
+    """
+    sources = {} if sources is None else sources
     out: dict[str, torch.Tensor] = {}
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         for pattern, order, target in _FUSED:
             match = pattern.fullmatch(key)
             if match:
-                groups.setdefault(target.format(match.group(1), match.group(3)), {})[match.group(2)] = tensor
+                fused = target.format(match.group(1), match.group(3))
+                groups.setdefault(fused, {})[match.group(2)] = tensor
+                sources[fused] = key.replace(f"to_{match.group(2)}.", "to_" + "/".join(order) + ".")
                 break
         else:
             new = key
@@ -187,11 +223,17 @@ def diffusers_to_engine(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             if re.search(r"\.ff\.(inverted|point)\.weight$", new) and tensor.ndim == 4:
                 tensor = tensor.flatten(1)  # 1x1 conv [O, I, 1, 1] -> linear [O, I]
             out[new] = tensor
+            sources[new] = key
     for target, parts in groups.items():
         order = ("q", "k", "v") if ".attn.qkv." in target else ("k", "v")
         missing = [p for p in order if p not in parts]
         if missing:
-            raise SanaError(f"checkpoint has {target.split('.')[-2]} without its {'/'.join(missing)} part ({target})")
+            names = ", ".join(sources[target].replace("to_" + "/".join(order), f"to_{p}") for p in missing)
+            raise SanaError(f"the checkpoint lacks {names}", "it is incomplete or for another model")
+        widths = {tuple(parts[p].shape[1:]) for p in order}
+        if len(widths) > 1:
+            raise SanaError(f"{sources[target]} have shapes {', '.join(str(tuple(parts[p].shape)) for p in order)}",
+                            "the parts of one projection must agree; the checkpoint is damaged")
         out[target] = torch.cat([parts[p] for p in order], dim=0)
     return out
 
@@ -227,9 +269,10 @@ def load_transformer(path: Path, *, dtype: torch.dtype = torch.float32, device: 
                      loras: list[tuple[Path, float]] = ()) -> SanaTransformer:
     """Load our DiT from a model folder, a transformer folder, or a single `.safetensors` / `.pth` file.
 
-    `config` (a `config.json` dict) is needed for single files; `variant` ("fp16", "bf16") picks variant files
-    when they exist; `loras` are (file, scale) pairs merged into the weights. The model's `load_report` lists the
-    files read and any unexpected tensors.
+    `config` (a `config.json` dict) is needed for single files and overrides a folder's own; `variant`
+    ("fp16", "bf16") picks variant files when they exist; `loras` are (file, scale) pairs merged into the
+    weights. The model's `load_report` lists the files read, any unexpected tensors and the LoRAs merged.
+    Missing weights, wrong shapes and unreadable files raise `SanaError`.
     """
     config, files = _locate(Path(path), config, variant)
     try:
@@ -241,29 +284,35 @@ def load_transformer(path: Path, *, dtype: torch.dtype = torch.float32, device: 
     state: dict[str, torch.Tensor] = {}
     for file in files:
         state.update(read_checkpoint(file) if file.suffix in (".pth", ".pt", ".ckpt", ".bin") else read_safetensors(file))
-    state = {k: v for k, v in state.items() if not IGNORED.match(k)}
+    state = {k: v for k, v in strip_prefixes(state).items() if not IGNORED.match(k)}
 
-    # 2. One mapping: original -> diffusers (LoRAs merge here) -> engine.
+    # 2. One mapping: original -> diffusers names (LoRAs merge there, on the unfused weights) -> engine names.
     if is_original_layout(state):
         state = original_to_diffusers(state, cfg.guidance_embeds)
     merge_loras(state, list(loras))
-    state = diffusers_to_engine(state)
+    for key in list(state):  # cast one tensor at a time, so a full-precision copy of the model never coexists
+        state[key] = state[key].to(dtype)
+    sources: dict[str, str] = {}
+    state = diffusers_to_engine(state, sources)
 
-    # 3. Build on the meta device, check shapes, assign.
+    # 3. Build on the meta device, check shapes, assign the loaded tensors as the parameters.
     with torch.device("meta"):
         model = SanaTransformer(cfg)
     expected = model.state_dict()
     for key, tensor in state.items():
         if key in expected and expected[key].shape != tensor.shape:
-            raise SanaError(f"weight '{key}' has shape {tuple(tensor.shape)}, the config expects {tuple(expected[key].shape)}",
+            name = sources.get(key, key)
+            raise SanaError(f"weight '{name}' has shape {tuple(tensor.shape)}, the config expects "
+                            f"{tuple(expected[key].shape)}" + (f" (as '{key}')" if name != key else ""),
                             "the weights do not belong to this config")
     missing = sorted(set(expected) - set(state))
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise SanaError(f"the checkpoint lacks {len(missing)} weight(s): {shown}", "it is incomplete or for another model")
+        raise SanaError(f"the checkpoint lacks {len(missing)} weight(s): {shown}",
+                        "it is incomplete or for another model")
     unexpected = sorted(set(state) - set(expected))
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True, assign=True)
-    model = model.to(device=device, dtype=dtype).eval()
+    model.load_state_dict({k: v.contiguous() for k, v in state.items() if k in expected}, strict=True, assign=True)
+    model = model.to(device=device).eval()
     model.load_report = LoadReport(files=[f.name for f in files], unexpected=unexpected,
                                    loras=[str(p) for p, _ in loras])
     return model

@@ -1,13 +1,17 @@
 """LoRA files in the diffusers SANA format, merged into the transformer weights at load.
 
 `SanaPipeline.save_lora_weights` writes `transformer.<module>.lora_A.weight` / `lora_B.weight` pairs and, in the
-safetensors metadata, the adapter config (`transformer.r`, `transformer.lora_alpha`, `...alpha_pattern`).
-Merging: W += scale * (alpha / r) * B @ A, done on the diffusers-named state dict before q/k/v are fused.
+safetensors metadata under `lora_adapter_metadata`, the peft adapter config (`transformer.r`,
+`transformer.lora_alpha`, `...alpha_pattern`, `...rank_pattern`, `...use_rslora`). Without that metadata
+diffusers takes alpha = r, and so does this module. Merging: W += scale * (alpha / r) * B @ A (alpha / sqrt(r)
+with rsLoRA), done on the diffusers-named state dict before q/k/v are fused, so a LoRA on `to_k` lands in the
+k slice of the fused `qkv`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -15,17 +19,23 @@ import torch
 
 from .errors import SanaError
 
+# Prefixes diffusers (`transformer.`), peft (`base_model.model.`) and some trainers put before module names.
 _PREFIXES = ("transformer.", "base_model.model.", "diffusion_model.")
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
 def _module_name(key: str) -> str:
-    for prefix in _PREFIXES:
-        if key.startswith(prefix):
-            key = key[len(prefix):]
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
     return key
 
 
 def _adapter_config(metadata: dict[str, str] | None) -> dict:
+    """The peft LoraConfig diffusers packs into the metadata, with its `transformer.` prefix removed."""
     raw = (metadata or {}).get("lora_adapter_metadata")
     if not raw:
         return {}
@@ -36,68 +46,103 @@ def _adapter_config(metadata: dict[str, str] | None) -> dict:
     return {k.split(".", 1)[1] if k.startswith("transformer.") else k: v for k, v in packed.items()}
 
 
-def _pattern_value(patterns: dict, module: str, default):
+def _pattern_value(patterns: dict | None, module: str, default):
     """peft's rank/alpha patterns: a key matches a module name or a dotted suffix of it (as a regex)."""
     for pattern, value in (patterns or {}).items():
-        if re.fullmatch(rf"(.*\.)?{pattern}", module):
+        if re.fullmatch(rf"(.*\.)?(?:{pattern})", module):
             return value
     return default
 
 
-def read_lora(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, float]], dict]:
-    """module name (diffusers naming) -> (A [r, in], B [out, r], alpha / r)."""
-    from safetensors import safe_open
-
+def lora_file(path: Path) -> Path:
+    """A LoRA file, or the `pytorch_lora_weights.safetensors` inside a folder that `save_lora_weights` wrote."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / LORA_WEIGHTS_NAME] + sorted(path.glob("*.safetensors"))
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise SanaError(f"no LoRA weights in {path}", f"expected {LORA_WEIGHTS_NAME}")
+        return found
+    if not path.is_file():
+        raise SanaError(f"LoRA file not found: {path}")
     if path.suffix != ".safetensors":
         raise SanaError(f"{path.name}: LoRA files must be .safetensors", "diffusers' save_lora_weights writes them")
+    return path
+
+
+def read_lora(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, float]], dict]:
+    """module name (diffusers naming) -> (A [r, in(, k, k)], B [out, r(, 1, 1)], alpha / r); and the adapter config."""
+    from safetensors import safe_open
+
+    path = lora_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises several types for damaged files
-        raise SanaError(f"cannot read LoRA file {path.name}: {exc}") from None
+        raise SanaError(f"cannot read LoRA file {path.name}: the file is corrupt or truncated ({exc})",
+                        "download or export it again") from None
     config = _adapter_config(metadata)
-    if config.get("use_dora"):
-        raise SanaError(f"{path.name} is a DoRA adapter", "only plain LoRA can be merged")
+    if config.get("use_dora") or any("dora_scale" in k or "lora_magnitude_vector" in k for k in tensors):
+        raise SanaError(f"{path.name} is a DoRA adapter", "only plain LoRA adapters can be merged")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
-        match = re.fullmatch(r"(.+)\.(lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight", key)
+        match = re.fullmatch(r"(.+)\.(lora_A|lora_B|lora_down|lora_up)(?:\.[\w-]+)?\.weight", key)
         if match:
             kind = "A" if match.group(2) in ("lora_A", "lora_down") else "B"
             pairs.setdefault(_module_name(match.group(1)), {})[kind] = tensor
         elif key.endswith(".alpha"):
             pairs.setdefault(_module_name(key[: -len(".alpha")]), {})["alpha"] = tensor
         else:
-            raise SanaError(f"{path.name}: unexpected tensor '{key}'", "not a diffusers-format LoRA file")
+            raise SanaError(f"{path.name}: unexpected tensor '{key}'", "not a diffusers-format SANA LoRA file")
+    if not pairs:
+        raise SanaError(f"{path.name} holds no LoRA weights", "not a diffusers-format SANA LoRA file")
     merged = {}
     for module, parts in pairs.items():
         if "A" not in parts or "B" not in parts:
-            raise SanaError(f"{path.name}: '{module}' lacks its lora_A or lora_B weight")
+            raise SanaError(f"{path.name}: '{module}' lacks its lora_A or lora_B weight", "the file is incomplete")
         a, b = parts["A"], parts["B"]
-        if a.ndim == 4:  # conv LoRA as 1x1
-            a, b = a.flatten(1), b.flatten(1)
         rank = a.shape[0]
-        if "alpha" in parts:
+        if "alpha" in parts:  # kohya-style per-module alpha tensors
             alpha = float(parts["alpha"])
         else:
             alpha = _pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", rank))
-            rank = _pattern_value(config.get("rank_pattern"), module, config.get("r", rank)) if config else rank
-        merged[module] = (a, b, float(alpha) / float(rank))
+            if config:
+                rank = _pattern_value(config.get("rank_pattern"), module, config.get("r", rank))
+        ratio = float(alpha) / (math.sqrt(rank) if config.get("use_rslora") else float(rank))
+        merged[module] = (a, b, ratio)
     return merged, config
 
 
+def lora_delta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """B @ A in fp32 as a weight-shaped update: [out, in] for linears, [out, in, k, k] for convs.
+
+    A conv LoRA is A (a k x k conv to r channels) followed by B (a 1x1 conv), whose composition is the single
+    k x k conv with weight B @ A over the flattened (in, k, k) axis.
+    """
+    a32, b32 = a.float(), b.float()
+    if a32.ndim == 2:
+        return b32 @ a32  # [out, in]
+    return (b32.flatten(1) @ a32.flatten(1)).reshape(b32.shape[0], *a32.shape[1:])  # [out, in, k, k]
+
+
 def merge_loras(state: dict[str, torch.Tensor], loras: list[tuple[Path, float]]) -> None:
-    """Merge every LoRA into `state` (diffusers names, in place), in fp32 for accuracy."""
+    """Merge every (file, scale) into `state` (diffusers names, in place), accumulating in fp32."""
     for path, scale in loras:
+        name = Path(path).name
         modules, _ = read_lora(Path(path))
         for module, (a, b, ratio) in modules.items():
             key = f"{module}.weight"
             if key not in state:
-                raise SanaError(f"{Path(path).name}: LoRA target '{module}' is not in this model",
+                raise SanaError(f"{name}: LoRA target '{module}' is not in this model",
                                 "the LoRA was trained for another model")
             weight = state[key]
-            delta = (b.float() @ a.float()) * (ratio * scale)
-            if delta.shape != weight.shape[: delta.ndim] and delta.numel() != weight.numel():
-                raise SanaError(f"{Path(path).name}: LoRA for '{module}' has shape {tuple(delta.shape)}, "
-                                f"the model's weight is {tuple(weight.shape)}", "the LoRA was trained for another model")
-            state[key] = (weight.float() + delta.reshape(weight.shape)).to(weight.dtype)
+            if a.shape[0] != b.shape[1]:
+                raise SanaError(f"{name}: '{module}' has lora_A rank {a.shape[0]} but lora_B rank {b.shape[1]}",
+                                "the file is damaged")
+            delta = lora_delta(a, b)
+            if delta.shape != weight.shape and not (delta.ndim == 2 and delta.shape == weight.flatten(1).shape
+                                                   and weight.shape[2:].numel() == 1):
+                raise SanaError(f"{name}: LoRA for '{module}' has shape {tuple(delta.shape)}, the model's weight "
+                                f"is {tuple(weight.shape)}", "the LoRA was trained for another model")
+            state[key] = (weight.float() + (ratio * scale) * delta.reshape(weight.shape)).to(weight.dtype)

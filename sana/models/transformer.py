@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +51,12 @@ class TransformerConfig:
         config = cls(**{k: v for k, v in data.items() if k in names})
         if config.qk_norm not in (None, "rms_norm_across_heads"):
             raise ValueError(f"unsupported qk_norm {config.qk_norm!r}")
+        if not config.num_cross_attention_heads or not config.cross_attention_head_dim:
+            raise ValueError("the image DiT needs cross-attention (num_cross_attention_heads, cross_attention_head_dim)")
+        if config.cross_attention_dim != config.inner_dim:
+            # The caption projection outputs the model width, so the cross-attention keys must read that width.
+            raise ValueError(f"cross_attention_dim {config.cross_attention_dim} differs from the model width "
+                             f"{config.inner_dim}")
         return config
 
     @property
@@ -77,12 +82,27 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 1000
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-@lru_cache(maxsize=8)
-def _sincos_position_embedding(dim: int, height: int, width: int, base_size: int, interpolation_scale: float):
-    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """[M] positions -> [M, dim] as [sin | cos], frequencies in float64 like diffusers."""
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega  # [dim/2]
+    angles = torch.outer(positions.reshape(-1), omega)  # [M, dim/2] (float64)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
-    return get_2d_sincos_pos_embed(dim, (height, width), base_size=base_size, interpolation_scale=interpolation_scale,
-                                   output_type="pt").float().unsqueeze(0)  # [1, N, D]
+
+def sincos_position_embedding(dim: int, height: int, width: int, base_size: int,
+                              interpolation_scale: float) -> torch.Tensor:
+    """Fixed 2D sin-cos embedding [1, H*W, dim] in fp32, tokens row-major; diffusers' get_2d_sincos_pos_embed.
+
+    Positions are stretched so that any grid spans `base_size / interpolation_scale` units (a 4K model at
+    scale 2 sees its 128-token side as 64 units). The first half of the channels encodes the column, the
+    second half the row, as diffusers' (x, y) meshgrid orders them.
+    """
+    rows = torch.arange(height, dtype=torch.float32) / (height / base_size) / interpolation_scale  # [H]
+    cols = torch.arange(width, dtype=torch.float32) / (width / base_size) / interpolation_scale  # [W]
+    grid_rows, grid_cols = torch.meshgrid(rows, cols, indexing="ij")  # [H, W] each
+    emb = torch.cat([_sincos_1d(dim // 2, grid_cols), _sincos_1d(dim // 2, grid_rows)], dim=1)  # [H*W, dim]
+    return emb.float().unsqueeze(0)
 
 
 class MLPEmbedder(nn.Module):
@@ -128,6 +148,8 @@ class CaptionProjection(nn.Module):
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm with a weight over the last dim (diffusers' RMSNorm, elementwise_affine=True)."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
@@ -140,33 +162,30 @@ class RMSNorm(nn.Module):
 # -- attention ----------------------------------------------------------------------------------------------
 
 class LinearSelfAttention(nn.Module):
-    """ReLU linear self-attention with fused q/k/v and optional RMSNorm of q and k across heads."""
+    """ReLU linear self-attention with fused q/k/v and optional RMSNorm of q and k across all heads (SANA-1.5)."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         dim = cfg.inner_dim
         self.heads = cfg.num_attention_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=cfg.attention_bias)
-        self.norm_q = RMSNorm(dim, 1e-5) if cfg.qk_norm else None
+        self.norm_q = RMSNorm(dim, 1e-5) if cfg.qk_norm else None  # eps: diffusers' Attention default
         self.norm_k = RMSNorm(dim, 1e-5) if cfg.qk_norm else None
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, perturbed_rows: int = 0) -> torch.Tensor:
-        """x [B, N, D] -> [B, N, D]. The last `perturbed_rows` rows get identity attention (PAG): out(v)."""
+        """x [B, N, D] -> [B, N, D]. The last `perturbed_rows` rows get identity attention (PAG): out(v(x))."""
         keep = x.shape[0] - perturbed_rows
         q, k, v = self.qkv(x[:keep]).chunk(3, dim=-1)  # [b, N, D] each, views of one projection
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
-        attended = ops.linear_attention(q, k, v, self.heads)
+        attended = ops.linear_attention(q, k, v, self.heads)  # [b, N, D]
         if perturbed_rows:
             dim = x.shape[-1]
-            v_weight = self.qkv.weight[2 * dim :]
-            v_bias = self.qkv.bias[2 * dim :] if self.qkv.bias is not None else None
-            attended = torch.cat([attended, F.linear(x[keep:], v_weight, v_bias)])
-        out = self.out(attended)
-        if out.dtype == torch.float16:
-            out = out.clip(-ops.FP16_MAX, ops.FP16_MAX)
-        return out
+            v_bias = self.qkv.bias[2 * dim:] if self.qkv.bias is not None else None
+            identity = F.linear(x[keep:], self.qkv.weight[2 * dim:], v_bias)  # [B - b, N, D]
+            attended = torch.cat([attended, identity])
+        return ops.clip_fp16(self.out(attended))
 
 
 class CrossAttention(nn.Module):
@@ -183,21 +202,25 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(inner, cfg.inner_dim)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None) -> torch.Tensor:
-        """x [B, N, D], text [B, L, D], text_bias [B, 1, 1, L] -> [B, N, D]."""
-        b = x.shape[0]
-        q = self.q(x)
-        k, v = self.kv(text).chunk(2, dim=-1)
+        """x [B, N, D], text [B, L, D], text_bias [B, 1, 1, L] or None -> [B, N, D]."""
+        b, n, _ = x.shape
+        q = self.q(x)  # [B, N, h*d]
+        k, v = self.kv(text).chunk(2, dim=-1)  # [B, L, h*d] each
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B, h, *, d]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_bias)
-        return self.out(out.transpose(1, 2).reshape(b, -1, q.shape[1] * q.shape[-1]).to(q.dtype))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_bias)  # [B, h, N, d]
+        return self.out(out.transpose(1, 2).reshape(b, n, -1).to(q.dtype))
 
 
 # -- feed-forward -------------------------------------------------------------------------------------------
 
 class MixFFN(nn.Module):
-    """GLUMBConv on token-major activations: 1x1 (as linear) -> SiLU -> depthwise 3x3 -> GLU -> 1x1 (as linear)."""
+    """GLUMBConv on token-major activations: 1x1 (as linear) -> SiLU -> depthwise 3x3 -> GLU -> 1x1 (as linear).
+
+    The 1x1 convs are stored as linears ([O, I] instead of [O, I, 1, 1]) so the tokens never leave [B, N, C]
+    for them; only the depthwise conv needs the spatial layout, inside `ops.mixffn_middle`.
+    """
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -207,6 +230,7 @@ class MixFFN(nn.Module):
         self.point = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """x [B, N, D] (N = height * width, row-major) -> [B, N, D]."""
         h = self.inverted(x)  # [B, N, 2Hd]
         h = ops.mixffn_middle(h, height, width, self.depthwise.weight, self.depthwise.bias)  # [B, N, Hd]
         return self.point(h)
@@ -220,28 +244,33 @@ class SanaBlock(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         dim = cfg.inner_dim
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=cfg.norm_eps)
+        self.eps = cfg.norm_eps
         self.attn = LinearSelfAttention(cfg)
         self.cross_attn = CrossAttention(cfg)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=cfg.norm_elementwise_affine, eps=cfg.norm_eps)
+        # Only the FFN norm may carry an affine (diffusers' `norm_elementwise_affine`); no released model uses it.
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.norm_elementwise_affine else None
         self.ff = MixFFN(cfg)
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
-    def forward(self, x, text, text_bias, t_mod, height: int, width: int, perturbed_rows: int = 0):
-        """x [B, N, D]; t_mod [B, 6D] from the shared timestep MLP."""
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None, t_mod: torch.Tensor,
+                height: int, width: int, perturbed_rows: int = 0) -> torch.Tensor:
+        """x [B, N, D]; text [B, L, D]; t_mod [B, 6D] from the shared timestep MLP -> [B, N, D]."""
         b = x.shape[0]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[None] + t_mod.reshape(b, 6, -1)
         ).chunk(6, dim=1)  # each [B, 1, D]
-        h = ops.modulate(self.norm1(x), shift_msa, scale_msa).to(x.dtype)
+        h = ops.modulated_layer_norm(x, shift_msa, scale_msa, self.eps)  # [B, N, D]
         x = x + gate_msa * self.attn(h, perturbed_rows)
         x = x + self.cross_attn(x, text, text_bias)
-        h = ops.modulate(self.norm2(x), shift_mlp, scale_mlp)
+        if self.norm2 is None:
+            h = ops.modulated_layer_norm(x, shift_mlp, scale_mlp, self.eps)
+        else:
+            h = ops.modulate(self.norm2(x), shift_mlp, scale_mlp)
         return x + gate_mlp * self.ff(h, height, width)
 
 
 class SanaTransformer(nn.Module):
-    """The SANA linear DiT: latent [B, C, H, W] + text [B, L, C_text] + timestep -> velocity [B, C, H, W]."""
+    """The SANA linear DiT: latent [B, C, H, W] + text [B, L, C_text] + timestep -> velocity [B, C_out, H, W]."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -252,36 +281,54 @@ class SanaTransformer(nn.Module):
         self.caption_projection = CaptionProjection(config.caption_channels, dim)
         self.caption_norm = RMSNorm(dim, 1e-5)
         self.blocks = nn.ModuleList([SanaBlock(config) for _ in range(config.num_layers)])
-        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
         self.proj_out = nn.Linear(dim, p * p * config.output_channels)
         self.gradient_checkpointing = False
+        # Position embeddings per (grid, device, dtype): fixed functions of the grid, never weights.
+        self._position_cache: dict[tuple, torch.Tensor] = {}
 
     @property
     def dtype(self) -> torch.dtype:
         return self.proj_out.weight.dtype
 
-    def position_embedding(self, height: int, width: int, device) -> torch.Tensor | None:
-        """Fixed 2D sin-cos embedding [1, N, D] (2K/4K models), recomputed per grid like diffusers."""
+    @property
+    def device(self) -> torch.device:
+        return self.proj_out.weight.device
+
+    def position_embedding(self, height: int, width: int, device: torch.device) -> torch.Tensor | None:
+        """Fixed 2D sin-cos embedding [1, N, D] for a grid of height x width tokens (2K/4K models), else None.
+
+        diffusers keeps the sample-size grid's embedding as a buffer (cast with the model, so in the model
+        dtype) and recomputes any other grid in fp32; the same dtypes here keep half-precision runs equal.
+        """
         cfg = self.config
         if cfg.interpolation_scale is None:
             return None
         base = cfg.sample_size // cfg.patch_size
-        return _sincos_position_embedding(cfg.inner_dim, height, width, base, float(cfg.interpolation_scale)).to(device)
+        dtype = self.dtype if (height, width) == (base, base) else torch.float32
+        key = (height, width, str(device), dtype)
+        if key not in self._position_cache:
+            if len(self._position_cache) >= 8:
+                self._position_cache.clear()
+            pos = sincos_position_embedding(cfg.inner_dim, height, width, base, float(cfg.interpolation_scale))
+            self._position_cache[key] = pos.to(device=device, dtype=dtype)
+        return self._position_cache[key]
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, text_mask: torch.Tensor | None = None,
                 guidance: torch.Tensor | None = None, perturbed_rows: int = 0,
                 perturbed_layers: tuple[int, ...] = ()) -> torch.Tensor:
         """x [B, C, H, W], text [B, L, C_text], timestep [B], text_mask [B, L] (1 keep, 0 pad), guidance [B].
 
-        PAG: the last `perturbed_rows` rows use identity self-attention in the blocks `perturbed_layers`.
+        `timestep` and `guidance` are what diffusers' pipelines pass (already scaled). PAG: the last
+        `perturbed_rows` rows use identity self-attention in the blocks whose indices are in `perturbed_layers`.
+        Returns [B, C_out, H, W].
         """
         cfg = self.config
         b, _, height, width = x.shape
         p = cfg.patch_size
         h, w = height // p, width // p
 
-        # 1. Inputs: patches, timestep modulation, projected and normalised text.
+        # 1. Inputs: patches (+ position), timestep modulation, projected and normalised text.
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, D]
         pos = self.position_embedding(h, w, x.device)
         if pos is not None:
@@ -302,7 +349,7 @@ class SanaTransformer(nn.Module):
                 tokens = block(tokens, text, text_bias, t_mod, h, w, rows)
 
         # 3. Output: modulated norm, projection, unpatchify.
-        shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)
-        tokens = self.proj_out(ops.modulate(self.norm_out(tokens), shift, scale))  # [B, N, p*p*C]
-        out = tokens.reshape(b, h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4)
+        shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)  # [B, 1, D] each
+        tokens = self.proj_out(ops.modulated_layer_norm(tokens, shift, scale, 1e-6))  # [B, N, p*p*C_out]
+        out = tokens.reshape(b, h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4)  # [B, C_out, h, p, w, p]
         return out.reshape(b, -1, h * p, w * p)
