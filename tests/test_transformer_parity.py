@@ -1,80 +1,150 @@
-"""Our DiT against diffusers' SanaTransformer2DModel on the same (tiny, random) weights, fp32 on the CPU."""
+"""Our DiT against diffusers' SanaTransformer2DModel on the same tiny random weights, fp32 on the CPU."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 import torch
 
 from sana.loading import load_transformer
-from tests.tiny_pipeline import _noise_all_parameters, transformer_config
+from sana.models.transformer import SanaTransformer, TransformerConfig, sincos_position_embedding
+from tests.tiny_transformer import (KINDS, SAMPLE_SIZE, build_reference, inputs, our_output, reference_output,
+                                    relative_error, transformer_config)
 
-KINDS = ["sana", "sana1.5", "4k", "sprint"]
+__all__ = ["build_reference", "inputs", "relative_error"]  # shared with the older loader tests
 
-
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).norm() / ref.norm()).item()
-
-
-def build_reference(kind: str, path, seed: int = 0):
-    from diffusers import SanaTransformer2DModel
-
-    torch.manual_seed(seed)
-    ref = SanaTransformer2DModel(**transformer_config(kind)).eval()
-    _noise_all_parameters(ref, seed + 1)
-    ref.save_pretrained(path)
-    return ref
+TOLERANCE = 1e-5
+SIZES = {  # latent (height, width): the configured grid, non-square grids, odd sides
+    1: [(8, 8), (4, 6), (5, 7), (12, 8)],
+    2: [(8, 8), (4, 6), (12, 8)],
+}
 
 
-def inputs(ref, batch: int = 2, height: int = 8, width: int = 12, seed: int = 0):
-    cfg = ref.config
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, cfg.in_channels, height, width, generator=gen)
-    text = torch.randn(batch, 7, cfg.caption_channels, generator=gen)
-    mask = torch.ones(batch, 7, dtype=torch.long)
-    mask[0, 3:] = 0  # padding in the first row
-    t = torch.rand(batch, generator=gen) * 1000
-    guidance = torch.full((batch,), 0.45) if cfg.guidance_embeds else None
-    return x, text, mask, t, guidance
+def _sizes(kind):
+    return SIZES[transformer_config(kind)["patch_size"]]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("size", [(8, 8), (8, 12), (5, 7)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kind,size", [(k, s) for k in KINDS for s in _sizes(k)],
+                         ids=[f"{k}-{s[0]}x{s[1]}" for k in KINDS for s in _sizes(k)])
 def test_matches_diffusers(kind, size, tmp_path):
     ref = build_reference(kind, tmp_path / "transformer")
     ours = load_transformer(tmp_path)
-    x, text, mask, t, guidance = inputs(ref, height=size[0], width=size[1])
-    with torch.no_grad():
-        expected = ref(x, encoder_hidden_states=text, timestep=t, encoder_attention_mask=mask, guidance=guidance,
-                       return_dict=False)[0]
-        got = ours(x, text, t, text_mask=mask, guidance=guidance)
+    args = inputs(ref, batch=2, height=size[0], width=size[1])
+    expected = reference_output(ref, *args)
+    got = our_output(ours, *args)
     assert got.shape == expected.shape
-    assert relative_error(got, expected) < 1e-5
+    assert relative_error(got, expected) < TOLERANCE
 
 
-def test_pag_rows_match_diffusers_pag_processor(tmp_path):
+def test_batch_rows_are_independent_and_padding_is_masked(tmp_path):
+    ref = build_reference("sana1.5", tmp_path / "transformer")
+    ours = load_transformer(tmp_path)
+    x, text, mask, t, _ = inputs(ref, batch=2)
+    full = our_output(ours, x, text, mask, t)
+    alone = our_output(ours, x[:1], text[:1, :3], None, t[:1])  # row 0 keeps 3 tokens: same as dropping the rest
+    assert relative_error(alone, full[:1]) < 1e-5
+    changed = text.clone()
+    changed[0, 3:] += 5.0  # padded tokens must not matter
+    assert relative_error(our_output(ours, x, changed, mask, t), full) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["sana", "sana1.5"])
+def test_pag_cfg_rows_match_diffusers(kind, tmp_path):
+    """Batch [uncond, cond, perturbed] with diffusers' PAG-CFG processor on one block's self-attention."""
     from diffusers.models.attention_processor import PAGCFGSanaLinearAttnProcessor2_0
+
+    ref = build_reference(kind, tmp_path / "transformer")
+    ours = load_transformer(tmp_path)
+    args = inputs(ref, batch=3)
+    plain_ref = reference_output(ref, *args)
+    ref.transformer_blocks[1].attn1.set_processor(PAGCFGSanaLinearAttnProcessor2_0())
+    expected = reference_output(ref, *args)
+    got = our_output(ours, *args, perturbed_rows=1, perturbed_layers=(1,))
+    plain = our_output(ours, *args)
+    # The identity path never uses the q/k norm, so the perturbed row matches for every family.
+    assert relative_error(got[2:], expected[2:]) < TOLERANCE
+    assert relative_error(got[2:], plain[2:]) > 1e-3  # the perturbed row really changed
+    assert relative_error(got[:2], plain[:2]) < 1e-6  # the guided rows did not
+    if kind == "sana":
+        assert relative_error(got, expected) < TOLERANCE
+    else:
+        # diffusers' PAG processors skip norm_q/norm_k on the guided rows; we keep the model's own attention.
+        assert relative_error(got[:2], plain_ref[:2]) < TOLERANCE
+
+
+def test_pag_identity_rows_match_diffusers(tmp_path):
+    """Batch [cond, perturbed] (PAG without CFG) with diffusers' identity processor on two blocks."""
+    from diffusers.models.attention_processor import PAGIdentitySanaLinearAttnProcessor2_0
 
     ref = build_reference("sana", tmp_path / "transformer")
     ours = load_transformer(tmp_path)
-    x, text, mask, t, _ = inputs(ref, batch=3)
-    ref.transformer_blocks[1].attn1.set_processor(PAGCFGSanaLinearAttnProcessor2_0())
-    with torch.no_grad():
-        expected = ref(x, encoder_hidden_states=text, timestep=t, encoder_attention_mask=mask, return_dict=False)[0]
-        got = ours(x, text, t, text_mask=mask, perturbed_rows=1, perturbed_layers=(1,))
-        plain = ours(x, text, t, text_mask=mask)
-    assert relative_error(got, expected) < 1e-5
-    assert relative_error(got[2:], plain[2:]) > 1e-3  # the perturbed row really changed
-    assert relative_error(got[:2], plain[:2]) < 1e-6  # the others did not
+    args = inputs(ref, batch=2)
+    for index in (0, 2):
+        ref.transformer_blocks[index].attn1.set_processor(PAGIdentitySanaLinearAttnProcessor2_0())
+    expected = reference_output(ref, *args)
+    got = our_output(ours, *args, perturbed_rows=1, perturbed_layers=(0, 2))
+    assert relative_error(got, expected) < TOLERANCE
+
+
+@pytest.mark.parametrize("size", [(8, 8), (4, 6), (7, 3), (16, 12)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_position_embedding_equals_diffusers(size, scale):
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    expected = get_2d_sincos_pos_embed(32, size, base_size=SAMPLE_SIZE, interpolation_scale=scale,
+                                       output_type="pt").float().unsqueeze(0)
+    got = sincos_position_embedding(32, size[0], size[1], SAMPLE_SIZE, scale)
+    assert got.shape == (1, size[0] * size[1], 32)
+    assert torch.equal(got, expected)
+
+
+def test_config_defaults_are_diffusers_defaults():
+    from diffusers import SanaTransformer2DModel
+
+    defaults = {name: p.default for name, p in inspect.signature(SanaTransformer2DModel.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    ours = TransformerConfig.from_dict({"_class_name": "SanaTransformer2DModel", "_diffusers_version": "0.32.0"})
+    for name, value in defaults.items():
+        assert getattr(ours, name) == value, name
+
+
+@pytest.mark.parametrize("bad,match", [({"qk_norm": "layer_norm"}, "qk_norm"),
+                                       ({"cross_attention_dim": 64}, "cross_attention_dim")])
+def test_config_refuses_what_the_model_cannot_run(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TransformerConfig.from_dict({**transformer_config("sana"), **bad})
+
+
+def test_sprint_needs_guidance(tmp_path):
+    build_reference("sprint", tmp_path / "transformer")
+    ours = load_transformer(tmp_path)
+    with pytest.raises(ValueError, match="guidance"):
+        ours(torch.zeros(1, 8, 4, 4), torch.zeros(1, 3, 40), torch.ones(1))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_precision_matches_diffusers_in_the_same_precision(dtype, tmp_path):
     ref = build_reference("sana1.5", tmp_path / "transformer")
     ours = load_transformer(tmp_path, dtype=dtype)
+    assert all(p.dtype == dtype for p in ours.parameters())
     x, text, mask, t, _ = inputs(ref)
     ref = ref.to(dtype)
-    with torch.no_grad():
-        expected = ref(x.to(dtype), encoder_hidden_states=text.to(dtype), timestep=t, encoder_attention_mask=mask,
-                       return_dict=False)[0].float()
-        got = ours(x.to(dtype), text.to(dtype), t, text_mask=mask).float()
+    expected = reference_output(ref, x.to(dtype), text.to(dtype), mask, t)
+    got = our_output(ours, x, text, mask, t)
+    assert got.dtype == dtype
     assert relative_error(got, expected) < 2e-2
+
+
+def test_gradients_flow_with_and_without_checkpointing():
+    torch.manual_seed(0)
+    model = SanaTransformer(TransformerConfig.from_dict(transformer_config("sana1.5")))
+    x, text, t = torch.randn(1, 8, 4, 4), torch.randn(1, 5, 40), torch.tensor([500.0])
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing = checkpointing
+        model(x, text, t).square().mean().backward()
+        grads.append(model.blocks[0].attn.qkv.weight.grad.clone())
+    assert grads[0].abs().sum() > 0
+    assert relative_error(grads[1], grads[0]) < 1e-6
