@@ -1,0 +1,38 @@
+"""Triton kernels for the SANA DiT, one folder per op (`reference.py` spec, `triton.py` kernel, `bench.py`).
+
+Public functions (all inference-only, no autograd):
+    linear_attention(q, k, v, heads, eps=1e-15) -> [B, N, H*D]
+    modulated_layer_norm(x, shift, scale, eps=1e-6) -> [B, N, C]
+    gated_residual_modulated_norm(x, gate, y, shift, scale, eps=1e-6) -> ([B, N, C], [B, N, C])
+    mixffn_middle(h, height, width, dw_weight, dw_bias) -> [B, N, Hd]
+
+Importing this package imports Triton when it is installed; the functions are absent when it is not, and
+`triton_available()` says whether they can run here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from ._common import interpreting
+
+
+def triton_available() -> bool:
+    """True when Triton is installed and can launch here: a CUDA GPU, or TRITON_INTERPRET=1 on the CPU."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.is_available() or interpreting()
+
+
+__all__ = ["triton_available"]
+
+if importlib.util.find_spec("triton") is not None:
+    # Bound after the subpackages are imported, so `sana.kernels.linear_attention` is the function (the
+    # import system would otherwise leave the subpackage of the same name there).
+    from .linear_attention.triton import linear_attention
+    from .mixffn.triton import mixffn_middle
+    from .modulation.triton import gated_residual_modulated_norm, modulated_layer_norm
+
+    __all__ += ["linear_attention", "modulated_layer_norm", "gated_residual_modulated_norm", "mixffn_middle"]

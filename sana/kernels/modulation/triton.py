@@ -1,0 +1,183 @@
+"""LayerNorm + adaLN modulation as Triton row kernels, one program per token row of C channels.
+
+Both kernels are memory-bound: x (and y) are read once, the statistics stay in registers, and the
+modulated row is written once in x's dtype. All arithmetic is fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._common import check_device, check_float, check_last_dim_contiguous
+from .reference import EPS
+
+# -- kernels ------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _modulate_row(r, mask, shift_row_ptr, scale_row_ptr, offs, C, eps):
+    """fp32 row r [BLOCK_C] (zeros where ~mask) -> LN(r) * (1 + scale) + shift, in fp32."""
+    mean = tl.sum(r, axis=0) / C
+    centred = tl.where(mask, r - mean, 0.0)
+    rstd = tl.rsqrt(tl.sum(centred * centred, axis=0) / C + eps)  # biased variance, as nn.LayerNorm
+    shift = tl.load(shift_row_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(scale_row_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return centred * rstd * (1.0 + scale) + shift
+
+
+@triton.jit
+def _modulated_layer_norm_kernel(
+    x_ptr, shift_ptr, scale_ptr, out_ptr,
+    N, C, eps,
+    stride_xb, stride_xn, stride_shift, stride_scale, stride_ob, stride_on,
+    BLOCK_C: tl.constexpr,
+):
+    row = tl.program_id(0)
+    b = row // N
+    n = row % N
+    offs = tl.arange(0, BLOCK_C)
+    mask = offs < C
+    x = tl.load(x_ptr + b.to(tl.int64) * stride_xb + n.to(tl.int64) * stride_xn + offs, mask=mask, other=0.0)
+    out = _modulate_row(x.to(tl.float32), mask, shift_ptr + b * stride_shift, scale_ptr + b * stride_scale,
+                        offs, C, eps)
+    tl.store(out_ptr + b.to(tl.int64) * stride_ob + n.to(tl.int64) * stride_on + offs,
+             out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gated_residual_modulated_norm_kernel(
+    x_ptr, gate_ptr, y_ptr, shift_ptr, scale_ptr, res_ptr, out_ptr,
+    N, C, eps,
+    stride_xb, stride_xn, stride_gate, stride_yb, stride_yn, stride_shift, stride_scale, stride_ob, stride_on,
+    BLOCK_C: tl.constexpr,
+):
+    row = tl.program_id(0)
+    b = row // N
+    n = row % N
+    offs = tl.arange(0, BLOCK_C)
+    mask = offs < C
+    x = tl.load(x_ptr + b.to(tl.int64) * stride_xb + n.to(tl.int64) * stride_xn + offs, mask=mask, other=0.0)
+    y = tl.load(y_ptr + b.to(tl.int64) * stride_yb + n.to(tl.int64) * stride_yn + offs, mask=mask, other=0.0)
+    gate = tl.load(gate_ptr + b * stride_gate + offs, mask=mask, other=0.0)
+    r = (x.to(tl.float32) + gate.to(tl.float32) * y.to(tl.float32)).to(res_ptr.dtype.element_ty)
+    out_row = b.to(tl.int64) * stride_ob + n.to(tl.int64) * stride_on + offs
+    tl.store(res_ptr + out_row, r, mask=mask)
+    # Normalise the rounded residual, the value the next op would read back from memory.
+    out = _modulate_row(r.to(tl.float32), mask, shift_ptr + b * stride_shift, scale_ptr + b * stride_scale,
+                        offs, C, eps)
+    tl.store(out_ptr + out_row, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# -- launchers ----------------------------------------------------------------------------------------------
+
+
+def _row_config(c: int) -> tuple[int, int]:
+    """(BLOCK_C, warps): the whole row in one block, about 16 bytes of each input per thread."""
+    block_c = triton.next_power_of_2(c)
+    return block_c, min(16, max(1, block_c // 256))
+
+
+def _launch_modulated_layer_norm(x, shift, scale, out, eps):
+    b, n, c = x.shape
+    block_c, warps = _row_config(c)
+    _modulated_layer_norm_kernel[(b * n,)](
+        x, shift, scale, out,
+        n, c, eps,
+        x.stride(0), x.stride(1), shift.stride(0), scale.stride(0), out.stride(0), out.stride(1),
+        BLOCK_C=block_c, num_warps=warps,
+    )
+
+
+def _launch_gated_residual_modulated_norm(x, gate, y, shift, scale, res, out, eps):
+    b, n, c = x.shape
+    block_c, warps = _row_config(c)
+    _gated_residual_modulated_norm_kernel[(b * n,)](
+        x, gate, y, shift, scale, res, out,
+        n, c, eps,
+        x.stride(0), x.stride(1), gate.stride(0), y.stride(0), y.stride(1), shift.stride(0), scale.stride(0),
+        out.stride(0), out.stride(1),
+        BLOCK_C=block_c, num_warps=warps,
+    )
+
+
+# -- public functions ---------------------------------------------------------------------------------------
+
+_MAX_C = 16384
+
+
+def _check_x(name: str, arg: str, x: torch.Tensor) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"{name}: {arg} must be [B, N, C], got {tuple(x.shape)}")
+    check_float(name, arg, x)
+    check_last_dim_contiguous(name, arg, x)
+    if x.shape[-1] > _MAX_C:
+        raise ValueError(f"{name}: C={x.shape[-1]} > {_MAX_C} does not fit one row block")
+
+
+def _per_batch(name: str, arg: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Accept [B, C] or [B, 1, C] (a chunk of the [B, 6, C] modulation table); return a [B, C] view."""
+    b, c = x.shape[0], x.shape[-1]
+    if t.dim() == 3 and t.shape[1] == 1:
+        t = t[:, 0]
+    if tuple(t.shape) != (b, c):
+        raise ValueError(f"{name}: {arg} must be [B, C] = [{b}, {c}] (or [B, 1, C]), got {tuple(t.shape)}")
+    check_float(name, arg, t)
+    check_last_dim_contiguous(name, arg, t)
+    return t
+
+
+def modulated_layer_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """LayerNorm without affine, then adaLN modulation, fused; spec: `reference.modulated_layer_norm_reference`.
+
+    Args:
+        x: [B, N, C], last dim contiguous.
+        shift, scale: [B, C] or [B, 1, C], any float dtype (fp32 when diffusers' table is fp32), broadcast over N.
+        eps: LayerNorm epsilon (SANA: 1e-6).
+
+    Returns:
+        [B, N, C] contiguous in x's dtype: (x - mean) * rsqrt(var + eps) * (1 + scale) + shift, statistics and
+        modulation in fp32, rounded once.
+    """
+    name = "modulated_layer_norm"
+    _check_x(name, "x", x)
+    shift = _per_batch(name, "shift", shift, x)
+    scale = _per_batch(name, "scale", scale, x)
+    check_device(name, x, shift, scale)
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    if out.numel():
+        _launch_modulated_layer_norm(x, shift, scale, out, eps)
+    return out
+
+
+def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, shift: torch.Tensor,
+                                  scale: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gated residual add fused with the next modulated LayerNorm.
+
+    Spec: `reference.gated_residual_modulated_norm_reference`. Saves writing the residual and reading it
+    back for the norm (SANA: `x + gate_mlp * ff` followed by the next block's norm1 modulation).
+
+    Args:
+        x, y: [B, N, C] (residual stream and branch output), last dim contiguous; y may have another dtype.
+        gate, shift, scale: [B, C] or [B, 1, C], any float dtype, broadcast over N.
+        eps: LayerNorm epsilon (SANA: 1e-6).
+
+    Returns:
+        (r, m), both [B, N, C] contiguous in x's dtype: r = x + gate * y (fp32 math, rounded once) and
+        m = LN(r) * (1 + scale) + shift computed from the rounded r.
+    """
+    name = "gated_residual_modulated_norm"
+    _check_x(name, "x", x)
+    _check_x(name, "y", y)
+    if y.shape != x.shape:
+        raise ValueError(f"{name}: y must match x {tuple(x.shape)}, got {tuple(y.shape)}")
+    gate = _per_batch(name, "gate", gate, x)
+    shift = _per_batch(name, "shift", shift, x)
+    scale = _per_batch(name, "scale", scale, x)
+    check_device(name, x, gate, y, shift, scale)
+    res = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    if out.numel():
+        _launch_gated_residual_modulated_norm(x, gate, y, shift, scale, res, out, eps)
+    return res, out

@@ -1,0 +1,123 @@
+"""LayerNorm + adaLN modulation kernels against their fp32 references (and diffusers' block code)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from kernel_helpers import DEVICE, DTYPES, TOLERANCE, rel_err  # noqa: E402
+
+from sana.kernels import gated_residual_modulated_norm, modulated_layer_norm  # noqa: E402
+from sana.kernels.modulation.reference import (  # noqa: E402
+    gated_residual_modulated_norm_reference,
+    modulated_layer_norm_reference,
+)
+
+SHAPES = [
+    pytest.param(1, 7, 200, id="b1-n7-c200"),
+    pytest.param(3, 5, 96, id="b3-n5-c96"),
+    pytest.param(2, 3, 2240, id="b2-n3-c2240-sana1.6b-width"),
+]
+
+
+def _table(b, c, dtype, table_dtype, device=DEVICE):
+    """shift, scale, gate as diffusers makes them: chunks [B, 1, C] of table [1, 6, C] + t [B, 6, C]."""
+    table = torch.randn(1, 6, c, device=device).to(table_dtype) / c**0.5
+    t = torch.randn(b, 6, c, device=device).to(dtype)
+    return (table + t).chunk(6, dim=1)
+
+
+def _x(b, n, c, dtype, device=DEVICE):
+    return (torch.randn(b, n, c, device=device) * 2 + 0.5).to(dtype)  # an offset so the mean matters
+
+
+@pytest.mark.parametrize("table", ["table-fp32", "table-model-dtype"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b, n, c", SHAPES)
+def test_modulated_layer_norm(b, n, c, dtype, table):
+    torch.manual_seed(0)
+    x = _x(b, n, c, dtype)
+    shift, scale, *_ = _table(b, c, dtype, torch.float32 if table == "table-fp32" else dtype)
+    out = modulated_layer_norm(x, shift, scale, 1e-6)
+    ref = modulated_layer_norm_reference(x, shift, scale, 1e-6)
+    assert out.shape == x.shape and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b, n, c", SHAPES)
+def test_gated_residual_modulated_norm(b, n, c, dtype):
+    torch.manual_seed(0)
+    x, y = _x(b, n, c, dtype), _x(b, n, c, dtype)
+    shift, scale, gate, *_ = _table(b, c, dtype, torch.float32)
+    gate = gate[:, 0]  # [B, C] form
+    res, out = gated_residual_modulated_norm(x, gate, y, shift, scale, 1e-6)
+    ref_res, ref_out = gated_residual_modulated_norm_reference(x, gate, y, shift, scale, 1e-6)
+    assert res.dtype == out.dtype == dtype
+    assert torch.isfinite(res).all() and torch.isfinite(out).all()
+    assert rel_err(res, ref_res) < TOLERANCE[dtype]
+    assert rel_err(out, ref_out) < TOLERANCE[dtype]
+
+
+def test_strided_rows():
+    """x may be a row-strided view (e.g. a slice of a larger batch); only the last dim must be contiguous."""
+    torch.manual_seed(0)
+    big = _x(2, 9, 128, torch.float32)
+    x = big[:, ::2]  # [2, 5, 128], token stride 256
+    shift, scale, *_ = _table(2, 128, torch.float32, torch.float32)
+    assert rel_err(modulated_layer_norm(x, shift, scale), modulated_layer_norm_reference(x, shift, scale)) < 1e-5
+
+
+def test_reference_is_diffusers_block_math():
+    """fp32: the reference equals diffusers' `norm1(x) * (1 + scale_msa) + shift_msa` with a LayerNorm module."""
+    torch.manual_seed(0)
+    x = _x(2, 11, 64, torch.float32, "cpu")
+    shift, scale, gate, *_ = _table(2, 64, torch.float32, torch.float32, "cpu")
+    norm = torch.nn.LayerNorm(64, elementwise_affine=False, eps=1e-6)
+    expected = norm(x) * (1 + scale) + shift
+    assert rel_err(modulated_layer_norm_reference(x, shift, scale), expected) < 1e-6
+    y = _x(2, 11, 64, torch.float32, "cpu")
+    res, out = gated_residual_modulated_norm_reference(x, gate, y, shift, scale)
+    assert rel_err(res, x + gate * y) < 1e-6
+    assert rel_err(out, norm(x + gate * y) * (1 + scale) + shift) < 1e-6
+
+
+def test_rejects_bad_inputs():
+    x = _x(2, 4, 32, torch.float32)
+    shift, scale, gate, *_ = _table(2, 32, torch.float32, torch.float32)
+    with pytest.raises(ValueError, match=r"shift must be \[B, C\]"):
+        modulated_layer_norm(x, shift[:1], scale)
+    with pytest.raises(ValueError, match=r"x must be \[B, N, C\]"):
+        modulated_layer_norm(x[0], shift, scale)
+    with pytest.raises(ValueError, match="contiguous last dim"):
+        modulated_layer_norm(x.transpose(1, 2), shift, scale)
+    with pytest.raises(ValueError, match="y must match x"):
+        gated_residual_modulated_norm(x, gate, x[:, :2], shift, scale)
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        modulated_layer_norm(x, shift.double(), scale)
+
+
+# -- GPU, real SANA shapes ----------------------------------------------------------------------------------
+
+GPU_SHAPES = [
+    pytest.param(2, 1024, 2240, id="sana1.6b-1024px"),
+    pytest.param(2, 16384, 2240, id="sana1.6b-4096px"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b, n, c", GPU_SHAPES)
+def test_gpu_bf16_real_shapes(b, n, c):
+    torch.manual_seed(0)
+    x, y = _x(b, n, c, torch.bfloat16, "cuda"), _x(b, n, c, torch.bfloat16, "cuda")
+    shift, scale, gate, *_ = _table(b, c, torch.bfloat16, torch.bfloat16, "cuda")
+    out = modulated_layer_norm(x, shift, scale)
+    assert rel_err(out, modulated_layer_norm_reference(x.float(), shift.float(), scale.float())) < 1e-2
+    res, out = gated_residual_modulated_norm(x, gate, y, shift, scale)
+    ref_res, ref_out = gated_residual_modulated_norm_reference(x.float(), gate.float(), y.float(), shift.float(),
+                                                               scale.float())
+    assert rel_err(res, ref_res) < 1e-2
+    assert rel_err(out, ref_out) < 1e-2
