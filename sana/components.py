@@ -47,6 +47,12 @@ def require_component(model_dir: Path, name: str) -> Path:
     return path
 
 
+def check_components(model_dir: Path) -> None:
+    """Every folder an image pipeline loads is there (before anything slow starts)."""
+    for name in ("transformer", "text_encoder", "tokenizer", "vae"):
+        require_component(model_dir, name)
+
+
 def component_variant(component_dir: Path, variant: str | None) -> str | None:
     """`variant` when the folder has files of that variant (e.g. model.bf16.safetensors), else None."""
     if not variant:

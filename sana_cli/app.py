@@ -11,8 +11,10 @@ from sana import __version__
 from sana.errors import SanaError
 
 from . import console
+from .gen import gen
 from .info import info_command
 from .models import models_app
+from .sprint import sprint
 
 app = typer.Typer(
     name="sana",
@@ -21,6 +23,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
+app.command("gen")(gen)
+app.command("sprint")(sprint)
 app.add_typer(models_app, name="models")
 app.command("info")(info_command)
 

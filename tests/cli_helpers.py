@@ -24,12 +24,18 @@ def run_sana(*args: str, cwd: Path | None = None, env: dict | None = None, timeo
                           timeout=timeout)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess) -> str:
+def assert_one_line_error(result: subprocess.CompletedProcess, *, after_progress: bool = False) -> str:
+    """Exit != 0, no traceback, and the error in one line: the only line, or (for errors raised once a model
+    has loaded, `after_progress`) the only `error:` line and the last one."""
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+    if after_progress:
+        errors = [line for line in lines if line.startswith("error:")]
+        assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    else:
+        assert len(lines) == 1, result.stderr
+    return lines[-1]
 
 
 def psnr(a, b) -> float:

@@ -1,0 +1,301 @@
+"""What `sana gen` and `sana sprint` share: settings resolution and the run itself, as numbered steps."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sana.errors import SanaError, UsageError
+
+from . import console
+
+# Named sizes users know; SANA's "4K" is 4096 x 4096.
+NAMED_SIZES = {"512": (512, 512), "1k": (1024, 1024), "2k": (2048, 2048), "4k": (4096, 4096),
+               "720p": (1280, 720), "1080p": (1920, 1080), "1440p": (2560, 1440), "2160p": (3840, 2160)}
+SIZE_MULTIPLE = 32
+
+
+def parse_resolution(text: str | int | None) -> tuple[int, int] | None:
+    """`1024` -> (1024, 1024); `1536x1024` -> (1536, 1024) as WxH; `4K` -> (4096, 4096)."""
+    if text is None:
+        return None
+    value = str(text).strip().lower()
+    if value in NAMED_SIZES:
+        return NAMED_SIZES[value]
+    match = re.fullmatch(r"(\d+)(?:\s*[x*×]\s*(\d+))?", value)
+    if not match:
+        raise UsageError(f"cannot read the size '{text}'", "use 1024, WxH (e.g. 1536x1024), 1K, 2K, 4K, 720p or 1080p")
+    width = int(match.group(1))
+    height = int(match.group(2) or width)
+    if not (SIZE_MULTIPLE <= width <= 16384 and SIZE_MULTIPLE <= height <= 16384):
+        raise UsageError(f"size {width}x{height} is out of range", f"sides go from {SIZE_MULTIPLE} to 16384 px")
+    return width, height
+
+
+def snap_size(width: int, height: int) -> tuple[int, int]:
+    snapped = tuple(max(SIZE_MULTIPLE, round(v / SIZE_MULTIPLE) * SIZE_MULTIPLE) for v in (width, height))
+    if snapped != (width, height):
+        console.notice(f"size {width}x{height} snapped to {snapped[0]}x{snapped[1]} (sides must be multiples of {SIZE_MULTIPLE})")
+    return snapped  # type: ignore[return-value]
+
+
+def parse_lora(text: str) -> tuple[Path, float]:
+    """`PATH[:SCALE]`; a path that itself contains ':' still works when no scale follows."""
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            scale = float(tail)
+            path = head
+        except ValueError:
+            path = text
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"LoRA file not found: {path}")
+    return file, scale
+
+
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
+# Settings are merged as plain dicts: a JSONL line's overrides beat explicit flags, which beat --from, which
+# beats the model's defaults.
+SETTING_KEYS = ("prompt", "negative", "seed", "num", "steps", "cfg", "pag", "pag_layer", "res", "sampler", "shift",
+                "out", "lora")
+
+
+def record_settings(record) -> dict[str, Any]:
+    """Settings to replay from a stored GenerationRecord."""
+    settings = {
+        "prompt": record.prompt, "negative": record.negative_prompt, "seed": record.seed, "steps": record.steps,
+        "cfg": record.guidance, "pag": record.pag, "sampler": record.sampler, "shift": record.flow_shift,
+        "res": f"{record.width}x{record.height}" if record.width and record.height else None, "model": record.model,
+    }
+    if record.pag_layers:
+        settings["pag_layer"] = record.pag_layers[0]
+    if record.loras:
+        settings["lora"] = [f"{entry['path']}:{entry.get('scale', 1.0)}" for entry in record.loras]
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    return merged
+
+
+@dataclass
+class ModelDefaults:
+    steps: int
+    cfg: float
+    pag: float
+    pag_layer: int
+    sampler: str
+    shift: float
+    resolution: int
+    max_timesteps: float = 1.5708
+    intermediate_timesteps: float | None = 1.3
+
+
+def model_defaults(spec, scheduler_config: dict, family: str, native_resolution: int) -> ModelDefaults:
+    """Defaults from the preset, with the model's own scheduler file winning for the flow shift."""
+    from sana.sampling import DEFAULT_STEPS
+
+    preset = dict(spec.defaults) if spec else {}
+    sprint = family == "sprint"
+    sampler = preset.get("sampler", "scm" if sprint else "flow-dpm")
+    shift = scheduler_config.get("flow_shift", preset.get("flow_shift", 3.0))
+    return ModelDefaults(
+        steps=int(preset.get("steps", DEFAULT_STEPS[sampler])), cfg=float(preset.get("guidance", 4.5)),
+        pag=float(preset.get("pag", 0.0)), pag_layer=int(preset.get("pag_layer", 8)), sampler=sampler,
+        shift=float(shift), resolution=native_resolution,
+        max_timesteps=float(preset.get("max_timesteps", 1.5708)),
+        intermediate_timesteps=preset.get("intermediate_timesteps", 1.3),
+    )
+
+
+def quiet_libraries() -> None:
+    """diffusers and transformers print progress bars and warnings of their own; ours are enough."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.disable_progress_bar()
+        if not console.settings.verbose:
+            lib.set_verbosity_error()
+
+
+def run(flags: dict[str, Any], *, command: str) -> None:
+    """The whole run for `sana gen` / `sana sprint` (command names the family it expects)."""
+    quiet_libraries()
+
+    from sana import __version__
+    from sana.device import DTYPE_NAMES, pick_device, pick_dtype
+    from sana.hub import resolve_model
+    from sana.outputs import GenerationRecord, plan_output_paths, read_metadata, save_image
+    from sana.pipeline import ImagePipeline, ImageRequest
+    from sana.prompts_file import read_prompts
+    from sana.sampling import SAMPLERS
+
+    # 1. Settings from --from, the command line and the prompts file.
+    replay = record_settings(read_metadata(Path(flags["from"]))) if flags.get("from") else {}
+    explicit = {k: flags.get(k) for k in SETTING_KEYS}
+    if flags.get("prompts"):
+        if flags.get("prompt"):
+            raise UsageError("give a prompt or --prompts FILE, not both")
+        jobs = [(job.prompt, dict(job.overrides)) for job in read_prompts(Path(flags["prompts"]))]
+    else:
+        prompt = flags.get("prompt") or replay.get("prompt")
+        if not prompt:
+            raise UsageError("no prompt given", f"usage: sana {command} \"a prompt\" (or --prompts FILE, or --from IMAGE)")
+        jobs = [(prompt, {})]
+
+    # 2. Seeds and output paths, before anything loads: an existing file fails now, not after a long load.
+    force = bool(flags.get("force"))
+    planned_jobs, planned = [], 0
+    for prompt, overrides in jobs:
+        settings = merge_settings(replay, explicit, overrides)
+        parse_resolution(settings.get("res"))  # bad sizes and samplers fail before the model loads
+        if settings.get("sampler") and settings["sampler"] not in SAMPLERS:
+            raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(SAMPLERS)}")
+        num = int(settings.get("num") or 1)
+        seed = random_seed() if settings.get("seed") is None else int(settings["seed"])
+        seeds = [(seed + i) & 0xFFFFFFFF for i in range(num)]
+        out = settings.get("out")
+        numbered = len(jobs) > 1 or num > 1  # `-o file.png` with several images numbers them on
+        paths = plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force,
+                                  index_start=planned if numbered else 0)
+        planned += num
+        planned_jobs.append((prompt, settings, seeds, paths))
+
+    # 3. The model: resolve (no download here), check its family.
+    model_arg = flags.get("model") or replay.get("model")
+    if not model_arg:
+        raise UsageError("no model given", "pass --model NAME|DIR (see `sana models list`)")
+    resolved = resolve_model(model_arg)
+    from sana.components import check_components, family_from_index, model_index
+
+    family = (resolved.spec.family if resolved.spec else None) or family_from_index(model_index(resolved.path)) or "sana"
+    if command == "sprint" and family != "sprint":
+        raise UsageError(f"{model_arg} is not a SANA-Sprint model", "use `sana gen` for it, or pass --model sprint-1.6b")
+    if command == "gen" and family == "sprint":
+        raise UsageError(f"{model_arg} is a SANA-Sprint model", "use `sana sprint` for it")
+    if family not in ("sana", "sana1.5", "sprint"):
+        raise UsageError(f"{model_arg} is a {family} model", "this command generates images")
+    check_components(resolved.path)
+
+    # 4. Device and precision.
+    device = pick_device(flags.get("device") or "auto")
+    dtype = pick_dtype(flags.get("dtype") or "auto", device)
+    # Variant files of the compute precision when the model has them (e.g. *.bf16.safetensors), else the default.
+    variant = DTYPE_NAMES[dtype]
+    if resolved.spec is not None:
+        weight_set = resolved.spec.weights.get(DTYPE_NAMES[dtype])
+        variant = weight_set.variant if weight_set else None
+
+    # 5. Load (LoRAs merged at load).
+    lora_args = explicit.get("lora") or replay.get("lora") or []
+    loras = [parse_lora(text) for text in lora_args]
+    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]} on {device})")
+    start = time.perf_counter()
+    pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family, variant=variant,
+                                         loras=loras)
+    load_seconds = time.perf_counter() - start
+    defaults = model_defaults(resolved.spec, pipe.scheduler_config, family, pipe.native_resolution)
+
+    # 6. One generation a prompt (all its seeds in one batch), each image saved with its metadata.
+    lora_records = [{"path": str(p), "scale": s, "sha256": _sha256(p)} for p, s in loras]
+    for prompt, settings, seeds, paths in planned_jobs:
+        request = _request(prompt, settings, seeds, defaults, family, ImageRequest)
+        result = _generate_with_progress(pipe, request)
+        for image, seed, path in zip(result.images, request.seeds, paths):
+            record = GenerationRecord(
+                prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
+                model_repo=resolved.repo, model_revision=resolved.revision, family=family, seed=seed,
+                steps=request.steps, guidance=request.guidance, pag=request.pag,
+                pag_layers=list(request.pag_layers) if request.pag > 0 else [], sampler=request.sampler,
+                flow_shift=request.flow_shift, width=request.width, height=request.height, dtype=DTYPE_NAMES[dtype],
+                loras=lora_records, version=__version__,
+                timings={"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
+                extra={"device": str(device), "generated_size": list(result.generated_size), "images_in_batch": len(seeds)},
+            )
+            start = time.perf_counter()
+            written = save_image(image, path, record, force=force)
+            result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
+            console.out.print(str(written), highlight=False)
+        t = result.timings
+        console.info(f"load {load_seconds:.2f}s | encode {t['encode']:.2f}s | denoise {t['denoise']:.2f}s | "
+                     f"decode {t['decode']:.2f}s | save {t['save']:.2f}s")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _extension(out: str | None) -> str:
+    if out:
+        suffix = Path(out).suffix.lower()
+        if suffix in (".png", ".jpg", ".jpeg", ".webp"):
+            return suffix
+    return ".png"
+
+
+def _request(prompt: str, settings: dict[str, Any], seeds: list[int], defaults: ModelDefaults, family: str,
+             request_type):
+    from sana.sampling import SAMPLERS
+
+    sprint = family == "sprint"
+    size = parse_resolution(settings.get("res")) or (defaults.resolution, defaults.resolution)
+    width, height = snap_size(*size)
+    sampler = settings.get("sampler") or defaults.sampler
+    if sampler not in SAMPLERS or (sampler == "scm") != sprint:
+        allowed = "scm" if sprint else "flow-dpm, flow-euler"
+        raise UsageError(f"unknown sampler '{sampler}' for this model", f"use {allowed}")
+    steps = int(settings.get("steps") or (defaults.steps if sampler == defaults.sampler else _default_steps(sampler)))
+    if sprint and not 1 <= steps <= 4:
+        raise UsageError(f"--steps {steps} is out of range for SANA-Sprint", "use 1 to 4 steps")
+    cfg = float(settings["cfg"]) if settings.get("cfg") is not None else defaults.cfg
+    pag = float(settings["pag"]) if settings.get("pag") is not None else defaults.pag
+    if cfg < 0 or pag < 0:
+        raise UsageError("guidance scales must be >= 0")
+    if sprint and pag > 0:
+        raise UsageError("PAG does not apply to SANA-Sprint")
+    request = request_type(
+        prompt=prompt, seeds=seeds, width=width, height=height, steps=steps,
+        guidance=cfg, sampler=sampler, flow_shift=float(settings.get("shift") or defaults.shift),
+        negative_prompt=settings.get("negative") or "", pag=pag,
+        pag_layers=(int(settings.get("pag_layer", defaults.pag_layer)),),
+        max_timesteps=defaults.max_timesteps, intermediate_timesteps=defaults.intermediate_timesteps,
+    )
+    return request
+
+
+def _default_steps(sampler: str) -> int:
+    from sana.sampling import DEFAULT_STEPS
+
+    return DEFAULT_STEPS[sampler]
+
+
+def _generate_with_progress(pipe, request):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from sana.pipeline import Events
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console.err, transient=True, disable=console.settings.quiet) as bar:
+        task = bar.add_task("encode", total=request.steps)
+        events = Events(on_phase=lambda name: bar.update(task, description=name),
+                        on_step=lambda done, total: bar.update(task, completed=done, total=total))
+        return pipe.generate(request, events)

@@ -1,0 +1,212 @@
+"""`sana gen` / `sana sprint` through the installed entry point, image for image against diffusers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.cli_helpers import assert_one_line_error, psnr, run_sana
+from tests.tiny_pipeline import build_pipeline, pag_pipeline_from
+
+COMMON = ("--device", "cpu", "--dtype", "fp32")
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    built = {}
+    for kind in ("sana", "sana1.5", "4k", "sprint"):
+        path = tmp_path_factory.mktemp(f"tiny-{kind}")
+        built[kind] = (build_pipeline(path, kind, seed=len(built)), path)
+    return built
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+@pytest.mark.parametrize("kind", ["sana", "sana1.5", "4k"])
+def test_gen_matches_sana_pipeline(pipelines, kind, tmp_path):
+    pipe, model_dir = pipelines[kind]
+    out = tmp_path / "img.png"
+    result = run_sana("gen", "A Red Circle on the left", "--model", str(model_dir), "--res", "64x96", "--steps", "6",
+                      "--cfg", "4.5", "--seed", "11", "--negative", "blurry", "-o", str(out), *COMMON)
+    assert result.returncode == 0, result.stderr
+    ref = pipe("A Red Circle on the left", negative_prompt="blurry", num_inference_steps=6, guidance_scale=4.5,
+               width=64, height=96, generator=_generator(11), use_resolution_binning=False).images[0]
+    ours = Image.open(out)
+    assert ours.size == (64, 96)
+    assert psnr(ours.convert("RGB"), ref) >= 45
+
+
+def test_flow_euler_matches_diffusers(pipelines, tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SanaPipeline
+
+    pipe, model_dir = pipelines["sana"]
+    euler = SanaPipeline(**{**pipe.components, "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0)})
+    out = tmp_path / "euler.png"
+    result = run_sana("gen", "a blue square", "--model", str(model_dir), "--res", "64", "--steps", "5",
+                      "--sampler", "flow-euler", "--seed", "3", "-o", str(out), *COMMON)
+    assert result.returncode == 0, result.stderr
+    ref = euler("a blue square", num_inference_steps=5, width=64, height=64, generator=_generator(3),
+                use_resolution_binning=False).images[0]
+    assert psnr(Image.open(out).convert("RGB"), ref) >= 45
+
+
+def test_pag_matches_sana_pag_pipeline(pipelines, tmp_path):
+    pipe, model_dir = pipelines["sana"]
+    pag_pipe = pag_pipeline_from(pipe, layer=1)
+    out = tmp_path / "pag.png"
+    result = run_sana("gen", "a green triangle", "--model", str(model_dir), "--res", "64", "--steps", "5",
+                      "--cfg", "5.0", "--pag", "2.0", "--pag-layer", "1", "--seed", "5", "-o", str(out), *COMMON)
+    assert result.returncode == 0, result.stderr
+    ref = pag_pipe("a green triangle", num_inference_steps=5, guidance_scale=5.0, pag_scale=2.0, width=64, height=64,
+                   generator=_generator(5), use_resolution_binning=False).images[0]
+    assert psnr(Image.open(out).convert("RGB"), ref) >= 45
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_sprint_matches_sana_sprint_pipeline(pipelines, steps, tmp_path):
+    pipe, model_dir = pipelines["sprint"]
+    result = run_sana("sprint", "a cat", "--model", str(model_dir), "--res", "64x96", "--steps", str(steps),
+                      "--guidance", "4.5", "--seed", "9", "--num", "2", "-o", str(tmp_path) + "/", *COMMON)
+    assert result.returncode == 0, result.stderr
+    written = sorted(tmp_path.glob("*.png"))
+    assert len(written) == 2
+    for path, seed in zip(sorted(written, key=lambda p: "-9." not in p.name), (9, 10)):
+        ref = pipe("a cat", num_inference_steps=steps, guidance_scale=4.5, width=64, height=96, generator=_generator(seed),
+                   use_resolution_binning=False, intermediate_timesteps=1.3 if steps == 2 else None).images[0]
+        assert psnr(Image.open(path).convert("RGB"), ref) >= 45, path.name
+
+
+def test_from_replays_the_same_pixels_and_flags_win(pipelines, tmp_path):
+    _, model_dir = pipelines["sana1.5"]
+    first = tmp_path / "first.png"
+    assert run_sana("gen", "a yellow star", "--model", str(model_dir), "--res", "64", "--steps", "4", "--seed", "21",
+                    "-o", str(first), *COMMON).returncode == 0
+    again = tmp_path / "again.png"
+    result = run_sana("gen", "--from", str(first), "-o", str(again), *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert np.asarray(Image.open(first)).tolist() == np.asarray(Image.open(again)).tolist()
+    other_seed = tmp_path / "other.png"
+    assert run_sana("gen", "--from", str(first), "--seed", "22", "-o", str(other_seed), *COMMON).returncode == 0
+    assert np.asarray(Image.open(first)).tolist() != np.asarray(Image.open(other_seed)).tolist()
+    meta = json.loads(run_sana("info", str(other_seed), "--json").stdout)
+    assert meta["seed"] == 22 and meta["prompt"] == "a yellow star" and meta["steps"] == 4
+
+
+def test_outputs_never_overwrite_without_force(pipelines, tmp_path):
+    _, model_dir = pipelines["sana"]
+    out = tmp_path / "keep.png"
+    args = ("gen", "a dog", "--model", str(model_dir), "--res", "64", "--steps", "2", "--seed", "1", "-o", str(out), *COMMON)
+    assert run_sana(*args).returncode == 0
+    before = out.read_bytes()
+    assert_one_line_error(run_sana(*args[:-len(COMMON)], "--seed", "2", *COMMON))
+    assert out.read_bytes() == before
+    assert run_sana(*args, "--force").returncode == 0
+    # default names in a directory never collide
+    for _ in range(2):
+        assert run_sana("gen", "a dog", "--model", str(model_dir), "--res", "64", "--steps", "2", "--seed", "1",
+                        "-o", str(tmp_path / "dir") + "/", *COMMON).returncode == 0
+    assert len(list((tmp_path / "dir").glob("*.png"))) == 2
+
+
+def test_prompts_file_runs_every_line_in_one_process(pipelines, tmp_path):
+    _, model_dir = pipelines["sana"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a red circle", "seed": 1}\n{"prompt": "a blue square", "seed": 2, "steps": 3}\n')
+    result = run_sana("gen", "--prompts", str(prompts), "--model", str(model_dir), "--res", "64", "--steps", "2",
+                      "-o", str(tmp_path / "out") + "/", *COMMON)
+    assert result.returncode == 0, result.stderr
+    files = sorted((tmp_path / "out").glob("*.png"))
+    assert len(files) == 2
+    steps = sorted(json.loads(run_sana("info", str(f), "--json").stdout)["steps"] for f in files)
+    assert steps == [2, 3]
+
+
+def test_size_is_snapped_with_a_notice(pipelines, tmp_path):
+    _, model_dir = pipelines["sana"]
+    out = tmp_path / "snap.png"
+    result = run_sana("gen", "a dog", "--model", str(model_dir), "--res", "70x100", "--steps", "2", "--seed", "1",
+                      "-o", str(out), *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert "snapped to 64x96" in result.stderr
+    assert Image.open(out).size == (64, 96)
+
+
+@pytest.mark.parametrize("args", [
+    ("--model", "no-such-model"),
+    ("--sampler", "ddim"),
+    ("--res", "huge"),
+    ("--dtype", "fp8"),
+    ("--lora", "missing-lora.safetensors"),
+], ids=["unknown-model", "sampler", "res", "dtype", "lora"])
+def test_bad_input_is_one_line(pipelines, args, tmp_path):
+    _, model_dir = pipelines["sana"]
+    base = ["gen", "a dog", "--model", str(model_dir), "--steps", "2", "-o", str(tmp_path / "x.png"), "--device", "cpu"]
+    result = run_sana(*base, *args)
+    assert_one_line_error(result)
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_sprint_and_gen_refuse_each_others_models(pipelines, tmp_path):
+    assert "sana sprint" in assert_one_line_error(run_sana("gen", "x", "--model", str(pipelines["sprint"][1]), *COMMON))
+    assert "sana gen" in assert_one_line_error(run_sana("sprint", "x", "--model", str(pipelines["sana"][1]), *COMMON))
+
+
+def test_missing_component_is_one_line(pipelines, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(pipelines["sana"][1], broken)
+    shutil.rmtree(broken / "vae")
+    message = assert_one_line_error(run_sana("gen", "x", "--model", str(broken), "--res", "64", "-o", str(tmp_path / "o.png"), *COMMON))
+    assert "vae" in message
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_nan_output_is_a_clear_error_and_leaves_no_file(pipelines, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan-model"
+    shutil.copytree(pipelines["sana"][1], broken)
+    weights = broken / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    key = next(k for k in state if k.endswith("proj_out.weight"))
+    state[key] = torch.full_like(state[key], float("inf"))
+    save_file(state, weights)
+    message = assert_one_line_error(run_sana("gen", "x", "--model", str(broken), "--res", "64", "--steps", "2",
+                                             "-o", str(tmp_path / "nan.png"), *COMMON), after_progress=True)
+    assert "NaN" in message
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_lora_from_diffusers_gives_the_diffusers_image(tmp_path):
+    from diffusers import SanaPipeline, SanaTransformer2DModel
+
+    from tests.test_lora_merge import save_random_lora
+
+    model_dir = tmp_path / "model"
+    build_pipeline(model_dir, "sana1.5", seed=7)
+    lora = save_random_lora(SanaTransformer2DModel.from_pretrained(model_dir / "transformer"), tmp_path / "lora")
+    pipe = SanaPipeline.from_pretrained(model_dir)
+    pipe.load_lora_weights(lora.parent, weight_name=lora.name, adapter_name="style")
+    pipe.set_adapters(["style"], adapter_weights=[0.8])
+    ref = pipe("a red circle", num_inference_steps=4, width=64, height=64, generator=_generator(4),
+               use_resolution_binning=False).images[0]
+    out = tmp_path / "lora.png"
+    result = run_sana("gen", "a red circle", "--model", str(model_dir), "--res", "64", "--steps", "4", "--seed", "4",
+                      "--lora", f"{lora}:0.8", "-o", str(out), *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert psnr(Image.open(out).convert("RGB"), ref) >= 45
+    plain = tmp_path / "plain.png"
+    assert run_sana("gen", "a red circle", "--model", str(model_dir), "--res", "64", "--steps", "4", "--seed", "4",
+                    "-o", str(plain), *COMMON).returncode == 0
+    assert psnr(Image.open(plain).convert("RGB"), ref) < 40  # the LoRA matters
+    meta = json.loads(run_sana("info", str(out), "--json").stdout)
+    assert meta["loras"][0]["scale"] == 0.8 and len(meta["loras"][0]["sha256"]) == 64
