@@ -1,137 +1,210 @@
-"""`sana models`: list, inspect, download and remove models."""
+"""`sana models`: list, inspect, download and remove models (sizes in GB = 10^9 bytes, as the hub shows them)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from sana.errors import UsageError
+from sana.registry import ModelSpec
 
 from . import console
 
 models_app = typer.Typer(help="List, inspect, download and remove models.", no_args_is_help=True)
 
+NAME_HELP = "Registry name or alias, hub org/name id, or a local diffusers-format directory."
+PRECISIONS = ("fp32", "fp16", "bf16")
 
-def _gb(n: int | float) -> str:
-    return f"{n / 1e9:.2f} GB"
+
+def _check_precision(precision: str | None) -> None:
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}'", f"use one of {', '.join(PRECISIONS)}")
 
 
-def _params(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+def _key_value_table(rows: list[tuple[str, str]]) -> Table:
+    table = Table(show_header=False, show_edge=False, box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _print_json(title: str, data: Any) -> None:
+    console.out.print(f"\n[bold]{title}[/bold]")
+    console.out.print_json(json.dumps(data))
 
 
 @models_app.command("list")
-def list_models() -> None:
-    """The registry, with what is downloaded (sizes in GB = 1e9 bytes, as the hub shows them)."""
-    from sana.hub import cached_repos
-    from sana.registry import all_specs
+def list_command() -> None:
+    """The registry, and which models are in the hub cache."""
+    from sana.hub import human_count, human_size, list_models
 
-    cached = cached_repos()
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("name", "family", "res", "params", "downloaded", "on disk"):
-        table.add_column(column, justify="right" if column in ("res", "params", "on disk") else "left", no_wrap=True)
-    for spec in all_specs():
-        repo = cached.get(spec.repo.lower())
-        table.add_row(spec.name, spec.family, str(spec.resolution), _params(spec.transformer_params),
-                      "yes" if repo else "no", _gb(repo.size_on_disk) if repo else "-")
+    table = Table(header_style="bold")
+    for column, justify in (("name", "left"), ("family", "left"), ("resolution", "right"), ("params", "right"),
+                            ("downloaded", "left"), ("on disk", "right")):
+        table.add_column(column, justify=justify, no_wrap=True)
+    for entry in list_models():
+        spec = entry.spec
+        table.add_row(entry.name, entry.family or "-", f"{spec.resolution} px" if spec else "-",
+                      human_count(spec.transformer_params) if spec else "-", entry.status,
+                      human_size(entry.size_on_disk) if entry.status != "no" else "-")
     console.out.print(table)
 
 
 @models_app.command("info")
-def info(name: Annotated[str, typer.Argument(help="Registry name, org/repo id or local directory.")]) -> None:
-    """Everything known about a model, without network."""
-    from sana.hub import repo_for
-    from sana.registry import get_spec
+def info_command(name: Annotated[str, typer.Argument(help=NAME_HELP)]) -> None:
+    """Everything known about a model, without network: preset, sizes per precision, transformer config."""
+    from sana import hub
+    from sana.registry import find_spec
 
+    # 1. A local directory, or a cached repo the registry does not know: what is on disk, complete or not.
     local = Path(name).expanduser()
-    if local.is_dir():
-        _info_directory(local)
+    if local.exists():
+        _print_directory(hub.require_model_directory(local, name), name)
         return
-    repo, spec = repo_for(name)
+    spec = find_spec(name)
     if spec is None:
-        spec = get_spec(repo)
-    console.out.print(f"[bold]{spec.name}[/bold]  {spec.description}", highlight=False)
-    rows = [("repo", spec.repo), ("aliases", ", ".join(spec.aliases) or "-"), ("family", spec.family),
-            ("resolution", f"{spec.resolution} px"), ("pipeline", spec.pipeline),
-            ("verified", "yes" if spec.verified else "no (some values are best estimates)")]
-    rows += [(f"params: {k}", f"{v:,}") for k, v in spec.params.items()]
-    rows += [(f"default {k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in spec.defaults.items()]
-    _print_rows(rows)
-    sizes = Table(title="download size (GB)", show_edge=False, header_style="bold")
-    components = sorted({c for w in spec.weights.values() for c in w.bytes})
-    for column in ("precision", "files", *components, "total"):
-        sizes.add_column(column, justify="left" if column in ("precision", "files") else "right")
-    for precision, weights in spec.weights.items():
-        files = f"*.{weights.variant}.safetensors" if weights.variant else "default"
-        sizes.add_row(precision, files, *[f"{weights.bytes.get(c, 0) / 1e9:.2f}" for c in components],
-                      f"{weights.total_bytes / 1e9:.2f}")
-    console.out.print(sizes)
-    console.out.print("[bold]transformer config[/bold]")
-    console.out.print_json(json.dumps(spec.transformer))
+        cached = hub.cached_snapshot(name)
+        _print_directory(cached[0] if cached else hub.resolve_model(name).path, name)  # resolving says why not
+        return
+
+    # 2. A registry model: the preset, then its cache state.
+    cached = hub.cached_repos().get(spec.repo.lower())
+    rows = [("name", spec.name), ("aliases", ", ".join(spec.aliases) or "-"), ("repo", spec.repo),
+            ("family", spec.family), ("description", spec.description), ("resolution", f"{spec.resolution} px"),
+            ("pipeline", spec.pipeline)]
+    if not spec.verified:
+        rows.append(("verified", "no (values from the model's documentation, not checked against the repo)"))
+    if cached is None:
+        rows.append(("downloaded", f"no (sana models pull {spec.name})"))
+    else:
+        missing = hub.missing_files(cached.snapshot) if cached.snapshot else ["every file"]
+        status = "partial" if missing else "yes"
+        rows += [("downloaded", f"{status}, {hub.human_size(cached.size_on_disk)} on disk"),
+                 ("path", str(cached.snapshot or cached.path))]
+        if missing:
+            rows.append(("missing files", f"{', '.join(missing)} (sana models pull {spec.name})"))
+    console.out.print(_key_value_table(rows))
+
+    params = Table(title="parameters", header_style="bold", title_justify="left")
+    params.add_column("component")
+    params.add_column("params", justify="right")
+    for component, count in spec.params.items():
+        params.add_row(component, f"{hub.human_count(count)} ({count:,})")
+    console.out.print(params)
+    console.out.print(_download_sizes(spec))
+    _print_json("defaults", spec.defaults)
+    _print_json("transformer config", spec.transformer)
 
 
-def _info_directory(path: Path) -> None:
-    from sana.components import model_index, read_json
+def _download_sizes(spec: ModelSpec) -> Table:
+    """One column a precision, one row a component: narrow enough for any terminal."""
+    from sana.hub import human_size
 
-    index = model_index(path)
-    config_path = path / "transformer" / "config.json" if (path / "transformer").is_dir() else path / "config.json"
-    if not index and not config_path.is_file():
-        raise UsageError(f"{path} is not a model directory: no model_index.json or config.json")
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    _print_rows([("directory", str(path.resolve())), ("pipeline", index.get("_class_name", "-")), ("size on disk", _gb(size))])
-    if config_path.is_file():
-        console.out.print("[bold]transformer config[/bold]")
-        console.out.print_json(json.dumps(read_json(config_path)))
+    components = list(dict.fromkeys(c for w in spec.weights.values() for c in w.bytes))
+    table = Table(title="download size", header_style="bold", title_justify="left")
+    table.add_column("component")
+    for precision in spec.weights:
+        default = " (default)" if precision == spec.defaults.get("dtype") else ""
+        table.add_column(precision + default, justify="right", no_wrap=True)
+    table.add_row("files", *[f"*.{w.variant}.safetensors" if w.variant else "default" for w in spec.weights.values()])
+    for component in components:
+        table.add_row(component, *[human_size(w.bytes.get(component)) for w in spec.weights.values()])
+    table.add_row("total", *[human_size(w.total_bytes) for w in spec.weights.values()], style="bold")
+    return table
 
 
-def _print_rows(rows: list[tuple[str, str]]) -> None:
-    table = Table(show_header=False, show_edge=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows:
-        table.add_row(key, value)
+def _print_directory(path: Path, label: str) -> None:
+    from sana import hub
+
+    missing = hub.missing_files(path)  # first: it turns an unreadable model_index.json into a one-line error
+    index_file = path / "model_index.json"
+    index = json.loads(index_file.read_text(encoding="utf-8")) if index_file.is_file() else {}
+    console.out.print(_key_value_table([
+        ("model", label), ("path", str(path)), ("pipeline", index.get("_class_name", "-")),
+        ("missing files", ", ".join(missing) or "none"),
+    ]))
+    table = Table(title="components", header_style="bold", title_justify="left")
+    for column in ("component", "params", "on disk"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for component in hub.local_components(path):
+        table.add_row(component.name, hub.human_count(component.params), hub.human_size(component.size_on_disk))
     console.out.print(table)
+    config = hub.transformer_config(path)
+    if config:
+        _print_json("transformer config", config)
 
 
 @models_app.command("pull")
-def pull(
-    name: Annotated[str, typer.Argument(help="Registry name or org/repo id.")],
-    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32, fp16 or bf16 (default: the model's recommended).")] = None,
+def pull_command(
+    name: Annotated[str, typer.Argument(help="Registry name or alias, or hub org/name id.")],
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="fp32, fp16 or bf16: which weight files to fetch (default: the model's own).")] = None,
 ) -> None:
-    """Download only the files one precision needs into the hub cache (resumable)."""
+    """Download the files one precision needs into the hub cache (resumable; HF_HOME, HF_TOKEN, HF_ENDPOINT apply)."""
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
     from sana import hub
 
-    if precision not in (None, "fp32", "fp16", "bf16"):
-        raise UsageError(f"unknown precision '{precision}'", "use fp32, fp16 or bf16")
-    path = hub.pull(name, precision=precision)
+    _check_precision(precision)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=False),
+                        TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[files]}"),
+                        console=console.err, disable=console.settings.quiet)
+    task = progress.add_task(f"pulling {name}", total=None, files="")
+
+    def show(state: hub.PullProgress) -> None:
+        # Started on the first report, so that an error before the download is the only line printed.
+        progress.start()
+        progress.update(task, description=f"pulling {state.repo}", completed=state.done_bytes,
+                        total=state.total_bytes, files=f"{state.files_done}/{state.files_total} files")
+
+    try:
+        try:
+            path = hub.pull(name, precision=precision, on_progress=show)
+        finally:
+            progress.stop()
+    except KeyboardInterrupt:
+        # The hub client's download threads would finish their files before Python exits; the `.incomplete`
+        # blobs they leave are what the next pull resumes from, so exiting now loses nothing.
+        console.error(f"interrupted; run `sana models pull {name}` again to resume")
+        sys.stderr.flush()
+        os._exit(130)
+    hub.resolve_model(name, precision=precision)  # the repo may lack a component: say so now, not at `gen`
     console.out.print(str(path), highlight=False)
 
 
 @models_app.command("rm")
-def remove(
-    name: Annotated[str, typer.Argument(help="Registry name or org/repo id.")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+def rm_command(
+    name: Annotated[str, typer.Argument(help="Registry name or alias, or hub org/name id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
 ) -> None:
-    """Delete a model from the hub cache."""
+    """Delete every cached revision of a model from the hub cache."""
     from sana import hub
 
-    repo, spec = hub.repo_for(name)
+    repo, _ = hub.repo_for(name, "rm")
     if not yes:
         if not sys.stdin.isatty():
-            raise UsageError(f"refusing to delete {repo} without confirmation", "pass --yes")
-        typer.confirm(f"delete {repo} from {hub.cache_dir()}?", abort=True)
-    freed = hub.remove(name)
-    console.info(f"removed {repo}, freed {_gb(freed)}")
+            raise UsageError(f"not deleting {repo} without confirmation", "pass --yes")
+        typer.confirm(f"delete {repo} from {hub.hub_cache_dir()}?", abort=True)
+    removed, freed = hub.remove(name)
+    console.out.print(f"removed {removed} ({hub.human_size(freed)} freed)", highlight=False)
 
 
 @models_app.command("path")
-def path(name: Annotated[str, typer.Argument(help="Registry name, org/repo id or directory.")]) -> None:
-    """Print the local folder of a downloaded model."""
+def path_command(
+    name: Annotated[str, typer.Argument(help=NAME_HELP)],
+    precision: Annotated[Optional[str], typer.Option("--precision", help="Require this precision's weights.")] = None,
+) -> None:
+    """Print the local directory of a model (nothing else, for scripts)."""
     from sana.hub import resolve_model
 
-    console.out.print(str(resolve_model(name).path), highlight=False, soft_wrap=True)
+    _check_precision(precision)
+    console.out.print(str(resolve_model(name, precision=precision).path), highlight=False, soft_wrap=True)

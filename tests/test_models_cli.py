@@ -1,187 +1,260 @@
-"""The registry, the hub cache and `sana models`, through the installed entry point."""
+"""`sana models` through the installed entry point, against temporary hub caches (never the network)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from sana.hub import select_files
-from sana.models.transformer import TransformerConfig
-from sana.registry import all_specs, find_spec, get_spec
+from sana.hub import human_size
+from sana.registry import all_specs, get_spec
 from tests.cli_helpers import assert_one_line_error, run_sana
-from tests.tiny_pipeline import build_pipeline
+from tests.test_hub import COMMIT, blob_bytes, cache_repo, write_fake_pipeline
 
-REPO = "Efficient-Large-Model/Sana_1600M_1024px_diffusers"  # the repo of sana-1.6b
-
-
-def populate_cache(hub_cache: Path, repo: str, source: Path, commit: str = "a" * 40) -> Path:
-    """Lay `source` out in the hub cache the way huggingface_hub does: blobs, a snapshot of links, refs/main."""
-    root = hub_cache / f"models--{repo.replace('/', '--')}"
-    snapshot = root / "snapshots" / commit
-    for file in sorted(p for p in source.rglob("*") if p.is_file()):
-        data = file.read_bytes()
-        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snapshot / file.relative_to(source)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(commit)
-    return snapshot
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny")
-    build_pipeline(path, "sana")
-    shutil.rmtree(path / "_tokenizer_build")
-    return path
+SANA_1600M = get_spec("sana-1.6b").repo
+SANA_4K = get_spec("sana-1.6b-4k").repo
+NO_NETWORK = "http://127.0.0.1:9"  # nothing listens there: connections are refused at once
 
 
 @pytest.fixture
-def hub_env(tmp_path, tiny_dir):
-    cache = tmp_path / "hub"
-    snapshot = populate_cache(cache, REPO, tiny_dir)
-    return {"HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf-home")}, snapshot
+def cache(tmp_path) -> tuple[Path, dict]:
+    """An empty hub cache and the environment that points the CLI at it."""
+    hub_cache = tmp_path / "hf-home" / "hub"
+    return hub_cache, {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": str(hub_cache), "HF_ENDPOINT": NO_NETWORK}
 
 
-# -- registry ------------------------------------------------------------------------------------------------
-
-def test_every_preset_is_complete_and_unique():
-    specs = all_specs()
-    assert len(specs) >= 14
-    keys = [k.lower() for s in specs for k in (s.name, s.repo, *s.aliases)]
-    assert len(keys) == len(set(keys))
-    for spec in specs:
-        assert find_spec(spec.name) is spec and find_spec(spec.repo) is spec
-        assert all(find_spec(alias) is spec for alias in spec.aliases)
-        assert spec.transformer_params > 0 and spec.resolution > 0
-        for weights in spec.weights.values():
-            assert weights.total_bytes > 0 and all(v > 0 for v in weights.bytes.values())
-        if spec.is_image:
-            cfg = TransformerConfig.from_dict(spec.transformer)
-            assert cfg.sample_size * 32 == spec.resolution
-            assert {"steps", "guidance", "sampler"} <= set(spec.defaults)
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """Rows of a rich table (the header row too), by their first cell."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│")[1:-1]]
+        if cells:
+            rows[cells[0]] = cells
+    return rows
 
 
-def test_known_facts_of_the_presets():
-    k4 = get_spec("sana-4k")
-    assert k4.name == "sana-1.6b-4k"
-    assert k4.transformer["interpolation_scale"] == 2.0 and k4.transformer["sample_size"] == 128
-    assert get_spec("sana1.5-4.8b").transformer["num_layers"] == 60
-    sprint = get_spec("sprint-1.6b")
-    assert sprint.transformer["guidance_embeds"] and sprint.transformer["qk_norm"] == "rms_norm_across_heads"
-    assert sprint.defaults["sampler"] == "scm" and sprint.defaults["steps"] == 2
-    assert get_spec("Sana_1600M_1024px_diffusers") is get_spec("sana-1.6b")
+# ------------------------------------------------------------------------------------------- list
 
+def test_list_shows_the_registry_and_what_is_cached(cache, tmp_path):
+    hub_cache, env = cache
+    cache_repo(hub_cache, SANA_1600M, write_fake_pipeline(tmp_path / "a"))
+    partial = cache_repo(hub_cache, SANA_4K, write_fake_pipeline(tmp_path / "b"))
+    (partial / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    cache_repo(hub_cache, "someone/sana-finetune", write_fake_pipeline(tmp_path / "c"))
 
-def test_select_files_takes_only_one_precision():
-    files = [
-        "model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer.model",
-        "transformer/config.json", "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
-        "transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
-        "transformer/diffusion_pytorch_model.safetensors.index.json", "transformer/diffusion_pytorch_model.fp16.safetensors",
-        "text_encoder/config.json", "text_encoder/model-00001-of-00002.safetensors", "text_encoder/model-00002-of-00002.safetensors",
-        "text_encoder/model.safetensors.index.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-        "vae/diffusion_pytorch_model.bin", ".gitattributes", "README.md",
-    ]
-    fp16 = select_files(files, "fp16")
-    assert "transformer/diffusion_pytorch_model.fp16.safetensors" in fp16
-    assert not any("00001-of-00002" in f for f in fp16 if f.startswith("transformer/"))
-    assert "text_encoder/model-00001-of-00002.safetensors" in fp16  # no fp16 variant there: the default files
-    assert "vae/diffusion_pytorch_model.bin" not in fp16 and ".gitattributes" not in fp16
-    default = select_files(files, None)
-    assert "transformer/diffusion_pytorch_model-00002-of-00002.safetensors" in default
-    assert "transformer/diffusion_pytorch_model.fp16.safetensors" not in default
-
-
-# -- the CLI ---------------------------------------------------------------------------------------------------
-
-def test_list_shows_the_registry_and_the_cache(hub_env):
-    env, _ = hub_env
     result = run_sana("models", "list", env=env)
     assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout)
+    assert rows["name"] == ["name", "family", "resolution", "params", "downloaded", "on disk"]
     for spec in all_specs():
-        assert spec.name in result.stdout
-    row = next(line for line in result.stdout.splitlines() if line.split("│")[0].strip() == "sana-1.6b")
-    assert "yes" in row and "GB" in row
-    other = next(line for line in result.stdout.splitlines() if line.split("│")[0].strip() == "sana-1.6b-4k")
-    assert "no" in other
+        assert rows[spec.name][1:3] == [spec.family, f"{spec.resolution} px"]
+    assert rows["sana-1.6b"][3:] == ["1.60B", "yes", human_size(blob_bytes(hub_cache, SANA_1600M))]
+    assert rows["sana-1.6b-4k"][4] == "partial"
+    assert rows["sana-0.6b"][4:] == ["no", "-"]
+    assert rows["video-2b-480p"][1] == "video" and rows["wm-2.6b"][1] == "wm"
+    assert rows["someone/sana-finetune"][1] == "sana" and rows["someone/sana-finetune"][4] == "yes"
 
 
-def test_info_works_offline(tmp_path):
-    result = run_sana("models", "info", "sana-1.6b-4k", env={"HF_HUB_CACHE": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9"})
+def test_list_with_no_cache_directory(cache):
+    _, env = cache
+    result = run_sana("models", "list", env=env)
     assert result.returncode == 0, result.stderr
-    assert '"interpolation_scale": 2.0' in result.stdout and '"sample_size": 128' in result.stdout
-    assert "Efficient-Large-Model/Sana_1600M_4Kpx_BF16_diffusers" in result.stdout
-    assert "3.21" in result.stdout and "9.73" in result.stdout  # bf16 transformer and total, GB
+    assert {row[4] for name, row in table_rows(result.stdout).items() if name != "name"} == {"no"}
 
 
-def test_info_and_path_of_a_local_directory(tiny_dir):
-    info = run_sana("models", "info", str(tiny_dir))
-    assert info.returncode == 0 and "SanaPipeline" in info.stdout and '"num_layers": 3' in info.stdout
-    path = run_sana("models", "path", str(tiny_dir))
-    assert path.returncode == 0 and Path(path.stdout.strip()) == tiny_dir.resolve()
+def test_listing_does_not_import_torch(cache):
+    """`sana models list` stays quick: the hub module needs neither torch nor diffusers."""
+    _, env = cache
+    code = ("import sys; import sana.hub as h; h.list_models(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "PATH": ""}, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
-def test_path_and_gen_from_the_cache_then_rm(hub_env, tmp_path):
-    env, snapshot = hub_env
-    for name in ("sana-1.6b", REPO):
-        result = run_sana("models", "path", name, env=env)
+# ------------------------------------------------------------------------------------------- info
+
+def test_info_of_a_registry_model_needs_no_network(cache):
+    _, env = cache
+    result = run_sana("models", "info", "sana-1.6b-4k", env=env)  # offline, endpoint unreachable, empty cache
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for text in ("sana-1.6b-4k", "sana-4k, sana-1600m-4k", SANA_4K, "SANA 1.0, 1.6B, 4096 px", "4096 px",
+                 "SanaPipeline", "1,604,462,752", "2,614,341,888", "*.bf16.safetensors",
+                 "no (sana models pull sana-1.6b-4k)"):
+        assert text in out, text
+    sizes = table_rows(out)
+    assert sizes["transformer"][1:] == ["6.42 GB", "3.21 GB"]  # fp32, bf16
+    assert sizes["total"][1:] == ["12.94 GB", "9.73 GB"]
+    assert '"interpolation_scale": 2.0' in out and '"sample_size": 128' in out and '"flow_shift": 6.0' in out
+
+
+def test_info_of_a_cached_registry_model_shows_where_it_is(cache, tmp_path):
+    hub_cache, env = cache
+    snapshot = cache_repo(hub_cache, SANA_1600M, write_fake_pipeline(tmp_path / "a"))
+    result = run_sana("models", "info", "sana-1.6b", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"yes, {human_size(blob_bytes(hub_cache, SANA_1600M))} on disk" in result.stdout
+    assert str(snapshot) in result.stdout
+
+
+@pytest.mark.parametrize("how", ["directory", "repo-id"])
+def test_info_of_a_local_directory_or_unregistered_repo(cache, tmp_path, how):
+    hub_cache, env = cache
+    source = write_fake_pipeline(tmp_path / "pipeline")
+    if how == "repo-id":
+        cache_repo(hub_cache, "someone/sana-finetune", source)
+    result = run_sana("models", "info", str(source) if how == "directory" else "someone/sana-finetune", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "SanaPipeline" in result.stdout and '"num_layers": 2' in result.stdout
+    components = table_rows(result.stdout)
+    assert components["transformer"][1] == "17" and components["text_encoder"][1] == "10"
+    assert components["tokenizer"][1] == "-"
+
+
+@pytest.mark.parametrize("name", ["sana-1.6b", "someone/sana-finetune"])
+def test_info_of_a_partial_download_says_what_is_missing(cache, tmp_path, name):
+    hub_cache, env = cache
+    snapshot = cache_repo(hub_cache, get_spec(name).repo if "/" not in name else name, write_fake_pipeline(tmp_path / "a"))
+    (snapshot / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    result = run_sana("models", "info", name, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "missing files" in result.stdout and "vae weights" in result.stdout
+
+
+# ------------------------------------------------------------------------------------- path and rm
+
+def test_path_prints_only_the_directory(cache, tmp_path):
+    hub_cache, env = cache
+    snapshot = cache_repo(hub_cache, SANA_1600M, write_fake_pipeline(tmp_path / "a"))
+    local = write_fake_pipeline(tmp_path / "local")
+    for arg, expected in (("sana-1.6b", snapshot), ("sana-1600m", snapshot), (SANA_1600M, snapshot),
+                          (str(local), local.resolve()), (str(local / "transformer"), (local / "transformer").resolve())):
+        result = run_sana("models", "path", arg, env=env)
         assert result.returncode == 0, result.stderr
-        assert Path(result.stdout.strip()) == snapshot
+        assert result.stdout == f"{expected}\n" and result.stderr == ""
+
+
+def test_rm_asks_unless_yes(cache, tmp_path):
+    hub_cache, env = cache
+    cache_repo(hub_cache, SANA_1600M, write_fake_pipeline(tmp_path / "a"))
+    cache_repo(hub_cache, SANA_4K, write_fake_pipeline(tmp_path / "b"))
+    freed = human_size(blob_bytes(hub_cache, SANA_1600M))
+
+    # stdin is not a terminal here: no question can be asked, so nothing is deleted
+    assert "pass --yes" in assert_one_line_error(run_sana("models", "rm", "sana-1.6b", env=env))
+    assert run_sana("models", "path", "sana-1.6b", env=env).returncode == 0
+
+    removed = run_sana("models", "rm", "sana-1.6b", "--yes", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.strip() == f"removed {SANA_1600M} ({freed} freed)"
+    assert "is not downloaded" in assert_one_line_error(run_sana("models", "path", "sana-1.6b", env=env))
+    assert "not in the hub cache" in assert_one_line_error(run_sana("models", "rm", "sana-1.6b", "--yes", env=env))
+    assert run_sana("models", "path", "sana-4k", env=env).returncode == 0
+
+
+def test_pull_command_shows_progress_and_prints_the_path(tmp_path, monkeypatch):
+    """In-process, with the hub client replaced (no network here): the command's own rendering and result."""
+    import huggingface_hub.constants
+    from typer.testing import CliRunner
+
+    from sana_cli.app import app
+    from tests.test_hub import FakeHub, repo_files
+
+    hub_cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))
+    source = write_fake_pipeline(tmp_path / "src", transformer_variant="bf16")
+    fake = FakeHub(hub_cache, SANA_4K, repo_files(source), delay=0.05).install(monkeypatch)
+    result = CliRunner().invoke(app, ["models", "pull", "sana-4k", "--precision", "bf16"])
+    assert result.exit_code == 0, result.output
+    snapshot = hub_cache / f"models--{SANA_4K.replace('/', '--')}" / "snapshots" / COMMIT
+    assert result.stdout.strip().splitlines()[-1] == str(snapshot)
+    assert "transformer/diffusion_pytorch_model.bf16.safetensors" in fake.calls[0]["allow_patterns"]
+    assert f"{len(fake.calls[0]['allow_patterns'])}/{len(fake.calls[0]['allow_patterns'])} files" in result.stderr
+
+
+# -------------------------------------------------------------------------- the engine uses the cache
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    from tests.tiny_pipeline import build_pipeline
+
+    path = tmp_path_factory.mktemp("tiny")
+    build_pipeline(path, "sana")
+    shutil.rmtree(path / "_tokenizer_build", ignore_errors=True)
+    return path
+
+
+def test_gen_runs_from_the_hub_cache(cache, tmp_path, tiny_pipeline):
+    hub_cache, env = cache
+    cache_repo(hub_cache, SANA_1600M, tiny_pipeline)
     out = tmp_path / "cached.png"
     gen = run_sana("gen", "a dog", "--model", "sana-1.6b", "--res", "64", "--steps", "2", "--seed", "1", "-o", str(out),
                    "--device", "cpu", "--dtype", "fp32", env=env)
     assert gen.returncode == 0, gen.stderr
     meta = json.loads(run_sana("info", str(out), "--json").stdout)
-    assert meta["model_repo"] == REPO and meta["model_revision"] == "a" * 40
-    assert_one_line_error(run_sana("models", "rm", "sana-1.6b", env=env))  # no --yes, no terminal
-    removed = run_sana("models", "rm", "sana-1.6b", "--yes", env=env)
-    assert removed.returncode == 0, removed.stderr
-    assert "not downloaded" in assert_one_line_error(run_sana("models", "path", "sana-1.6b", env=env))
-    assert "not in the cache" in assert_one_line_error(run_sana("models", "rm", "sana-1.6b", "--yes", env=env))
+    assert meta["model_repo"] == SANA_1600M and meta["model_revision"] == COMMIT
 
 
-def test_missing_local_files(hub_env):
-    env, snapshot = hub_env
-    for weights in (snapshot / "vae").glob("*.safetensors"):
-        weights.unlink()
-    message = assert_one_line_error(run_sana("models", "path", "sana-1.6b", env=env))
-    assert "missing local files" in message and "vae" in message and "sana models pull" in message
+# ------------------------------------------------------------------------------------------ errors
+
+def _not_a_model(tmp_path: Path) -> Path:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.txt").write_text("meow")
+    return photos
 
 
-@pytest.mark.parametrize("args,expected", [
-    (("models", "info", "sana-1.7b"), "did you mean"),
-    (("models", "path", "no-such-model"), "unknown model"),
-    (("models", "path", "./no/such/dir"), "no such model directory"),
-    (("models", "pull", "sana-1.6b", "--precision", "fp8"), "unknown precision"),
-], ids=["suggestion", "unknown", "missing-dir", "precision"])
-def test_errors_are_one_line(args, expected, tmp_path):
-    assert expected in assert_one_line_error(run_sana(*args, env={"HF_HUB_CACHE": str(tmp_path)}))
+def _cached_without_vae_weights(tmp_path: Path, hub_cache: Path) -> None:
+    snapshot = cache_repo(hub_cache, SANA_1600M, write_fake_pipeline(tmp_path / "a"))
+    (snapshot / "vae" / "diffusion_pytorch_model.safetensors").unlink()
 
 
-def test_directory_that_is_not_a_model(tmp_path):
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "a.txt").write_text("x")
-    assert "not a model directory" in assert_one_line_error(run_sana("models", "path", str(tmp_path / "photos")))
-    assert "not a model directory" in assert_one_line_error(
-        run_sana("gen", "x", "--model", str(tmp_path / "photos"), "--device", "cpu"))
+ERRORS = {
+    # id: (arguments, set-up, environment overrides, expected text)
+    "unknown-model": (lambda t, c: ("models", "info", "sana-1.7b"), {}, "unknown model 'sana-1.7b' (did you mean"),
+    "unknown-model-path": (lambda t, c: ("models", "path", "no-such-model"), {}, "see `sana models list`"),
+    "unknown-model-pull": (lambda t, c: ("models", "pull", "no-such-model"), {}, "unknown model"),
+    "not-downloaded": (lambda t, c: ("models", "path", "sana-1.6b"), {}, "run: sana models pull sana-1.6b"),
+    "not-a-model": (lambda t, c: ("models", "path", str(_not_a_model(t))), {},
+                    "is not a model directory: no model_index.json or config.json"),
+    "not-a-model-info": (lambda t, c: ("models", "info", str(_not_a_model(t))), {}, "is not a model directory"),
+    "not-a-model-gen": (lambda t, c: ("gen", "x", "--model", str(_not_a_model(t)), "--device", "cpu"), {},
+                        "is not a model directory"),
+    "no-such-dir": (lambda t, c: ("models", "path", str(t / "no" / "such" / "dir")), {}, "no such directory"),
+    "missing-files": (lambda t, c: (_cached_without_vae_weights(t, c), ("models", "path", "sana-1.6b"))[1], {},
+                      "sana-1.6b is missing local files: vae weights (run: sana models pull sana-1.6b)"),
+    "missing-files-gen": (lambda t, c: (_cached_without_vae_weights(t, c), ("gen", "x", "--model", SANA_1600M))[1],
+                          {}, "missing local files: vae weights"),
+    "info-not-downloaded": (lambda t, c: ("models", "info", "someone/other"), {}, "run: sana models pull someone/other"),
+    "offline-pull": (lambda t, c: ("models", "pull", "sana-1.6b"), {"HF_HUB_OFFLINE": "1"},
+                     "cannot pull sana-1.6b: offline mode is on (HF_HUB_OFFLINE=1)"),
+    "no-network-pull": (lambda t, c: ("models", "pull", "sana-1.6b"), {"HF_HUB_OFFLINE": "0"},
+                        f"cannot pull sana-1.6b: {NO_NETWORK} cannot be reached"),
+    "no-network-pull-repo": (lambda t, c: ("models", "pull", "someone/other", "--precision", "fp16"),
+                             {"HF_HUB_OFFLINE": "0"}, "cannot be reached"),
+    "pull-a-directory": (lambda t, c: ("models", "pull", str(write_fake_pipeline(t / "p"))), {"HF_HUB_OFFLINE": "0"},
+                         "is a local path, not a hub model"),
+    "bad-precision": (lambda t, c: ("models", "pull", "sana-1.6b", "--precision", "fp8"), {}, "unknown precision 'fp8'"),
+    "rm-not-cached": (lambda t, c: ("models", "rm", "sana-4k", "--yes"), {}, "is not in the hub cache"),
+}
 
 
-def test_offline_pull_is_one_line(tmp_path):
-    env = {"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    assert "HF_HUB_OFFLINE" in assert_one_line_error(run_sana("models", "pull", "sana-1.6b", env=env))
-    env = {"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
-    assert "cannot reach the hub" in assert_one_line_error(run_sana("models", "pull", "sana-1.6b", env=env, timeout=60))
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_errors_are_one_line(cache, tmp_path, case):
+    hub_cache, env = cache
+    make_args, overrides, expected = ERRORS[case]
+    result = run_sana(*make_args(tmp_path, hub_cache), env={**env, **overrides}, timeout=60)
+    assert expected in assert_one_line_error(result)
+    assert result.stdout == ""
 
 
-def test_verbose_shows_the_traceback():
-    result = run_sana("--verbose", "models", "path", "no-such-model")
-    assert result.returncode != 0 and "Traceback" in result.stderr
+@pytest.mark.parametrize("case", ["unknown-model", "missing-files", "offline-pull", "no-network-pull"])
+def test_verbose_adds_the_traceback(cache, tmp_path, case):
+    hub_cache, env = cache
+    make_args, overrides, expected = ERRORS[case]
+    result = run_sana("--verbose", *make_args(tmp_path, hub_cache), env={**env, **overrides}, timeout=60)
+    assert result.returncode != 0 and "Traceback" in result.stderr and expected in result.stderr
