@@ -15,6 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sana import ops  # noqa: E402
+from sana.graphs import GraphedForward  # noqa: E402
 from sana.loading import load_transformer  # noqa: E402
 from sana.registry import get_spec  # noqa: E402
 
@@ -62,20 +64,30 @@ def main() -> None:
             mask = torch.ones(batch, 300, device="cuda", dtype=torch.long)
             t = torch.full((batch,), 500.0, device="cuda")
             g = torch.full((batch,), 0.45, device="cuda", dtype=torch.bfloat16) if cfg.get("guidance_embeds") else None
-            with torch.no_grad():
-                ms_ref = triton.testing.do_bench(lambda: ref(x, encoder_hidden_states=text, timestep=t, guidance=g,
-                                                             encoder_attention_mask=mask, return_dict=False),
-                                                 warmup=200, rep=1000, return_mode="median")
-                ms_ours = triton.testing.do_bench(lambda: ours(x, text, t, text_mask=mask, guidance=g),
-                                                  warmup=200, rep=1000, return_mode="median")
+            def bench(fn):
+                with torch.no_grad():
+                    return triton.testing.do_bench(fn, warmup=200, rep=1000, return_mode="median")
+
+            ms_ref = bench(lambda: ref(x, encoder_hidden_states=text, timestep=t, guidance=g,
+                                       encoder_attention_mask=mask, return_dict=False))
+            ops.set_kernels_enabled(False)
+            ms_plain = bench(lambda: ours(x, text, t, text_mask=mask, guidance=g))
+            ops.set_kernels_enabled(True)
+            ms_kernels = bench(lambda: ours(x, text, t, text_mask=mask, guidance=g))
+            graphed = GraphedForward(ours)
+            ms_graph = bench(lambda: graphed(x, text, t, text_mask=mask, guidance=g))
+            graphed.reset()
             flops = dit_flops(cfg, side * side, 300, batch)
-            rows.append((name, px, batch, ms_ref, ms_ours, flops))
+            rows.append((name, px, batch, ms_ref, ms_plain, ms_kernels, ms_graph, flops))
         del ref, ours
         torch.cuda.empty_cache()
-    print(f"{'model':<14}{'px':>6}{'batch':>6}{'diffusers ms':>14}{'ours ms':>10}{'ours TFLOP/s':>14}{'speed-up':>10}")
-    for name, px, batch, ms_ref, ms_ours, flops in rows:
-        print(f"{name:<14}{px:>6}{batch:>6}{ms_ref:>14.2f}{ms_ours:>10.2f}{flops / ms_ours / 1e9:>14.0f}{ms_ref / ms_ours:>10.2f}")
-
+    print(f"{'model':<14}{'px':>6}{'batch':>6}{'diffusers':>11}{'torch ops':>11}{'kernels':>9}{'+graph':>9}"
+          f"{'TFLOP/s':>9}{'% peak':>8}{'speed-up':>10}   (ms; peak = 790 TFLOP/s bf16)")
+    for name, px, batch, ms_ref, ms_plain, ms_kernels, ms_graph, flops in rows:
+        best = min(ms_kernels, ms_graph)
+        tflops = flops / best / 1e9
+        print(f"{name:<14}{px:>6}{batch:>6}{ms_ref:>11.2f}{ms_plain:>11.2f}{ms_kernels:>9.2f}{ms_graph:>9.2f}"
+              f"{tflops:>9.0f}{100 * tflops / 790:>7.0f}%{ms_ref / best:>9.2f}x")
 
 if __name__ == "__main__":
     main()

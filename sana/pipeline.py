@@ -76,8 +76,12 @@ class ImagePipeline:
     """Text encoder + our DiT + DC-AE, for one model."""
 
     def __init__(self, *, transformer, text_encoder: TextEncoder, vae, family: str, scheduler_config: dict,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, cuda_graphs: bool = True):
+        from .graphs import GraphedForward
+
         self.transformer = transformer
+        # On CUDA each step replays a captured graph of the DiT forward (one capture per shape).
+        self.denoiser = GraphedForward(transformer) if cuda_graphs and torch.device(device).type == "cuda" else transformer
         self.text_encoder = text_encoder
         self.vae = vae
         self.family = family
@@ -90,7 +94,7 @@ class ImagePipeline:
     @classmethod
     def from_pretrained(cls, model_dir: Path, *, dtype: torch.dtype, device: torch.device | str,
                         family: str | None = None, variant: str | None = None,
-                        loras: list[tuple[Path, float]] = ()) -> "ImagePipeline":
+                        loras: list[tuple[Path, float]] = (), cuda_graphs: bool = True) -> "ImagePipeline":
         from .loading import load_transformer
 
         index = model_index(model_dir)
@@ -102,7 +106,7 @@ class ImagePipeline:
         text_encoder = TextEncoder.from_pretrained(model_dir, dtype=dtype, device=device, variant=variant)
         vae = load_vae(model_dir, dtype=dtype, device=device, variant=variant)
         return cls(transformer=transformer, text_encoder=text_encoder, vae=vae, family=family,
-                   scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype)
+                   scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype, cuda_graphs=cuda_graphs)
 
     @property
     def is_sprint(self) -> bool:
@@ -132,8 +136,8 @@ class ImagePipeline:
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             x = torch.cat([latents] * copies) if copies > 1 else latents
             timestep = t.expand(x.shape[0]).to(self.device) * self.transformer.config.timestep_scale
-            out = self.transformer(x.to(self.device, self.dtype), text.embeds.to(self.dtype), timestep,
-                                   text_mask=text.mask, perturbed_rows=perturbed, perturbed_layers=layers).float()
+            out = self.denoiser(x.to(self.device, self.dtype), text.embeds.to(self.dtype), timestep,
+                                text_mask=text.mask, perturbed_rows=perturbed, perturbed_layers=layers).float()
             return sampling.guided(out, batch=batch, guidance=request.guidance, pag=request.pag)
 
         return predict
@@ -143,8 +147,8 @@ class ImagePipeline:
         guidance = torch.full((len(text),), request.guidance, device=self.device) * cfg.guidance_embeds_scale
 
         def flow_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.transformer(x.to(self.dtype), text.embeds.to(self.dtype), t, text_mask=text.mask,
-                                    guidance=guidance.to(self.dtype))
+            return self.denoiser(x.to(self.dtype), text.embeds.to(self.dtype), t, text_mask=text.mask,
+                                 guidance=guidance.to(self.dtype))
 
         def predict(latents: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
             theta = theta.to(self.device).expand(latents.shape[0])

@@ -329,7 +329,7 @@ class SanaTransformer(nn.Module):
         h, w = height // p, width // p
 
         # 1. Inputs: patches (+ position), timestep modulation, projected and normalised text.
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, D]
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous()  # [B, N, D], token-major for the kernels
         pos = self.position_embedding(h, w, x.device)
         if pos is not None:
             tokens = (tokens + pos).to(tokens.dtype)
