@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from . import sampling
-from .components import family_from_index, load_vae, model_index, require_component, scheduler_config
+from .components import family_from_index, load_vae, model_index, read_json, require_component, scheduler_config
 from .errors import SanaError
 from .text import PromptEmbeddings, TextEncoder
 
@@ -94,7 +94,10 @@ class ImagePipeline:
     @classmethod
     def from_pretrained(cls, model_dir: Path, *, dtype: torch.dtype, device: torch.device | str,
                         family: str | None = None, variant: str | None = None,
-                        loras: list[tuple[Path, float]] = (), cuda_graphs: bool = True) -> "ImagePipeline":
+                        loras: list[tuple[Path, float]] = (), cuda_graphs: bool = True,
+                        transformer_path: Path | str | None = None) -> "ImagePipeline":
+        """Load every component of a diffusers-format folder; `transformer_path` swaps in other DiT weights
+        (a fine-tune, an NVlabs `.pth`, a single safetensors file) read with the folder's transformer config."""
         from .loading import load_transformer
 
         index = model_index(model_dir)
@@ -102,7 +105,13 @@ class ImagePipeline:
         if family not in ("sana", "sana1.5", "sprint"):
             raise SanaError(f"{model_dir} holds a {family} model", "`sana gen` and `sana sprint` take image models")
         require_component(model_dir, "transformer")
-        transformer = load_transformer(model_dir, dtype=dtype, device=device, variant=variant, loras=list(loras))
+        if transformer_path is None:
+            transformer = load_transformer(model_dir, dtype=dtype, device=device, variant=variant, loras=list(loras))
+        else:
+            weights = Path(transformer_path).expanduser()
+            config = read_json(model_dir / "transformer" / "config.json") if weights.is_file() else None
+            transformer = load_transformer(weights, dtype=dtype, device=device, config=config, variant=variant,
+                                           loras=list(loras))
         text_encoder = TextEncoder.from_pretrained(model_dir, dtype=dtype, device=device, variant=variant)
         vae = load_vae(model_dir, dtype=dtype, device=device, variant=variant)
         return cls(transformer=transformer, text_encoder=text_encoder, vae=vae, family=family,

@@ -13,6 +13,7 @@ from . import options as opt
 def gen(
     prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
     model: opt.Model = None,
+    transformer: opt.Transformer = None,
     res: opt.Resolution = None,
     steps: opt.Steps = None,
     cfg: Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale (<= 1 turns CFG off).")] = None,

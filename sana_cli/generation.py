@@ -78,6 +78,8 @@ def record_settings(record) -> dict[str, Any]:
     }
     if record.pag_layers:
         settings["pag_layer"] = record.pag_layers[0]
+    if record.extra.get("transformer"):
+        settings["transformer"] = record.extra["transformer"]
     if record.loras:
         settings["lora"] = [f"{entry['path']}:{entry.get('scale', 1.0)}" for entry in record.loras]
     return {k: v for k, v in settings.items() if v is not None}
@@ -175,9 +177,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         planned_jobs.append((prompt, settings, seeds, paths))
 
     # 3. The model: resolve (no download here), check its family.
-    model_arg = flags.get("model") or replay.get("model")
-    if not model_arg:
-        raise UsageError("no model given", "pass --model NAME|DIR (see `sana models list`)")
+    model_arg = flags.get("model") or replay.get("model") or default_model(command)
     resolved = resolve_model(model_arg)
     from sana.components import check_components, family_from_index, model_index
 
@@ -202,10 +202,13 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     # 5. Load (LoRAs merged at load).
     lora_args = explicit.get("lora") or replay.get("lora") or []
     loras = [parse_lora(text) for text in lora_args]
+    transformer_path = flags.get("transformer") or replay.get("transformer")
+    if transformer_path and not Path(transformer_path).expanduser().exists():
+        raise UsageError(f"--transformer {transformer_path} does not exist")
     console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]} on {device})")
     start = time.perf_counter()
     pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family, variant=variant,
-                                         loras=loras)
+                                         loras=loras, transformer_path=transformer_path)
     load_seconds = time.perf_counter() - start
     defaults = model_defaults(resolved.spec, pipe.scheduler_config, family, pipe.native_resolution)
 
@@ -223,7 +226,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                 flow_shift=request.flow_shift, width=request.width, height=request.height, dtype=DTYPE_NAMES[dtype],
                 loras=lora_records, version=__version__,
                 timings={"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
-                extra={"device": str(device), "generated_size": list(result.generated_size), "images_in_batch": len(seeds)},
+                extra={"device": str(device), "generated_size": list(result.generated_size), "images_in_batch": len(seeds),
+                       **({"transformer": str(transformer_path)} if transformer_path else {})},
             )
             start = time.perf_counter()
             written = save_image(image, path, record, force=force)
@@ -232,6 +236,25 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         t = result.timings
         console.info(f"load {load_seconds:.2f}s | encode {t['encode']:.2f}s | denoise {t['denoise']:.2f}s | "
                      f"decode {t['decode']:.2f}s | save {t['save']:.2f}s")
+
+
+# Preferred models when --model is not given, best first; the first one downloaded is used.
+PREFERRED = {"gen": ("sana1.5-1.6b", "sana-1.6b-bf16", "sana-1.6b", "sana1.5-4.8b", "sana-0.6b", "sana-1.6b-2k",
+                     "sana-1.6b-4k", "sana-1.6b-512", "sana-0.6b-512"),
+             "sprint": ("sprint-1.6b", "sprint-0.6b")}
+
+
+def default_model(command: str) -> str:
+    """The best downloaded model for the command, with a notice; an error naming what to pull when none is."""
+    from sana.hub import list_models
+
+    ready = {entry.name for entry in list_models() if entry.status == "yes"}
+    for name in PREFERRED[command]:
+        if name in ready:
+            console.notice(f"using {name}, the best model downloaded here (--model chooses another)")
+            return name
+    raise UsageError("no --model given and no model is downloaded",
+                     f"run: sana models pull {PREFERRED[command][0]} (or pass --model DIR)")
 
 
 def _sha256(path: Path) -> str:

@@ -20,3 +20,4 @@ Dtype = Annotated[str, typer.Option("--dtype", help="auto, bf16, fp16 or fp32.")
 FromFile = Annotated[Optional[Path], typer.Option("--from", help="Replay the settings stored in an image's metadata; explicit flags win.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 Steps = Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (model default if not given).")]
+Transformer = Annotated[Optional[str], typer.Option("--transformer", help="Transformer weights to use instead of the model's own: a .safetensors or NVlabs .pth file, or a folder.")]

@@ -13,6 +13,7 @@ from . import options as opt
 def sprint(
     prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
     model: opt.Model = None,
+    transformer: opt.Transformer = None,
     res: opt.Resolution = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, max=4, help="1 to 4 steps (default 2).")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", help="Guidance fed to the guidance embedding (default 4.5).")] = None,

@@ -189,11 +189,11 @@ def test_nan_output_is_a_clear_error_and_leaves_no_file(pipelines, tmp_path):
 def test_lora_from_diffusers_gives_the_diffusers_image(tmp_path):
     from diffusers import SanaPipeline, SanaTransformer2DModel
 
-    from tests.test_lora_merge import save_random_lora
+    from tests.test_lora import save_lora
 
     model_dir = tmp_path / "model"
     build_pipeline(model_dir, "sana1.5", seed=7)
-    lora = save_random_lora(SanaTransformer2DModel.from_pretrained(model_dir / "transformer"), tmp_path / "lora")
+    lora = save_lora(SanaTransformer2DModel.from_pretrained(model_dir / "transformer"), tmp_path / "lora")
     pipe = SanaPipeline.from_pretrained(model_dir)
     pipe.load_lora_weights(lora.parent, weight_name=lora.name, adapter_name="style")
     pipe.set_adapters(["style"], adapter_weights=[0.8])
@@ -210,3 +210,28 @@ def test_lora_from_diffusers_gives_the_diffusers_image(tmp_path):
     assert psnr(Image.open(plain).convert("RGB"), ref) < 40  # the LoRA matters
     meta = json.loads(run_sana("info", str(out), "--json").stdout)
     assert meta["loras"][0]["scale"] == 0.8 and len(meta["loras"][0]["sha256"]) == 64
+
+
+def test_transformer_weights_from_an_nvlabs_checkpoint(pipelines, tmp_path):
+    from tests.test_loading import nvlabs_state
+
+    pipe, model_dir = pipelines["sana"]
+    checkpoint = tmp_path / "finetune.pth"
+    state = nvlabs_state(dict(pipe.transformer.state_dict()), pipe.transformer.config.num_layers, sprint=False)
+    torch.save({"state_dict": state}, checkpoint)
+    out = tmp_path / "pth.png"
+    result = run_sana("gen", "a blue square", "--model", str(model_dir), "--transformer", str(checkpoint), "--res", "64",
+                      "--steps", "3", "--seed", "2", "-o", str(out), *COMMON)
+    assert result.returncode == 0, result.stderr
+    ref = pipe("a blue square", num_inference_steps=3, width=64, height=64, generator=_generator(2),
+               use_resolution_binning=False).images[0]
+    assert psnr(Image.open(out).convert("RGB"), ref) >= 45
+    assert json.loads(run_sana("info", str(out), "--json").stdout)["extra"]["transformer"] == str(checkpoint)
+    missing = assert_one_line_error(run_sana("gen", "x", "--model", str(model_dir), "--transformer", str(tmp_path / "nope.pth"),
+                                             *COMMON))
+    assert "does not exist" in missing
+
+
+def test_no_model_and_nothing_downloaded_names_what_to_pull(tmp_path):
+    message = assert_one_line_error(run_sana("gen", "a dog", *COMMON, env={"HF_HUB_CACHE": str(tmp_path)}))
+    assert "sana models pull" in message

@@ -12,20 +12,10 @@ from pathlib import Path
 import torch
 
 from sana.text import COMPLEX_HUMAN_INSTRUCTION
+from tests.tiny_transformer import noise_all_parameters, transformer_config
 
-VAE_LATENT_CHANNELS = 8
-TEXT_HIDDEN = 40
-TRANSFORMER_SAMPLE_SIZE = 8  # latent side; with the tiny VAE's 4x compression: 32 px native
-
-
-def _noise_all_parameters(module: torch.nn.Module, seed: int, scale: float = 0.2) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim == 1 and ("norm" in name and name.endswith("weight")):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))  # keep norms near identity
-            else:
-                p.copy_(scale * torch.randn(p.shape, generator=gen))
+VAE_LATENT_CHANNELS = 8  # the tiny transformers' in/out channels
+TEXT_HIDDEN = 40  # their caption channels
 
 
 def build_tokenizer(path: Path):
@@ -52,26 +42,6 @@ def build_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path)
 
 
-def transformer_config(kind: str = "sana") -> dict:
-    cfg = dict(
-        in_channels=VAE_LATENT_CHANNELS, out_channels=VAE_LATENT_CHANNELS,
-        num_attention_heads=4, attention_head_dim=8,  # self-attention width 32
-        num_layers=3,
-        num_cross_attention_heads=2, cross_attention_head_dim=12,  # cross-attention width 24
-        cross_attention_dim=32, caption_channels=TEXT_HIDDEN,
-        mlp_ratio=2.5, sample_size=TRANSFORMER_SAMPLE_SIZE, patch_size=1,
-    )
-    if kind == "sana1.5":
-        cfg.update(qk_norm="rms_norm_across_heads")
-    elif kind == "4k":
-        cfg.update(interpolation_scale=2.0)
-    elif kind == "sprint":
-        cfg.update(qk_norm="rms_norm_across_heads", guidance_embeds=True)
-    elif kind != "sana":
-        raise ValueError(kind)
-    return cfg
-
-
 def build_components(path: Path, kind: str = "sana", seed: int = 0) -> dict:
     from diffusers import AutoencoderDC, SanaTransformer2DModel
     from transformers import Gemma2Config, Gemma2Model
@@ -79,7 +49,7 @@ def build_components(path: Path, kind: str = "sana", seed: int = 0) -> dict:
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(path / "_tokenizer_build")
     transformer = SanaTransformer2DModel(**transformer_config(kind))
-    _noise_all_parameters(transformer, seed + 1)
+    noise_all_parameters(transformer, seed + 1)
     vae = AutoencoderDC(
         in_channels=3, latent_channels=VAE_LATENT_CHANNELS, attention_head_dim=4,
         encoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"),
@@ -90,14 +60,14 @@ def build_components(path: Path, kind: str = "sana", seed: int = 0) -> dict:
         decoder_norm_types="rms_norm", decoder_act_fns="silu", upsample_block_type="interpolate",
         downsample_block_type="Conv", scaling_factor=0.41407,
     )
-    _noise_all_parameters(vae, seed + 2, scale=0.1)
+    noise_all_parameters(vae, seed + 2, scale=0.1)
     text_config = Gemma2Config(
         vocab_size=768, hidden_size=TEXT_HIDDEN, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
         sliding_window=64, pad_token_id=0, bos_token_id=2, eos_token_id=1,
     )
     text_encoder = Gemma2Model(text_config)
-    _noise_all_parameters(text_encoder, seed + 3, scale=0.2)
+    noise_all_parameters(text_encoder, seed + 3, scale=0.2)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), transformer=transformer.eval())
 
 
