@@ -11,6 +11,7 @@ from sana import __version__
 from sana.errors import SanaError
 
 from . import console
+from .bench import bench
 from .gen import gen
 from .info import info_command
 from .models import models_app
@@ -27,6 +28,7 @@ app.command("gen")(gen)
 app.command("sprint")(sprint)
 app.add_typer(models_app, name="models")
 app.command("info")(info_command)
+app.command("bench")(bench)
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,71 @@
+"""`sana bench`: our DiT against diffusers (eager and torch.compile) on this GPU, plus the per-kernel table."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.table import Table
+
+from . import console
+
+KERNEL_BENCHES = ("linear_attention", "modulation", "mixffn")
+
+
+def bench(
+    model: Annotated[Optional[List[str]], typer.Option("--model", "-m", help="Registry model(s); default sana-1.6b and sprint-1.6b.")] = None,
+    px: Annotated[Optional[List[int]], typer.Option("--px", help="Image side(s) in px; default 1024, 2048, 4096.")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch for SANA (2 = one CFG step); Sprint runs batch 1.")] = 2,
+    compiled: Annotated[bool, typer.Option("--compile/--no-compile", help="Also time diffusers + torch.compile.")] = True,
+    kernels: Annotated[bool, typer.Option("--kernels/--no-kernels", help="Also print the per-kernel table.")] = True,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Append the results as a Markdown section to this file.")] = None,
+) -> None:
+    """Measure the DiT forward (random weights, real configs, bf16) against diffusers in one run."""
+    from sana.benchmark import bench_dit, bf16_peak_tflops
+
+    models = model or ["sana-1.6b", "sprint-1.6b"]
+    sizes = px or [1024, 2048, 4096]
+    rows = []
+    for name in models:
+        sprint = "sprint" in name
+        rows += bench_dit(name, sizes, batch=1 if sprint else batch, compiled=compiled,
+                          on_row=lambda r: console.info(f"measured {r.model} {r.px} px"))
+    import torch
+
+    card = torch.cuda.get_device_name()
+    peak = bf16_peak_tflops()
+    impls = list(rows[0].ms)
+    table = Table(title=f"DiT forward, ms (median) on {card}, bf16", header_style="bold")
+    for column in ("model", "px", "batch", *impls, "best TFLOP/s", "% peak", "vs diffusers", "first call s"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    lines = []
+    for r in rows:
+        best = min(r.ms[k] for k in r.ms if k.startswith("ours"))
+        tflops = r.tflop / best * 1e3
+        first = ", ".join(f"{k}: {v:.1f}" for k, v in r.first_call_s.items())
+        cells = [r.model, str(r.px), str(r.batch), *[f"{r.ms[k]:.2f}" for k in impls], f"{tflops:.0f}",
+                 f"{100 * tflops / peak:.0f}%" if peak else "-", f"{r.ms['diffusers'] / best:.2f}x", first]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console.out.print(table)
+    kernel_output = ""
+    if kernels:
+        for op in KERNEL_BENCHES:
+            done = subprocess.run([sys.executable, "-m", f"sana.kernels.{op}.bench"], capture_output=True, text=True)
+            kernel_output += done.stdout + (done.stderr if done.returncode else "")
+        console.out.print(kernel_output, highlight=False)
+    if markdown:
+        header = ["model", "px", "batch", *[f"{k} ms" for k in impls], "best TFLOP/s", "% peak", "vs diffusers",
+                  "first call s"]
+        argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
+        command = " ".join(["sana bench", *argv])
+        text = (f"\n## {datetime.date.today()}: {card}, torch {torch.__version__}\n\n`{command}`\n\n"
+                f"| {' | '.join(header)} |\n|{'---|' * len(header)}\n" + "\n".join(lines) + "\n")
+        if kernel_output:
+            text += f"\nPer-kernel (`python -m sana.kernels.<op>.bench`):\n\n```\n{kernel_output.strip()}\n```\n"
+        with open(markdown, "a", encoding="utf-8") as f:
+            f.write(text)
