@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .components import read_json
 from .errors import SanaError
 from .lora import merge_loras
 from .models.transformer import SanaTransformer, TransformerConfig
@@ -240,23 +241,13 @@ def diffusers_to_engine(state: dict[str, torch.Tensor],
 
 # -- loading -------------------------------------------------------------------------------------------------
 
-def _read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SanaError(f"{folder} has no config.json", "not a diffusers-format transformer folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SanaError(f"{path} is not valid JSON ({exc})") from None
-
-
 def _locate(path: Path, config: dict | None, variant: str | None) -> tuple[dict, list[Path]]:
     path = Path(path)
     if path.is_dir():
         folder = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
         if not (folder / "config.json").is_file():
             raise SanaError(f"{path} has no transformer/ folder with a config.json", "not a SANA model directory")
-        return config or _read_config(folder), transformer_files(folder, variant)
+        return config or read_json(folder / "config.json"), transformer_files(folder, variant)
     if not path.is_file():
         raise SanaError(f"no such file or directory: {path}")
     if config is None:
