@@ -123,3 +123,106 @@ def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool,
         del x, text
         torch.cuda.empty_cache()
     return rows
+
+
+# The released components' configs (shared/reference): DC-AE f32c32 and the Gemma-2-2B decoder.
+DCAE_F32C32 = dict(
+    attention_head_dim=32, decoder_act_fns="silu", decoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+    decoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3, decoder_layers_per_block=(3,) * 6,
+    decoder_norm_types="rms_norm", decoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+    downsample_block_type="Conv", encoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+    encoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3, encoder_layers_per_block=(2, 2, 2, 3, 3, 3),
+    encoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)), in_channels=3, latent_channels=32,
+    scaling_factor=0.41407, upsample_block_type="interpolate",
+)
+GEMMA2_2B = dict(
+    hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+    intermediate_size=9216, vocab_size=256000, max_position_embeddings=8192, rms_norm_eps=1e-6,
+    rope_theta=10000.0, sliding_window=4096, query_pre_attn_scalar=256, attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh", pad_token_id=0, bos_token_id=2,
+    eos_token_id=1,
+)
+
+
+@dataclass
+class GenerateRow:
+    px: int
+    steps: int
+    seconds: dict[str, float] = field(default_factory=dict)  # implementation -> median seconds per image
+    phases: dict[str, float] = field(default_factory=dict)  # ours: encode / denoise / decode seconds
+
+
+def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
+                   on_row: Callable[[GenerateRow], None] | None = None) -> list[GenerateRow]:
+    """Prompt to decoded image after load, 1.6B at its real size with Gemma-2-2B and DC-AE (random weights,
+    bf16, CFG 4.5): ours against diffusers' SanaPipeline on the same modules. The 4K decode is untiled here."""
+    import statistics
+
+    from diffusers import AutoencoderDC, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    from .loading import load_transformer
+    from .pipeline import ImagePipeline, ImageRequest
+    from .registry import get_spec
+    from .sampling import make_scheduler
+    from .text import COMPLEX_HUMAN_INSTRUCTION, TextEncoder
+    from .tokenizer import train_gemma_style_bpe
+
+    if not torch.cuda.is_available():
+        raise SanaError("sana bench needs a CUDA GPU")
+    dtype = torch.bfloat16
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = train_gemma_style_bpe(["\n".join(COMPLEX_HUMAN_INSTRUCTION), "a photo of a cat"], Path(tmp) / "tok")
+    text_model = Gemma2Model(Gemma2Config(**GEMMA2_2B)).to("cuda", dtype).eval()
+    vae = AutoencoderDC(**DCAE_F32C32).to("cuda", dtype).eval()
+    scheduler = make_scheduler("flow-dpm", flow_shift=3.0)
+
+    def pipelines(px: int):
+        """diffusers' and our pipeline around the same modules, with the 1.6B DiT trained for `px`."""
+        name = {2048: "sana-1.6b-2k", 4096: "sana-1.6b-4k"}.get(px, "sana-1.6b")
+        cfg = {k: v for k, v in get_spec(name).transformer.items() if not k.startswith("_")}
+        torch.manual_seed(0)
+        ref = SanaTransformer2DModel(**cfg).to("cuda", dtype).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            ref.save_pretrained(Path(tmp) / "transformer")
+            ours = load_transformer(Path(tmp), dtype=dtype, device="cuda")
+        theirs = SanaPipeline(tokenizer=tokenizer, text_encoder=text_model, vae=vae, transformer=ref,
+                              scheduler=scheduler)
+        theirs.set_progress_bar_config(disable=True)
+        mine = ImagePipeline(transformer=ours, text_encoder=TextEncoder(tokenizer, text_model), vae=vae,
+                             family="sana", scheduler_config=dict(scheduler.config), device="cuda", dtype=dtype)
+        return theirs, mine
+
+    prompt = "a photo of a cat sleeping on a sunny windowsill"
+    rows = []
+    for px in sizes:
+        diffusers_pipe, pipe = pipelines(px)
+        row = GenerateRow(px, steps)
+        request = ImageRequest(prompt=prompt, seeds=[0], width=px, height=px, steps=steps, guidance=4.5,
+                               sampler="flow-dpm", flow_shift=3.0)
+
+        def run_diffusers():
+            diffusers_pipe(prompt, num_inference_steps=steps, guidance_scale=4.5, width=px, height=px,
+                           generator=torch.Generator("cpu").manual_seed(0))
+
+        def run_ours():
+            return pipe.generate(request)
+
+        for name, fn in (("diffusers", run_diffusers), ("ours", run_ours)):
+            fn()  # warm-up: compiles kernels, captures graphs, fills allocator caches
+            times = []
+            for _ in range(repeats):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                result = fn()
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+                if name == "ours":
+                    row.phases = dict(result.timings)
+            row.seconds[name] = statistics.median(times)
+        rows.append(row)
+        if on_row:
+            on_row(row)
+        del diffusers_pipe, pipe
+        torch.cuda.empty_cache()
+    return rows

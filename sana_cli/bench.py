@@ -23,10 +23,15 @@ def bench(
     compiled: Annotated[bool, typer.Option("--compile/--no-compile", help="Also time diffusers + torch.compile.")] = True,
     kernels: Annotated[bool, typer.Option("--kernels/--no-kernels", help="Also print the per-kernel table.")] = True,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Append the results as a Markdown section to this file.")] = None,
+    generate: Annotated[bool, typer.Option("--generate", help="Instead: prompt-to-image time after load (1.6B, Gemma-2-2B, DC-AE).")] = False,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Sampling steps for --generate.")] = 20,
 ) -> None:
     """Measure the DiT forward (random weights, real configs, bf16) against diffusers in one run."""
     from sana.benchmark import bench_dit, bf16_peak_tflops
 
+    if generate:
+        _bench_generate(px or [1024, 4096], steps, markdown)
+        return
     models = model or ["sana-1.6b", "sprint-1.6b"]
     sizes = px or [1024, 2048, 4096]
     rows = []
@@ -67,5 +72,32 @@ def bench(
                 f"| {' | '.join(header)} |\n|{'---|' * len(header)}\n" + "\n".join(lines) + "\n")
         if kernel_output:
             text += f"\nPer-kernel (`python -m sana.kernels.<op>.bench`):\n\n```\n{kernel_output.strip()}\n```\n"
+        with open(markdown, "a", encoding="utf-8") as f:
+            f.write(text)
+
+
+def _bench_generate(sizes: list[int], steps: int, markdown: Path | None) -> None:
+    import torch
+
+    from sana.benchmark import bench_generate
+
+    rows = bench_generate(sizes, steps=steps, on_row=lambda r: console.info(f"measured {r.px} px"))
+    card = torch.cuda.get_device_name()
+    table = Table(title=f"prompt to image after load, s (median of 3), 1.6B, {card}, bf16", header_style="bold")
+    for column in ("px", "steps", "diffusers SanaPipeline", "ours", "speed-up", "ours: encode / denoise / decode"):
+        table.add_column(column, justify="right")
+    lines = []
+    for r in rows:
+        phases = " / ".join(f"{r.phases.get(k, 0):.3f}" for k in ("encode", "denoise", "decode"))
+        cells = [str(r.px), str(r.steps), f"{r.seconds['diffusers']:.3f}", f"{r.seconds['ours']:.3f}",
+                 f"{r.seconds['diffusers'] / r.seconds['ours']:.2f}x", phases]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console.out.print(table)
+    if markdown:
+        argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
+        header = ["px", "steps", "diffusers s", "ours s", "speed-up", "ours encode / denoise / decode s"]
+        text = (f"\n## {datetime.date.today()}: {card}, torch {torch.__version__}\n\n`{' '.join(['sana bench', *argv])}`\n\n"
+                f"| {' | '.join(header)} |\n|{'---|' * len(header)}\n" + "\n".join(lines) + "\n")
         with open(markdown, "a", encoding="utf-8") as f:
             f.write(text)

@@ -19,27 +19,16 @@ TEXT_HIDDEN = 40  # their caption channels
 
 
 def build_tokenizer(path: Path):
-    """A small byte-fallback BPE in Gemma's format (pad 0, eos 1, bos 2, unk 3), saved and reloaded."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
-    from transformers import AutoTokenizer, GemmaTokenizerFast
+    """A small byte-fallback BPE in Gemma's format, trained on the instruction prefix and a few prompts."""
+    from sana.tokenizer import train_gemma_style_bpe
 
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{i:02X}>" for i in range(256)]
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tok.normalizer = normalizers.Replace(" ", "\u2581")
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
     corpus = ["\n".join(COMPLEX_HUMAN_INSTRUCTION)] * 4 + [
         "a red circle on the left on a white background",
         "a large blue square at the top and a small green triangle at the bottom on a black background",
         "a photo of a cat sleeping on a sunny windowsill, highly detailed",
         "an astronaut riding a horse on the moon",
     ] * 8
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False))
-    fast = GemmaTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
-        add_bos_token=True, add_eos_token=False,
-    )
-    fast.save_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
+    return train_gemma_style_bpe(corpus, path)
 
 
 def build_components(path: Path, kind: str = "sana", seed: int = 0) -> dict:
