@@ -44,6 +44,7 @@ class Events:
 
     on_phase: Callable[[str], None] | None = None  # "encode" | "denoise" | "decode"
     on_step: Callable[[int, int], None] | None = None  # (step done, total)
+    on_notice: Callable[[str], None] | None = None  # one-line notices (e.g. a fallback the engine took)
 
 
 @dataclass
@@ -186,6 +187,21 @@ class ImagePipeline:
 
         # 3. Denoise.
         start = phase("denoise")
+        try:
+            latents = self._denoise(text, batch, request, latent_shape, events)
+        except torch.OutOfMemoryError:
+            raise SanaError(f"out of GPU memory while denoising at {gen_w}x{gen_h} with {len(request.seeds)} image(s)",
+                            "use a smaller --res or --num, or free GPU memory") from None
+        timings["denoise"] = self._elapsed(start)
+
+        # 4. Decode, resize to the request, convert.
+        start = phase("decode")
+        images = [self.decode(latents[i : i + 1], request.width, request.height, events)
+                  for i in range(latents.shape[0])]
+        timings["decode"] = self._elapsed(start)
+        return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h))
+
+    def _denoise(self, text: PromptEmbeddings, batch: int, request: ImageRequest, latent_shape, events: Events):
         generators = [sampling.cpu_generator(s) for s in request.seeds]
         latents = sampling.initial_noise(generators, latent_shape).to(self.device)
         if self.is_sprint:
@@ -202,19 +218,27 @@ class ImagePipeline:
             scheduler.set_timesteps(request.steps, device=self.device)
             predict = self._flow_prediction(text, request, batch)
             latents = sampling.denoise(predict, latents, scheduler, on_step=events.on_step)
-        timings["denoise"] = self._elapsed(start)
+        return latents
 
-        # 4. Decode, resize to the request, convert.
-        start = phase("decode")
-        images = [self.decode(latents[i : i + 1], request.width, request.height) for i in range(latents.shape[0])]
-        timings["decode"] = self._elapsed(start)
-        return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h))
-
-    def decode(self, latents: torch.Tensor, width: int, height: int):
-        """Latents [1, C, h, w] -> one PIL image of width x height."""
+    def decode(self, latents: torch.Tensor, width: int, height: int, events: Events | None = None):
+        """Latents [1, C, h, w] -> one PIL image of width x height. An out-of-memory decode is retried in tiles."""
         from diffusers.image_processor import PixArtImageProcessor
 
-        pixels = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        scaled = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        try:
+            pixels = self.vae.decode(scaled, return_dict=False)[0]
+        except torch.OutOfMemoryError:
+            if getattr(self.vae, "use_tiling", False):
+                raise SanaError("out of GPU memory while decoding, even in tiles",
+                                "use a smaller --res or free GPU memory") from None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            # Large tiles keep tiling cheap: 1024 px with a 896 px stride is what the 4K models were released with.
+            self.vae.enable_tiling(tile_sample_min_height=1024, tile_sample_min_width=1024,
+                                   tile_sample_stride_height=896, tile_sample_stride_width=896)
+            if events and events.on_notice:
+                events.on_notice("the decoder ran out of GPU memory; decoding in 1024 px tiles from now on")
+            return self.decode(latents, width, height, events)
         if not torch.isfinite(pixels).all():
             hint = "fp16 overflow is the usual cause: try --dtype bf16 or fp32" if self.vae.dtype == torch.float16 \
                 else "the weights or the settings give non-finite values; try --dtype fp32"

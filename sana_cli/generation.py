@@ -320,5 +320,6 @@ def _generate_with_progress(pipe, request):
                   TimeRemainingColumn(), console=console.err, transient=True, disable=console.settings.quiet) as bar:
         task = bar.add_task("encode", total=request.steps)
         events = Events(on_phase=lambda name: bar.update(task, description=name),
-                        on_step=lambda done, total: bar.update(task, completed=done, total=total))
+                        on_step=lambda done, total: bar.update(task, completed=done, total=total),
+                        on_notice=console.notice)
         return pipe.generate(request, events)
