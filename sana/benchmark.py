@@ -41,6 +41,23 @@ def bf16_peak_tflops() -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
 
 
+def random_dit_pair(name: str):
+    """diffusers' SanaTransformer2DModel at a registry model's config with random weights, and our DiT loaded
+    from it through the real loader; both bf16 on the GPU."""
+    from diffusers import SanaTransformer2DModel
+
+    from .loading import load_transformer
+    from .registry import get_spec
+
+    cfg = {k: v for k, v in get_spec(name).transformer.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    ref = SanaTransformer2DModel(**cfg).to("cuda", torch.bfloat16).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        ref.save_pretrained(Path(tmp) / "transformer")
+        ours = load_transformer(Path(tmp), dtype=torch.bfloat16, device="cuda")
+    return ref, ours
+
+
 @dataclass
 class DitRow:
     model: str
@@ -71,11 +88,8 @@ def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool,
               on_row: Callable[[DitRow], None] | None = None) -> list[DitRow]:
     """Time one registry model's DiT at each size: diffusers eager (and torch.compile), ours (PyTorch ops,
     Triton kernels, kernels + CUDA graph)."""
-    from diffusers import SanaTransformer2DModel
-
     from . import ops
     from .graphs import GraphedForward
-    from .loading import load_transformer
     from .registry import get_spec
 
     if not torch.cuda.is_available():
@@ -84,11 +98,7 @@ def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool,
     if not spec.is_image:
         raise SanaError(f"{name} is a {spec.family} model", "sana bench measures the image DiTs")
     cfg = {k: v for k, v in spec.transformer.items() if not k.startswith("_")}
-    torch.manual_seed(0)
-    ref = SanaTransformer2DModel(**cfg).to("cuda", torch.bfloat16).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        ref.save_pretrained(Path(tmp) / "transformer")
-        ours = load_transformer(Path(tmp), dtype=torch.bfloat16, device="cuda")
+    ref, ours = random_dit_pair(name)
     compiled_ref = torch.compile(ref) if compiled else None
     rows = []
     for px in sizes:
@@ -120,7 +130,6 @@ def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool,
         rows.append(row)
         if on_row:
             on_row(row)
-        del x, text
         torch.cuda.empty_cache()
     return rows
 
@@ -158,12 +167,10 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
     bf16, CFG 4.5): ours against diffusers' SanaPipeline on the same modules. The 4K decode is untiled here."""
     import statistics
 
-    from diffusers import AutoencoderDC, SanaPipeline, SanaTransformer2DModel
+    from diffusers import AutoencoderDC, SanaPipeline
     from transformers import Gemma2Config, Gemma2Model
 
-    from .loading import load_transformer
     from .pipeline import ImagePipeline, ImageRequest
-    from .registry import get_spec
     from .sampling import make_scheduler
     from .text import COMPLEX_HUMAN_INSTRUCTION, TextEncoder
     from .tokenizer import train_gemma_style_bpe
@@ -180,12 +187,7 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
     def pipelines(px: int):
         """diffusers' and our pipeline around the same modules, with the 1.6B DiT trained for `px`."""
         name = {2048: "sana-1.6b-2k", 4096: "sana-1.6b-4k"}.get(px, "sana-1.6b")
-        cfg = {k: v for k, v in get_spec(name).transformer.items() if not k.startswith("_")}
-        torch.manual_seed(0)
-        ref = SanaTransformer2DModel(**cfg).to("cuda", dtype).eval()
-        with tempfile.TemporaryDirectory() as tmp:
-            ref.save_pretrained(Path(tmp) / "transformer")
-            ours = load_transformer(Path(tmp), dtype=dtype, device="cuda")
+        ref, ours = random_dit_pair(name)
         theirs = SanaPipeline(tokenizer=tokenizer, text_encoder=text_model, vae=vae, transformer=ref,
                               scheduler=scheduler)
         theirs.set_progress_bar_config(disable=True)
@@ -223,6 +225,5 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
         rows.append(row)
         if on_row:
             on_row(row)
-        del diffusers_pipe, pipe
         torch.cuda.empty_cache()
     return rows

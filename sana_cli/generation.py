@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sana.errors import SanaError, UsageError
+from sana.errors import UsageError
 
 from . import console
 
