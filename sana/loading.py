@@ -16,7 +16,7 @@ import torch
 
 from .components import read_json
 from .errors import SanaError
-from .lora import merge_loras
+from .lora import merge_loras, strip_key_prefixes
 from .models.transformer import SanaTransformer, TransformerConfig
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -141,16 +141,7 @@ _KEY_PREFIXES = ("module.", "model.diffusion_model.", "_orig_mod.")
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, tensor in state.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in _KEY_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
-        out[key] = tensor
-    return out
+    return {strip_key_prefixes(key, _KEY_PREFIXES): tensor for key, tensor in state.items()}
 
 
 def is_original_layout(state: dict) -> bool:

@@ -24,14 +24,19 @@ _PREFIXES = ("transformer.", "base_model.model.", "diffusion_model.")
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
-def _module_name(key: str) -> str:
+def strip_key_prefixes(key: str, prefixes: tuple[str, ...]) -> str:
+    """Remove any of `prefixes` from the front of `key`, repeatedly (wrappers nest: `module._orig_mod.`)."""
     changed = True
     while changed:
         changed = False
-        for prefix in _PREFIXES:
+        for prefix in prefixes:
             if key.startswith(prefix):
                 key, changed = key[len(prefix):], True
     return key
+
+
+def _module_name(key: str) -> str:
+    return strip_key_prefixes(key, _PREFIXES)
 
 
 def _adapter_config(metadata: dict[str, str] | None) -> dict:
