@@ -230,6 +230,58 @@ def diffusers_to_engine(state: dict[str, torch.Tensor],
     return out
 
 
+# Engine names -> diffusers names (saving fine-tuned models and LoRAs in the format every SANA tool reads).
+_ENGINE_RENAMES = [
+    (r"patch_embed\.", "patch_embed.proj."),
+    (r"blocks\.(\d+)\.attn\.out\.", r"transformer_blocks.\1.attn1.to_out.0."),
+    (r"blocks\.(\d+)\.attn\.norm_([qk])\.", r"transformer_blocks.\1.attn1.norm_\2."),
+    (r"blocks\.(\d+)\.attn\.qkv\.to_([qkv])\.", r"transformer_blocks.\1.attn1.to_\2."),  # split for LoRA
+    (r"blocks\.(\d+)\.cross_attn\.q\.", r"transformer_blocks.\1.attn2.to_q."),
+    (r"blocks\.(\d+)\.cross_attn\.kv\.to_([kv])\.", r"transformer_blocks.\1.attn2.to_\2."),  # split for LoRA
+    (r"blocks\.(\d+)\.cross_attn\.out\.", r"transformer_blocks.\1.attn2.to_out.0."),
+    (r"blocks\.(\d+)\.cross_attn\.norm_([qk])\.", r"transformer_blocks.\1.attn2.norm_\2."),
+    (r"blocks\.(\d+)\.ff\.inverted\.", r"transformer_blocks.\1.ff.conv_inverted."),
+    (r"blocks\.(\d+)\.ff\.depthwise\.", r"transformer_blocks.\1.ff.conv_depth."),
+    (r"blocks\.(\d+)\.ff\.point\.", r"transformer_blocks.\1.ff.conv_point."),
+    (r"blocks\.(\d+)\.", r"transformer_blocks.\1."),
+]
+_POINTWISE_CONVS = re.compile(r"transformer_blocks\.\d+\.ff\.conv_(inverted|point)\.")
+
+
+def engine_to_diffusers_name(name: str, guidance_embeds: bool) -> str:
+    """An engine module or tensor name in diffusers' `SanaTransformer2DModel` naming (fused names excepted)."""
+    for pattern, replacement in _ENGINE_RENAMES:
+        name, count = re.subn(rf"^{pattern}", replacement, name)
+        if count:
+            return name
+    if not guidance_embeds:  # SANA's AdaLayerNormSingle nests the timestep MLP one level deeper than Sprint's
+        name = re.sub(r"^time_embed\.timestep_embedder\.", "time_embed.emb.timestep_embedder.", name)
+    return name
+
+
+def is_pointwise_conv(diffusers_name: str) -> bool:
+    """diffusers stores the Mix-FFN 1x1 convs as Conv2d ([O, I, 1, 1]); the engine as linears ([O, I])."""
+    return bool(_POINTWISE_CONVS.match(diffusers_name))
+
+
+def engine_to_diffusers(state: dict[str, torch.Tensor], guidance_embeds: bool) -> dict[str, torch.Tensor]:
+    """The inverse of `diffusers_to_engine`: split q/k/v and k/v, rename, and give the 1x1 convs their 4D shape."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        fused = re.fullmatch(r"blocks\.(\d+)\.(attn\.qkv|cross_attn\.kv)\.(weight|bias)", key)
+        if fused:
+            block, which, kind = fused.groups()
+            attn, parts = ("attn1", "qkv") if which == "attn.qkv" else ("attn2", "kv")
+            for part, piece in zip(parts, tensor.chunk(len(parts), dim=0)):
+                out[f"transformer_blocks.{block}.{attn}.to_{part}.{kind}"] = piece.contiguous()
+            continue
+        name = engine_to_diffusers_name(key, guidance_embeds)
+        if is_pointwise_conv(name) and name.endswith(".weight") and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]
+        out[name] = tensor
+    return out
+
+
 # -- loading -------------------------------------------------------------------------------------------------
 
 def _locate(path: Path, config: dict | None, variant: str | None) -> tuple[dict, list[Path]]:

@@ -12,6 +12,7 @@ from sana.errors import SanaError
 
 from . import console
 from .bench import bench
+from .finetune import finetune
 from .gen import gen
 from .info import info_command
 from .models import models_app
@@ -29,6 +30,7 @@ app.command("sprint")(sprint)
 app.add_typer(models_app, name="models")
 app.command("info")(info_command)
 app.command("bench")(bench)
+app.command("finetune")(finetune)
 
 
 def _print_version(value: bool) -> None:

@@ -287,6 +287,48 @@ class SanaTransformer(nn.Module):
         # Position embeddings per (grid, device, dtype): fixed functions of the grid, never weights.
         self._position_cache: dict[tuple, torch.Tensor] = {}
 
+    def initialize_weights(self, generator: torch.Generator | None = None) -> None:
+        """Initialisation for training from scratch, as SANA / PixArt / DiT do it.
+
+        Xavier-uniform linears with zero biases; N(0, 0.02) timestep, guidance and caption MLPs; the
+        cross-attention output and the final projection start at zero so every block begins near identity
+        and the first prediction is zero; the caption RMSNorm starts small (0.01) like the released models'.
+        """
+        def xavier(weight: torch.Tensor) -> None:
+            fan_out, fan_in = weight.shape[0], weight[0].numel()
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            weight.uniform_(-bound, bound, generator=generator)
+
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    xavier(module.weight)
+                    if module.bias is not None:
+                        module.bias.zero_()
+            xavier(self.patch_embed.weight)
+            self.patch_embed.bias.zero_()
+            embedders = [self.time_embed.timestep_embedder, self.time_embed.guidance_embedder, self.caption_projection]
+            for embedder in filter(None, embedders):
+                embedder.linear_1.weight.normal_(0.0, 0.02, generator=generator)
+                embedder.linear_2.weight.normal_(0.0, 0.02, generator=generator)
+            self.time_embed.linear.weight.normal_(0.0, 0.02, generator=generator)
+            dim = self.config.inner_dim
+            for block in self.blocks:
+                block.cross_attn.out.weight.zero_()
+                block.cross_attn.out.bias.zero_()
+                block.scale_shift_table.copy_(torch.randn(6, dim, generator=generator) / dim**0.5)
+                block.ff.depthwise.weight.normal_(0.0, math.sqrt(2.0 / 9.0), generator=generator)  # fan-in 3x3
+                block.ff.depthwise.bias.zero_()
+                for norm in (block.attn.norm_q, block.attn.norm_k, block.cross_attn.norm_q, block.cross_attn.norm_k):
+                    if norm is not None:
+                        norm.weight.fill_(1.0)
+                if block.norm2 is not None:
+                    block.norm2.reset_parameters()
+            self.caption_norm.weight.fill_(0.01)
+            self.scale_shift_table.copy_(torch.randn(2, dim, generator=generator) / dim**0.5)
+            self.proj_out.weight.zero_()
+            self.proj_out.bias.zero_()
+
     @property
     def dtype(self) -> torch.dtype:
         return self.proj_out.weight.dtype

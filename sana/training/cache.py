@@ -1,0 +1,227 @@
+"""Pre-encoded training features: DC-AE latents and Gemma-2 caption embeddings, one safetensors file each.
+
+Keys are content hashes of the input (image bytes + bucket size, or caption text) and of the encoder (its
+config and weight files), so a changed image, caption, bucket or encoder gives a new entry and an unchanged
+one is never encoded twice. The encoders are loaded only when something is missing, and freed afterwards,
+so the DiT trains without them in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import SanaError
+from .data import DataReport, Sample, load_rgb
+
+NULL_CAPTION = ""  # the unconditional caption (caption dropout, validation CFG), encoded without the instruction
+
+
+@dataclass(frozen=True)
+class Item:
+    """One training example in the cache."""
+
+    latent: str  # file stem under latents/
+    text: str  # file stem under text/
+    bucket: tuple[int, int]  # (width, height) in pixels
+
+
+def _sha(*parts: str | bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def component_fingerprint(component_dir: Path) -> str:
+    """Identity of an encoder: its config files and the names, sizes and mtimes of its weight files."""
+    parts = []
+    for path in sorted(component_dir.iterdir()):
+        if path.suffix == ".json":
+            parts.append(path.read_bytes())
+        elif path.is_file():
+            stat = path.stat()
+            parts.append(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}")
+    return _sha(*parts)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+class FeatureCache:
+    """latents/<key>.safetensors ({"latent": [C, h, w]}) and text/<key>.safetensors ({"embeds": [L, C]}, valid tokens only)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        (self.root / "latents").mkdir(parents=True, exist_ok=True)
+        (self.root / "text").mkdir(parents=True, exist_ok=True)
+
+    def latent_path(self, key: str) -> Path:
+        return self.root / "latents" / f"{key}.safetensors"
+
+    def text_path(self, key: str) -> Path:
+        return self.root / "text" / f"{key}.safetensors"
+
+    def read_latent(self, key: str) -> torch.Tensor:
+        return _read(self.latent_path(key), "latent")
+
+    def read_text(self, key: str) -> torch.Tensor:
+        return _read(self.text_path(key), "embeds")
+
+
+def _read(path: Path, name: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(name)
+    except Exception as exc:  # a cache file damaged by a crash or by hand: say which, so it can be deleted
+        raise SanaError(f"cache file {path} is unreadable ({exc})", "delete it; it is re-encoded on the next run") from None
+
+
+@dataclass
+class Encoders:
+    """How to reach the frozen encoders of the base model (loaded lazily)."""
+
+    model_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vae_fingerprint(self) -> str:
+        return component_fingerprint(self.model_dir / "vae")
+
+    @property
+    def text_fingerprint(self) -> str:
+        return _sha(component_fingerprint(self.model_dir / "text_encoder"),
+                    component_fingerprint(self.model_dir / "tokenizer"))
+
+
+def text_key(caption: str, text_fingerprint: str, with_instruction: bool) -> str:
+    return _sha("text-v1", text_fingerprint, caption, str(with_instruction))
+
+
+def build_cache(samples: list[Sample], buckets: dict[int, tuple[int, int]], cache: FeatureCache, encoders: Encoders,
+                report: DataReport, *, extra_captions: list[str] = (), rank: int = 0, world: int = 1,
+                on_progress: Callable[[str, int, int], None] | None = None,
+                batch_size: int = 8) -> tuple[list[Item], dict[str, str]]:
+    """Encode whatever is missing; return the items (in sample order) and caption -> text key for `extra_captions`.
+
+    `buckets[i]` is sample i's (width, height). With `world` > 1 each rank encodes its share of what is
+    missing; the caller synchronises the ranks before reading. Images that fail to decode are reported and
+    left out.
+    """
+    vae_fp, text_fp = encoders.vae_fingerprint, encoders.text_fingerprint
+
+    # 1. Keys, and what is missing.
+    latent_keys = [_sha("latent-v1", vae_fp, file_digest(s.path), f"{buckets[i][0]}x{buckets[i][1]}")
+                   for i, s in enumerate(samples)]
+    captions = {s.caption: text_key(s.caption, text_fp, True) for s in samples}
+    extras = {c: text_key(c, text_fp, c != NULL_CAPTION) for c in [NULL_CAPTION, *extra_captions]}
+    missing_latents = [i for i, k in enumerate(latent_keys) if not cache.latent_path(k).is_file()]
+    missing_text = [(c, k) for c, k in {**captions, **extras}.items() if not cache.text_path(k).is_file()]
+    missing_latents = missing_latents[rank::world]
+    missing_text = missing_text[rank::world]
+
+    # 2. Latents, one bucket at a time, with the VAE loaded only if needed.
+    failed: set[int] = set()
+    if missing_latents:
+        failed = _encode_latents(samples, buckets, missing_latents, latent_keys, cache, encoders, report,
+                                 on_progress, batch_size)
+    # 3. Caption embeddings.
+    if missing_text:
+        _encode_texts(missing_text, cache, encoders, on_progress, batch_size)
+
+    items = [Item(latent=latent_keys[i], text=captions[s.caption], bucket=buckets[i])
+             for i, s in enumerate(samples) if i not in failed]
+    return items, extras
+
+
+def _encode_latents(samples, buckets, indices, keys, cache, encoders, report, on_progress, batch_size) -> set[int]:
+    import numpy as np
+
+    from ..components import load_vae
+
+    vae = load_vae(encoders.model_dir, dtype=encoders.dtype, device=encoders.device)
+    failed: set[int] = set()
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for i in indices:
+        by_bucket.setdefault(buckets[i], []).append(i)
+    done = 0
+    try:
+        for bucket, members in sorted(by_bucket.items()):
+            for start in range(0, len(members), batch_size):
+                chunk, pixels = [], []
+                for i in members[start:start + batch_size]:
+                    try:
+                        image = load_rgb(samples[i].path, bucket)
+                    except (OSError, ValueError, SyntaxError):
+                        report.skip("unreadable or truncated image", samples[i].path)
+                        failed.add(i)
+                        continue
+                    array = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)  # [3, H, W]
+                    pixels.append(array / 127.5 - 1.0)
+                    chunk.append(i)
+                if chunk:
+                    batch = torch.stack(pixels).to(encoders.device, encoders.dtype)
+                    with torch.no_grad():
+                        latents = vae.encode(batch).latent * vae.config.scaling_factor  # [b, C, h, w]
+                    for i, latent in zip(chunk, latents.float()):
+                        _write_atomic(cache.latent_path(keys[i]), {"latent": latent})
+                done += len(members[start:start + batch_size])
+                if on_progress:
+                    on_progress("latents", done, len(indices))
+    finally:
+        del vae
+        _free(encoders.device)
+    report.used -= len(failed)
+    return failed
+
+
+def _encode_texts(missing, cache, encoders, on_progress, batch_size) -> None:
+    from ..text import TextEncoder
+
+    encoder = TextEncoder.from_pretrained(encoders.model_dir, dtype=encoders.dtype, device=encoders.device)
+    try:
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            for with_instruction in (True, False):
+                part = [(c, k) for c, k in chunk if (c != NULL_CAPTION) == with_instruction]
+                if not part:
+                    continue
+                encoded = encoder.encode([c for c, _ in part], with_instruction=with_instruction)
+                for (_, key), embeds, mask in zip(part, encoded.embeds, encoded.mask):
+                    _write_atomic(cache.text_path(key), {"embeds": embeds[mask.bool()]})
+            if on_progress:
+                on_progress("captions", min(start + batch_size, len(missing)), len(missing))
+    finally:
+        del encoder
+        _free(encoders.device)
+
+
+def _free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+

@@ -1,0 +1,138 @@
+"""Training checkpoints: one folder a step, written whole or not at all, the last K kept.
+
+`checkpoints/step-000500/` holds `weights.safetensors` (the trained parameters: the adapters for a LoRA, the
+whole DiT for full fine-tuning), `ema.safetensors` when EMA is on, `state.pt` (optimizer and LR schedule,
+read back with `weights_only=True`), `rng-rank<N>.pt` (every random state of each rank) and `state.json`
+(step, position in the data). It is assembled in a hidden folder and renamed into place, so a run killed at
+any moment leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SanaError
+
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def checkpoint_root(out: Path) -> Path:
+    return out / "checkpoints"
+
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run as (step, folder), oldest first."""
+    root = checkpoint_root(out)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and (path / "state.json").is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def staging_dir(out: Path, step: int) -> Path:
+    path = checkpoint_root(out) / f".step-{step:06d}.partial"
+    return path
+
+
+def begin(out: Path, step: int) -> Path:
+    """A fresh hidden folder to assemble the checkpoint of `step` in (main rank only)."""
+    path = staging_dir(out, step)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def commit(out: Path, step: int, keep: int) -> Path:
+    """Move the assembled checkpoint into place, then drop all but the newest `keep` (main rank only)."""
+    final = checkpoint_root(out) / f"step-{step:06d}"
+    staged = staging_dir(out, step)
+    if final.exists():  # the same step written again (a resumed run's final save): replace it whole
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(staged, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, final)
+    for _, path in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+    for stale in checkpoint_root(out).glob(".step-*"):  # leftovers of runs killed while writing
+        if stale != staged:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise SanaError(f"checkpoint file {path} is unreadable ({exc})", "resume from an older checkpoint") from None
+
+
+def load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SanaError(f"checkpoint file {path} is unreadable ({str(exc).splitlines()[0][:160]})",
+                        "resume from an older checkpoint") from None
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SanaError(f"checkpoint file {path} is unreadable ({exc})") from None
+
+
+# -- random states --------------------------------------------------------------------------------------------
+
+def rng_state() -> dict:
+    """Every random generator a step may touch, in types `torch.load(weights_only=True)` accepts."""
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    out = {
+        "python": [version, list(state), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(saved: dict) -> None:
+    version, state, gauss = saved["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = saved["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(saved["torch"])
+    if "cuda" in saved and torch.cuda.is_available():
+        states = saved["cuda"]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)

@@ -1,0 +1,110 @@
+"""The settings of a training run, saved beside its checkpoints so `--resume` continues the same run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+
+CONFIG_NAME = "train_config.json"
+
+# Settings a resumed run must share with the run it continues (the rest, e.g. --steps, may change).
+RESUME_INVARIANTS = ("mode", "init", "model_dir", "transformer_config", "resolution", "batch_size", "grad_accum",
+                     "lora_rank", "lora_alpha", "lora_targets", "seed", "ema")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    model_dir: str  # the base model (diffusers-format folder): DiT weights unless init is "random", encoders
+    mode: str = "lora"  # "lora" | "full"
+    init: str = "pretrained"  # "pretrained" | "random"
+    transformer_config: dict | None = None  # the DiT config for init "random" (default: the base model's)
+    resolution: int = 1024
+    batch_size: int = 1
+    grad_accum: int = 1
+    steps: int = 1000
+    lr: float = 1e-4
+    lr_schedule: str = "constant"  # "constant" | "cosine" | "linear"
+    warmup: int = 0
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # "adamw" | "adamw8bit"
+    max_grad_norm: float = 1.0
+    ema: float = 0.0  # EMA decay of the trained weights; 0 = off
+    lora_rank: int = 16
+    lora_alpha: float | None = None  # default: the rank
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v"])
+    lora_dropout: float = 0.0
+    seed: int = 0
+    flow_shift: float | None = None  # default: the base model's scheduler, else 3.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    caption_dropout: float = 0.0
+    caption: str | None = None
+    trigger: str | None = None
+    gradient_checkpointing: bool = True
+    precision: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    val_prompts: list[str] = field(default_factory=list)
+    val_every: int = 0
+    val_steps: int = 20
+    val_guidance: float = 4.5
+    val_seed: int = 0
+    log_every: int = 1
+    save_dtype: str = "bf16"  # the exported full model's dtype
+    cache_dir: str | None = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        checks = [
+            (self.mode in ("lora", "full"), "mode must be lora or full"),
+            (self.init in ("pretrained", "random"), "init must be pretrained or random"),
+            (not (self.init == "random" and self.mode == "lora"), "a LoRA needs pretrained weights: use --full with --init random"),
+            (self.steps >= 1, "--steps must be at least 1"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be at least 1"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.lr_schedule in ("constant", "cosine", "linear"), "--lr-schedule must be constant, cosine or linear"),
+            (0.0 <= self.ema < 1.0, "--ema is a decay in [0, 1)"),
+            (0.0 <= self.caption_dropout < 1.0, "--caption-dropout must be in [0, 1)"),
+            (self.lora_rank >= 1, "--lora-rank must be at least 1"),
+            (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "--checkpoint-every and --keep must be at least 1"),
+            (self.optimizer in ("adamw", "adamw8bit"), "--optimizer must be adamw or adamw8bit"),
+            (self.precision in ("auto", "bf16", "fp16", "fp32"), "--precision must be auto, bf16, fp16 or fp32"),
+            (self.save_dtype in ("bf16", "fp16", "fp32"), "--save-dtype must be bf16, fp16 or fp32"),
+            (self.resolution >= 32, "--res must be at least 32"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    @property
+    def alpha(self) -> float:
+        return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    def save(self, folder: Path) -> None:
+        path = folder / CONFIG_NAME
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, folder: Path) -> "TrainConfig":
+        path = folder / CONFIG_NAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"cannot read {path} ({exc})", "is this a `sana finetune` output folder?") from None
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        return [name for name in RESUME_INVARIANTS if getattr(self, name) != getattr(other, name)]

@@ -1,0 +1,188 @@
+"""Training data: a folder of images with captions, aspect-ratio buckets, and the deterministic batch order.
+
+Captions come from `metadata.jsonl` files (the imagefolder convention: `file_name` relative to the file's own
+folder, and `text`) or from a same-name `.txt` beside each image, searched recursively. Files that cannot be
+used are skipped and counted in a `DataReport`, never silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+SIDECAR_SUFFIXES = {".txt", ".jsonl", ".json", ".csv", ".md"}
+CAPTION_COLUMNS = ("text", "caption", "prompt")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    caption: str
+    width: int
+    height: int
+
+
+@dataclass
+class DataReport:
+    """What was found, and every file left out with the reason."""
+
+    root: Path
+    used: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def skip(self, reason: str, path: Path) -> None:
+        try:
+            shown = str(path.relative_to(self.root))
+        except ValueError:
+            shown = str(path)
+        self.skipped[reason].append(shown)
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def lines(self, examples: int = 3) -> list[str]:
+        out = [f"{self.used} image(s) used"]
+        for reason, paths in sorted(self.skipped.items()):
+            shown = ", ".join(paths[:examples]) + (f", ... (+{len(paths) - examples})" if len(paths) > examples else "")
+            out.append(f"{len(paths)} skipped: {reason} ({shown})")
+        return out
+
+
+def _metadata_captions(root: Path, report: DataReport) -> dict[Path, str]:
+    captions: dict[Path, str] = {}
+    for meta in sorted(root.rglob("metadata.jsonl")):
+        for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                name = row["file_name"]
+                text = next(row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str))
+            except (json.JSONDecodeError, KeyError, StopIteration, TypeError):
+                report.skip("unreadable metadata.jsonl line", Path(f"{meta}:{number}"))
+                continue
+            captions[(meta.parent / name).resolve()] = text
+    return captions
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the header, or None if PIL cannot identify the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def scan_folder(root: Path, *, caption: str | None = None, trigger: str | None = None) -> tuple[list[Sample], DataReport]:
+    """Every usable (image, caption) under `root`, sorted by path, and the report of what was skipped.
+
+    `caption` gives every image that fixed caption (no caption files needed); `trigger` is put in front of
+    each caption ("sks, a photo of ...").
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"data folder not found: {root}")
+    report = DataReport(root=root)
+    from_metadata = _metadata_captions(root, report)
+    samples: list[Sample] = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # hidden files and folders (.DS_Store, .cache, our own cache)
+        suffix = path.suffix.lower()
+        if suffix in SIDECAR_SUFFIXES:
+            continue
+        if suffix not in IMAGE_SUFFIXES:
+            report.skip("not an image", path)
+            continue
+        text = caption
+        if text is None:
+            text = from_metadata.get(path.resolve())
+        if text is None and path.with_suffix(".txt").is_file():
+            text = path.with_suffix(".txt").read_text(encoding="utf-8", errors="replace")
+        if text is None or not text.strip():
+            report.skip("no caption", path)
+            continue
+        size = _image_size(path)
+        if size is None:
+            report.skip("unreadable image", path)
+            continue
+        text = " ".join(text.split())
+        if trigger:
+            text = f"{trigger}, {text}"
+        samples.append(Sample(path=path, caption=text, width=size[0], height=size[1]))
+    report.used = len(samples)
+    return samples, report
+
+
+# -- buckets ------------------------------------------------------------------------------------------------
+
+def aspect_buckets(resolution: int, multiple: int) -> list[tuple[int, int]]:
+    """(width, height) buckets of about resolution^2 pixels for aspect ratios from 1:4 to 4:1.
+
+    The native SANA sizes use diffusers' trained aspect bins, so a fine-tune sees the shapes inference
+    generates at; other sizes (small models) get buckets on a grid of `multiple`.
+    """
+    from ..pipeline import _aspect_ratio_bins
+
+    bins = _aspect_ratio_bins().get(resolution)
+    if bins is not None:
+        return sorted({(int(w), int(h)) for h, w in bins.values()})
+    buckets = set()
+    for step in range(-8, 9):  # ratios 2^(step/4): 1:4 ... 4:1
+        ratio = 2 ** (step / 4)
+        width = max(multiple, round(resolution * math.sqrt(ratio) / multiple) * multiple)
+        height = max(multiple, round(resolution / math.sqrt(ratio) / multiple) * multiple)
+        buckets.add((width, height))
+    return sorted(buckets)
+
+
+def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    ratio = math.log(width / height)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+
+
+def load_rgb(path: Path, size: tuple[int, int]):
+    """The image as RGB, scaled to cover `size` (width, height) and centre-cropped to it. Raises OSError if truncated."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image.load()  # decode now: a truncated file fails here, not later
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "P"):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        image = image.convert("RGB")
+    return ImageOps.fit(image, size, method=Image.Resampling.BICUBIC)
+
+
+# -- batch order --------------------------------------------------------------------------------------------
+
+def epoch_batches(groups: dict[tuple[int, int], list[int]], global_batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of global batches, each from a single bucket, in a seeded random order.
+
+    Every batch is full: a bucket's last partial batch is completed with items from the start of its own
+    shuffled list, so every rank of a distributed run always gets the same number of items. The order depends
+    only on (seed, epoch), which is what lets a resumed run continue exactly where it stopped.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    batches = []
+    for key in sorted(groups):
+        items = list(groups[key])
+        rng.shuffle(items)
+        count = max(1, math.ceil(len(items) / global_batch))
+        padded = (items * math.ceil(count * global_batch / len(items)))[: count * global_batch]
+        batches += [padded[i * global_batch:(i + 1) * global_batch] for i in range(count)]
+    rng.shuffle(batches)
+    return batches

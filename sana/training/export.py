@@ -1,0 +1,71 @@
+"""Writing a fully fine-tuned DiT as a diffusers-format model folder (usable as `sana gen --model DIR`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..loading import WEIGHTS_NAME, engine_to_diffusers
+
+OTHER_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link files (no second copy of a 5 GB text encoder on the same disk), else copy them."""
+    if source.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        for child in source.iterdir():
+            _link_or_copy(child, target / child.name)
+        return
+    real = source.resolve()  # hub caches hold symlinks into blobs/
+    try:
+        os.link(real, target)
+    except OSError:
+        shutil.copy2(real, target)
+
+
+def transformer_config_json(config, base_dir: Path) -> dict:
+    """The base model's transformer config.json (unknown keys kept) with our config's values."""
+    import diffusers
+
+    path = base_dir / "transformer" / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data.update(dataclasses.asdict(config))
+    data["_class_name"] = "SanaTransformer2DModel"
+    data["_diffusers_version"] = diffusers.__version__
+    return data
+
+
+def save_model_folder(weights: dict[str, torch.Tensor], config, base_dir: Path, target: Path,
+                      dtype: torch.dtype) -> Path:
+    """transformer/ from `weights` (engine names), the other components from `base_dir`; assembled beside
+    `target` and renamed into place, so an interrupted export never leaves a half-written model."""
+    from safetensors.torch import save_file
+
+    staged = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    (staged / "transformer").mkdir(parents=True)
+    state = engine_to_diffusers({k: v.detach().to("cpu", dtype).contiguous() for k, v in weights.items()},
+                                bool(config.guidance_embeds))
+    save_file(state, str(staged / "transformer" / WEIGHTS_NAME), metadata={"format": "pt"})
+    (staged / "transformer" / "config.json").write_text(
+        json.dumps(transformer_config_json(config, base_dir), indent=2), encoding="utf-8")
+    for name in OTHER_COMPONENTS:
+        if (base_dir / name).is_dir():
+            _link_or_copy(base_dir / name, staged / name)
+    if (base_dir / "model_index.json").is_file():
+        shutil.copyfile((base_dir / "model_index.json").resolve(), staged / "model_index.json")
+    if target.exists():  # this run's own earlier export (a resumed run finishing again)
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(staged, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, target)
+    return target

@@ -1,0 +1,614 @@
+"""The training loop: flow matching on cached latents and caption embeddings, LoRA or full, one GPU or many.
+
+Steps of `train`: scan the data, fill the feature cache (encoders loaded only for what is missing), build the
+DiT (pretrained or freshly initialised; LoRA adapters or all weights trainable), restore a checkpoint if
+resuming, then loop: each optimizer step is `grad_accum` micro-batches; checkpoints, validation images and
+the loss log follow the step count. Every random draw of a sample comes from a generator seeded by
+(seed, micro-batch, place in the global batch), and the data order from (seed, epoch), so a resumed run repeats exactly what an
+uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SanaError, UsageError
+from . import checkpoint as ckpt
+from . import distributed
+from .cache import NULL_CAPTION, Encoders, FeatureCache, build_cache
+from .config import TrainConfig
+from .data import DataReport, aspect_buckets, epoch_batches, nearest_bucket, scan_folder
+from .plot import append_log, plot_loss, truncate_log
+
+LOG_NAME = "loss.csv"
+PLOT_NAME = "loss.png"
+MAX_TEXT_TOKENS = 300  # the text encoder's padded length
+
+
+@dataclass
+class StepInfo:
+    step: int
+    total: int
+    loss: float
+    lr: float
+    grad_norm: float
+    samples_per_s: float
+    memory_gb: float
+
+
+@dataclass
+class TrainEvents:
+    """Callbacks to whoever drives training; the engine never prints."""
+
+    on_phase: Callable[[str], None] | None = None  # "data" | "cache" | "model" | "train" | "export"
+    on_progress: Callable[[str, int, int], None] | None = None  # caching: (what, done, total)
+    on_step: Callable[[StepInfo], None] | None = None
+    on_notice: Callable[[str], None] | None = None
+    on_saved: Callable[[str, Path], None] | None = None  # ("checkpoint" | "sample" | "lora" | "model", path)
+
+    def notice(self, text: str) -> None:
+        if self.on_notice:
+            self.on_notice(text)
+
+    def saved(self, kind: str, path: Path) -> None:
+        if self.on_saved:
+            self.on_saved(kind, path)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int
+    interrupted: bool
+    report: DataReport
+    output: Path | None = None  # the LoRA file or the model folder
+    last_loss: float | None = None
+    checkpoint: Path | None = None
+
+
+class _StopFlag:
+    """SIGINT / SIGTERM ask for a checkpoint at the end of the current step; a second SIGINT stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# -- set-up helpers -------------------------------------------------------------------------------------------
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if precision in named:
+        return named[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    return torch.float32
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up to the base rate, then constant, cosine or linear decay to zero at the last step."""
+
+    def factor(step: int) -> float:
+        if cfg.warmup and step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1.0 - progress
+
+    return factor
+
+
+def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """The flow-matching time after the resolution shift: s' = shift s / (1 + (shift - 1) s)."""
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def sample_generator(seed: int, micro: int, position: int) -> torch.Generator:
+    """The random source of one sample: its caption dropout, timestep and noise."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + micro) * 65_537 + position) % 2**63)
+
+
+def build_transformer(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtype):
+    from ..loading import load_transformer
+    from ..models.transformer import SanaTransformer, TransformerConfig
+    from ..components import read_json
+
+    model_dir = Path(cfg.model_dir)
+    if cfg.init == "random":
+        raw = cfg.transformer_config or read_json(model_dir / "transformer" / "config.json")
+        try:
+            tconfig = TransformerConfig.from_dict(raw)
+        except (TypeError, ValueError) as exc:
+            raise SanaError(f"unsupported transformer config: {exc}") from None
+        model = SanaTransformer(tconfig)
+        model.initialize_weights(torch.Generator().manual_seed(cfg.seed))
+        model = model.to(device=device, dtype=weight_dtype)
+    else:
+        model = load_transformer(model_dir, dtype=weight_dtype, device=device)
+    if model.config.guidance_embeds:
+        raise UsageError("SANA-Sprint models are distilled with consistency training, not flow matching",
+                         "fine-tune a SANA / SANA-1.5 model instead")
+    return model
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, events: TrainEvents | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.events = events or TrainEvents()
+        self.out = Path(cfg.out)
+        from ..device import pick_device
+
+        device = pick_device(cfg.device)
+        self.world = distributed.setup(device.type)
+        if device.type == "cuda" and self.world.distributed:
+            device = torch.device("cuda", self.world.local_rank)
+        self.device = device
+        self.dtype = compute_dtype(cfg.precision, device)
+
+    # 1. Data and cache ------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        cfg, events = self.cfg, self.events
+        from ..components import read_json, scheduler_config
+
+        model_dir = Path(cfg.model_dir)
+        if events.on_phase:
+            events.on_phase("data")
+        samples, report = scan_folder(Path(cfg.data), caption=cfg.caption, trigger=cfg.trigger)
+        if not samples:
+            reasons = "; ".join(report.lines()[1:]) or "the folder has no images"
+            raise UsageError(f"no usable training images in {cfg.data}: {reasons}",
+                             "put images with same-name .txt captions (or a metadata.jsonl) there, or pass --caption")
+        vae_config = read_json(model_dir / "vae" / "config.json")
+        vae_factor = 2 ** (len(vae_config.get("encoder_block_out_channels", [0] * 6)) - 1)
+        tconf = cfg.transformer_config or read_json(model_dir / "transformer" / "config.json")
+        multiple = vae_factor * int(tconf.get("patch_size", 1))
+        choices = aspect_buckets(cfg.resolution, multiple)
+        buckets = {i: nearest_bucket(s.width, s.height, choices) for i, s in enumerate(samples)}
+        self.flow_shift = cfg.flow_shift or float(scheduler_config(model_dir).get("flow_shift", 3.0))
+        self.scheduler_config = scheduler_config(model_dir)
+
+        if events.on_phase:
+            events.on_phase("cache")
+        cache_root = Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache"
+        self.cache = FeatureCache(cache_root)
+        encoders = Encoders(model_dir=model_dir, device=self.device, dtype=self.dtype)
+        items, extras = build_cache(samples, buckets, self.cache, encoders, report, extra_captions=cfg.val_prompts,
+                                    rank=self.world.rank, world=self.world.size, on_progress=events.on_progress)
+        distributed.barrier(self.world)
+        if self.world.distributed:  # other ranks encoded other parts: every rank now sees the whole cache
+            items, extras = build_cache(samples, buckets, self.cache, encoders, report,
+                                        extra_captions=cfg.val_prompts, rank=0, world=1)
+        if not items:
+            raise UsageError(f"no usable training images in {cfg.data}: " + "; ".join(report.lines()[1:]))
+        self.items, self.text_keys, self.report = items, extras, report
+        self.groups: dict[tuple[int, int], list[int]] = {}
+        for index, item in enumerate(items):
+            self.groups.setdefault(item.bucket, []).append(index)
+
+    # 2. Model, optimizer, schedule --------------------------------------------------------------------------
+    def build(self) -> None:
+        cfg = self.cfg
+        if self.events.on_phase:
+            self.events.on_phase("model")
+        lora = cfg.mode == "lora"
+        torch.manual_seed(cfg.seed)  # the LoRA initialisation draws from the global generator
+        # LoRA: the frozen base in the compute dtype, adapters in fp32. Full: fp32 master weights.
+        weight_dtype = self.dtype if lora else torch.float32
+        model = build_transformer(cfg, self.device, weight_dtype)
+        self.lora_config = None
+        if lora:
+            from .adapters import add_lora
+
+            self.lora_config = add_lora(model, rank=cfg.lora_rank, alpha=cfg.alpha, targets=cfg.lora_targets,
+                                        dropout=cfg.lora_dropout)
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.data = param.data.float()
+        else:
+            model.requires_grad_(True)
+        model.gradient_checkpointing = cfg.gradient_checkpointing
+        model.train()
+        self.model = model  # the plain module (shared with the wrappers)
+        if self.world.distributed and not lora:
+            distributed.shard_fsdp(model, self.dtype)
+            self.runner = model
+        elif self.world.distributed:
+            self.runner = distributed.wrap_ddp(model, self.world, self.device)
+        else:
+            self.runner = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = self._optimizer(self.params)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.ema = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad} \
+            if cfg.ema > 0 else None
+        self.micro = 0
+
+    def _optimizer(self, params):
+        cfg = self.cfg
+        if cfg.optimizer == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                raise UsageError("--optimizer adamw8bit needs bitsandbytes", "pip install bitsandbytes") from None
+            return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+
+    # 3. Batches and the loss ----------------------------------------------------------------------------------
+    @lru_cache(maxsize=4)
+    def _epoch(self, epoch: int) -> list[list[int]]:
+        return epoch_batches(self.groups, self.cfg.batch_size * self.world.size, self.cfg.seed, epoch)
+
+    def _batch_for(self, micro: int) -> list[int]:
+        per_epoch = len(self._epoch(0))
+        batch = self._epoch(micro // per_epoch)[micro % per_epoch]
+        size = self.cfg.batch_size
+        return batch[self.world.rank * size:(self.world.rank + 1) * size]
+
+    @lru_cache(maxsize=2048)
+    def _latent(self, key: str) -> torch.Tensor:
+        return self.cache.read_latent(key)
+
+    @lru_cache(maxsize=2048)
+    def _text(self, key: str) -> torch.Tensor:
+        return self.cache.read_text(key)
+
+    def loss(self, micro: int) -> torch.Tensor:
+        cfg = self.cfg
+        items = [self.items[i] for i in self._batch_for(micro)]
+        # One generator a sample, seeded by its place in the global batch: N GPUs x batch B draw exactly what
+        # one GPU x batch N*B draws.
+        first = self.world.rank * cfg.batch_size
+        gens = [sample_generator(cfg.seed, micro, first + j) for j in range(len(items))]
+        latents = torch.stack([self._latent(it.latent) for it in items]).float()  # [B, C, h, w]
+        drop = [torch.rand((), generator=g).item() < cfg.caption_dropout for g in gens]
+        texts = [self._text(self.text_keys[NULL_CAPTION] if d else it.text) for it, d in zip(items, drop)]
+        length = max(t.shape[0] for t in texts)
+        embeds = torch.zeros(len(texts), length, texts[0].shape[-1])  # [B, L, C_text], padded at the end
+        mask = torch.zeros(len(texts), length, dtype=torch.long)  # [B, L]
+        for row, text in enumerate(texts):
+            embeds[row, : text.shape[0]] = text.float()
+            mask[row, : text.shape[0]] = 1
+
+        u = torch.sigmoid(torch.stack([torch.randn((), generator=g) for g in gens]) * cfg.logit_std + cfg.logit_mean)
+        sigma = shifted_sigmas(u, self.flow_shift)  # [B]
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in gens])  # [B, C, h, w]
+        s = sigma[:, None, None, None]
+        noisy = (1.0 - s) * latents + s * noise
+        target = noise - latents  # the velocity the model predicts
+
+        device, dtype = self.device, self.dtype
+        timestep = (sigma * 1000.0 * self.model.config.timestep_scale).to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            pred = self.runner(noisy.to(device, dtype), embeds.to(device, dtype), timestep, text_mask=mask.to(device))
+        return F.mse_loss(pred.float(), target.to(device))
+
+    # 4. The loop ---------------------------------------------------------------------------------------------
+    def train(self, resume: bool | Path = False) -> TrainResult:
+        cfg, events, world = self.cfg, self.events, self.world
+        log_path = self.out / LOG_NAME
+        if resume:
+            self._restore(resume)
+            if world.is_main:
+                truncate_log(log_path, self.micro // cfg.grad_accum)
+        if events.on_phase:
+            events.on_phase("train")
+        step = self.micro // cfg.grad_accum
+        result = TrainResult(out=self.out, step=step, interrupted=False, report=self.report)
+        started, samples_seen = time.perf_counter(), 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with _StopFlag() as stop:
+            while step < cfg.steps:
+                loss_sum = self._optimizer_step()
+                step += 1
+                samples_seen += cfg.batch_size * cfg.grad_accum * world.size
+                loss_value = distributed.mean(loss_sum.detach(), world).item()
+                if not math.isfinite(loss_value):
+                    raise SanaError(f"the loss became {loss_value} at step {step}",
+                                    "lower --lr, or use --precision fp32 / bf16 instead of fp16")
+                result.last_loss = loss_value
+                elapsed = time.perf_counter() - started
+                info = StepInfo(step=step, total=cfg.steps, loss=loss_value, lr=self.scheduler.get_last_lr()[0],
+                                grad_norm=self._last_grad_norm, samples_per_s=samples_seen / max(elapsed, 1e-9),
+                                memory_gb=_memory_gb(self.device))
+                if world.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                    append_log(log_path, {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{info.lr:.6g}",
+                                          "grad_norm": f"{info.grad_norm:.4g}",
+                                          "samples_per_s": f"{info.samples_per_s:.4g}", "elapsed_s": f"{elapsed:.1f}"})
+                if events.on_step:
+                    events.on_step(info)
+                stopping = distributed.any_rank(stop.requested, world, self.device)
+                if stopping or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    result.checkpoint = self.save_checkpoint(step)
+                if cfg.val_prompts and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps) and not stopping:
+                    self.validate(step)
+                if stopping:
+                    result.interrupted = True
+                    break
+        result.step = step
+        if not result.interrupted:
+            result.output = self.export()
+        return result
+
+    def _optimizer_step(self) -> torch.Tensor:
+        cfg = self.cfg
+        total = torch.zeros((), device=self.device)
+        for index in range(cfg.grad_accum):
+            last = index == cfg.grad_accum - 1
+            with self._grad_sync(last):
+                loss = self.loss(self.micro) / cfg.grad_accum
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+            self.micro += 1
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        self._last_grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                for name, param in self.model.named_parameters():
+                    if name in self.ema:
+                        self.ema[name].lerp_(param.detach().float(), 1.0 - cfg.ema)
+        return total
+
+    def _grad_sync(self, sync: bool):
+        if not self.world.distributed or sync:
+            if self.world.distributed and self.cfg.mode == "full":
+                self.model.set_requires_gradient_sync(True)
+            return contextlib.nullcontext()
+        if self.cfg.mode == "full":  # FSDP2
+            self.model.set_requires_gradient_sync(False)
+            return contextlib.nullcontext()
+        return self.runner.no_sync()  # DDP
+
+    # 5. Checkpoints ---------------------------------------------------------------------------------------------
+    def _state_options(self, **kw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True, **kw)
+
+    def _gather(self) -> tuple[dict, dict]:
+        """Trainable weights and optimizer state as full (unsharded) CPU dicts keyed by parameter name."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        if not self.world.distributed:
+            weights = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+            optim = self.optimizer.state_dict()
+            return weights, optim
+        return get_state_dict(self.model, self.optimizer, options=self._state_options())
+
+    def save_checkpoint(self, step: int) -> Path | None:
+        cfg, world = self.cfg, self.world
+        weights, optim = self._gather()
+        ema = {n: (t.full_tensor() if hasattr(t, "full_tensor") else t) for n, t in self.ema.items()} if self.ema else None
+        staged = ckpt.staging_dir(self.out, step)
+        if world.is_main:
+            ckpt.begin(self.out, step)
+        distributed.barrier(world)
+        torch.save(ckpt.rng_state(), staged / f"rng-rank{world.rank}.pt")
+        final = None
+        if world.is_main:
+            ckpt.save_tensors(staged / "weights.safetensors", weights)
+            if ema is not None:
+                ckpt.save_tensors(staged / "ema.safetensors", ema)
+            torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict()}, staged / "state.pt")
+        distributed.barrier(world)
+        if world.is_main:
+            ckpt.write_json(staged / "state.json", {"step": step, "micro": self.micro, "world_size": world.size,
+                                                    "data": self._data_fingerprint()})
+            final = ckpt.commit(self.out, step, cfg.keep_checkpoints)
+            if (self.out / LOG_NAME).exists():
+                plot_loss(self.out / LOG_NAME, self.out / PLOT_NAME)
+            self.events.saved("checkpoint", final)
+        distributed.barrier(world)
+        return final if world.is_main else ckpt.checkpoint_root(self.out) / f"step-{step:06d}"
+
+    def _data_fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256("|".join(f"{it.latent}:{it.text}" for it in self.items).encode()).hexdigest()[:16]
+
+    def _restore(self, resume: bool | Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        if resume is True:
+            found = ckpt.list_checkpoints(self.out)
+            if not found:
+                raise UsageError(f"no checkpoint to resume in {self.out / 'checkpoints'}", "start without --resume")
+            folder = found[-1][1]
+        else:
+            folder = Path(resume)
+            if not (folder / "state.json").is_file():
+                raise UsageError(f"{folder} is not a complete checkpoint (no state.json)")
+        state = ckpt.read_json(folder / "state.json")
+        if state.get("world_size", 1) != self.world.size:
+            self.events.notice(f"the checkpoint was written by {state.get('world_size')} process(es), this run has "
+                               f"{self.world.size}: the data order changes from here")
+        if state.get("data") != self._data_fingerprint():
+            self.events.notice("the training data changed since the checkpoint: the data order changes from here")
+        weights = ckpt.load_tensors(folder / "weights.safetensors")
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(weights))
+        if missing:
+            raise SanaError(f"the checkpoint {folder.name} lacks {len(missing)} trained weight(s), e.g. {missing[0]}",
+                            "it belongs to another run configuration")
+        saved = ckpt.load_state(folder / "state.pt")
+        if self.world.distributed:
+            set_state_dict(self.model, self.optimizer, model_state_dict=weights, optim_state_dict=saved["optimizer"],
+                           options=self._state_options(strict=False))
+        else:
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name in trainable:
+                    params[name].copy_(weights[name])
+            self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None:
+            ema = ckpt.load_tensors(folder / "ema.safetensors")
+            for name, tensor in self.ema.items():
+                full = ema[name]
+                if hasattr(tensor, "device_mesh"):  # FSDP2: keep only this rank's shard
+                    from torch.distributed.tensor import distribute_tensor
+
+                    full = distribute_tensor(full.to(tensor.device), tensor.device_mesh, tensor.placements)
+                tensor.copy_(full)
+        rng = folder / f"rng-rank{self.world.rank}.pt"
+        if rng.is_file():
+            ckpt.set_rng_state(ckpt.load_state(rng))
+        self.micro = int(state["micro"])
+        self.events.notice(f"resumed from {folder.name} (step {state['step']})")
+
+    # 6. Validation images -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, step: int) -> None:
+        from ..components import load_vae
+        from ..outputs import GenerationRecord, save_image
+        from ..pipeline import ImagePipeline, ImageRequest
+        from .. import ops
+
+        cfg = self.cfg
+        vae = load_vae(Path(cfg.model_dir), dtype=self.dtype if self.dtype != torch.float16 else torch.float32,
+                       device=self.device)
+        prompts = _CachedPrompts(self, self.text_keys)
+        pipe = ImagePipeline(transformer=self.model, text_encoder=prompts, vae=vae, family="sana",
+                             scheduler_config=self.scheduler_config, device=self.device, dtype=self.dtype,
+                             cuda_graphs=False)
+        was_enabled = ops.kernels_enabled()
+        ops.set_kernels_enabled(False)  # mixed fp32 / bf16 weights under autocast: the reference ops take any dtype
+        self.model.eval()
+        folder = self.out / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            size = cfg.resolution
+            for index, prompt in enumerate(cfg.val_prompts):
+                request = ImageRequest(prompt=prompt, seeds=[cfg.val_seed], width=size, height=size,
+                                       steps=cfg.val_steps, guidance=cfg.val_guidance, sampler="flow-dpm",
+                                       flow_shift=self.flow_shift)
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                    image = pipe.generate(request).images[0]
+                if self.world.is_main:
+                    record = GenerationRecord(prompt=prompt, model=str(self.out), seed=cfg.val_seed,
+                                              steps=cfg.val_steps, guidance=cfg.val_guidance, sampler="flow-dpm",
+                                              flow_shift=self.flow_shift, width=size, height=size,
+                                              extra={"training_step": step})
+                    path = save_image(image, folder / f"step-{step:06d}-{index}.png", record, force=True)
+                    self.events.saved("sample", path)
+        finally:
+            ops.set_kernels_enabled(was_enabled)
+            self.model.train()
+            del pipe, vae
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # 7. Export ------------------------------------------------------------------------------------------------
+    def export(self) -> Path | None:
+        """The LoRA file (diffusers format) or the full model (diffusers-format folder), from EMA weights if on."""
+        if self.events.on_phase:
+            self.events.on_phase("export")
+        weights, _ = self._gather()
+        if self.ema is not None:
+            weights = {n: (t.full_tensor() if hasattr(t, "full_tensor") else t).cpu() for n, t in self.ema.items()}
+        if not self.world.is_main:
+            distributed.barrier(self.world)
+            return None
+        if self.cfg.mode == "lora":
+            from .adapters import save_lora
+
+            params = dict(self.model.named_parameters())
+            backup = {n: params[n].detach().clone() for n in weights}
+            with torch.no_grad():
+                for name, tensor in weights.items():
+                    params[name].copy_(tensor)
+            path = save_lora(self.model, self.lora_config, self.out)
+            with torch.no_grad():
+                for name, tensor in backup.items():
+                    params[name].copy_(tensor)
+            self.events.saved("lora", path)
+        else:
+            from .export import save_model_folder
+
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.cfg.save_dtype]
+            path = save_model_folder(weights, self.model.config, Path(self.cfg.model_dir), self.out / "model", dtype)
+            self.events.saved("model", path)
+        if (self.out / LOG_NAME).exists():
+            plot_loss(self.out / LOG_NAME, self.out / PLOT_NAME)
+        distributed.barrier(self.world)
+        return path
+
+
+class _CachedPrompts:
+    """The text-encoder interface the image pipeline calls, answered from the feature cache."""
+
+    def __init__(self, trainer: Trainer, keys: dict[str, str]):
+        self.trainer, self.keys = trainer, keys
+
+    def encode(self, prompts: list[str], *, with_instruction: bool = True):
+        from ..text import PromptEmbeddings
+
+        rows = []
+        for prompt in prompts:
+            key = self.keys[prompt if with_instruction and prompt != NULL_CAPTION else NULL_CAPTION]
+            rows.append(self.trainer._text(key).float())
+        length = max(MAX_TEXT_TOKENS, *(r.shape[0] for r in rows))  # one width, as the text encoder gives
+        embeds = torch.zeros(len(rows), length, rows[0].shape[-1])
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, row in enumerate(rows):
+            embeds[i, : row.shape[0]], mask[i, : row.shape[0]] = row, 1
+        device = self.trainer.device
+        return PromptEmbeddings(embeds.to(device, self.trainer.dtype), mask.to(device))
+
+
+def _memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def run(cfg: TrainConfig, *, resume: bool | Path = False, events: TrainEvents | None = None) -> TrainResult:
+    """Train as `cfg` says; the whole life of a run (process group included)."""
+    trainer = Trainer(cfg, events)
+    try:
+        trainer.prepare_data()
+        trainer.build()
+        return trainer.train(resume)
+    finally:
+        distributed.teardown()

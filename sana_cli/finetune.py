@@ -1,0 +1,251 @@
+"""`sana finetune DATA`: LoRA or full fine-tuning (or training from scratch) on a folder of captioned images."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from sana.errors import UsageError
+
+from . import console
+
+Opt = typer.Option
+
+
+def finetune(
+    data: Annotated[Path, typer.Argument(help="Folder of images with same-name .txt captions or a metadata.jsonl.")],
+    model: Annotated[Optional[str], Opt("--model", "-m", help="Base model: registry name, org/repo or local folder.")] = None,
+    out: Annotated[Optional[Path], Opt("--out", "-o", help="Run folder (checkpoints, logs, samples, result). Default: finetune-<data>.")] = None,
+    full: Annotated[Optional[bool], Opt("--full/--lora", help="Train all DiT weights instead of a LoRA.")] = None,
+    init: Annotated[Optional[str], Opt("--init", help="pretrained (default) or random (train from scratch; implies --full).")] = None,
+    config: Annotated[Optional[str], Opt("--config", help="DiT config for --init random: a registry model name or a config.json.")] = None,
+    res: Annotated[Optional[int], Opt("--res", "-r", help="Training resolution (default: the model's).")] = None,
+    steps: Annotated[Optional[int], Opt("--steps", help="Optimizer steps in all (default 1000).")] = None,
+    batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="Images per step and GPU (default 1).")] = None,
+    grad_accum: Annotated[Optional[int], Opt("--grad-accum", help="Micro-batches per optimizer step (default 1).")] = None,
+    lr: Annotated[Optional[float], Opt("--lr", help="Learning rate (default 1e-4 LoRA, 2e-5 full, 2e-4 from scratch).")] = None,
+    lr_schedule: Annotated[Optional[str], Opt("--lr-schedule", help="constant, cosine or linear (after warm-up).")] = None,
+    warmup: Annotated[Optional[int], Opt("--warmup", help="Linear warm-up steps.")] = None,
+    weight_decay: Annotated[Optional[float], Opt("--weight-decay", help="AdamW weight decay (default 1e-4).")] = None,
+    optimizer: Annotated[Optional[str], Opt("--optimizer", help="adamw or adamw8bit (needs bitsandbytes).")] = None,
+    max_grad_norm: Annotated[Optional[float], Opt("--max-grad-norm", help="Gradient clipping norm (0 = off; default 1).")] = None,
+    ema: Annotated[Optional[float], Opt("--ema", help="EMA decay of the trained weights, e.g. 0.999 (0 = off).")] = None,
+    lora_rank: Annotated[Optional[int], Opt("--lora-rank", help="LoRA rank (default 16).")] = None,
+    lora_alpha: Annotated[Optional[float], Opt("--lora-alpha", help="LoRA alpha (default: the rank).")] = None,
+    lora_targets: Annotated[Optional[str], Opt("--lora-targets", help="Comma-separated diffusers module names (default to_q,to_k,to_v).")] = None,
+    lora_dropout: Annotated[Optional[float], Opt("--lora-dropout", help="Dropout on the LoRA input.")] = None,
+    seed: Annotated[Optional[int], Opt("--seed", "-s", help="Seed of the data order, noise and initialisation (default 0).")] = None,
+    flow_shift: Annotated[Optional[float], Opt("--flow-shift", help="Training flow shift (default: the model's, else 3).")] = None,
+    caption_dropout: Annotated[Optional[float], Opt("--caption-dropout", help="Share of captions replaced by the empty one (for CFG).")] = None,
+    caption: Annotated[Optional[str], Opt("--caption", help="One fixed caption for every image (caption files not needed).")] = None,
+    trigger: Annotated[Optional[str], Opt("--trigger", help="Word put in front of every caption, e.g. 'sks'.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], Opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass (default on).")] = None,
+    precision: Annotated[Optional[str], Opt("--precision", help="auto, bf16, fp16 or fp32.")] = None,
+    checkpoint_every: Annotated[Optional[int], Opt("--checkpoint-every", help="Steps between checkpoints (default 500).")] = None,
+    keep: Annotated[Optional[int], Opt("--keep", help="Checkpoints kept (default 3).")] = None,
+    val_prompt: Annotated[Optional[List[str]], Opt("--val-prompt", help="Prompt for validation images; repeatable.")] = None,
+    val_every: Annotated[Optional[int], Opt("--val-every", help="Steps between validation images (default: at checkpoints).")] = None,
+    val_steps: Annotated[Optional[int], Opt("--val-steps", help="Sampling steps of validation images (default 20).")] = None,
+    save_dtype: Annotated[Optional[str], Opt("--save-dtype", help="dtype of an exported full model (default bf16).")] = None,
+    cache: Annotated[Optional[Path], Opt("--cache", help="Feature cache folder (default: OUT/cache); share it between runs.")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
+    resume_from: Annotated[Optional[Path], Opt("--resume-from", help="Continue from this checkpoint folder.")] = None,
+    gpus: Annotated[int, Opt("--gpus", min=1, help="GPUs on this machine: runs itself under torchrun with N processes.")] = 1,
+    device: Annotated[str, Opt("--device", help="auto, cuda, cuda:N or cpu.")] = "auto",
+) -> None:
+    """Fine-tune a SANA model (LoRA by default, or --full), or train one from scratch with --init random."""
+    flags = {k: v for k, v in dict(locals()).items() if v is not None}
+    from .generation import quiet_libraries
+
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 checks and writes
+
+    # 1. Many GPUs: hand over to the standard launcher, which runs this same command once per GPU.
+    if gpus > 1:
+        _exec_torchrun(gpus)
+    quiet_libraries()
+    from sana.training.config import TrainConfig
+    from sana.training.trainer import run
+
+    # 2. Settings: a resumed run's own settings, overridden by the flags given now.
+    out_dir = (out or Path(f"finetune-{Path(data).resolve().name}")).expanduser()
+    continuing = resume or resume_from is not None
+    cfg = TrainConfig.load(out_dir) if continuing else None
+    settings = _settings(flags, data, out_dir, cfg)
+    if cfg is not None:
+        changed = cfg.differences(settings)
+        if changed:
+            raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
+                             "a resumed run keeps its model, LoRA, batch and seed; start a new --out to change them")
+    elif main_process and out_dir.exists() and any(out_dir.iterdir()):
+        hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
+        raise UsageError(f"{out_dir} is not empty", hint)
+    settings.validate()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # 3. Train, with a progress line on the main process only.
+    if main_process:
+        settings.save(out_dir)
+    with _Progress(enabled=main_process and not console.settings.quiet, total=settings.steps) as progress:
+        result = run(settings, resume=resume_from or continuing, events=progress.events())
+    if not main_process:
+        return
+
+    # 4. Report.
+    for line in result.report.lines():
+        console.info(line)
+    if result.interrupted:
+        console.error(f"stopped at step {result.step}; checkpoint saved in {result.checkpoint}")
+        console.info(f"continue with: sana finetune {data} --out {out_dir} --resume")
+        raise typer.Exit(130)
+    console.info(f"trained {result.step} steps; final loss {result.last_loss:.4g}; loss curve {out_dir / 'loss.png'}")
+    console.out.print(str(result.output), highlight=False)
+
+
+def _settings(flags: dict, data: Path, out_dir: Path, saved):
+    """TrainConfig from the flags given, on top of a resumed run's settings or the defaults."""
+    import dataclasses
+
+    from sana.training.config import TrainConfig
+
+    if saved is not None:
+        base = dataclasses.asdict(saved)
+    else:
+        model_dir, native = _base_model(flags.get("model"))
+        random_init = flags.get("init") == "random"
+        full = flags.get("full", random_init)
+        base = dataclasses.asdict(TrainConfig(data=str(data), out=str(out_dir), model_dir=str(model_dir), resolution=native))
+        base.update(mode="full" if full else "lora", lr=2e-4 if random_init else 2e-5 if full else 1e-4)
+        if random_init and "config" in flags:
+            base["transformer_config"] = _transformer_config(flags["config"])
+    base.update(data=str(data), out=str(out_dir))
+    renames = {"full": None, "model": None, "config": None, "res": "resolution", "keep": "keep_checkpoints",
+               "val_prompt": "val_prompts", "cache": "cache_dir", "resume": None, "resume_from": None, "gpus": None,
+               "data": None, "out": None}
+    for flag, value in flags.items():
+        name = renames.get(flag, flag)
+        if name is None or name not in base:
+            continue
+        if name == "lora_targets":
+            value = [t for t in value.split(",") if t.strip()]
+        base[name] = str(value) if isinstance(value, Path) else value
+    if flags.get("full") is not None and saved is None:
+        base["mode"] = "full" if flags["full"] else "lora"
+    if base["val_prompts"] and not base["val_every"]:
+        base["val_every"] = base["checkpoint_every"]
+    if saved is not None and "model" in flags and Path(str(flags["model"])).expanduser().resolve() != Path(saved.model_dir):
+        base["model_dir"] = str(_base_model(flags["model"])[0])
+    return TrainConfig(**base)
+
+
+def _base_model(arg: str | None) -> tuple[Path, int]:
+    """The base model's folder and native resolution."""
+    from sana.components import read_json
+    from sana.hub import resolve_model
+
+    from .generation import default_model
+
+    resolved = resolve_model(arg or default_model("gen"))
+    folder = resolved.path
+    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
+        if not (folder / part).is_dir():
+            raise UsageError(f"{arg} has no {part}/ folder", "fine-tuning needs a complete diffusers-format SANA model")
+    tconf = read_json(folder / "transformer" / "config.json")
+    vconf = read_json(folder / "vae" / "config.json")
+    factor = 2 ** (len(vconf.get("encoder_block_out_channels", [0] * 6)) - 1)
+    return folder.resolve(), int(tconf.get("sample_size", 32)) * factor * int(tconf.get("patch_size", 1))
+
+
+def _transformer_config(arg: str) -> dict:
+    """--config: a registry model's DiT config, or a config.json file."""
+    import json
+
+    from sana.registry import find_spec
+
+    path = Path(arg).expanduser()
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"cannot read {arg} ({exc})") from None
+    spec = find_spec(arg)
+    if spec is None:
+        raise UsageError(f"--config {arg} is neither a config.json nor a registry model", "see: sana models list")
+    return dict(spec.transformer)
+
+
+def _exec_torchrun(gpus: int) -> None:
+    from sana.training.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        return  # already one of torchrun's processes
+    args = []
+    skip = False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg == "--gpus":
+            skip = True
+            continue
+        if arg.startswith("--gpus="):
+            continue
+        args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+               "-m", "sana_cli", *args]
+    console.info(f"launching {gpus} processes: torchrun --standalone --nproc-per-node={gpus} -m sana_cli {' '.join(args)}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(command[0], command)
+
+
+class _Progress:
+    """The rich progress line: step, loss, samples/s, ETA, memory; plus caching bars and notices."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                            TimeRemainingColumn(), console=console.err, disable=not self.enabled)
+        self.bar.__enter__()
+        self.task = None
+        self.cache_task = None
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def events(self):
+        from sana.training.trainer import TrainEvents
+
+        def phase(name: str) -> None:
+            if name == "train" and self.task is None:
+                self.task = self.bar.add_task("train", total=self.total, status="")
+
+        def progress(what: str, done: int, total: int) -> None:
+            if self.cache_task is None:
+                self.cache_task = self.bar.add_task(f"encode {what}", total=total, status="")
+            self.bar.update(self.cache_task, description=f"encode {what}", completed=done, total=total)
+
+        def step(info) -> None:
+            if self.task is None:
+                phase("train")
+            status = f"loss {info.loss:.4f} | {info.samples_per_s:.2f} img/s | lr {info.lr:.2e} | mem {info.memory_gb:.1f} GB"
+            self.bar.update(self.task, completed=info.step, status=status)
+
+        def saved(kind: str, path: Path) -> None:
+            if self.enabled:
+                self.bar.console.print(f"{kind}: {path}", highlight=False)
+
+        def notice(text: str) -> None:
+            if self.enabled:
+                self.bar.console.print(f"[yellow]note:[/yellow] {text}", highlight=False)
+
+        return TrainEvents(on_phase=phase, on_progress=progress, on_step=step, on_notice=notice, on_saved=saved)

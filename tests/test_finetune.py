@@ -1,0 +1,317 @@
+"""`sana finetune` on tiny random SANA pipelines, on the CPU: data handling, training, resume, outputs, DDP/FSDP2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.cli_helpers import assert_one_line_error, psnr, run_sana, sana_executable
+from tests.tiny_pipeline import build_pipeline
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40)}
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("base")
+    build_pipeline(path)
+    return path
+
+
+def make_dataset(folder: Path, count: int = 8, size: tuple[int, int] = (32, 32)) -> Path:
+    """Coloured squares on grey, captioned by colour; every other image in landscape for a second bucket."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(COLOURS)
+    for i in range(count):
+        name = names[i % len(names)]
+        w, h = (size[0] * 2, size[1]) if i % 2 else size
+        pixels = np.full((h, w, 3), 128, np.uint8)
+        pixels[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = COLOURS[name]
+        Image.fromarray(pixels).save(folder / f"img{i:02d}.png")
+        (folder / f"img{i:02d}.txt").write_text(f"a {name} square")
+    return folder
+
+
+def finetune_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["finetune", str(data), "--model", str(model), "--out", str(out), "--res", "32", "--device", "cpu",
+            "--batch-size", "2", *extra]
+
+
+def trained_weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    step = sorted((out / "checkpoints").iterdir())[-1]
+    return load_file(str(step / "weights.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0 if atol == 0 else 1e-4, msg=key)
+
+
+# -- data -------------------------------------------------------------------------------------------------
+
+def test_scan_reports_bad_files_and_reads_metadata_jsonl(tmp_path):
+    from sana.training.data import scan_folder
+
+    data = make_dataset(tmp_path / "data", count=3)
+    (data / "img00.txt").unlink()  # a missing caption
+    (data / "notes.bin").write_bytes(b"\x00" * 10)  # not an image
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # cannot be identified
+    (data / "broken.txt").write_text("broken")
+    sub = data / "more"
+    sub.mkdir()
+    Image.new("RGB", (40, 20), (1, 2, 3)).save(sub / "x.jpg")
+    (sub / "metadata.jsonl").write_text(json.dumps({"file_name": "x.jpg", "text": "a  wide\n picture"}) + "\n{bad\n")
+    samples, report = scan_folder(data, trigger="sks")
+    assert [s.path.name for s in samples] == ["img01.png", "img02.png", "x.jpg"]
+    assert samples[-1].caption == "sks, a wide picture" and (samples[-1].width, samples[-1].height) == (40, 20)
+    assert report.skipped["no caption"] == ["img00.png"]
+    assert report.skipped["not an image"] == ["notes.bin"]
+    assert report.skipped["unreadable image"] == ["broken.png"]
+    assert len(report.skipped["unreadable metadata.jsonl line"]) == 1
+    fixed, _ = scan_folder(data, caption="one caption")
+    assert {s.caption for s in fixed} == {"one caption"} and len(fixed) == 4
+
+
+def test_epoch_batches_are_full_single_bucket_and_seeded():
+    from sana.training.data import epoch_batches
+
+    groups = {(32, 32): [0, 1, 2, 3, 4], (64, 32): [5, 6]}
+    batches = epoch_batches(groups, 4, seed=1, epoch=0)
+    assert all(len(b) == 4 for b in batches)
+    assert all(set(b) <= set(groups[(32, 32)]) or set(b) <= set(groups[(64, 32)]) for b in batches)
+    assert {i for b in batches for i in b} == set(range(7))
+    assert batches == epoch_batches(groups, 4, seed=1, epoch=0)
+    assert batches != epoch_batches(groups, 4, seed=1, epoch=1)
+
+
+def test_empty_or_unusable_folder_is_a_one_line_error(tmp_path, base_model):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_sana(*finetune_args(empty, base_model, tmp_path / "out"))
+    assert result.returncode == 2
+    assert "no usable training images" in assert_one_line_error(result)
+    (empty / "a.png").write_bytes(b"not a png")
+    (empty / "a.txt").write_text("caption")
+    result = run_sana(*finetune_args(empty, base_model, tmp_path / "out2"))
+    assert "unreadable image" in assert_one_line_error(result)
+    result = run_sana(*finetune_args(tmp_path / "missing", base_model, tmp_path / "out3"))
+    assert "data folder not found" in assert_one_line_error(result)
+
+
+def test_truncated_image_is_skipped_and_reported(tmp_path, base_model):
+    data = make_dataset(tmp_path / "data", count=4)
+    whole = (data / "img00.png").read_bytes()
+    big = data / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(big)
+    big.write_bytes(big.read_bytes()[:-400])  # the header is fine, the pixel data is cut short
+    (data / "big.txt").write_text("noise")
+    assert whole
+    result = run_sana(*finetune_args(data, base_model, tmp_path / "out", "--steps", "1"))
+    assert result.returncode == 0, result.stderr
+    assert "4 image(s) used" in result.stderr
+    assert "unreadable or truncated image (big.png)" in result.stderr
+
+
+# -- training ---------------------------------------------------------------------------------------------
+
+def test_loss_falls_from_scratch(tmp_path, base_model):
+    """--init random: a fixed set of noisy samples is fitted much better after training."""
+    from sana.training.config import TrainConfig
+    from sana.training.trainer import Trainer
+
+    data = make_dataset(tmp_path / "data", count=4)
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "out"), model_dir=str(base_model), mode="full",
+                      init="random", resolution=32, batch_size=4, steps=60, lr=3e-3, checkpoint_every=1000,
+                      device="cpu", gradient_checkpointing=False)
+    trainer = Trainer(cfg)
+    trainer.prepare_data()
+    trainer.build()
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            return sum(trainer.loss(10_000 + i).item() for i in range(8)) / 8
+
+    before = held_out_loss()
+    trainer.train()
+    after = held_out_loss()
+    assert after < 0.5 * before, (before, after)
+    assert (tmp_path / "out" / "model" / "transformer" / "config.json").is_file()
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, base_model):
+    data = make_dataset(tmp_path / "data")
+    extra = ("--steps", "40", "--checkpoint-every", "3", "--lr", "1e-3", "--lora-rank", "4", "--ema", "0.9",
+             "--lr-schedule", "cosine", "--warmup", "5", "--caption-dropout", "0.2")
+    whole = run_sana(*finetune_args(data, base_model, tmp_path / "whole", *extra))
+    assert whole.returncode == 0, whole.stderr
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sana_executable(), *finetune_args(data, base_model, out, *extra)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoints" / "step-000006").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    finished = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")]
+    assert finished and "step-000040" not in finished
+
+    resumed = run_sana(*finetune_args(data, base_model, out, *extra, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step-" in resumed.stderr
+    assert_same_weights(trained_weights(out), trained_weights(tmp_path / "whole"))
+    from safetensors.torch import load_file
+
+    assert_same_weights(load_file(str(out / "pytorch_lora_weights.safetensors")),
+                        load_file(str(tmp_path / "whole" / "pytorch_lora_weights.safetensors")))
+    losses = [row.split(",")[1] for row in (out / "loss.csv").read_text().splitlines()[1:]]
+    assert losses == [row.split(",")[1] for row in (tmp_path / "whole" / "loss.csv").read_text().splitlines()[1:]]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, base_model):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    args = finetune_args(data, base_model, out, "--steps", "400", "--checkpoint-every", "1000", "--lora-rank", "2")
+    proc = subprocess.Popen([sana_executable(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "loss.csv").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "checkpoint saved" in stderr and "--resume" in stderr
+    (step,) = [int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir()]
+    assert 1 <= step < 400
+    again = run_sana(*args[:args.index("--steps")], "--steps", str(step + 2), "--resume", "--batch-size", "2")
+    assert again.returncode == 0, again.stderr
+    assert (out / "checkpoints" / f"step-{step + 2:06d}").is_dir()
+
+
+def test_out_folder_is_never_overwritten_and_resume_keeps_settings(tmp_path, base_model):
+    data = make_dataset(tmp_path / "data", count=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("user file")
+    result = run_sana(*finetune_args(data, base_model, out, "--steps", "1"))
+    assert "is not empty" in assert_one_line_error(result)
+    assert (out / "mine.txt").read_text() == "user file"
+
+    run = tmp_path / "run"
+    assert run_sana(*finetune_args(data, base_model, run, "--steps", "1", "--lora-rank", "2")).returncode == 0
+    result = run_sana(*finetune_args(data, base_model, run, "--steps", "2"))
+    assert "--resume" in assert_one_line_error(result)
+    result = run_sana(*finetune_args(data, base_model, run, "--steps", "2", "--lora-rank", "8", "--resume"))
+    assert "lora_rank" in assert_one_line_error(result)
+
+
+def test_second_run_reuses_the_feature_cache(tmp_path, base_model):
+    from sana.training.config import TrainConfig
+    from sana.training.trainer import TrainEvents, Trainer
+
+    data = make_dataset(tmp_path / "data", count=4)
+    encoded = []
+    for name in ("a", "b"):
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / name), model_dir=str(base_model), resolution=32,
+                          steps=1, device="cpu", cache_dir=str(tmp_path / "cache"))
+        trainer = Trainer(cfg, TrainEvents(on_progress=lambda what, done, total: encoded.append((name, what))))
+        trainer.prepare_data()
+    assert {n for n, _ in encoded} == {"a"}
+    (data / "img00.txt").write_text("a changed caption")
+    encoded.clear()
+    Trainer(TrainConfig(data=str(data), out=str(tmp_path / "c"), model_dir=str(base_model), resolution=32, steps=1,
+                        device="cpu", cache_dir=str(tmp_path / "cache")),
+            TrainEvents(on_progress=lambda what, done, total: encoded.append(what))).prepare_data()
+    assert encoded == ["captions"]
+
+
+# -- outputs ----------------------------------------------------------------------------------------------
+
+def test_lora_output_gives_the_same_image_in_diffusers_and_sana_gen(tmp_path, base_model):
+    from diffusers import SanaPipeline
+
+    data = make_dataset(tmp_path / "data", count=4)
+    out = tmp_path / "run"
+    result = run_sana(*finetune_args(data, base_model, out, "--steps", "3", "--lr", "5e-2", "--lora-rank", "4",
+                                     "--lora-alpha", "8", "--lora-targets", "to_q,to_k,to_v,to_out.0,conv_inverted,conv_point",
+                                     "--val-prompt", "a red square", "--val-steps", "2", "--checkpoint-every", "3"))
+    assert result.returncode == 0, result.stderr
+    lora = out / "pytorch_lora_weights.safetensors"
+    assert result.stdout.strip() == str(lora)
+    assert (out / "samples" / "step-000003-0.png").is_file() and (out / "loss.png").is_file()
+
+    prompt, image = "a red square", tmp_path / "ours.png"
+    gen = run_sana("gen", prompt, "--model", str(base_model), "--lora", str(lora), "--seed", "3", "--steps", "4",
+                   "--res", "32", "--device", "cpu", "--dtype", "fp32", "--out", str(image))
+    assert gen.returncode == 0, gen.stderr
+    pipe = SanaPipeline.from_pretrained(base_model, torch_dtype=torch.float32)
+    pipe.load_lora_weights(str(out))
+    reference = pipe(prompt, generator=torch.Generator("cpu").manual_seed(3), num_inference_steps=4, height=32,
+                     width=32, use_resolution_binning=False).images[0]
+    ours = Image.open(image).convert("RGB")
+    plain = SanaPipeline.from_pretrained(base_model, torch_dtype=torch.float32)(
+        prompt, generator=torch.Generator("cpu").manual_seed(3), num_inference_steps=4, height=32, width=32,
+        use_resolution_binning=False).images[0]
+    assert psnr(ours, reference) >= 40
+    assert psnr(plain, reference) < 40, "the LoRA changed nothing: the test proves nothing"
+
+
+def test_full_finetune_output_is_a_model_folder(tmp_path, base_model):
+    from diffusers import SanaTransformer2DModel
+
+    data = make_dataset(tmp_path / "data", count=4)
+    out = tmp_path / "run"
+    result = run_sana(*finetune_args(data, base_model, out, "--full", "--steps", "2", "--save-dtype", "fp32"))
+    assert result.returncode == 0, result.stderr
+    model = out / "model"
+    assert result.stdout.strip() == str(model)
+    SanaTransformer2DModel.from_pretrained(model / "transformer")  # diffusers reads our export
+    image = tmp_path / "x.png"
+    gen = run_sana("gen", "a red square", "--model", str(model), "--steps", "2", "--res", "32", "--device", "cpu",
+                   "--out", str(image))
+    assert gen.returncode == 0, gen.stderr and image.is_file()
+
+
+# -- many processes (torchrun, gloo on the CPU) ---------------------------------------------------------------
+
+def _torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "sana_cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_two_processes_match_one_with_the_global_batch(tmp_path, base_model, mode):
+    """DDP (LoRA) and FSDP2 (full) on 2 processes x batch 1 train the weights 1 process x batch 2 trains."""
+    data = make_dataset(tmp_path / "data", count=4)
+    extra = ["--steps", "3", "--lr", "1e-3", "--checkpoint-every", "3", "--lora-rank", "4"]
+    if mode == "full":
+        extra += ["--full", "--ema", "0.5"]
+    one = run_sana(*finetune_args(data, base_model, tmp_path / "one", *extra))
+    assert one.returncode == 0, one.stderr
+    args = finetune_args(data, base_model, tmp_path / "two", *extra)
+    args[args.index("--batch-size") + 1] = "1"
+    two = _torchrun(2, *args)
+    assert two.returncode == 0, two.stderr[-3000:]
+    # Gradients are averaged over ranks exactly like over one batch: same losses and gradient norms (a sum
+    # would double the norm). Adam normalises near-zero gradients (e.g. of cross-attention key biases, which
+    # softmax ignores) to full-size steps, so weights agree to a fraction of one step (lr 1e-3), not to rounding.
+    rows = [[r.split(",")[1:4] for r in (tmp_path / name / "loss.csv").read_text().splitlines()[1:]] for name in ("one", "two")]
+    for a, b in zip(*rows):
+        np.testing.assert_allclose(np.array(a, dtype=float), np.array(b, dtype=float), rtol=1e-3)
+    assert_same_weights(trained_weights(tmp_path / "two"), trained_weights(tmp_path / "one"), atol=1e-3)
