@@ -14,7 +14,7 @@ import contextlib
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -216,8 +216,26 @@ class Trainer:
         for index, item in enumerate(items):
             self.groups.setdefault(item.bucket, []).append(index)
 
+    def use_features(self, latents: list[torch.Tensor], texts: list[torch.Tensor], flow_shift: float = 3.0) -> None:
+        """Train on features already in memory (latents [C, h, w], caption embeddings [L, C_text]) instead of a
+        data folder: for benchmarks and experiments that have no images."""
+        from .cache import Item
+
+        store = {f"l{i}": t for i, t in enumerate(latents)} | {f"t{i}": t for i, t in enumerate(texts)}
+        store["null"] = torch.zeros(1, texts[0].shape[-1])
+        self.cache = _MemoryFeatures(store)
+        self.items = [Item(latent=f"l{i}", text=f"t{i % len(texts)}", bucket=(l.shape[-1], l.shape[-2]))
+                      for i, l in enumerate(latents)]
+        self.text_keys = {NULL_CAPTION: "null"}
+        self.report = DataReport(root=Path("."), used=len(latents))
+        self.flow_shift, self.scheduler_config = flow_shift, {}
+        self.groups = {}
+        for index, item in enumerate(self.items):
+            self.groups.setdefault(item.bucket, []).append(index)
+
     # 2. Model, optimizer, schedule --------------------------------------------------------------------------
-    def build(self) -> None:
+    def build(self, model: torch.nn.Module | None = None) -> None:
+        """`model`: a DiT already built (e.g. random weights at a real config for benchmarks); else from cfg."""
         cfg = self.cfg
         if self.events.on_phase:
             self.events.on_phase("model")
@@ -225,7 +243,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the LoRA initialisation draws from the global generator
         # LoRA: the frozen base in the compute dtype, adapters in fp32. Full: fp32 master weights.
         weight_dtype = self.dtype if lora else torch.float32
-        model = build_transformer(cfg, self.device, weight_dtype)
+        model = build_transformer(cfg, self.device, weight_dtype) if model is None else model.to(self.device, weight_dtype)
         self.lora_config = None
         if lora:
             from .adapters import add_lora
@@ -571,6 +589,17 @@ class Trainer:
             plot_loss(self.out / LOG_NAME, self.out / PLOT_NAME)
         distributed.barrier(self.world)
         return path
+
+
+class _MemoryFeatures:
+    def __init__(self, store: dict[str, torch.Tensor]):
+        self.store = store
+
+    def read_latent(self, key: str) -> torch.Tensor:
+        return self.store[key]
+
+    def read_text(self, key: str) -> torch.Tensor:
+        return self.store[key]
 
 
 class _CachedPrompts:

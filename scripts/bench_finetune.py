@@ -1,0 +1,155 @@
+"""LoRA fine-tuning step time and peak memory at SANA 1.6B's real config (random weights, bf16, gradient
+checkpointing): our trainer against the recipe of diffusers' examples/dreambooth/train_dreambooth_lora_sana.py
+with the same peft config, on one GPU. Under torchrun, our trainer alone on every GPU (DDP), for scaling.
+
+    python scripts/bench_finetune.py --diffusers            # one GPU: ours vs diffusers' recipe
+    torchrun --standalone --nproc-per-node 2 scripts/bench_finetune.py   # ours on 2 GPUs
+
+Prints one JSON line (rank 0). Batch assembly from cached features is part of our step, as in real training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TARGETS = ["to_q", "to_k", "to_v"]  # diffusers' script default
+
+
+def features(count: int, res: int, text_tokens: int = 300, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    side = res // 32
+    latents = [torch.randn(32, side, side, generator=gen) for _ in range(count)]
+    texts = [torch.randn(text_tokens, 2304, generator=gen) for _ in range(count)]
+    return latents, texts
+
+
+def timed(step, warmup: int, steps: int) -> tuple[float, float]:
+    """Median seconds of one step, and the peak memory (GiB) over the timed steps (0 on the CPU)."""
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), (torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
+
+
+def ours(args) -> dict:
+    from sana.models.transformer import SanaTransformer, TransformerConfig
+    from sana.registry import get_spec
+    from sana.training.config import TrainConfig
+    from sana.training.trainer import Trainer
+
+    config = TransformerConfig.from_dict(get_spec(args.model).transformer)
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(data="-", out=out, model_dir="-", mode="lora", lora_rank=args.rank, lora_alpha=args.rank,
+                          lora_targets=TARGETS, batch_size=args.batch, resolution=args.res, steps=10**6,
+                          precision=args.precision, gradient_checkpointing=not args.no_checkpointing,
+                          device=args.device)
+        trainer = Trainer(cfg)
+        trainer.use_features(*features(args.batch * trainer.world.size * 4, args.res))
+        torch.manual_seed(0)
+        with torch.device(trainer.device):
+            model = SanaTransformer(config).to(torch.bfloat16)
+        trainer.build(model)
+        seconds, peak = timed(trainer._optimizer_step, args.warmup, args.steps)
+        world = trainer.world.size
+    return {"impl": "sana", "gpus": world, "step_s": seconds, "peak_gib": peak,
+            "samples_per_s": args.batch * world / seconds}
+
+
+def diffusers_recipe(args) -> dict:
+    """The math of train_dreambooth_lora_sana.py's step: bf16 frozen base, fp32 LoRA (cast_training_params),
+    gradient checkpointing, logit-normal timesteps on FlowMatchEulerDiscreteScheduler(shift=3), autocast bf16."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
+    from diffusers.training_utils import cast_training_params, compute_density_for_timestep_sampling
+    from peft import LoraConfig
+
+    from sana.registry import get_spec
+
+    cfg = {k: v for k, v in get_spec(args.model).transformer.items() if not k.startswith("_")}
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision]
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = SanaTransformer2DModel(**cfg).to(dtype)
+    model.requires_grad_(False)
+    if not args.no_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=TARGETS))
+    cast_training_params(model, dtype=torch.float32)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    latents, texts = features(args.batch, args.res)
+    x0 = torch.stack(latents).to(args.device, dtype)
+    embeds = torch.stack(texts).to(args.device, dtype)
+    mask = torch.ones(embeds.shape[:2], device=args.device, dtype=torch.long)
+    sigmas_all = scheduler.sigmas.to(args.device)
+    timesteps_all = scheduler.timesteps.to(args.device)
+
+    def step():
+        noise = torch.randn_like(x0)
+        u = compute_density_for_timestep_sampling("logit_normal", x0.shape[0], logit_mean=0.0, logit_std=1.0)
+        indices = (u * scheduler.config.num_train_timesteps).long().to(args.device)
+        sigmas = sigmas_all[indices].to(x0.dtype)[:, None, None, None]
+        noisy = (1.0 - sigmas) * x0 + sigmas * noise
+        with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
+            pred = model(hidden_states=noisy, encoder_hidden_states=embeds, encoder_attention_mask=mask,
+                         timestep=timesteps_all[indices], return_dict=False)[0]
+        loss = torch.mean(((pred.float() - (noise - x0).float()) ** 2).reshape(x0.shape[0], -1), 1).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    seconds, peak = timed(step, args.warmup, args.steps)
+    return {"impl": "diffusers", "gpus": 1, "step_s": seconds, "peak_gib": peak, "samples_per_s": args.batch / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sana-1.6b")
+    parser.add_argument("--res", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--diffusers", action="store_true", help="also time diffusers' recipe (one GPU only)")
+    parser.add_argument("--no-checkpointing", action="store_true")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of the script")
+    parser.add_argument("--precision", default="bf16")
+    args = parser.parse_args()
+    rows = [ours(args)]
+    rank = int(os.environ.get("RANK", "0"))
+    if args.diffusers and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.empty_cache()
+        rows.append(diffusers_recipe(args))
+    from sana.training import distributed
+
+    distributed.teardown()
+    if rank == 0:
+        device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+        for row in rows:
+            print(json.dumps({"device": device, "model": args.model, "res": args.res, "batch_per_gpu": args.batch,
+                              "rank": args.rank, "checkpointing": not args.no_checkpointing, **row}))
+
+
+if __name__ == "__main__":
+    main()
