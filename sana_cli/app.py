@@ -16,6 +16,7 @@ from .finetune import finetune
 from .gen import gen
 from .info import info_command
 from .models import models_app
+from .shapes import shapes_app
 from .sprint import sprint
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.command("sprint")(sprint)
 app.add_typer(models_app, name="models")
 app.command("info")(info_command)
 app.command("bench")(bench)
+app.add_typer(shapes_app, name="shapes")
 app.command("finetune")(finetune)
 
 

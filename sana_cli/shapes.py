@@ -1,0 +1,278 @@
+"""`sana shapes`: the synthetic shapes grammar the nano model learns: datasets, adherence scores, its parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.table import Table
+
+from sana.errors import UsageError
+
+from . import console
+from . import options as opt
+
+shapes_app = typer.Typer(help="The shapes grammar of the nano model: make datasets, score models, build the model.",
+                         no_args_is_help=True)
+
+Holdout = Annotated[bool, typer.Option("--holdout/--no-holdout",
+                                       help="Leave the held-out colour-shape pairs out of the data.")]
+
+
+def _progress(description: str, total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console.err, transient=True, disable=console.settings.quiet)
+    return bar, bar.add_task(description, total=total)
+
+
+def _empty_folder(path: Path, force: bool, what: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UsageError(f"{path} is not empty", f"choose an empty folder for the {what}, or pass --force")
+
+
+@shapes_app.command("make")
+def make_command(
+    out: Annotated[Path, typer.Argument(help="Folder to write NNNNNN.png + NNNNNN.txt pairs and metadata.jsonl into.")],
+    num: Annotated[int, typer.Option("--num", "-n", min=1, help="Number of image-caption pairs.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", "-s", help="Sampling seed; pair i depends on (seed, i) only.")] = 0,
+    holdout: Holdout = True,
+    two_objects: Annotated[float, typer.Option("--two-objects", min=0.0, max=1.0, help="Share of two-object scenes.")] = 0.5,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty folder (replacing an earlier dataset there).")] = False,
+) -> None:
+    """Write a training dataset of the shapes grammar, in the folder format `sana finetune` reads."""
+    from sana.nano.shapes import DEFAULT_HOLDOUT, clear_dataset, write_dataset
+
+    # 1. The folder: empty, or --force (an earlier dataset's files go, so none is left stale).
+    _empty_folder(out, force, "dataset")
+    if out.is_dir():
+        clear_dataset(out)
+    # 2. Write, with progress.
+    pairs = DEFAULT_HOLDOUT if holdout else ()
+    bar, task = _progress("rendering", num)
+    with bar:
+        write_dataset(out, num, seed, holdout=pairs, two_object_fraction=two_objects,
+                      on_progress=lambda done, total: bar.update(task, completed=done))
+    held = ", ".join(f"{c} {s}" for c, s in pairs) or "none"
+    console.info(f"{num} pairs, seed {seed}, held out: {held}")
+    console.out.print(str(out), highlight=False)
+
+
+@shapes_app.command("check")
+def check_command(
+    images: Annotated[List[Path], typer.Argument(help="Images to check.")],
+    caption: Annotated[Optional[str], typer.Option("--caption", "-c", help="Caption to check against (default: the prompt stored in each image).")] = None,
+) -> None:
+    """Check images against their captions with the analytic adherence checker."""
+    from PIL import Image
+
+    from sana.nano.adherence import check_image
+    from sana.nano.shapes import parse_caption
+    from sana.outputs import read_metadata
+
+    expected = parse_caption(caption) if caption else None  # a bad caption fails before any image is read
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise UsageError(f"not found: {', '.join(missing)}")
+    failures = 0
+    for path in images:
+        stored = None if expected else read_metadata(path).prompt
+        if not expected and not stored:
+            raise UsageError(f"{path} has no stored prompt", "pass --caption")
+        scene = expected or parse_caption(stored)
+        with Image.open(path) as image:
+            result = check_image(image, scene)
+        wrong = [name for name, ok in result.attributes().items() if not ok]
+        failures += bool(wrong)
+        verdict = "[green]correct[/green]" if not wrong else f"[red]wrong[/red]: {', '.join(wrong)}"
+        console.out.print(f"{path}: {verdict}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+@shapes_app.command("score")
+def score_command(
+    model: opt.Model = None,
+    transformer: opt.Transformer = None,
+    num: Annotated[int, typer.Option("--num", "-n", min=2, help="Prompts of seen pairs (half one-object, half two-object).")] = 200,
+    num_heldout: Annotated[Optional[int], typer.Option("--num-heldout", min=0, help="Prompts using a held-out pair (default num / 2).")] = None,
+    seed: Annotated[int, typer.Option("--seed", "-s", help="Seed of the prompt sample and the first image.")] = 0,
+    steps: opt.Steps = None,
+    cfg: Annotated[Optional[float], typer.Option("--cfg", help="Guidance scale (model default if not given).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save a grid of sample images (green frame: fully correct).")] = None,
+    grid: Annotated[int, typer.Option("--grid", min=1, help="Images in the grid, taken evenly across the sets.")] = 32,
+    rows: Annotated[Optional[Path], typer.Option("--rows", help="Write every prompt's result as JSON lines here.")] = None,
+    device: opt.Device = "auto",
+    dtype: opt.Dtype = "auto",
+    force: opt.Force = False,
+) -> None:
+    """Score a model's prompt adherence on prompts sampled from the grammar with a fixed seed."""
+    from sana.nano.adherence import SETS, sample_grid, score_model
+
+    from .generation import quiet_libraries
+
+    # 1. Outputs first: an existing file fails before the model loads.
+    if not model:
+        raise UsageError("no --model given", "pass --model nano or a model directory")
+    for path in (out, rows):
+        if path is not None and path.exists() and not force:
+            raise UsageError(f"{path} exists", "pass --force to overwrite it")
+    if out is not None and out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise UsageError(f"cannot tell the image format of {out}", "use a .png, .jpg or .webp name")
+
+    # 2. Load the model the way `sana gen` does, with its defaults.
+    quiet_libraries()
+    pipe, request_for = _load_generator(model, transformer, steps, cfg, device, dtype)
+
+    # 3. Generate and check, one prompt and seed at a time; keep a sample for the grid.
+    total = num + (num // 2 if num_heldout is None else num_heldout)
+    keep_every = max(1, total // grid)
+    samples: list = []
+    report_so_far: list = []
+    bar, task = _progress("scoring", total)
+
+    def generate(prompts: list[str], seeds: list[int]) -> list:
+        return [pipe.generate(request_for(p, s)).images[0] for p, s in zip(prompts, seeds)]
+
+    def seen(entry, image) -> None:
+        index = len(report_so_far)
+        report_so_far.append(entry)
+        bar.update(task, completed=index + 1)
+        if index % keep_every == 0 and len(samples) < grid:
+            samples.append((image, entry.result.fully_correct))
+
+    with bar:
+        report = score_model(generate, num, seed, num_heldout=num_heldout, batch_size=1, on_result=seen)
+
+    # 4. The table, then the optional grid and rows.
+    table = Table(title=f"prompt adherence, {model}", header_style="bold")
+    attributes = ("color", "shape", "position", "size", "background", "no_extras")
+    for column in ("set", "prompts", "fully correct", *attributes):
+        table.add_column(column.replace("_", " "), justify="left" if column == "set" else "right")
+    for name in SETS:
+        count = len(report.rows_of(name))
+        if count:
+            table.add_row(name, str(count), f"{report.percent(name):.1f}%",
+                          *[f"{report.percent(name, a):.1f}%" for a in attributes])
+    console.out.print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sample_grid([image for image, _ in samples], [ok for _, ok in samples]).save(out)
+        console.info(f"grid of {len(samples)} samples: {out}")
+    if rows is not None:
+        rows.parent.mkdir(parents=True, exist_ok=True)
+        rows.write_text("".join(json.dumps(p.row()) + "\n" for p in report.prompts), encoding="utf-8")
+
+
+def _load_generator(model: str, transformer: str | None, steps: int | None, cfg: float | None, device_name: str,
+                    dtype_name: str):
+    """(pipeline, request_for(prompt, seed)) for a model argument, with the model's own sampling defaults."""
+    from sana.components import check_components, family_from_index, model_index
+    from sana.device import pick_device, pick_dtype
+    from sana.hub import resolve_model
+    from sana.pipeline import ImagePipeline, ImageRequest
+
+    from .generation import model_defaults
+
+    resolved = resolve_model(model)
+    family = (resolved.spec.family if resolved.spec else None) or family_from_index(model_index(resolved.path)) or "sana"
+    if family not in ("sana", "sana1.5", "sprint"):
+        raise UsageError(f"{model} is a {family} model", "scoring needs an image model")
+    check_components(resolved.path)
+    if transformer and not Path(transformer).expanduser().exists():
+        raise UsageError(f"--transformer {transformer} does not exist")
+    device = pick_device(device_name)
+    dtype = pick_dtype(dtype_name, device)
+    console.info(f"loading {model} on {device}")
+    pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family,
+                                         transformer_path=transformer)
+    defaults = model_defaults(resolved.spec, pipe.scheduler_config, family, pipe.native_resolution)
+    side = pipe.native_resolution
+
+    def request_for(prompt: str, seed: int):
+        return ImageRequest(prompt=prompt, seeds=[seed], width=side, height=side, steps=steps or defaults.steps,
+                            guidance=defaults.cfg if cfg is None else cfg, sampler=defaults.sampler,
+                            flow_shift=defaults.shift, max_timesteps=defaults.max_timesteps,
+                            intermediate_timesteps=defaults.intermediate_timesteps)
+
+    return pipe, request_for
+
+
+@shapes_app.command("train-vae")
+def train_vae_command(
+    out: Annotated[Path, typer.Argument(help="Folder for vae/ (diffusers format) and vae-train.json (settings, metrics, loss curve).")],
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")] = 20_000,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images a step, drawn fresh from the grammar.")] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", "-s", help="Seed of the weights and the data stream.")] = 0,
+    holdout: Holdout = True,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop early after this long.")] = None,
+    eval_images: Annotated[int, typer.Option("--eval-images", min=1, help="Images for the latent scale and the final scores.")] = 128,
+    device: opt.Device = "auto",
+    force: opt.Force = False,
+) -> None:
+    """Train the nano model's autoencoder (diffusers AutoencoderDC, 8 x 16 x 16 latents) on the grammar."""
+    from sana.device import pick_device
+    from sana.nano.autoencoder import VaeTrainConfig, save_vae, train_vae
+    from sana.nano.shapes import DEFAULT_HOLDOUT
+
+    # 1. Settings and the output folder.
+    _empty_folder(out, force, "autoencoder")
+    cfg = VaeTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, holdout=DEFAULT_HOLDOUT if holdout else (),
+                         eval_images=eval_images, max_seconds=None if max_minutes is None else 60 * max_minutes)
+    # 2. Train, logging the loss every few hundred steps.
+    cfg.log_every = max(1, min(200, steps // 20))
+    target = pick_device(device)
+    console.info(f"training the nano autoencoder for {steps} steps on {target}")
+    vae, report = train_vae(cfg, device=target, on_log=lambda row: console.info(
+        f"step {row['step']:>6}  loss {row['loss']:.4f}  (l1 {row['l1']:.4f}, edge {row['edge']:.4f})  lr {row['lr']:.2e}"))
+    # 3. Save and summarise.
+    path = save_vae(vae, report, out)
+    console.info(f"{report.steps_done} steps in {report.seconds:.0f}s; reconstruction {report.psnr:.1f} dB PSNR, "
+                 f"{report.adherence:.1f}% fully correct; scaling_factor {report.scaling_factor:.5f}")
+    console.out.print(str(path), highlight=False)
+
+
+@shapes_app.command("build")
+def build_command(
+    out: Annotated[Path, typer.Argument(help="New folder for the nano model (diffusers format).")],
+    vae: Annotated[Path, typer.Option("--vae", help="Trained autoencoder folder (from `sana shapes train-vae`).")],
+    transformer: Annotated[Optional[Path], typer.Option("--transformer", help="DiT weights (a folder or file; random when not given).")] = None,
+    text_from: Annotated[Optional[Path], typer.Option("--text-from", help="Copy the tokenizer and text encoder from this nano model (the one the DiT was trained with).")] = None,
+    seed: Annotated[int, typer.Option("--seed", "-s", help="Seed of the random text encoder (and DiT, when random).")] = 0,
+    shift: Annotated[float, typer.Option("--shift", help="Flow shift written into the scheduler config.")] = 3.0,
+    dtype: Annotated[str, typer.Option("--dtype", help="Weights on disk: fp16, bf16 or fp32.")] = "fp16",
+) -> None:
+    """Write the nano SANA model: tokenizer, Gemma-2 text encoder, autoencoder, DiT and scheduler."""
+    from sana.device import DTYPES
+    from sana.nano.build import SIZE_BUDGET, write_nano_model
+
+    from .generation import quiet_libraries
+
+    # 1. Check the arguments before anything is built.
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{dtype}'", "use fp16, bf16 or fp32")
+    _empty_folder(out, False, "model")
+    for path, flag in ((vae, "--vae"), (transformer, "--transformer"), (text_from, "--text-from")):
+        if path is not None and not path.exists():
+            raise UsageError(f"{flag} {path} does not exist")
+    # 2. Build and save; the size budget applies to the shipped precisions only.
+    quiet_libraries()
+    build = write_nano_model(out, vae, transformer=transformer, text_from=text_from, seed=seed, flow_shift=shift,
+                             dtype=DTYPES[dtype], check_budget=dtype != "fp32")
+    # 3. Sizes per component.
+    table = Table(title=f"nano model, {dtype}", header_style="bold")
+    for column in ("component", "parameters", "MB on disk"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for name, size in build.sizes.items():
+        params = build.params.get(name)
+        table.add_row(name, f"{params / 1e6:.2f} M" if params else "-", f"{size / 1e6:.2f}")
+    table.add_row("total", f"{sum(build.params.values()) / 1e6:.2f} M",
+                  f"{build.total_bytes / 1e6:.2f} (budget {SIZE_BUDGET / 1e6:.0f})")
+    console.out.print(table)
+    console.out.print(str(out), highlight=False)
