@@ -50,6 +50,7 @@ def finetune(
     val_prompt: Annotated[Optional[List[str]], Opt("--val-prompt", help="Prompt for validation images; repeatable.")] = None,
     val_every: Annotated[Optional[int], Opt("--val-every", help="Steps between validation images (default: at checkpoints).")] = None,
     val_steps: Annotated[Optional[int], Opt("--val-steps", help="Sampling steps of validation images (default 20).")] = None,
+    log_every: Annotated[Optional[int], Opt("--log-every", help="Steps a line of loss.csv and a progress update covers (default 1).")] = None,
     save_dtype: Annotated[Optional[str], Opt("--save-dtype", help="dtype of an exported full model (default bf16).")] = None,
     cache: Annotated[Optional[Path], Opt("--cache", help="Feature cache folder (default: OUT/cache); share it between runs.")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
@@ -101,7 +102,8 @@ def finetune(
         console.error(f"stopped at step {result.step}; checkpoint saved in {result.checkpoint}")
         console.info(f"continue with: sana finetune {data} --out {out_dir} --resume")
         raise typer.Exit(130)
-    console.info(f"trained {result.step} steps; final loss {result.last_loss:.4g}; loss curve {out_dir / 'loss.png'}")
+    loss = f"; final loss {result.last_loss:.4g}" if result.last_loss is not None else ""
+    console.info(f"trained {result.step} steps{loss}; loss curve {out_dir / 'loss.png'}")
     console.out.print(str(result.output), highlight=False)
 
 

@@ -196,6 +196,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path, base_model):
     assert "checkpoint saved" in stderr and "--resume" in stderr
     (step,) = [int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir()]
     assert 1 <= step < 400
+    export = run_sana(*args[:args.index("--steps")], "--steps", str(step), "--resume", "--batch-size", "2")
+    assert export.returncode == 0, export.stderr  # nothing left to train: the result is written from the checkpoint
+    assert export.stdout.strip() == str(out / "pytorch_lora_weights.safetensors")
     again = run_sana(*args[:args.index("--steps")], "--steps", str(step + 2), "--resume", "--batch-size", "2")
     assert again.returncode == 0, again.stderr
     assert (out / "checkpoints" / f"step-{step + 2:06d}").is_dir()
@@ -309,9 +312,13 @@ def test_two_processes_match_one_with_the_global_batch(tmp_path, base_model, mod
     two = _torchrun(2, *args)
     assert two.returncode == 0, two.stderr[-3000:]
     # Gradients are averaged over ranks exactly like over one batch: same losses and gradient norms (a sum
-    # would double the norm). Adam normalises near-zero gradients (e.g. of cross-attention key biases, which
-    # softmax ignores) to full-size steps, so weights agree to a fraction of one step (lr 1e-3), not to rounding.
+    # would double the norm). Adam turns near-zero gradients (cross-attention key biases, which softmax
+    # ignores; q features ReLU silences) into full-size steps whose sign is rounding noise, so a few weights
+    # may differ by up to a step or two (lr 1e-3); all the others agree to rounding.
     rows = [[r.split(",")[1:4] for r in (tmp_path / name / "loss.csv").read_text().splitlines()[1:]] for name in ("one", "two")]
     for a, b in zip(*rows):
         np.testing.assert_allclose(np.array(a, dtype=float), np.array(b, dtype=float), rtol=1e-3)
-    assert_same_weights(trained_weights(tmp_path / "two"), trained_weights(tmp_path / "one"), atol=1e-3)
+    one, two = trained_weights(tmp_path / "one"), trained_weights(tmp_path / "two")
+    assert one.keys() == two.keys()
+    diffs = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
+    assert diffs.max() < 2.5e-3 and (diffs < 1e-4).float().mean() > 0.99, (diffs.max(), (diffs < 1e-4).float().mean())

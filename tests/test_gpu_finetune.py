@@ -67,6 +67,7 @@ def test_two_gpus_match_one_gpu_with_the_global_batch(setup, mode):
             for n in (f"g1-{mode}", f"g2-{mode}")]
     for a, b in zip(*rows):
         np.testing.assert_allclose(np.array(a, dtype=float), np.array(b, dtype=float), rtol=2e-3)
+    # As on the CPU: a few near-zero-gradient weights may differ by an Adam step; the rest agree to rounding.
     first, second = trained_weights(root / f"g1-{mode}"), trained_weights(root / f"g2-{mode}")
-    for key in first:
-        torch.testing.assert_close(first[key], second[key], atol=2e-3, rtol=1e-3)
+    diffs = torch.cat([(first[k] - second[k]).abs().flatten() for k in first])
+    assert diffs.max() < 2.5e-3 and (diffs < 1e-4).float().mean() > 0.99, (diffs.max(), (diffs < 1e-4).float().mean())

@@ -78,6 +78,7 @@ class TrainConfig:
             (self.precision in ("auto", "bf16", "fp16", "fp32"), "--precision must be auto, bf16, fp16 or fp32"),
             (self.save_dtype in ("bf16", "fp16", "fp32"), "--save-dtype must be bf16, fp16 or fp32"),
             (self.resolution >= 32, "--res must be at least 32"),
+            (self.log_every >= 1, "--log-every must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -3,8 +3,8 @@
 Steps of `train`: scan the data, fill the feature cache (encoders loaded only for what is missing), build the
 DiT (pretrained or freshly initialised; LoRA adapters or all weights trainable), restore a checkpoint if
 resuming, then loop: each optimizer step is `grad_accum` micro-batches; checkpoints, validation images and
-the loss log follow the step count. Every random draw of a sample comes from a generator seeded by
-(seed, micro-batch, place in the global batch), and the data order from (seed, epoch), so a resumed run repeats exactly what an
+the loss log follow the step count. The random draws of a micro-batch come from a generator seeded by
+(seed, micro-batch) and the data order from (seed, epoch), so a resumed run repeats exactly what an
 uninterrupted one would have done.
 """
 
@@ -131,9 +131,14 @@ def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
-def sample_generator(seed: int, micro: int, position: int) -> torch.Generator:
-    """The random source of one sample: its caption dropout, timestep and noise."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + micro) * 65_537 + position) % 2**63)
+def _pad_rows(rows: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption embeddings of different lengths [L_i, C] -> [B, L, C] padded at the end, and the mask [B, L]."""
+    length = max(r.shape[0] for r in rows)
+    embeds = torch.zeros(len(rows), length, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        embeds[i, : row.shape[0]], mask[i, : row.shape[0]] = row.float(), 1
+    return embeds.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
 
 def build_transformer(cfg: TrainConfig, device: torch.device, weight_dtype: torch.dtype):
@@ -303,34 +308,31 @@ class Trainer:
         return self.cache.read_text(key)
 
     def loss(self, micro: int) -> torch.Tensor:
-        cfg = self.cfg
+        cfg, device, dtype = self.cfg, self.device, self.dtype
         items = [self.items[i] for i in self._batch_for(micro)]
-        # One generator a sample, seeded by its place in the global batch: N GPUs x batch B draw exactly what
-        # one GPU x batch N*B draws.
-        first = self.world.rank * cfg.batch_size
-        gens = [sample_generator(cfg.seed, micro, first + j) for j in range(len(items))]
-        latents = torch.stack([self._latent(it.latent) for it in items]).float()  # [B, C, h, w]
-        drop = [torch.rand((), generator=g).item() < cfg.caption_dropout for g in gens]
-        texts = [self._text(self.text_keys[NULL_CAPTION] if d else it.text) for it, d in zip(items, drop)]
-        length = max(t.shape[0] for t in texts)
-        embeds = torch.zeros(len(texts), length, texts[0].shape[-1])  # [B, L, C_text], padded at the end
-        mask = torch.zeros(len(texts), length, dtype=torch.long)  # [B, L]
-        for row, text in enumerate(texts):
-            embeds[row, : text.shape[0]] = text.float()
-            mask[row, : text.shape[0]] = 1
+        latents = torch.stack([self._latent(it.latent) for it in items]).to(device, torch.float32, non_blocking=True)
+        texts = [self._text(it.text) for it in items]
+        embeds, mask = _pad_rows(texts + [self._text(self.text_keys[NULL_CAPTION])], device)  # [B+1, L, C], [B+1, L]
 
-        u = torch.sigmoid(torch.stack([torch.randn((), generator=g) for g in gens]) * cfg.logit_std + cfg.logit_mean)
-        sigma = shifted_sigmas(u, self.flow_shift)  # [B]
-        noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in gens])  # [B, C, h, w]
+        # Random draws for the whole global batch, on the device, from a generator seeded by (seed, micro-batch);
+        # each rank keeps its slice, so N GPUs x batch B draw exactly what one GPU x batch N*B draws.
+        total, mine = cfg.batch_size * self.world.size, slice(self.world.rank * len(items), (self.world.rank + 1) * len(items))
+        gen = torch.Generator(device=device).manual_seed(((cfg.seed * 1_000_003 + micro) * 65_537) % 2**63)
+        drop = (torch.rand(total, generator=gen, device=device) < cfg.caption_dropout)[mine]  # [B]
+        u = torch.randn(total, generator=gen, device=device)[mine] * cfg.logit_std + cfg.logit_mean
+        noise = torch.randn((total, *latents.shape[1:]), generator=gen, device=device)[mine]  # [B, C, h, w]
+
+        # Caption dropout without a host sync: dropped rows take the empty caption's embedding and mask.
+        embeds = torch.where(drop[:, None, None], embeds[-1:], embeds[:-1])
+        mask = torch.where(drop[:, None], mask[-1:], mask[:-1])
+        sigma = shifted_sigmas(torch.sigmoid(u), self.flow_shift)  # [B]
         s = sigma[:, None, None, None]
         noisy = (1.0 - s) * latents + s * noise
         target = noise - latents  # the velocity the model predicts
-
-        device, dtype = self.device, self.dtype
-        timestep = (sigma * 1000.0 * self.model.config.timestep_scale).to(device)
+        timestep = sigma * 1000.0 * self.model.config.timestep_scale
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            pred = self.runner(noisy.to(device, dtype), embeds.to(device, dtype), timestep, text_mask=mask.to(device))
-        return F.mse_loss(pred.float(), target.to(device))
+            pred = self.runner(noisy.to(dtype), embeds.to(dtype), timestep, text_mask=mask)
+        return F.mse_loss(pred.float(), target)
 
     # 4. The loop ---------------------------------------------------------------------------------------------
     def train(self, resume: bool | Path = False) -> TrainResult:
@@ -348,27 +350,33 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         with _StopFlag() as stop:
+            pending, pending_steps = torch.zeros((), device=self.device), 0  # loss summed since the last log line
             while step < cfg.steps:
-                loss_sum = self._optimizer_step()
+                pending += self._optimizer_step()
+                pending_steps += 1
                 step += 1
                 samples_seen += cfg.batch_size * cfg.grad_accum * world.size
-                loss_value = distributed.mean(loss_sum.detach(), world).item()
-                if not math.isfinite(loss_value):
-                    raise SanaError(f"the loss became {loss_value} at step {step}",
-                                    "lower --lr, or use --precision fp32 / bf16 instead of fp16")
-                result.last_loss = loss_value
-                elapsed = time.perf_counter() - started
-                info = StepInfo(step=step, total=cfg.steps, loss=loss_value, lr=self.scheduler.get_last_lr()[0],
-                                grad_norm=self._last_grad_norm, samples_per_s=samples_seen / max(elapsed, 1e-9),
-                                memory_gb=_memory_gb(self.device))
-                if world.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-                    append_log(log_path, {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{info.lr:.6g}",
-                                          "grad_norm": f"{info.grad_norm:.4g}",
-                                          "samples_per_s": f"{info.samples_per_s:.4g}", "elapsed_s": f"{elapsed:.1f}"})
-                if events.on_step:
-                    events.on_step(info)
                 stopping = distributed.any_rank(stop.requested, world, self.device)
-                if stopping or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint_now = stopping or step % cfg.checkpoint_every == 0 or step == cfg.steps
+                # Reading the loss waits for the GPU: only at log lines, so small models are not host-bound.
+                if step % cfg.log_every == 0 or checkpoint_now:
+                    loss_value = distributed.mean(pending / pending_steps, world).item()
+                    pending, pending_steps = torch.zeros((), device=self.device), 0
+                    if not math.isfinite(loss_value):
+                        raise SanaError(f"the loss became {loss_value} at step {step}",
+                                        "lower --lr, or use --precision fp32 / bf16 instead of fp16")
+                    result.last_loss = loss_value
+                    elapsed = time.perf_counter() - started
+                    info = StepInfo(step=step, total=cfg.steps, loss=loss_value, lr=self.scheduler.get_last_lr()[0],
+                                    grad_norm=float(self._last_grad_norm), samples_per_s=samples_seen / max(elapsed, 1e-9),
+                                    memory_gb=_memory_gb(self.device))
+                    if world.is_main:
+                        append_log(log_path, {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{info.lr:.6g}",
+                                              "grad_norm": f"{info.grad_norm:.4g}",
+                                              "samples_per_s": f"{info.samples_per_s:.4g}", "elapsed_s": f"{elapsed:.1f}"})
+                    if events.on_step:
+                        events.on_step(info)
+                if checkpoint_now:
                     result.checkpoint = self.save_checkpoint(step)
                 if cfg.val_prompts and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps) and not stopping:
                     self.validate(step)
@@ -392,7 +400,7 @@ class Trainer:
             self.micro += 1
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        self._last_grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        self._last_grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
