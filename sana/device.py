@@ -1,6 +1,13 @@
-"""Choosing the device and the compute dtype (the memory planner refines placement on top of this)."""
+"""Choosing the device and the compute dtype, and describing the device for the memory planner.
+
+`probe_device` reads what the planner needs (memory, compute capability, host RAM) into a plain
+`DeviceInfo`; the planner only ever sees that dataclass, so tests can describe devices they do not have.
+"""
 
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass
 
 import torch
 
@@ -8,6 +15,36 @@ from .errors import UsageError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the memory planner knows about the device a run uses. Memory in bytes.
+
+    For "cuda" and "mps", `total_memory` / `free_memory` are the accelerator's; for "cpu" they are the host RAM.
+    """
+
+    kind: str  # "cuda" | "mps" | "cpu"
+    name: str
+    total_memory: int
+    free_memory: int
+    ram_total: int
+    ram_available: int
+    compute_capability: tuple[int, int] | None = None  # CUDA only
+    kernels: bool = False  # our Triton kernels will run (CUDA with Triton): the DiT then needs half the activations
+    index: int = 0
+
+    @property
+    def is_accelerator(self) -> bool:
+        return self.kind != "cpu"
+
+    def describe(self) -> str:
+        """One line, e.g. "NVIDIA H100 80GB HBM3 (cc 9.0, 79.2 GiB, 78.7 GiB free)"."""
+        cc = f"cc {self.compute_capability[0]}.{self.compute_capability[1]}, " if self.compute_capability else ""
+        if self.kind == "cpu":
+            return f"{self.name} ({self.ram_total / GiB:.1f} GiB RAM, {self.ram_available / GiB:.1f} GiB available)"
+        return f"{self.name} ({cc}{self.total_memory / GiB:.1f} GiB, {self.free_memory / GiB:.1f} GiB free)"
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -26,15 +63,84 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """bf16 on GPUs of compute capability >= 8, fp16 below, fp32 on the CPU; an explicit name wins."""
+def dtype_for(info: DeviceInfo, name: str = "auto") -> torch.dtype:
+    """bf16 on GPUs of compute capability >= 8, fp16 below (and on MPS), fp32 on the CPU; an explicit name wins."""
     if name != "auto":
         if name not in DTYPES:
             raise UsageError(f"unknown dtype '{name}'", "use auto, bf16, fp16 or fp32")
         return DTYPES[name]
-    if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
+    if info.kind == "cuda":
+        major = info.compute_capability[0] if info.compute_capability else 8
         return torch.bfloat16 if major >= 8 else torch.float16
-    if device.type == "mps":
+    if info.kind == "mps":
         return torch.float16
     return torch.float32
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`dtype_for` on the device itself."""
+    return dtype_for(probe_device(device), name)
+
+
+def probe_device(device: torch.device | str) -> DeviceInfo:
+    """Memory, compute capability and host RAM of `device`, read now (free memory changes as others allocate)."""
+    device = torch.device(device)
+    ram_total, ram_available = host_memory()
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(index)
+        return DeviceInfo(kind="cuda", name=torch.cuda.get_device_name(index), total_memory=total, free_memory=free,
+                          ram_total=ram_total, ram_available=ram_available,
+                          compute_capability=tuple(torch.cuda.get_device_capability(index)),
+                          kernels=_kernels_will_run(), index=index)
+    if device.type == "mps":
+        # Unified memory: the MPS allocator's working-set limit is what a process may hold on the GPU.
+        limit = int(torch.mps.recommended_max_memory())
+        used = int(torch.mps.driver_allocated_memory())
+        return DeviceInfo(kind="mps", name="Apple GPU (MPS)", total_memory=limit, free_memory=max(0, limit - used),
+                          ram_total=ram_total, ram_available=ram_available)
+    return DeviceInfo(kind="cpu", name=f"CPU ({os.cpu_count()} threads)", total_memory=ram_total,
+                      free_memory=ram_available, ram_total=ram_total, ram_available=ram_available)
+
+
+def host_memory() -> tuple[int, int]:
+    """(total, available) host RAM in bytes."""
+    try:
+        import psutil
+
+        memory = psutil.virtual_memory()
+        return int(memory.total), int(memory.available)
+    except ImportError:
+        pass
+    try:  # Linux without psutil
+        fields = {}
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, value = line.split(":", 1)
+                fields[key] = int(value.split()[0]) * 1024
+        return fields["MemTotal"], fields.get("MemAvailable", fields["MemFree"])
+    except (OSError, KeyError, ValueError):
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return pages, pages // 2  # unknown availability: assume half is free
+
+
+def limit_process_memory(device: torch.device, cap: int) -> None:
+    """Make the CUDA caching allocator refuse to hold more than `cap` bytes on `device` (a shared card)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), index)
+
+
+def _kernels_will_run() -> bool:
+    from . import ops
+
+    if not ops.kernels_enabled():
+        return False
+    try:
+        from . import kernels
+    except ImportError:
+        return False
+    return bool(kernels.triton_available())

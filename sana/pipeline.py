@@ -2,6 +2,10 @@
 
 Steps of `generate`: encode prompts, draw noise, denoise (CFG / PAG as one batched forward), decode, resize
 to the request. Progress and timings leave through `Events`; nothing here prints.
+
+Where the weights are during each step is the memory plan's business (sana.memory, sana.placement): each step
+runs inside `placement.phase(...)`, and an out-of-memory error in a step retries it under the plan's next lower
+step (smaller VAE tiles, then the next placement tier) with one notice.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from . import sampling
 from .components import family_from_index, load_vae, model_index, read_json, require_component, scheduler_config
 from .errors import SanaError
+from .memory import MemoryPlan
 from .text import PromptEmbeddings, TextEncoder
 
 
@@ -52,6 +57,7 @@ class ImageResult:
     images: list  # PIL images, one a seed
     timings: dict[str, float] = field(default_factory=dict)
     generated_size: tuple[int, int] = (0, 0)  # (width, height) the DiT ran at, before resizing to the request
+    memory: dict = field(default_factory=dict)  # the memory plan that finished the run (MemoryPlan.record())
 
 
 def _aspect_ratio_bins() -> dict[int, dict]:
@@ -74,15 +80,15 @@ def binned_size(width: int, height: int, native: int) -> tuple[int, int]:
 
 
 class ImagePipeline:
-    """Text encoder + our DiT + DC-AE, for one model."""
+    """Text encoder + our DiT + DC-AE, for one model, placed on the device as a memory plan says."""
 
     def __init__(self, *, transformer, text_encoder: TextEncoder, vae, family: str, scheduler_config: dict,
-                 device: torch.device, dtype: torch.dtype, cuda_graphs: bool = True):
-        from .graphs import GraphedForward
+                 device: torch.device, dtype: torch.dtype, cuda_graphs: bool = True, plan: MemoryPlan | None = None):
+        """Without `plan`, the modules stay where they are (everything resident), the VAE decodes whole images,
+        and on CUDA each step replays a captured graph of the DiT forward (unless `cuda_graphs` is False)."""
+        from .placement import Placement
 
         self.transformer = transformer
-        # On CUDA each step replays a captured graph of the DiT forward (one capture per shape).
-        self.denoiser = GraphedForward(transformer) if cuda_graphs and torch.device(device).type == "cuda" else transformer
         self.text_encoder = text_encoder
         self.vae = vae
         self.family = family
@@ -91,14 +97,39 @@ class ImagePipeline:
         self.dtype = dtype
         self.vae_scale_factor = 2 ** (len(vae.config.encoder_block_out_channels) - 1)
         self.native_resolution = transformer.config.sample_size * self.vae_scale_factor
+        text_model = getattr(text_encoder, "model", None)
+        if plan is None:
+            plan = self._default_plan(text_model, cuda_graphs)
+        self.placement = Placement(plan, transformer=transformer, text_model=text_model, vae=vae, device=self.device)
+        self.denoiser = self.placement.denoiser
+
+    def _default_plan(self, text_model, cuda_graphs: bool) -> MemoryPlan:
+        from .device import DTYPE_NAMES, probe_device
+        from .memory import Workload, resident_plan, sizes_of_modules
+
+        sizes = sizes_of_modules(self.transformer, text_model, self.vae)
+        work = Workload(self.native_resolution, self.native_resolution)
+        return resident_plan(probe_device(self.device), sizes, work, DTYPE_NAMES.get(self.dtype, "fp32"),
+                             cuda_graphs=cuda_graphs)
+
+    @property
+    def plan(self) -> MemoryPlan:
+        """The memory plan in force (lowered by out-of-memory fallbacks)."""
+        return self.placement.plan
 
     @classmethod
     def from_pretrained(cls, model_dir: Path, *, dtype: torch.dtype, device: torch.device | str,
                         family: str | None = None, variant: str | None = None,
                         loras: list[tuple[Path, float]] = (), cuda_graphs: bool = True,
-                        transformer_path: Path | str | None = None) -> "ImagePipeline":
+                        transformer_path: Path | str | None = None, plan: MemoryPlan | None = None) -> "ImagePipeline":
         """Load every component of a diffusers-format folder; `transformer_path` swaps in other DiT weights
-        (a fine-tune, an NVlabs `.pth`, a single safetensors file) read with the folder's transformer config."""
+        (a fine-tune, an NVlabs `.pth`, a single safetensors file) read with the folder's transformer config.
+
+        With `plan`, each component loads where the plan keeps it (the device, or host memory for offloaded and
+        streamed ones, or the CPU in the plan's text-encoder dtype), so nothing larger than the plan allows ever
+        reaches the device; the plan's `cuda_graphs` replaces the argument.
+        """
+        from .device import DTYPES
         from .loading import load_transformer
 
         index = model_index(model_dir)
@@ -106,17 +137,27 @@ class ImagePipeline:
         if family not in ("sana", "sana1.5", "sprint"):
             raise SanaError(f"{model_dir} holds a {family} model", "`sana gen` and `sana sprint` take image models")
         require_component(model_dir, "transformer")
+
+        def load_device(component: str):
+            return device if plan is None or plan.home(component) == "device" else "cpu"
+
         if transformer_path is None:
-            transformer = load_transformer(model_dir, dtype=dtype, device=device, variant=variant, loras=list(loras))
+            transformer = load_transformer(model_dir, dtype=dtype, device=load_device("transformer"), variant=variant,
+                                           loras=list(loras))
         else:
             weights = Path(transformer_path).expanduser()
             config = read_json(model_dir / "transformer" / "config.json") if weights.is_file() else None
-            transformer = load_transformer(weights, dtype=dtype, device=device, config=config, variant=variant,
-                                           loras=list(loras))
-        text_encoder = TextEncoder.from_pretrained(model_dir, dtype=dtype, device=device, variant=variant)
-        vae = load_vae(model_dir, dtype=dtype, device=device, variant=variant)
+            transformer = load_transformer(weights, dtype=dtype, device=load_device("transformer"), config=config,
+                                           variant=variant, loras=list(loras))
+        text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
+        text_encoder = TextEncoder.from_pretrained(model_dir, dtype=text_dtype, device=load_device("text_encoder"),
+                                                   variant=variant)
+        vae = load_vae(model_dir, dtype=dtype, device="cpu" if plan is not None else device, variant=variant)
+        if plan is not None and plan.home("vae") == "device":
+            vae.decoder.to(device)  # generating needs only the decoder; the encoder stays in host memory
         return cls(transformer=transformer, text_encoder=text_encoder, vae=vae, family=family,
-                   scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype, cuda_graphs=cuda_graphs)
+                   scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype, cuda_graphs=cuda_graphs,
+                   plan=plan)
 
     @property
     def is_sprint(self) -> bool:
@@ -134,7 +175,7 @@ class ImagePipeline:
         parts.append(cond)
         if not self.is_sprint and request.pag > 0.0:
             parts.append(cond)
-        rows = PromptEmbeddings.cat(parts)
+        rows = PromptEmbeddings.cat(parts).to(self.device)  # from the CPU when the text encoder runs there
         # one encoding a distinct prompt, repeated over the seeds
         return rows.index([i for i in range(len(rows)) for _ in range(batch)]), batch
 
@@ -182,16 +223,17 @@ class ImagePipeline:
 
         # 2. Encode the prompts.
         start = phase("encode")
-        text, batch = self.encode(request)
+        text, batch = self._recovering("encode", lambda: self.encode(request), events,
+                                       SanaError("out of GPU memory while encoding the prompt",
+                                                 "free GPU memory (other processes may hold it)"))
         timings["encode"] = self._elapsed(start)
 
         # 3. Denoise.
         start = phase("denoise")
-        try:
-            latents = self._denoise(text, batch, request, latent_shape, events)
-        except torch.OutOfMemoryError:
-            raise SanaError(f"out of GPU memory while denoising at {gen_w}x{gen_h} with {len(request.seeds)} image(s)",
-                            "use a smaller --res or --num, or free GPU memory") from None
+        failure = SanaError(f"out of GPU memory while denoising at {gen_w}x{gen_h} with {len(request.seeds)} image(s)",
+                            "use a smaller --res or --num, or free GPU memory")
+        latents = self._recovering("denoise", lambda: self._denoise(text, batch, request, latent_shape, events),
+                                   events, failure)
         timings["denoise"] = self._elapsed(start)
 
         # 4. Decode, resize to the request, convert.
@@ -199,7 +241,32 @@ class ImagePipeline:
         images = [self.decode(latents[i : i + 1], request.width, request.height, events)
                   for i in range(latents.shape[0])]
         timings["decode"] = self._elapsed(start)
-        return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h))
+        return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h), memory=self.plan.record())
+
+    def _recovering(self, phase: str, run: Callable, events: Events | None, failure: SanaError):
+        """`run()` inside the plan's `phase`; after an out-of-memory error, again under the plan's next lower
+        step (with one notice), until it succeeds or nothing lower exists (`failure` is raised then)."""
+        while True:
+            try:
+                with self.placement.phase(phase):
+                    return run()
+            except torch.OutOfMemoryError:
+                pass  # handled below, once the traceback (and the failed attempt's tensors) is gone
+            lower = self.plan.lower(phase)
+            self._release_cached_memory()
+            if lower is None:
+                raise failure from None
+            self.placement.replan(lower)
+            self.denoiser = self.placement.denoiser
+            if events and events.on_notice:
+                events.on_notice(_fallback_notice(phase, lower))
+
+    def _release_cached_memory(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _denoise(self, text: PromptEmbeddings, batch: int, request: ImageRequest, latent_shape, events: Events):
         generators = [sampling.cpu_generator(s) for s in request.seeds]
@@ -221,24 +288,20 @@ class ImagePipeline:
         return latents
 
     def decode(self, latents: torch.Tensor, width: int, height: int, events: Events | None = None):
-        """Latents [1, C, h, w] -> one PIL image of width x height. An out-of-memory decode is retried in tiles."""
+        """Latents [1, C, h, w] -> one PIL image of width x height. An out-of-memory decode is retried in smaller
+        tiles (then under a lower placement tier)."""
+        failure = SanaError("out of GPU memory while decoding, even in tiles", "use a smaller --res or free GPU memory")
+        return self._recovering("decode", lambda: self._decode(latents, width, height), events, failure)
+
+    def _decode(self, latents: torch.Tensor, width: int, height: int):
         from diffusers.image_processor import PixArtImageProcessor
 
-        scaled = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        try:
-            pixels = self.vae.decode(scaled, return_dict=False)[0]
-        except torch.OutOfMemoryError:
-            if getattr(self.vae, "use_tiling", False):
-                raise SanaError("out of GPU memory while decoding, even in tiles",
-                                "use a smaller --res or free GPU memory") from None
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            # Large tiles keep tiling cheap: 1024 px with a 896 px stride is what the 4K models were released with.
-            self.vae.enable_tiling(tile_sample_min_height=1024, tile_sample_min_width=1024,
-                                   tile_sample_stride_height=896, tile_sample_stride_width=896)
-            if events and events.on_notice:
-                events.on_notice("the decoder ran out of GPU memory; decoding in 1024 px tiles from now on")
-            return self.decode(latents, width, height, events)
+        from .placement import apply_tiling
+
+        apply_tiling(self.vae, self.plan, latents.shape[-2] * self.vae_scale_factor,
+                     latents.shape[-1] * self.vae_scale_factor)
+        scaled = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
+        pixels = self.vae.decode(scaled, return_dict=False)[0]
         if not torch.isfinite(pixels).all():
             hint = "fp16 overflow is the usual cause: try --dtype bf16 or fp32" if self.vae.dtype == torch.float16 \
                 else "the weights or the settings give non-finite values; try --dtype fp32"
@@ -251,3 +314,10 @@ class ImagePipeline:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
+
+
+def _fallback_notice(phase: str, plan: MemoryPlan) -> str:
+    doing = {"encode": "encoding the prompt", "denoise": "denoising", "decode": "decoding"}[phase]
+    if plan.fallbacks and plan.fallbacks[-1].endswith("px tiles"):
+        return f"out of GPU memory while {doing}; decoding in {plan.decode_tile} px tiles from now on"
+    return f"out of GPU memory while {doing}; continuing with {plan.summary()} ({plan.label()})"

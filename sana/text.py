@@ -41,6 +41,9 @@ class PromptEmbeddings:
     def cat(parts: list["PromptEmbeddings"]) -> "PromptEmbeddings":
         return PromptEmbeddings(torch.cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]))
 
+    def to(self, device: torch.device | str) -> "PromptEmbeddings":
+        return PromptEmbeddings(self.embeds.to(device), self.mask.to(device))
+
     def index(self, rows: list[int]) -> "PromptEmbeddings":
         idx = torch.tensor(rows, device=self.embeds.device)
         return PromptEmbeddings(self.embeds[idx], self.mask[idx.to(self.mask.device)])

@@ -138,8 +138,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     quiet_libraries()
 
     from sana import __version__
-    from sana.device import DTYPE_NAMES, pick_device, pick_dtype
-    from sana.hub import resolve_model
+    from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
+    from sana.memory import check_mode, parse_memory_size, plan_memory
     from sana.outputs import GenerationRecord, plan_output_paths, read_metadata, save_image
     from sana.pipeline import ImagePipeline, ImageRequest
     from sana.prompts_file import read_prompts
@@ -148,6 +148,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     # 1. Settings from --from, the command line and the prompts file.
     replay = record_settings(read_metadata(Path(flags["from"]))) if flags.get("from") else {}
     explicit = {k: flags.get(k) for k in SETTING_KEYS}
+    memory_mode = check_mode(flags.get("memory") or "auto")
+    max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
+    dry_run = bool(flags.get("dry_run"))
     if flags.get("prompts"):
         if flags.get("prompt"):
             raise UsageError("give a prompt or --prompts FILE, not both")
@@ -171,51 +174,70 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         seeds = [(seed + i) & 0xFFFFFFFF for i in range(num)]
         out = settings.get("out")
         numbered = len(jobs) > 1 or num > 1  # `-o file.png` with several images numbers them on
-        paths = plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force,
-                                  index_start=planned if numbered else 0)
+        paths = [] if dry_run else plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force,
+                                                     index_start=planned if numbered else 0)
         planned += num
         planned_jobs.append((prompt, settings, seeds, paths))
 
-    # 3. The model: resolve (no download here), check its family.
+    # 3. The model: resolve (no download here; a dry run plans from the registry when the weights are absent).
     model_arg = flags.get("model") or replay.get("model") or default_model(command)
-    resolved = resolve_model(model_arg)
+    resolved, spec = _resolve(model_arg, registry_only_ok=dry_run)
     from sana.components import check_components, family_from_index, model_index
 
-    family = (resolved.spec.family if resolved.spec else None) or family_from_index(model_index(resolved.path)) or "sana"
+    family = (spec.family if spec else None) or family_from_index(model_index(resolved.path)) or "sana"
     if command == "sprint" and family != "sprint":
         raise UsageError(f"{model_arg} is not a SANA-Sprint model", "use `sana gen` for it, or pass --model sprint-1.6b")
     if command == "gen" and family == "sprint":
         raise UsageError(f"{model_arg} is a SANA-Sprint model", "use `sana sprint` for it")
     if family not in ("sana", "sana1.5", "sprint"):
         raise UsageError(f"{model_arg} is a {family} model", "this command generates images")
-    check_components(resolved.path)
-
-    # 4. Device and precision.
-    device = pick_device(flags.get("device") or "auto")
-    dtype = pick_dtype(flags.get("dtype") or "auto", device)
-    # Variant files of the compute precision when the model has them (e.g. *.bf16.safetensors), else the default.
-    variant = DTYPE_NAMES[dtype]
-    if resolved.spec is not None:
-        weight_set = resolved.spec.weights.get(DTYPE_NAMES[dtype])
-        variant = weight_set.variant if weight_set else None
-
-    # 5. Load (LoRAs merged at load).
+    if resolved is not None:
+        check_components(resolved.path)
     lora_args = explicit.get("lora") or replay.get("lora") or []
     loras = [parse_lora(text) for text in lora_args]
     transformer_path = flags.get("transformer") or replay.get("transformer")
     if transformer_path and not Path(transformer_path).expanduser().exists():
         raise UsageError(f"--transformer {transformer_path} does not exist")
+
+    # 4. Requests from the model's defaults, and what the largest of them asks of the device.
+    sizes = _component_sizes(resolved, spec, transformer_path)
+    from sana.components import scheduler_config
+
+    scheduler = scheduler_config(resolved.path) if resolved else {}
+    defaults = model_defaults(spec, scheduler, family, sizes.native_resolution)
+    requests = [(_request(prompt, settings, seeds, defaults, family, ImageRequest), paths)
+                for prompt, settings, seeds, paths in planned_jobs]
+    workload = _workload([r for r, _ in requests], sizes.native_resolution, sprint=family == "sprint")
+
+    # 5. Device, precision and the memory plan (a dry run prints it and stops here).
+    device = pick_device(flags.get("device") or "auto")
+    info = probe_device(device)
+    plan = plan_memory(info, sizes, workload, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
+    if max_vram is not None and not info.is_accelerator:
+        console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
+    if dry_run:
+        console.out.print(plan_table(plan, model_arg))
+        return
+    if max_vram is not None:
+        limit_process_memory(device, max_vram)
+    dtype = DTYPES[plan.dtype]
+    # Variant files of the compute precision when the model has them (e.g. *.bf16.safetensors), else the default.
+    variant = plan.dtype
+    if spec is not None:
+        weight_set = spec.weights.get(plan.dtype)
+        variant = weight_set.variant if weight_set else None
+
+    # 6. Load where the plan keeps each component (LoRAs merged at load).
     console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]} on {device})")
+    console.info(plan.headline())
     start = time.perf_counter()
     pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family, variant=variant,
-                                         loras=loras, transformer_path=transformer_path)
+                                         loras=loras, transformer_path=transformer_path, plan=plan)
     load_seconds = time.perf_counter() - start
-    defaults = model_defaults(resolved.spec, pipe.scheduler_config, family, pipe.native_resolution)
 
-    # 6. One generation a prompt (all its seeds in one batch), each image saved with its metadata.
+    # 7. One generation a prompt (all its seeds in one batch), each image saved with its metadata.
     lora_records = [{"path": str(p), "scale": s, "sha256": _sha256(p)} for p, s in loras]
-    for prompt, settings, seeds, paths in planned_jobs:
-        request = _request(prompt, settings, seeds, defaults, family, ImageRequest)
+    for request, paths in requests:
         result = _generate_with_progress(pipe, request)
         for image, seed, path in zip(result.images, request.seeds, paths):
             record = GenerationRecord(
@@ -226,7 +248,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                 flow_shift=request.flow_shift, width=request.width, height=request.height, dtype=DTYPE_NAMES[dtype],
                 loras=lora_records, version=__version__,
                 timings={"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
-                extra={"device": str(device), "generated_size": list(result.generated_size), "images_in_batch": len(seeds),
+                extra={"device": str(device), "generated_size": list(result.generated_size),
+                       "images_in_batch": len(request.seeds), "memory": result.memory,
                        **({"transformer": str(transformer_path)} if transformer_path else {})},
             )
             start = time.perf_counter()
@@ -236,6 +259,79 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         t = result.timings
         console.info(f"load {load_seconds:.2f}s | encode {t['encode']:.2f}s | denoise {t['denoise']:.2f}s | "
                      f"decode {t['decode']:.2f}s | save {t['save']:.2f}s")
+
+
+def _resolve(model_arg: str, *, registry_only_ok: bool):
+    """(ResolvedModel or None, preset or None). With `registry_only_ok`, a registry model that is not downloaded
+    resolves to its preset alone (a dry run plans from the preset's sizes)."""
+    from sana.errors import ModelNotFound
+    from sana.hub import resolve_model
+    from sana.registry import find_spec
+
+    try:
+        resolved = resolve_model(model_arg)
+    except ModelNotFound:
+        spec = find_spec(model_arg) if registry_only_ok else None
+        if spec is None:
+            raise
+        return None, spec
+    return resolved, resolved.spec
+
+
+def _component_sizes(resolved, spec, transformer_path: str | None):
+    """Sizes for the planner: safetensors headers and configs when the model is on disk, else the preset."""
+    from sana.hub import transformer_config
+    from sana.memory import sizes_from_directory, sizes_from_spec
+
+    if resolved is None:
+        return sizes_from_spec(spec)
+    config = None
+    if transformer_path and Path(transformer_path).expanduser().is_dir():
+        config = transformer_config(Path(transformer_path).expanduser()) or None  # a fine-tune's own config
+    return sizes_from_directory(resolved.path, transformer_config=config)
+
+
+def _workload(requests: list, native_resolution: int, *, sprint: bool):
+    """The largest generation among `requests`: the biggest binned size and the most DiT rows."""
+    from sana.memory import Workload
+    from sana.pipeline import binned_size
+
+    sizes = [binned_size(r.width, r.height, native_resolution) for r in requests]
+    width, height = max(sizes, key=lambda wh: wh[0] * wh[1])
+
+    def rows(r) -> int:
+        copies = 1 if sprint else 1 + (r.guidance > 1.0) + (r.pag > 0.0)
+        return len(r.seeds) * copies
+
+    return Workload(width=width, height=height, images=max(len(r.seeds) for r in requests),
+                    rows=max(rows(r) for r in requests))
+
+
+def plan_table(plan, model: str):
+    """The memory plan as a table: one row a component, then the peak against what the device offers."""
+    from rich.table import Table
+    from rich.text import Text
+
+    work = plan.work
+    table = Table(title=f"memory plan: {model} at {work.width}x{work.height}, {work.images} image(s), "
+                        f"DiT batch {work.rows}", title_justify="left", header_style="bold",
+                  caption=_plan_caption(plan), caption_justify="left")
+    for column in ("component", "dtype", "where", "predicted peak"):
+        table.add_column(column, justify="right" if column == "predicted peak" else "left", overflow="fold")
+    for row in plan.rows():
+        table.add_row(row.component, row.dtype, Text(row.where), "-" if row.peak is None else _gib(row.peak))
+    room = "usable RAM" if not plan.device.is_accelerator else "usable" + (f" under the {_gib(plan.cap)} cap" if plan.cap else "")
+    table.add_row(Text("peak", style="bold"), "", f"{_gib(plan.budget)} {room}", Text(_gib(plan.peak_bytes), style="bold"))
+    return table
+
+
+def _plan_caption(plan) -> str:
+    lines = [plan.device.describe(), plan.headline(), *plan.notes()]
+    return "\n".join(lines)
+
+
+def _gib(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:.1f} GiB"
 
 
 # Preferred models when --model is not given, best first; the first one downloaded is used.

@@ -21,3 +21,6 @@ FromFile = Annotated[Optional[Path], typer.Option("--from", help="Replay the set
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 Steps = Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (model default if not given).")]
 Transformer = Annotated[Optional[str], typer.Option("--transformer", help="Transformer weights to use instead of the model's own: a .safetensors or NVlabs .pth file, or a folder.")]
+Memory = Annotated[str, typer.Option("--memory", help="Placement: auto (from the GPU's free memory), high (everything on the GPU), balanced (text encoder leaves after encoding), low (each component on the GPU only while it runs), minimal (low + transformer blocks streamed from CPU memory).")]
+MaxVram = Annotated[Optional[str], typer.Option("--max-vram", help="Cap on the GPU memory sana uses, e.g. 8G (binary units: 8G = 8 GiB); the plan fits under it.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the memory plan (component, dtype, where, predicted peak) and exit without loading weights.")]

@@ -24,6 +24,9 @@ def sprint(
     lora: opt.Lora = None,
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
+    memory: opt.Memory = "auto",
+    max_vram: opt.MaxVram = None,
+    dry_run: opt.DryRun = False,
     from_file: opt.FromFile = None,
     force: opt.Force = False,
 ) -> None:

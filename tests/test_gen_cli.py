@@ -235,3 +235,44 @@ def test_transformer_weights_from_an_nvlabs_checkpoint(pipelines, tmp_path):
 def test_no_model_and_nothing_downloaded_names_what_to_pull(tmp_path):
     message = assert_one_line_error(run_sana("gen", "a dog", *COMMON, env={"HF_HUB_CACHE": str(tmp_path)}))
     assert "sana models pull" in message
+
+
+def test_dry_run_plans_4k_from_the_registry_without_weights(tmp_path):
+    result = run_sana("gen", "x", "--model", "sana-1.6b-4k", "--res", "4096", "--max-vram", "8G", "--dry-run",
+                      cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert result.returncode == 0, result.stderr
+    for expected in ("memory plan: sana-1.6b-4k at 4096x4096", "text encoder (2.61B params)",
+                     "transformer (1.60B params)", "VAE decoder", "predicted peak", "tiles of"):
+        assert expected in result.stdout, expected
+    assert not (tmp_path / "hub").exists() and not list(tmp_path.rglob("*.png"))
+
+
+def test_dry_run_of_a_local_model_writes_nothing(pipelines, tmp_path):
+    _, model_dir = pipelines["sprint"]
+    out = tmp_path / "never.png"
+    result = run_sana("sprint", "a cat", "--model", str(model_dir), "--res", "64", "--memory", "low", "--dry-run",
+                      "-o", str(out), *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert "memory plan" in result.stdout and "fp32" in result.stdout
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [("--memory", "tiny"), ("--max-vram", "lots"), ("--max-vram", "1M")],
+                         ids=["memory", "max-vram", "max-vram-too-small"])
+def test_bad_memory_options_are_one_line(pipelines, args, tmp_path):
+    _, model_dir = pipelines["sana"]
+    message = assert_one_line_error(run_sana("gen", "a dog", "--model", str(model_dir), "-o", str(tmp_path / "x.png"),
+                                             *args, *COMMON))
+    assert args[0].lstrip("-").split("-")[-1] in message
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_the_memory_plan_is_recorded_in_the_image(pipelines, tmp_path):
+    _, model_dir = pipelines["sana"]
+    out = tmp_path / "plan.png"
+    result = run_sana("gen", "a dog", "--model", str(model_dir), "--res", "64", "--steps", "2", "--seed", "1",
+                      "-o", str(out), *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert "memory:" in result.stderr  # the plan's one line before loading
+    memory = json.loads(run_sana("info", str(out), "--json").stdout)["extra"]["memory"]
+    assert memory["tier"] == "cpu" and memory["dtype"] == "fp32" and "predicted peak" in memory
