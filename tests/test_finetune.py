@@ -322,3 +322,23 @@ def test_two_processes_match_one_with_the_global_batch(tmp_path, base_model, mod
     assert one.keys() == two.keys()
     diffs = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
     assert diffs.max() < 2.5e-3 and (diffs < 1e-4).float().mean() > 0.99, (diffs.max(), (diffs < 1e-4).float().mean())
+
+
+def test_preloaded_and_file_backed_features_give_the_same_batches(tmp_path, base_model):
+    from sana.training.config import TrainConfig
+    from sana.training.trainer import Trainer
+
+    data = make_dataset(tmp_path / "data", count=4)
+    losses = []
+    for budget in (0, 2**30):
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / f"out{budget}"), model_dir=str(base_model), resolution=32,
+                          steps=1, device="cpu", cache_dir=str(tmp_path / "cache"), caption_dropout=0.5)
+        trainer = Trainer(cfg)
+        trainer.prepare_data()
+        trainer._memory = None
+        trainer._preload(budget)
+        assert (trainer._memory is None) == (budget == 0)
+        trainer.build()
+        with torch.no_grad():
+            losses.append([trainer.loss(micro).item() for micro in range(4)])
+    assert losses[0] == losses[1]

@@ -33,6 +33,7 @@ from .plot import append_log, plot_loss, truncate_log
 LOG_NAME = "loss.csv"
 PLOT_NAME = "loss.png"
 MAX_TEXT_TOKENS = 300  # the text encoder's padded length
+PRELOAD_BYTES = 4 * 2**30  # caches up to this size are held in host memory while training
 
 
 @dataclass
@@ -180,6 +181,7 @@ class Trainer:
             device = torch.device("cuda", self.world.local_rank)
         self.device = device
         self.dtype = compute_dtype(cfg.precision, device)
+        self._memory: dict | None = None  # the whole feature cache, when it is small enough to hold
 
     # 1. Data and cache ------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -217,6 +219,7 @@ class Trainer:
         if not items:
             raise UsageError(f"no usable training images in {cfg.data}: " + "; ".join(report.lines()[1:]))
         self.items, self.text_keys, self.report = items, extras, report
+        self._preload()
         self.groups: dict[tuple[int, int], list[int]] = {}
         for index, item in enumerate(items):
             self.groups.setdefault(item.bucket, []).append(index)
@@ -299,12 +302,28 @@ class Trainer:
         size = self.cfg.batch_size
         return batch[self.world.rank * size:(self.world.rank + 1) * size]
 
-    @lru_cache(maxsize=2048)
+    def _preload(self, budget: int = PRELOAD_BYTES) -> None:
+        """Read the whole cache into host memory when it is small (nano models, most LoRA sets): a step then
+        costs no file opens. Larger caches are read a file at a time, with the most recent kept."""
+        keys = {it.latent for it in self.items}, {it.text for it in self.items} | set(self.text_keys.values())
+        paths = [self.cache.latent_path(k) for k in keys[0]] + [self.cache.text_path(k) for k in keys[1]]
+        if sum(p.stat().st_size for p in paths) > budget:
+            return
+        self._memory = {("l", k): self.cache.read_latent(k) for k in keys[0]} | \
+            {("t", k): self.cache.read_text(k) for k in keys[1]}
+
     def _latent(self, key: str) -> torch.Tensor:
+        return self._memory[("l", key)] if self._memory is not None else self._read_latent(key)
+
+    def _text(self, key: str) -> torch.Tensor:
+        return self._memory[("t", key)] if self._memory is not None else self._read_text(key)
+
+    @lru_cache(maxsize=2048)
+    def _read_latent(self, key: str) -> torch.Tensor:
         return self.cache.read_latent(key)
 
     @lru_cache(maxsize=2048)
-    def _text(self, key: str) -> torch.Tensor:
+    def _read_text(self, key: str) -> torch.Tensor:
         return self.cache.read_text(key)
 
     def loss(self, micro: int) -> torch.Tensor:
