@@ -261,6 +261,17 @@ def _apply_a1111_param(record: GenerationRecord, key: str, value: str, ours: boo
 # Writing
 # ----------------------------------------------------------------------------------------------------------------
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB pieces."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def image_format(path: Path) -> str:
     """Pillow format name for a path's suffix; UsageError for suffixes we do not write."""
     fmt = FORMATS.get(Path(path).suffix.lower())

@@ -163,20 +163,11 @@ class Resident:
         pass
 
 
-class OnCpu:
-    """A module that runs on the CPU (the text encoder when the GPU cannot hold it)."""
+class OnCpu(Resident):
+    """A module that runs on the CPU (the text encoder when the GPU cannot hold it); never moved after that."""
 
     def __init__(self, module: nn.Module, dtype: torch.dtype):
         module.to("cpu", dtype)
-
-    def to_device(self) -> None:
-        pass
-
-    def to_host(self) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
 
 
 class Offloaded:

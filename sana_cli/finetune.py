@@ -96,8 +96,6 @@ def finetune(
         return
 
     # 4. Report.
-    for line in result.report.lines():
-        console.info(line)
     if result.interrupted:
         console.error(f"stopped at step {result.step}; checkpoint saved in {result.checkpoint}")
         console.info(f"continue with: sana finetune {data} --out {out_dir} --resume")
@@ -250,4 +248,10 @@ class _Progress:
             if self.enabled:
                 self.bar.console.print(f"[yellow]note:[/yellow] {text}", highlight=False)
 
-        return TrainEvents(on_phase=phase, on_progress=progress, on_step=step, on_notice=notice, on_saved=saved)
+        def data(report) -> None:
+            if self.enabled:
+                for line in report.lines():
+                    self.bar.console.print(line, highlight=False)
+
+        return TrainEvents(on_phase=phase, on_progress=progress, on_step=step, on_notice=notice, on_saved=saved,
+                           on_data=data)

@@ -140,7 +140,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     from sana import __version__
     from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
     from sana.memory import check_mode, parse_memory_size, plan_memory
-    from sana.outputs import GenerationRecord, plan_output_paths, read_metadata, save_image
+    from sana.outputs import GenerationRecord, file_sha256, plan_output_paths, read_metadata, save_image
     from sana.pipeline import ImagePipeline, ImageRequest
     from sana.prompts_file import read_prompts
     from sana.sampling import SAMPLERS
@@ -236,7 +236,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     load_seconds = time.perf_counter() - start
 
     # 7. One generation a prompt (all its seeds in one batch), each image saved with its metadata.
-    lora_records = [{"path": str(p), "scale": s, "sha256": _sha256(p)} for p, s in loras]
+    lora_records = [{"path": str(p), "scale": s, "sha256": file_sha256(p)} for p, s in loras]
     for request, paths in requests:
         result = _generate_with_progress(pipe, request)
         for image, seed, path in zip(result.images, request.seeds, paths):
@@ -351,16 +351,6 @@ def default_model(command: str) -> str:
             return name
     raise UsageError("no --model given and no model is downloaded",
                      f"run: sana models pull {PREFERRED[command][0]} (or pass --model DIR)")
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _extension(out: str | None) -> str:

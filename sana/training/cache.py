@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from ..errors import SanaError
+from ..outputs import file_sha256
 from .data import DataReport, Sample, load_rgb
 
 NULL_CAPTION = ""  # the unconditional caption (caption dropout, validation CFG), encoded without the instruction
@@ -49,14 +50,6 @@ def component_fingerprint(component_dir: Path) -> str:
             stat = path.stat()
             parts.append(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}")
     return _sha(*parts)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -133,7 +126,7 @@ def build_cache(samples: list[Sample], buckets: dict[int, tuple[int, int]], cach
     vae_fp, text_fp = encoders.vae_fingerprint, encoders.text_fingerprint
 
     # 1. Keys, and what is missing.
-    latent_keys = [_sha("latent-v1", vae_fp, file_digest(s.path), f"{buckets[i][0]}x{buckets[i][1]}")
+    latent_keys = [_sha("latent-v1", vae_fp, file_sha256(s.path), f"{buckets[i][0]}x{buckets[i][1]}")
                    for i, s in enumerate(samples)]
     captions = {s.caption: text_key(s.caption, text_fp, True) for s in samples}
     extras = {c: text_key(c, text_fp, c != NULL_CAPTION) for c in [NULL_CAPTION, *extra_captions]}

@@ -59,20 +59,25 @@ def commit(out: Path, step: int, keep: int) -> Path:
     """Move the assembled checkpoint into place, then drop all but the newest `keep` (main rank only)."""
     final = checkpoint_root(out) / f"step-{step:06d}"
     staged = staging_dir(out, step)
-    if final.exists():  # the same step written again (a resumed run's final save): replace it whole
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(staged, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, final)
+    replace_folder(staged, final)  # the same step written again (a resumed run's final save) is replaced whole
     for _, path in list_checkpoints(out)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
     for stale in checkpoint_root(out).glob(".step-*"):  # leftovers of runs killed while writing
         if stale != staged:
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def replace_folder(staged: Path, target: Path) -> None:
+    """Move a fully written folder to `target`, replacing what is there; a crash leaves one or the other."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(staged, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, target)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

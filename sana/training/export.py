@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..loading import WEIGHTS_NAME, engine_to_diffusers
+from .checkpoint import replace_folder
 
 OTHER_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -60,12 +61,5 @@ def save_model_folder(weights: dict[str, torch.Tensor], config, base_dir: Path, 
             _link_or_copy(base_dir / name, staged / name)
     if (base_dir / "model_index.json").is_file():
         shutil.copyfile((base_dir / "model_index.json").resolve(), staged / "model_index.json")
-    if target.exists():  # this run's own earlier export (a resumed run finishing again)
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(staged, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, target)
+    replace_folder(staged, target)  # an earlier export of this run (a resumed run finishing again) is replaced
     return target

@@ -56,6 +56,7 @@ class TrainEvents:
     on_step: Callable[[StepInfo], None] | None = None
     on_notice: Callable[[str], None] | None = None
     on_saved: Callable[[str, Path], None] | None = None  # ("checkpoint" | "sample" | "lora" | "model", path)
+    on_data: Callable[[DataReport], None] | None = None  # what was found and skipped, before training starts
 
     def notice(self, text: str) -> None:
         if self.on_notice:
@@ -219,6 +220,8 @@ class Trainer:
         if not items:
             raise UsageError(f"no usable training images in {cfg.data}: " + "; ".join(report.lines()[1:]))
         self.items, self.text_keys, self.report = items, extras, report
+        if events.on_data and self.world.is_main:
+            events.on_data(report)
         self._preload()
         self.groups: dict[tuple[int, int], list[int]] = {}
         for index, item in enumerate(items):
