@@ -3,7 +3,8 @@
 Keys are content hashes of the input (image bytes + bucket size, or caption text) and of the encoder (its
 config and weight files), so a changed image, caption, bucket or encoder gives a new entry and an unchanged
 one is never encoded twice. The encoders are loaded only when something is missing, and freed afterwards,
-so the DiT trains without them in memory.
+so the DiT trains without them in memory. Three steps: `plan_cache` (keys), `fill_cache` (encode what is
+missing; each rank of a distributed run its share), `cached_items` (what training can use, after all ranks).
 """
 
 from __future__ import annotations
@@ -113,49 +114,63 @@ def text_key(caption: str, text_fingerprint: str, with_instruction: bool) -> str
     return _sha("text-v1", text_fingerprint, caption, str(with_instruction))
 
 
-def build_cache(samples: list[Sample], buckets: dict[int, tuple[int, int]], cache: FeatureCache, encoders: Encoders,
-                report: DataReport, *, extra_captions: list[str] = (), rank: int = 0, world: int = 1,
-                on_progress: Callable[[str, int, int], None] | None = None,
-                batch_size: int = 8) -> tuple[list[Item], dict[str, str]]:
-    """Encode whatever is missing; return the items (in sample order) and caption -> text key for `extra_captions`.
+@dataclass
+class CachePlan:
+    """The cache keys of a dataset: one latent and one caption key a sample, plus the extra captions'."""
 
-    `buckets[i]` is sample i's (width, height). With `world` > 1 each rank encodes its share of what is
-    missing; the caller synchronises the ranks before reading. Images that fail to decode are reported and
-    left out.
-    """
+    latent_keys: list[str]
+    text_keys: list[str]
+    extras: dict[str, str]  # caption -> key, for the empty caption and the validation prompts
+
+
+def plan_cache(samples: list[Sample], buckets: dict[int, tuple[int, int]], encoders: Encoders,
+               extra_captions: list[str] = ()) -> CachePlan:
+    """Keys for every sample (`buckets[i]` is sample i's (width, height)); hashes the image files once."""
     vae_fp, text_fp = encoders.vae_fingerprint, encoders.text_fingerprint
-
-    # 1. Keys, and what is missing.
     latent_keys = [_sha("latent-v1", vae_fp, file_sha256(s.path), f"{buckets[i][0]}x{buckets[i][1]}")
                    for i, s in enumerate(samples)]
-    captions = {s.caption: text_key(s.caption, text_fp, True) for s in samples}
+    text_keys = [text_key(s.caption, text_fp, True) for s in samples]
     extras = {c: text_key(c, text_fp, c != NULL_CAPTION) for c in [NULL_CAPTION, *extra_captions]}
-    missing_latents = [i for i, k in enumerate(latent_keys) if not cache.latent_path(k).is_file()]
-    missing_text = [(c, k) for c, k in {**captions, **extras}.items() if not cache.text_path(k).is_file()]
-    missing_latents = missing_latents[rank::world]
-    missing_text = missing_text[rank::world]
-
-    # 2. Latents, one bucket at a time, with the VAE loaded only if needed.
-    failed: set[int] = set()
-    if missing_latents:
-        failed = _encode_latents(samples, buckets, missing_latents, latent_keys, cache, encoders, report,
-                                 on_progress, batch_size)
-    # 3. Caption embeddings.
-    if missing_text:
-        _encode_texts(missing_text, cache, encoders, on_progress, batch_size)
-
-    items = [Item(latent=latent_keys[i], text=captions[s.caption], bucket=buckets[i])
-             for i, s in enumerate(samples) if i not in failed]
-    return items, extras
+    return CachePlan(latent_keys, text_keys, extras)
 
 
-def _encode_latents(samples, buckets, indices, keys, cache, encoders, report, on_progress, batch_size) -> set[int]:
+def fill_cache(plan: CachePlan, samples: list[Sample], buckets: dict[int, tuple[int, int]], cache: FeatureCache,
+               encoders: Encoders, *, rank: int = 0, world: int = 1,
+               on_progress: Callable[[str, int, int], None] | None = None, batch_size: int = 8) -> None:
+    """Encode what is missing; with `world` > 1 this rank's share of it (the caller then synchronises the ranks).
+    An image that fails to decode gets no latent; `cached_items` reports it."""
+    missing_latents = [i for i, k in enumerate(plan.latent_keys) if not cache.latent_path(k).is_file()]
+    captions = dict(zip((s.caption for s in samples), plan.text_keys)) | plan.extras
+    missing_text = [(c, k) for c, k in captions.items() if not cache.text_path(k).is_file()]
+    if missing_latents[rank::world]:
+        _encode_latents(samples, buckets, missing_latents[rank::world], plan.latent_keys, cache, encoders,
+                        on_progress, batch_size)
+    if missing_text[rank::world]:
+        _encode_texts(missing_text[rank::world], cache, encoders, on_progress, batch_size)
+
+
+def cached_items(plan: CachePlan, samples: list[Sample], buckets: dict[int, tuple[int, int]], cache: FeatureCache,
+                 report: DataReport) -> list[Item]:
+    """The samples whose features are all in the cache, in sample order; the rest are reported as unreadable."""
+    items = []
+    for i, sample in enumerate(samples):
+        if cache.latent_path(plan.latent_keys[i]).is_file():
+            items.append(Item(latent=plan.latent_keys[i], text=plan.text_keys[i], bucket=buckets[i]))
+        else:
+            report.skip("unreadable or truncated image", sample.path)
+    missing = [k for k in [*plan.text_keys, *plan.extras.values()] if not cache.text_path(k).is_file()]
+    if missing:
+        raise SanaError(f"caption embedding {cache.text_path(missing[0])} is missing", "run again to encode it")
+    report.used = len(items)
+    return items
+
+
+def _encode_latents(samples, buckets, indices, keys, cache, encoders, on_progress, batch_size) -> None:
     import numpy as np
 
     from ..components import load_vae
 
     vae = load_vae(encoders.model_dir, dtype=encoders.dtype, device=encoders.device)
-    failed: set[int] = set()
     by_bucket: dict[tuple[int, int], list[int]] = {}
     for i in indices:
         by_bucket.setdefault(buckets[i], []).append(i)
@@ -168,9 +183,7 @@ def _encode_latents(samples, buckets, indices, keys, cache, encoders, report, on
                     try:
                         image = load_rgb(samples[i].path, bucket)
                     except (OSError, ValueError, SyntaxError):
-                        report.skip("unreadable or truncated image", samples[i].path)
-                        failed.add(i)
-                        continue
+                        continue  # no latent: cached_items reports it
                     array = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)  # [3, H, W]
                     pixels.append(array / 127.5 - 1.0)
                     chunk.append(i)
@@ -186,8 +199,6 @@ def _encode_latents(samples, buckets, indices, keys, cache, encoders, report, on
     finally:
         del vae
         _free(encoders.device)
-    report.used -= len(failed)
-    return failed
 
 
 def _encode_texts(missing, cache, encoders, on_progress, batch_size) -> None:

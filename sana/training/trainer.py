@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import SanaError, UsageError
 from . import checkpoint as ckpt
 from . import distributed
-from .cache import NULL_CAPTION, Encoders, FeatureCache, build_cache
+from .cache import NULL_CAPTION, Encoders, FeatureCache, cached_items, fill_cache, plan_cache
 from .config import TrainConfig
 from .data import DataReport, aspect_buckets, epoch_batches, nearest_bucket, scan_folder
 from .plot import append_log, plot_loss, truncate_log
@@ -211,12 +211,11 @@ class Trainer:
         cache_root = Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache"
         self.cache = FeatureCache(cache_root)
         encoders = Encoders(model_dir=model_dir, device=self.device, dtype=self.dtype)
-        items, extras = build_cache(samples, buckets, self.cache, encoders, report, extra_captions=cfg.val_prompts,
-                                    rank=self.world.rank, world=self.world.size, on_progress=events.on_progress)
-        distributed.barrier(self.world)
-        if self.world.distributed:  # other ranks encoded other parts: every rank now sees the whole cache
-            items, extras = build_cache(samples, buckets, self.cache, encoders, report,
-                                        extra_captions=cfg.val_prompts, rank=0, world=1)
+        plan = plan_cache(samples, buckets, encoders, cfg.val_prompts)
+        fill_cache(plan, samples, buckets, self.cache, encoders, rank=self.world.rank, world=self.world.size,
+                   on_progress=events.on_progress)
+        distributed.barrier(self.world)  # every rank encoded its share; all of it is on disk now
+        items, extras = cached_items(plan, samples, buckets, self.cache, report), plan.extras
         if not items:
             raise UsageError(f"no usable training images in {cfg.data}: " + "; ".join(report.lines()[1:]))
         self.items, self.text_keys, self.report = items, extras, report
