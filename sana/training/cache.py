@@ -139,14 +139,17 @@ def fill_cache(plan: CachePlan, samples: list[Sample], buckets: dict[int, tuple[
                on_progress: Callable[[str, int, int], None] | None = None, batch_size: int = 8) -> None:
     """Encode what is missing; with `world` > 1 this rank's share of it (the caller then synchronises the ranks).
     An image that fails to decode gets no latent; `cached_items` reports it."""
-    missing_latents = [i for i, k in enumerate(plan.latent_keys) if not cache.latent_path(k).is_file()]
+    # Shares are fixed by position in the whole list, not in the list of what is missing: another rank may
+    # already have written some of its files when this one looks.
+    missing_latents = [i for i, k in enumerate(plan.latent_keys)
+                       if i % world == rank and not cache.latent_path(k).is_file()]
     captions = dict(zip((s.caption for s in samples), plan.text_keys)) | plan.extras
-    missing_text = [(c, k) for c, k in captions.items() if not cache.text_path(k).is_file()]
-    if missing_latents[rank::world]:
-        _encode_latents(samples, buckets, missing_latents[rank::world], plan.latent_keys, cache, encoders,
-                        on_progress, batch_size)
-    if missing_text[rank::world]:
-        _encode_texts(missing_text[rank::world], cache, encoders, on_progress, batch_size)
+    missing_text = [(c, k) for n, (c, k) in enumerate(captions.items())
+                    if n % world == rank and not cache.text_path(k).is_file()]
+    if missing_latents:
+        _encode_latents(samples, buckets, missing_latents, plan.latent_keys, cache, encoders, on_progress, batch_size)
+    if missing_text:
+        _encode_texts(missing_text, cache, encoders, on_progress, batch_size)
 
 
 def cached_items(plan: CachePlan, samples: list[Sample], buckets: dict[int, tuple[int, int]], cache: FeatureCache,
