@@ -44,6 +44,7 @@ def finetune(
     caption: Annotated[Optional[str], Opt("--caption", help="One fixed caption for every image (caption files not needed).")] = None,
     trigger: Annotated[Optional[str], Opt("--trigger", help="Word put in front of every caption, e.g. 'sks'.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], Opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass (default on).")] = None,
+    compile_model: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the training step: pays for its start-up on small models and long runs.")] = None,
     precision: Annotated[Optional[str], Opt("--precision", help="auto, bf16, fp16 or fp32.")] = None,
     checkpoint_every: Annotated[Optional[int], Opt("--checkpoint-every", help="Steps between checkpoints (default 500).")] = None,
     keep: Annotated[Optional[int], Opt("--keep", help="Checkpoints kept (default 3).")] = None,
@@ -123,7 +124,7 @@ def _settings(flags: dict, data: Path, out_dir: Path, saved):
             base["transformer_config"] = _transformer_config(flags["config"])
     base.update(data=str(data), out=str(out_dir))
     renames = {"full": None, "model": None, "config": None, "res": "resolution", "keep": "keep_checkpoints",
-               "val_prompt": "val_prompts", "cache": "cache_dir", "resume": None, "resume_from": None, "gpus": None,
+               "val_prompt": "val_prompts", "compile_model": "compile", "cache": "cache_dir", "resume": None, "resume_from": None, "gpus": None,
                "data": None, "out": None}
     for flag, value in flags.items():
         name = renames.get(flag, flag)

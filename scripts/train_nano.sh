@@ -12,7 +12,8 @@
 # --seed 0 --max-minutes 6.7` on an H100 (5,987 steps; 38.2 dB PSNR; settings, losses and scores in
 # assets/nano/vae-train.json); VAE=DIR/vae uses another.
 # Environment: SANA (the command, default `sana`), VAE (autoencoder folder, default assets/nano/vae),
-# STEPS (DiT steps, default 30000), NUM (dataset size, default 20000).
+# STEPS (DiT steps, default 30000), NUM (dataset size, default 20000), COMPILE (1: `--compile`, faster on a GPU
+# once its ~1 minute of compilation is paid).
 set -euo pipefail
 WORK=${1:?usage: train_nano.sh WORK [init|data|train|score]}
 STAGE=${2:-all}
@@ -20,6 +21,7 @@ SANA=${SANA:-sana}
 VAE=${VAE:-assets/nano/vae}
 STEPS=${STEPS:-30000}
 NUM=${NUM:-20000}
+COMPILE=${COMPILE:-1}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -31,9 +33,10 @@ if stage data && [[ ! -f "$WORK/data/metadata.jsonl" ]]; then
     $SANA shapes make "$WORK/data" --num "$NUM" --seed 0
 fi
 if stage train; then
-    resume=()
-    [[ -f "$WORK/run/train_config.json" ]] && resume=(--resume)
-    $SANA finetune "$WORK/data" --model "$WORK/init" --init random --out "$WORK/run" "${resume[@]}" \
+    extra=()
+    [[ -f "$WORK/run/train_config.json" ]] && extra+=(--resume)
+    [[ "$COMPILE" == 1 ]] && extra+=(--compile)
+    $SANA finetune "$WORK/data" --model "$WORK/init" --init random --out "$WORK/run" --cache "$WORK/cache" "${extra[@]}" \
         --steps "$STEPS" --batch-size 256 --lr 5e-4 --warmup 500 --lr-schedule cosine --ema 0.999 \
         --caption-dropout 0.1 --no-gradient-checkpointing --checkpoint-every 1000 --keep 2 --log-every 50 \
         --save-dtype fp16 --val-prompt "a large red circle in the center on a white background" --val-every 5000

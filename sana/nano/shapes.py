@@ -17,8 +17,10 @@ starts with the smaller one.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -251,14 +253,19 @@ def write_dataset(out_dir: Path, num: int, seed: int, *, holdout: Iterable[Pair]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(num - 1)))
-    rows = []
-    for index, scene in enumerate(scenes):
+    def write(index: int) -> str:
         stem = f"{index:0{width}d}"
-        render_image(scene, side).save(out_dir / f"{stem}.png", optimize=False, compress_level=6)
-        (out_dir / f"{stem}.txt").write_text(scene.caption + "\n", encoding="utf-8")
-        rows.append(json.dumps({"file_name": f"{stem}.png", "text": scene.caption}))
-        if on_progress:
-            on_progress(index + 1, num)
+        render_image(scenes[index], side).save(out_dir / f"{stem}.png", optimize=False, compress_level=1)
+        (out_dir / f"{stem}.txt").write_text(scenes[index].caption + "\n", encoding="utf-8")
+        return json.dumps({"file_name": f"{stem}.png", "text": scenes[index].caption})
+
+    # PNG encoding releases the GIL: threads make a large set in a fraction of the time, in the same order.
+    rows = []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for row in pool.map(write, range(len(scenes))):
+            rows.append(row)
+            if on_progress:
+                on_progress(len(rows), num)
     (out_dir / "metadata.jsonl").write_text("\n".join(rows) + ("\n" if rows else ""), encoding="utf-8")
     info = {"grammar": "sana-shapes-1", "num": num, "seed": seed, "side": side,
             "two_object_fraction": two_object_fraction, "holdout": [list(p) for p in holdout]}

@@ -82,6 +82,66 @@ class FeatureCache:
         return _read(self.text_path(key), "embeds")
 
 
+class FeatureTable:
+    """Cached features held as a few stacked tensors: latents one stack per shape, caption embeddings padded
+    to one length. A batch is then an index lookup (on the training device when the table fits there) instead
+    of a stack of per-item tensors, so small models are not held back by the host."""
+
+    def __init__(self, latents: dict[str, torch.Tensor], texts: dict[str, torch.Tensor], device: torch.device):
+        self.device = device
+        stacks: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        self.latent_rows: dict[str, tuple[tuple[int, ...], int]] = {}  # key -> (shape, row in its stack)
+        for key, latent in latents.items():
+            rows = stacks.setdefault(tuple(latent.shape), [])
+            self.latent_rows[key] = (tuple(latent.shape), len(rows))
+            rows.append(latent)
+        self.latents = {shape: torch.stack(rows).to(device) for shape, rows in stacks.items()}
+        self.text_rows = {key: row for row, key in enumerate(texts)}
+        self.text_lengths = [t.shape[0] for t in texts.values()]
+        first = next(iter(texts.values()))
+        table = torch.zeros(len(texts), max(self.text_lengths), first.shape[-1], dtype=first.dtype)
+        for row, text in enumerate(texts.values()):
+            table[row, : text.shape[0]] = text
+        self.texts = table.to(device)  # [T, L_max, C]
+        self.lengths = torch.tensor(self.text_lengths, device=device)  # [T]
+
+    @staticmethod
+    def nbytes(latents: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]) -> int:
+        """The table's size before it is built (captions count at the padded length)."""
+        first = next(iter(texts.values()))
+        longest = max(t.shape[0] for t in texts.values())
+        return sum(t.numel() * t.element_size() for t in latents.values()) + \
+            len(texts) * longest * first.shape[-1] * first.element_size()
+
+    def _index(self, rows: list[int]) -> torch.Tensor:
+        return torch.tensor(rows).to(self.device, non_blocking=True)
+
+    def latent_batch(self, keys: list[str]) -> torch.Tensor:
+        """[B, C, h, w] for latents of one shape (a batch comes from one aspect bucket)."""
+        shape = self.latent_rows[keys[0]][0]
+        if any(self.latent_rows[k][0] != shape for k in keys):
+            raise ValueError("a batch mixes latent shapes")
+        return self.latents[shape][self._index([self.latent_rows[k][1] for k in keys])]
+
+    def text_batch(self, keys: list[str], full_length: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, L, C] embeddings padded to the longest of these captions (or of all, `full_length`), and the
+        mask [B, L]."""
+        rows = [self.text_rows[k] for k in keys]
+        # From the host copy of the lengths: no device sync.
+        length = self.texts.shape[1] if full_length else max(self.text_lengths[r] for r in rows)
+        index = self._index(rows)
+        mask = torch.arange(length, device=self.device) < self.lengths[index, None]
+        return self.texts[index, :length], mask.long()
+
+    def latent(self, key: str) -> torch.Tensor:
+        shape, row = self.latent_rows[key]
+        return self.latents[shape][row]
+
+    def text(self, key: str) -> torch.Tensor:
+        row = self.text_rows[key]
+        return self.texts[row, : self.text_lengths[row]]
+
+
 def _read(path: Path, name: str) -> torch.Tensor:
     from safetensors import safe_open
 

@@ -48,6 +48,7 @@ class TrainConfig:
     caption: str | None = None
     trigger: str | None = None
     gradient_checkpointing: bool = True
+    compile: bool = False  # torch.compile the DiT's training step
     precision: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32"
     checkpoint_every: int = 500
     keep_checkpoints: int = 3

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import SanaError, UsageError
 from . import checkpoint as ckpt
 from . import distributed
-from .cache import NULL_CAPTION, Encoders, FeatureCache, cached_items, fill_cache, plan_cache
+from .cache import NULL_CAPTION, Encoders, FeatureCache, FeatureTable, cached_items, fill_cache, plan_cache
 from .config import TrainConfig
 from .data import DataReport, aspect_buckets, epoch_batches, nearest_bucket, scan_folder
 from .plot import append_log, plot_loss, truncate_log
@@ -133,9 +133,9 @@ def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
-def _pad_rows(rows: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_rows(rows: list[torch.Tensor], device: torch.device, at_least: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Caption embeddings of different lengths [L_i, C] -> [B, L, C] padded at the end, and the mask [B, L]."""
-    length = max(r.shape[0] for r in rows)
+    length = max(at_least, *(r.shape[0] for r in rows))
     embeds = torch.zeros(len(rows), length, rows[0].shape[-1])
     mask = torch.zeros(len(rows), length, dtype=torch.long)
     for i, row in enumerate(rows):
@@ -182,7 +182,7 @@ class Trainer:
             device = torch.device("cuda", self.world.local_rank)
         self.device = device
         self.dtype = compute_dtype(cfg.precision, device)
-        self._memory: dict | None = None  # the whole feature cache, when it is small enough to hold
+        self._memory: FeatureTable | None = None  # the whole feature cache, when it is small enough to hold
 
     # 1. Data and cache ------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -275,12 +275,19 @@ class Trainer:
             self.runner = distributed.wrap_ddp(model, self.world, self.device)
         else:
             self.runner = model
+        if cfg.compile:
+            # Worth it for small models, whose step is mostly kernel launches: the fused graph is a few.
+            # Fixed shapes (captions padded to one length, see `_features`): one graph a bucket, no symbolic sizes.
+            self.runner = torch.compile(self.runner, dynamic=False)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = self._optimizer(self.params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.ema = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad} \
             if cfg.ema > 0 else None
+        if self.ema is not None:  # one multi-tensor update a step, not one per weight
+            params = dict(model.named_parameters())
+            self._ema_pairs = (list(self.ema.values()), [params[n] for n in self.ema])
         self.micro = 0
 
     def _optimizer(self, params):
@@ -291,7 +298,10 @@ class Trainer:
             except ImportError:
                 raise UsageError("--optimizer adamw8bit needs bitsandbytes", "pip install bitsandbytes") from None
             return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+        # The fused CUDA update is one kernel for all weights; FSDP2's sharded weights take the default path.
+        fused = self.device.type == "cuda" and not (self.world.distributed and cfg.mode == "full")
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8,
+                                 fused=fused or None)
 
     # 3. Batches and the loss ----------------------------------------------------------------------------------
     @lru_cache(maxsize=4)
@@ -305,20 +315,42 @@ class Trainer:
         return batch[self.world.rank * size:(self.world.rank + 1) * size]
 
     def _preload(self, budget: int = PRELOAD_BYTES) -> None:
-        """Read the whole cache into host memory when it is small (nano models, most LoRA sets): a step then
-        costs no file opens. Larger caches are read a file at a time, with the most recent kept."""
+        """Hold the whole cache as a `FeatureTable` when it is small (nano models, most LoRA sets): on the GPU
+        when it also fits in a quarter of its free memory, else in host memory. A step then opens no file and
+        stacks no per-item tensors. Larger caches are read a file at a time, with the most recent kept."""
         keys = {it.latent for it in self.items}, {it.text for it in self.items} | set(self.text_keys.values())
         paths = [self.cache.latent_path(k) for k in keys[0]] + [self.cache.text_path(k) for k in keys[1]]
         if sum(p.stat().st_size for p in paths) > budget:
             return
-        self._memory = {("l", k): self.cache.read_latent(k) for k in keys[0]} | \
-            {("t", k): self.cache.read_text(k) for k in keys[1]}
+        latents = {k: self.cache.read_latent(k) for k in sorted(keys[0])}
+        texts = {k: self.cache.read_text(k) for k in sorted(keys[1])}
+        size, place = FeatureTable.nbytes(latents, texts), torch.device("cpu")
+        if size > budget:
+            return
+        if self.device.type == "cuda" and size <= torch.cuda.mem_get_info(self.device)[0] // 4:
+            place = self.device
+        self._memory = FeatureTable(latents, texts, place)
 
     def _latent(self, key: str) -> torch.Tensor:
-        return self._memory[("l", key)] if self._memory is not None else self._read_latent(key)
+        return self._memory.latent(key) if self._memory is not None else self._read_latent(key)
 
     def _text(self, key: str) -> torch.Tensor:
-        return self._memory[("t", key)] if self._memory is not None else self._read_text(key)
+        return self._memory.text(key) if self._memory is not None else self._read_text(key)
+
+    def _features(self, items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latents [B, C, h, w] (fp32) and caption embeddings [B + 1, L, C] (fp32) with their mask [B + 1, L]
+        for `items`, on the training device; the last caption row is the empty caption (for dropout)."""
+        device, null = self.device, self.text_keys[NULL_CAPTION]
+        fixed = self.cfg.compile  # a compiled step wants one caption length, not the batch's longest
+        if self._memory is not None:
+            latents = self._memory.latent_batch([it.latent for it in items])
+            embeds, mask = self._memory.text_batch([it.text for it in items] + [null], full_length=fixed)
+            return (latents.to(device, torch.float32, non_blocking=True), embeds.to(device, torch.float32, non_blocking=True),
+                    mask.to(device, non_blocking=True))
+        latents = torch.stack([self._latent(it.latent) for it in items]).to(device, torch.float32, non_blocking=True)
+        embeds, mask = _pad_rows([self._text(it.text) for it in items] + [self._text(null)], device,
+                                 MAX_TEXT_TOKENS if fixed else 0)
+        return latents, embeds, mask
 
     @lru_cache(maxsize=2048)
     def _read_latent(self, key: str) -> torch.Tensor:
@@ -331,9 +363,7 @@ class Trainer:
     def loss(self, micro: int) -> torch.Tensor:
         cfg, device, dtype = self.cfg, self.device, self.dtype
         items = [self.items[i] for i in self._batch_for(micro)]
-        latents = torch.stack([self._latent(it.latent) for it in items]).to(device, torch.float32, non_blocking=True)
-        texts = [self._text(it.text) for it in items]
-        embeds, mask = _pad_rows(texts + [self._text(self.text_keys[NULL_CAPTION])], device)  # [B+1, L, C], [B+1, L]
+        latents, embeds, mask = self._features(items)  # [B, C, h, w], [B+1, L, C], [B+1, L]
 
         # Random draws for the whole global batch, on the device, from a generator seeded by (seed, micro-batch);
         # each rank keeps its slice, so N GPUs x batch B draw exactly what one GPU x batch N*B draws.
@@ -428,9 +458,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             with torch.no_grad():
-                for name, param in self.model.named_parameters():
-                    if name in self.ema:
-                        self.ema[name].lerp_(param.detach().float(), 1.0 - cfg.ema)
+                averages, params = self._ema_pairs
+                torch._foreach_lerp_(averages, [p.detach() for p in params], 1.0 - cfg.ema)
         return total
 
     def _grad_sync(self, sync: bool):
