@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .embedded import NANO_ENV, embedded_model_dir, embedded_name
 from .errors import ModelNotFound, OfflineError, SanaError
 from .registry import ModelSpec, all_specs, find_spec, get_spec
 
@@ -40,7 +41,7 @@ class ResolvedModel:
     spec: ModelSpec | None
     repo: str | None
     revision: str | None  # the cached commit hash for hub repos
-    source: str  # "registry" | "repo" | "directory"
+    source: str  # "registry" | "repo" | "directory" | "embedded"
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,11 @@ def list_models() -> list[ModelEntry]:
     cached = cached_repos()
     entries = []
     for spec in all_specs():
+        if embedded_name(spec):
+            path = embedded_model_dir(embedded_name(spec))
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path else 0
+            entries.append(ModelEntry(spec.name, spec.repo, spec, spec.family, "yes" if path else "no", size))
+            continue
         hit = cached.pop(spec.repo.lower(), None)
         size = hit.size_on_disk if hit else 0
         entries.append(ModelEntry(spec.name, spec.repo, spec, spec.family, _status(hit), size))
@@ -397,6 +403,9 @@ def repo_for(arg: str, action: str = "pull") -> tuple[str, ModelSpec | None]:
         raise SanaError(f"{arg} is a local path, not a hub model",
                         f"sana models {action} takes a registry name or org/name")
     spec = find_spec(arg)
+    if spec is not None and embedded_name(spec):
+        raise SanaError(f"{spec.name} ships inside the package: there is nothing to {action}",
+                        f"use it with --model {spec.name}")
     if spec is not None:
         return spec.repo, spec
     if _REPO_ID.match(arg):
@@ -416,6 +425,13 @@ def resolve_model(arg: str, *, precision: str | None = None) -> ResolvedModel:
         return _resolve_directory(local, arg, precision)
     if _looks_like_path(arg):
         raise ModelNotFound(f"no such directory: {arg}", "pass a model directory, a registry name or org/name")
+    spec = find_spec(arg)
+    if embedded_name(spec):
+        path = embedded_model_dir(embedded_name(spec))
+        if path is None:
+            raise ModelNotFound(f"{spec.name} is not included in this installation",
+                                f"build one with `sana shapes build` and set {NANO_ENV} to its folder")
+        return ResolvedModel(path=path, spec=spec, repo=None, revision=None, source="embedded")
     repo, spec = repo_for(arg, "pull")
     folder = _repo_folder(repo)
     snapshot = _snapshot_of(folder) if folder else None

@@ -272,7 +272,7 @@ def _resolve(model_arg: str, *, registry_only_ok: bool):
         resolved = resolve_model(model_arg)
     except ModelNotFound:
         spec = find_spec(model_arg) if registry_only_ok else None
-        if spec is None:
+        if spec is None or spec.extra.get("embedded"):  # a preset alone plans only the real models' components
             raise
         return None, spec
     return resolved, resolved.spec
@@ -349,6 +349,10 @@ def default_model(command: str) -> str:
         if name in ready:
             console.notice(f"using {name}, the best model downloaded here (--model chooses another)")
             return name
+    if command == "gen" and "nano" in ready:
+        console.notice(f"no SANA model is downloaded: using the built-in nano model (256 px coloured shapes); "
+                       f"`sana models pull {PREFERRED[command][0]}` gets the real one")
+        return "nano"
     raise UsageError("no --model given and no model is downloaded",
                      f"run: sana models pull {PREFERRED[command][0]} (or pass --model DIR)")
 

@@ -118,6 +118,33 @@ def test_sana_gen_runs_it(nano_dir, tmp_path):
     assert Image.open(out).size == (256, 256)
 
 
+def test_built_in_nano_model_is_the_default_when_nothing_is_downloaded(nano_dir, tmp_path):
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "SANA_NANO_MODEL": str(nano_dir[0])}
+    prompt = "a small red square on the left on a gray background"
+    default = run_sana("gen", prompt, "--steps", "2", "--seed", "3", "--device", "cpu", "-o", str(tmp_path / "a.png"), env=env)
+    assert default.returncode == 0, default.stderr
+    assert "built-in nano model" in default.stderr
+    named = run_sana("gen", prompt, "--model", "nano", "--steps", "2", "--seed", "3", "--device", "cpu",
+                     "-o", str(tmp_path / "b.png"), env=env)
+    assert named.returncode == 0, named.stderr
+    assert "built-in" not in named.stderr
+    a, b = (np.asarray(Image.open(tmp_path / name)) for name in ("a.png", "b.png"))
+    assert a.shape == (256, 256, 3) and np.array_equal(a, b)
+
+    listing = run_sana("models", "list", env=env)
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in listing.stdout.splitlines() if "│" in line]
+    assert next(row for row in rows if row[0] == "nano")[4] == "yes", listing.stdout
+    assert "ships inside the package" in assert_one_line_error(run_sana("models", "pull", "nano", env=env))
+
+
+def test_an_installation_without_the_nano_model_says_so(tmp_path):
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "SANA_NANO_MODEL": str(tmp_path / "absent")}
+    named = run_sana("gen", "a large red circle in the center on a white background", "--model", "nano", env=env)
+    assert "nano is not included in this installation" in assert_one_line_error(named)
+    default = run_sana("gen", "a large red circle in the center on a white background", env=env)
+    assert "no model is downloaded" in assert_one_line_error(default)
+
+
 def test_score_command_runs_a_model_end_to_end(nano_dir, tmp_path):
     grid, rows = tmp_path / "grid.png", tmp_path / "rows.jsonl"
     result = run_sana("shapes", "score", "--model", str(nano_dir[0]), "--num", "2", "--num-heldout", "1", "--steps", "1",

@@ -230,36 +230,44 @@ def cached_items(plan: CachePlan, samples: list[Sample], buckets: dict[int, tupl
 
 def _encode_latents(samples, buckets, indices, keys, cache, encoders, on_progress, batch_size) -> None:
     import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
 
     from ..components import load_vae
+
+    def pixels_of(i: int) -> torch.Tensor | None:
+        try:
+            image = load_rgb(samples[i].path, buckets[i])
+        except (OSError, ValueError, SyntaxError):
+            return None  # no latent: cached_items reports it
+        array = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)  # [3, H, W]
+        return array / 127.5 - 1.0
 
     vae = load_vae(encoders.model_dir, dtype=encoders.dtype, device=encoders.device)
     by_bucket: dict[tuple[int, int], list[int]] = {}
     for i in indices:
         by_bucket.setdefault(buckets[i], []).append(i)
+    chunks = [members[start:start + batch_size] for _, members in sorted(by_bucket.items())
+              for start in range(0, len(members), batch_size)]
     done = 0
+    # Images are decoded in threads (PIL releases the GIL), the next chunk while this one encodes.
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     try:
-        for bucket, members in sorted(by_bucket.items()):
-            for start in range(0, len(members), batch_size):
-                chunk, pixels = [], []
-                for i in members[start:start + batch_size]:
-                    try:
-                        image = load_rgb(samples[i].path, bucket)
-                    except (OSError, ValueError, SyntaxError):
-                        continue  # no latent: cached_items reports it
-                    array = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)  # [3, H, W]
-                    pixels.append(array / 127.5 - 1.0)
-                    chunk.append(i)
-                if chunk:
-                    batch = torch.stack(pixels).to(encoders.device, encoders.dtype)
-                    with torch.no_grad():
-                        latents = vae.encode(batch).latent * vae.config.scaling_factor  # [b, C, h, w]
-                    for i, latent in zip(chunk, latents.float()):
-                        _write_atomic(cache.latent_path(keys[i]), {"latent": latent})
-                done += len(members[start:start + batch_size])
-                if on_progress:
-                    on_progress("latents", done, len(indices))
+        pending = [pool.submit(pixels_of, i) for i in chunks[0]] if chunks else []
+        for n, chunk in enumerate(chunks):
+            decoded = [f.result() for f in pending]
+            pending = [pool.submit(pixels_of, i) for i in chunks[n + 1]] if n + 1 < len(chunks) else []
+            usable = [(i, p) for i, p in zip(chunk, decoded) if p is not None]
+            if usable:
+                batch = torch.stack([p for _, p in usable]).to(encoders.device, encoders.dtype)
+                with torch.no_grad():
+                    latents = vae.encode(batch).latent * vae.config.scaling_factor  # [b, C, h, w]
+                for (i, _), latent in zip(usable, latents.float()):
+                    _write_atomic(cache.latent_path(keys[i]), {"latent": latent})
+            done += len(chunk)
+            if on_progress:
+                on_progress("latents", done, len(indices))
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         del vae
         _free(encoders.device)
 

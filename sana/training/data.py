@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +97,7 @@ def scan_folder(root: Path, *, caption: str | None = None, trigger: str | None =
         raise UsageError(f"data folder not found: {root}")
     report = DataReport(root=root)
     from_metadata = _metadata_captions(root, report)
-    samples: list[Sample] = []
+    candidates: list[tuple[Path, str]] = []  # (image, caption) before the image is opened
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             continue  # hidden files and folders (.DS_Store, .cache, our own cache)
@@ -113,13 +115,16 @@ def scan_folder(root: Path, *, caption: str | None = None, trigger: str | None =
         if text is None or not text.strip():
             report.skip("no caption", path)
             continue
-        size = _image_size(path)
+        text = " ".join(text.split())
+        candidates.append((path, f"{trigger}, {text}" if trigger else text))
+    # Image headers are read in threads: file opens dominate a large folder's scan.
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        sizes = list(pool.map(_image_size, [path for path, _ in candidates]))
+    samples: list[Sample] = []
+    for (path, text), size in zip(candidates, sizes):
         if size is None:
             report.skip("unreadable image", path)
             continue
-        text = " ".join(text.split())
-        if trigger:
-            text = f"{trigger}, {text}"
         samples.append(Sample(path=path, caption=text, width=size[0], height=size[1]))
     report.used = len(samples)
     return samples, report
