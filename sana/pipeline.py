@@ -175,7 +175,7 @@ class ImagePipeline:
         parts.append(cond)
         if not self.is_sprint and request.pag > 0.0:
             parts.append(cond)
-        rows = PromptEmbeddings.cat(parts).to(self.device)  # from the CPU when the text encoder runs there
+        rows = PromptEmbeddings.cat(parts).trimmed().to(self.device)  # from the CPU when the text encoder runs there
         # one encoding a distinct prompt, repeated over the seeds
         return rows.index([i for i in range(len(rows)) for _ in range(batch)]), batch
 

@@ -44,6 +44,15 @@ class PromptEmbeddings:
     def to(self, device: torch.device | str) -> "PromptEmbeddings":
         return PromptEmbeddings(self.embeds.to(device), self.mask.to(device))
 
+    def trimmed(self, multiple: int = 64) -> "PromptEmbeddings":
+        """Without the trailing columns that are padding in every row, the length rounded up to `multiple` (so
+        prompts of similar length share one shape, and one captured graph). Cross-attention ignores masked keys,
+        so the result is the same; a short prompt's 300-token pad no longer costs attention work."""
+        used = self.mask.any(dim=0).nonzero()
+        length = int(used.max()) + 1 if used.numel() else 1
+        length = min(self.mask.shape[1], -(-length // multiple) * multiple)
+        return PromptEmbeddings(self.embeds[:, :length], self.mask[:, :length])
+
     def index(self, rows: list[int]) -> "PromptEmbeddings":
         idx = torch.tensor(rows, device=self.embeds.device)
         return PromptEmbeddings(self.embeds[idx], self.mask[idx.to(self.mask.device)])

@@ -50,3 +50,16 @@ def test_repeated_prompts_are_encoded_once(tiny):
     assert calls == [2]
     torch.testing.assert_close(out.embeds[0], out.embeds[3])
     assert not torch.equal(out.embeds[0], out.embeds[2])
+
+
+def test_trimming_drops_only_columns_padded_in_every_row():
+    from sana.text import PromptEmbeddings
+
+    embeds = torch.randn(3, 300, 8)
+    mask = torch.zeros(3, 300, dtype=torch.long)
+    mask[0, :20], mask[1, :70], mask[2, 0] = 1, 1, 1
+    trimmed = PromptEmbeddings(embeds, mask).trimmed(multiple=64)
+    assert trimmed.embeds.shape == (3, 128, 8) and trimmed.mask.shape == (3, 128)
+    assert torch.equal(trimmed.embeds, embeds[:, :128]) and int(trimmed.mask.sum()) == int(mask.sum())
+    mask[1, 299] = 1  # a token at the very end keeps every column
+    assert PromptEmbeddings(embeds, mask).trimmed().embeds.shape[1] == 300
