@@ -46,6 +46,7 @@ def finetune(
     gradient_checkpointing: Annotated[Optional[bool], Opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass (default on).")] = None,
     compile_model: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the training step: pays for its start-up on small models and long runs.")] = None,
     precision: Annotated[Optional[str], Opt("--precision", help="auto, bf16, fp16 or fp32.")] = None,
+    max_minutes: Annotated[Optional[float], Opt("--max-minutes", help="Stop after this many minutes of training: checkpoint and export what is trained (--resume continues).")] = None,
     checkpoint_every: Annotated[Optional[int], Opt("--checkpoint-every", help="Steps between checkpoints (default 500).")] = None,
     keep: Annotated[Optional[int], Opt("--keep", help="Checkpoints kept (default 3).")] = None,
     val_prompt: Annotated[Optional[List[str]], Opt("--val-prompt", help="Prompt for validation images; repeatable.")] = None,

@@ -13,7 +13,7 @@
 # assets/nano/vae-train.json); VAE=DIR/vae uses another.
 # Environment: SANA (the command, default `sana`), VAE (autoencoder folder, default assets/nano/vae),
 # STEPS (DiT steps, default 30000), NUM (dataset size, default 20000), COMPILE (1: `--compile`, faster on a GPU
-# once its ~1 minute of compilation is paid).
+# once its ~1 minute of compilation is paid), MINUTES (`--max-minutes`: export what is trained by then; 0 = none).
 set -euo pipefail
 WORK=${1:?usage: train_nano.sh WORK [init|data|train|score]}
 STAGE=${2:-all}
@@ -22,6 +22,7 @@ VAE=${VAE:-assets/nano/vae}
 STEPS=${STEPS:-30000}
 NUM=${NUM:-20000}
 COMPILE=${COMPILE:-1}
+MINUTES=${MINUTES:-0}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -37,7 +38,7 @@ if stage train; then
     [[ -f "$WORK/run/train_config.json" ]] && extra+=(--resume)
     [[ "$COMPILE" == 1 ]] && extra+=(--compile)
     $SANA finetune "$WORK/data" --model "$WORK/init" --init random --out "$WORK/run" --cache "$WORK/cache" "${extra[@]}" \
-        --steps "$STEPS" --batch-size 256 --lr 5e-4 --warmup 500 --lr-schedule cosine --ema 0.999 \
+        --steps "$STEPS" --max-minutes "$MINUTES" --batch-size 256 --lr 5e-4 --warmup 500 --lr-schedule cosine --ema 0.999 \
         --caption-dropout 0.1 --no-gradient-checkpointing --checkpoint-every 1000 --keep 2 --log-every 50 \
         --save-dtype fp16 --val-prompt "a large red circle in the center on a white background" --val-every 5000
 fi

@@ -362,3 +362,20 @@ def test_compiled_training_step_follows_the_eager_one(tmp_path, base_model):
         losses.append([trainer._optimizer_step().item() for _ in range(3)])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
     assert losses[0][0] != losses[0][2]  # the weights did change between steps
+
+
+def test_time_limit_exports_what_is_trained_and_resume_continues(tmp_path, base_model):
+    data = make_dataset(tmp_path / "data", count=4)
+    out = tmp_path / "out"
+    args = finetune_args(data, base_model, out, "--full", "--steps", "100000", "--checkpoint-every", "100000",
+                         "--max-minutes", "0.01")
+    first = run_sana(*args)
+    assert first.returncode == 0, first.stderr
+    assert "--max-minutes 0.01 reached at step" in first.stderr
+    assert (out / "model" / "transformer" / "config.json").is_file()
+    step = int(sorted((out / "checkpoints").iterdir())[-1].name.split("-")[1])
+    assert 1 <= step < 100000
+    again = run_sana(*finetune_args(data, base_model, out, "--steps", str(step + 2), "--resume", "--max-minutes", "0"))
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from step-{step:06d}" in again.stderr
+    assert int(sorted((out / "checkpoints").iterdir())[-1].name.split("-")[1]) == step + 2

@@ -49,6 +49,7 @@ class TrainConfig:
     trigger: str | None = None
     gradient_checkpointing: bool = True
     compile: bool = False  # torch.compile the DiT's training step
+    max_minutes: float = 0.0  # stop (checkpoint and export) after this long in the training loop; 0 = no limit
     precision: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32"
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -80,6 +81,7 @@ class TrainConfig:
             (self.save_dtype in ("bf16", "fp16", "fp32"), "--save-dtype must be bf16, fp16 or fp32"),
             (self.resolution >= 32, "--res must be at least 32"),
             (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.max_minutes >= 0, "--max-minutes must be positive (0 = no limit)"),
         ]
         for ok, message in checks:
             if not ok:

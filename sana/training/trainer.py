@@ -76,6 +76,7 @@ class TrainResult:
     output: Path | None = None  # the LoRA file or the model folder
     last_loss: float | None = None
     checkpoint: Path | None = None
+    out_of_time: bool = False  # stopped by --max-minutes before --steps
 
 
 class _StopFlag:
@@ -407,8 +408,11 @@ class Trainer:
                 pending_steps += 1
                 step += 1
                 samples_seen += cfg.batch_size * cfg.grad_accum * world.size
+                out_of_time = bool(cfg.max_minutes) and time.perf_counter() - started >= cfg.max_minutes * 60
                 stopping = distributed.any_rank(stop.requested, world, self.device)
-                checkpoint_now = stopping or step % cfg.checkpoint_every == 0 or step == cfg.steps
+                # The time limit ends the run like its last step (checkpoint, then export); a signal only pauses it.
+                finishing = distributed.any_rank(out_of_time, world, self.device) and not stopping
+                checkpoint_now = stopping or finishing or step % cfg.checkpoint_every == 0 or step == cfg.steps
                 # Reading the loss waits for the GPU: only at log lines, so small models are not host-bound.
                 if step % cfg.log_every == 0 or checkpoint_now:
                     loss_value = distributed.mean(pending / pending_steps, world).item()
@@ -433,6 +437,11 @@ class Trainer:
                     self.validate(step)
                 if stopping:
                     result.interrupted = True
+                    break
+                if finishing:
+                    result.out_of_time = True
+                    events.notice(f"--max-minutes {cfg.max_minutes:g} reached at step {step}: exporting it "
+                                  f"(--resume continues to step {cfg.steps})")
                     break
         result.step = step
         if not result.interrupted:
