@@ -170,10 +170,8 @@ def test_flat_weights_keep_tied_parameters_and_buffers(tiny, monkeypatch):
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
-def test_out_of_memory_while_denoising_steps_down_one_tier_with_one_notice(tiny, monkeypatch):
-    path, sizes, expected = tiny
-    planned = ImagePipeline.from_pretrained(path, dtype=torch.float32, device="cpu", plan=described_plan(sizes, "high"))
-    real_forward = planned.transformer.forward
+def out_of_memory_once(real_forward):
+    """`real_forward`, except that its first call raises a CUDA out-of-memory error."""
     calls = []
 
     def forward(*args, **kwargs):
@@ -182,7 +180,13 @@ def test_out_of_memory_while_denoising_steps_down_one_tier_with_one_notice(tiny,
             raise torch.OutOfMemoryError("CUDA out of memory")
         return real_forward(*args, **kwargs)
 
-    monkeypatch.setattr(planned.transformer, "forward", forward)
+    return forward
+
+
+def test_out_of_memory_while_denoising_steps_down_one_tier_with_one_notice(tiny, monkeypatch):
+    path, sizes, expected = tiny
+    planned = ImagePipeline.from_pretrained(path, dtype=torch.float32, device="cpu", plan=described_plan(sizes, "high"))
+    monkeypatch.setattr(planned.transformer, "forward", out_of_memory_once(planned.transformer.forward))
     notices = []
     result = planned.generate(REQUEST, Events(on_notice=notices.append))
     assert np.array_equal(np.asarray(result.images[0]), expected)
@@ -194,16 +198,7 @@ def test_out_of_memory_while_encoding_moves_the_text_encoder_to_the_cpu(tiny, mo
     path, sizes, expected = tiny
     planned = ImagePipeline.from_pretrained(path, dtype=torch.float32, device="cpu", plan=described_plan(sizes, "low"))
     model = planned.text_encoder.model
-    real_forward = model.forward
-    calls = []
-
-    def forward(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return real_forward(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", forward)
+    monkeypatch.setattr(model, "forward", out_of_memory_once(model.forward))
     notices = []
     result = planned.generate(REQUEST, Events(on_notice=notices.append))
     assert np.array_equal(np.asarray(result.images[0]), expected)
