@@ -8,18 +8,19 @@
 #   data   render the shapes dataset (held-out colour-shape pairs never appear)
 #   train  train the DiT from scratch with `sana finetune --init random`; a second call resumes
 #   score  prompt adherence of the result, and a sample grid
-# The autoencoder, assets/nano/vae, came from `sana shapes train-vae DIR --steps 12000 --batch 32 --lr 1e-3
-# --seed 0 --max-minutes 6.7` on an H100 (5,987 steps; 38.2 dB PSNR; settings, losses and scores in
-# assets/nano/vae-train.json); VAE=DIR/vae uses another.
-# Environment: SANA (the command, default `sana`), VAE (autoencoder folder, default assets/nano/vae),
-# STEPS (DiT steps, default 30000), NUM (dataset size, default 20000), COMPILE (1: `--compile`, faster on a GPU
+# The shipped model (sana/nano/model) is this recipe with the defaults below on one H100: 18,000 steps, final loss
+# 0.048 (settings and loss log in assets/nano/dit-*). Its autoencoder came from `sana shapes train-vae DIR
+# --steps 12000 --batch 32 --lr 1e-3 --seed 0 --max-minutes 6.7` (5,987 steps; 38.2 dB PSNR; assets/nano/vae-train.json)
+# and is reused from the shipped model; VAE=DIR/vae uses another.
+# Environment: SANA (the command, default `sana`), VAE (autoencoder folder, default sana/nano/model/vae),
+# STEPS (DiT steps, default 18000), NUM (dataset size, default 20000), COMPILE (1: `--compile`, faster on a GPU
 # once its ~1 minute of compilation is paid), MINUTES (`--max-minutes`: export what is trained by then; 0 = none).
 set -euo pipefail
 WORK=${1:?usage: train_nano.sh WORK [init|data|train|score]}
 STAGE=${2:-all}
 SANA=${SANA:-sana}
-VAE=${VAE:-assets/nano/vae}
-STEPS=${STEPS:-30000}
+VAE=${VAE:-sana/nano/model/vae}
+STEPS=${STEPS:-18000}
 NUM=${NUM:-20000}
 COMPILE=${COMPILE:-1}
 MINUTES=${MINUTES:-0}
@@ -43,5 +44,5 @@ if stage train; then
         --save-dtype fp16 --val-prompt "a large red circle in the center on a white background" --val-every 5000
 fi
 if stage score; then
-    $SANA shapes score --model "$WORK/run/model" --num 200 --seed 0 --out "$WORK/grid.png" --rows "$WORK/rows.jsonl"
+    $SANA shapes score --model "$WORK/run/model" --num 200 --seed 0 --cfg 3 --out "$WORK/grid.png" --rows "$WORK/rows.jsonl"
 fi

@@ -188,6 +188,8 @@ def test_build_command(trained_vae, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "transformer" in result.stdout and "budget 15" in result.stdout
     assert (out / "model_index.json").is_file()
+    configs = [json.loads(path.read_text()) for path in out.glob("*/config.json")]
+    assert len(configs) == 3 and not any("_name_or_path" in c for c in configs)  # no folder of this machine is named
     refused = run_sana("shapes", "build", str(out), "--vae", str(trained_vae[2] / "vae"))
     assert refused.returncode == 2 and "not empty" in assert_one_line_error(refused)
 

@@ -18,6 +18,7 @@ unchanged. Only the sizes are nano:
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +197,7 @@ def write_nano_model(out_dir: Path, vae, *, transformer=None, text_from: Path | 
                         scheduler=build_scheduler(flow_shift))
     pipe.to(dtype)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    _drop_source_paths(out_dir)
 
     # 3. Sizes against the budget.
     params = {name: sum(p.numel() for p in module.parameters())
@@ -204,6 +206,15 @@ def write_nano_model(out_dir: Path, vae, *, transformer=None, text_from: Path | 
     if check_budget and build.total_bytes > SIZE_BUDGET:
         raise SanaError(f"the nano model takes {build.total_bytes / 1e6:.1f} MB, over its {SIZE_BUDGET / 1e6:.0f} MB budget")
     return build
+
+
+def _drop_source_paths(model_dir: Path) -> None:
+    """diffusers records where a component was loaded from (`_name_or_path`); a shipped model names no folder
+    of the machine that built it."""
+    for path in model_dir.glob("*/config.json"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def load_text_components(model_dir: Path):
