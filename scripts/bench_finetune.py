@@ -1,9 +1,11 @@
-"""LoRA fine-tuning step time and peak memory at SANA 1.6B's real config (random weights, bf16, gradient
-checkpointing): our trainer against the recipe of diffusers' examples/dreambooth/train_dreambooth_lora_sana.py
-with the same peft config, on one GPU. Under torchrun, our trainer alone on every GPU (DDP), for scaling.
+"""Fine-tuning step time and peak memory at SANA 1.6B's real config (random weights, bf16, gradient
+checkpointing): our LoRA trainer against the recipe of diffusers' examples/dreambooth/train_dreambooth_lora_sana.py
+with the same peft config, on one GPU. Under torchrun, our trainer alone on every GPU (DDP for LoRA, FSDP2 for
+`--mode full`), for scaling.
 
     python scripts/bench_finetune.py --diffusers            # one GPU: ours vs diffusers' recipe
     torchrun --standalone --nproc-per-node 2 scripts/bench_finetune.py   # ours on 2 GPUs
+    python scripts/bench_finetune.py --mode full            # full fine-tuning (FSDP2 under torchrun)
 
 Prints one JSON line (rank 0). Batch assembly from cached features is part of our step, as in real training.
 """
@@ -25,21 +27,39 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGETS = ["to_q", "to_k", "to_v"]  # diffusers' script default
 
 
-def features(count: int, res: int, text_tokens: int = 300, seed: int = 0):
+def features(model: str, count: int, res: int, text_tokens: int = 300, seed: int = 0):
+    """Random cached features in the shapes `model` trains on."""
+    from sana.registry import get_spec
+
+    spec = get_spec(model)
     gen = torch.Generator().manual_seed(seed)
-    side = res // 32
-    latents = [torch.randn(32, side, side, generator=gen) for _ in range(count)]
-    texts = [torch.randn(text_tokens, 2304, generator=gen) for _ in range(count)]
+    side = res // int(spec.extra.get("vae_factor", 32))
+    channels, text_dim = spec.transformer["in_channels"], spec.transformer["caption_channels"]
+    latents = [torch.randn(channels, side, side, generator=gen) for _ in range(count)]
+    texts = [torch.randn(text_tokens, text_dim, generator=gen) for _ in range(count)]
     return latents, texts
 
 
-def timed(step, warmup: int, steps: int) -> tuple[float, float]:
-    """Median seconds of one step, and the peak memory (GiB) over the timed steps (0 on the CPU)."""
+def timed(step, warmup: int, steps: int, profile: str | None = None) -> tuple[float, float]:
+    """Median seconds of one step, and the peak memory (GiB) over the timed steps (0 on the CPU). With `profile`
+    (a label), three more steps run under torch.profiler and their top kernels go to stderr."""
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(warmup):
         step()
     sync()
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profiler(activities=activities) as prof:
+            for _ in range(3):
+                step()
+            sync()
+        sort = "cuda_time_total" if cuda else "cpu_time_total"
+        print(f"== {profile}: 3 steps\n" + prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60),
+              file=sys.stderr)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -59,19 +79,19 @@ def ours(args) -> dict:
 
     config = TransformerConfig.from_dict(get_spec(args.model).transformer)
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(data="-", out=out, model_dir="-", mode="lora", lora_rank=args.rank, lora_alpha=args.rank,
+        cfg = TrainConfig(data="-", out=out, model_dir="-", mode=args.mode, lora_rank=args.rank, lora_alpha=args.rank,
                           lora_targets=TARGETS, batch_size=args.batch, resolution=args.res, steps=10**6,
                           precision=args.precision, gradient_checkpointing=not args.no_checkpointing,
                           device=args.device)
         trainer = Trainer(cfg)
-        trainer.use_features(*features(args.batch * trainer.world.size * 4, args.res))
+        trainer.use_features(*features(args.model, args.batch * trainer.world.size * 4, args.res))
         torch.manual_seed(0)
         with torch.device(trainer.device):
             model = SanaTransformer(config).to(torch.bfloat16)
         trainer.build(model)
-        seconds, peak = timed(trainer._optimizer_step, args.warmup, args.steps)
+        seconds, peak = timed(trainer._optimizer_step, args.warmup, args.steps, args.profile and f"sana {args.mode}")
         world = trainer.world.size
-    return {"impl": "sana", "gpus": world, "step_s": seconds, "peak_gib": peak,
+    return {"impl": "sana", "mode": args.mode, "gpus": world, "step_s": seconds, "peak_gib": peak,
             "samples_per_s": args.batch * world / seconds}
 
 
@@ -97,7 +117,7 @@ def diffusers_recipe(args) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    latents, texts = features(args.batch, args.res)
+    latents, texts = features(args.model, args.batch, args.res)
     x0 = torch.stack(latents).to(args.device, dtype)
     embeds = torch.stack(texts).to(args.device, dtype)
     mask = torch.ones(embeds.shape[:2], device=args.device, dtype=torch.long)
@@ -119,8 +139,8 @@ def diffusers_recipe(args) -> dict:
         optimizer.step()
         optimizer.zero_grad()
 
-    seconds, peak = timed(step, args.warmup, args.steps)
-    return {"impl": "diffusers", "gpus": 1, "step_s": seconds, "peak_gib": peak, "samples_per_s": args.batch / seconds}
+    seconds, peak = timed(step, args.warmup, args.steps, args.profile and "diffusers lora")
+    return {"impl": "diffusers", "mode": "lora", "gpus": 1, "step_s": seconds, "peak_gib": peak, "samples_per_s": args.batch / seconds}
 
 
 def main() -> None:
@@ -128,17 +148,19 @@ def main() -> None:
     parser.add_argument("--model", default="sana-1.6b")
     parser.add_argument("--res", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--mode", choices=("lora", "full"), default="lora")
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--diffusers", action="store_true", help="also time diffusers' recipe (one GPU only)")
     parser.add_argument("--no-checkpointing", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="also print each side's top kernels (stderr)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of the script")
     parser.add_argument("--precision", default="bf16")
     args = parser.parse_args()
     rows = [ours(args)]
     rank = int(os.environ.get("RANK", "0"))
-    if args.diffusers and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if args.diffusers and args.mode == "lora" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         torch.cuda.empty_cache()
         rows.append(diffusers_recipe(args))
     from sana.training import distributed
@@ -148,7 +170,7 @@ def main() -> None:
         device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
         for row in rows:
             print(json.dumps({"device": device, "model": args.model, "res": args.res, "batch_per_gpu": args.batch,
-                              "rank": args.rank, "checkpointing": not args.no_checkpointing, **row}))
+                              "lora_rank": args.rank if args.mode == "lora" else None, "checkpointing": not args.no_checkpointing, **row}))
 
 
 if __name__ == "__main__":
