@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -32,12 +31,16 @@ def test_gen_with_nothing_downloaded_draws_what_the_prompt_says(tmp_path):
 
 def test_prompt_adherence_on_a_fixed_sample(tmp_path):
     """12 prompts of the grammar (one object, two objects, held-out colour-shape pairs), scored by the
-    analytic checker through `sana shapes score`: most must be fully correct."""
+    analytic checker through `sana shapes score`. Over 300 prompts the shipped model gets 100% of seen pairs and
+    86% of held-out pairs fully correct on a CPU (11 of these 12); the bars leave a prompt of margin."""
     rows_path = tmp_path / "rows.jsonl"
     result = run_sana("shapes", "score", "--model", "nano", "--num", "8", "--num-heldout", "4", "--seed", "0",
                       "--device", "cpu", "--rows", str(rows_path), timeout=600)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
     assert len(rows) == 12
-    correct = np.mean([row["fully_correct"] for row in rows])
-    assert correct >= 0.7, [(row["prompt"], row["fully_correct"]) for row in rows]
+    failed = [(row["set"], row["prompt"]) for row in rows if not row["fully_correct"]]
+    seen = [row["fully_correct"] for row in rows if row["set"] != "held-out"]
+    heldout = [row["fully_correct"] for row in rows if row["set"] == "held-out"]
+    assert len(seen) == 8 and sum(seen) >= 7, failed
+    assert len(heldout) == 4 and sum(heldout) >= 2, failed
