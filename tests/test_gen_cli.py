@@ -233,7 +233,9 @@ def test_transformer_weights_from_an_nvlabs_checkpoint(pipelines, tmp_path):
 
 
 def test_no_model_and_nothing_downloaded_names_what_to_pull(tmp_path):
-    message = assert_one_line_error(run_sana("gen", "a dog", *COMMON, env={"HF_HUB_CACHE": str(tmp_path)}))
+    # An installation without the built-in nano model (with it, `sana gen` falls back to nano).
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "SANA_NANO_MODEL": str(tmp_path / "absent")}
+    message = assert_one_line_error(run_sana("gen", "a dog", *COMMON, cwd=tmp_path, env=env))
     assert "sana models pull" in message
 
 
