@@ -170,6 +170,7 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
     from diffusers import AutoencoderDC, SanaPipeline
     from transformers import Gemma2Config, Gemma2Model
 
+    from .loading import vae_decoder_from_state
     from .pipeline import ImagePipeline, ImageRequest
     from .sampling import make_scheduler
     from .text import COMPLEX_HUMAN_INSTRUCTION, TextEncoder
@@ -182,6 +183,7 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
         tokenizer = train_gemma_style_bpe(["\n".join(COMPLEX_HUMAN_INSTRUCTION), "a photo of a cat"], Path(tmp) / "tok")
     text_model = Gemma2Model(Gemma2Config(**GEMMA2_2B)).to("cuda", dtype).eval()
     vae = AutoencoderDC(**DCAE_F32C32).to("cuda", dtype).eval()
+    decoder = vae_decoder_from_state(dict(vae.config), vae.state_dict(), device="cuda")  # ours, same weights
     scheduler = make_scheduler("flow-dpm", flow_shift=3.0)
 
     def pipelines(px: int):
@@ -191,7 +193,7 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
         theirs = SanaPipeline(tokenizer=tokenizer, text_encoder=text_model, vae=vae, transformer=ref,
                               scheduler=scheduler)
         theirs.set_progress_bar_config(disable=True)
-        mine = ImagePipeline(transformer=ours, text_encoder=TextEncoder(tokenizer, text_model), vae=vae,
+        mine = ImagePipeline(transformer=ours, text_encoder=TextEncoder(tokenizer, text_model), vae=decoder,
                              family="sana", scheduler_config=dict(scheduler.config), device="cuda", dtype=dtype)
         return theirs, mine
 

@@ -1,4 +1,5 @@
-"""Loading the components that are not our hot path: DC-AE (diffusers), scheduler config, model index."""
+"""Loading the components beside the DiT: the DC-AE (our decoder to generate, diffusers' whole autoencoder to
+encode), scheduler config, model index."""
 
 from __future__ import annotations
 
@@ -71,7 +72,15 @@ def scheduler_config(model_dir: Path) -> dict:
 
 
 def load_vae(model_dir: Path, *, dtype: torch.dtype, device: torch.device | str, variant: str | None = None):
-    """diffusers' AutoencoderDC from `vae/`."""
+    """Our DC-AE decoder (`sana.models.dcae.DCAEDecoder`) from `vae/`: all that generating needs, without diffusers."""
+    from .loading import load_vae_decoder
+
+    vae_dir = require_component(model_dir, "vae")
+    return load_vae_decoder(vae_dir, dtype=dtype, device=device, variant=variant)
+
+
+def load_autoencoder(model_dir: Path, *, dtype: torch.dtype, device: torch.device | str, variant: str | None = None):
+    """diffusers' whole AutoencoderDC from `vae/`, for encoding images (training latents)."""
     from diffusers import AutoencoderDC
 
     vae_dir = require_component(model_dir, "vae")

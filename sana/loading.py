@@ -1,8 +1,10 @@
-"""The one transformer loader: diffusers-format folders (single, sharded, variants), NVlabs `.pth` checkpoints and
-single-file safetensors, through one key mapping, onto a model built on the meta device.
+"""The one loader of our models: the transformer from diffusers-format folders (single, sharded, variants), NVlabs
+`.pth` checkpoints and single-file safetensors, and the DC-AE decoder from a diffusers `vae/` folder, each through
+one key mapping onto a model built on the meta device.
 
 Key mapping, in one place: NVlabs names -> diffusers names (`ORIGINAL_TO_DIFFUSERS`), LoRAs merged there, then
-diffusers names -> engine names with q/k/v and k/v fused (`diffusers_to_engine`).
+diffusers names -> engine names with q/k/v and k/v fused (`diffusers_to_engine`); for the DC-AE decoder,
+`dcae_diffusers_to_engine` (q/k/v fused in the DiT's head order, 1x1 convs as linears).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from .components import read_json
 from .errors import SanaError
 from .lora import merge_loras, strip_key_prefixes
+from .models.dcae import DCAEConfig, DCAEDecoder
 from .models.transformer import SanaTransformer, TransformerConfig
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -42,8 +45,9 @@ def _variant_name(name: str, variant: str | None) -> str:
     return ".".join(parts[:-1] + [variant, parts[-1]])
 
 
-def transformer_files(folder: Path, variant: str | None = None) -> list[Path]:
-    """The safetensors files of a diffusers transformer folder, preferring `variant` when present."""
+def transformer_files(folder: Path, variant: str | None = None, what: str = "transformer") -> list[Path]:
+    """The safetensors files of a diffusers model folder (a transformer's, a VAE's), preferring `variant` when
+    present."""
     for v in ([variant] if variant else []) + [None]:
         index = folder / _variant_name(INDEX_NAME, v)
         if index.is_file():
@@ -62,15 +66,16 @@ def transformer_files(folder: Path, variant: str | None = None) -> list[Path]:
     others = sorted(p.name for p in folder.glob("*.safetensors"))
     if len(others) == 1:
         return [folder / others[0]]
-    raise SanaError(f"no transformer weights in {folder}", "expected diffusion_pytorch_model*.safetensors")
+    raise SanaError(f"no {what} weights in {folder}", "expected diffusion_pytorch_model*.safetensors")
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose names start with `prefix` (the others are never read)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
     except Exception as exc:  # safetensors raises several types for truncated or corrupt files
         raise SanaError(f"cannot read {path.name}: the file is corrupt or truncated ({exc})",
                         "delete it and download it again") from None
@@ -332,21 +337,128 @@ def load_transformer(path: Path, *, dtype: torch.dtype = torch.float32, device: 
     # 3. Build on the meta device, check shapes, assign the loaded tensors as the parameters.
     with torch.device("meta"):
         model = SanaTransformer(cfg)
-    expected = model.state_dict()
-    for key, tensor in state.items():
-        if key in expected and expected[key].shape != tensor.shape:
-            name = sources.get(key, key)
-            raise SanaError(f"weight '{name}' has shape {tuple(tensor.shape)}, the config expects "
-                            f"{tuple(expected[key].shape)}" + (f" (as '{key}')" if name != key else ""),
-                            "the weights do not belong to this config")
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise SanaError(f"the checkpoint lacks {len(missing)} weight(s): {shown}",
-                        "it is incomplete or for another model")
-    unexpected = sorted(set(state) - set(expected))
-    model.load_state_dict({k: v.contiguous() for k, v in state.items() if k in expected}, strict=True, assign=True)
+    unexpected = _assign(model, state, sources)
     model = model.to(device=device).eval()
     model.load_report = LoadReport(files=[f.name for f in files], unexpected=unexpected,
                                    loras=[str(p) for p, _ in loras])
+    return model
+
+
+def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor], sources: dict[str, str], *,
+            checkpoint: str = "the checkpoint", prefix: str = "") -> list[str]:
+    """Assign `state` (engine names) as `model`'s tensors after checking every shape and that nothing is missing;
+    returns the unexpected names. `sources` maps engine names to checkpoint names for messages, `prefix` is put in
+    front of names the checkpoint does not have."""
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key in expected and expected[key].shape != tensor.shape:
+            name = sources.get(key, prefix + key)
+            raise SanaError(f"weight '{name}' has shape {tuple(tensor.shape)}, the config expects "
+                            f"{tuple(expected[key].shape)}" + (f" (as '{key}')" if name != prefix + key else ""),
+                            "the weights do not belong to this config")
+    missing = sorted(sources.get(k, prefix + k) for k in set(expected) - set(state))
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise SanaError(f"{checkpoint} lacks {len(missing)} weight(s): {shown}",
+                        "it is incomplete or for another model")
+    unexpected = sorted(sources.get(k, prefix + k) for k in set(state) - set(expected))
+    model.load_state_dict({k: v.contiguous() for k, v in state.items() if k in expected}, strict=True, assign=True)
+    return unexpected
+
+
+# -- the DC-AE decoder ---------------------------------------------------------------------------------------
+
+DCAE_DECODER_PREFIX = "decoder."
+_DCAE_QKV = re.compile(r"^(.*\.attn\.)to_([qkv])\.weight$")
+_DCAE_MULTISCALE = re.compile(r"^.*\.attn\.to_qkv_multiscale\.\d+\.proj_(in|out)\.weight$")
+_DCAE_POINTWISE = re.compile(r"^.*\.conv_out\.conv_(inverted|point)\.weight$")  # 1x1 convs, linears here
+
+
+def _heads_first(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Rows of diffusers' [q | k | v] projection, which its attention reads as H runs of (q, k, v) of D rows
+    each, reordered to every head's q, then every head's k, then every head's v."""
+    d = weight.shape[0] // (3 * heads)
+    return weight.reshape(heads, 3, d, *weight.shape[1:]).transpose(0, 1).reshape(weight.shape)
+
+
+def dcae_diffusers_to_engine(state: dict[str, torch.Tensor], head_dim: int, sources: dict[str, str] | None = None,
+                             prefix: str = DCAE_DECODER_PREFIX) -> dict[str, torch.Tensor]:
+    """diffusers `AutoencoderDC` decoder tensors (names without `prefix`) -> ours.
+
+    Each attention's to_q / to_k / to_v [inner, C] becomes one `qkv` [3 * inner, C] with its rows (and the rows of
+    the multiscale projections of it) in the DiT's order: all q heads, all k heads, all v heads. diffusers
+    concatenates q, k, v and reads the result in runs of 3 * D channels as (q, k, v) of one head, which is a
+    permutation of whole runs of D rows, so the same permutation of the depthwise and grouped multiscale weights
+    gives the same attention. The GLUMBConv's 1x1 convs become linears. `sources` receives engine name ->
+    checkpoint name where they differ.
+    """
+    out: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        match = _DCAE_QKV.match(key)
+        if match:
+            parts.setdefault(match.group(1), {})[match.group(2)] = tensor
+        elif _DCAE_POINTWISE.match(key) and tensor.ndim == 4:
+            out[key] = tensor.flatten(1)
+        else:
+            out[key] = tensor
+    for base, qkv in parts.items():
+        name = f"{prefix}{base}to_"
+        lacking = [name + n + ".weight" for n in "qkv" if n not in qkv]
+        if lacking:
+            raise SanaError(f"the VAE checkpoint lacks {', '.join(lacking)}", "it is incomplete or for another model")
+        rows = qkv["q"].shape[0]
+        if len({tuple(t.shape) for t in qkv.values()}) != 1 or qkv["q"].ndim != 2 or not rows or rows % head_dim:
+            shapes = ", ".join(f"{tuple(qkv[n].shape)}" for n in "qkv")
+            raise SanaError(f"{name}q/k/v.weight have shapes {shapes}, not three equal [heads * {head_dim}, C]",
+                            "the weights do not belong to this config")
+        heads = rows // head_dim
+        out[base + "qkv.weight"] = _heads_first(torch.cat([qkv["q"], qkv["k"], qkv["v"]]), heads)
+        if sources is not None:
+            sources[base + "qkv.weight"] = f"{name}q/to_k/to_v.weight"
+        for key in [k for k in out if k.startswith(base + "to_qkv_multiscale.") and _DCAE_MULTISCALE.match(k)]:
+            if out[key].shape[0] == 3 * heads * head_dim:  # else the shape check reports it
+                out[key] = _heads_first(out[key], heads)
+    return out
+
+
+def load_vae_decoder(folder: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                     variant: str | None = None) -> DCAEDecoder:
+    """Our DC-AE decoder from a diffusers `vae/` folder (config.json + diffusion_pytorch_model*.safetensors, the
+    `variant` files when present); only the `decoder.*` tensors are read. Unsupported configs, missing or misshapen
+    weights and unreadable files raise `SanaError`; the model's `load_report` lists the files and any unexpected
+    decoder tensors."""
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    files = transformer_files(folder, variant, what="VAE")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(read_safetensors(file, prefix=DCAE_DECODER_PREFIX))
+    if not state:
+        raise SanaError(f"{folder} has no decoder weights", "expected diffusers AutoencoderDC tensors (decoder.*)")
+    model = vae_decoder_from_state(config, state, dtype=dtype, device=device, origin=f"the VAE in {folder}")
+    model.load_report.files = [f.name for f in files]
+    return model
+
+
+def vae_decoder_from_state(config: dict, state: dict[str, torch.Tensor], *, dtype: torch.dtype | None = None,
+                           device: torch.device | str = "cpu", origin: str = "the VAE") -> DCAEDecoder:
+    """Our DC-AE decoder from an `AutoencoderDC` config dict and state dict (diffusers names; the encoder's
+    tensors are skipped), e.g. `vae_decoder_from_state(dict(vae.config), vae.state_dict())`. `dtype` None keeps
+    the tensors' own."""
+    try:
+        cfg = DCAEConfig.from_dict(config)
+    except (TypeError, ValueError) as exc:
+        raise SanaError(f"unsupported VAE config for {origin}: {exc}") from None
+    state = {key[len(DCAE_DECODER_PREFIX):]: tensor for key, tensor in state.items()
+             if key.startswith(DCAE_DECODER_PREFIX) and not key.endswith(".num_batches_tracked")}  # BatchNorm's step count
+    for key in list(state):  # one tensor at a time, as for the transformer
+        state[key] = state[key].to(dtype or state[key].dtype)
+    sources: dict[str, str] = {}
+    state = dcae_diffusers_to_engine(state, cfg.attention_head_dim, sources)
+    with torch.device("meta"):
+        model = DCAEDecoder(cfg)
+    unexpected = _assign(model, state, sources, checkpoint=origin, prefix=DCAE_DECODER_PREFIX)
+    model = model.to(device=device).eval()
+    model.load_report = LoadReport(files=[], unexpected=unexpected)
     return model

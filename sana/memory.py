@@ -124,15 +124,22 @@ def transformer_sizes(config: dict) -> tuple[int, int, int, int]:
 
 
 def vae_decoder_sizes(config: dict) -> tuple[int, int, int]:
-    """(decoder params, scale factor, full-resolution channels) of a DC-AE config, built on the meta device."""
+    """(decoder params, scale factor, full-resolution channels) of a DC-AE config, from our decoder built on the
+    meta device."""
     import torch
-    from diffusers import AutoencoderDC
 
+    from .models.dcae import DCAEConfig, DCAEDecoder
+
+    try:
+        cfg = DCAEConfig.from_dict(config)
+    except (TypeError, ValueError) as exc:
+        from .errors import SanaError
+
+        raise SanaError(f"unsupported VAE config: {exc}") from None
     with torch.device("meta"):
-        vae = AutoencoderDC.from_config({k: v for k, v in config.items() if not k.startswith("_")})
-    channels = list(config.get("decoder_block_out_channels") or config["encoder_block_out_channels"])
-    scale = 2 ** (len(config["encoder_block_out_channels"]) - 1)
-    return sum(p.numel() for p in vae.decoder.parameters()), scale, int(channels[0])
+        decoder = DCAEDecoder(cfg)
+    params = sum(p.numel() for p in decoder.parameters())
+    return params, cfg.spatial_compression_ratio, int(cfg.decoder_block_out_channels[0])
 
 
 def sizes_from_spec(spec) -> ComponentSizes:
@@ -178,16 +185,16 @@ def sizes_from_directory(model_dir: Path, *, transformer_config: dict | None = N
 
 
 def sizes_of_modules(transformer, text_model, vae) -> ComponentSizes:
-    """From loaded modules (our DiT, the Gemma-2 model or None, diffusers' AutoencoderDC)."""
+    """From loaded modules (our DiT, the Gemma-2 model or None, our DC-AE decoder)."""
     cfg = transformer.config
-    scale = 2 ** (len(vae.config.encoder_block_out_channels) - 1)
+    scale = vae.spatial_compression_ratio
     return ComponentSizes(
         transformer_params=sum(p.numel() for p in transformer.parameters()),
         block_params=sum(p.numel() for p in transformer.blocks[0].parameters()) if len(transformer.blocks) else 0,
         blocks=len(transformer.blocks), inner_dim=cfg.inner_dim,
         text_encoder_params=sum(p.numel() for p in text_model.parameters()) if text_model is not None else 0,
         text_hidden=int(getattr(getattr(text_model, "config", None), "hidden_size", 0)),
-        vae_decoder_params=sum(p.numel() for p in vae.decoder.parameters()), vae_scale_factor=scale,
+        vae_decoder_params=sum(p.numel() for p in vae.parameters()), vae_scale_factor=scale,
         vae_decoder_width=int(vae.config.decoder_block_out_channels[0]),
         native_resolution=cfg.sample_size * scale, source="modules",
     )

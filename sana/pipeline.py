@@ -60,6 +60,9 @@ class ImageResult:
     memory: dict = field(default_factory=dict)  # the memory plan that finished the run (MemoryPlan.record())
 
 
+BINNED_RESOLUTIONS = (512, 1024, 2048, 4096)  # native sizes with diffusers' aspect-ratio bins
+
+
 def _aspect_ratio_bins() -> dict[int, dict]:
     from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN
     from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import ASPECT_RATIO_2048_BIN
@@ -70,9 +73,9 @@ def _aspect_ratio_bins() -> dict[int, dict]:
 
 def binned_size(width: int, height: int, native: int) -> tuple[int, int]:
     """The trained aspect bin nearest to width/height for a model of `native` px; unchanged if it has no bins."""
-    bins = _aspect_ratio_bins().get(native)
-    if bins is None:
+    if native not in BINNED_RESOLUTIONS:  # skips importing diffusers' pipelines (~2 s), which small models never need
         return width, height
+    bins = _aspect_ratio_bins()[native]
     ratio = height / width
     closest = min(bins, key=lambda r: abs(float(r) - ratio))
     h, w = bins[closest]
@@ -84,8 +87,9 @@ class ImagePipeline:
 
     def __init__(self, *, transformer, text_encoder: TextEncoder, vae, family: str, scheduler_config: dict,
                  device: torch.device, dtype: torch.dtype, cuda_graphs: bool = True, plan: MemoryPlan | None = None):
-        """Without `plan`, the modules stay where they are (everything resident), the VAE decodes whole images,
-        and on CUDA each step replays a captured graph of the DiT forward (unless `cuda_graphs` is False)."""
+        """`vae` is our DC-AE decoder (`sana.components.load_vae`). Without `plan`, the modules stay where they are
+        (everything resident), the VAE decodes whole images, and on CUDA each step replays a captured graph of the
+        DiT forward (unless `cuda_graphs` is False)."""
         from .placement import Placement
 
         self.transformer = transformer
@@ -95,7 +99,7 @@ class ImagePipeline:
         self.scheduler_config = scheduler_config
         self.device = torch.device(device)
         self.dtype = dtype
-        self.vae_scale_factor = 2 ** (len(vae.config.encoder_block_out_channels) - 1)
+        self.vae_scale_factor = vae.spatial_compression_ratio
         self.native_resolution = transformer.config.sample_size * self.vae_scale_factor
         text_model = getattr(text_encoder, "model", None)
         if plan is None:
@@ -152,9 +156,7 @@ class ImagePipeline:
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
         text_encoder = TextEncoder.from_pretrained(model_dir, dtype=text_dtype, device=load_device("text_encoder"),
                                                    variant=variant)
-        vae = load_vae(model_dir, dtype=dtype, device="cpu" if plan is not None else device, variant=variant)
-        if plan is not None and plan.home("vae") == "device":
-            vae.decoder.to(device)  # generating needs only the decoder; the encoder stays in host memory
+        vae = load_vae(model_dir, dtype=dtype, device=load_device("vae"), variant=variant)
         return cls(transformer=transformer, text_encoder=text_encoder, vae=vae, family=family,
                    scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype, cuda_graphs=cuda_graphs,
                    plan=plan)
@@ -296,12 +298,12 @@ class ImagePipeline:
     def _decode(self, latents: torch.Tensor, width: int, height: int):
         from diffusers.image_processor import PixArtImageProcessor
 
-        from .placement import apply_tiling
+        from .placement import decode_tiling
 
-        apply_tiling(self.vae, self.plan, latents.shape[-2] * self.vae_scale_factor,
-                     latents.shape[-1] * self.vae_scale_factor)
+        tile = decode_tiling(self.plan, latents.shape[-2] * self.vae_scale_factor,
+                             latents.shape[-1] * self.vae_scale_factor)
         scaled = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
-        pixels = self.vae.decode(scaled, return_dict=False)[0]
+        pixels = self.vae.decode(scaled, tile=tile)  # [1, 3, H, W]
         if not torch.isfinite(pixels).all():
             hint = "fp16 overflow is the usual cause: try --dtype bf16 or fp32" if self.vae.dtype == torch.float16 \
                 else "the weights or the settings give non-finite values; try --dtype fp32"

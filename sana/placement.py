@@ -29,6 +29,7 @@ from torch import nn
 
 from .device import DTYPES
 from .memory import COMPONENTS, MemoryPlan, Workload, tile_geometry
+from .models.dcae import Tiling
 
 ALIGN = 256  # bytes; every tensor starts aligned in the packed buffers, as cudaMalloc would align it
 # Device copies are allocated in pieces of about this size (a larger tensor is one piece): one 5 GB block would
@@ -281,9 +282,9 @@ class Placement:
                  device: torch.device | str):
         self.device = torch.device(device)
         self.transformer = transformer
-        # Generating needs the VAE's decoder only; its encoder stays wherever it was loaded. `text_model` is None
-        # for text encoders that are not modules (cached embeddings), which then stay as they are.
-        self.modules = {"text_encoder": text_model, "transformer": transformer, "vae": vae.decoder}
+        # `vae` is the DC-AE decoder (generating needs no encoder). `text_model` is None for text encoders that are
+        # not modules (cached embeddings), which then stay as they are.
+        self.modules = {"text_encoder": text_model, "transformer": transformer, "vae": vae}
         self.plan = plan
         self._homes = {c: self._home(c, plan) for c in COMPONENTS}
         self._graphed = None
@@ -339,15 +340,14 @@ class Placement:
         self.denoiser = self._denoiser()
 
 
-def apply_tiling(vae, plan: MemoryPlan, height: int, width: int) -> None:
-    """Set diffusers' DC-AE tiling for decoding an image of height x width px under `plan`."""
+def decode_tiling(plan: MemoryPlan, height: int, width: int) -> Tiling | None:
+    """The DC-AE tiles for decoding an image of height x width px under `plan` (None: in one piece). A plan with
+    tiles gets tiles even when the image fits one (that tile is then the whole image)."""
     if plan.decode_tile is None:
-        vae.disable_tiling()
-        return
+        return None
     scale = plan.sizes.vae_scale_factor
     geometry = tile_geometry(Workload(width, height), scale, plan.decode_tile)
     if geometry is None:  # the image fits one tile
         geometry = ((height // scale,) * 2, (width // scale,) * 2)
     (tile_h, stride_h), (tile_w, stride_w) = geometry
-    vae.enable_tiling(tile_sample_min_height=tile_h * scale, tile_sample_min_width=tile_w * scale,
-                      tile_sample_stride_height=stride_h * scale, tile_sample_stride_width=stride_w * scale)
+    return Tiling(tile_h, tile_w, stride_h, stride_w)

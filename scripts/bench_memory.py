@@ -5,7 +5,7 @@ loaded the way `sana gen` loads them. For each cap (torch.cuda.set_per_process_m
 loads, generates once to warm up (Triton JIT, allocator) and once timed, and reports the plan, the predicted and
 the measured peak (torch.cuda.max_memory_allocated) and the time. diffusers' SanaPipeline runs with
 enable_model_cpu_offload() + vae.enable_tiling() under the 8 GiB cap and plain on the GPU uncapped. Last, the DC-AE
-4096 px decode alone with the tiles each cap's plan chose. Every case runs in its own try/except: a failure is a
+4096 px decode alone with the tiles each cap's plan chose, by our decoder and by diffusers' AutoencoderDC. Every case runs in its own try/except: a failure is a
 row with its error, not the end of the run. About 5 minutes on an H100.
 
     python scripts/bench_memory.py                      # on a CUDA GPU; prints a Markdown section
@@ -207,23 +207,40 @@ def run_diffusers(folder: Path, label: str, device: torch.device, cap: int | Non
     return row
 
 
-def run_decode(folder: Path, label: str, plan, device: torch.device, px: int, repeats: int) -> Row:
-    """The DC-AE decode of one random latent with the tiles `plan` chose."""
-    from diffusers import AutoencoderDC
-
+def run_decode(folder: Path, label: str, plan, device: torch.device, px: int, repeats: int, *,
+               diffusers: bool = False) -> Row:
+    """The DC-AE decode of one random latent with the tiles `plan` chose: our decoder (what `sana gen` runs), or
+    diffusers' AutoencoderDC with the same tiles."""
+    from sana.components import load_vae
     from sana.device import DTYPES
-    from sana.placement import apply_tiling
+    from sana.placement import decode_tiling
 
     row = Row(label, plan=plan.label().removeprefix("--memory "), tiles=plan.tile_description())
     vae = None
     try:
-        vae = AutoencoderDC.from_pretrained(folder / "vae", torch_dtype=DTYPES[plan.dtype]).to(device).eval()
-        scale = 2 ** (len(vae.config.encoder_block_out_channels) - 1)
-        apply_tiling(vae, plan, px, px)
-        latents = torch.randn(1, vae.config.latent_channels, px // scale, px // scale, device=device,
-                              dtype=DTYPES[plan.dtype])
+        dtype = DTYPES[plan.dtype]
+        tile = decode_tiling(plan, px, px)
+        if diffusers:
+            from diffusers import AutoencoderDC
+
+            vae = AutoencoderDC.from_pretrained(folder / "vae", torch_dtype=dtype).to(device).eval()
+            scale = vae.spatial_compression_ratio
+            if tile is not None:
+                vae.enable_tiling(tile_sample_min_height=tile.height * scale, tile_sample_min_width=tile.width * scale,
+                                  tile_sample_stride_height=tile.stride_height * scale,
+                                  tile_sample_stride_width=tile.stride_width * scale)
+
+            def decode(z):
+                return vae.decode(z).sample
+        else:
+            vae = load_vae(folder, dtype=dtype, device=device)
+            scale = vae.spatial_compression_ratio
+
+            def decode(z):
+                return vae.decode(z, tile=tile)
+        latents = torch.randn(1, vae.config.latent_channels, px // scale, px // scale, device=device, dtype=dtype)
         with torch.no_grad():
-            row.seconds, _, row.peak_gib, row.reserved_gib = _timed(device, lambda: vae.decode(latents).sample, repeats)
+            row.seconds, _, row.peak_gib, row.reserved_gib = _timed(device, lambda: decode(latents), repeats)
         row.predicted_gib = (plan.activations("decode") + plan.weights("vae")) / GiB
     except Exception as exc:
         row.note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
@@ -342,7 +359,10 @@ def main() -> int:
                 rows.append(run_diffusers(folder, f"diffusers, {label}", device, cap if not args.tiny else None,
                                           px, steps, args.repeats, offload=offload))
         for label, cap, plan in cases:
-            decode_rows.append(run_decode(folder, label, plan, device, px, max(args.repeats, 2)))
+            decode_rows.append(run_decode(folder, f"ours, {label}", plan, device, px, max(args.repeats, 2)))
+            if not args.no_diffusers:
+                decode_rows.append(run_decode(folder, f"diffusers, {label}", plan, device, px, max(args.repeats, 2),
+                                              diffusers=True))
 
     text = markdown(rows, decode_rows, title=title, px=px, steps=steps, dtype=cases[0][2].dtype)
     print(text)

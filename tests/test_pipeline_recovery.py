@@ -32,18 +32,15 @@ def test_decode_out_of_memory_retries_in_tiles(pipe, monkeypatch):
     real_decode = pipe.vae.decode
     calls = []
 
-    def decode(*args, **kwargs):
-        calls.append(pipe.vae.use_tiling)
-        if not pipe.vae.use_tiling:
+    def decode(latents, tile=None):
+        calls.append(tile is not None)
+        if tile is None:
             raise torch.OutOfMemoryError("CUDA out of memory")
-        return real_decode(*args, **kwargs)
+        return real_decode(latents, tile=tile)
 
     monkeypatch.setattr(pipe.vae, "decode", decode)
     notices = []
-    try:
-        image = pipe.generate(REQUEST, Events(on_notice=notices.append)).images[0]
-    finally:
-        pipe.vae.disable_tiling()
+    image = pipe.generate(REQUEST, Events(on_notice=notices.append)).images[0]
     assert calls == [False, True]
     assert len(notices) == 1 and "tiles" in notices[0]
     assert psnr(image, expected) >= 45  # tiles larger than the image: the same pixels
@@ -54,11 +51,8 @@ def test_decode_out_of_memory_even_in_tiles_is_one_error(pipe, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(pipe.vae, "decode", decode)
-    try:
-        with pytest.raises(SanaError, match="even in tiles"):
-            pipe.generate(REQUEST)
-    finally:
-        pipe.vae.disable_tiling()
+    with pytest.raises(SanaError, match="even in tiles"):
+        pipe.generate(REQUEST)
 
 
 def test_denoise_out_of_memory_is_one_error(pipe, monkeypatch):
@@ -224,18 +218,16 @@ def test_out_of_memory_with_nothing_lower_is_one_error(tiny, monkeypatch):
 def test_tiles_follow_the_plan(pipe):
     from dataclasses import replace
 
-    from sana.placement import apply_tiling
+    from sana.placement import decode_tiling
 
     plan = replace(pipe.plan, decode_tile=32, work=Workload(64, 64))
-    apply_tiling(pipe.vae, plan, 64, 64)
-    try:
-        assert pipe.vae.use_tiling
-        assert pipe.vae.tile_sample_min_height <= 32
-        assert pipe.vae.tile_sample_stride_height < pipe.vae.tile_sample_min_height
-        apply_tiling(pipe.vae, replace(plan, decode_tile=None), 64, 64)
-        assert not pipe.vae.use_tiling
-    finally:
-        pipe.vae.disable_tiling()
+    scale = pipe.vae_scale_factor
+    tile = decode_tiling(plan, 64, 64)
+    assert tile.height * scale <= 32 and tile.width * scale <= 32
+    assert tile.stride_height < tile.height and tile.splits(64 // scale, 64 // scale)
+    whole = decode_tiling(replace(plan, decode_tile=128), 64, 64)  # one tile: the whole image
+    assert (whole.height, whole.width) == (64 // scale,) * 2 and not whole.splits(64 // scale, 64 // scale)
+    assert decode_tiling(replace(plan, decode_tile=None), 64, 64) is None
 
 
 @pytest.mark.gpu

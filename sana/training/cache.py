@@ -232,7 +232,7 @@ def _encode_latents(samples, buckets, indices, keys, cache, encoders, on_progres
     import numpy as np
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..components import load_vae
+    from ..components import load_autoencoder
 
     def pixels_of(i: int) -> torch.Tensor | None:
         try:
@@ -242,7 +242,7 @@ def _encode_latents(samples, buckets, indices, keys, cache, encoders, on_progres
         array = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)  # [3, H, W]
         return array / 127.5 - 1.0
 
-    vae = load_vae(encoders.model_dir, dtype=encoders.dtype, device=encoders.device)
+    vae = load_autoencoder(encoders.model_dir, dtype=encoders.dtype, device=encoders.device)
     by_bucket: dict[tuple[int, int], list[int]] = {}
     for i in indices:
         by_bucket.setdefault(buckets[i], []).append(i)
