@@ -19,7 +19,7 @@ import torch
 from .components import read_json
 from .errors import SanaError
 from .lora import merge_loras, strip_key_prefixes
-from .models.dcae import DCAEConfig, DCAEDecoder
+from .models.dcae import DCAEConfig, DCAEDecoder, nearest_conv_phases
 from .models.transformer import SanaTransformer, TransformerConfig
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -372,6 +372,7 @@ DCAE_DECODER_PREFIX = "decoder."
 _DCAE_QKV = re.compile(r"^(.*\.attn\.)to_([qkv])\.weight$")
 _DCAE_MULTISCALE = re.compile(r"^.*\.attn\.to_qkv_multiscale\.\d+\.proj_(in|out)\.weight$")
 _DCAE_POINTWISE = re.compile(r"^.*\.conv_out\.conv_(inverted|point)\.weight$")  # 1x1 convs, linears here
+_DCAE_UPSAMPLE_CONV = re.compile(r"^(up_blocks\.\d+\.0|conv_out)\.conv\.(weight|bias)$")  # an up block's conv
 
 
 def _heads_first(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -382,21 +383,27 @@ def _heads_first(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def dcae_diffusers_to_engine(state: dict[str, torch.Tensor], head_dim: int, sources: dict[str, str] | None = None,
-                             prefix: str = DCAE_DECODER_PREFIX) -> dict[str, torch.Tensor]:
+                             prefix: str = DCAE_DECODER_PREFIX, *, interpolate: bool = False) -> dict[str, torch.Tensor]:
     """diffusers `AutoencoderDC` decoder tensors (names without `prefix`) -> ours.
 
     Each attention's to_q / to_k / to_v [inner, C] becomes one `qkv` [3 * inner, C] with its rows (and the rows of
     the multiscale projections of it) in the DiT's order: all q heads, all k heads, all v heads. diffusers
     concatenates q, k, v and reads the result in runs of 3 * D channels as (q, k, v) of one head, which is a
     permutation of whole runs of D rows, so the same permutation of the depthwise and grouped multiscale weights
-    gives the same attention. The GLUMBConv's 1x1 convs become linears. `sources` receives engine name ->
-    checkpoint name where they differ.
+    gives the same attention. The GLUMBConv's 1x1 convs become linears. With `interpolate` (the config's
+    `upsample_block_type`), each up block's 3x3 conv becomes its four 2x2 phase convs (`nearest_conv_phases`).
+    `sources` receives engine name -> checkpoint name where they differ.
     """
     out: dict[str, torch.Tensor] = {}
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         match = _DCAE_QKV.match(key)
-        if match:
+        up = _DCAE_UPSAMPLE_CONV.match(key) if interpolate else None
+        if up and up.group(2) == "weight" and tensor.ndim == 4 and tensor.shape[-2:] == (3, 3):
+            out[key], _ = nearest_conv_phases(tensor, None)
+        elif up and up.group(2) == "bias":
+            out[key] = tensor.repeat(4)
+        elif match:
             parts.setdefault(match.group(1), {})[match.group(2)] = tensor
         elif _DCAE_POINTWISE.match(key) and tensor.ndim == 4:
             out[key] = tensor.flatten(1)
@@ -455,7 +462,8 @@ def vae_decoder_from_state(config: dict, state: dict[str, torch.Tensor], *, dtyp
     for key in list(state):  # one tensor at a time, as for the transformer
         state[key] = state[key].to(dtype or state[key].dtype)
     sources: dict[str, str] = {}
-    state = dcae_diffusers_to_engine(state, cfg.attention_head_dim, sources)
+    state = dcae_diffusers_to_engine(state, cfg.attention_head_dim, sources,
+                                     interpolate=cfg.upsample_block_type == "interpolate")
     with torch.device("meta"):
         model = DCAEDecoder(cfg)
     unexpected = _assign(model, state, sources, checkpoint=origin, prefix=DCAE_DECODER_PREFIX)

@@ -55,9 +55,12 @@ DIT_WIDTHS_REFERENCE = 24
 # tokens). Prompts are encoded one at a time, 300 tokens after an instruction prefix of up to ~300.
 TEXT_WIDTHS_PER_TOKEN = 48
 TEXT_TOKENS = 600
-# DC-AE decode: activation elements per output pixel, per channel of the decoder's full-resolution stage
-# (measured 1666 B/px in bf16 for f32c32's 128 channels at 512-4096 px, i.e. 6.51; ~26 GiB untiled at 4096 px).
-DECODE_ELEMENTS_PER_PIXEL_PER_CHANNEL = 6.6
+# DC-AE decode (`sana.models.dcae`): activation elements per output pixel, per channel of the decoder's
+# full-resolution stage. With the Triton kernels (fused norm + residual, phase-assembled up blocks) measured
+# 1168-1280 B/px in bf16 for f32c32's 128 channels (18.3 GiB untiled at 4096 px), i.e. 4.6-5.0; the PyTorch
+# references take fp32 squares for the norms, as diffusers' decoder does (1666 B/px, 6.5).
+DECODE_WIDTHS_KERNELS = 5.2
+DECODE_WIDTHS_REFERENCE = 6.6
 # Around the tiles: decoded tiles kept for blending (3 channels, VAE dtype) and the fp32 post-processing.
 DECODE_OUTPUT_BYTES_PER_PIXEL = 3 * (2 * 2 + 4)
 
@@ -315,7 +318,7 @@ class MemoryPlan:
             return TEXT_TOKENS * s.text_hidden * TEXT_WIDTHS_PER_TOKEN * DTYPE_BYTES[self.te_dtype]
         if phase == "denoise":
             return dit_activations(s, w, width, kernels=self.device.kernels)
-        return decode_activations(s, w, width, self.decode_tile)
+        return decode_activations(s, w, width, self.decode_tile, kernels=self.device.kernels)
 
     def peak(self, phase: str) -> int:
         total = sum(self.weights(c) for c in self.on_device(phase)) + self.activations(phase)
@@ -472,9 +475,16 @@ def dit_activations(sizes: ComponentSizes, work: Workload, dtype_bytes: int, *, 
     return work.rows * tokens * sizes.inner_dim * widths * dtype_bytes
 
 
-def decode_activations(sizes: ComponentSizes, work: Workload, dtype_bytes: int, tile: int | None) -> int:
+def decode_pixel_bytes(sizes: ComponentSizes, dtype_bytes: int, *, kernels: bool) -> float:
+    """Decode activations per pixel of the image (or tile) in flight."""
+    widths = DECODE_WIDTHS_KERNELS if kernels else DECODE_WIDTHS_REFERENCE
+    return widths * sizes.vae_decoder_width * dtype_bytes
+
+
+def decode_activations(sizes: ComponentSizes, work: Workload, dtype_bytes: int, tile: int | None, *,
+                       kernels: bool) -> int:
     """Peak of one image's decode: the largest tile's activations (the whole image untiled) plus the output."""
-    per_pixel = DECODE_ELEMENTS_PER_PIXEL_PER_CHANNEL * sizes.vae_decoder_width * dtype_bytes
+    per_pixel = decode_pixel_bytes(sizes, dtype_bytes, kernels=kernels)
     geometry = tile_geometry(work, sizes.vae_scale_factor, tile)
     f = sizes.vae_scale_factor
     area = work.width * work.height if geometry is None else geometry[0][0] * geometry[1][0] * f * f
@@ -582,7 +592,7 @@ def _fit_tile(plan: MemoryPlan, min_tile: int) -> int | None | bool:
         return None
     room = plan.budget - (plan.peak("decode") - plan.activations("decode")) - (
         plan.work.width * plan.work.height * DECODE_OUTPUT_BYTES_PER_PIXEL)
-    per_pixel = DECODE_ELEMENTS_PER_PIXEL_PER_CHANNEL * plan.sizes.vae_decoder_width * DTYPE_BYTES[plan.dtype]
+    per_pixel = decode_pixel_bytes(plan.sizes, DTYPE_BYTES[plan.dtype], kernels=plan.device.kernels)
     if room <= 0:
         return False
     f = plan.sizes.vae_scale_factor

@@ -104,8 +104,43 @@ def modulated_layer_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
     return modulated_layer_norm_reference(x, shift, scale, eps)
 
 
+def gated_residual_modulated_norm_reference(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor,
+                                            shift: torch.Tensor, scale: torch.Tensor,
+                                            eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + gate * y, the modulated LayerNorm of that sum); gate None means 1. diffusers' order and dtypes."""
+    r = x + y if gate is None else x + gate * y
+    return r, modulated_layer_norm_reference(r, shift, scale, eps)
+
+
+def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor, shift: torch.Tensor,
+                                  scale: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """A residual add fused with the modulated LayerNorm that reads its result: x, y [B, N, C]; gate, shift,
+    scale [B, 1, C] (gate None: 1) -> (r, LN(r) * (1 + scale) + shift) with r = x + gate * y."""
+    kernel = _kernel("gated_residual_modulated_norm", x, y, shift, scale)
+    if kernel is not None:
+        if gate is None:
+            gate = torch.ones_like(shift)
+        return kernel(x, gate, y, shift, scale, eps)
+    return gated_residual_modulated_norm_reference(x, gate, y, shift, scale, eps)
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + gate * y in one pass (x, y [B, N, C], gate [B, 1, C]), the math in fp32 rounded once."""
+    kernel = _kernel("gated_residual", x, gate, y)
+    if kernel is not None:
+        return kernel(x, gate, y)
+    return torch.addcmul(x, gate, y)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim with diffusers' dtype rules (fp32 statistics; half weights cast back)."""
+    """RMSNorm over the last dim with diffusers' dtype rules (fp32 statistics; half weights cast back). With a
+    weight, on CUDA: one Triton pass (fp32 math, one rounding) instead of seven elementwise kernels."""
+    kernel = _kernel("rms_norm_affine", x, weight) if weight is not None and x.stride(-1) == 1 else None
+    if kernel is not None and weight.dtype == x.dtype:
+        try:
+            return kernel(x, weight, None, eps)
+        except ValueError:  # rows not evenly strided: the reference handles any layout
+            pass
     input_dtype = x.dtype
     variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
     x = x * torch.rsqrt(variance + eps)
@@ -114,6 +149,47 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     if weight.dtype in (torch.float16, torch.bfloat16):
         x = x.to(weight.dtype)
     return x * weight
+
+
+def rms_norm_affine_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                              residual: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm over the last dim with weight and bias, then + residual: the DC-AE's norm. The mean square is taken
+    in fp32 (as diffusers' RMSNorm does), the scaling in x's dtype, so no fp32 copy of x outlives the statistics."""
+    squares = x.float().square_() if x.dtype in (torch.float16, torch.bfloat16) else x.square()
+    scale = torch.rsqrt(squares.mean(dim=-1, keepdim=True).add_(eps)).to(x.dtype)  # [..., 1]
+    del squares
+    y = x * scale
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (y, weight, bias)):
+        y = y * weight + bias
+        return y + residual if residual is not None else y
+    y = y.mul_(weight).add_(bias)
+    return y.add_(residual) if residual is not None else y
+
+
+def rms_norm_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                    residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., C] -> RMSNorm(x) * weight + bias (+ residual). See `rms_norm_affine_reference`."""
+    tensors = (x, weight, bias) if residual is None else (x, weight, bias, residual)
+    kernel = _kernel("rms_norm_affine", *tensors)
+    if kernel is not None:
+        return kernel(x, weight, bias, eps, residual)
+    return rms_norm_affine_reference(x, weight, bias, eps, residual)
+
+
+# -- DC-AE up blocks ---------------------------------------------------------------------------------------
+
+def assemble_phases(y: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """A nearest-upsampled 3x3 conv from its four 2x2 phase convs y [B, 4*Cout, h+1, w+1], plus the up block's
+    shortcut of its input skip [B, Cin, h, w] (or None) -> [B, Cout, 2h, 2w] channels-last.
+    See `sana.kernels.upsample.reference`."""
+    tensors = (y,) if skip is None else (y, skip)
+    channels_last = all(t.is_contiguous(memory_format=torch.channels_last) for t in tensors)
+    kernel = _kernel("assemble_phases", *tensors) if channels_last else None
+    if kernel is not None:
+        return kernel(y, skip)
+    from .kernels.upsample.reference import assemble_phases_reference
+
+    return assemble_phases_reference(y, skip)
 
 
 # -- Mix-FFN ----------------------------------------------------------------------------------------------

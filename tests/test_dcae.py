@@ -69,6 +69,20 @@ CONFIGS = {
         decoder_qkv_multiscales=((), (), ()), decoder_norm_types="rms_norm", decoder_act_fns="gelu",
         decoder_conv_act_fn="swish", upsample_block_type="interpolate",
     ),
+    # Interpolating up blocks whose shortcut repeats each input channel 3 times (16 -> 12) and 1 time (64 -> 16).
+    "interpolate-shortcut-repeats": dict(
+        latent_channels=4, attention_head_dim=8, encoder_block_out_channels=(12, 16, 64), **_ENCODER,
+        decoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock"), decoder_block_out_channels=(12, 16, 64),
+        decoder_layers_per_block=(1, 1, 1), decoder_qkv_multiscales=((), (), (5,)), decoder_norm_types="rms_norm",
+        decoder_act_fns="silu", upsample_block_type="interpolate",
+    ),
+    # A first stage without layers with interpolation: conv_out is an up block without shortcut.
+    "interpolate-conv-out": dict(
+        latent_channels=4, attention_head_dim=8, encoder_block_out_channels=(8, 16, 32), **_ENCODER,
+        decoder_block_types="ResBlock", decoder_block_out_channels=(8, 16, 32), decoder_layers_per_block=(0, 1, 2),
+        decoder_qkv_multiscales=((), (), ()), decoder_norm_types=("rms_norm", "batch_norm", "rms_norm"),
+        decoder_act_fns="relu", upsample_block_type="interpolate",
+    ),
     "nano": "nano",  # sana/nano/model/vae/config.json (the config of the built-in model)
 }
 NANO_CONFIG = {  # used when the nano model is not installed
@@ -86,6 +100,8 @@ LATENTS = {  # (height, width) per config: a square, a non-square, and one small
     "batchnorm-relu-pixel-shuffle": [(6, 6), (5, 7), (2, 1)],
     "odd-options": [(6, 6), (4, 7), (3, 3)],
     "resblocks-only-gelu": [(5, 5), (3, 6)],
+    "interpolate-shortcut-repeats": [(4, 4), (3, 5), (1, 1)],
+    "interpolate-conv-out": [(4, 5), (1, 2)],
     "nano": [(16, 16), (8, 12), (1, 1)],
 }
 
@@ -235,11 +251,17 @@ def test_config_and_sizes_match_diffusers():
         with torch.device("meta"):
             ref = AutoencoderDC(**config)
         params, scale, width = vae_decoder_sizes(config)
-        assert params == sum(p.numel() for p in ref.decoder.parameters())
+        # Our interpolating up blocks hold four 2x2 phase kernels (16 taps) where diffusers holds one 3x3 (9 taps).
+        extra = 0
+        if ref.config.upsample_block_type == "interpolate":
+            for name, module in ref.decoder.named_modules():
+                if type(module).__name__ == "DCUpBlock2d":
+                    extra += module.conv.weight.numel() * 7 // 9 + 3 * module.conv.bias.numel()
+        assert params == sum(p.numel() for p in ref.decoder.parameters()) + extra
         assert scale == ref.spatial_compression_ratio
         assert width == ref.config.decoder_block_out_channels[0]
     cfg = DCAEConfig.from_dict(DCAE_F32C32)
-    assert cfg.spatial_compression_ratio == 32 and vae_decoder_sizes(DCAE_F32C32)[0] == 159_223_171
+    assert cfg.spatial_compression_ratio == 32 and vae_decoder_sizes(DCAE_F32C32)[0] == 173_222_403  # diffusers: 159,223,171
     assert cfg.decoder_block_types[3:] == ("EfficientViTBlock",) * 3 and cfg.decoder_act_fns == ("silu",) * 6
 
 

@@ -123,17 +123,22 @@ def test_sprint_needs_guidance(tmp_path):
         ours(torch.zeros(1, 8, 4, 4), torch.zeros(1, 3, 40), torch.ones(1))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_half_precision_matches_diffusers_in_the_same_precision(dtype, tmp_path):
+@pytest.mark.parametrize("dtype,bound", [(torch.bfloat16, 5e-2), (torch.float16, 5e-3)], ids=["bf16", "fp16"])
+def test_half_precision_is_as_close_to_fp32_as_diffusers(dtype, bound, tmp_path):
+    """In half precision both models round, in different places (ours adds residuals and modulates in fp32 with one
+    rounding); each is measured against the fp32 model, and ours must be no further from it than diffusers'."""
     ref = build_reference("sana1.5", tmp_path / "transformer")
     ours = load_transformer(tmp_path, dtype=dtype)
     assert all(p.dtype == dtype for p in ours.parameters())
     x, text, mask, t, _ = inputs(ref)
+    truth = reference_output(ref, x, text, mask, t)
     ref = ref.to(dtype)
-    expected = reference_output(ref, x.to(dtype), text.to(dtype), mask, t)
+    theirs = reference_output(ref, x.to(dtype), text.to(dtype), mask, t)
     got = our_output(ours, x, text, mask, t)
     assert got.dtype == dtype
-    assert relative_error(got, expected) < 2e-2
+    ours_error, diffusers_error = relative_error(got.float(), truth), relative_error(theirs.float(), truth)
+    assert ours_error < bound
+    assert ours_error <= 1.25 * diffusers_error
 
 
 def test_gradients_flow_with_and_without_checkpointing():

@@ -1,10 +1,14 @@
-"""Triton kernels for the SANA DiT, one folder per op (`reference.py` spec, `triton.py` kernel, `bench.py`).
+"""Triton kernels for the SANA DiT and the DC-AE decoder, one folder per op (`reference.py` spec, `triton.py`
+kernel, `bench.py`).
 
 Public functions (all inference-only, no autograd):
     linear_attention(q, k, v, heads, eps=1e-15) -> [B, N, H*D]
     modulated_layer_norm(x, shift, scale, eps=1e-6) -> [B, N, C]
     gated_residual_modulated_norm(x, gate, y, shift, scale, eps=1e-6) -> ([B, N, C], [B, N, C])
+    gated_residual(x, gate, y) -> [B, N, C]
     mixffn_middle(h, height, width, dw_weight, dw_bias) -> [B, N, Hd]
+    rms_norm_affine(x, weight, bias, eps=1e-5, residual=None) -> [..., C]
+    assemble_phases(y, skip=None) -> [B, Cout, 2h, 2w] channels-last
 
 Importing this package imports Triton when it is installed; the functions are absent when it is not, and
 `triton_available()` says whether they can run here.
@@ -33,6 +37,9 @@ if importlib.util.find_spec("triton") is not None:
     # import system would otherwise leave the subpackage of the same name there).
     from .linear_attention.triton import linear_attention
     from .mixffn.triton import mixffn_middle
-    from .modulation.triton import gated_residual_modulated_norm, modulated_layer_norm
+    from .modulation.triton import gated_residual, gated_residual_modulated_norm, modulated_layer_norm
+    from .rms_norm.triton import rms_norm_affine
+    from .upsample.triton import assemble_phases
 
-    __all__ += ["linear_attention", "modulated_layer_norm", "gated_residual_modulated_norm", "mixffn_middle"]
+    __all__ += ["linear_attention", "modulated_layer_norm", "gated_residual_modulated_norm", "mixffn_middle",
+                "rms_norm_affine", "assemble_phases", "gated_residual"]

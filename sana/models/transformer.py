@@ -260,13 +260,14 @@ class SanaBlock(nn.Module):
             self.scale_shift_table[None] + t_mod.reshape(b, 6, -1)
         ).chunk(6, dim=1)  # each [B, 1, D]
         h = ops.modulated_layer_norm(x, shift_msa, scale_msa, self.eps)  # [B, N, D]
-        x = x + gate_msa * self.attn(h, perturbed_rows)
-        x = x + self.cross_attn(x, text, text_bias)
-        if self.norm2 is None:
-            h = ops.modulated_layer_norm(x, shift_mlp, scale_mlp, self.eps)
+        x = ops.gated_residual(x, gate_msa, self.attn(h, perturbed_rows))
+        if self.norm2 is None:  # the cross-attention's residual add and the FFN's norm in one pass
+            x, h = ops.gated_residual_modulated_norm(x, None, self.cross_attn(x, text, text_bias), shift_mlp,
+                                                     scale_mlp, self.eps)
         else:
+            x = x + self.cross_attn(x, text, text_bias)
             h = ops.modulate(self.norm2(x), shift_mlp, scale_mlp)
-        return x + gate_mlp * self.ff(h, height, width)
+        return ops.gated_residual(x, gate_mlp, self.ff(h, height, width))
 
 
 class SanaTransformer(nn.Module):

@@ -121,3 +121,19 @@ def test_gpu_bf16_real_shapes(b, n, c):
                                                                scale.float())
     assert rel_err(res, ref_res) < 1e-2
     assert rel_err(out, ref_out) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b, n, c", SHAPES)
+def test_gated_residual(b, n, c, dtype):
+    from sana.kernels import gated_residual
+    from sana.kernels.modulation.reference import gated_residual_reference
+
+    torch.manual_seed(0)
+    x, y = _x(b, n, c, dtype), _x(b, n, c, dtype)
+    *_, gate = _table(b, c, dtype, dtype)  # [B, 1, C]
+    out = gated_residual(x, gate, y)
+    ref = gated_residual_reference(x, gate, y)
+    assert out.shape == x.shape and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < TOLERANCE[dtype]

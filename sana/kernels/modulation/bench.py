@@ -12,11 +12,12 @@ import torch
 from .._bench import median_ms, parse_args, print_table
 from .reference import (
     gated_residual_modulated_norm_diffusers,
+    gated_residual_reference,
     gated_residual_modulated_norm_reference,
     modulated_layer_norm_diffusers,
     modulated_layer_norm_reference,
 )
-from .triton import gated_residual_modulated_norm, modulated_layer_norm
+from .triton import gated_residual, gated_residual_modulated_norm, modulated_layer_norm
 
 # name: (batch, tokens, channels)
 SHAPES = {
@@ -29,7 +30,7 @@ SHAPES = {
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], list(SHAPES))
-    norm_rows, gated_rows = [], []
+    norm_rows, gated_rows, residual_rows = [], [], []
     for name in args.shapes:
         b, n, c = SHAPES[name]
         torch.manual_seed(0)
@@ -47,10 +48,16 @@ def main() -> None:
             "reference": median_ms(lambda: gated_residual_modulated_norm_reference(x, gate, y, shift, scale)),
             "diffusers": median_ms(lambda: gated_residual_modulated_norm_diffusers(x, gate, y, shift, scale)),
         }))
+        residual_rows.append((name, 3 * nbytes, {
+            "triton": median_ms(lambda: gated_residual(x, gate, y)),
+            "reference": median_ms(lambda: gated_residual_reference(x, gate, y)),
+            "diffusers": median_ms(lambda: x + gate * y),
+        }))
         del x, y
         torch.cuda.empty_cache()
     print_table(f"modulated_layer_norm ({args.dtype})", norm_rows)
     print_table(f"gated_residual_modulated_norm ({args.dtype})", gated_rows)
+    print_table(f"gated_residual ({args.dtype})", residual_rows)
 
 
 if __name__ == "__main__":

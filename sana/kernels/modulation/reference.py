@@ -40,6 +40,11 @@ def gated_residual_modulated_norm_reference(x: torch.Tensor, gate: torch.Tensor,
     return r, modulated_layer_norm_reference(r, shift, scale, eps)
 
 
+def gated_residual_reference(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x, y [B, N, C]; gate [B, C] or [B, 1, C] -> x + gate * y, [B, N, C] in x's dtype (fp32 math, one rounding)."""
+    return (x.float() + _per_batch(gate) * y.float()).to(x.dtype)
+
+
 def modulated_layer_norm_diffusers(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
                                    eps: float = EPS) -> torch.Tensor:
     """diffusers' block code (`norm1(x) * (1 + scale_msa) + shift_msa`), for benchmarks; shift/scale [B, C]."""
