@@ -10,8 +10,11 @@ step (smaller VAE tiles, then the next placement tier) with one notice.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -60,20 +63,21 @@ class ImageResult:
     memory: dict = field(default_factory=dict)  # the memory plan that finished the run (MemoryPlan.record())
 
 
-BINNED_RESOLUTIONS = (512, 1024, 2048, 4096)  # native sizes with diffusers' aspect-ratio bins
+BINNED_RESOLUTIONS = (512, 1024, 2048, 4096)  # native sizes with trained aspect-ratio bins
 
 
-def _aspect_ratio_bins() -> dict[int, dict]:
-    from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN
-    from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import ASPECT_RATIO_2048_BIN
-    from diffusers.pipelines.sana.pipeline_sana import ASPECT_RATIO_4096_BIN
-
-    return {512: ASPECT_RATIO_512_BIN, 1024: ASPECT_RATIO_1024_BIN, 2048: ASPECT_RATIO_2048_BIN, 4096: ASPECT_RATIO_4096_BIN}
+@lru_cache(maxsize=1)
+def _aspect_ratio_bins() -> dict[int, dict[str, list[int]]]:
+    """native px -> {height / width as diffusers writes it: [height, width]}: diffusers' ASPECT_RATIO_*_BIN tables
+    (PixArt's 512 / 1024 / 2048, SANA's 4096), kept as data in `sana/aspect_ratios.json` so that binning does not
+    import diffusers' pipelines (~2 s of a fresh process)."""
+    text = resources.files("sana").joinpath("aspect_ratios.json").read_text(encoding="utf-8")
+    return {int(native): table for native, table in json.loads(text).items()}
 
 
 def binned_size(width: int, height: int, native: int) -> tuple[int, int]:
     """The trained aspect bin nearest to width/height for a model of `native` px; unchanged if it has no bins."""
-    if native not in BINNED_RESOLUTIONS:  # skips importing diffusers' pipelines (~2 s), which small models never need
+    if native not in BINNED_RESOLUTIONS:
         return width, height
     bins = _aspect_ratio_bins()[native]
     ratio = height / width

@@ -8,14 +8,41 @@ from sana.errors import UsageError
 from sana.pipeline import _aspect_ratio_bins, binned_size
 
 
+def _diffusers_bins() -> dict:
+    from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN
+    from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import ASPECT_RATIO_2048_BIN
+    from diffusers.pipelines.sana.pipeline_sana import ASPECT_RATIO_4096_BIN
+
+    return {512: ASPECT_RATIO_512_BIN, 1024: ASPECT_RATIO_1024_BIN, 2048: ASPECT_RATIO_2048_BIN, 4096: ASPECT_RATIO_4096_BIN}
+
+
+def test_bins_are_diffusers_tables_in_their_order():
+    ours, theirs = _aspect_ratio_bins(), _diffusers_bins()
+    assert set(ours) == set(theirs)
+    for native, table in theirs.items():
+        assert list(ours[native]) == list(table)  # the order decides ties, as in diffusers' min()
+        assert all([int(h), int(w)] == ours[native][r] and h == int(h) and w == int(w) for r, (h, w) in table.items())
+
+
 @pytest.mark.parametrize("native", [512, 1024, 2048, 4096])
-@pytest.mark.parametrize("size", [(1024, 1024), (1920, 1080), (768, 1344), (4096, 1024), (333, 999)], ids=str)
+@pytest.mark.parametrize("size", [(1024, 1024), (1920, 1080), (768, 1344), (4096, 1024), (333, 999), (1000, 1111)],
+                         ids=str)
 def test_binning_matches_diffusers(native, size):
     from diffusers.image_processor import PixArtImageProcessor
 
     width, height = size
-    ref_h, ref_w = PixArtImageProcessor.classify_height_width_bin(height, width, ratios=_aspect_ratio_bins()[native])
+    ref_h, ref_w = PixArtImageProcessor.classify_height_width_bin(height, width, ratios=_diffusers_bins()[native])
     assert binned_size(width, height, native) == (ref_w, ref_h)
+
+
+def test_binning_imports_no_diffusers_pipeline():
+    import subprocess
+    import sys
+
+    code = ("import sys; from sana.pipeline import binned_size; binned_size(1920, 1080, 4096); "
+            "print(any(m.startswith('diffusers.pipelines') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_models_without_bins_keep_the_size():
