@@ -54,8 +54,9 @@ class Row:
 
 # -- building the model folder --------------------------------------------------------------------------
 
-def build_model(folder: Path, *, tiny: bool, device: str) -> None:
-    """A diffusers SanaPipeline folder with random weights: real 4K configs, or tiny ones for --tiny."""
+def build_model(folder: Path, *, tiny: bool, device: str, model: str = "sana-1.6b-4k") -> None:
+    """A diffusers SanaPipeline folder with random weights: the registry `model`'s DiT config with the released
+    Gemma-2-2B and DC-AE configs, or tiny ones for --tiny."""
     from diffusers import AutoencoderDC, SanaPipeline, SanaTransformer2DModel
     from transformers import Gemma2Config, Gemma2Model
 
@@ -82,7 +83,7 @@ def build_model(folder: Path, *, tiny: bool, device: str) -> None:
                     num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, sliding_window=64,
                     pad_token_id=0, bos_token_id=2, eos_token_id=1)
     else:
-        dit = {k: v for k, v in get_spec("sana-1.6b-4k").transformer.items() if not k.startswith("_")}
+        dit = {k: v for k, v in get_spec(model).transformer.items() if not k.startswith("_")}
         vae, text = DCAE_F32C32, GEMMA2_2B
     torch.manual_seed(0)
     with torch.device(device):  # random init on the GPU: minutes faster than on the CPU at these sizes

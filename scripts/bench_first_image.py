@@ -1,0 +1,102 @@
+"""The first image of a fresh `sana gen` process: with an empty Triton cache, then with the cache it left.
+
+Random weights at the real configs (the registry model's DiT, Gemma-2-2B, DC-AE f32c32) are saved once as a
+diffusers folder. Each run is a new `python -m sana_cli gen` process with TRITON_CACHE_DIR pointing at one folder:
+the first run starts with it empty (every Triton kernel compiles), the later ones find it filled. Reported per run:
+the wall time of the process, the phases `sana gen` records in the image (load, encode, denoise, decode, save) and
+the rest (interpreter start, imports, planning). The kernels issue's targets: <= 20 s with an empty cache, <= 3 s
+with a warm one.
+
+    python scripts/bench_first_image.py                          # on a CUDA GPU, sana-1.6b at 1024 px
+    python scripts/bench_first_image.py --model sana-1.6b-4k --px 4096 --markdown BENCHMARKS.md
+    python scripts/bench_first_image.py --tiny                   # tiny configs on the CPU: checks the script's paths
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+PROMPT = "a photo of a cat sleeping on a sunny windowsill, highly detailed"
+PHASES = ("load", "encode", "denoise", "decode", "save")
+
+
+def run_gen(folder: Path, out: Path, px: int, cache: Path, device: str) -> tuple[float, dict]:
+    """Wall seconds of one fresh `sana gen` process and the timings it recorded in the image."""
+    from sana.outputs import read_metadata
+
+    env = dict(os.environ, TRITON_CACHE_DIR=str(cache), PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    command = [sys.executable, "-m", "sana_cli", "gen", PROMPT, "--model", str(folder), "--res", str(px),
+               "--seed", "0", "-o", str(out), "--device", device]
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"sana gen exited with {done.returncode}: {done.stderr.strip()[-500:]}")
+    return wall, dict(read_metadata(out).timings)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sana-1.6b", help="registry model whose DiT config is built")
+    parser.add_argument("--px", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3, help="processes in all: the first with an empty cache")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU (checks the script's paths)")
+    parser.add_argument("--markdown", type=Path, help="append the section to this file")
+    args = parser.parse_args()
+
+    import torch
+
+    from bench_memory import build_model
+
+    device = "cpu" if args.tiny else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.exit(1, "bench_first_image needs a CUDA GPU (or --tiny)\n")
+    px = 64 if args.tiny else args.px
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        build_model(tmp / "model", tiny=args.tiny, device=device, model=args.model)
+        print(f"built the random model folder in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        cache = tmp / "triton-cache"
+        cache.mkdir()
+        for run in range(args.runs):
+            label = "empty Triton cache" if run == 0 else "warm Triton cache"
+            wall, timings = run_gen(tmp / "model", tmp / f"run{run}.png", px, cache, device)
+            rows.append((label, wall, timings))
+            print(f"{label}: {wall:.2f} s", file=sys.stderr)
+
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    lines = [f"## {datetime.date.today()}: first image of a fresh process ({name}, torch {torch.__version__})", "",
+             f"`python scripts/bench_first_image.py --model {args.model} --px {px}"
+             f"{' --tiny' if args.tiny else ''}`: one `sana gen` process a row, the same TRITON_CACHE_DIR for all,"
+             " empty before the first; random weights"
+             f"{' at tiny configs' if args.tiny else ' at the real configs'}; `sana gen` defaults otherwise.",
+             "", "| run | process s | " + " | ".join(f"{p} s" for p in PHASES) + " | rest s |",
+             "|---|---|" + "---|" * (len(PHASES) + 1)]
+    for label, wall, timings in rows:
+        phases = [timings.get(p, 0.0) for p in PHASES]
+        lines.append(f"| {label} | {wall:.2f} | " + " | ".join(f"{t:.2f}" for t in phases)
+                     + f" | {wall - sum(phases):.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        with args.markdown.open("a", encoding="utf-8") as f:
+            f.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
