@@ -66,6 +66,11 @@ class DitRow:
     tflop: float
     ms: dict[str, float] = field(default_factory=dict)  # implementation -> median ms
     first_call_s: dict[str, float] = field(default_factory=dict)  # implementation -> seconds of the first call
+    fp8_error: float | None = None  # ||fp8 - bf16|| / ||bf16|| of our outputs, when fp8 was measured
+
+    def best_bf16(self) -> float:
+        """Our fastest bf16 time (fp8 is reported beside it, not as it)."""
+        return min(v for k, v in self.ms.items() if k.startswith("ours") and "fp8" not in k)
 
 
 def _median_ms(fn: Callable[[], object]) -> float:
@@ -84,12 +89,16 @@ def _first_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool,
+def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool, fp8: bool = True,
               on_row: Callable[[DitRow], None] | None = None) -> list[DitRow]:
     """Time one registry model's DiT at each size: diffusers eager (and torch.compile), ours (PyTorch ops,
-    Triton kernels, kernels + CUDA graph)."""
+    Triton kernels, kernels + CUDA graph, and with `fp8` on a GPU that has fp8 GEMMs: fp8 block linears +
+    CUDA graph, with the relative error that costs against our bf16 output)."""
+    import copy
+
     from . import ops
     from .graphs import GraphedForward
+    from .models.fp8 import quantize_blocks_fp8
     from .registry import get_spec
 
     if not torch.cuda.is_available():
@@ -100,6 +109,10 @@ def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool,
     cfg = {k: v for k, v in spec.transformer.items() if not k.startswith("_")}
     ref, ours = random_dit_pair(name)
     compiled_ref = torch.compile(ref) if compiled else None
+    quantized = None
+    if fp8 and ops.fp8_supported(torch.device("cuda")):
+        quantized = copy.deepcopy(ours)
+        quantize_blocks_fp8(quantized)
     rows = []
     for px in sizes:
         side = px // 32
@@ -127,6 +140,15 @@ def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool,
         row.first_call_s["ours, kernels+graph"] = _first_call(lambda: graphed(x, text, t, text_mask=mask, guidance=g))
         row.ms["ours, kernels+graph"] = _median_ms(lambda: graphed(x, text, t, text_mask=mask, guidance=g))
         graphed.reset()
+        if quantized is not None:
+            graphed = GraphedForward(quantized)
+            row.first_call_s["ours, fp8+graph"] = _first_call(lambda: graphed(x, text, t, text_mask=mask, guidance=g))
+            row.ms["ours, fp8+graph"] = _median_ms(lambda: graphed(x, text, t, text_mask=mask, guidance=g))
+            graphed.reset()
+            with torch.no_grad():
+                exact = ours(x, text, t, text_mask=mask, guidance=g).float()
+                approx = quantized(x, text, t, text_mask=mask, guidance=g).float()
+            row.fp8_error = ((approx - exact).norm() / exact.norm()).item()
         rows.append(row)
         if on_row:
             on_row(row)
@@ -159,13 +181,22 @@ class GenerateRow:
     steps: int
     seconds: dict[str, float] = field(default_factory=dict)  # implementation -> median seconds per image
     phases: dict[str, float] = field(default_factory=dict)  # ours: encode / denoise / decode seconds
+    fp8_psnr: float | None = None  # dB between our fp8 and bf16 images (same seed), when fp8 was measured
 
 
-def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
+def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3, fp8: bool = True,
                    on_row: Callable[[GenerateRow], None] | None = None) -> list[GenerateRow]:
     """Prompt to decoded image after load, 1.6B at its real size with Gemma-2-2B and DC-AE (random weights,
-    bf16, CFG 4.5): ours against diffusers' SanaPipeline on the same modules. The 4K decode is untiled here."""
+    bf16, CFG 4.5): ours against diffusers' SanaPipeline on the same modules, and with `fp8` (on a GPU that has
+    fp8 GEMMs) ours with fp8 block linears and the PSNR of its image against ours in bf16. The 4K decode is
+    untiled here."""
+    import copy
     import statistics
+
+    import numpy as np
+
+    from . import ops
+    from .models.fp8 import quantize_blocks_fp8
 
     from diffusers import AutoencoderDC, SanaPipeline
     from transformers import Gemma2Config, Gemma2Model
@@ -193,14 +224,21 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
         theirs = SanaPipeline(tokenizer=tokenizer, text_encoder=text_model, vae=vae, transformer=ref,
                               scheduler=scheduler)
         theirs.set_progress_bar_config(disable=True)
-        mine = ImagePipeline(transformer=ours, text_encoder=TextEncoder(tokenizer, text_model), vae=decoder,
-                             family="sana", scheduler_config=dict(scheduler.config), device="cuda", dtype=dtype)
+        def ours_with(transformer):
+            return ImagePipeline(transformer=transformer, text_encoder=TextEncoder(tokenizer, text_model), vae=decoder,
+                                 family="sana", scheduler_config=dict(scheduler.config), device="cuda", dtype=dtype)
+
+        mine = {"ours": ours_with(ours)}
+        if fp8 and ops.fp8_supported(torch.device("cuda")):
+            quantized = copy.deepcopy(ours)
+            quantize_blocks_fp8(quantized)
+            mine["ours, fp8"] = ours_with(quantized)
         return theirs, mine
 
     prompt = "a photo of a cat sleeping on a sunny windowsill"
     rows = []
     for px in sizes:
-        diffusers_pipe, pipe = pipelines(px)
+        diffusers_pipe, ours = pipelines(px)
         row = GenerateRow(px, steps)
         request = ImageRequest(prompt=prompt, seeds=[0], width=px, height=px, steps=steps, guidance=4.5,
                                sampler="flow-dpm", flow_shift=3.0)
@@ -209,10 +247,9 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
             diffusers_pipe(prompt, num_inference_steps=steps, guidance_scale=4.5, width=px, height=px,
                            generator=torch.Generator("cpu").manual_seed(0))
 
-        def run_ours():
-            return pipe.generate(request)
-
-        for name, fn in (("diffusers", run_diffusers), ("ours", run_ours)):
+        images = {}
+        runs = [("diffusers", run_diffusers)] + [(name, lambda p=p: p.generate(request)) for name, p in ours.items()]
+        for name, fn in runs:
             fn()  # warm-up: compiles kernels, captures graphs, fills allocator caches
             times = []
             for _ in range(repeats):
@@ -221,9 +258,15 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3,
                 result = fn()
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
+                if name.startswith("ours"):
+                    images[name] = np.asarray(result.images[0], dtype=np.float64)
                 if name == "ours":
                     row.phases = dict(result.timings)
             row.seconds[name] = statistics.median(times)
+        if "ours, fp8" in images:
+            mse = float(((images["ours, fp8"] - images["ours"]) ** 2).mean())
+            row.fp8_psnr = float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
+        del ours
         rows.append(row)
         if on_row:
             on_row(row)

@@ -216,3 +216,28 @@ def mixffn_middle(h: torch.Tensor, height: int, width: int, dw_weight: torch.Ten
     if kernel is not None:
         return kernel(h, height, width, dw_weight, dw_bias)
     return mixffn_middle_reference(h, height, width, dw_weight, dw_bias)
+
+
+# -- fp8 linears -------------------------------------------------------------------------------------------
+
+def fp8_supported(device: torch.device) -> bool:
+    """cuBLAS's fp8 GEMM with rowwise scales needs an NVIDIA GPU of compute capability 8.9+ (Ada, Hopper)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_linear(x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """x [..., K] -> [..., N]: x quantized to fp8 per row, times an fp8 weight [N, K] with per-row scales [N].
+
+    On a GPU that has fp8 GEMMs, with bf16 activations: the Triton quantizer and `torch._scaled_mm`; elsewhere
+    the reference, the same quantization with the product in fp32. See `sana.kernels.fp8.reference`.
+    """
+    n, k = weight_fp8.shape
+    tensors = (x, weight_fp8, weight_scale) if bias is None else (x, weight_fp8, weight_scale, bias)
+    kernel = _kernel("fp8_linear", *tensors)
+    if (kernel is not None and x.dtype == torch.bfloat16 and k % 16 == 0 and n % 16 == 0
+            and (bias is None or bias.dtype == torch.bfloat16) and fp8_supported(x.device)):
+        return kernel(x.contiguous(), weight_fp8, weight_scale, bias)
+    from .kernels.fp8.reference import fp8_linear_reference
+
+    return fp8_linear_reference(x, weight_fp8, weight_scale, bias)

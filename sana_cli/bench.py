@@ -13,7 +13,7 @@ from rich.table import Table
 
 from . import console
 
-KERNEL_BENCHES = ("linear_attention", "modulation", "mixffn")
+KERNEL_BENCHES = ("linear_attention", "modulation", "mixffn", "rms_norm", "upsample", "fp8")
 
 
 def bench(
@@ -22,6 +22,7 @@ def bench(
     batch: Annotated[int, typer.Option("--batch", min=1, help="Batch for SANA (2 = one CFG step); Sprint runs batch 1.")] = 2,
     compiled: Annotated[bool, typer.Option("--compile/--no-compile", help="Also time diffusers + torch.compile.")] = True,
     kernels: Annotated[bool, typer.Option("--kernels/--no-kernels", help="Also print the per-kernel table.")] = True,
+    fp8: Annotated[bool, typer.Option("--fp8/--no-fp8", help="Also time our fp8 block linears (GPUs of compute capability 8.9+).")] = True,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Append the results as a Markdown section to this file.")] = None,
     generate: Annotated[bool, typer.Option("--generate", help="Instead: prompt-to-image time after load (1.6B, Gemma-2-2B, DC-AE).")] = False,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Sampling steps for --generate.")] = 20,
@@ -30,30 +31,34 @@ def bench(
     from sana.benchmark import bench_dit, bf16_peak_tflops
 
     if generate:
-        _bench_generate(px or [1024, 4096], steps, markdown)
+        _bench_generate(px or [1024, 4096], steps, markdown, fp8)
         return
     models = model or ["sana-1.6b", "sprint-1.6b"]
     sizes = px or [1024, 2048, 4096]
     rows = []
     for name in models:
         sprint = "sprint" in name
-        rows += bench_dit(name, sizes, batch=1 if sprint else batch, compiled=compiled,
+        rows += bench_dit(name, sizes, batch=1 if sprint else batch, compiled=compiled, fp8=fp8,
                           on_row=lambda r: console.info(f"measured {r.model} {r.px} px"))
     import torch
 
     card = torch.cuda.get_device_name()
     peak = bf16_peak_tflops()
     impls = list(rows[0].ms)
-    table = Table(title=f"DiT forward, ms (median) on {card}, bf16", header_style="bold")
-    for column in ("model", "px", "batch", *impls, "best TFLOP/s", "% peak", "vs diffusers", "first call s"):
+    with_fp8 = rows[0].fp8_error is not None
+    fp8_columns = ["fp8 vs diffusers", "fp8 rel. err vs bf16"] if with_fp8 else []
+    table = Table(title=f"DiT forward, ms (median) on {card}, bf16 (fp8: block linears only)", header_style="bold")
+    for column in ("model", "px", "batch", *impls, "best bf16 TFLOP/s", "% peak", "vs diffusers", *fp8_columns,
+                   "first call s"):
         table.add_column(column, justify="left" if column == "model" else "right")
     lines = []
     for r in rows:
-        best = min(r.ms[k] for k in r.ms if k.startswith("ours"))
+        best = r.best_bf16()
         tflops = r.tflop / best * 1e3
         first = ", ".join(f"{k}: {v:.1f}" for k, v in r.first_call_s.items())
+        fp8_cells = [f"{r.ms['diffusers'] / r.ms['ours, fp8+graph']:.2f}x", f"{r.fp8_error:.3f}"] if with_fp8 else []
         cells = [r.model, str(r.px), str(r.batch), *[f"{r.ms[k]:.2f}" for k in impls], f"{tflops:.0f}",
-                 f"{100 * tflops / peak:.0f}%" if peak else "-", f"{r.ms['diffusers'] / best:.2f}x", first]
+                 f"{100 * tflops / peak:.0f}%" if peak else "-", f"{r.ms['diffusers'] / best:.2f}x", *fp8_cells, first]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     console.out.print(table)
@@ -64,8 +69,8 @@ def bench(
             kernel_output += done.stdout + (done.stderr if done.returncode else "")
         console.out.print(kernel_output, highlight=False)
     if markdown:
-        header = ["model", "px", "batch", *[f"{k} ms" for k in impls], "best TFLOP/s", "% peak", "vs diffusers",
-                  "first call s"]
+        header = ["model", "px", "batch", *[f"{k} ms" for k in impls], "best bf16 TFLOP/s", "% peak",
+                  "vs diffusers", *fp8_columns, "first call s"]
         argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
         command = " ".join(["sana bench", *argv])
         text = (f"\n## {datetime.date.today()}: {card}, torch {torch.__version__}\n\n`{command}`\n\n"
@@ -76,27 +81,34 @@ def bench(
             f.write(text)
 
 
-def _bench_generate(sizes: list[int], steps: int, markdown: Path | None) -> None:
+def _bench_generate(sizes: list[int], steps: int, markdown: Path | None, fp8: bool) -> None:
     import torch
 
     from sana.benchmark import bench_generate
 
-    rows = bench_generate(sizes, steps=steps, on_row=lambda r: console.info(f"measured {r.px} px"))
+    rows = bench_generate(sizes, steps=steps, fp8=fp8, on_row=lambda r: console.info(f"measured {r.px} px"))
     card = torch.cuda.get_device_name()
+    with_fp8 = rows[0].fp8_psnr is not None
+    fp8_columns = ["ours, fp8", "fp8 speed-up", "fp8 PSNR vs bf16 dB"] if with_fp8 else []
     table = Table(title=f"prompt to image after load, s (median of 3), 1.6B, {card}, bf16", header_style="bold")
-    for column in ("px", "steps", "diffusers SanaPipeline", "ours", "speed-up", "ours: encode / denoise / decode"):
+    for column in ("px", "steps", "diffusers SanaPipeline", "ours", "speed-up", *fp8_columns,
+                   "ours: encode / denoise / decode"):
         table.add_column(column, justify="right")
     lines = []
     for r in rows:
         phases = " / ".join(f"{r.phases.get(k, 0):.3f}" for k in ("encode", "denoise", "decode"))
+        fp8_cells = [f"{r.seconds['ours, fp8']:.3f}", f"{r.seconds['diffusers'] / r.seconds['ours, fp8']:.2f}x",
+                     f"{r.fp8_psnr:.1f}"] if with_fp8 else []
         cells = [str(r.px), str(r.steps), f"{r.seconds['diffusers']:.3f}", f"{r.seconds['ours']:.3f}",
-                 f"{r.seconds['diffusers'] / r.seconds['ours']:.2f}x", phases]
+                 f"{r.seconds['diffusers'] / r.seconds['ours']:.2f}x", *fp8_cells, phases]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     console.out.print(table)
     if markdown:
         argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
-        header = ["px", "steps", "diffusers s", "ours s", "speed-up", "ours encode / denoise / decode s"]
+        header = ["px", "steps", "diffusers s", "ours s", "speed-up", *[f"{c} s" if c == "ours, fp8" else c
+                                                                       for c in fp8_columns],
+                  "ours encode / denoise / decode s"]
         text = (f"\n## {datetime.date.today()}: {card}, torch {torch.__version__}\n\n`{' '.join(['sana bench', *argv])}`\n\n"
                 f"| {' | '.join(header)} |\n|{'---|' * len(header)}\n" + "\n".join(lines) + "\n")
         with open(markdown, "a", encoding="utf-8") as f:

@@ -29,6 +29,7 @@ def gen(
     lora: opt.Lora = None,
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
+    fp8: opt.Fp8 = False,
     memory: opt.Memory = "auto",
     max_vram: opt.MaxVram = None,
     dry_run: opt.DryRun = False,

@@ -122,6 +122,22 @@ def model_defaults(spec, scheduler_config: dict, family: str, native_resolution:
     )
 
 
+def check_fp8(device, dtype: str) -> None:
+    """--fp8 needs cuBLAS's fp8 GEMM (compute capability 8.9+) and bf16 activations."""
+    import torch
+
+    from sana.ops import fp8_supported
+
+    if device.type != "cuda":
+        raise UsageError(f"--fp8 needs an NVIDIA GPU; this run uses {device}")
+    if not fp8_supported(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise UsageError(f"--fp8 needs compute capability 8.9+ (Ada, Hopper); this GPU has {major}.{minor}",
+                         "drop --fp8")
+    if dtype != "bf16":
+        raise UsageError(f"--fp8 runs with bf16 activations, not {dtype}", "drop --dtype or pass --dtype bf16")
+
+
 def quiet_libraries() -> None:
     """diffusers and transformers print progress bars and warnings of their own; ours are enough."""
     from diffusers.utils import logging as diffusers_logging
@@ -221,6 +237,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     if max_vram is not None:
         limit_process_memory(device, max_vram)
     dtype = DTYPES[plan.dtype]
+    fp8 = bool(flags.get("fp8"))
+    if fp8:
+        check_fp8(device, plan.dtype)
     # Variant files of the compute precision when the model has them (e.g. *.bf16.safetensors), else the default.
     variant = plan.dtype
     if spec is not None:
@@ -228,11 +247,11 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         variant = weight_set.variant if weight_set else None
 
     # 6. Load where the plan keeps each component (LoRAs merged at load).
-    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]} on {device})")
+    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]}{', fp8 block linears' if fp8 else ''} on {device})")
     console.info(plan.headline())
     start = time.perf_counter()
     pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family, variant=variant,
-                                         loras=loras, transformer_path=transformer_path, plan=plan)
+                                         loras=loras, transformer_path=transformer_path, plan=plan, fp8=fp8)
     load_seconds = time.perf_counter() - start
 
     # 7. One generation a prompt (all its seeds in one batch), each image saved with its metadata.
@@ -250,6 +269,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                 timings={"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
                 extra={"device": str(device), "generated_size": list(result.generated_size),
                        "images_in_batch": len(request.seeds), "memory": result.memory,
+                       **({"fp8": "block linears, e4m3 rowwise"} if fp8 else {}),
                        **({"transformer": str(transformer_path)} if transformer_path else {})},
             )
             start = time.perf_counter()

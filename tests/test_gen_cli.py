@@ -143,7 +143,8 @@ def test_size_is_snapped_with_a_notice(pipelines, tmp_path):
     ("--res", "huge"),
     ("--dtype", "fp8"),
     ("--lora", "missing-lora.safetensors"),
-], ids=["unknown-model", "sampler", "res", "dtype", "lora"])
+    ("--fp8",),
+], ids=["unknown-model", "sampler", "res", "dtype", "lora", "fp8-on-the-cpu"])
 def test_bad_input_is_one_line(pipelines, args, tmp_path):
     _, model_dir = pipelines["sana"]
     base = ["gen", "a dog", "--model", str(model_dir), "--steps", "2", "-o", str(tmp_path / "x.png"), "--device", "cpu"]

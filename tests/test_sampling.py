@@ -1,5 +1,6 @@
 """Samplers, guidance and resolution binning against diffusers' own helpers."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +88,21 @@ def test_unknown_sampler_and_sprint_steps_are_usage_errors():
     torch.testing.assert_close(scm.timesteps, torch.tensor([1.5708, 1.3, 0.0]))
     sampling.set_scm_timesteps(scm, 3, max_timesteps=1.5708, intermediate_timesteps=1.3)
     assert len(scm.timesteps) == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_pixels_to_pil_equals_diffusers_postprocess(dtype):
+    """Our uint8 conversion on the pixels' device gives diffusers' PIL image byte for byte, ties included."""
+    from diffusers.image_processor import PixArtImageProcessor
+
+    from sana.pipeline import pixels_to_pil
+
+    torch.manual_seed(0)
+    pixels = torch.rand(1, 3, 37, 53) * 2.4 - 1.2  # beyond [-1, 1] too: clamped
+    ties = (torch.arange(256).float() + 0.5) / 255 * 2 - 1  # values that land on .5 after scaling
+    pixels[0, 0, 0, :53] = ties[:53]
+    pixels = pixels.to(dtype)
+    ours = np.asarray(pixels_to_pil(pixels))
+    theirs = np.asarray(PixArtImageProcessor(vae_scale_factor=32).postprocess(pixels, output_type="pil")[0])
+    assert ours.shape == theirs.shape == (37, 53, 3) and ours.dtype == np.uint8
+    assert np.array_equal(ours, theirs)

@@ -9,6 +9,8 @@ Public functions (all inference-only, no autograd):
     mixffn_middle(h, height, width, dw_weight, dw_bias) -> [B, N, Hd]
     rms_norm_affine(x, weight, bias, eps=1e-5, residual=None) -> [..., C]
     assemble_phases(y, skip=None) -> [B, Cout, 2h, 2w] channels-last
+    quantize_fp8_rows(x) -> (float8_e4m3fn [..., K], float32 [...])
+    fp8_linear(x, weight_fp8, weight_scale, bias) -> [..., N] (quantize + torch._scaled_mm; cc 8.9+)
 
 Importing this package imports Triton when it is installed; the functions are absent when it is not, and
 `triton_available()` says whether they can run here.
@@ -35,6 +37,7 @@ __all__ = ["triton_available"]
 if importlib.util.find_spec("triton") is not None:
     # Bound after the subpackages are imported, so `sana.kernels.linear_attention` is the function (the
     # import system would otherwise leave the subpackage of the same name there).
+    from .fp8.triton import fp8_linear, quantize_fp8_rows
     from .linear_attention.triton import linear_attention
     from .mixffn.triton import mixffn_middle
     from .modulation.triton import gated_residual, gated_residual_modulated_norm, modulated_layer_norm
@@ -42,4 +45,4 @@ if importlib.util.find_spec("triton") is not None:
     from .upsample.triton import assemble_phases
 
     __all__ += ["linear_attention", "modulated_layer_norm", "gated_residual_modulated_norm", "mixffn_middle",
-                "rms_norm_affine", "assemble_phases", "gated_residual"]
+                "rms_norm_affine", "assemble_phases", "gated_residual", "quantize_fp8_rows", "fp8_linear"]

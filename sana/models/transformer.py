@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .fp8 import linear_output_rows
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,7 @@ class LinearSelfAttention(nn.Module):
         attended = ops.linear_attention(q, k, v, self.heads)  # [b, N, D]
         if perturbed_rows:
             dim = x.shape[-1]
-            v_bias = self.qkv.bias[2 * dim:] if self.qkv.bias is not None else None
-            identity = F.linear(x[keep:], self.qkv.weight[2 * dim:], v_bias)  # [B - b, N, D]
+            identity = linear_output_rows(self.qkv, x[keep:], 2 * dim, 3 * dim)  # v(x): [B - b, N, D]
             attended = torch.cat([attended, identity])
         return ops.clip_fp16(self.out(attended))
 

@@ -1,0 +1,82 @@
+"""fp8 weights for the DiT's block linears: `Fp8Linear` and `quantize_blocks_fp8`.
+
+The six linears of every block (self-attention qkv and out, cross-attention q and out, the Mix-FFN's two 1x1
+convs) hold ~98% of a SANA DiT's multiply-adds. Their weights become float8_e4m3fn with one fp32 scale per
+output channel; activations are quantized per token as they arrive (`ops.fp8_linear`). Everything else (norms,
+attention, the depthwise conv, embeddings, the text's key/value projection) stays in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..kernels.fp8.reference import FP8_DTYPE, quantize_fp8_rows_reference
+
+# (submodule, linear) pairs of a SanaBlock that carry the image tokens.
+BLOCK_LINEARS = (("attn", "qkv"), ("attn", "out"), ("cross_attn", "q"), ("cross_attn", "out"),
+                 ("ff", "inverted"), ("ff", "point"))
+
+
+class Fp8Linear(nn.Module):
+    """A frozen linear with a float8_e4m3fn weight [N, K] and per-output-channel fp32 scales [N]."""
+
+    def __init__(self, weight_fp8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight_fp8.shape
+        self.register_buffer("weight_fp8", weight_fp8)
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Fp8Linear":
+        """Quantize `linear`'s weight per output row (amax -> 448); the bias keeps its dtype."""
+        weight_fp8, weight_scale = quantize_fp8_rows_reference(linear.weight.detach())
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(weight_fp8, weight_scale, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.fp8_linear(x, self.weight_fp8, self.weight_scale, self.bias)
+
+    def output_rows(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Outputs start:end only (rows of the weight), e.g. the value part of a fused qkv."""
+        bias = None if self.bias is None else self.bias[start:end]
+        return ops.fp8_linear(x, self.weight_fp8[start:end], self.weight_scale[start:end], bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 rowwise"
+
+
+def quantize_blocks_fp8(transformer: nn.Module) -> int:
+    """Replace every block's image-token linears with `Fp8Linear`s in place; returns how many were replaced.
+
+    A linear whose sides are not multiples of 16 (tiny test configs) stays as it is: cuBLAS's fp8 GEMM needs
+    them. Each bf16 weight is freed as soon as its fp8 copy exists, so the peak is one linear above the model.
+    """
+    replaced = 0
+    for block in transformer.blocks:
+        for parent_name, name in BLOCK_LINEARS:
+            parent = getattr(block, parent_name)
+            linear = getattr(parent, name)
+            if not isinstance(linear, nn.Linear) or linear.in_features % 16 or linear.out_features % 16:
+                continue
+            setattr(parent, name, Fp8Linear.from_linear(linear))
+            replaced += 1
+    transformer.fp8 = replaced > 0
+    return replaced
+
+
+def is_fp8(module: nn.Module) -> bool:
+    return any(isinstance(m, Fp8Linear) for m in module.modules())
+
+
+def linear_output_rows(linear: nn.Module, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Outputs start:end of a linear or an `Fp8Linear`, without computing the others."""
+    if isinstance(linear, Fp8Linear):
+        return linear.output_rows(x, start, end)
+    bias = None if linear.bias is None else linear.bias[start:end]
+    return torch.nn.functional.linear(x, linear.weight[start:end], bias)
+
+
+__all__ = ["Fp8Linear", "quantize_blocks_fp8", "is_fp8", "linear_output_rows", "FP8_DTYPE"]
