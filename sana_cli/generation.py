@@ -179,7 +179,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
 
     # 2. Seeds and output paths, before anything loads: an existing file fails now, not after a long load.
     force = bool(flags.get("force"))
-    planned_jobs, planned = [], 0
+    planned_jobs, planned, planned_paths = [], 0, set()
     for prompt, overrides in jobs:
         settings = merge_settings(replay, explicit, overrides)
         parse_resolution(settings.get("res"))  # bad sizes and samplers fail before the model loads
@@ -189,10 +189,17 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         seed = random_seed() if settings.get("seed") is None else int(settings["seed"])
         seeds = [(seed + i) & 0xFFFFFFFF for i in range(num)]
         out = settings.get("out")
-        numbered = len(jobs) > 1 or num > 1  # `-o file.png` with several images numbers them on
+        if "out" in overrides:  # a prompts-file line's own output: used as given (numbered only for --num)
+            index_start = 0
+        else:  # a shared `-o file.png` numbers the images of every prompt on
+            index_start = planned if len(jobs) > 1 or num > 1 else 0
+            planned += num
         paths = [] if dry_run else plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force,
-                                                     index_start=planned if numbered else 0)
-        planned += num
+                                                     index_start=index_start)
+        for path in paths:
+            if path in planned_paths:
+                raise UsageError(f"two images of this run would be written to {path}", "give each line its own out")
+            planned_paths.add(path)
         planned_jobs.append((prompt, settings, seeds, paths))
 
     # 3. The model: resolve (no download here; a dry run plans from the registry when the weights are absent).

@@ -127,6 +127,22 @@ def test_prompts_file_runs_every_line_in_one_process(pipelines, tmp_path):
     assert steps == [2, 3]
 
 
+def test_prompts_file_lines_write_their_own_outputs(pipelines, tmp_path):
+    _, model_dir = pipelines["sana"]
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [{"prompt": "a red circle", "seed": 1, "out": str(first)}, {"prompt": "a red circle", "seed": 2, "out": str(second)}]
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = run_sana("gen", "--prompts", str(prompts), "--model", str(model_dir), "--res", "64", "--steps", "2", *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert sorted(tmp_path.glob("*.png")) == [first, second]
+    # Two lines naming one file: refused before anything loads, nothing written.
+    prompts.write_text("".join(json.dumps(dict(line, out=str(tmp_path / "same.png"))) + "\n" for line in lines))
+    assert "same.png" in assert_one_line_error(run_sana("gen", "--prompts", str(prompts), "--model", str(model_dir),
+                                                        *COMMON))
+    assert not (tmp_path / "same.png").exists()
+
+
 def test_size_is_snapped_with_a_notice(pipelines, tmp_path):
     _, model_dir = pipelines["sana"]
     out = tmp_path / "snap.png"
