@@ -126,6 +126,26 @@ def transformer_sizes(config: dict) -> tuple[int, int, int, int]:
     return sum(p.numel() for p in model.parameters()), block, cfg.num_layers, cfg.inner_dim
 
 
+def with_fp8_blocks(sizes: ComponentSizes, config: dict) -> ComponentSizes:
+    """`sizes` for a DiT whose block linears hold fp8 weights (`sana.models.fp8`; bf16 compute): the transformer's
+    and a block's "params" become their bytes over 2, so the planner's bf16 arithmetic counts them right."""
+    import torch
+
+    from .models.fp8 import quantize_blocks_fp8
+    from .models.transformer import SanaTransformer, TransformerConfig
+
+    with torch.device("meta"):
+        model = SanaTransformer(TransformerConfig.from_dict(config)).to(torch.bfloat16)
+    quantize_blocks_fp8(model)
+
+    def half_bytes(module) -> int:
+        tensors = [*module.parameters(), *module.buffers()]
+        return math.ceil(sum(t.numel() * t.element_size() for t in tensors) / 2)
+
+    block = half_bytes(model.blocks[0]) if len(model.blocks) else 0
+    return replace(sizes, transformer_params=half_bytes(model), block_params=block)
+
+
 def vae_decoder_sizes(config: dict) -> tuple[int, int, int]:
     """(decoder params, scale factor, full-resolution channels) of a DC-AE config, from our decoder built on the
     meta device."""

@@ -235,7 +235,16 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     # 5. Device, precision and the memory plan (a dry run prints it and stops here).
     device = pick_device(flags.get("device") or "auto")
     info = probe_device(device)
+    fp8 = bool(flags.get("fp8"))
+    if fp8:
+        from sana.hub import transformer_config
+        from sana.memory import with_fp8_blocks
+
+        config = (transformer_config(resolved.path) if resolved else None) or spec.transformer
+        sizes = with_fp8_blocks(sizes, {k: v for k, v in config.items() if not k.startswith("_")})
     plan = plan_memory(info, sizes, workload, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
+    if fp8:
+        check_fp8(device, plan.dtype)
     if max_vram is not None and not info.is_accelerator:
         console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
     if dry_run:
@@ -244,9 +253,6 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     if max_vram is not None:
         limit_process_memory(device, max_vram)
     dtype = DTYPES[plan.dtype]
-    fp8 = bool(flags.get("fp8"))
-    if fp8:
-        check_fp8(device, plan.dtype)
     # Variant files of the compute precision when the model has them (e.g. *.bf16.safetensors), else the default.
     variant = plan.dtype
     if spec is not None:

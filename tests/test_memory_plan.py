@@ -310,3 +310,20 @@ def test_the_plan_table_names_every_component(sizes):
     for expected in ("text encoder", "transformer", "VAE decoder", "streamed to the GPU block by block",
                      "CPU (encodes there", "tiles of", "predicted peak", "minimal"):
         assert expected in text, expected
+
+
+def test_fp8_blocks_count_a_byte_a_weight(sizes):
+    """`--fp8`: the blocks' six image-token linears hold 1-byte weights (plus fp32 scales); the text's key/value
+    projection and everything outside the blocks stay bf16: 57% of the bf16 bytes for SANA 1.6B."""
+    from sana.memory import with_fp8_blocks
+
+    config = {k: v for k, v in get_spec("sana-1.6b").transformer.items() if not k.startswith("_")}
+    bf16, fp8 = sizes["sana-1.6b"], with_fp8_blocks(sizes["sana-1.6b"], config)
+    assert 0.55 < fp8.transformer_params / bf16.transformer_params < 0.6
+    assert 0.55 < fp8.block_params / bf16.block_params < 0.58
+    assert (fp8.text_encoder_params, fp8.inner_dim, fp8.blocks) == (bf16.text_encoder_params, bf16.inner_dim, bf16.blocks)
+    device = gpu(6, cc=(8, 9))
+    plan_bf16 = plan_memory(device, bf16, Workload(1024, 1024, images=1, rows=2))
+    plan_fp8 = plan_memory(device, fp8, Workload(1024, 1024, images=1, rows=2))
+    assert TIERS.index(plan_fp8.tier) <= TIERS.index(plan_bf16.tier)
+    assert plan_fp8.peak("denoise") < plan_bf16.peak("denoise")
