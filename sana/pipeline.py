@@ -180,14 +180,13 @@ class ImagePipeline:
     def encode(self, request: ImageRequest) -> tuple[PromptEmbeddings, int]:
         """Text rows for one batched forward: [uncond] [cond] [cond for PAG], each `len(seeds)` rows."""
         batch = len(request.seeds)
-        cond = self.text_encoder.encode([request.prompt])
-        parts = []
+        items = []  # both prompts in one text-encoder forward
         if not self.is_sprint and request.guidance > 1.0:
-            parts.append(self.text_encoder.encode([request.negative_prompt], with_instruction=False))
-        parts.append(cond)
+            items.append((request.negative_prompt, False))
+        items.append((request.prompt, True))
         if not self.is_sprint and request.pag > 0.0:
-            parts.append(cond)
-        rows = PromptEmbeddings.cat(parts).trimmed().to(self.device)  # from the CPU when the text encoder runs there
+            items.append((request.prompt, True))
+        rows = self.text_encoder.encode_many(items).trimmed().to(self.device)  # from the CPU when the encoder runs there
         # one encoding a distinct prompt, repeated over the seeds
         return rows.index([i for i in range(len(rows)) for _ in range(batch)]), batch
 

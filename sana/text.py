@@ -99,25 +99,56 @@ class TextEncoder:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    @torch.no_grad()
     def encode(self, prompts: list[str], *, with_instruction: bool = True) -> PromptEmbeddings:
         """Encode distinct prompts once each; rows come back in the order given."""
-        unique = list(dict.fromkeys(prompts))
-        texts = [preprocess_prompt(p) for p in unique]
-        if with_instruction and self.instruction:
-            texts = [self.instruction + t for t in texts]
-            # The instruction's token count includes BOS; the "- 2" is what the models were run with.
-            total_length = len(self.tokenizer.encode(self.instruction)) + self.max_length - 2
-        else:
+        return self.encode_many([(p, with_instruction) for p in prompts])
+
+    @torch.no_grad()
+    def encode_many(self, items: list[tuple[str, bool]]) -> PromptEmbeddings:
+        """(prompt, with_instruction) items -> one row each, in order, from one Gemma forward over the distinct items.
+
+        Each item is tokenised to the length its pipeline uses (with the instruction: `len(CHI) + max_len - 2`, else
+        `max_len`) and reduced to BOS plus its last `max_len - 1` positions, as diffusers does. The forward runs only
+        over the real tokens (right padding and a causal model: padding never changes a real token's state), all
+        items in one batch; padded positions come back as zeros with mask 0 (diffusers returns the encoder's states
+        there, which cross-attention masks out all the same).
+        """
+        unique = list(dict.fromkeys(items))
+        rows = []  # (input ids, mask, total length) of each distinct item, padded to its own length
+        for with_instruction in (True, False):
+            group = [p for p, w in unique if w == with_instruction]
+            if not group:
+                continue
+            texts = [preprocess_prompt(p) for p in group]
             total_length = self.max_length
-        tokens = self.tokenizer(
-            texts, padding="max_length", max_length=total_length, truncation=True, add_special_tokens=True,
-            return_tensors="pt",
-        )
-        ids = tokens.input_ids.to(self.device)
-        mask = tokens.attention_mask.to(self.device)
-        hidden = self.model(ids, attention_mask=mask)[0]  # [U, T, C]
-        # Keep BOS and the last max_length - 1 positions: the prompt itself, after the instruction.
-        keep = [0] + list(range(total_length - self.max_length + 1, total_length))
-        encoded = PromptEmbeddings(hidden[:, keep], mask[:, keep])
-        return encoded.index([unique.index(p) for p in prompts])
+            if with_instruction and self.instruction:
+                texts = [self.instruction + t for t in texts]
+                # The instruction's token count includes BOS; the "- 2" is what the models were run with.
+                total_length = len(self.tokenizer.encode(self.instruction)) + self.max_length - 2
+            tokens = self.tokenizer(texts, padding="max_length", max_length=total_length, truncation=True,
+                                    add_special_tokens=True, return_tensors="pt")
+            for prompt, ids, mask in zip(group, tokens.input_ids, tokens.attention_mask):
+                rows.append(((prompt, with_instruction), ids, mask, total_length))
+        rows.sort(key=lambda row: unique.index(row[0]))
+
+        # One forward over the longest real sequence (right padding keeps every row's tokens in front).
+        width = max(int(mask.sum()) for _, _, mask, _ in rows) or 1
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (_, row_ids, row_mask, _) in enumerate(rows):
+            n = min(width, row_ids.shape[0])
+            ids[i, :n], mask[i, :n] = row_ids[:n], row_mask[:n]
+        hidden = self.model(ids.to(self.device), attention_mask=mask.to(self.device))[0]  # [U, width, C]
+
+        embeds = hidden.new_zeros((len(rows), self.max_length, hidden.shape[-1]))
+        kept_mask = torch.zeros((len(rows), self.max_length), dtype=torch.long)
+        for i, (_, _, row_mask, total_length) in enumerate(rows):
+            # BOS and the last max_length - 1 positions: the prompt itself, after the instruction.
+            keep = torch.tensor([0] + list(range(total_length - self.max_length + 1, total_length)))
+            computed = keep < width
+            embeds[i, computed.nonzero().squeeze(1).to(hidden.device)] = hidden[i, keep[computed].to(hidden.device)]
+            kept_mask[i] = row_mask[keep]
+        embeds = embeds * kept_mask.to(embeds.device, embeds.dtype).unsqueeze(-1)  # padded positions: zeros
+        encoded = PromptEmbeddings(embeds, kept_mask.to(self.device))
+        return encoded.index([unique.index(item) for item in items])

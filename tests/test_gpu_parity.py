@@ -14,8 +14,9 @@ def _relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return ((ours.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-@pytest.mark.parametrize("name,px", [("sana-1.6b", 1024), ("sana-1.6b-4k", 4096), ("sprint-1.6b", 1024)])
-def test_real_config_bf16_matches_diffusers(name, px, tmp_path):
+def _real_config_pair(name: str, tmp_path):
+    """diffusers' model at a registry config with random weights (none left at zero) and ours loaded from its
+    folder, both bf16 on the GPU; and that config."""
     from diffusers import SanaTransformer2DModel
 
     from sana.loading import load_transformer
@@ -28,8 +29,11 @@ def test_real_config_bf16_matches_diffusers(name, px, tmp_path):
             if p.abs().sum() == 0:
                 p.normal_(0, 0.02)
     ref.save_pretrained(tmp_path / "transformer")
-    ours = load_transformer(tmp_path, dtype=torch.bfloat16, device="cuda")
+    return ref, load_transformer(tmp_path, dtype=torch.bfloat16, device="cuda"), config
 
+
+def _inputs(config: dict, px: int):
+    """(x, text, text mask with padding in row 0, timesteps, guidance or None) for batch 2 at `px`."""
     batch, side = 2, px // 32
     gen = torch.Generator("cuda").manual_seed(1)
     x = torch.randn(batch, 32, side, side, device="cuda", generator=gen).bfloat16()
@@ -38,12 +42,19 @@ def test_real_config_bf16_matches_diffusers(name, px, tmp_path):
     mask[0, 40:] = 0
     t = torch.tensor([999.0, 500.0], device="cuda")
     guidance = torch.full((batch,), 0.45, device="cuda", dtype=torch.bfloat16) if config.get("guidance_embeds") else None
+    return x, text, mask, t, guidance
+
+
+@pytest.mark.parametrize("name,px", [("sana-1.6b", 1024), ("sana-1.6b-4k", 4096), ("sprint-1.6b", 1024)])
+def test_real_config_bf16_matches_diffusers(name, px, tmp_path):
+    ref, ours, config = _real_config_pair(name, tmp_path)
+    x, text, mask, t, guidance = _inputs(config, px)
     with torch.no_grad():
         expected = ref(x, encoder_hidden_states=text, timestep=t, encoder_attention_mask=mask, guidance=guidance,
                        return_dict=False)[0]
         got = ours(x, text, t, text_mask=mask, guidance=guidance)
     err = _relative_error(got, expected)
-    print(f"{name} {px}px batch {batch}: relative error {err:.2e}")
+    print(f"{name} {px}px batch 2: relative error {err:.2e}")
     assert torch.isfinite(got).all()
     assert err < 1e-2
 
@@ -57,32 +68,13 @@ FP8_BUDGET = 0.1
 @pytest.mark.parametrize("name,px", [("sana-1.6b", 1024), ("sprint-1.6b", 1024)])
 def test_real_config_fp8_within_budget_of_diffusers(name, px, tmp_path):
     """fp8 block linears against diffusers' bf16 model, and the cuBLAS fp8 path against the fp8 reference."""
-    from diffusers import SanaTransformer2DModel
-
     from sana import ops
     from sana.graphs import GraphedForward
-    from sana.loading import load_transformer
     from sana.models.fp8 import quantize_blocks_fp8
 
-    config = {k: v for k, v in get_spec(name).transformer.items() if not k.startswith("_")}
-    torch.manual_seed(0)
-    ref = SanaTransformer2DModel(**config).to("cuda", torch.bfloat16).eval()
-    with torch.no_grad():
-        for p in ref.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.02)
-    ref.save_pretrained(tmp_path / "transformer")
-    ours = load_transformer(tmp_path, dtype=torch.bfloat16, device="cuda")
+    ref, ours, config = _real_config_pair(name, tmp_path)
     assert quantize_blocks_fp8(ours) == 6 * config["num_layers"]
-
-    batch, side = 2, px // 32
-    gen = torch.Generator("cuda").manual_seed(1)
-    x = torch.randn(batch, 32, side, side, device="cuda", generator=gen).bfloat16()
-    text = torch.randn(batch, 300, 2304, device="cuda", generator=gen).bfloat16()
-    mask = torch.ones(batch, 300, device="cuda", dtype=torch.long)
-    mask[0, 40:] = 0
-    t = torch.tensor([999.0, 500.0], device="cuda")
-    guidance = torch.full((batch,), 0.45, device="cuda", dtype=torch.bfloat16) if config.get("guidance_embeds") else None
+    x, text, mask, t, guidance = _inputs(config, px)
     with torch.no_grad():
         expected = ref(x, encoder_hidden_states=text, timestep=t, encoder_attention_mask=mask, guidance=guidance,
                        return_dict=False)[0]

@@ -676,10 +676,14 @@ class _CachedPrompts:
         self.trainer, self.keys = trainer, keys
 
     def encode(self, prompts: list[str], *, with_instruction: bool = True):
+        return self.encode_many([(p, with_instruction) for p in prompts])
+
+    def encode_many(self, items: list[tuple[str, bool]]):
+        """(prompt, with_instruction) items -> rows in order; the negative (no instruction) is the empty caption."""
         from ..text import PromptEmbeddings
 
         rows = []
-        for prompt in prompts:
+        for prompt, with_instruction in items:
             key = self.keys[prompt if with_instruction and prompt != NULL_CAPTION else NULL_CAPTION]
             rows.append(self.trainer._text(key).float())
         length = max(MAX_TEXT_TOKENS, *(r.shape[0] for r in rows))  # one width, as the text encoder gives
