@@ -237,11 +237,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     info = probe_device(device)
     fp8 = bool(flags.get("fp8"))
     if fp8:
-        from sana.hub import transformer_config
         from sana.memory import with_fp8_blocks
 
-        config = (transformer_config(resolved.path) if resolved else None) or spec.transformer
-        sizes = with_fp8_blocks(sizes, {k: v for k, v in config.items() if not k.startswith("_")})
+        sizes = with_fp8_blocks(sizes, _transformer_config(resolved, spec, transformer_path))
     plan = plan_memory(info, sizes, workload, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
     if fp8:
         check_fp8(device, plan.dtype)
@@ -313,15 +311,24 @@ def _resolve(model_arg: str, *, registry_only_ok: bool):
 
 def _component_sizes(resolved, spec, transformer_path: str | None):
     """Sizes for the planner: safetensors headers and configs when the model is on disk, else the preset."""
-    from sana.hub import transformer_config
     from sana.memory import sizes_from_directory, sizes_from_spec
 
     if resolved is None:
         return sizes_from_spec(spec)
-    config = None
+    return sizes_from_directory(resolved.path, transformer_config=_transformer_config(resolved, spec, transformer_path))
+
+
+def _transformer_config(resolved, spec, transformer_path: str | None) -> dict:
+    """The DiT config the run uses: a fine-tune folder's own, else the model folder's, else the preset's."""
+    from sana.hub import transformer_config
+
     if transformer_path and Path(transformer_path).expanduser().is_dir():
-        config = transformer_config(Path(transformer_path).expanduser()) or None  # a fine-tune's own config
-    return sizes_from_directory(resolved.path, transformer_config=config)
+        config = transformer_config(Path(transformer_path).expanduser())
+        if config:
+            return config
+    if resolved is not None:
+        return transformer_config(resolved.path) or (spec.transformer if spec else {})
+    return spec.transformer
 
 
 def _workload(requests: list, native_resolution: int, *, sprint: bool):
