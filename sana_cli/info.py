@@ -1,4 +1,4 @@
-"""`sana info FILE`: the generation metadata stored in an image."""
+"""`sana info FILE`: the generation metadata stored in an image or a clip."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from . import console
 
 
 def info_command(
-    file: Annotated[Path, typer.Argument(help="A PNG, JPEG or WebP image written by sana (or with A1111 parameters).")],
+    file: Annotated[Path, typer.Argument(help="An image (PNG, JPEG, WebP) or clip (MP4, GIF, animated WebP, "
+                                              "PNG-frames folder) written by sana, or an image with A1111 "
+                                              "parameters.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON record to stdout.")] = False,
 ) -> None:
-    """Show the settings an image was generated with."""
+    """Show the settings an image or clip was generated with."""
     from sana.outputs import read_metadata
 
     record = read_metadata(file)
@@ -45,6 +47,8 @@ def _table(file: Path, record) -> Table:
         ("Sampler", record.sampler),
         ("Flow shift", record.flow_shift),
         ("Size", f"{record.width}x{record.height}" if record.width and record.height else None),
+        ("Frames", record.frames),
+        ("FPS", f"{record.fps:g}" if record.fps else None),
         ("Dtype", record.dtype),
         ("LoRAs", ", ".join(f"{lora['path']} x{lora.get('scale', 1.0)}" for lora in record.loras)),
         ("Version", f"sana {record.version}" if record.version else None),

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from sana.outputs import GenerationRecord, save_image
-
-
-def run_sana(*args: str) -> subprocess.CompletedProcess:
-    beside_python = Path(sys.executable).with_name("sana")
-    executable = str(beside_python) if beside_python.exists() else shutil.which("sana")
-    assert executable, "the sana entry point is not installed"
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    return subprocess.run([executable, *args], env=env, capture_output=True, text=True, timeout=120)
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode != 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+from sana.outputs import GenerationRecord, save_image, save_video
+from sana.outputs.video import ffmpeg_exe
+from tests.cli_helpers import assert_one_line_error, run_sana
 
 
 RECORD = GenerationRecord(
@@ -85,8 +68,42 @@ def test_info_shows_another_tools_parameters(tmp_path):
 
 
 def test_info_errors_are_one_line(tmp_path):
-    assert "not found" in one_line_error(run_sana("info", str(tmp_path / "missing.png")))
+    assert "not found" in assert_one_line_error(run_sana("info", str(tmp_path / "missing.png")))
     (tmp_path / "notes.png").write_text("not an image")
-    assert "not an image" in one_line_error(run_sana("info", str(tmp_path / "notes.png")))
+    assert "not an image" in assert_one_line_error(run_sana("info", str(tmp_path / "notes.png")))
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
-    assert "no generation metadata" in one_line_error(run_sana("info", str(tmp_path / "plain.png"), "--json"))
+    assert "no generation metadata" in assert_one_line_error(run_sana("info", str(tmp_path / "plain.png"), "--json"))
+
+
+CLIP_RECORD = GenerationRecord(
+    prompt="a paper boat [drifting] down a stream", model="video-2b-480p", family="sana-video", seed=7, steps=50,
+    guidance=6.0, width=32, height=32, frames=5, fps=16.0, version="0.1.0",
+    extra={"motion_score": 30, "image_sha256": "ab" * 32},
+)
+CLIP_NAMES = {"mp4": "boat.mp4", "gif": "boat.gif", "webp": "boat.webp", "png": "boat"}
+
+
+@pytest.fixture(params=list(CLIP_NAMES))
+def clip_file(request, tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    return save_video(frames, tmp_path / CLIP_NAMES[request.param], CLIP_RECORD, fps=16)
+
+
+def test_info_on_a_clip(clip_file):
+    result = run_sana("info", str(clip_file))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in result.stdout.splitlines() if line.count("│") == 3}
+    assert rows["Prompt"] == CLIP_RECORD.prompt and rows["Family"] == "sana-video"
+    assert (rows["Size"], rows["Frames"], rows["FPS"]) == ("32x32", "5", "16")
+    assert rows["motion_score"] == "30" and rows["image_sha256"] == "ab" * 32
+    result = run_sana("info", str(clip_file), "--json")
+    assert result.returncode == 0, result.stderr
+    assert GenerationRecord.from_json(result.stdout) == CLIP_RECORD
+
+
+def test_info_on_a_clip_without_metadata(tmp_path):
+    path = tmp_path / "plain.mp4"
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=32x32",
+                    "-frames:v", "2", "-pix_fmt", "yuv420p", str(path)], check=True)
+    assert "no generation metadata" in assert_one_line_error(run_sana("info", str(path)))

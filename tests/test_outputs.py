@@ -296,6 +296,14 @@ def test_save_refuses_to_overwrite_unless_forced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]
 
 
+def test_the_package_keeps_every_name_the_code_imports():
+    import sana.outputs as outputs
+
+    for name in ("GenerationRecord", "file_sha256", "plan_output_paths", "read_metadata", "save_image",
+                 "image_format", "exists_error", "encode_user_comment", "FORMATS", "XMP_PACKET", *outputs.__all__):
+        assert hasattr(outputs, name), name
+
+
 @pytest.mark.parametrize("name", ["out.gif", "out.tiff", "out"])
 def test_unknown_suffix_is_a_usage_error(tmp_path, name):
     with pytest.raises(UsageError):

@@ -1,0 +1,126 @@
+"""Output paths: default names from the prompt and seed, numbered explicit paths, no silent overwrites.
+
+Images and clips are named the same way; only the suffixes they accept differ. A clip written as PNG frames is
+a folder, named like a file without a suffix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from pathlib import Path
+
+from ..errors import UsageError
+from .atomic import exists_error
+from .images import image_format
+from .video import CLIP_SUFFIXES, clip_format
+
+
+def prompt_slug(prompt: str, max_length: int = 40, fallback: str = "image") -> str:
+    """ASCII words of the prompt joined by '-', cut at a word boundary; `fallback` when none are left."""
+    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii")
+    words = re.findall(r"[a-z0-9]+", ascii_text.lower())
+    slug = ""
+    for word in words:
+        candidate = f"{slug}-{word}" if slug else word
+        if len(candidate) > max_length:
+            break
+        slug = candidate
+    if not slug and words:
+        slug = words[0][:max_length]
+    return slug or fallback
+
+
+def plan_output_paths(out: str | None, *, prompt: str, seeds: list[int], ext: str = ".png", force: bool,
+                      index_start: int = 0) -> list[Path]:
+    """One image path per seed.
+
+    out may be:
+    - None or "": the current directory, with default names;
+    - an existing directory, or a path ending in "/" (created when the image is saved): default names there,
+      "<prompt slug>-<seed><ext>", with "-1", "-2", ... appended when the name exists on disk or was already
+      planned in this batch (unless force, which lets a default name replace a file on disk);
+    - a file path (.png/.jpg/.jpeg/.webp; its suffix wins over ext): used as is for a single image. For several
+      images, or when index_start > 0 (earlier prompts of the same run already used this -o), images are
+      numbered by position: "name-<index_start + 1>.png", "name-<index_start + 2>.png", ... An existing file
+      path is an error unless force.
+    """
+    if not seeds:
+        return []
+    if _is_file_target(out):
+        target = Path(out).expanduser()
+        if not target.suffix:
+            raise UsageError(f"-o {target} has no image suffix",
+                             "use .png, .jpg or .webp, or end it with / for a directory")
+        image_format(target)
+        return _numbered_paths(target, len(seeds), force, index_start)
+    ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
+    image_format(Path(f"x{ext}"))
+    return _default_paths(out, prompt_slug(prompt), seeds, ext, force)
+
+
+def plan_clip_paths(out: str | None, *, prompt: str, seeds: list[int], fmt: str | None = None, force: bool,
+                    index_start: int = 0) -> list[Path]:
+    """One clip path per seed, named exactly as `plan_output_paths` names images.
+
+    fmt is "mp4", "gif", "webp" or "png" (PNG frames: one folder per clip); None takes it from a file -o's
+    suffix, else "mp4". In a directory a clip is "<prompt slug>-<seed>.mp4" (a frames folder has no suffix). A
+    file -o (.mp4/.gif/.webp) is used as is for one clip and numbered for several; it cannot name PNG frames,
+    which need a directory -o, and it must agree with an explicit fmt.
+    """
+    if not seeds:
+        return []
+    if _is_file_target(out):
+        target = Path(out).expanduser()
+        if not target.suffix:
+            raise UsageError(f"-o {target} has no clip suffix",
+                             "use .mp4, .gif or .webp, or end it with / for a directory")
+        if target.suffix.lower() == ".png" or fmt == "png":
+            raise UsageError(f"-o {target}: PNG frames are written as one folder per clip",
+                             "give -o a directory (end it with /)")
+        target_fmt = clip_format(target)
+        if fmt is not None and clip_format(fmt) != target_fmt:
+            raise UsageError(f"-o {target} is a .{target_fmt} file but the format asked for is {fmt}",
+                             f"use a .{clip_format(fmt)} name, or leave the format out")
+        return _numbered_paths(target, len(seeds), force, index_start)
+    ext = CLIP_SUFFIXES[clip_format(fmt or "mp4")]
+    return _default_paths(out, prompt_slug(prompt, fallback="clip"), seeds, ext, force)
+
+
+def _is_file_target(out: str | None) -> bool:
+    return bool(out) and not (out.endswith(("/", os.sep)) or Path(out).expanduser().is_dir())
+
+
+def _default_paths(out: str | None, slug: str, seeds: list[int], ext: str, force: bool) -> list[Path]:
+    directory = Path(out).expanduser() if out else Path(".")
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"-o {out} is a file, not a directory")
+    planned: set[Path] = set()
+    paths = []
+    for seed in seeds:
+        stem = f"{slug}-{seed}"
+        candidate = directory / f"{stem}{ext}"
+        counter = 0
+        while candidate in planned or (not force and _taken(candidate)):
+            counter += 1
+            candidate = directory / f"{stem}-{counter}{ext}"
+        planned.add(candidate)
+        paths.append(candidate)
+    return paths
+
+
+def _numbered_paths(target: Path, count: int, force: bool, index_start: int) -> list[Path]:
+    if count == 1 and index_start == 0:
+        paths = [target]
+    else:
+        paths = [target.with_name(f"{target.stem}-{index_start + i + 1}{target.suffix}") for i in range(count)]
+    if not force:
+        for path in paths:
+            if path.exists():
+                raise exists_error(path)
+    return paths
+
+
+def _taken(path: Path) -> bool:
+    return path.exists() or path.is_symlink()  # a dangling link is taken too: writing through it would surprise
