@@ -21,6 +21,8 @@ from .errors import SanaError
 from .lora import merge_loras, strip_key_prefixes
 from .models.dcae import DCAEConfig, DCAEDecoder, nearest_conv_phases
 from .models.transformer import SanaTransformer, TransformerConfig
+from .models.video_transformer import SanaVideoTransformer, VideoTransformerConfig
+from .models.world_transformer import SanaWorldTransformer, WorldTransformerConfig
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -33,6 +35,7 @@ class LoadReport:
     files: list[str]
     unexpected: list[str] = field(default_factory=list)
     loras: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # tensors the checkpoint carries for nothing (SANA-WM)
 
 
 # -- files ---------------------------------------------------------------------------------------------------
@@ -134,6 +137,7 @@ ORIGINAL_TO_DIFFUSERS = [
     (r"blocks\.(\d+)\.mlp\.inverted_conv\.conv\.", r"transformer_blocks.\1.ff.conv_inverted."),
     (r"blocks\.(\d+)\.mlp\.depth_conv\.conv\.", r"transformer_blocks.\1.ff.conv_depth."),
     (r"blocks\.(\d+)\.mlp\.point_conv\.conv\.", r"transformer_blocks.\1.ff.conv_point."),
+    (r"blocks\.(\d+)\.mlp\.t_conv\.", r"transformer_blocks.\1.ff.conv_temp."),  # SANA-Video
 ]
 _ORIGINAL_SPLITS = [  # fused original tensors that diffusers stores split
     (re.compile(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)"), "transformer_blocks.{0}.attn1", ("to_q", "to_k", "to_v")),
@@ -186,6 +190,8 @@ _RENAMES = [
     (r"transformer_blocks\.(\d+)\.ff\.conv_inverted\.", r"blocks.\1.ff.inverted."),
     (r"transformer_blocks\.(\d+)\.ff\.conv_depth\.", r"blocks.\1.ff.depthwise."),
     (r"transformer_blocks\.(\d+)\.ff\.conv_point\.", r"blocks.\1.ff.point."),
+    (r"transformer_blocks\.(\d+)\.ff\.conv_temp\.", r"blocks.\1.ff.temporal."),  # SANA-Video
+    (r"patch_embedding\.", "patch_embed."),  # SANA-Video's Conv3d
     (r"transformer_blocks\.(\d+)\.", r"blocks.\1."),
 ]
 _FUSED = [  # (diffusers parts, engine name)
@@ -248,6 +254,7 @@ _ENGINE_RENAMES = [
     (r"blocks\.(\d+)\.ff\.inverted\.", r"transformer_blocks.\1.ff.conv_inverted."),
     (r"blocks\.(\d+)\.ff\.depthwise\.", r"transformer_blocks.\1.ff.conv_depth."),
     (r"blocks\.(\d+)\.ff\.point\.", r"transformer_blocks.\1.ff.conv_point."),
+    (r"blocks\.(\d+)\.ff\.temporal\.", r"transformer_blocks.\1.ff.conv_temp."),  # SANA-Video
     (r"blocks\.(\d+)\.", r"transformer_blocks.\1."),
 ]
 _POINTWISE_CONVS = re.compile(r"transformer_blocks\.\d+\.ff\.conv_(inverted|point)\.")
@@ -305,15 +312,23 @@ def _locate(path: Path, config: dict | None, variant: str | None) -> tuple[dict,
 
 def load_transformer(path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                      config: dict | None = None, variant: str | None = None,
-                     loras: list[tuple[Path, float]] = ()) -> SanaTransformer:
+                     loras: list[tuple[Path, float]] = ()) -> SanaTransformer | SanaVideoTransformer:
     """Load our DiT from a model folder, a transformer folder, or a single `.safetensors` / `.pth` file.
 
     `config` (a `config.json` dict) is needed for single files and overrides a folder's own; `variant`
     ("fp16", "bf16") picks variant files when they exist; `loras` are (file, scale) pairs merged into the
     weights. The model's `load_report` lists the files read, any unexpected tensors and the LoRAs merged.
-    Missing weights, wrong shapes and unreadable files raise `SanaError`.
+    Missing weights, wrong shapes and unreadable files raise `SanaError`. A config whose `_class_name` is
+    `SanaVideoTransformer3DModel` gives the video DiT (`load_video_transformer`), `SanaWMTransformer3DModel` the
+    SANA-WM DiT (`load_world_transformer`).
     """
     config, files = _locate(Path(path), config, variant)
+    if config.get("_class_name") == VIDEO_CLASS_NAME:
+        return load_video_transformer(path, dtype=dtype, device=device, config=config, variant=variant, loras=loras)
+    if config.get("_class_name") == WORLD_CLASS_NAME:
+        if loras:
+            raise SanaError("LoRAs are not supported for SANA-WM transformers")
+        return load_world_transformer(path, dtype=dtype, device=device, config=config, variant=variant)
     try:
         cfg = TransformerConfig.from_dict(config)
     except (TypeError, ValueError) as exc:
@@ -342,6 +357,73 @@ def load_transformer(path: Path, *, dtype: torch.dtype = torch.float32, device: 
     model.load_report = LoadReport(files=[f.name for f in files], unexpected=unexpected,
                                    loras=[str(p) for p, _ in loras])
     return model
+
+
+# -- the video DiT -------------------------------------------------------------------------------------------
+
+VIDEO_CLASS_NAME = "SanaVideoTransformer3DModel"
+
+
+def _read_state(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of `files` (safetensors or plain `.pth`), wrapper prefixes and never-used tensors dropped."""
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(read_checkpoint(file) if file.suffix in (".pth", ".pt", ".ckpt", ".bin") else read_safetensors(file))
+    return {k: v for k, v in strip_prefixes(state).items() if not IGNORED.match(k)}
+
+
+def load_video_transformer(path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                           config: dict | None = None, variant: str | None = None,
+                           loras: list[tuple[Path, float]] = ()) -> SanaVideoTransformer:
+    """Load the SANA-Video DiT from a model folder, a transformer folder (diffusers' `SanaVideoTransformer3DModel`:
+    single or sharded safetensors, variants), or a single `.safetensors` / `.pth` file in diffusers or NVlabs
+    naming (`config` needed then). Arguments, `load_report` and errors as `load_transformer`.
+
+    The mapping is the image DiT's, plus the video-only names: NVlabs `x_embedder.proj` / `mlp.t_conv` ->
+    diffusers `patch_embedding` / `ff.conv_temp` -> engine `patch_embed` / `ff.temporal`.
+    """
+    config, files = _locate(Path(path), config, variant)
+    try:
+        cfg = VideoTransformerConfig.from_dict(config)
+    except (TypeError, ValueError) as exc:
+        raise SanaError(f"unsupported video transformer config: {exc}") from None
+
+    # 1. Read every tensor; NVlabs names -> diffusers names; LoRAs merge on the unfused weights; cast one at a time.
+    state = _read_state(files)
+    if is_original_layout(state):
+        state = original_to_diffusers(state, cfg.guidance_embeds)
+        state = {re.sub(r"^patch_embed\.proj\.", "patch_embedding.", k): v for k, v in state.items()}
+    merge_loras(state, list(loras))
+    for key in list(state):
+        state[key] = state[key].to(dtype)
+    sources: dict[str, str] = {}
+    state = diffusers_to_engine(state, sources)
+
+    # 2. Build on the meta device, check shapes, assign the loaded tensors as the parameters.
+    with torch.device("meta"):
+        model = SanaVideoTransformer(cfg)
+    for key, tensor in model.state_dict().items():  # name what is missing as the checkpoint would
+        sources.setdefault(key, _video_checkpoint_name(key, tensor, cfg.guidance_embeds))
+    unexpected = _assign(model, state, sources)
+    model = model.to(device=device).eval()
+    model.load_report = LoadReport(files=[f.name for f in files], unexpected=unexpected,
+                                   loras=[str(p) for p, _ in loras])
+    return model
+
+
+def _video_checkpoint_name(key: str, tensor: torch.Tensor, guidance_embeds: bool) -> str:
+    """The diffusers name of an engine tensor; a fused one as `...attn1.to_q/to_k/to_v.weight`."""
+    names = list(video_engine_to_diffusers({key: tensor}, guidance_embeds))
+    if len(names) == 1:
+        return names[0]
+    parts = "/".join("to_" + re.search(r"\.to_([qkv])\.", n).group(1) for n in names)
+    return re.sub(r"\.to_[qkv]\.", f".{parts}.", names[0])
+
+
+def video_engine_to_diffusers(state: dict[str, torch.Tensor], guidance_embeds: bool) -> dict[str, torch.Tensor]:
+    """The inverse for the video DiT: engine tensors -> diffusers' `SanaVideoTransformer3DModel` names."""
+    return {re.sub(r"^patch_embed\.proj\.", "patch_embedding.", k): v
+            for k, v in engine_to_diffusers(state, guidance_embeds).items()}
 
 
 def _assign(model: torch.nn.Module, state: dict[str, torch.Tensor], sources: dict[str, str], *,
@@ -469,4 +551,111 @@ def vae_decoder_from_state(config: dict, state: dict[str, torch.Tensor], *, dtyp
     unexpected = _assign(model, state, sources, checkpoint=origin, prefix=DCAE_DECODER_PREFIX)
     model = model.to(device=device).eval()
     model.load_report = LoadReport(files=[], unexpected=unexpected)
+    return model
+
+
+# -- the SANA-WM DiT -----------------------------------------------------------------------------------------
+
+WORLD_CLASS_NAME = "SanaWMTransformer3DModel"
+# diffusers / NVlabs names -> engine names (the rest is the same in all three). NVlabs' checkpoints differ from
+# diffusers' folders only in the timestep MLP (`t_embedder.mlp.0/2`).
+_WORLD_RENAMES = [
+    (r"x_embedder\.proj\.", "x_embedder."),
+    (r"plucker_embedder\.proj\.", "plucker_embedder."),
+    (r"t_embedder\.mlp\.0\.", "t_embedder.linear_1."),
+    (r"t_embedder\.mlp\.2\.", "t_embedder.linear_2."),
+    (r"t_block\.1\.", "t_block."),
+    (r"y_embedder\.y_proj\.fc([12])\.", r"y_embedder.linear_\1."),
+    (r"blocks\.(\d+)\.mlp\.inverted_conv\.conv\.", r"blocks.\1.mlp.inverted."),
+    (r"blocks\.(\d+)\.mlp\.depth_conv\.conv\.", r"blocks.\1.mlp.depthwise."),
+    (r"blocks\.(\d+)\.mlp\.point_conv\.conv\.", r"blocks.\1.mlp.point."),
+    (r"blocks\.(\d+)\.mlp\.t_conv\.", r"blocks.\1.mlp.temporal."),
+]
+_WORLD_ENGINE_RENAMES = [  # engine -> diffusers, for messages
+    (r"x_embedder\.", "x_embedder.proj."),
+    (r"plucker_embedder\.", "plucker_embedder.proj."),
+    (r"t_block\.", "t_block.1."),
+    (r"y_embedder\.linear_([12])\.", r"y_embedder.y_proj.fc\1."),
+    (r"blocks\.(\d+)\.mlp\.inverted\.", r"blocks.\1.mlp.inverted_conv.conv."),
+    (r"blocks\.(\d+)\.mlp\.depthwise\.", r"blocks.\1.mlp.depth_conv.conv."),
+    (r"blocks\.(\d+)\.mlp\.point\.", r"blocks.\1.mlp.point_conv.conv."),
+    (r"blocks\.(\d+)\.mlp\.temporal\.", r"blocks.\1.mlp.t_conv."),
+]
+# Tensors the checkpoints carry that the model never reads: the GDN `recall_gate` buffers, the absolute-map
+# embedder (unused with the Plücker path), and (checked per block below) the GDN gates of softmax blocks.
+_WORLD_UNUSED = re.compile(r"^(blocks\.\d+\.attn\.recall_gate|raymap_embedder\..*)$")
+_WORLD_SOFTMAX_GDN = re.compile(
+    r"^blocks\.(\d+)\.attn\.(beta_proj\.(weight|bias)|gate_proj\.(weight|bias)|A_log|dt_bias|conv_k(_cam)?\.weight)$")
+
+
+def _rename(name: str, table: list[tuple[str, str]]) -> str:
+    for pattern, replacement in table:
+        name, count = re.subn(rf"^{pattern}", replacement, name)
+        if count:
+            break
+    return name
+
+
+def world_diffusers_to_engine(state: dict[str, torch.Tensor],
+                              sources: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """diffusers (or NVlabs) `SanaWMTransformer3DModel` tensors -> engine names; the FFN's 1x1 convs become linear
+    weights. `sources`, when given, receives engine name -> checkpoint name."""
+    out = {}
+    for key, tensor in state.items():
+        name = _rename(key, _WORLD_RENAMES)
+        if re.fullmatch(r"blocks\.\d+\.mlp\.(inverted|point)\.weight", name) and tensor.ndim == 4:
+            tensor = tensor.flatten(1)  # 1x1 conv [O, I, 1, 1] -> linear [O, I]
+        out[name] = tensor
+        if sources is not None:
+            sources[name] = key
+    return out
+
+
+def load_world_transformer(path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                           config: dict | None = None, variant: str | None = None) -> SanaWorldTransformer:
+    """Load the SANA-WM DiT from a model folder, a transformer folder (diffusers' `SanaWMTransformer3DModel`) or a
+    single `.safetensors` / `.pth` file in diffusers or NVlabs naming (e.g. `dit/sana_wm_1600m_720p.safetensors`
+    of `SANA-WM_bidirectional`; give `config`, `{}` meaning the released one). See `world_transformer_from_state`.
+    """
+    config, files = _locate(Path(path), config, variant)
+    if config.get("_class_name", WORLD_CLASS_NAME) != WORLD_CLASS_NAME:
+        raise SanaError(f"{path} holds a {config['_class_name']}, not a SANA-WM transformer ({WORLD_CLASS_NAME})")
+    model = world_transformer_from_state(config, _read_state(files), dtype=dtype, device=device,
+                                         origin=f"the checkpoint in {path}")
+    model.load_report.files = [f.name for f in files]
+    return model
+
+
+def world_transformer_from_state(config: dict, state: dict[str, torch.Tensor], *, dtype: torch.dtype | None = None,
+                                 device: torch.device | str = "cpu",
+                                 origin: str = "the checkpoint") -> SanaWorldTransformer:
+    """Our SANA-WM DiT from a `SanaWMTransformer3DModel` config dict and a state dict in diffusers or NVlabs names
+    (e.g. `dict(model.config), model.state_dict()`); `dtype` None keeps the tensors' own.
+
+    `load_report.ignored` lists the tensors the checkpoints carry but the model never reads (recall_gate buffers,
+    raymap_embedder, the GDN gates of softmax blocks); `unexpected` anything else not used. Missing weights,
+    wrong shapes and unsupported configs raise `SanaError`.
+    """
+    try:
+        cfg = WorldTransformerConfig.from_dict(config)
+    except (TypeError, ValueError) as exc:
+        raise SanaError(f"unsupported SANA-WM transformer config: {exc}") from None
+
+    # 1. Rename, cast one tensor at a time.
+    state = {k: v for k, v in state.items() if not IGNORED.match(k)}
+    for key in list(state):
+        state[key] = state[key].to(dtype or state[key].dtype)
+    sources: dict[str, str] = {}
+    state = world_diffusers_to_engine(state, sources)
+
+    # 2. Build on the meta device, check shapes, assign; sort what is left into never-read and unknown.
+    with torch.device("meta"):
+        model = SanaWorldTransformer(cfg)
+    for key in model.state_dict():
+        sources.setdefault(key, _rename(key, _WORLD_ENGINE_RENAMES))
+    leftover = _assign(model, state, sources, checkpoint=origin)
+    ignored = [k for k in leftover if _WORLD_UNUSED.match(k) or (
+        (m := _WORLD_SOFTMAX_GDN.match(k)) and cfg.is_softmax_block(int(m.group(1))))]
+    model = model.to(device=device).eval()
+    model.load_report = LoadReport(files=[], unexpected=[k for k in leftover if k not in ignored], ignored=ignored)
     return model

@@ -75,6 +75,33 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
     return linear_attention_reference(q, k, v, heads, eps)
 
 
+def linear_attention_rope(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                          heads: int, eps: float = LINEAR_ATTENTION_EPS) -> torch.Tensor:
+    """ReLU linear attention with RoPE on the numerator only (SANA-Video): q, k, v [B, N, H*D] (q, k before the
+    ReLU), cos, sin [N, D] -> [B, N, H*D]. See `sana.kernels.linear_attention_rope.reference`."""
+    kernel = _kernel("linear_attention_rope", q, k, v, cos, sin)
+    if kernel is not None:
+        return kernel(q, k, v, cos, sin, heads, eps)
+    from .kernels.linear_attention_rope.reference import linear_attention_rope_reference
+
+    return linear_attention_rope_reference(q, k, v, cos, sin, heads, eps)
+
+
+def gdn_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, decay: torch.Tensor,
+                      q_plain: torch.Tensor | None = None, k_plain: torch.Tensor | None = None,
+                      eps: float = 1e-8) -> torch.Tensor:
+    """SANA-WM's bidirectional gated delta rule over frames: q, k, v [B, N, H, D] token-major (N = T * S),
+    beta [B, N, H] per token, decay [B, T, H] per frame; q_plain, k_plain [B, N, H, D] for the normaliser stream
+    (None: numerator only) -> [B, N, H, D] in v's dtype, fp32 inside. See `sana.kernels.gdn.reference`."""
+    tensors = (q, k, v, beta, decay) + ((q_plain, k_plain) if q_plain is not None else ())
+    kernel = _kernel("gdn_bidirectional", *tensors)
+    if kernel is not None:
+        return kernel(q, k, v, beta, decay, q_plain, k_plain, eps)
+    from .kernels.gdn.reference import gdn_bidirectional_reference
+
+    return gdn_bidirectional_reference(q, k, v, beta, decay, q_plain, k_plain, eps)
+
+
 def clip_fp16(x: torch.Tensor) -> torch.Tensor:
     """diffusers clips the self-attention output to the fp16 range, so an overflow stays finite."""
     return x.clip(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x

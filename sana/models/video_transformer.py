@@ -1,0 +1,257 @@
+"""The SANA-Video DiT (diffusers' `SanaVideoTransformer3DModel`) as plain modules, configured from `config.json`.
+
+The image DiT's block with three changes: the self-attention rotates q and k by a 3D RoPE in the numerator
+(`ops.linear_attention_rope`), the Mix-FFN mixes each token with the same token of the neighbouring frames
+(`TemporalMixFFN`), and the patches are 3D. Weights are stored the engine's way (q/k/v fused into `qkv`, cross
+k/v into `kv`, 1x1 convs as linears); `sana.loading` maps diffusers and NVlabs checkpoints onto these names.
+
+Timesteps come per batch row (text-to-video), per frame, or per token (image-to-video: 0 on the given first
+frame). The adaLN modulation is applied per *group* of consecutive tokens: the tokens [B, N, D] are viewed as
+[G, B*N/G, D] with one shift/scale row [G, 1, D] per group, which is the [B, 1, C] layout every modulation op
+(Triton kernels included) takes. A group is a batch row, a frame, or a single token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import ops
+from .transformer import CaptionProjection, CrossAttention, RMSNorm, TimeEmbedding
+from .video_blocks import TemporalMixFFN, rope_tables
+
+
+@dataclass(frozen=True)
+class VideoTransformerConfig:
+    """The hyperparameters of `SanaVideoTransformer3DModel` (diffusers' names and defaults)."""
+
+    in_channels: int = 16
+    out_channels: int | None = 16
+    num_attention_heads: int = 20
+    attention_head_dim: int = 112
+    num_layers: int = 20
+    num_cross_attention_heads: int | None = 20
+    cross_attention_head_dim: int | None = 112
+    cross_attention_dim: int | None = 2240
+    caption_channels: int = 2304
+    mlp_ratio: float = 2.5
+    dropout: float = 0.0
+    attention_bias: bool = False
+    sample_size: int = 30
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    norm_elementwise_affine: bool = False
+    norm_eps: float = 1e-6
+    interpolation_scale: float | None = None  # in diffusers' config, unused by the model
+    guidance_embeds: bool = False
+    guidance_embeds_scale: float = 0.1  # in diffusers' config, unused by the model
+    qk_norm: str | None = "rms_norm_across_heads"
+    rope_max_seq_len: int = 1024
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VideoTransformerConfig":
+        """Known keys only (config.json also carries `_class_name`, `_diffusers_version`, ...)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        patch = values.get("patch_size", cls.patch_size)
+        if not isinstance(patch, (list, tuple)) or len(patch) != 3 or not all(isinstance(p, int) and p > 0
+                                                                               for p in patch):
+            raise ValueError(f"patch_size must be three positive integers (t, h, w), got {patch!r}")
+        values["patch_size"] = tuple(patch)
+        config = cls(**values)
+        if config.qk_norm not in (None, "rms_norm_across_heads"):
+            raise ValueError(f"unsupported qk_norm {config.qk_norm!r}")
+        if not config.num_cross_attention_heads or not config.cross_attention_head_dim:
+            raise ValueError("the video DiT needs cross-attention (num_cross_attention_heads, cross_attention_head_dim)")
+        if config.cross_attention_dim != config.inner_dim:
+            # The caption projection outputs the model width, so the cross-attention keys must read that width.
+            raise ValueError(f"cross_attention_dim {config.cross_attention_dim} differs from the model width "
+                             f"{config.inner_dim}")
+        if config.attention_head_dim % 2 or config.attention_head_dim < 6:
+            raise ValueError(f"attention_head_dim {config.attention_head_dim} must be even and at least 6 (3D RoPE)")
+        if config.rope_max_seq_len < 1:
+            raise ValueError(f"rope_max_seq_len must be positive, got {config.rope_max_seq_len}")
+        return config
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def output_channels(self) -> int:
+        return self.out_channels or self.in_channels
+
+    @property
+    def ffn_hidden(self) -> int:
+        return int(self.mlp_ratio * self.inner_dim)
+
+
+# -- blocks -------------------------------------------------------------------------------------------------
+
+class RopeLinearSelfAttention(nn.Module):
+    """ReLU linear self-attention with fused q/k/v, RMSNorm of q and k across all heads, and 3D RoPE in the
+    numerator (diffusers' SanaLinearAttnProcessor3_0)."""
+
+    def __init__(self, cfg: VideoTransformerConfig):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.heads = cfg.num_attention_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=cfg.attention_bias)
+        self.norm_q = RMSNorm(dim, 1e-5) if cfg.qk_norm else None  # eps: diffusers' Attention default
+        self.norm_k = RMSNorm(dim, 1e-5) if cfg.qk_norm else None
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B, N, D], cos/sin [N, head_dim] -> [B, N, D]."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # [B, N, D] each, views of one projection
+        if self.norm_q is not None:
+            q, k = self.norm_q(q), self.norm_k(k)
+        return self.out(ops.linear_attention_rope(q, k, v, cos, sin, self.heads))
+
+
+class SanaVideoBlock(nn.Module):
+    """adaLN-single modulated RoPE linear self-attention, ungated cross-attention to the text, temporal Mix-FFN."""
+
+    def __init__(self, cfg: VideoTransformerConfig):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.eps = cfg.norm_eps
+        self.attn = RopeLinearSelfAttention(cfg)
+        self.cross_attn = CrossAttention(cfg)
+        # Only the FFN norm may carry an affine (diffusers' `norm_elementwise_affine`); no released model uses it.
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.norm_elementwise_affine else None
+        self.ff = TemporalMixFFN(dim, cfg.ffn_hidden)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None, t_mod: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int, int]) -> torch.Tensor:
+        """x [B, N, D]; text [B, L, D]; t_mod [G, 6D], one modulation row per group of N * B / G consecutive
+        tokens; rope (cos, sin) [N, head_dim]; grid (frames, height, width) of tokens -> [B, N, D]."""
+        b, n, dim = x.shape
+        g = t_mod.shape[0]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.scale_shift_table[None] + t_mod.reshape(g, 6, -1)
+        ).chunk(6, dim=1)  # each [G, 1, D]
+
+        def grouped(t: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [G, B*N/G, D], a view
+            return t.view(g, -1, dim)
+
+        h = ops.modulated_layer_norm(grouped(x), shift_msa, scale_msa, self.eps).view(b, n, dim)
+        x = ops.gated_residual(grouped(x), gate_msa, grouped(self.attn(h, *rope))).view(b, n, dim)
+        if self.norm2 is None:  # the cross-attention's residual add and the FFN's norm in one pass
+            x, h = ops.gated_residual_modulated_norm(grouped(x), None, grouped(self.cross_attn(x, text, text_bias)),
+                                                     shift_mlp, scale_mlp, self.eps)
+            x, h = x.view(b, n, dim), h.view(b, n, dim)
+        else:
+            x = x + self.cross_attn(x, text, text_bias)
+            h = ops.modulate(grouped(self.norm2(x)), shift_mlp, scale_mlp).view(b, n, dim)
+        return ops.gated_residual(grouped(x), gate_mlp, grouped(self.ff(h, *grid))).view(b, n, dim)
+
+
+# -- model --------------------------------------------------------------------------------------------------
+
+class SanaVideoTransformer(nn.Module):
+    """The SANA-Video DiT: latent [B, C, F, H, W] + text [B, L, C_text] + timesteps -> velocity [B, C_out, F, H, W]."""
+
+    def __init__(self, config: VideoTransformerConfig):
+        super().__init__()
+        self.config = config
+        dim, patch = config.inner_dim, config.patch_size
+        self.patch_embed = nn.Conv3d(config.in_channels, dim, kernel_size=patch, stride=patch)
+        self.time_embed = TimeEmbedding(dim, with_guidance=config.guidance_embeds)
+        self.caption_projection = CaptionProjection(config.caption_channels, dim)
+        self.caption_norm = RMSNorm(dim, 1e-5)
+        self.blocks = nn.ModuleList([SanaVideoBlock(config) for _ in range(config.num_layers)])
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.proj_out = nn.Linear(dim, math.prod(patch) * config.output_channels)
+        self.gradient_checkpointing = False
+        # RoPE tables per (grid, device, dtype): fixed functions of the grid, never weights.
+        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.proj_out.weight.device
+
+    def rope(self, frames: int, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) [F*H*W, head_dim] for a token grid, in the model dtype: diffusers keeps them as fp32
+        buffers that `.to(dtype)` casts with the weights, so a bf16 model rotates with bf16-rounded tables."""
+        key = (frames, height, width, str(device), self.dtype)
+        if key not in self._rope_cache:
+            if len(self._rope_cache) >= 8:
+                self._rope_cache.clear()
+            cos, sin = rope_tables(self.config.attention_head_dim, frames, height, width,
+                                   max_len=self.config.rope_max_seq_len)
+            self._rope_cache[key] = (cos.to(device=device, dtype=self.dtype), sin.to(device=device, dtype=self.dtype))
+        return self._rope_cache[key]
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, text_mask: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, F, H, W], text [B, L, C_text], text_mask [B, L] (1 keep, 0 pad) or None, guidance [B] or None.
+
+        timestep (already scaled, as diffusers' pipelines pass it): [B] per row; [B, F'] per latent frame; or
+        [B, 1, F', H', W'] per token (diffusers' image-to-video layout), used per frame when it is constant over
+        each frame (checked, which reads the values back from the device once), else per token.
+        Returns [B, C_out, F, H, W].
+        """
+        cfg = self.config
+        b, _, frames, height, width = x.shape
+        pt, ph, pw = cfg.patch_size
+        grid = (frames // pt, height // ph, width // pw)  # (F', H', W') tokens
+
+        # 1. Inputs: patches, RoPE tables, timestep modulation per group, projected and normalised text.
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous()  # [B, N, D], (frame, row, col) order
+        rope = self.rope(*grid, x.device)
+        t, groups = timestep_groups(timestep, b, grid)  # [G], G = B * groups
+        if guidance is not None and groups > 1:
+            guidance = guidance.repeat_interleave(groups)  # [G]
+        t_mod, t_emb = self.time_embed(t, guidance, tokens.dtype)  # [G, 6D], [G, D]
+        text = self.caption_norm(self.caption_projection(text))  # [B, L, D]
+        text_bias = None
+        if text_mask is not None:
+            text_bias = ((1 - text_mask.to(tokens.dtype)) * -10000.0)[:, None, None, :]  # [B, 1, 1, L]
+
+        # 2. Blocks.
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, text, text_bias, t_mod, rope, grid,
+                                                           use_reentrant=False)
+            else:
+                tokens = block(tokens, text, text_bias, t_mod, rope, grid)
+
+        # 3. Output: modulated norm per group, projection, unpatchify.
+        n, dim = tokens.shape[1], tokens.shape[2]
+        shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)  # [G, 1, D] each
+        tokens = ops.modulated_layer_norm(tokens.view(t.shape[0], -1, dim), shift, scale, 1e-6).view(b, n, dim)
+        out = self.proj_out(tokens)  # [B, N, pt*ph*pw*C_out]
+        out = out.reshape(b, *grid, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, F', pt, H', ph, W', pw]
+        return out.reshape(b, -1, frames // pt * pt, height // ph * ph, width // pw * pw)
+
+
+def timestep_groups(timestep: torch.Tensor, batch: int, grid: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+    """Timesteps as one value per modulation group, and the number of groups per batch row.
+
+    [B] (or a scalar) -> ([B], 1); [B, F'] -> ([B*F'], F'); [B, 1, F', H', W'] -> ([B*F'], F') when every frame
+    holds one value (image-to-video: 0 on frame 0, t elsewhere), else ([B*N], N). Groups are consecutive tokens
+    of one batch row, so the per-group modulation equals diffusers' per-token one exactly.
+    """
+    frames, height, width = grid
+    if timestep.ndim == 0:
+        return timestep.reshape(1).expand(batch), 1
+    if timestep.shape == (batch,):
+        return timestep, 1
+    if timestep.shape == (batch, frames):
+        return timestep.reshape(-1), frames
+    if timestep.shape == (batch, 1, frames, height, width):
+        per_token = timestep.reshape(batch, frames, height * width)
+        if torch.equal(per_token, per_token[..., :1].expand_as(per_token)):
+            return per_token[..., 0].reshape(-1), frames
+        return per_token.reshape(-1), frames * height * width
+    raise ValueError(f"timestep of shape {tuple(timestep.shape)} fits none of [B], [B, F'], [B, 1, F', H', W'] "
+                     f"for B={batch} and a token grid of {frames}x{height}x{width}")

@@ -1,0 +1,181 @@
+"""SANA-WM's self-attention: a main branch and a camera branch over the same modulated tokens, summed and sent
+through one SiLU output gate and one projection.
+
+- `GDNSelfAttention` (most blocks): Gated DeltaNet linear attention, a delta rule run forwards and backwards
+  over the frames (`ops.gdn_bidirectional`) with per-token beta and per-frame decay gates; RoPE on the numerator
+  only. Its camera branch runs the same recurrence without the normaliser in UCPE ray space.
+- `SoftmaxSelfAttention` (every `softmax_every_n`-th block): full softmax attention over all tokens, and the
+  same over the camera-transformed tokens.
+
+Activations are token-major [B, N, C] with N = T * S tokens in (frame, row, col) order; heads are [B, N, H, D].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from .transformer import RMSNorm
+from .world_camera import CameraTransforms, apply_rope, downscale_to_reference_rms, ucpe_transform
+
+GDN_EPS = 1e-8  # the normaliser eps the WM blocks give their GDN attention
+QK_NORM_EPS = 1e-5
+
+
+class TemporalShortConv(nn.Module):
+    """Depthwise conv over frames, symmetric: the causal conv with kernel w (weight [C, 1, K], fla's
+    ShortConvolution layout), run forwards and on the reversed frames, minus the centre tap counted twice:
+    y[t] = w[K-1] x[t] + sum_j w[K-1-j] (x[t-j] + x[t+j]), zero padded."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(channels, 1, kernel_size))
+
+    def _causal(self, x: torch.Tensor) -> torch.Tensor:
+        """x [R, T, C] -> [R, T, C]."""
+        frames, channels = x.shape[1], x.shape[2]
+        out = F.conv1d(x.transpose(1, 2), self.weight.to(x.dtype), groups=channels,
+                       padding=self.weight.shape[-1] - 1)[..., :frames]
+        return out.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """x [B, N, C] -> [B, N, C]; each spatial token is filtered along its own frames."""
+        b, n, c = x.shape
+        s = n // frames
+        rows = x.reshape(b, frames, s, c).permute(0, 2, 1, 3).contiguous().reshape(b * s, frames, c)  # [B*S, T, C]
+        out = self._causal(rows) + self._causal(rows.flip(1)).flip(1) - rows * self.weight[:, 0, -1]
+        return out.to(x.dtype).reshape(b, s, frames, c).permute(0, 2, 1, 3).reshape(b, n, c)
+
+
+def softmax_attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_heads: bool = False) -> torch.Tensor:
+    """Full softmax attention, q, k, v [B, N, H, D] -> [B, N, H, D] in v's dtype.
+
+    diffusers runs these SDPAs in bf16 even in an fp32 model (for flash attention) and casts back; the rounding is
+    part of the model's arithmetic. `pad_heads` zero-pads D to the next flash size (112 -> 128) as its camera
+    branch does, which makes the softmax scale 1 / sqrt(padded D).
+    """
+    dtype, d = v.dtype, q.shape[-1]
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, D]
+    if q.dtype == torch.float32:
+        q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    pad = (128 if d <= 128 else 256) - d if pad_heads and d not in (32, 64, 128, 256) and d < 256 else 0
+    if pad:
+        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)[..., :d]  # [B, H, N, D]
+    return out.transpose(1, 2).to(dtype)
+
+
+class _CameraAttention(nn.Module):
+    """The parameters both variants have: the main q/k/v and q/k norms, the camera branch's own q/k/v projections
+    (with bias), norms and output projection, and the shared output gate and projection."""
+
+    def __init__(self, dim: int, head_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = dim // head_dim, head_dim
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_norm, self.k_norm = RMSNorm(dim, QK_NORM_EPS), RMSNorm(dim, QK_NORM_EPS)
+        self.q_proj_cam, self.k_proj_cam, self.v_proj_cam = (nn.Linear(dim, dim) for _ in range(3))
+        self.q_norm_cam, self.k_norm_cam = RMSNorm(dim, QK_NORM_EPS), RMSNorm(dim, QK_NORM_EPS)
+        self.out_proj_cam = nn.Linear(dim, dim)
+        self.output_gate = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(*x.shape[:2], self.heads, self.head_dim)  # [B, N, C] -> [B, N, H, D]
+
+    def _camera_qkv(self, x: torch.Tensor):
+        """The camera branch's projections [B, N, C] each (k before its norm)."""
+        return self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
+
+    def _output(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Gate (in fp32) and project: attended [B, N, C] -> [B, N, C] in x's dtype."""
+        return self.proj((attended * F.silu(self.output_gate(x).float())).to(x.dtype))
+
+
+class GDNSelfAttention(_CameraAttention):
+    """Bidirectional Gated DeltaNet self-attention with a UCPE camera branch (diffusers'
+    `BidirectionalGDNUCPESinglePathLiteLA`, with short convs on k only)."""
+
+    def __init__(self, dim: int, head_dim: int, conv_kernel_size: int):
+        super().__init__(dim, head_dim)
+        self.beta_proj = nn.Linear(dim, self.heads)
+        self.gate_proj = nn.Linear(dim, self.heads)
+        self.A_log = nn.Parameter(torch.zeros(self.heads))
+        self.dt_bias = nn.Parameter(torch.zeros(self.heads))
+        self.conv_k = TemporalShortConv(dim, conv_kernel_size)
+        self.conv_k_cam = TemporalShortConv(dim, conv_kernel_size)
+
+    def _gates(self, x: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """beta [B, N, H] per token (x's dtype), decay [B, T, H] per frame (fp32, from the frame's mean token)."""
+        b, n, c = x.shape
+        beta = self.beta_proj(x).sigmoid()
+        gate = self.gate_proj(x.reshape(b, frames, n // frames, c).mean(dim=2)).float()  # [B, T, H]
+        decay = (-self.A_log.float().exp() * F.softplus(gate + self.dt_bias.float())).exp()
+        return beta, decay
+
+    def _kernel(self, q: torch.Tensor, k: torch.Tensor, norm_q: RMSNorm, norm_k: RMSNorm,
+                tokens_per_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RMSNorm then ReLU on q and k [B, N, C], k scaled by D^-1/2 S^-1/2 -> [B, N, H, D] each."""
+        q = self._heads(F.relu(norm_q(q)))
+        k = self._heads(F.relu(norm_k(k)))
+        return q, k * ((self.head_dim ** -0.5) * (tokens_per_frame ** -0.5))
+
+    def forward(self, x: torch.Tensor, frames: int, freqs: torch.Tensor,
+                camera: CameraTransforms | None) -> torch.Tensor:
+        """x [B, N, C] (modulated tokens), freqs [N, D/2] complex -> [B, N, C]."""
+        b, n, c = x.shape
+        s = n // frames
+        beta, decay = self._gates(x, frames)
+
+        # 1. Main branch: the normaliser reads the plain ReLU'd q and k, the numerator their rotations.
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).unbind(2)
+        k = self.conv_k(k.reshape(b, n, c), frames)
+        q, k = self._kernel(q.reshape(b, n, c), k, self.q_norm, self.k_norm, s)
+        attended = ops.gdn_bidirectional(apply_rope(q, freqs), apply_rope(k, freqs), v, beta, decay, q, k,
+                                         eps=GDN_EPS).reshape(b, n, c)
+
+        # 2. Camera branch: q by P^T, k and v by P^-1 (and RoPE on the second half of each head), each shrunk
+        #    back to its own RMS; beta discounted by the frame's mean key inflation; numerator only; back by P.
+        if camera is not None:
+            qc, kc, vc = self._camera_qkv(x)
+            qc, kc = self._kernel(qc, self.conv_k_cam(kc, frames), self.q_norm_cam, self.k_norm_cam, s)
+            vc = self._heads(vc)
+            key_norm = torch.linalg.vector_norm(kc, dim=-1, keepdim=True).clamp_min(1e-6)  # [B, N, H, 1]
+            qe = downscale_to_reference_rms(qc, ucpe_transform(qc, camera.p_t, camera.freqs))
+            ke = downscale_to_reference_rms(kc, ucpe_transform(kc, camera.p_inv, camera.freqs))
+            ve = downscale_to_reference_rms(vc, ucpe_transform(vc, camera.p_inv, camera.freqs))
+            inflation = (torch.linalg.vector_norm(ke, dim=-1, keepdim=True).clamp_min(1e-6) / key_norm) ** 2
+            frame_inflation = inflation.reshape(b, frames, s, self.heads).mean(dim=2)  # [B, T, H]
+            beta_cam = (beta.reshape(b, frames, s, self.heads)
+                        / frame_inflation.clamp_min(1.0)[:, :, None]).reshape(b, n, self.heads)
+            out = ops.gdn_bidirectional(qe, ke, ve, beta_cam, decay)  # [B, N, H, D]
+            out = ucpe_transform(out, camera.p, camera.freqs, inverse_rope=True).reshape(b, n, c)
+            attended = attended + self.out_proj_cam(out)
+        return self._output(x, attended)
+
+
+class SoftmaxSelfAttention(_CameraAttention):
+    """Softmax self-attention with a UCPE camera branch (diffusers' `_SoftmaxUCPESinglePathLiteLA`); the GDN
+    gates and short convs the checkpoints carry for these blocks are unused and not built."""
+
+    def forward(self, x: torch.Tensor, frames: int, freqs: torch.Tensor,
+                camera: CameraTransforms | None) -> torch.Tensor:
+        """x [B, N, C] (modulated tokens), freqs [N, D/2] complex -> [B, N, C]."""
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).unbind(2)
+        q = apply_rope(self._heads(self.q_norm(q.reshape(b, n, c))), freqs)
+        k = apply_rope(self._heads(self.k_norm(k.reshape(b, n, c))), freqs)
+        attended = softmax_attention_bf16(q, k, v).reshape(b, n, c)
+
+        if camera is not None:
+            qc, kc, vc = self._camera_qkv(x)
+            qc, kc, vc = self._heads(self.q_norm_cam(qc)), self._heads(self.k_norm_cam(kc)), self._heads(vc)
+            qe = downscale_to_reference_rms(qc, ucpe_transform(qc, camera.p_t, camera.freqs))
+            ke = downscale_to_reference_rms(kc, ucpe_transform(kc, camera.p_inv, camera.freqs))
+            ve = downscale_to_reference_rms(vc, ucpe_transform(vc, camera.p_inv, camera.freqs))
+            out = softmax_attention_bf16(qe, ke, ve, pad_heads=True)
+            out = ucpe_transform(out, camera.p, camera.freqs, inverse_rope=True).reshape(b, n, c)
+            attended = attended + self.out_proj_cam(out)
+        return self._output(x, attended)
