@@ -11,6 +11,11 @@ Every component gets a *home* chosen by the plan, and the pipeline only says whi
                      device slots on a side CUDA stream while the previous block computes
     OnCpu            the text encoder runs on the CPU; its embeddings go to the device
 
+The VAE is any module: our DC-AE decoder, or diffusers' video autoencoder (Wan 2.1, LTX-2), which is offloaded
+whole like the DC-AE (its encoder turns the first frame of image-to-video and the world model into latents in
+the "condition" phase). How a video VAE tiles is `video_decode_tiling`'s answer, applied with diffusers' own
+`enable_tiling` and framewise options.
+
 Host buffers are packed per component (per block for streaming) so that a move is a few large copies, and are
 page-locked in place with cudaHostRegister: PyTorch's pinned allocator rounds every allocation up to a power of
 two, which would pin up to twice the weights' size. Pinned copies run at 54 GB/s on the H100 host, pageable ones
@@ -28,7 +33,7 @@ import torch
 from torch import nn
 
 from .device import DTYPES
-from .memory import COMPONENTS, MemoryPlan, Workload, tile_geometry
+from .memory import COMPONENTS, MemoryPlan, Workload, clip_shape, tile_geometry, video_tile_geometry
 from .models.dcae import Tiling
 
 ALIGN = 256  # bytes; every tensor starts aligned in the packed buffers, as cudaMalloc would align it
@@ -192,6 +197,16 @@ class Offloaded:
         self.to_host()
 
 
+def blocks_of(transformer: nn.Module) -> nn.ModuleList:
+    """The DiT's repeated blocks: ours (`blocks`; image, video and world DiTs) or diffusers' (`transformer_blocks`)."""
+    blocks = getattr(transformer, "blocks", None)
+    if blocks is None:
+        blocks = getattr(transformer, "transformer_blocks", None)
+    if blocks is None:
+        raise ValueError(f"{type(transformer).__name__} has no `blocks` to stream")
+    return blocks
+
+
 class StreamedBlocks:
     """The DiT with its blocks in host memory, streamed through two device slots during each forward.
 
@@ -202,12 +217,13 @@ class StreamedBlocks:
 
     def __init__(self, transformer: nn.Module, device: torch.device, *, pin: bool):
         self.device = device
-        self.blocks = transformer.blocks
+        self.blocks = blocks_of(transformer)
         pin = pin and device.type == "cuda"
-        self.rest = Offloaded(transformer, device, pin=pin, skip=(transformer.blocks,))
+        self.rest = Offloaded(transformer, device, pin=pin, skip=(self.blocks,))
         self.flats = [FlatWeights(block, pin=pin) for block in self.blocks]
-        if any(f.layout != self.flats[0].layout for f in self.flats):
-            raise ValueError("streamed blocks must hold identical tensors")
+        # Blocks may differ (the world model's softmax blocks lack the GDN short convolutions): a slot holds the
+        # largest, and each block binds its own layout at the slot's start.
+        self.slot_bytes = max((f.nbytes for f in self.flats), default=0)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._slots: list[torch.Tensor] | None = None
         self._hooks: list = []
@@ -216,7 +232,7 @@ class StreamedBlocks:
         if self._slots is not None:
             return
         self.rest.to_device()
-        self._slots = [torch.empty(self.flats[0].nbytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
+        self._slots = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
         self._held: list[int | None] = [None, None]  # block index in each slot
         self._ready = [torch.cuda.Event() for _ in range(2)] if self.stream else None  # copy into slot finished
         self._done = [torch.cuda.Event() for _ in range(2)] if self.stream else None  # block in slot finished
@@ -243,12 +259,13 @@ class StreamedBlocks:
 
     def _load(self, index: int, slot: int) -> None:
         source = self.flats[index].host
+        target = self._slots[slot][: source.numel()]
         if self.stream is None:
-            self._slots[slot].copy_(source)
+            target.copy_(source)
         else:
             with torch.cuda.stream(self.stream):
                 self.stream.wait_event(self._done[slot])  # the slot's previous block has finished reading it
-                self._slots[slot].copy_(source, non_blocking=self.flats[index].pinned)
+                target.copy_(source, non_blocking=self.flats[index].pinned)
                 self._ready[slot].record(self.stream)
         self._held[slot] = index
 
@@ -351,3 +368,51 @@ def decode_tiling(plan: MemoryPlan, height: int, width: int) -> Tiling | None:
         geometry = ((height // scale,) * 2, (width // scale,) * 2)
     (tile_h, stride_h), (tile_w, stride_w) = geometry
     return Tiling(tile_h, tile_w, stride_h, stride_w)
+
+
+@dataclass(frozen=True)
+class VideoTiling:
+    """How a diffusers video VAE (`AutoencoderKLWan`, `AutoencoderKLLTX2Video`) decodes under a plan.
+
+    `kwargs` are exactly keyword arguments of that class's `enable_tiling` (pixels and pixel frames); `spatial`
+    says whether its spatial tiles are on (`use_tiling`), `framewise` whether LTX-2 decodes in temporal pieces
+    (`use_framewise_decoding`, which `enable_tiling` does not set).
+    """
+
+    kwargs: dict[str, int]
+    spatial: bool
+    framewise: bool
+
+    def apply(self, vae) -> None:
+        """Set `vae` (a diffusers video autoencoder) to decode this way; idempotent, so a new plan re-applies."""
+        vae.enable_tiling(**self.kwargs)
+        vae.use_tiling = self.spatial
+        if hasattr(vae, "use_framewise_decoding"):
+            vae.use_framewise_decoding = self.framewise
+
+
+def video_decode_tiling(plan: MemoryPlan, height: int | None = None, width: int | None = None) -> VideoTiling:
+    """The Wan / LTX-2 tiles of a clip plan at height x width px (default: the plan's workload).
+
+    Spatial tiles follow `video_tile_geometry` (diffusers starts a tile at every stride and blends over
+    tile - stride px); LTX-2's temporal pieces are `decode_frames` frames with a stride one latent frame shorter.
+    Without tiles the tile is the whole frame (`spatial` False), so applying it also turns earlier tiles off.
+    """
+    sizes = plan.sizes
+    if not sizes.is_clip:
+        raise ValueError("video_decode_tiling needs a video or world-model plan; images use decode_tiling")
+    work = plan.work if height is None else replace(plan.work, height=height, width=width)
+    scale = sizes.vae_scale_factor
+    geometry = video_tile_geometry(work, scale, plan.decode_tile)
+    if geometry is None:
+        geometry = ((work.height // scale,) * 2, (work.width // scale,) * 2)
+    (tile_h, stride_h), (tile_w, stride_w) = geometry
+    kwargs = {"tile_sample_min_height": tile_h * scale, "tile_sample_min_width": tile_w * scale,
+              "tile_sample_stride_height": stride_h * scale, "tile_sample_stride_width": stride_w * scale}
+    spatial = (tile_h, tile_w) != (work.height // scale, work.width // scale)
+    framewise = False
+    if sizes.vae_kind == "ltx2" and plan.decode_frames is not None:
+        framewise = plan.decode_frames + 1 < clip_shape(sizes, work).frames
+        kwargs["tile_sample_min_num_frames"] = plan.decode_frames
+        kwargs["tile_sample_stride_num_frames"] = plan.decode_frames - sizes.vae_temporal_scale
+    return VideoTiling(kwargs, spatial, framewise)
