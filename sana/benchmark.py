@@ -202,7 +202,7 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3, fp8: 
     from transformers import Gemma2Config, Gemma2Model
 
     from .loading import vae_decoder_from_state
-    from .pipeline import ImagePipeline, ImageRequest
+    from .pipelines.image import ImagePipeline, ImageRequest
     from .sampling import make_scheduler
     from .text import COMPLEX_HUMAN_INSTRUCTION, TextEncoder
     from .tokenizer import train_gemma_style_bpe

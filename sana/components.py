@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import SanaError
+
+if TYPE_CHECKING:  # no torch at import: the CLI reads configs with these helpers before torch loads
+    import torch
 
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 

@@ -2,6 +2,10 @@
 
 Flow matching: `x_t = (1 - s) x0 + s noise`, the model predicts the velocity `noise - x0`. SANA-Sprint
 works in TrigFlow time theta in [0, pi/2]; `trigflow_velocity` wraps the flow model for it.
+
+Latents are images [B, C, h, w] or clips [B, C, F, h, w]; the loop is the same. Image-to-video keeps the first
+latent frame fixed (`denoise(..., frozen_frames=1)`); the per-token timesteps that go with it are the prediction
+function's business.
 """
 
 from __future__ import annotations
@@ -36,7 +40,12 @@ def make_scheduler(sampler: str, *, flow_shift: float, base_config: dict | None 
         config["flow_shift"] = flow_shift
         return DPMSolverMultistepScheduler.from_config(config)
     if sampler == "flow-euler":
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=flow_shift)
+        config = {"num_train_timesteps": 1000}
+        if base_config and base_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+            config.update({k: v for k, v in base_config.items() if not k.startswith("_")})
+        # `shift` is this scheduler's name for it (a `flow_shift` key would be ignored, leaving shift 1).
+        config["shift"] = flow_shift
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
     if sampler == "scm":
         sigma_data = (base_config or {}).get("sigma_data", 0.5)
         return SCMScheduler(num_train_timesteps=1000, prediction_type="trigflow", sigma_data=sigma_data)
@@ -53,10 +62,12 @@ def set_scm_timesteps(scheduler, steps: int, *, max_timesteps: float, intermedia
     scheduler.set_begin_index(0)
 
 
-def initial_noise(generators: list[torch.Generator], shape: tuple[int, int, int]) -> torch.Tensor:
-    """Noise [B, C, h, w] in fp32, a row from each CPU generator: what diffusers draws for
-    `generator=torch.Generator("cpu").manual_seed(seed)`, whatever the device."""
-    return torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in generators])
+def initial_noise(generators: list[torch.Generator], shape: tuple[int, ...],
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Noise [B, *shape] in fp32 ([B, C, h, w] for images, [B, C, F, h, w] for clips), a row from each CPU
+    generator: what diffusers draws for `generator=torch.Generator("cpu").manual_seed(seed)`, whatever the device.
+    `dtype`: drawn in that dtype instead (SANA-WM draws in the transformer's)."""
+    return torch.cat([torch.randn((1, *shape), generator=g, dtype=dtype) for g in generators])
 
 
 def cpu_generator(seed: int) -> torch.Generator:
@@ -99,9 +110,18 @@ def trigflow_velocity(flow_model: Callable[[torch.Tensor, torch.Tensor], torch.T
 
 def denoise(step_prediction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], latents: torch.Tensor, scheduler,
             *, generators: list[torch.Generator] | None = None, on_step: Callable[[int, int], None] | None = None,
-            ) -> torch.Tensor:
+            frozen_frames: int = 0,
+            step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The loop: predict at each timestep, let the scheduler step. Returns the final latents (or, for SCM,
-    the last denoised estimate)."""
+    the last denoised estimate).
+
+    `frozen_frames` > 0 (clips [B, C, F, h, w]): the first frames are clean conditioning latents; the scheduler
+    steps only the frames after them (the prediction for the frozen ones is dropped), as diffusers' image-to-video
+    pipeline does.
+
+    `step(prediction, t, latents) -> latents`, when given, replaces the scheduler's step (SANA-WM's per-token
+    step, `per_token_euler`, with its own handling of the clean first frame).
+    """
     timesteps = scheduler.timesteps
     is_scm = type(scheduler).__name__ == "SCMScheduler"
     if is_scm:
@@ -109,14 +129,40 @@ def denoise(step_prediction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     denoised = latents
     for i, t in enumerate(timesteps):
         prediction = step_prediction(latents, t)
-        if is_scm:
+        if step is not None:
+            latents = step(prediction, t, latents)
+        elif is_scm:
             latents, denoised = scheduler.step(prediction, t.expand(latents.shape[0]), latents, generator=generators,
                                                return_dict=False)
+        elif frozen_frames:
+            moving = scheduler.step(prediction[:, :, frozen_frames:], t, latents[:, :, frozen_frames:],
+                                    return_dict=False)[0]
+            latents = torch.cat([latents[:, :, :frozen_frames], moving], dim=2)
         else:
             latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
         if on_step is not None:
             on_step(i + 1, len(timesteps))
     return denoised if is_scm else latents
+
+
+def per_token_euler(scheduler, velocity: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
+                    token_timesteps: torch.Tensor) -> torch.Tensor:
+    """One flow-Euler step with a timestep per token, as SANA-WM's pipeline takes it from diffusers'
+    `FlowMatchEulerDiscreteScheduler.step(..., per_token_timesteps=...)`.
+
+    velocity, latents [B, C, F, h, w]; token_timesteps [B, F*h*w] fp32 (the model's timestep of each token).
+    That branch steps by `sigma_token - sigma_next` (sigma_token = timestep / 1000, sigma_next the largest schedule
+    sigma below it), the opposite sign of the plain step, so the velocity goes in negated: net `x + (sigma_next -
+    sigma) v`, and no change where a token's timestep is 0. Returns fp32 latents (the scheduler upcasts them).
+    """
+    b, c = latents.shape[:2]
+
+    def tokens(x: torch.Tensor) -> torch.Tensor:  # [B, C, F, h, w] -> [B, N, C], the layout the scheduler takes
+        return x.reshape(b, c, -1).transpose(1, 2)
+
+    stepped = scheduler.step(-tokens(velocity), t, tokens(latents), per_token_timesteps=token_timesteps,
+                             return_dict=False)[0]  # [B, N, C]
+    return stepped.transpose(1, 2).reshape(latents.shape)
 
 
 def snap_to_multiple(value: int, multiple: int = 32) -> int:

@@ -1,8 +1,8 @@
 """Prompt encoding with the Gemma-2 text encoder, exactly as diffusers' SANA pipelines do it.
 
-The prompt is lower-cased and stripped, prefixed with the "complex human instruction" (CHI), tokenised to
-`len(CHI tokens) + max_len - 2` with right padding, encoded, and reduced to BOS plus the last `max_len - 1`
-positions. Negative prompts get no CHI prefix.
+The prompt is lower-cased and stripped, prefixed with the "complex human instruction" (CHI; the video models have
+their own), tokenised to `len(CHI tokens) + max_len - 2` with right padding, encoded, and reduced to BOS plus the
+last `max_len - 1` positions. Negative prompts get no CHI prefix.
 """
 
 from __future__ import annotations
@@ -24,6 +24,25 @@ COMPLEX_HUMAN_INSTRUCTION = (
     "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by towering glass skyscrapers.",
     "Please generate only the enhanced description for the prompt below and avoid including any additional commentary or evaluations:",
     "User Prompt: ",
+)
+
+# The video models' instruction (SANA-Video; diffusers' SanaVideoPipeline / SanaImageToVideoPipeline default).
+VIDEO_COMPLEX_HUMAN_INSTRUCTION = (
+    "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual descriptions suitable for video generation. Evaluate the level of detail in the user prompt:",
+    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, motion, and temporal relationships to create vivid and dynamic scenes.",
+    "- If the prompt is already detailed, refine and enhance the existing details slightly without overcomplicating.",
+    "Here are examples of how to transform or refine prompts:",
+    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat slowly settling into a curled position, peacefully falling asleep on a warm sunny windowsill, with gentle sunlight filtering through surrounding pots of blooming red flowers.",
+    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing street lamps gradually lighting up, a diverse crowd of people in colorful clothing walking past, and a double-decker bus smoothly passing by towering glass skyscrapers.",
+    "Please generate only the enhanced description for the prompt below and avoid including any additional commentary or evaluations:",
+    "User Prompt: ",
+)
+
+# SANA-WM's instruction (diffusers' `DEFAULT_CHI_PROMPT` of `SanaWMPipeline`): the image wording, with the
+# "Enhanced prompt" in double quotes. SANA-WM's prompts are neither lower-cased nor stripped (`lowercase=False`).
+WORLD_COMPLEX_HUMAN_INSTRUCTION = (
+    'Given a user prompt, generate an "Enhanced prompt" that provides detailed visual descriptions suitable for image generation. Evaluate the level of detail in the user prompt:',
+    *COMPLEX_HUMAN_INSTRUCTION[1:],
 )
 
 
@@ -66,16 +85,20 @@ def preprocess_prompt(prompt: str) -> str:
 class TextEncoder:
     """Gemma-2 decoder + tokenizer producing SANA's caption embeddings."""
 
-    def __init__(self, tokenizer, model, *, max_length: int = 300, instruction: tuple[str, ...] | None = COMPLEX_HUMAN_INSTRUCTION):
+    def __init__(self, tokenizer, model, *, max_length: int = 300, instruction: tuple[str, ...] | None = COMPLEX_HUMAN_INSTRUCTION,
+                 lowercase: bool = True):
         self.tokenizer = tokenizer
         self.model = model
         self.max_length = max_length
+        self.lowercase = lowercase  # diffusers' SANA / SANA-Video pipelines lower-case and strip; SANA-WM does not
         self.instruction = "\n".join(instruction) if instruction else None
         self.tokenizer.padding_side = "right"
 
     @classmethod
     def from_pretrained(cls, model_dir: Path, *, dtype: torch.dtype, device: torch.device | str = "cpu",
-                        variant: str | None = None) -> "TextEncoder":
+                        variant: str | None = None,
+                        instruction: tuple[str, ...] | None = COMPLEX_HUMAN_INSTRUCTION,
+                        lowercase: bool = True) -> "TextEncoder":
         from transformers import AutoModel, AutoTokenizer
 
         from .components import component_variant, require_component
@@ -89,7 +112,7 @@ class TextEncoder:
             )
         except (OSError, ValueError, RuntimeError) as exc:
             raise SanaError(f"cannot load the text encoder from {model_dir}: {str(exc).splitlines()[0]}") from None
-        return cls(tokenizer, model.to(device).eval())
+        return cls(tokenizer, model.to(device).eval(), instruction=instruction, lowercase=lowercase)
 
     @property
     def device(self) -> torch.device:
@@ -119,7 +142,7 @@ class TextEncoder:
             group = [p for p, w in unique if w == with_instruction]
             if not group:
                 continue
-            texts = [preprocess_prompt(p) for p in group]
+            texts = [preprocess_prompt(p) if self.lowercase else p for p in group]
             total_length = self.max_length
             if with_instruction and self.instruction:
                 texts = [self.instruction + t for t in texts]

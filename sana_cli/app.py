@@ -18,16 +18,20 @@ from .info import info_command
 from .models import models_app
 from .shapes import shapes_app
 from .sprint import sprint
+from .video import video
+from .world import WorldCommand, world
 
 app = typer.Typer(
     name="sana",
-    help="Generate images with NVIDIA's SANA linear diffusion transformers.",
+    help="Generate images and videos with NVIDIA's SANA linear diffusion transformers.",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
 app.command("gen")(gen)
 app.command("sprint")(sprint)
+app.command("video")(video)
+app.command("world", cls=WorldCommand)(world)
 app.add_typer(models_app, name="models")
 app.command("info")(info_command)
 app.command("bench")(bench)

@@ -1,13 +1,23 @@
-"""`sana gen`: text to image with SANA / SANA-1.5 (2K / 4K included), optionally with PAG."""
+"""`sana gen`: text to image with SANA / SANA-1.5 (2K / 4K included), optionally with PAG; and the run that
+`sana gen` and `sana sprint` share, as numbered steps on the machinery of `generation`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 
+from sana.errors import UsageError
 
+from . import console
 from . import options as opt
+from .generation import (
+    SIZE_MULTIPLE, component_sizes, default_model, generate_with_progress, parse_resolution, plan_jobs, plan_table,
+    quiet_libraries, read_jobs, replay_settings, resolve_for, transformer_config_for, weights_variant,
+)
 
 
 def gen(
@@ -16,13 +26,13 @@ def gen(
     transformer: opt.Transformer = None,
     res: opt.Resolution = None,
     steps: opt.Steps = None,
-    cfg: Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale (<= 1 turns CFG off).")] = None,
+    cfg: opt.Cfg = None,
     pag: Annotated[Optional[float], typer.Option("--pag", help="Perturbed-attention guidance scale (0 = off).")] = None,
     pag_layer: Annotated[Optional[int], typer.Option("--pag-layer", help="Block whose self-attention PAG perturbs.")] = None,
     seed: opt.Seed = None,
-    negative: Annotated[Optional[str], typer.Option("--negative", help="Negative prompt.")] = None,
-    sampler: Annotated[Optional[str], typer.Option("--sampler", help="flow-dpm (DPM-Solver++ 2M) or flow-euler.")] = None,
-    shift: Annotated[Optional[float], typer.Option("--shift", help="Flow shift (model default if not given).")] = None,
+    negative: opt.Negative = None,
+    sampler: opt.Sampler = None,
+    shift: opt.Shift = None,
     out: opt.Out = None,
     num: opt.Num = None,
     prompts: opt.Prompts = None,
@@ -37,8 +47,249 @@ def gen(
     force: opt.Force = False,
 ) -> None:
     """Generate images from a prompt."""
-    from .generation import run
-
     flags = dict(locals())
     flags["from"] = flags.pop("from_file")
     run(flags, command="gen")
+
+
+def snap_size(width: int, height: int) -> tuple[int, int]:
+    snapped = tuple(max(SIZE_MULTIPLE, round(v / SIZE_MULTIPLE) * SIZE_MULTIPLE) for v in (width, height))
+    if snapped != (width, height):
+        console.notice(f"size {width}x{height} snapped to {snapped[0]}x{snapped[1]} (sides must be multiples of {SIZE_MULTIPLE})")
+    return snapped  # type: ignore[return-value]
+
+
+def parse_lora(text: str) -> tuple[Path, float]:
+    """`PATH[:SCALE]`; a path that itself contains ':' still works when no scale follows."""
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            scale = float(tail)
+            path = head
+        except ValueError:
+            path = text
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"LoRA file not found: {path}")
+    return file, scale
+
+
+# Settings are merged as plain dicts: a JSONL line's overrides beat explicit flags, which beat --from, which
+# beats the model's defaults.
+SETTING_KEYS = ("prompt", "negative", "seed", "num", "steps", "cfg", "pag", "pag_layer", "res", "sampler", "shift",
+                "out", "lora")
+
+
+@dataclass
+class ModelDefaults:
+    steps: int
+    cfg: float
+    pag: float
+    pag_layer: int
+    sampler: str
+    shift: float
+    resolution: int
+    max_timesteps: float = 1.5708
+    intermediate_timesteps: float | None = 1.3
+
+
+def model_defaults(spec, scheduler_config: dict, family: str, native_resolution: int) -> ModelDefaults:
+    """Defaults from the preset, with the model's own scheduler file winning for the flow shift."""
+    from sana.sampling import DEFAULT_STEPS
+
+    preset = dict(spec.defaults) if spec else {}
+    sprint = family == "sprint"
+    sampler = preset.get("sampler", "scm" if sprint else "flow-dpm")
+    shift = scheduler_config.get("flow_shift", preset.get("flow_shift", 3.0))
+    return ModelDefaults(
+        steps=int(preset.get("steps", DEFAULT_STEPS[sampler])), cfg=float(preset.get("guidance", 4.5)),
+        pag=float(preset.get("pag", 0.0)), pag_layer=int(preset.get("pag_layer", 8)), sampler=sampler,
+        shift=float(shift), resolution=native_resolution,
+        max_timesteps=float(preset.get("max_timesteps", 1.5708)),
+        intermediate_timesteps=preset.get("intermediate_timesteps", 1.3),
+    )
+
+
+def check_fp8(device, dtype: str) -> None:
+    """--fp8 needs cuBLAS's fp8 GEMM (compute capability 8.9+) and bf16 activations."""
+    import torch
+
+    from sana.ops import fp8_supported
+
+    if device.type != "cuda":
+        raise UsageError(f"--fp8 needs an NVIDIA GPU; this run uses {device}")
+    if not fp8_supported(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise UsageError(f"--fp8 needs compute capability 8.9+ (Ada, Hopper); this GPU has {major}.{minor}",
+                         "drop --fp8")
+    if dtype != "bf16":
+        raise UsageError(f"--fp8 runs with bf16 activations, not {dtype}", "drop --dtype or pass --dtype bf16")
+
+
+def run(flags: dict[str, Any], *, command: str) -> None:
+    """The whole run for `sana gen` / `sana sprint` (command names the family it expects)."""
+    quiet_libraries()
+
+    from sana import __version__
+    from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
+    from sana.memory import check_mode, parse_memory_size, plan_memory
+    from sana.outputs import GenerationRecord, file_sha256, plan_output_paths, save_image
+    from sana.pipelines.image import ImagePipeline, ImageRequest
+    from sana.sampling import SAMPLERS
+
+    # 1. Settings from --from, the command line and the prompts file.
+    replay = replay_settings(flags.get("from"), command)
+    explicit = {k: flags.get(k) for k in SETTING_KEYS}
+    memory_mode = check_mode(flags.get("memory") or "auto")
+    max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
+    dry_run = bool(flags.get("dry_run"))
+    jobs = read_jobs(flags, replay, command)
+
+    # 2. Seeds and output paths, before anything loads: an existing file fails now, not after a long load.
+    force = bool(flags.get("force"))
+
+    def check(settings: dict[str, Any]) -> None:
+        parse_resolution(settings.get("res"))  # bad sizes and samplers fail before the model loads
+        if settings.get("sampler") and settings["sampler"] not in SAMPLERS:
+            raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(SAMPLERS)}")
+
+    def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int) -> list[Path]:
+        return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force,
+                                 index_start=index_start)
+
+    planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths)
+
+    # 3. The model: resolve (no download here; a dry run plans from the registry when the weights are absent).
+    model_arg = flags.get("model") or replay.get("model") or default_model(command)
+    resolved, spec, family = resolve_for(command, model_arg, dry_run=dry_run)
+    lora_args = explicit.get("lora") or replay.get("lora") or []
+    loras = [parse_lora(text) for text in lora_args]
+    transformer_path = flags.get("transformer") or replay.get("transformer")
+    if transformer_path and not Path(transformer_path).expanduser().exists():
+        raise UsageError(f"--transformer {transformer_path} does not exist")
+
+    # 4. Requests from the model's defaults, and what the largest of them asks of the device.
+    sizes = component_sizes(resolved, spec, transformer_path)
+    from sana.components import scheduler_config
+
+    scheduler = scheduler_config(resolved.path) if resolved else {}
+    defaults = model_defaults(spec, scheduler, family, sizes.native_resolution)
+    requests = [(_request(prompt, settings, seeds, defaults, family, ImageRequest), paths)
+                for prompt, settings, seeds, paths in planned_jobs]
+    workload = _workload([r for r, _ in requests], sizes.native_resolution, sprint=family == "sprint")
+
+    # 5. Device, precision and the memory plan (a dry run prints it and stops here).
+    device = pick_device(flags.get("device") or "auto")
+    info = probe_device(device)
+    fp8 = bool(flags.get("fp8"))
+    if fp8:
+        from sana.memory import with_fp8_blocks
+
+        sizes = with_fp8_blocks(sizes, transformer_config_for(resolved, spec, transformer_path))
+    plan = plan_memory(info, sizes, workload, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
+    if fp8:
+        check_fp8(device, plan.dtype)
+    if max_vram is not None and not info.is_accelerator:
+        console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
+    if dry_run:
+        console.out.print(plan_table(plan, model_arg))
+        return
+    if max_vram is not None:
+        limit_process_memory(device, max_vram)
+    dtype = DTYPES[plan.dtype]
+    variant = weights_variant(spec, plan)
+
+    # 6. Load where the plan keeps each component (LoRAs merged at load).
+    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]}{', fp8 block linears' if fp8 else ''} on {device})")
+    console.info(plan.headline())
+    start = time.perf_counter()
+    pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family, variant=variant,
+                                         loras=loras, transformer_path=transformer_path, plan=plan, fp8=fp8)
+    load_seconds = time.perf_counter() - start
+
+    # 7. One generation a prompt (all its seeds in one batch), each image saved with its metadata.
+    lora_records = [{"path": str(p), "scale": s, "sha256": file_sha256(p)} for p, s in loras]
+    for request, paths in requests:
+        result = generate_with_progress(pipe, request)
+        for image, seed, path in zip(result.images, request.seeds, paths):
+            record = GenerationRecord(
+                prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
+                model_repo=resolved.repo, model_revision=resolved.revision, family=family, seed=seed,
+                steps=request.steps, guidance=request.guidance, pag=request.pag,
+                pag_layers=list(request.pag_layers) if request.pag > 0 else [], sampler=request.sampler,
+                flow_shift=request.flow_shift, width=request.width, height=request.height, dtype=DTYPE_NAMES[dtype],
+                loras=lora_records, version=__version__,
+                timings={"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
+                extra={"device": str(device), "generated_size": list(result.generated_size),
+                       "images_in_batch": len(request.seeds), "memory": result.memory,
+                       **({"fp8": "block linears, e4m3 rowwise"} if fp8 else {}),
+                       **({"transformer": str(transformer_path)} if transformer_path else {})},
+            )
+            start = time.perf_counter()
+            written = save_image(image, path, record, force=force)
+            result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
+            console.out.print(str(written), highlight=False)
+        t = result.timings
+        console.info(f"load {load_seconds:.2f}s | encode {t['encode']:.2f}s | denoise {t['denoise']:.2f}s | "
+                     f"decode {t['decode']:.2f}s | save {t['save']:.2f}s")
+
+
+def _workload(requests: list, native_resolution: int, *, sprint: bool):
+    """The largest generation among `requests`: the biggest binned size and the most DiT rows."""
+    from sana.memory import Workload
+    from sana.pipelines.sizes import binned_size
+
+    sizes = [binned_size(r.width, r.height, native_resolution) for r in requests]
+    width, height = max(sizes, key=lambda wh: wh[0] * wh[1])
+
+    def rows(r) -> int:
+        copies = 1 if sprint else 1 + (r.guidance > 1.0) + (r.pag > 0.0)
+        return len(r.seeds) * copies
+
+    return Workload(width=width, height=height, images=max(len(r.seeds) for r in requests),
+                    rows=max(rows(r) for r in requests))
+
+
+def _extension(out: str | None) -> str:
+    if out:
+        suffix = Path(out).suffix.lower()
+        if suffix in (".png", ".jpg", ".jpeg", ".webp"):
+            return suffix
+    return ".png"
+
+
+def _request(prompt: str, settings: dict[str, Any], seeds: list[int], defaults: ModelDefaults, family: str,
+             request_type):
+    from sana.sampling import SAMPLERS
+
+    sprint = family == "sprint"
+    size = parse_resolution(settings.get("res")) or (defaults.resolution, defaults.resolution)
+    width, height = snap_size(*size)
+    sampler = settings.get("sampler") or defaults.sampler
+    if sampler not in SAMPLERS or (sampler == "scm") != sprint:
+        allowed = "scm" if sprint else "flow-dpm, flow-euler"
+        raise UsageError(f"unknown sampler '{sampler}' for this model", f"use {allowed}")
+    steps = int(settings.get("steps") or (defaults.steps if sampler == defaults.sampler else _default_steps(sampler)))
+    if sprint and not 1 <= steps <= 4:
+        raise UsageError(f"--steps {steps} is out of range for SANA-Sprint", "use 1 to 4 steps")
+    cfg = float(settings["cfg"]) if settings.get("cfg") is not None else defaults.cfg
+    pag = float(settings["pag"]) if settings.get("pag") is not None else defaults.pag
+    if cfg < 0 or pag < 0:
+        raise UsageError("guidance scales must be >= 0")
+    if sprint and pag > 0:
+        raise UsageError("PAG does not apply to SANA-Sprint")
+    request = request_type(
+        prompt=prompt, seeds=seeds, width=width, height=height, steps=steps,
+        guidance=cfg, sampler=sampler, flow_shift=float(settings.get("shift") or defaults.shift),
+        negative_prompt=settings.get("negative") or "", pag=pag,
+        pag_layers=(int(settings.get("pag_layer", defaults.pag_layer)),),
+        max_timesteps=defaults.max_timesteps, intermediate_timesteps=defaults.intermediate_timesteps,
+    )
+    return request
+
+
+def _default_steps(sampler: str) -> int:
+    from sana.sampling import DEFAULT_STEPS
+
+    return DEFAULT_STEPS[sampler]

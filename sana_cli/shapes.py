@@ -175,9 +175,9 @@ def _load_generator(model: str, transformer: str | None, steps: int | None, cfg:
     from sana.components import check_components, family_from_index, model_index
     from sana.device import pick_device, pick_dtype
     from sana.hub import resolve_model
-    from sana.pipeline import ImagePipeline, ImageRequest
+    from sana.pipelines.image import ImagePipeline, ImageRequest
 
-    from .generation import model_defaults
+    from .gen import model_defaults
 
     resolved = resolve_model(model)
     family = (resolved.spec.family if resolved.spec else None) or family_from_index(model_index(resolved.path)) or "sana"

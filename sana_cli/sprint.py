@@ -32,7 +32,7 @@ def sprint(
     force: opt.Force = False,
 ) -> None:
     """Generate images in 1-4 steps with a SANA-Sprint model."""
-    from .generation import run
+    from .gen import run
 
     flags = dict(locals())
     flags["from"] = flags.pop("from_file")

@@ -140,7 +140,7 @@ def _timed(device: torch.device, run, repeats: int) -> tuple[float, object, floa
 def run_ours(folder: Path, label: str, plan, device: torch.device, cap: int | None, px: int, steps: int,
              repeats: int) -> Row:
     from sana.device import DTYPES
-    from sana.pipeline import ImagePipeline, ImageRequest
+    from sana.pipelines.image import ImagePipeline, ImageRequest
 
     row = Row(label, plan=plan.label().removeprefix("--memory "), tiles=plan.tile_description(),
               predicted_gib=plan.peak_bytes / GiB)
@@ -153,7 +153,7 @@ def run_ours(folder: Path, label: str, plan, device: torch.device, cap: int | No
         request = ImageRequest(prompt=PROMPT, seeds=[0], width=px, height=px, steps=steps, guidance=4.5,
                                sampler="flow-dpm", flow_shift=3.0)
         notices = []
-        from sana.pipeline import Events
+        from sana.pipelines.common import Events
 
         events = Events(on_notice=notices.append)
         row.seconds, result, row.peak_gib, row.reserved_gib = _timed(device, lambda: pipe.generate(request, events),

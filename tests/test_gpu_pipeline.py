@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sana import ops
-from sana.pipeline import ImagePipeline, ImageRequest
+from sana.pipelines.image import ImagePipeline, ImageRequest
 from tests.cli_helpers import psnr
 from tests.tiny_pipeline import build_pipeline
 

@@ -11,7 +11,8 @@ import torch
 from sana.device import GiB, DeviceInfo
 from sana.errors import SanaError
 from sana.memory import TIERS, Workload, plan_memory, sizes_from_directory
-from sana.pipeline import Events, ImagePipeline, ImageRequest
+from sana.pipelines.common import Events
+from sana.pipelines.image import ImagePipeline, ImageRequest
 from tests.cli_helpers import psnr
 from tests.tiny_pipeline import build_pipeline
 

@@ -6,7 +6,7 @@ import torch
 
 from sana import sampling
 from sana.errors import UsageError
-from sana.pipeline import _aspect_ratio_bins, binned_size
+from sana.pipelines.sizes import aspect_ratio_bins, binned_size
 
 
 def _diffusers_bins() -> dict:
@@ -18,7 +18,7 @@ def _diffusers_bins() -> dict:
 
 
 def test_bins_are_diffusers_tables_in_their_order():
-    ours, theirs = _aspect_ratio_bins(), _diffusers_bins()
+    ours, theirs = aspect_ratio_bins(), _diffusers_bins()
     assert set(ours) == set(theirs)
     for native, table in theirs.items():
         assert list(ours[native]) == list(table)  # the order decides ties, as in diffusers' min()
@@ -40,7 +40,7 @@ def test_binning_imports_no_diffusers_pipeline():
     import subprocess
     import sys
 
-    code = ("import sys; from sana.pipeline import binned_size; binned_size(1920, 1080, 4096); "
+    code = ("import sys; from sana.pipelines.sizes import binned_size; binned_size(1920, 1080, 4096); "
             "print(any(m.startswith('diffusers.pipelines') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -95,7 +95,7 @@ def test_pixels_to_pil_equals_diffusers_postprocess(dtype):
     """Our uint8 conversion on the pixels' device gives diffusers' PIL image byte for byte, ties included."""
     from diffusers.image_processor import PixArtImageProcessor
 
-    from sana.pipeline import pixels_to_pil
+    from sana.pipelines.image import pixels_to_pil
 
     torch.manual_seed(0)
     pixels = torch.rand(1, 3, 37, 53) * 2.4 - 1.2  # beyond [-1, 1] too: clamped

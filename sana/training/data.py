@@ -138,9 +138,9 @@ def aspect_buckets(resolution: int, multiple: int) -> list[tuple[int, int]]:
     The native SANA sizes use diffusers' trained aspect bins, so a fine-tune sees the shapes inference
     generates at; other sizes (small models) get buckets on a grid of `multiple`.
     """
-    from ..pipeline import BINNED_RESOLUTIONS, _aspect_ratio_bins
+    from ..pipelines.sizes import BINNED_RESOLUTIONS, aspect_ratio_bins
 
-    bins = _aspect_ratio_bins()[resolution] if resolution in BINNED_RESOLUTIONS else None
+    bins = aspect_ratio_bins()[resolution] if resolution in BINNED_RESOLUTIONS else None
     if bins is not None:
         return sorted({(int(w), int(h)) for h, w in bins.values()})
     buckets = set()

@@ -585,7 +585,7 @@ class Trainer:
     def validate(self, step: int) -> None:
         from ..components import load_vae
         from ..outputs import GenerationRecord, save_image
-        from ..pipeline import ImagePipeline, ImageRequest
+        from ..pipelines.image import ImagePipeline, ImageRequest
         from .. import ops
 
         cfg = self.cfg

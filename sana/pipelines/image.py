@@ -5,26 +5,23 @@ to the request. Progress and timings leave through `Events`; nothing here prints
 
 Where the weights are during each step is the memory plan's business (sana.memory, sana.placement): each step
 runs inside `placement.phase(...)`, and an out-of-memory error in a step retries it under the plan's next lower
-step (smaller VAE tiles, then the next placement tier) with one notice.
+step (smaller VAE tiles, then the next placement tier) with one notice (`common.PlacedPipeline`).
 """
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from . import sampling
-from .components import family_from_index, load_vae, model_index, read_json, require_component, scheduler_config
-from .errors import SanaError
-from .memory import MemoryPlan
-from .text import PromptEmbeddings, TextEncoder
+from .. import sampling
+from ..components import family_from_index, load_vae, model_index, read_json, require_component, scheduler_config
+from ..errors import SanaError
+from ..memory import MemoryPlan
+from ..text import PromptEmbeddings, TextEncoder
+from .common import Events, PlacedPipeline, check_finite, resize_and_crop, to_uint8
+from .sizes import binned_size
 
 
 @dataclass
@@ -47,15 +44,6 @@ class ImageRequest:
 
 
 @dataclass
-class Events:
-    """Callbacks from the engine to whoever drives it."""
-
-    on_phase: Callable[[str], None] | None = None  # "encode" | "denoise" | "decode"
-    on_step: Callable[[int, int], None] | None = None  # (step done, total)
-    on_notice: Callable[[str], None] | None = None  # one-line notices (e.g. a fallback the engine took)
-
-
-@dataclass
 class ImageResult:
     images: list  # PIL images, one a seed
     timings: dict[str, float] = field(default_factory=dict)
@@ -63,30 +51,7 @@ class ImageResult:
     memory: dict = field(default_factory=dict)  # the memory plan that finished the run (MemoryPlan.record())
 
 
-BINNED_RESOLUTIONS = (512, 1024, 2048, 4096)  # native sizes with trained aspect-ratio bins
-
-
-@lru_cache(maxsize=1)
-def _aspect_ratio_bins() -> dict[int, dict[str, list[int]]]:
-    """native px -> {height / width as diffusers writes it: [height, width]}: diffusers' ASPECT_RATIO_*_BIN tables
-    (PixArt's 512 / 1024 / 2048, SANA's 4096), kept as data in `sana/aspect_ratios.json` so that binning does not
-    import diffusers' pipelines (~2 s of a fresh process)."""
-    text = resources.files("sana").joinpath("aspect_ratios.json").read_text(encoding="utf-8")
-    return {int(native): table for native, table in json.loads(text).items()}
-
-
-def binned_size(width: int, height: int, native: int) -> tuple[int, int]:
-    """The trained aspect bin nearest to width/height for a model of `native` px; unchanged if it has no bins."""
-    if native not in BINNED_RESOLUTIONS:
-        return width, height
-    bins = _aspect_ratio_bins()[native]
-    ratio = height / width
-    closest = min(bins, key=lambda r: abs(float(r) - ratio))
-    h, w = bins[closest]
-    return int(w), int(h)
-
-
-class ImagePipeline:
+class ImagePipeline(PlacedPipeline):
     """Text encoder + our DiT + DC-AE, for one model, placed on the device as a memory plan says."""
 
     def __init__(self, *, transformer, text_encoder: TextEncoder, vae, family: str, scheduler_config: dict,
@@ -94,7 +59,7 @@ class ImagePipeline:
         """`vae` is our DC-AE decoder (`sana.components.load_vae`). Without `plan`, the modules stay where they are
         (everything resident), the VAE decodes whole images, and on CUDA each step replays a captured graph of the
         DiT forward (unless `cuda_graphs` is False)."""
-        from .placement import Placement
+        from ..placement import Placement
 
         self.transformer = transformer
         self.text_encoder = text_encoder
@@ -112,18 +77,13 @@ class ImagePipeline:
         self.denoiser = self.placement.denoiser
 
     def _default_plan(self, text_model, cuda_graphs: bool) -> MemoryPlan:
-        from .device import DTYPE_NAMES, probe_device
-        from .memory import Workload, resident_plan, sizes_of_modules
+        from ..device import DTYPE_NAMES, probe_device
+        from ..memory import Workload, resident_plan, sizes_of_modules
 
         sizes = sizes_of_modules(self.transformer, text_model, self.vae)
         work = Workload(self.native_resolution, self.native_resolution)
         return resident_plan(probe_device(self.device), sizes, work, DTYPE_NAMES.get(self.dtype, "fp32"),
                              cuda_graphs=cuda_graphs)
-
-    @property
-    def plan(self) -> MemoryPlan:
-        """The memory plan in force (lowered by out-of-memory fallbacks)."""
-        return self.placement.plan
 
     @classmethod
     def from_pretrained(cls, model_dir: Path, *, dtype: torch.dtype, device: torch.device | str,
@@ -139,8 +99,8 @@ class ImagePipeline:
         reaches the device; the plan's `cuda_graphs` replaces the argument. `fp8` quantizes the DiT's block linears
         to fp8 after load (`sana.models.fp8`; fast on GPUs of compute capability 8.9+ with bf16 activations).
         """
-        from .device import DTYPES
-        from .loading import load_transformer
+        from ..device import DTYPES
+        from ..loading import load_transformer
 
         index = model_index(model_dir)
         family = family or family_from_index(index) or "sana"
@@ -160,7 +120,7 @@ class ImagePipeline:
             transformer = load_transformer(weights, dtype=dtype, device=load_device("transformer"), config=config,
                                            variant=variant, loras=list(loras))
         if fp8:
-            from .models.fp8 import quantize_blocks_fp8
+            from ..models.fp8 import quantize_blocks_fp8
 
             quantize_blocks_fp8(transformer)
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
@@ -222,25 +182,19 @@ class ImagePipeline:
     def generate(self, request: ImageRequest, events: Events | None = None) -> ImageResult:
         events = events or Events()
         timings: dict[str, float] = {}
-
-        def phase(name: str) -> float:
-            if events.on_phase:
-                events.on_phase(name)
-            return time.perf_counter()
-
         # 1. Size: generate at the nearest trained aspect bin, resize to the request afterwards.
         gen_w, gen_h = binned_size(request.width, request.height, self.native_resolution)
         latent_shape = (self.transformer.config.in_channels, gen_h // self.vae_scale_factor, gen_w // self.vae_scale_factor)
 
         # 2. Encode the prompts.
-        start = phase("encode")
+        start = events.phase("encode")
         text, batch = self._recovering("encode", lambda: self.encode(request), events,
                                        SanaError("out of GPU memory while encoding the prompt",
                                                  "free GPU memory (other processes may hold it)"))
         timings["encode"] = self._elapsed(start)
 
         # 3. Denoise.
-        start = phase("denoise")
+        start = events.phase("denoise")
         failure = SanaError(f"out of GPU memory while denoising at {gen_w}x{gen_h} with {len(request.seeds)} image(s)",
                             "use a smaller --res or --num, or free GPU memory")
         latents = self._recovering("denoise", lambda: self._denoise(text, batch, request, latent_shape, events),
@@ -248,36 +202,11 @@ class ImagePipeline:
         timings["denoise"] = self._elapsed(start)
 
         # 4. Decode, resize to the request, convert.
-        start = phase("decode")
+        start = events.phase("decode")
         images = [self.decode(latents[i : i + 1], request.width, request.height, events)
                   for i in range(latents.shape[0])]
         timings["decode"] = self._elapsed(start)
         return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h), memory=self.plan.record())
-
-    def _recovering(self, phase: str, run: Callable, events: Events | None, failure: SanaError):
-        """`run()` inside the plan's `phase`; after an out-of-memory error, again under the plan's next lower
-        step (with one notice), until it succeeds or nothing lower exists (`failure` is raised then)."""
-        while True:
-            try:
-                with self.placement.phase(phase):
-                    return run()
-            except torch.OutOfMemoryError:
-                pass  # handled below, once the traceback (and the failed attempt's tensors) is gone
-            lower = self.plan.lower(phase)
-            self._release_cached_memory()
-            if lower is None:
-                raise failure from None
-            self.placement.replan(lower)
-            self.denoiser = self.placement.denoiser
-            if events and events.on_notice:
-                events.on_notice(_fallback_notice(phase, lower))
-
-    def _release_cached_memory(self) -> None:
-        import gc
-
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     def _denoise(self, text: PromptEmbeddings, batch: int, request: ImageRequest, latent_shape, events: Events):
         generators = [sampling.cpu_generator(s) for s in request.seeds]
@@ -305,41 +234,19 @@ class ImagePipeline:
         return self._recovering("decode", lambda: self._decode(latents, width, height), events, failure)
 
     def _decode(self, latents: torch.Tensor, width: int, height: int):
-        from diffusers.image_processor import PixArtImageProcessor
-
-        from .placement import decode_tiling
+        from ..placement import decode_tiling
 
         tile = decode_tiling(self.plan, latents.shape[-2] * self.vae_scale_factor,
                              latents.shape[-1] * self.vae_scale_factor)
         scaled = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
         pixels = self.vae.decode(scaled, tile=tile)  # [1, 3, H, W]
-        if not torch.isfinite(pixels).all():
-            hint = "fp16 overflow is the usual cause: try --dtype bf16 or fp32" if self.vae.dtype == torch.float16 \
-                else "the weights or the settings give non-finite values; try --dtype fp32"
-            raise SanaError("the decoded image has NaN or infinite values", hint)
-        if pixels.shape[-2:] != (height, width):
-            pixels = PixArtImageProcessor.resize_and_crop_tensor(pixels, width, height)
-        return pixels_to_pil(pixels)
-
-    def _elapsed(self, start: float) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
+        check_finite(pixels, "image")
+        return pixels_to_pil(resize_and_crop(pixels, width, height))
 
 
 def pixels_to_pil(pixels: torch.Tensor):
-    """[1, 3, H, W] in [-1, 1] -> a PIL RGB image with diffusers' `postprocess` arithmetic (denormalise in the
-    pixels' dtype, then round(255 x) in fp32), done where the pixels are so only uint8 reaches the host: at
-    4096 px that is 50 MB instead of a 200 MB fp32 copy converted on the CPU."""
+    """[1, 3, H, W] in [-1, 1] -> a PIL RGB image (`common.to_uint8`: only uint8 reaches the host; at 4096 px that
+    is 50 MB instead of a 200 MB fp32 copy converted on the CPU)."""
     from PIL import Image
 
-    unit = (pixels[0] * 0.5 + 0.5).clamp(0, 1)  # [3, H, W]
-    rgb = (unit.float() * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()  # [H, W, 3]
-    return Image.fromarray(rgb.cpu().numpy())
-
-
-def _fallback_notice(phase: str, plan: MemoryPlan) -> str:
-    doing = {"encode": "encoding the prompt", "denoise": "denoising", "decode": "decoding"}[phase]
-    if plan.fallbacks and plan.fallbacks[-1].endswith("px tiles"):
-        return f"out of GPU memory while {doing}; decoding in {plan.decode_tile} px tiles from now on"
-    return f"out of GPU memory while {doing}; continuing with {plan.summary()} ({plan.label()})"
+    return Image.fromarray(to_uint8(pixels[0]).cpu().numpy())

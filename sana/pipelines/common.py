@@ -1,0 +1,118 @@
+"""What every pipeline shares: events to whoever drives it, the out-of-memory recovery around each phase, and
+turning decoded pixels into 8-bit ones.
+
+A pipeline holds one `Placement` (sana.placement) of its modules. Each phase runs inside `placement.phase(...)`;
+an out-of-memory error in a phase retries it under the plan's next lower step (smaller VAE tiles, then the next
+placement tier) with one notice. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import SanaError
+
+
+@dataclass
+class Events:
+    """Callbacks from the engine to whoever drives it."""
+
+    on_phase: Callable[[str], None] | None = None  # "encode" | "encode image" | "denoise" | "decode"
+    on_step: Callable[[int, int], None] | None = None  # (step done, total)
+    on_notice: Callable[[str], None] | None = None  # one-line notices (e.g. a fallback the engine took)
+
+    def phase(self, name: str) -> float:
+        """Announce a phase; returns its start time."""
+        if self.on_phase:
+            self.on_phase(name)
+        return time.perf_counter()
+
+    def notice(self, text: str) -> None:
+        if self.on_notice:
+            self.on_notice(text)
+
+
+class PlacedPipeline:
+    """Base of the pipelines: `self.placement` carries out the memory plan; `_recovering` runs a phase in it."""
+
+    placement = None  # sana.placement.Placement, set by the subclass
+    device: torch.device
+    denoiser = None  # the DiT step (the module, or its captured CUDA graph)
+
+    @property
+    def plan(self):
+        """The memory plan in force (lowered by out-of-memory fallbacks)."""
+        return self.placement.plan
+
+    def _recovering(self, phase: str, run: Callable, events: Events | None, failure: SanaError):
+        """`run()` inside the plan's `phase`; after an out-of-memory error, again under the plan's next lower
+        step (with one notice), until it succeeds or nothing lower exists (`failure` is raised then)."""
+        while True:
+            try:
+                with self.placement.phase(phase):
+                    return run()
+            except torch.OutOfMemoryError:
+                pass  # handled below, once the traceback (and the failed attempt's tensors) is gone
+            lower = self.plan.lower(phase)
+            self._release_cached_memory()
+            if lower is None:
+                raise failure from None
+            self.placement.replan(lower)
+            self.denoiser = self.placement.denoiser
+            if events is not None:
+                events.notice(fallback_notice(phase, lower))
+
+    def _release_cached_memory(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _elapsed(self, start: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def fallback_notice(phase: str, plan) -> str:
+    doing = {"encode": "encoding the prompt", "condition": "encoding the first frame", "denoise": "denoising",
+             "decode": "decoding"}[phase]
+    if plan.fallbacks and plan.fallbacks[-1].endswith("px tiles"):
+        return f"out of GPU memory while {doing}; decoding in {plan.decode_tile} px tiles from now on"
+    return f"out of GPU memory while {doing}; continuing with {plan.summary()} ({plan.label()})"
+
+
+# -- pixels -------------------------------------------------------------------------------------------------
+
+def check_finite(pixels: torch.Tensor, what: str) -> None:
+    """Refuse a decoded `what` ("image", "clip") with NaN or infinite values: a black file would hide it."""
+    if not torch.isfinite(pixels).all():
+        hint = "fp16 overflow is the usual cause: try --dtype bf16 or fp32" if pixels.dtype == torch.float16 \
+            else "the weights or the settings give non-finite values; try --dtype fp32"
+        raise SanaError(f"the decoded {what} has NaN or infinite values", hint)
+
+
+def resize_and_crop(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """[N, C, H, W] -> [N, C, height, width]: scaled (bilinear) until it covers the target, then centre-cropped.
+    diffusers' `resize_and_crop_tensor` arithmetic (images and, frame by frame, videos)."""
+    orig_h, orig_w = pixels.shape[-2:]
+    if (orig_h, orig_w) == (height, width):
+        return pixels
+    ratio = max(height / orig_h, width / orig_w)
+    resized_w, resized_h = int(orig_w * ratio), int(orig_h * ratio)
+    pixels = F.interpolate(pixels, size=(resized_h, resized_w), mode="bilinear", align_corners=False)
+    top, left = (resized_h - height) // 2, (resized_w - width) // 2
+    return pixels[:, :, top : top + height, left : left + width]
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3] with diffusers' `postprocess` arithmetic (denormalise in
+    the pixels' dtype, then round(255 x) in fp32), done where the pixels are, so only uint8 reaches the host."""
+    unit = (pixels * 0.5 + 0.5).clamp(0, 1)
+    return (unit.float() * 255).round().to(torch.uint8).movedim(-3, -1).contiguous()

@@ -1,0 +1,77 @@
+"""The video VAEs as the SANA-Video pipelines use them: diffusers' `AutoencoderKLWan` (Wan 2.1, 480p models) and
+`AutoencoderKLLTX2Video` (LTX-2, 720p models) as they are, loaded from `vae/` by the config's `_class_name`.
+
+Latents are normalised per channel as diffusers' pipelines do it, with the VAE's `latents_mean` / `latents_std`
+(Wan: config lists; LTX-2: buffers) and not its `scaling_factor`: encode `(z - mean) / std`, decode
+`z / (1 / std) + mean`, in the VAE's dtype. Wan's decoder clamps its output to [-1, 1] itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..components import component_variant, require_component
+from ..errors import SanaError
+from .sizes import VideoVaeGeometry, read_video_vae_geometry
+
+
+class VideoVAE:
+    """A diffusers video autoencoder (`module`, an nn.Module the memory placement moves) and its geometry."""
+
+    def __init__(self, module: torch.nn.Module, geometry: VideoVaeGeometry):
+        self.module = module
+        self.geometry = geometry
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1 / std), each [1, C, 1, 1, 1] in `like`'s dtype and device, the reciprocal taken there."""
+        if self.geometry.class_name == "AutoencoderKLWan":
+            mean = torch.tensor(self.module.config.latents_mean)
+            std = torch.tensor(self.module.config.latents_std)
+        else:
+            mean, std = self.module.latents_mean, self.module.latents_std
+        channels = self.geometry.channels
+        mean = mean.view(1, channels, 1, 1, 1).to(like.device, like.dtype)
+        inv_std = 1.0 / std.view(1, channels, 1, 1, 1).to(like.device, like.dtype)
+        return mean, inv_std
+
+    @torch.no_grad()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] -> normalised latents [B, C, 1, h, w] of one-frame clips (the
+        distribution's mode: no noise is drawn), in the VAE's dtype."""
+        clip = pixels.unsqueeze(2).to(self.device, self.dtype)  # [B, 3, 1, H, W]
+        latents = self.module.encode(clip).latent_dist.mode()
+        mean, inv_std = self._stats(latents)
+        return (latents - mean) * inv_std
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, C, F, h, w] -> pixels [B, 3, (F - 1) * temporal + 1, H, W] in about [-1, 1],
+        in the VAE's dtype; tiled as the module is set (`sana.placement.video_decode_tiling`)."""
+        latents = latents.to(self.device, self.dtype)
+        mean, inv_std = self._stats(latents)
+        return self.module.decode(latents / inv_std + mean, return_dict=False)[0]
+
+
+def load_video_vae(model_dir: Path, *, dtype: torch.dtype, device: torch.device | str,
+                   variant: str | None = None) -> VideoVAE:
+    """diffusers' autoencoder named by `vae/config.json`'s `_class_name`, in `dtype` on `device`."""
+    import diffusers
+
+    vae_dir = require_component(model_dir, "vae")
+    geometry = read_video_vae_geometry(model_dir)
+    cls = getattr(diffusers, geometry.class_name)
+    try:
+        module = cls.from_pretrained(vae_dir, torch_dtype=dtype, variant=component_variant(vae_dir, variant))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SanaError(f"cannot load the VAE from {vae_dir}: {str(exc).splitlines()[0]}") from None
+    return VideoVAE(module.to(device).eval(), geometry)

@@ -1,0 +1,358 @@
+"""`sana video`: text to video and image to video (`--image`) with SANA-Video, as numbered steps.
+
+Every argument is checked before torch is imported; outputs are planned and the model is resolved before
+anything loads, so bad input costs a fraction of a second and leaves no file.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from sana.errors import SanaError, UsageError
+
+from . import console
+from . import options as opt
+
+MAX_FRAMES = 1024  # a minute at 16 fps; the model's RoPE table and the memory plan bound it further
+MAX_FPS = 240.0
+SIZE_MULTIPLE = 32  # diffusers' rule for SANA-Video sizes
+VIDEO_SAMPLERS = ("flow-dpm", "flow-euler")
+MOTION_IN_PROMPT = re.compile(r"motion score:\s*\d+", re.IGNORECASE)  # diffusers' examples write it in the prompt
+# Settings a clip takes (flags, --from's record, a prompts file's lines).
+VIDEO_KEYS = ("prompt", "negative", "seed", "num", "steps", "cfg", "res", "sampler", "shift", "out", "frames", "fps",
+              "motion_score", "image", "format", "crf")
+
+
+def video(
+    prompt: Annotated[Optional[str], typer.Argument(help="What happens in the clip.")] = None,
+    image: opt.Image = None,
+    model: opt.Model = None,
+    res: opt.Resolution = None,
+    frames: opt.Frames = None,
+    fps: opt.Fps = None,
+    steps: opt.Steps = None,
+    cfg: opt.Cfg = None,
+    motion_score: opt.MotionScore = None,
+    seed: opt.Seed = None,
+    negative: opt.Negative = None,
+    sampler: opt.Sampler = None,
+    shift: opt.Shift = None,
+    out: opt.ClipOut = None,
+    fmt: opt.ClipFormat = None,
+    crf: opt.Crf = None,
+    num: opt.Num = None,
+    prompts: opt.Prompts = None,
+    device: opt.Device = "auto",
+    dtype: opt.Dtype = "auto",
+    memory: opt.Memory = "auto",
+    max_vram: opt.MaxVram = None,
+    dry_run: opt.DryRun = False,
+    from_file: opt.FromFile = None,
+    force: opt.Force = False,
+) -> None:
+    """Generate video clips from a prompt, or from a prompt and a first frame (--image)."""
+    flags = dict(locals())
+    flags["from"] = flags.pop("from_file")
+    flags["format"] = flags.pop("fmt")
+    run(flags)
+
+
+# -- checks (no torch) ----------------------------------------------------------------------------------------
+
+def check_frames(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not 1 <= int(value) <= MAX_FRAMES:
+        raise UsageError(f"--frames {value} is out of range", f"a clip has 1 to {MAX_FRAMES} frames")
+    return int(value)
+
+
+def check_fps(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not 0 < float(value) <= MAX_FPS:
+        raise UsageError(f"--fps {value} is out of range", f"use a frame rate above 0 and at most {MAX_FPS:g}")
+    return float(value)
+
+
+def parse_motion_score(value: Any, default: int | None = None) -> int | None:
+    """"none" -> None (nothing appended); a whole number >= 0; not set -> `default`."""
+    if value is None:
+        return default
+    text = str(value).strip().lower()
+    if text == "none":
+        return None
+    if not text.isdigit():
+        raise UsageError(f"--motion-score {value} is not a whole number", "use e.g. 30, or none to append nothing")
+    return int(text)
+
+
+def check_clip_size(res: Any) -> tuple[int, int] | None:
+    from .generation import parse_resolution
+
+    size = parse_resolution(res)
+    if size is not None and (size[0] % SIZE_MULTIPLE or size[1] % SIZE_MULTIPLE):
+        raise UsageError(f"size {size[0]}x{size[1]} is not a multiple of {SIZE_MULTIPLE}",
+                         f"SANA-Video sizes are multiples of {SIZE_MULTIPLE}, e.g. 832x480")
+    return size
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Every value of one job's settings, before anything loads."""
+    check_frames(settings.get("frames"))
+    check_fps(settings.get("fps"))
+    check_clip_size(settings.get("res"))
+    parse_motion_score(settings.get("motion_score"))
+    if settings.get("sampler") and settings["sampler"] not in VIDEO_SAMPLERS:
+        raise UsageError(f"unknown sampler '{settings['sampler']}' for a video model",
+                         f"use {' or '.join(VIDEO_SAMPLERS)}")
+    if settings.get("cfg") is not None and float(settings["cfg"]) < 0:
+        raise UsageError("--cfg must be >= 0")
+    if settings.get("shift") is not None and float(settings["shift"]) <= 0:
+        raise UsageError("--shift must be > 0")
+
+
+@dataclass(frozen=True)
+class FirstFrame:
+    image: Any  # PIL image, decoded
+    path: Path
+    sha256: str
+
+
+def open_first_frame(path_text: str, recorded_sha256: str | None = None) -> FirstFrame:
+    """--image: the file decoded now (a missing, unreadable or broken image fails before anything loads)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from sana.outputs import file_sha256
+
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise UsageError(f"--image {path_text} not found")
+    if not path.is_file():
+        raise UsageError(f"--image {path_text} is not a file")
+    try:
+        with Image.open(path) as opened:
+            opened.load()  # decodes every pixel: a truncated or corrupt file fails here
+            image = opened.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise UsageError(f"--image {path_text} is not an image that can be read",
+                         "give a PNG, JPEG or WebP file") from None
+    digest = file_sha256(path)
+    if recorded_sha256 and digest != recorded_sha256:
+        console.notice(f"{path_text} is not the first frame the replayed clip recorded (its sha256 differs)")
+    return FirstFrame(image, path, digest)
+
+
+# -- defaults and requests --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClipDefaults:
+    steps: int
+    cfg: float
+    sampler: str
+    i2v_sampler: str
+    shift: float
+    frames: int
+    fps: float
+    motion_score: int | None
+    width: int
+    height: int
+
+
+def clip_defaults(spec, scheduler: dict, transformer_config: dict) -> ClipDefaults:
+    """The preset's defaults (a local folder: the released preset of its size class), with the model's own
+    scheduler file winning for the flow shift (DPM-Solver's `flow_shift`, flow Euler's `shift`)."""
+    from sana.registry import get_spec
+
+    if spec is None:
+        spec = get_spec("video-2b-720p" if transformer_config.get("sample_size") == 22 else "video-2b-480p")
+    d = spec.defaults
+    shift = {"DPMSolverMultistepScheduler": scheduler.get("flow_shift"),
+             "FlowMatchEulerDiscreteScheduler": scheduler.get("shift")}.get(scheduler.get("_class_name"))
+    return ClipDefaults(
+        steps=int(d["steps"]), cfg=float(d["guidance"]), sampler=d["sampler"], i2v_sampler=d["i2v_sampler"],
+        shift=float(shift or d["flow_shift"]), frames=int(d["frames"]), fps=float(d["fps"]),
+        motion_score=d.get("motion_score"), width=int(d["width"]), height=int(d["height"]),
+    )
+
+
+def build_request(prompt: str, settings: dict[str, Any], seeds: list[int], defaults: ClipDefaults, vae,
+                  transformer_config: dict, first: FirstFrame | None, request_type):
+    """A VideoRequest from one job's settings over the defaults; the frame count snapped with a notice."""
+    from sana.pipelines.sizes import latent_frames, snap_frames, video_binned_size
+
+    width, height = check_clip_size(settings.get("res")) or (defaults.width, defaults.height)
+    asked = check_frames(settings.get("frames")) or defaults.frames
+    frames = snap_frames(asked, vae.temporal)
+    if frames != asked:
+        console.notice(f"{asked} frames snapped to {frames} (the {vae.label} VAE makes {vae.temporal}k+1 frames)")
+    gen_w, gen_h = video_binned_size(width, height, int(transformer_config.get("sample_size", 0)))
+    patch = transformer_config.get("patch_size") or (1, 2, 2)
+    grid = (latent_frames(frames, vae.temporal) // patch[0], gen_h // vae.spatial // patch[1],
+            gen_w // vae.spatial // patch[2])
+    rope = int(transformer_config.get("rope_max_seq_len", 1024))
+    if max(grid) > rope:
+        raise UsageError(f"{frames} frames at {gen_w}x{gen_h} make a {'x'.join(map(str, grid))} token grid, "
+                         f"longer than this model's position table ({rope})", "use fewer --frames or a smaller --res")
+    sampler = settings.get("sampler") or (defaults.i2v_sampler if first else defaults.sampler)
+    cfg = float(settings["cfg"]) if settings.get("cfg") is not None else defaults.cfg
+    motion = parse_motion_score(settings.get("motion_score"), defaults.motion_score)
+    if settings.get("motion_score") is None and motion is not None and MOTION_IN_PROMPT.search(prompt):
+        console.notice("the prompt has its own motion score, so none is appended (--motion-score N appends one)")
+        motion = None
+    return request_type(
+        prompt=prompt, seeds=seeds, width=width, height=height, frames=frames,
+        steps=int(settings.get("steps") or defaults.steps), guidance=cfg, sampler=sampler,
+        flow_shift=float(settings.get("shift") or defaults.shift), negative_prompt=settings.get("negative") or "",
+        motion_score=motion, image=first.image if first else None,
+    )
+
+
+def _model_configs(resolved, spec) -> tuple[dict, dict]:
+    """(transformer config, VAE config) from the model folder, else the preset."""
+    from sana.components import read_json
+    from sana.hub import transformer_config
+
+    if resolved is not None:
+        return transformer_config(resolved.path), read_json(resolved.path / "vae" / "config.json")
+    return spec.transformer, spec.extra.get("vae", {})
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+
+def run(flags: dict[str, Any]) -> None:
+    from sana.outputs import CLIP_FORMATS, plan_clip_paths
+    from sana.pipelines.sizes import video_binned_size, video_vae_geometry
+
+    from .generation import default_model, plan_jobs, read_jobs, replay_settings, resolve_for
+
+    # 1. Settings from --from, the command line and the prompts file, every value checked (before torch loads).
+    replay = {k: v for k, v in replay_settings(flags.get("from"), "video").items()
+              if k in (*VIDEO_KEYS, "model", "image_sha256")}
+    explicit = {k: flags.get(k) for k in VIDEO_KEYS}
+    dry_run, force = bool(flags.get("dry_run")), bool(flags.get("force"))
+    jobs = read_jobs(flags, replay, "video", noun="CLIP")
+    for _, overrides in jobs:
+        foreign = sorted(set(overrides) - set(VIDEO_KEYS))
+        if foreign:
+            raise UsageError(f"the prompts file sets {', '.join(foreign)}, which clips do not take")
+    fmt = explicit.get("format")
+    if fmt is not None and fmt not in CLIP_FORMATS:
+        raise UsageError(f"unknown --format '{fmt}'", f"use {', '.join(CLIP_FORMATS)}")
+    crf = explicit.get("crf")
+    if crf is not None and not 0 <= crf <= 51:
+        raise UsageError(f"--crf {crf} is out of range", "use 0 (lossless) to 51")
+    image_arg = explicit.get("image") or replay.get("image")
+    recorded = None if explicit.get("image") else replay.get("image_sha256")  # a replayed first frame is checked
+    first = open_first_frame(str(image_arg), recorded) if image_arg else None
+
+    def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int) -> list[Path]:
+        return plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=fmt, force=force, index_start=index_start)
+
+    planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check_settings, plan_paths=plan_paths,
+                             noun="clips")
+
+    # 2. The model: resolved (no download; a dry run plans from the registry alone), a SANA-Video model, its
+    #    VAE's frame rule and the defaults of its preset.
+    model_arg = flags.get("model") or replay.get("model") or default_model("video")
+    resolved, spec, _ = resolve_for("video", model_arg, dry_run=dry_run)
+    t_config, vae_config = _model_configs(resolved, spec)
+    try:
+        vae = video_vae_geometry(vae_config)
+    except ValueError as exc:
+        raise SanaError(f"{model_arg}: {exc}") from None
+    from sana.components import scheduler_config
+    from sana.memory import check_mode, parse_memory_size
+
+    memory_mode = check_mode(flags.get("memory") or "auto")
+    max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
+    defaults = clip_defaults(spec, scheduler_config(resolved.path) if resolved else {}, t_config)
+
+    # 3. Requests: sizes, frame counts snapped to the VAE's rule, sampler, shift, motion score, first frame.
+    from sana.pipelines.video import VideoPipeline, VideoRequest
+
+    requests = []
+    for prompt, settings, seeds, paths in planned_jobs:
+        request = build_request(prompt, settings, seeds, defaults, vae, t_config, first, VideoRequest)
+        requests.append((request, paths, check_fps(settings.get("fps")) or defaults.fps))
+    sample_size = int(t_config.get("sample_size", 0))
+
+    # 4. Device, precision and the memory plan (a dry run prints the clips and the plan, and stops here).
+    from .generation import component_sizes, plan_table, quiet_libraries, weights_variant
+
+    quiet_libraries()
+    from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
+    from sana.memory import Workload, plan_memory
+
+    sizes = component_sizes(resolved, spec, None)
+    generated = [video_binned_size(r.width, r.height, sample_size) for r, _, _ in requests]
+    work = Workload(*max(generated, key=lambda wh: wh[0] * wh[1]), images=max(len(r.seeds) for r, _, _ in requests),
+                    rows=max(len(r.seeds) * (1 + (r.guidance > 1.0)) for r, _, _ in requests),
+                    frames=max(r.frames for r, _, _ in requests))
+    device = pick_device(flags.get("device") or "auto")
+    info = probe_device(device)
+    plan = plan_memory(info, sizes, work, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
+    if max_vram is not None and not info.is_accelerator:
+        console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
+    if dry_run:
+        for (request, _, fps), (gen_w, gen_h) in zip(requests, generated):
+            console.out.print(f"{len(request.seeds)} clip(s) of {request.frames} frames at {fps:g} fps "
+                              f"({request.frames / fps:.2f} s), {request.width}x{request.height} "
+                              f"(generated at {gen_w}x{gen_h}): {request.prompt}", highlight=False)
+        console.out.print(plan_table(plan, model_arg))
+        return
+    if max_vram is not None:
+        limit_process_memory(device, max_vram)
+    dtype = DTYPES[plan.dtype]
+
+    # 5. Load where the plan keeps each component.
+    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]} on {device})")
+    console.info(plan.headline())
+    start = time.perf_counter()
+    pipe = VideoPipeline.from_pretrained(resolved.path, dtype=dtype, device=device,
+                                         variant=weights_variant(spec, plan), plan=plan)
+    load_seconds = time.perf_counter() - start
+
+    # 6. One generation a prompt (all its seeds in one batch), each clip saved with its record.
+    for request, paths, fps in requests:
+        _generate_and_save(pipe, request, paths, fps, flags, model_arg, resolved, dtype, device, first,
+                           load_seconds, crf)
+
+
+def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict, model_arg: str, resolved, dtype,
+                       device, first: FirstFrame | None, load_seconds: float, crf: int | None) -> None:
+    from sana import __version__
+    from sana.device import DTYPE_NAMES
+    from sana.outputs import GenerationRecord, save_video
+
+    from .generation import generate_with_progress
+
+    result = generate_with_progress(pipe, request)
+    timings = {"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}}
+    for frames, seed, path in zip(result.videos, request.seeds, paths):
+        extra = {"device": str(device), "generated_size": list(result.generated_size),
+                 "clips_in_batch": len(request.seeds), "memory": result.memory,
+                 "motion_score": request.motion_score,
+                 "mode": "image-to-video" if first else "text-to-video"}
+        if first:
+            extra.update(image=str(first.path), image_sha256=first.sha256)
+        record = GenerationRecord(
+            prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
+            model_repo=resolved.repo, model_revision=resolved.revision, family="video", seed=seed,
+            steps=request.steps, guidance=request.guidance, sampler=request.sampler, flow_shift=request.flow_shift,
+            width=request.width, height=request.height, frames=result.frames, fps=fps, dtype=DTYPE_NAMES[dtype],
+            version=__version__, timings=timings, extra=extra,
+        )
+        start = time.perf_counter()
+        written = save_video(frames.numpy(), path, record, fps=fps, force=bool(flags.get("force")), crf=crf)
+        result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
+        console.out.print(str(written), highlight=False)
+    t = result.timings
+    phases = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in t.items())
+    console.info(f"load {load_seconds:.2f}s | {phases}")
