@@ -1,0 +1,385 @@
+"""`sana world`: a first frame explored along a camera path with SANA-WM (stage 1), as numbered steps.
+
+Every argument is checked before torch is imported: the first frame is decoded, the camera path resolved (numpy
+only), the model resolved and the outputs planned before anything loads, so bad input costs a fraction of a second
+and leaves no file. `--preview` draws the resolved path and `--dry-run` prints the clip, the path and the memory
+plan; neither loads a model. Each clip is written with `<clip>.camera.json` beside it (the resolved path in
+nerfstudio's format and in sana's schema); `--from clip` replays from that file, so the poses are the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from typer.core import TyperCommand
+
+from sana.errors import UsageError
+
+from . import console
+from . import options as opt
+
+WORLD_MODEL = "wm-2.6b"  # the released preset; a local folder without one takes its defaults
+SIZE_MULTIPLE = 32  # the LTX-2 VAE's pixels a latent
+ROPE_POSITIONS = 1024  # the DiT's rotary table: latent frames (and rows, columns) it can place
+# Settings a clip takes from the flags and --from's record (the camera is replayed from the record's path file).
+WORLD_KEYS = ("prompt", "negative", "seed", "num", "steps", "cfg", "res", "shift", "out", "frames", "image",
+              "format", "crf")
+# Resolver options: flag name -> `resolve_camera` keyword.
+CAMERA_OPTIONS = {"intrinsics": "intrinsics", "fov": "fov", "pose_scale": "pose_scale", "speed": "speed",
+                  "turn_rate": "turn_rate", "camera_fps": "source_fps"}
+
+
+class WorldCommand(TyperCommand):
+    """`sana world`'s command: its epilog (the camera kinds and the action table) is read only when help is shown,
+    so other commands never import the camera package (and numpy) just to register this one."""
+
+    @property
+    def epilog(self) -> str:
+        from sana.camera import ACTION_HELP, KINDS_HELP
+
+        return f"Camera files (--camera): {KINDS_HELP}.\n\n{ACTION_HELP}"
+
+    @epilog.setter
+    def epilog(self, value) -> None:  # click sets it in __init__; the property above is the text
+        pass
+
+
+def world(
+    prompt: Annotated[Optional[str], typer.Argument(help="What the world looks like and what happens in it.")] = None,
+    image: opt.WorldImage = None,
+    camera: opt.Camera = None,
+    actions: opt.Actions = None,
+    intrinsics: opt.Intrinsics = None,
+    fov: opt.Fov = None,
+    frames: opt.WorldFrames = None,
+    pose_scale: opt.PoseScale = None,
+    speed: opt.Speed = None,
+    turn_rate: opt.TurnRate = None,
+    camera_fps: opt.CameraFps = None,
+    model: opt.Model = None,
+    res: opt.WorldSize = None,
+    steps: opt.Steps = None,
+    cfg: opt.Cfg = None,
+    seed: opt.Seed = None,
+    negative: opt.Negative = None,
+    shift: opt.Shift = None,
+    out: opt.ClipOut = None,
+    fmt: opt.ClipFormat = None,
+    crf: opt.Crf = None,
+    num: opt.Num = None,
+    device: opt.Device = "auto",
+    dtype: opt.Dtype = "auto",
+    memory: opt.Memory = "auto",
+    max_vram: opt.MaxVram = None,
+    dry_run: opt.DryRun = False,
+    preview: opt.Preview = None,
+    from_file: opt.FromFile = None,
+    force: opt.Force = False,
+) -> None:
+    """Generate a clip that moves through the world of a first frame (--image) along a camera path (--camera FILE
+    or --actions KEYS) with SANA-WM."""
+    flags = dict(locals())
+    flags["from"] = flags.pop("from_file")
+    flags["format"] = flags.pop("fmt")
+    run(flags)
+
+
+# -- checks (no torch) ----------------------------------------------------------------------------------------
+
+def check_size(res: Any) -> tuple[int, int] | None:
+    from .generation import parse_resolution
+
+    size = parse_resolution(res)
+    if size is not None and (size[0] % SIZE_MULTIPLE or size[1] % SIZE_MULTIPLE):
+        raise UsageError(f"size {size[0]}x{size[1]} is not a multiple of {SIZE_MULTIPLE}",
+                         "SANA-WM generates 1280x704 (sides are multiples of 32)")
+    return size
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Every value of the run's settings, before anything loads."""
+    from sana.outputs import CLIP_FORMATS
+
+    check_size(settings.get("res"))
+    if settings.get("frames") is not None and int(settings["frames"]) < 1:
+        raise UsageError(f"--frames {settings['frames']}; expected a whole number >= 1")
+    if settings.get("steps") is not None and int(settings["steps"]) < 1:
+        raise UsageError(f"--steps {settings['steps']}; expected a whole number >= 1")
+    if settings.get("cfg") is not None and float(settings["cfg"]) < 0:
+        raise UsageError("--cfg must be >= 0")
+    if settings.get("shift") is not None and float(settings["shift"]) <= 0:
+        raise UsageError("--shift must be > 0")
+    fmt = settings.get("format")
+    if fmt is not None and fmt not in CLIP_FORMATS:
+        raise UsageError(f"unknown --format '{fmt}'", f"use {', '.join(CLIP_FORMATS)}")
+    crf = settings.get("crf")
+    if crf is not None and not 0 <= int(crf) <= 51:
+        raise UsageError(f"--crf {crf} is out of range", "use 0 (lossless) to 51")
+
+
+# -- defaults ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WorldDefaults:
+    steps: int
+    cfg: float
+    shift: float
+    frames: int
+    width: int
+    height: int
+
+
+def world_defaults(spec, scheduler: dict) -> WorldDefaults:
+    """The preset's defaults (a local folder: the released preset's), the model's scheduler file winning for the
+    flow shift (flow Euler's `shift`)."""
+    from sana.registry import get_spec
+
+    d = (spec or get_spec(WORLD_MODEL)).defaults
+    shift = scheduler.get("shift") if scheduler.get("_class_name") == "FlowMatchEulerDiscreteScheduler" else None
+    return WorldDefaults(steps=int(d["steps"]), cfg=float(d["guidance"]), shift=float(shift or d["flow_shift"]),
+                         frames=int(d["frames"]), width=int(d["width"]), height=int(d["height"]))
+
+
+# -- the camera path --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CameraSource:
+    """What `resolve_camera` reads: a file or an action string, and the resolver options."""
+
+    camera: str | None
+    actions: str | None
+    options: dict[str, Any]
+
+
+def camera_source(flags: dict[str, Any], record, from_path: Path | None) -> CameraSource:
+    """--camera / --actions as given; without them, --from's clip: the resolved path file written beside it (the
+    same poses and intrinsics), else its recorded source with the recorded settings."""
+    explicit = {key: flags[flag] for flag, key in CAMERA_OPTIONS.items() if flags.get(flag) is not None}
+    if flags.get("camera") is not None or flags.get("actions") is not None or record is None:
+        camera = flags.get("camera")
+        return CameraSource(str(camera) if camera is not None else None, flags.get("actions"), explicit)
+    from sana.camera.export import camera_json_path
+    from sana.outputs import file_sha256
+
+    extra = record.extra
+    resolved = from_path.parent / extra["camera_file"] if extra.get("camera_file") else camera_json_path(from_path)
+    if resolved.is_file():
+        return CameraSource(str(resolved), None, explicit)
+    source, kind = extra.get("camera"), extra.get("camera_kind")
+    recorded = {key: value for key, value in (extra.get("camera_settings") or {}).items()
+                if key in ("pose_scale", "speed", "turn_rate", "fov")}
+    options = {**recorded, **explicit}
+    if source and kind == "actions":
+        return CameraSource(None, source, options)
+    if source and Path(source).is_file():
+        if extra.get("camera_sha256") and file_sha256(Path(source)) != extra["camera_sha256"]:
+            console.notice(f"{source} is not the camera path the replayed clip recorded (its sha256 differs)")
+        return CameraSource(source, None, options)
+    raise UsageError(f"--from {from_path}: its camera path is gone ({resolved.name} and {source or 'no source'})",
+                     "give --camera FILE or --actions")
+
+
+def resolve_path(source: CameraSource, image_size: tuple[int, int], frames: int | None, default_frames: int):
+    """The CameraPath to follow. Frames asked for must be on the path; without --frames, the model's default or
+    the whole path if shorter (as diffusers takes `min(num_frames, len(c2w))`)."""
+    from sana.camera import resolve_camera
+
+    def resolve(num_frames: int | None):
+        return resolve_camera(source.camera, actions=source.actions, image_size=image_size, num_frames=num_frames,
+                              **source.options)
+
+    if frames is not None:
+        return resolve(frames)
+    whole = resolve(None)
+    return whole if whole.num_frames <= default_frames else resolve(default_frames)
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+
+def run(flags: dict[str, Any]) -> None:
+    from sana.camera import FRAME_STRIDE
+    from sana.registry import find_spec
+
+    from .generation import check_family, default_model, merge_settings, plan_jobs, replay_settings, resolve_for
+    from .video import open_first_frame
+
+    # 1. Settings from --from's record and the command line, every value checked (before torch loads).
+    from_path = Path(flags["from"]).expanduser() if flags.get("from") else None
+    record = None
+    if from_path is not None:
+        from sana.outputs import read_metadata
+
+        record = read_metadata(from_path)
+    replay = {k: v for k, v in replay_settings(from_path, "world").items() if k in (*WORLD_KEYS, "model")}
+    if record is not None and record.family != "wm":
+        record = None  # another command's record gives its prompt and seed, not a camera
+    explicit = {k: flags.get(k) for k in WORLD_KEYS}
+    settings = merge_settings(replay, explicit)
+    check_settings(settings)
+    preview, dry_run, force = flags.get("preview"), bool(flags.get("dry_run")), bool(flags.get("force"))
+    model_arg = flags.get("model") or replay.get("model") or default_model("world")
+    spec = find_spec(model_arg)
+    if spec is not None:
+        check_family(model_arg, spec.family, "world")
+
+    # 2. The first frame, decoded now (the camera's intrinsics are in its pixels).
+    first = None
+    if settings.get("image"):
+        recorded = record.extra.get("image_sha256") if record is not None and not explicit.get("image") else None
+        first = open_first_frame(str(settings["image"]), recorded)
+    elif not preview:
+        raise UsageError("no --image given", "SANA-WM continues a first frame: pass --image FILE, the view from the "
+                         "camera path's first pose")
+
+    # 3. The model: resolved (no download; a dry run or a preview plans from the registry alone), its defaults.
+    from sana.components import scheduler_config
+
+    resolved, spec, _ = resolve_for("world", model_arg, dry_run=dry_run or preview is not None)
+    defaults = world_defaults(spec, scheduler_config(resolved.path) if resolved else {})
+    width, height = check_size(settings.get("res")) or (defaults.width, defaults.height)
+
+    # 4. The camera path: resolved for the first frame's size, its notices printed.
+    frames = int(settings["frames"]) if settings.get("frames") is not None else None
+    image_size = first.image.size if first else (width, height)
+    path = resolve_path(camera_source(flags, record, from_path), image_size, frames, defaults.frames)
+    for notice in path.notices:
+        console.notice(notice)
+    latent_frames = (path.num_frames - 1) // FRAME_STRIDE + 1
+    if latent_frames > ROPE_POSITIONS:
+        raise UsageError(f"{path.num_frames} frames are {latent_frames} latent frames, more than the DiT's position "
+                         f"table ({ROPE_POSITIONS})", "use fewer --frames")
+
+    # 5. --preview: the path drawn, nothing loaded.
+    if preview is not None:
+        _write_preview(path, Path(preview).expanduser(), force)
+        return
+
+    # 6. Seeds and output paths (clips and their camera files), before anything loads.
+    prompt, seeds, clips = _plan_outputs(settings, replay, explicit, dry_run=dry_run, force=force)
+
+    # 7. Device, precision and the memory plan (a dry run prints the clip, the path and the plan, and stops here).
+    from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
+    from sana.memory import Workload, check_mode, parse_memory_size, plan_memory
+
+    from .generation import component_sizes, plan_table, quiet_libraries, weights_variant
+
+    cfg = float(settings["cfg"]) if settings.get("cfg") is not None else defaults.cfg
+    memory_mode = check_mode(flags.get("memory") or "auto")
+    max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
+    work = Workload(width, height, images=1, rows=1 + (cfg > 1.0), frames=path.num_frames, conditioned=True,
+                    fps=path.fps)
+    device = pick_device(flags.get("device") or "auto")
+    info = probe_device(device)
+    plan = plan_memory(info, component_sizes(resolved, spec, None), work, mode=memory_mode, max_vram=max_vram,
+                       dtype=flags.get("dtype") or "auto")
+    plan = dataclasses.replace(plan, cuda_graphs=False)  # the world DiT's step is not graph-captured
+    if max_vram is not None and not info.is_accelerator:
+        console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
+    if dry_run:
+        console.out.print(f"{len(seeds)} clip(s): {plan.clip(path.fps)}: {prompt}", highlight=False)
+        console.out.print(f"camera: {path.describe()}", highlight=False)
+        console.out.print(plan_table(plan, model_arg))
+        return
+    if not plan.fits:
+        console.notice(f"the memory plan for {path.num_frames} frames in one pass {plan.notes()[0]}")
+    if max_vram is not None:
+        limit_process_memory(device, max_vram)
+    dtype = DTYPES[plan.dtype]
+
+    # 8. Load where the plan keeps each component.
+    quiet_libraries()
+    from sana.pipelines.world import WorldPipeline, WorldRequest
+
+    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]} on {device})")
+    console.info(plan.headline())
+    start = time.perf_counter()
+    pipe = WorldPipeline.from_pretrained(resolved.path, dtype=dtype, device=device,
+                                         variant=weights_variant(spec, plan), plan=plan)
+    load_seconds = time.perf_counter() - start
+
+    # 9. One clip a seed, each saved with its record and its camera file.
+    request = WorldRequest(
+        prompt=prompt, image=first.image, camera=path, seeds=seeds,
+        steps=int(settings.get("steps") or defaults.steps), guidance=cfg,
+        flow_shift=float(settings.get("shift") or defaults.shift), width=width, height=height,
+        negative_prompt=settings.get("negative") or "",
+    )
+    _generate_and_save(pipe, request, clips, settings, model_arg, resolved, dtype, device, first, load_seconds,
+                       force)
+
+
+def _write_preview(path, dest: Path, force: bool) -> None:
+    from sana.camera.preview import save_preview
+    from sana.outputs import exists_error
+
+    if dest.is_dir():
+        raise UsageError(f"--preview {dest} is a directory", "give a .png file name")
+    if dest.exists() and not force:
+        raise exists_error(dest)
+    console.out.print(str(save_preview(path, dest)), highlight=False)
+
+
+def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool, force: bool
+                  ) -> tuple[str, list[int], list[Path]]:
+    """(prompt, seeds, clip paths): the clips and the camera files beside them must not exist (unless --force)."""
+    from sana.camera.export import camera_json_path
+    from sana.outputs import exists_error, plan_clip_paths
+
+    from .generation import plan_jobs
+
+    if not settings.get("prompt"):
+        raise UsageError("no prompt given", "usage: sana world \"a prompt\" --image FIRST.png --camera PATH.json "
+                         "(or --from CLIP)")
+
+    def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int) -> list[Path]:
+        paths = plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=settings.get("format"), force=force,
+                                index_start=index_start)
+        for clip in paths:
+            if camera_json_path(clip).exists() and not force:
+                raise exists_error(camera_json_path(clip))
+        return paths
+
+    ((prompt, _, seeds, paths),) = plan_jobs([(settings["prompt"], {})], replay, explicit, dry_run=dry_run,
+                                             check=check_settings, plan_paths=plan_paths, noun="clips")
+    return prompt, seeds, paths
+
+
+def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_arg: str, resolved, dtype, device,
+                       first, load_seconds: float, force: bool) -> None:
+    from sana import __version__
+    from sana.camera.export import camera_json_path, write_camera_json
+    from sana.device import DTYPE_NAMES
+    from sana.outputs import GenerationRecord, save_video
+
+    from .generation import generate_with_progress
+
+    result = generate_with_progress(pipe, request)
+    timings = {"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}}
+    camera = request.camera
+    crf = int(settings["crf"]) if settings.get("crf") is not None else None
+    for frames, seed, path in zip(result.videos, request.seeds, paths):
+        camera_file = camera_json_path(path)
+        extra = {"device": str(device), "generated_size": list(result.generated_size), "memory": result.memory,
+                 "image": str(first.path), "image_sha256": first.sha256,
+                 "camera": camera.source, "camera_sha256": camera.source_sha256, "camera_kind": camera.source_kind,
+                 "camera_file": camera_file.name, "camera_settings": dict(camera.params)}
+        record = GenerationRecord(
+            prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
+            model_repo=resolved.repo, model_revision=resolved.revision, family="wm", seed=seed, steps=request.steps,
+            guidance=request.guidance, sampler="flow-euler", flow_shift=request.flow_shift, width=request.width,
+            height=request.height, frames=result.frames, fps=camera.fps, dtype=DTYPE_NAMES[dtype],
+            version=__version__, timings=timings, extra=extra,
+        )
+        start = time.perf_counter()
+        written = save_video(frames.numpy(), path, record, fps=camera.fps, force=force, crf=crf)
+        write_camera_json(camera, camera_file)
+        result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
+        console.out.print(str(written), highlight=False)
+    phases = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in result.timings.items())
+    console.info(f"load {load_seconds:.2f}s | {phases}")
+
