@@ -3,6 +3,8 @@ kernel, `bench.py`).
 
 Public functions (all inference-only, no autograd):
     linear_attention(q, k, v, heads, eps=1e-15) -> [B, N, H*D]
+    linear_attention_rope(q, k, v, cos, sin, heads, eps=1e-15) -> [B, N, H*D] (RoPE on the numerator only)
+    gdn_bidirectional(q, k, v, beta, decay, q_plain=None, k_plain=None, eps=1e-8) -> [B, N, H, D] (SANA-WM)
     modulated_layer_norm(x, shift, scale, eps=1e-6) -> [B, N, C]
     gated_residual_modulated_norm(x, gate, y, shift, scale, eps=1e-6) -> ([B, N, C], [B, N, C])
     gated_residual(x, gate, y) -> [B, N, C]
@@ -38,7 +40,9 @@ if importlib.util.find_spec("triton") is not None:
     # Bound after the subpackages are imported, so `sana.kernels.linear_attention` is the function (the
     # import system would otherwise leave the subpackage of the same name there).
     from .fp8.triton import fp8_linear, quantize_fp8_rows
+    from .gdn.triton import gdn_bidirectional
     from .linear_attention.triton import linear_attention
+    from .linear_attention_rope.triton import linear_attention_rope
     from .mixffn.triton import mixffn_middle
     from .modulation.triton import gated_residual, gated_residual_modulated_norm, modulated_layer_norm
     from .rms_norm.triton import rms_norm_affine
@@ -46,3 +50,5 @@ if importlib.util.find_spec("triton") is not None:
 
     __all__ += ["linear_attention", "modulated_layer_norm", "gated_residual_modulated_norm", "mixffn_middle",
                 "rms_norm_affine", "assemble_phases", "gated_residual", "quantize_fp8_rows", "fp8_linear"]
+    __all__ += ["linear_attention_rope"]
+    __all__ += ["gdn_bidirectional"]
