@@ -1,0 +1,158 @@
+"""Reading checkpoint files and assigning their tensors: what every model's loader shares.
+
+Files: diffusers' single or sharded safetensors (variants preferred when present), single-file safetensors, and
+NVlabs `.pth` checkpoints read with `weights_only=True` (never unpickling code). A model is built on the meta
+device and its tensors assigned after every shape is checked (`assign`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..components import read_json
+from ..errors import SanaError
+from ..lora import strip_key_prefixes
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+# Tensors some checkpoints carry that the model recomputes or never uses.
+IGNORED = re.compile(r"^(pos_embed|patch_embed\.pos_embed|y_embedder\.y_embedding|logvar_linear\..*)$")
+
+
+@dataclass
+class LoadReport:
+    files: list[str]
+    unexpected: list[str] = field(default_factory=list)
+    loras: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # tensors the checkpoint carries for nothing (SANA-WM)
+
+
+# -- files ---------------------------------------------------------------------------------------------------
+
+def _variant_name(name: str, variant: str | None) -> str:
+    """diffusers' naming: a.safetensors -> a.fp16.safetensors; a.safetensors.index.json -> a.safetensors.index.fp16.json."""
+    if not variant:
+        return name
+    parts = name.split(".")
+    return ".".join(parts[:-1] + [variant, parts[-1]])
+
+
+def transformer_files(folder: Path, variant: str | None = None, what: str = "transformer") -> list[Path]:
+    """The safetensors files of a diffusers model folder (a transformer's, a VAE's), preferring `variant` when
+    present."""
+    for v in ([variant] if variant else []) + [None]:
+        index = folder / _variant_name(INDEX_NAME, v)
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+                raise SanaError(f"{index} is not a valid shard index ({exc})") from None
+            files = [folder / name for name in dict.fromkeys(weight_map.values())]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise SanaError(f"{folder} is missing shard(s) {', '.join(missing)}", "pull the model again")
+            return files
+        single = folder / _variant_name(WEIGHTS_NAME, v)
+        if single.is_file():
+            return [single]
+    others = sorted(p.name for p in folder.glob("*.safetensors"))
+    if len(others) == 1:
+        return [folder / others[0]]
+    raise SanaError(f"no {what} weights in {folder}", "expected diffusion_pytorch_model*.safetensors")
+
+
+def read_safetensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose names start with `prefix` (the others are never read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    except Exception as exc:  # safetensors raises several types for truncated or corrupt files
+        raise SanaError(f"cannot read {path.name}: the file is corrupt or truncated ({exc})",
+                        "delete it and download it again") from None
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """An NVlabs `.pth` (a dict with `state_dict`, `model` or `module`, or a flat tensor dict), never unpickling code."""
+    try:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            data = torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format cannot mmap
+    except Exception as exc:  # weights_only refuses anything but plain containers of tensors
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise SanaError(f"{path.name} is not a plain state dict ({reason})",
+                        "only tensor checkpoints are loaded; convert it to safetensors") from None
+    if isinstance(data, dict):
+        for key in ("state_dict", "model", "module", "ema"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict) or not data:
+        raise SanaError(f"{path.name} is not a plain state dict (it holds {type(data).__name__})",
+                        "expected a dict of tensors, or one under 'state_dict'")
+    odd = next((k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise SanaError(f"{path.name} is not a plain state dict (entry {odd!r} is not a tensor)",
+                        "expected a dict of tensors, or one under 'state_dict'")
+    return data
+
+
+# Wrappers that training code and single-file exports put in front of every key.
+_KEY_PREFIXES = ("module.", "model.diffusion_model.", "_orig_mod.")
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {strip_key_prefixes(key, _KEY_PREFIXES): tensor for key, tensor in state.items()}
+
+
+def locate(path: Path, config: dict | None, variant: str | None) -> tuple[dict, list[Path]]:
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise SanaError(f"{path} has no transformer/ folder with a config.json", "not a SANA model directory")
+        return config or read_json(folder / "config.json"), transformer_files(folder, variant)
+    if not path.is_file():
+        raise SanaError(f"no such file or directory: {path}")
+    if config is None:
+        raise SanaError(f"{path.name} holds weights only", "give the model's config (a registry name or a folder)")
+    return config, [path]
+
+
+def read_state(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of `files` (safetensors or plain `.pth`), wrapper prefixes and never-used tensors dropped."""
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(read_checkpoint(file) if file.suffix in (".pth", ".pt", ".ckpt", ".bin") else read_safetensors(file))
+    return {k: v for k, v in strip_prefixes(state).items() if not IGNORED.match(k)}
+
+
+def assign(model: torch.nn.Module, state: dict[str, torch.Tensor], sources: dict[str, str], *,
+            checkpoint: str = "the checkpoint", prefix: str = "") -> list[str]:
+    """Assign `state` (engine names) as `model`'s tensors after checking every shape and that nothing is missing;
+    returns the unexpected names. `sources` maps engine names to checkpoint names for messages, `prefix` is put in
+    front of names the checkpoint does not have."""
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key in expected and expected[key].shape != tensor.shape:
+            name = sources.get(key, prefix + key)
+            raise SanaError(f"weight '{name}' has shape {tuple(tensor.shape)}, the config expects "
+                            f"{tuple(expected[key].shape)}" + (f" (as '{key}')" if name != prefix + key else ""),
+                            "the weights do not belong to this config")
+    missing = sorted(sources.get(k, prefix + k) for k in set(expected) - set(state))
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise SanaError(f"{checkpoint} lacks {len(missing)} weight(s): {shown}",
+                        "it is incomplete or for another model")
+    unexpected = sorted(sources.get(k, prefix + k) for k in set(state) - set(expected))
+    model.load_state_dict({k: v.contiguous() for k, v in state.items() if k in expected}, strict=True, assign=True)
+    return unexpected
