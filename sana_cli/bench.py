@@ -24,12 +24,22 @@ def bench(
     kernels: Annotated[bool, typer.Option("--kernels/--no-kernels", help="Also print the per-kernel table.")] = True,
     fp8: Annotated[bool, typer.Option("--fp8/--no-fp8", help="Also time our fp8 block linears (GPUs of compute capability 8.9+).")] = True,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Append the results as a Markdown section to this file.")] = None,
-    generate: Annotated[bool, typer.Option("--generate", help="Instead: prompt-to-image time after load (1.6B, Gemma-2-2B, DC-AE).")] = False,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Sampling steps for --generate.")] = 20,
+    generate: Annotated[bool, typer.Option("--generate", help="Instead: prompt-to-image time after load (1.6B, Gemma-2-2B, DC-AE); with --video / --world a whole clip against diffusers' pipeline.")] = False,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Sampling steps for --generate (images 20; clips the model's 50 / 60 unless given).")] = 20,
+    video: Annotated[bool, typer.Option("--video", help="Instead: the SANA-Video 2B forward (480x832, 81 frames, batch 2).")] = False,
+    world: Annotated[bool, typer.Option("--world", help="Instead: the SANA-WM 2.6B forward (704x1280, 161 frames, batch 2, camera on).")] = False,
+    frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames for --video / --world (81 / 161 by default).")] = None,
+    compile_timeout: Annotated[float, typer.Option("--compile-timeout", min=1, help="Seconds to wait for diffusers + torch.compile in --video / --world.")] = 420,
 ) -> None:
     """Measure the DiT forward (random weights, real configs, bf16) against diffusers in one run."""
     from sana.benchmark import bench_dit, bf16_peak_tflops
 
+    if (video or world) and generate:
+        _bench_clips(video, world, frames, steps if steps != 20 else None, markdown)
+        return
+    if video or world:
+        _bench_clip_dits(video, world, frames, compiled, compile_timeout, markdown)
+        return
     if generate:
         _bench_generate(px or [1024, 4096], steps, markdown, fp8)
         return
@@ -109,6 +119,91 @@ def _bench_generate(sizes: list[int], steps: int, markdown: Path | None, fp8: bo
         header = ["px", "steps", "diffusers s", "ours s", "speed-up", *[f"{c} s" if c == "ours, fp8" else c
                                                                        for c in fp8_columns],
                   "ours encode / denoise / decode s"]
+        text = (f"\n## {datetime.date.today()}: {card}, torch {torch.__version__}\n\n`{' '.join(['sana bench', *argv])}`\n\n"
+                f"| {' | '.join(header)} |\n|{'---|' * len(header)}\n" + "\n".join(lines) + "\n")
+        with open(markdown, "a", encoding="utf-8") as f:
+            f.write(text)
+
+
+def _bench_clip_dits(video: bool, world: bool, frames: int | None, compiled: bool, compile_timeout: float,
+                     markdown: Path | None) -> None:
+    import torch
+
+    from sana.benchmark import bf16_peak_tflops
+    from sana.benchmark_clips import bench_video_dit, bench_world_dit
+
+    rows = []
+    if video:
+        rows.append(bench_video_dit(frames=frames or 81, compiled=compiled, compile_timeout_s=compile_timeout))
+        console.info("measured the video DiT")
+    if world:
+        rows.append(bench_world_dit(frames=frames or 161, compiled=compiled, compile_timeout_s=compile_timeout))
+        console.info("measured the world-model DiT")
+    card = torch.cuda.get_device_name()
+    peak = bf16_peak_tflops()
+    impls = ["diffusers", "diffusers+compile", "ours, torch ops", "ours, kernels"]
+    header = ["model", "size", "frames (latent)", "batch", *[f"{k} ms" for k in impls], "ours / eager",
+              "ours / compiled", "TFLOP/s", "% peak", "peak GiB (diffusers / ours)", "rel. err vs diffusers",
+              "first call s"]
+    table = Table(title=f"clip DiT forward, ms (median) on {card}, bf16, random weights", header_style="bold")
+    for column in header:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    lines = []
+    for r in rows:
+        best = r.best_ours()
+        tflops = r.tflop / best * 1e3
+        compiled_ms = r.ms.get("diffusers+compile")
+        cells = [r.model, f"{r.width}x{r.height}", f"{r.frames} ({r.latent[0]}x{r.latent[1]}x{r.latent[2]})", str(r.batch),
+                 *[f"{r.ms[k]:.1f}" if k in r.ms else "-" for k in impls], f"{best / r.ms['diffusers']:.2f}x",
+                 f"{best / compiled_ms:.2f}x" if compiled_ms else "-", f"{tflops:.0f}",
+                 f"{100 * tflops / peak:.0f}%" if peak else "-",
+                 f"{r.peak_gib.get('diffusers', 0):.1f} / {r.peak_gib.get('ours, kernels', 0):.1f}",
+                 f"{r.error.get('ours vs diffusers', float('nan')):.2e}",
+                 ", ".join(f"{k}: {v:.1f}" for k, v in r.first_call_s.items())]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console.out.print(table)
+    notes = [f"{r.model}: {note}" for r in rows for note in r.notes]
+    for note in notes:
+        console.out.print(note, highlight=False)
+    if markdown:
+        argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
+        text = (f"\n## {datetime.date.today()}: {card}, torch {torch.__version__}\n\n`{' '.join(['sana bench', *argv])}`\n\n"
+                f"| {' | '.join(header)} |\n|{'---|' * len(header)}\n" + "\n".join(lines) + "\n")
+        text += "".join(f"\n- {note}" for note in notes) + ("\n" if notes else "")
+        with open(markdown, "a", encoding="utf-8") as f:
+            f.write(text)
+
+
+def _bench_clips(video: bool, world: bool, frames: int | None, steps: int | None, markdown: Path | None) -> None:
+    import torch
+
+    from sana.benchmark_clips import bench_video_clip, bench_world_clip
+
+    rows = []
+    if video:
+        rows.append(bench_video_clip(steps=steps or 50, frames=frames or 81))
+        console.info("measured a video clip")
+    if world:
+        rows.append(bench_world_clip(steps=steps or 60, frames=frames or 161))
+        console.info("measured a world-model clip")
+    card = torch.cuda.get_device_name()
+    header = ["model", "size", "frames", "steps", "diffusers s", "ours s", "ours / diffusers",
+              "ours by phase, s", "peak GiB (diffusers / ours)", "PSNR ours vs diffusers dB"]
+    table = Table(title=f"a whole clip after load, s, on {card}, bf16, random weights", header_style="bold")
+    for column in header:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    lines = []
+    for r in rows:
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in r.phases.items())
+        cells = [r.model, f"{r.width}x{r.height}", str(r.frames), str(r.steps), f"{r.seconds['diffusers']:.2f}",
+                 f"{r.seconds['ours']:.2f}", f"{r.seconds['ours'] / r.seconds['diffusers']:.2f}x", phases,
+                 f"{r.peak_gib['diffusers']:.1f} / {r.peak_gib['ours']:.1f}", f"{r.psnr_db:.1f}"]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console.out.print(table)
+    if markdown:
+        argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
         text = (f"\n## {datetime.date.today()}: {card}, torch {torch.__version__}\n\n`{' '.join(['sana bench', *argv])}`\n\n"
                 f"| {' | '.join(header)} |\n|{'---|' * len(header)}\n" + "\n".join(lines) + "\n")
         with open(markdown, "a", encoding="utf-8") as f:

@@ -1,0 +1,447 @@
+"""Forward benchmarks of the clip DiTs (SANA-Video 2B, SANA-WM 2.6B) at their real configs with random weights:
+our engine against diffusers eager and diffusers + torch.compile, measured on one GPU in one run.
+
+diffusers + torch.compile is timed in a child process with a time limit: compiling the WM DiT has taken longer
+than eight minutes on an H200, and a benchmark that never returns reports nothing. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .benchmark import _first_call, _median_ms
+from .errors import SanaError
+
+TEXT_TOKENS = 300
+REAL_TEXT_TOKENS = 120  # the rest of the 300 is padding, as a prompt of ordinary length leaves it
+
+
+@dataclass
+class ClipDitRow:
+    model: str
+    frames: int  # pixel frames
+    width: int
+    height: int
+    batch: int
+    latent: tuple[int, int, int]  # (T, h, w)
+    tflop: float
+    ms: dict[str, float] = field(default_factory=dict)  # implementation -> median ms
+    first_call_s: dict[str, float] = field(default_factory=dict)
+    peak_gib: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: dict[str, float] = field(default_factory=dict)  # ours vs diffusers eager, relative
+
+    def best_ours(self) -> float:
+        return min(v for k, v in self.ms.items() if k.startswith("ours"))
+
+
+def video_dit_flops(cfg: dict, tokens: int, text_tokens: int, batch: int) -> float:
+    """Matmul FLOPs (2 x MACs) of one SANA-Video forward."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    hidden = int(cfg["mlp_ratio"] * d)
+    hd = cfg["attention_head_dim"]
+    per_token = (
+        4 * d * d  # qkv + out
+        + 4 * cfg["num_attention_heads"] * hd * hd  # K^T V and q (K^T V)
+        + 2 * d * d + 2 * text_tokens * d  # cross-attention q + out, scores and values
+        + 3 * d * hidden + 18 * hidden  # Mix-FFN 1x1 convs and the depthwise 3x3
+        + 3 * d * d  # the temporal (3, 1) conv
+    )
+    return 2.0 * batch * tokens * per_token * cfg["num_layers"]
+
+
+def world_dit_flops(cfg: dict, frames: int, per_frame: int, text_tokens: int, batch: int) -> float:
+    """Matmul FLOPs of one SANA-WM forward: the GDN blocks' projections and state updates, the softmax blocks'
+    attention over all tokens, the camera branches, cross-attention and the temporal Mix-FFN."""
+    d = cfg.get("hidden_size", 2240)
+    layers = cfg.get("num_layers", 20)
+    every = cfg.get("softmax_every_n", 4)
+    hd = cfg.get("linear_head_dim", 112)
+    heads = d // hd
+    hidden = int(cfg.get("mlp_ratio", 3.0) * d)
+    tokens = frames * per_frame
+    projections = 3 * d * d + d * d + 3 * d * d + d * d + d * d + d * d  # qkv, out, camera qkv + out, gate, plucker
+    common = projections + 2 * d * d + 2 * text_tokens * d + 3 * d * hidden + 18 * hidden + 3 * d * d
+    gdn_state = 2 * 3 * heads * hd * hd  # per token per stream: M K, update, M Q; two streams (main, camera)
+    softmax = 2 * 2 * tokens * d  # q k^T and p v over all tokens, two branches
+    softmax_layers = layers // every
+    per_token = common * layers + gdn_state * 2 * (layers - softmax_layers) + softmax * softmax_layers
+    return 2.0 * batch * tokens * per_token
+
+
+def _peak(fn: Callable[[], object]) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def _text(batch: int, channels: int, dtype: torch.dtype):
+    text = torch.randn(batch, TEXT_TOKENS, channels, device="cuda", dtype=dtype)
+    mask = torch.zeros(batch, TEXT_TOKENS, device="cuda", dtype=torch.long)
+    mask[:, :REAL_TEXT_TOKENS] = 1
+    return text, mask
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm()).item()
+
+
+# -- models and inputs --------------------------------------------------------------------------------------
+
+def video_pair(name: str = "video-2b-480p", *, with_ours: bool = True):
+    """diffusers' SanaVideoTransformer3DModel at a registry model's config with random weights, and ours loaded
+    from it through the real loader (None without `with_ours`); both bf16 on the GPU."""
+    from diffusers import SanaVideoTransformer3DModel
+
+    from .loading import load_video_transformer
+    from .registry import get_spec
+
+    cfg = {k: v for k, v in get_spec(name).transformer.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    ref = SanaVideoTransformer3DModel(**cfg).to("cuda", torch.bfloat16).eval()
+    if not with_ours:
+        return cfg, ref, None
+    with tempfile.TemporaryDirectory() as tmp:
+        ref.save_pretrained(Path(tmp) / "transformer")
+        ours = load_video_transformer(Path(tmp), dtype=torch.bfloat16, device="cuda")
+    return cfg, ref, ours
+
+
+def world_pair(*, with_ours: bool = True):
+    """diffusers' SanaWMTransformer3DModel at its class defaults (the released 2.6B) with random weights (the
+    zero-initialised camera layers drawn too, so the camera branch does real work), and ours loaded from it."""
+    from diffusers import SanaWMTransformer3DModel
+
+    from .loading import load_world_transformer
+
+    torch.manual_seed(0)
+    ref = SanaWMTransformer3DModel()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if p.ndim and not p.any():
+                p.normal_(0.0, 0.02)
+    ref = ref.to("cuda", torch.bfloat16).eval()
+    if not with_ours:
+        return dict(ref.config), ref, None
+    with tempfile.TemporaryDirectory() as tmp:
+        ref.save_pretrained(Path(tmp) / "transformer")
+        ours = load_world_transformer(Path(tmp), dtype=torch.bfloat16, device="cuda")
+    return dict(ref.config), ref, ours
+
+
+def video_inputs(cfg: dict, frames: int, width: int, height: int, batch: int, vae_stride=(4, 8)):
+    t_stride, s_stride = vae_stride
+    latent = ((frames - 1) // t_stride + 1, height // s_stride, width // s_stride)
+    x = torch.randn(batch, cfg["in_channels"], *latent, device="cuda", dtype=torch.bfloat16)
+    text, mask = _text(batch, cfg["caption_channels"], torch.bfloat16)
+    t = torch.full((batch,), 500.0, device="cuda")
+    return latent, x, text, mask, t
+
+
+def world_inputs(cfg: dict, frames: int, width: int, height: int, batch: int):
+    """Latents, per-frame timesteps (frame 0 clean), text, and camera tensors of a slow forward dolly."""
+    latent = ((frames - 1) // 8 + 1, height // 32, width // 32)
+    t_lat, h, w = latent
+    x = torch.randn(batch, cfg.get("in_channels", 128), *latent, device="cuda", dtype=torch.bfloat16)
+    timestep = torch.full((batch, 1, t_lat), 700.0, device="cuda")
+    timestep[:, :, 0] = 0
+    text, mask = _text(batch, cfg.get("caption_channels", 2304), torch.bfloat16)
+    poses = torch.eye(4, device="cuda").repeat(t_lat, 1, 1)
+    poses[:, 2, 3] = torch.arange(t_lat, device="cuda") * 0.4
+    intrinsics = torch.tensor([w * 0.9, w * 0.9, w / 2, h / 2], device="cuda").repeat(t_lat, 1)
+    camera = torch.cat([poses.reshape(t_lat, 16), intrinsics], dim=1)[None].repeat(batch, 1, 1).to(torch.bfloat16)
+    plucker = torch.randn(batch, cfg.get("chunk_plucker_channels", 48), *latent, device="cuda", dtype=torch.bfloat16)
+    return latent, x, timestep, text, mask, camera, plucker
+
+
+# -- the benchmarks -----------------------------------------------------------------------------------------
+
+def bench_video_dit(*, frames: int = 81, width: int = 832, height: int = 480, batch: int = 2, compiled: bool = True,
+                    compile_timeout_s: float = 420, name: str = "video-2b-480p") -> ClipDitRow:
+    """SANA-Video 2B forward at (frames, width, height): diffusers eager, diffusers + torch.compile (child process),
+    ours with the PyTorch reference ops, ours with the Triton kernels."""
+    from . import ops
+
+    _require_cuda()
+    cfg, ref, ours = video_pair(name)
+    latent, x, text, mask, t = video_inputs(cfg, frames, width, height, batch)
+    p = cfg["patch_size"]
+    tokens = latent[0] // p[0] * (latent[1] // p[1]) * (latent[2] // p[2])
+    row = ClipDitRow(name, frames, width, height, batch, latent, video_dit_flops(cfg, tokens, TEXT_TOKENS, batch) / 1e12)
+
+    def diffusers_forward():
+        return ref(x, encoder_hidden_states=text, timestep=t, encoder_attention_mask=mask, return_dict=False)[0]
+
+    def ours_forward():
+        return ours(x, text, t, text_mask=mask)
+
+    row.first_call_s["diffusers"] = _first_call(diffusers_forward)
+    row.ms["diffusers"] = _median_ms(diffusers_forward)
+    row.peak_gib["diffusers"] = _peak(diffusers_forward)
+    ops.set_kernels_enabled(False)
+    row.ms["ours, torch ops"] = _median_ms(ours_forward)
+    ops.set_kernels_enabled(True)
+    row.first_call_s["ours, kernels"] = _first_call(ours_forward)
+    row.ms["ours, kernels"] = _median_ms(ours_forward)
+    row.peak_gib["ours, kernels"] = _peak(ours_forward)
+    with torch.no_grad():
+        row.error["ours vs diffusers"] = _relative(ours_forward(), diffusers_forward())
+    del ref, ours
+    torch.cuda.empty_cache()
+    if compiled:
+        _compiled_in_child(row, "video", dict(frames=frames, width=width, height=height, batch=batch, name=name),
+                           compile_timeout_s)
+    return row
+
+
+def bench_world_dit(*, frames: int = 161, width: int = 1280, height: int = 704, batch: int = 2, compiled: bool = True,
+                    compile_timeout_s: float = 420) -> ClipDitRow:
+    """SANA-WM 2.6B forward at (frames, width, height), camera on: diffusers eager, diffusers + torch.compile
+    (child process, time-limited), ours with the PyTorch reference ops, ours with the Triton kernels."""
+    from . import ops
+
+    _require_cuda()
+    cfg, ref, ours = world_pair()
+    latent, x, timestep, text, mask, camera, plucker = world_inputs(cfg, frames, width, height, batch)
+    row = ClipDitRow("wm-2.6b", frames, width, height, batch, latent,
+                     world_dit_flops(cfg, latent[0], latent[1] * latent[2], TEXT_TOKENS, batch) / 1e12)
+
+    def diffusers_forward():
+        return ref(x, timestep, text[:, None], encoder_attention_mask=mask, camera_conditions=camera,
+                   chunk_plucker=plucker, return_dict=False)[0]
+
+    def ours_forward():
+        return ours(x, timestep, text, mask, camera=camera, plucker=plucker)
+
+    row.first_call_s["diffusers"] = _first_call(diffusers_forward)
+    row.ms["diffusers"] = _median_ms(diffusers_forward)
+    row.peak_gib["diffusers"] = _peak(diffusers_forward)
+    ops.set_kernels_enabled(False)
+    row.ms["ours, torch ops"] = _median_ms(ours_forward)
+    ops.set_kernels_enabled(True)
+    row.first_call_s["ours, kernels"] = _first_call(ours_forward)
+    row.ms["ours, kernels"] = _median_ms(ours_forward)
+    row.peak_gib["ours, kernels"] = _peak(ours_forward)
+    with torch.no_grad():
+        row.error["ours vs diffusers"] = _relative(ours_forward(), diffusers_forward())
+    del ref, ours
+    torch.cuda.empty_cache()
+    if compiled:
+        _compiled_in_child(row, "world", dict(frames=frames, width=width, height=height, batch=batch),
+                           compile_timeout_s)
+    return row
+
+
+@dataclass
+class ClipRow:
+    model: str
+    frames: int
+    width: int
+    height: int
+    steps: int
+    seconds: dict[str, float] = field(default_factory=dict)  # implementation -> seconds a clip after load
+    phases: dict[str, float] = field(default_factory=dict)  # ours: encode / denoise / decode seconds
+    peak_gib: dict[str, float] = field(default_factory=dict)
+    psnr_db: float | None = None  # ours against diffusers, same seed (bf16 both sides, so not identical)
+
+
+def _timed(fn: Callable[[], object]) -> tuple[object, float, float]:
+    """(result, seconds, peak GiB) of one call."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with torch.no_grad():
+        result = fn()
+    torch.cuda.synchronize()
+    return result, time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
+
+
+def _psnr(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
+
+
+def _text_stack(instruction):
+    """A random Gemma-2-2B (the real size) with a small local tokenizer, and that tokenizer."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    from .benchmark import GEMMA2_2B
+    from .tokenizer import train_gemma_style_bpe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = train_gemma_style_bpe(["\n".join(instruction), "a red fox running through snow"], Path(tmp) / "tok")
+    model = Gemma2Model(Gemma2Config(**GEMMA2_2B)).to("cuda", torch.bfloat16).eval()
+    return tokenizer, model
+
+
+def bench_video_clip(*, steps: int = 50, frames: int = 81, width: int = 832, height: int = 480,
+                     name: str = "video-2b-480p") -> ClipRow:
+    """A whole text-to-video clip after load (Gemma-2-2B, the 2B DiT, the Wan 2.1 VAE at their real sizes, random
+    weights, bf16, CFG 6, flow DPM-Solver shift 8): diffusers' SanaVideoPipeline against ours on the same modules,
+    each timed once after a one-step warm-up."""
+    from diffusers import AutoencoderKLWan, SanaVideoPipeline
+
+    from .pipelines.sizes import video_vae_geometry
+    from .pipelines.video import VideoPipeline, VideoRequest
+    from .pipelines.video_vae import VideoVAE
+    from .sampling import make_scheduler
+    from .text import VIDEO_COMPLEX_HUMAN_INSTRUCTION, TextEncoder
+
+    _require_cuda()
+    cfg, ref, ours = video_pair(name)
+    tokenizer, text_model = _text_stack(VIDEO_COMPLEX_HUMAN_INSTRUCTION)
+    torch.manual_seed(1)
+    vae = AutoencoderKLWan().to("cuda", torch.bfloat16).eval()
+    scheduler = make_scheduler("flow-dpm", flow_shift=8.0)
+    theirs = SanaVideoPipeline(tokenizer=tokenizer, text_encoder=text_model, vae=vae, transformer=ref,
+                               scheduler=scheduler)
+    theirs.set_progress_bar_config(disable=True)
+    geometry = video_vae_geometry({"_class_name": "AutoencoderKLWan", **dict(vae.config)})
+    mine = VideoPipeline(transformer=ours, text_encoder=TextEncoder(tokenizer, text_model,
+                                                                    instruction=VIDEO_COMPLEX_HUMAN_INSTRUCTION),
+                         vae=VideoVAE(vae, geometry), scheduler_config=dict(scheduler.config), device="cuda",
+                         dtype=torch.bfloat16)
+    prompt = "a red fox running through fresh snow at dawn"
+    row = ClipRow(name, frames, width, height, steps)
+
+    def run_diffusers(n: int):
+        return theirs(prompt=prompt + " motion score: 30.", frames=frames, width=width, height=height,
+                      num_inference_steps=n, guidance_scale=6.0, generator=torch.Generator("cpu").manual_seed(0),
+                      output_type="np", use_resolution_binning=False).frames[0]
+
+    def run_ours(n: int):
+        request = VideoRequest(prompt=prompt, seeds=[0], width=width, height=height, frames=frames, steps=n,
+                               guidance=6.0, sampler="flow-dpm", flow_shift=8.0, motion_score=30)
+        return mine.generate(request)
+
+    run_diffusers(1)
+    run_ours(1)  # warm-up: kernels compiled, allocator caches filled
+    frames_theirs, row.seconds["diffusers"], row.peak_gib["diffusers"] = _timed(lambda: run_diffusers(steps))
+    result, row.seconds["ours"], row.peak_gib["ours"] = _timed(lambda: run_ours(steps))
+    row.phases = dict(result.timings)
+    row.psnr_db = _psnr(result.videos[0].numpy(), (frames_theirs * 255).round())
+    return row
+
+
+def bench_world_clip(*, steps: int = 60, frames: int = 161) -> ClipRow:
+    """A whole SANA-WM clip after load (Gemma-2-2B, the 2.6B DiT, the LTX-2 VAE at their real sizes, random
+    weights, bf16, CFG 5, flow Euler, a forward dolly with a turn): diffusers' SanaWMPipeline against ours on the
+    same modules, each timed once after a one-step warm-up."""
+    import numpy as np
+    from diffusers import AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, SanaWMPipeline
+    from PIL import Image
+
+    from .camera import resolve_camera
+    from .pipelines.sizes import video_vae_geometry
+    from .pipelines.video_vae import VideoVAE
+    from .pipelines.world import WorldPipeline, WorldRequest
+    from .text import WORLD_COMPLEX_HUMAN_INSTRUCTION, TextEncoder
+
+    _require_cuda()
+    cfg, ref, ours = world_pair()
+    tokenizer, text_model = _text_stack(WORLD_COMPLEX_HUMAN_INSTRUCTION)
+    torch.manual_seed(1)
+    vae = AutoencoderKLLTX2Video(spatial_compression_ratio=32, temporal_compression_ratio=8)
+    vae = vae.to("cuda", torch.bfloat16).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=9.8)
+    theirs = SanaWMPipeline(tokenizer=tokenizer, text_encoder=text_model, vae=vae, transformer=ref,
+                            scheduler=scheduler)
+    theirs.set_progress_bar_config(disable=True)
+    geometry = video_vae_geometry({"_class_name": "AutoencoderKLLTX2Video", **dict(vae.config)})
+    mine = WorldPipeline(transformer=ours, text_encoder=TextEncoder(tokenizer, text_model,
+                                                                    instruction=WORLD_COMPLEX_HUMAN_INSTRUCTION,
+                                                                    lowercase=False),
+                         vae=VideoVAE(vae, geometry), scheduler_config=dict(scheduler.config), device="cuda",
+                         dtype=torch.bfloat16)
+    image = Image.fromarray((np.random.default_rng(0).random((704, 1280, 3)) * 255).astype(np.uint8))
+    actions = f"w-{(frames - 1) // 2},wl-{frames - 1 - (frames - 1) // 2}"
+    intrinsics = [1000.0, 1000.0, 640.0, 352.0]
+    prompt = "a walk through a sunlit forest path"
+    row = ClipRow("wm-2.6b", frames, 1280, 704, steps)
+
+    def run_diffusers(n: int):
+        return theirs(image, prompt, action=actions, intrinsics=intrinsics, num_frames=frames, num_inference_steps=n,
+                      guidance_scale=5.0, generator=torch.Generator("cpu").manual_seed(0), output_type="np").frames
+
+    camera = resolve_camera(actions=actions, image_size=(1280, 704), intrinsics=np.array(intrinsics),
+                            num_frames=frames)
+
+    def run_ours(n: int):
+        request = WorldRequest(prompt=prompt, image=image, camera=camera, seeds=[0], steps=n, guidance=5.0,
+                               flow_shift=9.8)
+        return mine.generate(request)
+
+    run_diffusers(1)
+    run_ours(1)
+    frames_theirs, row.seconds["diffusers"], row.peak_gib["diffusers"] = _timed(lambda: run_diffusers(steps))
+    result, row.seconds["ours"], row.peak_gib["ours"] = _timed(lambda: run_ours(steps))
+    row.phases = dict(result.timings)
+    row.psnr_db = _psnr(result.videos[0].numpy(), (np.asarray(frames_theirs) * 255).round())
+    return row
+
+
+def _require_cuda() -> None:
+    if not torch.cuda.is_available():
+        raise SanaError("sana bench needs a CUDA GPU")
+
+
+def _compiled_in_child(row: ClipDitRow, kind: str, args: dict, timeout_s: float) -> None:
+    """Time diffusers + torch.compile in a child process; a compile that outlasts `timeout_s` is reported as such."""
+    command = [sys.executable, "-m", "sana.benchmark_clips", kind, json.dumps(args)]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
+    except subprocess.TimeoutExpired:
+        row.notes.append(f"diffusers + torch.compile: no result within {timeout_s:.0f} s (compile still running)")
+        return
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        row.notes.append(f"diffusers + torch.compile failed after {time.perf_counter() - start:.0f} s: {tail}")
+        return
+    result = json.loads(lines[-1])
+    row.first_call_s["diffusers+compile"] = result["first_call_s"]
+    row.ms["diffusers+compile"] = result["ms"]
+
+
+def _child(kind: str, args: dict) -> dict:
+    """The diffusers + torch.compile measurement, run in a child process (see `_compiled_in_child`)."""
+    if kind == "video":
+        cfg, ref, _ = video_pair(args["name"], with_ours=False)
+        _, x, text, mask, t = video_inputs(cfg, args["frames"], args["width"], args["height"], args["batch"])
+        compiled = torch.compile(ref)
+
+        def forward():
+            return compiled(x, encoder_hidden_states=text, timestep=t, encoder_attention_mask=mask, return_dict=False)
+    else:
+        cfg, ref, _ = world_pair(with_ours=False)
+        _, x, timestep, text, mask, camera, plucker = world_inputs(cfg, args["frames"], args["width"], args["height"],
+                                                                   args["batch"])
+        compiled = torch.compile(ref)
+
+        def forward():
+            return compiled(x, timestep, text[:, None], encoder_attention_mask=mask, camera_conditions=camera,
+                            chunk_plucker=plucker, return_dict=False)
+    first = _first_call(forward)
+    return {"first_call_s": first, "ms": _median_ms(forward)}
+
+
+if __name__ == "__main__":  # the child process of `_compiled_in_child`
+    print(json.dumps(_child(sys.argv[1], json.loads(sys.argv[2]))), flush=True)
