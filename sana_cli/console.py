@@ -1,10 +1,12 @@
-"""Console output shared by every command: messages go to stderr, results to stdout."""
+"""Console output shared by every command: messages go to stderr, results to stdout. Message text is escaped, so
+brackets in it (`sana-cli[serve]`, a path) print as written instead of being read as rich markup."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 
 
 @dataclass
@@ -21,18 +23,18 @@ err = Console(stderr=True, soft_wrap=True)
 def notice(message: str) -> None:
     """A one-line notice (suppressed by --quiet)."""
     if not settings.quiet:
-        err.print(f"[yellow]note:[/yellow] {message}", highlight=False)
+        err.print(f"[yellow]note:[/yellow] {escape(message)}", highlight=False)
 
 
 def info(message: str) -> None:
     if not settings.quiet:
-        err.print(message, highlight=False)
+        err.print(escape(message), highlight=False)
 
 
 def debug(message: str) -> None:
     if settings.verbose:
-        err.print(f"[dim]{message}[/dim]", highlight=False)
+        err.print(f"[dim]{escape(message)}[/dim]", highlight=False)
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)

@@ -69,6 +69,18 @@ def save_image(image: Image.Image, path: Path, record: GenerationRecord, *, forc
     return path
 
 
+def image_bytes(image: Image.Image, record: GenerationRecord, fmt: str) -> bytes:
+    """The image encoded as `fmt` ("PNG", "JPEG" or "WEBP") with the record's metadata, as `save_image` writes
+    it to a file (for answers that never touch the disk, e.g. the server's)."""
+    import io
+
+    if fmt == "JPEG" and image.mode not in ("RGB", "L", "CMYK"):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **metadata_options(fmt, record))
+    return buffer.getvalue()
+
+
 def metadata_options(fmt: str, record: GenerationRecord) -> dict[str, Any]:
     """Pillow save options that carry the record in a PNG, JPEG or WebP (still or animated)."""
     xmp = XMP_PACKET.encode("utf-8")

@@ -10,7 +10,7 @@ step (smaller VAE tiles, then the next placement tier) with one notice (`common.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -139,16 +139,25 @@ class ImagePipeline(PlacedPipeline):
 
     def encode(self, request: ImageRequest) -> tuple[PromptEmbeddings, int]:
         """Text rows for one batched forward: [uncond] [cond] [cond for PAG], each `len(seeds)` rows."""
-        batch = len(request.seeds)
-        items = []  # both prompts in one text-encoder forward
-        if not self.is_sprint and request.guidance > 1.0:
-            items.append((request.negative_prompt, False))
-        items.append((request.prompt, True))
-        if not self.is_sprint and request.pag > 0.0:
-            items.append((request.prompt, True))
+        return self.encode_batch([request])
+
+    def encode_batch(self, requests: list[ImageRequest]) -> tuple[PromptEmbeddings, int]:
+        """Text rows for several requests in one forward: each group ([uncond] [cond] [cond for PAG]) holds every
+        request's rows in order, each request's prompt repeated over its seeds; the groups are what the guided
+        prediction splits. The requests share guidance and PAG (`batch_key`)."""
+        first = requests[0]
+        groups = []  # (prompt, with_instruction) of each request, per group; all prompts in one text-encoder forward
+        if not self.is_sprint and first.guidance > 1.0:
+            groups.append([(r.negative_prompt, False) for r in requests])
+        groups.append([(r.prompt, True) for r in requests])
+        if not self.is_sprint and first.pag > 0.0:
+            groups.append([(r.prompt, True) for r in requests])
+        items = [item for group in groups for item in group]
         rows = self.text_encoder.encode_many(items).trimmed().to(self.device)  # from the CPU when the encoder runs there
-        # one encoding a distinct prompt, repeated over the seeds
-        return rows.index([i for i in range(len(rows)) for _ in range(batch)]), batch
+        # one encoding an item, repeated over its request's seeds
+        repeats = [len(r.seeds) for r in requests] * len(groups)
+        images = sum(len(r.seeds) for r in requests)
+        return rows.index([i for i, count in enumerate(repeats) for _ in range(count)]), images
 
     def _flow_prediction(self, text: PromptEmbeddings, request: ImageRequest, batch: int):
         copies = len(text) // batch
@@ -180,6 +189,30 @@ class ImagePipeline(PlacedPipeline):
 
     @torch.no_grad()
     def generate(self, request: ImageRequest, events: Events | None = None) -> ImageResult:
+        return self._generate(request, lambda: self.encode(request), events)
+
+    @torch.no_grad()
+    def generate_batch(self, requests: list[ImageRequest], events: Events | None = None) -> list[ImageResult]:
+        """Several requests that share everything but the prompts and seeds (equal `batch_key`) in one forward;
+        one result each, its images the ones `generate(request)` draws (each image's noise comes from its own
+        seed; the rows only share the matmuls, so the pixels agree within rounding)."""
+        if len({batch_key(r) for r in requests}) != 1:
+            raise ValueError("requests batched together must share size, steps, guidance, PAG and sampler")
+        if len(requests) == 1:
+            return [self.generate(requests[0], events)]
+        seeds = [s for r in requests for s in r.seeds]
+        merged = replace(requests[0], prompt="", negative_prompt="", seeds=seeds)
+        result = self._generate(merged, lambda: self.encode_batch(requests), events)
+        results, start = [], 0
+        for r in requests:
+            images = result.images[start : start + len(r.seeds)]
+            start += len(r.seeds)
+            results.append(ImageResult(images=images, timings=dict(result.timings),
+                                       generated_size=result.generated_size, memory=result.memory))
+        return results
+
+    def _generate(self, request: ImageRequest, encode, events: Events | None) -> ImageResult:
+        """The steps of `generate`; `encode()` gives the text rows (one request's, or a batch's)."""
         events = events or Events()
         timings: dict[str, float] = {}
         # 1. Size: generate at the nearest trained aspect bin, resize to the request afterwards.
@@ -188,7 +221,7 @@ class ImagePipeline(PlacedPipeline):
 
         # 2. Encode the prompts.
         start = events.phase("encode")
-        text, batch = self._recovering("encode", lambda: self.encode(request), events,
+        text, batch = self._recovering("encode", encode, events,
                                        SanaError("out of GPU memory while encoding the prompt",
                                                  "free GPU memory (other processes may hold it)"))
         timings["encode"] = self._elapsed(start)
@@ -242,6 +275,12 @@ class ImagePipeline(PlacedPipeline):
         pixels = self.vae.decode(scaled, tile=tile)  # [1, 3, H, W]
         check_finite(pixels, "image")
         return pixels_to_pil(resize_and_crop(pixels, width, height))
+
+
+def batch_key(request: ImageRequest) -> tuple:
+    """What requests must share to run in one forward (`ImagePipeline.generate_batch`): all but prompts and seeds."""
+    return (request.width, request.height, request.steps, request.guidance, request.sampler, request.flow_shift,
+            request.pag, tuple(request.pag_layers), request.max_timesteps, request.intermediate_timesteps)
 
 
 def pixels_to_pil(pixels: torch.Tensor):

@@ -1,0 +1,147 @@
+"""What a request may ask of a served model, and a request body turned into a queued `Job`.
+
+Caps beyond the schema's: `n` up to the server's batch (the memory plan was made for it), the sampler the model
+takes, steps (SANA-Sprint: 1 to 4), and the size: sides multiples of 32, at most `MAX_SIDE_FACTOR` times the
+model's native side, and a size whose generation the memory plan says cannot fit is refused with the plan's
+reason (a 400 now rather than an out-of-memory error later).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .scheduler import Job
+from .schemas import ApiError, ImageGenerationRequest
+
+SIZE_MULTIPLE = 32
+MAX_SIDE_FACTOR = 4  # past 4x the native side, the DiT's output is only upscaled further
+SIZE_RE = re.compile(r"(\d{1,6})x(\d{1,6})")
+
+
+@dataclass
+class Defaults:
+    """A model's sampling defaults (its preset's, as `sana gen` resolves them)."""
+
+    steps: int
+    guidance: float
+    pag: float
+    pag_layer: int
+    sampler: str
+    shift: float
+    max_timesteps: float = 1.5708
+    intermediate_timesteps: float | None = 1.3
+
+
+@dataclass
+class ServedModel:
+    """One loaded model and what answering for it needs. `plan_for(width, height, images)` is the memory plan for
+    such a batch (sana.memory.plan_memory on this device, with the server's mode and cap), or None to skip."""
+
+    name: str
+    pipeline: Any  # sana.pipelines.image.ImagePipeline
+    family: str
+    defaults: Defaults
+    resolution: int  # native side, px
+    dtype: str
+    device: str
+    created: int
+    repo: str | None = None
+    revision: str | None = None
+    plan_for: Callable[[int, int, int], Any] | None = None
+    _fits: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def sprint(self) -> bool:
+        return self.family == "sprint"
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        return ("scm",) if self.sprint else ("flow-dpm", "flow-euler")
+
+    def size_refusal(self, width: int, height: int, images: int) -> str | None:
+        """Why `images` images of width x height cannot be generated here, or None when they can."""
+        if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
+            return f"sides must be multiples of {SIZE_MULTIPLE}"
+        side = self.resolution * MAX_SIDE_FACTOR
+        if not (SIZE_MULTIPLE <= width <= side and SIZE_MULTIPLE <= height <= side):
+            return f"sides go from {SIZE_MULTIPLE} to {side} px for {self.name} ({MAX_SIDE_FACTOR}x its native size)"
+        if self.plan_for is None:
+            return None
+        key = (width, height, images)
+        with self._lock:
+            if key not in self._fits:
+                plan = self.plan_for(width, height, images)
+                self._fits[key] = None if plan.fits else f"it does not fit in memory: {plan.notes()[0]}"
+            return self._fits[key]
+
+
+def parse_size(text: str | None, native: int) -> tuple[int, int]:
+    """"WxH" -> (W, H); None or "auto" -> the model's native square."""
+    if text is None or text.strip().lower() == "auto":
+        return native, native
+    match = SIZE_RE.fullmatch(text.strip().lower())
+    if not match:
+        raise ApiError(400, f"cannot read the size '{text[:40]}': use WxH, e.g. {native}x{native}", param="size",
+                       code="invalid_size")
+    return int(match.group(1)), int(match.group(2))
+
+
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
+def build_job(models: dict[str, ServedModel], body: ImageGenerationRequest, *, max_batch: int) -> Job:
+    """The queued job for a validated body; ApiError (4xx) for what this server cannot or will not do."""
+    from ..pipelines.image import ImageRequest, batch_key
+
+    # 1. The model: one of those loaded (the only one when the body names none).
+    if body.model is None:
+        if len(models) > 1:
+            raise ApiError(400, f"this server serves several models: name one of {', '.join(models)}", param="model",
+                           code="model_required")
+        model = next(iter(models.values()))
+    elif body.model in models:
+        model = models[body.model]
+    else:
+        raise ApiError(404, f"the model '{body.model[:80]}' is not served here (served: {', '.join(models)})",
+                       param="model", code="model_not_found")
+    if body.lora is not None:
+        raise ApiError(400, "this server does not apply LoRAs", param="lora", code="unsupported")
+
+    # 2. Batch, size and sampling settings against the model's limits.
+    if body.n > max_batch:
+        raise ApiError(400, f"n {body.n} is more than this server generates in one batch ({max_batch})", param="n",
+                       code="invalid_n")
+    width, height = parse_size(body.size, model.resolution)
+    refusal = model.size_refusal(width, height, body.n)
+    if refusal:
+        raise ApiError(400, f"size {width}x{height} cannot be served: {refusal}", param="size", code="invalid_size")
+    d = model.defaults
+    sampler = body.sampler or d.sampler
+    if sampler not in model.samplers:
+        raise ApiError(400, f"unknown sampler '{sampler}' for {model.name}: use {', '.join(model.samplers)}",
+                       param="sampler", code="invalid_sampler")
+    steps = body.num_inference_steps or d.steps
+    if model.sprint and not 1 <= steps <= 4:
+        raise ApiError(400, f"num_inference_steps {steps} is out of range for SANA-Sprint (1 to 4)",
+                       param="num_inference_steps", code="invalid_steps")
+    pag = d.pag if body.pag_scale is None else body.pag_scale
+    if model.sprint and pag > 0:
+        raise ApiError(400, "PAG does not apply to SANA-Sprint", param="pag_scale", code="invalid_pag")
+
+    # 3. The request the pipeline runs; the seeds as `sana gen --seed S --num N` draws them.
+    seed = random_seed() if body.seed is None else body.seed
+    request = ImageRequest(
+        prompt=body.prompt, seeds=[(seed + i) & 0xFFFFFFFF for i in range(body.n)], width=width, height=height,
+        steps=steps, guidance=d.guidance if body.guidance_scale is None else body.guidance_scale, sampler=sampler,
+        flow_shift=d.shift, negative_prompt=body.negative_prompt or "", pag=pag, pag_layers=(d.pag_layer,),
+        max_timesteps=d.max_timesteps, intermediate_timesteps=d.intermediate_timesteps,
+    )
+    context = {"output_format": body.output_format or "png", "response_format": body.response_format or "b64_json"}
+    return Job(model=model.name, key=(model.name, batch_key(request)), request=request, images=body.n,
+               context=context)
