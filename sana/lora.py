@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from .errors import SanaError, UsageError
 
-from .errors import SanaError
+if TYPE_CHECKING:  # torch is imported by whoever passes tensors: checking a --lora argument needs none
+    import torch
 
 # Prefixes diffusers (`transformer.`), peft (`base_model.model.`) and some trainers put before module names.
 _PREFIXES = ("transformer.", "base_model.model.", "diffusion_model.")
@@ -60,19 +63,92 @@ def _pattern_value(patterns: dict | None, module: str, default):
 
 
 def lora_file(path: Path) -> Path:
-    """A LoRA file, or the `pytorch_lora_weights.safetensors` inside a folder that `save_lora_weights` wrote."""
+    """A LoRA file, or the `pytorch_lora_weights.safetensors` inside a folder that `save_lora_weights` (or
+    `sana finetune`) wrote. Training checkpoints, unfinished runs and full weights are refused with what to pass."""
     path = Path(path)
     if path.is_dir():
-        candidates = [path / LORA_WEIGHTS_NAME] + sorted(path.glob("*.safetensors"))
-        found = next((p for p in candidates if p.is_file()), None)
-        if found is None:
-            raise SanaError(f"no LoRA weights in {path}", f"expected {LORA_WEIGHTS_NAME}")
-        return found
+        if (path / LORA_WEIGHTS_NAME).is_file():
+            return path / LORA_WEIGHTS_NAME
+        _refuse_training_folder(path)
+        found = sorted(path.glob("*.safetensors"))
+        if len(found) != 1:
+            raise SanaError(f"no LoRA weights in {path}" if not found else f"{path} holds several .safetensors files",
+                            f"expected {LORA_WEIGHTS_NAME}, or pass the file itself")
+        path = found[0]
     if not path.is_file():
         raise SanaError(f"LoRA file not found: {path}")
+    if (path.parent / "state.json").is_file() and path.name in ("weights.safetensors", "ema.safetensors"):
+        _refuse_training_folder(path.parent)
+    if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        raise SanaError(f"{path.name} is a PyTorch checkpoint, not a LoRA file",
+                        "a fine-tuned transformer goes to --transformer; --lora takes diffusers' .safetensors LoRAs")
     if path.suffix != ".safetensors":
         raise SanaError(f"{path.name}: LoRA files must be .safetensors", "diffusers' save_lora_weights writes them")
+    keys = _safetensors_keys(path)
+    if keys and all(k.endswith((".weight", ".bias")) for k in keys) and not any(_LORA_KEY.fullmatch(k) for k in keys):
+        raise SanaError(f"{path.name} holds full model weights, not a LoRA",
+                        "pass it with --transformer (a fine-tuned transformer) instead of --lora")
     return path
+
+
+def parse_lora_arg(text: str) -> tuple[Path, float]:
+    """`--lora PATH[:SCALE]` -> (the LoRA file, scale), checked without reading the tensors. A path that itself
+    contains ':' works when no scale follows; a scale that is not a finite number is named as the scale."""
+    path_text, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head and not Path(text).expanduser().exists():
+        try:
+            scale = float(tail)
+        except ValueError:
+            if Path(head).expanduser().exists():
+                raise UsageError(f"--lora {text}: the scale '{tail}' is not a number",
+                                 "write PATH:SCALE with a number, e.g. style.safetensors:0.8") from None
+        else:
+            path_text = head
+            if not math.isfinite(scale):
+                raise UsageError(f"--lora {text}: the scale {tail} is not a finite number", "use e.g. 0.8 or 1")
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise UsageError(f"LoRA file not found: {path_text}", "give a .safetensors file or the folder holding "
+                         f"{LORA_WEIGHTS_NAME}")
+    return lora_file(path), scale
+
+
+_LORA_KEY = re.compile(r"(.+)\.(lora_A|lora_B|lora_down|lora_up)(?:\.[\w-]+)?\.weight|.+\.alpha")
+
+
+def _safetensors_keys(path: Path) -> list[str] | None:
+    """Tensor names from a safetensors header (8-byte length, then JSON); None when it cannot be read, which
+    `read_lora` reports properly later."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > 100_000_000:
+                return None
+            header = json.loads(f.read(length))
+    except (OSError, struct.error, ValueError):
+        return None
+    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
+
+
+def _refuse_training_folder(folder: Path) -> None:
+    """A `sana finetune` run folder without its exported LoRA, or one of its checkpoints: say what to pass."""
+    if (folder / "state.json").is_file() and re.fullmatch(r"step-\d+", folder.name):
+        run = folder.parent.parent
+        raise SanaError(f"{folder} is a training checkpoint (optimizer state and weights to resume from), not a LoRA",
+                        f"pass the run's exported LoRA, {run / LORA_WEIGHTS_NAME} (written when the run ends or "
+                        f"stops), or finish it with: sana finetune DATA --out {run} --resume")
+    config = folder / "train_config.json"
+    if config.is_file():
+        try:
+            mode = json.loads(config.read_text(encoding="utf-8")).get("mode")
+        except (OSError, ValueError):
+            mode = None
+        if mode == "full":
+            raise SanaError(f"{folder} is a full fine-tuning run, not a LoRA",
+                            f"pass --model {folder / 'model'} (or --transformer {folder / 'model' / 'transformer'})")
+        raise SanaError(f"{folder} is a sana finetune run without an exported LoRA yet",
+                        f"finish it with: sana finetune DATA --out {folder} --resume")
 
 
 def read_lora(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, float]], dict]:

@@ -9,12 +9,14 @@ from typing import Any
 
 from .errors import SanaError
 
-# Override keys a JSONL line may set, by the type their value must have. Names follow the `sana gen` flags;
-# width/height are folded into "res" so the caller sees one size setting.
-INT_KEYS = ("seed", "steps", "num", "pag_layer", "width", "height")
-FLOAT_KEYS = ("cfg", "pag", "shift")
-STRING_KEYS = ("negative", "sampler", "out")
-OVERRIDE_KEYS = (*INT_KEYS, *FLOAT_KEYS, *STRING_KEYS, "res", "lora")
+# Override keys a JSONL line may set, by the type their value must have. Names follow the flags of `sana gen` and
+# `sana video`; width/height are folded into "res" so the caller sees one size setting. Each command refuses the
+# keys it does not take (a clip's "frames" in `sana gen`, "pag" in `sana video`).
+INT_KEYS = ("seed", "steps", "num", "pag_layer", "width", "height", "frames")
+FLOAT_KEYS = ("cfg", "pag", "shift", "fps")
+STRING_KEYS = ("negative", "sampler", "out", "image")
+CLIP_KEYS = ("frames", "fps", "motion_score", "image")
+OVERRIDE_KEYS = (*INT_KEYS, *FLOAT_KEYS, *STRING_KEYS, "res", "lora", "motion_score")
 
 
 @dataclass
@@ -29,8 +31,8 @@ class PromptJob:
 def read_prompts(path: Path) -> list[PromptJob]:
     """Jobs from a prompts file: JSONL when it ends in .jsonl or every prompt line starts with '{'.
 
-    Blank lines and lines starting with '#' are skipped in both forms. Relative paths in "out" and "lora" are
-    taken from the current directory, as on the command line.
+    Blank lines and lines starting with '#' are skipped in both forms. Relative paths in "out", "lora" and "image"
+    are taken from the current directory, as on the command line.
     """
     path = Path(path)
     try:
@@ -73,14 +75,18 @@ def _json_line(path: Path, number: int, line: str) -> PromptJob:
 
 def _checked(where: str, key: str, value: Any) -> Any:
     """The value with the type its flag takes, or a SanaError naming the line and key."""
+    if key == "motion_score":  # a whole number, or "none" for nothing appended
+        if isinstance(value, bool) or not (isinstance(value, int) and value >= 0 or value == "none"):
+            raise SanaError(f"{where}: \"motion_score\" must be a whole number >= 0 or \"none\"")
+        return str(value)
     if key in INT_KEYS:
         lowest = 0 if key in ("seed", "pag_layer") else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
             raise SanaError(f"{where}: \"{key}\" must be an integer >= {lowest}")
         return value
     if key in FLOAT_KEYS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SanaError(f"{where}: \"{key}\" must be a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (key == "fps" and value <= 0):
+            raise SanaError(f"{where}: \"{key}\" must be a number" + (" > 0" if key == "fps" else ""))
         return float(value)
     if key in STRING_KEYS:
         if not isinstance(value, str):

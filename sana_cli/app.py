@@ -16,6 +16,7 @@ from .finetune import finetune
 from .gen import gen
 from .info import info_command
 from .models import models_app
+from .serve import serve
 from .shapes import shapes_app
 from .sprint import sprint
 from .video import video
@@ -27,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # subcommands inherit it
 )
 app.command("gen")(gen)
 app.command("sprint")(sprint)
@@ -37,6 +39,7 @@ app.command("info")(info_command)
 app.command("bench")(bench)
 app.add_typer(shapes_app, name="shapes")
 app.command("finetune")(finetune)
+app.command("serve")(serve)
 
 
 def _print_version(value: bool) -> None:
@@ -61,8 +64,23 @@ def main() -> None:
     """Console-script entry: runs the app and turns errors into one line and an exit code."""
     # --verbose must be known here too: errors can be raised before the callback has run.
     verbose = any(a in ("--verbose", "-v") for a in sys.argv[1:])
+    from typer import TyperException  # the base of the Click exceptions typer raises
+    from typer.exceptions import Abort
+
     try:
-        app()  # standalone mode: usage errors print and exit 2 by themselves
+        # Not standalone: Click's usage errors come here to be printed as one line like ours.
+        code = app(standalone_mode=False)
+    except TyperException as exc:  # unknown option (with Click's "Possible options"), bad value, ...
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `sana` or `sana models` alone: the help
+            exc.show()
+        else:
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            console.error(" ".join(exc.format_message().split()) + where)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except Abort:
+        console.error("aborted")
+        sys.exit(1)
     except KeyboardInterrupt:
         console.error("interrupted")
         sys.exit(130)
@@ -76,3 +94,4 @@ def main() -> None:
             console.err.print_exception()
         console.error(f"{type(exc).__name__}: {exc} (run with --verbose for the traceback)")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

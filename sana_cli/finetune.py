@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from sana.errors import UsageError
+from sana.training.config import TrainConfig
 
 from . import console
 
@@ -62,20 +64,16 @@ def finetune(
 ) -> None:
     """Fine-tune a SANA model (LoRA by default, or --full), or train one from scratch with --init random."""
     flags = {k: v for k, v in dict(locals()).items() if v is not None}
-    from .generation import quiet_libraries
-
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 checks and writes
 
-    # 1. Many GPUs: hand over to the standard launcher, which runs this same command once per GPU.
-    if gpus > 1:
-        _exec_torchrun(gpus)
-    quiet_libraries()
-    from sana.training.config import TrainConfig
-    from sana.training.trainer import run
-
-    # 2. Settings: a resumed run's own settings, overridden by the flags given now.
+    # 1. Settings: a resumed run's own settings, overridden by the flags given now; all checked before torch loads.
+    if not Path(data).expanduser().is_dir():
+        raise UsageError(f"data folder not found: {data}",
+                         "give a folder of images with .txt captions or a metadata.jsonl")
     out_dir = (out or Path(f"finetune-{Path(data).resolve().name}")).expanduser()
     continuing = resume or resume_from is not None
+    if continuing and not (out_dir / "train_config.json").is_file():
+        raise UsageError(f"--resume: {out_dir} holds no sana finetune run", "pass the run's folder with --out")
     cfg = TrainConfig.load(out_dir) if continuing else None
     settings = _settings(flags, data, out_dir, cfg)
     if cfg is not None:
@@ -83,10 +81,23 @@ def finetune(
         if changed:
             raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
                              "a resumed run keeps its model, LoRA, batch and seed; start a new --out to change them")
+        _check_checkpoint(out_dir, resume_from)
     elif main_process and out_dir.exists() and any(out_dir.iterdir()):
         hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
         raise UsageError(f"{out_dir} is not empty", hint)
     settings.validate()
+    if settings.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError("--optimizer adamw8bit needs bitsandbytes",
+                         "pip install bitsandbytes, or use --optimizer adamw")
+
+    # 2. Many GPUs: hand over to the standard launcher, which runs this same command once per GPU.
+    if gpus > 1:
+        _exec_torchrun(gpus)
+    from .generation import quiet_libraries
+
+    quiet_libraries()
+    from sana.training.trainer import run
+
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # 3. Train, with a progress line on the main process only.
@@ -105,6 +116,16 @@ def finetune(
     loss = f"; final loss {result.last_loss:.4g}" if result.last_loss is not None else ""
     console.info(f"trained {result.step} steps{loss}; loss curve {out_dir / 'loss.png'}")
     console.out.print(str(result.output), highlight=False)
+
+
+def _check_checkpoint(out_dir: Path, resume_from: Path | None) -> None:
+    """--resume needs a complete checkpoint in the run folder; --resume-from a complete checkpoint folder."""
+    if resume_from is not None:
+        if not (Path(resume_from).expanduser() / "state.json").is_file():
+            raise UsageError(f"--resume-from {resume_from} is not a complete checkpoint (no state.json)",
+                             f"pass a folder such as {out_dir / 'checkpoints' / 'step-000500'}")
+    elif not any((out_dir / "checkpoints").glob("step-*/state.json")):
+        raise UsageError(f"no checkpoint to resume in {out_dir / 'checkpoints'}", "start without --resume")
 
 
 def _settings(flags: dict, data: Path, out_dir: Path, saved):

@@ -15,8 +15,9 @@ from sana.errors import UsageError
 from . import console
 from . import options as opt
 from .generation import (
-    SIZE_MULTIPLE, component_sizes, default_model, generate_with_progress, parse_resolution, plan_jobs, plan_table,
-    quiet_libraries, read_jobs, replay_settings, resolve_for, transformer_config_for, weights_variant,
+    DTYPE_CHOICES, IMAGE_SAMPLERS, SIZE_MULTIPLE, component_sizes, default_model, generate_with_progress,
+    note_cut_prompts, note_large_sizes, parse_resolution, plan_jobs, plan_table, quiet_libraries, read_jobs,
+    replay_settings, resolve_for, transformer_config_for, weights_variant,
 )
 
 
@@ -57,22 +58,6 @@ def snap_size(width: int, height: int) -> tuple[int, int]:
     if snapped != (width, height):
         console.notice(f"size {width}x{height} snapped to {snapped[0]}x{snapped[1]} (sides must be multiples of {SIZE_MULTIPLE})")
     return snapped  # type: ignore[return-value]
-
-
-def parse_lora(text: str) -> tuple[Path, float]:
-    """`PATH[:SCALE]`; a path that itself contains ':' still works when no scale follows."""
-    path, scale = text, 1.0
-    head, sep, tail = text.rpartition(":")
-    if sep and head:
-        try:
-            scale = float(tail)
-            path = head
-        except ValueError:
-            path = text
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UsageError(f"LoRA file not found: {path}")
-    return file, scale
 
 
 # Settings are merged as plain dicts: a JSONL line's overrides beat explicit flags, which beat --from, which
@@ -128,46 +113,53 @@ def check_fp8(device, dtype: str) -> None:
 
 
 def run(flags: dict[str, Any], *, command: str) -> None:
-    """The whole run for `sana gen` / `sana sprint` (command names the family it expects)."""
-    quiet_libraries()
+    """The whole run for `sana gen` / `sana sprint` (command names the family it expects). Steps 1-3 read no
+    weights and import no torch: every mistake in the arguments is reported in a fraction of a second."""
+    from sana.lora import parse_lora_arg
+    from sana.outputs import plan_output_paths
 
-    from sana import __version__
-    from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
-    from sana.memory import check_mode, parse_memory_size, plan_memory
-    from sana.outputs import GenerationRecord, file_sha256, plan_output_paths, save_image
-    from sana.pipelines.image import ImagePipeline, ImageRequest
-    from sana.sampling import SAMPLERS
-
-    # 1. Settings from --from, the command line and the prompts file.
+    # 1. Settings from --from, the command line and the prompts file; LoRAs and the transformer file checked.
     replay = replay_settings(flags.get("from"), command)
     explicit = {k: flags.get(k) for k in SETTING_KEYS}
-    memory_mode = check_mode(flags.get("memory") or "auto")
-    max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
-    dry_run = bool(flags.get("dry_run"))
+    dry_run, force = bool(flags.get("dry_run")), bool(flags.get("force"))
+    if (flags.get("dtype") or "auto") not in DTYPE_CHOICES:
+        raise UsageError(f"unknown --dtype '{flags['dtype']}'", f"use {', '.join(DTYPE_CHOICES)}")
     jobs = read_jobs(flags, replay, command)
-
-    # 2. Seeds and output paths, before anything loads: an existing file fails now, not after a long load.
-    force = bool(flags.get("force"))
-
-    def check(settings: dict[str, Any]) -> None:
-        parse_resolution(settings.get("res"))  # bad sizes and samplers fail before the model loads
-        if settings.get("sampler") and settings["sampler"] not in SAMPLERS:
-            raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(SAMPLERS)}")
-
-    def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int) -> list[Path]:
-        return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force,
-                                 index_start=index_start)
-
-    planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths)
-
-    # 3. The model: resolve (no download here; a dry run plans from the registry when the weights are absent).
-    model_arg = flags.get("model") or replay.get("model") or default_model(command)
-    resolved, spec, family = resolve_for(command, model_arg, dry_run=dry_run)
-    lora_args = explicit.get("lora") or replay.get("lora") or []
-    loras = [parse_lora(text) for text in lora_args]
+    for _, overrides in jobs:
+        foreign = sorted(set(overrides) - set(SETTING_KEYS))
+        if foreign:
+            raise UsageError(f"the prompts file sets {', '.join(foreign)}, which images do not take",
+                             "clips are made by `sana video`")
+    loras = [parse_lora_arg(text) for text in explicit.get("lora") or replay.get("lora") or []]
     transformer_path = flags.get("transformer") or replay.get("transformer")
     if transformer_path and not Path(transformer_path).expanduser().exists():
         raise UsageError(f"--transformer {transformer_path} does not exist")
+
+    # 2. Seeds and output paths, before anything loads: an existing file fails now, not after a long load.
+    def check(settings: dict[str, Any]) -> None:
+        parse_resolution(settings.get("res"))
+        if settings.get("sampler") and settings["sampler"] not in IMAGE_SAMPLERS:
+            raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(IMAGE_SAMPLERS)}")
+
+    def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
+        return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force,
+                                 index_start=index_start, taken=taken)
+
+    planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths)
+
+    # 3. The model: resolved and its family checked (no download; a dry run plans from the registry alone).
+    model_arg = flags.get("model") or replay.get("model") or default_model(command)
+    resolved, spec, family = resolve_for(command, model_arg, dry_run=dry_run)
+
+    quiet_libraries()
+    from sana import __version__
+    from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
+    from sana.memory import check_mode, parse_memory_size, plan_memory
+    from sana.outputs import GenerationRecord, file_sha256, save_image
+    from sana.pipelines.image import ImagePipeline, ImageRequest
+
+    memory_mode = check_mode(flags.get("memory") or "auto")
+    max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
 
     # 4. Requests from the model's defaults, and what the largest of them asks of the device.
     sizes = component_sizes(resolved, spec, transformer_path)
@@ -177,6 +169,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     defaults = model_defaults(spec, scheduler, family, sizes.native_resolution)
     requests = [(_request(prompt, settings, seeds, defaults, family, ImageRequest), paths)
                 for prompt, settings, seeds, paths in planned_jobs]
+    note_large_sizes([(r.width, r.height) for r, _ in requests], sizes.native_resolution)
     workload = _workload([r for r, _ in requests], sizes.native_resolution, sprint=family == "sprint")
 
     # 5. Device, precision and the memory plan (a dry run prints it and stops here).
@@ -207,6 +200,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family, variant=variant,
                                          loras=loras, transformer_path=transformer_path, plan=plan, fp8=fp8)
     load_seconds = time.perf_counter() - start
+    for path, scale in loras:
+        console.info(f"LoRA applied: {path} (scale {scale:g})")
+    note_cut_prompts(pipe.text_encoder, [request.prompt for request, _ in requests])
 
     # 7. One generation a prompt (all its seeds in one batch), each image saved with its metadata.
     lora_records = [{"path": str(p), "scale": s, "sha256": file_sha256(p)} for p, s in loras]

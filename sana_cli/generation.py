@@ -16,19 +16,27 @@ from . import console
 # Named sizes users know; SANA's "4K" is 4096 x 4096.
 NAMED_SIZES = {"512": (512, 512), "1k": (1024, 1024), "2k": (2048, 2048), "4k": (4096, 4096),
                "720p": (1280, 720), "1080p": (1920, 1080), "1440p": (2560, 1440), "2160p": (3840, 2160)}
+# Clips: the names mean the sizes the video models were trained at (sides multiples of 32, 720p's 720 is not).
+CLIP_NAMED_SIZES = {"480p": (832, 480), "720p": (1280, 704)}
 SIZE_MULTIPLE = 32
+# Names checked before torch is imported (sana.sampling.SAMPLERS and sana.device.DTYPES hold the same; a test
+# keeps them equal).
+IMAGE_SAMPLERS = ("flow-dpm", "flow-euler", "scm")
+DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 
 
-def parse_resolution(text: str | int | None) -> tuple[int, int] | None:
-    """`1024` -> (1024, 1024); `1536x1024` -> (1536, 1024) as WxH; `4K` -> (4096, 4096)."""
+def parse_resolution(text: str | int | None, named: dict[str, tuple[int, int]] = NAMED_SIZES,
+                     ) -> tuple[int, int] | None:
+    """`1024` -> (1024, 1024); `1536x1024` -> (1536, 1024) as WxH; `4K` -> (4096, 4096) (names from `named`)."""
     if text is None:
         return None
     value = str(text).strip().lower()
-    if value in NAMED_SIZES:
-        return NAMED_SIZES[value]
+    if value in named:
+        return named[value]
     match = re.fullmatch(r"(\d+)(?:\s*[x*×]\s*(\d+))?", value)
     if not match:
-        raise UsageError(f"cannot read the size '{text}'", "use 1024, WxH (e.g. 1536x1024), 1K, 2K, 4K, 720p or 1080p")
+        names = ", ".join(named)
+        raise UsageError(f"cannot read the size '{text}'", f"use WxH (e.g. 1536x1024), a side (1024) or {names}")
     width = int(match.group(1))
     height = int(match.group(2) or width)
     if not (SIZE_MULTIPLE <= width <= 16384 and SIZE_MULTIPLE <= height <= 16384):
@@ -114,34 +122,75 @@ def read_jobs(flags: dict[str, Any], replay: dict[str, Any], command: str, noun:
 def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], explicit: dict[str, Any], *,
               dry_run: bool, check, plan_paths, noun: str = "images") -> list[tuple[str, dict, list[int], list[Path]]]:
     """Settings, seeds and output paths of every job, before anything loads (an existing file fails now, not after
-    a long load). `check(settings)` rejects bad values; `plan_paths(out, prompt, seeds, index_start)` names the
-    outputs. Layers: a prompts-file line's overrides beat the flags, which beat --from's record."""
-    planned_jobs, planned, planned_paths = [], 0, set()
+    a long load). `check(settings)` rejects bad values; `plan_paths(out, prompt, seeds, index_start, taken)` names
+    the outputs, default names unique against `taken` (the paths earlier jobs got). Layers: a prompts-file line's
+    overrides beat the flags, which beat --from's record. `-o NAME` without a suffix is a directory when the run
+    writes several outputs."""
+    merged = []
     for prompt, overrides in jobs:
         settings = merge_settings(replay, explicit, overrides)
         check(settings)
-        num = int(settings.get("num") or 1)
-        seed = random_seed() if settings.get("seed") is None else int(settings["seed"])
-        seeds = [(seed + i) & 0xFFFFFFFF for i in range(num)]
+        merged.append((prompt, overrides, settings, check_num(settings.get("num"))))
+    several = sum(num for *_, num in merged) > 1
+    planned_jobs, planned, taken = [], 0, set()
+    for prompt, overrides, settings, num in merged:
+        seed = check_seed(settings.get("seed"))
+        if seed is None:
+            seed = random_seed()
+            if settings.get("seed") == -1:
+                console.info(f"seed -1: drew {seed}")
+        seeds = [(seed + i) & MAX_SEED for i in range(num)]
+        out = settings.get("out")
+        if several and out and _bare_name(out):
+            settings["out"] = out = out + "/"
         if "out" in overrides:  # a prompts-file line's own output: used as given (numbered only for --num)
             index_start = 0
         else:  # a shared `-o file.png` numbers the outputs of every prompt on
             index_start = planned if len(jobs) > 1 or num > 1 else 0
             planned += num
-        paths = [] if dry_run else plan_paths(settings.get("out"), prompt, seeds, index_start)
+        paths = [] if dry_run else plan_paths(out, prompt, seeds, index_start, taken)
         for path in paths:
-            if path in planned_paths:
+            if path in taken:
                 raise UsageError(f"two {noun} of this run would be written to {path}", "give each line its own out")
-            planned_paths.add(path)
+            taken.add(path)
         planned_jobs.append((prompt, settings, seeds, paths))
     return planned_jobs
+
+
+MAX_SEED = 0xFFFFFFFF  # seeds are 32-bit; --num N counts on from the seed and wraps
+
+
+def check_seed(value: Any) -> int | None:
+    """A seed in [0, 2**32 - 1]; None (not given) or -1 (A1111's "random") -> None: the caller draws one."""
+    if value is None or int(value) == -1:
+        return None
+    if not 0 <= int(value) <= MAX_SEED:
+        raise UsageError(f"seed {value} is out of range", f"use 0 to {MAX_SEED}, or -1 for a random one")
+    return int(value)
+
+
+def check_num(value: Any) -> int:
+    num = int(value or 1)
+    if num < 1:
+        raise UsageError(f"--num {value} must be at least 1")
+    return num
+
+
+def _bare_name(out: str) -> bool:
+    """`-o out`: no suffix, no trailing slash and not an existing file."""
+    path = Path(out).expanduser()
+    return not out.endswith(("/", os.sep)) and not path.suffix and not path.is_file()
 
 
 def resolve_for(command: str, model_arg: str, *, dry_run: bool):
     """(ResolvedModel or None, preset or None, family) for a model argument; one-line errors for unknown models,
     another command's models and missing components. No download; a dry run may plan from the preset alone."""
     from sana.components import check_components, family_from_index, model_index
+    from sana.registry import find_spec
 
+    known = None if Path(model_arg).expanduser().exists() else find_spec(model_arg)
+    if known is not None:  # another command's model is refused before its download state matters
+        check_family(model_arg, known.family, command)
     resolved, spec = _resolve(model_arg, registry_only_ok=dry_run)
     family = (spec.family if spec else None) or family_from_index(model_index(resolved.path)) or "sana"
     check_family(model_arg, family, command)
@@ -251,8 +300,9 @@ PREFERRED = {"gen": ("sana1.5-1.6b", "sana-1.6b-bf16", "sana-1.6b", "sana1.5-4.8
              "world": ("wm-2.6b",)}
 
 
-def default_model(command: str) -> str:
-    """The best downloaded model for the command, with a notice; an error naming what to pull when none is."""
+def default_model(command: str, *, planning: bool = False) -> str:
+    """The best downloaded model for the command, with a notice; an error naming what to pull when none is.
+    `planning` (a dry run or a preview, which read no weights): the best registry model when none is downloaded."""
     from sana.hub import list_models
 
     ready = {entry.name for entry in list_models() if entry.status == "yes"}
@@ -264,6 +314,8 @@ def default_model(command: str) -> str:
         console.notice(f"no SANA model is downloaded: using the built-in nano model (256 px coloured shapes); "
                        f"`sana models pull {PREFERRED[command][0]}` gets the real one")
         return "nano"
+    if planning:
+        return PREFERRED[command][0]
     raise UsageError("no --model given and no model is downloaded",
                      f"run: sana models pull {PREFERRED[command][0]} (or pass --model DIR)")
 
@@ -281,3 +333,24 @@ def generate_with_progress(pipe, request):
                         on_step=lambda done, total: bar.update(task, completed=done, total=total),
                         on_notice=console.notice)
         return pipe.generate(request, events)
+
+
+def note_cut_prompts(text_encoder, prompts: list[str]) -> None:
+    """A notice for each prompt longer than the text encoder's window (its end is cut, as diffusers cuts it)."""
+    tokenizer, window = getattr(text_encoder, "tokenizer", None), getattr(text_encoder, "max_length", None)
+    if tokenizer is None or not window:
+        return
+    limit = window - 2  # BOS, and the one position the instruction's template takes
+    for prompt in dict.fromkeys(prompts):
+        count = len(tokenizer.encode(prompt, add_special_tokens=False))
+        if count > limit:
+            start = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+            console.notice(f"prompt \"{start}\" has {count} tokens; the text encoder reads {limit}, the rest is cut")
+
+
+def note_large_sizes(sizes: list[tuple[int, int]], native: int) -> None:
+    """A notice for a size far above the model's native one (more than 4x its pixels): layouts break there."""
+    for width, height in dict.fromkeys(sizes):
+        if width * height > 4 * native * native:
+            console.notice(f"{width}x{height} is far above the {native} px this model was trained at: expect "
+                           "repeated subjects; a 2K or 4K model (sana models list) is made for large sizes")

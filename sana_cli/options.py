@@ -8,7 +8,15 @@ from typing import Annotated, List, Optional
 import typer
 
 
-Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Registry name, org/repo id or local diffusers-format directory.")]
+def complete_model(incomplete: str) -> list[str]:
+    """Shell completion of --model: the registry's names and aliases (no torch, no disk scan)."""
+    from sana.registry import all_specs
+
+    names = sorted({name for spec in all_specs() for name in (spec.name, *spec.aliases)})
+    return [name for name in names if name.startswith(incomplete.lower())]
+
+
+Model = Annotated[Optional[str], typer.Option("--model", "-m", autocompletion=complete_model, help="Registry name, org/repo id or local diffusers-format directory.")]
 Resolution = Annotated[Optional[str], typer.Option("--res", "-r", help="Size: 1024, WxH (e.g. 1536x1024), 1K, 2K, 4K, 720p, 1080p.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", "-s", help="Seed of the first image or clip (random if not given); --num N uses seed..seed+N-1.")]
 Num = Annotated[Optional[int], typer.Option("--num", "-n", min=1, help="Images (clips) per prompt.")]
@@ -25,7 +33,7 @@ Transformer = Annotated[Optional[str], typer.Option("--transformer", help="Trans
 Memory = Annotated[str, typer.Option("--memory", help="Placement: auto (from the GPU's free memory), high (everything on the GPU), balanced (text encoder leaves after encoding), low (each component on the GPU only while it runs), minimal (low + transformer blocks streamed from CPU memory).")]
 MaxVram = Annotated[Optional[str], typer.Option("--max-vram", help="Cap on the GPU memory sana uses, e.g. 8G (binary units: 8G = 8 GiB); the plan fits under it.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the memory plan (component, dtype, where, predicted peak) and exit without loading weights.")]
-Cfg = Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale (<= 1 turns CFG off).")]
+Cfg = Annotated[Optional[float], typer.Option("--cfg", "--guidance", help="Classifier-free guidance scale (<= 1 turns CFG off).")]
 Negative = Annotated[Optional[str], typer.Option("--negative", help="Negative prompt.")]
 Sampler = Annotated[Optional[str], typer.Option("--sampler", help="flow-dpm (DPM-Solver++ 2M) or flow-euler.")]
 Shift = Annotated[Optional[float], typer.Option("--shift", help="Flow shift (model default if not given).")]
@@ -51,4 +59,5 @@ CameraFps = Annotated[Optional[float], typer.Option("--camera-fps", help="Frame 
 Preview = Annotated[Optional[Path], typer.Option("--preview", help="Draw the resolved camera path (top and side views, frustums coloured by time) to this PNG and exit without loading the model.")]
 WorldImage = Annotated[Optional[Path], typer.Option("--image", "-i", help="First frame (PNG, JPEG, WebP, ...): the view from the camera path's first pose; resized to cover the generated size and centre-cropped.")]
 WorldFrames = Annotated[Optional[int], typer.Option("--frames", "-f", help="Frames to generate (model default 161, at most what the camera path gives at 16 fps; snapped to 8k+1).")]
+ClipResolution = Annotated[Optional[str], typer.Option("--res", "-r", help="Size WxH, sides multiples of 32 (e.g. 832x480), or 480p (832x480) / 720p (1280x704); the model's trained aspect bin is generated and resized to it.")]
 WorldSize = Annotated[Optional[str], typer.Option("--res", "-r", help="Generated size WxH (default 1280x704, the only size SANA-WM was trained at; multiples of 32).")]

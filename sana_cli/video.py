@@ -33,7 +33,7 @@ def video(
     prompt: Annotated[Optional[str], typer.Argument(help="What happens in the clip.")] = None,
     image: opt.Image = None,
     model: opt.Model = None,
-    res: opt.Resolution = None,
+    res: opt.ClipResolution = None,
     frames: opt.Frames = None,
     fps: opt.Fps = None,
     steps: opt.Steps = None,
@@ -94,9 +94,9 @@ def parse_motion_score(value: Any, default: int | None = None) -> int | None:
 
 
 def check_clip_size(res: Any) -> tuple[int, int] | None:
-    from .generation import parse_resolution
+    from .generation import CLIP_NAMED_SIZES, parse_resolution
 
-    size = parse_resolution(res)
+    size = parse_resolution(res, CLIP_NAMED_SIZES)
     if size is not None and (size[0] % SIZE_MULTIPLE or size[1] % SIZE_MULTIPLE):
         raise UsageError(f"size {size[0]}x{size[1]} is not a multiple of {SIZE_MULTIPLE}",
                          f"SANA-Video sizes are multiples of {SIZE_MULTIPLE}, e.g. 832x480")
@@ -248,19 +248,29 @@ def run(flags: dict[str, Any]) -> None:
     crf = explicit.get("crf")
     if crf is not None and not 0 <= crf <= 51:
         raise UsageError(f"--crf {crf} is out of range", "use 0 (lossless) to 51")
-    image_arg = explicit.get("image") or replay.get("image")
-    recorded = None if explicit.get("image") else replay.get("image_sha256")  # a replayed first frame is checked
-    first = open_first_frame(str(image_arg), recorded) if image_arg else None
+    firsts: dict[str, FirstFrame] = {}  # each first frame read (and checked) once, before anything loads
 
-    def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int) -> list[Path]:
-        return plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=fmt, force=force, index_start=index_start)
+    def first_frame(settings: dict[str, Any]) -> FirstFrame | None:
+        """The job's first frame: a prompts-file line's "image", else --image, else --from's (its sha256 checked)."""
+        image_arg = settings.get("image")
+        if not image_arg:
+            return None
+        if str(image_arg) not in firsts:
+            replayed = not explicit.get("image") and image_arg == replay.get("image")
+            firsts[str(image_arg)] = open_first_frame(str(image_arg), replay.get("image_sha256") if replayed else None)
+        return firsts[str(image_arg)]
+
+    def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
+        return plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=fmt, force=force, index_start=index_start,
+                               taken=taken)
 
     planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check_settings, plan_paths=plan_paths,
                              noun="clips")
+    job_firsts = [first_frame(settings) for _, settings, _, _ in planned_jobs]
 
     # 2. The model: resolved (no download; a dry run plans from the registry alone), a SANA-Video model, its
     #    VAE's frame rule and the defaults of its preset.
-    model_arg = flags.get("model") or replay.get("model") or default_model("video")
+    model_arg = flags.get("model") or replay.get("model") or default_model("video", planning=dry_run)
     resolved, spec, _ = resolve_for("video", model_arg, dry_run=dry_run)
     t_config, vae_config = _model_configs(resolved, spec)
     try:
@@ -278,9 +288,9 @@ def run(flags: dict[str, Any]) -> None:
     from sana.pipelines.video import VideoPipeline, VideoRequest
 
     requests = []
-    for prompt, settings, seeds, paths in planned_jobs:
+    for (prompt, settings, seeds, paths), first in zip(planned_jobs, job_firsts):
         request = build_request(prompt, settings, seeds, defaults, vae, t_config, first, VideoRequest)
-        requests.append((request, paths, check_fps(settings.get("fps")) or defaults.fps))
+        requests.append((request, paths, check_fps(settings.get("fps")) or defaults.fps, first))
     sample_size = int(t_config.get("sample_size", 0))
 
     # 4. Device, precision and the memory plan (a dry run prints the clips and the plan, and stops here).
@@ -291,17 +301,18 @@ def run(flags: dict[str, Any]) -> None:
     from sana.memory import Workload, plan_memory
 
     sizes = component_sizes(resolved, spec, None)
-    generated = [video_binned_size(r.width, r.height, sample_size) for r, _, _ in requests]
-    work = Workload(*max(generated, key=lambda wh: wh[0] * wh[1]), images=max(len(r.seeds) for r, _, _ in requests),
-                    rows=max(len(r.seeds) * (1 + (r.guidance > 1.0)) for r, _, _ in requests),
-                    frames=max(r.frames for r, _, _ in requests))
+    generated = [video_binned_size(r.width, r.height, sample_size) for r, _, _, _ in requests]
+    work = Workload(*max(generated, key=lambda wh: wh[0] * wh[1]), images=max(len(r.seeds) for r, _, _, _ in requests),
+                    rows=max(len(r.seeds) * (1 + (r.guidance > 1.0)) for r, _, _, _ in requests),
+                    frames=max(r.frames for r, _, _, _ in requests),
+                    conditioned=any(first is not None for first in job_firsts))
     device = pick_device(flags.get("device") or "auto")
     info = probe_device(device)
     plan = plan_memory(info, sizes, work, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
     if max_vram is not None and not info.is_accelerator:
         console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
     if dry_run:
-        for (request, _, fps), (gen_w, gen_h) in zip(requests, generated):
+        for (request, _, fps, _), (gen_w, gen_h) in zip(requests, generated):
             console.out.print(f"{len(request.seeds)} clip(s) of {request.frames} frames at {fps:g} fps "
                               f"({request.frames / fps:.2f} s), {request.width}x{request.height} "
                               f"(generated at {gen_w}x{gen_h}): {request.prompt}", highlight=False)
@@ -318,9 +329,12 @@ def run(flags: dict[str, Any]) -> None:
     pipe = VideoPipeline.from_pretrained(resolved.path, dtype=dtype, device=device,
                                          variant=weights_variant(spec, plan), plan=plan)
     load_seconds = time.perf_counter() - start
+    from .generation import note_cut_prompts
+
+    note_cut_prompts(pipe.text_encoder, [request.prompt for request, _, _, _ in requests])
 
     # 6. One generation a prompt (all its seeds in one batch), each clip saved with its record.
-    for request, paths, fps in requests:
+    for request, paths, fps, first in requests:
         _generate_and_save(pipe, request, paths, fps, flags, model_arg, resolved, dtype, device, first,
                            load_seconds, crf)
 

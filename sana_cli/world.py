@@ -92,9 +92,9 @@ def world(
 # -- checks (no torch) ----------------------------------------------------------------------------------------
 
 def check_size(res: Any) -> tuple[int, int] | None:
-    from .generation import parse_resolution
+    from .generation import CLIP_NAMED_SIZES, parse_resolution
 
-    size = parse_resolution(res)
+    size = parse_resolution(res, CLIP_NAMED_SIZES)
     if size is not None and (size[0] % SIZE_MULTIPLE or size[1] % SIZE_MULTIPLE):
         raise UsageError(f"size {size[0]}x{size[1]} is not a multiple of {SIZE_MULTIPLE}",
                          "SANA-WM generates 1280x704 (sides are multiples of 32)")
@@ -205,7 +205,7 @@ def run(flags: dict[str, Any]) -> None:
     from sana.camera import FRAME_STRIDE
     from sana.registry import find_spec
 
-    from .generation import check_family, default_model, merge_settings, plan_jobs, replay_settings, resolve_for
+    from .generation import check_family, default_model, merge_settings, replay_settings, resolve_for
     from .video import open_first_frame
 
     # 1. Settings from --from's record and the command line, every value checked (before torch loads).
@@ -222,7 +222,8 @@ def run(flags: dict[str, Any]) -> None:
     settings = merge_settings(replay, explicit)
     check_settings(settings)
     preview, dry_run, force = flags.get("preview"), bool(flags.get("dry_run")), bool(flags.get("force"))
-    model_arg = flags.get("model") or replay.get("model") or default_model("world")
+    model_arg = (flags.get("model") or replay.get("model")
+                 or default_model("world", planning=dry_run or preview is not None))
     spec = find_spec(model_arg)
     if spec is not None:
         check_family(model_arg, spec.family, "world")
@@ -336,9 +337,9 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
         raise UsageError("no prompt given", "usage: sana world \"a prompt\" --image FIRST.png --camera PATH.json "
                          "(or --from CLIP)")
 
-    def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int) -> list[Path]:
+    def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
         paths = plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=settings.get("format"), force=force,
-                                index_start=index_start)
+                                index_start=index_start, taken=taken)
         for clip in paths:
             if camera_json_path(clip).exists() and not force:
                 raise exists_error(camera_json_path(clip))

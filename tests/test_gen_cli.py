@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -107,11 +108,60 @@ def test_outputs_never_overwrite_without_force(pipelines, tmp_path):
     assert_one_line_error(run_sana(*args[:-len(COMMON)], "--seed", "2", *COMMON))
     assert out.read_bytes() == before
     assert run_sana(*args, "--force").returncode == 0
-    # default names in a directory never collide
-    for _ in range(2):
-        assert run_sana("gen", "a dog", "--model", str(model_dir), "--res", "64", "--steps", "2", "--seed", "1",
-                        "-o", str(tmp_path / "dir") + "/", *COMMON).returncode == 0
-    assert len(list((tmp_path / "dir").glob("*.png"))) == 2
+    # default names do not depend on the disk: a rerun refuses before any work, --force writes the same file
+    in_dir = ("gen", "a dog", "--model", str(model_dir), "--res", "64", "--steps", "2", "--seed", "1",
+              "-o", str(tmp_path / "dir") + "/", *COMMON)
+    assert run_sana(*in_dir).returncode == 0
+    written = tmp_path / "dir" / "a-dog-1.png"
+    before = written.stat().st_mtime_ns
+    assert "a-dog-1.png exists" in assert_one_line_error(run_sana(*in_dir))
+    assert written.stat().st_mtime_ns == before
+    assert run_sana(*in_dir, "--force").returncode == 0
+    assert list((tmp_path / "dir").glob("*.png")) == [written]
+
+
+def test_prompts_sharing_their_first_words_get_unique_names_and_reruns_the_same(pipelines, tmp_path):
+    _, model_dir = pipelines["sana"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a highly detailed photograph of a lighthouse on a cliff, take {i}\n" for i in range(3)))
+    args = ("gen", "--prompts", str(prompts), "--model", str(model_dir), "--res", "64", "--steps", "1", "--seed", "7",
+            "-o", str(tmp_path / "out"), *COMMON)
+    result = run_sana(*args)
+    assert result.returncode == 0, result.stderr
+    stem = "a-highly-detailed-photograph-of-a-7"
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert names == sorted([f"{stem}.png", f"{stem}-2.png", f"{stem}-3.png"])
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.png")}
+    assert "exists; use --force" in assert_one_line_error(run_sana(*args))
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.png")} == stamps
+    assert run_sana(*args, "--force").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == names
+    prompts_in = [json.loads(run_sana("info", str(tmp_path / "out" / name), "--json").stdout)["prompt"] for name in names]
+    assert sorted(prompts_in) == sorted(prompts.read_text().splitlines())
+
+
+def test_habits_random_seed_guidance_lora_folder_and_notices(pipelines, tmp_path):
+    from diffusers import SanaTransformer2DModel
+
+    from tests.test_lora import save_lora
+
+    _, model_dir = pipelines["sana"]
+    lora = save_lora(SanaTransformer2DModel.from_pretrained(model_dir / "transformer"), tmp_path / "lora")
+    out = tmp_path / "habits.png"
+    long_prompt = "a red circle " * 200
+    result = run_sana("gen", long_prompt, "--model", str(model_dir), "--res", "64", "--steps", "1", "--seed", "-1",
+                      "--guidance", "3", "--lora", f"{lora.parent}:0.5", "-o", str(out), *COMMON)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads(run_sana("info", str(out), "--json").stdout)
+    drawn = re.search(r"seed -1: drew (\d+)", result.stderr)
+    assert drawn and meta["seed"] == int(drawn.group(1)) and 0 <= meta["seed"] < 2**31
+    assert meta["guidance"] == 3.0
+    assert meta["loras"][0]["path"] == str(lora) and meta["loras"][0]["scale"] == 0.5
+    assert f"LoRA applied: {lora} (scale 0.5)" in " ".join(result.stderr.split())
+    assert "the rest is cut" in result.stderr
+    big = run_sana("gen", "x", "--model", str(model_dir), "--res", "1024", "--dry-run", *COMMON)
+    assert big.returncode == 0, big.stderr
+    assert "far above" in big.stderr
 
 
 def test_prompts_file_runs_every_line_in_one_process(pipelines, tmp_path):

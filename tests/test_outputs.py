@@ -387,22 +387,22 @@ def test_default_names_in_a_directory(tmp_path):
 
 def test_default_names_never_overwrite(tmp_path):
     (tmp_path / "a-cat-1.png").write_bytes(b"old")
-    (tmp_path / "a-cat-1-1.png").write_bytes(b"old")
-    paths = plan_output_paths(str(tmp_path), prompt="a cat", seeds=[1, 2], force=False)
-    assert paths == [tmp_path / "a-cat-1-2.png", tmp_path / "a-cat-2.png"]
-    # the same seed twice in one batch still gives two names
+    with pytest.raises(SanaError, match="a-cat-1.png exists; use --force"):
+        plan_output_paths(str(tmp_path), prompt="a cat", seeds=[1, 2], force=False)
+    # names never depend on the disk (a rerun plans the same ones): the same seed twice in a batch gets "-2"
     assert plan_output_paths(str(tmp_path), prompt="a cat", seeds=[3, 3], force=False) == [
-        tmp_path / "a-cat-3.png", tmp_path / "a-cat-3-1.png"]
-    # --force lets a default name replace the file on disk, but never two images of one batch share it
+        tmp_path / "a-cat-3.png", tmp_path / "a-cat-3-2.png"]
     assert plan_output_paths(str(tmp_path), prompt="a cat", seeds=[1, 1], force=True) == [
-        tmp_path / "a-cat-1.png", tmp_path / "a-cat-1-1.png"]
+        tmp_path / "a-cat-1.png", tmp_path / "a-cat-1-2.png"]
 
 
 def test_default_directory_is_the_current_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "a-dog-5.png").write_bytes(b"old")
     paths = plan_output_paths(None, prompt="a dog", seeds=[5, 6], force=False)
-    assert [p.resolve() for p in paths] == [tmp_path / "a-dog-5-1.png", tmp_path / "a-dog-6.png"]
+    assert [p.resolve() for p in paths] == [tmp_path / "a-dog-5.png", tmp_path / "a-dog-6.png"]
+    (tmp_path / "a-dog-5.png").write_bytes(b"old")
+    with pytest.raises(SanaError, match="a-dog-5.png exists"):
+        plan_output_paths(None, prompt="a dog", seeds=[5, 6], force=False)
 
 
 def test_missing_directory_is_not_created_by_planning(tmp_path):

@@ -273,18 +273,20 @@ def test_clip_names_in_a_directory(tmp_path):
         tmp_path / "a-paper-boat-7.mp4", tmp_path / "a-paper-boat-8.mp4"]
     assert plan_clip_paths(str(tmp_path) + "/", prompt="a boat", seeds=[1], fmt="gif", force=False) == [
         tmp_path / "a-boat-1.gif"]
-    # PNG frames: one folder per clip, named like a file without a suffix; existing names are skipped
-    (tmp_path / "a-boat-1").mkdir()
+    # PNG frames: one folder per clip, named like a file without a suffix; the same seed twice gets "-2"
     assert plan_clip_paths(str(tmp_path), prompt="a boat", seeds=[1, 1], fmt="png", force=False) == [
-        tmp_path / "a-boat-1-1", tmp_path / "a-boat-1-2"]
+        tmp_path / "a-boat-1", tmp_path / "a-boat-1-2"]
+    (tmp_path / "a-boat-1").mkdir()
+    with pytest.raises(SanaError, match="a-boat-1 exists"):
+        plan_clip_paths(str(tmp_path), prompt="a boat", seeds=[1], fmt="png", force=False)
     assert plan_clip_paths(str(tmp_path), prompt="宇宙", seeds=[3], force=False) == [tmp_path / "clip-3.mp4"]
 
 
 def test_clip_names_in_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-dog-5.mp4").write_bytes(b"old")
-    paths = plan_clip_paths(None, prompt="a dog", seeds=[5], force=False)
-    assert [p.resolve() for p in paths] == [tmp_path / "a-dog-5-1.mp4"]
+    with pytest.raises(SanaError, match="a-dog-5.mp4 exists"):
+        plan_clip_paths(None, prompt="a dog", seeds=[5], force=False)
     assert plan_clip_paths(None, prompt="a dog", seeds=[5], force=True)[0].resolve() == tmp_path / "a-dog-5.mp4"
 
 

@@ -33,14 +33,15 @@ def prompt_slug(prompt: str, max_length: int = 40, fallback: str = "image") -> s
 
 
 def plan_output_paths(out: str | None, *, prompt: str, seeds: list[int], ext: str = ".png", force: bool,
-                      index_start: int = 0) -> list[Path]:
+                      index_start: int = 0, taken: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:
     """One image path per seed.
 
     out may be:
     - None or "": the current directory, with default names;
     - an existing directory, or a path ending in "/" (created when the image is saved): default names there,
-      "<prompt slug>-<seed><ext>", with "-1", "-2", ... appended when the name exists on disk or was already
-      planned in this batch (unless force, which lets a default name replace a file on disk);
+      "<prompt slug>-<seed><ext>", with "-2", "-3", ... appended when the name is already planned in this run
+      (in this call or in `taken`, the paths earlier prompts of the run got). Names never depend on what is on
+      disk, so a rerun plans the same names: a name that exists is an error unless force;
     - a file path (.png/.jpg/.jpeg/.webp; its suffix wins over ext): used as is for a single image. For several
       images, or when index_start > 0 (earlier prompts of the same run already used this -o), images are
       numbered by position: "name-<index_start + 1>.png", "name-<index_start + 2>.png", ... An existing file
@@ -57,11 +58,11 @@ def plan_output_paths(out: str | None, *, prompt: str, seeds: list[int], ext: st
         return _numbered_paths(target, len(seeds), force, index_start)
     ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
     image_format(Path(f"x{ext}"))
-    return _default_paths(out, prompt_slug(prompt), seeds, ext, force)
+    return _default_paths(out, prompt_slug(prompt), seeds, ext, force, taken)
 
 
 def plan_clip_paths(out: str | None, *, prompt: str, seeds: list[int], fmt: str | None = None, force: bool,
-                    index_start: int = 0) -> list[Path]:
+                    index_start: int = 0, taken: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:
     """One clip path per seed, named exactly as `plan_output_paths` names images.
 
     fmt is "mp4", "gif", "webp" or "png" (PNG frames: one folder per clip); None takes it from a file -o's
@@ -85,28 +86,35 @@ def plan_clip_paths(out: str | None, *, prompt: str, seeds: list[int], fmt: str 
                              f"use a .{clip_format(fmt)} name, or leave the format out")
         return _numbered_paths(target, len(seeds), force, index_start)
     ext = CLIP_SUFFIXES[clip_format(fmt or "mp4")]
-    return _default_paths(out, prompt_slug(prompt, fallback="clip"), seeds, ext, force)
+    return _default_paths(out, prompt_slug(prompt, fallback="clip"), seeds, ext, force, taken)
 
 
 def _is_file_target(out: str | None) -> bool:
     return bool(out) and not (out.endswith(("/", os.sep)) or Path(out).expanduser().is_dir())
 
 
-def _default_paths(out: str | None, slug: str, seeds: list[int], ext: str, force: bool) -> list[Path]:
+def _default_paths(out: str | None, slug: str, seeds: list[int], ext: str, force: bool,
+                   taken: set[Path] | frozenset[Path]) -> list[Path]:
+    """Readable names made unique against this run's plan only (never the disk, so reruns plan the same names);
+    then a name on disk is an error unless force."""
     directory = Path(out).expanduser() if out else Path(".")
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"-o {out} is a file, not a directory")
-    planned: set[Path] = set()
+    planned = set(taken)
     paths = []
     for seed in seeds:
         stem = f"{slug}-{seed}"
         candidate = directory / f"{stem}{ext}"
-        counter = 0
-        while candidate in planned or (not force and _taken(candidate)):
+        counter = 1
+        while candidate in planned:
             counter += 1
             candidate = directory / f"{stem}-{counter}{ext}"
         planned.add(candidate)
         paths.append(candidate)
+    if not force:
+        for path in paths:
+            if _taken(path):
+                raise exists_error(path)
     return paths
 
 

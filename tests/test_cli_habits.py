@@ -1,0 +1,248 @@
+"""What a new user trips over: fast one-line errors (before torch is imported), `-h`, mistyped options, model
+name suggestions and completion, LoRA arguments, seeds, and output names that never collide."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+
+import numpy as np
+import pytest
+
+from sana.errors import SanaError, UsageError
+from tests.cli_helpers import assert_one_line_error, run_sana
+
+HEAVY = ("torch", "diffusers", "transformers")
+
+
+def heavy_imports(stderr: str) -> list[str]:
+    """Top-level heavy packages in `PYTHONPROFILEIMPORTTIME` output ("import time: self | cumulative | name")."""
+    names = [line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")]
+    return sorted({name for name in names if name in HEAVY})
+
+
+def run_profiled(*args: str, cwd):
+    """`sana ARGS` with Python's import profile on stderr; returns (result, the stderr lines that are not it)."""
+    result = run_sana(*args, cwd=cwd, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("import time:")]
+    return result, lines
+
+
+# -- errors before the heavy imports ------------------------------------------------------------------------------
+
+FAST_ERRORS = {
+    "from-missing": (("gen", "--from", "missing.png"), "missing.png"),
+    "res": (("gen", "x", "--res", "abc"), "size 'abc'"),
+    "finetune-data": (("finetune", "nope"), "data folder not found"),
+    "video-model-to-gen": (("gen", "x", "-m", "video-2b-480p"), "sana video"),
+    "world-model-to-gen": (("gen", "x", "-m", "wm-2.6b"), "sana world"),
+    "image-model-to-sprint": (("sprint", "x", "-m", "sana-1.6b"), "sana gen"),
+    "model-typo": (("gen", "x", "-m", "sana-16b"), "did you mean sana-1.6b"),
+    "seed-range": (("gen", "x", "--seed", "-2"), "seed -2 is out of range"),
+    "seed-too-big": (("gen", "x", "--seed", str(2**32)), "out of range"),
+    "sampler": (("gen", "x", "--sampler", "ddim"), "sampler 'ddim'"),
+    "dtype": (("gen", "x", "--dtype", "fp8"), "--dtype 'fp8'"),
+    "lora-missing": (("gen", "x", "--lora", "missing.safetensors"), "LoRA file not found"),
+    "lora-scale": (("gen", "x", "--lora", "prompts.txt:strong"), "scale 'strong' is not a number"),
+    "transformer-missing": (("gen", "x", "--transformer", "nope.pth"), "does not exist"),
+    "prompts-missing": (("gen", "--prompts", "nope.txt"), "nope.txt not found"),
+    "finetune-model": (("finetune", "data", "-m", "nanoo"), "did you mean nano"),
+    "finetune-resume": (("finetune", "data", "--resume", "-o", "run"), "no sana finetune run"),
+    "finetune-lr": (("finetune", "data", "-m", "nano", "--lr-schedule", "cosy"), "--lr-schedule"),
+    "mistyped-option": (("gen", "x", "--stesp", "3"), "--steps"),
+}
+
+
+@pytest.mark.parametrize("args,expected", FAST_ERRORS.values(), ids=FAST_ERRORS.keys())
+def test_bad_arguments_fail_before_torch_is_imported(args, expected, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "prompts.txt").write_text("a dog\n")
+    result, lines = run_profiled(*args, cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == lines[-1], lines
+    assert expected in errors[0], errors[0]
+    assert heavy_imports(result.stderr) == [], f"imported {heavy_imports(result.stderr)} before: {errors[0]}"
+    assert not list(tmp_path.rglob("*.png"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_optimizer_extra_is_checked_before_torch(tmp_path):
+    (tmp_path / "data").mkdir()
+    result, lines = run_profiled("finetune", "data", "-m", "nano", "--optimizer", "adamw8bit", cwd=tmp_path)
+    assert "needs bitsandbytes" in lines[-1] and heavy_imports(result.stderr) == []
+
+
+def test_resume_without_a_checkpoint_is_refused_before_torch(tmp_path):
+    from sana.training.config import TrainConfig
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    run.mkdir()
+    TrainConfig(data=str(data), out=str(run), model_dir=str(tmp_path), resolution=64).save(run)
+    result, lines = run_profiled("finetune", "data", "-o", "run", "--resume", cwd=tmp_path)
+    assert "no checkpoint to resume" in lines[-1] and heavy_imports(result.stderr) == []
+    result, lines = run_profiled("finetune", "data", "-o", "run", "--resume-from", "data", cwd=tmp_path)
+    assert "not a complete checkpoint" in lines[-1] and heavy_imports(result.stderr) == []
+
+
+# -- habits -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [("-h",), ("gen", "-h"), ("sprint", "-h"), ("video", "-h"), ("models", "-h")],
+                         ids=["sana", "gen", "sprint", "video", "models"])
+def test_short_help(args):
+    result = run_sana(*args)
+    assert result.returncode == 0, result.stderr
+    assert f"Usage: sana {' '.join(args[:-1])}".strip() in " ".join(result.stdout.split())
+
+
+def test_guidance_is_an_alias_of_cfg_in_gen():
+    result = run_sana("gen", "-h")
+    assert "--guidance" in result.stdout and "--cfg" in result.stdout
+
+
+def test_mistyped_option_is_one_line_with_a_suggestion():
+    message = assert_one_line_error(run_sana("gen", "x", "--stesp", "3"))
+    assert "--stesp" in message and "--steps" in message and "sana gen --help" in message
+    assert "--steps" in assert_one_line_error(run_sana("sprint", "x", "--steps", "9"))  # out of 1-4
+
+
+def test_shell_completion_of_model_names():
+    env = {"_SANA_COMPLETE": "complete_bash", "COMP_WORDS": "sana gen --model sana1", "COMP_CWORD": "3"}
+    result = run_sana(env=env)
+    names = result.stdout.split()
+    assert "sana1.5-1.6b" in names and "sana1.5-4.8b" in names and all(n.startswith("sana1") for n in names)
+    env["COMP_WORDS"] = "sana video -m vid"
+    assert "video-2b-480p" in run_sana(env=env).stdout.split()
+
+
+def test_torch_free_name_lists_match_the_engine():
+    from sana.device import DTYPES
+    from sana.sampling import SAMPLERS
+    from sana_cli.generation import DTYPE_CHOICES, IMAGE_SAMPLERS
+
+    assert IMAGE_SAMPLERS == tuple(SAMPLERS) and DTYPE_CHOICES == ("auto", *DTYPES)
+
+
+# -- seeds --------------------------------------------------------------------------------------------------------
+
+def test_seed_checks():
+    from sana_cli.generation import MAX_SEED, check_seed
+
+    assert check_seed(None) is None and check_seed(-1) is None  # the caller draws one
+    assert check_seed(0) == 0 and check_seed(MAX_SEED) == MAX_SEED
+    for bad in (-2, MAX_SEED + 1):
+        with pytest.raises(UsageError, match="out of range"):
+            check_seed(bad)
+
+
+def test_seed_minus_one_draws_one_seed_a_prompt(tmp_path):
+    from sana_cli.generation import plan_jobs
+
+    jobs = plan_jobs([("a cat", {}), ("a dog", {})], {}, {"seed": -1, "num": 2}, dry_run=True, check=lambda s: None,
+                     plan_paths=None)
+    for _, _, seeds, _ in jobs:
+        assert 0 <= seeds[0] < 2**31 and seeds[1] == seeds[0] + 1
+
+
+# -- LoRA arguments -----------------------------------------------------------------------------------------------
+
+def _safetensors(path, names):
+    from safetensors.numpy import save_file
+
+    save_file({name: np.ones((2, 2), dtype=np.float32) for name in names}, str(path))
+    return path
+
+
+LORA_KEYS = ["transformer.blocks.0.attn1.to_q.lora_A.weight", "transformer.blocks.0.attn1.to_q.lora_B.weight"]
+
+
+def test_lora_folder_scale_and_path_with_colons(tmp_path):
+    from sana.lora import parse_lora_arg
+
+    folder = tmp_path / "style"
+    folder.mkdir()
+    weights = _safetensors(folder / "pytorch_lora_weights.safetensors", LORA_KEYS)
+    assert parse_lora_arg(str(folder)) == (weights, 1.0)
+    assert parse_lora_arg(f"{folder}:0.8") == (weights, 0.8)
+    odd = tmp_path / "a:b.safetensors"
+    _safetensors(odd, LORA_KEYS)
+    assert parse_lora_arg(str(odd)) == (odd, 1.0)
+    with pytest.raises(UsageError, match="the scale 'strong' is not a number"):
+        parse_lora_arg(f"{weights}:strong")
+    with pytest.raises(UsageError, match="not a finite number"):
+        parse_lora_arg(f"{weights}:nan")
+
+
+def test_what_is_not_a_lora_says_what_to_pass(tmp_path):
+    from sana.lora import parse_lora_arg
+
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step-000500"
+    step.mkdir(parents=True)
+    (run / "train_config.json").write_text(json.dumps({"mode": "lora"}))
+    (step / "state.json").write_text("{}")
+    _safetensors(step / "weights.safetensors", ["blocks.0.attn1.to_q.lora_A.default.weight"])
+    for arg in (step, step / "weights.safetensors"):
+        with pytest.raises(SanaError, match="is a training checkpoint") as info:
+            parse_lora_arg(str(arg))
+        assert "pytorch_lora_weights.safetensors" in info.value.hint and "--resume" in info.value.hint
+    with pytest.raises(SanaError, match="without an exported LoRA"):
+        parse_lora_arg(str(run))
+    (run / "train_config.json").write_text(json.dumps({"mode": "full"}))
+    with pytest.raises(SanaError, match="full fine-tuning run") as info:
+        parse_lora_arg(str(run))
+    assert "--model" in info.value.hint
+    full = _safetensors(tmp_path / "dit.safetensors", ["blocks.0.attn1.to_q.weight"])
+    with pytest.raises(SanaError, match="full model weights") as info:
+        parse_lora_arg(str(full))
+    assert "--transformer" in info.value.hint
+    pth = tmp_path / "model.pth"
+    pth.write_bytes(b"x")
+    with pytest.raises(SanaError, match="PyTorch checkpoint") as info:
+        parse_lora_arg(str(pth))
+    assert "--transformer" in info.value.hint
+
+
+# -- output names -------------------------------------------------------------------------------------------------
+
+def _plan(prompts: list[str], out: str | None, *, force: bool, clips: bool = False, **flags):
+    from sana.outputs import plan_clip_paths, plan_output_paths
+    from sana_cli.generation import plan_jobs
+
+    def plan_paths(out, prompt, seeds, index_start, taken):
+        if clips:
+            return plan_clip_paths(out, prompt=prompt, seeds=seeds, force=force, index_start=index_start, taken=taken)
+        return plan_output_paths(out, prompt=prompt, seeds=seeds, force=force, index_start=index_start, taken=taken)
+
+    jobs = plan_jobs([(p, {}) for p in prompts], {}, {"out": out, **flags}, dry_run=False, check=lambda s: None,
+                     plan_paths=plan_paths)
+    return [path for *_, paths in jobs for path in paths]
+
+
+@pytest.mark.parametrize("clips", [False, True], ids=["images", "clips"])
+def test_forty_prompts_sharing_their_first_words(tmp_path, clips):
+    prompts = [f"a highly detailed photograph of a lighthouse on a cliff at dawn, variant {i}" for i in range(40)]
+    out = str(tmp_path / "out")  # no suffix and several outputs: a directory
+    paths = _plan(prompts, out, force=False, seed=7, clips=clips)
+    assert len(set(paths)) == 40 and all(p.parent == tmp_path / "out" for p in paths)
+    ext = ".mp4" if clips else ".png"
+    stem = "a-highly-detailed-photograph-of-a-7"
+    assert [p.name for p in paths[:3]] == [f"{stem}{ext}", f"{stem}-2{ext}", f"{stem}-3{ext}"]
+    # the same names whatever is on disk: a rerun refuses before any work, --force plans the same files
+    paths[1].parent.mkdir()
+    paths[1].write_bytes(b"old")
+    with pytest.raises(SanaError, match=re.escape(f"{paths[1]} exists")):
+        _plan(prompts, out, force=False, seed=7, clips=clips)
+    assert _plan(prompts, out, force=True, seed=7, clips=clips) == paths
+
+
+def test_bare_output_name_is_a_file_error_for_one_output_and_a_directory_for_several(tmp_path):
+    with pytest.raises(UsageError, match="no image suffix"):
+        _plan(["a cat"], str(tmp_path / "out"), force=False, seed=1)
+    assert _plan(["a cat"], str(tmp_path / "out"), force=False, seed=1, num=2) == [
+        tmp_path / "out" / "a-cat-1.png", tmp_path / "out" / "a-cat-2.png"]
+    # the same prompt and seed twice in one run: made unique, in order
+    assert _plan(["a cat", "a cat"], str(tmp_path) + "/", force=False, seed=1) == [
+        tmp_path / "a-cat-1.png", tmp_path / "a-cat-1-2.png"]
