@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UsageError
+from .units import GiB
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-GiB = 1 << 30
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,10 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     dry_run, force = bool(flags.get("dry_run")), bool(flags.get("force"))
     if (flags.get("dtype") or "auto") not in DTYPE_CHOICES:
         raise UsageError(f"unknown --dtype '{flags['dtype']}'", f"use {', '.join(DTYPE_CHOICES)}")
+    from sana.memory import check_mode, parse_memory_size  # the planner's checks import no torch
+
+    memory_mode = check_mode(flags.get("memory") or "auto")
+    max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
     jobs = read_jobs(flags, replay, command)
     for _, overrides in jobs:
         foreign = sorted(set(overrides) - set(SETTING_KEYS))
@@ -154,12 +158,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     quiet_libraries()
     from sana import __version__
     from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
-    from sana.memory import check_mode, parse_memory_size, plan_memory
+    from sana.memory import plan_memory
     from sana.outputs import GenerationRecord, file_sha256, save_image
     from sana.pipelines.image import ImagePipeline, ImageRequest
-
-    memory_mode = check_mode(flags.get("memory") or "auto")
-    max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
 
     # 4. Requests from the model's defaults, and what the largest of them asks of the device.
     sizes = component_sizes(resolved, spec, transformer_path)

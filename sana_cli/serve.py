@@ -57,13 +57,13 @@ def serve(
                          "pass --api-key KEY (or set SANA_API_KEY), or --insecure to serve it open")
     if len(set(model)) != len(model):
         raise UsageError("a model is given twice", "give each --model once")
+    memory_mode = check_mode(memory or "auto")
+    cap = parse_memory_size(max_vram) if max_vram else None
 
     # 3. Each model loaded once, placed as its memory plan says (as `sana gen` does).
     from .generation import quiet_libraries
 
     quiet_libraries()
-    memory_mode = check_mode(memory or "auto")
-    cap = parse_memory_size(max_vram) if max_vram else None
     models = {}
     for name in model:
         models[name] = load_model(name, device=device, dtype=dtype, memory=memory_mode, max_vram=cap,

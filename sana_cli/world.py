@@ -221,6 +221,10 @@ def run(flags: dict[str, Any]) -> None:
     explicit = {k: flags.get(k) for k in WORLD_KEYS}
     settings = merge_settings(replay, explicit)
     check_settings(settings)
+    from sana.memory import check_mode, parse_memory_size  # the planner's checks import no torch
+
+    memory_mode = check_mode(flags.get("memory") or "auto")
+    max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
     preview, dry_run, force = flags.get("preview"), bool(flags.get("dry_run")), bool(flags.get("force"))
     model_arg = (flags.get("model") or replay.get("model")
                  or default_model("world", planning=dry_run or preview is not None))
@@ -264,14 +268,12 @@ def run(flags: dict[str, Any]) -> None:
     prompt, seeds, clips = _plan_outputs(settings, replay, explicit, dry_run=dry_run, force=force)
 
     # 7. Device, precision and the memory plan (a dry run prints the clip, the path and the plan, and stops here).
+    from sana.memory import Workload, plan_memory
     from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
-    from sana.memory import Workload, check_mode, parse_memory_size, plan_memory
 
     from .generation import component_sizes, plan_table, quiet_libraries, weights_variant
 
     cfg = float(settings["cfg"]) if settings.get("cfg") is not None else defaults.cfg
-    memory_mode = check_mode(flags.get("memory") or "auto")
-    max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
     work = Workload(width, height, images=1, rows=1 + (cfg > 1.0), frames=path.num_frames, conditioned=True,
                     fps=path.fps)
     device = pick_device(flags.get("device") or "auto")

@@ -51,6 +51,11 @@ FAST_ERRORS = {
     "finetune-resume": (("finetune", "data", "--resume", "-o", "run"), "no sana finetune run"),
     "finetune-lr": (("finetune", "data", "-m", "nano", "--lr-schedule", "cosy"), "--lr-schedule"),
     "mistyped-option": (("gen", "x", "--stesp", "3"), "--steps"),
+    "memory-mode": (("gen", "x", "-m", "nano", "--memory", "bogus"), "memory mode 'bogus'"),
+    "max-vram": (("gen", "x", "-m", "nano", "--max-vram", "lots"), "--max-vram 'lots'"),
+    "video-memory-mode": (("video", "x", "-m", "video-2b-480p", "--dry-run", "--memory", "bogus"), "memory mode"),
+    "world-max-vram": (("world", "x", "-m", "wm-2.6b", "--actions", "w-8", "--fov", "60", "--preview", "p.png",
+                        "--max-vram", "lots"), "--max-vram 'lots'"),
 }
 
 

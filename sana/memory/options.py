@@ -1,10 +1,10 @@
-"""The memory options: `--memory` tiers and `--max-vram` sizes."""
+"""The memory options: `--memory` tiers and `--max-vram` sizes (no torch: the CLI checks them first)."""
 
 from __future__ import annotations
 
 import re
 
-from ..device import GiB
+from ..units import GiB
 from ..errors import UsageError
 
 TIERS = ("high", "balanced", "low", "minimal")

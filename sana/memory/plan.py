@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from ..device import GiB, DeviceInfo
 from ..errors import UsageError
+from ..units import GiB
 from . import estimates as est
 from . import fitting, tiles
 from .clips import clip_shape, describe_clip
@@ -27,6 +28,9 @@ from .estimates import DTYPE_BYTES
 from .fitting import GOOD_PIECE_FRAMES  # noqa: F401
 from .options import MODES, TIERS, check_mode, parse_memory_size  # noqa: F401 (the package's names)
 from .sizes import ComponentSizes, Workload
+
+if TYPE_CHECKING:
+    from ..device import DeviceInfo
 
 PHASES = ("encode", "condition", "denoise", "decode")
 # (tier, text encoder on the CPU), most device memory first. The text encoder moves to the CPU only when it does
