@@ -51,6 +51,7 @@ FAST_ERRORS = {
     "finetune-resume": (("finetune", "data", "--resume", "-o", "run"), "no sana finetune run"),
     "finetune-lr": (("finetune", "data", "-m", "nano", "--lr-schedule", "cosy"), "--lr-schedule"),
     "mistyped-option": (("gen", "x", "--stesp", "3"), "--steps"),
+    "clip-keys-to-gen": (("gen", "--prompts", "clips.jsonl", "-m", "nano"), "which images do not take"),
     "memory-mode": (("gen", "x", "-m", "nano", "--memory", "bogus"), "memory mode 'bogus'"),
     "max-vram": (("gen", "x", "-m", "nano", "--max-vram", "lots"), "--max-vram 'lots'"),
     "video-memory-mode": (("video", "x", "-m", "video-2b-480p", "--dry-run", "--memory", "bogus"), "memory mode"),
@@ -63,6 +64,7 @@ FAST_ERRORS = {
 def test_bad_arguments_fail_before_torch_is_imported(args, expected, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "prompts.txt").write_text("a dog\n")
+    (tmp_path / "clips.jsonl").write_text('{"prompt": "a dog runs", "frames": 17}\n')
     result, lines = run_profiled(*args, cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     errors = [line for line in lines if line.startswith("error:")]

@@ -459,6 +459,21 @@ def test_plain_prompts_file(tmp_path):
         ("a red fox", {}, 2), ("a lighthouse, at dusk: calm", {}, 4), ("{not first}", {}, 6)]
 
 
+def test_jsonl_prompts_file_with_clip_settings(tmp_path):
+    path = tmp_path / "clips.jsonl"
+    lines = [{"prompt": "a fox runs", "frames": 33, "fps": 12, "motion_score": 20, "image": "fox.png"},
+             {"prompt": "waves", "motion_score": "none"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    jobs = read_prompts(path)
+    assert jobs[0].overrides == {"frames": 33, "fps": 12.0, "motion_score": "20", "image": "fox.png"}
+    assert jobs[1].overrides == {"motion_score": "none"}
+    for bad, message in (({"frames": 0}, "frames"), ({"fps": 0}, "fps"), ({"motion_score": "lots"}, "motion_score"),
+                         ({"image": 3}, "image"), ({"format": "gif"}, "unknown key")):
+        path.write_text(json.dumps({"prompt": "p", **bad}) + "\n", encoding="utf-8")
+        with pytest.raises(SanaError, match=message):
+            read_prompts(path)
+
+
 def test_jsonl_prompts_file_with_overrides(tmp_path):
     path = tmp_path / "batch.jsonl"
     lines = [
