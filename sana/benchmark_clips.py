@@ -174,8 +174,6 @@ def bench_video_dit(*, frames: int = 81, width: int = 832, height: int = 480, ba
                     compile_timeout_s: float = 420, name: str = "video-2b-480p") -> ClipDitRow:
     """SANA-Video 2B forward at (frames, width, height): diffusers eager, diffusers + torch.compile (child process),
     ours with the PyTorch reference ops, ours with the Triton kernels."""
-    from . import ops
-
     _require_cuda()
     cfg, ref, ours = video_pair(name)
     latent, x, text, mask, t = video_inputs(cfg, frames, width, height, batch)
@@ -189,18 +187,8 @@ def bench_video_dit(*, frames: int = 81, width: int = 832, height: int = 480, ba
     def ours_forward():
         return ours(x, text, t, text_mask=mask)
 
-    row.first_call_s["diffusers"] = _first_call(diffusers_forward)
-    row.ms["diffusers"] = _median_ms(diffusers_forward)
-    row.peak_gib["diffusers"] = _peak(diffusers_forward)
-    ops.set_kernels_enabled(False)
-    row.ms["ours, torch ops"] = _median_ms(ours_forward)
-    ops.set_kernels_enabled(True)
-    row.first_call_s["ours, kernels"] = _first_call(ours_forward)
-    row.ms["ours, kernels"] = _median_ms(ours_forward)
-    row.peak_gib["ours, kernels"] = _peak(ours_forward)
-    with torch.no_grad():
-        row.error["ours vs diffusers"] = _relative(ours_forward(), diffusers_forward())
-    del ref, ours
+    _measure(row, diffusers_forward, ours_forward)
+    ref = ours = None  # the compiled run in the child process needs the memory
     torch.cuda.empty_cache()
     if compiled:
         _compiled_in_child(row, "video", dict(frames=frames, width=width, height=height, batch=batch, name=name),
@@ -212,8 +200,6 @@ def bench_world_dit(*, frames: int = 161, width: int = 1280, height: int = 704, 
                     compile_timeout_s: float = 420) -> ClipDitRow:
     """SANA-WM 2.6B forward at (frames, width, height), camera on: diffusers eager, diffusers + torch.compile
     (child process, time-limited), ours with the PyTorch reference ops, ours with the Triton kernels."""
-    from . import ops
-
     _require_cuda()
     cfg, ref, ours = world_pair()
     latent, x, timestep, text, mask, camera, plucker = world_inputs(cfg, frames, width, height, batch)
@@ -227,18 +213,8 @@ def bench_world_dit(*, frames: int = 161, width: int = 1280, height: int = 704, 
     def ours_forward():
         return ours(x, timestep, text, mask, camera=camera, plucker=plucker)
 
-    row.first_call_s["diffusers"] = _first_call(diffusers_forward)
-    row.ms["diffusers"] = _median_ms(diffusers_forward)
-    row.peak_gib["diffusers"] = _peak(diffusers_forward)
-    ops.set_kernels_enabled(False)
-    row.ms["ours, torch ops"] = _median_ms(ours_forward)
-    ops.set_kernels_enabled(True)
-    row.first_call_s["ours, kernels"] = _first_call(ours_forward)
-    row.ms["ours, kernels"] = _median_ms(ours_forward)
-    row.peak_gib["ours, kernels"] = _peak(ours_forward)
-    with torch.no_grad():
-        row.error["ours vs diffusers"] = _relative(ours_forward(), diffusers_forward())
-    del ref, ours
+    _measure(row, diffusers_forward, ours_forward)
+    ref = ours = None  # the compiled run in the child process needs the memory
     torch.cuda.empty_cache()
     if compiled:
         _compiled_in_child(row, "world", dict(frames=frames, width=width, height=height, batch=batch),
@@ -395,6 +371,24 @@ def bench_world_clip(*, steps: int = 60, frames: int = 161) -> ClipRow:
     row.phases = dict(result.timings)
     row.psnr_db = _psnr(result.videos[0].numpy(), (np.asarray(frames_theirs) * 255).round())
     return row
+
+
+def _measure(row: ClipDitRow, diffusers_forward: Callable, ours_forward: Callable) -> None:
+    """diffusers eager, ours with the PyTorch reference ops and with the Triton kernels: median ms, first call,
+    peak memory, and our relative error against diffusers' output."""
+    from . import ops
+
+    row.first_call_s["diffusers"] = _first_call(diffusers_forward)
+    row.ms["diffusers"] = _median_ms(diffusers_forward)
+    row.peak_gib["diffusers"] = _peak(diffusers_forward)
+    ops.set_kernels_enabled(False)
+    row.ms["ours, torch ops"] = _median_ms(ours_forward)
+    ops.set_kernels_enabled(True)
+    row.first_call_s["ours, kernels"] = _first_call(ours_forward)
+    row.ms["ours, kernels"] = _median_ms(ours_forward)
+    row.peak_gib["ours, kernels"] = _peak(ours_forward)
+    with torch.no_grad():
+        row.error["ours vs diffusers"] = _relative(ours_forward(), diffusers_forward())
 
 
 def _require_cuda() -> None:
