@@ -67,6 +67,19 @@ class PlacedPipeline:
             if events is not None:
                 events.notice(fallback_notice(phase, lower))
 
+    def _start_peak_measure(self) -> None:
+        """Count the device's peak memory from here (a generation's own, not the load's or an earlier run's)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _memory_record(self) -> dict:
+        """The plan in force as metadata records it, with the peak the CUDA allocator reached in this run."""
+        record = self.plan.record()
+        if self.device.type == "cuda":
+            record["measured peak"] = f"{torch.cuda.max_memory_allocated(self.device) / 2**30:.2f} GiB allocated, " \
+                                      f"{torch.cuda.max_memory_reserved(self.device) / 2**30:.2f} GiB reserved"
+        return record
+
     def _release_cached_memory(self) -> None:
         import gc
 

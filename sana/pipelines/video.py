@@ -214,6 +214,7 @@ class VideoPipeline(PlacedPipeline):
 
     @torch.no_grad()
     def generate(self, request: VideoRequest, events: Events | None = None) -> VideoResult:
+        self._start_peak_measure()
         events = events or Events()
         timings: dict[str, float] = {}
         if request.sampler not in ("flow-dpm", "flow-euler"):
@@ -259,7 +260,7 @@ class VideoPipeline(PlacedPipeline):
                   for i in range(latents.shape[0])]
         timings["decode"] = self._elapsed(start)
         return VideoResult(videos=videos, frames=shape.frames, timings=timings,
-                           generated_size=(shape.width, shape.height), memory=self.plan.record())
+                           generated_size=(shape.width, shape.height), memory=self._memory_record())
 
     def decode(self, latents: torch.Tensor, width: int, height: int, events: Events | None = None) -> torch.Tensor:
         """Latents [1, C, F, h, w] -> uint8 frames [F', height, width, 3] on the CPU. An out-of-memory decode is

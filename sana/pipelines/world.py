@@ -232,6 +232,7 @@ class WorldPipeline(PlacedPipeline):
 
     @torch.no_grad()
     def generate(self, request: WorldRequest, events: Events | None = None) -> WorldResult:
+        self._start_peak_measure()
         events = events or Events()
         timings: dict[str, float] = {}
 
@@ -272,7 +273,7 @@ class WorldPipeline(PlacedPipeline):
             timings["decode"] = timings.get("decode", 0.0) + self._elapsed(start)
         return WorldResult(videos=videos, frames=shape.frames, c2w=request.camera.c2w.copy(),
                            intrinsics=inputs.intrinsics, timings=timings, generated_size=(shape.width, shape.height),
-                           memory=self.plan.record())
+                           memory=self._memory_record())
 
     def _denoise_failure(self, shape: WorldShape, use_cfg: bool) -> SanaError:
         """The error when even the plan's lowest step runs out of memory: what that plan would need."""
