@@ -56,6 +56,27 @@ def test_matches_reference(b, t, s, h, d, fused, dtype, normalised):
     _check(out, gdn_bidirectional_reference(q, k, v, beta, decay, *plain), dtype)
 
 
+@pytest.mark.parametrize("chunk_frames", [1, 2, 3], ids=lambda c: f"chunk{c}")
+@pytest.mark.parametrize("normalised", [True, False], ids=["normalised", "numerator-only"])
+def test_chunked_clip(chunk_frames, normalised):
+    """A clip longer than one chunk (7 frames in chunks of 1, 2 and 3, the last one short): the states carried
+    between chunks both ways give the one-chunk result."""
+    q, k, v, beta, decay, q_plain, k_plain = _inputs(2, 7, 9, 2, 16, True, torch.float32)
+    plain = (q_plain, k_plain) if normalised else (None, None)
+    out = gdn_bidirectional(q, k, v, beta, decay, *plain, chunk_frames=chunk_frames)
+    _check(out, gdn_bidirectional_reference(q, k, v, beta, decay, *plain), torch.float32)
+    whole = gdn_bidirectional(q, k, v, beta, decay, *plain, chunk_frames=7)
+    assert rel_err(out, whole) < 1e-5
+
+
+def test_chunk_size_from_budget():
+    from sana.kernels.gdn.triton import _chunk_frames
+
+    assert _chunk_frames(21, 100, 10_000) == 21  # fits: one chunk
+    assert _chunk_frames(121, 100, 2_200) == 21  # 22 fit; six chunks of 21 (the last 16), not 22 x 5 + 11
+    assert _chunk_frames(5, 100, 50) == 1  # never less than a frame
+
+
 def test_head_dim_112():
     """SANA-WM's head dim: 112 key lanes padded to 128, seven row blocks of 16 and z's row in an eighth."""
     q, k, v, beta, decay, q_plain, k_plain = _inputs(1, 2, 12, 1, 112, True, torch.float32)
@@ -116,10 +137,11 @@ GPU_SHAPES = [  # (batch, frames, tokens a frame, heads, head dim)
 @pytest.mark.gpu
 @pytest.mark.parametrize("normalised", [True, False], ids=["normalised", "numerator-only"])
 @pytest.mark.parametrize("b, t, s, h, d", GPU_SHAPES)
-def test_gpu_bf16(b, t, s, h, d, normalised):
+@pytest.mark.parametrize("chunk_frames", [None, 2], ids=["one-chunk", "chunks-of-2"])
+def test_gpu_bf16(b, t, s, h, d, normalised, chunk_frames):
     q, k, v, beta, decay, q_plain, k_plain = _inputs(b, t, s, h, d, True, torch.bfloat16, "cuda")
     plain = (q_plain, k_plain) if normalised else (None, None)
-    out = gdn_bidirectional(q, k, v, beta, decay, *plain)
+    out = gdn_bidirectional(q, k, v, beta, decay, *plain, chunk_frames=chunk_frames)
     # The exact answer for these bf16 inputs, unrounded; the kernel rounds it once to bf16.
     exact = gdn_bidirectional_reference(q, k, v.float(), beta, decay, *plain)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()

@@ -74,6 +74,14 @@ def main() -> None:
             err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
             print(f"{name} {precision}: relative error {err:.2e} against the fp32 reference")
         del out, ref
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        out = gdn_bidirectional(q, k, v, beta, decay, q_plain, k_plain)
+        torch.cuda.synchronize()
+        extra = (torch.cuda.max_memory_allocated() - before - out.numel() * out.element_size()) / 2**20
+        print(f"{name}: {extra:.0f} MiB of scratch besides the output")
+        del out
         times = {f"triton-{p}": median_ms(lambda p=p: gdn_bidirectional(q, k, v, beta, decay, q_plain, k_plain,
                                                                          precision=p)) for p in PRECISIONS}
         times["reference"] = _time_or_oom(lambda: gdn_bidirectional_reference(q, k, v, beta, decay, q_plain, k_plain))
