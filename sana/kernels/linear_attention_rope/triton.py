@@ -162,10 +162,14 @@ def _rope_out_kernel(
 # -- launcher -----------------------------------------------------------------------------------------------
 
 
-def _block_config(block_d: int) -> tuple[int, int, int]:
-    """(tokens per phase-1 step, tokens per phase-2 step, warps) for a padded head dim."""
+def _block_config(block_d: int, element_size: int) -> tuple[int, int, int]:
+    """(tokens per phase-1 step, tokens per phase-2 step, warps) for a padded head dim and input element size."""
     if block_d <= 32:
         return 128, 64, 4
+    if block_d >= 128 and element_size >= 4:
+        # fp32 at D = 112: 64 tokens a step of k, v and both tables need 288 KB of shared memory over the
+        # pipeline's stages (an H200 has 227 KB); 32 take half.
+        return 32, 64, 4
     return 64, 64, 4
 
 
@@ -184,7 +188,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor
     # whole rows in 128).
     block_p = max(16, triton.next_power_of_2(d // 2))
     block_d = 2 * block_p
-    block_n, block_m, warps = _block_config(block_d)
+    block_n, block_m, warps = _block_config(block_d, q.element_size())
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     per_head = max(1, target_programs(q.device) // (b * heads))
 
