@@ -46,8 +46,10 @@ def gen(
     dry_run: opt.DryRun = False,
     from_file: opt.FromFile = None,
     force: opt.Force = False,
+    server: opt.Server = None,
+    api_key: opt.ApiKey = None,
 ) -> None:
-    """Generate images from a prompt."""
+    """Generate images from a prompt (here, or on a running `sana serve` with --server URL)."""
     flags = dict(locals())
     flags["from"] = flags.pop("from_file")
     run(flags, command="gen")
@@ -134,7 +136,12 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         if foreign:
             raise UsageError(f"the prompts file sets {', '.join(foreign)}, which images do not take",
                              "clips are made by `sana video`")
-    loras = [parse_lora_arg(text) for text in explicit.get("lora") or replay.get("lora") or []]
+    if flags.get("server"):  # the server has the model and its LoRAs: --lora names one of its list
+        from .remote import refuse_local_flags
+
+        refuse_local_flags(flags)
+    loras = [] if flags.get("server") else [parse_lora_arg(text)
+                                            for text in explicit.get("lora") or replay.get("lora") or []]
     transformer_path = flags.get("transformer") or replay.get("transformer")
     if transformer_path and not Path(transformer_path).expanduser().exists():
         raise UsageError(f"--transformer {transformer_path} does not exist")
@@ -150,6 +157,12 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                                  index_start=index_start, taken=taken)
 
     planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths)
+    if flags.get("server"):  # sent to a running `sana serve`; the files written here as below (no torch)
+        from .remote import generate_images
+
+        model = flags.get("model") or replay.get("model")
+        generate_images({**flags, "lora": explicit.get("lora")}, planned_jobs, model, force)
+        return
 
     # 3. The model: resolved and its family checked (no download; a dry run plans from the registry alone).
     model_arg = flags.get("model") or replay.get("model") or default_model(command)

@@ -37,6 +37,8 @@ Cfg = Annotated[Optional[float], typer.Option("--cfg", "--guidance", help="Class
 Negative = Annotated[Optional[str], typer.Option("--negative", help="Negative prompt.")]
 Sampler = Annotated[Optional[str], typer.Option("--sampler", help="flow-dpm (DPM-Solver++ 2M) or flow-euler.")]
 Shift = Annotated[Optional[float], typer.Option("--shift", help="Flow shift (model default if not given).")]
+Server = Annotated[Optional[str], typer.Option("--server", help="Generate on a running `sana serve` at this URL (e.g. http://127.0.0.1:8000); the files are written here as without it. --lora then names one of the server's LoRAs.")]
+ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="SANA_API_KEY", help="The server's API key (with --server).")]
 
 # Clips (sana video)
 Image = Annotated[Optional[Path], typer.Option("--image", "-i", help="First frame: image to video (PNG, JPEG, WebP, ...).")]

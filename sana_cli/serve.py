@@ -1,10 +1,10 @@
-"""`sana serve`: load image models once, then answer OpenAI-shaped HTTP requests (`sana.serving`)."""
+"""`sana serve`: load models once (images, clips, world-model clips), then answer OpenAI-shaped HTTP requests
+(`sana.serving`); the loading is `serve_models`."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from typing import Annotated, Optional
 
 import typer
@@ -15,7 +15,11 @@ from . import console
 from . import options as opt
 
 Models = Annotated[Optional[list[str]], typer.Option(
-    "--model", "-m", help="Model to serve (registry name, org/repo id, directory or nano); repeat for several.")]
+    "--model", "-m", help="Model to serve (registry name, org/repo id, directory or nano): an image, SANA-Video or "
+                          "SANA-WM model; repeat for several.")]
+Loras = Annotated[Optional[list[str]], typer.Option(
+    "--lora", help="A LoRA requests may name: NAME=PATH[:SCALE] (a .safetensors file or the folder holding one); "
+                   "repeatable. Clients name LoRAs only from this list.")]
 
 
 def serve(
@@ -32,12 +36,17 @@ def serve(
                                                    help="Bearer token every request must carry.")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API "
                                                               "key.")] = False,
+    lora: Loras = None,
+    gpus: Annotated[int, typer.Option("--gpus", min=1, max=64, help="Worker processes behind the one queue, one a "
+                                                                  "GPU (with --device cpu: that many CPU processes); "
+                                                                  "image models.")] = 1,
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
     memory: opt.Memory = "auto",
     max_vram: opt.MaxVram = None,
 ) -> None:
-    """Serve image models over HTTP: OpenAI's Images API (POST /v1/images/generations) and /v1/models."""
+    """Serve models over HTTP: OpenAI's Images API (POST /v1/images/generations), clip jobs (/v1/videos), a web
+    page at /, and /v1/models."""
     # 1. FastAPI and uvicorn: an optional extra.
     try:
         import uvicorn
@@ -59,20 +68,29 @@ def serve(
         raise UsageError("a model is given twice", "give each --model once")
     memory_mode = check_mode(memory or "auto")
     cap = parse_memory_size(max_vram) if max_vram else None
+    from .serve_models import attach_loras, load_model, read_allow_list
 
-    # 3. Each model loaded once, placed as its memory plan says (as `sana gen` does).
+    allowed = read_allow_list(lora or [])
+
+    # 3. Each model loaded once, placed as its memory plan says (as `sana gen` does); the LoRAs checked against
+    #    the models they fit.
     from .generation import quiet_libraries
 
     quiet_libraries()
-    models = {}
-    for name in model:
-        models[name] = load_model(name, device=device, dtype=dtype, memory=memory_mode, max_vram=cap,
-                                  max_batch=max_batch)
-
-    # 4. Serve until interrupted.
     _configure_logging()
     scheduler = Scheduler(max_batch=max_batch, window=batch_window_ms / 1000, max_queue=max_queue)
-    state = ServerState(models=models, scheduler=scheduler, api_key=api_key, max_batch=max_batch)
+    state = ServerState(models={}, scheduler=scheduler, api_key=api_key, max_batch=max_batch)
+    if gpus > 1:  # worker processes load the models; this one only plans and admits
+        state.runner = _start_workers(state, model, lora or [], allowed, gpus, device=device, dtype=dtype,
+                                      memory=memory_mode, max_vram=cap, max_batch=max_batch)
+    else:
+        for name in model:
+            state.models[name] = load_model(name, device=device, dtype=dtype, memory=memory_mode, max_vram=cap,
+                                            max_batch=max_batch)
+        attach_loras(state.models, allowed)
+    models = state.models
+
+    # 4. Serve until interrupted.
     guard = "API key required" if api_key else "no API key"
     console.info(f"serving {', '.join(models)} on http://{_url_host(host)}:{port} ({guard}; max batch {max_batch}, "
                  f"queue {max_queue})")
@@ -80,56 +98,47 @@ def serve(
                 timeout_graceful_shutdown=5)
 
 
-def load_model(name: str, *, device: str, dtype: str, memory: str, max_vram: int | None, max_batch: int):
-    """Resolve, plan and load one image model (SANA, SANA-1.5 or SANA-Sprint) as a `ServedModel`."""
-    from sana.components import scheduler_config
-    from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
-    from sana.memory import Workload, plan_memory
-    from sana.pipelines.image import ImagePipeline
-    from sana.pipelines.sizes import binned_size
-    from sana.serving.admission import Defaults, ServedModel
+def _start_workers(state, names: list[str], lora_texts: list[str], allowed: dict, count: int, *, device: str,
+                   dtype: str, memory: str, max_vram: int | None, max_batch: int):
+    """`--gpus N`: the models described here (planned, not loaded), N worker processes loading them, started."""
+    import os
 
-    from .gen import model_defaults
-    from .generation import component_sizes, resolve_for, weights_variant
+    from sana.serving.loras import AllowList
+    from sana.serving.processes import ProcessPool
 
-    # 1. The model and its defaults (`sana gen`'s or `sana sprint`'s).
-    try:
-        resolved, spec, family = resolve_for("gen", name, dry_run=False)
-    except UsageError as first:
-        try:
-            resolved, spec, family = resolve_for("sprint", name, dry_run=False)
-        except UsageError:
-            raise first from None
-    sizes = component_sizes(resolved, spec, None)
-    native = sizes.native_resolution
-    d = model_defaults(spec, scheduler_config(resolved.path), family, native)
+    from .serve_models import load_model, load_models
 
-    # 2. The memory plan for a full batch at the native size; requests of other sizes are checked against plans of
-    #    their own (`plan_for`), made for the device as it was before the load.
-    target = pick_device(device or "auto")
-    info = probe_device(target)
-    copies = 1 if family == "sprint" else 3  # CFG and PAG rows: a client may turn either on
+    devices = _worker_devices(count, device)
+    for name in names:
+        state.models[name] = load_model(name, device=devices[0], dtype=dtype, memory=memory, max_vram=max_vram,
+                                        max_batch=max_batch, load=False)
+    threads = max(1, (os.cpu_count() or 1) // count) if devices[0] == "cpu" else None
+    spec = {"names": list(names), "loras": list(lora_texts), "dtype": dtype, "memory": memory, "max_vram": max_vram,
+            "max_batch": max_batch, "threads": threads}
+    console.info(f"starting {count} worker processes ({', '.join(devices)})")
+    pool = ProcessPool(state.models, state.scheduler, state.metrics, state.progress, loader=load_models, spec=spec,
+                       devices=devices)
+    pool.start()
+    for name, taken in pool.lora_names().items():
+        if taken:
+            state.models[name].loras = AllowList({lora: allowed[lora] for lora in taken})
+    return pool
 
-    def plan_for(width: int, height: int, images: int):
-        gen_w, gen_h = binned_size(width, height, native)
-        work = Workload(width=gen_w, height=gen_h, images=images, rows=images * copies)
-        return plan_memory(info, sizes, work, mode=memory, max_vram=max_vram, dtype=dtype or "auto")
 
-    plan = plan_for(native, native, max_batch)
-    if max_vram is not None and info.is_accelerator:
-        limit_process_memory(target, max_vram)
-    torch_dtype = DTYPES[plan.dtype]
+def _worker_devices(count: int, device: str) -> list[str]:
+    """One device a worker process: GPUs 0..N-1, or N CPU processes for --device cpu."""
+    if device == "cpu":
+        return ["cpu"] * count
+    if (device or "auto") not in ("auto", "cuda"):
+        raise UsageError(f"--gpus {count} takes --device auto, cuda or cpu, not {device}",
+                         "the workers use GPUs 0 to N-1")
+    import torch
 
-    # 3. Load where the plan keeps each component.
-    console.info(f"loading {name} ({DTYPE_NAMES[torch_dtype]} on {target})")
-    console.info(plan.headline())
-    pipe = ImagePipeline.from_pretrained(resolved.path, dtype=torch_dtype, device=target, family=family,
-                                         variant=weights_variant(spec, plan), plan=plan)
-    defaults = Defaults(steps=d.steps, guidance=d.cfg, pag=d.pag, pag_layer=d.pag_layer, sampler=d.sampler,
-                        shift=d.shift, max_timesteps=d.max_timesteps, intermediate_timesteps=d.intermediate_timesteps)
-    return ServedModel(name=name, pipeline=pipe, family=family, defaults=defaults, resolution=native,
-                       dtype=DTYPE_NAMES[torch_dtype], device=str(target), created=int(time.time()),
-                       repo=resolved.repo, revision=resolved.revision, plan_for=plan_for)
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found < count:
+        raise UsageError(f"--gpus {count}: {found} CUDA device(s) here",
+                         f"use --gpus {found}" if found > 1 else "use --device cpu for CPU worker processes")
+    return [f"cuda:{i}" for i in range(count)]
 
 
 def _is_loopback(host: str) -> bool:

@@ -55,8 +55,11 @@ def video(
     dry_run: opt.DryRun = False,
     from_file: opt.FromFile = None,
     force: opt.Force = False,
+    server: opt.Server = None,
+    api_key: opt.ApiKey = None,
 ) -> None:
-    """Generate video clips from a prompt, or from a prompt and a first frame (--image)."""
+    """Generate video clips from a prompt, or from a prompt and a first frame (--image); here, or on a running
+    `sana serve` with --server URL."""
     flags = dict(locals())
     flags["from"] = flags.pop("from_file")
     flags["format"] = flags.pop("fmt")
@@ -237,6 +240,10 @@ def run(flags: dict[str, Any]) -> None:
               if k in (*VIDEO_KEYS, "model", "image_sha256")}
     explicit = {k: flags.get(k) for k in VIDEO_KEYS}
     dry_run, force = bool(flags.get("dry_run")), bool(flags.get("force"))
+    if flags.get("server"):
+        from .remote import refuse_local_flags
+
+        refuse_local_flags(flags)
     jobs = read_jobs(flags, replay, "video", noun="CLIP")
     for _, overrides in jobs:
         foreign = sorted(set(overrides) - set(VIDEO_KEYS))
@@ -267,6 +274,11 @@ def run(flags: dict[str, Any]) -> None:
     planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check_settings, plan_paths=plan_paths,
                              noun="clips")
     job_firsts = [first_frame(settings) for _, settings, _, _ in planned_jobs]
+    if flags.get("server"):  # sent to a running `sana serve` as /v1/videos jobs; the clips written here (no torch)
+        from .remote import generate_clips
+
+        generate_clips(flags, planned_jobs, job_firsts, flags.get("model") or replay.get("model"), force)
+        return
 
     # 2. The model: resolved (no download; a dry run plans from the registry alone), a SANA-Video model, its
     #    VAE's frame rule and the defaults of its preset.

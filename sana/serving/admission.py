@@ -1,9 +1,10 @@
-"""What a request may ask of a served model, and a request body turned into a queued `Job`.
+"""What a request may ask of a served model, and an image request body turned into a queued `Job` (clips:
+`clips.py`).
 
 Caps beyond the schema's: `n` up to the server's batch (the memory plan was made for it), the sampler the model
-takes, steps (SANA-Sprint: 1 to 4), and the size: sides multiples of 32, at most `MAX_SIDE_FACTOR` times the
-model's native side, and a size whose generation the memory plan says cannot fit is refused with the plan's
-reason (a 400 now rather than an out-of-memory error later).
+takes, steps (SANA-Sprint: 1 to 4), a LoRA only from the server's allow-list, and the size: sides multiples of 32,
+at most `MAX_SIDE_FACTOR` times the model's native side, and a size whose generation the memory plan says cannot
+fit is refused with the plan's reason (a 400 now rather than an out-of-memory error later).
 """
 
 from __future__ import annotations
@@ -36,24 +37,35 @@ class Defaults:
     intermediate_timesteps: float | None = 1.3
 
 
+# The kind of output each model family makes, and the route that asks for it.
+FAMILY_KINDS = {"sana": "image", "sana1.5": "image", "sprint": "image", "video": "video", "wm": "world"}
+
+
 @dataclass
 class ServedModel:
-    """One loaded model and what answering for it needs. `plan_for(width, height, images)` is the memory plan for
-    such a batch (sana.memory.plan_memory on this device, with the server's mode and cap), or None to skip."""
+    """One loaded model and what answering for it needs. `plan_for(width, height, images, frames)` is the memory
+    plan for such a batch (sana.memory.plan_memory on this device, with the server's mode and cap), or None to
+    skip. `loras`: the allow-listed LoRAs that fit this model (a `loras.LoraSwitch`), or None."""
 
     name: str
-    pipeline: Any  # sana.pipelines.image.ImagePipeline
+    pipeline: Any  # sana.pipelines: ImagePipeline, VideoPipeline or WorldPipeline
     family: str
-    defaults: Defaults
+    defaults: Any  # Defaults (images) or clips.ClipDefaults
     resolution: int  # native side, px
     dtype: str
     device: str
     created: int
     repo: str | None = None
     revision: str | None = None
-    plan_for: Callable[[int, int, int], Any] | None = None
+    plan_for: Callable[..., Any] | None = None
+    loras: Any = None
     _fits: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def kind(self) -> str:
+        """"image", "video" or "world"."""
+        return FAMILY_KINDS.get(self.family, "image")
 
     @property
     def sprint(self) -> bool:
@@ -63,8 +75,8 @@ class ServedModel:
     def samplers(self) -> tuple[str, ...]:
         return ("scm",) if self.sprint else ("flow-dpm", "flow-euler")
 
-    def size_refusal(self, width: int, height: int, images: int) -> str | None:
-        """Why `images` images of width x height cannot be generated here, or None when they can."""
+    def size_refusal(self, width: int, height: int, images: int, frames: int = 1) -> str | None:
+        """Why `images` images (clips of `frames` frames) of width x height cannot be generated here, or None."""
         if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
             return f"sides must be multiples of {SIZE_MULTIPLE}"
         side = self.resolution * MAX_SIDE_FACTOR
@@ -72,10 +84,11 @@ class ServedModel:
             return f"sides go from {SIZE_MULTIPLE} to {side} px for {self.name} ({MAX_SIDE_FACTOR}x its native size)"
         if self.plan_for is None:
             return None
-        key = (width, height, images)
+        key = (width, height, images, frames)
         with self._lock:
             if key not in self._fits:
-                plan = self.plan_for(width, height, images)
+                plan = self.plan_for(width, height, images) if frames == 1 else \
+                    self.plan_for(width, height, images, frames)
                 self._fits[key] = None if plan.fits else f"it does not fit in memory: {plan.notes()[0]}"
             return self._fits[key]
 
@@ -95,23 +108,50 @@ def random_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 
 
+def pick_model(models: dict[str, ServedModel], name: str | None, kinds: tuple[str, ...]) -> ServedModel:
+    """The model a request names, or the only one of `kinds` when it names none; 4xx otherwise."""
+    route = "/v1/images/generations" if "image" in kinds else "/v1/videos"
+    if name is None:
+        fitting = [m for m in models.values() if m.kind in kinds]
+        if len(fitting) == 1:
+            return fitting[0]
+        if not fitting:
+            raise ApiError(400, f"no model served here answers {route} (served: {', '.join(models)})",
+                           param="model", code="model_not_found")
+        raise ApiError(400, f"this server serves several models: name one of {', '.join(m.name for m in fitting)}",
+                       param="model", code="model_required")
+    if name not in models:
+        raise ApiError(404, f"the model '{name[:80]}' is not served here (served: {', '.join(models)})",
+                       param="model", code="model_not_found")
+    model = models[name]
+    if model.kind not in kinds:
+        other = "/v1/images/generations" if model.kind == "image" else "/v1/videos"
+        raise ApiError(400, f"{name} makes {'images' if model.kind == 'image' else 'clips'}: ask {other}",
+                       param="model", code="wrong_model_kind")
+    return model
+
+
+def pick_lora(model: ServedModel, name: str | None, scale: float | None) -> tuple[str, float] | None:
+    """(name, scale) of an allow-listed LoRA that fits `model`, or None for none; 400 for any other name."""
+    if name is None:
+        if scale is not None:
+            raise ApiError(400, "lora_scale without a lora", param="lora_scale", code="invalid_value")
+        return None
+    allowed = model.loras.allowed if model.loras is not None else {}
+    if name not in allowed:
+        names = ", ".join(allowed) or "none"
+        raise ApiError(400, f"the LoRA '{name[:80]}' is not on this server's list for {model.name} (listed: {names})",
+                       param="lora", code="lora_not_found")
+    return name, allowed[name].scale if scale is None else float(scale)
+
+
 def build_job(models: dict[str, ServedModel], body: ImageGenerationRequest, *, max_batch: int) -> Job:
     """The queued job for a validated body; ApiError (4xx) for what this server cannot or will not do."""
     from ..pipelines.image import ImageRequest, batch_key
 
-    # 1. The model: one of those loaded (the only one when the body names none).
-    if body.model is None:
-        if len(models) > 1:
-            raise ApiError(400, f"this server serves several models: name one of {', '.join(models)}", param="model",
-                           code="model_required")
-        model = next(iter(models.values()))
-    elif body.model in models:
-        model = models[body.model]
-    else:
-        raise ApiError(404, f"the model '{body.model[:80]}' is not served here (served: {', '.join(models)})",
-                       param="model", code="model_not_found")
-    if body.lora is not None:
-        raise ApiError(400, "this server does not apply LoRAs", param="lora", code="unsupported")
+    # 1. The model: one of those loaded (the only image model when the body names none), and its LoRA.
+    model = pick_model(models, body.model, ("image",))
+    lora = pick_lora(model, body.lora, body.lora_scale)
 
     # 2. Batch, size and sampling settings against the model's limits.
     if body.n > max_batch:
@@ -139,9 +179,15 @@ def build_job(models: dict[str, ServedModel], body: ImageGenerationRequest, *, m
     request = ImageRequest(
         prompt=body.prompt, seeds=[(seed + i) & 0xFFFFFFFF for i in range(body.n)], width=width, height=height,
         steps=steps, guidance=d.guidance if body.guidance_scale is None else body.guidance_scale, sampler=sampler,
-        flow_shift=d.shift, negative_prompt=body.negative_prompt or "", pag=pag, pag_layers=(d.pag_layer,),
+        flow_shift=body.flow_shift or d.shift, negative_prompt=body.negative_prompt or "", pag=pag,
+        pag_layers=(d.pag_layer if body.pag_layer is None else body.pag_layer,),
         max_timesteps=d.max_timesteps, intermediate_timesteps=d.intermediate_timesteps,
     )
-    context = {"output_format": body.output_format or "png", "response_format": body.response_format or "b64_json"}
-    return Job(model=model.name, key=(model.name, batch_key(request)), request=request, images=body.n,
-               context=context)
+    blocks = getattr(getattr(getattr(model.pipeline, "transformer", None), "config", None), "num_layers", None)
+    if pag > 0 and blocks is not None and not request.pag_layers[0] < blocks:
+        raise ApiError(400, f"pag_layer {request.pag_layers[0]} is past {model.name}'s last block", param="pag_layer",
+                       code="invalid_value")
+    context = {"output_format": body.output_format or "png", "response_format": body.response_format or "b64_json",
+               "lora": lora}
+    return Job(model=model.name, key=(model.name, batch_key(request), lora), request=request, images=body.n,
+               context=context, progress_id=body.progress_id)

@@ -1,40 +1,43 @@
-"""The HTTP routes (FastAPI), and the guard every request passes first: body size, API key, metrics, one log line
-for each error. Routes:
+"""The HTTP routes (FastAPI). Routes:
 
 - `POST /v1/images/generations`: OpenAI's Images API (plus SGLang's and our extensions), answered `ImagesResponse`;
 - `GET /v1/images/{id}/content`: an image generated with `response_format: "url"`;
+- `/v1/videos` (`video_routes`): clip jobs, SGLang's subset of OpenAI's Videos API;
+- `GET /` and `/static/*` (the web page), `GET /v1/progress/{id}` (server-sent events) (`page`);
 - `GET /v1/models`, `GET /healthz`, `GET /metrics` (Prometheus text).
 
-Errors are OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with a 4xx status for bad requests.
+Every request first passes the guard (`guard.Guard`: API key, body size, counters). Errors are OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`, with a 4xx status for bad requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admission import ServedModel, build_job
+from .guard import Guard, error_response
 from .metrics import Metrics, cuda_memory
+from .progress import ProgressHub
 from .scheduler import ClientGone, QueueFull, Scheduler
 from .schemas import ApiError, ImageData, ImageGenerationRequest, ImagesResponse, ModelCard, ModelList
 from .store import ImageStore
+from .videos import VideoStore
 from .worker import Worker
 
 log = logging.getLogger("sana.serve")
 MAX_BODY_BYTES = 1 * 2**20
-DRAIN_BYTES = 64 * 2**20  # an oversized body is read (and dropped) up to this, so the client gets the 413
+MAX_UPLOAD_BYTES = 24 * 2**20  # a clip job's body may carry its first frame
 DISCONNECT_POLL = 0.25  # seconds between checks that a waiting client is still there
-ROUTES = ("/v1/images/generations", "/v1/models", "/healthz", "/metrics")
-OPEN_ROUTES = ("/healthz",)  # answered without the API key (liveness probes)
 
 
 @dataclass
@@ -43,16 +46,23 @@ class ServerState:
     scheduler: Scheduler
     metrics: Metrics = field(default_factory=Metrics)
     store: ImageStore = field(default_factory=ImageStore)
+    videos: VideoStore = field(default_factory=VideoStore)
+    progress: ProgressHub = field(default_factory=ProgressHub)
     api_key: str | None = None
     max_batch: int = 4
     max_body: int = MAX_BODY_BYTES
+    max_upload: int = MAX_UPLOAD_BYTES
+    runner: Any = None  # what runs the batches: None for one worker thread here, or a processes.ProcessPool
 
 
 def create_app(state: ServerState) -> FastAPI:
     """The app for `state`; its worker thread starts and stops with the app (lifespan)."""
     from contextlib import asynccontextmanager
 
-    worker = Worker(state.models, state.scheduler, state.metrics)
+    from .page import add_page_routes
+    from .video_routes import add_video_routes
+
+    worker = state.runner or Worker(state.models, state.scheduler, state.metrics, state.progress)
     state.scheduler.on_drop = state.scheduler.on_drop or state.metrics.drop
 
     @asynccontextmanager
@@ -60,6 +70,7 @@ def create_app(state: ServerState) -> FastAPI:
         worker.start()
         yield
         await asyncio.to_thread(worker.stop)
+        state.videos.close()
 
     app = FastAPI(title="sana", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sana = state
@@ -90,6 +101,7 @@ def create_app(state: ServerState) -> FastAPI:
             future = state.scheduler.submit(job)
         except QueueFull as exc:
             raise ApiError(429, f"{exc}; retry later", code="queue_full") from None
+        state.progress.publish(job.progress_id, {"status": "queued", "ahead": len(state.scheduler) - 1})
         # 2. Wait for the worker, dropping the job if the client goes away before it runs.
         waiting = asyncio.wrap_future(future)
         while not waiting.done():
@@ -130,24 +142,25 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "models": list(state.models), "queue_depth": len(state.scheduler)}
+        kinds = {m.name: m.kind for m in state.models.values()}
+        workers = [{"device": d, "batches": n} for d, n in zip(state.runner.devices, state.runner.batches)] \
+            if state.runner is not None else [{"device": "this process"}]
+        return {"status": "ok", "models": list(state.models), "kinds": kinds, "queue_depth": len(state.scheduler),
+                "max_batch": state.max_batch, "api_key": state.api_key is not None, "workers": workers}
 
     @app.get("/metrics")
     async def metrics():
         text = state.metrics.render(queue_depth=len(state.scheduler), device_memory=cuda_memory())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
+    add_video_routes(app, state)
+    add_page_routes(app, state)
     return Guard(app, state)
 
 
-def error_response(method: str, path: str, exc: ApiError) -> JSONResponse:
-    """The error as JSON in OpenAI's shape; logged as one line."""
-    log.warning("%s %s -> %d %s", method, path[:200], exc.status, exc.message)
-    return JSONResponse(exc.body(), status_code=exc.status)
-
-
-def validation_error(exc: RequestValidationError) -> ApiError:
-    """FastAPI's validation failure (a malformed body, a missing or out-of-range field) as one 400."""
+def validation_error(exc) -> ApiError:
+    """A validation failure (FastAPI's RequestValidationError or pydantic's ValidationError: a malformed body, a
+    missing or out-of-range field) as one 400."""
     first = exc.errors()[0] if exc.errors() else {}
     if first.get("type") == "json_invalid":
         return ApiError(400, "the request body is not valid JSON", code="invalid_json")
@@ -159,115 +172,3 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     if not loc and first.get("type") == "model_attributes_type":
         message = "the request body must be a JSON object"
     return ApiError(400, f"{param}: {message}" if param else message, param=param, code="invalid_value")
-
-
-class Guard:
-    """ASGI middleware around the app: the API key (a bearer token, compared in constant time), the body size
-    (read into memory only up to `max_body`), the request counters."""
-
-    def __init__(self, app, state: ServerState):
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        route = _route(path)
-        status = {}
-
-        async def counting_send(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            # 1. The API key, before anything else is read.
-            if self.state.api_key and path not in OPEN_ROUTES and not self._authorized(scope):
-                await _drain(receive, DRAIN_BYTES)
-                return await _reject(scope, counting_send, ApiError(
-                    401, "a valid API key is needed: send 'Authorization: Bearer KEY'", code="invalid_api_key"))
-            # 2. The body, up to the cap.
-            body, too_large = await _read_body(scope, receive, self.state.max_body)
-            if too_large:
-                return await _reject(scope, counting_send, ApiError(
-                    413, f"the request body is larger than {self.state.max_body} bytes", code="request_too_large"))
-            await self.app(scope, _replay(body, receive), counting_send)
-        finally:
-            self.state.metrics.request(route, status.get("code", 499))
-
-    def _authorized(self, scope) -> bool:
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
-                                                                          self.state.api_key.encode())
-        return False
-
-
-def _route(path: str) -> str:
-    if path in ROUTES:
-        return path
-    if path.startswith("/v1/images/") and path.endswith("/content"):
-        return "/v1/images/{id}/content"
-    return "other"
-
-
-async def _read_body(scope, receive, limit: int) -> tuple[bytes, bool]:
-    """(body, too_large): the whole body when it is at most `limit` bytes; else the rest is drained."""
-    declared = dict(scope.get("headers", ())).get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        await _drain(receive, DRAIN_BYTES)
-        return b"", True
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            await _drain(receive, DRAIN_BYTES - size)
-            return b"", True
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks), False
-
-
-async def _drain(receive, budget: int) -> None:
-    """Read and drop the body (up to `budget` bytes) so that the client, still sending, reads the answer."""
-    while budget > 0:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        budget -= len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
-
-
-def _replay(body: bytes, receive):
-    """A `receive` that gives the app the body read already, then the client's later messages (a disconnect)."""
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def _reject(scope, send, exc: ApiError) -> None:
-    method = scope.get("method", "")
-    response = error_response(method, scope.get("path", ""), exc)
-    if exc.status == 413:
-        response.headers["connection"] = "close"
-    await response({"type": "http", **scope}, _no_receive, send)
-
-
-async def _no_receive():
-    return {"type": "http.disconnect"}
-

@@ -26,16 +26,19 @@ class ClientGone(Exception):
 
 @dataclass
 class Job:
-    """One HTTP request's work: `request` (an ImageRequest) for the model `model`, answered through `future`."""
+    """One HTTP request's work: `request` (an ImageRequest, or a clip's VideoRequest / WorldRequest) for the model
+    `model`, answered through `future`."""
 
     model: str
-    key: tuple  # what jobs must share to be batched (the model and the pipeline's batch_key)
+    key: tuple  # what jobs must share to be batched (model, the pipeline's batch_key, LoRA); a clip's is its own
     request: Any
     images: int  # images the job asks for (its seeds)
     context: dict = field(default_factory=dict)  # what the answer needs besides the pixels (output format, ...)
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
-    gone: threading.Event = field(default_factory=threading.Event)  # set by the handler when the client disconnects
+    gone: threading.Event = field(default_factory=threading.Event)  # set when the client disconnects (or deletes)
+    kind: str = "image"  # "image" or "clip"
+    progress_id: str | None = None  # where the worker publishes the job's steps (progress.ProgressHub)
 
 
 class Scheduler:
