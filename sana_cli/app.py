@@ -12,6 +12,7 @@ from sana.errors import SanaError
 
 from . import console
 from .bench import bench
+from .comfy import comfy_app
 from .finetune import finetune
 from .gen import gen
 from .info import info_command
@@ -40,6 +41,7 @@ app.command("bench")(bench)
 app.add_typer(shapes_app, name="shapes")
 app.command("finetune")(finetune)
 app.command("serve")(serve)
+app.add_typer(comfy_app, name="comfy")
 
 
 def _print_version(value: bool) -> None:

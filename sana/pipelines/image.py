@@ -189,6 +189,7 @@ class ImagePipeline(PlacedPipeline):
 
     @torch.no_grad()
     def generate(self, request: ImageRequest, events: Events | None = None) -> ImageResult:
+        self._start_peak_measure()
         return self._generate(request, lambda: self.encode(request), events)
 
     @torch.no_grad()
@@ -239,7 +240,7 @@ class ImagePipeline(PlacedPipeline):
         images = [self.decode(latents[i : i + 1], request.width, request.height, events)
                   for i in range(latents.shape[0])]
         timings["decode"] = self._elapsed(start)
-        return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h), memory=self.plan.record())
+        return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h), memory=self._memory_record())
 
     def _denoise(self, text: PromptEmbeddings, batch: int, request: ImageRequest, latent_shape, events: Events):
         generators = [sampling.cpu_generator(s) for s in request.seeds]
@@ -259,6 +260,37 @@ class ImagePipeline(PlacedPipeline):
             predict = self._flow_prediction(text, request, batch)
             latents = sampling.denoise(predict, latents, scheduler, on_step=events.on_step)
         return latents
+
+    # -- the steps one at a time, for front ends that run each in a step of their own (the ComfyUI nodes) ---
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str, negative_prompt: str = "",
+                      events: Events | None = None) -> PromptEmbeddings:
+        """Rows [negative, prompt] ([2, 300, C]; the instruction before the prompt only), encoded in the plan's
+        encode phase. `sample` takes from them the rows a request needs."""
+        items = [(negative_prompt, False), (prompt, True)]
+        failure = SanaError("out of GPU memory while encoding the prompt",
+                            "free GPU memory (other processes may hold it)")
+        return self._recovering("encode", lambda: self.text_encoder.encode_many(items), events, failure)
+
+    @torch.no_grad()
+    def sample(self, request: ImageRequest, text: PromptEmbeddings, events: Events | None = None) -> torch.Tensor:
+        """Steps 1 and 3 of `generate` on `encode_prompt`'s rows for the request's prompts: the denoised latents
+        [len(seeds), C, h, w] at the trained aspect bin nearest the request (`decode` makes each an image of the
+        requested size). The same rows, noise and loop as `generate`, so the same pixels."""
+        events = events or Events()
+        gen_w, gen_h = binned_size(request.width, request.height, self.native_resolution)
+        scale = self.vae_scale_factor
+        latent_shape = (self.transformer.config.in_channels, gen_h // scale, gen_w // scale)
+        # The groups of `encode_batch`: [negative] (CFG), [prompt], [prompt] (PAG); each row once a seed.
+        groups = ([0] if not self.is_sprint and request.guidance > 1.0 else []) + [1]
+        groups += [1] if not self.is_sprint and request.pag > 0.0 else []
+        batch = len(request.seeds)
+        rows = text.index([g for g in groups for _ in range(batch)]).trimmed().to(self.device)
+        failure = SanaError(f"out of GPU memory while denoising at {gen_w}x{gen_h} with {batch} image(s)",
+                            "use a smaller size or batch, or free GPU memory")
+        return self._recovering("denoise", lambda: self._denoise(rows, batch, request, latent_shape, events), events,
+                                failure)
 
     def decode(self, latents: torch.Tensor, width: int, height: int, events: Events | None = None):
         """Latents [1, C, h, w] -> one PIL image of width x height. An out-of-memory decode is retried in smaller

@@ -1,0 +1,78 @@
+"""Sana Video and Sana World without ComfyUI, on tiny random pipelines: frames as ComfyUI's IMAGE batch
+[F, H, W, 3] in 0..1, diffusers' frames for text to video, the first frame and the camera path taken as
+`sana video` / `sana world` take them, and the clip's record for Sana Save."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.cli_helpers import psnr
+from tests.tiny_video_pipeline import build_pipeline as build_video, first_frame
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the pack is a top-level folder of the checkout
+
+import comfyui_sana  # noqa: E402
+from sana.errors import SanaError  # noqa: E402
+
+NODES = comfyui_sana.NODE_CLASS_MAPPINGS
+
+
+def _load(path: Path):
+    return NODES["SanaEngineModelLoader"]().load(str(path), "fp32", "auto")[0]
+
+
+def _image(width: int, height: int) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(first_frame(width, height)).astype(np.float32) / 255.0)[None]
+
+
+@pytest.fixture(scope="module")
+def tiny_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-video")
+    return build_video(path, "wan", seed=3), _load(path)
+
+
+def test_video_node_gives_diffusers_frames_and_a_clip_record(tiny_video):
+    reference, model = tiny_video
+    frames, (record,) = NODES["SanaEngineVideo"]().generate(model, "A Dog running", "static", 4, 64, 32, 9, 3, 5.0,
+                                                          "auto", 0.0, 30, 12.0)
+    assert frames.shape == (9, 32, 64, 3) and frames.dtype == torch.float32
+    assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
+    expected = reference("A Dog running motion score: 30.", negative_prompt="static", num_inference_steps=3,
+                         guidance_scale=5.0, height=32, width=64, frames=9, generator=torch.Generator().manual_seed(4),
+                         use_resolution_binning=False).frames[0]
+    ours = (frames.numpy() * 255).round().astype(np.uint8)
+    for index, (a, b) in enumerate(zip(ours, expected)):
+        assert psnr(a, np.asarray(b)) >= 45, f"frame {index}"
+    assert (record["frames"], record["fps"], record["sampler"], record["family"]) == (9, 12.0, "flow-dpm", "video")
+    assert record["extra"]["motion_score"] == 30 and record["extra"]["mode"] == "text-to-video"
+
+
+def test_video_node_with_a_first_frame_is_image_to_video(tiny_video):
+    _, model = tiny_video
+    frames, (record,) = NODES["SanaEngineVideo"]().generate(model, "A Dog running", "", 1, 64, 32, 8, 2, 1.0, "auto",
+                                                          0.0, -1, 16.0, image=_image(64, 32))
+    assert frames.shape == (9, 32, 64, 3)  # 8 frames snapped to the Wan VAE's 4k+1
+    assert record["sampler"] == "flow-euler" and record["extra"]["mode"] == "image-to-video"
+    assert record["extra"]["motion_score"] is None
+
+
+def test_world_node_follows_an_action_path(tmp_path):
+    from tests.tiny_world_pipeline import HEIGHT, WIDTH, build_pipeline as build_world
+
+    build_world(tmp_path / "tiny-world", seed=2)
+    model = _load(tmp_path / "tiny-world")
+    world = NODES["SanaEngineWorld"]()
+    frames, (record,) = world.generate(model, _image(130, 70), "a street", "", "w-8,jw-8", 1, WIDTH, HEIGHT, 0, 2,
+                                       5.0, 0.0, fov=50.0)
+    assert frames.shape == (17, HEIGHT, WIDTH, 3) and 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
+    assert (record["frames"], record["fps"], record["family"]) == (17, 16.0, "wm")
+    assert record["extra"]["camera"] == "w-8,jw-8" and record["extra"]["camera_kind"] == "actions"
+    with pytest.raises(SanaError, match="^an action string carries no intrinsics"):
+        world.generate(model, _image(130, 70), "a street", "", "w-8", 1, WIDTH, HEIGHT, 0, 2, 5.0, 0.0)
+    with pytest.raises(SanaError, match="Sana Video takes a SANA-Video model"):
+        NODES["SanaEngineVideo"]().generate(model, "x", "", 0, 64, 32, 9, 2, 1.0, "auto", 0.0, 30, 16.0)
