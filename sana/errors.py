@@ -21,6 +21,12 @@ class UsageError(SanaError):
     exit_code = 2
 
 
+class Interrupted(SanaError):
+    """Ctrl-C, with what was kept so far."""
+
+    exit_code = 130
+
+
 class ModelNotFound(SanaError):
     """A model name, repo id or directory that cannot be resolved."""
 

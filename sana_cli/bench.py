@@ -71,7 +71,7 @@ def bench(
                  f"{100 * tflops / peak:.0f}%" if peak else "-", f"{r.ms['diffusers'] / best:.2f}x", *fp8_cells, first]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
-    console.out.print(table)
+    console.table(table)
     kernel_output = ""
     if kernels:
         for op in KERNEL_BENCHES:
@@ -113,7 +113,7 @@ def _bench_generate(sizes: list[int], steps: int, markdown: Path | None, fp8: bo
                  f"{r.seconds['diffusers'] / r.seconds['ours']:.2f}x", *fp8_cells, phases]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
-    console.out.print(table)
+    console.table(table)
     if markdown:
         argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
         header = ["px", "steps", "diffusers s", "ours s", "speed-up", *[f"{c} s" if c == "ours, fp8" else c
@@ -162,7 +162,7 @@ def _bench_clip_dits(video: bool, world: bool, frames: int | None, compiled: boo
                  ", ".join(f"{k}: {v:.1f}" for k, v in r.first_call_s.items())]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
-    console.out.print(table)
+    console.table(table)
     notes = [f"{r.model}: {note}" for r in rows for note in r.notes]
     for note in notes:
         console.out.print(note, highlight=False)
@@ -201,7 +201,7 @@ def _bench_clips(video: bool, world: bool, frames: int | None, steps: int | None
                  f"{r.peak_gib['diffusers']:.1f} / {r.peak_gib['ours']:.1f}", f"{r.psnr_db:.1f}"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
-    console.out.print(table)
+    console.table(table)
     if markdown:
         argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
         text = (f"\n## {datetime.date.today()}: {card}, torch {torch.__version__}\n\n`{' '.join(['sana bench', *argv])}`\n\n"

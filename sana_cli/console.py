@@ -13,11 +13,26 @@ from rich.markup import escape
 class Settings:
     verbose: bool = False
     quiet: bool = False
+    json: bool = False  # --json: a written file is one JSON line on stdout, not its path
 
 
 settings = Settings()
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def table(renderable) -> None:
+    """A table on stdout in full: as wide as its content needs, whatever the terminal's width (a narrow terminal
+    wraps the lines; a pipe or a CI log gets every column whole instead of cut to 80 characters)."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(out, out.options.update_width(100_000), renderable).maximum
+    width = out.width
+    out.width = max(width, needed)  # print(width=...) cannot exceed the console's own width
+    try:
+        out.print(renderable, crop=False)
+    finally:
+        out.width = width
 
 
 def notice(message: str) -> None:

@@ -15,7 +15,7 @@ from sana.errors import UsageError
 from . import console
 from . import options as opt
 from .generation import (
-    DTYPE_CHOICES, IMAGE_SAMPLERS, SIZE_MULTIPLE, component_sizes, default_model, generate_with_progress,
+    DTYPE_CHOICES, IMAGE_SAMPLERS, SIZE_MULTIPLE, check_output_dirs, component_sizes, default_model, generate_with_progress,
     note_cut_prompts, note_large_sizes, parse_resolution, plan_jobs, plan_table, quiet_libraries, read_jobs,
     replay_settings, resolve_for, transformer_config_for, weights_variant,
 )
@@ -46,6 +46,8 @@ def gen(
     dry_run: opt.DryRun = False,
     from_file: opt.FromFile = None,
     force: opt.Force = False,
+    skip_existing: opt.SkipExisting = False,
+    as_json: opt.Json = False,
     server: opt.Server = None,
     api_key: opt.ApiKey = None,
 ) -> None:
@@ -124,6 +126,10 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     replay = replay_settings(flags.get("from"), command)
     explicit = {k: flags.get(k) for k in SETTING_KEYS}
     dry_run, force = bool(flags.get("dry_run")), bool(flags.get("force"))
+    skip_existing = bool(flags.get("skip_existing"))
+    console.settings.json = bool(flags.get("as_json"))
+    if force and skip_existing:
+        raise UsageError("--force and --skip-existing contradict each other", "give one of them")
     if (flags.get("dtype") or "auto") not in DTYPE_CHOICES:
         raise UsageError(f"unknown --dtype '{flags['dtype']}'", f"use {', '.join(DTYPE_CHOICES)}")
     from sana.memory import check_mode, parse_memory_size  # the planner's checks import no torch
@@ -153,10 +159,15 @@ def run(flags: dict[str, Any], *, command: str) -> None:
             raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(IMAGE_SAMPLERS)}")
 
     def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
-        return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force,
+        return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force or skip_existing,
                                  index_start=index_start, taken=taken)
 
-    planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths)
+    planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths,
+                             skip_existing=skip_existing)
+    check_output_dirs([path for *_, paths in planned_jobs for path in paths])
+    if not planned_jobs:
+        console.info("nothing to make: every output exists")
+        return
     if flags.get("server"):  # sent to a running `sana serve`; the files written here as below (no torch)
         from .remote import generate_images
 
@@ -172,8 +183,11 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     from sana import __version__
     from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
     from sana.memory import plan_memory
+    from sana.errors import Interrupted
     from sana.outputs import GenerationRecord, file_sha256, save_image
     from sana.pipelines.image import ImagePipeline, ImageRequest
+
+    from .generation import print_written, save_or_keep
 
     # 4. Requests from the model's defaults, and what the largest of them asks of the device.
     sizes = component_sizes(resolved, spec, transformer_path)
@@ -200,7 +214,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     if max_vram is not None and not info.is_accelerator:
         console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
     if dry_run:
-        console.out.print(plan_table(plan, model_arg))
+        console.table(plan_table(plan, model_arg))
         return
     if max_vram is not None:
         limit_process_memory(device, max_vram)
@@ -218,31 +232,45 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         console.info(f"LoRA applied: {path} (scale {scale:g})")
     note_cut_prompts(pipe.text_encoder, [request.prompt for request, _ in requests])
 
-    # 7. One generation a prompt (all its seeds in one batch), each image saved with its metadata.
+    # 7. One generation a prompt (all its seeds in one batch), each image saved with its metadata as soon as it is
+    #    decoded; Ctrl-C says what was kept.
     lora_records = [{"path": str(p), "scale": s, "sha256": file_sha256(p)} for p, s in loras]
-    for request, paths in requests:
-        result = generate_with_progress(pipe, request)
-        for image, seed, path in zip(result.images, request.seeds, paths):
-            record = GenerationRecord(
-                prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
-                model_repo=resolved.repo, model_revision=resolved.revision, family=family, seed=seed,
-                steps=request.steps, guidance=request.guidance, pag=request.pag,
-                pag_layers=list(request.pag_layers) if request.pag > 0 else [], sampler=request.sampler,
-                flow_shift=request.flow_shift, width=request.width, height=request.height, dtype=DTYPE_NAMES[dtype],
-                loras=lora_records, version=__version__,
-                timings={"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}},
-                extra={"device": str(device), "generated_size": list(result.generated_size),
-                       "images_in_batch": len(request.seeds), "memory": result.memory,
-                       **({"fp8": "block linears, e4m3 rowwise"} if fp8 else {}),
-                       **({"transformer": str(transformer_path)} if transformer_path else {})},
-            )
-            start = time.perf_counter()
-            written = save_image(image, path, record, force=force)
-            result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
-            console.out.print(str(written), highlight=False)
-        t = result.timings
-        console.info(f"load {load_seconds:.2f}s | encode {t['encode']:.2f}s | denoise {t['denoise']:.2f}s | "
-                     f"decode {t['decode']:.2f}s | save {t['save']:.2f}s")
+    total, saved = sum(len(paths) for _, paths in requests), []
+    try:
+        for request, paths in requests:
+            save_times: list[float] = []
+
+            def save(index: int, image, details: dict, request=request, paths=paths, save_times=save_times) -> None:
+                seed, path = request.seeds[index], paths[index]
+                record = GenerationRecord(
+                    prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
+                    model_repo=resolved.repo, model_revision=resolved.revision, family=family, seed=seed,
+                    steps=request.steps, guidance=request.guidance, pag=request.pag,
+                    pag_layers=list(request.pag_layers) if request.pag > 0 else [], sampler=request.sampler,
+                    flow_shift=request.flow_shift, width=request.width, height=request.height,
+                    dtype=DTYPE_NAMES[dtype], loras=lora_records, version=__version__,
+                    timings={"load": round(load_seconds, 3),
+                             **{k: round(v, 3) for k, v in details["timings"].items()}},
+                    extra={"device": str(device), "generated_size": list(details["generated_size"]),
+                           "images_in_batch": len(request.seeds), "memory": details["memory"],
+                           **({"fp8": "block linears, e4m3 rowwise"} if fp8 else {}),
+                           **({"transformer": str(transformer_path)} if transformer_path else {})},
+                )
+                start = time.perf_counter()
+                written = save_or_keep(lambda target: save_image(image, target, record, force=force or target != path),
+                                       path)
+                save_times.append(time.perf_counter() - start)
+                saved.append(written)
+                print_written(written, record)
+
+            result = generate_with_progress(pipe, request, on_output=save)
+            t = result.timings
+            console.info(f"load {load_seconds:.2f}s | encode {t['encode']:.2f}s | denoise {t['denoise']:.2f}s | "
+                         f"decode {t['decode']:.2f}s | save {sum(save_times):.2f}s")
+    except KeyboardInterrupt:
+        last = f"; the last is {saved[-1]}" if saved else ""
+        raise Interrupted(f"interrupted: {len(saved)} of {total} images saved{last}",
+                          "--skip-existing makes the rest" if len(requests) > 1 or total > 1 else None) from None
 
 
 def _workload(requests: list, native_resolution: int, *, sprint: bool):

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
-from sana.errors import UsageError
+from sana.errors import SanaError, UsageError
 
 from . import console
 
@@ -120,19 +121,21 @@ def read_jobs(flags: dict[str, Any], replay: dict[str, Any], command: str, noun:
 
 
 def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], explicit: dict[str, Any], *,
-              dry_run: bool, check, plan_paths, noun: str = "images") -> list[tuple[str, dict, list[int], list[Path]]]:
+              dry_run: bool, check, plan_paths, noun: str = "images",
+              skip_existing: bool = False) -> list[tuple[str, dict, list[int], list[Path]]]:
     """Settings, seeds and output paths of every job, before anything loads (an existing file fails now, not after
     a long load). `check(settings)` rejects bad values; `plan_paths(out, prompt, seeds, index_start, taken)` names
     the outputs, default names unique against `taken` (the paths earlier jobs got). Layers: a prompts-file line's
     overrides beat the flags, which beat --from's record. `-o NAME` without a suffix is a directory when the run
-    writes several outputs."""
+    writes several outputs. `skip_existing` (with `plan_paths` naming as under --force) drops the outputs already
+    on disk, and the jobs left with none: a run that stopped part-way continues where it stopped."""
     merged = []
     for prompt, overrides in jobs:
         settings = merge_settings(replay, explicit, overrides)
         check(settings)
         merged.append((prompt, overrides, settings, check_num(settings.get("num"))))
     several = sum(num for *_, num in merged) > 1
-    planned_jobs, planned, taken = [], 0, set()
+    planned_jobs, planned, taken, skipped = [], 0, set(), 0
     for prompt, overrides, settings, num in merged:
         seed = check_seed(settings.get("seed"))
         if seed is None:
@@ -153,7 +156,16 @@ def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], ex
             if path in taken:
                 raise UsageError(f"two {noun} of this run would be written to {path}", "give each line its own out")
             taken.add(path)
+        if skip_existing and not dry_run:
+            kept = [(s, p) for s, p in zip(seeds, paths) if not p.exists()]
+            skipped += len(seeds) - len(kept)
+            if not kept:
+                continue
+            seeds, paths = [s for s, _ in kept], [p for _, p in kept]
         planned_jobs.append((prompt, settings, seeds, paths))
+    if skipped:
+        console.info(f"--skip-existing: {skipped} of the run's {noun} exist already; making the other "
+                     f"{sum(len(seeds) for _, _, seeds, _ in planned_jobs)}")
     return planned_jobs
 
 
@@ -320,19 +332,95 @@ def default_model(command: str, *, planning: bool = False) -> str:
                      f"run: sana models pull {PREFERRED[command][0]} (or pass --model DIR)")
 
 
-def generate_with_progress(pipe, request):
-    """`pipe.generate(request)` (an image or video pipeline) with a progress bar and notices on the console."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+def generate_with_progress(pipe, request, on_output=None):
+    """`pipe.generate(request)` (an image or video pipeline) with progress and notices on the console: a bar on a
+    terminal, plain lines elsewhere (logs, pipes). `on_output(index, image, details)` as each image is decoded."""
     from sana.pipelines.common import Events
+
+    if not console.err.is_terminal:
+        lines = ProgressLines()
+        events = Events(on_phase=lines.phase, on_step=lines.step, on_notice=console.notice, on_output=on_output)
+        return pipe.generate(request, events)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console.err, transient=True, disable=console.settings.quiet) as bar:
         task = bar.add_task("encode", total=request.steps)
         events = Events(on_phase=lambda name: bar.update(task, description=name),
                         on_step=lambda done, total: bar.update(task, completed=done, total=total),
-                        on_notice=console.notice)
+                        on_notice=console.notice, on_output=on_output)
         return pipe.generate(request, events)
+
+
+class ProgressLines:
+    """Progress for output that is not a terminal: one line a phase, and a step line at most every
+    `every_s` seconds (and the last step), so a CI log shows the run moving without a line a step."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s = every_s
+        self.phase_name = ""
+        self.started = self.last = time.perf_counter()
+
+    def phase(self, name: str) -> None:
+        self.phase_name = name
+        self.started = self.last = time.perf_counter()
+        console.info(f"{name}...")
+
+    def step(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done == total or now - self.last >= self.every_s:
+            self.last = now
+            console.info(f"{self.phase_name or 'step'} {done}/{total} ({now - self.started:.1f} s)")
+
+
+def check_output_dirs(paths: list[Path]) -> None:
+    """Every output's folder can be written (or created where it is missing), before any work: a read-only or
+    missing parent fails now, in one line, not after the images are made."""
+    for folder in dict.fromkeys(Path(p).expanduser().absolute().parent for p in paths):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UsageError(f"cannot write to {folder}: {existing} is not a directory", "choose another -o")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write to {folder}: {existing} is not writable", "choose another -o")
+
+
+def print_written(path: Path, record=None) -> None:
+    """A written file on stdout: its path, or with --json one JSON line a script can read (its settings from
+    `record`, or read back from the file)."""
+    if not console.settings.json:
+        console.out.print(str(path), highlight=False)
+        return
+    import json
+
+    if record is None:
+        from sana.outputs import read_metadata
+
+        record = read_metadata(path)
+    line = {"path": str(path), "prompt": record.prompt, "seed": record.seed, "model": record.model,
+            "width": record.width, "height": record.height, "steps": record.steps, "timings": record.timings}
+    if getattr(record, "frames", None):
+        line.update(frames=record.frames, fps=record.fps)
+    console.out.print(json.dumps(line), highlight=False, soft_wrap=True, markup=False)
+
+
+def save_or_keep(save, path: Path):
+    """`save(path)`; when the disk refuses it, the output is saved under a temporary name instead, and the error
+    names that file (one line, never a raw exception about a hidden temporary file)."""
+    import tempfile
+
+    try:
+        return save(path)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    kept = Path(tempfile.gettempdir()) / f"sana-unsaved-{os.getpid()}-{Path(path).name}"
+    try:
+        save(kept)
+    except OSError:
+        raise SanaError(f"could not save {path}: {reason}", "and it could not be kept elsewhere") from None
+    raise SanaError(f"could not save {path}: {reason}", f"it is kept at {kept}")
 
 
 def note_cut_prompts(text_encoder, prompts: list[str]) -> None:

@@ -26,7 +26,7 @@ def info_command(
         # Plain write: rich would wrap long lines and colour the JSON, which breaks piping into other tools.
         typer.echo(record.to_json(indent=2))
         return
-    console.out.print(_table(file, record))
+    console.table(_table(file, record))
 
 
 def _table(file: Path, record) -> Table:

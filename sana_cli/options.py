@@ -28,6 +28,8 @@ Dtype = Annotated[str, typer.Option("--dtype", help="auto, bf16, fp16 or fp32.")
 Fp8 = Annotated[bool, typer.Option("--fp8", help="Run the transformer's block linears as fp8 GEMMs (NVIDIA GPUs of compute capability 8.9+: Ada, Hopper): faster, and the image moves slightly from bf16's.")]
 FromFile = Annotated[Optional[Path], typer.Option("--from", help="Replay the settings stored in an image's or clip's metadata; explicit flags win.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+SkipExisting = Annotated[bool, typer.Option("--skip-existing", help="Make only the outputs not yet on disk (continue a --prompts or --num run that stopped).")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON line per file written (path, seed, prompt, size, timings) instead of its path.")]
 Steps = Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (model default if not given).")]
 Transformer = Annotated[Optional[str], typer.Option("--transformer", help="Transformer weights to use instead of the model's own: a .safetensors or NVlabs .pth file, or a folder.")]
 Memory = Annotated[str, typer.Option("--memory", help="Placement: auto (from the GPU's free memory), high (everything on the GPU), balanced (text encoder leaves after encoding), low (each component on the GPU only while it runs), minimal (low + transformer blocks streamed from CPU memory).")]

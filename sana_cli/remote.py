@@ -21,6 +21,7 @@ from typing import Any
 from sana.errors import SanaError, UsageError
 
 from . import console
+from .generation import print_written
 
 TIMEOUT = 600.0  # seconds a request may take (a queued batch of large images)
 POLL_SECONDS = 0.5
@@ -127,7 +128,7 @@ def generate_images(flags: dict[str, Any], planned_jobs: list, model: str | None
     with ThreadPoolExecutor(max_workers=min(4, len(requests))) as pool:
         for answer, paths in pool.map(send, requests):
             for item, path in zip(answer["data"], paths):
-                console.out.print(str(write_output(path, base64.b64decode(item["b64_json"]), force)), highlight=False)
+                print_written(write_output(path, base64.b64decode(item["b64_json"]), force))
 
 
 # -- clips --------------------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def generate_clips(flags: dict[str, Any], planned_jobs: list, firsts: list, mode
                 error = job.get("error") or {}
                 raise SanaError(f"the server's clip failed: {error.get('message', job['status'])}")
             data = server.request("GET", f"/v1/videos/{job['id']}/content")
-            console.out.print(str(write_output(path, data, force)), highlight=False)
+            print_written(write_output(path, data, force))
 
 
 def _clip_size(res: Any) -> str | None:

@@ -159,7 +159,7 @@ def score_command(
         if count:
             table.add_row(name, str(count), f"{report.percent(name):.1f}%",
                           *[f"{report.percent(name, a):.1f}%" for a in attributes])
-    console.out.print(table)
+    console.table(table)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         sample_grid([image for image, _ in samples], [ok for _, ok in samples]).save(out)
@@ -274,5 +274,5 @@ def build_command(
         table.add_row(name, f"{params / 1e6:.2f} M" if params else "-", f"{size / 1e6:.2f}")
     table.add_row("total", f"{sum(build.params.values()) / 1e6:.2f} M",
                   f"{build.total_bytes / 1e6:.2f} (budget {SIZE_BUDGET / 1e6:.0f})")
-    console.out.print(table)
+    console.table(table)
     console.out.print(str(out), highlight=False)

@@ -30,6 +30,8 @@ def sprint(
     dry_run: opt.DryRun = False,
     from_file: opt.FromFile = None,
     force: opt.Force = False,
+    skip_existing: opt.SkipExisting = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Generate images in 1-4 steps with a SANA-Sprint model."""
     from .gen import run

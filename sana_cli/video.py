@@ -55,6 +55,7 @@ def video(
     dry_run: opt.DryRun = False,
     from_file: opt.FromFile = None,
     force: opt.Force = False,
+    as_json: opt.Json = False,
     server: opt.Server = None,
     api_key: opt.ApiKey = None,
 ) -> None:
@@ -63,6 +64,7 @@ def video(
     flags = dict(locals())
     flags["from"] = flags.pop("from_file")
     flags["format"] = flags.pop("fmt")
+    console.settings.json = as_json
     run(flags)
 
 
@@ -328,7 +330,7 @@ def run(flags: dict[str, Any]) -> None:
             console.out.print(f"{len(request.seeds)} clip(s) of {request.frames} frames at {fps:g} fps "
                               f"({request.frames / fps:.2f} s), {request.width}x{request.height} "
                               f"(generated at {gen_w}x{gen_h}): {request.prompt}", highlight=False)
-        console.out.print(plan_table(plan, model_arg))
+        console.table(plan_table(plan, model_arg))
         return
     if max_vram is not None:
         limit_process_memory(device, max_vram)
@@ -357,7 +359,7 @@ def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict
     from sana.device import DTYPE_NAMES
     from sana.outputs import GenerationRecord, save_video
 
-    from .generation import generate_with_progress
+    from .generation import generate_with_progress, print_written
 
     result = generate_with_progress(pipe, request)
     timings = {"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}}
@@ -378,7 +380,7 @@ def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict
         start = time.perf_counter()
         written = save_video(frames.numpy(), path, record, fps=fps, force=bool(flags.get("force")), crf=crf)
         result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
-        console.out.print(str(written), highlight=False)
+        print_written(written, record)
     t = result.timings
     phases = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in t.items())
     console.info(f"load {load_seconds:.2f}s | {phases}")

@@ -80,12 +80,14 @@ def world(
     preview: opt.Preview = None,
     from_file: opt.FromFile = None,
     force: opt.Force = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Generate a clip that moves through the world of a first frame (--image) along a camera path (--camera FILE
     or --actions KEYS) with SANA-WM."""
     flags = dict(locals())
     flags["from"] = flags.pop("from_file")
     flags["format"] = flags.pop("fmt")
+    console.settings.json = as_json
     run(flags)
 
 
@@ -286,7 +288,7 @@ def run(flags: dict[str, Any]) -> None:
     if dry_run:
         console.out.print(f"{len(seeds)} clip(s): {plan.clip(path.fps)}: {prompt}", highlight=False)
         console.out.print(f"camera: {path.describe()}", highlight=False)
-        console.out.print(plan_table(plan, model_arg))
+        console.table(plan_table(plan, model_arg))
         return
     if not plan.fits:
         console.notice(f"the memory plan for {path.num_frames} frames in one pass {plan.notes()[0]}")
@@ -359,7 +361,7 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
     from sana.device import DTYPE_NAMES
     from sana.outputs import GenerationRecord, save_video
 
-    from .generation import generate_with_progress
+    from .generation import generate_with_progress, print_written
 
     result = generate_with_progress(pipe, request)
     timings = {"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}}
@@ -382,7 +384,7 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
         written = save_video(frames.numpy(), path, record, fps=camera.fps, force=force, crf=crf)
         write_camera_json(camera, camera_file)
         result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
-        console.out.print(str(written), highlight=False)
+        print_written(written, record)
     phases = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in result.timings.items())
     console.info(f"load {load_seconds:.2f}s | {phases}")
 

@@ -54,6 +54,8 @@ FAST_ERRORS = {
     "clip-keys-to-gen": (("gen", "--prompts", "clips.jsonl", "-m", "nano"), "which images do not take"),
     "memory-mode": (("gen", "x", "-m", "nano", "--memory", "bogus"), "memory mode 'bogus'"),
     "max-vram": (("gen", "x", "-m", "nano", "--max-vram", "lots"), "--max-vram 'lots'"),
+    "out-under-a-file": (("gen", "x", "-m", "nano", "-o", "prompts.txt/out/"), "prompts.txt is not a directory"),
+    "force-and-skip": (("gen", "x", "-m", "nano", "--force", "--skip-existing"), "contradict"),
     "video-memory-mode": (("video", "x", "-m", "video-2b-480p", "--dry-run", "--memory", "bogus"), "memory mode"),
     "world-max-vram": (("world", "x", "-m", "wm-2.6b", "--actions", "w-8", "--fov", "60", "--preview", "p.png",
                         "--max-vram", "lots"), "--max-vram 'lots'"),

@@ -25,6 +25,9 @@ class Events:
     on_phase: Callable[[str], None] | None = None  # "encode" | "encode image" | "denoise" | "decode"
     on_step: Callable[[int, int], None] | None = None  # (step done, total)
     on_notice: Callable[[str], None] | None = None  # one-line notices (e.g. a fallback the engine took)
+    # (index, image, {"timings", "memory"} so far) as each image of a batch is decoded, so a front end can save it
+    # before the next one is made
+    on_output: Callable[[int, object, dict], None] | None = None
 
     def phase(self, name: str) -> float:
         """Announce a phase; returns its start time."""
@@ -35,6 +38,10 @@ class Events:
     def notice(self, text: str) -> None:
         if self.on_notice:
             self.on_notice(text)
+
+    def output(self, index: int, item: object, details: Callable[[], dict]) -> None:
+        if self.on_output:
+            self.on_output(index, item, details())
 
 
 class PlacedPipeline:

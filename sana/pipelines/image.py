@@ -237,8 +237,11 @@ class ImagePipeline(PlacedPipeline):
 
         # 4. Decode, resize to the request, convert.
         start = events.phase("decode")
-        images = [self.decode(latents[i : i + 1], request.width, request.height, events)
-                  for i in range(latents.shape[0])]
+        images = []
+        for i in range(latents.shape[0]):
+            images.append(self.decode(latents[i : i + 1], request.width, request.height, events))
+            events.output(i, images[-1], lambda: {"timings": {**timings, "decode": self._elapsed(start)},
+                                                  "memory": self._memory_record(), "generated_size": (gen_w, gen_h)})
         timings["decode"] = self._elapsed(start)
         return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h), memory=self._memory_record())
 

@@ -1,0 +1,110 @@
+"""Nothing finished is lost: each image is saved as soon as it is decoded, a failed save keeps the image under a
+printed temporary name, Ctrl-C says how many were saved, and `--skip-existing` continues a run that stopped.
+Output that is not a terminal gets progress as plain lines, and `--json` one line a file. On the nano model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sana.errors import Interrupted, SanaError
+from sana.embedded import embedded_model_dir
+from sana_cli.generation import ProgressLines, save_or_keep
+from tests.cli_helpers import psnr, run_sana
+
+nano = pytest.mark.skipif(embedded_model_dir("nano") is None, reason="no nano model in this installation")
+PROMPT = "a small blue square at the top left on a white background"
+
+
+def test_a_refused_save_keeps_the_image_and_names_it(tmp_path):
+    written = []
+
+    def save(target: Path) -> Path:
+        if target.parent == tmp_path / "full":
+            raise OSError(28, "No space left on device")
+        target.write_text("image")
+        written.append(target)
+        return target
+
+    with pytest.raises(SanaError) as caught:
+        save_or_keep(save, tmp_path / "full" / "fox-0.png")
+    message = str(caught.value)
+    assert "could not save" in message and "No space left on device" in message
+    assert written and f"kept at {written[0]}" in message and written[0].name.endswith("fox-0.png")
+    written[0].unlink()
+
+
+def test_progress_lines_are_rate_limited(capsys):
+    lines = ProgressLines(every_s=3600)
+    lines.phase("denoise")
+    for done in range(1, 21):
+        lines.step(done, 20)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "denoise..." and len(err) == 2 and err[1].startswith("denoise 20/20")
+
+
+@nano
+def test_skip_existing_continues_a_stopped_run_with_the_same_pixels(tmp_path):
+    args = ("gen", PROMPT, "-m", "nano", "--device", "cpu", "--num", "3", "--seed", "5", "--steps", "4",
+            "-o", f"{tmp_path / 'out'}/", "--json")
+    first = run_sana(*args)
+    assert first.returncode == 0, first.stderr
+    records = [json.loads(line) for line in first.stdout.splitlines()]
+    assert [r["seed"] for r in records] == [5, 6, 7] and all(Path(r["path"]).is_file() for r in records)
+    assert "denoise..." in first.stderr and "denoise 4/4" in first.stderr  # plain lines: stderr is a pipe
+    lost = Path(records[1]["path"])
+    before = np.asarray(Image.open(lost))
+    lost.unlink()
+
+    again = run_sana(*args, "--skip-existing")
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["path"] for line in again.stdout.splitlines()] == [str(lost)]
+    assert "2 of the run's images exist already" in again.stderr
+    # Alone instead of in a batch of three: the same noise and steps, the batch's own float rounding aside.
+    assert psnr(np.asarray(Image.open(lost)), before) >= 40
+
+    done = run_sana(*args, "--skip-existing")
+    assert done.returncode == 0 and done.stdout == "" and "nothing to make" in done.stderr
+
+
+@nano
+def test_ctrl_c_says_how_many_images_were_saved(tmp_path, monkeypatch):
+    import sana.outputs
+    from sana_cli.gen import run
+
+    real_save, calls = sana.outputs.save_image, []
+
+    def save_once_then_interrupt(image, path, record, **kwargs):
+        calls.append(path)
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # Ctrl-C after the first image was saved
+        return real_save(image, path, record, **kwargs)
+
+    monkeypatch.setattr(sana.outputs, "save_image", save_once_then_interrupt)
+    flags = dict(prompt=PROMPT, model="nano", device="cpu", num=3, seed=1, steps=2, out=f"{tmp_path}/")
+    with pytest.raises(Interrupted) as caught:
+        run(flags, command="gen")
+    assert "interrupted: 1 of 3 images saved" in str(caught.value) and "--skip-existing" in str(caught.value)
+    assert len(list(tmp_path.glob("*.png"))) == 1
+
+
+def test_tables_print_whole_on_a_narrow_or_piped_console(monkeypatch):
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from sana_cli import console
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(console, "out", Console(file=buffer, width=40, soft_wrap=True))
+    table = Table("model", "size", "denoise, s", "peak GiB (diffusers / ours)")
+    table.add_row("video-2b-480p", "832x480", "encode 0.05, denoise 24.57, decode 1.84", "17.4 / 17.4")
+    console.table(table)
+    text = buffer.getvalue()
+    assert "encode 0.05, denoise 24.57, decode 1.84" in text and "peak GiB (diffusers / ours)" in text
+    assert "…" not in text
