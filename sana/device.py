@@ -47,7 +47,34 @@ class DeviceInfo:
         return f"{self.name} ({cc}{self.total_memory / GiB:.1f} GiB, {self.free_memory / GiB:.1f} GiB free)"
 
 
+def cpu_threads(requested: int | None = None) -> int:
+    """Threads for work on the CPU: `requested` (--threads / SANA_THREADS), else OMP_NUM_THREADS, else the CPUs
+    this process may use less those other processes keep busy (the one-minute load average), at least one: on a
+    busy machine more threads than idle cores fight over them and run slower than fewer."""
+    import os
+
+    for value in (requested, os.environ.get("SANA_THREADS"), os.environ.get("OMP_NUM_THREADS")):
+        if value:
+            return max(1, int(value))
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        usable = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        busy = 0
+    return max(1, min(usable, usable - busy + 1))  # + 1: this process's own share of the load is not "other"
+
+
 def pick_device(name: str = "auto") -> torch.device:
+    device = _pick_device(name)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads())
+    return device
+
+
+def _pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -57,9 +57,14 @@ def _global_options(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail; full tracebacks on errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and results."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, envvar="SANA_THREADS", help="CPU threads for work on the CPU (default: the idle cores)."),
 ) -> None:
     console.settings.verbose = verbose
     console.settings.quiet = quiet and not verbose
+    if threads:
+        import os
+
+        os.environ["SANA_THREADS"] = str(threads)  # read by sana.device.pick_device (torch is not imported yet)
 
 
 def main() -> None:

@@ -187,7 +187,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     from sana.outputs import GenerationRecord, file_sha256, save_image
     from sana.pipelines.image import ImagePipeline, ImageRequest
 
-    from .generation import print_written, save_or_keep
+    from .generation import note_cuda_build_without_gpu, print_written, save_or_keep
 
     # 4. Requests from the model's defaults, and what the largest of them asks of the device.
     sizes = component_sizes(resolved, spec, transformer_path)
@@ -202,6 +202,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
 
     # 5. Device, precision and the memory plan (a dry run prints it and stops here).
     device = pick_device(flags.get("device") or "auto")
+    note_cuda_build_without_gpu(device)
     info = probe_device(device)
     fp8 = bool(flags.get("fp8"))
     if fp8:

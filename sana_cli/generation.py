@@ -374,6 +374,26 @@ class ProgressLines:
             console.info(f"{self.phase_name or 'step'} {done}/{total} ({now - self.started:.1f} s)")
 
 
+def note_cuda_build_without_gpu(device) -> None:
+    """Once a machine: PyTorch's CUDA build running on the CPU is several GB that the CPU build would save."""
+    import torch
+
+    if device.type != "cpu" or torch.version.cuda is None or torch.cuda.is_available():
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    marker = cache / "sana" / "notices" / "cpu-build"
+    if marker.exists():
+        return
+    console.notice("this PyTorch is the CUDA build and there is no GPU; PyTorch's CPU build is a fraction of its "
+                   "size: pip install torch --index-url https://download.pytorch.org/whl/cpu "
+                   "(with pipx: pipx runpip sana-cli install ...)")
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass
+
+
 def check_output_dirs(paths: list[Path]) -> None:
     """Every output's folder can be written (or created where it is missing), before any work: a read-only or
     missing parent fails now, in one line, not after the images are made."""
