@@ -16,8 +16,8 @@ from . import console
 from . import options as opt
 from .generation import (
     DTYPE_CHOICES, IMAGE_SAMPLERS, SIZE_MULTIPLE, check_output_dirs, component_sizes, default_model, generate_with_progress,
-    note_cut_prompts, note_large_sizes, parse_resolution, plan_jobs, plan_table, quiet_libraries, read_jobs,
-    replay_settings, resolve_for, transformer_config_for, weights_variant,
+    note_cut_prompts, note_large_sizes, note_outside_nano_grammar, parse_resolution, plan_jobs, plan_table,
+    quiet_libraries, read_jobs, replay_settings, resolve_for, transformer_config_for, weights_variant,
 )
 
 
@@ -198,6 +198,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     requests = [(_request(prompt, settings, seeds, defaults, family, ImageRequest), paths)
                 for prompt, settings, seeds, paths in planned_jobs]
     note_large_sizes([(r.width, r.height) for r, _ in requests], sizes.native_resolution)
+    note_outside_nano_grammar(spec, [r.prompt for r, _ in requests])
     workload = _workload([r for r, _ in requests], sizes.native_resolution, sprint=family == "sprint")
 
     # 5. Device, precision and the memory plan (a dry run prints it and stops here).

@@ -374,6 +374,21 @@ class ProgressLines:
             console.info(f"{self.phase_name or 'step'} {done}/{total} ({now - self.started:.1f} s)")
 
 
+def note_outside_nano_grammar(spec, prompts: list[str]) -> None:
+    """The nano model was trained on the shapes grammar alone: a prompt outside it gets a notice naming the rule
+    it breaks (it still runs; the picture is then anyone's guess)."""
+    if spec is None or spec.name != "nano":
+        return
+    from sana.errors import SanaError
+    from sana.nano.shapes import parse_caption
+
+    for prompt in dict.fromkeys(prompts):
+        try:
+            parse_caption(prompt)
+        except SanaError as exc:
+            console.notice(f"the nano model knows only the shapes grammar, and {exc}; see `sana shapes make --help`")
+
+
 def note_cuda_build_without_gpu(device) -> None:
     """Once a machine: PyTorch's CUDA build running on the CPU is several GB that the CPU build would save."""
     import torch

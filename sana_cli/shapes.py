@@ -9,7 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 from rich.table import Table
 
-from sana.errors import UsageError
+from sana.errors import SanaError, UsageError
 
 from . import console
 from . import options as opt
@@ -71,28 +71,46 @@ def check_command(
     """Check images against their captions with the analytic adherence checker."""
     from PIL import Image
 
+    from rich.markup import escape
+
     from sana.nano.adherence import check_image
+    from sana.nano.shapes import parse_caption
+
+    expected = parse_caption(caption) if caption else None  # a bad caption fails before any image is read
+    counts = {"correct": 0, "wrong": 0, "not checked": 0}
+    for path in images:
+        try:
+            scene = expected or _stored_scene(path)
+            with Image.open(path) as image:
+                result = check_image(image, scene)
+        except (SanaError, OSError) as exc:  # one bad file does not stop the others
+            counts["not checked"] += 1
+            reason = exc if isinstance(exc, SanaError) else f"cannot read it ({type(exc).__name__})"
+            console.out.print(f"{path}: [yellow]not checked[/yellow]: {escape(str(reason))}", highlight=False)
+            continue
+        wrong = [name for name, ok in result.attributes().items() if not ok]
+        counts["wrong" if wrong else "correct"] += 1
+        verdict = "[green]correct[/green]" if not wrong else f"[red]wrong[/red]: {', '.join(wrong)}"
+        console.out.print(f"{escape(str(path))}: {verdict}", highlight=False)
+    console.info(f"{len(images)} file(s): " + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what != "not checked"))
+    if counts["wrong"] or counts["not checked"]:
+        raise typer.Exit(1)
+
+
+def _stored_scene(path: Path):
+    """The scene of the prompt an image stores (our metadata), for `sana shapes check` without --caption."""
     from sana.nano.shapes import parse_caption
     from sana.outputs import read_metadata
 
-    expected = parse_caption(caption) if caption else None  # a bad caption fails before any image is read
-    missing = [str(p) for p in images if not p.is_file()]
-    if missing:
-        raise UsageError(f"not found: {', '.join(missing)}")
-    failures = 0
-    for path in images:
-        stored = None if expected else read_metadata(path).prompt
-        if not expected and not stored:
-            raise UsageError(f"{path} has no stored prompt", "pass --caption")
-        scene = expected or parse_caption(stored)
-        with Image.open(path) as image:
-            result = check_image(image, scene)
-        wrong = [name for name, ok in result.attributes().items() if not ok]
-        failures += bool(wrong)
-        verdict = "[green]correct[/green]" if not wrong else f"[red]wrong[/red]: {', '.join(wrong)}"
-        console.out.print(f"{path}: {verdict}", highlight=False)
-    if failures:
-        raise typer.Exit(1)
+    if not path.is_file():
+        raise SanaError("not found")
+    try:
+        stored = read_metadata(path).prompt
+    except SanaError:
+        stored = None
+    if not stored:
+        raise SanaError("no stored prompt (pass --caption)")
+    return parse_caption(stored)
 
 
 @shapes_app.command("score")

@@ -17,7 +17,7 @@ from sana_cli.generation import ProgressLines, save_or_keep
 from tests.cli_helpers import psnr, run_sana
 
 nano = pytest.mark.skipif(embedded_model_dir("nano") is None, reason="no nano model in this installation")
-PROMPT = "a small blue square at the top left on a white background"
+PROMPT = "a small blue square at the top left on a white background"  # outside the grammar: no "top left"
 
 
 def test_a_refused_save_keeps_the_image_and_names_it(tmp_path):
@@ -56,6 +56,7 @@ def test_skip_existing_continues_a_stopped_run_with_the_same_pixels(tmp_path):
     records = [json.loads(line) for line in first.stdout.splitlines()]
     assert [r["seed"] for r in records] == [5, 6, 7] and all(Path(r["path"]).is_file() for r in records)
     assert "denoise..." in first.stderr and "denoise 4/4" in first.stderr  # plain lines: stderr is a pipe
+    assert "the nano model knows only the shapes grammar" in first.stderr
     lost = Path(records[1]["path"])
     before = np.asarray(Image.open(lost))
     lost.unlink()

@@ -202,3 +202,21 @@ def test_check_command(tmp_path):
     assert "correct" in good.stdout and "wrong" not in good.stdout
     bad = run_sana("shapes", "check", str(path), "--caption", _with(TWO, 1, shape="circle").caption)
     assert bad.returncode == 1 and "wrong: shape" in bad.stdout
+
+
+def test_check_command_checks_every_file_and_sums_up(tmp_path):
+    """A missing file and an image without a stored prompt are reported on their own lines; the others are still
+    checked, and the summary counts all three kinds."""
+    from sana.outputs import GenerationRecord, save_image
+
+    stored = tmp_path / "stored.png"
+    save_image(render_image(TWO), stored, GenerationRecord(prompt=TWO.caption, model="nano", seed=0))
+    plain = tmp_path / "plain.png"
+    render_image(TWO).save(plain)
+    result = run_sana("shapes", "check", str(tmp_path / "missing.png"), str(plain), str(stored))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    assert "missing.png: not checked: not found" in lines[0]
+    assert "plain.png: not checked: no stored prompt" in lines[1]
+    assert lines[2].endswith("stored.png: correct")
+    assert "3 file(s): 1 correct, 0 wrong, 2 not checked" in result.stderr
