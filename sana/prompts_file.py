@@ -79,8 +79,12 @@ def _checked(where: str, key: str, value: Any) -> Any:
         if isinstance(value, bool) or not (isinstance(value, int) and value >= 0 or value == "none"):
             raise SanaError(f"{where}: \"motion_score\" must be a whole number >= 0 or \"none\"")
         return str(value)
+    if key == "seed":  # -1: a random one, as on the command line (A1111's convention)
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise SanaError(f"{where}: \"seed\" must be an integer >= 0, or -1 for a random one")
+        return value
     if key in INT_KEYS:
-        lowest = 0 if key in ("seed", "pag_layer") else 1
+        lowest = 0 if key == "pag_layer" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
             raise SanaError(f"{where}: \"{key}\" must be an integer >= {lowest}")
         return value

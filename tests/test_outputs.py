@@ -493,8 +493,9 @@ def test_jsonl_prompts_file_with_overrides(tmp_path):
 
 def test_jsonl_is_recognised_without_the_suffix(tmp_path):
     path = tmp_path / "prompts.txt"
-    path.write_text('{"prompt": "a"}\n# comment\n{"prompt": "b", "seed": 1}\n')
-    assert [(job.prompt, job.overrides) for job in read_prompts(path)] == [("a", {}), ("b", {"seed": 1})]
+    path.write_text('{"prompt": "a"}\n# comment\n{"prompt": "b", "seed": 1}\n{"prompt": "c", "seed": -1}\n')
+    assert [(job.prompt, job.overrides) for job in read_prompts(path)] == [("a", {}), ("b", {"seed": 1}),
+                                                                            ("c", {"seed": -1})]  # -1: random
 
 
 @pytest.mark.parametrize("bad_line, message", [
@@ -502,13 +503,14 @@ def test_jsonl_is_recognised_without_the_suffix(tmp_path):
     ('{"prompt": "x", "guidance": 3}', "line 3: unknown key 'guidance'"),
     ('{"seed": 3}', 'line 3: "prompt" is missing'),
     ('["x"]', "line 3: expected a JSON object"),
-    ('{"prompt": "x", "seed": "7"}', 'line 3: "seed" must be an integer >= 0'),
+    ('{"prompt": "x", "seed": "7"}', 'line 3: "seed" must be an integer >= 0, or -1'),
+    ('{"prompt": "x", "seed": -2}', 'line 3: "seed" must be an integer >= 0, or -1'),
     ('{"prompt": "x", "steps": 0}', 'line 3: "steps" must be an integer >= 1'),
     ('{"prompt": "x", "cfg": true}', 'line 3: "cfg" must be a number'),
     ('{"prompt": "x", "width": 512}', 'line 3: give both "width" and "height"'),
     ('{"prompt": "x", "res": 512, "width": 512, "height": 512}', 'line 3: give "res" or "width"/"height"'),
     ('{"prompt": "x", "lora": [3]}', 'line 3: "lora" must be'),
-], ids=["json", "unknown-key", "no-prompt", "not-object", "seed-type", "steps-range", "cfg-bool", "half-size",
+], ids=["json", "unknown-key", "no-prompt", "not-object", "seed-type", "seed-range", "steps-range", "cfg-bool", "half-size",
         "two-sizes", "lora-type"])
 def test_bad_jsonl_lines_name_the_line(tmp_path, bad_line, message):
     path = tmp_path / "p.jsonl"
