@@ -102,6 +102,17 @@ def gdn_bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: t
     return gdn_bidirectional_reference(q, k, v, beta, decay, q_plain, k_plain, eps)
 
 
+def short_conv(x: torch.Tensor, weight: torch.Tensor, frames: int) -> torch.Tensor:
+    """SANA-WM's symmetric depthwise conv over frames: x [B, N, C] token-major (N = T * S), weight [C, 1, K] ->
+    [B, N, C] in x's dtype. See `sana.kernels.short_conv.reference`."""
+    kernel = _kernel("short_conv", x, weight)
+    if kernel is not None:
+        return kernel(x, weight, frames)
+    from .kernels.short_conv.reference import short_conv_reference
+
+    return short_conv_reference(x, weight, frames)
+
+
 def clip_fp16(x: torch.Tensor) -> torch.Tensor:
     """diffusers clips the self-attention output to the fp16 range, so an overflow stays finite."""
     return x.clip(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x

@@ -33,20 +33,9 @@ class TemporalShortConv(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(channels, 1, kernel_size))
 
-    def _causal(self, x: torch.Tensor) -> torch.Tensor:
-        """x [R, T, C] -> [R, T, C]."""
-        frames, channels = x.shape[1], x.shape[2]
-        out = F.conv1d(x.transpose(1, 2), self.weight.to(x.dtype), groups=channels,
-                       padding=self.weight.shape[-1] - 1)[..., :frames]
-        return out.transpose(1, 2)
-
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """x [B, N, C] -> [B, N, C]; each spatial token is filtered along its own frames."""
-        b, n, c = x.shape
-        s = n // frames
-        rows = x.reshape(b, frames, s, c).permute(0, 2, 1, 3).contiguous().reshape(b * s, frames, c)  # [B*S, T, C]
-        out = self._causal(rows) + self._causal(rows.flip(1)).flip(1) - rows * self.weight[:, 0, -1]
-        return out.to(x.dtype).reshape(b, s, frames, c).permute(0, 2, 1, 3).reshape(b, n, c)
+        """x [B, N, C] -> [B, N, C]; each spatial token is filtered along its own frames (`ops.short_conv`)."""
+        return ops.short_conv(x, self.weight, frames)
 
 
 def softmax_attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_heads: bool = False) -> torch.Tensor:
