@@ -539,6 +539,28 @@ def pull(arg: str, *, precision: str | None = None,
     return Path(path)
 
 
+def pull_files(repo: str, choose: Callable[[list[str]], list[str]], *, label: str,
+               on_progress: Callable[[PullProgress], None] | None = None) -> Path:
+    """Download the files `choose(repo file names)` picks from any hub repo (the RL reward models, in transformers'
+    layout) into the hub cache; errors, resumption and progress as `pull`. Returns the snapshot directory."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        info = HfApi().model_info(repo, files_metadata=True)
+    except Exception as exc:
+        raise (_hub_error(exc, label, repo) or exc) from None
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    files = choose(list(siblings))
+    sizes = {f: siblings[f].size or 0 for f in files}
+    kwargs = dict(repo_id=repo, allow_patterns=[_escape_glob(f) for f in files], cache_dir=hub_cache_dir())
+    try:
+        if on_progress is None:
+            return Path(snapshot_download(**kwargs))
+        return Path(_download_with_progress(snapshot_download, kwargs, repo, sizes, siblings, on_progress))
+    except Exception as exc:
+        raise (_hub_error(exc, label, repo) or exc) from None
+
+
 def _escape_glob(filename: str) -> str:
     """allow_patterns are fnmatch globs; a literal name must not match others."""
     return re.sub(r"([\[\]*?])", r"[\1]", filename)

@@ -19,14 +19,14 @@ Opt = typer.Option
 
 
 def finetune(
-    data: Annotated[Path, typer.Argument(help="Folder of images with same-name .txt captions or a metadata.jsonl.")],
+    data: Annotated[Path, typer.Argument(help="Folder of images with same-name .txt captions or a metadata.jsonl; with --rl a prompts file (text, or JSONL with a prompt key) or `shapes`.")],
     model: Annotated[Optional[str], Opt("--model", "-m", help="Base model: registry name, org/repo or local folder.")] = None,
     out: Annotated[Optional[Path], Opt("--out", "-o", help="Run folder (checkpoints, logs, samples, result). Default: finetune-<data>.")] = None,
     full: Annotated[Optional[bool], Opt("--full/--lora", help="Train all DiT weights instead of a LoRA.")] = None,
     init: Annotated[Optional[str], Opt("--init", help="pretrained (default) or random (train from scratch; implies --full).")] = None,
     config: Annotated[Optional[str], Opt("--config", help="DiT config for --init random: a registry model name or a config.json.")] = None,
     res: Annotated[Optional[int], Opt("--res", "-r", help="Training resolution (default: the model's).")] = None,
-    steps: Annotated[Optional[int], Opt("--steps", help="Optimizer steps in all (default 1000).")] = None,
+    steps: Annotated[Optional[int], Opt("--steps", help="Optimizer steps in all (default 1000); with --rl: rounds, one optimizer step each.")] = None,
     batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="Images per step and GPU (default 1).")] = None,
     grad_accum: Annotated[Optional[int], Opt("--grad-accum", help="Micro-batches per optimizer step (default 1).")] = None,
     lr: Annotated[Optional[float], Opt("--lr", help="Learning rate (default 1e-4 LoRA, 2e-5 full, 2e-4 from scratch).")] = None,
@@ -50,7 +50,8 @@ def finetune(
     precision: Annotated[Optional[str], Opt("--precision", help="auto, bf16, fp16 or fp32.")] = None,
     max_minutes: Annotated[Optional[float], Opt("--max-minutes", help="Stop after this many minutes of training: checkpoint and export what is trained (--resume continues).")] = None,
     checkpoint_every: Annotated[Optional[int], Opt("--checkpoint-every", help="Steps between checkpoints (default 500).")] = None,
-    keep: Annotated[Optional[int], Opt("--keep", help="Checkpoints kept (default 3).")] = None,
+    keep: Annotated[Optional[int], Opt("--keep", help="Checkpoints kept (default 3); with --rl: seeds kept a prompt, its best and worst half (default 24).")] = None,
+    keep_checkpoints: Annotated[Optional[int], Opt("--keep-checkpoints", help="Checkpoints kept (default 3), with or without --rl.")] = None,
     val_prompt: Annotated[Optional[List[str]], Opt("--val-prompt", help="Prompt for validation images; repeatable.")] = None,
     val_every: Annotated[Optional[int], Opt("--val-every", help="Steps between validation images (default: at checkpoints).")] = None,
     val_steps: Annotated[Optional[int], Opt("--val-steps", help="Sampling steps of validation images (default 20).")] = None,
@@ -61,10 +62,32 @@ def finetune(
     resume_from: Annotated[Optional[Path], Opt("--resume-from", help="Continue from this checkpoint folder.")] = None,
     gpus: Annotated[int, Opt("--gpus", min=1, help="GPUs on this machine: runs itself under torchrun with N processes.")] = 1,
     device: Annotated[str, Opt("--device", help="auto, cuda, cuda:N or cpu.")] = "auto",
+    rl: Annotated[bool, Opt("--rl", help="Reward fine-tuning in the Sol-RL recipe (DiffusionNFT) on prompts instead of images.")] = False,
+    reward: Annotated[Optional[str], Opt("--reward", help="--rl: NAME[:WEIGHT],... of shapes, clip, pickscore, hpsv2, imagereward, or path/file.py:function (default shapes).")] = None,
+    candidates: Annotated[Optional[int], Opt("--candidates", help="--rl: seeds explored cheaply a prompt (default 96).")] = None,
+    explore_steps: Annotated[Optional[int], Opt("--explore-steps", help="--rl: sampling steps of the cheap exploration (default 6).")] = None,
+    rollout_steps: Annotated[Optional[int], Opt("--rollout-steps", help="--rl: sampling steps of the full-quality rollouts (default 10).")] = None,
+    prompts_per_round: Annotated[Optional[int], Opt("--prompts-per-round", help="--rl: prompts a round over all GPUs (default 6 a GPU).")] = None,
+    rollout_batch: Annotated[Optional[int], Opt("--rollout-batch", help="--rl: images a sampling forward (default 24).")] = None,
+    guidance: Annotated[Optional[float], Opt("--guidance", help="--rl: CFG scale of the rollouts (default 1: CFG-free, as the recipe).")] = None,
+    explore_precision: Annotated[Optional[str], Opt("--explore-precision", help="--rl: auto (fp8 block linears where the GPU has fp8 GEMMs, else bf16), fp8 or bf16.")] = None,
+    nft_beta: Annotated[Optional[float], Opt("--nft-beta", help="--rl: DiffusionNFT's mixing coefficient beta (default 1).")] = None,
+    kl: Annotated[Optional[float], Opt("--kl", help="--rl: weight of the KL term to the base model (default 1e-4).")] = None,
+    adv_clip: Annotated[Optional[float], Opt("--adv-clip", help="--rl: advantage clip (default 5).")] = None,
+    timestep_fraction: Annotated[Optional[float], Opt("--timestep-fraction", help="--rl: share of the rollout's timesteps each sample trains on (default 0.6).")] = None,
+    decay_type: Annotated[Optional[int], Opt("--decay-type", help="--rl: the old policy's decay: 0 on-policy, 1 or 2 (the recipe's schedules; default 1).")] = None,
+    val_count: Annotated[Optional[int], Opt("--val-count", help="--rl: fixed validation prompts when no --val-prompt is given (default 8).")] = None,
 ) -> None:
-    """Fine-tune a SANA model (LoRA by default, or --full), or train one from scratch with --init random."""
+    """Fine-tune a SANA model (LoRA by default, or --full), train one from scratch with --init random, or steer one
+    toward a reward with --rl."""
     flags = {k: v for k, v in dict(locals()).items() if v is not None}
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 checks and writes
+    from .finetune_rl import finetune_rl, refuse_rl_flags, wants_rl
+
+    if wants_rl(flags):
+        finetune_rl(flags)
+        return
+    refuse_rl_flags(flags)
 
     # 1. Settings: a resumed run's own settings, overridden by the flags given now; all checked before torch loads.
     if not Path(data).expanduser().is_dir():
@@ -145,7 +168,7 @@ def _settings(flags: dict, data: Path, out_dir: Path, saved):
         if random_init and "config" in flags:
             base["transformer_config"] = _transformer_config(flags["config"])
     base.update(data=str(data), out=str(out_dir))
-    renames = {"full": None, "model": None, "config": None, "res": "resolution", "keep": "keep_checkpoints",
+    renames = {"full": None, "model": None, "config": None, "res": "resolution", "keep": "keep_checkpoints", "rl": None,
                "val_prompt": "val_prompts", "compile_model": "compile", "cache": "cache_dir", "resume": None, "resume_from": None, "gpus": None,
                "data": None, "out": None}
     for flag, value in flags.items():

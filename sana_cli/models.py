@@ -55,7 +55,12 @@ def list_command() -> None:
         table.add_row(entry.name, entry.family or "-", f"{spec.resolution} px" if spec else "-",
                       human_count(spec.transformer_params) if spec else "-", entry.status,
                       human_size(entry.size_on_disk) if entry.status != "no" else "-")
-    console.out.print(table)
+    from sana.training.rl.reward_models import REWARD_MODELS, reward_model_status
+
+    for reward in REWARD_MODELS.values():  # the reward models of `sana finetune --rl`
+        status, size = reward_model_status(reward)
+        table.add_row(reward.name, "reward", "-", "-", status, human_size(size) if status != "no" else "-")
+    console.table(table)
 
 
 @models_app.command("info")
@@ -97,7 +102,7 @@ def info_command(name: Annotated[str, typer.Argument(help=NAME_HELP)]) -> None:
                  ("path", str(cached.snapshot or cached.path))]
         if missing:
             rows.append(("missing files", f"{', '.join(missing)} (sana models pull {spec.name})"))
-    console.out.print(_key_value_table(rows))
+    console.table(_key_value_table(rows))
 
     params = Table(title="parameters", header_style="bold", title_justify="left")
     params.add_column("component")
@@ -133,7 +138,7 @@ def _print_directory(path: Path, label: str) -> None:
     missing = hub.missing_files(path)  # first: it turns an unreadable model_index.json into a one-line error
     index_file = path / "model_index.json"
     index = json.loads(index_file.read_text(encoding="utf-8")) if index_file.is_file() else {}
-    console.out.print(_key_value_table([
+    console.table(_key_value_table([
         ("model", label), ("path", str(path)), ("pipeline", index.get("_class_name", "-")),
         ("missing files", ", ".join(missing) or "none"),
     ]))
@@ -142,7 +147,7 @@ def _print_directory(path: Path, label: str) -> None:
         table.add_column(column, justify="left" if column == "component" else "right")
     for component in hub.local_components(path):
         table.add_row(component.name, hub.human_count(component.params), hub.human_size(component.size_on_disk))
-    console.out.print(table)
+    console.table(table)
     config = hub.transformer_config(path)
     if config:
         _print_json("transformer config", config)
@@ -159,8 +164,10 @@ def pull_command(
                                TransferSpeedColumn)
 
     from sana import hub
+    from sana.training.rl.reward_models import find_reward_model, pull_reward_model
 
     _check_precision(precision)
+    reward = find_reward_model(name)  # a reward model of `sana finetune --rl` (transformers layout, two repos)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=False),
                         TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[files]}"),
                         console=console.err, disable=console.settings.quiet)
@@ -174,7 +181,8 @@ def pull_command(
 
     try:
         try:
-            path = hub.pull(name, precision=precision, on_progress=show)
+            path = pull_reward_model(reward, on_progress=show)[0] if reward else \
+                hub.pull(name, precision=precision, on_progress=show)
         finally:
             progress.stop()
     except KeyboardInterrupt:
@@ -183,7 +191,8 @@ def pull_command(
         console.error(f"interrupted; run `sana models pull {name}` again to resume")
         sys.stderr.flush()
         os._exit(130)
-    hub.resolve_model(name, precision=precision)  # the repo may lack a component: say so now, not at `gen`
+    if reward is None:
+        hub.resolve_model(name, precision=precision)  # the repo may lack a component: say so now, not at `gen`
     console.out.print(str(path), highlight=False)
 
 
@@ -211,6 +220,9 @@ def path_command(
 ) -> None:
     """Print the local directory of a model (nothing else, for scripts)."""
     from sana.hub import resolve_model
+    from sana.training.rl.reward_models import find_reward_model, locate_reward_model
 
     _check_precision(precision)
-    console.out.print(str(resolve_model(name, precision=precision).path), highlight=False, soft_wrap=True)
+    reward = find_reward_model(name)
+    path = locate_reward_model(reward.name)[0] if reward else resolve_model(name, precision=precision).path
+    console.out.print(str(path), highlight=False, soft_wrap=True)

@@ -8,6 +8,9 @@
 #   data   render the shapes dataset (held-out colour-shape pairs never appear)
 #   train  train the DiT from scratch with `sana finetune --init random`; a second call resumes
 #   score  prompt adherence of the result, and a sample grid
+#   rl     reward fine-tuning of the trained DiT with the shapes reward (`sana finetune shapes --rl --full`: the
+#          Sol-RL recipe, CFG-free rollouts on prompts sampled from the whole grammar); a second call resumes
+#   rl-score  adherence of the model before and after RL: default settings, CFG-free, and 4 steps
 # The shipped model (sana/nano/model) is this recipe with the defaults below on one H100: 18,000 steps, final loss
 # 0.048 (settings and loss log in assets/nano/dit-*). Its autoencoder came from `sana shapes train-vae DIR
 # --steps 12000 --batch 32 --lr 1e-3 --seed 0 --max-minutes 6.7` (5,987 steps; 38.2 dB PSNR; assets/nano/vae-train.json)
@@ -15,8 +18,11 @@
 # Environment: SANA (the command, default `sana`), VAE (autoencoder folder, default sana/nano/model/vae),
 # STEPS (DiT steps, default 18000), NUM (dataset size, default 20000), COMPILE (1: `--compile`, faster on a GPU
 # once its ~1 minute of compilation is paid), MINUTES (`--max-minutes`: export what is trained by then; 0 = none).
+# RL: RL_BASE (the model RL starts from, default WORK/run/model; `nano` for the shipped one), RL_ROUNDS (default
+# 300), RL_LR (default 5e-5), RL_PROMPTS (prompts a round, default 32), RL_CANDIDATES (default 32), RL_KEEP (default
+# 16), RL_MINUTES (`--max-minutes` of the RL stage; 0 = none). The RL settings are untuned: a first GPU run sets them.
 set -euo pipefail
-WORK=${1:?usage: train_nano.sh WORK [init|data|train|score]}
+WORK=${1:?usage: train_nano.sh WORK [init|data|train|score|rl|rl-score]}
 STAGE=${2:-all}
 SANA=${SANA:-sana}
 VAE=${VAE:-sana/nano/model/vae}
@@ -24,6 +30,13 @@ STEPS=${STEPS:-18000}
 NUM=${NUM:-20000}
 COMPILE=${COMPILE:-1}
 MINUTES=${MINUTES:-0}
+RL_BASE=${RL_BASE:-$WORK/run/model}
+RL_ROUNDS=${RL_ROUNDS:-300}
+RL_LR=${RL_LR:-5e-5}
+RL_PROMPTS=${RL_PROMPTS:-32}
+RL_CANDIDATES=${RL_CANDIDATES:-32}
+RL_KEEP=${RL_KEEP:-16}
+RL_MINUTES=${RL_MINUTES:-0}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -45,4 +58,23 @@ if stage train; then
 fi
 if stage score; then
     $SANA shapes score --model "$WORK/run/model" --num 200 --seed 0 --cfg 3 --out "$WORK/grid.png" --rows "$WORK/rows.jsonl"
+fi
+if stage rl; then
+    extra=()
+    [[ -f "$WORK/rl/train_config.json" ]] && extra+=(--resume)
+    $SANA finetune shapes --rl --full --model "$RL_BASE" --out "$WORK/rl" --reward shapes "${extra[@]}" \
+        --steps "$RL_ROUNDS" --max-minutes "$RL_MINUTES" --lr "$RL_LR" --prompts-per-round "$RL_PROMPTS" \
+        --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --explore-steps 6 --rollout-steps 10 --rollout-batch 256 \
+        --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count 32 \
+        --val-steps 20 --save-dtype fp16
+fi
+if stage rl-score; then
+    for pair in "before:$RL_BASE" "after:$WORK/rl/model"; do
+        name=${pair%%:*} model=${pair#*:}
+        $SANA shapes score --model "$model" --num 200 --seed 0 --out "$WORK/rl-$name-grid.png" --force \
+            --rows "$WORK/rl-$name-rows.jsonl" | tee "$WORK/rl-$name-default.txt"
+        $SANA shapes score --model "$model" --num 200 --seed 0 --cfg 1 | tee "$WORK/rl-$name-cfg1.txt"
+        $SANA shapes score --model "$model" --num 200 --seed 0 --steps 4 | tee "$WORK/rl-$name-4steps.txt"
+        $SANA shapes score --model "$model" --num 200 --seed 0 --steps 4 --cfg 1 | tee "$WORK/rl-$name-4steps-cfg1.txt"
+    done
 fi

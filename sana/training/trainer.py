@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,6 +28,7 @@ from .cache import NULL_CAPTION, Encoders, FeatureCache, FeatureTable, cached_it
 from .config import TrainConfig
 from .data import DataReport, aspect_buckets, epoch_batches, nearest_bucket, scan_folder
 from .plot import append_log, plot_loss, truncate_log
+from .runtime import StopFlag as _StopFlag, memory_gb as _memory_gb
 
 LOG_NAME = "loss.csv"
 PLOT_NAME = "loss.png"
@@ -77,31 +77,6 @@ class TrainResult:
     last_loss: float | None = None
     checkpoint: Path | None = None
     out_of_time: bool = False  # stopped by --max-minutes before --steps
-
-
-class _StopFlag:
-    """SIGINT / SIGTERM ask for a checkpoint at the end of the current step; a second SIGINT stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 # -- set-up helpers -------------------------------------------------------------------------------------------
@@ -506,6 +481,7 @@ class Trainer:
             ckpt.begin(self.out, step)
         distributed.barrier(world)
         torch.save(ckpt.rng_state(), staged / f"rng-rank{world.rank}.pt")
+        self.save_extras(staged)
         final = None
         if world.is_main:
             ckpt.save_tensors(staged / "weights.safetensors", weights)
@@ -523,6 +499,12 @@ class Trainer:
             self.events.saved("checkpoint", final)
         distributed.barrier(world)
         return final if world.is_main else ckpt.checkpoint_root(self.out) / f"step-{step:06d}"
+
+    def save_extras(self, staged: Path) -> None:
+        """More state for a trainer built on this one (every rank calls it; the main rank writes)."""
+
+    def restore_extras(self, folder: Path) -> None:
+        """Read back what `save_extras` wrote."""
 
     def _data_fingerprint(self) -> str:
         import hashlib
@@ -574,6 +556,7 @@ class Trainer:
 
                     full = distribute_tensor(full.to(tensor.device), tensor.device_mesh, tensor.placements)
                 tensor.copy_(full)
+        self.restore_extras(folder)
         rng = folder / f"rng-rank{self.world.rank}.pt"
         if rng.is_file():
             ckpt.set_rng_state(ckpt.load_state(rng))
@@ -693,14 +676,6 @@ class _CachedPrompts:
             embeds[i, : row.shape[0]], mask[i, : row.shape[0]] = row, 1
         device = self.trainer.device
         return PromptEmbeddings(embeds.to(device, self.trainer.dtype), mask.to(device))
-
-
-def _memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def run(cfg: TrainConfig, *, resume: bool | Path = False, events: TrainEvents | None = None) -> TrainResult:

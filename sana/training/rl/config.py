@@ -1,0 +1,100 @@
+"""The settings of an RL run: the supervised run's (model, LoRA, optimizer, checkpoints) plus the recipe's knobs.
+
+Saved as the same `train_config.json`, with `"rl": true`, so `sana finetune --resume` knows which trainer
+continues it. `steps` counts rounds: one round is a rollout (explore, select, regenerate, score) and one
+optimizer step over everything it produced, as in the recipe (`grad_steps_per_epoch = 1`). No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...errors import UsageError
+from ..config import CONFIG_NAME, RESUME_INVARIANTS, TrainConfig
+
+PROMPTS_PER_GPU = 6
+EXPLORE_PRECISIONS = ("auto", "fp8", "bf16")
+
+RL_RESUME_INVARIANTS = RESUME_INVARIANTS + ("reward", "candidates", "keep_seeds", "explore_steps", "rollout_steps",
+                                            "prompts_per_round", "guidance", "nft_beta", "kl_beta", "adv_clip",
+                                            "timestep_fraction", "decay_type")
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    """`data` is the prompt source (a text / JSONL file, or `shapes`); the rest as in `TrainConfig`, with the
+    recipe's defaults (configs/sol_rl/base.py and sana.py): LoRA r32 / alpha 64 on both attentions' q, k, v and
+    output projections, AdamW at 3e-4, EMA 0.9, 6 prompts a GPU, 96 candidates of which 24 are kept."""
+
+    lr: float = 3e-4
+    lora_rank: int = 32
+    lora_alpha: float | None = 64.0
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    ema: float = 0.9
+    batch_size: int = 16  # samples a training forward
+    checkpoint_every: int = 20
+    val_guidance: float = 1.0  # validation samples the way rollouts do
+    rl: bool = True
+    reward: str = "shapes"  # NAME[=DIR][:WEIGHT],... or path/file.py:function[:WEIGHT]
+    candidates: int = 96  # seeds explored per prompt
+    keep_seeds: int = 24  # of those, the best half and the worst half regenerated at full quality (`--keep`)
+    explore_steps: int = 6
+    rollout_steps: int = 10
+    prompts_per_round: int = PROMPTS_PER_GPU  # over all processes
+    rollout_batch: int = 24  # images a sampling forward
+    guidance: float = 1.0  # rollout CFG; the recipe samples CFG-free
+    explore_precision: str = "auto"  # auto: fp8 block linears where the GPU has fp8 GEMMs, else the compute dtype
+    nft_beta: float = 1.0  # DiffusionNFT's mixing coefficient (config.beta)
+    kl_beta: float = 1e-4  # weight of the KL term to the base model (train.beta)
+    adv_clip: float = 5.0
+    timestep_fraction: float = 0.6  # share of the rollout's timesteps each sample is trained on
+    decay_type: int = 1  # the old policy's decay schedule (0: on-policy, 1 and 2: the recipe's)
+    val_count: int = 8  # fixed validation prompts (with seeds 0..n-1) when no --val-prompt is given
+
+    def validate(self) -> None:
+        super().validate()
+        train_steps = int(self.rollout_steps * self.timestep_fraction)
+        checks = [
+            (self.init == "pretrained", "RL fine-tunes a pretrained model: --init random is not for --rl"),
+            (self.candidates >= 2, "--candidates must be at least 2"),
+            (self.keep_seeds >= 2, "--keep must be at least 2 (advantages compare seeds of one prompt)"),
+            (self.keep_seeds <= self.candidates,
+             f"--keep {self.keep_seeds} is larger than --candidates {self.candidates}"),
+            (self.explore_steps >= 1 and self.rollout_steps >= 1, "--explore-steps and --rollout-steps must be at least 1"),
+            (0.0 < self.timestep_fraction <= 1.0, "--timestep-fraction must be in (0, 1]"),
+            (train_steps >= 1, f"--timestep-fraction {self.timestep_fraction:g} of {self.rollout_steps} rollout steps "
+                               "leaves no timestep to train on"),
+            (self.prompts_per_round >= 1 and self.rollout_batch >= 1, "--prompts-per-round and --rollout-batch must be at least 1"),
+            (self.guidance >= 1.0, "--guidance must be at least 1 (1 = CFG-free, the recipe's)"),
+            (self.explore_precision in EXPLORE_PRECISIONS, "--explore-precision must be auto, fp8 or bf16"),
+            (self.nft_beta > 0 and self.adv_clip > 0, "--nft-beta and --adv-clip must be positive"),
+            (self.kl_beta >= 0, "--kl must be 0 or more"),
+            (self.decay_type in (0, 1, 2), "--decay-type must be 0, 1 or 2"),
+            (self.val_count >= 0, "--val-count must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    @property
+    def train_timesteps(self) -> int:
+        """Timesteps each sample is trained on (6 of 10 in the recipe)."""
+        return int(self.rollout_steps * self.timestep_fraction)
+
+    @property
+    def explores(self) -> bool:
+        """False when every candidate is kept (the recipe's plain `diffusionnft` family): no cheap pass."""
+        return self.candidates > self.keep_seeds
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        return [name for name in RL_RESUME_INVARIANTS if getattr(self, name, None) != getattr(other, name, None)]
+
+
+def is_rl_run(folder: Path) -> bool:
+    """True when `folder` holds the settings of an RL run (so `--resume` needs no `--rl`)."""
+    try:
+        return bool(json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("rl"))
+    except (OSError, ValueError, AttributeError):
+        return False

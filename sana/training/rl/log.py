@@ -1,0 +1,119 @@
+"""An RL run's records: `rewards.csv` (a row a round), `reward.png` (mean, best and worst reward per round, and
+the validation reward), and the validation grids (`samples/round-NNNNNN.png`, each tile's reward under it).
+Drawn with PIL; no plotting library needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+REWARDS_NAME = "rewards.csv"
+REWARD_PLOT = "reward.png"
+BASE_FIELDS = ("round", "reward_mean", "reward_best", "reward_worst", "reward_std", "explore_mean", "val_reward",
+               "policy_loss", "kl", "lr", "grad_norm", "old_decay", "images_per_s", "elapsed_s")
+
+
+def fields_for(labels: list[str]) -> list[str]:
+    """The columns: the base ones, plus each term's mean when several rewards are summed."""
+    return list(BASE_FIELDS) + ([f"reward_{label}" for label in labels] if len(labels) > 1 else [])
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """Rewrite the whole file atomically (rounds are minutes apart; a crash leaves the old file or the new)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
+    os.replace(tmp, path)
+
+
+def append_row(path: Path, row: dict, fields: list[str]) -> None:
+    write_rows(path, read_rows(path) + [row], fields)
+
+
+def set_value(path: Path, round_index: int, key: str, value: str, fields: list[str]) -> None:
+    """Fill one column of round `round_index`'s row (the validation reward comes after the row is written)."""
+    rows = read_rows(path)
+    for row in rows:
+        if row.get("round") == str(round_index):
+            row[key] = value
+            break
+    else:
+        rows.append({"round": str(round_index), key: value})
+    write_rows(path, rows, fields)
+
+
+def truncate_rows(path: Path, last_round: int, fields: list[str]) -> None:
+    """Drop rows after `last_round` (a resumed run repeats them)."""
+    if path.exists():
+        write_rows(path, [r for r in read_rows(path) if r.get("round", "").isdigit() and int(r["round"]) <= last_round],
+                   fields)
+
+
+def plot_rewards(log: Path, out: Path, width: int = 900, height: int = 500) -> None:
+    """Mean (dark), best and worst (light) reward per round, and the validation reward (orange dots)."""
+    from PIL import Image, ImageDraw
+
+    rows = read_rows(log)
+    series = {}
+    for key in ("reward_mean", "reward_best", "reward_worst", "val_reward"):
+        points = [(int(r["round"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        series[key] = [(x, y) for x, y in points if math.isfinite(y)]
+    values = [y for points in series.values() for _, y in points]
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 70, width - 20, 20, height - 40
+    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+    rounds = [x for points in series.values() for x, _ in points]
+    if values and rounds:
+        lo, hi = min(values), max(values)
+        hi = hi if hi > lo else lo + 1e-3
+        r0, r1 = min(rounds), max(max(rounds), min(rounds) + 1)
+
+        def xy(x: float, y: float) -> tuple[float, float]:
+            return left + (x - r0) / (r1 - r0) * (right - left), bottom - (y - lo) / (hi - lo) * (bottom - top)
+
+        colours = {"reward_best": (150, 200, 150), "reward_worst": (220, 150, 150), "reward_mean": (20, 60, 160)}
+        for key, colour in colours.items():
+            if len(series[key]) >= 2:
+                draw.line([xy(x, y) for x, y in series[key]], fill=colour, width=2 if key == "reward_mean" else 1)
+        for x, y in series["val_reward"]:
+            cx, cy = xy(x, y)
+            draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=(230, 120, 20))
+        for frac in (0.0, 0.5, 1.0):
+            value = lo + frac * (hi - lo)
+            y = xy(r0, value)[1]
+            draw.text((5, y - 6), f"{value:.4g}", fill=(0, 0, 0))
+            draw.line([(left - 4, y), (left, y)], fill=(0, 0, 0))
+        draw.text((left, bottom + 8), str(r0), fill=(0, 0, 0))
+        draw.text((right - 40, bottom + 8), str(max(rounds)), fill=(0, 0, 0))
+    draw.text((width // 2 - 160, bottom + 20), "round / reward: mean, best, worst; validation (dots)", fill=(0, 0, 0))
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    image.save(tmp)
+    os.replace(tmp, out)
+
+
+def reward_grid(images: list, scores: list[float], *, columns: int = 8, tile: int = 128):
+    """A PIL grid of images with each one's reward written under it."""
+    from PIL import Image, ImageDraw
+
+    rows = max(1, math.ceil(len(images) / columns))
+    step_x, step_y = tile + 4, tile + 18
+    grid = Image.new("RGB", (min(columns, max(1, len(images))) * step_x, rows * step_y), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, (image, score) in enumerate(zip(images, scores)):
+        x, y = (i % columns) * step_x + 2, (i // columns) * step_y + 2
+        grid.paste(image.convert("RGB").resize((tile, tile), Image.Resampling.BILINEAR), (x, y))
+        draw.text((x + 2, y + tile + 2), f"{score:.3f}", fill=(0, 0, 0))
+    return grid

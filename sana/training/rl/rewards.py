@@ -1,0 +1,258 @@
+"""Rewards as plugins: one small interface, the built-in rewards, `path/file.py:function`, weighted sums.
+
+A reward takes a batch of images [B, 3, H, W] (float in [0, 1], on the device the run gives it), their prompts
+(B strings) and the prompts' metadata (B dicts: a JSONL line's other fields, else empty), and returns one score
+an image: anything `torch.as_tensor` turns into B finite numbers. `--reward` names one or several:
+
+    shapes                 the nano grammar's checker, partial credit per object (no weights to download)
+    clip, pickscore        CLIPScore / PickScore through transformers' CLIP classes (`sana models pull NAME`);
+                           NAME=DIR reads them from a local folder instead
+    hpsv2, imagereward     when their packages are installed
+    path/to/file.py:fn     a function of the user's: fn(images, prompts) or fn(images, prompts, metadata)
+
+each optionally `:WEIGHT` (default 1); several, comma-separated, are summed with their weights. Everything that
+can be checked without torch (names, files, the function's presence, packages, downloaded weights) is checked by
+`check_rewards` before a run starts.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import SanaError, UsageError
+
+BUILTIN_REWARDS = {
+    "shapes": "the nano shapes grammar's analytic checker (partial credit per object)",
+    "clip": "CLIPScore: cosine similarity of CLIP ViT-L/14 image and text embeddings",
+    "pickscore": "PickScore v1: a CLIP ViT-H/14 preference model",
+    "hpsv2": "HPSv2.1 (needs the hpsv2 package)",
+    "imagereward": "ImageReward v1.0 (needs the image-reward package)",
+}
+REWARD_PACKAGES = {"hpsv2": ("hpsv2", "pip install hpsv2x"), "imagereward": ("ImageReward", "pip install image-reward")}
+_PLUGIN = re.compile(r"(?P<path>.+\.py):(?P<function>[A-Za-z_]\w*)(?::(?P<weight>[^:]+))?")
+
+
+class RewardError(SanaError):
+    """A reward that failed, or answered something other than one finite score an image."""
+
+
+@dataclass(frozen=True)
+class RewardTerm:
+    """One `--reward` item."""
+
+    name: str  # a built-in name, or the plugin's function name
+    weight: float = 1.0
+    path: str | None = None  # a plugin's file
+    model_dir: str | None = None  # clip / pickscore from a local folder
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+# -- parsing and checks (no torch) ----------------------------------------------------------------------------
+
+def parse_rewards(text: str) -> list[RewardTerm]:
+    """`NAME[=DIR][:WEIGHT],...` and `path/file.py:function[:WEIGHT]` items -> terms; bad syntax is a UsageError."""
+    terms: list[RewardTerm] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        plugin = _PLUGIN.fullmatch(item)
+        if plugin:
+            weight = _weight(plugin["weight"], item) if plugin["weight"] else 1.0
+            terms.append(RewardTerm(plugin["function"], weight, path=plugin["path"]))
+            continue
+        weight = 1.0
+        head, sep, tail = item.rpartition(":")
+        if sep and _is_number(tail):
+            item, weight = head, _weight(tail, item)
+        name, _, folder = item.partition("=")
+        name = name.strip().lower()
+        if name not in BUILTIN_REWARDS:
+            import difflib
+
+            close = difflib.get_close_matches(name, BUILTIN_REWARDS, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"use {', '.join(BUILTIN_REWARDS)} or path/file.py:function"
+            raise UsageError(f"unknown reward '{name}'", hint)
+        if folder and name not in ("clip", "pickscore"):
+            raise UsageError(f"--reward {name}={folder}: only clip and pickscore read a local folder")
+        terms.append(RewardTerm(name, weight, model_dir=folder or None))
+    if not terms:
+        raise UsageError("--reward names no reward", f"use {', '.join(BUILTIN_REWARDS)} or path/file.py:function")
+    labels = [t.label for t in terms]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"--reward names {max(labels, key=labels.count)} twice", "give each reward once, with its weight")
+    return terms
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _weight(text: str, item: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--reward {item}: the weight '{text}' is not a number") from None
+    if not math.isfinite(value) or value == 0:
+        raise UsageError(f"--reward {item}: the weight must be a finite non-zero number")
+    return value
+
+
+def check_rewards(terms: list[RewardTerm]) -> None:
+    """Everything knowable before torch loads: plugin files and functions, packages, downloaded weights."""
+    for term in terms:
+        if term.path is not None:
+            _check_plugin(Path(term.path).expanduser(), term.name)
+        elif term.name in REWARD_PACKAGES:
+            module, install = REWARD_PACKAGES[term.name]
+            if importlib.util.find_spec(module) is None:
+                raise UsageError(f"--reward {term.name} needs the {module} package, which is not installed", install)
+        elif term.name in ("clip", "pickscore"):
+            from .reward_models import locate_reward_model
+
+            locate_reward_model(term.name, term.model_dir)
+
+
+def _check_plugin(path: Path, function: str) -> None:
+    """The file exists, parses, and defines `function` at its top level: read, never run."""
+    if not path.is_file():
+        raise UsageError(f"reward plugin not found: {path}", "give path/to/file.py:function")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, UnicodeDecodeError, SyntaxError) as exc:
+        raise UsageError(f"cannot read the reward plugin {path} ({type(exc).__name__}: {exc})") from None
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    if function not in defined:
+        names = ", ".join(sorted(defined)) or "none"
+        raise UsageError(f"{path} defines no function '{function}' at its top level", f"functions there: {names}")
+
+
+# -- the rewards ----------------------------------------------------------------------------------------------
+
+def to_uint8_arrays(images) -> list:
+    """[B, 3, H, W] in [0, 1] -> B numpy uint8 arrays [H, W, 3] (what the checkers and processors take)."""
+    import torch
+
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return list(pixels.permute(0, 2, 3, 1).cpu().numpy())
+
+
+class ShapesReward:
+    """The nano grammar's checker with partial credit (`shapes_reward.shapes_score`)."""
+
+    def __init__(self, device=None):
+        from .shapes_reward import ShapesScorer
+
+        self.scorer = ShapesScorer()
+
+    def __call__(self, images, prompts: list[str], metadata: list[dict]):
+        import torch
+
+        return torch.tensor(self.scorer(to_uint8_arrays(images), prompts), dtype=torch.float32)
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+class PluginReward:
+    """A function from a file, imported on its own (not on sys.path, not run as __main__)."""
+
+    def __init__(self, path: str, function: str):
+        path_obj = Path(path).expanduser().resolve()
+        _check_plugin(path_obj, function)
+        spec = importlib.util.spec_from_file_location(f"sana_reward_plugin_{path_obj.stem}", path_obj)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise RewardError(f"the reward plugin {path_obj.name} failed to load ({type(exc).__name__}: {exc})") from None
+        self.fn = getattr(module, function, None)
+        if not callable(self.fn):
+            raise RewardError(f"{path_obj.name}:{function} is not a function after loading")
+        params = inspect.signature(self.fn).parameters
+        self.with_metadata = "metadata" in params or len(params) >= 3 or any(
+            p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
+
+    def __call__(self, images, prompts: list[str], metadata: list[dict]):
+        return self.fn(images, prompts, metadata) if self.with_metadata else self.fn(images, prompts)
+
+
+def load_reward(term: RewardTerm, device):
+    """The reward object for one term, its weights loaded on `device`."""
+    if term.path is not None:
+        return PluginReward(term.path, term.name)
+    if term.name == "shapes":
+        return ShapesReward(device)
+    from . import reward_models
+
+    return reward_models.load(term.name, term.model_dir, device)
+
+
+class RewardSet:
+    """The weighted sum of the terms' rewards; each part checked to be one finite score an image."""
+
+    def __init__(self, terms: list[RewardTerm], device):
+        self.terms = terms
+        self.rewards = [load_reward(t, device) for t in terms]
+
+    @property
+    def labels(self) -> list[str]:
+        return [t.label for t in self.terms]
+
+    def __call__(self, images, prompts: list[str], metadata: list[dict]):
+        """images [B, 3, H, W] in [0, 1] -> (total [B], {label: scores [B]}), fp32 on the images' device."""
+        import torch
+
+        parts = {}
+        total = torch.zeros(images.shape[0], device=images.device)
+        for term, reward in zip(self.terms, self.rewards):
+            try:
+                with torch.no_grad():
+                    value = reward(images, prompts, metadata)
+            except SanaError:
+                raise
+            except Exception as exc:
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                raise RewardError(f"reward '{term.label}' raised {type(exc).__name__}: {first}") from None
+            scores = as_scores(value, images.shape[0], term.label).to(images.device)
+            parts[term.label] = scores
+            total = total + term.weight * scores
+        return total, parts
+
+    def close(self) -> None:
+        for reward in self.rewards:
+            if hasattr(reward, "close"):
+                reward.close()
+
+
+def as_scores(value, batch: int, label: str):
+    """A reward's answer as fp32 [B]; anything else (wrong count or shape, NaN, inf, not numbers) is a RewardError."""
+    import torch
+
+    try:
+        scores = torch.as_tensor(value.detach() if hasattr(value, "detach") else value).float()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise RewardError(f"reward '{label}' returned {type(value).__name__}, not numbers ({exc})",
+                          f"return one score an image: a tensor or list of {batch} numbers") from None
+    if scores.dim() == 2 and scores.shape[1] == 1:
+        scores = scores[:, 0]
+    if tuple(scores.shape) != (batch,):
+        raise RewardError(f"reward '{label}' returned shape {tuple(scores.shape)} for {batch} images",
+                          "return one score an image")
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        raise RewardError(f"reward '{label}' returned NaN or infinity for {bad} of {batch} images",
+                          "return finite scores")
+    return scores

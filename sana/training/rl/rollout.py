@@ -1,0 +1,207 @@
+"""Rollouts as the Sol-RL recipe makes them, and the plain inference copies of the policy they run on.
+
+Per prompt: `candidates` seeds sampled cheaply (`explore_steps`; fp8 block linears where the GPU has fp8 GEMMs),
+decoded and scored; the `keep // 2` best and `keep - keep // 2` worst seeds regenerated at full quality
+(`rollout_steps`, the compute dtype) and scored again. Sampling is the deterministic flow DPM-Solver++ of
+`sana gen` (DiffusionNFT is solver-agnostic), CFG-free unless asked. Each candidate's noise comes from its own
+integer seed, which is what lets a seed explored cheaply be replayed in full. Only the clean latents of the
+kept seeds and their rewards leave a rollout: the objective needs no per-step log-probabilities.
+
+The copies are plain `SanaTransformer`s (fused projections, LoRA merged as W + scale B A), the way the recipe
+syncs its LoRA into compiled inference models: the old policy (rollouts and v_old), its fp8 explorer, and the
+frozen base (v_ref for the KL term).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ... import sampling
+from ...text import PromptEmbeddings
+from .objective import select_best_worst
+
+DECODE_BATCH = 8  # images a VAE decode: a 1024 px DC-AE decode holds ~1.2 GB of activations an image
+
+
+def mixed_seed(*parts: int | str) -> int:
+    """A 63-bit integer from the parts (stable across runs and Python versions): candidate seeds and the
+    training draws of round r depend on (run seed, r, position) alone, so a resumed run draws the same."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+# -- inference copies -----------------------------------------------------------------------------------------
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor  # FSDP2 shards
+
+
+def policy_state(model: nn.Module, trained: dict[str, torch.Tensor] | None = None, *,
+                 with_lora: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict of a plain DiT equal to `model` (engine names, fused projections) with `trained` as the
+    values of its trained parameters (default: their own). LoRA layers are merged (W + scaling B A, in fp32, then
+    the base's dtype) or, with `with_lora=False`, dropped: the base model."""
+    from ..adapters import SplitProjection
+
+    raw = {k: _full(v) for k, v in model.state_dict().items()}
+    if trained:
+        raw.update({k: _full(v) for k, v in trained.items()})
+    merged = {k.replace(".base_layer.", "."): v for k, v in raw.items() if ".lora_" not in k}
+    for name, module in model.named_modules():
+        if with_lora and hasattr(module, "lora_A") and hasattr(module, "base_layer"):
+            for adapter in module.lora_A:
+                a, b = raw[f"{name}.lora_A.{adapter}.weight"], raw[f"{name}.lora_B.{adapter}.weight"]
+                base = merged[f"{name}.weight"]
+                delta = module.scaling[adapter] * (b.float() @ a.float())  # [out, r] @ [r, in]
+                merged[f"{name}.weight"] = (base.float() + delta.to(base.device)).to(base.dtype)
+    for name, module in model.named_modules():
+        if isinstance(module, SplitProjection):  # to_q / to_k / to_v back into the fused projection
+            for kind in ("weight", "bias"):
+                parts = [merged.pop(f"{name}.{part}.{kind}", None) for part in module.names]
+                if parts[0] is not None:
+                    merged[f"{name}.{kind}"] = torch.cat(parts)
+    return merged
+
+
+def plain_transformer(config, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A frozen `SanaTransformer` holding copies of `state`'s tensors (never sharing the policy's storage)."""
+    from ...models.transformer import SanaTransformer
+
+    with torch.device("meta"):
+        model = SanaTransformer(config)
+    model.load_state_dict({k: v.detach().to(device=device, dtype=dtype, copy=True) for k, v in state.items()}, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def explorer_copy(old_model: nn.Module, fp8: bool) -> nn.Module:
+    """The cheap explorer: the old policy with fp8 block linears (`models.fp8`), or the old policy itself."""
+    if not fp8:
+        return old_model
+    from ...models.fp8 import quantize_blocks_fp8
+
+    explorer = copy.deepcopy(old_model)
+    quantize_blocks_fp8(explorer)
+    return explorer
+
+
+# -- sampling -------------------------------------------------------------------------------------------------
+
+def make_scheduler(steps: int, flow_shift: float, scheduler_config: dict, device: torch.device):
+    scheduler = sampling.make_scheduler("flow-dpm", flow_shift=flow_shift, base_config=scheduler_config)
+    scheduler.set_timesteps(steps, device=device)
+    return scheduler
+
+
+def sampler_sigmas(steps: int, flow_shift: float, scheduler_config: dict) -> torch.Tensor:
+    """The noise levels [steps] the rollout sampler visits (its final 0 left out): the training timesteps."""
+    return make_scheduler(steps, flow_shift, scheduler_config, torch.device("cpu")).sigmas[:steps].float().cpu()
+
+
+@torch.no_grad()
+def sample(model: nn.Module, text: PromptEmbeddings, seeds: list[int], *, steps: int, latent_shape: tuple[int, ...],
+           flow_shift: float, scheduler_config: dict, guidance: float = 1.0, null: PromptEmbeddings | None = None,
+           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Clean latents [B, C, h, w] (fp32) for text rows [B] and one seed a row; `null` (one row, the text's width)
+    is the unconditional text when guidance > 1."""
+    device = model.device
+    latents = sampling.initial_noise([sampling.cpu_generator(s) for s in seeds], latent_shape).to(device)
+    scheduler = make_scheduler(steps, flow_shift, scheduler_config, device)
+    batch = len(seeds)
+    embeds, mask = text.embeds.to(device, dtype), text.mask.to(device)
+    if guidance > 1.0:
+        embeds = torch.cat([null.embeds.to(device, dtype).expand(batch, -1, -1), embeds])
+        mask = torch.cat([null.mask.to(device).expand(batch, -1), mask])
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x, x]) if guidance > 1.0 else x
+        timestep = t.expand(x.shape[0]).to(device) * model.config.timestep_scale
+        out = model(x.to(dtype), embeds, timestep, text_mask=mask).float()
+        return sampling.guided(out, batch=batch, guidance=guidance, pag=0.0)
+
+    return sampling.denoise(predict, latents, scheduler)
+
+
+# -- one rollout ----------------------------------------------------------------------------------------------
+
+@dataclass
+class RolloutSettings:
+    candidates: int
+    keep: int
+    explore_steps: int
+    rollout_steps: int
+    batch: int  # images a sampling forward
+    latent_shape: tuple[int, ...]
+    flow_shift: float
+    scheduler_config: dict = field(default_factory=dict)
+    guidance: float = 1.0
+    dtype: torch.dtype = torch.float32
+
+
+@dataclass
+class Rollout:
+    """The kept seeds of this process's prompts, prompt by prompt (best first, then the worst)."""
+
+    latents: torch.Tensor  # [N, C, h, w] clean latents at full quality, fp32
+    prompt_index: torch.Tensor  # [N] the local prompt each sample belongs to
+    seeds: list[int]
+    rewards: torch.Tensor  # [N] the weighted reward of the full-quality images
+    parts: dict[str, torch.Tensor]  # [N] per reward term
+    explore_rewards: torch.Tensor | None  # [P, candidates] of the cheap pass (None without one)
+
+
+Score = Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def _sample_all(model: nn.Module, items: list[tuple[int, int]], text: PromptEmbeddings, null: PromptEmbeddings | None,
+                steps: int, s: RolloutSettings) -> torch.Tensor:
+    """Latents [len(items), C, h, w] for (local prompt, seed) items, `s.batch` images a forward."""
+    out = []
+    for start in range(0, len(items), s.batch):
+        chunk = items[start : start + s.batch]
+        rows = text.index([p for p, _ in chunk])
+        out.append(sample(model, rows, [seed for _, seed in chunk], steps=steps, latent_shape=s.latent_shape,
+                          flow_shift=s.flow_shift, scheduler_config=s.scheduler_config, guidance=s.guidance,
+                          null=null, dtype=s.dtype))
+    return torch.cat(out)
+
+
+def _score_all(latents: torch.Tensor, prompt_index: list[int], score: Score) -> tuple[torch.Tensor, dict]:
+    totals, parts = [], {}
+    for start in range(0, latents.shape[0], DECODE_BATCH):
+        total, part = score(latents[start : start + DECODE_BATCH], prompt_index[start : start + DECODE_BATCH])
+        totals.append(total)
+        for label, value in part.items():
+            parts.setdefault(label, []).append(value)
+    return torch.cat(totals), {label: torch.cat(values) for label, values in parts.items()}
+
+
+def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, null: PromptEmbeddings | None,
+            seeds: list[list[int]], score: Score, settings: RolloutSettings) -> Rollout:
+    """Explore every prompt's candidate seeds, keep the best and worst, regenerate them in full and score them.
+
+    text: [P] rows (this process's prompts); seeds: P lists of `candidates` seeds; score(latents, local prompt
+    indices) -> (weighted rewards [B], {label: [B]}) decodes and scores clean latents."""
+    s = settings
+    explore_rewards = None
+    kept: list[tuple[int, int]] = []
+    if s.candidates > s.keep:
+        # 1. The cheap pass over every candidate; 2. the most contrastive seeds of each prompt.
+        items = [(p, seed) for p, row in enumerate(seeds) for seed in row]
+        latents = _sample_all(explorer, items, text, null, s.explore_steps, s)
+        rewards, _ = _score_all(latents, [p for p, _ in items], score)
+        explore_rewards = rewards.view(len(seeds), s.candidates)
+        for p, row in enumerate(seeds):
+            kept += [(p, row[int(i)]) for i in select_best_worst(explore_rewards[p], s.keep)]
+    else:
+        kept = [(p, seed) for p, row in enumerate(seeds) for seed in row]
+    # 3. The kept seeds at full quality, scored again: the rewards the advantages come from.
+    latents = _sample_all(model, kept, text, null, s.rollout_steps, s)
+    rewards, parts = _score_all(latents, [p for p, _ in kept], score)
+    return Rollout(latents=latents, prompt_index=torch.tensor([p for p, _ in kept]), seeds=[seed for _, seed in kept],
+                   rewards=rewards, parts=parts, explore_rewards=explore_rewards)

@@ -1,0 +1,210 @@
+"""`sana finetune PROMPTS --rl`: reward fine-tuning in the Sol-RL recipe (DiffusionNFT), from `sana finetune`.
+
+The command's options are `sana finetune`'s (one command, one set of flags); this module checks the RL ones,
+builds the run's settings and drives `sana.training.rl.loop`. Everything checkable without torch is checked
+before it loads: the prompts file, the rewards (names, plugin files, packages, downloaded weights), the model,
+`--keep` against `--candidates`, a step-distilled model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import typer
+
+from sana.errors import UsageError
+
+from . import console
+
+# Flags that only mean something with --rl (without it they are refused, not ignored).
+RL_ONLY = ("reward", "candidates", "explore_steps", "rollout_steps", "prompts_per_round", "rollout_batch", "guidance",
+           "explore_precision", "nft_beta", "kl", "adv_clip", "timestep_fraction", "decay_type", "val_count")
+# Flags of supervised fine-tuning that --rl has no use for.
+SUPERVISED_ONLY = ("init", "config", "caption", "trigger", "caption_dropout", "cache")
+RENAMES = {"keep": "keep_seeds", "res": "resolution", "val_prompt": "val_prompts", "compile_model": "compile",
+           "kl": "kl_beta", "full": None, "model": None, "resume": None, "resume_from": None, "gpus": None,
+           "data": None, "out": None, "rl": None}
+
+
+def default_out(data) -> Path:
+    return Path(f"finetune-{Path(str(data)).expanduser().resolve().name}")
+
+
+def wants_rl(flags: dict) -> bool:
+    """--rl, or --resume of a run folder that holds an RL run."""
+    from sana.training.rl.config import is_rl_run
+
+    if flags.get("rl"):
+        return True
+    continuing = flags.get("resume") or flags.get("resume_from") is not None
+    return bool(continuing) and is_rl_run((flags.get("out") or default_out(flags["data"])).expanduser())
+
+
+def refuse_rl_flags(flags: dict) -> None:
+    given = [name for name in RL_ONLY if name in flags]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} is an option of reward fine-tuning", "add --rl")
+
+
+def finetune_rl(flags: dict) -> None:
+    """The steps of `sana finetune PROMPTS --rl`."""
+    from sana.training.rl.config import RLConfig
+
+    from .finetune import _check_checkpoint, _exec_torchrun
+
+    data, gpus = str(flags["data"]), int(flags.get("gpus", 1))
+    if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:  # one of torchrun's processes (no --gpus here)
+        gpus = int(os.environ["WORLD_SIZE"])
+    main_process = int(os.environ.get("RANK", "0")) == 0
+
+    # 1. Settings (a resumed run's own, overridden by the flags given now), all checked before torch loads.
+    extra = [name for name in SUPERVISED_ONLY if name in flags]
+    if extra:
+        raise UsageError(f"--{extra[0].replace('_', '-')} is for fine-tuning on images, not --rl")
+    out_dir = (flags.get("out") or default_out(data)).expanduser()
+    continuing = bool(flags.get("resume")) or flags.get("resume_from") is not None
+    if continuing and not (out_dir / "train_config.json").is_file():
+        raise UsageError(f"--resume: {out_dir} holds no sana finetune run", "pass the run's folder with --out")
+    saved = RLConfig.load(out_dir) if continuing else None
+    source = _prompt_source(data)
+    settings = _settings(flags, data, out_dir, saved, gpus)
+    if saved is not None:
+        changed = saved.differences(settings)
+        if changed:
+            raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
+                             "a resumed run keeps its model, rewards and rollout settings; start a new --out to change them")
+        _check_checkpoint(out_dir, flags.get("resume_from"))
+    elif main_process and out_dir.exists() and any(out_dir.iterdir()):
+        hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
+        raise UsageError(f"{out_dir} is not empty", hint)
+    settings.validate()
+    _check_rewards(settings.reward, source)
+    _refuse_distilled(Path(settings.model_dir))
+    if settings.prompts_per_round % gpus:
+        raise UsageError(f"--prompts-per-round {settings.prompts_per_round} does not split over {gpus} GPUs",
+                         "use a multiple of --gpus")
+    if settings.optimizer == "adamw8bit":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UsageError("--optimizer adamw8bit needs bitsandbytes", "pip install bitsandbytes, or use --optimizer adamw")
+
+    # 2. Many GPUs: the standard launcher runs this same command once per GPU (rollouts split by prompt).
+    if gpus > 1:
+        _exec_torchrun(gpus)
+    from sana.training.rl.loop import run
+
+    from .generation import quiet_libraries
+
+    quiet_libraries()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # 3. Train, with a progress line on the main process only.
+    if main_process:
+        settings.save(out_dir)
+    with _RoundProgress(enabled=main_process and not console.settings.quiet, total=settings.steps) as progress:
+        result = run(settings, resume=flags.get("resume_from") or continuing, events=progress.events())
+    if not main_process:
+        return
+
+    # 4. Report.
+    if result.interrupted:
+        console.error(f"stopped at round {result.step}; checkpoint saved in {result.checkpoint}")
+        console.info(f"continue with: sana finetune {data} --out {out_dir} --resume")
+        raise typer.Exit(130)
+    console.info(f"trained {result.step} rounds; rewards {out_dir / 'rewards.csv'}, curve {out_dir / 'reward.png'}")
+    console.out.print(str(result.output), highlight=False)
+
+
+def _prompt_source(data: str):
+    from sana.training.rl.prompts import read_prompts
+
+    return read_prompts(data)
+
+
+def _check_rewards(spec: str, source) -> None:
+    from sana.training.rl.rewards import check_rewards, parse_rewards
+
+    terms = parse_rewards(spec)
+    check_rewards(terms)
+    if any(t.name == "shapes" and t.path is None for t in terms):
+        bad = source.first_non_grammar()
+        if bad is not None:
+            raise UsageError(f"the shapes reward checks captions of the shapes grammar, and '{bad[:60]}' is not one",
+                             "use PROMPTS shapes, or grammar captions such as 'a small red circle on the left on a white background'")
+
+
+def _refuse_distilled(model_dir: Path) -> None:
+    from sana.components import read_json
+
+    if read_json(model_dir / "transformer" / "config.json").get("guidance_embeds"):
+        raise UsageError("RL does not apply to SANA-Sprint: it is step-distilled, and DiffusionNFT's objective is the "
+                         "flow-matching loss a distilled model no longer follows", "use a SANA or SANA-1.5 model")
+
+
+def _settings(flags: dict, data: str, out_dir: Path, saved, gpus: int):
+    """RLConfig from the flags given, on top of a resumed run's settings or the recipe's defaults."""
+    from sana.training.rl.config import PROMPTS_PER_GPU, RLConfig
+
+    from .finetune import _base_model
+
+    if saved is not None:
+        base = dataclasses.asdict(saved)
+    else:
+        model_dir, native = _base_model(flags.get("model"))
+        base = dataclasses.asdict(RLConfig(data=data, out=str(out_dir), model_dir=str(model_dir), resolution=native,
+                                           prompts_per_round=PROMPTS_PER_GPU * gpus))
+        if flags.get("full"):
+            base.update(mode="full", lr=2e-5)
+    base.update(data=data, out=str(out_dir))
+    for flag, value in flags.items():
+        name = RENAMES.get(flag, flag)
+        if name is None or name not in base:
+            continue
+        if name == "lora_targets":
+            value = [t for t in value.split(",") if t.strip()]
+        base[name] = str(value) if isinstance(value, Path) else value
+    if not base["val_every"]:
+        base["val_every"] = base["checkpoint_every"]
+    if saved is not None and "model" in flags and Path(str(flags["model"])).expanduser().resolve() != Path(saved.model_dir):
+        base["model_dir"] = str(_base_model(flags["model"])[0])
+    return RLConfig(**base)
+
+
+class _RoundProgress:
+    """The rich progress line of an RL run: round, rewards, loss, images/s, memory; notices and saved files."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                            TimeRemainingColumn(), console=console.err, disable=not self.enabled)
+        self.bar.__enter__()
+        self.task = self.bar.add_task("rounds", total=self.total, status="")
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def events(self):
+        from sana.training.rl.loop import RLEvents
+
+        def on_round(info) -> None:
+            explore = f" (explored {info.explore_mean:.4g})" if info.explore_mean is not None else ""
+            status = (f"reward {info.reward_mean:.4g}{explore} best {info.reward_best:.4g} worst {info.reward_worst:.4g}"
+                      f" | loss {info.policy_loss:.4g} | {info.images_per_s:.1f} img/s | mem {info.memory_gb:.1f} GB")
+            self.bar.update(self.task, completed=info.round, status=status)
+
+        def say(text: str) -> None:
+            if self.enabled:
+                self.bar.console.print(text, highlight=False)
+
+        return RLEvents(on_round=on_round, on_notice=lambda text: say(f"[yellow]note:[/yellow] {text}"),
+                        on_saved=lambda kind, path: say(f"{kind}: {path}"),
+                        on_validation=lambda step, mean: say(f"validation reward at round {step}: {mean:.4g}"))

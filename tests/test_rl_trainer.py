@@ -1,0 +1,108 @@
+"""The RL trainer in-process on a tiny random SANA pipeline (CPU): exact resume after the time limit, EMA and the
+old policy's formulas, full fine-tuning, a reward failing mid-run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sana.errors import SanaError
+from tests.rl_helpers import checkpoint_state, read_csv, write_inputs
+from tests.tiny_pipeline import build_pipeline
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("base")
+    build_pipeline(path)
+    return path
+
+
+@pytest.fixture()
+def files(tmp_path) -> Path:
+    return write_inputs(tmp_path)
+
+def _config(out: Path, model: Path, prompts: Path, plugin: Path, **kw):
+    from sana.training.rl.config import RLConfig
+
+    settings = dict(data=str(prompts), out=str(out), model_dir=str(model), resolution=32, device="cpu",
+                    reward=f"{plugin}:brightness", candidates=4, keep_seeds=2, explore_steps=2, rollout_steps=4,
+                    prompts_per_round=2, batch_size=2, lora_rank=4, lora_alpha=8, lr=1e-3, rollout_batch=8,
+                    val_count=2, val_steps=2, val_every=2, checkpoint_every=10, ema=0.5)
+    settings.update(kw)
+    cfg = RLConfig(**settings)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out)
+    return cfg
+
+
+def test_time_limit_then_resume_repeats_an_uninterrupted_run(files, base_model):
+    from sana.training.rl.loop import run
+
+    prompts, plugin = files / "prompts.txt", files / "plug.py"
+    straight = run(_config(files / "straight", base_model, prompts, plugin, steps=3))
+    assert straight.step == 3 and straight.output.exists()
+    first = run(_config(files / "split", base_model, prompts, plugin, steps=3, max_minutes=1e-6))
+    assert first.out_of_time and first.step == 1 and first.output.exists()  # the time limit exports what is trained
+    second = run(_config(files / "split", base_model, prompts, plugin, steps=3), resume=True)
+    assert second.step == 3
+    a, b = checkpoint_state(files / "straight"), checkpoint_state(files / "split")
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            torch.testing.assert_close(a[name][key], b[name][key], rtol=0, atol=0, msg=f"{name} {key}")
+    keys = ("round", "reward_mean", "reward_best", "reward_worst", "explore_mean", "policy_loss", "kl")
+    logs = [read_csv(files / run_dir / "rewards.csv") for run_dir in ("straight", "split")]
+    assert [{k: r[k] for k in keys} for r in logs[0]] == [{k: r[k] for k in keys} for r in logs[1]]
+    assert [r["round"] for r in logs[0]] == ["0", "1", "2", "3"]
+    # Validation at rounds 0, 2 (every 2) and 3 (the last) in both; the time limit also validated round 1.
+    assert [bool(r["val_reward"]) for r in logs[0]] == [True, False, True, True]
+    assert [r["val_reward"] for r in logs[0]] == [r["val_reward"] if r["round"] != "1" else "" for r in logs[1]]
+    assert (files / "straight" / "samples" / "round-000000.png").exists()
+
+
+def test_one_round_moves_ema_and_old_policy_by_their_formulas(files, base_model):
+    from sana.training.rl.loop import RLTrainer
+
+    cfg = _config(files / "one", base_model, files / "prompts.txt", files / "plug.py", steps=1, val_count=0, ema=0.75)
+    trainer = RLTrainer(cfg)
+    trainer.prepare_data()
+    trainer.build()
+    before = {n: p.detach().clone() for n, p in trainer.trained}
+    trainer.train()
+    state = checkpoint_state(files / "one")
+    weights, ema, old = state["weights.safetensors"], state["ema.safetensors"], state["old.safetensors"]
+    assert any(not torch.equal(weights[n], before[n]) for n in before)
+    for name, start in before.items():
+        torch.testing.assert_close(ema[name], 0.75 * start + 0.25 * weights[name], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(old[name], 0.001 * start + 0.999 * weights[name], rtol=1e-6, atol=1e-7)
+
+
+def test_full_fine_tuning_round_exports_a_model_folder(files, base_model):
+    from sana.training.rl.loop import run
+
+    cfg = _config(files / "full", base_model, files / "prompts.txt", files / "plug.py", steps=1, val_count=0,
+                  mode="full", lr=1e-4, ema=0.0)
+    result = run(cfg)
+    assert (result.output / "transformer" / "config.json").exists() and (result.output / "vae").is_dir()
+
+
+
+
+def test_a_reward_failing_mid_run_keeps_a_checkpoint_and_resume_finishes(files, base_model, monkeypatch):
+    """Round 2's exploration fails (the reward's third call: a round calls it twice, validation is off): round 1's
+    checkpoint is kept and the error says so; once the reward works again, --resume finishes the run."""
+    from sana.training.rl.loop import run
+
+    settings = dict(steps=3, val_count=0, reward=f"{files / 'plug.py'}:flaky")
+    monkeypatch.setenv("FAIL_AFTER", "2")
+    with pytest.raises(SanaError) as info:
+        run(_config(files / "run", base_model, files / "prompts.txt", files / "plug.py", **settings))
+    assert str(info.value).startswith("reward 'flaky' raised ValueError: the judge is asleep (round 2); the 1 "
+                                      "round(s) trained are saved in") and "\n" not in str(info.value)
+    assert (files / "run" / "checkpoints" / "step-000001" / "old.safetensors").exists()
+    monkeypatch.delenv("FAIL_AFTER")
+    result = run(_config(files / "run", base_model, files / "prompts.txt", files / "plug.py", **settings), resume=True)
+    assert result.step == 3 and [r["round"] for r in read_csv(files / "run" / "rewards.csv")] == ["1", "2", "3"]
