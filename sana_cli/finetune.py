@@ -97,15 +97,25 @@ def finetune(
     continuing = resume or resume_from is not None
     if continuing and not (out_dir / "train_config.json").is_file():
         raise UsageError(f"--resume: {out_dir} holds no sana finetune run", "pass the run's folder with --out")
+    restart = _never_checkpointed(out_dir) and resume_from is None
+    if restart and main_process:  # stopped during start-up (or its data was unusable): nothing trained to keep
+        console.notice(f"{out_dir} holds the settings of a run that saved no checkpoint; starting it "
+                       f"{'over (nothing to resume)' if continuing else 'again'}, replacing its settings and logs")
+        continuing = False
     cfg = TrainConfig.load(out_dir) if continuing else None
     settings = _settings(flags, data, out_dir, cfg)
     if cfg is not None:
         changed = cfg.differences(settings)
         if changed:
             raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
-                             "a resumed run keeps its model, LoRA, batch and seed; start a new --out to change them")
+                             "a resumed run keeps its model, LoRA, optimizer, precision, batch and seed; "
+                             "start a new --out to change them")
         _check_checkpoint(out_dir, resume_from)
-    elif main_process and out_dir.exists() and any(out_dir.iterdir()):
+        applied = cfg.changes(settings)
+        if applied and main_process:
+            console.notice("--resume applies from the checkpoint's step on: " + ", ".join(
+                f"{name} {old!r} -> {new!r}" for name, old, new in applied) + " (recorded in train_config.json)")
+    elif main_process and out_dir.exists() and any(out_dir.iterdir()) and not restart:
         hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
         raise UsageError(f"{out_dir} is not empty", hint)
     settings.validate()
@@ -126,8 +136,16 @@ def finetune(
     # 3. Train, with a progress line on the main process only.
     if main_process:
         settings.save(out_dir)
-    with _Progress(enabled=main_process and not console.settings.quiet, total=settings.steps) as progress:
-        result = run(settings, resume=resume_from or continuing, events=progress.events())
+    try:
+        with _Progress(enabled=main_process and not console.settings.quiet, total=settings.steps) as progress:
+            result = run(settings, resume=resume_from or continuing, events=progress.events())
+    except KeyboardInterrupt:  # before the loop took over Ctrl-C (loading, caching): no step was trained
+        from sana.errors import Interrupted
+
+        saved = _never_checkpointed(out_dir) is False
+        raise Interrupted("interrupted before training started" + (
+            "; the last checkpoint is kept" if saved else "; nothing was trained"),
+            f"run the same command{' with --resume' if saved else ''} to start again") from None
     if not main_process:
         return
 
@@ -139,6 +157,18 @@ def finetune(
     loss = f"; final loss {result.last_loss:.4g}" if result.last_loss is not None else ""
     console.info(f"trained {result.step} steps{loss}; loss curve {out_dir / 'loss.png'}")
     console.out.print(str(result.output), highlight=False)
+
+
+def _never_checkpointed(out_dir: Path) -> bool:
+    """The folder holds a run's settings but no checkpoint and no export: the run stopped during start-up or never
+    reached a step, so starting it again loses nothing."""
+    if not (out_dir / "train_config.json").is_file():
+        return False
+    if any((out_dir / "checkpoints").glob("step-*/state.json")):
+        return False
+    exported = [p for p in out_dir.iterdir() if p.suffix == ".safetensors" or (p.is_dir() and p.name != "checkpoints"
+                                                                              and p.name != "cache")]
+    return not exported
 
 
 def _check_checkpoint(out_dir: Path, resume_from: Path | None) -> None:

@@ -379,3 +379,34 @@ def test_time_limit_exports_what_is_trained_and_resume_continues(tmp_path, base_
     assert again.returncode == 0, again.stderr
     assert f"resumed from step-{step:06d}" in again.stderr
     assert int(sorted((out / "checkpoints").iterdir())[-1].name.split("-")[1]) == step + 2
+
+
+def test_a_run_that_never_checkpointed_starts_again(tmp_path, base_model):
+    """A run stopped before its first checkpoint (here: an empty data folder) leaves its settings behind; the
+    same command, or --resume, starts it again instead of refusing the folder."""
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "run"
+    failed = run_sana(*finetune_args(data, base_model, out, "--steps", "1", "--lora-rank", "2"))
+    assert failed.returncode == 2 and (out / "train_config.json").is_file()
+    make_dataset(data, count=2)
+    again = run_sana(*finetune_args(data, base_model, out, "--steps", "1", "--lora-rank", "2", "--resume"))
+    assert again.returncode == 0, again.stderr
+    assert "saved no checkpoint; starting it over" in again.stderr
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_resume_applies_and_records_a_changed_rate(tmp_path, base_model):
+    import csv
+    import json
+
+    data = make_dataset(tmp_path / "data", count=2)
+    out = tmp_path / "run"
+    args = finetune_args(data, base_model, out, "--lora-rank", "2", "--checkpoint-every", "1", "--log-every", "1")
+    assert run_sana(*args, "--steps", "2", "--lr", "1e-4").returncode == 0
+    resumed = run_sana(*args, "--steps", "4", "--lr", "5e-5", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "lr 0.0001 -> 5e-05" in resumed.stderr and "steps 2 -> 4" in resumed.stderr
+    assert json.loads((out / "train_config.json").read_text())["lr"] == 5e-5
+    rows = {int(r["step"]): float(r["lr"]) for r in csv.DictReader((out / "loss.csv").open())}
+    assert rows[1] == pytest.approx(1e-4) and rows[3] == pytest.approx(5e-5) and rows[4] == pytest.approx(5e-5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UsageError
@@ -14,6 +14,7 @@ CONFIG_NAME = "train_config.json"
 
 # Settings a resumed run must share with the run it continues (the rest, e.g. --steps, may change).
 RESUME_INVARIANTS = ("mode", "init", "model_dir", "transformer_config", "resolution", "batch_size", "grad_accum",
+                     "optimizer", "precision",
                      "lora_rank", "lora_alpha", "lora_targets", "seed", "ema")
 
 
@@ -112,3 +113,9 @@ class TrainConfig:
 
     def differences(self, other: "TrainConfig") -> list[str]:
         return [name for name in RESUME_INVARIANTS if getattr(self, name) != getattr(other, name)]
+
+    def changes(self, other: "TrainConfig") -> list[tuple[str, object, object]]:
+        """(setting, this value, other's value) for every setting a resumed run may change and `other` does."""
+        fixed = set(RESUME_INVARIANTS) | {"data", "out"}
+        return [(f.name, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                if f.name not in fixed and getattr(self, f.name) != getattr(other, f.name)]

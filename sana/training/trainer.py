@@ -511,6 +511,18 @@ class Trainer:
 
         return hashlib.sha256("|".join(f"{it.latent}:{it.text}" for it in self.items).encode()).hexdigest()[:16]
 
+    def _apply_schedule(self) -> None:
+        """After a restore, the rate this run's settings give at the restored step: a resumed run may change --lr,
+        --steps, --lr-schedule, --warmup or --weight-decay (the record says so), and the checkpoint's optimizer and
+        scheduler carry the old values. The schedule's function is this run's already (it is not part of the saved state)."""
+        step = self.scheduler.last_epoch
+        self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * factor(step)
+            group["weight_decay"] = self.cfg.weight_decay
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def _restore(self, resume: bool | Path) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -546,6 +558,7 @@ class Trainer:
                     params[name].copy_(weights[name])
             self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        self._apply_schedule()
         self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None:
             ema = ckpt.load_tensors(folder / "ema.safetensors")
