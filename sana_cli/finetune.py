@@ -119,6 +119,11 @@ def finetune(
         hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
         raise UsageError(f"{out_dir} is not empty", hint)
     settings.validate()
+    if settings.init == "random" and settings.transformer_config:
+        _check_config_fits(settings.transformer_config, Path(settings.model_dir), str(flags.get("model") or "the model"))
+    if settings.compile and main_process and _no_gpu(flags):
+        console.notice("--compile on a CPU: torch.compile's start-up takes minutes there and rarely pays; it is "
+                       "meant for GPUs")
     if settings.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise UsageError("--optimizer adamw8bit needs bitsandbytes",
                          "pip install bitsandbytes, or use --optimizer adamw")
@@ -233,6 +238,33 @@ def _base_model(arg: str | None) -> tuple[Path, int]:
     vconf = read_json(folder / "vae" / "config.json")
     factor = 2 ** (len(vconf.get("encoder_block_out_channels", [0] * 6)) - 1)
     return folder.resolve(), int(tconf.get("sample_size", 32)) * factor * int(tconf.get("patch_size", 1))
+
+
+def _check_config_fits(config: dict, model_dir: Path, label: str) -> None:
+    """--init random --config: the DiT must take the base model's autoencoder latents and text features."""
+    from sana.components import read_json
+
+    latent = read_json(model_dir / "vae" / "config.json").get("latent_channels")
+    text = read_json(model_dir / "text_encoder" / "config.json").get("hidden_size")
+    wanted = {"in_channels": latent, "out_channels": latent, "caption_channels": text}
+    wrong = [f"{key} {config.get(key)} (the {'autoencoder makes' if key != 'caption_channels' else 'text encoder gives'}"
+             f" {value})" for key, value in wanted.items()
+             if value is not None and config.get(key) is not None and int(config[key]) != int(value)]
+    if wrong:
+        raise UsageError(f"--config does not fit {label}: " + ", ".join(wrong),
+                         "use a config made for this autoencoder and text encoder, or another --model")
+
+
+def _no_gpu(flags: dict) -> bool:
+    """The run will be on the CPU: asked for, or no CUDA device visible (checked without importing torch)."""
+    import os
+    import shutil
+
+    if str(flags.get("device") or "auto") == "cpu":
+        return True
+    if str(flags.get("device") or "auto").startswith("cuda"):
+        return False
+    return shutil.which("nvidia-smi") is None and os.environ.get("CUDA_VISIBLE_DEVICES", "") in ("", "-1")
 
 
 def _transformer_config(arg: str) -> dict:

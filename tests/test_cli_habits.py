@@ -56,6 +56,8 @@ FAST_ERRORS = {
     "max-vram": (("gen", "x", "-m", "nano", "--max-vram", "lots"), "--max-vram 'lots'"),
     "out-under-a-file": (("gen", "x", "-m", "nano", "-o", "prompts.txt/out/"), "prompts.txt is not a directory"),
     "force-and-skip": (("gen", "x", "-m", "nano", "--force", "--skip-existing"), "contradict"),
+    "finetune-config-fit": (("finetune", "data", "-m", "nano", "--init", "random", "--config", "sana-1.6b"),
+                            "--config does not fit nano: in_channels 32 (the autoencoder makes 8)"),
     "video-memory-mode": (("video", "x", "-m", "video-2b-480p", "--dry-run", "--memory", "bogus"), "memory mode"),
     "world-max-vram": (("world", "x", "-m", "wm-2.6b", "--actions", "w-8", "--fov", "60", "--preview", "p.png",
                         "--max-vram", "lots"), "--max-vram 'lots'"),
@@ -81,6 +83,12 @@ def test_optimizer_extra_is_checked_before_torch(tmp_path):
     (tmp_path / "data").mkdir()
     result, lines = run_profiled("finetune", "data", "-m", "nano", "--optimizer", "adamw8bit", cwd=tmp_path)
     assert "needs bitsandbytes" in lines[-1] and heavy_imports(result.stderr) == []
+
+
+def test_compile_on_a_cpu_is_noted(tmp_path):
+    (tmp_path / "data").mkdir()
+    result = run_sana("finetune", "data", "-m", "nano", "--compile", "--device", "cpu", cwd=tmp_path)
+    assert "--compile on a CPU" in result.stderr and result.returncode != 0  # then the empty folder stops it
 
 
 def test_resume_without_a_checkpoint_is_refused_before_torch(tmp_path):
