@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from typing import Annotated, Optional
 
 import typer
 
-from sana.errors import UsageError
+from sana.errors import SanaError, UsageError
 
 from . import console
 from . import options as opt
@@ -40,6 +41,17 @@ def serve(
     gpus: Annotated[int, typer.Option("--gpus", min=1, max=64, help="Worker processes behind the one queue, one a "
                                                                   "GPU (with --device cpu: that many CPU processes); "
                                                                   "image models.")] = 1,
+    ray: Annotated[bool, typer.Option("--ray", help="Run the models as Ray Serve replicas (one GPU each, or CPU) "
+                                                    "behind this server; image models. Needs sana-cli[ray].")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", envvar="RAY_ADDRESS", show_envvar=True,
+        help="The Ray cluster to join (e.g. auto, or HEAD:6379); without it --ray starts a Ray of its own.")] = None,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, max=1024, help="--ray: replicas to start.")] = 1,
+    max_replicas: Annotated[Optional[int], typer.Option(
+        "--max-replicas", min=1, max=1024, help="--ray: let Ray autoscale from --replicas up to this many.")] = None,
+    replica_cpus: Annotated[int, typer.Option("--replica-cpus", min=1, max=512,
+                                              help="--ray: CPU cores each CPU replica takes (and its torch "
+                                                   "threads).")] = 1,
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
     memory: opt.Memory = "auto",
@@ -66,6 +78,13 @@ def serve(
                          "pass --api-key KEY (or set SANA_API_KEY), or --insecure to serve it open")
     if len(set(model)) != len(model):
         raise UsageError("a model is given twice", "give each --model once")
+    if not ray and (replicas != 1 or max_replicas is not None or replica_cpus != 1):
+        raise UsageError("--replicas, --max-replicas and --replica-cpus are for Ray Serve", "add --ray")
+    if ray and gpus > 1:
+        raise UsageError("--ray and --gpus both spread the models", "use --ray --replicas N, or --gpus N")
+    if max_replicas is not None and max_replicas < replicas:
+        raise UsageError(f"--max-replicas {max_replicas} is below --replicas {replicas}",
+                         "--replicas is where autoscaling starts and its floor")
     memory_mode = check_mode(memory or "auto")
     cap = parse_memory_size(max_vram) if max_vram else None
     from .serve_models import attach_loras, load_model, read_allow_list
@@ -78,9 +97,16 @@ def serve(
 
     quiet_libraries()
     _configure_logging()
-    scheduler = Scheduler(max_batch=max_batch, window=batch_window_ms / 1000, max_queue=max_queue)
+    # With --ray, Ray's @serve.batch gathers the batches in each replica: the queue here hands on one job at a time.
+    scheduler = Scheduler(max_batch=1 if ray else max_batch, window=0 if ray else batch_window_ms / 1000,
+                          max_queue=max_queue)
     state = ServerState(models={}, scheduler=scheduler, api_key=api_key, max_batch=max_batch)
-    if gpus > 1:  # worker processes load the models; this one only plans and admits
+    if ray:
+        state.runner = _start_ray(state, model, lora or [], allowed, address=ray_address, replicas=replicas,
+                                  max_replicas=max_replicas or replicas, cpus=replica_cpus,
+                                  device=device, dtype=dtype, memory=memory_mode, max_vram=cap, max_batch=max_batch,
+                                  window=batch_window_ms / 1000, port=port)
+    elif gpus > 1:  # worker processes load the models; this one only plans and admits
         state.runner = _start_workers(state, model, lora or [], allowed, gpus, device=device, dtype=dtype,
                                       memory=memory_mode, max_vram=cap, max_batch=max_batch)
     else:
@@ -101,9 +127,6 @@ def serve(
 def _start_workers(state, names: list[str], lora_texts: list[str], allowed: dict, count: int, *, device: str,
                    dtype: str, memory: str, max_vram: int | None, max_batch: int):
     """`--gpus N`: the models described here (planned, not loaded), N worker processes loading them, started."""
-    import os
-
-    from sana.serving.loras import AllowList
     from sana.serving.processes import ProcessPool
 
     from .serve_models import load_model, load_models
@@ -119,10 +142,76 @@ def _start_workers(state, names: list[str], lora_texts: list[str], allowed: dict
     pool = ProcessPool(state.models, state.scheduler, state.metrics, state.progress, loader=load_models, spec=spec,
                        devices=devices)
     pool.start()
-    for name, taken in pool.lora_names().items():
+    _narrow_loras(state, allowed, pool.lora_names())
+    return pool
+
+
+def _start_ray(state, names: list[str], lora_texts: list[str], allowed: dict, *, address: str | None,
+               replicas: int, max_replicas: int, cpus: int, device: str, dtype: str, memory: str,
+               max_vram: int | None, max_batch: int, window: float, port: int):
+    """`--ray`: the replicas deployed on the Ray cluster (a Ray of this process's own without an address), then the
+    models described here (planned against a replica's device, not loaded)."""
+    import socket
+
+    # 1. Ray Serve: an optional extra; only image models, on GPUs or CPUs.
+    try:
+        import ray
+
+        from sana.serving import replicas as ray_replicas
+    except ImportError as exc:
+        raise UsageError(f"`sana serve --ray` needs Ray Serve ({exc.name} is missing)",
+                         'pip install "sana-cli[ray]"') from None
+    from .serve_models import IMAGE_FAMILIES, load_model, load_models, resolve_any
+
+    for name in names:
+        if resolve_any(name)[2] not in IMAGE_FAMILIES:
+            raise UsageError(f"{name} is a clip model: Ray replicas (--ray) serve image models for now",
+                             "serve it without --ray")
+    if (device or "auto") not in ("auto", "cuda", "cpu"):
+        raise UsageError(f"--ray takes --device auto, cuda or cpu, not {device}", "each GPU replica gets one GPU")
+
+    # 2. Join the cluster (or start a Ray here), then the replicas: one GPU each, or CPU ones.
+    own = not address and not os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise SanaError(f"could not join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
+                        f"{_first_line(exc)}",
+                        "check --ray-address / RAY_ADDRESS (e.g. auto, or HEAD_IP:6379)") from None
+    gpu = device == "cuda" or (device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1)
+    app = f"sana-{socket.gethostname()}-{port}"  # a restart on the same host and port replaces its replicas
+    threads = None if gpu else cpus
+    spec = {"names": list(names), "loras": list(lora_texts), "dtype": dtype, "memory": memory, "max_vram": max_vram,
+            "max_batch": max_batch, "threads": threads}
+    scaling = f"{replicas} to {max_replicas}" if max_replicas > replicas else str(replicas)
+    console.info(f"starting {scaling} Ray Serve replica(s) ({'one GPU' if gpu else f'{cpus} CPU core(s)'} each) "
+                 f"as application {app}")
+    try:
+        handle = ray_replicas.deploy(load_models, spec, app=app, gpu=gpu, cpus=cpus, max_batch=max_batch,
+                                     window=window, replicas=replicas, max_replicas=max_replicas)
+    except Exception as exc:  # a replica could not load (its traceback is in Ray's log above)
+        ray_replicas.remove(app, whole=own)
+        raise SanaError(f"the Ray Serve replicas did not start: {_first_line(exc)}",
+                        "every node needs sana-cli, the model's files and the --lora files") from None
+
+    # 3. The models described here from a replica's device, for the admission caps; the LoRAs the replicas took.
+    described = handle.describe.remote().result()
+    for name in names:
+        state.models[name] = load_model(name, device=device, dtype=dtype, memory=memory, max_vram=max_vram,
+                                        max_batch=max_batch, load=False, device_info=described["device_info"])
+    _narrow_loras(state, allowed, described["loras"])
+    return ray_replicas.ReplicaPool(handle, state.scheduler, state.metrics, state.progress,
+                                    in_flight=min(256, 2 * max_batch * max_replicas),
+                                    on_stop=lambda: ray_replicas.remove(app, whole=own))
+
+
+def _narrow_loras(state, allowed: dict, taken_by_model: dict[str, list[str]]) -> None:
+    """Each model admits the allow-listed LoRAs its workers took (the ones that fit it)."""
+    from sana.serving.loras import AllowList
+
+    for name, taken in taken_by_model.items():
         if taken:
             state.models[name].loras = AllowList({lora: allowed[lora] for lora in taken})
-    return pool
 
 
 def _worker_devices(count: int, device: str) -> list[str]:
@@ -139,6 +228,11 @@ def _worker_devices(count: int, device: str) -> list[str]:
         raise UsageError(f"--gpus {count}: {found} CUDA device(s) here",
                          f"use --gpus {found}" if found > 1 else "use --device cpu for CPU worker processes")
     return [f"cuda:{i}" for i in range(count)]
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _is_loopback(host: str) -> bool:

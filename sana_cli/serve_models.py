@@ -13,6 +13,7 @@ from sana.errors import SanaError, UsageError
 from . import console
 
 COMMANDS = ("gen", "sprint", "video", "world")  # tried in turn: the first whose family the model is
+IMAGE_FAMILIES = ("sana", "sana1.5", "sprint")  # what --gpus worker processes and --ray replicas serve
 
 
 def resolve_any(name: str):
@@ -29,22 +30,25 @@ def resolve_any(name: str):
 
 
 def load_model(name: str, *, device: str, dtype: str, memory: str, max_vram: int | None, max_batch: int,
-               load: bool = True):
+               load: bool = True, device_info=None):
     """Resolve, plan and load one model (SANA, SANA-1.5, SANA-Sprint, SANA-Video or SANA-WM) as a `ServedModel`.
-    `load` False (an image model served by worker processes): everything but the pipeline, which stays None."""
+    `load` False (an image model served by worker processes or Ray replicas): everything but the pipeline, which
+    stays None. `device_info`: plan for that device (a replica's `DeviceInfo`) instead of probing `device` here."""
+    import torch
+
     from sana.device import limit_process_memory, pick_device, probe_device
 
     from .generation import component_sizes
 
     resolved, spec, family = resolve_any(name)
     sizes = component_sizes(resolved, spec, None)
-    target = pick_device(device or "auto")
-    info = probe_device(target)
+    target = torch.device(device_info.kind) if device_info is not None else pick_device(device or "auto")
+    info = device_info or probe_device(target)
     if max_vram is not None and info.is_accelerator and load:
         limit_process_memory(target, max_vram)
-    if not load and family not in ("sana", "sana1.5", "sprint"):
-        raise UsageError(f"{name} is a clip model: worker processes (--gpus) serve image models for now",
-                         "serve it without --gpus")
+    if not load and family not in IMAGE_FAMILIES:
+        raise UsageError(f"{name} is a clip model: worker processes (--gpus) and Ray replicas (--ray) serve image "
+                         "models for now", "serve it without --gpus or --ray")
     loader = {"video": _video, "wm": _world}.get(family, _image)
     served, plan = loader(name, resolved, spec, family, sizes, info, target, dtype=dtype or "auto", memory=memory,
                           max_vram=max_vram, max_batch=max_batch, load=load)

@@ -5,7 +5,7 @@
   body turned into a queued job; `clips`: a clip body turned into one, and a clip job run and written;
 - `scheduler`: the bounded FIFO queue and the batching of requests that can share a forward;
 - `worker`: the one thread that owns the models and runs the batches; `processes`: one worker process per device
-  instead (`--gpus N`);
+  instead (`--gpus N`); `replicas`: Ray Serve replicas instead (`--ray`, the `ray` extra);
 - `loras`: allow-listed LoRAs merged into a served DiT for the batches that name them, and taken out exactly;
 - `store` (images for `GET /v1/images/{id}/content`), `videos` (clip jobs and their files), `progress` (each job's
   steps for server-sent events), `metrics` (Prometheus' text format);
