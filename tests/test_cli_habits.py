@@ -98,8 +98,12 @@ def test_resume_without_a_checkpoint_is_refused_before_torch(tmp_path):
     data.mkdir()
     run.mkdir()
     TrainConfig(data=str(data), out=str(run), model_dir=str(tmp_path), resolution=64).save(run)
+    (run / "pytorch_lora_weights.safetensors").write_bytes(b"")  # a finished run whose checkpoints were deleted
     result, lines = run_profiled("finetune", "data", "-o", "run", "--resume", cwd=tmp_path)
     assert "no checkpoint to resume" in lines[-1] and heavy_imports(result.stderr) == []
+    (run / "pytorch_lora_weights.safetensors").unlink()  # settings alone: a run stopped during start-up
+    result, lines = run_profiled("finetune", "data", "-o", "run", "--resume", "-m", "nano", cwd=tmp_path)
+    assert any("saved no checkpoint; starting it over" in line for line in lines), lines
     result, lines = run_profiled("finetune", "data", "-o", "run", "--resume-from", "data", cwd=tmp_path)
     assert "not a complete checkpoint" in lines[-1] and heavy_imports(result.stderr) == []
 
