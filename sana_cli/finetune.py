@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -130,7 +129,10 @@ def finetune(
 
     # 2. Many GPUs: hand over to the standard launcher, which runs this same command once per GPU.
     if gpus > 1:
-        _exec_torchrun(gpus)
+        from .launch import exec_torchrun, launched_by_torchrun
+
+        if not launched_by_torchrun():
+            exec_torchrun(gpus)
     from .generation import quiet_libraries
 
     quiet_libraries()
@@ -283,31 +285,6 @@ def _transformer_config(arg: str) -> dict:
     if spec is None:
         raise UsageError(f"--config {arg} is neither a config.json nor a registry model", "see: sana models list")
     return dict(spec.transformer)
-
-
-def _exec_torchrun(gpus: int) -> None:
-    from sana.training.distributed import launched_by_torchrun
-
-    if launched_by_torchrun():
-        return  # already one of torchrun's processes
-    args = []
-    skip = False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        if arg == "--gpus":
-            skip = True
-            continue
-        if arg.startswith("--gpus="):
-            continue
-        args.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-               "-m", "sana_cli", *args]
-    console.info(f"launching {gpus} processes: torchrun --standalone --nproc-per-node={gpus} -m sana_cli {' '.join(args)}")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execvp(command[0], command)
 
 
 class _Progress:

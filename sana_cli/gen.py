@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,10 @@ from sana.errors import UsageError
 from . import console
 from . import options as opt
 from .generation import (
-    DTYPE_CHOICES, IMAGE_SAMPLERS, SIZE_MULTIPLE, check_output_dirs, component_sizes, default_model, generate_with_progress,
-    note_cut_prompts, note_large_sizes, note_outside_nano_grammar, parse_resolution, plan_jobs, plan_table,
-    quiet_libraries, read_jobs, replay_settings, resolve_for, transformer_config_for, weights_variant,
+    DTYPE_CHOICES, IMAGE_SAMPLERS, JOB_PLAN_ENV, SIZE_MULTIPLE, check_output_dirs, component_sizes, default_model,
+    generate_with_progress, note_cut_prompts, note_large_sizes, note_outside_nano_grammar, parse_resolution, plan_jobs, plan_table,
+    quiet_libraries, read_job_plan, read_jobs, replay_settings, resolve_for, share_of_jobs, transformer_config_for,
+    weights_variant, write_job_plan,
 )
 
 
@@ -48,6 +50,7 @@ def gen(
     force: opt.Force = False,
     skip_existing: opt.SkipExisting = False,
     as_json: opt.Json = False,
+    gpus: opt.Gpus = 1,
     server: opt.Server = None,
     api_key: opt.ApiKey = None,
 ) -> None:
@@ -162,12 +165,23 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force or skip_existing,
                                  index_start=index_start, taken=taken)
 
-    planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths,
-                             skip_existing=skip_existing)
-    check_output_dirs([path for *_, paths in planned_jobs for path in paths])
-    if not planned_jobs:
-        console.info("nothing to make: every output exists")
-        return
+    from .launch import rank_and_world
+
+    rank, world = rank_and_world()
+    if world > 1 and JOB_PLAN_ENV in os.environ:  # one of --gpus N's processes: the parent planned the outputs
+        planned_jobs = share_of_jobs(read_job_plan(os.environ[JOB_PLAN_ENV]), rank, world)
+    else:
+        planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths,
+                                 skip_existing=skip_existing)
+        check_output_dirs([path for *_, paths in planned_jobs for path in paths])
+        if not planned_jobs:
+            console.info("nothing to make: every output exists")
+            return
+        gpus = int(flags.get("gpus") or 1)
+        if gpus > 1 and not dry_run and not flags.get("server"):
+            from .launch import exec_torchrun
+
+            exec_torchrun(gpus, {JOB_PLAN_ENV: write_job_plan(planned_jobs)})
     if flags.get("server"):  # sent to a running `sana serve`; the files written here as below (no torch)
         from .remote import generate_images
 
@@ -203,6 +217,11 @@ def run(flags: dict[str, Any], *, command: str) -> None:
 
     # 5. Device, precision and the memory plan (a dry run prints it and stops here).
     device = pick_device(flags.get("device") or "auto")
+    if world > 1 and device.type == "cuda":  # --gpus N: this process's GPU
+        import torch
+
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
     note_cuda_build_without_gpu(device)
     info = probe_device(device)
     fp8 = bool(flags.get("fp8"))
@@ -273,6 +292,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         last = f"; the last is {saved[-1]}" if saved else ""
         raise Interrupted(f"interrupted: {len(saved)} of {total} images saved{last}",
                           "--skip-existing makes the rest" if len(requests) > 1 or total > 1 else None) from None
+    if world > 1 and rank == 0:  # the processes read the plan as they started; this one finished last of that
+        Path(os.environ[JOB_PLAN_ENV]).unlink(missing_ok=True)
 
 
 def _workload(requests: list, native_resolution: int, *, sprint: bool):

@@ -169,6 +169,43 @@ def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], ex
     return planned_jobs
 
 
+# --gpus N: the parent's planned outputs, handed to each process so that they split one plan (a file name, a
+# drawn seed or a skipped output is decided once).
+JOB_PLAN_ENV = "SANA_JOB_PLAN"
+
+
+def write_job_plan(planned_jobs: list[tuple[str, dict, list[int], list[Path]]]) -> str:
+    import json
+    import tempfile
+
+    rows = [{"prompt": p, "settings": s, "seeds": seeds, "paths": [str(x) for x in paths]}
+            for p, s, seeds, paths in planned_jobs]
+    handle, name = tempfile.mkstemp(prefix="sana-plan-", suffix=".json")
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+        json.dump(rows, f, default=str)
+    return name
+
+
+def read_job_plan(path: str) -> list[tuple[str, dict, list[int], list[Path]]]:
+    import json
+
+    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [(r["prompt"], r["settings"], r["seeds"], [Path(x) for x in r["paths"]]) for r in rows]
+
+
+def share_of_jobs(planned_jobs: list[tuple[str, dict, list[int], list[Path]]], rank: int, world: int
+                  ) -> list[tuple[str, dict, list[int], list[Path]]]:
+    """Process `rank`'s outputs of the plan: every `world`-th output in plan order, kept grouped by prompt (a
+    prompt's outputs on one process are still one batch)."""
+    items = [(j, seed, path) for j, (_, _, seeds, paths) in enumerate(planned_jobs) for seed, path in zip(seeds, paths)]
+    mine: dict[int, tuple[list[int], list[Path]]] = {}
+    for j, seed, path in items[rank::world]:
+        seeds, paths = mine.setdefault(j, ([], []))
+        seeds.append(seed)
+        paths.append(path)
+    return [(planned_jobs[j][0], planned_jobs[j][1], *mine[j]) for j in sorted(mine)]
+
+
 MAX_SEED = 0xFFFFFFFF  # seeds are 32-bit; --num N counts on from the seed and wraps
 
 

@@ -28,6 +28,7 @@ Dtype = Annotated[str, typer.Option("--dtype", help="auto, bf16, fp16 or fp32.")
 Fp8 = Annotated[bool, typer.Option("--fp8", help="Run the transformer's block linears as fp8 GEMMs (NVIDIA GPUs of compute capability 8.9+: Ada, Hopper): faster, and the image moves slightly from bf16's.")]
 FromFile = Annotated[Optional[Path], typer.Option("--from", help="Replay the settings stored in an image's or clip's metadata; explicit flags win.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+Gpus = Annotated[int, typer.Option("--gpus", min=1, help="Split the outputs across N processes, one a GPU (torchrun); with --device cpu, N CPU processes.")]
 SkipExisting = Annotated[bool, typer.Option("--skip-existing", help="Make only the outputs not yet on disk (continue a --prompts or --num run that stopped).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON line per file written (path, seed, prompt, size, timings) instead of its path.")]
 Steps = Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (model default if not given).")]

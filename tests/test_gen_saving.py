@@ -109,3 +109,23 @@ def test_tables_print_whole_on_a_narrow_or_piped_console(monkeypatch):
     text = buffer.getvalue()
     assert "encode 0.05, denoise 24.57, decode 1.84" in text and "peak GiB (diffusers / ours)" in text
     assert "…" not in text
+
+
+@nano
+def test_gpus_splits_a_prompts_file_across_processes_with_the_same_names(tmp_path):
+    """--gpus 2 --device cpu: two torchrun processes share one plan; the files are those of a one-process run."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a large red circle in the center on a white background\n"
+                       "a small green square on the left on a black background\n"
+                       "a large blue triangle at the top on a white background\n")
+    common = ("gen", "--prompts", str(prompts), "-m", "nano", "--device", "cpu", "--steps", "2", "--seed", "3")
+    one = run_sana(*common, "-o", f"{tmp_path / 'one'}/")
+    assert one.returncode == 0, one.stderr
+    two = run_sana(*common, "-o", f"{tmp_path / 'two'}/", "--gpus", "2")
+    assert two.returncode == 0, two.stderr
+    assert "launching 2 processes" in two.stderr
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert len(names) == 3 and sorted(p.name for p in (tmp_path / "two").iterdir()) == names
+    for name in names:  # one image a prompt either way: the same batch, the same pixels
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "one" / name)),
+                              np.asarray(Image.open(tmp_path / "two" / name)))
