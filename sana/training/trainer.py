@@ -29,6 +29,7 @@ from .config import TrainConfig
 from .data import DataReport, aspect_buckets, epoch_batches, nearest_bucket, scan_folder
 from .plot import append_log, plot_loss, truncate_log
 from .runtime import StopFlag as _StopFlag, memory_gb as _memory_gb
+from .schedule import apply_schedule, lr_lambda
 
 LOG_NAME = "loss.csv"
 PLOT_NAME = "loss.png"
@@ -88,20 +89,6 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     return torch.float32
-
-
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up to the base rate, then constant, cosine or linear decay to zero at the last step."""
-
-    def factor(step: int) -> float:
-        if cfg.warmup and step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1.0 - progress
-
-    return factor
 
 
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -511,18 +498,6 @@ class Trainer:
 
         return hashlib.sha256("|".join(f"{it.latent}:{it.text}" for it in self.items).encode()).hexdigest()[:16]
 
-    def _apply_schedule(self) -> None:
-        """After a restore, the rate this run's settings give at the restored step: a resumed run may change --lr,
-        --steps, --lr-schedule, --warmup or --weight-decay (the record says so), and the checkpoint's optimizer and
-        scheduler carry the old values. The schedule's function is this run's already (it is not part of the saved state)."""
-        step = self.scheduler.last_epoch
-        self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
-        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
-            group["initial_lr"] = self.cfg.lr
-            group["lr"] = self.cfg.lr * factor(step)
-            group["weight_decay"] = self.cfg.weight_decay
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
     def _restore(self, resume: bool | Path) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -558,7 +533,7 @@ class Trainer:
                     params[name].copy_(weights[name])
             self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
-        self._apply_schedule()
+        apply_schedule(self.optimizer, self.scheduler, self.cfg)
         self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None:
             ema = ckpt.load_tensors(folder / "ema.safetensors")
