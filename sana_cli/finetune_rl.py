@@ -52,7 +52,8 @@ def finetune_rl(flags: dict) -> None:
     """The steps of `sana finetune PROMPTS --rl`."""
     from sana.training.rl.config import RLConfig
 
-    from .finetune import _check_checkpoint, _exec_torchrun
+    from .finetune import _check_checkpoint
+    from .launch import exec_torchrun, launched_by_torchrun
 
     data, gpus = str(flags["data"]), int(flags.get("gpus", 1))
     if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:  # one of torchrun's processes (no --gpus here)
@@ -93,7 +94,8 @@ def finetune_rl(flags: dict) -> None:
 
     # 2. Many GPUs: the standard launcher runs this same command once per GPU (rollouts split by prompt).
     if gpus > 1:
-        _exec_torchrun(gpus)
+        if not launched_by_torchrun():
+            exec_torchrun(gpus)
     from sana.training.rl.loop import run
 
     from .generation import quiet_libraries
