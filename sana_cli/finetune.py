@@ -25,6 +25,7 @@ def finetune(
     init: Annotated[Optional[str], Opt("--init", help="pretrained (default) or random (train from scratch; implies --full).")] = None,
     config: Annotated[Optional[str], Opt("--config", help="DiT config for --init random: a registry model name or a config.json.")] = None,
     res: Annotated[Optional[int], Opt("--res", "-r", help="Training resolution (default: the model's).")] = None,
+    frames: Annotated[Optional[int], Opt("--frames", min=1, help="Video models: frames a clip trains on, at the model's frame rate (default: the model's clip length; snapped to its VAE's rule).")] = None,
     steps: Annotated[Optional[int], Opt("--steps", help="Optimizer steps in all (default 1000); with --rl: rounds, one optimizer step each.")] = None,
     batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="Images per step and GPU (default 1).")] = None,
     grad_accum: Annotated[Optional[int], Opt("--grad-accum", help="Micro-batches per optimizer step (default 1).")] = None,
@@ -118,6 +119,9 @@ def finetune(
         hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
         raise UsageError(f"{out_dir} is not empty", hint)
     settings.validate()
+    from .finetune_video import check_data_kind
+
+    check_data_kind(Path(data), settings.video)
     if settings.init == "random" and settings.transformer_config:
         _check_config_fits(settings.transformer_config, Path(settings.model_dir), str(flags.get("model") or "the model"))
     if settings.compile and main_process and _no_gpu(flags):
@@ -136,8 +140,10 @@ def finetune(
     from .generation import quiet_libraries
 
     quiet_libraries()
-    from sana.training.trainer import run
-
+    if settings.video:
+        from sana.training.video_trainer import run
+    else:
+        from sana.training.trainer import run
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # 3. Train, with a progress line on the main process only.
@@ -202,6 +208,9 @@ def _settings(flags: dict, data: Path, out_dir: Path, saved):
         full = flags.get("full", random_init)
         base = dataclasses.asdict(TrainConfig(data=str(data), out=str(out_dir), model_dir=str(model_dir), resolution=native))
         base.update(mode="full" if full else "lora", lr=2e-4 if random_init else 2e-5 if full else 1e-4)
+        from .finetune_video import video_settings
+
+        base.update(video_settings(flags.get("model"), model_dir, flags))
         if random_init and "config" in flags:
             base["transformer_config"] = _transformer_config(flags["config"])
     base.update(data=str(data), out=str(out_dir))
@@ -236,6 +245,11 @@ def _base_model(arg: str | None) -> tuple[Path, int]:
     for part in ("transformer", "vae", "text_encoder", "tokenizer"):
         if not (folder / part).is_dir():
             raise UsageError(f"{arg} has no {part}/ folder", "fine-tuning needs a complete diffusers-format SANA model")
+    from .finetune_video import video_native
+
+    native = video_native(folder)
+    if native is not None:
+        return folder.resolve(), native
     tconf = read_json(folder / "transformer" / "config.json")
     vconf = read_json(folder / "vae" / "config.json")
     factor = 2 ** (len(vconf.get("encoder_block_out_channels", [0] * 6)) - 1)
@@ -246,7 +260,8 @@ def _check_config_fits(config: dict, model_dir: Path, label: str) -> None:
     """--init random --config: the DiT must take the base model's autoencoder latents and text features."""
     from sana.components import read_json
 
-    latent = read_json(model_dir / "vae" / "config.json").get("latent_channels")
+    vae = read_json(model_dir / "vae" / "config.json")
+    latent = vae.get("latent_channels", vae.get("z_dim"))  # DC-AE's name, Wan's name
     text = read_json(model_dir / "text_encoder" / "config.json").get("hidden_size")
     wanted = {"in_channels": latent, "out_channels": latent, "caption_channels": text}
     wrong = [f"{key} {config.get(key)} (the {'autoencoder makes' if key != 'caption_channels' else 'text encoder gives'}"

@@ -363,6 +363,10 @@ def default_model(command: str, *, planning: bool = False) -> str:
         console.notice(f"no SANA model is downloaded: using the built-in nano model (256 px coloured shapes); "
                        f"`sana models pull {PREFERRED[command][0]}` gets the real one")
         return "nano"
+    if command == "video" and "nano-video" in ready:
+        console.notice(f"no SANA-Video model is downloaded: using the built-in nano video model (128 px clips of "
+                       f"moving coloured shapes); `sana models pull {PREFERRED[command][0]}` gets the real one")
+        return "nano-video"
     if planning:
         return PREFERRED[command][0]
     raise UsageError("no --model given and no model is downloaded",

@@ -88,11 +88,12 @@ def info_command(name: Annotated[str, typer.Argument(help=NAME_HELP)]) -> None:
     if not spec.verified:
         rows.append(("verified", "no (values from the model's documentation, not checked against the repo)"))
     if spec.extra.get("embedded"):
-        from sana.embedded import NANO_ENV, embedded_model_dir
+        from sana.embedded import embedded_env, embedded_model_dir
 
         path = embedded_model_dir(spec.extra["embedded"])
         rows.append(("installed", f"yes, in the package: {path}" if path else
-                     f"no (this installation lacks it; {NANO_ENV} can point at a nano model folder)"))
+                     f"no (this installation lacks it; {embedded_env(spec.extra['embedded'])} can point at a "
+                     f"{spec.name} model folder)"))
     elif cached is None:
         rows.append(("downloaded", f"no (sana models pull {spec.name})"))
     else:

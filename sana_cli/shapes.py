@@ -41,15 +41,26 @@ def make_command(
     out: Annotated[Path, typer.Argument(help="Folder to write NNNNNN.png + NNNNNN.txt pairs and metadata.jsonl into.")],
     num: Annotated[int, typer.Option("--num", "-n", min=1, help="Number of image-caption pairs.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", "-s", help="Sampling seed; pair i depends on (seed, i) only.")] = 0,
-    holdout: Holdout = True,
+    holdout: Annotated[Optional[bool], typer.Option("--holdout/--no-holdout", help="Leave the held-out colour-shape pairs out of the data (images; default on). Clips use every pair.")] = None,
     two_objects: Annotated[float, typer.Option("--two-objects", min=0.0, max=1.0, help="Share of two-object scenes.")] = 0.5,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty folder (replacing an earlier dataset there).")] = False,
+    video: Annotated[bool, typer.Option("--video", help="Clips of the moving-shapes grammar (128 px, 17 frames at 8 fps) instead of images.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="--video: mp4, gif, or png (a folder of frames a clip).")] = "mp4",
 ) -> None:
-    """Write a training dataset of the shapes grammar, in the folder format `sana finetune` reads."""
+    """Write a training dataset of the shapes grammar (or with --video the moving-shapes grammar), in the folder
+    format `sana finetune` reads."""
     from sana.nano.shapes import DEFAULT_HOLDOUT, clear_dataset, write_dataset
 
     # 1. The folder: empty, or --force (an earlier dataset's files go, so none is left stale).
     _empty_folder(out, force, "dataset")
+    if video:
+        if holdout:
+            raise UsageError("--holdout is for images", "the clips' grammar uses every colour-shape pair")
+        from .shapes_video import make_clips
+
+        make_clips(out, num, seed, two_objects, fmt, _progress)
+        return
+    holdout = True if holdout is None else holdout
     if out.is_dir():
         clear_dataset(out)
     # 2. Write, with progress.
@@ -128,6 +139,7 @@ def score_command(
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
     force: opt.Force = False,
+    video: Annotated[bool, typer.Option("--video", help="Score a video model on clips of the moving-shapes grammar (--num clips, half one-object, half two-object; --out a .gif / .mp4 grid).")] = False,
 ) -> None:
     """Score a model's prompt adherence on prompts sampled from the grammar with a fixed seed."""
     from sana.nano.adherence import SETS, sample_grid, score_model
@@ -137,6 +149,13 @@ def score_command(
     # 1. Outputs first: an existing file fails before the model loads.
     if not model:
         raise UsageError("no --model given", "pass --model nano or a model directory")
+    if video:
+        if num_heldout is not None:
+            raise UsageError("--num-heldout is for images", "the clips' grammar holds no pairs out")
+        from .shapes_video import score_clips
+
+        score_clips(model, transformer, num, seed, steps, cfg, out, grid, rows, device, dtype, force, _progress)
+        return
     for path in (out, rows):
         if path is not None and path.exists() and not force:
             raise UsageError(f"{path} exists", "pass --force to overwrite it")
@@ -233,6 +252,7 @@ def train_vae_command(
     eval_images: Annotated[int, typer.Option("--eval-images", min=1, help="Images for the latent scale and the final scores.")] = 128,
     device: opt.Device = "auto",
     force: opt.Force = False,
+    video: Annotated[bool, typer.Option("--video", help="The nano video model's autoencoder (diffusers AutoencoderKLWan, 16 x 5 x 16 x 16 latents for 17 frames of 128 px) on the moving-shapes grammar: --batch and --eval-images count clips.")] = False,
 ) -> None:
     """Train the nano model's autoencoder (diffusers AutoencoderDC, 8 x 16 x 16 latents) on the grammar."""
     from sana.device import pick_device
@@ -241,6 +261,11 @@ def train_vae_command(
 
     # 1. Settings and the output folder.
     _empty_folder(out, force, "autoencoder")
+    if video:
+        from .shapes_video import train_video_vae
+
+        train_video_vae(out, steps, batch, lr, seed, max_minutes, eval_images, device)
+        return
     cfg = VaeTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, holdout=DEFAULT_HOLDOUT if holdout else (),
                          eval_images=eval_images, max_seconds=None if max_minutes is None else 60 * max_minutes)
     # 2. Train, logging the loss every few hundred steps.
@@ -265,6 +290,7 @@ def build_command(
     seed: Annotated[int, typer.Option("--seed", "-s", help="Seed of the random text encoder (and DiT, when random).")] = 0,
     shift: Annotated[float, typer.Option("--shift", help="Flow shift written into the scheduler config.")] = 3.0,
     dtype: Annotated[str, typer.Option("--dtype", help="Weights on disk: fp16, bf16 or fp32.")] = "fp16",
+    video: Annotated[bool, typer.Option("--video", help="The nano video model (SanaVideoPipeline): --vae from `train-vae --video`, the text encoder and tokenizer from --text-from (default: the built-in nano model).")] = False,
 ) -> None:
     """Write the nano SANA model: tokenizer, Gemma-2 text encoder, autoencoder, DiT and scheduler."""
     from sana.device import DTYPES
@@ -281,16 +307,22 @@ def build_command(
             raise UsageError(f"{flag} {path} does not exist")
     # 2. Build and save; the size budget applies to the shipped precisions only.
     quiet_libraries()
-    build = write_nano_model(out, vae, transformer=transformer, text_from=text_from, seed=seed, flow_shift=shift,
-                             dtype=DTYPES[dtype], check_budget=dtype != "fp32")
+    budget = SIZE_BUDGET
+    if video:
+        from .shapes_video import build_video
+
+        build, budget = build_video(out, vae, transformer, text_from, seed, shift, dtype)
+    else:
+        build = write_nano_model(out, vae, transformer=transformer, text_from=text_from, seed=seed, flow_shift=shift,
+                                 dtype=DTYPES[dtype], check_budget=dtype != "fp32")
     # 3. Sizes per component.
-    table = Table(title=f"nano model, {dtype}", header_style="bold")
+    table = Table(title=f"nano {'video ' if video else ''}model, {dtype}", header_style="bold")
     for column in ("component", "parameters", "MB on disk"):
         table.add_column(column, justify="left" if column == "component" else "right")
     for name, size in build.sizes.items():
         params = build.params.get(name)
         table.add_row(name, f"{params / 1e6:.2f} M" if params else "-", f"{size / 1e6:.2f}")
     table.add_row("total", f"{sum(build.params.values()) / 1e6:.2f} M",
-                  f"{build.total_bytes / 1e6:.2f} (budget {SIZE_BUDGET / 1e6:.0f})")
+                  f"{build.total_bytes / 1e6:.2f} (budget {budget / 1e6:.0f})")
     console.table(table)
     console.out.print(str(out), highlight=False)

@@ -50,6 +50,7 @@ def video(
     prompts: opt.Prompts = None,
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
+    lora: opt.Lora = None,
     memory: opt.Memory = "auto",
     max_vram: opt.MaxVram = None,
     dry_run: opt.DryRun = False,
@@ -170,11 +171,30 @@ class ClipDefaults:
     height: int
 
 
+ARCHITECTURE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "sample_size",
+                     "patch_size")
+
+
+def matching_clip_preset(transformer_config: dict):
+    """The video preset whose DiT has this folder's architecture (a fine-tune or a retrained nano-video keeps its
+    model's clip size and rate), or None."""
+    from sana.registry import all_specs
+
+    def key(config: dict) -> tuple:
+        return tuple(list(v) if isinstance(v, (list, tuple)) else v for v in map(config.get, ARCHITECTURE_KEYS))
+
+    found = [s for s in all_specs() if s.family == "video" and key(s.transformer) == key(transformer_config)]
+    return found[0] if found else None
+
+
 def clip_defaults(spec, scheduler: dict, transformer_config: dict) -> ClipDefaults:
-    """The preset's defaults (a local folder: the released preset of its size class), with the model's own
-    scheduler file winning for the flow shift (DPM-Solver's `flow_shift`, flow Euler's `shift`)."""
+    """The preset's defaults (a local folder: the preset of its architecture, else the released preset of its size
+    class), with the model's own scheduler file winning for the flow shift (DPM-Solver's `flow_shift`, flow Euler's
+    `shift`)."""
     from sana.registry import get_spec
 
+    if spec is None:
+        spec = matching_clip_preset(transformer_config)
     if spec is None:
         spec = get_spec("video-2b-720p" if transformer_config.get("sample_size") == 22 else "video-2b-480p")
     d = spec.defaults
@@ -239,13 +259,18 @@ def run(flags: dict[str, Any]) -> None:
 
     # 1. Settings from --from, the command line and the prompts file, every value checked (before torch loads).
     replay = {k: v for k, v in replay_settings(flags.get("from"), "video").items()
-              if k in (*VIDEO_KEYS, "model", "image_sha256")}
+              if k in (*VIDEO_KEYS, "model", "image_sha256", "lora")}
     explicit = {k: flags.get(k) for k in VIDEO_KEYS}
     dry_run, force = bool(flags.get("dry_run")), bool(flags.get("force"))
     if flags.get("server"):
         from .remote import refuse_local_flags
 
         refuse_local_flags(flags)
+        if flags.get("lora"):
+            raise UsageError("--lora with --server: the server's clip jobs take no LoRAs yet", "drop --server")
+    from sana.lora import parse_lora_arg
+
+    loras = [] if flags.get("server") else [parse_lora_arg(text) for text in flags.get("lora") or replay.get("lora") or []]
     jobs = read_jobs(flags, replay, "video", noun="CLIP")
     for _, overrides in jobs:
         foreign = sorted(set(overrides) - set(VIDEO_KEYS))
@@ -341,8 +366,10 @@ def run(flags: dict[str, Any]) -> None:
     console.info(plan.headline())
     start = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(resolved.path, dtype=dtype, device=device,
-                                         variant=weights_variant(spec, plan), plan=plan)
+                                         variant=weights_variant(spec, plan), plan=plan, loras=loras)
     load_seconds = time.perf_counter() - start
+    for path, scale in loras:
+        console.info(f"LoRA applied: {path} (scale {scale:g})")
     from .generation import note_cut_prompts
 
     note_cut_prompts(pipe.text_encoder, [request.prompt for request, _, _, _ in requests])
@@ -350,14 +377,15 @@ def run(flags: dict[str, Any]) -> None:
     # 6. One generation a prompt (all its seeds in one batch), each clip saved with its record.
     for request, paths, fps, first in requests:
         _generate_and_save(pipe, request, paths, fps, flags, model_arg, resolved, dtype, device, first,
-                           load_seconds, crf)
+                           load_seconds, crf, loras)
 
 
 def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict, model_arg: str, resolved, dtype,
-                       device, first: FirstFrame | None, load_seconds: float, crf: int | None) -> None:
+                       device, first: FirstFrame | None, load_seconds: float, crf: int | None,
+                       loras: list[tuple[Path, float]] = ()) -> None:
     from sana import __version__
     from sana.device import DTYPE_NAMES
-    from sana.outputs import GenerationRecord, save_video
+    from sana.outputs import GenerationRecord, file_sha256, save_video
 
     from .generation import generate_with_progress, print_written
 
@@ -376,6 +404,7 @@ def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict
             steps=request.steps, guidance=request.guidance, sampler=request.sampler, flow_shift=request.flow_shift,
             width=request.width, height=request.height, frames=result.frames, fps=fps, dtype=DTYPE_NAMES[dtype],
             version=__version__, timings=timings, extra=extra,
+            loras=[{"path": str(p), "scale": s, "sha256": file_sha256(p)} for p, s in loras],
         )
         start = time.perf_counter()
         written = save_video(frames.numpy(), path, record, fps=fps, force=bool(flags.get("force")), crf=crf)

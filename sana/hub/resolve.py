@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..embedded import NANO_ENV, embedded_model_dir, embedded_name
+from ..embedded import embedded_env, embedded_model_dir, embedded_name
 from ..errors import ModelNotFound, SanaError
 from ..registry import ModelSpec, find_spec, get_spec
 from .cache import _repo_folder, _snapshot_of
@@ -50,8 +50,10 @@ def resolve_model(arg: str, *, precision: str | None = None) -> ResolvedModel:
     if embedded_name(spec):
         path = embedded_model_dir(embedded_name(spec))
         if path is None:
+            video = spec.family == "video"
             raise ModelNotFound(f"{spec.name} is not included in this installation",
-                                f"build one with `sana shapes build` and set {NANO_ENV} to its folder")
+                                f"build one with `{'scripts/train_nano_video.sh' if video else 'sana shapes build'}` "
+                                f"and set {embedded_env(embedded_name(spec))} to its folder")
         return ResolvedModel(path=path, spec=spec, repo=None, revision=None, source="embedded")
     repo, spec = repo_for(arg, "pull")
     folder = _repo_folder(repo)

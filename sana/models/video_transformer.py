@@ -179,6 +179,18 @@ class SanaVideoTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.proj_out.weight.device
 
+    def initialize_weights(self, generator: torch.Generator | None = None) -> None:
+        """Initialisation for training from scratch: the image DiT's (`SanaTransformer.initialize_weights`, which
+        touches only the parts both DiTs share: linears, patch embedding, timestep / caption MLPs, zeroed
+        cross-attention outputs and final projection, block tables, depthwise convs, norms), and the temporal
+        convs at zero, so y + conv(y) starts as the identity and the model begins as a per-frame image DiT."""
+        from .transformer import SanaTransformer
+
+        SanaTransformer.initialize_weights(self, generator)
+        with torch.no_grad():
+            for block in self.blocks:
+                block.ff.temporal.weight.zero_()
+
     def rope(self, frames: int, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin) [F*H*W, head_dim] for a token grid, in the model dtype: diffusers keeps them as fp32
         buffers that `.to(dtype)` casts with the weights, so a bf16 model rotates with bf16-rounded tables."""

@@ -54,6 +54,14 @@ class VideoVAE:
         return (latents - mean) * inv_std
 
     @torch.no_grad()
+    def encode_clip(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Clips [B, 3, F, H, W] in [-1, 1] -> normalised latents [B, C, F', h, w] (the distribution's mode), in the
+        VAE's dtype: what the DiT is trained to produce (fine-tuning caches these)."""
+        latents = self.module.encode(pixels.to(self.device, self.dtype)).latent_dist.mode()
+        mean, inv_std = self._stats(latents)
+        return (latents - mean) * inv_std
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, C, F, h, w] -> pixels [B, 3, (F - 1) * temporal + 1, H, W] in about [-1, 1],
         in the VAE's dtype; tiled as the module is set (`sana.placement.video_decode_tiling`)."""

@@ -159,6 +159,7 @@ class Encoders:
     model_dir: Path
     device: torch.device
     dtype: torch.dtype
+    instruction: tuple[str, ...] | None = None  # the prompt prefix captions get; None: the image models' one
 
     @property
     def vae_fingerprint(self) -> str:
@@ -166,8 +167,10 @@ class Encoders:
 
     @property
     def text_fingerprint(self) -> str:
-        return _sha(component_fingerprint(self.model_dir / "text_encoder"),
-                    component_fingerprint(self.model_dir / "tokenizer"))
+        parts = [component_fingerprint(self.model_dir / "text_encoder"), component_fingerprint(self.model_dir / "tokenizer")]
+        if self.instruction is not None:  # another prefix gives other embeddings (image keys stay as they were)
+            parts.append("\n".join(self.instruction))
+        return _sha(*parts)
 
 
 def text_key(caption: str, text_fingerprint: str, with_instruction: bool) -> str:
@@ -275,7 +278,8 @@ def _encode_latents(samples, buckets, indices, keys, cache, encoders, on_progres
 def _encode_texts(missing, cache, encoders, on_progress, batch_size) -> None:
     from ..text import TextEncoder
 
-    encoder = TextEncoder.from_pretrained(encoders.model_dir, dtype=encoders.dtype, device=encoders.device)
+    prefix = {"instruction": encoders.instruction} if encoders.instruction is not None else {}
+    encoder = TextEncoder.from_pretrained(encoders.model_dir, dtype=encoders.dtype, device=encoders.device, **prefix)
     try:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]

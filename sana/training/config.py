@@ -15,7 +15,7 @@ CONFIG_NAME = "train_config.json"
 # Settings a resumed run must share with the run it continues (the rest, e.g. --steps, may change).
 RESUME_INVARIANTS = ("mode", "init", "model_dir", "transformer_config", "resolution", "batch_size", "grad_accum",
                      "optimizer", "precision",
-                     "lora_rank", "lora_alpha", "lora_targets", "seed", "ema")
+                     "lora_rank", "lora_alpha", "lora_targets", "seed", "ema", "frames", "fps")
 
 
 @dataclass
@@ -63,6 +63,11 @@ class TrainConfig:
     save_dtype: str = "bf16"  # the exported full model's dtype
     cache_dir: str | None = None
     device: str = "auto"
+    # Video models only (frames 0: an image model): the clip length and rate trained on, and the motion score
+    # appended to captions as `sana video` appends it to prompts (None: nothing appended).
+    frames: int = 0
+    fps: float = 0.0
+    motion_score: int | None = None
 
     def validate(self) -> None:
         checks = [
@@ -83,10 +88,16 @@ class TrainConfig:
             (self.resolution >= 32, "--res must be at least 32"),
             (self.log_every >= 1, "--log-every must be at least 1"),
             (self.max_minutes >= 0, "--max-minutes must be positive (0 = no limit)"),
+            (self.frames >= 0 and (self.frames == 0 or self.fps > 0), "--frames must be positive"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+
+    @property
+    def video(self) -> bool:
+        """A video model's run (the settings say how many frames a clip trains on)."""
+        return self.frames > 0
 
     @property
     def alpha(self) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..loading import WEIGHTS_NAME, engine_to_diffusers
+from ..loading import VIDEO_CLASS_NAME, WEIGHTS_NAME, engine_to_diffusers, video_engine_to_diffusers
 from .checkpoint import replace_folder
 
 OTHER_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
@@ -30,6 +30,12 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(real, target)
 
 
+def _is_video(config) -> bool:
+    from ..models.video_transformer import VideoTransformerConfig
+
+    return isinstance(config, VideoTransformerConfig)
+
+
 def transformer_config_json(config, base_dir: Path) -> dict:
     """The base model's transformer config.json (unknown keys kept) with our config's values."""
     import diffusers
@@ -37,7 +43,7 @@ def transformer_config_json(config, base_dir: Path) -> dict:
     path = base_dir / "transformer" / "config.json"
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     data.update(dataclasses.asdict(config))
-    data["_class_name"] = "SanaTransformer2DModel"
+    data["_class_name"] = VIDEO_CLASS_NAME if _is_video(config) else "SanaTransformer2DModel"
     data["_diffusers_version"] = diffusers.__version__
     return data
 
@@ -51,8 +57,9 @@ def save_model_folder(weights: dict[str, torch.Tensor], config, base_dir: Path, 
     staged = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)
     (staged / "transformer").mkdir(parents=True)
-    state = engine_to_diffusers({k: v.detach().to("cpu", dtype).contiguous() for k, v in weights.items()},
-                                bool(config.guidance_embeds))
+    to_diffusers = video_engine_to_diffusers if _is_video(config) else engine_to_diffusers
+    state = to_diffusers({k: v.detach().to("cpu", dtype).contiguous() for k, v in weights.items()},
+                         bool(config.guidance_embeds))
     save_file(state, str(staged / "transformer" / WEIGHTS_NAME), metadata={"format": "pt"})
     (staged / "transformer" / "config.json").write_text(
         json.dumps(transformer_config_json(config, base_dir), indent=2), encoding="utf-8")

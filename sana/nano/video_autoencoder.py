@@ -1,0 +1,191 @@
+"""The nano video model's autoencoder: diffusers' `AutoencoderKLWan` (the Wan 2.1 layout the 480p SANA-Video models
+use) at a tiny config, and its training loop on the moving-shapes grammar.
+
+128 x 128 x 17 frames <-> 16 x 5 x 16 x 16 latents: 8x spatial and 4x temporal compression (first frame alone, then
+one latent frame per four), the real Wan geometry and latent width, so diffusers' `SanaVideoPipeline`, our
+`VideoPipeline` and `sana finetune` treat the nano model exactly like the 2B one. Widths 16-64 (base 16, Wan's
+multipliers 1, 2, 4, 4), one residual block a stage: ~1.9 M parameters, ~3.8 MB in fp16.
+
+Why not the nano image autoencoder applied per frame: diffusers' SanaVideoPipeline names AutoencoderDC but reads
+`scale_factor_temporal` from a config DC-AE does not have and hands it 5D latents its 2D decoder cannot take, and
+our pipeline's VAE wrapper knows Wan and LTX-2 only; a per-frame AE also leaves 17 latent frames where Wan leaves 5
+(3.4x the DiT's tokens). The price: Wan's causal 3D decoder is far slower on a CPU than DC-AE's per frame.
+
+Training follows the image autoencoder (`autoencoder.py`): clips drawn fresh from the grammar and rendered on the
+device, L1 on pixels plus L1 on spatial finite differences, the decoder fed slightly noised latents (the latent
+distribution's mode: no KL term, as the DiT trains on the mode). At the end the per-channel mean and standard
+deviation of the latents go into the config's `latents_mean` / `latents_std`, which the pipelines normalise with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .autoencoder import VaeTrainConfig, _lr_at, edge_l1
+from .moving_shapes import FRAMES, SIDE, MotionScene, sample_motion_scenes
+from .shapes import BACKGROUNDS, COLORS, SHAPES
+
+Z_DIM = 16  # Wan 2.1's latent width, the SANA-Video DiT's in_channels
+
+
+def video_vae_config() -> dict:
+    """`AutoencoderKLWan` kwargs of the nano video autoencoder (latent statistics filled in after training)."""
+    return dict(base_dim=16, z_dim=Z_DIM, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
+                temperal_downsample=[False, True, True], dropout=0.0, latents_mean=[0.0] * Z_DIM,
+                latents_std=[1.0] * Z_DIM, scale_factor_spatial=8, scale_factor_temporal=4)
+
+
+def build_video_vae(seed: int = 0):
+    """The nano video autoencoder with diffusers' initialisation (seeded)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**video_vae_config())
+
+
+# -- rendering batches on the device ---------------------------------------------------------------------------
+
+def render_clip_batch(scenes: Sequence[MotionScene], frames: int = FRAMES, side: int = SIDE,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """Clips as [B, 3, frames, side, side] in [-1, 1], pixel for pixel what `moving_shapes.render_clip` draws,
+    computed on `device`."""
+    count, slots = len(scenes), max(len(s.objects) for s in scenes)
+    times = np.arange(frames) / max(1, frames - 1)
+    # Per scene, object slot and frame: centre, half-extent, shape id; empty slots get r = -1 (cover nothing).
+    params = np.full((count, slots, frames, 4), -1.0)
+    colors = np.zeros((count, slots, 3), dtype=np.float32)
+    for i, scene in enumerate(scenes):
+        for j, obj in enumerate(scene.objects):
+            (x0, y0), (x1, y1) = obj.start, obj.end
+            params[i, j, :, 0], params[i, j, :, 1] = x0 + (x1 - x0) * times, y0 + (y1 - y0) * times
+            params[i, j, :, 2], params[i, j, :, 3] = obj.half_extent, SHAPES.index(obj.shape)
+            colors[i, j] = COLORS[obj.color]
+    params = torch.from_numpy(params).to(device)
+    colors = torch.from_numpy(colors).to(device)
+    backgrounds = torch.tensor([BACKGROUNDS[s.background] for s in scenes], dtype=torch.float32, device=device)
+    coords = (torch.arange(side, device=device, dtype=torch.float64) + 0.5) / side
+    x, y = coords.view(1, 1, 1, 1, side), coords.view(1, 1, 1, side, 1)
+    cx, cy, r, kind = (params[..., k, None, None] for k in range(4))  # [B, S, F, 1, 1]
+    dx, dy = x - cx, y - cy
+    circle = dx**2 + dy**2 <= r**2
+    square = (dx.abs() <= r) & (dy.abs() <= r)
+    triangle = (dy >= -r) & (dy <= r) & (dx.abs() <= (dy + r) / 2)
+    masks = torch.where(kind == 0, circle, torch.where(kind == 1, square, triangle)) & (r > 0)  # [B, S, F, H, W]
+    clip = backgrounds.view(count, 3, 1, 1, 1).expand(count, 3, frames, side, side).clone()
+    for j in range(slots):
+        clip = torch.where(masks[:, j, None], colors[:, j, :, None, None, None], clip)
+    return clip / 127.5 - 1.0
+
+
+# -- training ------------------------------------------------------------------------------------------------
+
+@dataclass
+class VideoVaeReport:
+    config: dict
+    latents_mean: list[float]
+    latents_std: list[float]
+    psnr: float  # dB, on the evaluation clips
+    adherence: float  # % of evaluation reconstructions the clip checker scores fully correct
+    seconds: float
+    device: str
+    steps_done: int
+    losses: list[dict] = field(default_factory=list)  # {step, loss, l1, edge, lr}
+
+
+@torch.no_grad()
+def latent_statistics(vae, seed: int, device: torch.device, count: int = 64) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of the latents of `count` fresh clips."""
+    scenes = sample_motion_scenes(count, seed, stream="video-vae-scale")
+    latents = torch.cat([vae.encode(render_clip_batch(scenes[i:i + 8], device=device)).latent_dist.mode().float()
+                         for i in range(0, count, 8)])  # [N, C, F', h, w]
+    flat = latents.transpose(0, 1).reshape(latents.shape[1], -1)
+    return flat.mean(dim=1).tolist(), flat.std(dim=1).clamp_min(1e-6).tolist()
+
+
+@torch.no_grad()
+def evaluate_video_vae(vae, seed: int, device: torch.device, count: int = 32) -> tuple[float, float]:
+    """(PSNR in dB, % fully correct by the clip checker) of reconstructions of `count` fresh clips."""
+    from .motion_adherence import check_clip
+
+    scenes = sample_motion_scenes(count, seed, stream="video-vae-eval")
+    squared_error, correct, values = 0.0, 0, 0
+    for i in range(0, count, 8):
+        chunk = scenes[i:i + 8]
+        target = render_clip_batch(chunk, device=device)
+        recon = vae.decode(vae.encode(target).latent_dist.mode()).sample.float().clamp(-1, 1)
+        squared_error += F.mse_loss(recon, target, reduction="sum").item()
+        values += target.numel()
+        clips = ((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()  # [b, F, H, W, 3]
+        correct += sum(check_clip(c, s).fully_correct for c, s in zip(clips, chunk))
+    mse = squared_error / values
+    return (10 * math.log10(4.0 / mse) if mse > 0 else float("inf")), 100.0 * correct / count
+
+
+def train_video_vae(cfg: VaeTrainConfig, *, device: torch.device | str | None = None, vae=None,
+                    on_log: Callable[[dict], None] | None = None) -> tuple[object, VideoVaeReport]:
+    """Train the nano video autoencoder from scratch (or continue `vae`); returns (vae in eval mode with its latent
+    statistics set, report). `cfg.batch` is clips a step, `cfg.eval_images` the clips the statistics and scores
+    use; `cfg.holdout` is unused (the clips' grammar holds no pairs out)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vae = (vae or build_video_vae(cfg.seed)).to(device).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    noise = torch.Generator(device=device).manual_seed(cfg.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    losses: list[dict] = []
+    start, done = time.perf_counter(), 0
+    for step in range(cfg.steps):
+        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+            break
+        # 1. A fresh batch of clips from the grammar (a stream of its own: the data depends on (seed, step) only).
+        scenes = sample_motion_scenes(cfg.batch, cfg.seed * 1_000_003 + step, stream="video-vae")
+        target = render_clip_batch(scenes, device=device)  # [B, 3, F, H, W]
+        lr = _lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # 2. Encode (the mode), perturb the latents a little, decode; pixel L1 + edge L1.
+        with autocast:
+            latents = vae.encode(target).latent_dist.mode()
+            scale = latents.detach().float().std()
+            jitter = torch.randn(latents.shape, generator=noise, device=device, dtype=latents.dtype)
+            recon = vae.decode(latents + cfg.latent_noise * scale * jitter).sample.float()
+        l1 = (recon - target).abs().mean()
+        edge = edge_l1(recon, target)
+        loss = l1 + cfg.edge_weight * edge
+        # 3. Step.
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        done = step + 1
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            row = {"step": step, "loss": round(loss.item(), 5), "l1": round(l1.item(), 5),
+                   "edge": round(edge.item(), 5), "lr": round(lr, 7)}
+            losses.append(row)
+            if on_log:
+                on_log(row)
+    # 4. Unit-variance latents per channel for the DiT; score the round trip.
+    vae.eval()
+    mean, std = latent_statistics(vae, cfg.seed, device, cfg.eval_images)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    psnr, adherence = evaluate_video_vae(vae, cfg.seed, device, cfg.eval_images)
+    report = VideoVaeReport(config={**asdict(cfg), "holdout": []}, latents_mean=mean, latents_std=std, psnr=psnr,
+                            adherence=adherence, seconds=time.perf_counter() - start, device=str(device),
+                            steps_done=done, losses=losses)
+    return vae, report
+
+
+def save_video_vae(vae, report: VideoVaeReport, out_dir: Path) -> Path:
+    """`out_dir/vae/` (diffusers format, fp32) and `out_dir/vae-train.json` (settings, metrics, loss curve)."""
+    out_dir = Path(out_dir)
+    vae.save_pretrained(out_dir / "vae", safe_serialization=True)
+    (out_dir / "vae-train.json").write_text(json.dumps(asdict(report), indent=1) + "\n", encoding="utf-8")
+    return out_dir / "vae"

@@ -1,0 +1,159 @@
+"""`sana shapes ... --video`: the moving-shapes grammar of the nano video model: datasets, adherence scores, its
+autoencoder and its folder. `sana_cli/shapes.py` owns the commands and hands `--video` runs to these bodies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from sana.errors import UsageError
+
+from . import console
+
+
+def make_clips(out: Path, num: int, seed: int, two_objects: float, fmt: str, progress) -> None:
+    """Steps 2-3 of `sana shapes make --video` (the folder is checked and emptied by the caller)."""
+    from sana.nano.moving_shapes import CLIP_FORMATS, FPS, FRAMES, SIDE, clear_video_dataset, write_video_dataset
+
+    if fmt not in CLIP_FORMATS:
+        raise UsageError(f"unknown --format '{fmt}'", f"use {', '.join(CLIP_FORMATS)} (png: a folder of frames a clip)")
+    if out.is_dir():
+        clear_video_dataset(out)
+    bar, task = progress("rendering", num)
+    with bar:
+        write_video_dataset(out, num, seed, two_object_fraction=two_objects, fmt=fmt,
+                            on_progress=lambda done, total: bar.update(task, completed=done))
+    console.info(f"{num} clips of {FRAMES} frames at {FPS} fps, {SIDE}x{SIDE} ({fmt}), seed {seed}")
+    console.out.print(str(out), highlight=False)
+
+
+def score_clips(model: str, transformer: str | None, num: int, seed: int, steps: int | None, cfg: float | None,
+                out: Path | None, grid: int, rows: Path | None, device: str, dtype: str, force: bool, progress) -> None:
+    """`sana shapes score --video`: clips for fresh prompts of the grammar at the model's defaults, checked."""
+    from sana.nano.motion_adherence import ATTRIBUTES, VIDEO_SETS, clip_grid, score_video_model
+
+    from .generation import quiet_libraries
+
+    # 1. Outputs first: an existing file fails before the model loads.
+    for path in (out, rows):
+        if path is not None and path.exists() and not force:
+            raise UsageError(f"{path} exists", "pass --force to overwrite it")
+    if out is not None and out.suffix.lower() not in (".gif", ".mp4", ".webp"):
+        raise UsageError(f"cannot tell the clip format of {out}", "use a .gif, .mp4 or .webp name")
+
+    # 2. Load the model the way `sana video` does, with its defaults.
+    quiet_libraries()
+    pipe, request_for, fps = load_clip_generator(model, transformer, steps, cfg, device, dtype)
+
+    # 3. Generate and check, one prompt and seed at a time; keep a sample for the grid.
+    keep_every = max(1, num // grid)
+    samples: list = []
+    done: list = []
+    bar, task = progress("scoring", num)
+
+    def generate(prompts: list[str], seeds: list[int]) -> list:
+        return [pipe.generate(request_for(p, s)).videos[0].numpy() for p, s in zip(prompts, seeds)]
+
+    def seen(entry, clip) -> None:
+        done.append(entry)
+        bar.update(task, completed=len(done))
+        if (len(done) - 1) % keep_every == 0 and len(samples) < grid:
+            samples.append((clip, entry.result.fully_correct))
+
+    with bar:
+        report = score_video_model(generate, num, seed, on_result=seen)
+
+    # 4. The table, then the optional animated grid and rows.
+    table = Table(title=f"prompt adherence (clips), {model}", header_style="bold")
+    attributes = (*ATTRIBUTES, "background", "no_extras")
+    for column in ("set", "clips", "fully correct", *attributes):
+        table.add_column(column.replace("_", " "), justify="left" if column == "set" else "right")
+    for name in VIDEO_SETS:
+        count = len(report.rows_of(name))
+        if count:
+            table.add_row(name, str(count), f"{report.percent(name):.1f}%",
+                          *[f"{report.percent(name, a):.1f}%" for a in attributes])
+    console.table(table)
+    if out is not None:
+        from sana.outputs import GenerationRecord, save_video
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frames = clip_grid([clip for clip, _ in samples], [ok for _, ok in samples])
+        record = GenerationRecord(prompt=f"sana shapes score --video --model {model} --seed {seed}", model=model)
+        save_video(frames, out, record, fps=fps, force=True)
+        console.info(f"grid of {len(samples)} clips: {out}")
+    if rows is not None:
+        rows.parent.mkdir(parents=True, exist_ok=True)
+        rows.write_text("".join(json.dumps(p.row()) + "\n" for p in report.prompts), encoding="utf-8")
+
+
+def load_clip_generator(model: str, transformer: str | None, steps: int | None, cfg: float | None, device_name: str,
+                        dtype_name: str):
+    """(pipeline, request_for(prompt, seed), fps) for a video model argument, with its own sampling defaults."""
+    from sana.components import check_components, family_from_index, model_index, scheduler_config
+    from sana.device import pick_device, pick_dtype
+    from sana.hub import resolve_model, transformer_config
+    from sana.pipelines.video import VideoPipeline, VideoRequest
+
+    from .video import clip_defaults
+
+    resolved = resolve_model(model)
+    family = (resolved.spec.family if resolved.spec else None) or family_from_index(model_index(resolved.path))
+    if family != "video":
+        raise UsageError(f"{model} is not a SANA-Video model", "scoring clips needs a video model, e.g. nano-video")
+    check_components(resolved.path)
+    if transformer and not Path(transformer).expanduser().exists():
+        raise UsageError(f"--transformer {transformer} does not exist")
+    defaults = clip_defaults(resolved.spec, scheduler_config(resolved.path), transformer_config(resolved.path))
+    device = pick_device(device_name)
+    dtype = pick_dtype(dtype_name, device)
+    console.info(f"loading {model} on {device}")
+    pipe = VideoPipeline.from_pretrained(resolved.path, dtype=dtype, device=device, transformer_path=transformer)
+
+    def request_for(prompt: str, seed: int):
+        return VideoRequest(prompt=prompt, seeds=[seed], width=defaults.width, height=defaults.height,
+                            frames=defaults.frames, steps=steps or defaults.steps,
+                            guidance=defaults.cfg if cfg is None else cfg, sampler=defaults.sampler,
+                            flow_shift=defaults.shift, motion_score=defaults.motion_score)
+
+    return pipe, request_for, defaults.fps
+
+
+def train_video_vae(out: Path, steps: int, batch: int, lr: float, seed: int, max_minutes: float | None,
+                    eval_clips: int, device: str) -> None:
+    """`sana shapes train-vae --video`: the nano video model's Wan-layout autoencoder on the moving-shapes grammar."""
+    from sana.device import pick_device
+    from sana.nano.autoencoder import VaeTrainConfig
+    from sana.nano.video_autoencoder import save_video_vae, train_video_vae as train
+
+    # 1. Settings (the output folder was checked by the caller).
+    cfg = VaeTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, holdout=(), eval_images=eval_clips,
+                         max_seconds=None if max_minutes is None else 60 * max_minutes)
+    cfg.log_every = max(1, min(200, steps // 20))
+    # 2. Train, logging the loss every few hundred steps.
+    target = pick_device(device)
+    console.info(f"training the nano video autoencoder for {steps} steps on {target}")
+    vae, report = train(cfg, device=target, on_log=lambda row: console.info(
+        f"step {row['step']:>6}  loss {row['loss']:.4f}  (l1 {row['l1']:.4f}, edge {row['edge']:.4f})  lr {row['lr']:.2e}"))
+    # 3. Save and summarise.
+    path = save_video_vae(vae, report, out)
+    console.info(f"{report.steps_done} steps in {report.seconds:.0f}s; reconstruction {report.psnr:.1f} dB PSNR, "
+                 f"{report.adherence:.1f}% of clips fully correct")
+    console.out.print(str(path), highlight=False)
+
+
+def build_video(out: Path, vae: Path, transformer: Path | None, text_from: Path | None, seed: int, shift: float,
+                dtype_name: str):
+    """`sana shapes build --video`: the nano video model's folder (returns the build and its size budget)."""
+    from sana.device import DTYPES
+    from sana.embedded import embedded_model_dir
+    from sana.nano.video_build import SIZE_BUDGET, write_nano_video_model
+
+    text_from = text_from or embedded_model_dir("nano")
+    if text_from is None:
+        raise UsageError("no nano model to take the text encoder from", "pass --text-from a nano model folder")
+    build = write_nano_video_model(out, vae, text_from, transformer=transformer, seed=seed, flow_shift=shift,
+                                   dtype=DTYPES[dtype_name], check_budget=dtype_name != "fp32")
+    return build, SIZE_BUDGET

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The nano video model's recipe, from nothing, with the project's own commands (one CUDA GPU).
+#
+#   bash scripts/train_nano_video.sh WORK [stage]
+#
+# Stages (run them in order, or all with no stage; each one done is skipped, `train` resumes):
+#   vae    train the Wan-layout autoencoder on the moving-shapes grammar (`sana shapes train-vae --video`)
+#   init   assemble a nano video model around it: a fresh DiT, the nano image model's tokenizer and Gemma-2 (fp32)
+#   data   render the moving-shapes clips (`sana shapes make --video`: 128 px, 17 frames at 8 fps, with captions)
+#   train  train the DiT from scratch with `sana finetune --init random`; a second call resumes
+#   score  adherence on fresh prompts at the defaults, and an animated grid of samples
+#   ship   the fp16 model folder for the package (default sana/nano/video_model, the folder `--model nano-video` and
+#          `sana video`'s fallback read), scored again as shipped
+# Environment: SANA (the command, default `sana`), VAE (an autoencoder folder from an earlier run: no vae stage,
+# default WORK/vae/vae), VAE_STEPS (default 6000), VAE_BATCH (clips a step, default 16),
+# VAE_MINUTES (`--max-minutes` of the VAE, default 0 = none), VAE_EVAL (clips for its latent statistics and scores,
+# default 64), STEPS (DiT steps, default 18000), BATCH (clips a DiT step, default 256), NUM (clips, default 20000),
+# FORMAT (mp4, or png frame folders where imageio-ffmpeg has no ffmpeg), COMPILE (1: `--compile`), MINUTES
+# (`--max-minutes` of the DiT stage; 0 = none), SCORE_NUM (clips scored, default 200), SHIP (the shipped folder,
+# default sana/nano/video_model).
+# The settings are the nano image model's (batch 256, lr 5e-4 cosine, warm-up 500, EMA 0.999, caption dropout 0.1),
+# untuned for clips: the first GPU run sets them.
+set -euo pipefail
+WORK=${1:?usage: train_nano_video.sh WORK [vae|init|data|train|score|ship]}
+STAGE=${2:-all}
+SANA=${SANA:-sana}
+VAE=${VAE:-$WORK/vae/vae}
+VAE_STEPS=${VAE_STEPS:-6000}
+VAE_BATCH=${VAE_BATCH:-16}
+VAE_MINUTES=${VAE_MINUTES:-0}
+VAE_EVAL=${VAE_EVAL:-64}
+STEPS=${STEPS:-18000}
+BATCH=${BATCH:-256}
+NUM=${NUM:-20000}
+FORMAT=${FORMAT:-mp4}
+COMPILE=${COMPILE:-0}
+MINUTES=${MINUTES:-0}
+SCORE_NUM=${SCORE_NUM:-200}
+SHIP=${SHIP:-sana/nano/video_model}
+mkdir -p "$WORK"
+
+stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
+
+if stage vae && [[ ! -d "$VAE" ]]; then
+    extra=()
+    [[ "$VAE_MINUTES" != 0 ]] && extra+=(--max-minutes "$VAE_MINUTES")
+    $SANA shapes train-vae "$WORK/vae" --video --steps "$VAE_STEPS" --batch "$VAE_BATCH" --lr 1e-3 --seed 0 \
+        --eval-images "$VAE_EVAL" --force "${extra[@]}"
+fi
+if stage init && [[ ! -d "$WORK/init" ]]; then
+    $SANA shapes build "$WORK/init" --video --vae "$VAE" --seed 0 --dtype fp32
+fi
+if stage data && [[ ! -f "$WORK/data/metadata.jsonl" ]]; then
+    $SANA shapes make "$WORK/data" --video --num "$NUM" --seed 0 --format "$FORMAT"
+fi
+if stage train; then
+    extra=()
+    [[ -f "$WORK/run/train_config.json" ]] && extra+=(--resume)
+    [[ "$COMPILE" == 1 ]] && extra+=(--compile)
+    $SANA finetune "$WORK/data" --model "$WORK/init" --init random --out "$WORK/run" --cache "$WORK/cache" "${extra[@]}" \
+        --steps "$STEPS" --max-minutes "$MINUTES" --batch-size "$BATCH" --lr 5e-4 --warmup 500 --lr-schedule cosine --ema 0.999 \
+        --caption-dropout 0.1 --no-gradient-checkpointing --checkpoint-every 1000 --keep 2 --log-every 50 \
+        --save-dtype fp16 --val-prompt "a large red circle moving right on a white background" --val-every 5000
+fi
+if stage score; then
+    $SANA shapes score --video --model "$WORK/run/model" --num "$SCORE_NUM" --seed 0 --out "$WORK/grid.gif" \
+        --rows "$WORK/rows.jsonl" --force | tee "$WORK/score.txt"
+fi
+if stage ship; then
+    rm -rf "$SHIP"
+    $SANA shapes build "$SHIP" --video --vae "$WORK/init/vae" --transformer "$WORK/run/model" --dtype fp16
+    $SANA shapes score --video --model "$SHIP" --num "$SCORE_NUM" --seed 0 --out "$WORK/shipped-grid.gif" --force \
+        | tee "$WORK/shipped-score.txt"
+fi
