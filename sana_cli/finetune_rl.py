@@ -21,8 +21,8 @@ from . import console
 # Flags that only mean something with --rl (without it they are refused, not ignored).
 RL_ONLY = ("reward", "candidates", "explore_steps", "rollout_steps", "prompts_per_round", "rollout_batch", "guidance",
            "explore_precision", "nft_beta", "kl", "adv_clip", "timestep_fraction", "decay_type", "val_count")
-# Flags of supervised fine-tuning that --rl has no use for.
-SUPERVISED_ONLY = ("init", "config", "caption", "trigger", "caption_dropout", "cache")
+# Flags of supervised fine-tuning that --rl has no use for (RL trains image models only: no --frames).
+SUPERVISED_ONLY = ("init", "config", "caption", "trigger", "caption_dropout", "cache", "frames")
 RENAMES = {"keep": "keep_seeds", "res": "resolution", "val_prompt": "val_prompts", "compile_model": "compile",
            "kl": "kl_beta", "full": None, "model": None, "resume": None, "resume_from": None, "gpus": None,
            "data": None, "out": None, "rl": None}
@@ -63,7 +63,7 @@ def finetune_rl(flags: dict) -> None:
     # 1. Settings (a resumed run's own, overridden by the flags given now), all checked before torch loads.
     extra = [name for name in SUPERVISED_ONLY if name in flags]
     if extra:
-        raise UsageError(f"--{extra[0].replace('_', '-')} is for fine-tuning on images, not --rl")
+        raise UsageError(f"--{extra[0].replace('_', '-')} is for supervised fine-tuning on images or clips, not --rl")
     out_dir = (flags.get("out") or default_out(data)).expanduser()
     continuing = bool(flags.get("resume")) or flags.get("resume_from") is not None
     if continuing and not (out_dir / "train_config.json").is_file():

@@ -57,7 +57,8 @@ BAD = {
              "--keep 8 is larger than --candidates 4"),
     "shapes-prompts": (["finetune", "prompts.txt", "--rl", "--reward", "shapes"], "shapes grammar"),
     "rl-flag-alone": (["finetune", "data", "--candidates", "8"], "--candidates is an option of reward fine-tuning"),
-    "caption": (["finetune", "prompts.txt", "--rl", "--caption", "x"], "--caption is for fine-tuning on images"),
+    "caption": (["finetune", "prompts.txt", "--rl", "--caption", "x"], "--caption is for supervised fine-tuning"),
+    "frames": (["finetune", "prompts.txt", "--rl", "--frames", "17"], "--frames is for supervised fine-tuning"),
     "gpus-split": (["finetune", "shapes", "--rl", "--prompts-per-round", "3", "--gpus", "2"], "does not split over 2"),
 }
 
