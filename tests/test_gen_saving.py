@@ -126,6 +126,6 @@ def test_gpus_splits_a_prompts_file_across_processes_with_the_same_names(tmp_pat
     assert "launching 2 processes" in two.stderr
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert len(names) == 3 and sorted(p.name for p in (tmp_path / "two").iterdir()) == names
-    for name in names:  # one image a prompt either way: the same batch, the same pixels
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "one" / name)),
-                              np.asarray(Image.open(tmp_path / "two" / name)))
+    for name in names:  # one image a prompt either way: the same noise and steps (CPU threads may differ a process,
+        # and with them the order of float sums, so not always to the bit)
+        assert psnr(np.asarray(Image.open(tmp_path / "one" / name)), np.asarray(Image.open(tmp_path / "two" / name))) >= 40
