@@ -128,4 +128,5 @@ def test_gpus_splits_a_prompts_file_across_processes_with_the_same_names(tmp_pat
     assert len(names) == 3 and sorted(p.name for p in (tmp_path / "two").iterdir()) == names
     for name in names:  # one image a prompt either way: the same noise and steps (CPU threads may differ a process,
         # and with them the order of float sums, so not always to the bit)
-        assert psnr(np.asarray(Image.open(tmp_path / "one" / name)), np.asarray(Image.open(tmp_path / "two" / name))) >= 40
+        one_image, two_image = (np.asarray(Image.open(tmp_path / run / name)) for run in ("one", "two"))
+        assert psnr(one_image, two_image) >= 40
