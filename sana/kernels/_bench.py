@@ -10,8 +10,10 @@ import torch
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def parse_args(description: str, shape_names: Sequence[str]) -> argparse.Namespace:
+def parse_args(description: str, shape_names: Sequence[str], *, sweep: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
+    if sweep:
+        parser.add_argument("--sweep", action="store_true", help="time every candidate launch shape instead")
     parser.add_argument("--shapes", nargs="*", choices=list(shape_names), default=list(shape_names),
                         help="named shapes to run (default: all)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")

@@ -11,9 +11,16 @@ from kernel_helpers import DEVICE, DTYPES, TOLERANCE, rel_err  # noqa: E402
 
 from sana.kernels import mixffn_middle  # noqa: E402
 from sana.kernels.mixffn.reference import mixffn_middle_diffusers, mixffn_middle_reference  # noqa: E402
+from sana.kernels.mixffn.triton import Config  # noqa: E402
 
-# (batch, height, width, Hd). The kernel walks 32 rows per program in tiles of up to 16 columns and 32
-# channels, so the shapes below cover row-chunk, width-tile and channel-block tails.
+# Launch shapes small enough that the test shapes cross row-chunk, column-tile and channel-block edges, and with
+# several tokens a phase (the defaults take one).
+CONFIGS = [
+    pytest.param(Config(4, 1, 16, 4), id="rows4-j1-c16"),
+    pytest.param(Config(32, 2, 32, 4), id="rows32-j2-c32"),
+]
+
+# (batch, height, width, Hd): odd sides, a one-token image, tails of rows, columns and channels.
 SHAPES = [
     pytest.param(1, 5, 7, 40, id="b1-5x7-hd40-odd-sides"),
     pytest.param(3, 4, 4, 16, id="b3-4x4-hd16"),
@@ -40,6 +47,15 @@ def test_matches_reference(b, height, width, hd, dtype):
     assert out.shape == (b, height * width, hd) and out.dtype == dtype
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("b, height, width, hd", SHAPES)
+def test_every_kernel_kind_matches_reference(b, height, width, hd, config):
+    torch.manual_seed(0)
+    h, weight, bias = _inputs(b, height, width, hd, torch.float32)
+    out = mixffn_middle(h, height, width, weight, bias, config=config)
+    assert rel_err(out, mixffn_middle_reference(h, height, width, weight, bias)) < 1e-5
 
 
 def test_strided_tokens():
@@ -91,15 +107,18 @@ GPU_SHAPES = [
     pytest.param(2, 64, 64, 5600, id="sana1.6b-2048px"),
     pytest.param(2, 128, 128, 5600, id="sana1.6b-4096px"),
     pytest.param(1, 33, 47, 2880, id="sana0.6b-odd-sides"),
+    pytest.param(42, 30, 52, 5600, id="video2b-480p"),
 ]
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("config", [None, Config(16, 1, 128, 4), Config(32, 4, 64, 4)],
+                         ids=["default", "small-grid", "j4"])
 @pytest.mark.parametrize("b, height, width, hd", GPU_SHAPES)
-def test_gpu_bf16_real_shapes(b, height, width, hd):
+def test_gpu_bf16_real_shapes(b, height, width, hd, config):
     torch.manual_seed(0)
     h, weight, bias = _inputs(b, height, width, hd, torch.bfloat16, "cuda")
-    out = mixffn_middle(h, height, width, weight, bias)
+    out = mixffn_middle(h, height, width, weight, bias, config=config)
     ref = mixffn_middle_reference(h.float(), height, width, weight.float(), bias.float())
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < 1e-2

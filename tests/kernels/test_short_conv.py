@@ -64,7 +64,7 @@ def test_the_model_module_uses_it():
     from sana.models.world_attention import TemporalShortConv
 
     x, weight = _inputs(2, 4, 6, 8, 4, True, torch.float32)
-    module = TemporalShortConv(8, 4)
+    module = TemporalShortConv(8, 4).to(x.device)
     with torch.no_grad():
         module.weight.copy_(weight)
         torch.testing.assert_close(module(x, 4), short_conv(x, weight, 4), rtol=1e-5, atol=1e-6)

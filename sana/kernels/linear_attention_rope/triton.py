@@ -167,9 +167,9 @@ def _block_config(block_d: int, element_size: int) -> tuple[int, int, int]:
     if block_d <= 32:
         return 128, 64, 4
     if block_d >= 128 and element_size >= 4:
-        # fp32 at D = 112: 64 tokens a step of k, v and both tables need 288 KB of shared memory over the
-        # pipeline's stages (an H200 has 227 KB); 32 take half.
-        return 32, 64, 4
+        # fp32 at D = 112: 64 tokens a step of k (or q), v and both tables need over 270 KB of shared memory
+        # over the pipeline's stages in either phase (an H200 has 227 KB); 32 take about half.
+        return 32, 32, 4
     return 64, 64, 4
 
 
