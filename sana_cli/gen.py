@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,11 @@ from sana.errors import UsageError
 from . import console
 from . import options as opt
 from .generation import (
-    DTYPE_CHOICES, IMAGE_SAMPLERS, JOB_PLAN_ENV, SIZE_MULTIPLE, check_output_dirs, component_sizes, default_model,
+    DTYPE_CHOICES, IMAGE_SAMPLERS, SIZE_MULTIPLE, check_output_dirs, component_sizes, default_model,
     generate_with_progress, note_cut_prompts, note_large_sizes, note_outside_nano_grammar, parse_resolution, plan_jobs, plan_table,
-    quiet_libraries, read_job_plan, read_jobs, replay_settings, resolve_for, share_of_jobs, transformer_config_for,
-    weights_variant, write_job_plan,
+    quiet_libraries, read_jobs, replay_settings, resolve_for, transformer_config_for, weights_variant,
 )
+from .launch import check_gpus, process_device, share_of_plan, spread_jobs
 
 
 def gen(
@@ -133,6 +132,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     console.settings.json = bool(flags.get("as_json"))
     if force and skip_existing:
         raise UsageError("--force and --skip-existing contradict each other", "give one of them")
+    gpus = int(flags.get("gpus") or 1)
+    check_gpus(gpus, flags, noun="images")
     if (flags.get("dtype") or "auto") not in DTYPE_CHOICES:
         raise UsageError(f"unknown --dtype '{flags['dtype']}'", f"use {', '.join(DTYPE_CHOICES)}")
     from sana.memory import check_mode, parse_memory_size  # the planner's checks import no torch
@@ -165,23 +166,14 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force or skip_existing,
                                  index_start=index_start, taken=taken)
 
-    from .launch import rank_and_world
-
-    rank, world = rank_and_world()
-    if world > 1 and JOB_PLAN_ENV in os.environ:  # one of --gpus N's processes: the parent planned the outputs
-        planned_jobs = share_of_jobs(read_job_plan(os.environ[JOB_PLAN_ENV]), rank, world)
-    else:
+    planned_jobs = share_of_plan()  # one of --gpus N's processes: the parent planned the outputs
+    if planned_jobs is None:
         planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths,
                                  skip_existing=skip_existing)
         check_output_dirs([path for *_, paths in planned_jobs for path in paths])
         if not planned_jobs:
             console.info("nothing to make: every output exists")
             return
-        gpus = int(flags.get("gpus") or 1)
-        if gpus > 1 and not dry_run and not flags.get("server"):
-            from .launch import exec_torchrun
-
-            exec_torchrun(gpus, {JOB_PLAN_ENV: write_job_plan(planned_jobs)})
     if flags.get("server"):  # sent to a running `sana serve`; the files written here as below (no torch)
         from .remote import generate_images
 
@@ -192,6 +184,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     # 3. The model: resolved and its family checked (no download; a dry run plans from the registry alone).
     model_arg = flags.get("model") or replay.get("model") or default_model(command)
     resolved, spec, family = resolve_for(command, model_arg, dry_run=dry_run)
+    if gpus > 1 and not dry_run and spread_jobs(planned_jobs, gpus, noun="images", device=flags.get("device")):
+        return  # --gpus N: the processes made the images
 
     quiet_libraries()
     from sana import __version__
@@ -216,12 +210,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     workload = _workload([r for r, _ in requests], sizes.native_resolution, sprint=family == "sprint")
 
     # 5. Device, precision and the memory plan (a dry run prints it and stops here).
-    device = pick_device(flags.get("device") or "auto")
-    if world > 1 and device.type == "cuda":  # --gpus N: this process's GPU
-        import torch
-
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
+    device = process_device(pick_device(flags.get("device") or "auto"))  # --gpus N: this process's GPU
     note_cuda_build_without_gpu(device)
     info = probe_device(device)
     fp8 = bool(flags.get("fp8"))
@@ -292,8 +281,6 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         last = f"; the last is {saved[-1]}" if saved else ""
         raise Interrupted(f"interrupted: {len(saved)} of {total} images saved{last}",
                           "--skip-existing makes the rest" if len(requests) > 1 or total > 1 else None) from None
-    if world > 1 and rank == 0:  # the processes read the plan as they started; this one finished last of that
-        Path(os.environ[JOB_PLAN_ENV]).unlink(missing_ok=True)
 
 
 def _workload(requests: list, native_resolution: int, *, sprint: bool):

@@ -169,43 +169,6 @@ def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], ex
     return planned_jobs
 
 
-# --gpus N: the parent's planned outputs, handed to each process so that they split one plan (a file name, a
-# drawn seed or a skipped output is decided once).
-JOB_PLAN_ENV = "SANA_JOB_PLAN"
-
-
-def write_job_plan(planned_jobs: list[tuple[str, dict, list[int], list[Path]]]) -> str:
-    import json
-    import tempfile
-
-    rows = [{"prompt": p, "settings": s, "seeds": seeds, "paths": [str(x) for x in paths]}
-            for p, s, seeds, paths in planned_jobs]
-    handle, name = tempfile.mkstemp(prefix="sana-plan-", suffix=".json")
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-        json.dump(rows, f, default=str)
-    return name
-
-
-def read_job_plan(path: str) -> list[tuple[str, dict, list[int], list[Path]]]:
-    import json
-
-    rows = json.loads(Path(path).read_text(encoding="utf-8"))
-    return [(r["prompt"], r["settings"], r["seeds"], [Path(x) for x in r["paths"]]) for r in rows]
-
-
-def share_of_jobs(planned_jobs: list[tuple[str, dict, list[int], list[Path]]], rank: int, world: int
-                  ) -> list[tuple[str, dict, list[int], list[Path]]]:
-    """Process `rank`'s outputs of the plan: every `world`-th output in plan order, kept grouped by prompt (a
-    prompt's outputs on one process are still one batch)."""
-    items = [(j, seed, path) for j, (_, _, seeds, paths) in enumerate(planned_jobs) for seed, path in zip(seeds, paths)]
-    mine: dict[int, tuple[list[int], list[Path]]] = {}
-    for j, seed, path in items[rank::world]:
-        seeds, paths = mine.setdefault(j, ([], []))
-        seeds.append(seed)
-        paths.append(path)
-    return [(planned_jobs[j][0], planned_jobs[j][1], *mine[j]) for j in sorted(mine)]
-
-
 MAX_SEED = 0xFFFFFFFF  # seeds are 32-bit; --num N counts on from the seed and wraps
 
 
@@ -264,14 +227,23 @@ def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
 
 
 def quiet_libraries() -> None:
-    """diffusers and transformers print progress bars and warnings of their own; ours are enough."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+    """diffusers and transformers print progress bars and warnings of their own; ours are enough.
 
-    for lib in (diffusers_logging, transformers_logging):
-        lib.disable_progress_bar()
+    Neither is imported here (each costs seconds, and `sana gen` may need neither): one already imported is told
+    now; one imported later reads its verbosity from the environment. Its progress bars stay on then, which only
+    transformers' fallback loaders (a tokenizer without tokenizer.json, weights without safetensors) and diffusers'
+    sharded checkpoints show."""
+    import importlib
+    import sys
+
+    for name, env in (("diffusers", "DIFFUSERS_VERBOSITY"), ("transformers", "TRANSFORMERS_VERBOSITY")):
         if not console.settings.verbose:
-            lib.set_verbosity_error()
+            os.environ.setdefault(env, "error")
+        if name in sys.modules:
+            lib = importlib.import_module(f"{name}.utils.logging")
+            lib.disable_progress_bar()
+            if not console.settings.verbose:
+                lib.set_verbosity_error()
 
 
 def _resolve(model_arg: str, *, registry_only_ok: bool):

@@ -56,7 +56,9 @@ def video(
     dry_run: opt.DryRun = False,
     from_file: opt.FromFile = None,
     force: opt.Force = False,
+    skip_existing: opt.SkipExisting = False,
     as_json: opt.Json = False,
+    gpus: opt.Gpus = 1,
     server: opt.Server = None,
     api_key: opt.ApiKey = None,
 ) -> None:
@@ -255,13 +257,19 @@ def run(flags: dict[str, Any]) -> None:
     from sana.outputs import CLIP_FORMATS, plan_clip_paths
     from sana.pipelines.sizes import video_binned_size, video_vae_geometry
 
-    from .generation import default_model, plan_jobs, read_jobs, replay_settings, resolve_for
+    from .generation import check_output_dirs, default_model, plan_jobs, read_jobs, replay_settings, resolve_for
+    from .launch import check_gpus, process_device, share_of_plan, spread_jobs
 
     # 1. Settings from --from, the command line and the prompts file, every value checked (before torch loads).
     replay = {k: v for k, v in replay_settings(flags.get("from"), "video").items()
               if k in (*VIDEO_KEYS, "model", "image_sha256", "lora")}
     explicit = {k: flags.get(k) for k in VIDEO_KEYS}
     dry_run, force = bool(flags.get("dry_run")), bool(flags.get("force"))
+    skip_existing = bool(flags.get("skip_existing"))
+    if force and skip_existing:
+        raise UsageError("--force and --skip-existing contradict each other", "give one of them")
+    gpus = int(flags.get("gpus") or 1)
+    check_gpus(gpus, flags, noun="clips")
     if flags.get("server"):
         from .remote import refuse_local_flags
 
@@ -295,11 +303,17 @@ def run(flags: dict[str, Any]) -> None:
         return firsts[str(image_arg)]
 
     def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
-        return plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=fmt, force=force, index_start=index_start,
-                               taken=taken)
+        return plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=fmt, force=force or skip_existing,
+                               index_start=index_start, taken=taken)
 
-    planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check_settings, plan_paths=plan_paths,
-                             noun="clips")
+    planned_jobs = share_of_plan()  # one of --gpus N's processes: the parent planned the outputs
+    if planned_jobs is None:
+        planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check_settings,
+                                 plan_paths=plan_paths, noun="clips", skip_existing=skip_existing)
+        check_output_dirs([path for *_, paths in planned_jobs for path in paths])
+        if not planned_jobs:
+            console.info("nothing to make: every output exists")
+            return
     job_firsts = [first_frame(settings) for _, settings, _, _ in planned_jobs]
     if flags.get("server"):  # sent to a running `sana serve` as /v1/videos jobs; the clips written here (no torch)
         from .remote import generate_clips
@@ -322,6 +336,8 @@ def run(flags: dict[str, Any]) -> None:
     memory_mode = check_mode(flags.get("memory") or "auto")
     max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
     defaults = clip_defaults(spec, scheduler_config(resolved.path) if resolved else {}, t_config)
+    if gpus > 1 and not dry_run and spread_jobs(planned_jobs, gpus, noun="clips", device=flags.get("device")):
+        return  # --gpus N: the processes made the clips
 
     # 3. Requests: sizes, frame counts snapped to the VAE's rule, sampler, shift, motion score, first frame.
     from sana.pipelines.video import VideoPipeline, VideoRequest
@@ -345,7 +361,7 @@ def run(flags: dict[str, Any]) -> None:
                     rows=max(len(r.seeds) * (1 + (r.guidance > 1.0)) for r, _, _, _ in requests),
                     frames=max(r.frames for r, _, _, _ in requests),
                     conditioned=any(first is not None for first in job_firsts))
-    device = pick_device(flags.get("device") or "auto")
+    device = process_device(pick_device(flags.get("device") or "auto"))  # --gpus N: this process's GPU
     info = probe_device(device)
     plan = plan_memory(info, sizes, work, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
     if max_vram is not None and not info.is_accelerator:
