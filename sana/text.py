@@ -82,6 +82,27 @@ def preprocess_prompt(prompt: str) -> str:
     return prompt.lower().strip()
 
 
+def load_text_model(folder: Path, *, dtype: torch.dtype, device: torch.device | str = "cpu",
+                    variant: str | None = None) -> torch.nn.Module:
+    """The Gemma-2 encoder of a `text_encoder/` folder: ours from safetensors (`sana.loading.gemma2`), or
+    transformers' `AutoModel` for a folder whose weights are not safetensors. Anything but Gemma-2 is refused."""
+    from .loading.gemma2 import gemma2_config, load_gemma2, text_encoder_files
+
+    gemma2_config(folder)
+    if text_encoder_files(folder, variant):
+        return load_gemma2(folder, dtype=dtype, device=device, variant=variant)
+    from transformers import AutoModel
+
+    from .components import component_variant
+
+    try:
+        model = AutoModel.from_pretrained(folder, dtype=dtype, variant=component_variant(folder, variant),
+                                          trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SanaError(f"cannot load the text encoder from {folder}: {str(exc).splitlines()[0]}") from None
+    return model.to(device)
+
+
 class TextEncoder:
     """Gemma-2 decoder + tokenizer producing SANA's caption embeddings."""
 
@@ -99,20 +120,15 @@ class TextEncoder:
                         variant: str | None = None,
                         instruction: tuple[str, ...] | None = COMPLEX_HUMAN_INSTRUCTION,
                         lowercase: bool = True) -> "TextEncoder":
-        from transformers import AutoModel, AutoTokenizer
+        """The folder's tokenizer and Gemma-2 encoder, ours (`sana.tokenizer`, `sana.models.gemma2`) without
+        transformers; transformers loads only a tokenizer without `tokenizer.json` and weights without safetensors."""
+        from .components import require_component
+        from .tokenizer import load_tokenizer
 
-        from .components import component_variant, require_component
-
-        tokenizer_dir = require_component(model_dir, "tokenizer")
-        te_dir = require_component(model_dir, "text_encoder")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
-            model = AutoModel.from_pretrained(
-                te_dir, dtype=dtype, variant=component_variant(te_dir, variant), trust_remote_code=False
-            )
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise SanaError(f"cannot load the text encoder from {model_dir}: {str(exc).splitlines()[0]}") from None
-        return cls(tokenizer, model.to(device).eval(), instruction=instruction, lowercase=lowercase)
+        tokenizer = load_tokenizer(require_component(model_dir, "tokenizer"))
+        model = load_text_model(require_component(model_dir, "text_encoder"), dtype=dtype, device=device,
+                                variant=variant)
+        return cls(tokenizer, model.eval(), instruction=instruction, lowercase=lowercase)
 
     @property
     def device(self) -> torch.device:
@@ -162,7 +178,9 @@ class TextEncoder:
         for i, (_, row_ids, row_mask, _) in enumerate(rows):
             n = min(width, row_ids.shape[0])
             ids[i, :n], mask[i, :n] = row_ids[:n], row_mask[:n]
-        hidden = self.model(ids.to(self.device), attention_mask=mask.to(self.device))[0]  # [U, width, C]
+        hidden = self.model(ids.to(self.device), attention_mask=mask.to(self.device))  # [U, width, C]
+        if not isinstance(hidden, torch.Tensor):  # a transformers model's output: the last hidden state first
+            hidden = hidden[0]
 
         embeds = hidden.new_zeros((len(rows), self.max_length, hidden.shape[-1]))
         kept_mask = torch.zeros((len(rows), self.max_length), dtype=torch.long)
