@@ -42,28 +42,36 @@ def _variant_name(name: str, variant: str | None) -> str:
     return ".".join(parts[:-1] + [variant, parts[-1]])
 
 
-def transformer_files(folder: Path, variant: str | None = None, what: str = "transformer") -> list[Path]:
-    """The safetensors files of a diffusers model folder (a transformer's, a VAE's), preferring `variant` when
-    present."""
+def weight_files(folder: Path, variant: str | None = None, *, weights_name: str = WEIGHTS_NAME,
+                 index_name: str = INDEX_NAME) -> list[Path]:
+    """The safetensors files of a model folder: the shards its index lists or its one weights file, preferring
+    `variant`'s when present, else the folder's only `*.safetensors`; [] when it holds none."""
     for v in ([variant] if variant else []) + [None]:
-        index = folder / _variant_name(INDEX_NAME, v)
+        index = folder / _variant_name(index_name, v)
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
                 raise SanaError(f"{index} is not a valid shard index ({exc})") from None
             files = [folder / name for name in dict.fromkeys(weight_map.values())]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise SanaError(f"{folder} is missing shard(s) {', '.join(missing)}", "pull the model again")
             return files
-        single = folder / _variant_name(WEIGHTS_NAME, v)
+        single = folder / _variant_name(weights_name, v)
         if single.is_file():
             return [single]
-    others = sorted(p.name for p in folder.glob("*.safetensors"))
-    if len(others) == 1:
-        return [folder / others[0]]
-    raise SanaError(f"no {what} weights in {folder}", "expected diffusion_pytorch_model*.safetensors")
+    others = sorted(folder.glob("*.safetensors"))
+    return others if len(others) == 1 else []
+
+
+def transformer_files(folder: Path, variant: str | None = None, what: str = "transformer") -> list[Path]:
+    """The safetensors files of a diffusers model folder (a transformer's, a VAE's), preferring `variant` when
+    present."""
+    files = weight_files(folder, variant)
+    if not files:
+        raise SanaError(f"no {what} weights in {folder}", "expected diffusion_pytorch_model*.safetensors")
+    return files
 
 
 def read_safetensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -10,7 +10,6 @@ never uses: both load.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ import torch
 from ..components import read_json
 from ..errors import SanaError
 from ..models.gemma2 import Gemma2Config, Gemma2Encoder
-from .files import LoadReport, _variant_name, assign, read_safetensors
+from .files import LoadReport, assign, read_safetensors, weight_files
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -29,23 +28,7 @@ UNUSED = ("lm_head.",)  # the LM head (tied to the embedding in Gemma-2): logits
 def text_encoder_files(folder: Path, variant: str | None = None) -> list[Path]:
     """The safetensors files of a transformers model folder, the `variant`'s when present; [] when it holds none
     (e.g. only `pytorch_model.bin`)."""
-    for v in ([variant] if variant else []) + [None]:
-        index = folder / _variant_name(INDEX_NAME, v)
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-                raise SanaError(f"{index} is not a valid shard index ({exc})") from None
-            files = [folder / name for name in dict.fromkeys(weight_map.values())]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise SanaError(f"{folder} is missing shard(s) {', '.join(missing)}", "pull the model again")
-            return files
-        single = folder / _variant_name(WEIGHTS_NAME, v)
-        if single.is_file():
-            return [single]
-    others = sorted(folder.glob("*.safetensors"))
-    return others if len(others) == 1 else []
+    return weight_files(folder, variant, weights_name=WEIGHTS_NAME, index_name=INDEX_NAME)
 
 
 def gemma2_config(folder: Path) -> Gemma2Config:
