@@ -113,6 +113,19 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, frames: int) -> torch.Tens
     return short_conv_reference(x, weight, frames)
 
 
+def ucpe(x: torch.Tensor, mats: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inverse_rope: bool = False,
+         downscale: bool = False, inflation: bool = False):
+    """SANA-WM's camera transform of attention heads x [B, N, H, D] by per-token 4x4 matrices mats [B, N, 4, 4] and
+    rotary angles cos/sin [N, D/4]; with `inflation` also the squared norm ratio [B, N, H, 1]. See
+    `sana.kernels.ucpe.reference`."""
+    kernel = _kernel("ucpe", x, mats, cos, sin)
+    if kernel is not None:
+        return kernel(x, mats, cos, sin, inverse_rope=inverse_rope, downscale=downscale, inflation=inflation)
+    from .kernels.ucpe.reference import ucpe_reference
+
+    return ucpe_reference(x, mats, cos, sin, inverse_rope=inverse_rope, downscale=downscale, inflation=inflation)
+
+
 def clip_fp16(x: torch.Tensor) -> torch.Tensor:
     """diffusers clips the self-attention output to the fp16 range, so an overflow stays finite."""
     return x.clip(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x

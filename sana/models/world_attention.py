@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import ops
 from .transformer import RMSNorm
-from .world_camera import CameraTransforms, apply_rope, downscale_to_reference_rms, ucpe_transform
+from .world_camera import CameraTransforms, apply_rope
 
 GDN_EPS = 1e-8  # the normaliser eps the WM blocks give their GDN attention
 QK_NORM_EPS = 1e-5
@@ -131,16 +131,15 @@ class GDNSelfAttention(_CameraAttention):
             qc, kc, vc = self._camera_qkv(x)
             qc, kc = self._kernel(qc, self.conv_k_cam(kc, frames), self.q_norm_cam, self.k_norm_cam, s)
             vc = self._heads(vc)
-            key_norm = torch.linalg.vector_norm(kc, dim=-1, keepdim=True).clamp_min(1e-6)  # [B, N, H, 1]
-            qe = downscale_to_reference_rms(qc, ucpe_transform(qc, camera.p_t, camera.freqs))
-            ke = downscale_to_reference_rms(kc, ucpe_transform(kc, camera.p_inv, camera.freqs))
-            ve = downscale_to_reference_rms(vc, ucpe_transform(vc, camera.p_inv, camera.freqs))
-            inflation = (torch.linalg.vector_norm(ke, dim=-1, keepdim=True).clamp_min(1e-6) / key_norm) ** 2
+            qe = camera.encode(qc, camera.p_t)
+            ke, inflation = camera.encode(kc, camera.p_inv, inflation=True)  # [B, N, H, 1]: |ke|^2 / |kc|^2
+            inflation = inflation.to(kc.dtype)  # the kernel returns fp32; diffusers averages in the model dtype
+            ve = camera.encode(vc, camera.p_inv)
             frame_inflation = inflation.reshape(b, frames, s, self.heads).mean(dim=2)  # [B, T, H]
             beta_cam = (beta.reshape(b, frames, s, self.heads)
                         / frame_inflation.clamp_min(1.0)[:, :, None]).reshape(b, n, self.heads)
             out = ops.gdn_bidirectional(qe, ke, ve, beta_cam, decay)  # [B, N, H, D]
-            out = ucpe_transform(out, camera.p, camera.freqs, inverse_rope=True).reshape(b, n, c)
+            out = camera.decode(out).reshape(b, n, c)
             attended = attended + self.out_proj_cam(out)
         return self._output(x, attended)
 
@@ -161,10 +160,8 @@ class SoftmaxSelfAttention(_CameraAttention):
         if camera is not None:
             qc, kc, vc = self._camera_qkv(x)
             qc, kc, vc = self._heads(self.q_norm_cam(qc)), self._heads(self.k_norm_cam(kc)), self._heads(vc)
-            qe = downscale_to_reference_rms(qc, ucpe_transform(qc, camera.p_t, camera.freqs))
-            ke = downscale_to_reference_rms(kc, ucpe_transform(kc, camera.p_inv, camera.freqs))
-            ve = downscale_to_reference_rms(vc, ucpe_transform(vc, camera.p_inv, camera.freqs))
+            qe, ke, ve = camera.encode(qc, camera.p_t), camera.encode(kc, camera.p_inv), camera.encode(vc, camera.p_inv)
             out = softmax_attention_bf16(qe, ke, ve, pad_heads=True)
-            out = ucpe_transform(out, camera.p, camera.freqs, inverse_rope=True).reshape(b, n, c)
+            out = camera.decode(out).reshape(b, n, c)
             attended = attended + self.out_proj_cam(out)
         return self._output(x, attended)

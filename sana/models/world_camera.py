@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import ops
 from .video_blocks import rope_axis_dims
 
 
@@ -124,35 +125,28 @@ def invert_rigid(mats: torch.Tensor) -> torch.Tensor:
 @dataclass
 class CameraTransforms:
     """What the camera branches of every block share: P [B, N, 4, 4] (world -> ray, decodes outputs), its
-    transpose (encodes queries), its inverse (encodes keys and values), and the camera rotary table [N, D/4]."""
+    transpose (encodes queries), its inverse (encodes keys and values), and the camera rotary angles as cos and
+    sin tables [N, D/4] (fp32)."""
 
     p: torch.Tensor
     p_t: torch.Tensor
     p_inv: torch.Tensor
-    freqs: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
 
     @classmethod
     def build(cls, camera: torch.Tensor, height: int, width: int, freqs: torch.Tensor,
               head_dim: int) -> "CameraTransforms":
         p = ray_matrices(camera, height, width)
-        return cls(p=p, p_t=p.transpose(-1, -2), p_inv=invert_rigid(p), freqs=camera_rope(freqs, head_dim))
+        angles = camera_rope(freqs, head_dim)  # complex [N, D/4]
+        return cls(p=p, p_t=p.transpose(-1, -2).contiguous(), p_inv=invert_rigid(p),
+                   cos=angles.real.float().contiguous(), sin=angles.imag.float().contiguous())
 
+    def encode(self, x: torch.Tensor, mats: torch.Tensor, inflation: bool = False):
+        """Queries (mats = p_t), keys or values (p_inv) [B, N, H, D] into the camera frame, shrunk back to their own
+        RMS; with `inflation`, also the keys' squared norm ratio [B, N, H, 1]."""
+        return ops.ucpe(x, mats, self.cos, self.sin, downscale=True, inflation=inflation)
 
-# -- UCPE transforms -----------------------------------------------------------------------------------------
-
-def ucpe_transform(x: torch.Tensor, mats: torch.Tensor, freqs: torch.Tensor,
-                   inverse_rope: bool = False) -> torch.Tensor:
-    """x [B, N, H, D]: the first half of each head, in groups of 4 channels, multiplied by the token's 4x4 matrix
-    (mats [B, N, 4, 4], in x's dtype); the second half rotated by freqs [N, D/4] (conjugate with inverse_rope)."""
-    b, n, h, d = x.shape
-    projected, rotated = x.split(d // 2, dim=-1)
-    projected = torch.einsum("bnij,bnhkj->bnhki", mats, projected.reshape(b, n, h, -1, 4)).reshape(b, n, h, d // 2)
-    return torch.cat([projected, apply_rope(rotated, freqs, inverse_rope)], dim=-1)
-
-
-def downscale_to_reference_rms(reference: torch.Tensor, transformed: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Shrink each token's head vector [..., D] of `transformed` to at most the RMS of the same vector of
-    `reference` (the UCPE translation can inflate it); never enlarges."""
-    reference_rms = reference.square().mean(dim=-1, keepdim=True).add(eps).sqrt()
-    transformed_rms = transformed.square().mean(dim=-1, keepdim=True).add(eps).sqrt()
-    return transformed * (reference_rms / transformed_rms.clamp_min(eps)).clamp(max=1.0)
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """An attention output [B, N, H, D] back from the camera frame (P, the conjugate rotation)."""
+        return ops.ucpe(x, self.p, self.cos, self.sin, inverse_rope=True)
