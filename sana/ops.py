@@ -126,6 +126,17 @@ def ucpe(x: torch.Tensor, mats: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return ucpe_reference(x, mats, cos, sin, inverse_rope=inverse_rope, downscale=downscale, inflation=inflation)
 
 
+def silu_gate(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """SANA-WM's output gate: x * silu(gate) in fp32, rounded once to x's dtype (x, gate of one shape). See
+    `sana.kernels.silu_gate.reference`."""
+    kernel = _kernel("silu_gate", x, gate) if x.is_contiguous() and gate.is_contiguous() else None
+    if kernel is not None:
+        return kernel(x, gate)
+    from .kernels.silu_gate.reference import silu_gate_reference
+
+    return silu_gate_reference(x, gate)
+
+
 def clip_fp16(x: torch.Tensor) -> torch.Tensor:
     """diffusers clips the self-attention output to the fp16 range, so an overflow stays finite."""
     return x.clip(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x

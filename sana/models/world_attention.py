@@ -80,7 +80,7 @@ class _CameraAttention(nn.Module):
 
     def _output(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Gate (in fp32) and project: attended [B, N, C] -> [B, N, C] in x's dtype."""
-        return self.proj((attended * F.silu(self.output_gate(x).float())).to(x.dtype))
+        return self.proj(ops.silu_gate(attended, self.output_gate(x)).to(x.dtype))
 
 
 class GDNSelfAttention(_CameraAttention):
