@@ -126,6 +126,19 @@ def ucpe(x: torch.Tensor, mats: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return ucpe_reference(x, mats, cos, sin, inverse_rope=inverse_rope, downscale=downscale, inflation=inflation)
 
 
+def qk_prep(x: torch.Tensor, weight: torch.Tensor, eps: float, heads: int, *, relu: bool = True, scale: float = 1.0,
+            cos: torch.Tensor | None = None, sin: torch.Tensor | None = None):
+    """SANA-WM's queries / keys: RMSNorm over the width, ReLU, a scale, and RoPE by angle tables cos/sin [N, D/2]:
+    x [B, N, H*D] -> (plain [B, N, H, D], rotated [B, N, H, D] or None). See `sana.kernels.qk_prep.reference`."""
+    tensors = (x, weight) if cos is None else (x, weight, cos, sin)
+    kernel = _kernel("qk_prep", *tensors) if x.stride(-1) == 1 and weight.is_contiguous() else None
+    if kernel is not None:
+        return kernel(x, weight, eps, heads, relu=relu, scale=scale, cos=cos, sin=sin)
+    from .kernels.qk_prep.reference import qk_prep_reference
+
+    return qk_prep_reference(x, weight, eps, heads, relu=relu, scale=scale, cos=cos, sin=sin)
+
+
 def silu_gate(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """SANA-WM's output gate: x * silu(gate) in fp32, rounded once to x's dtype (x, gate of one shape). See
     `sana.kernels.silu_gate.reference`."""

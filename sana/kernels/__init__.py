@@ -6,6 +6,8 @@ Public functions (all inference-only, no autograd):
     linear_attention_rope(q, k, v, cos, sin, heads, eps=1e-15) -> [B, N, H*D] (RoPE on the numerator only)
     gdn_bidirectional(q, k, v, beta, decay, q_plain=None, k_plain=None, eps=1e-8) -> [B, N, H, D] (SANA-WM)
     short_conv(x, weight, frames) -> [B, N, C] (SANA-WM's symmetric depthwise conv over frames)
+    qk_prep(x, weight, eps, heads, relu=True, scale=1.0, cos=None, sin=None) -> (plain, rotated) [B, N, H, D] each
+        (SANA-WM's queries and keys: RMSNorm, ReLU, scale, RoPE)
     silu_gate(x, gate) -> x's shape (SANA-WM's output gate, x * silu(gate) in fp32)
     ucpe(x, mats, cos, sin, inverse_rope=False, downscale=False, inflation=False) -> [B, N, H, D] (SANA-WM's camera
         transform of heads; with inflation, also [B, N, H, 1])
@@ -51,6 +53,7 @@ if importlib.util.find_spec("triton") is not None:
     from .modulation.triton import gated_residual, gated_residual_modulated_norm, modulated_layer_norm
     from .rms_norm.triton import rms_norm_affine
     from .short_conv.triton import short_conv
+    from .qk_prep.triton import qk_prep
     from .silu_gate.triton import silu_gate
     from .ucpe.triton import ucpe
     from .upsample.triton import assemble_phases
@@ -58,4 +61,4 @@ if importlib.util.find_spec("triton") is not None:
     __all__ += ["linear_attention", "modulated_layer_norm", "gated_residual_modulated_norm", "mixffn_middle",
                 "rms_norm_affine", "assemble_phases", "gated_residual", "quantize_fp8_rows", "fp8_linear"]
     __all__ += ["linear_attention_rope"]
-    __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate"]
+    __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate", "qk_prep"]

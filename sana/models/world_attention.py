@@ -18,7 +18,7 @@ from torch import nn
 
 from .. import ops
 from .transformer import RMSNorm
-from .world_camera import CameraTransforms, apply_rope
+from .world_camera import CameraTransforms, angle_tables
 
 GDN_EPS = 1e-8  # the normaliser eps the WM blocks give their GDN attention
 QK_NORM_EPS = 1e-5
@@ -104,12 +104,15 @@ class GDNSelfAttention(_CameraAttention):
         decay = (-self.A_log.float().exp() * F.softplus(gate + self.dt_bias.float())).exp()
         return beta, decay
 
-    def _kernel(self, q: torch.Tensor, k: torch.Tensor, norm_q: RMSNorm, norm_k: RMSNorm,
-                tokens_per_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """RMSNorm then ReLU on q and k [B, N, C], k scaled by D^-1/2 S^-1/2 -> [B, N, H, D] each."""
-        q = self._heads(F.relu(norm_q(q)))
-        k = self._heads(F.relu(norm_k(k)))
-        return q, k * ((self.head_dim ** -0.5) * (tokens_per_frame ** -0.5))
+    def _kernel(self, q: torch.Tensor, k: torch.Tensor, norm_q: RMSNorm, norm_k: RMSNorm, tokens_per_frame: int,
+                freqs: torch.Tensor | None = None):
+        """RMSNorm then ReLU on q and k [B, N, C], k scaled by D^-1/2 S^-1/2 -> (q, k, q rotated, k rotated), each
+        [B, N, H, D] (the rotated ones None without freqs)."""
+        cos, sin = angle_tables(freqs) if freqs is not None else (None, None)
+        q, q_rot = ops.qk_prep(q, norm_q.weight, norm_q.eps, self.heads, cos=cos, sin=sin)
+        k, k_rot = ops.qk_prep(k, norm_k.weight, norm_k.eps, self.heads,
+                               scale=(self.head_dim ** -0.5) * (tokens_per_frame ** -0.5), cos=cos, sin=sin)
+        return q, k, q_rot, k_rot
 
     def forward(self, x: torch.Tensor, frames: int, freqs: torch.Tensor,
                 camera: CameraTransforms | None) -> torch.Tensor:
@@ -121,15 +124,14 @@ class GDNSelfAttention(_CameraAttention):
         # 1. Main branch: the normaliser reads the plain ReLU'd q and k, the numerator their rotations.
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).unbind(2)
         k = self.conv_k(k.reshape(b, n, c), frames)
-        q, k = self._kernel(q.reshape(b, n, c), k, self.q_norm, self.k_norm, s)
-        attended = ops.gdn_bidirectional(apply_rope(q, freqs), apply_rope(k, freqs), v, beta, decay, q, k,
-                                         eps=GDN_EPS).reshape(b, n, c)
+        q, k, q_rot, k_rot = self._kernel(q.reshape(b, n, c), k, self.q_norm, self.k_norm, s, freqs)
+        attended = ops.gdn_bidirectional(q_rot, k_rot, v, beta, decay, q, k, eps=GDN_EPS).reshape(b, n, c)
 
         # 2. Camera branch: q by P^T, k and v by P^-1 (and RoPE on the second half of each head), each shrunk
         #    back to its own RMS; beta discounted by the frame's mean key inflation; numerator only; back by P.
         if camera is not None:
             qc, kc, vc = self._camera_qkv(x)
-            qc, kc = self._kernel(qc, self.conv_k_cam(kc, frames), self.q_norm_cam, self.k_norm_cam, s)
+            qc, kc, _, _ = self._kernel(qc, self.conv_k_cam(kc, frames), self.q_norm_cam, self.k_norm_cam, s)
             vc = self._heads(vc)
             qe = camera.encode(qc, camera.p_t)
             ke, inflation = camera.encode(kc, camera.p_inv, inflation=True)  # [B, N, H, 1]: |ke|^2 / |kc|^2
@@ -153,8 +155,11 @@ class SoftmaxSelfAttention(_CameraAttention):
         """x [B, N, C] (modulated tokens), freqs [N, D/2] complex -> [B, N, C]."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).unbind(2)
-        q = apply_rope(self._heads(self.q_norm(q.reshape(b, n, c))), freqs)
-        k = apply_rope(self._heads(self.k_norm(k.reshape(b, n, c))), freqs)
+        cos, sin = angle_tables(freqs)
+        _, q = ops.qk_prep(q.reshape(b, n, c), self.q_norm.weight, self.q_norm.eps, self.heads, relu=False, cos=cos,
+                           sin=sin)
+        _, k = ops.qk_prep(k.reshape(b, n, c), self.k_norm.weight, self.k_norm.eps, self.heads, relu=False, cos=cos,
+                           sin=sin)
         attended = softmax_attention_bf16(q, k, v).reshape(b, n, c)
 
         if camera is not None:

@@ -40,16 +40,10 @@ def rope_frequencies(head_dim: int, frames: int, height: int, width: int, *, max
     return torch.cat(parts, dim=-1).reshape(frames * height * width, head_dim // 2)
 
 
-def apply_rope(x: torch.Tensor, freqs: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """x [B, N, H, D] rotated pairwise (channels 2j, 2j+1) by freqs [N, D/2] (complex), in fp32 and cast back to
-    x's dtype; `inverse` rotates by the conjugate."""
-    if inverse:
-        freqs = freqs.conj()
-    xf = x.float()
-    if xf.stride(-1) != 1:
-        xf = xf.contiguous()
-    rotated = torch.view_as_complex(xf.unflatten(-1, (-1, 2))) * freqs[:, None, :]  # [B, N, H, D/2]
-    return torch.view_as_real(rotated).flatten(-2).type_as(x)
+def angle_tables(freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A complex rotary table [N, P] as (cos, sin) fp32 views [N, P] (strided: no copy)."""
+    pairs = torch.view_as_real(freqs)  # [N, P, 2]
+    return pairs[..., 0], pairs[..., 1]
 
 
 def camera_rope(freqs: torch.Tensor, head_dim: int) -> torch.Tensor:
