@@ -199,12 +199,14 @@ def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor | None, y:
     return gated_residual_modulated_norm_reference(x, gate, y, shift, scale, eps)
 
 
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x + gate * y in one pass (x, y [B, N, C], gate [B, 1, C]), the math in fp32 rounded once."""
-    kernel = _kernel("gated_residual", x, gate, y)
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, y2: torch.Tensor | None = None) -> torch.Tensor:
+    """x + gate * y in one pass (x, y [B, N, C], gate [B, 1, C]), the math in fp32 rounded once. With y2 (another
+    [B, N, C] branch term), x + gate * (y + y2): the kernel never writes the sum; the reference rounds it first,
+    as diffusers does."""
+    kernel = _kernel("gated_residual", x, gate, y, *(() if y2 is None else (y2,)))
     if kernel is not None:
-        return kernel(x, gate, y)
-    return torch.addcmul(x, gate, y)
+        return kernel(x, gate, y, y2)
+    return torch.addcmul(x, gate, y if y2 is None else y + y2)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:

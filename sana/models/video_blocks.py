@@ -55,11 +55,12 @@ def rope_tables(head_dim: int, frames: int, height: int, width: int, *, max_len:
 
 class TemporalMixFFN(nn.Module):
     """GLUMBTempConv on token-major activations: per frame 1x1 (as linear) -> SiLU -> depthwise 3x3 -> GLU ->
-    1x1 (as linear), then a residual temporal conv over frames, y + conv_(3,1)(y), zero padded at both ends.
+    1x1 (as linear), then a residual temporal conv over frames, y + conv_(3,1)(y), zero padded at both ends (`branch_terms`
+    gives the two terms apart, for a caller that adds them inside its residual).
 
     The 1x1 convs are linears ([O, I] instead of [O, I, 1, 1]) so the tokens stay [B, N, C] for them; only the
     depthwise conv needs the spatial layout, inside `ops.mixffn_middle`. `temporal` keeps diffusers' Conv2d shape
-    [C, C, 3, 1] so checkpoints load as they are; see `temporal_mix` for how it runs on token-major data.
+    [C, C, 3, 1] so checkpoints load as they are; see `temporal_conv` for how it runs on token-major data.
     """
 
     def __init__(self, dim: int, hidden: int):
@@ -71,17 +72,24 @@ class TemporalMixFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
         """x [B, N, D] (N = frames * height * width, (frame, row, col) order) -> [B, N, D]."""
+        y, mixed = self.branch_terms(x, frames, height, width)
+        return y + mixed
+
+    def branch_terms(self, x: torch.Tensor, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two terms of the output, y and conv_(3,1)(y), each [B, N, D], so the block's gated residual adds
+        them in its own pass (the sum rounded as diffusers rounds it on the reference path)."""
         b, n, dim = x.shape
         hw = height * width
         h = self.inverted(x)  # [B, N, 2Hd]
         h = ops.mixffn_middle(h.reshape(b * frames, hw, -1), height, width, self.depthwise.weight,
                               self.depthwise.bias)  # [B*F, HW, Hd], every frame on its own grid
         y = self.point(h).reshape(b, n, dim)  # [B, N, D]
-        return temporal_mix(y, self.temporal.weight, hw)
+        return y, temporal_conv(y, self.temporal.weight, hw)
 
 
-def temporal_mix(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
-    """y + Conv2d(kernel (3, 1), padding (1, 0), no bias) over frames, on token-major y [B, F*S, C] -> same shape.
+def temporal_conv(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+    """Conv2d(kernel (3, 1), padding (1, 0), no bias) over frames, on token-major y [B, F*S, C] -> same shape
+    (contiguous; the residual y + conv is the caller's).
 
     Token-major [B, F, S, C] viewed as [B, C, F, S] is a channels-last tensor, so the conv runs as one implicit
     GEMM over channels (cuDNN / oneDNN channels-last) straight on the tokens: no transposed copy in or out, and one
@@ -92,5 +100,5 @@ def temporal_mix(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int) -
     b, n, c = y.shape
     frames = n // tokens_per_frame
     x = y.reshape(b, frames, tokens_per_frame, c).permute(0, 3, 1, 2)  # [B, C, F, S], channels-last strides
-    out = x + F.conv2d(x, weight, padding=(1, 0))  # zero padding at the first and last frame
+    out = F.conv2d(x, weight, padding=(1, 0))  # zero padding at the first and last frame
     return out.permute(0, 2, 3, 1).reshape(b, n, c)  # a view when the conv kept channels-last

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from .transformer import CaptionProjection, CrossAttention, RMSNorm, TimeEmbedding
+from .transformer import CaptionProjection, CrossAttention, RMSNorm, TimeEmbedding, modulation_table
 from .video_blocks import TemporalMixFFN, rope_tables
 
 
@@ -124,7 +124,7 @@ class SanaVideoBlock(nn.Module):
         # Only the FFN norm may carry an affine (diffusers' `norm_elementwise_affine`); no released model uses it.
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.norm_elementwise_affine else None
         self.ff = TemporalMixFFN(dim, cfg.ffn_hidden)
-        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        self.scale_shift_table = modulation_table(6, dim)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None, t_mod: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int, int]) -> torch.Tensor:
@@ -148,7 +148,8 @@ class SanaVideoBlock(nn.Module):
         else:
             x = x + self.cross_attn(x, text, text_bias)
             h = ops.modulate(grouped(self.norm2(x)), shift_mlp, scale_mlp).view(b, n, dim)
-        return ops.gated_residual(grouped(x), gate_mlp, grouped(self.ff(h, *grid))).view(b, n, dim)
+        y, mixed = self.ff.branch_terms(h, *grid)  # the Mix-FFN output and its temporal conv, summed below
+        return ops.gated_residual(grouped(x), gate_mlp, grouped(y), grouped(mixed)).view(b, n, dim)
 
 
 # -- model --------------------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ class SanaVideoTransformer(nn.Module):
         self.caption_projection = CaptionProjection(config.caption_channels, dim)
         self.caption_norm = RMSNorm(dim, 1e-5)
         self.blocks = nn.ModuleList([SanaVideoBlock(config) for _ in range(config.num_layers)])
-        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.scale_shift_table = modulation_table(2, dim)
         self.proj_out = nn.Linear(dim, math.prod(patch) * config.output_channels)
         self.gradient_checkpointing = False
         # RoPE tables per (grid, device, dtype): fixed functions of the grid, never weights.

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .transformer import CaptionProjection, MLPEmbedder, RMSNorm, timestep_embedding
+from .transformer import CaptionProjection, MLPEmbedder, RMSNorm, modulation_table, timestep_embedding
 from .video_blocks import TemporalMixFFN
 from .world_attention import GDNSelfAttention, SoftmaxSelfAttention
 from .world_camera import CameraTransforms, rope_frequencies
@@ -110,10 +110,12 @@ def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) ->
                                     _per_frame(scale, frames), NORM_EPS).reshape(x.shape)
 
 
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x + gate * y per frame: x, y [B, N, C], gate [B, T, C]."""
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, y2: torch.Tensor | None = None) -> torch.Tensor:
+    """x + gate * y (or x + gate * (y + y2)) per frame: x, y, y2 [B, N, C], gate [B, T, C]."""
     frames = gate.shape[1]
-    return ops.gated_residual(_per_frame(x, frames), _per_frame(gate, frames), _per_frame(y, frames)).reshape(x.shape)
+    second = None if y2 is None else _per_frame(y2, frames)
+    return ops.gated_residual(_per_frame(x, frames), _per_frame(gate, frames), _per_frame(y, frames),
+                              second).reshape(x.shape)
 
 
 # -- blocks -------------------------------------------------------------------------------------------------
@@ -154,7 +156,7 @@ class WorldBlock(nn.Module):
         self.plucker_proj = nn.Linear(dim, dim) if cfg.has_plucker(index) else None
         self.cross_attn = CrossAttention(dim, cfg.num_attention_heads)
         self.mlp = TemporalMixFFN(dim, cfg.ffn_hidden)
-        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        self.scale_shift_table = modulation_table(6, dim)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor, t_mod: torch.Tensor,
                 grid: tuple[int, int, int], freqs: torch.Tensor, camera: CameraTransforms | None,
@@ -167,7 +169,8 @@ class WorldBlock(nn.Module):
         if plucker is not None and self.plucker_proj is not None:
             x = x + self.plucker_proj(plucker)
         x = x + self.cross_attn(x, text, text_mask)
-        return gated_residual(x, gate_mlp, self.mlp(modulated_norm(x, shift_mlp, scale_mlp), frames, height, width))
+        y, mixed = self.mlp.branch_terms(modulated_norm(x, shift_mlp, scale_mlp), frames, height, width)
+        return gated_residual(x, gate_mlp, y, mixed)
 
 
 class FinalLayer(nn.Module):
@@ -176,7 +179,7 @@ class FinalLayer(nn.Module):
     def __init__(self, dim: int, out_channels: int):
         super().__init__()
         self.linear = nn.Linear(dim, out_channels)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.scale_shift_table = modulation_table(2, dim)
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """x [B, N, C], t_emb [B, T, C] -> [B, N, C_out]."""

@@ -137,3 +137,22 @@ def test_gated_residual(b, n, c, dtype):
     assert out.shape == x.shape and out.dtype == dtype
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gated_residual_with_a_second_term(dtype):
+    """x + gate * (y + y2) with y2 strided (the temporal conv beside the Mix-FFN output), and the ops reference,
+    which rounds y + y2 first as diffusers does."""
+    from sana import ops
+    from sana.kernels import gated_residual
+    from sana.kernels.modulation.reference import gated_residual_reference
+
+    torch.manual_seed(0)
+    x, y = _x(2, 7, 48, dtype), _x(2, 7, 48, dtype)
+    y2 = _x(2, 7, 96, dtype)[..., 48:]  # row stride 96
+    *_, gate = _table(2, 48, dtype, dtype)
+    out = gated_residual(x, gate, y, y2)
+    assert rel_err(out, gated_residual_reference(x, gate, y, y2)) < TOLERANCE[dtype]
+    assert rel_err(out, gated_residual_reference(x, gate, y + y2)) < 2 * TOLERANCE[dtype]
+    if dtype == torch.float32:
+        torch.testing.assert_close(ops.gated_residual(x, gate, y, y2), torch.addcmul(x, gate, y + y2))

@@ -40,9 +40,12 @@ def gated_residual_modulated_norm_reference(x: torch.Tensor, gate: torch.Tensor,
     return r, modulated_layer_norm_reference(r, shift, scale, eps)
 
 
-def gated_residual_reference(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x, y [B, N, C]; gate [B, C] or [B, 1, C] -> x + gate * y, [B, N, C] in x's dtype (fp32 math, one rounding)."""
-    return (x.float() + _per_batch(gate) * y.float()).to(x.dtype)
+def gated_residual_reference(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor,
+                             y2: torch.Tensor | None = None) -> torch.Tensor:
+    """x, y (, y2) [B, N, C]; gate [B, C] or [B, 1, C] -> x + gate * y (or x + gate * (y + y2)), [B, N, C] in x's
+    dtype (fp32 math, one rounding)."""
+    branch = y.float() if y2 is None else y.float() + y2.float()
+    return (x.float() + _per_batch(gate) * branch).to(x.dtype)
 
 
 def modulated_layer_norm_diffusers(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,

@@ -72,10 +72,10 @@ def _gated_residual_modulated_norm_kernel(
 
 @triton.jit
 def _gated_residual_kernel(
-    x_ptr, gate_ptr, y_ptr, out_ptr,
+    x_ptr, gate_ptr, y_ptr, y2_ptr, out_ptr,
     N, C,
-    stride_xb, stride_xn, stride_gate, stride_yb, stride_yn, stride_ob, stride_on,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    stride_xb, stride_xn, stride_gate, stride_yb, stride_yn, stride_y2b, stride_y2n, stride_ob, stride_on,
+    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, HAS_Y2: tl.constexpr,
 ):
     b = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -85,8 +85,12 @@ def _gated_residual_kernel(
     rows64 = rows.to(tl.int64)[:, None]
     x = tl.load(x_ptr + b.to(tl.int64) * stride_xb + rows64 * stride_xn + cols[None, :], mask=mask, other=0.0)
     y = tl.load(y_ptr + b.to(tl.int64) * stride_yb + rows64 * stride_yn + cols[None, :], mask=mask, other=0.0)
+    y = y.to(tl.float32)
+    if HAS_Y2:  # a second branch term: x + gate * (y + y2)
+        y2 = tl.load(y2_ptr + b.to(tl.int64) * stride_y2b + rows64 * stride_y2n + cols[None, :], mask=mask, other=0.0)
+        y += y2.to(tl.float32)
     gate = tl.load(gate_ptr + b * stride_gate + cols, mask=col_ok, other=0.0).to(tl.float32)
-    out = x.to(tl.float32) + gate[None, :] * y.to(tl.float32)
+    out = x.to(tl.float32) + gate[None, :] * y
     tl.store(out_ptr + b.to(tl.int64) * stride_ob + rows64 * stride_on + cols[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -127,14 +131,16 @@ _RESIDUAL_BLOCK_N = 8
 _RESIDUAL_BLOCK_C = 512
 
 
-def _launch_gated_residual(x, gate, y, out):
+def _launch_gated_residual(x, gate, y, y2, out):
     b, n, c = x.shape
     grid = (triton.cdiv(n, _RESIDUAL_BLOCK_N), b, triton.cdiv(c, _RESIDUAL_BLOCK_C))
+    second = y2 if y2 is not None else y
     _gated_residual_kernel[grid](
-        x, gate, y, out,
+        x, gate, y, second, out,
         n, c,
-        x.stride(0), x.stride(1), gate.stride(0), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
-        BLOCK_N=_RESIDUAL_BLOCK_N, BLOCK_C=_RESIDUAL_BLOCK_C, num_warps=4,
+        x.stride(0), x.stride(1), gate.stride(0), y.stride(0), y.stride(1), second.stride(0), second.stride(1),
+        out.stride(0), out.stride(1),
+        BLOCK_N=_RESIDUAL_BLOCK_N, BLOCK_C=_RESIDUAL_BLOCK_C, HAS_Y2=y2 is not None, num_warps=4,
     )
 
 
@@ -224,8 +230,9 @@ def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor, y: torch.
     return res, out
 
 
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x + gate * y for a per-batch gate, in one pass; spec: `reference.gated_residual_reference`.
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, y2: torch.Tensor | None = None) -> torch.Tensor:
+    """x + gate * y (or x + gate * (y + y2)) for a per-batch gate, in one pass; spec:
+    `reference.gated_residual_reference`.
 
     PyTorch's addcmul takes a slow strided path for the broadcast gate; this reads x and y once with 16-byte
     vectors and writes once.
@@ -233,14 +240,18 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
     Args:
         x, y: [B, N, C], last dim contiguous; y may have another dtype.
         gate: [B, C] or [B, 1, C], any float dtype, broadcast over N.
+        y2: None, or a second branch term like y (SANA-Video's temporal conv beside the Mix-FFN output it is
+            added to: the sum is never written).
 
     Returns:
         [B, N, C] contiguous in x's dtype, fp32 math rounded once.
     """
     name = "gated_residual"
     gate = _check_residual_args(name, x, gate, y)
-    check_device(name, x, gate, y)
+    if y2 is not None:
+        _check_residual_args(name, x, gate, y2)
+    check_device(name, x, gate, y, *(() if y2 is None else (y2,)))
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     if out.numel():
-        _launch_gated_residual(x, gate, y, out)
+        _launch_gated_residual(x, gate, y, y2, out)
     return out
