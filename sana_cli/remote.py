@@ -25,10 +25,19 @@ from .generation import print_written
 
 TIMEOUT = 600.0  # seconds a request may take (a queued batch of large images)
 POLL_SECONDS = 0.5
+WARMUP_WAIT_SECONDS = 900.0  # how long to wait for a server that is still warming up (compiling, capturing)
 # Flags that configure a local run; the server decided these when it started.
 LOCAL_ONLY = {"transformer": "--transformer", "fp8": "--fp8", "max_vram": "--max-vram", "dry_run": "--dry-run"}
 LOCAL_DEFAULTS = {"device": ("--device", "auto"), "dtype": ("--dtype", "auto"), "memory": ("--memory", "auto")}
 EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+class ServerRefused(SanaError):
+    """The server answered with an HTTP error; `status` is its code."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 class Server:
@@ -51,7 +60,7 @@ class Server:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
                 return response.read()
         except urllib.error.HTTPError as error:
-            raise SanaError(f"the server refused the request: {_error_message(error)}") from None
+            raise ServerRefused(f"the server refused the request: {_error_message(error)}", error.code) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise SanaError(f"cannot reach the server at {self.url} ({reason})",
@@ -59,6 +68,21 @@ class Server:
 
     def json(self, method: str, path: str, body: dict | None = None) -> Any:
         return json.loads(self.request(method, path, body))
+
+    def health(self) -> dict:
+        """/healthz once the server is ready: while it warms up (503, "warming") wait, saying so once."""
+        deadline = time.monotonic() + WARMUP_WAIT_SECONDS
+        told = False
+        while True:
+            try:
+                return self.json("GET", "/healthz")
+            except ServerRefused as error:
+                if error.status != 503 or time.monotonic() > deadline:
+                    raise
+            if not told:
+                console.info(f"the server at {self.url} is warming up; waiting for it")
+                told = True
+            time.sleep(1.0)
 
 
 def _error_message(error: urllib.error.HTTPError) -> str:
@@ -98,7 +122,7 @@ def generate_images(flags: dict[str, Any], planned_jobs: list, model: str | None
     from .generation import parse_resolution
 
     server = Server(flags["server"], flags.get("api_key"))
-    health = server.json("GET", "/healthz")
+    health = server.health()
     max_batch = int(health.get("max_batch", 1))
     loras = flags.get("lora") or []
     if len(loras) > 1:
@@ -137,7 +161,7 @@ def generate_clips(flags: dict[str, Any], planned_jobs: list, firsts: list, mode
     """Each planned clip as a `/v1/videos` job: created, polled until it completes, its MP4 written to the
     planned path."""
     server = Server(flags["server"], flags.get("api_key"))
-    server.json("GET", "/healthz")
+    server.health()
     for (prompt, settings, seeds, paths), first in zip(planned_jobs, firsts):
         if any(path.suffix.lower() != ".mp4" for path in paths):
             raise UsageError("a server writes MP4 clips", "use -o NAME.mp4 or a directory with --format mp4")

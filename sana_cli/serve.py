@@ -52,6 +52,11 @@ def serve(
     replica_cpus: Annotated[int, typer.Option("--replica-cpus", min=1, max=512,
                                               help="--ray: CPU cores each CPU replica takes (and its torch "
                                                    "threads).")] = 1,
+    warmup: Annotated[Optional[bool], typer.Option(
+        "--warmup/--no-warmup", help="Before /healthz says ok, generate each image model's default size once with "
+                                     "one image and once with --max-batch (captures the CUDA graphs, so the first "
+                                     "request is as fast as the next). Default: on a GPU only; the CPU has no such "
+                                     "one-time costs and a generation there takes seconds.")] = None,
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
     memory: opt.Memory = "auto",
@@ -69,6 +74,7 @@ def serve(
                          "pip install fastapi uvicorn, the serve extra of sana-cli") from None
     from sana.memory import check_mode, parse_memory_size
     from sana.serving.scheduler import Scheduler
+    from sana.serving.warmup import should_warm_up
 
     # 2. Security: loopback only, unless an API key guards the server or the user insists.
     if not model:
@@ -105,29 +111,33 @@ def serve(
         state.runner = _start_ray(state, model, lora or [], allowed, address=ray_address, replicas=replicas,
                                   max_replicas=max_replicas or replicas, cpus=replica_cpus,
                                   device=device, dtype=dtype, memory=memory_mode, max_vram=cap, max_batch=max_batch,
-                                  window=batch_window_ms / 1000, port=port)
+                                  window=batch_window_ms / 1000, port=port, warmup=warmup)
     elif gpus > 1:  # worker processes load the models; this one only plans and admits
         state.runner = _start_workers(state, model, lora or [], allowed, gpus, device=device, dtype=dtype,
-                                      memory=memory_mode, max_vram=cap, max_batch=max_batch)
+                                      memory=memory_mode, max_vram=cap, max_batch=max_batch, warmup=warmup)
     else:
         for name in model:
             state.models[name] = load_model(name, device=device, dtype=dtype, memory=memory_mode, max_vram=cap,
                                             max_batch=max_batch)
         attach_loras(state.models, allowed)
+        state.warmup = should_warm_up(warmup, [m.device for m in state.models.values()])
     models = state.models
 
     # 4. Serve until interrupted.
     guard = "API key required" if api_key else "no API key"
+    warming = "; warming up first" if state.warmup or getattr(state.runner, "warming", False) else ""
     console.info(f"serving {', '.join(models)} on http://{_url_host(host)}:{port} ({guard}; max batch {max_batch}, "
-                 f"queue {max_queue})")
+                 f"queue {max_queue}{warming})")
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)
 
 
 def _start_workers(state, names: list[str], lora_texts: list[str], allowed: dict, count: int, *, device: str,
-                   dtype: str, memory: str, max_vram: int | None, max_batch: int):
-    """`--gpus N`: the models described here (planned, not loaded), N worker processes loading them, started."""
+                   dtype: str, memory: str, max_vram: int | None, max_batch: int, warmup: bool | None):
+    """`--gpus N`: the models described here (planned, not loaded), N worker processes loading them (and warming
+    them up meanwhile), started."""
     from sana.serving.processes import ProcessPool
+    from sana.serving.warmup import should_warm_up
 
     from .serve_models import load_model, load_models
 
@@ -140,7 +150,7 @@ def _start_workers(state, names: list[str], lora_texts: list[str], allowed: dict
             "max_batch": max_batch, "threads": threads}
     console.info(f"starting {count} worker processes ({', '.join(devices)})")
     pool = ProcessPool(state.models, state.scheduler, state.metrics, state.progress, loader=load_models, spec=spec,
-                       devices=devices)
+                       devices=devices, warmup=should_warm_up(warmup, devices))
     pool.start()
     _narrow_loras(state, allowed, pool.lora_names())
     return pool
@@ -148,10 +158,13 @@ def _start_workers(state, names: list[str], lora_texts: list[str], allowed: dict
 
 def _start_ray(state, names: list[str], lora_texts: list[str], allowed: dict, *, address: str | None,
                replicas: int, max_replicas: int, cpus: int, device: str, dtype: str, memory: str,
-               max_vram: int | None, max_batch: int, window: float, port: int):
-    """`--ray`: the replicas deployed on the Ray cluster (a Ray of this process's own without an address), then the
-    models described here (planned against a replica's device, not loaded)."""
+               max_vram: int | None, max_batch: int, window: float, port: int, warmup: bool | None):
+    """`--ray`: the replicas deployed on the Ray cluster (a Ray of this process's own without an address; each
+    replica warms up before it counts as started), then the models described here (planned against a replica's
+    device, not loaded)."""
     import socket
+
+    from sana.serving.warmup import should_warm_up
 
     # 1. Ray Serve: an optional extra; only image models, on GPUs or CPUs.
     try:
@@ -188,7 +201,8 @@ def _start_ray(state, names: list[str], lora_texts: list[str], allowed: dict, *,
                  f"as application {app}")
     try:
         handle = ray_replicas.deploy(load_models, spec, app=app, gpu=gpu, cpus=cpus, max_batch=max_batch,
-                                     window=window, replicas=replicas, max_replicas=max_replicas)
+                                     window=window, replicas=replicas, max_replicas=max_replicas,
+                                     warmup=should_warm_up(warmup, ["cuda" if gpu else "cpu"]))
     except Exception as exc:  # a replica could not load (its traceback is in Ray's log above)
         ray_replicas.remove(app, whole=own)
         raise SanaError(f"the Ray Serve replicas did not start: {_first_line(exc)}",
@@ -201,8 +215,9 @@ def _start_ray(state, names: list[str], lora_texts: list[str], allowed: dict, *,
                                         max_batch=max_batch, load=False, device_info=described["device_info"])
     _narrow_loras(state, allowed, described["loras"])
     return ray_replicas.ReplicaPool(handle, state.scheduler, state.metrics, state.progress,
-                                    in_flight=min(256, 2 * max_batch * max_replicas),
-                                    on_stop=lambda: ray_replicas.remove(app, whole=own))
+                                    in_flight=min(256, ray_replicas.IN_FLIGHT_BATCHES * max_batch * max_replicas),
+                                    on_stop=lambda: ray_replicas.remove(app, whole=own),
+                                    warmup_seconds=described.get("warmup_s"))
 
 
 def _narrow_loras(state, allowed: dict, taken_by_model: dict[str, list[str]]) -> None:

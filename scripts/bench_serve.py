@@ -7,8 +7,9 @@ diffusers folder (`bench_memory.build_model`); `--model nano` uses the embedded 
 1. the sequential baselines in this process: our ImagePipeline and diffusers' SanaPipeline on the folder, one
    untimed call each, then `--sequential` timed calls (one image each, new seeds); then both are freed;
 2. `sana serve` on the folder as a subprocess (its Triton cache is the one step 1 filled, so its first image
-   measures the server, not the compiler); once /healthz answers, one request alone (the warm server's first
-   image), then `--steady` requests one after another (the steady state);
+   measures the server, not the compiler); once /healthz answers 200 (after the server's warm-up: "up in" counts
+   it, and /healthz's `warmup_s` is reported apart), one request alone (the warm server's first image), then
+   `--steady` requests one after another (the steady state);
 3. for each `--clients` count: one untimed round of that many concurrent requests (a new batch size captures its
    CUDA graphs), then `--requests` requests (at least one a client) from that many client threads; images a second
    over the level's wall time, latency from each request's send to its whole answer, and the mean batch from the
@@ -145,6 +146,7 @@ class Server:
             port = s.getsockname()[1]
         self.base = f"http://127.0.0.1:{port}"
         self.px, self.steps, self.output_format = px, steps, output_format
+        self.warmup: float | None = None  # the server's warm-up, seconds (from /healthz)
         self.log = log
         env = dict(os.environ, NO_COLOR="1", HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(
             [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
@@ -155,7 +157,8 @@ class Server:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def wait(self) -> float:
-        """Seconds until /healthz answers."""
+        """Seconds until /healthz answers 200 (503 while the server warms up); its warm-up's seconds (None without
+        one) in `self.warmup`."""
         start = time.perf_counter()
         while True:
             if self.process.poll() is not None:
@@ -163,8 +166,9 @@ class Server:
             try:
                 with urllib.request.urlopen(self.base + "/healthz", timeout=5) as answer:
                     if answer.status == 200:
+                        self.warmup = json.loads(answer.read()).get("warmup_s")
                         return time.perf_counter() - start
-            except OSError:
+            except OSError:  # not listening yet, or 503 (an HTTPError) while warming up
                 pass
             if time.perf_counter() - start > STARTUP_SECONDS:
                 raise RuntimeError("sana serve did not start:\n" + self.log.read_text()[-2000:])
@@ -289,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                         log=tmp / "server.log", px=args.px, steps=args.steps, output_format=args.output_format)
         try:
             startup = server.wait()
-            _say(f"server up in {startup:.1f} s")
+            warmup = f" (warm-up {server.warmup:.1f} s)" if server.warmup is not None else " (no warm-up)"
+            _say(f"server up in {startup:.1f} s{warmup}")
             first = server.generate(20_000)
             steady = [server.generate(20_001 + i) for i in range(args.steady)]
             _say(f"first image {first:.3f} s, steady state {statistics.median(steady):.3f} s")
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
 
-    text = report(args, rows, first=first, steady=steady, startup=startup)
+    text = report(args, rows, first=first, steady=steady, startup=startup, warmup=server.warmup)
     print(text)
     if args.markdown:
         with args.markdown.open("a", encoding="utf-8") as f:
@@ -313,11 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(args, rows: list[Row], *, first: float, steady: list[float], startup: float) -> str:
+def report(args, rows: list[Row], *, first: float, steady: list[float], startup: float,
+           warmup: float | None = None) -> str:
     """The Markdown section: one row a run, then the issue's two targets."""
     import torch
 
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    warmed = f"of which warm-up {warmup:.1f} s" if warmup is not None else "no warm-up"
     ours = rows[0].images_per_second
     diffusers = rows[1].images_per_second
     lines = [f"## {datetime.date.today()}: `sana serve` under concurrent clients ({name}, torch {torch.__version__})",
@@ -327,8 +334,8 @@ def report(args, rows: list[Row], *, first: float, steady: list[float], startup:
              f"--batch-window-ms {args.batch_window_ms:g} --output-format {args.output_format}`: "
              f"{'random weights at the real configs' if args.model != 'nano' else 'the embedded nano model'}, "
              f"{args.px} px, {args.steps} steps, CFG {GUIDANCE}, one image a request; the server a subprocess on the "
-             f"same device, started after the sequential runs (up in {startup:.1f} s); latency from send to the "
-             f"whole answer ({args.output_format}, base64).", "",
+             f"same device, started after the sequential runs (up in {startup:.1f} s, {warmed}); latency from send "
+             f"to the whole answer ({args.output_format}, base64).", "",
              "| run | clients | requests | images/s | x ImagePipeline | x SanaPipeline | p50 s | p99 s | mean batch |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:

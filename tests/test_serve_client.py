@@ -235,3 +235,38 @@ def test_the_page_is_open_but_its_progress_and_data_need_the_key(server):
     assert json.loads(request("GET", server + "/healthz")[1])["api_key"] is True  # the page asks for the key
     assert request("GET", server + "/v1/progress/abcdefgh1234")[0] == 401
     assert request("GET", server + "/v1/videos")[0] == 401
+
+
+def test_waits_for_a_server_that_is_warming_up(monkeypatch):
+    """/healthz answering 503 "warming" is waited for (one notice), then its answer is used; other errors are not."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sana_cli import remote
+
+    answers = [503, 503, 200]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the standard library's name)
+            status = answers.pop(0) if answers else 404
+            body = json.dumps({"status": "warming"} if status == 503 else {"status": "ok", "max_batch": 3}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setattr(remote.time, "sleep", lambda s: None)
+    try:
+        server = remote.Server(f"http://127.0.0.1:{httpd.server_address[1]}", None)
+        assert server.health() == {"status": "ok", "max_batch": 3}
+        with pytest.raises(remote.ServerRefused) as refused:
+            server.health()  # 404: not a warming server, refused at once
+        assert refused.value.status == 404
+    finally:
+        httpd.shutdown()

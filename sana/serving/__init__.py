@@ -6,6 +6,8 @@
 - `scheduler`: the bounded FIFO queue and the batching of requests that can share a forward;
 - `worker`: the one thread that owns the models and runs the batches; `processes`: one worker process per device
   instead (`--gpus N`); `replicas`: Ray Serve replicas instead (`--ray`, the `ray` extra);
+- `encoding`: the threads that encode a finished batch's images while the next batch generates; `warmup`: each
+  image model generated at batch 1 and at the full batch before `/healthz` says ok (graphs captured);
 - `loras`: allow-listed LoRAs merged into a served DiT for the batches that name them, and taken out exactly;
 - `store` (images for `GET /v1/images/{id}/content`), `videos` (clip jobs and their files), `progress` (each job's
   steps for server-sent events), `metrics` (Prometheus' text format);

@@ -4,7 +4,8 @@
 - `GET /v1/images/{id}/content`: an image generated with `response_format: "url"`;
 - `/v1/videos` (`video_routes`): clip jobs, SGLang's subset of OpenAI's Videos API;
 - `GET /` and `/static/*` (the web page), `GET /v1/progress/{id}` (server-sent events) (`page`);
-- `GET /v1/models`, `GET /healthz`, `GET /metrics` (Prometheus text).
+- `GET /v1/models`, `GET /healthz` (503 `{"status": "warming"}` while the models warm up, then 200 `"ok"`),
+  `GET /metrics` (Prometheus text).
 
 Every request first passes the guard (`guard.Guard`: API key, body size, counters). Errors are OpenAI's shape,
 `{"error": {"message", "type", "param", "code"}}`, with a 4xx status for bad requests.
@@ -21,7 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admission import ServedModel, build_job
@@ -53,6 +54,7 @@ class ServerState:
     max_body: int = MAX_BODY_BYTES
     max_upload: int = MAX_UPLOAD_BYTES
     runner: Any = None  # what runs the batches: None for one worker thread here, or a processes.ProcessPool
+    warmup: bool = False  # the worker thread here warms the image models up before /healthz says "ok"
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -62,7 +64,8 @@ def create_app(state: ServerState) -> FastAPI:
     from .page import add_page_routes
     from .video_routes import add_video_routes
 
-    worker = state.runner or Worker(state.models, state.scheduler, state.metrics, state.progress)
+    worker = state.runner or Worker(state.models, state.scheduler, state.metrics, state.progress,
+                                    max_batch=state.max_batch, warmup=state.warmup)
     state.scheduler.on_drop = state.scheduler.on_drop or state.metrics.drop
 
     @asynccontextmanager
@@ -145,8 +148,12 @@ def create_app(state: ServerState) -> FastAPI:
         kinds = {m.name: m.kind for m in state.models.values()}
         workers = [{"device": d, "batches": n} for d, n in zip(state.runner.devices, state.runner.batches)] \
             if state.runner is not None else [{"device": "this process"}]
-        return {"status": "ok", "models": list(state.models), "kinds": kinds, "queue_depth": len(state.scheduler),
-                "max_batch": state.max_batch, "api_key": state.api_key is not None, "workers": workers}
+        warmup = worker.warmup_seconds
+        body = {"status": "warming" if worker.warming else "ok", "models": list(state.models), "kinds": kinds,
+                "queue_depth": len(state.scheduler), "max_batch": state.max_batch,
+                "api_key": state.api_key is not None, "workers": workers,
+                "warmup_s": None if warmup is None else round(warmup, 3)}
+        return JSONResponse(body, status_code=503) if worker.warming else body
 
     @app.get("/metrics")
     async def metrics():

@@ -5,7 +5,10 @@ The server process keeps what it keeps with `--gpus N`: the routes, the admissio
 hand the queued jobs, one at a time, to the replicas' deployment handle; Ray routes each to a replica, where
 `@serve.batch` gathers the jobs that arrive within the batch window (up to `max_batch` of them) and the existing
 `Worker` runs them, one forward per group of jobs that can share one (the scheduler's rule: the oldest leads, jobs
-with its key join while the images fit). Ray's autoscaler adds and removes replicas between the given bounds.
+with its key join while the images fit). The gathered call returns once the forwards have run; each job then waits,
+outside the batch, for the worker's encoding threads, so the next batch gathers and generates meanwhile. Replicas
+warm up (with `warmup`) before Ray reports them started, so before this server listens. Ray's autoscaler adds and
+removes replicas between the given bounds.
 
 The front end stays one process, not Ray's HTTP proxy on every node, so that image URLs, progress and metrics live
 in one place; what spreads over the cluster is the GPU work. Ray is imported here: this module is loaded only for
@@ -34,6 +37,7 @@ from .scheduler import Job, Scheduler
 log = logging.getLogger("sana.serve")
 DEPLOYMENT = "models"
 SEEN_BATCHES = 4096  # batch ids remembered, so a batch's size is counted once however many jobs it answered
+IN_FLIGHT_BATCHES = 3  # a replica's batches under way: one encoding, one generating, the next one gathering
 
 
 # -- the replica (runs on the cluster) ------------------------------------------------------------------------------
@@ -47,10 +51,11 @@ class _Silent:
 
 class ModelReplica:
     """One replica: every model loaded on its device (`loader(device=..., **spec)`, as a `--gpus` worker process
-    loads them) and the `Worker` that runs what `generate` gathers. With `num_gpus: 1` Ray shows the replica only
+    loads them) and the `Worker` that runs what `forward` gathers. With `num_gpus: 1` Ray shows the replica only
     its own GPU, so "cuda" is that GPU."""
 
-    def __init__(self, loader: Callable[..., dict], spec: dict, device: str, max_batch: int, window: float):
+    def __init__(self, loader: Callable[..., dict], spec: dict, device: str, max_batch: int, window: float,
+                 warmup: bool = False):
         from ..device import pick_device, probe_device
         from .worker import Worker
 
@@ -59,34 +64,44 @@ class ModelReplica:
         self.info = probe_device(pick_device(device))  # before the weights: what the server plans against
         self.models = loader(device=device, **spec)
         self.max_batch = max_batch
-        self.worker = Worker(self.models, scheduler=None, metrics=Metrics(), progress=_Silent())
+        self.worker = Worker(self.models, scheduler=None, metrics=Metrics(), progress=_Silent(), max_batch=max_batch,
+                             warmup=warmup)
+        if warmup:
+            self.worker.warm_up()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="sana-replica")  # one thread owns the models
         self.name = _replica_name(str(self.info.kind))
-        self.generate.set_max_batch_size(max_batch)
-        self.generate.set_batch_wait_timeout_s(window)
+        self.forward.set_max_batch_size(max_batch)
+        self.forward.set_batch_wait_timeout_s(window)
 
     def describe(self) -> dict:
-        """What the server needs to admit requests: the device (probed before loading) and each model's LoRAs."""
+        """What the server needs to admit requests: the device (probed before loading), each model's LoRAs, and the
+        warm-up's seconds (None without one)."""
         loras = {name: sorted(m.loras.allowed) if m.loras is not None else [] for name, m in self.models.items()}
-        return {"device_info": self.info, "replica": self.name, "loras": loras}
+        return {"device_info": self.info, "replica": self.name, "loras": loras,
+                "warmup_s": self.worker.warmup_seconds}
+
+    async def generate(self, fields: dict) -> tuple[str, Any, dict]:
+        """One job (a `Job`'s portable fields) answered as ("ok", encoded images, batch) or ("error", message,
+        batch) once its images are encoded; `batch` says which forward ran it: {"id", "images", "replica"}."""
+        job, batch = await self.forward(fields)
+        try:
+            return "ok", await asyncio.wrap_future(job.future), batch
+        except Exception as exc:
+            return "error", f"{type(exc).__name__}: {exc}", batch
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)  # both set from the server's flags in __init__
-    async def generate(self, jobs: list[dict]) -> list[tuple[str, Any, dict]]:
-        """Each job (a `Job`'s portable fields) answered as ("ok", encoded images, batch) or ("error", message,
-        batch); `batch` says which forward ran it: {"id", "images", "replica"}."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._run, jobs)
+    async def forward(self, fields: list[dict]) -> list[tuple[Job, dict]]:
+        """The jobs gathered within the batch window, generated (not yet encoded): each `Job` with its forward."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._run, fields)
 
-    def _run(self, fields: list[dict]) -> list[tuple[str, Any, dict]]:
+    def _run(self, fields: list[dict]) -> list[tuple[Job, dict]]:
         jobs = [Job(**values) for values in fields]
-        answers = {}
+        forwards = {}
         for group in forward_groups(jobs, self.max_batch):
             self.worker.run_batch(group)
             batch = {"id": uuid.uuid4().hex, "images": sum(job.images for job in group), "replica": self.name}
-            for job in group:
-                error = job.future.exception()
-                answer = ("error", f"{type(error).__name__}: {error}") if error else ("ok", job.future.result())
-                answers[id(job)] = (*answer, batch)
-        return [answers[id(job)] for job in jobs]
+            forwards.update((id(job), batch) for job in group)
+        return [(job, forwards[id(job)]) for job in jobs]
 
 
 def forward_groups(jobs: list[Job], max_batch: int) -> list[list[Job]]:
@@ -115,14 +130,14 @@ def _replica_name(kind: str) -> str:
 # -- deploying ----------------------------------------------------------------------------------------------------
 
 def deploy(loader: Callable[..., dict], spec: dict, *, app: str, gpu: bool, cpus: int, max_batch: int,
-           window: float, replicas: int, max_replicas: int):
+           window: float, replicas: int, max_replicas: int, warmup: bool = False):
     """The replicas started (or replaced) as the Serve application `app`, with no HTTP route of Serve's own;
-    returns their handle once every replica has loaded. `max_replicas` above `replicas`: Ray autoscales between
-    them, aiming at one full batch in each replica."""
+    returns their handle once every replica has loaded (and warmed up, with `warmup`). `max_replicas` above
+    `replicas`: Ray autoscales between them, aiming at one full batch in each replica."""
     options: dict[str, Any] = {
         "name": DEPLOYMENT,
         "ray_actor_options": {"num_gpus": 1} if gpu else {"num_cpus": cpus},
-        "max_ongoing_requests": 2 * max_batch,  # a batch running and the next one gathering
+        "max_ongoing_requests": IN_FLIGHT_BATCHES * max_batch,
         "logging_config": {"enable_access_log": False},
     }
     if max_replicas > replicas:
@@ -132,7 +147,7 @@ def deploy(loader: Callable[..., dict], spec: dict, *, app: str, gpu: bool, cpus
         options["num_replicas"] = replicas
     serve.start(proxy_location="Disabled")  # the server's own uvicorn answers HTTP; Serve's proxy would take :8000
     device = "cuda" if gpu else "cpu"
-    target = serve.deployment(ModelReplica, **options).bind(loader, spec, device, max_batch, window)
+    target = serve.deployment(ModelReplica, **options).bind(loader, spec, device, max_batch, window, warmup)
     return serve.run(target, name=app, route_prefix=None)
 
 
@@ -150,9 +165,12 @@ class ReplicaPool:
     """The server's side (the interface of `Worker`): `in_flight` dispatcher threads, each handing the next queued
     job to the replicas and answering it; `devices` / `batches` are the replicas seen so far (/healthz)."""
 
+    warming = False  # the replicas warmed up before Ray reported them started
+
     def __init__(self, handle, scheduler: Scheduler, metrics: Metrics, progress: ProgressHub, *, in_flight: int,
-                 on_stop: Callable[[], None] | None = None):
+                 on_stop: Callable[[], None] | None = None, warmup_seconds: float | None = None):
         self.handle = handle
+        self.warmup_seconds = warmup_seconds  # a replica's (the first one described)
         self.scheduler = scheduler
         self.metrics = metrics
         self.progress = progress

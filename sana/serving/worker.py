@@ -1,9 +1,13 @@
 """The one thread that owns the models: takes batches from the scheduler, runs them, answers each job.
 
-Torch releases the GIL inside its ops, so the HTTP handlers stay responsive while a batch runs. Each image is
-encoded with the same metadata record `sana gen` writes (`GenerationRecord`), so `sana info` and `--from` read a
-served image like a generated file; clips are written by `clips.run_clip` the way `sana video` / `sana world`
-write them.
+Torch releases the GIL inside its ops, so the HTTP handlers stay responsive while a batch runs. A finished batch's
+images go to the encoding threads (`encoding.Encoder`) and the worker takes the next batch at once: each image is
+encoded there with the same metadata record `sana gen` writes (`GenerationRecord`), so `sana info` and `--from`
+read a served image like a generated file, and each job is answered when its own images are. Clips are written by
+`clips.run_clip` the way `sana video` / `sana world` write them.
+
+With `warmup`, the thread first generates each image model's default request at batch 1 and at the full batch
+(`warmup.warm_up`); until then `warming` is True (`/healthz` answers 503) and queued requests wait.
 
 Every phase and denoising step is published to the jobs' progress ids (`progress.ProgressHub`) and to a clip job's
 record; a batch whose clients have all gone (disconnected, or deleted their clip job) stops at its next step.
@@ -16,12 +20,12 @@ import threading
 import time
 
 from .admission import ServedModel
+from .encoding import Encoder, encoder_threads
 from .metrics import Metrics
 from .progress import ProgressHub
 from .scheduler import Job, Scheduler
 
 log = logging.getLogger("sana.serve")
-FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 class Interrupted(Exception):
@@ -29,14 +33,32 @@ class Interrupted(Exception):
 
 
 class Worker:
-    def __init__(self, models: dict[str, ServedModel], scheduler: Scheduler, metrics: Metrics,
-                 progress: ProgressHub | None = None):
+    """Runs the batches of `scheduler` (None where the caller hands batches to `run_batch` itself: a worker process,
+    a Ray replica). `max_batch` (default: the scheduler's) sizes the warm-up's full batch and the encoding threads
+    (`encode_threads` overrides them)."""
+
+    def __init__(self, models: dict[str, ServedModel], scheduler: Scheduler | None, metrics: Metrics,
+                 progress: ProgressHub | None = None, *, max_batch: int | None = None, warmup: bool = False,
+                 encode_threads: int | None = None):
         self.models = models
         self.scheduler = scheduler
         self.metrics = metrics
         self.progress = progress or ProgressHub()
+        self.max_batch = max_batch or (scheduler.max_batch if scheduler is not None else 1)
+        accelerator = any(not str(m.device).startswith("cpu") for m in models.values())
+        self.encoder = Encoder(encode_threads or encoder_threads(accelerator, self.max_batch))
+        self.warmup = warmup
+        self.warmup_seconds: float | None = None  # how long the warm-up took, once done
+        self._ready = threading.Event()
+        if not warmup:
+            self._ready.set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sana-worker", daemon=True)
+
+    @property
+    def warming(self) -> bool:
+        """The warm-up has not finished yet."""
+        return not self._ready.is_set()
 
     def start(self) -> None:
         self._thread.start()
@@ -45,8 +67,20 @@ class Worker:
         self._stop.set()
         self.scheduler.close()
         self._thread.join(timeout)
+        self.encoder.close()
+
+    def warm_up(self) -> None:
+        """Warm the image models (`warmup.warm_up`), then say so (`warming` turns False)."""
+        from .warmup import warm_up
+
+        try:
+            self.warmup_seconds = warm_up(self.models, self.max_batch)
+        finally:
+            self._ready.set()
 
     def _loop(self) -> None:
+        if self.warmup:
+            self.warm_up()
         while not self._stop.is_set():
             batch = self.scheduler.next_batch(timeout=0.5)
             if batch:
@@ -76,29 +110,32 @@ class Worker:
                       on_notice=lambda text: log.info("%s: %s", model.name, text))
 
     def run_batch(self, batch: list[Job]) -> None:
-        """Generate every job of `batch` in one forward and set each job's future to its encoded images
-        (a list of bytes), or to the exception that stopped the batch. A clip job is a batch of its own."""
+        """Generate every job of `batch` in one forward and hand the images to the encoding threads; returns then,
+        before they are encoded. Each job's future is set to its encoded images (a list of bytes) once they are, or
+        to the exception that stopped the batch (every job) or the encoding of that job's images (that job only).
+        A clip job is a batch of its own, answered before this returns."""
         model = self.models[batch[0].model]
         self.publish(batch, {"status": "running", "phase": "start"})
         if batch[0].kind == "clip":
             return self._run_clip(model, batch[0])
-        images = sum(job.images for job in batch)
-        self.metrics.batch(images)
+        self.metrics.batch(sum(job.images for job in batch))
         try:
             if model.loras is not None:
                 model.loras.use(*(batch[0].context.get("lora") or (None, None)))
             results = model.pipeline.generate_batch([job.request for job in batch], self.events(model, batch))
-            answers = [[encode(model, job, result, image, seed, images)
-                        for image, seed in zip(result.images, job.request.seeds)]
-                       for job, result in zip(batch, results)]
+            self.encoder.submit(model, batch, results,
+                                lambda job, encoded, error: self._answer(model, job, encoded, error))
         except Exception as exc:  # the batch failed: each of its requests is answered with the error, none waits on
             self._failed(model, batch, exc)
+
+    def _answer(self, model: ServedModel, job: Job, encoded: list[bytes] | None, error: Exception | None) -> None:
+        """A job whose images are encoded (an encoding thread calls this): answered, or failed alone."""
+        if error is not None:
+            self._failed(model, [job], error)
             return
-        now = time.monotonic()
-        for job, answer in zip(batch, answers):
-            self.metrics.finished(model.name, now - job.enqueued, job.images)
-            self.progress.publish(job.progress_id, {"status": "done"})
-            job.future.set_result(answer)
+        self.metrics.finished(model.name, time.monotonic() - job.enqueued, job.images)
+        self.progress.publish(job.progress_id, {"status": "done"})
+        job.future.set_result(encoded)
 
     def _run_clip(self, model: ServedModel, job: Job) -> None:
         from .clips import run_clip
@@ -125,24 +162,3 @@ class Worker:
         for job in batch:
             job.future.set_exception(exc)
 
-
-def encode(model: ServedModel, job: Job, result, image, seed: int, images_in_batch: int) -> bytes:
-    """One image in the job's output format, carrying the record `sana gen` writes for it."""
-    from .. import __version__
-    from ..outputs import GenerationRecord
-    from ..outputs.images import image_bytes
-
-    request = job.request
-    lora = job.context.get("lora")
-    loras = [model.loras.allowed[lora[0]].record(lora[1])] if lora else []
-    record = GenerationRecord(
-        prompt=request.prompt, negative_prompt=request.negative_prompt, model=model.name, model_repo=model.repo,
-        model_revision=model.revision, family=model.family, seed=seed, steps=request.steps,
-        guidance=request.guidance, pag=request.pag, pag_layers=list(request.pag_layers) if request.pag > 0 else [],
-        sampler=request.sampler, flow_shift=request.flow_shift, width=request.width, height=request.height,
-        dtype=model.dtype, loras=loras, version=__version__,
-        timings={k: round(v, 3) for k, v in result.timings.items()},
-        extra={"device": model.device, "generated_size": list(result.generated_size),
-               "images_in_batch": images_in_batch, "memory": result.memory, "served": True},
-    )
-    return image_bytes(image, record, FORMATS[job.context["output_format"]])
