@@ -215,7 +215,7 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3, fp8: 
     text_model = Gemma2Model(Gemma2Config(**GEMMA2_2B)).to("cuda", dtype).eval()
     vae = AutoencoderDC(**DCAE_F32C32).to("cuda", dtype).eval()
     decoder = vae_decoder_from_state(dict(vae.config), vae.state_dict(), device="cuda")  # ours, same weights
-    scheduler = make_scheduler("flow-dpm", flow_shift=3.0)
+    scheduler = make_scheduler("flow-dpm", flow_shift=3.0, reference=True)  # diffusers' pipeline takes it
 
     def pipelines(px: int):
         """diffusers' and our pipeline around the same modules, with the 1.6B DiT trained for `px`."""

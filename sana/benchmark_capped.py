@@ -36,7 +36,7 @@ def write_video_model(folder: Path, name: str = "video-2b-480p") -> None:
         transformer = SanaVideoTransformer3DModel(**cfg).to(torch.bfloat16)
         vae = AutoencoderKLWan().to(torch.bfloat16)
     pipe = SanaVideoPipeline(tokenizer=tokenizer, text_encoder=text_model, vae=vae, transformer=transformer,
-                             scheduler=make_scheduler("flow-dpm", flow_shift=8.0))
+                             scheduler=make_scheduler("flow-dpm", flow_shift=8.0, reference=True))
     pipe.save_pretrained(folder)
 
 

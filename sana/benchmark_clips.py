@@ -285,7 +285,7 @@ def bench_video_clip(*, steps: int = 50, frames: int = 81, width: int = 832, hei
     tokenizer, text_model = _text_stack(VIDEO_COMPLEX_HUMAN_INSTRUCTION)
     torch.manual_seed(1)
     vae = AutoencoderKLWan().to("cuda", torch.bfloat16).eval()
-    scheduler = make_scheduler("flow-dpm", flow_shift=8.0)
+    scheduler = make_scheduler("flow-dpm", flow_shift=8.0, reference=True)
     theirs = SanaVideoPipeline(tokenizer=tokenizer, text_encoder=text_model, vae=vae, transformer=ref,
                                scheduler=scheduler)
     theirs.set_progress_bar_config(disable=True)

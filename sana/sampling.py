@@ -1,4 +1,5 @@
-"""Samplers and the denoise loop: small pure helpers around diffusers' schedulers.
+"""Samplers and the denoise loop: small pure helpers around our schedulers (`sana.schedulers`, diffusers'
+arithmetic; diffusers' own classes only for configs ours does not implement).
 
 Flow matching: `x_t = (1 - s) x0 + s noise`, the model predicts the velocity `noise - x0`. SANA-Sprint
 works in TrigFlow time theta in [0, pi/2]; `trigflow_velocity` wraps the flow model for it.
@@ -29,26 +30,31 @@ SANA_DPM_CONFIG = {
 }
 
 
-def make_scheduler(sampler: str, *, flow_shift: float, base_config: dict | None = None):
-    """A diffusers scheduler for `sampler`, configured like the model's own scheduler_config.json."""
-    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, SCMScheduler
+def make_scheduler(sampler: str, *, flow_shift: float, base_config: dict | None = None, reference: bool = False):
+    """Our scheduler for `sampler` (`sana.schedulers`), configured like the model's own scheduler_config.json.
+
+    diffusers' class instead where that config asks for something ours does not implement, or with `reference`
+    (diffusers' pipelines, in benchmarks and parity tests, take only diffusers' schedulers).
+    """
+    from . import schedulers
 
     if sampler == "flow-dpm":
         config = dict(SANA_DPM_CONFIG)
         if base_config and base_config.get("_class_name") == "DPMSolverMultistepScheduler":
             config.update({k: v for k, v in base_config.items() if not k.startswith("_")})
         config["flow_shift"] = flow_shift
-        return DPMSolverMultistepScheduler.from_config(config)
+        return schedulers.build(schedulers.FlowDPMSolver, config, reference=reference)
     if sampler == "flow-euler":
         config = {"num_train_timesteps": 1000}
         if base_config and base_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
             config.update({k: v for k, v in base_config.items() if not k.startswith("_")})
         # `shift` is this scheduler's name for it (a `flow_shift` key would be ignored, leaving shift 1).
         config["shift"] = flow_shift
-        return FlowMatchEulerDiscreteScheduler.from_config(config)
+        return schedulers.build(schedulers.FlowEuler, config, reference=reference)
     if sampler == "scm":
         sigma_data = (base_config or {}).get("sigma_data", 0.5)
-        return SCMScheduler(num_train_timesteps=1000, prediction_type="trigflow", sigma_data=sigma_data)
+        config = {"num_train_timesteps": 1000, "prediction_type": "trigflow", "sigma_data": sigma_data}
+        return schedulers.build(schedulers.SCMSampler, config, reference=reference)
     raise UsageError(f"unknown sampler '{sampler}'", f"choose one of {', '.join(SAMPLERS)}")
 
 
@@ -123,7 +129,7 @@ def denoise(step_prediction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     step, `per_token_euler`, with its own handling of the clean first frame).
     """
     timesteps = scheduler.timesteps
-    is_scm = type(scheduler).__name__ == "SCMScheduler"
+    is_scm = scheduler.config.get("prediction_type") == "trigflow"  # ours or diffusers' SCM scheduler
     if is_scm:
         timesteps = timesteps[:-1]  # the last SCM timestep (0) is a target, not a step
     denoised = latents
@@ -147,8 +153,8 @@ def denoise(step_prediction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 
 def per_token_euler(scheduler, velocity: torch.Tensor, t: torch.Tensor, latents: torch.Tensor,
                     token_timesteps: torch.Tensor) -> torch.Tensor:
-    """One flow-Euler step with a timestep per token, as SANA-WM's pipeline takes it from diffusers'
-    `FlowMatchEulerDiscreteScheduler.step(..., per_token_timesteps=...)`.
+    """One flow-Euler step with a timestep per token, as SANA-WM's pipeline takes it from the flow-Euler
+    scheduler's `step(..., per_token_timesteps=...)` (`sana.schedulers.FlowEuler`, diffusers' arithmetic).
 
     velocity, latents [B, C, F, h, w]; token_timesteps [B, F*h*w] fp32 (the model's timestep of each token).
     That branch steps by `sigma_token - sigma_next` (sigma_token = timestep / 1000, sigma_next the largest schedule

@@ -90,7 +90,8 @@ def build_model(folder: Path, *, tiny: bool, device: str, model: str = "sana-1.6
         parts = dict(transformer=SanaTransformer2DModel(**dit).to(dtype), vae=AutoencoderDC(**vae).to(dtype),
                      text_encoder=Gemma2Model(Gemma2Config(**text)).to(dtype))
     tokenizer = train_gemma_style_bpe(["\n".join(COMPLEX_HUMAN_INSTRUCTION), PROMPT] * 4, folder / "_tokenizer")
-    pipe = SanaPipeline(tokenizer=tokenizer, scheduler=make_scheduler("flow-dpm", flow_shift=3.0), **parts)
+    scheduler = make_scheduler("flow-dpm", flow_shift=3.0, reference=True)  # diffusers' pipeline takes it
+    pipe = SanaPipeline(tokenizer=tokenizer, scheduler=scheduler, **parts)
     pipe.save_pretrained(folder)
     del pipe, parts
     gc.collect()

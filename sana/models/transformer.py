@@ -238,6 +238,16 @@ class MixFFN(nn.Module):
 
 # -- blocks and model ---------------------------------------------------------------------------------------
 
+def modulation_table(rows: int, dim: int) -> nn.Parameter:
+    """An adaLN-single table [rows, dim] drawn N(0, 1/dim) as diffusers draws it. Built on the meta device (the
+    loader's way: the checkpoint's table is assigned over it) it stays empty: drawing there imports torch._dynamo,
+    about 2 s on a small CPU."""
+    table = torch.empty(rows, dim)
+    if not table.is_meta:
+        table = torch.randn(rows, dim) / dim**0.5
+    return nn.Parameter(table)
+
+
 class SanaBlock(nn.Module):
     """adaLN-single modulated linear self-attention, cross-attention to the text, and Mix-FFN."""
 
@@ -250,7 +260,7 @@ class SanaBlock(nn.Module):
         # Only the FFN norm may carry an affine (diffusers' `norm_elementwise_affine`); no released model uses it.
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.norm_elementwise_affine else None
         self.ff = MixFFN(cfg)
-        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        self.scale_shift_table = modulation_table(6, dim)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None, t_mod: torch.Tensor,
                 height: int, width: int, perturbed_rows: int = 0) -> torch.Tensor:
@@ -282,7 +292,7 @@ class SanaTransformer(nn.Module):
         self.caption_projection = CaptionProjection(config.caption_channels, dim)
         self.caption_norm = RMSNorm(dim, 1e-5)
         self.blocks = nn.ModuleList([SanaBlock(config) for _ in range(config.num_layers)])
-        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.scale_shift_table = modulation_table(2, dim)
         self.proj_out = nn.Linear(dim, p * p * config.output_channels)
         self.gradient_checkpointing = False
         # Position embeddings per (grid, device, dtype): fixed functions of the grid, never weights.
