@@ -20,8 +20,8 @@ Public functions (all inference-only, no autograd):
     quantize_fp8_rows(x) -> (float8_e4m3fn [..., K], float32 [...])
     fp8_linear(x, weight_fp8, weight_scale, bias) -> [..., N] (quantize + torch._scaled_mm; cc 8.9+)
 
-Importing this package imports Triton when it is installed; the functions are absent when it is not, and
-`triton_available()` says whether they can run here.
+Importing this package imports Triton when the kernels can launch (Triton installed, and a CUDA GPU or
+TRITON_INTERPRET=1); the functions are absent otherwise, and `triton_available()` says which.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def triton_available() -> bool:
 
 __all__ = ["triton_available"]
 
-if importlib.util.find_spec("triton") is not None:
+if triton_available():
+    # Only where the kernels can launch (a CUDA GPU, or the interpreter): elsewhere importing Triton costs a
+    # quarter second of every CPU command's start for nothing (the references live beside the kernels).
     # Bound after the subpackages are imported, so `sana.kernels.linear_attention` is the function (the
     # import system would otherwise leave the subpackage of the same name there).
     from .fp8.triton import fp8_linear, quantize_fp8_rows
