@@ -163,10 +163,7 @@ def finetune(
         return
 
     # 4. Report.
-    if result.interrupted:
-        console.error(f"stopped at step {result.step}; checkpoint saved in {result.checkpoint}")
-        console.info(f"continue with: sana finetune {data} --out {out_dir} --resume")
-        raise typer.Exit(130)
+    exit_if_interrupted(result, data, out_dir, "step")
     loss = f"; final loss {result.last_loss:.4g}" if result.last_loss is not None else ""
     console.info(f"trained {result.step} steps{loss}; loss curve {out_dir / 'loss.png'}")
     console.out.print(str(result.output), highlight=False)
@@ -217,6 +214,17 @@ def _settings(flags: dict, data: Path, out_dir: Path, saved):
     renames = {"full": None, "model": None, "config": None, "res": "resolution", "keep": "keep_checkpoints", "rl": None,
                "val_prompt": "val_prompts", "compile_model": "compile", "cache": "cache_dir", "resume": None, "resume_from": None, "gpus": None,
                "data": None, "out": None}
+    apply_flags(base, flags, renames, saved)
+    if flags.get("full") is not None and saved is None:
+        base["mode"] = "full" if flags["full"] else "lora"
+    if base["val_prompts"] and not base["val_every"]:
+        base["val_every"] = base["checkpoint_every"]
+    return TrainConfig(**base)
+
+
+def apply_flags(base: dict, flags: dict, renames: dict, saved) -> None:
+    """The settings the flags given name, into `base` (`renames`: flag -> setting, None for a flag that is none);
+    a resumed run (`saved`) given another --model takes its folder."""
     for flag, value in flags.items():
         name = renames.get(flag, flag)
         if name is None or name not in base:
@@ -224,13 +232,16 @@ def _settings(flags: dict, data: Path, out_dir: Path, saved):
         if name == "lora_targets":
             value = [t for t in value.split(",") if t.strip()]
         base[name] = str(value) if isinstance(value, Path) else value
-    if flags.get("full") is not None and saved is None:
-        base["mode"] = "full" if flags["full"] else "lora"
-    if base["val_prompts"] and not base["val_every"]:
-        base["val_every"] = base["checkpoint_every"]
     if saved is not None and "model" in flags and Path(str(flags["model"])).expanduser().resolve() != Path(saved.model_dir):
         base["model_dir"] = str(_base_model(flags["model"])[0])
-    return TrainConfig(**base)
+
+
+def exit_if_interrupted(result, data, out_dir: Path, unit: str) -> None:
+    """A run stopped by a signal (`unit`: step or round): where its checkpoint is, how to go on; exit status 130."""
+    if result.interrupted:
+        console.error(f"stopped at {unit} {result.step}; checkpoint saved in {result.checkpoint}")
+        console.info(f"continue with: sana finetune {data} --out {out_dir} --resume")
+        raise typer.Exit(130)
 
 
 def _base_model(arg: str | None) -> tuple[Path, int]:
@@ -302,8 +313,9 @@ def _transformer_config(arg: str) -> dict:
     return dict(spec.transformer)
 
 
-class _Progress:
-    """The rich progress line: step, loss, samples/s, ETA, memory; plus caching bars and notices."""
+class TrainingProgress:
+    """A rich progress bar for a training run on stderr, with notices and saved files printed above it; the
+    events that drive it are the subclass's."""
 
     def __init__(self, enabled: bool, total: int):
         self.enabled, self.total = enabled, total
@@ -316,11 +328,28 @@ class _Progress:
                             TimeRemainingColumn(), console=console.err, disable=not self.enabled)
         self.bar.__enter__()
         self.task = None
-        self.cache_task = None
         return self
 
     def __exit__(self, *exc):
         self.bar.__exit__(*exc)
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            self.bar.console.print(text, highlight=False)
+
+    def notices(self) -> dict:
+        """The `on_notice` and `on_saved` events every run has."""
+        return {"on_notice": lambda text: self.say(f"[yellow]note:[/yellow] {text}"),
+                "on_saved": lambda kind, path: self.say(f"{kind}: {path}")}
+
+
+class _Progress(TrainingProgress):
+    """The progress line of supervised training: step, loss, samples/s, ETA, memory; plus caching bars."""
+
+    def __enter__(self):
+        super().__enter__()
+        self.cache_task = None
+        return self
 
     def events(self):
         from sana.training.trainer import TrainEvents
@@ -340,18 +369,8 @@ class _Progress:
             status = f"loss {info.loss:.4f} | {info.samples_per_s:.2f} img/s | lr {info.lr:.2e} | mem {info.memory_gb:.1f} GB"
             self.bar.update(self.task, completed=info.step, status=status)
 
-        def saved(kind: str, path: Path) -> None:
-            if self.enabled:
-                self.bar.console.print(f"{kind}: {path}", highlight=False)
-
-        def notice(text: str) -> None:
-            if self.enabled:
-                self.bar.console.print(f"[yellow]note:[/yellow] {text}", highlight=False)
-
         def data(report) -> None:
-            if self.enabled:
-                for line in report.lines():
-                    self.bar.console.print(line, highlight=False)
+            for line in report.lines():
+                self.say(line)
 
-        return TrainEvents(on_phase=phase, on_progress=progress, on_step=step, on_notice=notice, on_saved=saved,
-                           on_data=data)
+        return TrainEvents(on_phase=phase, on_progress=progress, on_step=step, on_data=data, **self.notices())

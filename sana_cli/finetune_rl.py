@@ -12,11 +12,10 @@ import dataclasses
 import os
 from pathlib import Path
 
-import typer
-
 from sana.errors import UsageError
 
 from . import console
+from .finetune import TrainingProgress, apply_flags, exit_if_interrupted
 
 # Flags that only mean something with --rl (without it they are refused, not ignored).
 RL_ONLY = ("reward", "candidates", "explore_steps", "rollout_steps", "prompts_per_round", "rollout_batch", "guidance",
@@ -112,10 +111,7 @@ def finetune_rl(flags: dict) -> None:
         return
 
     # 4. Report.
-    if result.interrupted:
-        console.error(f"stopped at round {result.step}; checkpoint saved in {result.checkpoint}")
-        console.info(f"continue with: sana finetune {data} --out {out_dir} --resume")
-        raise typer.Exit(130)
+    exit_if_interrupted(result, data, out_dir, "round")
     console.info(f"trained {result.step} rounds; rewards {out_dir / 'rewards.csv'}, curve {out_dir / 'reward.png'}")
     console.out.print(str(result.output), highlight=False)
 
@@ -161,38 +157,19 @@ def _settings(flags: dict, data: str, out_dir: Path, saved, gpus: int):
         if flags.get("full"):
             base.update(mode="full", lr=2e-5)
     base.update(data=data, out=str(out_dir))
-    for flag, value in flags.items():
-        name = RENAMES.get(flag, flag)
-        if name is None or name not in base:
-            continue
-        if name == "lora_targets":
-            value = [t for t in value.split(",") if t.strip()]
-        base[name] = str(value) if isinstance(value, Path) else value
+    apply_flags(base, flags, RENAMES, saved)
     if not base["val_every"]:
         base["val_every"] = base["checkpoint_every"]
-    if saved is not None and "model" in flags and Path(str(flags["model"])).expanduser().resolve() != Path(saved.model_dir):
-        base["model_dir"] = str(_base_model(flags["model"])[0])
     return RLConfig(**base)
 
 
-class _RoundProgress:
-    """The rich progress line of an RL run: round, rewards, loss, images/s, memory; notices and saved files."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
+class _RoundProgress(TrainingProgress):
+    """The progress line of an RL run: round, rewards, loss, images/s, memory."""
 
     def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
-                            TimeRemainingColumn(), console=console.err, disable=not self.enabled)
-        self.bar.__enter__()
+        super().__enter__()
         self.task = self.bar.add_task("rounds", total=self.total, status="")
         return self
-
-    def __exit__(self, *exc):
-        self.bar.__exit__(*exc)
 
     def events(self):
         from sana.training.rl.loop import RLEvents
@@ -203,10 +180,5 @@ class _RoundProgress:
                       f" | loss {info.policy_loss:.4g} | {info.images_per_s:.1f} img/s | mem {info.memory_gb:.1f} GB")
             self.bar.update(self.task, completed=info.round, status=status)
 
-        def say(text: str) -> None:
-            if self.enabled:
-                self.bar.console.print(text, highlight=False)
-
-        return RLEvents(on_round=on_round, on_notice=lambda text: say(f"[yellow]note:[/yellow] {text}"),
-                        on_saved=lambda kind, path: say(f"{kind}: {path}"),
-                        on_validation=lambda step, mean: say(f"validation reward at round {step}: {mean:.4g}"))
+        return RLEvents(on_round=on_round, **self.notices(),
+                        on_validation=lambda step, mean: self.say(f"validation reward at round {step}: {mean:.4g}"))

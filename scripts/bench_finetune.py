@@ -85,50 +85,49 @@ def ours(args) -> dict:
                           device=args.device)
         trainer = Trainer(cfg)
         trainer.use_features(*features(args.model, args.batch * trainer.world.size * 4, args.res))
-        torch.manual_seed(0)
-        with torch.device(trainer.device):
-            model = SanaTransformer(config).to(torch.bfloat16)
-        trainer.build(model)
-        seconds, peak = timed(trainer._optimizer_step, args.warmup, args.steps, args.profile and f"sana {args.mode}")
+        seconds, peak = time_trainer(trainer, SanaTransformer, config, args, f"sana {args.mode}")
         world = trainer.world.size
     return {"impl": "sana", "mode": args.mode, "gpus": world, "step_s": seconds, "peak_gib": peak,
             "samples_per_s": args.batch * world / seconds}
 
 
-def diffusers_recipe(args) -> dict:
-    """The math of train_dreambooth_lora_sana.py's step: bf16 frozen base, fp32 LoRA (cast_training_params),
-    gradient checkpointing, logit-normal timesteps on FlowMatchEulerDiscreteScheduler(shift=3), autocast bf16."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
+def time_trainer(trainer, model_class, config, args, label: str) -> tuple[float, float]:
+    """Our optimizer step on a fresh `model_class(config)` (random weights, bf16) in `trainer`, whose features are
+    set: `timed`'s (median seconds, peak GiB)."""
+    torch.manual_seed(0)
+    with torch.device(trainer.device):
+        model = model_class(config).to(torch.bfloat16)
+    trainer.build(model)
+    return timed(trainer._optimizer_step, args.warmup, args.steps, args.profile and label)
+
+
+def diffusers_lora_step(model, latents, texts, args, *, shift: float, checkpointing: bool = True):
+    """The math of train_dreambooth_lora_sana.py's step on the diffusers DiT `model` (image or video): frozen base
+    in the compute dtype, fp32 LoRA (cast_training_params), gradient checkpointing, logit-normal timesteps on
+    FlowMatchEulerDiscreteScheduler(shift), autocast. Returns the step to time."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.training_utils import cast_training_params, compute_density_for_timestep_sampling
     from peft import LoraConfig
 
-    from sana.registry import get_spec
-
-    cfg = {k: v for k, v in get_spec(args.model).transformer.items() if not k.startswith("_")}
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision]
-    torch.manual_seed(0)
-    with torch.device(args.device):
-        model = SanaTransformer2DModel(**cfg).to(dtype)
     model.requires_grad_(False)
-    if not args.no_checkpointing:
+    if checkpointing:
         model.enable_gradient_checkpointing()
     model.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=TARGETS))
     cast_training_params(model, dtype=torch.float32)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    latents, texts = features(args.model, args.batch, args.res)
-    x0 = torch.stack(latents).to(args.device, dtype)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    x0 = torch.stack(latents).to(args.device, dtype)  # [B, C, h, w] or [B, C, F', h, w]
     embeds = torch.stack(texts).to(args.device, dtype)
     mask = torch.ones(embeds.shape[:2], device=args.device, dtype=torch.long)
-    sigmas_all = scheduler.sigmas.to(args.device)
-    timesteps_all = scheduler.timesteps.to(args.device)
+    sigmas_all, timesteps_all = scheduler.sigmas.to(args.device), scheduler.timesteps.to(args.device)
 
     def step():
         noise = torch.randn_like(x0)
         u = compute_density_for_timestep_sampling("logit_normal", x0.shape[0], logit_mean=0.0, logit_std=1.0)
         indices = (u * scheduler.config.num_train_timesteps).long().to(args.device)
-        sigmas = sigmas_all[indices].to(x0.dtype)[:, None, None, None]
+        sigmas = sigmas_all[indices].to(x0.dtype).view(-1, *(1,) * (x0.dim() - 1))
         noisy = (1.0 - sigmas) * x0 + sigmas * noise
         with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
             pred = model(hidden_states=noisy, encoder_hidden_states=embeds, encoder_attention_mask=mask,
@@ -139,6 +138,22 @@ def diffusers_recipe(args) -> dict:
         optimizer.step()
         optimizer.zero_grad()
 
+    return step
+
+
+def diffusers_recipe(args) -> dict:
+    """diffusers' LoRA recipe (`diffusers_lora_step`) on its SANA DiT, with the flow shift of 3 its script uses."""
+    from diffusers import SanaTransformer2DModel
+
+    from sana.registry import get_spec
+
+    cfg = {k: v for k, v in get_spec(args.model).transformer.items() if not k.startswith("_")}
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision]
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = SanaTransformer2DModel(**cfg).to(dtype)
+    step = diffusers_lora_step(model, *features(args.model, args.batch, args.res), args, shift=3.0,
+                               checkpointing=not args.no_checkpointing)
     seconds, peak = timed(step, args.warmup, args.steps, args.profile and "diffusers lora")
     return {"impl": "diffusers", "mode": "lora", "gpus": 1, "step_s": seconds, "peak_gib": peak, "samples_per_s": args.batch / seconds}
 

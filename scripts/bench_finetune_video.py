@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_finetune import TARGETS, timed  # noqa: E402  (the image benchmark's timing and LoRA targets)
+from bench_finetune import TARGETS, diffusers_lora_step, time_trainer, timed  # noqa: E402  (the image benchmark's)
 
 
 def features(spec, count: int, width: int, height: int, frames: int, text_tokens: int = 300, seed: int = 0):
@@ -50,52 +50,20 @@ def ours(args, spec) -> dict:
         trainer = VideoTrainer(cfg)
         trainer.use_features(*features(spec, args.batch * 4, args.width, args.height, args.frames),
                              flow_shift=args.shift)
-        torch.manual_seed(0)
-        with torch.device(trainer.device):
-            model = SanaVideoTransformer(config).to(torch.bfloat16)
-        trainer.build(model)
-        seconds, peak = timed(trainer._optimizer_step, args.warmup, args.steps, args.profile and "sana video lora")
+        seconds, peak = time_trainer(trainer, SanaVideoTransformer, config, args, "sana video lora")
     return {"impl": "sana", "step_s": seconds, "peak_gib": peak, "clips_per_s": args.batch / seconds}
 
 
 def diffusers_step(args, spec) -> dict:
-    from diffusers import FlowMatchEulerDiscreteScheduler, SanaVideoTransformer3DModel
-    from diffusers.training_utils import cast_training_params, compute_density_for_timestep_sampling
-    from peft import LoraConfig
+    from diffusers import SanaVideoTransformer3DModel
 
     cfg = {k: v for k, v in spec.transformer.items() if not k.startswith("_")}
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision]
     torch.manual_seed(0)
     with torch.device(args.device):
         model = SanaVideoTransformer3DModel(**cfg).to(dtype)
-    model.requires_grad_(False)
-    model.enable_gradient_checkpointing()
-    model.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=TARGETS))
-    cast_training_params(model, dtype=torch.float32)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=args.shift)
-    latents, texts = features(spec, args.batch, args.width, args.height, args.frames)
-    x0 = torch.stack(latents).to(args.device, dtype)  # [B, C, F', h, w]
-    embeds = torch.stack(texts).to(args.device, dtype)
-    mask = torch.ones(embeds.shape[:2], device=args.device, dtype=torch.long)
-    sigmas_all, timesteps_all = scheduler.sigmas.to(args.device), scheduler.timesteps.to(args.device)
-
-    def step():
-        noise = torch.randn_like(x0)
-        u = compute_density_for_timestep_sampling("logit_normal", x0.shape[0], logit_mean=0.0, logit_std=1.0)
-        indices = (u * scheduler.config.num_train_timesteps).long().to(args.device)
-        sigmas = sigmas_all[indices].to(x0.dtype)[:, None, None, None, None]
-        noisy = (1.0 - sigmas) * x0 + sigmas * noise
-        with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
-            pred = model(hidden_states=noisy, encoder_hidden_states=embeds, encoder_attention_mask=mask,
-                         timestep=timesteps_all[indices], return_dict=False)[0]
-        loss = torch.mean(((pred.float() - (noise - x0).float()) ** 2).reshape(x0.shape[0], -1), 1).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-
+    step = diffusers_lora_step(model, *features(spec, args.batch, args.width, args.height, args.frames), args,
+                               shift=args.shift)
     seconds, peak = timed(step, args.warmup, args.steps, args.profile and "diffusers video lora")
     return {"impl": "diffusers", "step_s": seconds, "peak_gib": peak, "clips_per_s": args.batch / seconds}
 

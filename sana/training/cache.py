@@ -5,6 +5,8 @@ config and weight files), so a changed image, caption, bucket or encoder gives a
 one is never encoded twice. The encoders are loaded only when something is missing, and freed afterwards,
 so the DiT trains without them in memory. Three steps: `plan_cache` (keys), `fill_cache` (encode what is
 missing; each rank of a distributed run its share), `cached_items` (what training can use, after all ranks).
+They serve images and clips alike: a `CacheSource` holds what differs by kind (`image_source` here,
+`video_cache.clip_source` for clips).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Item:
 
     latent: str  # file stem under latents/
     text: str  # file stem under text/
-    bucket: tuple[int, int]  # (width, height) in pixels
+    bucket: tuple[int, ...]  # (width, height) in pixels; clips: (width, height, frames)
 
 
 def _sha(*parts: str | bytes) -> str:
@@ -186,44 +188,79 @@ class CachePlan:
     extras: dict[str, str]  # caption -> key, for the empty caption and the validation prompts
 
 
-def plan_cache(samples: list[Sample], buckets: dict[int, tuple[int, int]], encoders: Encoders,
-               extra_captions: list[str] = ()) -> CachePlan:
-    """Keys for every sample (`buckets[i]` is sample i's (width, height)); hashes the image files once."""
+@dataclass
+class CacheSource:
+    """One kind of training data (images or clips) as the cache steps see it: sample i's file, caption, bucket,
+    key and pixels, and the VAE that encodes a batch of them."""
+
+    paths: list[Path]  # an image, a clip file or a frames folder: what the report names
+    captions: list[str]  # as the model reads them
+    buckets: list[tuple[int, ...]]  # (width, height); clips: (width, height, frames)
+    latent_key: Callable[[str, int], str]  # (the VAE's fingerprint, i) -> the latent's cache key
+    read: Callable[[int], object]  # RGB, 0..255: a PIL image, or an array [T, H, W, 3]; raises OSError if unreadable
+    load_vae: Callable[[Encoders], Callable[[torch.Tensor], torch.Tensor]]  # -> pixels [b, 3, ...] -> fp32 latents
+    unreadable: str  # the report's reason for a sample that got no latent
+
+
+def image_source(samples: list[Sample], buckets: list[tuple[int, int]]) -> CacheSource:
+    """Images, each scaled to cover its bucket and centre-cropped, encoded by the DC-AE; a key hashes the image
+    bytes and the bucket (the files are hashed once, in `plan_cache`)."""
+
+    def latent_key(vae_fingerprint: str, i: int) -> str:
+        return _sha("latent-v1", vae_fingerprint, file_sha256(samples[i].path), f"{buckets[i][0]}x{buckets[i][1]}")
+
+    return CacheSource(paths=[s.path for s in samples], captions=[s.caption for s in samples], buckets=list(buckets),
+                       latent_key=latent_key, read=lambda i: load_rgb(samples[i].path, buckets[i]),
+                       load_vae=_image_vae, unreadable="unreadable or truncated image")
+
+
+def _image_vae(encoders: Encoders) -> Callable[[torch.Tensor], torch.Tensor]:
+    from ..components import load_autoencoder
+
+    vae = load_autoencoder(encoders.model_dir, dtype=encoders.dtype, device=encoders.device)
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            latents = vae.encode(pixels.to(encoders.device, encoders.dtype)).latent * vae.config.scaling_factor
+        return latents.float()  # [b, C, h, w]
+
+    return encode
+
+
+def plan_cache(source: CacheSource, encoders: Encoders, extra_captions: list[str] = ()) -> CachePlan:
+    """Keys for every sample and for the extra captions (the empty one is always among them)."""
     vae_fp, text_fp = encoders.vae_fingerprint, encoders.text_fingerprint
-    latent_keys = [_sha("latent-v1", vae_fp, file_sha256(s.path), f"{buckets[i][0]}x{buckets[i][1]}")
-                   for i, s in enumerate(samples)]
-    text_keys = [text_key(s.caption, text_fp, True) for s in samples]
+    latent_keys = [source.latent_key(vae_fp, i) for i in range(len(source.paths))]
+    text_keys = [text_key(c, text_fp, True) for c in source.captions]
     extras = {c: text_key(c, text_fp, c != NULL_CAPTION) for c in [NULL_CAPTION, *extra_captions]}
     return CachePlan(latent_keys, text_keys, extras)
 
 
-def fill_cache(plan: CachePlan, samples: list[Sample], buckets: dict[int, tuple[int, int]], cache: FeatureCache,
-               encoders: Encoders, *, rank: int = 0, world: int = 1,
-               on_progress: Callable[[str, int, int], None] | None = None, batch_size: int = 8) -> None:
+def fill_cache(plan: CachePlan, source: CacheSource, cache: FeatureCache, encoders: Encoders, *, rank: int = 0,
+               world: int = 1, on_progress: Callable[[str, int, int], None] | None = None, batch_size: int = 8) -> None:
     """Encode what is missing; with `world` > 1 this rank's share of it (the caller then synchronises the ranks).
-    An image that fails to decode gets no latent; `cached_items` reports it."""
+    A sample that fails to decode gets no latent; `cached_items` reports it."""
     # Shares are fixed by position in the whole list, not in the list of what is missing: another rank may
     # already have written some of its files when this one looks.
     missing_latents = [i for i, k in enumerate(plan.latent_keys)
                        if i % world == rank and not cache.latent_path(k).is_file()]
-    captions = dict(zip((s.caption for s in samples), plan.text_keys)) | plan.extras
+    captions = dict(zip(source.captions, plan.text_keys)) | plan.extras
     missing_text = [(c, k) for n, (c, k) in enumerate(captions.items())
                     if n % world == rank and not cache.text_path(k).is_file()]
     if missing_latents:
-        _encode_latents(samples, buckets, missing_latents, plan.latent_keys, cache, encoders, on_progress, batch_size)
+        _encode_latents(source, missing_latents, plan.latent_keys, cache, encoders, on_progress, batch_size)
     if missing_text:
         _encode_texts(missing_text, cache, encoders, on_progress, batch_size)
 
 
-def cached_items(plan: CachePlan, samples: list[Sample], buckets: dict[int, tuple[int, int]], cache: FeatureCache,
-                 report: DataReport) -> list[Item]:
+def cached_items(plan: CachePlan, source: CacheSource, cache: FeatureCache, report: DataReport) -> list[Item]:
     """The samples whose features are all in the cache, in sample order; the rest are reported as unreadable."""
     items = []
-    for i, sample in enumerate(samples):
+    for i, path in enumerate(source.paths):
         if cache.latent_path(plan.latent_keys[i]).is_file():
-            items.append(Item(latent=plan.latent_keys[i], text=plan.text_keys[i], bucket=buckets[i]))
+            items.append(Item(latent=plan.latent_keys[i], text=plan.text_keys[i], bucket=source.buckets[i]))
         else:
-            report.skip("unreadable or truncated image", sample.path)
+            report.skip(source.unreadable, path)
     missing = [k for k in [*plan.text_keys, *plan.extras.values()] if not cache.text_path(k).is_file()]
     if missing:
         raise SanaError(f"caption embedding {cache.text_path(missing[0])} is missing", "run again to encode it")
@@ -231,28 +268,30 @@ def cached_items(plan: CachePlan, samples: list[Sample], buckets: dict[int, tupl
     return items
 
 
-def _encode_latents(samples, buckets, indices, keys, cache, encoders, on_progress, batch_size) -> None:
-    import numpy as np
+def _encode_latents(source: CacheSource, indices: list[int], keys: list[str], cache: FeatureCache, encoders: Encoders,
+                    on_progress, batch_size: int) -> None:
+    """Samples of one bucket encoded `batch_size` at a time, the next chunk decoded in threads meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..components import load_autoencoder
+    import numpy as np
+
+    by_bucket: dict[tuple[int, ...], list[int]] = {}
+    for i in indices:
+        by_bucket.setdefault(source.buckets[i], []).append(i)
+    chunks = [members[start:start + batch_size] for _, members in sorted(by_bucket.items())
+              for start in range(0, len(members), batch_size)]
 
     def pixels_of(i: int) -> torch.Tensor | None:
         try:
-            image = load_rgb(samples[i].path, buckets[i])
+            array = source.read(i)
         except (OSError, ValueError, SyntaxError):
             return None  # no latent: cached_items reports it
-        array = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)  # [3, H, W]
-        return array / 127.5 - 1.0
+        pixels = torch.from_numpy(np.asarray(array, dtype=np.float32)).movedim(-1, 0)  # [3, H, W] or [3, T, H, W]
+        return pixels / 127.5 - 1.0
 
-    vae = load_autoencoder(encoders.model_dir, dtype=encoders.dtype, device=encoders.device)
-    by_bucket: dict[tuple[int, int], list[int]] = {}
-    for i in indices:
-        by_bucket.setdefault(buckets[i], []).append(i)
-    chunks = [members[start:start + batch_size] for _, members in sorted(by_bucket.items())
-              for start in range(0, len(members), batch_size)]
+    encode = source.load_vae(encoders)
     done = 0
-    # Images are decoded in threads (PIL releases the GIL), the next chunk while this one encodes.
+    # Decoding (PIL, ffmpeg) releases the GIL: threads prepare the next chunk while this one encodes.
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     try:
         pending = [pool.submit(pixels_of, i) for i in chunks[0]] if chunks else []
@@ -261,17 +300,15 @@ def _encode_latents(samples, buckets, indices, keys, cache, encoders, on_progres
             pending = [pool.submit(pixels_of, i) for i in chunks[n + 1]] if n + 1 < len(chunks) else []
             usable = [(i, p) for i, p in zip(chunk, decoded) if p is not None]
             if usable:
-                batch = torch.stack([p for _, p in usable]).to(encoders.device, encoders.dtype)
-                with torch.no_grad():
-                    latents = vae.encode(batch).latent * vae.config.scaling_factor  # [b, C, h, w]
-                for (i, _), latent in zip(usable, latents.float()):
+                latents = encode(torch.stack([p for _, p in usable]))  # [b, C, h, w] or [b, C, F', h, w], fp32
+                for (i, _), latent in zip(usable, latents):
                     _write_atomic(cache.latent_path(keys[i]), {"latent": latent})
             done += len(chunk)
             if on_progress:
                 on_progress("latents", done, len(indices))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        del vae
+        del encode  # the VAE with it
         _free(encoders.device)
 
 

@@ -58,21 +58,44 @@ class DataReport:
         return out
 
 
-def _metadata_captions(root: Path, report: DataReport) -> dict[Path, str]:
-    captions: dict[Path, str] = {}
+def metadata_rows(root: Path, report: DataReport, *, need_caption: bool = False) -> dict[Path, dict]:
+    """metadata.jsonl rows under `root` by the path they name (`file_name`, relative to the file's own folder: an
+    image, a clip or a frames folder). A line that cannot be read, or has no caption with `need_caption`, is
+    reported and left out."""
+    rows: dict[Path, dict] = {}
     for meta in sorted(root.rglob("metadata.jsonl")):
         for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                name = row["file_name"]
-                text = next(row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str))
-            except (json.JSONDecodeError, KeyError, StopIteration, TypeError):
+                path = (meta.parent / row["file_name"]).resolve()
+                if need_caption and row_caption(row) is None:
+                    raise KeyError("no caption column")
+            except (json.JSONDecodeError, KeyError, TypeError):
                 report.skip("unreadable metadata.jsonl line", Path(f"{meta}:{number}"))
                 continue
-            captions[(meta.parent / name).resolve()] = text
-    return captions
+            rows[path] = row
+    return rows
+
+
+def row_caption(row: dict) -> str | None:
+    """A metadata row's caption: its first text column among CAPTION_COLUMNS."""
+    return next((row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str)), None)
+
+
+def sample_caption(caption: str | None, from_metadata: str | None, sidecar: Path, trigger: str | None) -> str | None:
+    """The caption a sample trains on: the fixed `caption`, else its metadata.jsonl text, else its `.txt` sidecar;
+    white space folded and `trigger` put in front. None when it has none."""
+    text = caption
+    if text is None:
+        text = from_metadata
+    if text is None and sidecar.is_file():
+        text = sidecar.read_text(encoding="utf-8", errors="replace")
+    if text is None or not text.strip():
+        return None
+    text = " ".join(text.split())
+    return f"{trigger}, {text}" if trigger else text
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
@@ -96,7 +119,7 @@ def scan_folder(root: Path, *, caption: str | None = None, trigger: str | None =
     if not root.is_dir():
         raise UsageError(f"data folder not found: {root}")
     report = DataReport(root=root)
-    from_metadata = _metadata_captions(root, report)
+    rows = metadata_rows(root, report, need_caption=True)
     candidates: list[tuple[Path, str]] = []  # (image, caption) before the image is opened
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         if any(part.startswith(".") for part in path.relative_to(root).parts):
@@ -107,16 +130,12 @@ def scan_folder(root: Path, *, caption: str | None = None, trigger: str | None =
         if suffix not in IMAGE_SUFFIXES:
             report.skip("not an image", path)
             continue
-        text = caption
+        row = rows.get(path.resolve(), {}) if caption is None else {}
+        text = sample_caption(caption, row_caption(row), path.with_suffix(".txt"), trigger)
         if text is None:
-            text = from_metadata.get(path.resolve())
-        if text is None and path.with_suffix(".txt").is_file():
-            text = path.with_suffix(".txt").read_text(encoding="utf-8", errors="replace")
-        if text is None or not text.strip():
             report.skip("no caption", path)
             continue
-        text = " ".join(text.split())
-        candidates.append((path, f"{trigger}, {text}" if trigger else text))
+        candidates.append((path, text))
     # Image headers are read in threads: file opens dominate a large folder's scan.
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         sizes = list(pool.map(_image_size, [path for path, _ in candidates]))
@@ -143,6 +162,11 @@ def aspect_buckets(resolution: int, multiple: int) -> list[tuple[int, int]]:
     bins = aspect_ratio_bins()[resolution] if resolution in BINNED_RESOLUTIONS else None
     if bins is not None:
         return sorted({(int(w), int(h)) for h, w in bins.values()})
+    return ratio_grid(resolution, multiple)
+
+
+def ratio_grid(resolution: int, multiple: int) -> list[tuple[int, int]]:
+    """(width, height) buckets of about resolution^2 pixels for ratios 1:4 .. 4:1, sides on a grid of `multiple`."""
     buckets = set()
     for step in range(-8, 9):  # ratios 2^(step/4): 1:4 ... 4:1
         ratio = 2 ** (step / 4)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from .data import CAPTION_COLUMNS, IMAGE_SUFFIXES, SIDECAR_SUFFIXES, DataReport, nearest_bucket
+from .data import (IMAGE_SUFFIXES, SIDECAR_SUFFIXES, DataReport, metadata_rows, nearest_bucket, ratio_grid, row_caption,
+                   sample_caption)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif"}
 FRAME_SUFFIXES = IMAGE_SUFFIXES - {".gif"}  # a frames folder holds still images
@@ -64,21 +65,6 @@ class ClipReport(DataReport):
 
 
 # -- finding clips ----------------------------------------------------------------------------------------
-
-def _metadata(root: Path, report: DataReport) -> dict[Path, dict]:
-    """metadata.jsonl rows by the path they name (a file or a frames folder)."""
-    rows: dict[Path, dict] = {}
-    for meta in sorted(root.rglob("metadata.jsonl")):
-        for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                rows[(meta.parent / row["file_name"]).resolve()] = row
-            except (json.JSONDecodeError, KeyError, TypeError):
-                report.skip("unreadable metadata.jsonl line", Path(f"{meta}:{number}"))
-    return rows
-
 
 def _frame_files(folder: Path) -> list[Path] | None:
     """The frames of a frames folder in name order, or None when `folder` is not one (it holds anything but
@@ -181,7 +167,7 @@ def scan_clip_folder(root: Path, *, caption: str | None = None, trigger: str | N
     if not root.is_dir():
         raise UsageError(f"data folder not found: {root}")
     report = ClipReport(root=root)
-    meta = _metadata(root, report)
+    meta = metadata_rows(root, report)
     clips, images, others = find_clips(root)
     if images and not clips:
         raise UsageError(f"{root} holds images, not clips",
@@ -193,16 +179,11 @@ def scan_clip_folder(root: Path, *, caption: str | None = None, trigger: str | N
     candidates: list[tuple[Path, str, dict]] = []
     for path in clips:
         row = meta.get(path.resolve(), {})
-        text = caption
+        text = sample_caption(caption, row_caption(row), _caption_file(path), trigger)
         if text is None:
-            text = next((row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str)), None)
-        if text is None and _caption_file(path).is_file():
-            text = _caption_file(path).read_text(encoding="utf-8", errors="replace")
-        if text is None or not text.strip():
             report.skip("no caption", path)
             continue
-        text = " ".join(text.split())
-        candidates.append((path, f"{trigger}, {text}" if trigger else text, row))
+        candidates.append((path, text, row))
     # Probing starts an ffmpeg process a file: threads overlap them.
     with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2)) as pool:
         probes = list(pool.map(_probe, [path for path, _, _ in candidates]))
@@ -257,13 +238,7 @@ def clip_buckets(resolution: int, native: int, sample_size: int) -> list[tuple[i
     table = VIDEO_BIN_TABLES.get(int(sample_size))
     if table is not None and resolution == native:
         return sorted({(int(w), int(h)) for h, w in video_aspect_ratio_bins()[table].values()})
-    buckets = set()
-    for step in range(-8, 9):  # ratios 2^(step/4): 1:4 ... 4:1
-        ratio = 2 ** (step / 4)
-        width = max(SIZE_MULTIPLE, round(resolution * math.sqrt(ratio) / SIZE_MULTIPLE) * SIZE_MULTIPLE)
-        height = max(SIZE_MULTIPLE, round(resolution / math.sqrt(ratio) / SIZE_MULTIPLE) * SIZE_MULTIPLE)
-        buckets.add((width, height))
-    return sorted(buckets)
+    return ratio_grid(resolution, SIZE_MULTIPLE)
 
 
 def plan_clips(samples: list[ClipSample], report: DataReport, *, buckets: list[tuple[int, int]], frames: int,

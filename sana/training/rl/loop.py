@@ -31,7 +31,7 @@ from .. import distributed
 from ..data import DataReport
 from ..plot import append_log, truncate_log
 from ..runtime import StopFlag, memory_gb
-from ..trainer import LOG_NAME, TrainEvents, Trainer, TrainResult
+from ..trainer import LOG_NAME, TrainEvents, Trainer, TrainResult, run_trainer
 from . import log as rl_log
 from .config import RLConfig
 from .objective import advantages, kl_loss, nft_policy_loss, old_policy_decay, optimality, update_old_policy
@@ -286,9 +286,7 @@ class RLTrainer(Trainer):
                         raise self._failed(step, exc, f"round {step + 1}") from None
                     step += 1
                     self._log_round(step, stats, eta, time.perf_counter() - round_started, started, fields)
-                    out_of_time = bool(cfg.max_minutes) and time.perf_counter() - started >= cfg.max_minutes * 60
-                    stopping = distributed.any_rank(stop.requested, world, self.device)
-                    finishing = distributed.any_rank(out_of_time, world, self.device) and not stopping
+                    stopping, finishing = self._stop_checks(stop, started)
                     if stopping or finishing or step % cfg.checkpoint_every == 0 or step == cfg.steps:
                         result.checkpoint = self.save_checkpoint(step)
                     if self._validation_prompts() and not stopping and (step == cfg.steps or finishing or (
@@ -297,18 +295,9 @@ class RLTrainer(Trainer):
                             self.validate(step)
                         except RewardError as exc:
                             raise self._failed(step, exc, f"validation after round {step}") from None
-                    if stopping:
-                        result.interrupted = True
+                    if self._loop_ends(result, step, stopping, finishing, unit="round"):
                         break
-                    if finishing:
-                        result.out_of_time = True
-                        events.notice(f"--max-minutes {cfg.max_minutes:g} reached at round {step}: exporting it "
-                                      f"(--resume continues to round {cfg.steps})")
-                        break
-            result.step = step
-            if not result.interrupted:
-                result.output = self.export()
-            return result
+            return self._finish(result, step)
         finally:
             if hasattr(self.components.reward, "close"):
                 self.components.reward.close()
@@ -428,10 +417,4 @@ class RLTrainer(Trainer):
 
 def run(cfg: RLConfig, *, resume: bool | Path = False, events: RLEvents | None = None) -> TrainResult:
     """Train as `cfg` says; the whole life of an RL run (process group included)."""
-    trainer = RLTrainer(cfg, events)
-    try:
-        trainer.prepare_data()
-        trainer.build()
-        return trainer.train(resume)
-    finally:
-        distributed.teardown()
+    return run_trainer(RLTrainer, cfg, resume=resume, events=events)
