@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -13,6 +12,7 @@ from sana.errors import SanaError, UsageError
 
 from . import console
 from . import options as opt
+from .shapes_scoring import check_outputs, print_scores, write_score_rows
 
 shapes_app = typer.Typer(help="The shapes grammar of the nano model: make datasets, score models, build the model.",
                          no_args_is_help=True)
@@ -156,11 +156,7 @@ def score_command(
 
         score_clips(model, transformer, num, seed, steps, cfg, out, grid, rows, device, dtype, force, _progress)
         return
-    for path in (out, rows):
-        if path is not None and path.exists() and not force:
-            raise UsageError(f"{path} exists", "pass --force to overwrite it")
-    if out is not None and out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise UsageError(f"cannot tell the image format of {out}", "use a .png, .jpg or .webp name")
+    check_outputs(out, rows, force, (".png", ".jpg", ".jpeg", ".webp"), "image", "use a .png, .jpg or .webp name")
 
     # 2. Load the model the way `sana gen` does, with its defaults.
     quiet_libraries()
@@ -187,23 +183,14 @@ def score_command(
         report = score_model(generate, num, seed, num_heldout=num_heldout, batch_size=1, on_result=seen)
 
     # 4. The table, then the optional grid and rows.
-    table = Table(title=f"prompt adherence, {model}", header_style="bold")
-    attributes = ("color", "shape", "position", "size", "background", "no_extras")
-    for column in ("set", "prompts", "fully correct", *attributes):
-        table.add_column(column.replace("_", " "), justify="left" if column == "set" else "right")
-    for name in SETS:
-        count = len(report.rows_of(name))
-        if count:
-            table.add_row(name, str(count), f"{report.percent(name):.1f}%",
-                          *[f"{report.percent(name, a):.1f}%" for a in attributes])
-    console.table(table)
+    print_scores(report, f"prompt adherence, {model}", SETS,
+                 ("color", "shape", "position", "size", "background", "no_extras"), "prompts")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         sample_grid([image for image, _ in samples], [ok for _, ok in samples]).save(out)
         console.info(f"grid of {len(samples)} samples: {out}")
     if rows is not None:
-        rows.parent.mkdir(parents=True, exist_ok=True)
-        rows.write_text("".join(json.dumps(p.row()) + "\n" for p in report.prompts), encoding="utf-8")
+        write_score_rows(rows, report)
 
 
 def _load_generator(model: str, transformer: str | None, steps: int | None, cfg: float | None, device_name: str,

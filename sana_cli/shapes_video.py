@@ -3,14 +3,12 @@ autoencoder and its folder. `sana_cli/shapes.py` owns the commands and hands `--
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-from rich.table import Table
 
 from sana.errors import UsageError
 
 from . import console
+from .shapes_scoring import check_outputs, print_scores, write_score_rows
 
 
 def make_clips(out: Path, num: int, seed: int, two_objects: float, fmt: str, progress) -> None:
@@ -37,11 +35,7 @@ def score_clips(model: str, transformer: str | None, num: int, seed: int, steps:
     from .generation import quiet_libraries
 
     # 1. Outputs first: an existing file fails before the model loads.
-    for path in (out, rows):
-        if path is not None and path.exists() and not force:
-            raise UsageError(f"{path} exists", "pass --force to overwrite it")
-    if out is not None and out.suffix.lower() not in (".gif", ".mp4", ".webp"):
-        raise UsageError(f"cannot tell the clip format of {out}", "use a .gif, .mp4 or .webp name")
+    check_outputs(out, rows, force, (".gif", ".mp4", ".webp"), "clip", "use a .gif, .mp4 or .webp name")
 
     # 2. Load the model the way `sana video` does, with its defaults.
     quiet_libraries()
@@ -66,16 +60,8 @@ def score_clips(model: str, transformer: str | None, num: int, seed: int, steps:
         report = score_video_model(generate, num, seed, on_result=seen)
 
     # 4. The table, then the optional animated grid and rows.
-    table = Table(title=f"prompt adherence (clips), {model}", header_style="bold")
-    attributes = (*ATTRIBUTES, "background", "no_extras")
-    for column in ("set", "clips", "fully correct", *attributes):
-        table.add_column(column.replace("_", " "), justify="left" if column == "set" else "right")
-    for name in VIDEO_SETS:
-        count = len(report.rows_of(name))
-        if count:
-            table.add_row(name, str(count), f"{report.percent(name):.1f}%",
-                          *[f"{report.percent(name, a):.1f}%" for a in attributes])
-    console.table(table)
+    print_scores(report, f"prompt adherence (clips), {model}", VIDEO_SETS, (*ATTRIBUTES, "background", "no_extras"),
+                 "clips")
     if out is not None:
         from sana.outputs import GenerationRecord, save_video
 
@@ -85,8 +71,7 @@ def score_clips(model: str, transformer: str | None, num: int, seed: int, steps:
         save_video(frames, out, record, fps=fps, force=True)
         console.info(f"grid of {len(samples)} clips: {out}")
     if rows is not None:
-        rows.parent.mkdir(parents=True, exist_ok=True)
-        rows.write_text("".join(json.dumps(p.row()) + "\n" for p in report.prompts), encoding="utf-8")
+        write_score_rows(rows, report)
 
 
 def load_clip_generator(model: str, transformer: str | None, steps: int | None, cfg: float | None, device_name: str,

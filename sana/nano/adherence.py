@@ -193,6 +193,39 @@ def nearest_size(half_extent: float) -> str | None:
 
 # -- the check -----------------------------------------------------------------------------------------------
 
+@dataclass
+class Frame:
+    """One labelled image: each object colour's 4-connected regions of at least `MIN_AREA` (largest first, in
+    `COLORS` order), the palette background seen at its border (None when none is within tolerance), the side
+    (sqrt of the area, in pixels: positions and sizes are fractions of it), the pixel count and `MIN_AREA` of it."""
+
+    regions: dict[str, list[np.ndarray]]
+    background: str | None
+    side: float
+    pixels: int
+    min_pixels: float
+
+
+def look(image, tolerance: float = COLOR_TOLERANCE) -> Frame:
+    """Label an RGB image (PIL or array) and find its objects and background."""
+    pixels = to_array(image)
+    height, width = pixels.shape[:2]
+    labels = palette_labels(pixels, tolerance)
+    ring = max(2, round(min(height, width) / 64))
+    border = np.concatenate([pixels[:ring].reshape(-1, 3), pixels[-ring:].reshape(-1, 3),
+                             pixels[:, :ring].reshape(-1, 3), pixels[:, -ring:].reshape(-1, 3)])
+    median = np.median(border, axis=0)
+    distance = {name: float(np.linalg.norm(median - np.array(rgb))) for name, rgb in BACKGROUNDS.items()}
+    background = min(distance, key=distance.get)
+    min_pixels = MIN_AREA * height * width
+    regions = {}
+    for index, name in enumerate(COLORS):
+        mask = labels == index
+        regions[name] = components(mask, min_pixels) if mask.any() else []
+    return Frame(regions, background if distance[background] <= tolerance else None, math.sqrt(height * width),
+                 height * width, min_pixels)
+
+
 def _check_object(expected: ShapeObject, region: np.ndarray | None, image_area: int, side: float) -> ObjectCheck:
     check = ObjectCheck(expected)
     if region is None:
@@ -218,34 +251,18 @@ def _check_object(expected: ShapeObject, region: np.ndarray | None, image_area: 
 def check_image(image, caption: str | Scene, *, tolerance: float = COLOR_TOLERANCE) -> AdherenceResult:
     """Score one RGB image (PIL or array, any square-ish size) against a caption of the grammar or a Scene."""
     scene = caption if isinstance(caption, Scene) else parse_caption(caption)
-    pixels = to_array(image)
-    height, width = pixels.shape[:2]
-    labels = palette_labels(pixels, tolerance)
-    side = math.sqrt(height * width)  # positions and sizes are fractions of the side
-
-    ring = max(2, round(min(height, width) / 64))
-    border = np.concatenate([pixels[:ring].reshape(-1, 3), pixels[-ring:].reshape(-1, 3),
-                             pixels[:, :ring].reshape(-1, 3), pixels[:, -ring:].reshape(-1, 3)])
-    median = np.median(border, axis=0)
-    bg_distance = {name: float(np.linalg.norm(median - np.array(rgb))) for name, rgb in BACKGROUNDS.items()}
-    found_background = min(bg_distance, key=bg_distance.get)
-    if bg_distance[found_background] > tolerance:
-        found_background = None
-
-    min_pixels = MIN_AREA * height * width
+    frame = look(image, tolerance)
     checks, extras = [], []
     expected_colors = {o.color for o in scene.objects}
-    for index, name in enumerate(COLORS):
-        mask = labels == index
-        regions = components(mask, min_pixels) if mask.any() else []
+    for name, regions in frame.regions.items():
         if name in expected_colors:  # its largest region is the object; colours are unique within a scene
             obj = next(o for o in scene.objects if o.color == name)
-            checks.append(_check_object(obj, regions[0] if regions else None, height * width, side))
+            checks.append(_check_object(obj, regions[0] if regions else None, frame.pixels, frame.side))
             regions = regions[1:]
-        extras += [name for region in regions if region.sum() >= min_pixels]
+        extras += [name for region in regions if region.sum() >= frame.min_pixels]
     checks.sort(key=lambda c: scene.objects.index(c.expected))
-    return AdherenceResult(scene=scene, objects=checks, background=found_background == scene.background,
-                           found_background=found_background, extra_objects=extras)
+    return AdherenceResult(scene=scene, objects=checks, background=frame.background == scene.background,
+                           found_background=frame.background, extra_objects=extras)
 
 
 # -- scoring a model -----------------------------------------------------------------------------------------
@@ -315,17 +332,24 @@ def score_model(generate: Generate, num: int, seed: int, *, num_heldout: int | N
     """Generate an image for each evaluation prompt (one seed each, `batch_size` prompts a call) and check it.
     `on_result(scored, image)` sees each one as it is scored (progress, sample grids)."""
     plan = evaluation_prompts(num, seed, num_heldout=num_heldout, holdout=holdout)
-    scored: list[ScoredPrompt] = []
+    return score_plan(plan, generate, batch_size, check_image, ScoredPrompt, on_result, noun="image")
+
+
+def score_plan(plan: list[tuple], generate: Callable, batch_size: int, check: Callable, entry_type: type,
+               on_result: Callable | None, *, noun: str) -> ScoreReport:
+    """Generate for each (set, scene, seed) of `plan`, `batch_size` a call, and score each output with
+    `check(output, scene)` into an `entry_type(set, prompt, seed, result)`; `noun` names an output in errors."""
+    scored = []
     for start in range(0, len(plan), batch_size):
         chunk = plan[start : start + batch_size]
-        images = generate([scene.caption for _, scene, _ in chunk], [s for _, _, s in chunk])
-        if len(images) != len(chunk):
-            raise ValueError(f"generate returned {len(images)} image(s) for {len(chunk)} prompt(s)")
-        for (name, scene, gen_seed), image in zip(chunk, images):
-            entry = ScoredPrompt(name, scene.caption, gen_seed, check_image(image, scene))
+        outputs = generate([scene.caption for _, scene, _ in chunk], [s for _, _, s in chunk])
+        if len(outputs) != len(chunk):
+            raise ValueError(f"generate returned {len(outputs)} {noun}(s) for {len(chunk)} prompt(s)")
+        for (name, scene, gen_seed), output in zip(chunk, outputs):
+            entry = entry_type(name, scene.caption, gen_seed, check(output, scene))
             scored.append(entry)
             if on_result:
-                on_result(entry, image)
+                on_result(entry, output)
     return ScoreReport(scored)
 
 

@@ -162,36 +162,34 @@ def evaluate(vae, seed: int, device: torch.device, count: int = 128) -> tuple[fl
     return psnr, 100.0 * correct / count
 
 
-def train_vae(cfg: VaeTrainConfig, *, device: torch.device | str | None = None, vae=None,
-              on_log: Callable[[dict], None] | None = None) -> tuple[object, VaeReport]:
-    """Train the nano autoencoder from scratch (or continue `vae`); returns (vae in eval mode with its
-    scaling_factor set, report). `on_log` gets each logged loss row."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    vae = (vae or build_vae(cfg.seed)).to(device).train()
+def fit_autoencoder(vae, cfg: VaeTrainConfig, device: torch.device, start: float,
+                    batch_at: Callable[[int], torch.Tensor], encode: Callable[[torch.Tensor], torch.Tensor],
+                    on_log: Callable[[dict], None] | None = None) -> tuple[list[dict], int]:
+    """The reconstruction loop both autoencoders share (images [B, 3, H, W] or clips [B, 3, F, H, W]): per step
+    `batch_at(step)` is the target, `encode(target)` its latents; the latents are jittered by noise of their own
+    scale, decoded, and pixel L1 + edge L1 is minimised. Stops early past `cfg.max_seconds` from `start`.
+    Returns (the logged loss rows, steps done)."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     losses: list[dict] = []
-    start = time.perf_counter()
     done = 0
     for step in range(cfg.steps):
         if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
             break
-        # 1. A fresh batch from the grammar, rendered on the device.
-        target = render_batch(batch_scenes(step, cfg.batch, cfg.seed, cfg.holdout), device=device)
+        target = batch_at(step)
         lr = _lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # 2. Encode, perturb the latents a little, decode; pixel L1 + edge L1.
+        # Encode, perturb the latents a little, decode; pixel L1 + edge L1.
         with autocast:
-            latents = vae.encode(target).latent
+            latents = encode(target)
             scale = latents.detach().float().std()
             jitter = torch.randn(latents.shape, generator=noise, device=device, dtype=latents.dtype)
             recon = vae.decode(latents + cfg.latent_noise * scale * jitter).sample.float()
         l1 = (recon - target).abs().mean()
         edge = edge_l1(recon, target)
         loss = l1 + cfg.edge_weight * edge
-        # 3. Step.
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -203,7 +201,21 @@ def train_vae(cfg: VaeTrainConfig, *, device: torch.device | str | None = None, 
             losses.append(row)
             if on_log:
                 on_log(row)
-    # 4. Unit-variance latents for the DiT; score the round trip.
+    return losses, done
+
+
+def train_vae(cfg: VaeTrainConfig, *, device: torch.device | str | None = None, vae=None,
+              on_log: Callable[[dict], None] | None = None) -> tuple[object, VaeReport]:
+    """Train the nano autoencoder from scratch (or continue `vae`); returns (vae in eval mode with its
+    scaling_factor set, report). `on_log` gets each logged loss row."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vae = (vae or build_vae(cfg.seed)).to(device).train()
+    start = time.perf_counter()
+    losses, done = fit_autoencoder(
+        vae, cfg, device, start,  # a fresh batch from the grammar each step, rendered on the device
+        batch_at=lambda step: render_batch(batch_scenes(step, cfg.batch, cfg.seed, cfg.holdout), device=device),
+        encode=lambda target: vae.encode(target).latent, on_log=on_log)
+    # Unit-variance latents for the DiT; score the round trip.
     vae.eval()
     scaling = 1.0 / latent_std(vae, cfg.seed, device, cfg.eval_images)
     vae.register_to_config(scaling_factor=scaling)

@@ -180,12 +180,7 @@ def write_nano_model(out_dir: Path, vae, *, transformer=None, text_from: Path | 
         raise SanaError(f"the VAE gives {vae.config.latent_channels} x {256 // factor} x {256 // factor} latents at "
                         f"256 px, the nano DiT takes {LATENT_CHANNELS} x {LATENT_SIDE} x {LATENT_SIDE}",
                         "train one with `sana shapes train-vae`")
-    if transformer is None:
-        transformer = build_transformer(seed)
-    elif isinstance(transformer, torch.nn.Module):
-        transformer = copy.deepcopy(transformer)
-    else:
-        transformer = load_transformer_weights(Path(transformer))
+    transformer = resolve_transformer(transformer, lambda: build_transformer(seed), load_transformer_weights)
     if text_from is not None:
         tokenizer, text_encoder = load_text_components(Path(text_from))
     else:
@@ -200,11 +195,29 @@ def write_nano_model(out_dir: Path, vae, *, transformer=None, text_from: Path | 
     _drop_source_paths(out_dir)
 
     # 3. Sizes against the budget.
-    params = {name: sum(p.numel() for p in module.parameters())
-              for name, module in (("transformer", transformer), ("text_encoder", text_encoder), ("vae", vae))}
-    build = NanoBuild(out_dir, directory_sizes(out_dir), params)
-    if check_budget and build.total_bytes > SIZE_BUDGET:
-        raise SanaError(f"the nano model takes {build.total_bytes / 1e6:.1f} MB, over its {SIZE_BUDGET / 1e6:.0f} MB budget")
+    return measure_build(NanoBuild(out_dir, directory_sizes(out_dir), count_parameters(transformer, text_encoder, vae)),
+                         "nano model", SIZE_BUDGET if check_budget else None)
+
+
+def resolve_transformer(given, build, load):
+    """The DiT to write: `build()` when None is given, a copy of a given module (saving casts it, which must not
+    change the caller's), else `load(path)` of a weights path."""
+    if given is None:
+        return build()
+    if isinstance(given, torch.nn.Module):
+        return copy.deepcopy(given)
+    return load(Path(given))
+
+
+def count_parameters(transformer, text_encoder, vae) -> dict[str, int]:
+    return {name: sum(p.numel() for p in module.parameters())
+            for name, module in (("transformer", transformer), ("text_encoder", text_encoder), ("vae", vae))}
+
+
+def measure_build(build: NanoBuild, name: str, budget: int | None) -> NanoBuild:
+    """`build`, or a SanaError naming the `name` ("nano model") when it is over `budget` bytes (None: no check)."""
+    if budget is not None and build.total_bytes > budget:
+        raise SanaError(f"the {name} takes {build.total_bytes / 1e6:.1f} MB, over its {budget / 1e6:.0f} MB budget")
     return build
 
 

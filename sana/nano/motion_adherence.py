@@ -1,6 +1,6 @@
 """Analytic prompt adherence for the moving-shapes grammar: does a clip show what its caption says?
 
-Pixels are labelled and regions found exactly as the image checker does (`adherence.py`: nearest palette colour
+Pixels are labelled and regions found by the image checker's `look` (`adherence.py`: nearest palette colour
 within tolerance, 4-connected regions, the largest region of a colour is that colour's object). Three frames are
 looked at: the first, the middle (frame F // 2) and the last.
   colour, shape, size  in the middle frame, by the image checker's rules (area, box-fill prototypes, half-extent
@@ -24,10 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from .adherence import (AREA_FACTOR, COLOR_TOLERANCE, MIN_AREA, ScoreReport, classify_shape, components,
-                        nearest_size, palette_labels, shape_features, to_array)
+from .adherence import (AREA_FACTOR, COLOR_TOLERANCE, MIN_AREA, Frame, ScoreReport, classify_shape, look,
+                        nearest_size, score_plan, shape_features)
 from .moving_shapes import MotionScene, MovingObject, parse_motion_caption, sample_motion_scenes
-from .shapes import BACKGROUNDS, COLORS
 
 MIN_DISPLACEMENT = 0.3  # fraction of the side; the grammar's paths move 0.5 (at least 0.44 with jitter)
 AXES = {"right": (0, 1.0), "left": (0, -1.0), "down": (1, 1.0), "up": (1, -1.0)}  # direction -> (axis, sign)
@@ -74,46 +73,17 @@ class MotionResult:
             "background": self.background, "no_extras": not self.extra_objects}
 
 
-@dataclass
-class _Frame:
-    """One labelled frame: each colour's regions (largest first) and the background seen at its border."""
-
-    regions: dict[str, list[np.ndarray]]
-    background: str | None
-    side: float
-    pixels: int
-
-
-def _look(frame: np.ndarray, tolerance: float) -> _Frame:
-    pixels = to_array(frame)
-    height, width = pixels.shape[:2]
-    labels = palette_labels(pixels, tolerance)
-    ring = max(2, round(min(height, width) / 64))
-    border = np.concatenate([pixels[:ring].reshape(-1, 3), pixels[-ring:].reshape(-1, 3),
-                             pixels[:, :ring].reshape(-1, 3), pixels[:, -ring:].reshape(-1, 3)])
-    median = np.median(border, axis=0)
-    distance = {name: float(np.linalg.norm(median - np.array(rgb))) for name, rgb in BACKGROUNDS.items()}
-    background = min(distance, key=distance.get)
-    min_pixels = MIN_AREA * height * width
-    regions = {}
-    for index, name in enumerate(COLORS):
-        mask = labels == index
-        regions[name] = components(mask, min_pixels) if mask.any() else []
-    return _Frame(regions, background if distance[background] <= tolerance else None, math.sqrt(height * width),
-                  height * width)
-
-
 def _center(region: np.ndarray, side: float) -> tuple[float, float]:
     rows, cols = np.nonzero(region)
     return ((cols.min() + cols.max() + 1) / 2 / side, (rows.min() + rows.max() + 1) / 2 / side)
 
 
-def _largest(frame: _Frame, color: str) -> np.ndarray | None:
+def _largest(frame: Frame, color: str) -> np.ndarray | None:
     regions = frame.regions[color]
     return regions[0] if regions and regions[0].sum() >= MIN_AREA * frame.pixels else None
 
 
-def _check_object(expected: MovingObject, first: _Frame, middle: _Frame, last: _Frame) -> MotionCheck:
+def _check_object(expected: MovingObject, first: Frame, middle: Frame, last: Frame) -> MotionCheck:
     check = MotionCheck(expected)
     region = _largest(middle, expected.color)
     if region is not None:
@@ -142,7 +112,7 @@ def check_clip(frames, caption: str | MotionScene, *, tolerance: float = COLOR_T
     scene = caption if isinstance(caption, MotionScene) else parse_motion_caption(caption)
     if len(frames) < 2:
         raise ValueError(f"a clip needs at least two frames to show motion, got {len(frames)}")
-    looked = [_look(frames[i], tolerance) for i in (0, len(frames) // 2, len(frames) - 1)]
+    looked = [look(frames[i], tolerance) for i in (0, len(frames) // 2, len(frames) - 1)]
     checks = [_check_object(obj, *looked) for obj in scene.objects]
     expected = {o.color for o in scene.objects}
     extras = []
@@ -192,19 +162,8 @@ def score_video_model(generate: GenerateClips, num: int, seed: int, *, batch_siz
                       on_result: Callable[[ScoredClip, object], None] | None = None) -> ScoreReport:
     """Generate a clip for each evaluation prompt (one seed each, `batch_size` prompts a call) and check it;
     `on_result(scored, clip)` sees each as it is scored. The report's sets are `VIDEO_SETS`."""
-    plan = video_evaluation_prompts(num, seed)
-    scored: list[ScoredClip] = []
-    for start in range(0, len(plan), batch_size):
-        chunk = plan[start : start + batch_size]
-        clips = generate([scene.caption for _, scene, _ in chunk], [s for _, _, s in chunk])
-        if len(clips) != len(chunk):
-            raise ValueError(f"generate returned {len(clips)} clip(s) for {len(chunk)} prompt(s)")
-        for (name, scene, gen_seed), clip in zip(chunk, clips):
-            entry = ScoredClip(name, scene.caption, gen_seed, check_clip(clip, scene))
-            scored.append(entry)
-            if on_result:
-                on_result(entry, clip)
-    return ScoreReport(scored)
+    return score_plan(video_evaluation_prompts(num, seed), generate, batch_size, check_clip, ScoredClip, on_result,
+                      noun="clip")
 
 
 def clip_grid(clips: list[np.ndarray], correct: list[bool], *, columns: int = 4, frame: int = 3) -> np.ndarray:

@@ -19,7 +19,6 @@ deviation of the latents go into the config's `latents_mean` / `latents_std`, wh
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .autoencoder import VaeTrainConfig, _lr_at, edge_l1
+from .autoencoder import VaeTrainConfig, fit_autoencoder, save_vae
 from .moving_shapes import FRAMES, SIDE, MotionScene, sample_motion_scenes
 from .shapes import BACKGROUNDS, COLORS, SHAPES
 
@@ -137,42 +136,17 @@ def train_video_vae(cfg: VaeTrainConfig, *, device: torch.device | str | None = 
     use; `cfg.holdout` is unused (the clips' grammar holds no pairs out)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     vae = (vae or build_video_vae(cfg.seed)).to(device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    noise = torch.Generator(device=device).manual_seed(cfg.seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    losses: list[dict] = []
-    start, done = time.perf_counter(), 0
-    for step in range(cfg.steps):
-        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-            break
-        # 1. A fresh batch of clips from the grammar (a stream of its own: the data depends on (seed, step) only).
+    start = time.perf_counter()
+
+    def batch_at(step: int) -> torch.Tensor:
+        # A fresh batch of clips from the grammar (a stream of its own: the data depends on (seed, step) only).
         scenes = sample_motion_scenes(cfg.batch, cfg.seed * 1_000_003 + step, stream="video-vae")
-        target = render_clip_batch(scenes, device=device)  # [B, 3, F, H, W]
-        lr = _lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # 2. Encode (the mode), perturb the latents a little, decode; pixel L1 + edge L1.
-        with autocast:
-            latents = vae.encode(target).latent_dist.mode()
-            scale = latents.detach().float().std()
-            jitter = torch.randn(latents.shape, generator=noise, device=device, dtype=latents.dtype)
-            recon = vae.decode(latents + cfg.latent_noise * scale * jitter).sample.float()
-        l1 = (recon - target).abs().mean()
-        edge = edge_l1(recon, target)
-        loss = l1 + cfg.edge_weight * edge
-        # 3. Step.
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        done = step + 1
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            row = {"step": step, "loss": round(loss.item(), 5), "l1": round(l1.item(), 5),
-                   "edge": round(edge.item(), 5), "lr": round(lr, 7)}
-            losses.append(row)
-            if on_log:
-                on_log(row)
-    # 4. Unit-variance latents per channel for the DiT; score the round trip.
+        return render_clip_batch(scenes, device=device)  # [B, 3, F, H, W]
+
+    # Encode to the mode of the latent distribution.
+    losses, done = fit_autoencoder(vae, cfg, device, start, batch_at,
+                                   encode=lambda target: vae.encode(target).latent_dist.mode(), on_log=on_log)
+    # Unit-variance latents per channel for the DiT; score the round trip.
     vae.eval()
     mean, std = latent_statistics(vae, cfg.seed, device, cfg.eval_images)
     vae.register_to_config(latents_mean=mean, latents_std=std)
@@ -185,7 +159,4 @@ def train_video_vae(cfg: VaeTrainConfig, *, device: torch.device | str | None = 
 
 def save_video_vae(vae, report: VideoVaeReport, out_dir: Path) -> Path:
     """`out_dir/vae/` (diffusers format, fp32) and `out_dir/vae-train.json` (settings, metrics, loss curve)."""
-    out_dir = Path(out_dir)
-    vae.save_pretrained(out_dir / "vae", safe_serialization=True)
-    (out_dir / "vae-train.json").write_text(json.dumps(asdict(report), indent=1) + "\n", encoding="utf-8")
-    return out_dir / "vae"
+    return save_vae(vae, report, out_dir)

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from ..errors import SanaError
-from .build import TEXT_HIDDEN, _drop_source_paths, build_scheduler, directory_sizes, load_text_components
+from .build import (TEXT_HIDDEN, NanoBuild, _drop_source_paths, build_scheduler, count_parameters, directory_sizes,
+                    load_text_components, measure_build, resolve_transformer)
 from .moving_shapes import SIDE
 from .video_autoencoder import Z_DIM
 
@@ -85,14 +86,8 @@ def video_scheduler(flow_shift: float = FLOW_SHIFT):
 
 
 @dataclass
-class NanoVideoBuild:
-    path: Path
-    sizes: dict[str, int]  # bytes on disk per component folder, plus model_index.json under "index"
-    params: dict[str, int]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.sizes.values())
+class NanoVideoBuild(NanoBuild):
+    """The written nano video model: its folder, bytes per component and parameters per module."""
 
 
 def write_nano_video_model(out_dir: Path, vae, text_from: Path, *, transformer=None, seed: int = 0,
@@ -115,12 +110,8 @@ def write_nano_video_model(out_dir: Path, vae, text_from: Path, *, transformer=N
         raise SanaError(f"the VAE makes {vae.config.z_dim}-channel latents at {vae.config.scale_factor_spatial}x / "
                         f"{vae.config.scale_factor_temporal}x, the nano video DiT takes {Z_DIM} at 8x / 4x",
                         "train one with `sana shapes train-vae --video`")
-    if transformer is None:
-        transformer = build_video_transformer(seed)
-    elif isinstance(transformer, torch.nn.Module):
-        transformer = copy.deepcopy(transformer)
-    else:
-        transformer = load_video_transformer_weights(Path(transformer))
+    transformer = resolve_transformer(transformer, lambda: build_video_transformer(seed),
+                                      load_video_transformer_weights)
     tokenizer, text_encoder = load_text_components(Path(text_from))
     if text_encoder.config.hidden_size != TEXT_HIDDEN:
         raise SanaError(f"{text_from}'s text encoder gives {text_encoder.config.hidden_size} channels, the nano video "
@@ -136,10 +127,5 @@ def write_nano_video_model(out_dir: Path, vae, text_from: Path, *, transformer=N
         path.chmod(0o644)  # written as private temporary files; a shipped model is read by every user
 
     # 3. Sizes against the budget.
-    params = {name: sum(p.numel() for p in module.parameters())
-              for name, module in (("transformer", transformer), ("text_encoder", text_encoder), ("vae", vae))}
-    build = NanoVideoBuild(out_dir, directory_sizes(out_dir), params)
-    if check_budget and build.total_bytes > SIZE_BUDGET:
-        raise SanaError(f"the nano video model takes {build.total_bytes / 1e6:.1f} MB, over its "
-                        f"{SIZE_BUDGET / 1e6:.0f} MB budget")
-    return build
+    build = NanoVideoBuild(out_dir, directory_sizes(out_dir), count_parameters(transformer, text_encoder, vae))
+    return measure_build(build, "nano video model", SIZE_BUDGET if check_budget else None)

@@ -29,11 +29,16 @@ def read_log(path: Path) -> list[dict]:
 def truncate_log(path: Path, last_step: int) -> None:
     """Drop rows after `last_step` (a resumed run repeats them), atomically."""
     rows = [r for r in read_log(path) if r.get("step", "").isdigit() and int(r["step"]) <= last_step]
+    write_rows(path, rows, LOG_FIELDS)
+
+
+def write_rows(path: Path, rows: list[dict], fields) -> None:
+    """Rewrite the whole CSV atomically (a crash leaves the old file or the new); missing columns stay empty."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in rows)
+        writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
     os.replace(tmp, path)
 
 

@@ -5,10 +5,12 @@ Drawn with PIL; no plotting library needed.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
+
+from ..plot import read_log as read_rows
+from ..plot import write_rows
 
 REWARDS_NAME = "rewards.csv"
 REWARD_PLOT = "reward.png"
@@ -19,23 +21,6 @@ BASE_FIELDS = ("round", "reward_mean", "reward_best", "reward_worst", "reward_st
 def fields_for(labels: list[str]) -> list[str]:
     """The columns: the base ones, plus each term's mean when several rewards are summed."""
     return list(BASE_FIELDS) + ([f"reward_{label}" for label in labels] if len(labels) > 1 else [])
-
-
-def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def write_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
-    """Rewrite the whole file atomically (rounds are minutes apart; a crash leaves the old file or the new)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in fields} for r in rows)
-    os.replace(tmp, path)
 
 
 def append_row(path: Path, row: dict, fields: list[str]) -> None:
