@@ -69,12 +69,9 @@ DPM_VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", list(DPM_VARIANTS))
-@pytest.mark.parametrize("shift", [1.0, 3.0, 8.0])
-@pytest.mark.parametrize("steps", STEPS)
-def test_flow_dpm_equals_diffusers(variant, shift, steps):
-    config = {"_class_name": "DPMSolverMultistepScheduler", **DPM_VARIANTS[variant]}
-    ours, theirs = _pair("flow-dpm", shift, config)
+def _same_schedule_and_samples(ours, theirs, steps: int) -> torch.Tensor:
+    """Both set to `steps`: equal timesteps and sigmas, and equal final samples of one denoise loop on a fixed
+    model from the same noise (returned)."""
     for s in (ours, theirs):
         s.set_timesteps(steps)
     _same(ours.timesteps, theirs.timesteps)
@@ -82,6 +79,16 @@ def test_flow_dpm_equals_diffusers(variant, shift, steps):
     shape = (2, 4, 6, 5)
     predict, start = _model(shape), _noise(shape)
     _same(sampling.denoise(predict, start, ours), sampling.denoise(predict, start, theirs))
+    return start
+
+
+@pytest.mark.parametrize("variant", list(DPM_VARIANTS))
+@pytest.mark.parametrize("shift", [1.0, 3.0, 8.0])
+@pytest.mark.parametrize("steps", STEPS)
+def test_flow_dpm_equals_diffusers(variant, shift, steps):
+    config = {"_class_name": "DPMSolverMultistepScheduler", **DPM_VARIANTS[variant]}
+    ours, theirs = _pair("flow-dpm", shift, config)
+    _same_schedule_and_samples(ours, theirs, steps)
 
 
 @pytest.mark.parametrize("steps", [2, 20])
@@ -122,13 +129,7 @@ def test_flow_dpm_step_index_and_begin_index():
 def test_flow_euler_equals_diffusers(shift, steps):
     ours, theirs = _pair("flow-euler", shift, {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0})
     assert ours.config.shift == theirs.config.shift == shift
-    for s in (ours, theirs):
-        s.set_timesteps(steps)
-    _same(ours.timesteps, theirs.timesteps)
-    _same(ours.sigmas, theirs.sigmas)
-    shape = (2, 4, 6, 5)
-    predict, start = _model(shape), _noise(shape)
-    _same(sampling.denoise(predict, start, ours), sampling.denoise(predict, start, theirs))
+    start = _same_schedule_and_samples(ours, theirs, steps)
     with pytest.raises(ValueError, match="integer"):
         ours.step(start, 0, start)
 

@@ -152,7 +152,8 @@ def test_a_jobs_images_keep_their_seed_order(nano, monkeypatch):
     assert [record_of(data).seed for data in answer] == [11, 12]
 
 
-def test_an_encoding_error_fails_only_its_job(nano, monkeypatch):
+def poison_the_encoder(monkeypatch) -> None:
+    """Make encoding fail for the POISON prompt's images only."""
     encode = images_module.image_bytes
 
     def failing_encode(image, record, fmt):
@@ -161,6 +162,10 @@ def test_an_encoding_error_fails_only_its_job(nano, monkeypatch):
         return encode(image, record, fmt)
 
     monkeypatch.setattr(images_module, "image_bytes", failing_encode)
+
+
+def test_an_encoding_error_fails_only_its_job(nano, monkeypatch):
+    poison_the_encoder(monkeypatch)
     poisoned, good = job(nano, POISON, 5), job(nano, FIRST, 6)
     with running_worker(nano, max_batch=2, jobs=[poisoned, good]) as worker:
         answer = good.future.result(timeout=300)
@@ -171,14 +176,7 @@ def test_an_encoding_error_fails_only_its_job(nano, monkeypatch):
 
 
 def test_an_encoding_error_is_a_5xx_and_the_server_serves_on(nano, monkeypatch):
-    encode = images_module.image_bytes
-
-    def failing_encode(image, record, fmt):
-        if record.prompt == POISON:
-            raise OSError("the encoder broke")
-        return encode(image, record, fmt)
-
-    monkeypatch.setattr(images_module, "image_bytes", failing_encode)
+    poison_the_encoder(monkeypatch)
     settings = {"model": "nano", "size": SIZE, "num_inference_steps": STEPS, "seed": 3}
     with app_server(serve_state(nano)) as base:
         failed = request("POST", base + "/v1/images/generations", body={**settings, "prompt": POISON})
