@@ -48,6 +48,18 @@ def test_matches_reference(b, n, h, d, dtype, mode):
         assert rel_err(rotated, ref_rotated) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("rows, num_warps", [(2, 4), (4, 8)])
+def test_every_launch_shape(rows, num_warps):
+    """Several rows a program, with a last program that is only partly filled (7 * 2 rows)."""
+    from sana.kernels.qk_prep.triton import Config
+
+    torch.manual_seed(0)
+    x, weight, cos, sin = _inputs(2, 7, 3, 16, torch.float32)
+    plain, rotated = qk_prep(x, weight, 1e-6, 3, scale=0.05, cos=cos, sin=sin, config=Config(rows, num_warps))
+    ref_plain, ref_rotated = qk_prep_reference(x, weight, 1e-6, 3, scale=0.05, cos=cos, sin=sin)
+    assert rel_err(plain, ref_plain) < 1e-6 and rel_err(rotated, ref_rotated) < 1e-6
+
+
 def test_reference_is_the_models_arithmetic():
     """The reference equals the plain ops it replaces: RMSNorm (ops.rms_norm), ReLU, the scale, complex RoPE."""
     from sana import ops

@@ -50,6 +50,18 @@ def test_matches_reference(b, n, h, d, dtype, mode):
     assert rel_err(out, ref.to(dtype)) < TOLERANCE[dtype]
 
 
+
+@pytest.mark.parametrize("rows, heads, num_warps", [(16, 1, 2), (8, 2, 4)])
+def test_every_launch_shape(rows, heads, num_warps):
+    """Fewer heads a program than the tensor has (the last program's heads run past H when 2 does not divide 3)."""
+    from sana.kernels.ucpe.triton import Config
+
+    torch.manual_seed(0)
+    x, mats, cos, sin = _inputs(2, 37, 3, 16, torch.float32)
+    out, infl = ucpe(x, mats, cos, sin, downscale=True, inflation=True, config=Config(rows, heads, num_warps))
+    ref, ref_infl = ucpe_reference(x, mats, cos, sin, downscale=True, inflation=True)
+    assert rel_err(out, ref) < 1e-6 and rel_err(infl, ref_infl) < 1e-5
+
 def test_downscale_shrinks_and_never_enlarges():
     torch.manual_seed(0)
     x, mats, cos, sin = _inputs(1, 16, 2, 16, torch.float32)
