@@ -38,13 +38,16 @@ def _is_video(config) -> bool:
 
 def transformer_config_json(config, base_dir: Path) -> dict:
     """The base model's transformer config.json (unknown keys kept) with our config's values."""
-    import diffusers
+    from importlib import metadata
 
     path = base_dir / "transformer" / "config.json"
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     data.update(dataclasses.asdict(config))
     data["_class_name"] = VIDEO_CLASS_NAME if _is_video(config) else "SanaTransformer2DModel"
-    data["_diffusers_version"] = diffusers.__version__
+    try:  # read, not imported: exporting needs no diffusers (the base's version is kept without it)
+        data["_diffusers_version"] = metadata.version("diffusers")
+    except metadata.PackageNotFoundError:
+        data.setdefault("_diffusers_version", "0.32.0")
     return data
 
 
