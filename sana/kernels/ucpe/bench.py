@@ -23,13 +23,19 @@ MODES = {"encode q/v": dict(downscale=True), "encode k": dict(downscale=True, in
          "decode": dict(inverse_rope=True)}
 
 
-def time_mode(name: str, mode: str, dtype: torch.dtype) -> tuple[str, int, dict[str, float]]:
+def _inputs(name: str, dtype: torch.dtype):
+    """Random head vectors, matrices and rotary tables at one named shape."""
     b, t, s, h, d = SHAPES[name]
     torch.manual_seed(0)
     x = torch.randn(b, t * s, h, d, device="cuda", dtype=dtype)
     mats = (torch.randn(b, t * s, 4, 4, device="cuda") / 2).to(dtype)
     angles = torch.randn(t * s, d // 4, device="cuda")
     cos, sin = angles.cos(), angles.sin()
+    return x, mats, cos, sin
+
+
+def time_mode(name: str, mode: str, dtype: torch.dtype) -> tuple[str, int, dict[str, float]]:
+    x, mats, cos, sin = _inputs(name, dtype)
     flags = MODES[mode]
     out = ucpe(x, mats, cos, sin, **flags)
     ref = ucpe_reference(x.float(), mats.float(), cos, sin, **flags)
@@ -42,16 +48,11 @@ def time_mode(name: str, mode: str, dtype: torch.dtype) -> tuple[str, int, dict[
 
 def sweep(name: str, dtype: torch.dtype) -> None:
     """Every candidate launch shape for the keys' encode (the heaviest mode) at one named shape."""
-    b, t, s, h, d = SHAPES[name]
-    torch.manual_seed(0)
-    x = torch.randn(b, t * s, h, d, device="cuda", dtype=dtype)
-    mats = (torch.randn(b, t * s, 4, 4, device="cuda") / 2).to(dtype)
-    angles = torch.randn(t * s, d // 4, device="cuda")
-    cos, sin = angles.cos(), angles.sin()
+    x, mats, cos, sin = _inputs(name, dtype)
     flags = MODES["encode k"]
     ref = ucpe_reference(x.float(), mats.float(), cos, sin, **flags)[0]
     results = []
-    for rows, heads, warps in itertools.product((16, 32, 64), (1, 4, h), (4, 8)):
+    for rows, heads, warps in itertools.product((16, 32, 64), (1, 4, x.shape[2]), (4, 8)):
         config = Config(rows, heads, warps)
         out = ucpe(x, mats, cos, sin, config=config, **flags)[0]
         err = ((out.float() - ref).norm() / ref.norm()).item()
