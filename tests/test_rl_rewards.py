@@ -123,6 +123,114 @@ def test_shapes_reward_gives_partial_credit_per_attribute():
         pooled.close()
 
 
+def _checker_cases() -> list[tuple[np.ndarray, object]]:
+    """(uint8 image, scene) pairs the checker gets right and wrong: drawn scenes, degraded, mismatched, noise."""
+    from PIL import Image, ImageFilter
+
+    from sana.nano.shapes import DEFAULT_HOLDOUT, render, sample_scenes
+
+    rng = np.random.default_rng(7)
+    scenes = sample_scenes(9, 5, holdout=()) + sample_scenes(3, 5, required=DEFAULT_HOLDOUT, stream="eval-heldout")
+    cases = []
+    for i, scene in enumerate(scenes):
+        image = render(scene)
+        noisy = np.clip(image.astype(np.int16) + rng.integers(-40, 41, image.shape), 0, 255).astype(np.uint8)
+        blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(3)))
+        speckled = image.copy()
+        speckled[rng.integers(0, 256, 300), rng.integers(0, 256, 300)] = rng.integers(0, 256, (300, 3))
+        blobs = image.copy()
+        for _ in range(3):  # off-scene rectangles of random palette-ish colours
+            y, x, h, w = rng.integers(0, 220), rng.integers(0, 220), rng.integers(3, 36), rng.integers(3, 36)
+            blobs[y : y + h, x : x + w] = rng.integers(0, 256, 3)
+        cases += [(image, scene), (noisy, scene), (blurred, scene), (speckled, scene), (blobs, scene),
+                  (np.flipud(image).copy(), scene), (image, scenes[i - 1]),
+                  (np.kron(render(scene, 64), np.ones((4, 4, 1), np.uint8)), scene), (render(scene, 128), scene)]
+    return cases
+
+
+def test_fast_checker_gives_the_reference_verdicts():
+    """`check_uint8` (integer palette distances, runs found at once) returns `check_image`'s result exactly."""
+    from sana.nano.adherence import check_image, look
+    from sana.training.rl.shapes_reward import check_uint8, look_uint8
+
+    cases = _checker_cases()
+    results = [check_image(image, scene) for image, scene in cases]
+    assert 0.2 < sum(r.fully_correct for r in results) / len(results) < 0.8  # both kinds of verdict are covered
+    for (image, scene), expected in zip(cases, results):
+        assert check_uint8(image, scene) == expected, scene.caption
+    for image, _ in cases[:40]:
+        frame, reference = look_uint8(image), look(image)
+        assert frame.background == reference.background and frame.regions.keys() == reference.regions.keys()
+        for name, regions in reference.regions.items():
+            assert len(frame.regions[name]) == len(regions) and all(
+                np.array_equal(a, b) for a, b in zip(frame.regions[name], regions)), name
+
+
+def test_fast_palette_labels_keep_the_tolerance_and_the_first_of_ties():
+    from sana.nano.adherence import COLOR_TOLERANCE, palette_labels, to_array
+    from sana.training.rl.shapes_reward import palette_labels_uint8
+
+    red, white = (220, 40, 40), (245, 245, 245)
+    pixels = np.array([[[160, 40, 40],  # exactly 60 from red: still red
+                        [159, 40, 40],  # 61: no colour
+                        [(red[0] + white[0]) // 2, 142, 142],  # between red and white, nearer red
+                        [0, 0, 0]]], np.uint8)
+    expected = palette_labels(to_array(pixels))
+    assert expected[0, 0] == 0 and expected[0, 1] == -1
+    np.testing.assert_array_equal(palette_labels_uint8(pixels, COLOR_TOLERANCE), expected)
+    every = np.random.default_rng(1).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(palette_labels_uint8(every, COLOR_TOLERANCE), palette_labels(to_array(every)))
+
+
+def test_fast_components_are_the_reference_regions_in_order():
+    from sana.nano.adherence import components
+    from sana.training.rl.shapes_reward import runs_components
+
+    rng = np.random.default_rng(3)
+    masks = [rng.random((40, 57)) < p for p in (0.05, 0.3, 0.5, 0.6, 0.8)]
+    masks += [np.zeros((9, 9), bool), np.ones((9, 9), bool)]
+    diagonal = np.zeros((8, 8), bool)
+    diagonal[0:3, 0:3] = diagonal[3, 3] = diagonal[5:8, 4:8] = True  # a diagonal neighbour is a region of its own
+    for mask in masks + [diagonal]:
+        for min_pixels in (0, 3, 40):
+            expected = components(mask, min_pixels)
+            found = runs_components(mask, min_pixels)
+            assert len(found) == len(expected) and all(np.array_equal(a, b) for a, b in zip(found, expected))
+
+
+def test_shapes_scorer_submits_to_its_workers_and_keeps_the_order():
+    from sana.nano.shapes import render, sample_scenes
+    from sana.training.rl.shapes_reward import CHUNK_IMAGES, ShapesScorer
+
+    scenes = sample_scenes(3 * CHUNK_IMAGES + 5, 9, holdout=())
+    images = [render(scene) for scene in scenes]
+    captions = [scenes[(i * 7) % len(scenes)].caption for i in range(len(scenes))]  # mostly the wrong caption
+    alone = ShapesScorer(workers=0)(images, captions)
+    assert 0 < sum(score == 1.0 for score in alone) < len(alone)
+    pooled = ShapesScorer(workers=2)
+    try:
+        wait = pooled.submit(images, captions)
+        assert callable(wait) and wait() == alone
+    finally:
+        pooled.close()
+
+
+def test_reward_set_submit_scores_later_and_names_a_failing_term(tmp_path):
+    from sana.nano.shapes import render, sample_scenes
+
+    scenes = sample_scenes(3, 2, holdout=())
+    images = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    captions = [s.caption for s in scenes]
+    reward = rw.RewardSet(rw.parse_rewards("shapes"), "cpu")
+    try:
+        total, parts = reward.submit(images, captions, [{}] * 3)()
+        torch.testing.assert_close(total, torch.ones(3)) and torch.testing.assert_close(parts["shapes"], torch.ones(3))
+        with pytest.raises(rw.RewardError, match="reward 'shapes' raised ValueError"):
+            reward.submit(torch.cat([images, images[:, :1]], dim=1), captions, [{}] * 3)()  # four channels
+    finally:
+        reward.close()
+
+
 # -- CLIP and PickScore -------------------------------------------------------------------------------------------
 
 def tiny_clip(folder: Path, seed: int = 0) -> Path:

@@ -150,7 +150,7 @@ def to_uint8_arrays(images) -> list:
 
 
 class ShapesReward:
-    """The nano grammar's checker with partial credit (`shapes_reward.shapes_score`)."""
+    """The nano grammar's checker with partial credit (`shapes_reward.shapes_score`), on a pool of workers."""
 
     def __init__(self, device=None):
         from .shapes_reward import ShapesScorer
@@ -158,9 +158,15 @@ class ShapesReward:
         self.scorer = ShapesScorer()
 
     def __call__(self, images, prompts: list[str], metadata: list[dict]):
+        return self.submit(images, prompts, metadata)()
+
+    def submit(self, images, prompts: list[str], metadata: list[dict]):
+        """Hand the images to the checker's workers (one copy to the host, as uint8); returns what waits for the
+        scores [B]."""
         import torch
 
-        return torch.tensor(self.scorer(to_uint8_arrays(images), prompts), dtype=torch.float32)
+        wait = self.scorer.submit(to_uint8_arrays(images), prompts)
+        return lambda: torch.tensor(wait(), dtype=torch.float32)
 
     def close(self) -> None:
         self.scorer.close()
@@ -213,28 +219,51 @@ class RewardSet:
 
     def __call__(self, images, prompts: list[str], metadata: list[dict]):
         """images [B, 3, H, W] in [0, 1] -> (total [B], {label: scores [B]}), fp32 on the images' device."""
+        return self.submit(images, prompts, metadata)()
+
+    def submit(self, images, prompts: list[str], metadata: list[dict]):
+        """Start scoring: rewards with a `submit` of their own (the shapes checker's worker pool) run on while the
+        caller goes on, the others score now. Returns what finishes: () -> (total [B], {label: scores [B]})."""
         import torch
 
-        parts = {}
-        total = torch.zeros(images.shape[0], device=images.device)
+        batch, device = images.shape[0], images.device
+        waits = []
         for term, reward in zip(self.terms, self.rewards):
-            try:
-                with torch.no_grad():
-                    value = reward(images, prompts, metadata)
-            except SanaError:
-                raise
-            except Exception as exc:
-                first = str(exc).splitlines()[0][:200] if str(exc) else ""
-                raise RewardError(f"reward '{term.label}' raised {type(exc).__name__}: {first}") from None
-            scores = as_scores(value, images.shape[0], term.label).to(images.device)
-            parts[term.label] = scores
-            total = total + term.weight * scores
-        return total, parts
+            if hasattr(reward, "submit"):
+                waits.append(_guarded(term, lambda: reward.submit(images, prompts, metadata)))
+            else:
+                value = _guarded(term, lambda: reward(images, prompts, metadata))
+                waits.append(lambda value=value: value)
+
+        def finish():
+            parts = {}
+            total = torch.zeros(batch, device=device)
+            for term, wait in zip(self.terms, waits):
+                scores = as_scores(_guarded(term, wait), batch, term.label).to(device)
+                parts[term.label] = scores
+                total = total + term.weight * scores
+            return total, parts
+
+        return finish
 
     def close(self) -> None:
         for reward in self.rewards:
             if hasattr(reward, "close"):
                 reward.close()
+
+
+def _guarded(term: RewardTerm, call):
+    """call() without gradients; anything but a SanaError it raises becomes a one-line RewardError naming the term."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return call()
+    except SanaError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise RewardError(f"reward '{term.label}' raised {type(exc).__name__}: {first}") from None
 
 
 def as_scores(value, batch: int, label: str):
