@@ -37,8 +37,8 @@ from .config import RLConfig
 from .objective import advantages, kl_loss, nft_policy_loss, old_policy_decay, optimality, update_old_policy
 from .prompts import Prompt, read_prompts
 from .rewards import RewardError, RewardSet, parse_rewards, to_uint8_arrays
-from .rollout import (RolloutSettings, explorer_copy, mixed_seed, plain_transformer, policy_state, rollout, sample,
-                      sampler_sigmas)
+from .rollout import (RolloutSettings, decode_batch, explorer_copy, mixed_seed, plain_transformer, policy_state,
+                      rollout, sample, sampler_sigmas)
 
 OLD_NAME = "old.safetensors"
 
@@ -70,7 +70,8 @@ class Components:
 
     encode: Callable[[list[str]], tuple[PromptEmbeddings, PromptEmbeddings]]  # prompts -> (rows [P], null [1])
     decode: Callable[[torch.Tensor], torch.Tensor]  # latents [B, C, h, w] -> images [B, 3, H, W] in [0, 1]
-    reward: Callable  # (images, prompts, metadata) -> (weighted [B], {label: [B]})
+    reward: Callable  # (images, prompts, metadata) -> (weighted [B], {label: [B]}); a `submit` of the same
+    # arguments, if it has one, starts scoring and returns what waits for that pair (`RewardSet`)
     labels: list[str]
     latent_shape: tuple[int, ...]
     flow_shift: float
@@ -178,13 +179,18 @@ class RLTrainer(Trainer):
         return RolloutSettings(candidates=cfg.candidates, keep=cfg.keep_seeds, explore_steps=cfg.explore_steps,
                                rollout_steps=cfg.rollout_steps, batch=cfg.rollout_batch, latent_shape=c.latent_shape,
                                flow_shift=c.flow_shift, scheduler_config=c.scheduler_config, guidance=cfg.guidance,
-                               dtype=self.dtype)
+                               dtype=self.dtype, decode_batch=decode_batch(cfg.resolution, self.device))
 
     def _scorer(self, prompts: list[Prompt]):
         c = self.components
+        submit = getattr(c.reward, "submit", None)
 
         def score(latents: torch.Tensor, index: list[int]):
-            return c.reward(c.decode(latents), [prompts[i].text for i in index], [prompts[i].fields for i in index])
+            args = (c.decode(latents), [prompts[i].text for i in index], [prompts[i].fields for i in index])
+            if submit is not None:
+                return submit(*args)
+            scores = c.reward(*args)
+            return lambda: scores
 
         return score
 
@@ -216,14 +222,15 @@ class RLTrainer(Trainer):
             gen = torch.Generator().manual_seed(mixed_seed(cfg.seed, "train", round_index, first * keep + i))
             draws_sigma.append(sigmas[torch.randperm(len(sigmas), generator=gen)[:steps]])
             draws_noise.append(torch.randn((steps, *c.latent_shape), generator=gen))
+        # The draws go to the device once a round, not a micro-batch at a time.
         data = RoundData(latents=out.latents.to(self.device), text=text, prompt_index=out.prompt_index.tolist(),
-                         r=optimality(adv, cfg.adv_clip).to(self.device), sigmas=torch.stack(draws_sigma),
-                         noise=torch.stack(draws_noise))
+                         r=optimality(adv, cfg.adv_clip).to(self.device),
+                         sigmas=torch.stack(draws_sigma).to(self.device), noise=torch.stack(draws_noise).to(self.device))
 
         per_prompt = rewards.view(cfg.prompts_per_round, keep)
         stats = {"reward_mean": rewards.mean().item(), "reward_best": per_prompt.max(1).values.mean().item(),
                  "reward_worst": per_prompt.min(1).values.mean().item(), "reward_std": rewards.std(correction=0).item(),
-                 "images": world.size * (len(out.seeds) + (out.explore_rewards.numel() if out.explore_rewards is not None else 0))}
+                 "images": world.size * out.images}
         if out.explore_rewards is not None:
             stats["explore_mean"] = gather(out.explore_rewards.flatten().to(self.device), world).mean().item()
         if len(out.parts) > 1:
@@ -237,9 +244,9 @@ class RLTrainer(Trainer):
         batch, j = divmod(micro - self._round_start, cfg.train_timesteps)
         rows = slice(batch * cfg.batch_size, min((batch + 1) * cfg.batch_size, self.local_samples))
         x0 = data.latents[rows]  # [B, C, h, w]
-        t = data.sigmas[rows, j].to(device)  # [B]
+        t = data.sigmas[rows, j]  # [B]
         s = t.view(-1, 1, 1, 1)
-        x_t = (1.0 - s) * x0 + s * data.noise[rows, j].to(device)
+        x_t = (1.0 - s) * x0 + s * data.noise[rows, j]
         text = data.text.index(data.prompt_index[rows])
         embeds, mask = text.embeds.to(dtype), text.mask
         timestep = t * 1000.0 * self.model.config.timestep_scale

@@ -2,10 +2,13 @@
 
 Per prompt: `candidates` seeds sampled cheaply (`explore_steps`; fp8 block linears where the GPU has fp8 GEMMs),
 decoded and scored; the `keep // 2` best and `keep - keep // 2` worst seeds regenerated at full quality
-(`rollout_steps`, the compute dtype) and scored again. Sampling is the deterministic flow DPM-Solver++ of
-`sana gen` (DiffusionNFT is solver-agnostic), CFG-free unless asked. Each candidate's noise comes from its own
-integer seed, which is what lets a seed explored cheaply be replayed in full. Only the clean latents of the
-kept seeds and their rewards leave a rollout: the objective needs no per-step log-probabilities.
+(`rollout_steps`, the compute dtype) and scored again (when the explorer is the old policy itself at
+`rollout_steps`, the explored images are those: they are taken, not sampled again). Sampling is the deterministic
+flow DPM-Solver++ of `sana gen` (DiffusionNFT is solver-agnostic), CFG-free unless asked. Each candidate's noise
+comes from its own integer seed, which is what lets a seed explored cheaply be replayed in full. Each sampled
+batch is decoded and handed to the reward before the next is sampled, so a reward scoring in other processes
+(the shapes checker) overlaps the sampler. Only the clean latents of the kept seeds and their rewards leave a
+rollout: the objective needs no per-step log-probabilities.
 
 The copies are plain `SanaTransformer`s (fused projections, LoRA merged as W + scale B A), the way the recipe
 syncs its LoRA into compiled inference models: the old policy (rollouts and v_old), its fp8 explorer, and the
@@ -26,7 +29,16 @@ from ... import sampling
 from ...text import PromptEmbeddings
 from .objective import select_best_worst
 
-DECODE_BATCH = 8  # images a VAE decode: a 1024 px DC-AE decode holds ~1.2 GB of activations an image
+DECODE_BATCH = 8  # images a VAE decode at 1024 px: a DC-AE decode holds ~1.2 GB of activations an image
+
+
+def decode_batch(resolution: int, device: torch.device) -> int:
+    """Images a VAE decode at `resolution`: DECODE_BATCH at 1024 px. On a GPU, more for smaller images (their
+    activations shrink with the pixel count, and a small decode is launch-bound); a CPU decodes an image no faster
+    in a larger batch (measured: slower, 40 -> 60 ms a 256 px nano image from 8 to 32), so it keeps DECODE_BATCH."""
+    if device.type == "cpu":
+        return DECODE_BATCH
+    return max(1, DECODE_BATCH * 1024 * 1024 // (resolution * resolution))
 
 
 def mixed_seed(*parts: int | str) -> int:
@@ -141,6 +153,7 @@ class RolloutSettings:
     scheduler_config: dict = field(default_factory=dict)
     guidance: float = 1.0
     dtype: torch.dtype = torch.float32
+    decode_batch: int = DECODE_BATCH  # images a decode-and-score call
 
 
 @dataclass
@@ -153,32 +166,37 @@ class Rollout:
     rewards: torch.Tensor  # [N] the weighted reward of the full-quality images
     parts: dict[str, torch.Tensor]  # [N] per reward term
     explore_rewards: torch.Tensor | None  # [P, candidates] of the cheap pass (None without one)
+    images: int = 0  # images sampled (and scored) in all
 
 
-Score = Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+Scores = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (weighted rewards [B], {label: [B]})
+Score = Callable[[torch.Tensor, list[int]], Callable[[], Scores]]
 
 
-def _sample_all(model: nn.Module, items: list[tuple[int, int]], text: PromptEmbeddings, null: PromptEmbeddings | None,
-                steps: int, s: RolloutSettings) -> torch.Tensor:
-    """Latents [len(items), C, h, w] for (local prompt, seed) items, `s.batch` images a forward."""
-    out = []
+def _sample_and_score(model: nn.Module, items: list[tuple[int, int]], text: PromptEmbeddings,
+                      null: PromptEmbeddings | None, steps: int, s: RolloutSettings,
+                      score: Score) -> tuple[torch.Tensor, Scores]:
+    """Latents [len(items), C, h, w] for (local prompt, seed) items, `s.batch` images a forward, and their scores.
+    Each sampled batch is handed to `score` (decoded `s.decode_batch` images at a time) before the next one is
+    sampled, so a reward that scores off the main thread (the shapes checker's workers) runs beside the sampler."""
+    latents, pending = [], []
     for start in range(0, len(items), s.batch):
         chunk = items[start : start + s.batch]
         rows = text.index([p for p, _ in chunk])
-        out.append(sample(model, rows, [seed for _, seed in chunk], steps=steps, latent_shape=s.latent_shape,
-                          flow_shift=s.flow_shift, scheduler_config=s.scheduler_config, guidance=s.guidance,
-                          null=null, dtype=s.dtype))
-    return torch.cat(out)
-
-
-def _score_all(latents: torch.Tensor, prompt_index: list[int], score: Score) -> tuple[torch.Tensor, dict]:
+        out = sample(model, rows, [seed for _, seed in chunk], steps=steps, latent_shape=s.latent_shape,
+                     flow_shift=s.flow_shift, scheduler_config=s.scheduler_config, guidance=s.guidance, null=null,
+                     dtype=s.dtype)
+        latents.append(out)
+        for first in range(0, len(chunk), s.decode_batch):
+            part = slice(first, first + s.decode_batch)
+            pending.append(score(out[part], [p for p, _ in chunk[part]]))
     totals, parts = [], {}
-    for start in range(0, latents.shape[0], DECODE_BATCH):
-        total, part = score(latents[start : start + DECODE_BATCH], prompt_index[start : start + DECODE_BATCH])
+    for wait in pending:
+        total, part = wait()
         totals.append(total)
         for label, value in part.items():
             parts.setdefault(label, []).append(value)
-    return torch.cat(totals), {label: torch.cat(values) for label, values in parts.items()}
+    return torch.cat(latents), (torch.cat(totals), {label: torch.cat(values) for label, values in parts.items()})
 
 
 def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, null: PromptEmbeddings | None,
@@ -186,22 +204,30 @@ def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, nu
     """Explore every prompt's candidate seeds, keep the best and worst, regenerate them in full and score them.
 
     text: [P] rows (this process's prompts); seeds: P lists of `candidates` seeds; score(latents, local prompt
-    indices) -> (weighted rewards [B], {label: [B]}) decodes and scores clean latents."""
+    indices) decodes clean latents and starts scoring them, returning what waits for (weighted rewards [B],
+    {label: [B]}). When the explorer is the model itself at the full step count, the explored images are the
+    full-quality ones (same seeds, deterministic sampler): the kept ones are taken, not sampled again."""
     s = settings
     explore_rewards = None
     kept: list[tuple[int, int]] = []
     if s.candidates > s.keep:
         # 1. The cheap pass over every candidate; 2. the most contrastive seeds of each prompt.
         items = [(p, seed) for p, row in enumerate(seeds) for seed in row]
-        latents = _sample_all(explorer, items, text, null, s.explore_steps, s)
-        rewards, _ = _score_all(latents, [p for p, _ in items], score)
+        latents, (rewards, parts) = _sample_and_score(explorer, items, text, null, s.explore_steps, s, score)
         explore_rewards = rewards.view(len(seeds), s.candidates)
-        for p, row in enumerate(seeds):
-            kept += [(p, row[int(i)]) for i in select_best_worst(explore_rewards[p], s.keep)]
+        picks = [p * s.candidates + int(i) for p in range(len(seeds))
+                 for i in select_best_worst(explore_rewards[p], s.keep)]
+        kept = [items[i] for i in picks]
+        if explorer is model and s.explore_steps == s.rollout_steps:
+            index = torch.tensor(picks)
+            return Rollout(latents=latents[index.to(latents.device)], prompt_index=torch.tensor([p for p, _ in kept]),
+                           seeds=[seed for _, seed in kept], rewards=rewards[index.to(rewards.device)],
+                           parts={k: v[index.to(v.device)] for k, v in parts.items()}, explore_rewards=explore_rewards,
+                           images=len(items))
     else:
         kept = [(p, seed) for p, row in enumerate(seeds) for seed in row]
     # 3. The kept seeds at full quality, scored again: the rewards the advantages come from.
-    latents = _sample_all(model, kept, text, null, s.rollout_steps, s)
-    rewards, parts = _score_all(latents, [p for p, _ in kept], score)
+    latents, (rewards, parts) = _sample_and_score(model, kept, text, null, s.rollout_steps, s, score)
+    explored = explore_rewards.numel() if explore_rewards is not None else 0
     return Rollout(latents=latents, prompt_index=torch.tensor([p for p, _ in kept]), seeds=[seed for _, seed in kept],
-                   rewards=rewards, parts=parts, explore_rewards=explore_rewards)
+                   rewards=rewards, parts=parts, explore_rewards=explore_rewards, images=explored + len(kept))

@@ -1,0 +1,88 @@
+"""One rollout on a stand-in DiT (CPU): each sampled batch is scored before the next is sampled, and an explorer
+that is the model at the full step count has its kept images taken instead of sampled again."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from sana.text import PromptEmbeddings
+
+
+class StandIn(nn.Module):
+    """A velocity from the latents and the text (so prompts and seeds give different images); counts images."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(0.3))
+        self.config = SimpleNamespace(timestep_scale=1.0)
+        self.images = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.scale.device
+
+    def forward(self, x, embeds, timestep, text_mask=None):
+        self.images += x.shape[0]
+        return self.scale * x + embeds.mean(dim=(1, 2)).view(-1, 1, 1, 1)
+
+
+def _run(explorer, model, steps: tuple[int, int], events: list):
+    from sana.training.rl.rollout import RolloutSettings, rollout
+
+    text = PromptEmbeddings(torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0)), torch.ones(2, 3))
+    settings = RolloutSettings(candidates=6, keep=2, explore_steps=steps[0], rollout_steps=steps[1], batch=4,
+                               latent_shape=(2, 4, 4), flow_shift=3.0, decode_batch=3)
+
+    def score(latents, index):
+        events.append(("submit", latents.shape[0]))
+        total = latents.mean(dim=(1, 2, 3)) + torch.tensor(index, dtype=torch.float32)
+
+        def wait():
+            events.append(("wait", latents.shape[0]))
+            return total, {"mean": total}
+
+        return wait
+
+    seeds = [[10 * p + k for k in range(6)] for p in range(2)]
+    return rollout(explorer=explorer, model=model, text=text, null=None, seeds=seeds, score=score, settings=settings)
+
+
+def test_batches_are_scored_as_sampled_and_waited_for_at_the_end():
+    events = []
+    model = StandIn()
+    out = _run(copy.deepcopy(model), model, (2, 3), events)
+    # Explore: 12 images in batches of 4, each submitted in decode batches of 3 (3 + 1); regenerate: 4 kept.
+    assert [n for kind, n in events if kind == "submit"] == [3, 1] * 3 + [3, 1]
+    assert [kind for kind, _ in events[:7]] == ["submit"] * 6 + ["wait"]  # every wait after the pass's last submit
+    assert out.latents.shape == (4, 2, 4, 4) and out.explore_rewards.shape == (2, 6) and out.images == 12 + 4
+
+
+@pytest.mark.parametrize("same_object", [True, False], ids=["explorer-is-model", "separate-explorer"])
+def test_an_explorer_at_full_steps_that_is_the_model_is_not_sampled_twice(same_object):
+    model = StandIn()
+    explorer = model if same_object else copy.deepcopy(model)
+    out = _run(explorer, model, (3, 3), [])
+    sampled = model.images + (0 if same_object else explorer.images)
+    assert sampled == 3 * 12 + (0 if same_object else 3 * 4)  # explored, and the kept 4 again unless taken
+    assert out.images == sampled // 3
+    reference = _run(copy.deepcopy(model), StandIn(), (3, 3), [])  # always regenerates
+    torch.testing.assert_close(out.latents, reference.latents)
+    torch.testing.assert_close(out.rewards, reference.rewards)
+    torch.testing.assert_close(out.parts["mean"], reference.parts["mean"])
+    assert out.seeds == reference.seeds and out.prompt_index.tolist() == [0, 0, 1, 1]
+    explored = [out.explore_rewards[p, seed - 10 * p] for p, seed in zip(out.prompt_index.tolist(), out.seeds)]
+    torch.testing.assert_close(out.rewards, torch.stack(explored))  # a deterministic sampler: the same images
+
+
+def test_decode_batches_grow_for_small_images_on_a_gpu_only():
+    from sana.training.rl.rollout import DECODE_BATCH, decode_batch
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert decode_batch(1024, gpu) == DECODE_BATCH and decode_batch(2048, gpu) == 2
+    assert decode_batch(256, gpu) == 16 * DECODE_BATCH and decode_batch(4096, gpu) == 1
+    assert decode_batch(256, cpu) == DECODE_BATCH
