@@ -80,6 +80,18 @@ def test_one_round_moves_ema_and_old_policy_by_their_formulas(files, base_model)
         torch.testing.assert_close(old[name], 0.001 * start + 0.999 * weights[name], rtol=1e-6, atol=1e-7)
 
 
+def test_the_reward_curve_is_redrawn_at_most_every_plot_seconds_and_at_the_end(files, base_model, monkeypatch):
+    from sana.training.rl import log as rl_log
+    from sana.training.rl import loop
+
+    drawn = []
+    real = rl_log.plot_rewards
+    monkeypatch.setattr(rl_log, "plot_rewards", lambda log, out: drawn.append(len(read_csv(log))) or real(log, out))
+    loop.run(_config(files / "plots", base_model, files / "prompts.txt", files / "plug.py", steps=4, val_count=0))
+    assert drawn == [1, 4]  # the first round, then the end (four rounds take less than PLOT_SECONDS)
+    assert (files / "plots" / "reward.png").exists()
+
+
 def test_full_fine_tuning_round_exports_a_model_folder(files, base_model):
     from sana.training.rl.loop import run
 

@@ -41,6 +41,7 @@ from .rollout import (RolloutSettings, decode_batch, explorer_copy, mixed_seed, 
                       rollout, sample, sampler_sigmas)
 
 OLD_NAME = "old.safetensors"
+PLOT_SECONDS = 30.0  # reward.png is redrawn at most this often while training (~80 ms at 400 rounds), and at the end
 
 
 @dataclass
@@ -112,6 +113,7 @@ class RLTrainer(Trainer):
         self.report = DataReport(root=Path(cfg.data))
         self.resumed_round = 0
         self.components: Components | None = None
+        self._plotted = -math.inf
 
     # 1. Prompts, encoders, rewards ------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -304,6 +306,7 @@ class RLTrainer(Trainer):
                             raise self._failed(step, exc, f"validation after round {step}") from None
                     if self._loop_ends(result, step, stopping, finishing, unit="round"):
                         break
+            self._plot(force=True)
             return self._finish(result, step)
         finally:
             if hasattr(self.components.reward, "close"):
@@ -345,11 +348,16 @@ class RLTrainer(Trainer):
                         "grad_norm": f"{float(self._last_grad_norm):.4g}", "old_decay": f"{eta:.4g}",
                         "images_per_s": f"{info.images_per_s:.4g}", "elapsed_s": f"{elapsed:.1f}"})
             rl_log.append_row(self.out / rl_log.REWARDS_NAME, row, fields)
-            rl_log.plot_rewards(self.out / rl_log.REWARDS_NAME, self.out / rl_log.REWARD_PLOT)
+            self._plot(force=False)
             append_log(self.out / LOG_NAME, {"step": step, "loss": f"{policy + cfg.kl_beta * kl:.6g}", "lr": f"{lr:.6g}",
                                              "grad_norm": row["grad_norm"], "elapsed_s": f"{elapsed:.1f}"})
         if self.events.on_round:
             self.events.on_round(info)
+
+    def _plot(self, force: bool) -> None:
+        if self.world.is_main and (force or time.perf_counter() - self._plotted >= PLOT_SECONDS):
+            rl_log.plot_rewards(self.out / rl_log.REWARDS_NAME, self.out / rl_log.REWARD_PLOT)
+            self._plotted = time.perf_counter()
 
     # 6. Checkpoints: the old policy besides the Trainer's state --------------------------------------------------
     def save_extras(self, staged: Path) -> None:
@@ -416,7 +424,7 @@ class RLTrainer(Trainer):
         mean = sum(scores) / len(scores)
         fields = rl_log.fields_for(c.labels)
         rl_log.set_value(self.out / rl_log.REWARDS_NAME, step, "val_reward", f"{mean:.6g}", fields)
-        rl_log.plot_rewards(self.out / rl_log.REWARDS_NAME, self.out / rl_log.REWARD_PLOT)
+        self._plot(force=True)
         self.events.saved("sample", path)
         if self.events.on_validation:
             self.events.on_validation(step, mean)
