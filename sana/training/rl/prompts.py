@@ -3,7 +3,13 @@ fields, handed to the rewards as metadata), or the nano shapes grammar's sampler
 
 Round `r` draws its prompts from (seed, r) alone, so a resumed run sees the prompts an uninterrupted one would
 have seen. Files are read in a fresh seeded order each pass; the grammar draws scene `r * count + i` of a stream
-of its own. Validation prompts are fixed: a file's first lines, or the grammar's validation stream. No torch.
+of its own (never `sana shapes score`'s evaluation streams). Validation prompts are fixed: a file's first lines, or
+the grammar's validation stream. No torch.
+
+`shapes:hard` spends the rounds where the nano model fails: prompts from the whole grammar score 0.97-0.98 and
+soon all 1.0 (equal rewards, zero advantages), while scenes with a held-out colour-shape pair are 85% fully
+correct (49% at 4 steps). Its prompts have a held-out pair `HARD_HELD_OUT` of the time (one or two objects, as
+the evaluation's held-out set), else two objects of seen pairs; one-object scenes of seen pairs (100%) never.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from pathlib import Path
 
 from ...errors import UsageError
 
-SHAPES_SOURCES = {"shapes": "every colour-shape pair", "shapes:seen": "the pairs the nano model was pre-trained on"}
+SHAPES_SOURCES = {"shapes": "every colour-shape pair", "shapes:seen": "the pairs the nano model was pre-trained on",
+                  "shapes:hard": "mostly held-out colour-shape pairs, the rest two-object scenes of seen pairs"}
+HARD_HELD_OUT = 0.75  # share of shapes:hard prompts with a held-out pair
 
 
 @dataclass(frozen=True)
@@ -64,26 +72,34 @@ class PromptSource:
 
 
 class ShapesSource(PromptSource):
-    """Captions drawn from the nano shapes grammar, half of them with two objects."""
+    """Captions drawn from the nano shapes grammar: half of them with two objects (`shapes`, `shapes:seen`), or
+    mostly held-out pairs (`shapes:hard`)."""
 
     def __init__(self, name: str):
         super().__init__([], name)
         from ...nano.shapes import DEFAULT_HOLDOUT, allowed_pairs
 
         self.pairs = allowed_pairs(DEFAULT_HOLDOUT if name == "shapes:seen" else ())
+        self.seen = allowed_pairs(DEFAULT_HOLDOUT)
+        self.stream = "rl-hard" if name == "shapes:hard" else "rl"
 
     def _scene(self, seed: int, index: int, stream: str) -> Prompt:
-        from ...nano.shapes import sample_scene, scene_rng
+        from ...nano.shapes import DEFAULT_HOLDOUT, sample_scene, scene_rng
 
         rng = scene_rng(seed, index, stream)
-        scene = sample_scene(rng, 2 if rng.random() < 0.5 else 1, self.pairs)
+        if self.name != "shapes:hard":
+            scene = sample_scene(rng, 2 if rng.random() < 0.5 else 1, self.pairs)
+        elif rng.random() < HARD_HELD_OUT:
+            scene = sample_scene(rng, 2 if rng.random() < 0.5 else 1, self.pairs, required=DEFAULT_HOLDOUT)
+        else:
+            scene = sample_scene(rng, 2, self.seen)
         return Prompt(scene.caption)
 
     def round_prompts(self, seed: int, round_index: int, count: int) -> list[Prompt]:
-        return [self._scene(seed, round_index * count + i, "rl") for i in range(count)]
+        return [self._scene(seed, round_index * count + i, self.stream) for i in range(count)]
 
     def validation(self, seed: int, count: int) -> list[Prompt]:
-        return [self._scene(seed, i, "rl-val") for i in range(count)]
+        return [self._scene(seed, i, f"{self.stream}-val") for i in range(count)]
 
     def fingerprint(self) -> str:
         return self.name
@@ -98,8 +114,9 @@ def read_prompts(arg: str) -> PromptSource:
         return ShapesSource(arg)
     path = Path(arg).expanduser()
     if not path.is_file():
+        grammar = " / ".join(SHAPES_SOURCES)
         raise UsageError(f"prompts file not found: {arg}",
-                         "give a text file (one prompt a line), a .jsonl file, or shapes / shapes:seen (the nano grammar)")
+                         f"give a text file (one prompt a line), a .jsonl file, or {grammar} (the nano grammar)")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
