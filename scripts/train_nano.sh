@@ -8,8 +8,10 @@
 #   data   render the shapes dataset (held-out colour-shape pairs never appear)
 #   train  train the DiT from scratch with `sana finetune --init random`; a second call resumes
 #   score  prompt adherence of the result, and a sample grid
-#   rl     reward fine-tuning of the trained DiT with the shapes reward (`sana finetune shapes --rl --full`: the
-#          Sol-RL recipe, CFG-free rollouts on prompts sampled from the whole grammar); a second call resumes
+#   rl     reward fine-tuning of the trained DiT with the shapes reward (`sana finetune shapes:hard --rl --full`:
+#          the Sol-RL recipe, CFG-free rollouts on prompts that are mostly held-out colour-shape pairs, the rest
+#          two-object scenes: the whole grammar scores ~0.98 and soon gives equal rewards, no signal); a second call
+#          resumes
 #   rl-score  adherence of the model before and after RL: default settings, CFG-free, and 4 steps
 # The shipped model (sana/nano/model) is this recipe with the defaults below on one H100: 18,000 steps, final loss
 # 0.048 (settings and loss log in assets/nano/dit-*). Its autoencoder came from `sana shapes train-vae DIR
@@ -20,7 +22,10 @@
 # once its ~1 minute of compilation is paid), MINUTES (`--max-minutes`: export what is trained by then; 0 = none).
 # RL: RL_BASE (the model RL starts from, default WORK/run/model; `nano` for the shipped one), RL_ROUNDS (default
 # 300), RL_LR (default 5e-5), RL_PROMPTS (prompts a round, default 32), RL_CANDIDATES (default 32), RL_KEEP (default
-# 16), RL_MINUTES (`--max-minutes` of the RL stage; 0 = none). The RL settings are untuned: a first GPU run sets them.
+# 16), RL_SOURCE (default shapes:hard; shapes for the whole grammar), RL_SAMPLING_STEPS (steps of every rollout,
+# default 4: the 4-step target, and with exploration at the same steps in bf16 the kept images are the explored
+# ones, so a round samples each image once), RL_MINUTES (`--max-minutes` of the RL stage; 0 = none). Every
+# timestep of the rollout's sampler is trained on (--timestep-fraction 1). The RL settings are untuned.
 set -euo pipefail
 WORK=${1:?usage: train_nano.sh WORK [init|data|train|score|rl|rl-score]}
 STAGE=${2:-all}
@@ -36,6 +41,8 @@ RL_LR=${RL_LR:-5e-5}
 RL_PROMPTS=${RL_PROMPTS:-32}
 RL_CANDIDATES=${RL_CANDIDATES:-32}
 RL_KEEP=${RL_KEEP:-16}
+RL_SOURCE=${RL_SOURCE:-shapes:hard}
+RL_SAMPLING_STEPS=${RL_SAMPLING_STEPS:-4}
 RL_MINUTES=${RL_MINUTES:-0}
 mkdir -p "$WORK"
 
@@ -62,9 +69,10 @@ fi
 if stage rl; then
     extra=()
     [[ -f "$WORK/rl/train_config.json" ]] && extra+=(--resume)
-    $SANA finetune shapes --rl --full --model "$RL_BASE" --out "$WORK/rl" --reward shapes "${extra[@]}" \
+    $SANA finetune "$RL_SOURCE" --rl --full --model "$RL_BASE" --out "$WORK/rl" --reward shapes "${extra[@]}" \
         --steps "$RL_ROUNDS" --max-minutes "$RL_MINUTES" --lr "$RL_LR" --prompts-per-round "$RL_PROMPTS" \
-        --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --explore-steps 6 --rollout-steps 10 --rollout-batch 256 \
+        --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --explore-steps "$RL_SAMPLING_STEPS" \
+        --rollout-steps "$RL_SAMPLING_STEPS" --timestep-fraction 1 --explore-precision bf16 --rollout-batch 256 \
         --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count 32 \
         --val-steps 20 --save-dtype fp16
 fi
