@@ -1,8 +1,11 @@
 """Forward benchmarks of the clip DiTs (SANA-Video 2B, SANA-WM 2.6B) at their real configs with random weights:
 our engine against diffusers eager and diffusers + torch.compile, measured on one GPU in one run.
 
-diffusers + torch.compile is timed in a child process with a time limit: compiling the WM DiT has taken longer
-than eight minutes on an H200, and a benchmark that never returns reports nothing. Nothing here prints.
+diffusers + torch.compile is timed in a child process with a time limit: compiling the WM DiT whole has taken
+longer than eight minutes on an H200, and a benchmark that never returns reports nothing. Both ways diffusers
+offers are timed: `torch.compile` of the whole model, and regional compilation (`compile_repeated_blocks`, which
+compiles the repeated transformer block once for all of its instances: diffusers' advice for a short compile at
+the same speed). Nothing here prints.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .benchmark import _first_call, _median_ms
 from .errors import SanaError
 
 TEXT_TOKENS = 300
+COMPILE_FORMS = ("regional", "whole")  # how diffusers' model is compiled; see `compiled_name`
 REAL_TEXT_TOKENS = 120  # the rest of the 300 is padding, as a prompt of ordinary length leaves it
 
 
@@ -43,6 +47,10 @@ class ClipDitRow:
 
     def best_ours(self) -> float:
         return min(v for k, v in self.ms.items() if k.startswith("ours"))
+
+    def best_compiled(self) -> float | None:
+        """The faster of diffusers' two compiled forms that finished (None if neither did)."""
+        return min((v for k, v in self.ms.items() if k.startswith("diffusers+compile")), default=None)
 
 
 def video_dit_flops(cfg: dict, tokens: int, text_tokens: int, batch: int) -> float:
@@ -191,8 +199,9 @@ def bench_video_dit(*, frames: int = 81, width: int = 832, height: int = 480, ba
     ref = ours = None  # the compiled run in the child process needs the memory
     torch.cuda.empty_cache()
     if compiled:
-        _compiled_in_child(row, "video", dict(frames=frames, width=width, height=height, batch=batch, name=name),
-                           compile_timeout_s)
+        for how in COMPILE_FORMS:
+            _compiled_in_child(row, "video", dict(frames=frames, width=width, height=height, batch=batch, name=name,
+                                                  compile=how), compile_timeout_s)
     return row
 
 
@@ -217,8 +226,9 @@ def bench_world_dit(*, frames: int = 161, width: int = 1280, height: int = 704, 
     ref = ours = None  # the compiled run in the child process needs the memory
     torch.cuda.empty_cache()
     if compiled:
-        _compiled_in_child(row, "world", dict(frames=frames, width=width, height=height, batch=batch),
-                           compile_timeout_s)
+        for how in COMPILE_FORMS:
+            _compiled_in_child(row, "world", dict(frames=frames, width=width, height=height, batch=batch,
+                                                  compile=how), compile_timeout_s)
     return row
 
 
@@ -396,23 +406,40 @@ def _require_cuda() -> None:
         raise SanaError("sana bench needs a CUDA GPU")
 
 
+def compiled_name(how: str) -> str:
+    """The row key of diffusers compiled `how`: "whole" (`torch.compile(model)`) or "regional"."""
+    return "diffusers+compile" if how == "whole" else f"diffusers+compile ({how})"
+
+
 def _compiled_in_child(row: ClipDitRow, kind: str, args: dict, timeout_s: float) -> None:
     """Time diffusers + torch.compile in a child process; a compile that outlasts `timeout_s` is reported as such."""
     command = [sys.executable, "-m", "sana.benchmark_clips", kind, json.dumps(args)]
+    name = compiled_name(args["compile"])
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
     except subprocess.TimeoutExpired:
-        row.notes.append(f"diffusers + torch.compile: no result within {timeout_s:.0f} s (compile still running)")
+        row.notes.append(f"{name}: no result within {timeout_s:.0f} s (compile still running)")
         return
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        row.notes.append(f"diffusers + torch.compile failed after {time.perf_counter() - start:.0f} s: {tail}")
+        row.notes.append(f"{name} failed after {time.perf_counter() - start:.0f} s: {tail}")
         return
     result = json.loads(lines[-1])
-    row.first_call_s["diffusers+compile"] = result["first_call_s"]
-    row.ms["diffusers+compile"] = result["ms"]
+    row.first_call_s[name] = result["first_call_s"]
+    row.ms[name] = result["ms"]
+
+
+def _compile(model: torch.nn.Module, how: str):
+    """diffusers' model compiled `how`: the whole forward, or its repeated blocks in place (then the model itself
+    is called)."""
+    if how == "whole":
+        return torch.compile(model)
+    if how == "regional":
+        model.compile_repeated_blocks()
+        return model
+    raise ValueError(f"unknown compile form {how!r}")
 
 
 def _child(kind: str, args: dict) -> dict:
@@ -420,7 +447,7 @@ def _child(kind: str, args: dict) -> dict:
     if kind == "video":
         cfg, ref, _ = video_pair(args["name"], with_ours=False)
         _, x, text, mask, t = video_inputs(cfg, args["frames"], args["width"], args["height"], args["batch"])
-        compiled = torch.compile(ref)
+        compiled = _compile(ref, args.get("compile", "whole"))
 
         def forward():
             return compiled(x, encoder_hidden_states=text, timestep=t, encoder_attention_mask=mask, return_dict=False)
@@ -428,7 +455,7 @@ def _child(kind: str, args: dict) -> dict:
         cfg, ref, _ = world_pair(with_ours=False)
         _, x, timestep, text, mask, camera, plucker = world_inputs(cfg, args["frames"], args["width"], args["height"],
                                                                    args["batch"])
-        compiled = torch.compile(ref)
+        compiled = _compile(ref, args.get("compile", "whole"))
 
         def forward():
             return compiled(x, timestep, text[:, None], encoder_attention_mask=mask, camera_conditions=camera,
