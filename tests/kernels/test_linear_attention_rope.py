@@ -13,6 +13,7 @@ from kernel_helpers import DEVICE, DTYPES, TOLERANCE, rel_err  # noqa: E402
 
 from sana.kernels import linear_attention_rope  # noqa: E402
 from sana.kernels.linear_attention_rope.reference import linear_attention_rope_reference  # noqa: E402
+from sana.kernels.linear_attention_rope.triton import Config  # noqa: E402
 
 # (batch, tokens, heads, head dim, fused): fused = q, k, v are strided views of one [B, N, 3*H*D] tensor.
 # In the interpreter the launcher aims at 8 programs, so one head with a few hundred tokens gets several
@@ -111,6 +112,20 @@ def test_reference_matches_diffusers_processor():
         q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
         got = attn.to_out[0](linear_attention_rope_reference(q, k, v, cos, sin, heads))
     assert rel_err(got, expected) < 1e-6
+
+
+@pytest.mark.parametrize("config, dtype", [
+    (Config(32, 32, kv_warps=2, out_warps=8, kv_stages=1, out_stages=2, programs_per_sm=1), torch.float32),
+    (Config(128, 16, kv_warps=8, out_warps=2, kv_stages=2, out_stages=1, programs_per_sm=8), torch.float16),
+], ids=str)
+def test_launch_shapes_agree(config, dtype):
+    """Launch shapes a sweep may pick compute the same op (each in a dtype whose tiles fit an H200's shared
+    memory at D = 112)."""
+    torch.manual_seed(0)
+    q, k, v = _qkv(2, 200, 2, 112, True, dtype)
+    cos, sin = _tables(200, 112)
+    out = linear_attention_rope(q, k, v, cos, sin, 2, config=config)
+    assert rel_err(out, linear_attention_rope_reference(q, k, v, cos, sin, 2)) < TOLERANCE[dtype]
 
 
 def test_rejects_bad_inputs(monkeypatch):
