@@ -180,23 +180,29 @@ def modulated_layer_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
 
 
 def gated_residual_modulated_norm_reference(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor,
-                                            shift: torch.Tensor, scale: torch.Tensor,
-                                            eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x + gate * y, the modulated LayerNorm of that sum); gate None means 1. diffusers' order and dtypes."""
-    r = x + y if gate is None else x + gate * y
+                                            shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6,
+                                            y2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + gate * y, the modulated LayerNorm of that sum); gate None means 1. diffusers' order and dtypes. With y2,
+    the residual is `gated_residual(x, gate, y, y2)`'s reference (y + y2 rounded first)."""
+    if y2 is not None:
+        r = torch.addcmul(x, gate, y + y2)
+    else:
+        r = x + y if gate is None else x + gate * y
     return r, modulated_layer_norm_reference(r, shift, scale, eps)
 
 
 def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor, shift: torch.Tensor,
-                                  scale: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                                  scale: torch.Tensor, eps: float = 1e-6,
+                                  y2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A residual add fused with the modulated LayerNorm that reads its result: x, y [B, N, C]; gate, shift,
-    scale [B, 1, C] (gate None: 1) -> (r, LN(r) * (1 + scale) + shift) with r = x + gate * y."""
-    kernel = _kernel("gated_residual_modulated_norm", x, y, shift, scale)
+    scale [B, 1, C] (gate None: 1) -> (r, LN(r) * (1 + scale) + shift) with r = x + gate * y, or
+    x + gate * (y + y2) with a second branch term y2 (a gate is then required)."""
+    kernel = _kernel("gated_residual_modulated_norm", x, y, shift, scale, *(() if y2 is None else (y2,)))
     if kernel is not None:
         if gate is None:
             gate = torch.ones_like(shift)
-        return kernel(x, gate, y, shift, scale, eps)
-    return gated_residual_modulated_norm_reference(x, gate, y, shift, scale, eps)
+        return kernel(x, gate, y, shift, scale, eps, y2=y2)
+    return gated_residual_modulated_norm_reference(x, gate, y, shift, scale, eps, y2)
 
 
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, y2: torch.Tensor | None = None) -> torch.Tensor:

@@ -156,3 +156,30 @@ def test_gated_residual_with_a_second_term(dtype):
     assert rel_err(out, gated_residual_reference(x, gate, y + y2)) < 2 * TOLERANCE[dtype]
     if dtype == torch.float32:
         torch.testing.assert_close(ops.gated_residual(x, gate, y, y2), torch.addcmul(x, gate, y + y2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gated_residual_modulated_norm_with_a_second_term(dtype):
+    """(x + gate * (y + y2), its modulated norm) with y2 strided: the video block's last residual fused with the
+    next block's first norm; the ops reference rounds y + y2 first and adds with addcmul, as the unfused ops do."""
+    from sana import ops
+
+    torch.manual_seed(0)
+    x, y = _x(2, 7, 48, dtype), _x(2, 7, 48, dtype)
+    y2 = _x(2, 7, 96, dtype)[..., 48:]  # row stride 96
+    shift, scale, gate, *_ = _table(2, 48, dtype, dtype)
+    res, out = gated_residual_modulated_norm(x, gate, y, shift, scale, 1e-6, y2=y2)
+    ref_res, ref_out = gated_residual_modulated_norm_reference(x, gate, y, shift, scale, 1e-6, y2=y2)
+    assert rel_err(res, ref_res) < TOLERANCE[dtype] and rel_err(out, ref_out) < TOLERANCE[dtype]
+    unfused = gated_residual_modulated_norm_reference(x, gate, y, shift, scale, 1e-6)
+    assert rel_err(res, unfused[0]) > 10 * TOLERANCE[dtype]  # y2 was used
+    if dtype == torch.float32:
+        with torch.no_grad():
+            ops.set_kernels_enabled(False)
+            try:
+                got = ops.gated_residual_modulated_norm(x, gate, y, shift, scale, 1e-6, y2=y2)
+            finally:
+                ops.set_kernels_enabled(True)
+        r = torch.addcmul(x, gate, y + y2)
+        torch.testing.assert_close(got[0], r)
+        torch.testing.assert_close(got[1], ops.modulated_layer_norm_reference(r, shift, scale, 1e-6))

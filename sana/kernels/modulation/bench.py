@@ -2,7 +2,9 @@
 
 Run on a CUDA machine from the repository root: `python -m sana.kernels.modulation.bench`
 (options: --shapes NAME..., --dtype bf16|fp16|fp32). shift/scale/gate are model-dtype [B, 1, C] chunks,
-as in a bf16 diffusers model. GB/s counts x (and y) read once and each output written once.
+as in a bf16 diffusers model. GB/s counts x (and y) read once and each output written once. The last table
+is SANA-Video's block boundary: x + gate * (y + y2) and the next block's modulated norm, fused ("triton") against
+the two kernels one after the other ("two kernels").
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ SHAPES = {
     "sana1.6b-1024px": (2, 1024, 2240),
     "sana1.6b-2048px": (2, 4096, 2240),
     "sana1.6b-4096px": (2, 16384, 2240),
-    "video-2b-480p-81f": (2, 21 * 60 * 104, 2240),
+    "video-2b-480p-81f": (2, 21 * 30 * 52, 2240),
 }
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], list(SHAPES))
-    norm_rows, gated_rows, residual_rows = [], [], []
+    norm_rows, gated_rows, residual_rows, boundary_rows = [], [], [], []
     for name in args.shapes:
         b, n, c = SHAPES[name]
         torch.manual_seed(0)
@@ -53,11 +55,17 @@ def main() -> None:
             "reference": median_ms(lambda: gated_residual_reference(x, gate, y)),
             "diffusers": median_ms(lambda: x + gate * y),
         }))
-        del x, y
+        y2 = torch.randn_like(x)
+        boundary_rows.append((name, 5 * nbytes, {
+            "triton": median_ms(lambda: gated_residual_modulated_norm(x, gate, y, shift, scale, y2=y2)),
+            "two kernels": median_ms(lambda: modulated_layer_norm(gated_residual(x, gate, y, y2), shift, scale)),
+        }))
+        del x, y, y2
         torch.cuda.empty_cache()
     print_table(f"modulated_layer_norm ({args.dtype})", norm_rows)
     print_table(f"gated_residual_modulated_norm ({args.dtype})", gated_rows)
     print_table(f"gated_residual ({args.dtype})", residual_rows)
+    print_table(f"block boundary: gated_residual with y2 + modulated_layer_norm ({args.dtype})", boundary_rows)
 
 
 if __name__ == "__main__":

@@ -48,10 +48,11 @@ def _modulated_layer_norm_kernel(
 
 @triton.jit
 def _gated_residual_modulated_norm_kernel(
-    x_ptr, gate_ptr, y_ptr, shift_ptr, scale_ptr, res_ptr, out_ptr,
+    x_ptr, gate_ptr, y_ptr, y2_ptr, shift_ptr, scale_ptr, res_ptr, out_ptr,
     N, C, eps,
-    stride_xb, stride_xn, stride_gate, stride_yb, stride_yn, stride_shift, stride_scale, stride_ob, stride_on,
-    BLOCK_C: tl.constexpr,
+    stride_xb, stride_xn, stride_gate, stride_yb, stride_yn, stride_y2b, stride_y2n, stride_shift, stride_scale,
+    stride_ob, stride_on,
+    BLOCK_C: tl.constexpr, HAS_Y2: tl.constexpr,
 ):
     row = tl.program_id(0)
     b = row // N
@@ -60,8 +61,12 @@ def _gated_residual_modulated_norm_kernel(
     mask = offs < C
     x = tl.load(x_ptr + b.to(tl.int64) * stride_xb + n.to(tl.int64) * stride_xn + offs, mask=mask, other=0.0)
     y = tl.load(y_ptr + b.to(tl.int64) * stride_yb + n.to(tl.int64) * stride_yn + offs, mask=mask, other=0.0)
+    y = y.to(tl.float32)
+    if HAS_Y2:  # a second branch term: x + gate * (y + y2)
+        y2 = tl.load(y2_ptr + b.to(tl.int64) * stride_y2b + n.to(tl.int64) * stride_y2n + offs, mask=mask, other=0.0)
+        y += y2.to(tl.float32)
     gate = tl.load(gate_ptr + b * stride_gate + offs, mask=mask, other=0.0)
-    r = (x.to(tl.float32) + gate.to(tl.float32) * y.to(tl.float32)).to(res_ptr.dtype.element_ty)
+    r = (x.to(tl.float32) + gate.to(tl.float32) * y).to(res_ptr.dtype.element_ty)
     out_row = b.to(tl.int64) * stride_ob + n.to(tl.int64) * stride_on + offs
     tl.store(res_ptr + out_row, r, mask=mask)
     # Normalise the rounded residual, the value the next op would read back from memory.
@@ -115,15 +120,16 @@ def _launch_modulated_layer_norm(x, shift, scale, out, eps):
     )
 
 
-def _launch_gated_residual_modulated_norm(x, gate, y, shift, scale, res, out, eps):
+def _launch_gated_residual_modulated_norm(x, gate, y, y2, shift, scale, res, out, eps):
     b, n, c = x.shape
     block_c, warps = _row_config(c)
+    second = y2 if y2 is not None else y
     _gated_residual_modulated_norm_kernel[(b * n,)](
-        x, gate, y, shift, scale, res, out,
+        x, gate, y, second, shift, scale, res, out,
         n, c, eps,
-        x.stride(0), x.stride(1), gate.stride(0), y.stride(0), y.stride(1), shift.stride(0), scale.stride(0),
-        out.stride(0), out.stride(1),
-        BLOCK_C=block_c, num_warps=warps,
+        x.stride(0), x.stride(1), gate.stride(0), y.stride(0), y.stride(1), second.stride(0), second.stride(1),
+        shift.stride(0), scale.stride(0), out.stride(0), out.stride(1),
+        BLOCK_C=block_c, HAS_Y2=y2 is not None, num_warps=warps,
     )
 
 
@@ -203,7 +209,8 @@ def modulated_layer_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
 
 
 def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, shift: torch.Tensor,
-                                  scale: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+                                  scale: torch.Tensor, eps: float = EPS,
+                                  y2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated residual add fused with the next modulated LayerNorm.
 
     Spec: `reference.gated_residual_modulated_norm_reference`. Saves writing the residual and reading it
@@ -213,6 +220,8 @@ def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor, y: torch.
         x, y: [B, N, C] (residual stream and branch output), last dim contiguous; y may have another dtype.
         gate, shift, scale: [B, C] or [B, 1, C], any float dtype, broadcast over N.
         eps: LayerNorm epsilon (SANA: 1e-6).
+        y2: None, or a second branch term like y: r = x + gate * (y + y2), the sum never written (SANA-Video's
+            Mix-FFN output and its temporal conv, followed by the next block's norm1 modulation).
 
     Returns:
         (r, m), both [B, N, C] contiguous in x's dtype: r = x + gate * y (fp32 math, rounded once) and
@@ -220,13 +229,15 @@ def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor, y: torch.
     """
     name = "gated_residual_modulated_norm"
     gate = _check_residual_args(name, x, gate, y)
+    if y2 is not None:
+        _check_residual_args(name, x, gate, y2)
     shift = _per_batch(name, "shift", shift, x)
     scale = _per_batch(name, "scale", scale, x)
-    check_device(name, x, gate, y, shift, scale)
+    check_device(name, x, gate, y, shift, scale, *(() if y2 is None else (y2,)))
     res = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     if out.numel():
-        _launch_gated_residual_modulated_norm(x, gate, y, shift, scale, res, out, eps)
+        _launch_gated_residual_modulated_norm(x, gate, y, y2, shift, scale, res, out, eps)
     return res, out
 
 
