@@ -12,7 +12,8 @@
 #          the Sol-RL recipe, CFG-free rollouts on prompts that are mostly held-out colour-shape pairs, the rest
 #          two-object scenes: the whole grammar scores ~0.98 and soon gives equal rewards, no signal); a second call
 #          resumes
-#   rl-score  adherence of the model before and after RL: default settings, CFG-free, and 4 steps
+#   rl-score  adherence of the model before and after RL (and of the best-validated round's, `rl/best`, when that
+#          was not the last): default settings, CFG-free, and 4 steps
 # The shipped model (sana/nano/model) is this recipe with the defaults below on one H100: 18,000 steps, final loss
 # 0.048 (settings and loss log in assets/nano/dit-*). Its autoencoder came from `sana shapes train-vae DIR
 # --steps 12000 --batch 32 --lr 1e-3 --seed 0 --max-minutes 6.7` (5,987 steps; 38.2 dB PSNR; assets/nano/vae-train.json)
@@ -77,10 +78,12 @@ if stage rl; then
         --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --explore-steps "$RL_SAMPLING_STEPS" \
         --rollout-steps "$RL_SAMPLING_STEPS" --timestep-fraction 1 --explore-precision bf16 --rollout-batch 256 \
         --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count 32 \
-        --val-steps 20 --save-dtype fp16
+        --val-steps 20 --val-every 5 --save-dtype fp16
 fi
 if stage rl-score; then
-    for pair in "before:$RL_BASE" "after:$WORK/rl/model"; do
+    pairs=("before:$RL_BASE" "after:$WORK/rl/model")
+    [[ -d "$WORK/rl/best" ]] && pairs+=("best:$WORK/rl/best")  # the best-validated round, if not the last
+    for pair in "${pairs[@]}"; do
         name=${pair%%:*} model=${pair#*:}
         $SANA shapes score --model "$model" --num 200 --seed 0 --out "$WORK/rl-$name-grid.png" --force \
             --rows "$WORK/rl-$name-rows.jsonl" | tee "$WORK/rl-$name-default.txt"

@@ -103,6 +103,68 @@ def test_full_fine_tuning_round_exports_a_model_folder(files, base_model):
 
 
 
+def _scripted_validation(monkeypatch, rewards: dict[int, float]) -> None:
+    """Validation that returns `rewards[round]` instead of sampling and scoring a grid."""
+    from sana.training.rl.loop import RLTrainer
+
+    monkeypatch.setattr(RLTrainer, "_validation_grid", lambda self, step, prompts, state: rewards[step])
+
+
+def _best_saves(saved: list[tuple[str, Path]]) -> list[str]:
+    return [kind for kind, _ in saved if kind.startswith("best")]
+
+
+def test_the_best_validated_weights_are_kept_beside_the_last(files, base_model, monkeypatch):
+    """A run that peaks and falls back: best/ holds the LoRA of the best validated round (the base model's
+    validation only sets the bar), best.json says which, and a worse validation never replaces it."""
+    from safetensors.torch import load_file
+
+    from sana.training.rl.loop import RLEvents, run
+
+    _scripted_validation(monkeypatch, {0: 0.5, 2: 0.7, 4: 0.6, 6: 0.65})
+    saved = []
+    cfg = _config(files / "peak", base_model, files / "prompts.txt", files / "plug.py", steps=6, val_every=2,
+                  checkpoint_every=2, keep_checkpoints=10)
+    result = run(cfg, events=RLEvents(on_saved=lambda kind, path: saved.append((kind, path))))
+    assert _best_saves(saved) == ["best so far (round 2, validation reward 0.7)"]
+    record = (files / "peak" / "best.json").read_text()
+    assert '"round": 2' in record and '"val_reward": 0.7' in record
+    best = load_file(str(files / "peak" / "best" / "pytorch_lora_weights.safetensors"))
+    last = load_file(str(result.output))
+    at_round_2 = load_file(str(files / "peak" / "checkpoints" / "step-000002" / "weights.safetensors"))
+    assert best.keys() == last.keys() and any(not torch.equal(best[k], last[k]) for k in best)
+    # The checkpoint holds the same LoRA under the model's parameter names (and alpha / r folded into B there).
+    assert sum(t.numel() for t in best.values()) == sum(t.numel() for t in at_round_2.values())
+
+
+def test_the_best_so_far_survives_a_resume(files, base_model, monkeypatch):
+    """The time limit stops a run after round 1 (validated and best, after its checkpoint was written); resumed,
+    a worse round 2 does not replace it and a better round 4 does."""
+    from sana.training.rl.loop import RLEvents, run
+
+    _scripted_validation(monkeypatch, {0: 0.5, 1: 0.9, 2: 0.6, 4: 0.95})
+    saved = []
+    events = RLEvents(on_saved=lambda kind, path: saved.append((kind, path)))
+    run(_config(files / "split", base_model, files / "prompts.txt", files / "plug.py", steps=4, val_every=2,
+                max_minutes=1e-6), events=events)
+    assert _best_saves(saved) == ["best so far (round 1, validation reward 0.9)"]
+    saved.clear()
+    run(_config(files / "split", base_model, files / "prompts.txt", files / "plug.py", steps=4, val_every=2),
+        resume=True, events=events)
+    assert _best_saves(saved) == ["best so far (round 4, validation reward 0.95)"]
+    assert '"round": 4' in (files / "split" / "best.json").read_text()
+
+
+def test_full_fine_tuning_keeps_its_best_as_a_model_folder(files, base_model, monkeypatch):
+    from sana.training.rl.loop import run
+
+    _scripted_validation(monkeypatch, {0: 0.1, 1: 0.2})
+    run(_config(files / "full", base_model, files / "prompts.txt", files / "plug.py", steps=1, mode="full",
+                lr=1e-4, ema=0.0))
+    best = files / "full" / "best"
+    assert (best / "transformer" / "config.json").exists() and (best / "vae").is_dir()
+
+
 def test_a_reward_failing_mid_run_keeps_a_checkpoint_and_resume_finishes(files, base_model, monkeypatch):
     """Round 2's exploration fails (the reward's third call: a round calls it twice, validation is off): round 1's
     checkpoint is kept and the error says so; once the reward works again, --resume finishes the run."""

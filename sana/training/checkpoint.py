@@ -104,7 +104,10 @@ def load_state(path: Path) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    """Written beside `path` and renamed into place: a reader never sees half a file."""
+    staged = path.with_name(f".{path.name}.partial")
+    staged.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(staged, path)
 
 
 def read_json(path: Path) -> dict:

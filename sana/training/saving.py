@@ -39,6 +39,14 @@ class CheckpointsAndExport:
             return weights, optim
         return get_state_dict(self.model, self.optimizer, options=self._state_options())
 
+    def _gather_weights(self) -> dict:
+        """Trainable weights alone as a full (unsharded) CPU dict (every process takes part under FSDP)."""
+        if not self.world.distributed:
+            return {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(self.model, options=self._state_options())
+
     def save_checkpoint(self, step: int) -> Path | None:
         cfg, world = self.cfg, self.world
         weights, optim = self._gather()
@@ -142,6 +150,16 @@ class CheckpointsAndExport:
         if not self.world.is_main:
             distributed.barrier(self.world)
             return None
+        path = self.write_weights(weights, self.out, self.out / "model")
+        self.events.saved("lora" if self.cfg.mode == "lora" else "model", path)
+        if (self.out / LOG_NAME).exists():
+            plot_loss(self.out / LOG_NAME, self.out / PLOT_NAME)
+        distributed.barrier(self.world)
+        return path
+
+    def write_weights(self, weights: dict[str, torch.Tensor], lora_folder: Path, model_folder: Path) -> Path:
+        """Trained weights (full, CPU, by parameter name) as what this run exports: a LoRA file in `lora_folder`,
+        or a full model folder at `model_folder`. Main process only."""
         if self.cfg.mode == "lora":
             from .adapters import save_lora
 
@@ -150,18 +168,13 @@ class CheckpointsAndExport:
             with torch.no_grad():
                 for name, tensor in weights.items():
                     params[name].copy_(tensor)
-            path = save_lora(self.model, self.lora_config, self.out)
-            with torch.no_grad():
-                for name, tensor in backup.items():
-                    params[name].copy_(tensor)
-            self.events.saved("lora", path)
-        else:
-            from .export import save_model_folder
+            try:
+                return save_lora(self.model, self.lora_config, lora_folder)
+            finally:
+                with torch.no_grad():
+                    for name, tensor in backup.items():
+                        params[name].copy_(tensor)
+        from .export import save_model_folder
 
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.cfg.save_dtype]
-            path = save_model_folder(weights, self.model.config, Path(self.cfg.model_dir), self.out / "model", dtype)
-            self.events.saved("model", path)
-        if (self.out / LOG_NAME).exists():
-            plot_loss(self.out / LOG_NAME, self.out / PLOT_NAME)
-        distributed.barrier(self.world)
-        return path
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.cfg.save_dtype]
+        return save_model_folder(weights, self.model.config, Path(self.cfg.model_dir), model_folder, dtype)

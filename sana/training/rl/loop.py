@@ -41,6 +41,9 @@ from .rollout import (RolloutSettings, decode_batch, explorer_copy, mixed_seed, 
                       rollout, sample, sampler_sigmas)
 
 OLD_NAME = "old.safetensors"
+BEST_NAME = "best"  # the weights of the best validation so far: a LoRA file or a model folder
+BEST_RECORD = "best.json"  # its round and validation reward, in the run folder
+BEST_IN_CHECKPOINT = "rl_best.json"  # the best validation reward as of a checkpoint (the base model's counts)
 PLOT_SECONDS = 30.0  # reward.png is redrawn at most this often while training (~80 ms at 400 rounds), and at the end
 
 
@@ -112,6 +115,7 @@ class RLTrainer(Trainer):
         cfg.grad_accum = self.micro_batches * cfg.train_timesteps  # one optimizer step a round
         self.report = DataReport(root=Path(cfg.data))
         self.resumed_round = 0
+        self.best_val: float | None = None  # main process: the best validation reward so far, the base's included
         self.components: Components | None = None
         self._plotted = -math.inf
 
@@ -364,6 +368,8 @@ class RLTrainer(Trainer):
         old = {n: (t.full_tensor() if hasattr(t, "full_tensor") else t) for n, t in self.old.items()}
         if self.world.is_main:
             ckpt.save_tensors(staged / OLD_NAME, old)
+            if self.best_val is not None:
+                ckpt.write_json(staged / BEST_IN_CHECKPOINT, {"val_reward": self.best_val})
 
     def restore_extras(self, folder: Path) -> None:
         if not (folder / OLD_NAME).is_file():
@@ -378,6 +384,20 @@ class RLTrainer(Trainer):
                     full = distribute_tensor(full.to(tensor.device), tensor.device_mesh, tensor.placements)
                 tensor.copy_(full)
         self.resumed_round = int(ckpt.read_json(folder / "state.json")["step"])
+        self.best_val = self._best_when_resumed(folder)
+
+    def _best_when_resumed(self, folder: Path) -> float | None:
+        """The best validation reward as of the checkpoint, or of `best.json` where that records the validation
+        run right after it (a checkpoint is written before its round's validation)."""
+        best = None
+        if (folder / BEST_IN_CHECKPOINT).is_file():
+            best = float(ckpt.read_json(folder / BEST_IN_CHECKPOINT)["val_reward"])
+        record = self.out / BEST_RECORD
+        if record.is_file():
+            saved = ckpt.read_json(record)
+            if int(saved["round"]) <= self.resumed_round:
+                best = max(float(saved["val_reward"]), best if best is not None else -math.inf)
+        return best
 
     def _data_fingerprint(self) -> str:
         return f"{self.source.fingerprint()}|{self.cfg.reward}"
@@ -391,17 +411,37 @@ class RLTrainer(Trainer):
     def validate(self, step: int) -> None:
         prompts = self._validation_prompts()
         state = policy_state(self.model)  # every process (FSDP gathers); the main one samples
-        failure = None
+        failure, mean, improved = None, None, False
         if self.world.is_main:
             try:
-                self._validation_grid(step, prompts, state)
+                mean = self._validation_grid(step, prompts, state)
             except RewardError as exc:
                 failure = exc
+            else:
+                if step == 0:  # the base model sets the bar; nothing of it is saved
+                    self.best_val = mean
+                else:
+                    improved = self.best_val is None or mean > self.best_val
         if distributed.any_rank(failure is not None, self.world, self.device):
             raise failure or RewardError("a reward failed in the main process (see its output)")
+        del state
+        if distributed.any_rank(improved, self.world, self.device):
+            self._save_best(step, mean)
 
-    def _validation_grid(self, step: int, prompts: list[Prompt], state: dict) -> None:
-        """Sample the prompts (seed = position) with the current weights, score them, save the grid and the mean."""
+    def _save_best(self, step: int, mean: float | None) -> None:
+        """The weights just validated, kept as the run's best (`best/`, and `best.json` saying which round): an RL
+        run can get worse after it peaks, and its last round is what `model` / the LoRA file holds."""
+        weights = self._gather_weights()
+        if self.world.is_main:
+            path = self.write_weights(weights, self.out / BEST_NAME, self.out / BEST_NAME)
+            ckpt.write_json(self.out / BEST_RECORD, {"round": step, "val_reward": mean, "path": BEST_NAME})
+            self.best_val = mean
+            self.events.saved(f"best so far (round {step}, validation reward {mean:.4g})", path)
+        distributed.barrier(self.world)
+
+    def _validation_grid(self, step: int, prompts: list[Prompt], state: dict) -> float:
+        """Sample the prompts (seed = position) with the current weights, score them, save the grid and the mean;
+        returns the mean."""
         from PIL import Image
 
         cfg, c = self.cfg, self.components
@@ -428,6 +468,7 @@ class RLTrainer(Trainer):
         self.events.saved("sample", path)
         if self.events.on_validation:
             self.events.on_validation(step, mean)
+        return mean
 
 
 def run(cfg: RLConfig, *, resume: bool | Path = False, events: RLEvents | None = None) -> TrainResult:
