@@ -220,3 +220,111 @@ def test_check_command_checks_every_file_and_sums_up(tmp_path):
     assert "plain.png: not checked: no stored prompt" in lines[1]
     assert lines[2].endswith("stored.png: correct")
     assert "3 file(s): 1 correct, 0 wrong, 2 not checked" in result.stderr
+
+
+# -- the integer route for uint8 images and the vectorised regions ----------------------------------------
+
+def _checker_cases() -> list[tuple[np.ndarray, object]]:
+    """(uint8 image, scene) pairs the checker gets right and wrong: drawn scenes, degraded, mismatched, noise."""
+    from PIL import Image, ImageFilter
+
+    from sana.nano.shapes import DEFAULT_HOLDOUT, render, sample_scenes
+
+    rng = np.random.default_rng(7)
+    scenes = sample_scenes(9, 5, holdout=()) + sample_scenes(3, 5, required=DEFAULT_HOLDOUT, stream="eval-heldout")
+    cases = []
+    for i, scene in enumerate(scenes):
+        image = render(scene)
+        noisy = np.clip(image.astype(np.int16) + rng.integers(-40, 41, image.shape), 0, 255).astype(np.uint8)
+        blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(3)))
+        speckled = image.copy()
+        speckled[rng.integers(0, 256, 300), rng.integers(0, 256, 300)] = rng.integers(0, 256, (300, 3))
+        blobs = image.copy()
+        for _ in range(3):  # off-scene rectangles of random palette-ish colours
+            y, x, h, w = rng.integers(0, 220), rng.integers(0, 220), rng.integers(3, 36), rng.integers(3, 36)
+            blobs[y : y + h, x : x + w] = rng.integers(0, 256, 3)
+        cases += [(image, scene), (noisy, scene), (blurred, scene), (speckled, scene), (blobs, scene),
+                  (np.flipud(image).copy(), scene), (image, scenes[i - 1]),
+                  (np.kron(render(scene, 64), np.ones((4, 4, 1), np.uint8)), scene), (render(scene, 128), scene)]
+    return cases
+
+
+def test_uint8_images_get_the_float_route_verdicts():
+    """uint8 images are labelled in integers (`palette_labels_uint8`); float images of the same pixels take the
+    float route: the same regions, background and verdicts."""
+    from sana.nano.adherence import look
+
+    cases = _checker_cases()
+    results = [check_image(image.astype(np.float32), scene) for image, scene in cases]
+    assert 0.2 < sum(r.fully_correct for r in results) / len(results) < 0.8  # both kinds of verdict are covered
+    for (image, scene), expected in zip(cases, results):
+        assert check_image(image, scene) == expected, scene.caption
+    for image, _ in cases[:40]:
+        frame, reference = look(image), look(image.astype(np.float32))
+        assert frame.background == reference.background and frame.regions.keys() == reference.regions.keys()
+        for name, regions in reference.regions.items():
+            assert len(frame.regions[name]) == len(regions) and all(
+                np.array_equal(a, b) for a, b in zip(frame.regions[name], regions)), name
+
+
+def test_integer_palette_labels_keep_the_tolerance_and_the_first_of_ties():
+    from sana.nano.adherence import COLOR_TOLERANCE, palette_labels, palette_labels_uint8, to_array
+
+    red, white = (220, 40, 40), (245, 245, 245)
+    pixels = np.array([[[160, 40, 40],  # exactly 60 from red: still red
+                        [159, 40, 40],  # 61: no colour
+                        [(red[0] + white[0]) // 2, 142, 142],  # between red and white, nearer red
+                        [0, 0, 0]]], np.uint8)
+    expected = palette_labels(to_array(pixels))
+    assert expected[0, 0] == 0 and expected[0, 1] == -1
+    np.testing.assert_array_equal(palette_labels_uint8(pixels, COLOR_TOLERANCE), expected)
+    every = np.random.default_rng(1).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(palette_labels_uint8(every, COLOR_TOLERANCE), palette_labels(to_array(every)))
+
+
+def _components_reference(mask: np.ndarray, min_pixels: int = 0) -> list[np.ndarray]:
+    """`components` written plainly: row runs, each joined to the overlapping runs of the row above, the groups
+    largest first (ties in order of their first run)."""
+    runs, row_runs = [], []
+    for row in range(mask.shape[0]):
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], mask[row].astype(np.int8), [0]))))
+        row_runs.append(range(len(runs), len(runs) + len(edges) // 2))
+        runs.extend((row, int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]))
+    parent = list(range(len(runs)))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for row in range(1, mask.shape[0]):
+        for i in row_runs[row]:
+            for j in row_runs[row - 1]:
+                if runs[i][1] < runs[j][2] and runs[j][1] < runs[i][2]:
+                    parent[root(i)] = root(j)
+    groups = {}
+    for i in range(len(runs)):
+        groups.setdefault(root(i), []).append(i)
+    sized = sorted(((sum(runs[i][2] - runs[i][1] for i in m), m) for m in groups.values()), key=lambda g: -g[0])
+    regions = []
+    for rank, (area, members) in enumerate(sized):
+        if rank > 0 and area < min_pixels:
+            break
+        region = np.zeros(mask.shape, dtype=bool)
+        for i in members:
+            region[runs[i][0], runs[i][1]:runs[i][2]] = True
+        regions.append(region)
+    return regions
+
+
+def test_components_are_the_reference_regions_in_order():
+    rng = np.random.default_rng(3)
+    masks = [rng.random((40, 57)) < p for p in (0.05, 0.3, 0.5, 0.6, 0.8)]
+    masks += [np.zeros((9, 9), bool), np.ones((9, 9), bool)]
+    diagonal = np.zeros((8, 8), bool)
+    diagonal[0:3, 0:3] = diagonal[3, 3] = diagonal[5:8, 4:8] = True  # a diagonal neighbour is a region of its own
+    for mask in masks + [diagonal]:
+        for min_pixels in (0, 3, 40):
+            expected = _components_reference(mask, min_pixels)
+            found = components(mask, min_pixels)
+            assert len(found) == len(expected) and all(np.array_equal(a, b) for a, b in zip(found, expected))

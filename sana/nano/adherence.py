@@ -101,16 +101,49 @@ def palette_labels(pixels: np.ndarray, tolerance: float = COLOR_TOLERANCE) -> np
     return labels
 
 
-def components(mask: np.ndarray, min_pixels: int = 0) -> list[np.ndarray]:
-    """4-connected regions of a boolean mask as boolean masks, largest first: the largest always, the others
-    when they have at least `min_pixels` (noise speckles are never materialised). Union-find over row runs."""
-    runs: list[tuple[int, int, int]] = []  # (row, first column, last column + 1)
-    row_runs: list[range] = []
-    for row in range(mask.shape[0]):
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], mask[row].astype(np.int8), [0]))))
-        row_runs.append(range(len(runs), len(runs) + len(edges) // 2))
-        runs.extend((row, int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]))
-    parent = list(range(len(runs)))
+def palette_labels_uint8(pixels: np.ndarray, tolerance: float = COLOR_TOLERANCE) -> np.ndarray:
+    """`palette_labels` of a uint8 image [H, W, 3]: the same labels [H, W] (-1: none within tolerance), as int8,
+    several times faster.
+
+    Squared distances of integers are exact integers, and the float32 norms the reference compares are their
+    correctly rounded square roots: distinct below 3 x 255^2, so the nearest colour, ties (first wins) and the
+    tolerance test (d^2 > tolerance^2 for an integer tolerance) come out the same."""
+    channels = [pixels[:, :, c].astype(np.int32) for c in range(3)]
+    palette = PALETTE.astype(np.int32)
+    best, labels = None, np.zeros(pixels.shape[:2], dtype=np.int8)
+    for index, (r, g, b) in enumerate(palette):
+        d2 = (channels[0] - r) ** 2
+        d2 += (channels[1] - g) ** 2
+        d2 += (channels[2] - b) ** 2
+        if best is None:
+            best = d2
+        else:
+            labels[d2 < best] = index
+            np.minimum(best, d2, out=best)
+    labels[np.sqrt(best.astype(np.float32)) > np.float32(tolerance)] = -1
+    return labels
+
+
+def components(mask: np.ndarray, min_pixels: float = 0) -> list[np.ndarray]:
+    """4-connected regions of a boolean mask as boolean masks, largest first (ties in order of their first run):
+    the largest always, the others when they have at least `min_pixels` (noise speckles are never materialised).
+    Union-find over row runs.
+
+    Runs are (row, start, end) in row-major order; run i touches run j of the row above when their column ranges
+    overlap, and those j are one contiguous range, found by binary search over every run's (row, column) keys."""
+    width = mask.shape[1] + 2
+    edges = np.diff(mask.astype(np.int8), axis=1, prepend=0, append=0)  # [H, W + 1]: +1 run starts, -1 run ends
+    rows, starts = np.nonzero(edges == 1)
+    ends = np.nonzero(edges == -1)[1]
+    if not len(rows):
+        return []
+    above_start = (rows - 1) * width
+    lo = np.searchsorted(rows * width + ends, above_start + starts, side="right")  # first j ending after i starts
+    hi = np.searchsorted(rows * width + starts, above_start + ends, side="left")  # first j starting at i's end
+    count = np.maximum(hi - lo, 0)
+    first = np.cumsum(count) - count
+    above = np.arange(int(count.sum())) - np.repeat(first - lo, count)
+    parent = list(range(len(rows)))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -118,26 +151,20 @@ def components(mask: np.ndarray, min_pixels: int = 0) -> list[np.ndarray]:
             i = parent[i]
         return i
 
-    for row in range(1, mask.shape[0]):
-        for i in row_runs[row]:
-            _, a, b = runs[i]
-            for j in row_runs[row - 1]:
-                _, c, d = runs[j]
-                if a < d and c < b:  # column ranges overlap: vertically adjacent
-                    parent[root(i)] = root(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(runs)):
-        groups.setdefault(root(i), []).append(i)
-    sized = sorted(((sum(runs[i][2] - runs[i][1] for i in members), members) for members in groups.values()),
-                   key=lambda item: -item[0])
+    for i, j in zip(np.repeat(np.arange(len(rows)), count).tolist(), above.tolist()):
+        a, b = root(i), root(j)
+        if a != b:
+            parent[a] = b
+    _, first_run, group = np.unique([root(i) for i in range(len(rows))], return_index=True, return_inverse=True)
+    areas = np.bincount(group, weights=ends - starts)
+    by_first = np.argsort(first_run, kind="stable")  # the reference's group order, then largest first (stable)
     regions = []
-    for rank, (area, members) in enumerate(sized):
-        if rank > 0 and area < min_pixels:
+    for rank, g in enumerate(by_first[np.argsort(-areas[by_first], kind="stable")]):
+        if rank > 0 and areas[g] < min_pixels:
             break
         region = np.zeros(mask.shape, dtype=bool)
-        for i in members:
-            row, a, b = runs[i]
-            region[row, a:b] = True
+        for i in np.flatnonzero(group == g).tolist():
+            region[rows[i], starts[i] : ends[i]] = True
         regions.append(region)
     return regions
 
@@ -207,13 +234,20 @@ class Frame:
 
 
 def look(image, tolerance: float = COLOR_TOLERANCE) -> Frame:
-    """Label an RGB image (PIL or array) and find its objects and background."""
-    pixels = to_array(image)
+    """Label an RGB image (PIL or array) and find its objects and background. uint8 images (PIL ones included)
+    are labelled in integers (`palette_labels_uint8`), others through `to_array`: the same labels."""
+    if hasattr(image, "convert"):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        labels = palette_labels_uint8(image, tolerance)
+        pixels = image
+    else:
+        pixels = to_array(image)
+        labels = palette_labels(pixels, tolerance)
     height, width = pixels.shape[:2]
-    labels = palette_labels(pixels, tolerance)
     ring = max(2, round(min(height, width) / 64))
     border = np.concatenate([pixels[:ring].reshape(-1, 3), pixels[-ring:].reshape(-1, 3),
-                             pixels[:, :ring].reshape(-1, 3), pixels[:, -ring:].reshape(-1, 3)])
+                             pixels[:, :ring].reshape(-1, 3), pixels[:, -ring:].reshape(-1, 3)]).astype(np.float32)
     median = np.median(border, axis=0)
     distance = {name: float(np.linalg.norm(median - np.array(rgb))) for name, rgb in BACKGROUNDS.items()}
     background = min(distance, key=distance.get)
