@@ -3,6 +3,7 @@ before torch, a reward failing before training, the run folder, two processes (g
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -122,8 +123,9 @@ def test_run_folder_and_resume_after_a_reward_failing_mid_run(files, base_model)
 @pytest.mark.slow
 def test_two_processes_split_the_rollouts_and_match_one(files, base_model):
     """--gpus 2 on the CPU (gloo): each process rolls out one prompt of the round; the gathered rewards, the
-    advantages and the trained weights are those of one process doing both."""
-    extra = ["--steps", "2", "--val-count", "0"]
+    advantages and the trained weights are those of one process doing both; validation (and keeping the best so
+    far, which every process takes part in) runs after each round."""
+    extra = ["--steps", "2", "--val-count", "1", "--val-every", "1"]
     one = run_sana(*rl_args(files, base_model, "one", *extra))
     assert one.returncode == 0, one.stderr[-3000:]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
@@ -135,9 +137,20 @@ def test_two_processes_split_the_rollouts_and_match_one(files, base_model):
     # summed in another order), which Adam turns into full-size steps for near-zero gradients, whose sign is
     # rounding noise (as in the supervised two-process test): round 2's rewards and the weights agree less tightly.
     keys = ("reward_mean", "reward_best", "reward_worst", "explore_mean", "policy_loss")
-    for a, b, tolerance in zip(read_csv(files / "one" / "rewards.csv"), read_csv(files / "two" / "rewards.csv"), (1e-5, 2e-3)):
+    rounds = [[r for r in read_csv(files / run / "rewards.csv") if r["round"] != "0"] for run in ("one", "two")]
+    for a, b, tolerance in zip(*rounds, (1e-5, 2e-3)):
         for key in keys:
             assert float(a[key]) == pytest.approx(float(b[key]), rel=tolerance), key
     a, b = checkpoint_state(files / "one")["weights.safetensors"], checkpoint_state(files / "two")["weights.safetensors"]
     diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
     assert diffs.max() < 5e-3 and (diffs < 1e-4).float().mean() > 0.98, (diffs.max(), (diffs < 1e-4).float().mean())
+    for run in ("one", "two"):
+        vals = [float(r["val_reward"]) for r in read_csv(files / run / "rewards.csv")]
+        assert len(vals) == 3  # rounds 0, 1, 2
+        best = files / run / "best.json"
+        if max(vals[1:]) > vals[0]:
+            record = json.loads(best.read_text())
+            assert record["val_reward"] == pytest.approx(max(vals[1:]), rel=1e-5)
+            assert (files / run / "best" / "pytorch_lora_weights.safetensors").is_file()
+        else:
+            assert not best.exists()
