@@ -18,3 +18,25 @@ def test_flops_of_the_1_6b_forward_match_the_anchor():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_bench_without_a_gpu_is_one_line():
     assert "CUDA GPU" in assert_one_line_error(run_sana("bench", "--no-kernels"))
+
+
+def test_clip_bench_compiles_diffusers_both_ways_it_offers():
+    """The clip bench's two compiled forms of a diffusers model: the whole forward, and regional compilation,
+    which compiles every repeated block in place (lazily: nothing compiles until a call); the faster that finished
+    is the one 'ours / compiled' is against."""
+    from sana.benchmark_clips import COMPILE_FORMS, ClipDitRow, _compile, compiled_name
+    from tests.tiny_world import build_reference
+
+    ref = build_reference()
+    blocks = [m for m in ref.modules() if type(m).__name__ in ref._repeated_blocks]
+    assert blocks and all(getattr(b, "_compiled_call_impl", None) is None for b in blocks)
+    assert _compile(ref, "regional") is ref
+    assert all(b._compiled_call_impl is not None for b in blocks)
+    assert _compile(torch.nn.Linear(2, 2), "whole") is not None
+    with pytest.raises(ValueError, match="unknown compile form"):
+        _compile(ref, "partial")
+    assert [compiled_name(how) for how in COMPILE_FORMS] == ["diffusers+compile (regional)", "diffusers+compile"]
+    row = ClipDitRow("wm", 161, 1280, 704, 2, (21, 22, 40), 1.0)
+    assert row.best_compiled() is None
+    row.ms.update({"diffusers": 3.0, "diffusers+compile (regional)": 2.0, "diffusers+compile": 2.5})
+    assert row.best_compiled() == 2.0
