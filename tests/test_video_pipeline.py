@@ -198,3 +198,39 @@ def test_presets_hold_the_released_configs():
     assert (defaults["steps"], defaults["guidance"], defaults["frames"], defaults["fps"]) == (50, 6.0, 81, 16)
     assert (defaults["width"], defaults["height"], defaults["motion_score"]) == (832, 480, 30)
     json.dumps(defaults)
+
+
+@pytest.mark.parametrize("kernel,stride", [((3, 3, 3), (1, 1, 1)), ((3, 1, 1), (2, 1, 1)), ((1, 1, 1), (1, 1, 1)),
+                                           ((2, 3, 3), (1, 2, 2))])
+def test_conv3d_runs_as_a_2d_convolution_over_stacked_frames(kernel, stride):
+    """On a CPU, Wan's causal 3D convolutions run as one 2D convolution over the frames each output frame reads;
+    the same result as F.conv3d (strided in time and space, with and without a bias)."""
+    from sana.pipelines.video_vae import conv3d_as_conv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 9, 8)
+    weight = torch.randn(4, 5, *kernel)
+    for bias in (None, torch.randn(4)):
+        expected = torch.nn.functional.conv3d(x, weight, bias, stride)
+        got = conv3d_as_conv2d(x, weight, bias, stride)
+        assert got.shape == expected.shape and got.is_contiguous()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_wan_vae_convolutions_are_routed_on_the_cpu_only(models, ours):
+    """The loaded Wan VAE's unpadded 3D convolutions take the 2D route (its padded ones, none in Wan, would not);
+    the decode equals diffusers' own module's."""
+    from diffusers import AutoencoderKLWan
+
+    from sana.pipelines.video_vae import route_conv3d_on_cpu
+
+    vae = ours["wan"].vae.module
+    reference = AutoencoderKLWan.from_pretrained(models["wan"][1] / "vae").eval()
+    convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all("_conv_forward" in vars(m) for m in convs)
+    assert not any("_conv_forward" in vars(m) for m in reference.modules())
+    latents = torch.randn(1, vae.config.z_dim, 3, 4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(vae.decode(latents).sample, reference.decode(latents).sample, rtol=1e-4, atol=1e-5)
+    padded = torch.nn.Sequential(torch.nn.Conv3d(2, 2, 3, padding=1), torch.nn.Conv3d(2, 2, 1))
+    assert route_conv3d_on_cpu(padded) == 1

@@ -9,7 +9,8 @@ multipliers 1, 2, 4, 4), one residual block a stage: ~1.9 M parameters, ~3.8 MB 
 Why not the nano image autoencoder applied per frame: diffusers' SanaVideoPipeline names AutoencoderDC but reads
 `scale_factor_temporal` from a config DC-AE does not have and hands it 5D latents its 2D decoder cannot take, and
 our pipeline's VAE wrapper knows Wan and LTX-2 only; a per-frame AE also leaves 17 latent frames where Wan leaves 5
-(3.4x the DiT's tokens). The price: Wan's causal 3D decoder is far slower on a CPU than DC-AE's per frame.
+(3.4x the DiT's tokens). The price: Wan's causal 3D decoder is slower on a CPU than DC-AE's per frame (its
+convolutions run there as 2D ones over stacked frames, `sana.pipelines.video_vae.conv3d_as_conv2d`).
 
 Training follows the image autoencoder (`autoencoder.py`): clips drawn fresh from the grammar and rendered on the
 device, L1 on pixels plus L1 on spatial finite differences, the decoder fed slightly noised latents (the latent
