@@ -32,7 +32,7 @@ def bench(
     compile_timeout: Annotated[float, typer.Option("--compile-timeout", min=1, help="Seconds to wait for diffusers + torch.compile in --video / --world.")] = 420,
 ) -> None:
     """Measure the DiT forward (random weights, real configs, bf16) against diffusers in one run."""
-    from sana.benchmark import bench_dit, bf16_peak_tflops
+    from sana.benchmark import STEP, bench_dit, bf16_peak_tflops
 
     if (video or world) and generate:
         _bench_clips(video, world, frames, steps if steps != 20 else None, markdown)
@@ -58,8 +58,8 @@ def bench(
     with_fp8 = rows[0].fp8_error is not None
     fp8_columns = ["fp8 vs diffusers", "fp8 rel. err vs bf16"] if with_fp8 else []
     table = Table(title=f"DiT forward, ms (median) on {card}, bf16 (fp8: block linears only)", header_style="bold")
-    for column in ("model", "px", "batch", *impls, "best bf16 TFLOP/s", "% peak", "vs diffusers", *fp8_columns,
-                   "first call s"):
+    for column in ("model", "px", "batch", *impls, "best bf16 TFLOP/s", "% peak", "vs diffusers", "step vs diffusers",
+                   *fp8_columns, "first call s"):
         table.add_column(column, justify="left" if column == "model" else "right")
     lines = []
     for r in rows:
@@ -68,7 +68,8 @@ def bench(
         first = ", ".join(f"{k}: {v:.1f}" for k, v in r.first_call_s.items())
         fp8_cells = [f"{r.ms['diffusers'] / r.ms['ours, fp8+graph']:.2f}x", f"{r.fp8_error:.3f}"] if with_fp8 else []
         cells = [r.model, str(r.px), str(r.batch), *[f"{r.ms[k]:.2f}" for k in impls], f"{tflops:.0f}",
-                 f"{100 * tflops / peak:.0f}%" if peak else "-", f"{r.ms['diffusers'] / best:.2f}x", *fp8_cells, first]
+                 f"{100 * tflops / peak:.0f}%" if peak else "-", f"{r.ms['diffusers'] / best:.2f}x",
+                 f"{r.ms['diffusers'] / r.ms[STEP]:.2f}x", *fp8_cells, first]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     console.table(table)
@@ -80,7 +81,7 @@ def bench(
         console.out.print(kernel_output, highlight=False)
     if markdown:
         header = ["model", "px", "batch", *[f"{k} ms" for k in impls], "best bf16 TFLOP/s", "% peak",
-                  "vs diffusers", *fp8_columns, "first call s"]
+                  "vs diffusers", "step vs diffusers", *fp8_columns, "first call s"]
         argv = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
         command = " ".join(["sana bench", *argv])
         text = (f"\n## {datetime.date.today()}: {card}, torch {torch.__version__}\n\n`{command}`\n\n"

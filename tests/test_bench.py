@@ -40,3 +40,13 @@ def test_clip_bench_compiles_diffusers_both_ways_it_offers():
     assert row.best_compiled() is None
     row.ms.update({"diffusers": 3.0, "diffusers+compile (regional)": 2.0, "diffusers+compile": 2.5})
     assert row.best_compiled() == 2.0
+
+
+def test_the_best_forward_is_the_same_work_as_diffusers():
+    """The step that makes the text's keys and values once is shown beside our forwards, never as the best one:
+    the forward's ratio and TFLOP/s compare the same work."""
+    from sana.benchmark import STEP, DitRow
+
+    row = DitRow("sana-1.6b", 1024, 2, 30.0, ms={"diffusers": 20.0, "ours, kernels": 14.0,
+                                                  "ours, kernels+graph": 13.0, STEP: 12.5, "ours, fp8+graph": 11.0})
+    assert row.best_bf16() == 13.0

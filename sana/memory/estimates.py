@@ -25,6 +25,7 @@ DIT_WIDTHS_REFERENCE = 24
 # tokens). Prompts are encoded one at a time, 300 tokens after an instruction prefix of up to ~300.
 TEXT_WIDTHS_PER_TOKEN = 48
 TEXT_TOKENS = 600
+PROMPT_TOKENS = 300  # what the DiT sees of a prompt at most: the instruction is cut off after encoding
 # DC-AE decode (`sana.models.dcae`): activation elements per output pixel, per channel of the decoder's
 # full-resolution stage. With the Triton kernels (fused norm + residual, phase-assembled up blocks) measured
 # 1168-1280 B/px in bf16 for f32c32's 128 channels (18.3 GiB untiled at 4096 px), i.e. 4.6-5.0; the PyTorch
@@ -98,6 +99,13 @@ def dit_activations(sizes: ComponentSizes, work: Workload, dtype_bytes: int, *, 
     """Peak activations of one DiT forward: linear in the tokens (linear attention, flash SDPA) and the rows."""
     return int(work.rows * dit_tokens(sizes, work) * sizes.inner_dim * dit_widths(sizes, kernels=kernels)
                * dtype_bytes)
+
+
+def text_context_bytes(sizes: ComponentSizes, work: Workload, dtype_bytes: int, *, cuda_graphs: bool) -> int:
+    """The text context held over a denoising loop (`sana.models.text_context`): the projected text and every
+    block's cross-attention keys and values, [rows, 300, inner_dim] each; a captured graph holds a second copy."""
+    elements = work.rows * PROMPT_TOKENS * sizes.inner_dim * (1 + 2 * sizes.blocks)
+    return elements * dtype_bytes * (2 if cuda_graphs else 1)
 
 
 def text_activations(sizes: ComponentSizes, dtype_bytes: int) -> int:

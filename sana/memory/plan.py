@@ -149,7 +149,8 @@ class MemoryPlan:
         if phase == "encode":
             return 0 if self.text_encoder_on_cpu else est.text_activations(s, DTYPE_BYTES[self.te_dtype])
         if phase == "denoise":
-            return est.dit_activations(s, w, DTYPE_BYTES[self.dtype], kernels=self.device.kernels)
+            return (est.dit_activations(s, w, DTYPE_BYTES[self.dtype], kernels=self.device.kernels)
+                    + est.text_context_bytes(s, w, DTYPE_BYTES[self.dtype], cuda_graphs=self.cuda_graphs))
         vae_bytes = DTYPE_BYTES[self.vae_dt]
         if phase == "condition":
             return est.condition_activations(s, w, vae_bytes, self.decode_tile)

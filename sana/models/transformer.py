@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import ops
 from .fp8 import linear_output_rows
+from .text_context import BlockText, TextContext, build_text_context, context_for_forward
 
 
 @dataclass(frozen=True)
@@ -201,15 +202,22 @@ class CrossAttention(nn.Module):
         self.norm_k = RMSNorm(inner, 1e-5) if cfg.qk_norm else None
         self.out = nn.Linear(inner, cfg.inner_dim)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None) -> torch.Tensor:
-        """x [B, N, D], text [B, L, D], text_bias [B, 1, 1, L] or None -> [B, N, D]."""
+    def keys_values(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """text [B, L, D] -> keys, values [B, h, L, d]: fixed over a denoising loop (`TextContext` keeps them)."""
+        k, v = self.kv(text).chunk(2, dim=-1)  # [B, L, h*d] each
+        if self.norm_k is not None:
+            k = self.norm_k(k)
+        return tuple(t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (k, v))
+
+    def forward(self, x: torch.Tensor, text: BlockText) -> torch.Tensor:
+        """x [B, N, D], text: the block's view of the `TextContext` (bias [B, 1, 1, L] or None) -> [B, N, D]."""
         b, n, _ = x.shape
         q = self.q(x)  # [B, N, h*d]
-        k, v = self.kv(text).chunk(2, dim=-1)  # [B, L, h*d] each
         if self.norm_q is not None:
-            q, k = self.norm_q(q), self.norm_k(k)
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B, h, *, d]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_bias)  # [B, h, N, d]
+            q = self.norm_q(q)
+        q = q.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, h, N, d]
+        k, v = text.keys_values(self)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text.bias)  # [B, h, N, d]
         return self.out(out.transpose(1, 2).reshape(b, n, -1).to(q.dtype))
 
 
@@ -262,9 +270,10 @@ class SanaBlock(nn.Module):
         self.ff = MixFFN(cfg)
         self.scale_shift_table = modulation_table(6, dim)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None, t_mod: torch.Tensor,
-                height: int, width: int, perturbed_rows: int = 0) -> torch.Tensor:
-        """x [B, N, D]; text [B, L, D]; t_mod [B, 6D] from the shared timestep MLP -> [B, N, D]."""
+    def forward(self, x: torch.Tensor, text: BlockText, t_mod: torch.Tensor, height: int, width: int,
+                perturbed_rows: int = 0) -> torch.Tensor:
+        """x [B, N, D]; text: this block's view of the text context; t_mod [B, 6D] from the shared timestep MLP
+        -> [B, N, D]."""
         b = x.shape[0]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[None] + t_mod.reshape(b, 6, -1)
@@ -272,10 +281,10 @@ class SanaBlock(nn.Module):
         h = ops.modulated_layer_norm(x, shift_msa, scale_msa, self.eps)  # [B, N, D]
         x = ops.gated_residual(x, gate_msa, self.attn(h, perturbed_rows))
         if self.norm2 is None:  # the cross-attention's residual add and the FFN's norm in one pass
-            x, h = ops.gated_residual_modulated_norm(x, None, self.cross_attn(x, text, text_bias), shift_mlp,
-                                                     scale_mlp, self.eps)
+            x, h = ops.gated_residual_modulated_norm(x, None, self.cross_attn(x, text), shift_mlp, scale_mlp,
+                                                     self.eps)
         else:
-            x = x + self.cross_attn(x, text, text_bias)
+            x = x + self.cross_attn(x, text)
             h = ops.modulate(self.norm2(x), shift_mlp, scale_mlp)
         return ops.gated_residual(x, gate_mlp, self.ff(h, height, width))
 
@@ -367,10 +376,16 @@ class SanaTransformer(nn.Module):
             self._position_cache[key] = pos.to(device=device, dtype=dtype)
         return self._position_cache[key]
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, text_mask: torch.Tensor | None = None,
-                guidance: torch.Tensor | None = None, perturbed_rows: int = 0,
+    def text_context(self, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> TextContext:
+        """text [B, L, C_text], text_mask [B, L] -> the context a denoising loop passes in place of the text at every
+        step: the caption MLP runs here once, each block's cross-attention keys and values on its first step."""
+        return build_text_context(self, text, text_mask, bias_dtype=self.dtype, keep=True)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor | TextContext, timestep: torch.Tensor,
+                text_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None, perturbed_rows: int = 0,
                 perturbed_layers: tuple[int, ...] = ()) -> torch.Tensor:
-        """x [B, C, H, W], text [B, L, C_text], timestep [B], text_mask [B, L] (1 keep, 0 pad), guidance [B].
+        """x [B, C, H, W], text [B, L, C_text] or its `text_context`, timestep [B], text_mask [B, L] (1 keep,
+        0 pad; with raw text only), guidance [B].
 
         `timestep` and `guidance` are what diffusers' pipelines pass (already scaled). PAG: the last
         `perturbed_rows` rows use identity self-attention in the blocks whose indices are in `perturbed_layers`.
@@ -387,22 +402,21 @@ class SanaTransformer(nn.Module):
         if pos is not None:
             tokens = (tokens + pos).to(tokens.dtype)
         t_mod, t_emb = self.time_embed(timestep, guidance, tokens.dtype)  # [B, 6D], [B, D]
-        text = self.caption_norm(self.caption_projection(text))  # [B, L, D]
-        text_bias = None
-        if text_mask is not None:
-            text_bias = ((1 - text_mask.to(tokens.dtype)) * -10000.0)[:, None, None, :]  # [B, 1, 1, L]
+        context = context_for_forward(self, text, text_mask, tokens.dtype)
 
         # 2. Blocks.
         for index, block in enumerate(self.blocks):
             rows = perturbed_rows if index in perturbed_layers else 0
+            block_text = context.for_block(index)
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                tokens = torch.utils.checkpoint.checkpoint(block, tokens, text, text_bias, t_mod, h, w, rows,
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, block_text, t_mod, h, w, rows,
                                                            use_reentrant=False)
             else:
-                tokens = block(tokens, text, text_bias, t_mod, h, w, rows)
+                tokens = block(tokens, block_text, t_mod, h, w, rows)
 
         # 3. Output: modulated norm, projection, unpatchify.
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)  # [B, 1, D] each
         tokens = self.proj_out(ops.modulated_layer_norm(tokens, shift, scale, 1e-6))  # [B, N, p*p*C_out]
         out = tokens.reshape(b, h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4)  # [B, C_out, h, p, w, p]
         return out.reshape(b, -1, h * p, w * p)
+

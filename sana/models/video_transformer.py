@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .text_context import BlockText, TextContext, build_text_context, context_for_forward
 from .transformer import CaptionProjection, CrossAttention, RMSNorm, TimeEmbedding, modulation_table
 from .video_blocks import TemporalMixFFN, rope_tables
 
@@ -133,11 +134,11 @@ class SanaVideoBlock(nn.Module):
         g = t_mod.shape[0]
         return (self.scale_shift_table[None] + t_mod.reshape(g, 6, -1)).chunk(6, dim=1)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_bias: torch.Tensor | None, t_mod: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int, int], h: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, text: BlockText, t_mod: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                grid: tuple[int, int, int], h: torch.Tensor | None = None,
                 next_norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x [B, N, D]; text [B, L, D]; t_mod [G, 6D], one modulation row per group of N * B / G consecutive
-        tokens; rope (cos, sin) [N, head_dim]; grid (frames, height, width) of tokens.
+        """x [B, N, D]; text: this block's view of the text context; t_mod [G, 6D], one modulation row per group of
+        N * B / G consecutive tokens; rope (cos, sin) [N, head_dim]; grid (frames, height, width) of tokens.
 
         h: this block's modulated norm of x when the previous block computed it (None: computed here).
         next_norm: the next block's (shift_msa, scale_msa) [G, 1, D]: its modulated norm is then computed in the
@@ -155,11 +156,11 @@ class SanaVideoBlock(nn.Module):
             h = ops.modulated_layer_norm(grouped(x), shift_msa, scale_msa, self.eps).view(b, n, dim)
         x = ops.gated_residual(grouped(x), gate_msa, grouped(self.attn(h, *rope))).view(b, n, dim)
         if self.norm2 is None:  # the cross-attention's residual add and the FFN's norm in one pass
-            x, h = ops.gated_residual_modulated_norm(grouped(x), None, grouped(self.cross_attn(x, text, text_bias)),
+            x, h = ops.gated_residual_modulated_norm(grouped(x), None, grouped(self.cross_attn(x, text)),
                                                      shift_mlp, scale_mlp, self.eps)
             x, h = x.view(b, n, dim), h.view(b, n, dim)
         else:
-            x = x + self.cross_attn(x, text, text_bias)
+            x = x + self.cross_attn(x, text)
             h = ops.modulate(grouped(self.norm2(x)), shift_mlp, scale_mlp).view(b, n, dim)
         y, mixed = self.ff.branch_terms(h, *grid)  # the Mix-FFN output and its temporal conv, summed below
         if next_norm is None:
@@ -221,9 +222,15 @@ class SanaVideoTransformer(nn.Module):
             self._rope_cache[key] = (cos.to(device=device, dtype=self.dtype), sin.to(device=device, dtype=self.dtype))
         return self._rope_cache[key]
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, text_mask: torch.Tensor | None = None,
-                guidance: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, C, F, H, W], text [B, L, C_text], text_mask [B, L] (1 keep, 0 pad) or None, guidance [B] or None.
+    def text_context(self, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> TextContext:
+        """text [B, L, C_text], text_mask [B, L] -> the context a denoising loop passes in place of the text at every
+        step (`sana.models.text_context`)."""
+        return build_text_context(self, text, text_mask, bias_dtype=self.dtype, keep=True)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor | TextContext, timestep: torch.Tensor,
+                text_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, F, H, W], text [B, L, C_text] or its `text_context`, text_mask [B, L] (1 keep, 0 pad; with raw
+        text only) or None, guidance [B] or None.
 
         timestep (already scaled, as diffusers' pipelines pass it): [B] per row; [B, F'] per latent frame; or
         [B, 1, F', H', W'] per token (diffusers' image-to-video layout), used per frame when it is constant over
@@ -242,21 +249,18 @@ class SanaVideoTransformer(nn.Module):
         if guidance is not None and groups > 1:
             guidance = guidance.repeat_interleave(groups)  # [G]
         t_mod, t_emb = self.time_embed(t, guidance, tokens.dtype)  # [G, 6D], [G, D]
-        text = self.caption_norm(self.caption_projection(text))  # [B, L, D]
-        text_bias = None
-        if text_mask is not None:
-            text_bias = ((1 - text_mask.to(tokens.dtype)) * -10000.0)[:, None, None, :]  # [B, 1, 1, L]
+        context = context_for_forward(self, text, text_mask, tokens.dtype)
 
         # 2. Blocks. In inference each block's last residual add also computes the next block's first norm.
         h = None
         for index, block in enumerate(self.blocks):
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                tokens, _ = torch.utils.checkpoint.checkpoint(block, tokens, text, text_bias, t_mod, rope, grid,
-                                                              use_reentrant=False)
+                tokens, _ = torch.utils.checkpoint.checkpoint(block, tokens, context.for_block(index), t_mod, rope,
+                                                              grid, use_reentrant=False)
             else:
                 following = self.blocks[index + 1] if index + 1 < len(self.blocks) else None
                 next_norm = _first_norm_modulation(following, t_mod, tokens)
-                tokens, h = block(tokens, text, text_bias, t_mod, rope, grid, h, next_norm)
+                tokens, h = block(tokens, context.for_block(index), t_mod, rope, grid, h, next_norm)
 
         # 3. Output: modulated norm per group, projection, unpatchify.
         n, dim = tokens.shape[1], tokens.shape[2]

@@ -19,6 +19,7 @@ from .. import sampling
 from ..components import family_from_index, load_vae, model_index, read_json, require_component, scheduler_config
 from ..errors import SanaError
 from ..memory import MemoryPlan
+from ..models.text_context import LazyTextContext
 from ..text import PromptEmbeddings, TextEncoder
 from .common import Events, PlacedPipeline, check_finite, resize_and_crop, to_uint8
 from .sizes import binned_size
@@ -164,11 +165,13 @@ class ImagePipeline(PlacedPipeline):
         perturbed = batch if request.pag > 0.0 else 0
         layers = tuple(request.pag_layers) if perturbed else ()
 
+        context = LazyTextContext(self.transformer, text.embeds.to(self.dtype), text.mask)
+
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             x = torch.cat([latents] * copies) if copies > 1 else latents
             timestep = t.expand(x.shape[0]).to(self.device) * self.transformer.config.timestep_scale
-            out = self.denoiser(x.to(self.device, self.dtype), text.embeds.to(self.dtype), timestep,
-                                text_mask=text.mask, perturbed_rows=perturbed, perturbed_layers=layers).float()
+            out = self.denoiser(x.to(self.device, self.dtype), context(), timestep, perturbed_rows=perturbed,
+                                perturbed_layers=layers).float()
             return sampling.guided(out, batch=batch, guidance=request.guidance, pag=request.pag)
 
         return predict
@@ -177,9 +180,10 @@ class ImagePipeline(PlacedPipeline):
         cfg = self.transformer.config
         guidance = torch.full((len(text),), request.guidance, device=self.device) * cfg.guidance_embeds_scale
 
+        context = LazyTextContext(self.transformer, text.embeds.to(self.dtype), text.mask)
+
         def flow_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.denoiser(x.to(self.dtype), text.embeds.to(self.dtype), t, text_mask=text.mask,
-                                 guidance=guidance.to(self.dtype))
+            return self.denoiser(x.to(self.dtype), context(), t, guidance=guidance.to(self.dtype))
 
         def predict(latents: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
             theta = theta.to(self.device).expand(latents.shape[0])

@@ -23,6 +23,7 @@ import torch
 from .. import sampling
 from ..components import family_from_index, model_index, read_json, require_component, scheduler_config
 from ..errors import SanaError, UsageError
+from ..models.text_context import LazyTextContext
 from ..text import VIDEO_COMPLEX_HUMAN_INSTRUCTION, PromptEmbeddings, TextEncoder
 from .common import Events, PlacedPipeline, check_finite, resize_and_crop, to_uint8
 from .sizes import latent_frames, snap_frames, video_binned_size
@@ -189,6 +190,7 @@ class VideoPipeline(PlacedPipeline):
         cfg = self.transformer.config
         copies = len(text) // batch
         learned_sigma = cfg.output_channels // 2 == cfg.in_channels
+        context = LazyTextContext(self.transformer, text.embeds.to(self.dtype), text.mask)
 
         def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             x = torch.cat([latents] * copies) if copies > 1 else latents  # [B', C, F, h, w]
@@ -196,7 +198,7 @@ class VideoPipeline(PlacedPipeline):
             if first_frame_fixed:  # per latent frame: 0 on the clean first frame, t elsewhere
                 timestep = timestep[:, None].repeat(1, x.shape[2] // cfg.patch_size[0])
                 timestep[:, 0] = 0.0
-            out = self.denoiser(x.to(self.dtype), text.embeds.to(self.dtype), timestep, text_mask=text.mask).float()
+            out = self.denoiser(x.to(self.dtype), context(), timestep).float()
             out = sampling.guided(out, batch=batch, guidance=request.guidance, pag=0.0)
             return out.chunk(2, dim=1)[0] if learned_sigma else out
 

@@ -130,10 +130,12 @@ def sample(model: nn.Module, text: PromptEmbeddings, seeds: list[int], *, steps:
         embeds = torch.cat([null.embeds.to(device, dtype).expand(batch, -1, -1), embeds])
         mask = torch.cat([null.mask.to(device).expand(batch, -1), mask])
 
+    context = model.text_context(embeds, mask)  # the text's keys and values once for every step
+
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = torch.cat([x, x]) if guidance > 1.0 else x
         timestep = t.expand(x.shape[0]).to(device) * model.config.timestep_scale
-        out = model(x.to(dtype), embeds, timestep, text_mask=mask).float()
+        out = model(x.to(dtype), context, timestep).float()
         return sampling.guided(out, batch=batch, guidance=guidance, pag=0.0)
 
     return sampling.denoise(predict, latents, scheduler)

@@ -1,0 +1,193 @@
+"""The text's keys and values computed once per image (`sana.models.text_context`): the same outputs as the raw
+text at every step, one key / value GEMM a block per loop, eager and through the CUDA-graph wrapper's binding
+(replayed here by a stand-in graph on the CPU), and nothing kept under autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sana.graphs import GraphedForward, _Captured
+from sana.loading import load_transformer, load_video_transformer
+from sana.models.text_context import TextContext
+from tests import tiny_transformer, tiny_video
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("image")
+    ref = tiny_transformer.build_reference("sana1.5", folder)
+    return ref, load_transformer(folder, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def video_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("video")
+    ref = tiny_video.build_reference("wan", folder / "transformer")
+    return ref, load_video_transformer(folder)
+
+
+class KeyValueCalls:
+    """Counts the cross-attention key / value projections run while active."""
+
+    def __init__(self, model):
+        self.count = 0
+        self.handles = [block.cross_attn.kv.register_forward_hook(self._seen) for block in model.blocks]
+
+    def _seen(self, *_):
+        self.count += 1
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _steps(model, x, t):
+    """Three denoising-like calls: different latents and timesteps, the same text."""
+    return [(x * (1 + 0.1 * i), t * (1 - 0.2 * i)) for i in range(3)]
+
+
+@pytest.mark.parametrize("which", ["image", "video"])
+def test_a_context_gives_the_raw_texts_output_with_one_projection_a_block(which, image_model, video_model):
+    ref, model = image_model if which == "image" else video_model
+    helpers = tiny_transformer if which == "image" else tiny_video
+    x, text, mask, t, *_ = helpers.inputs(ref)
+    calls = KeyValueCalls(model)
+    try:
+        with torch.no_grad():
+            context = model.text_context(text, mask)
+            for xi, ti in _steps(model, x, t):
+                expected = model(xi, text, ti, text_mask=mask)
+                calls.count = 0
+                assert torch.equal(model(xi, context, ti), expected)
+                assert calls.count <= len(model.blocks)
+            calls.count = 0
+            ours = model(x, context, t)
+            assert calls.count == 0  # every block's keys and values are kept after the first step
+        assert all(kv is not None for kv in context.keys_values)
+        # and so does diffusers (the parity suites test the raw text at more shapes)
+        assert tiny_transformer.relative_error(ours, helpers.reference_output(ref, x, text, mask, t)) < 1e-5
+    finally:
+        calls.close()
+
+
+def test_a_context_carries_its_own_mask(image_model):
+    ref, model = image_model
+    x, text, mask, t, _ = tiny_transformer.inputs(ref)
+    with torch.no_grad():
+        context = model.text_context(text, mask)
+        with pytest.raises(ValueError, match="carries its own mask"):
+            model(x, context, t, text_mask=mask)
+
+
+def test_nothing_is_kept_under_autograd_and_gradients_match(image_model):
+    ref, model = image_model
+    x, text, mask, t, _ = tiny_transformer.inputs(ref)
+    kv_weight = model.blocks[0].cross_attn.kv.weight
+
+    def gradient(use_context: bool, checkpointing: bool):
+        model.zero_grad()
+        model.gradient_checkpointing = checkpointing
+        try:
+            given = model.text_context(text, mask) if use_context else text
+            out = model(x, given, t, text_mask=None if use_context else mask)
+            out.square().mean().backward()
+        finally:
+            model.gradient_checkpointing = False
+        if use_context:
+            assert all(kv is None for kv in given.keys_values)
+        return kv_weight.grad.clone()
+
+    expected = gradient(False, False)
+    for use_context, checkpointing in [(True, False), (True, True), (False, True)]:
+        assert torch.allclose(gradient(use_context, checkpointing), expected, rtol=1e-5, atol=1e-7)
+    model.zero_grad()
+
+
+class StandInGraph:
+    """Replays by running the forward again on the captured buffers, writing into the captured output: what a
+    CUDA graph's replay does, for the binding logic to be tested on a CPU."""
+
+    def __init__(self, run, output):
+        self.run, self.output = run, output
+
+    def replay(self):
+        self.output.copy_(self.run())
+
+
+class CpuGraphedForward(GraphedForward):
+    def _replayable(self, x):
+        return not torch.is_grad_enabled()
+
+    def _capture(self, inputs, static):
+        from sana.graphs import _static_copy
+
+        buffers = {k: _static_copy(v, self.model) for k, v in inputs.items()}
+
+        def run():
+            return self.model(buffers["x"], buffers["text"], buffers["timestep"], text_mask=buffers["text_mask"],
+                              guidance=buffers["guidance"], **static)
+
+        self.captures += 1
+        output = run()
+        return _Captured(StandInGraph(run, output), buffers, output)
+
+    captures = 0
+
+
+@pytest.mark.parametrize("which", ["image", "video"])
+def test_the_graph_wrapper_loads_each_context_once(which, image_model, video_model):
+    ref, model = image_model if which == "image" else video_model
+    helpers = tiny_transformer if which == "image" else tiny_video
+    x, text, mask, t, *_ = helpers.inputs(ref)
+    other_text = torch.randn_like(text)
+    graphed = CpuGraphedForward(model)
+    graphed.captures = 0
+    calls = KeyValueCalls(model)
+    try:
+        with torch.no_grad():
+            first, second = model.text_context(text, mask), model.text_context(other_text, mask)
+            for context, raw in [(first, text), (second, other_text), (first, text)]:
+                calls.count = 0
+                for i, (xi, ti) in enumerate(_steps(model, x, t)):
+                    out = graphed(xi, context, ti)
+                    assert torch.equal(out, model(xi, raw, ti, text_mask=mask)), (i, raw is text)
+                # the wrapper computed this context's keys and values once (the eager reference above adds its own)
+                assert calls.count == len(model.blocks) * (1 + 3)
+        assert graphed.captures == 1  # one signature, one capture
+        assert all(kv is None for kv in first.keys_values)  # the contexts were read, never filled by the wrapper
+    finally:
+        calls.close()
+
+
+def test_the_image_pipeline_projects_the_text_once_per_generation(tmp_path):
+    from sana.pipelines.image import ImagePipeline, ImageRequest
+    from tests.tiny_pipeline import build_pipeline
+
+    build_pipeline(tmp_path, "sana")
+    pipe = ImagePipeline.from_pretrained(tmp_path, dtype=torch.float32, device="cpu")
+    request = ImageRequest(prompt="a red circle", seeds=[1, 2], width=64, height=64, steps=4, guidance=4.5,
+                           sampler="flow-dpm", flow_shift=3.0)
+    calls = KeyValueCalls(pipe.transformer)
+    try:
+        images = pipe.generate(request).images
+        assert calls.count == len(pipe.transformer.blocks)
+    finally:
+        calls.close()
+    assert len(images) == 2 and all(np.asarray(image).std() > 0 for image in images)
+
+
+def test_a_static_context_is_overwritten_in_place(image_model):
+    ref, model = image_model
+    _, text, mask, _, _ = tiny_transformer.inputs(ref)
+    with torch.no_grad():
+        static = model.text_context(text, mask).static_copy(model.blocks)
+        pointers = [(k.data_ptr(), v.data_ptr()) for k, v in static.keys_values]
+        other = model.text_context(torch.randn_like(text), mask)
+        static.load_from(other, model.blocks)
+        other.fill(model.blocks)
+    assert [(k.data_ptr(), v.data_ptr()) for k, v in static.keys_values] == pointers
+    for (k, v), (k2, v2) in zip(static.keys_values, other.keys_values):
+        assert torch.equal(k, k2) and torch.equal(v, v2)
+    assert isinstance(static, TextContext) and torch.equal(static.text, other.text)
