@@ -152,15 +152,18 @@ def test_loss_falls_from_scratch(tmp_path, base_model):
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path, base_model):
+    """Bit for bit, at one thread count: left to choose, each process takes the cores idle when it starts, and
+    another thread count sums in another order."""
     data = make_dataset(tmp_path / "data")
     extra = ("--steps", "40", "--checkpoint-every", "3", "--lr", "1e-3", "--lora-rank", "4", "--ema", "0.9",
              "--lr-schedule", "cosine", "--warmup", "5", "--caption-dropout", "0.2")
-    whole = run_sana(*finetune_args(data, base_model, tmp_path / "whole", *extra))
+    threads = {"SANA_THREADS": "2"}
+    whole = run_sana(*finetune_args(data, base_model, tmp_path / "whole", *extra), env=threads)
     assert whole.returncode == 0, whole.stderr
 
     out = tmp_path / "killed"
     proc = subprocess.Popen([sana_executable(), *finetune_args(data, base_model, out, *extra)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **threads})
     deadline = time.time() + 240
     while not (out / "checkpoints" / "step-000006").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -170,7 +173,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, base_model):
     finished = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")]
     assert finished and "step-000040" not in finished
 
-    resumed = run_sana(*finetune_args(data, base_model, out, *extra, "--resume"))
+    resumed = run_sana(*finetune_args(data, base_model, out, *extra, "--resume"), env=threads)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from step-" in resumed.stderr
     assert_same_weights(trained_weights(out), trained_weights(tmp_path / "whole"))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.cli_helpers import assert_one_line_error, run_sana
 from tests.rl_helpers import checkpoint_state, read_csv, write_inputs
@@ -125,7 +126,8 @@ def test_two_processes_split_the_rollouts_and_match_one(files, base_model):
     """--gpus 2 on the CPU (gloo): each process rolls out one prompt of the round; the gathered rewards, the
     advantages and the trained weights are those of one process doing both; validation (and keeping the best so
     far, which every process takes part in) runs after each round."""
-    extra = ["--steps", "2", "--val-count", "1", "--val-every", "1"]
+    extra = ["--steps", "2", "--val-count", "1", "--val-every", "1", "--checkpoint-every", "1",
+             "--keep-checkpoints", "2"]
     one = run_sana(*rl_args(files, base_model, "one", *extra))
     assert one.returncode == 0, one.stderr[-3000:]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
@@ -135,15 +137,19 @@ def test_two_processes_split_the_rollouts_and_match_one(files, base_model):
     assert two.returncode == 0, two.stderr[-3000:]
     # Round 1 rolls out from the same weights: the same rewards. Its update differs only by rounding (the batches are
     # summed in another order), which Adam turns into full-size steps for near-zero gradients, whose sign is
-    # rounding noise (as in the supervised two-process test): round 2's rewards and the weights agree less tightly.
-    keys = ("reward_mean", "reward_best", "reward_worst", "explore_mean", "policy_loss")
+    # rounding noise (as in the supervised two-process test): round 2's exploration agrees less tightly, and the
+    # seeds it keeps for full-quality rollouts may differ where two explored rewards nearly tie, so the rewards of
+    # those rollouts (and the loss on them) are not compared in round 2.
     rounds = [[r for r in read_csv(files / run / "rewards.csv") if r["round"] != "0"] for run in ("one", "two")]
-    for a, b, tolerance in zip(*rounds, (1e-5, 2e-3)):
-        for key in keys:
-            assert float(a[key]) == pytest.approx(float(b[key]), rel=tolerance), key
-    a, b = checkpoint_state(files / "one")["weights.safetensors"], checkpoint_state(files / "two")["weights.safetensors"]
-    diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
-    assert diffs.max() < 5e-3 and (diffs < 1e-4).float().mean() > 0.98, (diffs.max(), (diffs < 1e-4).float().mean())
+    (first_one, second_one), (first_two, second_two) = rounds
+    for key in ("reward_mean", "reward_best", "reward_worst", "explore_mean", "policy_loss"):
+        assert float(first_one[key]) == pytest.approx(float(first_two[key]), rel=1e-5), key
+    assert float(second_one["explore_mean"]) == pytest.approx(float(second_two["explore_mean"]), rel=2e-3)
+    for step, tight in (("step-000001", True), ("step-000002", False)):
+        a, b = (load_file(str(files / run / "checkpoints" / step / "weights.safetensors")) for run in ("one", "two"))
+        diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+        close = (diffs < 1e-4).float().mean()
+        assert diffs.max() < 5e-3 and (close > 0.98 or not tight), (step, diffs.max(), close)
     for run in ("one", "two"):
         vals = [float(r["val_reward"]) for r in read_csv(files / run / "rewards.csv")]
         assert len(vals) == 3  # rounds 0, 1, 2
