@@ -4,6 +4,8 @@ text at every step, one key / value GEMM a block per loop, eager and through the
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -191,3 +193,19 @@ def test_a_static_context_is_overwritten_in_place(image_model):
     for (k, v), (k2, v2) in zip(static.keys_values, other.keys_values):
         assert torch.equal(k, k2) and torch.equal(v, v2)
     assert isinstance(static, TextContext) and torch.equal(static.text, other.text)
+
+
+@pytest.mark.gpu
+def test_real_cuda_graphs_bind_each_context_once(image_model):
+    """The same as the stand-in test above, through real capture and replay on a GPU."""
+    ref, cpu_model = image_model
+    model = copy.deepcopy(cpu_model).cuda()
+    x, text, mask, t = (v.cuda() for v in tiny_transformer.inputs(ref)[:4])
+    graphed = GraphedForward(model)
+    with torch.no_grad():
+        contexts = [(model.text_context(raw, mask), raw) for raw in (text, torch.randn_like(text))]
+        for context, raw in contexts + contexts[:1]:
+            for xi, ti in _steps(model, x, t):
+                torch.testing.assert_close(graphed(xi, context, ti), model(xi, raw, ti, text_mask=mask),
+                                           rtol=1e-5, atol=1e-5)
+    assert len(graphed._captured) == 1
