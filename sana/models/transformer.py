@@ -20,8 +20,40 @@ from .fp8 import linear_output_rows
 from .text_context import BlockText, TextContext, build_text_context, context_for_forward
 
 
+class DiTConfigBase:
+    """What the image and video DiT configs share: the derived widths and the checks both make."""
+
+    @classmethod
+    def known_keys(cls, data: dict) -> dict:
+        """Known keys only (config.json also carries `_class_name`, `_diffusers_version`, ...)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {k: v for k, v in data.items() if k in names}
+
+    def check_attention(self, what: str) -> None:
+        if self.qk_norm not in (None, "rms_norm_across_heads"):
+            raise ValueError(f"unsupported qk_norm {self.qk_norm!r}")
+        if not self.num_cross_attention_heads or not self.cross_attention_head_dim:
+            raise ValueError(f"the {what} needs cross-attention (num_cross_attention_heads, cross_attention_head_dim)")
+        if self.cross_attention_dim != self.inner_dim:
+            # The caption projection outputs the model width, so the cross-attention keys must read that width.
+            raise ValueError(f"cross_attention_dim {self.cross_attention_dim} differs from the model width "
+                             f"{self.inner_dim}")
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def output_channels(self) -> int:
+        return self.out_channels or self.in_channels
+
+    @property
+    def ffn_hidden(self) -> int:
+        return int(self.mlp_ratio * self.inner_dim)
+
+
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(DiTConfigBase):
     """The hyperparameters of `SanaTransformer2DModel` (diffusers' names and defaults)."""
 
     in_channels: int = 32
@@ -48,30 +80,9 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TransformerConfig":
-        """Known keys only (config.json also carries `_class_name`, `_diffusers_version`, ...)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        config = cls(**{k: v for k, v in data.items() if k in names})
-        if config.qk_norm not in (None, "rms_norm_across_heads"):
-            raise ValueError(f"unsupported qk_norm {config.qk_norm!r}")
-        if not config.num_cross_attention_heads or not config.cross_attention_head_dim:
-            raise ValueError("the image DiT needs cross-attention (num_cross_attention_heads, cross_attention_head_dim)")
-        if config.cross_attention_dim != config.inner_dim:
-            # The caption projection outputs the model width, so the cross-attention keys must read that width.
-            raise ValueError(f"cross_attention_dim {config.cross_attention_dim} differs from the model width "
-                             f"{config.inner_dim}")
+        config = cls(**cls.known_keys(data))
+        config.check_attention("image DiT")
         return config
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @property
-    def output_channels(self) -> int:
-        return self.out_channels or self.in_channels
-
-    @property
-    def ffn_hidden(self) -> int:
-        return int(self.mlp_ratio * self.inner_dim)
 
 
 # -- embeddings ----------------------------------------------------------------------------------------------

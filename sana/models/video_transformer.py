@@ -13,7 +13,6 @@ frame). The adaLN modulation is applied per *group* of consecutive tokens: the t
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,12 +21,12 @@ from torch import nn
 
 from .. import ops
 from .text_context import BlockText, TextContext, build_text_context, context_for_forward
-from .transformer import CaptionProjection, CrossAttention, RMSNorm, TimeEmbedding, modulation_table
+from .transformer import CaptionProjection, CrossAttention, DiTConfigBase, RMSNorm, TimeEmbedding, modulation_table
 from .video_blocks import TemporalMixFFN, rope_tables
 
 
 @dataclass(frozen=True)
-class VideoTransformerConfig:
+class VideoTransformerConfig(DiTConfigBase):
     """The hyperparameters of `SanaVideoTransformer3DModel` (diffusers' names and defaults)."""
 
     in_channels: int = 16
@@ -54,40 +53,19 @@ class VideoTransformerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "VideoTransformerConfig":
-        """Known keys only (config.json also carries `_class_name`, `_diffusers_version`, ...)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
+        values = cls.known_keys(data)
         patch = values.get("patch_size", cls.patch_size)
         if not isinstance(patch, (list, tuple)) or len(patch) != 3 or not all(isinstance(p, int) and p > 0
                                                                                for p in patch):
             raise ValueError(f"patch_size must be three positive integers (t, h, w), got {patch!r}")
         values["patch_size"] = tuple(patch)
         config = cls(**values)
-        if config.qk_norm not in (None, "rms_norm_across_heads"):
-            raise ValueError(f"unsupported qk_norm {config.qk_norm!r}")
-        if not config.num_cross_attention_heads or not config.cross_attention_head_dim:
-            raise ValueError("the video DiT needs cross-attention (num_cross_attention_heads, cross_attention_head_dim)")
-        if config.cross_attention_dim != config.inner_dim:
-            # The caption projection outputs the model width, so the cross-attention keys must read that width.
-            raise ValueError(f"cross_attention_dim {config.cross_attention_dim} differs from the model width "
-                             f"{config.inner_dim}")
+        config.check_attention("video DiT")
         if config.attention_head_dim % 2 or config.attention_head_dim < 6:
             raise ValueError(f"attention_head_dim {config.attention_head_dim} must be even and at least 6 (3D RoPE)")
         if config.rope_max_seq_len < 1:
             raise ValueError(f"rope_max_seq_len must be positive, got {config.rope_max_seq_len}")
         return config
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @property
-    def output_channels(self) -> int:
-        return self.out_channels or self.in_channels
-
-    @property
-    def ffn_hidden(self) -> int:
-        return int(self.mlp_ratio * self.inner_dim)
 
 
 # -- blocks -------------------------------------------------------------------------------------------------
