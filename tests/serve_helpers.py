@@ -12,6 +12,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from tests.cli_helpers import sana_executable
 
 STARTUP_SECONDS = 180
@@ -23,28 +25,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def same_threads() -> dict[str, str]:
+    """The environment that makes a `sana` process compute on as many threads as this one: left to choose, it
+    takes the cores idle when it starts, and another thread count sums in another order, while the tests compare
+    served and generated pixels bit for bit."""
+    return {"SANA_THREADS": str(torch.get_num_threads())}
+
+
 @contextmanager
-def running_server(args: list[str], log_path: Path, *, env: dict | None = None):
-    """`sana serve ARGS --port P` until the block ends; yields its base URL once /healthz answers."""
-    port = free_port()
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **(env or {})}
-    full_env.pop("SANA_API_KEY", None)
+def running_process(command: list[str], log_path: Path, health_url: str, *, what: str = "the server",
+                    env: dict | None = None, cwd: Path | None = None, startup_seconds: float = STARTUP_SECONDS):
+    """`command` until the block ends, its output in `log_path`; yields the process once `health_url` answers 200
+    (an exit or the time running out first fails with the log)."""
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sana_executable(), "serve", *args, "--port", str(port)], stdout=log,
-                                   stderr=subprocess.STDOUT, env=full_env)
-    base = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
+        deadline = time.monotonic() + startup_seconds
         while True:
             assert process.poll() is None, log_path.read_text()
             try:
-                if request("GET", base + "/healthz")[0] == 200:
+                if request("GET", health_url)[0] == 200:
                     break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, "the server did not start:\n" + log_path.read_text()
+            assert time.monotonic() < deadline, f"{what} did not start:\n" + log_path.read_text()
             time.sleep(0.5)
-        yield base
+        yield process
     finally:
         process.terminate()
         try:
@@ -52,6 +58,33 @@ def running_server(args: list[str], log_path: Path, *, env: dict | None = None):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def running_server(args: list[str], log_path: Path, *, env: dict | None = None):
+    """`sana serve ARGS --port P` until the block ends; yields its base URL once /healthz answers."""
+    port = free_port()
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **same_threads(), **(env or {})}
+    full_env.pop("SANA_API_KEY", None)
+    base = f"http://127.0.0.1:{port}"
+    with running_process([sana_executable(), "serve", *args, "--port", str(port)], log_path, base + "/healthz",
+                         env=full_env):
+        yield base
+
+
+@contextmanager
+def gen_in_background(args: list[str]):
+    """`sana gen ARGS` started now, to run while a server starts; yields the process (killed if still running
+    when the block ends; read its result with `communicate()`)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **same_threads()}
+    process = subprocess.Popen([sana_executable(), "gen", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def request(method: str, url: str, *, key: str | None = None, body: bytes | dict | None = None,

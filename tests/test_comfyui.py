@@ -12,19 +12,16 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
-import subprocess
 import tarfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from cli_helpers import psnr, run_sana, sana_executable
+from cli_helpers import psnr, run_sana
+from serve_helpers import free_port, gen_in_background, request, running_process
 
 REPO = Path(__file__).resolve().parents[1]
 TARBALL = Path(os.environ.get("SANA_COMFYUI_TARBALL", REPO.parent / "shared" / "vendor" / "comfyui-a125cd84.tar.gz"))
@@ -46,20 +43,9 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _request(url: str, payload: dict | None = None) -> tuple[int, bytes]:
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+    """GET, or POST of a JSON payload: (status, body)."""
+    return request("POST" if payload is not None else "GET", url, body=payload, timeout=60)[:2]
 
 
 def _json(url: str, payload: dict | None = None) -> tuple[int, dict]:
@@ -71,16 +57,11 @@ def _json(url: str, payload: dict | None = None) -> tuple[int, dict]:
 def reference(tmp_path_factory):
     """`sana gen` of CAPTION with SETTINGS on the nano model, started now (it runs while ComfyUI starts)."""
     out = tmp_path_factory.mktemp("gen") / "gen.png"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
     size = f"{SETTINGS['width']}x{SETTINGS['height']}"
-    process = subprocess.Popen(
-        [sana_executable(), "gen", CAPTION, "--model", "nano", "--seed", str(SETTINGS["seed"]), "--steps",
-         str(SETTINGS["steps"]), "--cfg", str(SETTINGS["guidance"]), "--res", size, "-o", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    yield process, out
-    if process.poll() is None:
-        process.kill()
-    process.communicate()
+    with gen_in_background([CAPTION, "--model", "nano", "--seed", str(SETTINGS["seed"]), "--steps",
+                            str(SETTINGS["steps"]), "--cfg", str(SETTINGS["guidance"]), "--res", size,
+                            "-o", str(out)]) as process:
+        yield process, out
 
 
 @pytest.fixture(scope="module")
@@ -93,32 +74,12 @@ def comfyui(tmp_path_factory, reference):
     root = scratch / "ComfyUI"
     installed = run_sana("comfy", "install", str(root))
     assert installed.returncode == 0, installed.stderr
-    port, log_path = _free_port(), scratch / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [str(COMFYUI_PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port)], cwd=root,
-            stdout=log, stderr=subprocess.STDOUT, env=env)
+    port, log_path = free_port(), scratch / "server.log"
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if _request(base + "/system_stats")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "ComfyUI did not start:\n" + log_path.read_text()
-            time.sleep(0.5)
+    with running_process([str(COMFYUI_PYTHON), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port)],
+                         log_path, base + "/system_stats", what="ComfyUI", cwd=root,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, startup_seconds=STARTUP_SECONDS):
         yield base, root, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _workflow(name: str) -> dict:

@@ -6,19 +6,17 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from cli_helpers import assert_one_line_error, run_sana, sana_executable
+from cli_helpers import assert_one_line_error, run_sana
+from serve_helpers import STARTUP_SECONDS, gen_in_background, running_server
+from serve_helpers import request as http_request  # the name `request` is a loop variable below
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -32,13 +30,6 @@ from sana.serving.scheduler import ClientGone, Job, QueueFull, Scheduler  # noqa
 
 KEY = "test-key-123"
 CAPTION = "a large red circle in the center on a white background"
-STARTUP_SECONDS = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,47 +37,18 @@ def reference(tmp_path_factory):
     """`sana gen --model nano` of CAPTION with seed 3 and 8 steps, started now (it loads while the server does);
     yields (process, output path)."""
     out = tmp_path_factory.mktemp("gen") / "gen.png"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
-    process = subprocess.Popen([sana_executable(), "gen", CAPTION, "--model", "nano", "--seed", "3", "--steps", "8",
-                                "--res", "256", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
-    yield process, out
-    if process.poll() is None:
-        process.kill()
-    process.communicate()
+    with gen_in_background([CAPTION, "--model", "nano", "--seed", "3", "--steps", "8", "--res", "256",
+                            "-o", str(out)]) as process:
+        yield process, out
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, reference):
     """`sana serve --model nano` on 127.0.0.1 with an API key; yields (base URL, path of its log)."""
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
-    env.pop("SANA_API_KEY", None)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sana_executable(), "serve", "--model", "nano", "--port", str(port), "--api-key", KEY, "--max-batch", "4",
-             "--batch-window-ms", "300", "--max-queue", "32"], stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if _get(base + "/healthz", key=None)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start:\n" + log_path.read_text()
-            time.sleep(0.5)
+    with running_server(["--model", "nano", "--api-key", KEY, "--max-batch", "4", "--batch-window-ms", "300",
+                         "--max-queue", "32"], log_path) as base:
         yield base, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +59,7 @@ def client(server):
 
 def _request(method: str, url: str, *, key: str | None = KEY, body: bytes | None = None,
              content_type: str = "application/json") -> tuple[int, bytes, dict]:
-    headers = {"Content-Type": content_type} if body is not None else {}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, response.read(), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), dict(error.headers)
+    return http_request(method, url, key=key, body=body, content_type=content_type)
 
 
 def _get(url: str, *, key: str | None = KEY):
