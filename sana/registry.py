@@ -67,6 +67,23 @@ class ModelSpec:
         return min(self.weights.values(), key=lambda w: w.total_bytes)
 
 
+@dataclass(frozen=True)
+class ClipDefaults:
+    """A clip model's settings when a request leaves them out: its preset's (as `sana video` / `sana world`
+    resolve them), for the CLI and the server alike."""
+
+    steps: int
+    cfg: float
+    sampler: str
+    i2v_sampler: str
+    shift: float
+    frames: int
+    fps: float
+    motion_score: int | None
+    width: int
+    height: int
+
+
 def _spec_from_dict(data: dict[str, Any]) -> ModelSpec:
     known = {"name", "repo", "family", "description", "resolution", "pipeline", "params", "transformer",
              "weights", "defaults", "aliases", "verified"}

@@ -112,7 +112,6 @@ def _video(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
     from sana.memory import Workload, plan_memory
     from sana.pipelines.sizes import video_binned_size
     from sana.pipelines.video import VideoPipeline
-    from sana.serving.clips import ClipDefaults
 
     from .generation import weights_variant
     from .video import _model_configs, clip_defaults
@@ -130,10 +129,7 @@ def _video(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
     _announce(name, plan, target)
     pipe = VideoPipeline.from_pretrained(resolved.path, dtype=DTYPES[plan.dtype], device=target,
                                          variant=weights_variant(spec, plan), plan=plan)
-    defaults = ClipDefaults(steps=d.steps, guidance=d.cfg, sampler=d.sampler, i2v_sampler=d.i2v_sampler,
-                            shift=d.shift, frames=d.frames, fps=d.fps, motion_score=d.motion_score, width=d.width,
-                            height=d.height)
-    return _served(pipe, family, defaults, max(d.width, d.height), plan_for), plan
+    return _served(pipe, family, d, max(d.width, d.height), plan_for), plan
 
 
 def _world(name, resolved, spec, family, sizes, info, target, *, dtype, memory, max_vram, max_batch, load=True):
@@ -142,7 +138,7 @@ def _world(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
     from sana.device import DTYPES
     from sana.memory import Workload, plan_memory
     from sana.pipelines.world import WorldPipeline
-    from sana.serving.clips import ClipDefaults
+    from sana.registry import ClipDefaults
 
     from .generation import weights_variant
     from .world import world_defaults
@@ -158,7 +154,7 @@ def _world(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
     _announce(name, plan, target)
     pipe = WorldPipeline.from_pretrained(resolved.path, dtype=DTYPES[plan.dtype], device=target,
                                          variant=weights_variant(spec, plan), plan=plan)
-    defaults = ClipDefaults(steps=d.steps, guidance=d.cfg, sampler="flow-euler", i2v_sampler="flow-euler",
+    defaults = ClipDefaults(steps=d.steps, cfg=d.cfg, sampler="flow-euler", i2v_sampler="flow-euler",
                             shift=d.shift, frames=d.frames, fps=MODEL_FPS, motion_score=None, width=d.width,
                             height=d.height)
     return _served(pipe, family, defaults, max(d.width, d.height), plan_for), plan

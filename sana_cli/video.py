@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from sana.errors import SanaError, UsageError
+from sana.registry import ClipDefaults
 
 from . import console
 from . import options as opt
@@ -158,20 +159,6 @@ def open_first_frame(path_text: str, recorded_sha256: str | None = None) -> Firs
 
 
 # -- defaults and requests --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ClipDefaults:
-    steps: int
-    cfg: float
-    sampler: str
-    i2v_sampler: str
-    shift: float
-    frames: int
-    fps: float
-    motion_score: int | None
-    width: int
-    height: int
-
 
 ARCHITECTURE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "sample_size",
                      "patch_size")

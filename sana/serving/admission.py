@@ -50,7 +50,7 @@ class ServedModel:
     name: str
     pipeline: Any  # sana.pipelines: ImagePipeline, VideoPipeline or WorldPipeline
     family: str
-    defaults: Any  # Defaults (images) or clips.ClipDefaults
+    defaults: Any  # Defaults (images) or registry.ClipDefaults
     resolution: int  # native side, px
     dtype: str
     device: str

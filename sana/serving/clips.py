@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SanaError
+from ..registry import ClipDefaults
 from .admission import MAX_SIDE_FACTOR, SIZE_MULTIPLE, SIZE_RE, ServedModel, pick_model, random_seed
 from .scheduler import Job
 from .schemas import ApiError, VideoGenerationRequest
@@ -31,22 +32,6 @@ VIDEO_SAMPLERS = ("flow-dpm", "flow-euler")
 MAX_IMAGE_PIXELS = 64 * 2**20  # a first frame larger than this is refused (8192 x 8192)
 ROPE_POSITIONS = 1024  # latent frames the world DiT's rotary table places (as `sana world` checks)
 DATA_URL_RE = re.compile(r"data:image/[\w.+-]+;base64,(.*)", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class ClipDefaults:
-    """A clip model's defaults (its preset's, as `sana video` / `sana world` resolve them)."""
-
-    steps: int
-    guidance: float
-    sampler: str
-    i2v_sampler: str
-    shift: float
-    frames: int
-    fps: float
-    motion_score: int | None
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)
@@ -78,7 +63,7 @@ def build_clip_job(models: dict[str, ServedModel], body: VideoGenerationRequest,
     width, height = clip_size(model, body.size)
     seed = random_seed() if body.seed is None else body.seed
     steps = body.num_inference_steps or d.steps
-    guidance = d.guidance if body.guidance_scale is None else body.guidance_scale
+    guidance = d.cfg if body.guidance_scale is None else body.guidance_scale
     shift = body.flow_shift or d.shift
     if model.kind == "world":
         request, fps, frames = _world_request(model, body, first, width, height, seed, steps, guidance, shift)
