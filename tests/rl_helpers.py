@@ -1,9 +1,14 @@
-"""Shared pieces of the RL tests: a plugin file of rewards, a prompts file, the run folder's records."""
+"""Shared pieces of the RL tests: a tiny base model and the input files (fixtures, imported by the test modules),
+a plugin file of rewards, a prompts file, the run folder's records."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+
+import pytest
+
+from tests.tiny_pipeline import build_pipeline
 
 PLUGIN = """
 import os
@@ -25,6 +30,20 @@ def write_inputs(folder: Path) -> Path:
     (folder / "prompts.txt").write_text("a red circle\na blue square\na photo of a cat\n")
     (folder / "plug.py").write_text(PLUGIN)
     return folder
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    """A tiny random SANA pipeline folder, one a test module."""
+    path = tmp_path_factory.mktemp("base")
+    build_pipeline(path)
+    return path
+
+
+@pytest.fixture()
+def files(tmp_path) -> Path:
+    """A test's folder with prompts.txt and plug.py."""
+    return write_inputs(tmp_path)
 
 
 def read_csv(path: Path) -> list[dict]:

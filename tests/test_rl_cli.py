@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.cli_helpers import assert_one_line_error, run_sana
-from tests.rl_helpers import checkpoint_state, read_csv, write_inputs
+from tests.rl_helpers import base_model, files, read_csv  # noqa: F401 (fixtures)
 from tests.tiny_pipeline import build_pipeline
 
 HEAVY = ("torch", "diffusers", "transformers")
@@ -22,18 +22,6 @@ HEAVY = ("torch", "diffusers", "transformers")
 SMALL = ["--res", "32", "--device", "cpu", "--candidates", "4", "--keep", "2", "--explore-steps", "2",
          "--rollout-steps", "4", "--prompts-per-round", "2", "--batch-size", "2", "--lora-rank", "4", "--lr", "1e-3",
          "--rollout-batch", "8", "--val-count", "2", "--val-steps", "2"]
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("base")
-    build_pipeline(path)
-    return path
-
-
-@pytest.fixture()
-def files(tmp_path) -> Path:
-    return write_inputs(tmp_path)
 
 
 def rl_args(folder: Path, model: Path, out: str, *extra: str) -> list[str]:

@@ -9,20 +9,8 @@ import pytest
 import torch
 
 from sana.errors import SanaError
-from tests.rl_helpers import checkpoint_state, read_csv, write_inputs
-from tests.tiny_pipeline import build_pipeline
+from tests.rl_helpers import base_model, checkpoint_state, files, read_csv  # noqa: F401 (fixtures)
 
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("base")
-    build_pipeline(path)
-    return path
-
-
-@pytest.fixture()
-def files(tmp_path) -> Path:
-    return write_inputs(tmp_path)
 
 def _config(out: Path, model: Path, prompts: Path, plugin: Path, **kw):
     from sana.training.rl.config import RLConfig
