@@ -205,6 +205,32 @@ def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor | None, y:
     return gated_residual_modulated_norm_reference(x, gate, y, shift, scale, eps, y2)
 
 
+def modulated_layer_norm_fp8(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                             eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """`modulated_layer_norm` as an fp8 linear's input: (q [B, N, C] float8_e4m3fn, row scales [B, N] fp32), the
+    row in x's dtype quantized as `fp8_linear` would quantize it. One pass on a GPU (the norm kernel's fp8 form)
+    instead of writing the row and reading it back to quantize it."""
+    kernel = _kernel("modulated_layer_norm_fp8", x, shift, scale)
+    if kernel is not None:
+        return kernel(x, shift, scale, eps)
+    from .kernels.fp8.reference import quantize_fp8_rows_reference
+
+    return quantize_fp8_rows_reference(modulated_layer_norm_reference(x, shift, scale, eps))
+
+
+def gated_residual_modulated_norm_fp8(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor,
+                                      shift: torch.Tensor, scale: torch.Tensor,
+                                      eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`gated_residual_modulated_norm` with its norm written as an fp8 linear's input: (r, q, row scales)."""
+    kernel = _kernel("gated_residual_modulated_norm_fp8", x, y, shift, scale)
+    if kernel is not None:
+        return kernel(x, torch.ones_like(shift) if gate is None else gate, y, shift, scale, eps)
+    from .kernels.fp8.reference import quantize_fp8_rows_reference
+
+    r, h = gated_residual_modulated_norm_reference(x, gate, y, shift, scale, eps)
+    return (r, *quantize_fp8_rows_reference(h))
+
+
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, y2: torch.Tensor | None = None) -> torch.Tensor:
     """x + gate * y in one pass (x, y [B, N, C], gate [B, 1, C]), the math in fp32 rounded once. With y2 (another
     [B, N, C] branch term), x + gate * (y + y2): the kernel never writes the sum; the reference rounds it first,
@@ -324,3 +350,18 @@ def fp8_linear(x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Te
     from .kernels.fp8.reference import fp8_linear_reference
 
     return fp8_linear_reference(x, weight_fp8, weight_scale, bias)
+
+
+def fp8_linear_quantized(q: torch.Tensor, scale: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,
+                         bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """`fp8_linear` for activations already quantized per row (q [..., K] float8_e4m3fn, scale [...]) -> [..., N] in
+    `out_dtype`: `torch._scaled_mm` where `fp8_linear` would use it, else the reference product."""
+    n, k = weight_fp8.shape
+    tensors = (q, scale, weight_fp8, weight_scale) if bias is None else (q, scale, weight_fp8, weight_scale, bias)
+    kernel = _kernel("fp8_linear_quantized", *tensors)
+    if (kernel is not None and out_dtype == torch.bfloat16 and k % 16 == 0 and n % 16 == 0
+            and (bias is None or bias.dtype == torch.bfloat16) and fp8_supported(q.device)):
+        return kernel(q.contiguous(), scale, weight_fp8, weight_scale, bias)
+    from .kernels.fp8.reference import fp8_linear_quantized_reference
+
+    return fp8_linear_quantized_reference(q, scale, weight_fp8, weight_scale, bias, out_dtype)

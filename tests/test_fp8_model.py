@@ -62,3 +62,35 @@ def test_fp8_weights_take_a_byte_a_value(tmp_path):
     x = torch.randn(2, 5, linear.in_features, dtype=torch.bfloat16)
     assert relative_error(quantized(x), linear(x)) < FP8_BUDGET
     assert torch.equal(quantized.output_rows(x, 16, 48), quantized(x)[..., 16:48])
+
+
+CASES = [("sana", 0, (), "cpu"), ("sana1.5", 0, (), "cpu"), ("sana", 1, (0, 2), "cpu"),
+         pytest.param("sana1.5", 0, (), "cuda", marks=pytest.mark.gpu),
+         pytest.param("sana", 1, (0, 2), "cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("kind, rows, layers, device", CASES)
+def test_norms_writing_quantized_rows_change_nothing(kind, rows, layers, device, tmp_path, monkeypatch):
+    """The qkv and the Mix-FFN's first conv read their norm's fp8 form (`QuantizedRows`): the same quantization
+    as the linear's own of the norm's output, so the same output bit for bit (with PAG rows sliced from it too).
+    On a GPU in bf16: the norm kernels' fp8 forms against the plain kernels and the row quantizer."""
+    from sana import ops
+    from sana.models import transformer
+
+    ref = build_reference(kind, tmp_path / "transformer")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    quantized = load_transformer(tmp_path, dtype=dtype, device=device)
+    quantize_blocks_fp8(quantized)
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in inputs(ref, batch=3)]
+    seen = []
+    real_norm = ops.modulated_layer_norm_fp8
+    monkeypatch.setattr(ops, "modulated_layer_norm_fp8", lambda *a, **k: seen.append(1) or real_norm(*a, **k))
+    fused = our_output(quantized, *args, perturbed_rows=rows, perturbed_layers=layers)
+    assert len(seen) == len(quantized.blocks)  # every block's first norm went the fp8 way
+
+    class NeverFp8:  # isinstance fails: each norm writes its row and each fp8 linear quantizes it
+        pass
+
+    monkeypatch.setattr(transformer, "Fp8Linear", NeverFp8)
+    unfused = our_output(quantized, *args, perturbed_rows=rows, perturbed_layers=layers)
+    assert torch.equal(fused, unfused)

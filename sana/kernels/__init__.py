@@ -13,12 +13,17 @@ Public functions (all inference-only, no autograd):
         transform of heads; with inflation, also [B, N, H, 1])
     modulated_layer_norm(x, shift, scale, eps=1e-6) -> [B, N, C]
     gated_residual_modulated_norm(x, gate, y, shift, scale, eps=1e-6) -> ([B, N, C], [B, N, C])
+    modulated_layer_norm_fp8(x, shift, scale, eps=1e-6) -> (float8_e4m3fn [B, N, C], float32 [B, N]) (the row as an
+        fp8 GEMM's quantized input)
+    gated_residual_modulated_norm_fp8(x, gate, y, shift, scale, eps=1e-6) -> ([B, N, C], float8_e4m3fn [B, N, C],
+        float32 [B, N])
     gated_residual(x, gate, y) -> [B, N, C]
     mixffn_middle(h, height, width, dw_weight, dw_bias) -> [B, N, Hd]
     rms_norm_affine(x, weight, bias, eps=1e-5, residual=None) -> [..., C]
     assemble_phases(y, skip=None) -> [B, Cout, 2h, 2w] channels-last
     quantize_fp8_rows(x) -> (float8_e4m3fn [..., K], float32 [...])
     fp8_linear(x, weight_fp8, weight_scale, bias) -> [..., N] (quantize + torch._scaled_mm; cc 8.9+)
+    fp8_linear_quantized(q, scale, weight_fp8, weight_scale, bias) -> [..., N] (the GEMM alone)
 
 Importing this package imports Triton when the kernels can launch (Triton installed, and a CUDA GPU or
 TRITON_INTERPRET=1); the functions are absent otherwise, and `triton_available()` says which.
@@ -47,12 +52,13 @@ if triton_available():
     # quarter second of every CPU command's start for nothing (the references live beside the kernels).
     # Bound after the subpackages are imported, so `sana.kernels.linear_attention` is the function (the
     # import system would otherwise leave the subpackage of the same name there).
-    from .fp8.triton import fp8_linear, quantize_fp8_rows
+    from .fp8.triton import fp8_linear, fp8_linear_quantized, quantize_fp8_rows
     from .gdn.triton import gdn_bidirectional
     from .linear_attention.triton import linear_attention
     from .linear_attention_rope.triton import linear_attention_rope
     from .mixffn.triton import mixffn_middle
-    from .modulation.triton import gated_residual, gated_residual_modulated_norm, modulated_layer_norm
+    from .modulation.triton import (gated_residual, gated_residual_modulated_norm, gated_residual_modulated_norm_fp8,
+                                    modulated_layer_norm, modulated_layer_norm_fp8)
     from .rms_norm.triton import rms_norm_affine
     from .short_conv.triton import short_conv
     from .qk_prep.triton import qk_prep
@@ -62,5 +68,6 @@ if triton_available():
 
     __all__ += ["linear_attention", "modulated_layer_norm", "gated_residual_modulated_norm", "mixffn_middle",
                 "rms_norm_affine", "assemble_phases", "gated_residual", "quantize_fp8_rows", "fp8_linear"]
-    __all__ += ["linear_attention_rope"]
+    __all__ += ["linear_attention_rope", "modulated_layer_norm_fp8", "gated_residual_modulated_norm_fp8",
+                "fp8_linear_quantized"]
     __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate", "qk_prep"]

@@ -2,11 +2,15 @@
 
 The six linears of every block (self-attention qkv and out, cross-attention q and out, the Mix-FFN's two 1x1
 convs) hold ~98% of a SANA DiT's multiply-adds. Their weights become float8_e4m3fn with one fp32 scale per
-output channel; activations are quantized per token as they arrive (`ops.fp8_linear`). Everything else (norms,
-attention, the depthwise conv, embeddings, the text's key/value projection) stays in the compute dtype.
+output channel; activations are quantized per token as they arrive (`ops.fp8_linear`), or already quantized by
+the modulated norm before them (`QuantizedRows`: the self-attention's qkv and the Mix-FFN's first conv read
+their norm's fp8 form, so the row is never written in bf16). Everything else (norms, attention, the depthwise
+conv, embeddings, the text's key/value projection) stays in the compute dtype.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,6 +21,24 @@ from ..kernels.fp8.reference import FP8_DTYPE, quantize_fp8_rows_reference
 # (submodule, linear) pairs of a SanaBlock that carry the image tokens.
 BLOCK_LINEARS = (("attn", "qkv"), ("attn", "out"), ("cross_attn", "q"), ("cross_attn", "out"),
                  ("ff", "inverted"), ("ff", "point"))
+
+
+@dataclass(frozen=True)
+class QuantizedRows:
+    """Activations [B, N, K] already quantized per row for an `Fp8Linear` (q float8_e4m3fn, scale [B, N] fp32),
+    as the norm kernels' fp8 forms write them; `dtype` is the activations' own (the linear's output dtype)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    def __getitem__(self, rows: slice) -> "QuantizedRows":
+        """Batch rows (PAG keeps some rows apart)."""
+        return QuantizedRows(self.q[rows], self.scale[rows], self.dtype)
 
 
 class Fp8Linear(nn.Module):
@@ -36,13 +58,16 @@ class Fp8Linear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(weight_fp8, weight_scale, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.fp8_linear(x, self.weight_fp8, self.weight_scale, self.bias)
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
+        return self.output_rows(x, 0, self.out_features)
 
-    def output_rows(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    def output_rows(self, x: torch.Tensor | QuantizedRows, start: int, end: int) -> torch.Tensor:
         """Outputs start:end only (rows of the weight), e.g. the value part of a fused qkv."""
         bias = None if self.bias is None else self.bias[start:end]
-        return ops.fp8_linear(x, self.weight_fp8[start:end], self.weight_scale[start:end], bias)
+        weight, scale = self.weight_fp8[start:end], self.weight_scale[start:end]
+        if isinstance(x, QuantizedRows):
+            return ops.fp8_linear_quantized(x.q, x.scale, weight, scale, bias, x.dtype)
+        return ops.fp8_linear(x, weight, scale, bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 rowwise"
@@ -79,4 +104,4 @@ def linear_output_rows(linear: nn.Module, x: torch.Tensor, start: int, end: int)
     return torch.nn.functional.linear(x, linear.weight[start:end], bias)
 
 
-__all__ = ["Fp8Linear", "quantize_blocks_fp8", "is_fp8", "linear_output_rows", "FP8_DTYPE"]
+__all__ = ["Fp8Linear", "QuantizedRows", "quantize_blocks_fp8", "is_fp8", "linear_output_rows", "FP8_DTYPE"]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .fp8 import linear_output_rows
+from .fp8 import Fp8Linear, QuantizedRows, linear_output_rows
 from .text_context import BlockText, TextContext, build_text_context, context_for_forward
 
 
@@ -187,7 +187,8 @@ class LinearSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, perturbed_rows: int = 0) -> torch.Tensor:
-        """x [B, N, D] -> [B, N, D]. The last `perturbed_rows` rows get identity attention (PAG): out(v(x))."""
+        """x [B, N, D] (or, before fp8 linears, its `QuantizedRows`) -> [B, N, D]. The last `perturbed_rows` rows get
+        identity attention (PAG): out(v(x))."""
         keep = x.shape[0] - perturbed_rows
         q, k, v = self.qkv(x[:keep]).chunk(3, dim=-1)  # [b, N, D] each, views of one projection
         if self.norm_q is not None:
@@ -289,9 +290,18 @@ class SanaBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[None] + t_mod.reshape(b, 6, -1)
         ).chunk(6, dim=1)  # each [B, 1, D]
-        h = ops.modulated_layer_norm(x, shift_msa, scale_msa, self.eps)  # [B, N, D]
+        # With fp8 block linears, the norms feeding the qkv and the Mix-FFN's first conv write their rows already
+        # quantized for them (`QuantizedRows`), instead of in x's dtype for the linear to quantize.
+        if isinstance(self.attn.qkv, Fp8Linear):
+            h = QuantizedRows(*ops.modulated_layer_norm_fp8(x, shift_msa, scale_msa, self.eps), x.dtype)
+        else:
+            h = ops.modulated_layer_norm(x, shift_msa, scale_msa, self.eps)  # [B, N, D]
         x = ops.gated_residual(x, gate_msa, self.attn(h, perturbed_rows))
-        if self.norm2 is None:  # the cross-attention's residual add and the FFN's norm in one pass
+        if self.norm2 is None and isinstance(self.ff.inverted, Fp8Linear):
+            x, q, row_scale = ops.gated_residual_modulated_norm_fp8(x, None, self.cross_attn(x, text), shift_mlp,
+                                                                    scale_mlp, self.eps)
+            h = QuantizedRows(q, row_scale, x.dtype)
+        elif self.norm2 is None:  # the cross-attention's residual add and the FFN's norm in one pass
             x, h = ops.gated_residual_modulated_norm(x, None, self.cross_attn(x, text), shift_mlp, scale_mlp,
                                                      self.eps)
         else:

@@ -24,3 +24,27 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in fp64 (NaN if out holds an unwritten, NaN-poisoned element)."""
     out, ref = out.double(), ref.double()
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def assert_fp8_rows_equal(q: torch.Tensor, scale: torch.Tensor, values: torch.Tensor) -> None:
+    """(q, scale) is `quantize_fp8_rows_reference(values)`: the scales bit for bit (IEEE divisions on both sides),
+    and q too on a GPU. The interpreter's fp8 cast drops the carry when a value rounds up to a power of two (it
+    writes half of it), rounds ties away from zero and may be a step off among the subnormals (below 2^-6,
+    steps of 2^-9); every other element must match there."""
+    from sana.kernels.fp8.reference import AMAX_FLOOR, FP8_DTYPE, FP8_MAX, quantize_fp8_rows_reference
+
+    ref_q, ref_scale = quantize_fp8_rows_reference(values)
+    assert q.dtype == FP8_DTYPE and q.shape == values.shape
+    assert scale.dtype == torch.float32 and scale.shape == values.shape[:-1]
+    assert torch.equal(scale, ref_scale)
+    qf, rf = q.float(), ref_q.float()
+    if DEVICE == "cuda":
+        assert torch.equal(qf, rf)  # both round to nearest even
+        return
+    amax = values.float().abs().amax(-1, keepdim=True).clamp_min(AMAX_FLOOR)
+    scaled = values.float() * (torch.full_like(amax, FP8_MAX) / amax)  # the reference's values before rounding
+    mantissa, _ = torch.frexp(rf.abs())
+    carry = (rf.abs() > scaled.abs()) & (mantissa == 0.5) & (qf == rf / 2)
+    tie = (qf - scaled).abs() == (rf - scaled).abs()
+    subnormal = (rf.abs() < 2**-6) & ((qf - rf).abs() <= 2**-9)
+    assert not ((qf != rf) & ~carry & ~tie & ~subnormal).any()

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernel_helpers import DEVICE, DTYPES, TOLERANCE, rel_err  # noqa: E402
+from kernel_helpers import DEVICE, DTYPES, TOLERANCE, assert_fp8_rows_equal, rel_err  # noqa: E402
 
 from sana.kernels import gated_residual_modulated_norm, modulated_layer_norm  # noqa: E402
 from sana.kernels.modulation.reference import (  # noqa: E402
@@ -60,6 +60,36 @@ def test_gated_residual_modulated_norm(b, n, c, dtype):
     assert torch.isfinite(res).all() and torch.isfinite(out).all()
     assert rel_err(res, ref_res) < TOLERANCE[dtype]
     assert rel_err(out, ref_out) < TOLERANCE[dtype]
+
+
+# -- the fp8 forms: the plain kernels' rows, quantized as the fp8 linear would ------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b, n, c", SHAPES)
+def test_modulated_layer_norm_fp8_is_the_plain_row_quantized(b, n, c, dtype):
+    from sana.kernels import modulated_layer_norm_fp8
+
+    torch.manual_seed(0)
+    x = _x(b, n, c, dtype)
+    shift, scale, *_ = _table(b, c, dtype, torch.float32)
+    q, row_scale = modulated_layer_norm_fp8(x, shift, scale, 1e-6)
+    assert q.shape == x.shape and row_scale.shape == (b, n)
+    # The same fp32 row, rounded to x's dtype, then quantized: what quantizing the plain kernel's output gives.
+    assert_fp8_rows_equal(q, row_scale, modulated_layer_norm(x, shift, scale, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b, n, c", SHAPES)
+def test_gated_residual_modulated_norm_fp8_is_the_plain_pair_quantized(b, n, c, dtype):
+    from sana.kernels import gated_residual_modulated_norm_fp8
+
+    torch.manual_seed(0)
+    x, y = _x(b, n, c, dtype), _x(b, n, c, dtype)
+    shift, scale, gate, *_ = _table(b, c, dtype, torch.float32)
+    res, q, row_scale = gated_residual_modulated_norm_fp8(x, gate, y, shift, scale, 1e-6)
+    plain_res, plain_out = gated_residual_modulated_norm(x, gate, y, shift, scale, 1e-6)
+    assert torch.equal(res, plain_res)
+    assert_fp8_rows_equal(q, row_scale, plain_out)
 
 
 def test_strided_rows():

@@ -40,6 +40,13 @@ def fp8_linear_reference(x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale
     """x [..., K] -> [..., N] in x's dtype: x quantized per row, times the dequantized fp8 weight [N, K] (scales
     [N]), plus bias, in fp32."""
     q, scale = quantize_fp8_rows_reference(x)
+    return fp8_linear_quantized_reference(q, scale, weight_fp8, weight_scale, bias, x.dtype)
+
+
+def fp8_linear_quantized_reference(q: torch.Tensor, scale: torch.Tensor, weight_fp8: torch.Tensor,
+                                   weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                                   out_dtype: torch.dtype) -> torch.Tensor:
+    """The product of `fp8_linear_reference` for activations already quantized (q [..., K], row scales [...])."""
     weight = dequantize_fp8_rows(weight_fp8, weight_scale)  # [N, K]
     y = F.linear(dequantize_fp8_rows(q, scale), weight, None if bias is None else bias.float())
-    return y.to(x.dtype)
+    return y.to(out_dtype)

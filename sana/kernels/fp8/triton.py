@@ -99,6 +99,21 @@ def fp8_linear(x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Te
     if k % 16 or n % 16:
         raise ValueError(f"{name}: K={k} and N={n} must be multiples of 16")
     q, scale = quantize_fp8_rows(x)
+    return fp8_linear_quantized(q, scale, weight_fp8, weight_scale, bias)
+
+
+def fp8_linear_quantized(q: torch.Tensor, scale: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    """`fp8_linear`'s GEMM for activations already quantized per row (q [..., K] float8_e4m3fn with its rows
+    contiguous, scale [...] fp32, as `quantize_fp8_rows` or a norm kernel's fp8 form writes them) -> [..., N] bf16.
+    Spec: `reference.fp8_linear_quantized_reference`."""
+    name = "fp8_linear_quantized"
+    n, k = weight_fp8.shape
+    if q.dtype != FP8_DTYPE or q.shape[-1] != k or tuple(scale.shape) != tuple(q.shape[:-1]):
+        raise ValueError(f"{name}: q {tuple(q.shape)} {q.dtype} with scale {tuple(scale.shape)} does not fit "
+                         f"weight {tuple(weight_fp8.shape)}")
+    if k % 16 or n % 16:
+        raise ValueError(f"{name}: K={k} and N={n} must be multiples of 16")
     y = torch._scaled_mm(q.reshape(-1, k), weight_fp8.t(), scale_a=scale.reshape(-1, 1),
                          scale_b=weight_scale.reshape(1, n), bias=bias, out_dtype=torch.bfloat16)
-    return y.reshape(*x.shape[:-1], n)
+    return y.reshape(*q.shape[:-1], n)

@@ -2,6 +2,10 @@
 
 Both kernels are memory-bound: x (and y) are read once, the statistics stay in registers, and the
 modulated row is written once in x's dtype. All arithmetic is fp32.
+
+The `_fp8` forms write the modulated row as the fp8 GEMM that reads it wants it instead: rounded to x's dtype
+(the value the plain form writes), then quantized per row as `sana.kernels.fp8` does (amax -> 448), with the
+row's scale. That saves the fp8 linear's separate quantizer pass, which read the row back from memory.
 """
 
 from __future__ import annotations
@@ -11,7 +15,11 @@ import triton
 import triton.language as tl
 
 from .._common import check_device, check_float, check_last_dim_contiguous
+from ..fp8.reference import AMAX_FLOOR, FP8_DTYPE, FP8_MAX
 from .reference import EPS
+
+_FP8_MAX = tl.constexpr(FP8_MAX)
+_AMAX_FLOOR = tl.constexpr(AMAX_FLOOR)
 
 # -- kernels ------------------------------------------------------------------------------------------------
 
@@ -28,11 +36,26 @@ def _modulate_row(r, mask, shift_row_ptr, scale_row_ptr, offs, C, eps):
 
 
 @triton.jit
+def _store_row(out, mask, out_ptr, qscale_ptr, row, ROUND_TY: tl.constexpr, FP8: tl.constexpr):
+    """Write fp32 row `out` at out_ptr: in out's dtype, or (FP8) rounded to ROUND_TY, quantized to fp8 with the
+    row's scale at qscale_ptr[row] (`sana.kernels.fp8.reference.quantize_fp8_rows_reference` of the rounded row)."""
+    if FP8:
+        h = out.to(ROUND_TY).to(tl.float32)
+        amax = tl.maximum(tl.max(tl.where(mask, tl.abs(h), 0.0), axis=0, keep_dims=True), _AMAX_FLOOR)  # [1]
+        # IEEE divisions, as the row quantizer: the same scales, bit for bit.
+        fp8_max = tl.full(amax.shape, _FP8_MAX, tl.float32)
+        tl.store(out_ptr, (h * tl.div_rn(fp8_max, amax)).to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(qscale_ptr + row + tl.arange(0, 1), tl.div_rn(amax, fp8_max))
+    else:
+        tl.store(out_ptr, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _modulated_layer_norm_kernel(
-    x_ptr, shift_ptr, scale_ptr, out_ptr,
+    x_ptr, shift_ptr, scale_ptr, out_ptr, qscale_ptr,
     N, C, eps,
     stride_xb, stride_xn, stride_shift, stride_scale, stride_ob, stride_on,
-    BLOCK_C: tl.constexpr,
+    BLOCK_C: tl.constexpr, FP8: tl.constexpr,
 ):
     row = tl.program_id(0)
     b = row // N
@@ -42,17 +65,17 @@ def _modulated_layer_norm_kernel(
     x = tl.load(x_ptr + b.to(tl.int64) * stride_xb + n.to(tl.int64) * stride_xn + offs, mask=mask, other=0.0)
     out = _modulate_row(x.to(tl.float32), mask, shift_ptr + b * stride_shift, scale_ptr + b * stride_scale,
                         offs, C, eps)
-    tl.store(out_ptr + b.to(tl.int64) * stride_ob + n.to(tl.int64) * stride_on + offs,
-             out.to(out_ptr.dtype.element_ty), mask=mask)
+    _store_row(out, mask, out_ptr + b.to(tl.int64) * stride_ob + n.to(tl.int64) * stride_on + offs, qscale_ptr,
+               row, x_ptr.dtype.element_ty, FP8)
 
 
 @triton.jit
 def _gated_residual_modulated_norm_kernel(
-    x_ptr, gate_ptr, y_ptr, y2_ptr, shift_ptr, scale_ptr, res_ptr, out_ptr,
+    x_ptr, gate_ptr, y_ptr, y2_ptr, shift_ptr, scale_ptr, res_ptr, out_ptr, qscale_ptr,
     N, C, eps,
     stride_xb, stride_xn, stride_gate, stride_yb, stride_yn, stride_y2b, stride_y2n, stride_shift, stride_scale,
     stride_ob, stride_on,
-    BLOCK_C: tl.constexpr, HAS_Y2: tl.constexpr,
+    BLOCK_C: tl.constexpr, HAS_Y2: tl.constexpr, FP8: tl.constexpr,
 ):
     row = tl.program_id(0)
     b = row // N
@@ -72,7 +95,7 @@ def _gated_residual_modulated_norm_kernel(
     # Normalise the rounded residual, the value the next op would read back from memory.
     out = _modulate_row(r.to(tl.float32), mask, shift_ptr + b * stride_shift, scale_ptr + b * stride_scale,
                         offs, C, eps)
-    tl.store(out_ptr + out_row, out.to(out_ptr.dtype.element_ty), mask=mask)
+    _store_row(out, mask, out_ptr + out_row, qscale_ptr, row, x_ptr.dtype.element_ty, FP8)
 
 
 @triton.jit
@@ -109,27 +132,27 @@ def _row_config(c: int) -> tuple[int, int]:
     return block_c, min(16, max(1, block_c // 256))
 
 
-def _launch_modulated_layer_norm(x, shift, scale, out, eps):
+def _launch_modulated_layer_norm(x, shift, scale, out, eps, qscale=None):
     b, n, c = x.shape
     block_c, warps = _row_config(c)
     _modulated_layer_norm_kernel[(b * n,)](
-        x, shift, scale, out,
+        x, shift, scale, out, out if qscale is None else qscale,
         n, c, eps,
         x.stride(0), x.stride(1), shift.stride(0), scale.stride(0), out.stride(0), out.stride(1),
-        BLOCK_C=block_c, num_warps=warps,
+        BLOCK_C=block_c, FP8=qscale is not None, num_warps=warps,
     )
 
 
-def _launch_gated_residual_modulated_norm(x, gate, y, y2, shift, scale, res, out, eps):
+def _launch_gated_residual_modulated_norm(x, gate, y, y2, shift, scale, res, out, eps, qscale=None):
     b, n, c = x.shape
     block_c, warps = _row_config(c)
     second = y2 if y2 is not None else y
     _gated_residual_modulated_norm_kernel[(b * n,)](
-        x, gate, y, second, shift, scale, res, out,
+        x, gate, y, second, shift, scale, res, out, out if qscale is None else qscale,
         n, c, eps,
         x.stride(0), x.stride(1), gate.stride(0), y.stride(0), y.stride(1), second.stride(0), second.stride(1),
         shift.stride(0), scale.stride(0), out.stride(0), out.stride(1),
-        BLOCK_C=block_c, HAS_Y2=y2 is not None, num_warps=warps,
+        BLOCK_C=block_c, HAS_Y2=y2 is not None, FP8=qscale is not None, num_warps=warps,
     )
 
 
@@ -239,6 +262,42 @@ def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor, y: torch.
     if out.numel():
         _launch_gated_residual_modulated_norm(x, gate, y, y2, shift, scale, res, out, eps)
     return res, out
+
+
+def modulated_layer_norm_fp8(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                             eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """`modulated_layer_norm`, written as an fp8 GEMM's input: (q [B, N, C] float8_e4m3fn, row scales [B, N] fp32),
+    the modulated row rounded to x's dtype and then quantized per row. Spec: `reference.quantize_fp8_rows_reference`
+    of `reference.modulated_layer_norm_reference`."""
+    name = "modulated_layer_norm_fp8"
+    _check_x(name, "x", x)
+    shift = _per_batch(name, "shift", shift, x)
+    scale = _per_batch(name, "scale", scale, x)
+    check_device(name, x, shift, scale)
+    q = torch.empty(x.shape, device=x.device, dtype=FP8_DTYPE)
+    row_scale = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)
+    if q.numel():
+        _launch_modulated_layer_norm(x, shift, scale, q, eps, qscale=row_scale)
+    return q, row_scale
+
+
+def gated_residual_modulated_norm_fp8(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, shift: torch.Tensor,
+                                      scale: torch.Tensor,
+                                      eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`gated_residual_modulated_norm` with the modulated row written as an fp8 GEMM's input: (r [B, N, C] in x's
+    dtype, q [B, N, C] float8_e4m3fn, row scales [B, N] fp32). Spec: the reference pair, its second output
+    quantized by `quantize_fp8_rows_reference`."""
+    name = "gated_residual_modulated_norm_fp8"
+    gate = _check_residual_args(name, x, gate, y)
+    shift = _per_batch(name, "shift", shift, x)
+    scale = _per_batch(name, "scale", scale, x)
+    check_device(name, x, gate, y, shift, scale)
+    res = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    q = torch.empty(x.shape, device=x.device, dtype=FP8_DTYPE)
+    row_scale = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)
+    if q.numel():
+        _launch_gated_residual_modulated_norm(x, gate, y, None, shift, scale, res, q, eps, qscale=row_scale)
+    return res, q, row_scale
 
 
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, y2: torch.Tensor | None = None) -> torch.Tensor:
