@@ -28,7 +28,8 @@ POLL_SECONDS = 0.5
 WARMUP_WAIT_SECONDS = 900.0  # how long to wait for a server that is still warming up (compiling, capturing)
 # Flags that configure a local run; the server decided these when it started.
 LOCAL_ONLY = {"transformer": "--transformer", "fp8": "--fp8", "max_vram": "--max-vram", "dry_run": "--dry-run"}
-LOCAL_DEFAULTS = {"device": ("--device", "auto"), "dtype": ("--dtype", "auto"), "memory": ("--memory", "auto")}
+LOCAL_DEFAULTS = {"device": ("--device", "auto"), "dtype": ("--dtype", "auto"), "memory": ("--memory", "auto"),
+                  "vae_dtype": ("--vae-dtype", "auto")}
 EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 

@@ -120,12 +120,15 @@ def _video(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
     d = clip_defaults(spec, scheduler_config(resolved.path), t_config)
     sample_size = int(t_config.get("sample_size", 0))
 
+    vae = {"dtype": "auto"}  # the model's recommended VAE dtype if the default clip's plan allows it, then fixed
+
     def plan_for(width: int, height: int, images: int, frames: int = 1):
         gen_w, gen_h = video_binned_size(width, height, sample_size)
         work = Workload(gen_w, gen_h, images=images, rows=2 * images, frames=max(frames, 1), conditioned=True)
-        return plan_memory(info, sizes, work, mode=memory, max_vram=max_vram, dtype=dtype)
+        return plan_memory(info, sizes, work, mode=memory, max_vram=max_vram, dtype=dtype, vae_dtype=vae["dtype"])
 
     plan = plan_for(d.width, d.height, 1, d.frames)
+    vae["dtype"] = plan.vae_dt  # the loaded VAE's: later requests' plans (tiles) count it
     _announce(name, plan, target)
     pipe = VideoPipeline.from_pretrained(resolved.path, dtype=DTYPES[plan.dtype], device=target,
                                          variant=weights_variant(spec, plan), plan=plan)

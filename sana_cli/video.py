@@ -51,6 +51,7 @@ def video(
     prompts: opt.Prompts = None,
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
+    vae_dtype: opt.VaeDtype = "auto",
     lora: opt.Lora = None,
     memory: opt.Memory = "auto",
     max_vram: opt.MaxVram = None,
@@ -244,7 +245,8 @@ def run(flags: dict[str, Any]) -> None:
     from sana.outputs import CLIP_FORMATS, plan_clip_paths
     from sana.pipelines.sizes import video_binned_size, video_vae_geometry
 
-    from .generation import check_output_dirs, default_model, plan_jobs, read_jobs, replay_settings, resolve_for
+    from .generation import (DTYPE_CHOICES, check_output_dirs, default_model, plan_jobs, read_jobs, replay_settings,
+                             resolve_for)
     from .launch import check_gpus, process_device, share_of_plan, spread_jobs
 
     # 1. Settings from --from, the command line and the prompts file, every value checked (before torch loads).
@@ -255,6 +257,9 @@ def run(flags: dict[str, Any]) -> None:
     skip_existing = bool(flags.get("skip_existing"))
     if force and skip_existing:
         raise UsageError("--force and --skip-existing contradict each other", "give one of them")
+    for flag, value in (("--dtype", flags.get("dtype")), ("--vae-dtype", flags.get("vae_dtype"))):
+        if (value or "auto") not in DTYPE_CHOICES:
+            raise UsageError(f"unknown {flag} '{value}'", f"use {', '.join(DTYPE_CHOICES)}")
     gpus = int(flags.get("gpus") or 1)
     check_gpus(gpus, flags, noun="clips")
     if flags.get("server"):
@@ -350,7 +355,8 @@ def run(flags: dict[str, Any]) -> None:
                     conditioned=any(first is not None for first in job_firsts))
     device = process_device(pick_device(flags.get("device") or "auto"))  # --gpus N: this process's GPU
     info = probe_device(device)
-    plan = plan_memory(info, sizes, work, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
+    plan = plan_memory(info, sizes, work, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto",
+                       vae_dtype=flags.get("vae_dtype") or "auto")
     if max_vram is not None and not info.is_accelerator:
         console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
     if dry_run:
@@ -395,7 +401,8 @@ def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict
     result = generate_with_progress(pipe, request)
     timings = {"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}}
     for frames, seed, path in zip(result.videos, request.seeds, paths):
-        extra = {"device": str(device), "generated_size": list(result.generated_size),
+        extra = {"device": str(device), "vae_dtype": DTYPE_NAMES[pipe.vae.dtype],
+                 "generated_size": list(result.generated_size),
                  "clips_in_batch": len(request.seeds), "memory": result.memory,
                  "motion_score": request.motion_score,
                  "mode": "image-to-video" if first else "text-to-video"}

@@ -245,6 +245,33 @@ def test_the_vae_may_run_in_fp32(sizes):
     assert [r.dtype for r in fp32.rows()] == ["bf16", "bf16", "fp32"]
 
 
+@pytest.mark.parametrize("gb", (8, 12, 16, 20, 24, 80))
+def test_auto_takes_the_recommended_fp32_vae_only_where_it_keeps_the_placement(sizes, gb):
+    """SANA-Video's own recipe decodes in fp32: `vae_dtype="auto"` takes it where that costs nothing but memory
+    (the same tier, text-encoder home and decode tiles), else the compute dtype."""
+    same = plan_for(sizes, "video-2b-480p", gpu(gb))
+    wider = plan_for(sizes, "video-2b-480p", gpu(gb), vae_dtype="fp32")
+    auto = plan_for(sizes, "video-2b-480p", gpu(gb), vae_dtype="auto")
+
+    def layout(plan):
+        return plan.tier, plan.text_encoder_on_cpu, plan.decode_tile, plan.decode_frames
+
+    takes_fp32 = wider.fits and layout(wider) == layout(same)
+    assert auto == (wider if takes_fp32 else same)
+    assert auto.vae_dt == ("fp32" if takes_fp32 else "bf16")
+
+
+def test_auto_vae_dtype_goes_both_ways_and_leaves_other_models_alone(sizes):
+    chosen = {gb: plan_for(sizes, "video-2b-480p", gpu(gb), vae_dtype="auto").vae_dt for gb in (8, 16, 80)}
+    assert chosen == {8: "bf16", 16: "bf16", 80: "fp32"}
+    for name in ("wm-2.6b", "video-2b-720p"):
+        expected = "bf16" if name == "wm-2.6b" else "fp32"
+        assert plan_for(sizes, name, H200, vae_dtype="auto").vae_dt == expected
+    assert plan_for(sizes, "video-2b-480p", CPU, vae_dtype="auto").vae_dt == "fp32"  # the CPU computes in fp32
+    image = sizes_from_spec(get_spec("sana-1.6b"))
+    assert plan_memory(H200, image, Workload(1024, 1024), vae_dtype="auto").vae_dt == "bf16"
+
+
 def test_a_clip_on_the_cpu_plans_everything_in_ram(sizes):
     plan = plan_for(sizes, "video-2b-480p", CPU)
     assert plan.dtype == "fp32" and plan.record()["tier"] == "cpu" and plan.fits

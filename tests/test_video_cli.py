@@ -61,6 +61,7 @@ def test_image_to_video_mp4_records_and_replays(tiny, tmp_path):
     assert meta["prompt"] == "a bird flying" and meta["family"] == "video"
     assert meta["extra"]["motion_score"] == 12 and meta["extra"]["image_sha256"] == file_sha256(image)
     assert meta["extra"]["mode"] == "image-to-video" and "predicted peak" in meta["extra"]["memory"]
+    assert meta["extra"]["vae_dtype"] == "fp32"
     frames, fps = read_clip(clip)
     assert frames.shape == (9, 32, 64, 3) and fps == 8.0
 
@@ -130,8 +131,9 @@ def bad_files(tmp_path_factory):
     (("--format", "avi"), "format"),
     (("--model", "no-such-model"), "unknown model"),
     (("--model", "nano"), "sana gen"),
+    (("--vae-dtype", "fp64"), "unknown --vae-dtype 'fp64'"),
 ], ids=["frames-0", "frames-10000", "size", "fps-0", "image-missing", "image-corrupt", "image-not-an-image",
-        "motion-score", "sampler", "format", "unknown-model", "image-model"])
+        "motion-score", "sampler", "format", "unknown-model", "image-model", "vae-dtype"])
 def test_bad_input_is_one_line_and_writes_nothing(tiny, bad_files, args, words, tmp_path):
     _, model_dir = tiny
     args = tuple(a.replace("{bad}", str(bad_files)) for a in args)

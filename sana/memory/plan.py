@@ -371,13 +371,25 @@ def plan_memory(device: DeviceInfo, sizes: ComponentSizes, work: Workload, *, mo
     `mode` "auto" takes the highest tier whose predicted peak fits, preferring tiers that keep VAE tiles at
     least GOOD_TILE_PX (clips: VIDEO_GOOD_TILE_PX, and temporal pieces of GOOD_PIECE_FRAMES); a tier name forces
     that tier (the text encoder and the tiles still adapt). When nothing fits, the most frugal plan comes back
-    with `fits` False. `vae_dtype` runs the VAE in another dtype than the DiT (None: the same).
+    with `fits` False. `vae_dtype` runs the VAE in another dtype than the DiT (None: the same; "auto": the
+    model's recommended VAE dtype where it fits, `preferred_vae_dtype`).
     """
     from ..device import DTYPE_NAMES, dtype_for
 
     check_mode(mode)
+    if vae_dtype == "auto":
+        same = plan_memory(device, sizes, work, mode=mode, max_vram=max_vram, dtype=dtype)
+        preferred = preferred_vae_dtype(sizes)
+        if preferred is None or preferred == same.dtype:
+            return same
+        wider = plan_memory(device, sizes, work, mode=mode, max_vram=max_vram, dtype=dtype, vae_dtype=preferred)
+        # Only where it costs nothing but memory: the same tier, text-encoder home and decode tiles.
+        def layout(plan: MemoryPlan) -> tuple:
+            return plan.tier, plan.text_encoder_on_cpu, plan.decode_tile, plan.decode_frames
+
+        return wider if wider.fits and layout(wider) == layout(same) else same
     if vae_dtype is not None and vae_dtype not in DTYPE_BYTES:
-        raise UsageError(f"unknown VAE dtype '{vae_dtype}'", f"use {', '.join(DTYPE_BYTES)}")
+        raise UsageError(f"unknown VAE dtype '{vae_dtype}'", f"use auto, {', '.join(DTYPE_BYTES)}")
     compute = DTYPE_NAMES[dtype_for(device, dtype)]
     cap = max_vram if device.is_accelerator else None
     budget = usable_memory(device, cap)
@@ -409,6 +421,12 @@ def plan_memory(device: DeviceInfo, sizes: ComponentSizes, work: Workload, *, mo
     # Nothing fits: the most frugal candidate, smallest tiles; out-of-memory fallbacks take it from there.
     tier, on_cpu = candidates[-1]
     return fitting.smallest_decode(base._variant(tier, on_cpu, None))
+
+
+def preferred_vae_dtype(sizes: ComponentSizes) -> str | None:
+    """The VAE dtype a model's own recipe asks for, when it is not the DiT's: SANA-Video's (diffusers' documented
+    use keeps the Wan 2.1 / LTX-2 VAE in fp32 beside a bf16 transformer). None: the compute dtype."""
+    return "fp32" if sizes.dit_kind == "video" else None
 
 
 def resident_plan(device: DeviceInfo, sizes: ComponentSizes, work: Workload, dtype: str, *,
