@@ -4,6 +4,7 @@ with the same peft config, on one GPU. Under torchrun, our trainer alone on ever
 `--mode full`), for scaling.
 
     python scripts/bench_finetune.py --diffusers            # one GPU: ours vs diffusers' recipe
+    python scripts/bench_finetune.py --diffusers --compile  # and our step compiled (fixed shapes, one graph)
     torchrun --standalone --nproc-per-node 2 scripts/bench_finetune.py   # ours on 2 GPUs
     python scripts/bench_finetune.py --mode full            # full fine-tuning (FSDP2 under torchrun)
 
@@ -71,7 +72,7 @@ def timed(step, warmup: int, steps: int, profile: str | None = None) -> tuple[fl
     return statistics.median(times), (torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
 
 
-def ours(args) -> dict:
+def ours(args, compiled: bool = False) -> dict:
     from sana.models.transformer import SanaTransformer, TransformerConfig
     from sana.registry import get_spec
     from sana.training.config import TrainConfig
@@ -82,12 +83,13 @@ def ours(args) -> dict:
         cfg = TrainConfig(data="-", out=out, model_dir="-", mode=args.mode, lora_rank=args.rank, lora_alpha=args.rank,
                           lora_targets=TARGETS, batch_size=args.batch, resolution=args.res, steps=10**6,
                           precision=args.precision, gradient_checkpointing=not args.no_checkpointing,
-                          device=args.device)
+                          device=args.device, compile=compiled)
         trainer = Trainer(cfg)
         trainer.use_features(*features(args.model, args.batch * trainer.world.size * 4, args.res))
-        seconds, peak = time_trainer(trainer, SanaTransformer, config, args, f"sana {args.mode}")
+        impl = "sana+compile" if compiled else "sana"
+        seconds, peak = time_trainer(trainer, SanaTransformer, config, args, f"{impl} {args.mode}")
         world = trainer.world.size
-    return {"impl": "sana", "mode": args.mode, "gpus": world, "step_s": seconds, "peak_gib": peak,
+    return {"impl": impl, "mode": args.mode, "gpus": world, "step_s": seconds, "peak_gib": peak,
             "samples_per_s": args.batch * world / seconds}
 
 
@@ -172,8 +174,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print each side's top kernels (stderr)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of the script")
     parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our step under torch.compile (its compilation is in the warm-up steps)")
     args = parser.parse_args()
     rows = [ours(args)]
+    if args.compile:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        rows.append(ours(args, compiled=True))
     rank = int(os.environ.get("RANK", "0"))
     if args.diffusers and args.mode == "lora" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         torch.cuda.empty_cache()
