@@ -133,11 +133,13 @@ class SanaModel:
 
     def plan(self, work):
         """The memory plan for `work` (a sana.memory.Workload) on ComfyUI's device, with this handle's dtype and
-        tier."""
+        tier; the VAE's dtype as `sana video` picks it (the model's recommended one where that costs nothing but
+        memory)."""
         from sana.device import probe_device
         from sana.memory import plan_memory
 
-        plan = plan_memory(probe_device(self.device()), self.sizes(), work, mode=self.memory, dtype=self.dtype)
+        plan = plan_memory(probe_device(self.device()), self.sizes(), work, mode=self.memory, dtype=self.dtype,
+                           vae_dtype="auto")
         if self.family == "wm":
             plan = replace(plan, cuda_graphs=False)  # the world DiT's step is not graph-captured
         return plan
