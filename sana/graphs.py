@@ -4,15 +4,16 @@
 and replayed afterwards. Inputs are copied into the graph's static buffers, so the timestep stays a device
 tensor and no host sync happens inside a step. Off CUDA it simply calls the model.
 
-A `TextContext` in place of the text is bound once per context, not once per step: the graph is captured with a
-filled static context (no key / value GEMMs inside it), and a new context is loaded into that one, block by block,
-the first time it is passed.
+A `TextContext` in place of the text is bound once per context, not once per step: graphs are captured reading a
+filled static context (no key / value GEMMs inside them), one per text signature and shared by every graph of
+that signature (other image sizes, PAG layouts), and a new context is loaded into it, block by block, the first
+time it is passed.
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -24,7 +25,14 @@ class _Captured:
     graph: torch.cuda.CUDAGraph
     inputs: dict[str, torch.Tensor | TextContext | None]
     output: torch.Tensor
-    bound_context: weakref.ref | None = field(default=None)  # the context last loaded into the static one
+
+
+@dataclass
+class _StaticContext:
+    """The static context graphs of one text signature read, and the context last loaded into it."""
+
+    context: TextContext
+    bound: weakref.ref
 
 
 class GraphedForward:
@@ -34,6 +42,7 @@ class GraphedForward:
         self.model = model
         self.warmup = warmup
         self._captured: dict[tuple, _Captured] = {}
+        self._contexts: dict[tuple, _StaticContext] = {}  # text signature -> the static context its graphs read
 
     @property
     def config(self):
@@ -46,15 +55,13 @@ class GraphedForward:
         key = tuple((k, _signature(v)) for k, v in inputs.items())
         key += tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in static.items()))
         entry = self._captured.get(key)
+        if isinstance(text, TextContext):
+            self._bind_context(text)  # before a capture too: the graph then runs on this context's values
         if entry is None:
             entry = self._capture(inputs, static)
-            if isinstance(text, TextContext):  # captured on a copy of this very context
-                entry.bound_context = weakref.ref(text)
             self._captured[key] = entry
         for name, value in inputs.items():
-            if isinstance(value, TextContext):
-                self._bind_context(entry, value)
-            elif value is not None:
+            if value is not None and not isinstance(value, TextContext):
                 entry.inputs[name].copy_(value)
         entry.graph.replay()
         return entry.output.clone()
@@ -62,20 +69,30 @@ class GraphedForward:
     def _replayable(self, x: torch.Tensor) -> bool:
         return x.is_cuda and not torch.is_grad_enabled()
 
-    def _bind_context(self, entry: _Captured, context: TextContext) -> None:
-        if entry.bound_context is not None and entry.bound_context() is context:
-            return  # the same image's next step: its keys and values are already in place
-        entry.inputs["text"].load_from(context, self.model.blocks)
-        entry.bound_context = weakref.ref(context)
+    def _bind_context(self, context: TextContext) -> None:
+        """Make `context`'s values those of the static context of its signature (made on first use)."""
+        signature = context.signature()
+        shared = self._contexts.get(signature)
+        if shared is None:
+            self._contexts[signature] = _StaticContext(context.static_copy(self.model.blocks), weakref.ref(context))
+        elif shared.bound() is not context:  # a new image's text; the same image's next step finds it in place
+            shared.context.load_from(context, self.model.blocks)
+            shared.bound = weakref.ref(context)
 
     def _capture(self, inputs: dict, static: dict) -> _Captured:
-        buffers = {k: _static_copy(v, self.model) for k, v in inputs.items()}
+        buffers = {k: self._contexts[v.signature()].context if isinstance(v, TextContext) else
+                   None if v is None else v.clone() for k, v in inputs.items()}
 
         def run():
             return self.model(buffers["x"], buffers["text"], buffers["timestep"], text_mask=buffers["text_mask"],
                               guidance=buffers["guidance"], **static)
 
-        # Warm up on a side stream (Triton compiles, cuBLAS picks its algorithms), then capture.
+        graph, output = self._record(run)
+        return _Captured(graph, buffers, output)
+
+    def _record(self, run) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """`run` warmed up on a side stream (Triton compiles, cuBLAS picks its algorithms), then captured: the graph
+        and the output tensor its replays write."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -85,11 +102,12 @@ class GraphedForward:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             output = run()
-        return _Captured(graph, buffers, output)
+        return graph, output
 
     def reset(self) -> None:
-        """Drop every captured graph (and the memory its pool holds)."""
+        """Drop every captured graph (and the memory its pool holds) and the static contexts they read."""
         self._captured.clear()
+        self._contexts.clear()
 
 
 def _signature(value) -> tuple | None:
@@ -99,10 +117,3 @@ def _signature(value) -> tuple | None:
         return ("context", *value.signature())
     return tuple(value.shape), value.dtype
 
-
-def _static_copy(value, model: torch.nn.Module):
-    if value is None:
-        return None
-    if isinstance(value, TextContext):
-        return value.static_copy(model.blocks)
-    return value.clone()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sana.graphs import GraphedForward, _Captured
+from sana.graphs import GraphedForward
 from sana.loading import load_transformer, load_video_transformer
 from sana.models.text_context import TextContext
 from tests import tiny_transformer, tiny_video
@@ -119,23 +119,17 @@ class StandInGraph:
 
 
 class CpuGraphedForward(GraphedForward):
+    """The graph wrapper with its CUDA parts stood in for: replayable on the CPU, `StandInGraph`s recorded."""
+
+    captures = 0
+
     def _replayable(self, x):
         return not torch.is_grad_enabled()
 
-    def _capture(self, inputs, static):
-        from sana.graphs import _static_copy
-
-        buffers = {k: _static_copy(v, self.model) for k, v in inputs.items()}
-
-        def run():
-            return self.model(buffers["x"], buffers["text"], buffers["timestep"], text_mask=buffers["text_mask"],
-                              guidance=buffers["guidance"], **static)
-
+    def _record(self, run):
         self.captures += 1
         output = run()
-        return _Captured(StandInGraph(run, output), buffers, output)
-
-    captures = 0
+        return StandInGraph(run, output), output
 
 
 @pytest.mark.parametrize("which", ["image", "video"])
@@ -159,6 +153,17 @@ def test_the_graph_wrapper_loads_each_context_once(which, image_model, video_mod
                 assert calls.count == len(model.blocks) * (1 + 3)
         assert graphed.captures == 1  # one signature, one capture
         assert all(kv is None for kv in first.keys_values)  # the contexts were read, never filled by the wrapper
+        # Another latent size: a graph of its own, reading the same static context, still bound to `first`.
+        calls.count = 0
+        small = x[..., :-2] if which == "image" else x[..., :-2, :]
+        with torch.no_grad():
+            out = graphed(small, first, t)
+            assert graphed.captures == 2 and len(graphed._contexts) == 1 and calls.count == 0
+            assert torch.equal(out, model(small, text, t, text_mask=mask))
+            calls.count = 0
+            out = graphed(x, second, t)  # the first graph, a new text: loaded once into the shared static context
+            assert calls.count == len(model.blocks)
+            assert torch.equal(out, model(x, other_text, t, text_mask=mask))
     finally:
         calls.close()
 
