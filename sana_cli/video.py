@@ -52,6 +52,7 @@ def video(
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
     vae_dtype: opt.VaeDtype = "auto",
+    fp8: opt.Fp8 = False,
     lora: opt.Lora = None,
     memory: opt.Memory = "auto",
     max_vram: opt.MaxVram = None,
@@ -348,6 +349,11 @@ def run(flags: dict[str, Any]) -> None:
     from sana.memory import Workload, plan_memory
 
     sizes = component_sizes(resolved, spec, None)
+    fp8 = bool(flags.get("fp8"))
+    if fp8:
+        from sana.memory import with_fp8_blocks
+
+        sizes = with_fp8_blocks(sizes, t_config)
     generated = [video_binned_size(r.width, r.height, sample_size) for r, _, _, _ in requests]
     work = Workload(*max(generated, key=lambda wh: wh[0] * wh[1]), images=max(len(r.seeds) for r, _, _, _ in requests),
                     rows=max(len(r.seeds) * (1 + (r.guidance > 1.0)) for r, _, _, _ in requests),
@@ -359,6 +365,10 @@ def run(flags: dict[str, Any]) -> None:
                        vae_dtype=flags.get("vae_dtype") or "auto")
     if max_vram is not None and not info.is_accelerator:
         console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
+    if fp8:
+        from .gen import check_fp8
+
+        check_fp8(device, plan.dtype)
     if dry_run:
         for (request, _, fps, _), (gen_w, gen_h) in zip(requests, generated):
             console.out.print(f"{len(request.seeds)} clip(s) of {request.frames} frames at {fps:g} fps "
@@ -371,11 +381,11 @@ def run(flags: dict[str, Any]) -> None:
     dtype = DTYPES[plan.dtype]
 
     # 5. Load where the plan keeps each component.
-    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]} on {device})")
+    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]}{', fp8 block linears' if fp8 else ''} on {device})")
     console.info(plan.headline())
     start = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(resolved.path, dtype=dtype, device=device,
-                                         variant=weights_variant(spec, plan), plan=plan, loras=loras)
+                                         variant=weights_variant(spec, plan), plan=plan, loras=loras, fp8=fp8)
     load_seconds = time.perf_counter() - start
     for path, scale in loras:
         console.info(f"LoRA applied: {path} (scale {scale:g})")
@@ -402,6 +412,7 @@ def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict
     timings = {"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}}
     for frames, seed, path in zip(result.videos, request.seeds, paths):
         extra = {"device": str(device), "vae_dtype": DTYPE_NAMES[pipe.vae.dtype],
+                 **({"fp8": "block linears, e4m3 rowwise"} if flags.get("fp8") else {}),
                  "generated_size": list(result.generated_size),
                  "clips_in_batch": len(request.seeds), "memory": result.memory,
                  "motion_score": request.motion_score,

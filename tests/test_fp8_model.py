@@ -94,3 +94,34 @@ def test_norms_writing_quantized_rows_change_nothing(kind, rows, layers, device,
     monkeypatch.setattr(transformer, "Fp8Linear", NeverFp8)
     unfused = our_output(quantized, *args, perturbed_rows=rows, perturbed_layers=layers)
     assert torch.equal(fused, unfused)
+
+
+def test_the_video_dit_quantizes_the_same_linears_within_the_budget(tmp_path):
+    """`sana video --fp8`: the video block names its linears as the image block does; its temporal conv stays."""
+    from sana.loading import load_video_transformer
+    from tests import tiny_video
+
+    ref = tiny_video.build_reference("wan", tmp_path / "transformer")
+    model = load_video_transformer(tmp_path)
+    x, text, mask, t, *_ = tiny_video.inputs(ref)
+    with torch.no_grad():
+        expected = model(x, text, t, text_mask=mask)
+        quantized = copy.deepcopy(model)
+        # Tiny widths: the cross-attention (24 wide) stays; the other four linears of each block move.
+        assert quantize_blocks_fp8(quantized) == 4 * len(model.blocks)
+        block = quantized.blocks[0]
+        assert isinstance(block.ff.point, Fp8Linear) and isinstance(block.ff.temporal, torch.nn.Conv2d)
+        got = quantized(x, text, t, text_mask=mask)
+    assert torch.isfinite(got).all() and 1e-4 < relative_error(got, expected) < FP8_BUDGET
+
+
+def test_fp8_sizes_of_a_video_model_halve_its_block_weights():
+    from sana.memory import sizes_from_spec, with_fp8_blocks
+    from sana.registry import get_spec
+
+    spec = get_spec("video-2b-480p")
+    sizes = sizes_from_spec(spec)
+    fp8 = with_fp8_blocks(sizes, spec.transformer)
+    # "params" count bf16 halves: fp8 linears count a half each, the temporal conv and the rest stay whole.
+    assert 0.5 * sizes.transformer_params < fp8.transformer_params < 0.7 * sizes.transformer_params
+    assert fp8.block_params < 0.7 * sizes.block_params

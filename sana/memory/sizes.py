@@ -83,9 +83,12 @@ def with_fp8_blocks(sizes: ComponentSizes, config: dict) -> ComponentSizes:
 
     from ..models.fp8 import quantize_blocks_fp8
     from ..models.transformer import SanaTransformer, TransformerConfig
+    from ..models.video_transformer import SanaVideoTransformer, VideoTransformerConfig
 
+    model_class, config_class = ((SanaVideoTransformer, VideoTransformerConfig) if families.dit_kind(config) == "video"
+                                 else (SanaTransformer, TransformerConfig))
     with torch.device("meta"):
-        model = SanaTransformer(TransformerConfig.from_dict(config)).to(torch.bfloat16)
+        model = model_class(config_class.from_dict(config)).to(torch.bfloat16)
     quantize_blocks_fp8(model)
 
     def half_bytes(module) -> int:

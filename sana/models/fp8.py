@@ -1,4 +1,5 @@
-"""fp8 weights for the DiT's block linears: `Fp8Linear` and `quantize_blocks_fp8`.
+"""fp8 weights for the DiT's block linears: `Fp8Linear` and `quantize_blocks_fp8` (the image and video DiTs,
+whose blocks name their linears alike).
 
 The six linears of every block (self-attention qkv and out, cross-attention q and out, the Mix-FFN's two 1x1
 convs) hold ~98% of a SANA DiT's multiply-adds. Their weights become float8_e4m3fn with one fp32 scale per
@@ -18,7 +19,8 @@ from torch import nn
 from .. import ops
 from ..kernels.fp8.reference import FP8_DTYPE, quantize_fp8_rows_reference
 
-# (submodule, linear) pairs of a SanaBlock that carry the image tokens.
+# (submodule, linear) pairs of a SanaBlock / SanaVideoBlock that carry the image or clip tokens (the video block's
+# temporal conv stays in the compute dtype).
 BLOCK_LINEARS = (("attn", "qkv"), ("attn", "out"), ("cross_attn", "q"), ("cross_attn", "out"),
                  ("ff", "inverted"), ("ff", "point"))
 

@@ -113,11 +113,13 @@ class VideoPipeline(PlacedPipeline):
     @classmethod
     def from_pretrained(cls, model_dir: Path, *, dtype: torch.dtype, device: torch.device | str,
                         variant: str | None = None, plan=None, transformer_path: Path | str | None = None,
-                        loras: list[tuple[Path, float]] = (), cuda_graphs: bool = False) -> "VideoPipeline":
+                        loras: list[tuple[Path, float]] = (), cuda_graphs: bool = False,
+                        fp8: bool = False) -> "VideoPipeline":
         """Load every component of a diffusers-format SANA-Video folder (text to video or image to video: the
         same weights); `transformer_path` swaps in other DiT weights read with the folder's transformer config.
         With `plan`, each component loads where the plan keeps it, in the plan's dtypes (and the plan's
-        `cuda_graphs` replaces the argument)."""
+        `cuda_graphs` replaces the argument). `fp8` quantizes the DiT's block linears to fp8 after load, as
+        `ImagePipeline.from_pretrained` does."""
         from ..device import DTYPES
         from ..loading import load_transformer
         from ..models.video_transformer import SanaVideoTransformer
@@ -138,6 +140,10 @@ class VideoPipeline(PlacedPipeline):
                                        variant=variant, loras=list(loras))
         if not isinstance(transformer, SanaVideoTransformer):
             raise SanaError(f"{weights} does not hold a SANA-Video transformer")
+        if fp8:
+            from ..models.fp8 import quantize_blocks_fp8
+
+            quantize_blocks_fp8(transformer)
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
         text_encoder = TextEncoder.from_pretrained(model_dir, dtype=text_dtype, device=load_device("text_encoder"),
                                                    variant=variant, instruction=VIDEO_COMPLEX_HUMAN_INSTRUCTION)
