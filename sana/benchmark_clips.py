@@ -192,10 +192,11 @@ def bench_video_dit(*, frames: int = 81, width: int = 832, height: int = 480, ba
     def diffusers_forward():
         return ref(x, encoder_hidden_states=text, timestep=t, encoder_attention_mask=mask, return_dict=False)[0]
 
-    def ours_forward():
-        return ours(x, text, t, text_mask=mask)
+    def forward_of(model):
+        return model(x, text, t, text_mask=mask)
 
-    _measure(row, diffusers_forward, ours_forward)
+    _measure(row, diffusers_forward, lambda: forward_of(ours))
+    _measure_fp8(row, ours, forward_of)
     ref = ours = None  # the compiled run in the child process needs the memory
     torch.cuda.empty_cache()
     if compiled:
@@ -399,6 +400,29 @@ def _measure(row: ClipDitRow, diffusers_forward: Callable, ours_forward: Callabl
     row.peak_gib["ours, kernels"] = _peak(ours_forward)
     with torch.no_grad():
         row.error["ours vs diffusers"] = _relative(ours_forward(), diffusers_forward())
+
+
+def _measure_fp8(row: ClipDitRow, model: torch.nn.Module, forward_of: Callable) -> None:
+    """Ours with fp8 block linears (`sana video --fp8`), where the GPU has fp8 GEMMs: its median ms and its error
+    against our bf16 output, as a note (the table compares bf16 with bf16)."""
+    import copy
+
+    from . import ops
+    from .models.fp8 import quantize_blocks_fp8
+
+    if not ops.fp8_supported(torch.device("cuda")):
+        return
+    quantized = copy.deepcopy(model)
+    quantize_blocks_fp8(quantized)
+    ms = _median_ms(lambda: forward_of(quantized))
+    with torch.no_grad():
+        error = _relative(forward_of(quantized), forward_of(model))
+    row.ms["fp8 block linears"] = ms  # not an "ours" key: the bf16 comparisons leave it out
+    row.error["fp8 vs ours bf16"] = error
+    row.notes.append(f"--fp8 (block linears as fp8 GEMMs): {ms:.1f} ms, {ms / row.ms['diffusers']:.2f}x diffusers "
+                     f"eager, {error:.3f} relative to our bf16 output")
+    del quantized
+    torch.cuda.empty_cache()
 
 
 def _require_cuda() -> None:
