@@ -235,7 +235,7 @@ def train_vae_command(
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed", "-s", help="Seed of the weights and the data stream.")] = 0,
     holdout: Holdout = True,
-    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop early after this long.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop early after this long (with --video the learning rate's decay follows this budget too).")] = None,
     eval_images: Annotated[int, typer.Option("--eval-images", min=1, help="Images for the latent scale and the final scores.")] = 128,
     device: opt.Device = "auto",
     force: opt.Force = False,

@@ -114,8 +114,10 @@ def train_video_vae(out: Path, steps: int, batch: int, lr: float, seed: int, max
     from sana.nano.video_autoencoder import save_video_vae, train_video_vae as train
 
     # 1. Settings (the output folder was checked by the caller).
+    # A clip step's cost varies widely between machines, so under --max-minutes the cosine follows the clock.
     cfg = VaeTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, holdout=(), eval_images=eval_clips,
-                         max_seconds=None if max_minutes is None else 60 * max_minutes)
+                         max_seconds=None if max_minutes is None else 60 * max_minutes,
+                         anneal_by_time=max_minutes is not None)
     cfg.log_every = max(1, min(200, steps // 20))
     # 2. Train, logging the loss every few hundred steps.
     target = pick_device(device)

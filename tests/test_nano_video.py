@@ -109,6 +109,19 @@ def test_the_video_autoencoder_trains_and_records_its_latent_statistics():
     assert all(s > 0 for s in report.latents_std) and np.isfinite(report.psnr)
 
 
+def test_a_clock_budget_anneals_the_autoencoders_learning_rate_in_time():
+    """Under --max-minutes the video autoencoder's cosine follows whichever budget ends first."""
+    from sana.nano.autoencoder import VaeTrainConfig, _lr_at
+
+    by_steps = VaeTrainConfig(steps=1000, lr=1e-3, warmup=10, max_seconds=60.0)
+    by_time = VaeTrainConfig(steps=1000, lr=1e-3, warmup=10, max_seconds=60.0, anneal_by_time=True)
+    assert _lr_at(5, by_time, elapsed=59.0) == _lr_at(5, by_steps) == pytest.approx(6e-4)  # warm-up counts steps
+    assert _lr_at(100, by_steps, elapsed=60.0) > 9e-4  # the step cosine has barely begun
+    assert _lr_at(100, by_time, elapsed=60.0) == pytest.approx(1e-4)  # the clock's budget is spent: a tenth
+    assert _lr_at(100, by_time, elapsed=30.0) == pytest.approx(1e-3 * (0.1 + 0.45))  # halfway by the clock
+    assert _lr_at(990, by_time, elapsed=1.0) == pytest.approx(_lr_at(990, by_steps))  # steps end first
+
+
 @pytest.mark.slow
 def test_the_recipe_runs_every_stage(tmp_path):
     """scripts/train_nano_video.sh end to end at toy sizes (an untrained autoencoder given as VAE, two DiT steps,

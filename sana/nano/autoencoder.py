@@ -102,6 +102,9 @@ class VaeTrainConfig:
     holdout: tuple[Pair, ...] = DEFAULT_HOLDOUT  # the AE never sees held-out pairs either
     eval_images: int = 128  # for the latent scale and the final PSNR / adherence
     max_seconds: float | None = None  # stop early (after a whole step) once training has taken this long
+    # With max_seconds: the cosine decays over whichever budget ends first, steps or time, so a run stopped by the
+    # clock still ends annealed (the learning rate then depends on the machine's speed, the data does not).
+    anneal_by_time: bool = False
     log_every: int = 50
 
 
@@ -126,11 +129,14 @@ def edge_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (px - tx).abs().mean() + (py - ty).abs().mean()
 
 
-def _lr_at(step: int, cfg: VaeTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth."""
+def _lr_at(step: int, cfg: VaeTrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to a tenth (over the time budget too when `cfg.anneal_by_time`;
+    `elapsed` is the training's seconds so far)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.anneal_by_time and cfg.max_seconds:
+        progress = max(progress, min(1.0, elapsed / cfg.max_seconds))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -175,10 +181,11 @@ def fit_autoencoder(vae, cfg: VaeTrainConfig, device: torch.device, start: float
     losses: list[dict] = []
     done = 0
     for step in range(cfg.steps):
-        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+        elapsed = time.perf_counter() - start
+        if cfg.max_seconds is not None and elapsed > cfg.max_seconds:
             break
         target = batch_at(step)
-        lr = _lr_at(step, cfg)
+        lr = _lr_at(step, cfg, elapsed)
         for group in optimizer.param_groups:
             group["lr"] = lr
         # Encode, perturb the latents a little, decode; pixel L1 + edge L1.
