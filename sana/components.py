@@ -85,9 +85,12 @@ def load_autoencoder(model_dir: Path, *, dtype: torch.dtype, device: torch.devic
     """diffusers' whole AutoencoderDC from `vae/`, for encoding images (training latents)."""
     from diffusers import AutoencoderDC
 
+    from .loading.files import BUILD_LOCK
+
     vae_dir = require_component(model_dir, "vae")
     try:
-        vae = AutoencoderDC.from_pretrained(vae_dir, torch_dtype=dtype, variant=component_variant(vae_dir, variant))
+        with BUILD_LOCK:
+            vae = AutoencoderDC.from_pretrained(vae_dir, torch_dtype=dtype, variant=component_variant(vae_dir, variant))
     except (OSError, ValueError, RuntimeError) as exc:
         raise SanaError(f"cannot load the VAE from {vae_dir}: {str(exc).splitlines()[0]}") from None
     return vae.to(device).eval()

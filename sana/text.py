@@ -94,10 +94,12 @@ def load_text_model(folder: Path, *, dtype: torch.dtype, device: torch.device | 
     from transformers import AutoModel
 
     from .components import component_variant
+    from .loading.files import BUILD_LOCK
 
     try:
-        model = AutoModel.from_pretrained(folder, dtype=dtype, variant=component_variant(folder, variant),
-                                          trust_remote_code=False)
+        with BUILD_LOCK:
+            model = AutoModel.from_pretrained(folder, dtype=dtype, variant=component_variant(folder, variant),
+                                              trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as exc:
         raise SanaError(f"cannot load the text encoder from {folder}: {str(exc).splitlines()[0]}") from None
     return model.to(device)

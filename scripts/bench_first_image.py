@@ -7,7 +7,9 @@ process makes two images of the same prompt (seeds 0 and 1): the second one, in 
 steady state. Reported per run: the process's wall time up to its first image, the load, the rest before it
 (interpreter start, imports, planning), the first image's phases, and the compile/warm-up time: the first image's
 encode + denoise + decode minus the second's. The kernels issue's targets are on that warm-up: <= 20 s with an
-empty Triton cache, <= 3 s with a warm one.
+empty Triton cache, <= 3 s with a warm one. Beside them, a bare `python -c "import torch"` timed in the same run
+(median of three processes): the first-image targets are on the fresh process's time to its first image, and on
+that time less the bare import.
 
     python scripts/bench_first_image.py                          # on a CUDA GPU, sana-1.6b at 1024 px
     python scripts/bench_first_image.py --model sana-1.6b-4k --px 4096 --markdown BENCHMARKS.md
@@ -55,6 +57,16 @@ def run_gen(folder: Path, out_dir: Path, px: int, cache: Path, device: str) -> t
     return wall, dict(read_metadata(first).timings), dict(read_metadata(second).timings)
 
 
+def bare_import_torch(runs: int = 3) -> float:
+    """Median wall seconds of a fresh `python -c "import torch"`, the floor under any fresh process here."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="sana-1.6b", help="registry model whose DiT config is built")
@@ -80,6 +92,8 @@ def main() -> int:
         print(f"built the random model folder in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         cache = tmp / "triton-cache"
         cache.mkdir()
+        bare = bare_import_torch()
+        print(f"bare import torch: {bare:.2f} s", file=sys.stderr)
         for run in range(args.runs):
             label = "empty Triton cache" if run == 0 else "warm Triton cache"
             wall, first, second = run_gen(tmp / "model", tmp / f"run{run}", px, cache, device)
@@ -92,14 +106,16 @@ def main() -> int:
              f"{' --tiny' if args.tiny else ''}`: one `sana gen` process a row, the same TRITON_CACHE_DIR for all,"
              " empty before the first; random weights"
              f"{' at tiny configs' if args.tiny else ' at the real configs'}; `sana gen` defaults otherwise."
-             " Each process makes two images; the second is the steady state the first is measured against.",
-             "", "| run | process s to the first image | load s | rest s | first image: encode / denoise / decode s"
-             " | second image: encode / denoise / decode s | compile/warm-up s |", "|---|---|---|---|---|---|---|"]
+             " Each process makes two images; the second is the steady state the first is measured against."
+             f" A bare `python -c \"import torch\"` took {bare:.2f} s (median of three, same run).",
+             "", "| run | process s to the first image | less bare import torch s | load s | rest s |"
+             " first image: encode / denoise / decode s | second image: encode / denoise / decode s |"
+             " compile/warm-up s |", "|---|---|---|---|---|---|---|---|"]
     for label, wall, first, second in rows:
         to_first = wall - sum(second.get(p, 0.0) for p in STEPS) - second.get("save", 0.0)
         rest = to_first - first.get("load", 0.0) - sum(first.get(p, 0.0) for p in STEPS) - first.get("save", 0.0)
         warmup = sum(first.get(p, 0.0) for p in STEPS) - sum(second.get(p, 0.0) for p in STEPS)
-        lines.append(f"| {label} | {to_first:.2f} | {first.get('load', 0.0):.2f} | {rest:.2f} | "
+        lines.append(f"| {label} | {to_first:.2f} | {to_first - bare:.2f} | {first.get('load', 0.0):.2f} | {rest:.2f} | "
                      + " / ".join(f"{first.get(p, 0.0):.2f}" for p in STEPS) + " | "
                      + " / ".join(f"{second.get(p, 0.0):.2f}" for p in STEPS) + f" | {warmup:.2f} |")
     text = "\n".join(lines) + "\n"

@@ -25,7 +25,8 @@
 # 25, see below), RL_LR (default 5e-5), RL_PROMPTS (prompts a round, default 32), RL_CANDIDATES (default 32),
 # RL_KEEP (default 16), RL_SOURCE (default shapes:hard; shapes for the whole grammar), RL_SAMPLING_STEPS (steps of
 # every rollout, default 4: the 4-step target, and with exploration at the same steps in bf16 the kept images are
-# the explored ones, so a round samples each image once), RL_MINUTES (`--max-minutes` of the RL stage; 0 = none).
+# the explored ones, so a round samples each image once), RL_MINUTES (`--max-minutes` of the RL stage; 0 = none), RL_GUIDANCE (CFG scale of the
+# rollouts, default 1: CFG-free as the recipe).
 # Every timestep of the rollout's sampler is trained on (--timestep-fraction 1). The RL settings are untuned; what one
 # H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
 # 0.96 -> 0.998 by round 25 and the validation reward (20 steps) 0.977 -> 0.995 at round 25, then a collapse from
@@ -48,6 +49,7 @@ RL_KEEP=${RL_KEEP:-16}
 RL_SOURCE=${RL_SOURCE:-shapes:hard}
 RL_SAMPLING_STEPS=${RL_SAMPLING_STEPS:-4}
 RL_MINUTES=${RL_MINUTES:-0}
+RL_GUIDANCE=${RL_GUIDANCE:-1}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -76,7 +78,7 @@ if stage rl; then
     $SANA finetune "$RL_SOURCE" --rl --full --model "$RL_BASE" --out "$WORK/rl" --reward shapes "${extra[@]}" \
         --steps "$RL_ROUNDS" --max-minutes "$RL_MINUTES" --lr "$RL_LR" --prompts-per-round "$RL_PROMPTS" \
         --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --explore-steps "$RL_SAMPLING_STEPS" \
-        --rollout-steps "$RL_SAMPLING_STEPS" --timestep-fraction 1 --explore-precision bf16 --rollout-batch 256 \
+        --rollout-steps "$RL_SAMPLING_STEPS" --timestep-fraction 1 --explore-precision bf16 --rollout-batch 256 --guidance "$RL_GUIDANCE" \
         --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count 32 \
         --val-steps 20 --val-every 5 --save-dtype fp16
 fi

@@ -267,3 +267,42 @@ def test_pth_that_is_not_a_pickle_at_all(tmp_path):
     path.write_bytes(b"\x00\x01not a checkpoint")
     raises_one_line("noise.pth is not a plain state dict", load_transformer, path,
                     config=config_of(tmp_path / "transformer"))
+
+
+def test_reading_to_a_device_and_dtype_casts_tensor_by_tensor_as_the_host_would(tmp_path):
+    from sana.loading.files import read_safetensors
+
+    state = {"w": torch.randn(4, 3), "half": torch.randn(5).half(), "index": torch.arange(3)}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    read = read_safetensors(tmp_path / "w.safetensors", device="cpu", dtype=torch.bfloat16)
+    assert torch.equal(read["w"], state["w"].to(torch.bfloat16)) and read["half"].dtype == torch.bfloat16
+    assert torch.equal(read["half"], state["half"].to(torch.bfloat16))
+    assert torch.equal(read["index"], state["index"])  # integers keep their type
+    assert read_safetensors(tmp_path / "w.safetensors")["half"].dtype == torch.float16  # no dtype: the file's own
+
+
+def test_components_load_side_by_side_and_the_first_failure_in_order_is_raised():
+    import threading
+
+    from sana.pipelines.common import load_together
+
+    names, both_running = [], threading.Barrier(2, timeout=10)
+
+    def slow(name):
+        def load():
+            both_running.wait()  # fails unless the two loaders run at the same time
+            names.append(name)
+            return name
+        return load
+
+    assert load_together({"a": slow("a"), "b": slow("b")}) == {"a": "a", "b": "b"}
+
+    def broken(message):
+        def load():
+            raise SanaError(message)
+        return load
+
+    finished = []
+    with pytest.raises(SanaError, match="first"):
+        load_together({"ok": lambda: finished.append(1), "x": broken("first"), "y": broken("second")})
+    assert finished == [1]  # every loader ran to its end

@@ -85,7 +85,7 @@ def load_vae_decoder(folder: Path, *, dtype: torch.dtype = torch.float32, device
     files = transformer_files(folder, variant, what="VAE")
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        state.update(read_safetensors(file, prefix=DCAE_DECODER_PREFIX))
+        state.update(read_safetensors(file, prefix=DCAE_DECODER_PREFIX, device=device, dtype=dtype))
     if not state:
         raise SanaError(f"{folder} has no decoder weights", "expected diffusers AutoencoderDC tensors (decoder.*)")
     model = vae_decoder_from_state(config, state, dtype=dtype, device=device, origin=f"the VAE in {folder}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,10 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 # Tensors some checkpoints carry that the model recomputes or never uses.
 IGNORED = re.compile(r"^(pos_embed|patch_embed\.pos_embed|y_embedder\.y_embedding|logvar_linear\..*)$")
+# diffusers and transformers build their models under patches of torch that hold in every thread (accelerate's
+# init_empty_weights puts each new nn.Parameter on the meta device), so while components load side by side, their
+# builds and every step of ours that makes or assigns parameters take turns under this lock; reads run freely.
+BUILD_LOCK = threading.RLock()
 
 
 @dataclass
@@ -74,13 +79,28 @@ def transformer_files(folder: Path, variant: str | None = None, what: str = "tra
     return files
 
 
-def read_safetensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file whose names start with `prefix` (the others are never read)."""
+def read_safetensors(path: Path, prefix: str = "", *, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose names start with `prefix` (the others are never read).
+
+    With `device` each tensor goes there as soon as it is read, and with `dtype` its floating-point tensors are
+    cast there (the same rounding as on the host), one tensor at a time: the host never holds the model, nor the
+    device a full-precision copy of it."""
     from safetensors import safe_open
 
+    target = torch.device(device) if device is not None else None
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+            state = {}
+            for key in f.keys():
+                if key.startswith(prefix):
+                    tensor = f.get_tensor(key)
+                    if target is not None:
+                        tensor = tensor.to(target, non_blocking=False)
+                    if dtype is not None and tensor.is_floating_point():
+                        tensor = tensor.to(dtype)
+                    state[key] = tensor
+            return state
     except Exception as exc:  # safetensors raises several types for truncated or corrupt files
         raise SanaError(f"cannot read {path.name}: the file is corrupt or truncated ({exc})",
                         "delete it and download it again") from None
@@ -136,11 +156,27 @@ def locate(path: Path, config: dict | None, variant: str | None) -> tuple[dict, 
     return config, [path]
 
 
-def read_state(files: list[Path]) -> dict[str, torch.Tensor]:
-    """Every tensor of `files` (safetensors or plain `.pth`), wrapper prefixes and never-used tensors dropped."""
+def is_pickle_checkpoint(file: Path) -> bool:
+    return file.suffix in (".pth", ".pt", ".ckpt", ".bin")
+
+
+def read_target(device: torch.device | str, dtype: torch.dtype, loras) -> dict:
+    """`read_state`'s target for a DiT: its device and dtype, or the host and the files' own dtype when LoRAs are
+    merged into the weights first (in the checkpoint's precision, as before the cast)."""
+    return {} if loras else {"device": device, "dtype": dtype}
+
+
+def read_state(files: list[Path], *, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of `files` (safetensors or plain `.pth`), wrapper prefixes and never-used tensors dropped.
+    `device` and `dtype` are as `read_safetensors` takes them (a `.pth` is read whole on the host first)."""
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        state.update(read_checkpoint(file) if file.suffix in (".pth", ".pt", ".ckpt", ".bin") else read_safetensors(file))
+        if is_pickle_checkpoint(file):
+            state.update({k: (v.to(device) if device is not None else v).to(dtype or v.dtype)
+                          if v.is_floating_point() else v for k, v in read_checkpoint(file).items()})
+        else:
+            state.update(read_safetensors(file, device=device, dtype=dtype))
     return {k: v for k, v in strip_prefixes(state).items() if not IGNORED.match(k)}
 
 
@@ -162,5 +198,6 @@ def assign(model: torch.nn.Module, state: dict[str, torch.Tensor], sources: dict
         raise SanaError(f"{checkpoint} lacks {len(missing)} weight(s): {shown}",
                         "it is incomplete or for another model")
     unexpected = sorted(sources.get(k, prefix + k) for k in set(state) - set(expected))
-    model.load_state_dict({k: v.contiguous() for k, v in state.items() if k in expected}, strict=True, assign=True)
+    with BUILD_LOCK:
+        model.load_state_dict({k: v.contiguous() for k, v in state.items() if k in expected}, strict=True, assign=True)
     return unexpected

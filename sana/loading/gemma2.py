@@ -52,8 +52,8 @@ def load_gemma2(folder: Path, *, dtype: torch.dtype = torch.float32, device: tor
     if not files:
         raise SanaError(f"no text encoder weights in {folder}", "expected model*.safetensors")
     state: dict[str, torch.Tensor] = {}
-    for file in files:  # cast file by file, so a full-precision copy of the model never coexists with the cast one
-        state.update({key: tensor.to(dtype) for key, tensor in read_safetensors(file).items()})
+    for file in files:  # straight to the device, cast tensor by tensor: no full-precision copy of the model exists
+        state.update(read_safetensors(file, device=device, dtype=dtype))
     model = gemma2_from_state(config, state, device=device, origin=f"the text encoder in {folder}")
     model.load_report.files = [f.name for f in files]
     return model

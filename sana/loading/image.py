@@ -13,7 +13,7 @@ import torch
 from ..errors import SanaError
 from ..lora import merge_loras
 from ..models.transformer import SanaTransformer, TransformerConfig
-from .files import IGNORED, LoadReport, assign, locate, read_checkpoint, read_safetensors, strip_prefixes
+from .files import LoadReport, assign, locate, read_state, read_target
 
 # -- key mapping ---------------------------------------------------------------------------------------------
 
@@ -216,11 +216,8 @@ def load_transformer(path: Path, *, dtype: torch.dtype = torch.float32, device: 
     except (TypeError, ValueError) as exc:
         raise SanaError(f"unsupported transformer config: {exc}") from None
 
-    # 1. Read every tensor, whatever the layout.
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(read_checkpoint(file) if file.suffix in (".pth", ".pt", ".ckpt", ".bin") else read_safetensors(file))
-    state = {k: v for k, v in strip_prefixes(state).items() if not IGNORED.match(k)}
+    # 1. Read every tensor, whatever the layout: straight to the device in `dtype` unless LoRAs are merged first.
+    state = read_state(files, **read_target(device, dtype, loras))
 
     # 2. One mapping: original -> diffusers names (LoRAs merge there, on the unfused weights) -> engine names.
     if is_original_layout(state):

@@ -11,7 +11,7 @@ import torch
 from ..errors import SanaError
 from ..lora import merge_loras
 from ..models.video_transformer import SanaVideoTransformer, VideoTransformerConfig
-from .files import LoadReport, assign, locate, read_state
+from .files import LoadReport, assign, locate, read_state, read_target
 from .image import diffusers_to_engine, engine_to_diffusers, is_original_layout, original_to_diffusers
 
 VIDEO_CLASS_NAME = "SanaVideoTransformer3DModel"
@@ -34,7 +34,7 @@ def load_video_transformer(path: Path, *, dtype: torch.dtype = torch.float32, de
         raise SanaError(f"unsupported video transformer config: {exc}") from None
 
     # 1. Read every tensor; NVlabs names -> diffusers names; LoRAs merge on the unfused weights; cast one at a time.
-    state = read_state(files)
+    state = read_state(files, **read_target(device, dtype, loras))
     if is_original_layout(state):
         state = original_to_diffusers(state, cfg.guidance_embeds)
         state = {re.sub(r"^patch_embed\.proj\.", "patch_embedding.", k): v for k, v in state.items()}

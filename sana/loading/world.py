@@ -77,7 +77,7 @@ def load_world_transformer(path: Path, *, dtype: torch.dtype = torch.float32, de
     config, files = locate(Path(path), config, variant)
     if config.get("_class_name", WORLD_CLASS_NAME) != WORLD_CLASS_NAME:
         raise SanaError(f"{path} holds a {config['_class_name']}, not a SANA-WM transformer ({WORLD_CLASS_NAME})")
-    model = world_transformer_from_state(config, read_state(files), dtype=dtype, device=device,
+    model = world_transformer_from_state(config, read_state(files, device=device, dtype=dtype), dtype=dtype, device=device,
                                          origin=f"the checkpoint in {path}")
     model.load_report.files = [f.name for f in files]
     return model

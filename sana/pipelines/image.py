@@ -21,7 +21,7 @@ from ..errors import SanaError
 from ..memory import MemoryPlan
 from ..models.text_context import LazyTextContext
 from ..text import PromptEmbeddings, TextEncoder
-from .common import Events, PlacedPipeline, check_finite, resize_and_crop, to_uint8
+from .common import Events, PlacedPipeline, check_finite, load_together, resize_and_crop, to_uint8
 from .sizes import binned_size
 
 
@@ -112,23 +112,26 @@ class ImagePipeline(PlacedPipeline):
         def load_device(component: str):
             return device if plan is None or plan.home(component) == "device" else "cpu"
 
-        if transformer_path is None:
-            transformer = load_transformer(model_dir, dtype=dtype, device=load_device("transformer"), variant=variant,
-                                           loras=list(loras))
-        else:
-            weights = Path(transformer_path).expanduser()
+        def dit():
+            weights = model_dir if transformer_path is None else Path(transformer_path).expanduser()
             config = read_json(model_dir / "transformer" / "config.json") if weights.is_file() else None
             transformer = load_transformer(weights, dtype=dtype, device=load_device("transformer"), config=config,
                                            variant=variant, loras=list(loras))
-        if fp8:
-            from ..models.fp8 import quantize_blocks_fp8
+            if fp8:
+                from ..loading.files import BUILD_LOCK
+                from ..models.fp8 import quantize_blocks_fp8
 
-            quantize_blocks_fp8(transformer)
+                with BUILD_LOCK:  # new parameters
+                    quantize_blocks_fp8(transformer)
+            return transformer
+
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
-        text_encoder = TextEncoder.from_pretrained(model_dir, dtype=text_dtype, device=load_device("text_encoder"),
-                                                   variant=variant)
-        vae = load_vae(model_dir, dtype=dtype, device=load_device("vae"), variant=variant)
-        return cls(transformer=transformer, text_encoder=text_encoder, vae=vae, family=family,
+        loaded = load_together({
+            "transformer": dit,
+            "text_encoder": lambda: TextEncoder.from_pretrained(
+                model_dir, dtype=text_dtype, device=load_device("text_encoder"), variant=variant),
+            "vae": lambda: load_vae(model_dir, dtype=dtype, device=load_device("vae"), variant=variant)})
+        return cls(**loaded, family=family,
                    scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype, cuda_graphs=cuda_graphs,
                    plan=plan)
 

@@ -25,7 +25,7 @@ from ..components import family_from_index, model_index, read_json, require_comp
 from ..errors import SanaError, UsageError
 from ..models.text_context import LazyTextContext
 from ..text import VIDEO_COMPLEX_HUMAN_INSTRUCTION, PromptEmbeddings, TextEncoder
-from .common import Events, PlacedPipeline, check_finite, resize_and_crop, to_uint8
+from .common import Events, PlacedPipeline, check_finite, load_together, resize_and_crop, to_uint8
 from .sizes import latent_frames, snap_frames, video_binned_size
 from .video_vae import VideoVAE, load_video_vae
 
@@ -134,22 +134,30 @@ class VideoPipeline(PlacedPipeline):
         def load_device(component: str):
             return device if plan is None or plan.home(component) == "device" else "cpu"
 
-        weights = Path(transformer_path).expanduser() if transformer_path else model_dir
-        config = read_json(model_dir / "transformer" / "config.json") if weights.is_file() else None
-        transformer = load_transformer(weights, dtype=dtype, device=load_device("transformer"), config=config,
-                                       variant=variant, loras=list(loras))
-        if not isinstance(transformer, SanaVideoTransformer):
-            raise SanaError(f"{weights} does not hold a SANA-Video transformer")
-        if fp8:
-            from ..models.fp8 import quantize_blocks_fp8
+        def dit():
+            weights = Path(transformer_path).expanduser() if transformer_path else model_dir
+            config = read_json(model_dir / "transformer" / "config.json") if weights.is_file() else None
+            transformer = load_transformer(weights, dtype=dtype, device=load_device("transformer"), config=config,
+                                           variant=variant, loras=list(loras))
+            if not isinstance(transformer, SanaVideoTransformer):
+                raise SanaError(f"{weights} does not hold a SANA-Video transformer")
+            if fp8:
+                from ..loading.files import BUILD_LOCK
+                from ..models.fp8 import quantize_blocks_fp8
 
-            quantize_blocks_fp8(transformer)
+                with BUILD_LOCK:  # new parameters
+                    quantize_blocks_fp8(transformer)
+            return transformer
+
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
-        text_encoder = TextEncoder.from_pretrained(model_dir, dtype=text_dtype, device=load_device("text_encoder"),
-                                                   variant=variant, instruction=VIDEO_COMPLEX_HUMAN_INSTRUCTION)
         vae_dtype = DTYPES[plan.vae_dt] if plan is not None else dtype
-        vae = load_video_vae(model_dir, dtype=vae_dtype, device=load_device("vae"), variant=variant)
-        return cls(transformer=transformer, text_encoder=text_encoder, vae=vae,
+        loaded = load_together({
+            "transformer": dit,
+            "text_encoder": lambda: TextEncoder.from_pretrained(
+                model_dir, dtype=text_dtype, device=load_device("text_encoder"), variant=variant,
+                instruction=VIDEO_COMPLEX_HUMAN_INSTRUCTION),
+            "vae": lambda: load_video_vae(model_dir, dtype=vae_dtype, device=load_device("vae"), variant=variant)})
+        return cls(**loaded,
                    scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype, plan=plan,
                    cuda_graphs=cuda_graphs)
 

@@ -120,10 +120,13 @@ def load_video_vae(model_dir: Path, *, dtype: torch.dtype, device: torch.device 
     vae_dir = require_component(model_dir, "vae")
     geometry = read_video_vae_geometry(model_dir)
     cls = getattr(diffusers, geometry.class_name)
-    try:
-        module = cls.from_pretrained(vae_dir, torch_dtype=dtype, variant=component_variant(vae_dir, variant))
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise SanaError(f"cannot load the VAE from {vae_dir}: {str(exc).splitlines()[0]}") from None
-    if geometry.class_name == "AutoencoderKLWan":
-        route_conv3d_on_cpu(module)
+    from ..loading.files import BUILD_LOCK
+
+    with BUILD_LOCK:
+        try:
+            module = cls.from_pretrained(vae_dir, torch_dtype=dtype, variant=component_variant(vae_dir, variant))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SanaError(f"cannot load the VAE from {vae_dir}: {str(exc).splitlines()[0]}") from None
+        if geometry.class_name == "AutoencoderKLWan":
+            route_conv3d_on_cpu(module)
     return VideoVAE(module.to(device).eval(), geometry)

@@ -36,7 +36,7 @@ from ..camera.path import CameraPath
 from ..components import family_from_index, model_index, require_component, scheduler_config
 from ..errors import SanaError, UsageError
 from ..text import WORLD_COMPLEX_HUMAN_INSTRUCTION, PromptEmbeddings, TextEncoder
-from .common import Events, PlacedPipeline, check_finite, to_uint8
+from .common import Events, PlacedPipeline, check_finite, load_together, to_uint8
 from .sizes import latent_frames
 from .video_vae import VideoVAE, load_video_vae
 
@@ -131,14 +131,16 @@ class WorldPipeline(PlacedPipeline):
         def load_device(component: str):
             return device if plan is None or plan.home(component) == "device" else "cpu"
 
-        transformer = load_world_transformer(model_dir, dtype=dtype, device=load_device("transformer"),
-                                             variant=variant)
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
-        text_encoder = TextEncoder.from_pretrained(model_dir, dtype=text_dtype, device=load_device("text_encoder"),
-                                                   variant=variant, instruction=WORLD_COMPLEX_HUMAN_INSTRUCTION,
-                                                   lowercase=False)
         vae_dtype = DTYPES[plan.vae_dt] if plan is not None else dtype
-        vae = load_video_vae(model_dir, dtype=vae_dtype, device=load_device("vae"), variant=variant)
+        loaded = load_together({
+            "transformer": lambda: load_world_transformer(model_dir, dtype=dtype, device=load_device("transformer"),
+                                                          variant=variant),
+            "text_encoder": lambda: TextEncoder.from_pretrained(
+                model_dir, dtype=text_dtype, device=load_device("text_encoder"), variant=variant,
+                instruction=WORLD_COMPLEX_HUMAN_INSTRUCTION, lowercase=False),
+            "vae": lambda: load_video_vae(model_dir, dtype=vae_dtype, device=load_device("vae"), variant=variant)})
+        transformer, text_encoder, vae = loaded["transformer"], loaded["text_encoder"], loaded["vae"]
         if vae.geometry.class_name != "AutoencoderKLLTX2Video":
             raise SanaError(f"{model_dir}: SANA-WM decodes with the LTX-2 VAE, not {vae.geometry.label}")
         return cls(transformer=transformer, text_encoder=text_encoder, vae=vae,
