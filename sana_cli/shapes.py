@@ -239,6 +239,7 @@ def train_vae_command(
     eval_images: Annotated[int, typer.Option("--eval-images", min=1, help="Images for the latent scale and the final scores.")] = 128,
     device: opt.Device = "auto",
     force: opt.Force = False,
+    bf16: Annotated[bool, typer.Option("--bf16/--fp32", help="On a CUDA GPU, the forward under bf16 autocast or in fp32 (a CPU always uses fp32).")] = True,
     video: Annotated[bool, typer.Option("--video", help="The nano video model's autoencoder (diffusers AutoencoderKLWan, 16 x 5 x 16 x 16 latents for 17 frames of 128 px) on the moving-shapes grammar: --batch and --eval-images count clips.")] = False,
 ) -> None:
     """Train the nano model's autoencoder (diffusers AutoencoderDC, 8 x 16 x 16 latents) on the grammar."""
@@ -251,10 +252,11 @@ def train_vae_command(
     if video:
         from .shapes_video import train_video_vae
 
-        train_video_vae(out, steps, batch, lr, seed, max_minutes, eval_images, device)
+        train_video_vae(out, steps, batch, lr, seed, max_minutes, eval_images, device, bf16)
         return
     cfg = VaeTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, holdout=DEFAULT_HOLDOUT if holdout else (),
-                         eval_images=eval_images, max_seconds=None if max_minutes is None else 60 * max_minutes)
+                         eval_images=eval_images, max_seconds=None if max_minutes is None else 60 * max_minutes,
+                         bf16=bf16)
     # 2. Train, logging the loss every few hundred steps.
     cfg.log_every = max(1, min(200, steps // 20))
     target = pick_device(device)

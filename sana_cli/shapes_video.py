@@ -107,7 +107,7 @@ def load_clip_generator(model: str, transformer: str | None, steps: int | None, 
 
 
 def train_video_vae(out: Path, steps: int, batch: int, lr: float, seed: int, max_minutes: float | None,
-                    eval_clips: int, device: str) -> None:
+                    eval_clips: int, device: str, bf16: bool = True) -> None:
     """`sana shapes train-vae --video`: the nano video model's Wan-layout autoencoder on the moving-shapes grammar."""
     from sana.device import pick_device
     from sana.nano.autoencoder import VaeTrainConfig
@@ -117,7 +117,7 @@ def train_video_vae(out: Path, steps: int, batch: int, lr: float, seed: int, max
     # A clip step's cost varies widely between machines, so under --max-minutes the cosine follows the clock.
     cfg = VaeTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, holdout=(), eval_images=eval_clips,
                          max_seconds=None if max_minutes is None else 60 * max_minutes,
-                         anneal_by_time=max_minutes is not None)
+                         anneal_by_time=max_minutes is not None, bf16=bf16)
     cfg.log_every = max(1, min(200, steps // 20))
     # 2. Train, logging the loss every few hundred steps.
     target = pick_device(device)

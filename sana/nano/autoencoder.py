@@ -105,6 +105,7 @@ class VaeTrainConfig:
     # With max_seconds: the cosine decays over whichever budget ends first, steps or time, so a run stopped by the
     # clock still ends annealed (the learning rate then depends on the machine's speed, the data does not).
     anneal_by_time: bool = False
+    bf16: bool = True  # on a CUDA device, the forward under bf16 autocast (fp32 otherwise, and always on a CPU)
     log_every: int = 50
 
 
@@ -177,7 +178,8 @@ def fit_autoencoder(vae, cfg: VaeTrainConfig, device: torch.device, start: float
     Returns (the logged loss rows, steps done)."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16
+                else torch.autocast(device.type, enabled=False))
     losses: list[dict] = []
     done = 0
     for step in range(cfg.steps):
