@@ -30,14 +30,22 @@ def assert_fp8_rows_equal(q: torch.Tensor, scale: torch.Tensor, values: torch.Te
     """(q, scale) is `quantize_fp8_rows_reference(values)`: the scales bit for bit (IEEE divisions on both sides),
     and q too on a GPU. The interpreter's fp8 cast drops the carry when a value rounds up to a power of two (it
     writes half of it), rounds ties away from zero and may be a step off among the subnormals (below 2^-6,
-    steps of 2^-9); every other element must match there."""
+    steps of 2^-9); every other element must match there. On a GPU with fp32 rows, the fused kernel's row and the
+    plain kernel's may differ in the last bit (the compiler contracts each program's arithmetic its own way),
+    which moves the row's scale by as much and can tip an element to the neighbouring fp8 step."""
     from sana.kernels.fp8.reference import AMAX_FLOOR, FP8_DTYPE, FP8_MAX, quantize_fp8_rows_reference
 
     ref_q, ref_scale = quantize_fp8_rows_reference(values)
     assert q.dtype == FP8_DTYPE and q.shape == values.shape
     assert scale.dtype == torch.float32 and scale.shape == values.shape[:-1]
-    assert torch.equal(scale, ref_scale)
     qf, rf = q.float(), ref_q.float()
+    if DEVICE == "cuda" and values.dtype == torch.float32:
+        torch.testing.assert_close(scale, ref_scale, rtol=4e-7, atol=0)  # a few fp32 ulps
+        step = torch.maximum(rf.abs(), qf.abs()) * 2.0**-3 + 2.0**-9  # one e4m3 step at that magnitude
+        assert ((qf - rf).abs() <= step).all()
+        assert (qf != rf).float().mean().item() < 1e-3  # only elements at a rounding boundary
+        return
+    assert torch.equal(scale, ref_scale)
     if DEVICE == "cuda":
         assert torch.equal(qf, rf)  # both round to nearest even
         return
