@@ -235,8 +235,10 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]}{', fp8 block linears' if fp8 else ''} on {device})")
     console.info(plan.headline())
     start = time.perf_counter()
+    first = requests[0][0]
     pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family, variant=variant,
-                                         loras=loras, transformer_path=transformer_path, plan=plan, fp8=fp8)
+                                         loras=loras, transformer_path=transformer_path, plan=plan, fp8=fp8,
+                                         warm_for=(first.width, first.height))
     load_seconds = time.perf_counter() - start
     for path, scale in loras:
         console.info(f"LoRA applied: {path} (scale {scale:g})")

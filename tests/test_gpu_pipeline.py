@@ -32,3 +32,15 @@ def test_kernels_and_graphs_keep_the_image(kind, tmp_path):
             ops.set_kernels_enabled(True)
     for ours, ref in zip(images["fast"], images["reference"]):
         assert psnr(ours, ref) >= 40
+
+
+def test_warming_while_loading_keeps_the_image(tmp_path):
+    """`warm_for` runs the text encoder and the decoder once during the load; the images are the same."""
+    import numpy as np
+
+    build_pipeline(tmp_path, "sana")
+    request = ImageRequest(prompt="a red circle", seeds=[3], width=64, height=96, steps=4, guidance=4.5,
+                           sampler="flow-dpm", flow_shift=3.0)
+    images = [ImagePipeline.from_pretrained(tmp_path, dtype=torch.float32, device="cuda", warm_for=warm)
+              .generate(request).images[0] for warm in (None, (64, 96))]
+    assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))

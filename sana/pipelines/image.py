@@ -10,6 +10,7 @@ step (smaller VAE tiles, then the next placement tier) with one notice (`common.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -91,7 +92,7 @@ class ImagePipeline(PlacedPipeline):
                         family: str | None = None, variant: str | None = None,
                         loras: list[tuple[Path, float]] = (), cuda_graphs: bool = True,
                         transformer_path: Path | str | None = None, plan: MemoryPlan | None = None,
-                        fp8: bool = False) -> "ImagePipeline":
+                        fp8: bool = False, warm_for: tuple[int, int] | None = None) -> "ImagePipeline":
         """Load every component of a diffusers-format folder; `transformer_path` swaps in other DiT weights
         (a fine-tune, an NVlabs `.pth`, a single safetensors file) read with the folder's transformer config.
 
@@ -99,6 +100,12 @@ class ImagePipeline(PlacedPipeline):
         streamed ones, or the CPU in the plan's text-encoder dtype), so nothing larger than the plan allows ever
         reaches the device; the plan's `cuda_graphs` replaces the argument. `fp8` quantizes the DiT's block linears
         to fp8 after load (`sana.models.fp8`; fast on GPUs of compute capability 8.9+ with bf16 activations).
+
+        The components load side by side (`load_together`). With `warm_for` (the first image's width and height)
+        on a CUDA device, the text encoder and the VAE decoder, once loaded, each run once at that image's shapes
+        while the larger DiT is still loading, so the kernels they use are loaded and cuBLAS / cuDNN set up before
+        the first image needs them (only where the plan keeps them on the device; one at a time, so no two phases'
+        activations meet).
         """
         from ..device import DTYPES
         from ..loading import load_transformer
@@ -125,12 +132,33 @@ class ImagePipeline(PlacedPipeline):
                     quantize_blocks_fp8(transformer)
             return transformer
 
+        warm = warm_for is not None and warms_while_loading(device)
+        warming = threading.Lock()  # one warm-up at a time
+
+        def text_encoder():
+            encoder = TextEncoder.from_pretrained(model_dir, dtype=text_dtype, device=load_device("text_encoder"),
+                                                  variant=variant)
+            if warm and load_device("text_encoder") == device:
+                with warming, torch.no_grad():
+                    encoder.encode_many([("", False), ("", True)])  # the negative's and the prompt's lengths
+            return encoder
+
+        def vae():
+            decoder = load_vae(model_dir, dtype=dtype, device=load_device("vae"), variant=variant)
+            if warm and load_device("vae") == device:
+                from ..placement import decode_tiling
+
+                sample_size = read_json(model_dir / "transformer" / "config.json").get("sample_size", 32)
+                width, height = binned_size(*warm_for, sample_size * decoder.spatial_compression_ratio)
+                scale = decoder.spatial_compression_ratio
+                latents = torch.zeros(1, decoder.config.latent_channels, height // scale, width // scale,
+                                      device=device, dtype=dtype)
+                with warming, torch.no_grad():
+                    decoder.decode(latents, tile=decode_tiling(plan, height, width) if plan is not None else None)
+            return decoder
+
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
-        loaded = load_together({
-            "transformer": dit,
-            "text_encoder": lambda: TextEncoder.from_pretrained(
-                model_dir, dtype=text_dtype, device=load_device("text_encoder"), variant=variant),
-            "vae": lambda: load_vae(model_dir, dtype=dtype, device=load_device("vae"), variant=variant)})
+        loaded = load_together({"transformer": dit, "text_encoder": text_encoder, "vae": vae})
         return cls(**loaded, family=family,
                    scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype, cuda_graphs=cuda_graphs,
                    plan=plan)
@@ -317,6 +345,12 @@ class ImagePipeline(PlacedPipeline):
         pixels = self.vae.decode(scaled, tile=tile)  # [1, 3, H, W]
         check_finite(pixels, "image")
         return pixels_to_pil(resize_and_crop(pixels, width, height))
+
+
+def warms_while_loading(device: torch.device | str) -> bool:
+    """Whether `from_pretrained(warm_for=...)` warms components during the load: on CUDA, where the first run of each
+    kernel loads it (and cuBLAS / cuDNN set up); a CPU has nothing to warm."""
+    return torch.device(device).type == "cuda"
 
 
 def batch_key(request: ImageRequest) -> tuple:

@@ -1,0 +1,36 @@
+"""Loading side by side and warming while loading: the same pipeline, the same images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sana.pipelines import image as image_pipeline
+from sana.pipelines.image import ImagePipeline, ImageRequest
+from tests.tiny_pipeline import build_pipeline
+
+
+def test_warming_while_loading_runs_the_encoder_and_decoder_once_and_keeps_the_image(tmp_path, monkeypatch):
+    build_pipeline(tmp_path, "sana")
+    request = ImageRequest(prompt="a red circle", seeds=[3], width=64, height=96, steps=3, guidance=4.5,
+                           sampler="flow-dpm", flow_shift=3.0)
+    plain = ImagePipeline.from_pretrained(tmp_path, dtype=torch.float32, device="cpu", warm_for=(64, 96))
+    assert not image_pipeline.warms_while_loading("cpu")  # nothing to warm on a CPU
+
+    calls = []
+    monkeypatch.setattr(image_pipeline, "warms_while_loading", lambda device: True)
+    from sana.models.dcae import DCAEDecoder
+    from sana.text import TextEncoder
+
+    decode, encode_many = DCAEDecoder.decode, TextEncoder.encode_many
+    monkeypatch.setattr(DCAEDecoder, "decode", lambda self, x, tile=None: calls.append(("decode", tuple(x.shape)))
+                        or decode(self, x, tile=tile))
+    monkeypatch.setattr(TextEncoder, "encode_many", lambda self, items: calls.append(("encode", len(items)))
+                        or encode_many(self, items))
+    warmed = ImagePipeline.from_pretrained(tmp_path, dtype=torch.float32, device="cpu", warm_for=(64, 96))
+    scale = warmed.vae_scale_factor
+    gen_w, gen_h = image_pipeline.binned_size(64, 96, warmed.native_resolution)
+    assert sorted(calls) == [("decode", (1, warmed.vae.config.latent_channels, gen_h // scale, gen_w // scale)),
+                             ("encode", 2)]
+    images = [pipe.generate(request).images[0] for pipe in (plain, warmed)]
+    assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
