@@ -306,3 +306,22 @@ def test_components_load_side_by_side_and_the_first_failure_in_order_is_raised()
     with pytest.raises(SanaError, match="first"):
         load_together({"ok": lambda: finished.append(1), "x": broken("first"), "y": broken("second")})
     assert finished == [1]  # every loader ran to its end
+
+
+def test_work_on_a_loaded_component_runs_in_the_calling_thread_while_the_others_load():
+    import threading
+
+    from sana.pipelines.common import load_together
+
+    slow_may_finish, seen = threading.Event(), []
+
+    def slow():
+        assert slow_may_finish.wait(timeout=10)  # only once the fast component's follow-up has run
+        return "slow"
+
+    def on_fast(component):
+        seen.append((component, threading.current_thread() is threading.main_thread()))
+        slow_may_finish.set()
+
+    assert load_together({"slow": slow, "fast": lambda: "fast"}, {"fast": on_fast}) == {"slow": "slow", "fast": "fast"}
+    assert seen == [("fast", True)]

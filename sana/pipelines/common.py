@@ -44,22 +44,33 @@ class Events:
             self.on_output(index, item, details())
 
 
-def load_together(loaders: dict[str, Callable[[], object]]) -> dict[str, object]:
+def load_together(loaders: dict[str, Callable[[], object]],
+                  when_ready: dict[str, Callable[[object], None]] | None = None) -> dict[str, object]:
     """Run each component's loader at the same time, one thread each, and return what they made by name.
 
     A load is file reads, host-to-device copies and casts, which release the GIL: side by side, the components'
-    reads and copies overlap instead of queueing. Every loader runs to its end; then the first failure in the
-    order given is raised, so errors do not depend on timing."""
-    from concurrent.futures import ThreadPoolExecutor
+    reads and copies overlap instead of queueing. `when_ready[name](component)` runs in the calling thread as soon
+    as that component is loaded, while the others still load (work there keeps the calling thread's CUDA library
+    handles, which are per thread, for later). Every loader runs to its end; then the first failure in the order
+    given is raised, so errors do not depend on timing."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    if len(loaders) < 2:
-        return {name: load() for name, load in loaders.items()}
+    when_ready = when_ready or {}
     with ThreadPoolExecutor(max_workers=len(loaders), thread_name_prefix="sana-load") as pool:
-        futures = {name: pool.submit(load) for name, load in loaders.items()}
-    for future in futures.values():
+        futures = {pool.submit(load): name for name, load in loaders.items()}
+        pending, failed = set(futures), False
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future.exception() is not None:
+                    failed = True
+                elif not failed and futures[future] in when_ready:
+                    when_ready[futures[future]](future.result())
+    by_name = {name: future for future, name in futures.items()}
+    for future in by_name.values():
         if future.exception() is not None:
             raise future.exception()
-    return {name: future.result() for name, future in futures.items()}
+    return {name: future.result() for name, future in by_name.items()}
 
 
 class PlacedPipeline:

@@ -10,7 +10,6 @@ step (smaller VAE tiles, then the next placement tier) with one notice (`common.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -104,8 +103,8 @@ class ImagePipeline(PlacedPipeline):
         The components load side by side (`load_together`). With `warm_for` (the first image's width and height)
         on a CUDA device, the text encoder and the VAE decoder, once loaded, each run once at that image's shapes
         while the larger DiT is still loading, so the kernels they use are loaded and cuBLAS / cuDNN set up before
-        the first image needs them (only where the plan keeps them on the device; one at a time, so no two phases'
-        activations meet).
+        the first image needs them (only where the plan keeps them on the device; in this thread, whose library
+        handles the first image uses, and one at a time, so no two phases' activations meet).
         """
         from ..device import DTYPES
         from ..loading import load_transformer
@@ -132,33 +131,31 @@ class ImagePipeline(PlacedPipeline):
                     quantize_blocks_fp8(transformer)
             return transformer
 
-        warm = warm_for is not None and warms_while_loading(device)
-        warming = threading.Lock()  # one warm-up at a time
+        @torch.no_grad()
+        def warm_text_encoder(encoder):
+            encoder.encode_many([("", False), ("", True)])  # the negative's and the prompt's lengths
 
-        def text_encoder():
-            encoder = TextEncoder.from_pretrained(model_dir, dtype=text_dtype, device=load_device("text_encoder"),
-                                                  variant=variant)
-            if warm and load_device("text_encoder") == device:
-                with warming, torch.no_grad():
-                    encoder.encode_many([("", False), ("", True)])  # the negative's and the prompt's lengths
-            return encoder
+        @torch.no_grad()
+        def warm_decoder(decoder):
+            from ..placement import decode_tiling
 
-        def vae():
-            decoder = load_vae(model_dir, dtype=dtype, device=load_device("vae"), variant=variant)
-            if warm and load_device("vae") == device:
-                from ..placement import decode_tiling
+            sample_size = read_json(model_dir / "transformer" / "config.json").get("sample_size", 32)
+            scale = decoder.spatial_compression_ratio
+            width, height = binned_size(*warm_for, sample_size * scale)
+            latents = torch.zeros(1, decoder.config.latent_channels, height // scale, width // scale, device=device,
+                                  dtype=dtype)
+            decoder.decode(latents, tile=decode_tiling(plan, height, width) if plan is not None else None)
 
-                sample_size = read_json(model_dir / "transformer" / "config.json").get("sample_size", 32)
-                width, height = binned_size(*warm_for, sample_size * decoder.spatial_compression_ratio)
-                scale = decoder.spatial_compression_ratio
-                latents = torch.zeros(1, decoder.config.latent_channels, height // scale, width // scale,
-                                      device=device, dtype=dtype)
-                with warming, torch.no_grad():
-                    decoder.decode(latents, tile=decode_tiling(plan, height, width) if plan is not None else None)
-            return decoder
-
+        warm = {}
+        if warm_for is not None and warms_while_loading(device):
+            warm = {name: fn for name, fn in (("text_encoder", warm_text_encoder), ("vae", warm_decoder))
+                    if load_device(name) == device}
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
-        loaded = load_together({"transformer": dit, "text_encoder": text_encoder, "vae": vae})
+        loaded = load_together({
+            "transformer": dit,
+            "text_encoder": lambda: TextEncoder.from_pretrained(
+                model_dir, dtype=text_dtype, device=load_device("text_encoder"), variant=variant),
+            "vae": lambda: load_vae(model_dir, dtype=dtype, device=load_device("vae"), variant=variant)}, warm)
         return cls(**loaded, family=family,
                    scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype, cuda_graphs=cuda_graphs,
                    plan=plan)
