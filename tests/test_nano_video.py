@@ -142,3 +142,23 @@ def test_the_recipe_runs_every_stage(tmp_path):
     assert (config["frames"], config["fps"], config["motion_score"], config["init"]) == (17, 8, None, "random")
     shipped = sum(f.stat().st_size for f in (tmp_path / "ship").rglob("*") if f.is_file())
     assert shipped < 25_000_000
+
+
+def test_the_autoencoder_trains_on_its_decoder_output_before_the_clamp():
+    """diffusers' Wan decode clamps to [-1, 1], which passes no gradient; training reads the output before it."""
+    from diffusers import AutoencoderKLWan
+
+    from sana.nano.video_autoencoder import decode_unclamped
+
+    torch.manual_seed(0)
+    small = AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                             temperal_downsample=[False, True, True])
+    with torch.no_grad():
+        small.decoder.conv_out.bias.fill_(3.0)  # push every output past 1
+    latents = torch.randn(1, 16, 2, 4, 4)
+    raw = decode_unclamped(small, latents)
+    clamped = small.decode(latents).sample
+    assert raw.shape == clamped.shape == (1, 3, 5, 32, 32)
+    assert raw.max() > 1.5 and torch.equal(raw.clamp(-1, 1), clamped)
+    raw.mean().backward()
+    assert small.decoder.conv_out.bias.grad.abs().sum() > 0  # a gradient the clamped output would not pass

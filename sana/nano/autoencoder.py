@@ -171,10 +171,12 @@ def evaluate(vae, seed: int, device: torch.device, count: int = 128) -> tuple[fl
 
 def fit_autoencoder(vae, cfg: VaeTrainConfig, device: torch.device, start: float,
                     batch_at: Callable[[int], torch.Tensor], encode: Callable[[torch.Tensor], torch.Tensor],
-                    on_log: Callable[[dict], None] | None = None) -> tuple[list[dict], int]:
+                    on_log: Callable[[dict], None] | None = None,
+                    decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[dict], int]:
     """The reconstruction loop both autoencoders share (images [B, 3, H, W] or clips [B, 3, F, H, W]): per step
     `batch_at(step)` is the target, `encode(target)` its latents; the latents are jittered by noise of their own
-    scale, decoded, and pixel L1 + edge L1 is minimised. Stops early past `cfg.max_seconds` from `start`.
+    scale, decoded (by `decode`, default `vae.decode(...).sample`), and pixel L1 + edge L1 is minimised. Stops
+    early past `cfg.max_seconds` from `start`.
     Returns (the logged loss rows, steps done)."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -195,7 +197,8 @@ def fit_autoencoder(vae, cfg: VaeTrainConfig, device: torch.device, start: float
             latents = encode(target)
             scale = latents.detach().float().std()
             jitter = torch.randn(latents.shape, generator=noise, device=device, dtype=latents.dtype)
-            recon = vae.decode(latents + cfg.latent_noise * scale * jitter).sample.float()
+            noisy = latents + cfg.latent_noise * scale * jitter
+            recon = (decode(noisy) if decode is not None else vae.decode(noisy).sample).float()
         l1 = (recon - target).abs().mean()
         edge = edge_l1(recon, target)
         loss = l1 + cfg.edge_weight * edge

@@ -88,6 +88,21 @@ def render_clip_batch(scenes: Sequence[MotionScene], frames: int = FRAMES, side:
 
 # -- training ------------------------------------------------------------------------------------------------
 
+def decode_unclamped(vae, latents: torch.Tensor) -> torch.Tensor:
+    """diffusers' Wan decode without its final clamp to [-1, 1]: the decoder's output frame by frame, caught by a
+    hook. Training needs it: a clamp passes no gradient, so pixels the decoder overshoots past -1 (or 1) stay there
+    for good, and on a near-black background (-0.88) most of a clip did (the loss stalled at L1 0.12 = 1 - 0.88)."""
+    if vae.config.get("patch_size") is not None:
+        raise ValueError("decode_unclamped expects a Wan 2.1 layout (no patch_size)")
+    pieces: list[torch.Tensor] = []
+    handle = vae.decoder.register_forward_hook(lambda module, args, out: pieces.append(out))
+    try:
+        vae.decode(latents)
+    finally:
+        handle.remove()
+    return torch.cat(pieces, dim=2)
+
+
 @dataclass
 class VideoVaeReport:
     config: dict
@@ -144,9 +159,10 @@ def train_video_vae(cfg: VaeTrainConfig, *, device: torch.device | str | None = 
         scenes = sample_motion_scenes(cfg.batch, cfg.seed * 1_000_003 + step, stream="video-vae")
         return render_clip_batch(scenes, device=device)  # [B, 3, F, H, W]
 
-    # Encode to the mode of the latent distribution.
+    # Encode to the mode of the latent distribution; decode without the output clamp (`decode_unclamped`).
     losses, done = fit_autoencoder(vae, cfg, device, start, batch_at,
-                                   encode=lambda target: vae.encode(target).latent_dist.mode(), on_log=on_log)
+                                   encode=lambda target: vae.encode(target).latent_dist.mode(), on_log=on_log,
+                                   decode=lambda latents: decode_unclamped(vae, latents))
     # Unit-variance latents per channel for the DiT; score the round trip.
     vae.eval()
     mean, std = latent_statistics(vae, cfg.seed, device, cfg.eval_images)
