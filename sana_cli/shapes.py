@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -34,6 +35,22 @@ def _empty_folder(path: Path, force: bool, what: str) -> None:
         raise UsageError(f"{path} is a file, not a folder")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise UsageError(f"{path} is not empty", f"choose an empty folder for the {what}, or pass --force")
+
+
+def _start_autoencoder(path: Path, class_name: str) -> Path:
+    """The diffusers folder of the autoencoder `--start-from` names (a training folder holding vae/, or vae/ itself),
+    checked before torch loads: it must exist and hold a `class_name`."""
+    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    config = folder / "config.json"
+    if not config.is_file():
+        raise UsageError(f"--start-from {path}: no autoencoder there", "give the folder of an earlier train-vae run")
+    try:
+        found = json.loads(config.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError):
+        raise UsageError(f"--start-from {path}: {config.name} is not readable JSON") from None
+    if found != class_name:
+        raise UsageError(f"--start-from {path} holds {found}, not the {class_name} this run trains")
+    return folder
 
 
 @shapes_app.command("make")
@@ -241,18 +258,20 @@ def train_vae_command(
     force: opt.Force = False,
     bf16: Annotated[bool, typer.Option("--bf16/--fp32", help="On a CUDA GPU, the forward under bf16 autocast or in fp32 (a CPU always uses fp32).")] = True,
     video: Annotated[bool, typer.Option("--video", help="The nano video model's autoencoder (diffusers AutoencoderKLWan, 16 x 5 x 16 x 16 latents for 17 frames of 128 px) on the moving-shapes grammar: --batch and --eval-images count clips.")] = False,
+    start_from: Annotated[Optional[Path], typer.Option("--start-from", help="Go on from an earlier autoencoder (its training folder, or the vae/ in it) with a new optimizer and schedule; give another --seed for data it has not seen.")] = None,
 ) -> None:
     """Train the nano model's autoencoder (diffusers AutoencoderDC, 8 x 16 x 16 latents) on the grammar."""
     from sana.device import pick_device
     from sana.nano.autoencoder import VaeTrainConfig, save_vae, train_vae
     from sana.nano.shapes import DEFAULT_HOLDOUT
 
-    # 1. Settings and the output folder.
+    # 1. Settings, the autoencoder to start from and the output folder.
+    start = _start_autoencoder(start_from, "AutoencoderKLWan" if video else "AutoencoderDC") if start_from else None
     _empty_folder(out, force, "autoencoder")
     if video:
         from .shapes_video import train_video_vae
 
-        train_video_vae(out, steps, batch, lr, seed, max_minutes, eval_images, device, bf16)
+        train_video_vae(out, steps, batch, lr, seed, max_minutes, eval_images, device, bf16, start)
         return
     cfg = VaeTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, holdout=DEFAULT_HOLDOUT if holdout else (),
                          eval_images=eval_images, max_seconds=None if max_minutes is None else 60 * max_minutes,
@@ -260,8 +279,14 @@ def train_vae_command(
     # 2. Train, logging the loss every few hundred steps.
     cfg.log_every = max(1, min(200, steps // 20))
     target = pick_device(device)
-    console.info(f"training the nano autoencoder for {steps} steps on {target}")
-    vae, report = train_vae(cfg, device=target, on_log=lambda row: console.info(
+    console.info(f"training the nano autoencoder for {steps} steps on {target}"
+                 + (f", from {start}" if start else ""))
+    earlier = None
+    if start is not None:
+        from diffusers import AutoencoderDC
+
+        earlier = AutoencoderDC.from_pretrained(start)
+    vae, report = train_vae(cfg, device=target, vae=earlier, on_log=lambda row: console.info(
         f"step {row['step']:>6}  loss {row['loss']:.4f}  (l1 {row['l1']:.4f}, edge {row['edge']:.4f})  lr {row['lr']:.2e}"))
     # 3. Save and summarise.
     path = save_vae(vae, report, out)

@@ -107,7 +107,7 @@ def load_clip_generator(model: str, transformer: str | None, steps: int | None, 
 
 
 def train_video_vae(out: Path, steps: int, batch: int, lr: float, seed: int, max_minutes: float | None,
-                    eval_clips: int, device: str, bf16: bool = True) -> None:
+                    eval_clips: int, device: str, bf16: bool = True, start: Path | None = None) -> None:
     """`sana shapes train-vae --video`: the nano video model's Wan-layout autoencoder on the moving-shapes grammar."""
     from sana.device import pick_device
     from sana.nano.autoencoder import VaeTrainConfig
@@ -121,8 +121,14 @@ def train_video_vae(out: Path, steps: int, batch: int, lr: float, seed: int, max
     cfg.log_every = max(1, min(200, steps // 20))
     # 2. Train, logging the loss every few hundred steps.
     target = pick_device(device)
-    console.info(f"training the nano video autoencoder for {steps} steps on {target}")
-    vae, report = train(cfg, device=target, on_log=lambda row: console.info(
+    console.info(f"training the nano video autoencoder for {steps} steps on {target}"
+                 + (f", from {start}" if start else ""))
+    earlier = None
+    if start is not None:
+        from diffusers import AutoencoderKLWan
+
+        earlier = AutoencoderKLWan.from_pretrained(start)
+    vae, report = train(cfg, device=target, vae=earlier, on_log=lambda row: console.info(
         f"step {row['step']:>6}  loss {row['loss']:.4f}  (l1 {row['l1']:.4f}, edge {row['edge']:.4f})  lr {row['lr']:.2e}"))
     # 3. Save and summarise.
     path = save_video_vae(vae, report, out)

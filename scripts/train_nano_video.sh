@@ -13,7 +13,8 @@
 #          `sana video`'s fallback read), scored again as shipped
 # Environment: SANA (the command, default `sana`), VAE (an autoencoder folder from an earlier run: no vae stage,
 # default WORK/vae/vae), VAE_STEPS (default 6000), VAE_BATCH (clips a step, default 16),
-# VAE_MINUTES (`--max-minutes` of the VAE, default 0 = none), VAE_LR (default 1e-3), VAE_PRECISION (bf16 or fp32), VAE_EVAL (clips for its latent statistics and scores,
+# VAE_MINUTES (`--max-minutes` of the VAE, default 0 = none), VAE_LR (default 1e-3), VAE_PRECISION (bf16 or fp32), VAE_FROM (an earlier autoencoder
+# folder to go on from, with VAE_SEED another seed for unseen clips; default none and 0), VAE_EVAL (clips for its latent statistics and scores,
 # default 64), STEPS (DiT steps, default 18000), BATCH (clips a DiT step, default 256), NUM (clips, default 20000),
 # FORMAT (mp4, or png frame folders where imageio-ffmpeg has no ffmpeg), COMPILE (1: `--compile`), MINUTES
 # (`--max-minutes` of the DiT stage; 0 = none), SCORE_NUM (clips scored, default 200), SHIP (the shipped folder,
@@ -30,6 +31,8 @@ VAE_BATCH=${VAE_BATCH:-16}
 VAE_MINUTES=${VAE_MINUTES:-0}
 VAE_LR=${VAE_LR:-1e-3}
 VAE_PRECISION=${VAE_PRECISION:-bf16}
+VAE_FROM=${VAE_FROM:-}
+VAE_SEED=${VAE_SEED:-0}
 VAE_EVAL=${VAE_EVAL:-64}
 STEPS=${STEPS:-18000}
 BATCH=${BATCH:-256}
@@ -46,7 +49,8 @@ stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
 if stage vae && [[ ! -d "$VAE" ]]; then
     extra=()
     [[ "$VAE_MINUTES" != 0 ]] && extra+=(--max-minutes "$VAE_MINUTES")
-    $SANA shapes train-vae "$WORK/vae" --video --steps "$VAE_STEPS" --batch "$VAE_BATCH" --lr "$VAE_LR" --seed 0 --"$VAE_PRECISION" \
+    [[ -n "$VAE_FROM" ]] && extra+=(--start-from "$VAE_FROM")
+    $SANA shapes train-vae "$WORK/vae" --video --steps "$VAE_STEPS" --batch "$VAE_BATCH" --lr "$VAE_LR" --seed "$VAE_SEED" --"$VAE_PRECISION" \
         --eval-images "$VAE_EVAL" --force "${extra[@]}"
 fi
 if stage init && [[ ! -d "$WORK/init" ]]; then

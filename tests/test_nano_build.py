@@ -202,3 +202,28 @@ def test_train_vae_command(tmp_path):
     assert result.stdout.strip() == str(out / "vae")
     assert "scaling_factor" in result.stderr and (out / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     assert json.loads((out / "vae-train.json").read_text())["steps_done"] == 1
+
+    # Going on from it: the new run starts from its weights (one step at a tiny rate keeps them close).
+    more = tmp_path / "more"
+    result = run_sana("shapes", "train-vae", str(more), "--steps", "1", "--batch", "1", "--eval-images", "2",
+                      "--device", "cpu", "--start-from", str(out), "--seed", "1", "--lr", "1e-9")
+    assert result.returncode == 0, result.stderr
+    from safetensors.torch import load_file
+
+    before = load_file(str(out / "vae" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(more / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-5) for k in before)
+
+
+@pytest.mark.parametrize("case, message", [("missing", "no autoencoder there"),
+                                           ("video", "holds AutoencoderDC, not the AutoencoderKLWan")])
+def test_train_vae_start_from_is_checked_before_any_work(tmp_path, case, message):
+    start = tmp_path / "start"
+    if case == "video":
+        (start / "vae").mkdir(parents=True)
+        (start / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderDC"}))
+    args = ["--video"] if case == "video" else []
+    result = run_sana("shapes", "train-vae", str(tmp_path / "out"), "--start-from", str(start), *args)
+    assert result.returncode != 0 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
