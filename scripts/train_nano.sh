@@ -26,7 +26,8 @@
 # RL_KEEP (default 16), RL_SOURCE (default shapes:hard; shapes for the whole grammar), RL_SAMPLING_STEPS (steps of
 # every rollout, default 4: the 4-step target, and with exploration at the same steps in bf16 the kept images are
 # the explored ones, so a round samples each image once), RL_MINUTES (`--max-minutes` of the RL stage; 0 = none), RL_GUIDANCE (CFG scale of the
-# rollouts, default 1: CFG-free as the recipe).
+# rollouts, default 1: CFG-free as the recipe), RL_ROLLOUT_STEPS (steps of the full-quality rollouts when they
+# differ from the exploration's, e.g. 20 for the default sampler's trajectories; default RL_SAMPLING_STEPS).
 # Every timestep of the rollout's sampler is trained on (--timestep-fraction 1). The RL settings are untuned; what one
 # H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
 # 0.96 -> 0.998 by round 25 and the validation reward (20 steps) 0.977 -> 0.995 at round 25, then a collapse from
@@ -50,6 +51,7 @@ RL_SOURCE=${RL_SOURCE:-shapes:hard}
 RL_SAMPLING_STEPS=${RL_SAMPLING_STEPS:-4}
 RL_MINUTES=${RL_MINUTES:-0}
 RL_GUIDANCE=${RL_GUIDANCE:-1}
+RL_ROLLOUT_STEPS=${RL_ROLLOUT_STEPS:-$RL_SAMPLING_STEPS}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -78,7 +80,7 @@ if stage rl; then
     $SANA finetune "$RL_SOURCE" --rl --full --model "$RL_BASE" --out "$WORK/rl" --reward shapes "${extra[@]}" \
         --steps "$RL_ROUNDS" --max-minutes "$RL_MINUTES" --lr "$RL_LR" --prompts-per-round "$RL_PROMPTS" \
         --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --explore-steps "$RL_SAMPLING_STEPS" \
-        --rollout-steps "$RL_SAMPLING_STEPS" --timestep-fraction 1 --explore-precision bf16 --rollout-batch 256 --guidance "$RL_GUIDANCE" \
+        --rollout-steps "$RL_ROLLOUT_STEPS" --timestep-fraction 1 --explore-precision bf16 --rollout-batch 256 --guidance "$RL_GUIDANCE" \
         --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count 32 \
         --val-steps 20 --val-every 5 --save-dtype fp16
 fi
@@ -87,10 +89,16 @@ if stage rl-score; then
     [[ -d "$WORK/rl/best" ]] && pairs+=("best:$WORK/rl/best")  # the best-validated round, if not the last
     for pair in "${pairs[@]}"; do
         name=${pair%%:*} model=${pair#*:}
+        # the four scores of a model side by side (one GPU holds them all); printed once all are done
+        pids=()
         $SANA shapes score --model "$model" --num 200 --seed 0 --out "$WORK/rl-$name-grid.png" --force \
-            --rows "$WORK/rl-$name-rows.jsonl" | tee "$WORK/rl-$name-default.txt"
-        $SANA shapes score --model "$model" --num 200 --seed 0 --cfg 1 | tee "$WORK/rl-$name-cfg1.txt"
-        $SANA shapes score --model "$model" --num 200 --seed 0 --steps 4 | tee "$WORK/rl-$name-4steps.txt"
-        $SANA shapes score --model "$model" --num 200 --seed 0 --steps 4 --cfg 1 | tee "$WORK/rl-$name-4steps-cfg1.txt"
+            --rows "$WORK/rl-$name-rows.jsonl" > "$WORK/rl-$name-default.txt" & pids+=($!)
+        $SANA shapes score --model "$model" --num 200 --seed 0 --cfg 1 > "$WORK/rl-$name-cfg1.txt" & pids+=($!)
+        $SANA shapes score --model "$model" --num 200 --seed 0 --steps 4 > "$WORK/rl-$name-4steps.txt" & pids+=($!)
+        $SANA shapes score --model "$model" --num 200 --seed 0 --steps 4 --cfg 1 > "$WORK/rl-$name-4steps-cfg1.txt" &
+        pids+=($!)
+        for pid in "${pids[@]}"; do wait "$pid"; done  # a failed score stops the stage
+        cat "$WORK/rl-$name-default.txt" "$WORK/rl-$name-cfg1.txt" "$WORK/rl-$name-4steps.txt" \
+            "$WORK/rl-$name-4steps-cfg1.txt"
     done
 fi
