@@ -37,6 +37,24 @@ def _empty_folder(path: Path, force: bool, what: str) -> None:
         raise UsageError(f"{path} is not empty", f"choose an empty folder for the {what}, or pass --force")
 
 
+def train_and_save_autoencoder(out: Path, what: str, train, save, cfg, device: str, start: Path | None,
+                               class_name: str):
+    """What both forms of `train-vae` do once their settings are made: load the `--start-from` autoencoder (a
+    diffusers `class_name`), train with the loss logged, save to `out`; returns (the saved folder, the report)."""
+    from sana.device import pick_device
+
+    target = pick_device(device)
+    console.info(f"training the {what} for {cfg.steps} steps on {target}" + (f", from {start}" if start else ""))
+    earlier = None
+    if start is not None:
+        import diffusers
+
+        earlier = getattr(diffusers, class_name).from_pretrained(start)
+    vae, report = train(cfg, device=target, vae=earlier, on_log=lambda row: console.info(
+        f"step {row['step']:>6}  loss {row['loss']:.4f}  (l1 {row['l1']:.4f}, edge {row['edge']:.4f})  lr {row['lr']:.2e}"))
+    return save(vae, report, out), report
+
+
 def _start_autoencoder(path: Path, class_name: str) -> Path:
     """The diffusers folder of the autoencoder `--start-from` names (a training folder holding vae/, or vae/ itself),
     checked before torch loads: it must exist and hold a `class_name`."""
@@ -261,7 +279,6 @@ def train_vae_command(
     start_from: Annotated[Optional[Path], typer.Option("--start-from", help="Go on from an earlier autoencoder (its training folder, or the vae/ in it) with a new optimizer and schedule; give another --seed for data it has not seen.")] = None,
 ) -> None:
     """Train the nano model's autoencoder (diffusers AutoencoderDC, 8 x 16 x 16 latents) on the grammar."""
-    from sana.device import pick_device
     from sana.nano.autoencoder import VaeTrainConfig, save_vae, train_vae
     from sana.nano.shapes import DEFAULT_HOLDOUT
 
@@ -276,20 +293,10 @@ def train_vae_command(
     cfg = VaeTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, holdout=DEFAULT_HOLDOUT if holdout else (),
                          eval_images=eval_images, max_seconds=None if max_minutes is None else 60 * max_minutes,
                          bf16=bf16)
-    # 2. Train, logging the loss every few hundred steps.
     cfg.log_every = max(1, min(200, steps // 20))
-    target = pick_device(device)
-    console.info(f"training the nano autoencoder for {steps} steps on {target}"
-                 + (f", from {start}" if start else ""))
-    earlier = None
-    if start is not None:
-        from diffusers import AutoencoderDC
-
-        earlier = AutoencoderDC.from_pretrained(start)
-    vae, report = train_vae(cfg, device=target, vae=earlier, on_log=lambda row: console.info(
-        f"step {row['step']:>6}  loss {row['loss']:.4f}  (l1 {row['l1']:.4f}, edge {row['edge']:.4f})  lr {row['lr']:.2e}"))
-    # 3. Save and summarise.
-    path = save_vae(vae, report, out)
+    # 2. Train, logging the loss every few hundred steps; save.
+    path, report = train_and_save_autoencoder(out, "nano autoencoder", train_vae, save_vae, cfg, device, start,
+                                              "AutoencoderDC")
     console.info(f"{report.steps_done} steps in {report.seconds:.0f}s; reconstruction {report.psnr:.1f} dB PSNR, "
                  f"{report.adherence:.1f}% fully correct; scaling_factor {report.scaling_factor:.5f}")
     console.out.print(str(path), highlight=False)

@@ -109,9 +109,10 @@ def load_clip_generator(model: str, transformer: str | None, steps: int | None, 
 def train_video_vae(out: Path, steps: int, batch: int, lr: float, seed: int, max_minutes: float | None,
                     eval_clips: int, device: str, bf16: bool = True, start: Path | None = None) -> None:
     """`sana shapes train-vae --video`: the nano video model's Wan-layout autoencoder on the moving-shapes grammar."""
-    from sana.device import pick_device
     from sana.nano.autoencoder import VaeTrainConfig
     from sana.nano.video_autoencoder import save_video_vae, train_video_vae as train
+
+    from .shapes import train_and_save_autoencoder
 
     # 1. Settings (the output folder was checked by the caller).
     # A clip step's cost varies widely between machines, so under --max-minutes the cosine follows the clock.
@@ -119,19 +120,9 @@ def train_video_vae(out: Path, steps: int, batch: int, lr: float, seed: int, max
                          max_seconds=None if max_minutes is None else 60 * max_minutes,
                          anneal_by_time=max_minutes is not None, bf16=bf16)
     cfg.log_every = max(1, min(200, steps // 20))
-    # 2. Train, logging the loss every few hundred steps.
-    target = pick_device(device)
-    console.info(f"training the nano video autoencoder for {steps} steps on {target}"
-                 + (f", from {start}" if start else ""))
-    earlier = None
-    if start is not None:
-        from diffusers import AutoencoderKLWan
-
-        earlier = AutoencoderKLWan.from_pretrained(start)
-    vae, report = train(cfg, device=target, vae=earlier, on_log=lambda row: console.info(
-        f"step {row['step']:>6}  loss {row['loss']:.4f}  (l1 {row['l1']:.4f}, edge {row['edge']:.4f})  lr {row['lr']:.2e}"))
-    # 3. Save and summarise.
-    path = save_video_vae(vae, report, out)
+    # 2. Train, logging the loss every few hundred steps; save.
+    path, report = train_and_save_autoencoder(out, "nano video autoencoder", train, save_video_vae, cfg, device,
+                                              start, "AutoencoderKLWan")
     console.info(f"{report.steps_done} steps in {report.seconds:.0f}s; reconstruction {report.psnr:.1f} dB PSNR, "
                  f"{report.adherence:.1f}% of clips fully correct")
     console.out.print(str(path), highlight=False)
