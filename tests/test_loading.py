@@ -325,3 +325,17 @@ def test_work_on_a_loaded_component_runs_in_the_calling_thread_while_the_others_
 
     assert load_together({"slow": slow, "fast": lambda: "fast"}, {"fast": on_fast}) == {"slow": "slow", "fast": "fast"}
     assert seen == [("fast", True)]
+
+
+@pytest.mark.gpu
+def test_reading_straight_to_a_gpu_gives_the_hosts_tensors_cast(tmp_path):
+    from sana.loading.files import read_safetensors
+
+    state = {f"w{i}": torch.randn(256, 512) for i in range(8)}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    busy = torch.randn(4096, 4096, device="cuda")
+    for _ in range(20):  # kernels queued on the default stream while the copies run on their own
+        busy = busy @ busy / 64
+    read = read_safetensors(tmp_path / "w.safetensors", device="cuda", dtype=torch.bfloat16)
+    for key, tensor in state.items():
+        assert read[key].device.type == "cuda" and torch.equal(read[key].cpu(), tensor.to(torch.bfloat16))

@@ -85,22 +85,29 @@ def read_safetensors(path: Path, prefix: str = "", *, device: torch.device | str
 
     With `device` each tensor goes there as soon as it is read, and with `dtype` its floating-point tensors are
     cast there (the same rounding as on the host), one tensor at a time: the host never holds the model, nor the
-    device a full-precision copy of it."""
+    device a full-precision copy of it. On a CUDA device the copies and casts run on a stream of their own (done
+    before this returns), so they do not queue behind kernels another thread runs meanwhile on the default
+    stream, as the warm-ups during a load do (`ImagePipeline.from_pretrained`)."""
+    from contextlib import nullcontext
+
     from safetensors import safe_open
 
     target = torch.device(device) if device is not None else None
+    stream = torch.cuda.Stream(target) if target is not None and target.type == "cuda" else None
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f, (torch.cuda.stream(stream) if stream else nullcontext()):
             state = {}
             for key in f.keys():
                 if key.startswith(prefix):
-                    tensor = f.get_tensor(key)
+                    tensor = f.get_tensor(key)  # a view of the file's pages; the copy below reads them
                     if target is not None:
-                        tensor = tensor.to(target, non_blocking=False)
+                        tensor = tensor.to(target)
                     if dtype is not None and tensor.is_floating_point():
                         tensor = tensor.to(dtype)
                     state[key] = tensor
-            return state
+        if stream is not None:
+            stream.synchronize()  # the tensors are complete before any other stream reads them
+        return state
     except Exception as exc:  # safetensors raises several types for truncated or corrupt files
         raise SanaError(f"cannot read {path.name}: the file is corrupt or truncated ({exc})",
                         "delete it and download it again") from None
