@@ -339,3 +339,23 @@ def test_reading_straight_to_a_gpu_gives_the_hosts_tensors_cast(tmp_path):
     read = read_safetensors(tmp_path / "w.safetensors", device="cuda", dtype=torch.bfloat16)
     for key, tensor in state.items():
         assert read[key].device.type == "cuda" and torch.equal(read[key].cpu(), tensor.to(torch.bfloat16))
+
+
+def test_a_large_tensor_is_cast_on_the_host_before_it_moves(tmp_path, monkeypatch):
+    from sana.loading import files
+
+    state = {"big": torch.randn(64, 64), "small": torch.randn(4)}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    monkeypatch.setattr(files, "HOST_CAST_BYTES", 1024)  # "big" (16 KiB fp32) is over it
+    moved = []
+    to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        if args and isinstance(args[0], torch.device):
+            moved.append(self.dtype)
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    read = files.read_safetensors(tmp_path / "w.safetensors", device=torch.device("cpu"), dtype=torch.bfloat16)
+    assert sorted(map(str, moved)) == ["torch.bfloat16", "torch.float32"]  # big moved cast, small moved as stored
+    assert all(torch.equal(read[k], state[k].to(torch.bfloat16)) for k in state)

@@ -27,6 +27,9 @@ IGNORED = re.compile(r"^(pos_embed|patch_embed\.pos_embed|y_embedder\.y_embeddin
 # init_empty_weights puts each new nn.Parameter on the meta device), so while components load side by side, their
 # builds and every step of ours that makes or assigns parameters take turns under this lock; reads run freely.
 BUILD_LOCK = threading.RLock()
+# Tensors larger than this are cast on the host before they go to the device (Gemma-2's 2.4 GB fp32 embedding
+# would otherwise pass through the device at full width beside the cast copy); smaller ones are cast there.
+HOST_CAST_BYTES = 64 << 20
 
 
 @dataclass
@@ -101,6 +104,8 @@ def read_safetensors(path: Path, prefix: str = "", *, device: torch.device | str
                 if key.startswith(prefix):
                     tensor = f.get_tensor(key)  # a view of the file's pages; the copy below reads them
                     if target is not None:
+                        if dtype is not None and tensor.is_floating_point() and tensor.nbytes > HOST_CAST_BYTES:
+                            tensor = tensor.to(dtype)  # a large tensor's wider copy never reaches the device
                         tensor = tensor.to(target)
                     if dtype is not None and tensor.is_floating_point():
                         tensor = tensor.to(dtype)
