@@ -219,15 +219,16 @@ def modulated_layer_norm_fp8(x: torch.Tensor, shift: torch.Tensor, scale: torch.
 
 
 def gated_residual_modulated_norm_fp8(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor,
-                                      shift: torch.Tensor, scale: torch.Tensor,
-                                      eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`gated_residual_modulated_norm` with its norm written as an fp8 linear's input: (r, q, row scales)."""
-    kernel = _kernel("gated_residual_modulated_norm_fp8", x, y, shift, scale)
+                                      shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6,
+                                      y2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`gated_residual_modulated_norm` (y2 as there) with its norm written as an fp8 linear's input: (r, q, row
+    scales)."""
+    kernel = _kernel("gated_residual_modulated_norm_fp8", x, y, shift, scale, *(() if y2 is None else (y2,)))
     if kernel is not None:
-        return kernel(x, torch.ones_like(shift) if gate is None else gate, y, shift, scale, eps)
+        return kernel(x, torch.ones_like(shift) if gate is None else gate, y, shift, scale, eps, y2=y2)
     from .kernels.fp8.reference import quantize_fp8_rows_reference
 
-    r, h = gated_residual_modulated_norm_reference(x, gate, y, shift, scale, eps)
+    r, h = gated_residual_modulated_norm_reference(x, gate, y, shift, scale, eps, y2)
     return (r, *quantize_fp8_rows_reference(h))
 
 

@@ -125,3 +125,47 @@ def test_fp8_sizes_of_a_video_model_halve_its_block_weights():
     # "params" count bf16 halves: fp8 linears count a half each, the temporal conv and the rest stay whole.
     assert 0.5 * sizes.transformer_params < fp8.transformer_params < 0.7 * sizes.transformer_params
     assert fp8.block_params < 0.7 * sizes.block_params
+
+
+VIDEO_CASES = [("wan", "cpu"), ("ltx2", "cpu"), pytest.param("wan", "cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("kind, device", VIDEO_CASES)
+def test_video_norms_writing_quantized_rows_change_nothing(kind, device, tmp_path, monkeypatch):
+    """The video block's norms write the fp8 linears' rows too: its first norm, the cross-attention's residual with
+    the FFN's norm, and the block boundary's (the temporal conv term y2 inside), with per-token timesteps (image
+    to video) grouping the rows. The same output bit for bit as norms writing rows the linears quantize."""
+    from sana import ops
+    from sana.loading import load_video_transformer
+    from sana.models import video_transformer
+    from tests import tiny_video
+
+    ref = tiny_video.build_reference(kind, tmp_path / "transformer")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    quantized = load_video_transformer(tmp_path, dtype=dtype, device=device)
+    quantize_blocks_fp8(quantized)
+    assert all(block.reads_fp8_rows for block in quantized.blocks)
+    x, text, mask, t, *_ = [a.to(device) if isinstance(a, torch.Tensor) else a for a in tiny_video.inputs(ref)]
+    per_token = t[:, None].expand(-1, x.shape[2]).clone()
+    per_token[:, 0] = 0  # the first latent frame clean, as image to video keeps it
+    calls = {"first": 0, "fused": 0}
+    first, fused = ops.modulated_layer_norm_fp8, ops.gated_residual_modulated_norm_fp8
+    monkeypatch.setattr(ops, "modulated_layer_norm_fp8",
+                        lambda *a, **k: calls.__setitem__("first", calls["first"] + 1) or first(*a, **k))
+    monkeypatch.setattr(ops, "gated_residual_modulated_norm_fp8",
+                        lambda *a, **k: calls.__setitem__("fused", calls["fused"] + 1) or fused(*a, **k))
+    with torch.no_grad():
+        got = [quantized(x.to(dtype), text.to(dtype), timestep, text_mask=mask) for timestep in (t, per_token)]
+    blocks = len(quantized.blocks)
+    # one first norm a forward (the rest arrive fused from the block before); per block one fused norm, and one more
+    # at each boundary
+    assert calls == {"first": 2, "fused": 2 * (2 * blocks - 1)}
+
+    class NeverFp8:  # isinstance fails: each norm writes its row and each fp8 linear quantizes it
+        pass
+
+    monkeypatch.setattr(video_transformer, "Fp8Linear", NeverFp8)
+    with torch.no_grad():
+        plain = [quantized(x.to(dtype), text.to(dtype), timestep, text_mask=mask) for timestep in (t, per_token)]
+    assert all(torch.equal(a, b) for a, b in zip(got, plain))
+    assert not torch.equal(got[0], got[1])  # the per-token timesteps did change the output

@@ -15,7 +15,7 @@ Public functions (all inference-only, no autograd):
     gated_residual_modulated_norm(x, gate, y, shift, scale, eps=1e-6) -> ([B, N, C], [B, N, C])
     modulated_layer_norm_fp8(x, shift, scale, eps=1e-6) -> (float8_e4m3fn [B, N, C], float32 [B, N]) (the row as an
         fp8 GEMM's quantized input)
-    gated_residual_modulated_norm_fp8(x, gate, y, shift, scale, eps=1e-6) -> ([B, N, C], float8_e4m3fn [B, N, C],
+    gated_residual_modulated_norm_fp8(x, gate, y, shift, scale, eps=1e-6, y2=None) -> ([B, N, C], float8_e4m3fn [B, N, C],
         float32 [B, N])
     gated_residual(x, gate, y) -> [B, N, C]
     mixffn_middle(h, height, width, dw_weight, dw_bias) -> [B, N, Hd]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .fp8 import Fp8Linear, QuantizedRows
 from .text_context import BlockText, TextContext, build_text_context, context_for_forward
 from .transformer import CaptionProjection, CrossAttention, DiTConfigBase, RMSNorm, TimeEmbedding, modulation_table
 from .video_blocks import TemporalMixFFN, rope_tables
@@ -107,6 +108,12 @@ class SanaVideoBlock(nn.Module):
         self.ff = TemporalMixFFN(dim, cfg.ffn_hidden)
         self.scale_shift_table = modulation_table(6, dim)
 
+    @property
+    def reads_fp8_rows(self) -> bool:
+        """With fp8 block linears (`sana video --fp8`) the norms feeding the qkv and the Mix-FFN's first linear write
+        their rows already quantized for them (`QuantizedRows`), as the image block's do."""
+        return isinstance(self.attn.qkv, Fp8Linear) and isinstance(self.ff.inverted, Fp8Linear)
+
     def modulation(self, t_mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """t_mod [G, 6D] -> shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, each [G, 1, D]."""
         g = t_mod.shape[0]
@@ -114,26 +121,39 @@ class SanaVideoBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, text: BlockText, t_mod: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 grid: tuple[int, int, int], h: torch.Tensor | None = None,
-                next_norm: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                next_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+                next_fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor | QuantizedRows | None]:
         """x [B, N, D]; text: this block's view of the text context; t_mod [G, 6D], one modulation row per group of
         N * B / G consecutive tokens; rope (cos, sin) [N, head_dim]; grid (frames, height, width) of tokens.
 
         h: this block's modulated norm of x when the previous block computed it (None: computed here).
         next_norm: the next block's (shift_msa, scale_msa) [G, 1, D]: its modulated norm is then computed in the
-        pass of this block's last residual add and returned (the residual stream is not read back for it).
+        pass of this block's last residual add and returned (the residual stream is not read back for it), as
+        `QuantizedRows` when `next_fp8` (the next block `reads_fp8_rows`).
         Returns (x, the next block's h or None).
         """
         b, n, dim = x.shape
         g = t_mod.shape[0]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t_mod)
+        fp8 = self.reads_fp8_rows
 
         def grouped(t: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [G, B*N/G, D], a view
             return t.view(g, -1, dim)
 
-        if h is None:
+        def rows(q: torch.Tensor, row_scale: torch.Tensor) -> QuantizedRows:  # grouped fp8 rows -> [B, N, D]
+            return QuantizedRows(q.view(b, n, dim), row_scale.view(b, n), x.dtype)
+
+        if h is None and fp8:
+            h = rows(*ops.modulated_layer_norm_fp8(grouped(x), shift_msa, scale_msa, self.eps))
+        elif h is None:
             h = ops.modulated_layer_norm(grouped(x), shift_msa, scale_msa, self.eps).view(b, n, dim)
         x = ops.gated_residual(grouped(x), gate_msa, grouped(self.attn(h, *rope))).view(b, n, dim)
-        if self.norm2 is None:  # the cross-attention's residual add and the FFN's norm in one pass
+        if self.norm2 is None and fp8:
+            x, q, row_scale = ops.gated_residual_modulated_norm_fp8(grouped(x), None, grouped(self.cross_attn(x, text)),
+                                                                    shift_mlp, scale_mlp, self.eps)
+            x = x.view(b, n, dim)
+            h = rows(q, row_scale)
+        elif self.norm2 is None:  # the cross-attention's residual add and the FFN's norm in one pass
             x, h = ops.gated_residual_modulated_norm(grouped(x), None, grouped(self.cross_attn(x, text)),
                                                      shift_mlp, scale_mlp, self.eps)
             x, h = x.view(b, n, dim), h.view(b, n, dim)
@@ -143,6 +163,10 @@ class SanaVideoBlock(nn.Module):
         y, mixed = self.ff.branch_terms(h, *grid)  # the Mix-FFN output and its temporal conv, summed below
         if next_norm is None:
             return ops.gated_residual(grouped(x), gate_mlp, grouped(y), grouped(mixed)).view(b, n, dim), None
+        if next_fp8:
+            x, q, row_scale = ops.gated_residual_modulated_norm_fp8(grouped(x), gate_mlp, grouped(y), *next_norm,
+                                                                    self.eps, y2=grouped(mixed))
+            return x.view(b, n, dim), rows(q, row_scale)
         x, h = ops.gated_residual_modulated_norm(grouped(x), gate_mlp, grouped(y), *next_norm, self.eps,
                                                  y2=grouped(mixed))
         return x.view(b, n, dim), h.view(b, n, dim)
@@ -238,7 +262,8 @@ class SanaVideoTransformer(nn.Module):
             else:
                 following = self.blocks[index + 1] if index + 1 < len(self.blocks) else None
                 next_norm = _first_norm_modulation(following, t_mod, tokens)
-                tokens, h = block(tokens, context.for_block(index), t_mod, rope, grid, h, next_norm)
+                next_fp8 = following is not None and following.reads_fp8_rows
+                tokens, h = block(tokens, context.for_block(index), t_mod, rope, grid, h, next_norm, next_fp8)
 
         # 3. Output: modulated norm per group, projection, unpatchify.
         n, dim = tokens.shape[1], tokens.shape[2]

@@ -78,16 +78,19 @@ def test_modulated_layer_norm_fp8_is_the_plain_row_quantized(b, n, c, dtype):
     assert_fp8_rows_equal(q, row_scale, modulated_layer_norm(x, shift, scale, 1e-6))
 
 
+@pytest.mark.parametrize("second", [False, True], ids=["y", "y+y2"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b, n, c", SHAPES)
-def test_gated_residual_modulated_norm_fp8_is_the_plain_pair_quantized(b, n, c, dtype):
+def test_gated_residual_modulated_norm_fp8_is_the_plain_pair_quantized(b, n, c, dtype, second):
+    """With y2 (SANA-Video's temporal conv term) as the video block's boundary passes it."""
     from sana.kernels import gated_residual_modulated_norm_fp8
 
     torch.manual_seed(0)
     x, y = _x(b, n, c, dtype), _x(b, n, c, dtype)
+    y2 = _x(b, n, c, dtype) if second else None
     shift, scale, gate, *_ = _table(b, c, dtype, torch.float32)
-    res, q, row_scale = gated_residual_modulated_norm_fp8(x, gate, y, shift, scale, 1e-6)
-    plain_res, plain_out = gated_residual_modulated_norm(x, gate, y, shift, scale, 1e-6)
+    res, q, row_scale = gated_residual_modulated_norm_fp8(x, gate, y, shift, scale, 1e-6, y2=y2)
+    plain_res, plain_out = gated_residual_modulated_norm(x, gate, y, shift, scale, 1e-6, y2=y2)
     assert torch.equal(res, plain_res)
     assert_fp8_rows_equal(q, row_scale, plain_out)
 

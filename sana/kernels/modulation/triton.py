@@ -282,21 +282,23 @@ def modulated_layer_norm_fp8(x: torch.Tensor, shift: torch.Tensor, scale: torch.
 
 
 def gated_residual_modulated_norm_fp8(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, shift: torch.Tensor,
-                                      scale: torch.Tensor,
-                                      eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`gated_residual_modulated_norm` with the modulated row written as an fp8 GEMM's input: (r [B, N, C] in x's
-    dtype, q [B, N, C] float8_e4m3fn, row scales [B, N] fp32). Spec: the reference pair, its second output
-    quantized by `quantize_fp8_rows_reference`."""
+                                      scale: torch.Tensor, eps: float = EPS, y2: torch.Tensor | None = None,
+                                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`gated_residual_modulated_norm` (y2 as there) with the modulated row written as an fp8 GEMM's input: (r
+    [B, N, C] in x's dtype, q [B, N, C] float8_e4m3fn, row scales [B, N] fp32). Spec: the reference pair, its
+    second output quantized by `quantize_fp8_rows_reference`."""
     name = "gated_residual_modulated_norm_fp8"
     gate = _check_residual_args(name, x, gate, y)
+    if y2 is not None:
+        _check_residual_args(name, x, gate, y2)
     shift = _per_batch(name, "shift", shift, x)
     scale = _per_batch(name, "scale", scale, x)
-    check_device(name, x, gate, y, shift, scale)
+    check_device(name, x, gate, y, shift, scale, *(() if y2 is None else (y2,)))
     res = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     q = torch.empty(x.shape, device=x.device, dtype=FP8_DTYPE)
     row_scale = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)
     if q.numel():
-        _launch_gated_residual_modulated_norm(x, gate, y, None, shift, scale, res, q, eps, qscale=row_scale)
+        _launch_gated_residual_modulated_norm(x, gate, y, y2, shift, scale, res, q, eps, qscale=row_scale)
     return res, q, row_scale
 
 
