@@ -12,7 +12,8 @@
 #   ship   the fp16 model folder for the package (default sana/nano/video_model, the folder `--model nano-video` and
 #          `sana video`'s fallback read), scored again as shipped
 # Environment: SANA (the command, default `sana`), VAE (an autoencoder folder from an earlier run: no vae stage,
-# default WORK/vae/vae), VAE_STEPS (default 6000), VAE_BATCH (clips a step, default 16),
+# default WORK/vae/vae), VAE_STEPS (default 6000), VAE_BATCH (clips a step, default 4: 68 frames, twice the
+# image autoencoder's 32 images, at a quarter of 16 clips' ~0.35 s step on an H200),
 # VAE_MINUTES (`--max-minutes` of the VAE, default 0 = none), VAE_LR (default 1e-3), VAE_PRECISION (bf16 or fp32), VAE_FROM (an earlier autoencoder
 # folder to go on from, with VAE_SEED another seed for unseen clips; default none and 0), VAE_EVAL (clips for its latent statistics and scores,
 # default 64), STEPS (DiT steps, default 18000), BATCH (clips a DiT step, default 256), NUM (clips, default 20000),
@@ -27,7 +28,7 @@ STAGE=${2:-all}
 SANA=${SANA:-sana}
 VAE=${VAE:-$WORK/vae/vae}
 VAE_STEPS=${VAE_STEPS:-6000}
-VAE_BATCH=${VAE_BATCH:-16}
+VAE_BATCH=${VAE_BATCH:-4}
 VAE_MINUTES=${VAE_MINUTES:-0}
 VAE_LR=${VAE_LR:-1e-3}
 VAE_PRECISION=${VAE_PRECISION:-bf16}
