@@ -68,7 +68,8 @@ def test_bad_gpus_arguments_are_one_line_before_torch(prompts, tmp_path, args, w
 SCRIPT = """
 import os, signal, sys, time
 rank = int(os.environ["RANK"])
-print(f"out {rank}", flush=True)
+sys.stdout.write(f"out {rank}\\n")  # one write a line: unbuffered, print() writes the text and the newline apart,
+sys.stdout.flush()                 # and the two ranks' halves can interleave on the shared stdout
 print(f"step {rank}", file=sys.stderr, flush=True)
 print("note: said by both", file=sys.stderr, flush=True)
 time.sleep(0.5)
