@@ -101,7 +101,7 @@ class SanaModel:
             from sana_cli.gen import model_defaults
 
             self._derived["image"] = model_defaults(self.spec, scheduler_config(self.path), self.family,
-                                                    self.sizes().native_resolution)
+                                                    self.sizes().native_resolution, self.path)
         return self._derived["image"]
 
     def video_defaults(self):

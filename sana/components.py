@@ -29,6 +29,19 @@ def model_index(model_dir: Path) -> dict:
     return read_json(path) if path.exists() else {}
 
 
+# model_index.json's entry for the sampling defaults a model folder carries (fine-tuned and RL-aligned models
+# remember how they are meant to be sampled); diffusers reads no key that starts with "_".
+SAMPLING_DEFAULTS_KEY = "_sana_defaults"
+
+
+def folder_sampling_defaults(model_dir: Path) -> dict:
+    """The sampling defaults a model folder carries (steps, guidance, sampler, ...), {} when it carries none."""
+    value = model_index(model_dir).get(SAMPLING_DEFAULTS_KEY, {})
+    if not isinstance(value, dict):
+        raise SanaError(f"{model_dir / 'model_index.json'}: {SAMPLING_DEFAULTS_KEY} is not a table of settings")
+    return value
+
+
 def family_from_index(index: dict) -> str | None:
     """The model family a diffusers pipeline class implies."""
     name = index.get("_class_name", "")

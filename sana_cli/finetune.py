@@ -203,7 +203,8 @@ def _settings(flags: dict, data: Path, out_dir: Path, saved):
         model_dir, native = _base_model(flags.get("model"))
         random_init = flags.get("init") == "random"
         full = flags.get("full", random_init)
-        base = dataclasses.asdict(TrainConfig(data=str(data), out=str(out_dir), model_dir=str(model_dir), resolution=native))
+        base = dataclasses.asdict(TrainConfig(data=str(data), out=str(out_dir), model_dir=str(model_dir), resolution=native,
+                                              sampling_defaults=base_sampling_defaults(flags.get("model"))))
         base.update(mode="full" if full else "lora", lr=2e-4 if random_init else 2e-5 if full else 1e-4)
         from .finetune_video import video_settings
 
@@ -234,6 +235,7 @@ def apply_flags(base: dict, flags: dict, renames: dict, saved) -> None:
         base[name] = str(value) if isinstance(value, Path) else value
     if saved is not None and "model" in flags and Path(str(flags["model"])).expanduser().resolve() != Path(saved.model_dir):
         base["model_dir"] = str(_base_model(flags["model"])[0])
+        base["sampling_defaults"] = base_sampling_defaults(flags["model"])
 
 
 def exit_if_interrupted(result, data, out_dir: Path, unit: str) -> None:
@@ -242,6 +244,20 @@ def exit_if_interrupted(result, data, out_dir: Path, unit: str) -> None:
         console.error(f"stopped at {unit} {result.step}; checkpoint saved in {result.checkpoint}")
         console.info(f"continue with: sana finetune {data} --out {out_dir} --resume")
         raise typer.Exit(130)
+
+
+def base_sampling_defaults(arg: str | None) -> dict:
+    """The base model's sampling defaults, for the model a run exports: its preset's (less the download
+    precision), or those its folder carries (a fine-tune of a fine-tune)."""
+    from sana.components import folder_sampling_defaults
+    from sana.hub import resolve_model
+
+    from .generation import default_model
+
+    resolved = resolve_model(arg or default_model("gen"))
+    if resolved.spec is not None:
+        return {key: value for key, value in resolved.spec.defaults.items() if key != "dtype"}
+    return folder_sampling_defaults(resolved.path)
 
 
 def _base_model(arg: str | None) -> tuple[Path, int]:

@@ -146,14 +146,15 @@ def _settings(flags: dict, data: str, out_dir: Path, saved, gpus: int):
     """RLConfig from the flags given, on top of a resumed run's settings or the recipe's defaults."""
     from sana.training.rl.config import PROMPTS_PER_GPU, RLConfig
 
-    from .finetune import _base_model
+    from .finetune import _base_model, base_sampling_defaults
 
     if saved is not None:
         base = dataclasses.asdict(saved)
     else:
         model_dir, native = _base_model(flags.get("model"))
         base = dataclasses.asdict(RLConfig(data=data, out=str(out_dir), model_dir=str(model_dir), resolution=native,
-                                           prompts_per_round=PROMPTS_PER_GPU * gpus))
+                                           prompts_per_round=PROMPTS_PER_GPU * gpus,
+                                           sampling_defaults=base_sampling_defaults(flags.get("model"))))
         if flags.get("full"):
             base.update(mode="full", lr=2e-5)
     base.update(data=data, out=str(out_dir))

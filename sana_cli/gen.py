@@ -85,11 +85,14 @@ class ModelDefaults:
     intermediate_timesteps: float | None = 1.3
 
 
-def model_defaults(spec, scheduler_config: dict, family: str, native_resolution: int) -> ModelDefaults:
-    """Defaults from the preset, with the model's own scheduler file winning for the flow shift."""
+def model_defaults(spec, scheduler_config: dict, family: str, native_resolution: int,
+                   model_dir: Path | None = None) -> ModelDefaults:
+    """Defaults from the preset (for a folder outside the registry, the defaults it carries, as a fine-tuned model
+    does), with the model's own scheduler file winning for the flow shift."""
+    from sana.components import folder_sampling_defaults
     from sana.sampling import DEFAULT_STEPS
 
-    preset = dict(spec.defaults) if spec else {}
+    preset = dict(spec.defaults) if spec else folder_sampling_defaults(model_dir) if model_dir else {}
     sprint = family == "sprint"
     sampler = preset.get("sampler", "scm" if sprint else "flow-dpm")
     shift = scheduler_config.get("flow_shift", preset.get("flow_shift", 3.0))
@@ -202,7 +205,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     from sana.components import scheduler_config
 
     scheduler = scheduler_config(resolved.path) if resolved else {}
-    defaults = model_defaults(spec, scheduler, family, sizes.native_resolution)
+    defaults = model_defaults(spec, scheduler, family, sizes.native_resolution, resolved.path if resolved else None)
     requests = [(_request(prompt, settings, seeds, defaults, family, ImageRequest), paths)
                 for prompt, settings, seeds, paths in planned_jobs]
     note_large_sizes([(r.width, r.height) for r, _ in requests], sizes.native_resolution)

@@ -86,7 +86,7 @@ def _image(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
     from .generation import weights_variant
 
     native = sizes.native_resolution
-    d = model_defaults(spec, scheduler_config(resolved.path), family, native)
+    d = model_defaults(spec, scheduler_config(resolved.path), family, native, resolved.path)
     copies = 1 if family == "sprint" else 3  # CFG and PAG rows: a client may turn either on
 
     def plan_for(width: int, height: int, images: int, frames: int = 1):

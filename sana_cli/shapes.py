@@ -250,7 +250,7 @@ def _load_generator(model: str, transformer: str | None, steps: int | None, cfg:
     console.info(f"loading {model} on {device}")
     pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family,
                                          transformer_path=transformer)
-    defaults = model_defaults(resolved.spec, pipe.scheduler_config, family, pipe.native_resolution)
+    defaults = model_defaults(resolved.spec, pipe.scheduler_config, family, pipe.native_resolution, resolved.path)
     side = pipe.native_resolution
 
     def request_for(prompt: str, seed: int):

@@ -68,6 +68,12 @@ class TrainConfig:
     frames: int = 0
     fps: float = 0.0
     motion_score: int | None = None
+    # The base model's sampling defaults (its preset's, or those its folder carries), written into an exported
+    # model folder so it samples as its base did (`sampling_defaults_for_export`).
+    sampling_defaults: dict = field(default_factory=dict)
+
+    def sampling_defaults_for_export(self) -> dict:
+        return dict(self.sampling_defaults)
 
     def validate(self) -> None:
         checks = [

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..components import SAMPLING_DEFAULTS_KEY
 from ..loading import VIDEO_CLASS_NAME, WEIGHTS_NAME, engine_to_diffusers, video_engine_to_diffusers
 from .checkpoint import replace_folder
 
@@ -52,9 +53,10 @@ def transformer_config_json(config, base_dir: Path) -> dict:
 
 
 def save_model_folder(weights: dict[str, torch.Tensor], config, base_dir: Path, target: Path,
-                      dtype: torch.dtype) -> Path:
+                      dtype: torch.dtype, sampling_defaults: dict | None = None) -> Path:
     """transformer/ from `weights` (engine names), the other components from `base_dir`; assembled beside
-    `target` and renamed into place, so an interrupted export never leaves a half-written model."""
+    `target` and renamed into place, so an interrupted export never leaves a half-written model.
+    `sampling_defaults` go into model_index.json (`components.SAMPLING_DEFAULTS_KEY`) for `sana gen` to use."""
     from safetensors.torch import save_file
 
     staged = target.with_name(f".{target.name}.partial")
@@ -70,6 +72,9 @@ def save_model_folder(weights: dict[str, torch.Tensor], config, base_dir: Path, 
         if (base_dir / name).is_dir():
             _link_or_copy(base_dir / name, staged / name)
     if (base_dir / "model_index.json").is_file():
-        shutil.copyfile((base_dir / "model_index.json").resolve(), staged / "model_index.json")
+        index = json.loads((base_dir / "model_index.json").read_text(encoding="utf-8"))
+        if sampling_defaults:
+            index[SAMPLING_DEFAULTS_KEY] = sampling_defaults
+        (staged / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     replace_folder(staged, target)  # an earlier export of this run (a resumed run finishing again) is replaced
     return target

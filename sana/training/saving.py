@@ -177,4 +177,5 @@ class CheckpointsAndExport:
         from .export import save_model_folder
 
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.cfg.save_dtype]
-        return save_model_folder(weights, self.model.config, Path(self.cfg.model_dir), model_folder, dtype)
+        return save_model_folder(weights, self.model.config, Path(self.cfg.model_dir), model_folder, dtype,
+                                 self.cfg.sampling_defaults_for_export())

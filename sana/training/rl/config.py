@@ -53,6 +53,11 @@ class RLConfig(TrainConfig):
     decay_type: int = 1  # the old policy's decay schedule (0: on-policy, 1 and 2: the recipe's)
     val_count: int = 8  # fixed validation prompts (with seeds 0..n-1) when no --val-prompt is given
 
+    def sampling_defaults_for_export(self) -> dict:
+        """The base's, sampled at the rollouts' guidance: the model was aligned on those samples (the recipe's are
+        CFG-free, so its result is sampled without CFG)."""
+        return {**self.sampling_defaults, "guidance": self.guidance}
+
     def validate(self) -> None:
         super().validate()
         train_steps = int(self.rollout_steps * self.timestep_fraction)
