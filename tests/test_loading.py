@@ -359,3 +359,19 @@ def test_a_large_tensor_is_cast_on_the_host_before_it_moves(tmp_path, monkeypatc
     read = files.read_safetensors(tmp_path / "w.safetensors", device=torch.device("cpu"), dtype=torch.bfloat16)
     assert sorted(map(str, moved)) == ["torch.bfloat16", "torch.float32"]  # big moved cast, small moved as stored
     assert all(torch.equal(read[k], state[k].to(torch.bfloat16)) for k in state)
+
+
+def test_running_out_of_memory_while_copying_is_not_called_a_corrupt_file(tmp_path, monkeypatch):
+    from sana.loading.files import read_safetensors
+
+    save_file({"w": torch.randn(4, 4)}, str(tmp_path / "w.safetensors"))
+    to = torch.Tensor.to
+
+    def full_device(self, *args, **kwargs):
+        if args and isinstance(args[0], torch.device):
+            raise torch.OutOfMemoryError("no room on the device")
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", full_device)
+    with pytest.raises(torch.OutOfMemoryError):  # the memory plan's fallbacks see it as what it is
+        read_safetensors(tmp_path / "w.safetensors", device=torch.device("cpu"))

@@ -95,27 +95,36 @@ def read_safetensors(path: Path, prefix: str = "", *, device: torch.device | str
 
     from safetensors import safe_open
 
+    def unreadable(exc: Exception) -> SanaError:  # safetensors raises several types for truncated or corrupt files
+        return SanaError(f"cannot read {path.name}: the file is corrupt or truncated ({exc})",
+                         "delete it and download it again")
+
     target = torch.device(device) if device is not None else None
     stream = torch.cuda.Stream(target) if target is not None and target.type == "cuda" else None
     try:
-        with safe_open(str(path), framework="pt") as f, (torch.cuda.stream(stream) if stream else nullcontext()):
-            state = {}
-            for key in f.keys():
-                if key.startswith(prefix):
-                    tensor = f.get_tensor(key)  # a view of the file's pages; the copy below reads them
-                    if target is not None:
-                        if dtype is not None and tensor.is_floating_point() and tensor.nbytes > HOST_CAST_BYTES:
-                            tensor = tensor.to(dtype)  # a large tensor's wider copy never reaches the device
-                        tensor = tensor.to(target)
-                    if dtype is not None and tensor.is_floating_point():
-                        tensor = tensor.to(dtype)
-                    state[key] = tensor
-        if stream is not None:
-            stream.synchronize()  # the tensors are complete before any other stream reads them
-        return state
-    except Exception as exc:  # safetensors raises several types for truncated or corrupt files
-        raise SanaError(f"cannot read {path.name}: the file is corrupt or truncated ({exc})",
-                        "delete it and download it again") from None
+        opened = safe_open(str(path), framework="pt")
+    except Exception as exc:
+        raise unreadable(exc) from None
+    state = {}
+    # Only the file's own errors are "unreadable": a device out of memory during the copies is raised as it is.
+    with opened as f, (torch.cuda.stream(stream) if stream else nullcontext()):
+        for key in f.keys():
+            if not key.startswith(prefix):
+                continue
+            try:
+                tensor = f.get_tensor(key)  # a view of the file's pages; the copy below reads them
+            except Exception as exc:
+                raise unreadable(exc) from None
+            if target is not None:
+                if dtype is not None and tensor.is_floating_point() and tensor.nbytes > HOST_CAST_BYTES:
+                    tensor = tensor.to(dtype)  # a large tensor's wider copy never reaches the device
+                tensor = tensor.to(target)
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            state[key] = tensor
+    if stream is not None:
+        stream.synchronize()  # the tensors are complete before any other stream reads them
+    return state
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
