@@ -231,6 +231,18 @@ def modulated_layer_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
     return out
 
 
+def _residual_norm_args(name: str, x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, y2: torch.Tensor | None,
+                        shift: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The residual-and-norm kernels' arguments checked: (gate, shift, scale) as the launch takes them."""
+    gate = _check_residual_args(name, x, gate, y)
+    if y2 is not None:
+        _check_residual_args(name, x, gate, y2)
+    shift = _per_batch(name, "shift", shift, x)
+    scale = _per_batch(name, "scale", scale, x)
+    check_device(name, x, gate, y, shift, scale, *(() if y2 is None else (y2,)))
+    return gate, shift, scale
+
+
 def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, shift: torch.Tensor,
                                   scale: torch.Tensor, eps: float = EPS,
                                   y2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,13 +262,7 @@ def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor, y: torch.
         (r, m), both [B, N, C] contiguous in x's dtype: r = x + gate * y (fp32 math, rounded once) and
         m = LN(r) * (1 + scale) + shift computed from the rounded r.
     """
-    name = "gated_residual_modulated_norm"
-    gate = _check_residual_args(name, x, gate, y)
-    if y2 is not None:
-        _check_residual_args(name, x, gate, y2)
-    shift = _per_batch(name, "shift", shift, x)
-    scale = _per_batch(name, "scale", scale, x)
-    check_device(name, x, gate, y, shift, scale, *(() if y2 is None else (y2,)))
+    gate, shift, scale = _residual_norm_args("gated_residual_modulated_norm", x, gate, y, y2, shift, scale)
     res = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     if out.numel():
@@ -287,13 +293,7 @@ def gated_residual_modulated_norm_fp8(x: torch.Tensor, gate: torch.Tensor, y: to
     """`gated_residual_modulated_norm` (y2 as there) with the modulated row written as an fp8 GEMM's input: (r
     [B, N, C] in x's dtype, q [B, N, C] float8_e4m3fn, row scales [B, N] fp32). Spec: the reference pair, its
     second output quantized by `quantize_fp8_rows_reference`."""
-    name = "gated_residual_modulated_norm_fp8"
-    gate = _check_residual_args(name, x, gate, y)
-    if y2 is not None:
-        _check_residual_args(name, x, gate, y2)
-    shift = _per_batch(name, "shift", shift, x)
-    scale = _per_batch(name, "scale", scale, x)
-    check_device(name, x, gate, y, shift, scale, *(() if y2 is None else (y2,)))
+    gate, shift, scale = _residual_norm_args("gated_residual_modulated_norm_fp8", x, gate, y, y2, shift, scale)
     res = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     q = torch.empty(x.shape, device=x.device, dtype=FP8_DTYPE)
     row_scale = torch.empty(x.shape[:-1], device=x.device, dtype=torch.float32)
