@@ -34,3 +34,18 @@ def test_warming_while_loading_runs_the_encoder_and_decoder_once_and_keeps_the_i
                              ("encode", 2)]
     images = [pipe.generate(request).images[0] for pipe in (plain, warmed)]
     assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+
+
+def test_a_warm_up_out_of_memory_is_skipped_not_fatal(tmp_path, monkeypatch):
+    """Warming is a head start: running out of memory there leaves the first image to the plan's fallbacks."""
+    build_pipeline(tmp_path, "sana")
+    monkeypatch.setattr(image_pipeline, "warms_while_loading", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)  # nothing to free on a CPU
+    from sana.models.dcae import DCAEDecoder
+
+    def full(self, x, tile=None):
+        raise torch.OutOfMemoryError("no room for the warm-up")
+
+    monkeypatch.setattr(DCAEDecoder, "decode", full)
+    pipe = ImagePipeline.from_pretrained(tmp_path, dtype=torch.float32, device="cpu", warm_for=(64, 96))
+    assert pipe.vae is not None

@@ -146,9 +146,17 @@ class ImagePipeline(PlacedPipeline):
                                   dtype=dtype)
             decoder.decode(latents, tile=decode_tiling(plan, height, width) if plan is not None else None)
 
+        def head_start(warm_up):
+            def run(component):
+                try:
+                    warm_up(component)
+                except torch.OutOfMemoryError:  # only a head start: the phase itself has the plan's fallbacks
+                    torch.cuda.empty_cache()
+            return run
+
         warm = {}
         if warm_for is not None and warms_while_loading(device):
-            warm = {name: fn for name, fn in (("text_encoder", warm_text_encoder), ("vae", warm_decoder))
+            warm = {name: head_start(fn) for name, fn in (("text_encoder", warm_text_encoder), ("vae", warm_decoder))
                     if load_device(name) == device}
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
         loaded = load_together({
