@@ -277,22 +277,35 @@ def train_vae_command(
     bf16: Annotated[bool, typer.Option("--bf16/--fp32", help="On a CUDA GPU, the forward under bf16 autocast or in fp32 (a CPU always uses fp32).")] = True,
     video: Annotated[bool, typer.Option("--video", help="The nano video model's autoencoder (diffusers AutoencoderKLWan, 16 x 5 x 16 x 16 latents for 17 frames of 128 px) on the moving-shapes grammar: --batch and --eval-images count clips.")] = False,
     start_from: Annotated[Optional[Path], typer.Option("--start-from", help="Go on from an earlier autoencoder (its training folder, or the vae/ in it) with a new optimizer and schedule; give another --seed for data it has not seen.")] = None,
+    crop_frames: Annotated[Optional[int], typer.Option("--crop-frames", help="--video: train on random runs of this many frames (1 + 4k) of each clip; scores use whole clips.")] = None,
+    crop_side: Annotated[Optional[int], typer.Option("--crop-side", help="--video: train on random square windows of this many pixels (a multiple of 8); scores use whole clips.")] = None,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph/--no-cuda-graph", help="On a CUDA GPU, capture the training step once and replay it (these small autoencoders are launch-bound).")] = True,
 ) -> None:
     """Train the nano model's autoencoder (diffusers AutoencoderDC, 8 x 16 x 16 latents) on the grammar."""
     from sana.nano.autoencoder import VaeTrainConfig, save_vae, train_vae
     from sana.nano.shapes import DEFAULT_HOLDOUT
 
     # 1. Settings, the autoencoder to start from and the output folder.
+    if (crop_frames is not None or crop_side is not None) and not video:
+        raise UsageError("--crop-frames and --crop-side are for --video", "images train whole")
+    if video:
+        from sana.nano.moving_shapes import check_crop
+
+        try:
+            check_crop(crop_frames, crop_side)
+        except ValueError as error:
+            raise UsageError(f"--crop-frames / --crop-side: {error}") from None
     start = _start_autoencoder(start_from, "AutoencoderKLWan" if video else "AutoencoderDC") if start_from else None
     _empty_folder(out, force, "autoencoder")
     if video:
         from .shapes_video import train_video_vae
 
-        train_video_vae(out, steps, batch, lr, seed, max_minutes, eval_images, device, bf16, start)
+        train_video_vae(out, steps, batch, lr, seed, max_minutes, eval_images, device, bf16, start,
+                        crop=(crop_frames, crop_side), cuda_graph=cuda_graph)
         return
     cfg = VaeTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, holdout=DEFAULT_HOLDOUT if holdout else (),
                          eval_images=eval_images, max_seconds=None if max_minutes is None else 60 * max_minutes,
-                         bf16=bf16)
+                         bf16=bf16, cuda_graph=cuda_graph)
     cfg.log_every = max(1, min(200, steps // 20))
     # 2. Train, logging the loss every few hundred steps; save.
     path, report = train_and_save_autoencoder(out, "nano autoencoder", train_vae, save_vae, cfg, device, start,

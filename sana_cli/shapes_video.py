@@ -107,7 +107,8 @@ def load_clip_generator(model: str, transformer: str | None, steps: int | None, 
 
 
 def train_video_vae(out: Path, steps: int, batch: int, lr: float, seed: int, max_minutes: float | None,
-                    eval_clips: int, device: str, bf16: bool = True, start: Path | None = None) -> None:
+                    eval_clips: int, device: str, bf16: bool = True, start: Path | None = None,
+                    crop: tuple[int | None, int | None] = (None, None), cuda_graph: bool = True) -> None:
     """`sana shapes train-vae --video`: the nano video model's Wan-layout autoencoder on the moving-shapes grammar."""
     from sana.nano.autoencoder import VaeTrainConfig
     from sana.nano.video_autoencoder import save_video_vae, train_video_vae as train
@@ -118,7 +119,8 @@ def train_video_vae(out: Path, steps: int, batch: int, lr: float, seed: int, max
     # A clip step's cost varies widely between machines, so under --max-minutes the cosine follows the clock.
     cfg = VaeTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, holdout=(), eval_images=eval_clips,
                          max_seconds=None if max_minutes is None else 60 * max_minutes,
-                         anneal_by_time=max_minutes is not None, bf16=bf16)
+                         anneal_by_time=max_minutes is not None, bf16=bf16, crop_frames=crop[0], crop_side=crop[1],
+                         cuda_graph=cuda_graph)
     cfg.log_every = max(1, min(200, steps // 20))
     # 2. Train, logging the loss every few hundred steps; save.
     path, report = train_and_save_autoencoder(out, "nano video autoencoder", train, save_video_vae, cfg, device,

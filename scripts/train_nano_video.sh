@@ -12,29 +12,37 @@
 #   ship   the fp16 model folder for the package (default sana/nano/video_model, the folder `--model nano-video` and
 #          `sana video`'s fallback read), scored again as shipped
 # Environment: SANA (the command, default `sana`), VAE (an autoencoder folder from an earlier run: no vae stage,
-# default WORK/vae/vae), VAE_STEPS (default 6000), VAE_BATCH (clips a step, default 4: 68 frames, twice the
-# image autoencoder's 32 images, at a quarter of 16 clips' ~0.35 s step on an H200),
-# VAE_MINUTES (`--max-minutes` of the VAE, default 0 = none), VAE_LR (default 1e-3), VAE_PRECISION (bf16 or fp32), VAE_FROM (an earlier autoencoder
-# folder to go on from, with VAE_SEED another seed for unseen clips; default none and 0), VAE_EVAL (clips for its latent statistics and scores,
-# default 64), STEPS (DiT steps, default 18000), BATCH (clips a DiT step, default 256), NUM (clips, default 20000),
-# FORMAT (mp4, or png frame folders where imageio-ffmpeg has no ffmpeg), COMPILE (1: `--compile`), MINUTES
-# (`--max-minutes` of the DiT stage; 0 = none), SCORE_NUM (clips scored, default 200), SHIP (the shipped folder,
-# default sana/nano/video_model).
-# The settings are the nano image model's (batch 256, lr 5e-4 cosine, warm-up 500, EMA 0.999, caption dropout 0.1),
-# untuned for clips: the first GPU run sets them.
+# default WORK/vae/vae; assets/nano/video-vae/vae is the trained one below), VAE_STEPS (default 6000), VAE_BATCH
+# (clips a step, default 16), VAE_LR (default 5e-4), VAE_MINUTES (`--max-minutes` of the VAE, default 0 = none; the
+# cosine then follows the clock), VAE_PRECISION (bf16 or fp32), VAE_FROM (an earlier autoencoder folder to go on
+# from, with VAE_SEED another seed for unseen clips; default none and 0), VAE_EVAL (clips for its latent statistics
+# and scores, default 64), VAE_CROP_FRAMES / VAE_CROP_SIDE (train on random crops of the clips, e.g. 17 frames of
+# 64 px; default whole clips), STEPS (DiT steps, default 18000), BATCH (clips a DiT step, default 256), NUM (clips,
+# default 20000), FORMAT (mp4, or png frame folders where imageio-ffmpeg has no ffmpeg), COMPILE (1: `--compile`),
+# MINUTES (`--max-minutes` of the DiT stage; 0 = none), SCORE_NUM (clips scored, default 200), SHIP (the shipped
+# folder, default sana/nano/video_model).
+# The autoencoder in assets/nano/video-vae (30.7 dB PSNR, all 64 evaluation clips fully correct) came from two
+# H200 runs of the vae stage (2026-12-04, the training step captured as a CUDA graph): `VAE_BATCH=16 VAE_LR=6e-4
+# VAE_CROP_FRAMES=17 VAE_CROP_SIDE=64 VAE_MINUTES=7.4` (2,918 steps beside another run; 21.9 dB on whole clips),
+# then whole clips from it, `VAE_FROM=that VAE_SEED=1 VAE_BATCH=16 VAE_LR=5e-4 VAE_MINUTES=8.2` (2,665 steps).
+# Crops of 9 frames (or of 64 px at the start) generalised badly to whole clips (17.4 dB with a lower crop loss).
+# The DiT settings are the nano image model's (batch 256, lr 5e-4 cosine, warm-up 500, EMA 0.999, caption dropout
+# 0.1), untuned for clips: the first GPU run sets them.
 set -euo pipefail
 WORK=${1:?usage: train_nano_video.sh WORK [vae|init|data|train|score|ship]}
 STAGE=${2:-all}
 SANA=${SANA:-sana}
 VAE=${VAE:-$WORK/vae/vae}
 VAE_STEPS=${VAE_STEPS:-6000}
-VAE_BATCH=${VAE_BATCH:-4}
+VAE_BATCH=${VAE_BATCH:-16}
 VAE_MINUTES=${VAE_MINUTES:-0}
-VAE_LR=${VAE_LR:-1e-3}
+VAE_LR=${VAE_LR:-5e-4}
 VAE_PRECISION=${VAE_PRECISION:-bf16}
 VAE_FROM=${VAE_FROM:-}
 VAE_SEED=${VAE_SEED:-0}
 VAE_EVAL=${VAE_EVAL:-64}
+VAE_CROP_FRAMES=${VAE_CROP_FRAMES:-}
+VAE_CROP_SIDE=${VAE_CROP_SIDE:-}
 STEPS=${STEPS:-18000}
 BATCH=${BATCH:-256}
 NUM=${NUM:-20000}
@@ -51,6 +59,8 @@ if stage vae && [[ ! -d "$VAE" ]]; then
     extra=()
     [[ "$VAE_MINUTES" != 0 ]] && extra+=(--max-minutes "$VAE_MINUTES")
     [[ -n "$VAE_FROM" ]] && extra+=(--start-from "$VAE_FROM")
+    [[ -n "$VAE_CROP_FRAMES" ]] && extra+=(--crop-frames "$VAE_CROP_FRAMES")
+    [[ -n "$VAE_CROP_SIDE" ]] && extra+=(--crop-side "$VAE_CROP_SIDE")
     $SANA shapes train-vae "$WORK/vae" --video --steps "$VAE_STEPS" --batch "$VAE_BATCH" --lr "$VAE_LR" --seed "$VAE_SEED" --"$VAE_PRECISION" \
         --eval-images "$VAE_EVAL" --force "${extra[@]}"
 fi

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,65 @@ def test_the_video_autoencoder_trains_and_records_its_latent_statistics():
     assert report.steps_done == 3 and len(report.losses) == 3 and all(np.isfinite(r["loss"]) for r in report.losses)
     assert len(report.latents_std) == 16 and vae.config.latents_std == report.latents_std
     assert all(s > 0 for s in report.latents_std) and np.isfinite(report.psnr)
+
+
+def test_autoencoder_crops_are_windows_of_the_clips_at_seeded_offsets():
+    from sana.nano.video_autoencoder import random_crops
+
+    clips = torch.arange(2 * 3 * 17 * 16 * 16, dtype=torch.float32).view(2, 3, 17, 16, 16)
+    crops = random_crops(clips, 9, 8, seed=5)
+    assert crops.shape == (2, 3, 9, 8, 8)
+    for clip, crop in zip(clips, crops):  # each crop is one window of its own clip: find its corner, compare
+        t, y, x = (int(v) for v in torch.nonzero(clip[0] == crop[0, 0, 0, 0])[0])
+        assert torch.equal(clip[:, t:t + 9, y:y + 8, x:x + 8], crop)
+    assert torch.equal(crops, random_crops(clips, 9, 8, seed=5))
+    assert not torch.equal(crops, random_crops(clips, 9, 8, seed=6))
+    assert random_crops(clips, None, None, seed=0) is clips
+    assert random_crops(clips, 17, None, seed=0).shape == clips.shape
+    for frames, side in ((8, None), (21, None), (None, 12), (None, 256)):
+        with pytest.raises(ValueError):
+            random_crops(clips, frames, side, seed=0)
+
+
+def test_train_vae_checks_its_crop_before_torch():
+    from tests.cli_helpers import run_sana
+
+    result = run_sana("shapes", "train-vae", "out-never-written", "--video", "--crop-frames", "8")
+    assert result.returncode != 0 and "1 + 4k" in result.stderr and "Traceback" not in result.stderr
+    result = run_sana("shapes", "train-vae", "out-never-written", "--crop-side", "64")
+    assert result.returncode != 0 and "--video" in result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_captured_autoencoder_step_trains_as_the_eager_one():
+    """The CUDA-graph step (capture after three eager steps, replays after) gives the eager loop's weights."""
+    from diffusers import AutoencoderKLWan
+
+    from sana.nano.autoencoder import VaeTrainConfig, fit_autoencoder
+    from sana.nano.video_autoencoder import decode_unclamped, random_crops, render_clip_batch
+    from sana.nano.moving_shapes import sample_motion_scenes
+
+    device = torch.device("cuda")
+    results = []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                               temperal_downsample=[False, True, True]).to(device).train()
+        initial = torch.cat([p.detach().flatten() for p in vae.parameters()])
+        cfg = VaeTrainConfig(steps=8, batch=2, warmup=2, latent_noise=0.0, bf16=False, cuda_graph=graphed,
+                             log_every=1)
+
+        def batch_at(step):
+            return random_crops(render_clip_batch(sample_motion_scenes(2, step, stream="t"), device=device), 9, 64,
+                                step)
+
+        losses, done = fit_autoencoder(vae, cfg, device, time.perf_counter(), batch_at,
+                                       encode=lambda target: vae.encode(target).latent_dist.mode(),
+                                       decode=lambda latents: decode_unclamped(vae, latents))
+        results.append(([row["loss"] for row in losses], torch.cat([p.detach().flatten() for p in vae.parameters()])))
+    (eager_losses, eager), (graph_losses, captured) = results
+    assert np.allclose(eager_losses, graph_losses, rtol=1e-3), (eager_losses, graph_losses)
+    assert (captured - eager).abs().max() < 1e-3 and (captured - initial).abs().max() > 1e-3  # trained, alike
 
 
 def test_a_clock_budget_anneals_the_autoencoders_learning_rate_in_time():

@@ -107,6 +107,12 @@ class VaeTrainConfig:
     anneal_by_time: bool = False
     bf16: bool = True  # on a CUDA device, the forward under bf16 autocast (fp32 otherwise, and always on a CPU)
     log_every: int = 50
+    # Clips only: train on random crops of this many frames (1 + 4k, the Wan rule) and pixels a side (a multiple of
+    # 8); None = whole clips. The autoencoder is convolutional, so crops teach it the same maps at a fraction of
+    # the cost; the scores and latent statistics always use whole clips.
+    crop_frames: int | None = None
+    crop_side: int | None = None
+    cuda_graph: bool = True  # on a CUDA device, capture the training step once and replay it (see fit_autoencoder)
 
 
 @dataclass
@@ -176,12 +182,35 @@ def fit_autoencoder(vae, cfg: VaeTrainConfig, device: torch.device, start: float
     """The reconstruction loop both autoencoders share (images [B, 3, H, W] or clips [B, 3, F, H, W]): per step
     `batch_at(step)` is the target, `encode(target)` its latents; the latents are jittered by noise of their own
     scale, decoded (by `decode`, default `vae.decode(...).sample`), and pixel L1 + edge L1 is minimised. Stops
-    early past `cfg.max_seconds` from `start`.
-    Returns (the logged loss rows, steps done)."""
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    early past `cfg.max_seconds` from `start`. On a CUDA device with `cfg.cuda_graph` the whole step (forward,
+    backward, clipping, AdamW) is captured once and replayed: these small autoencoders are launch-bound, Wan's
+    chunked causal passes most of all. Returns (the logged loss rows, steps done)."""
+    graphed = cfg.cuda_graph and device.type == "cuda"
+    optimizer = _autoencoder_optimizer(vae, cfg, device, capturable=graphed)
     noise = torch.Generator(device=device).manual_seed(cfg.seed)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16
-                else torch.autocast(device.type, enabled=False))
+    if graphed:
+        torch.cuda.manual_seed(cfg.seed)  # a captured step draws its jitter from the default generator
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not graphed)
+                if device.type == "cuda" and cfg.bf16 else torch.autocast(device.type, enabled=False))
+
+    def train_step(target: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on `target`; returns [loss, l1, edge] (on the device, unread)."""
+        with autocast:
+            latents = encode(target)
+            scale = latents.detach().float().std()
+            jitter = torch.randn(latents.shape, generator=None if graphed else noise, device=device,
+                                 dtype=latents.dtype)
+            noisy = latents + cfg.latent_noise * scale * jitter
+            recon = (decode(noisy) if decode is not None else vae.decode(noisy).sample).float()
+        l1 = (recon - target).abs().mean()
+        edge = edge_l1(recon, target)
+        loss = l1 + cfg.edge_weight * edge
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        return torch.stack([loss, l1, edge]).detach()
+
+    step_fn = _CapturedStep(train_step, optimizer) if graphed else None
     losses: list[dict] = []
     done = 0
     for step in range(cfg.steps):
@@ -190,30 +219,85 @@ def fit_autoencoder(vae, cfg: VaeTrainConfig, device: torch.device, start: float
             break
         target = batch_at(step)
         lr = _lr_at(step, cfg, elapsed)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # Encode, perturb the latents a little, decode; pixel L1 + edge L1.
-        with autocast:
-            latents = encode(target)
-            scale = latents.detach().float().std()
-            jitter = torch.randn(latents.shape, generator=noise, device=device, dtype=latents.dtype)
-            noisy = latents + cfg.latent_noise * scale * jitter
-            recon = (decode(noisy) if decode is not None else vae.decode(noisy).sample).float()
-        l1 = (recon - target).abs().mean()
-        edge = edge_l1(recon, target)
-        loss = l1 + cfg.edge_weight * edge
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
+        if step_fn is not None:
+            values = step_fn(target, lr)
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            values = train_step(target)
         done = step + 1
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            row = {"step": step, "loss": round(loss.item(), 5), "l1": round(l1.item(), 5), "edge": round(edge.item(), 5),
-                   "lr": round(lr, 7)}
+            loss, l1, edge = values.tolist()
+            row = {"step": step, "loss": round(loss, 5), "l1": round(l1, 5), "edge": round(edge, 5), "lr": round(lr, 7)}
             losses.append(row)
             if on_log:
                 on_log(row)
     return losses, done
+
+
+def _autoencoder_optimizer(vae, cfg: VaeTrainConfig, device: torch.device, capturable: bool):
+    """AdamW as the autoencoders train; `capturable` keeps its state and learning rate on the device, so a CUDA
+    graph can hold its step."""
+    lr = torch.tensor(cfg.lr, device=device) if capturable else cfg.lr
+    return torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99),
+                             capturable=capturable)
+
+
+class _CapturedStep:
+    """A training step captured as one CUDA graph after a few eager steps on a side stream (as PyTorch's
+    whole-network capture asks), then replayed with each new batch copied into the captured input. If the capture
+    fails, the steps go on eagerly (the optimizer's state was not touched by the capture: it records, it does not
+    run)."""
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, train_step: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer):
+        self.train_step, self.optimizer = train_step, optimizer
+        self.eager_steps = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_target: torch.Tensor | None = None
+        self.static_values: torch.Tensor | None = None
+        self.failed = False
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"].fill_(lr)
+
+    def __call__(self, target: torch.Tensor, lr: float) -> torch.Tensor:
+        self._set_lr(lr)
+        if self.graph is None and not self.failed and self.eager_steps >= self.WARMUP_STEPS:
+            self._capture(target)
+        if self.graph is not None:
+            self.static_target.copy_(target)
+            self.graph.replay()
+            return self.static_values.clone()
+        self.eager_steps += 1
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.optimizer.zero_grad(set_to_none=True)
+            values = self.train_step(target)
+        torch.cuda.current_stream().wait_stream(side)
+        return values
+
+    def _capture(self, target: torch.Tensor) -> None:
+        import warnings
+
+        self.static_target = target.clone()
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.static_values = self.train_step(self.static_target)
+        except RuntimeError as error:  # an op that cannot be captured: train eagerly
+            self.failed, self.static_values = True, None
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            warnings.warn(f"the autoencoder's training step could not be captured as a CUDA graph ({error}); "
+                          "training eagerly", stacklevel=3)
+            return
+        self.graph = graph
 
 
 def train_vae(cfg: VaeTrainConfig, *, device: torch.device | str | None = None, vae=None,

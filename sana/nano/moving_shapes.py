@@ -259,3 +259,11 @@ def write_video_dataset(out_dir: Path, num: int, seed: int, *, two_object_fracti
             "two_object_fraction": two_object_fraction, "format": fmt}
     (out_dir / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return scenes
+
+
+def check_crop(frames: int | None, side: int | None) -> None:
+    """Raise ValueError unless (frames, side) is a crop the Wan layout takes from the grammar's clips."""
+    if frames is not None and not (1 <= frames <= FRAMES and (frames - 1) % 4 == 0):
+        raise ValueError(f"crop of {frames} frames: give 1 + 4k frames, at most {FRAMES}")
+    if side is not None and not (8 <= side <= SIDE and side % 8 == 0):
+        raise ValueError(f"crop of {side} px: give a multiple of 8 up to {SIDE}")

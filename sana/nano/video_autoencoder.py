@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .autoencoder import VaeTrainConfig, fit_autoencoder, save_vae
-from .moving_shapes import FRAMES, SIDE, MotionScene, sample_motion_scenes
+from .moving_shapes import FRAMES, SIDE, MotionScene, check_crop, sample_motion_scenes
 from .shapes import BACKGROUNDS, COLORS, SHAPES
 
 Z_DIM = 16  # Wan 2.1's latent width, the SANA-Video DiT's in_channels
@@ -87,6 +87,21 @@ def render_clip_batch(scenes: Sequence[MotionScene], frames: int = FRAMES, side:
 
 
 # -- training ------------------------------------------------------------------------------------------------
+
+def random_crops(clips: torch.Tensor, frames: int | None, side: int | None, seed: int) -> torch.Tensor:
+    """Each clip of `clips` [B, 3, F, H, W] cut to `frames` consecutive frames and a `side` x `side` window, at
+    offsets drawn from `seed` (None keeps that axis whole)."""
+    check_crop(frames, side)
+    count, _, total, height, width = clips.shape
+    frames, side_h, side_w = frames or total, min(side or height, height), min(side or width, width)
+    if (frames, side_h, side_w) == (total, height, width):
+        return clips
+    rng = np.random.default_rng(seed)
+    starts = zip(rng.integers(0, total - frames + 1, count), rng.integers(0, height - side_h + 1, count),
+                 rng.integers(0, width - side_w + 1, count))
+    return torch.stack([clip[:, t:t + frames, y:y + side_h, x:x + side_w]
+                        for clip, (t, y, x) in zip(clips, starts)])
+
 
 def decode_unclamped(vae, latents: torch.Tensor) -> torch.Tensor:
     """diffusers' Wan decode without its final clamp to [-1, 1]: the decoder's output frame by frame, caught by a
@@ -157,7 +172,8 @@ def train_video_vae(cfg: VaeTrainConfig, *, device: torch.device | str | None = 
     def batch_at(step: int) -> torch.Tensor:
         # A fresh batch of clips from the grammar (a stream of its own: the data depends on (seed, step) only).
         scenes = sample_motion_scenes(cfg.batch, cfg.seed * 1_000_003 + step, stream="video-vae")
-        return render_clip_batch(scenes, device=device)  # [B, 3, F, H, W]
+        clips = render_clip_batch(scenes, device=device)  # [B, 3, F, H, W]
+        return random_crops(clips, cfg.crop_frames, cfg.crop_side, cfg.seed * 1_000_003 + step)
 
     # Encode to the mode of the latent distribution; decode without the output clamp (`decode_unclamped`).
     losses, done = fit_autoencoder(vae, cfg, device, start, batch_at,
