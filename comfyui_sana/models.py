@@ -112,7 +112,7 @@ class SanaModel:
             from sana_cli.video import clip_defaults
 
             self._derived["video"] = clip_defaults(self.spec, scheduler_config(self.path),
-                                                   transformer_config(self.path))
+                                                   transformer_config(self.path), self.path)
         return self._derived["video"]
 
     def world_defaults(self):

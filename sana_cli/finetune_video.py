@@ -47,7 +47,7 @@ def video_settings(model_arg: str | None, folder: Path, flags: dict) -> dict:
             raise UsageError("--frames is for video models", f"{model_arg or 'the model'} is an image model")
         return {}
     spec = find_spec(model_arg) if model_arg and not Path(model_arg).expanduser().exists() else None
-    defaults = clip_defaults(spec, scheduler_config(folder), configs[0])
+    defaults = clip_defaults(spec, scheduler_config(folder), configs[0], folder)
     return {"frames": defaults.frames, "fps": defaults.fps, "motion_score": defaults.motion_score}
 
 

@@ -117,7 +117,7 @@ def _video(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
     from .video import _model_configs, clip_defaults
 
     t_config, _ = _model_configs(resolved, spec)
-    d = clip_defaults(spec, scheduler_config(resolved.path), t_config)
+    d = clip_defaults(spec, scheduler_config(resolved.path), t_config, resolved.path)
     sample_size = int(t_config.get("sample_size", 0))
 
     vae = {"dtype": "auto"}  # the model's recommended VAE dtype if the default clip's plan allows it, then fixed

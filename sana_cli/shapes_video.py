@@ -91,7 +91,8 @@ def load_clip_generator(model: str, transformer: str | None, steps: int | None, 
     check_components(resolved.path)
     if transformer and not Path(transformer).expanduser().exists():
         raise UsageError(f"--transformer {transformer} does not exist")
-    defaults = clip_defaults(resolved.spec, scheduler_config(resolved.path), transformer_config(resolved.path))
+    defaults = clip_defaults(resolved.spec, scheduler_config(resolved.path), transformer_config(resolved.path),
+                             resolved.path)
     device = pick_device(device_name)
     dtype = pick_dtype(dtype_name, device)
     console.info(f"loading {model} on {device}")

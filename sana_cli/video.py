@@ -178,17 +178,19 @@ def matching_clip_preset(transformer_config: dict):
     return found[0] if found else None
 
 
-def clip_defaults(spec, scheduler: dict, transformer_config: dict) -> ClipDefaults:
+def clip_defaults(spec, scheduler: dict, transformer_config: dict, model_dir: Path | None = None) -> ClipDefaults:
     """The preset's defaults (a local folder: the preset of its architecture, else the released preset of its size
-    class), with the model's own scheduler file winning for the flow shift (DPM-Solver's `flow_shift`, flow Euler's
-    `shift`)."""
+    class, under the settings the folder carries, as an exported fine-tune does), with the model's own scheduler
+    file winning for the flow shift (DPM-Solver's `flow_shift`, flow Euler's `shift`)."""
+    from sana.components import folder_sampling_defaults
     from sana.registry import get_spec
 
+    carried = folder_sampling_defaults(model_dir) if spec is None and model_dir is not None else {}
     if spec is None:
         spec = matching_clip_preset(transformer_config)
     if spec is None:
         spec = get_spec("video-2b-720p" if transformer_config.get("sample_size") == 22 else "video-2b-480p")
-    d = spec.defaults
+    d = {**spec.defaults, **carried}
     shift = {"DPMSolverMultistepScheduler": scheduler.get("flow_shift"),
              "FlowMatchEulerDiscreteScheduler": scheduler.get("shift")}.get(scheduler.get("_class_name"))
     return ClipDefaults(
@@ -328,7 +330,8 @@ def run(flags: dict[str, Any]) -> None:
 
     memory_mode = check_mode(flags.get("memory") or "auto")
     max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
-    defaults = clip_defaults(spec, scheduler_config(resolved.path) if resolved else {}, t_config)
+    defaults = clip_defaults(spec, scheduler_config(resolved.path) if resolved else {}, t_config,
+                             resolved.path if resolved else None)
     if gpus > 1 and not dry_run and spread_jobs(planned_jobs, gpus, noun="clips", device=flags.get("device")):
         return  # --gpus N: the processes made the clips
 
