@@ -131,6 +131,25 @@ def _safetensors_keys(path: Path) -> list[str] | None:
     return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
 
 
+# Safetensors metadata key of the sampling settings a LoRA was trained to be used with, where they differ from its
+# base model's (an RL LoRA from CFG-free rollouts: {"guidance": 1.0}); JSON text, as all safetensors metadata.
+SAMPLING_METADATA_KEY = "sana_sampling_defaults"
+
+
+def lora_sampling_defaults(path: Path) -> dict:
+    """The sampling settings a LoRA file carries ({} when none or unreadable), read from its header without torch."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > 100_000_000:
+                return {}
+            header = json.loads(f.read(length))
+        value = json.loads((header.get("__metadata__") or {}).get(SAMPLING_METADATA_KEY) or "{}")
+    except (OSError, struct.error, ValueError, AttributeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _refuse_training_folder(folder: Path) -> None:
     """A `sana finetune` run folder without its exported LoRA, or one of its checkpoints: say what to pass."""
     if (folder / "state.json").is_file() and re.fullmatch(r"step-\d+", folder.name):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +105,37 @@ def model_defaults(spec, scheduler_config: dict, family: str, native_resolution:
         max_timesteps=float(preset.get("max_timesteps", 1.5708)),
         intermediate_timesteps=preset.get("intermediate_timesteps", 1.3),
     )
+
+
+# Sampling settings a LoRA file may carry (`lora.SAMPLING_METADATA_KEY`), by the ModelDefaults field they set.
+LORA_SETTING_FIELDS = {"guidance": "cfg", "steps": "steps", "pag": "pag", "sampler": "sampler", "flow_shift": "shift"}
+
+
+def with_lora_defaults(defaults: ModelDefaults, loras: list[tuple[Path, float]],
+                       given: set[str] = frozenset()) -> ModelDefaults:
+    """The model's defaults under the sampling settings its LoRAs carry (an RL LoRA trained on CFG-free rollouts
+    samples CFG-free), each said in a notice; settings the LoRAs disagree on keep the model's. Options the user
+    `given` (by ModelDefaults field) and prompt-file settings still win, as over any default."""
+    from sana.lora import LORA_WEIGHTS_NAME, lora_sampling_defaults
+
+    carried: dict[str, dict[Path, object]] = {}
+    for path, _ in loras:
+        for key, value in lora_sampling_defaults(path).items():
+            if key in LORA_SETTING_FIELDS:
+                carried.setdefault(key, {})[path] = value
+    changes = {}
+    for key, by_lora in carried.items():
+        if LORA_SETTING_FIELDS[key] in given:
+            continue
+        values = set(map(json.dumps, by_lora.values()))
+        names = ", ".join(p.parent.name + "/" + p.name if p.name == LORA_WEIGHTS_NAME else p.name for p in by_lora)
+        if len(values) > 1:
+            console.notice(f"the LoRAs ask for different {key} ({names}): the model's default is kept")
+            continue
+        value = next(iter(by_lora.values()))
+        changes[LORA_SETTING_FIELDS[key]] = value
+        console.notice(f"{key} {value} from the LoRA ({names}), the setting it was trained to sample with")
+    return dataclasses.replace(defaults, **changes) if changes else defaults
 
 
 def check_fp8(device, dtype: str) -> None:
@@ -206,6 +239,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
 
     scheduler = scheduler_config(resolved.path) if resolved else {}
     defaults = model_defaults(spec, scheduler, family, sizes.native_resolution, resolved.path if resolved else None)
+    defaults = with_lora_defaults(defaults, loras, {key for key in ("cfg", "steps", "pag", "sampler", "shift")
+                                                    if explicit.get(key) is not None})
     requests = [(_request(prompt, settings, seeds, defaults, family, ImageRequest), paths)
                 for prompt, settings, seeds, paths in planned_jobs]
     note_large_sizes([(r.width, r.height) for r, _ in requests], sizes.native_resolution)

@@ -64,3 +64,82 @@ def test_a_run_records_its_bases_defaults_and_rl_exports_the_rollouts_guidance()
     assert rl.sampling_defaults_for_export() == {**nano, "guidance": 1.0}  # the recipe's CFG-free rollouts
     guided = RLConfig(data="shapes", out="o", model_dir="m", sampling_defaults=nano, guidance=3.0)
     assert guided.sampling_defaults_for_export()["guidance"] == 3.0
+
+
+def test_sana_video_takes_a_folders_own_defaults_over_its_architectures_preset(tmp_path):
+    from sana.nano.video_build import video_transformer_config
+    from sana.registry import get_spec
+    from sana_cli.video import clip_defaults
+
+    config = video_transformer_config()
+    preset = clip_defaults(None, {}, config, tmp_path)  # no model_index.json: the matching preset's (nano-video)
+    assert (preset.steps, preset.cfg, preset.frames) == tuple(get_spec("nano-video").defaults[k]
+                                                              for k in ("steps", "guidance", "frames"))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "SanaVideoPipeline",
+                                                           SAMPLING_DEFAULTS_KEY: {"guidance": 1.5, "steps": 9}}))
+    carried = clip_defaults(None, {}, config, tmp_path)
+    assert (carried.cfg, carried.steps, carried.frames, carried.fps) == (1.5, 9, preset.frames, preset.fps)
+    # a registry model keeps its preset; the scheduler file still wins for the shift
+    assert clip_defaults(get_spec("nano-video"), {"_class_name": "DPMSolverMultistepScheduler", "flow_shift": 5.0},
+                         config, tmp_path).shift == 5.0
+    assert clip_defaults(get_spec("nano-video"), {}, config, tmp_path).cfg == preset.cfg
+
+
+def test_a_lora_carries_only_the_settings_it_changes_and_sana_gen_samples_with_them(base_model, tmp_path):
+    """An RL LoRA from CFG-free rollouts carries guidance 1 in its metadata; `sana gen --lora` samples CFG-free
+    unless told otherwise, diffusers loads the file as before, and the weights are unchanged by the rewrite."""
+    from diffusers import SanaPipeline, SanaTransformer2DModel
+    from safetensors import safe_open
+
+    from sana.lora import SAMPLING_METADATA_KEY, lora_sampling_defaults
+    from sana.training.adapters import _add_metadata
+    from sana.training.config import TrainConfig
+    from sana.training.rl.config import RLConfig
+    from tests.cli_helpers import run_sana
+    from tests.test_lora import save_lora
+
+    base = {"guidance": 4.5, "steps": 20}
+    assert TrainConfig(data="d", out="o", model_dir="m", sampling_defaults=base).lora_sampling_defaults() == {}
+    assert RLConfig(data="s", out="o", model_dir="m", sampling_defaults=base).lora_sampling_defaults() == \
+        {"guidance": 1.0}
+    assert RLConfig(data="s", out="o", model_dir="m").lora_sampling_defaults() == {"guidance": 1.0}
+
+    lora = save_lora(SanaTransformer2DModel.from_pretrained(base_model / "transformer"), tmp_path / "lora")
+    with safe_open(str(lora), framework="pt") as f:
+        before_meta, before = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    assert lora_sampling_defaults(lora) == {}
+    _add_metadata(lora, {SAMPLING_METADATA_KEY: json.dumps({"guidance": 1.0})})
+    with safe_open(str(lora), framework="pt") as f:
+        assert dict(f.metadata()) == {**before_meta, SAMPLING_METADATA_KEY: '{"guidance": 1.0}'}
+        assert all(torch.equal(before[k], f.get_tensor(k)) for k in f.keys()) and set(f.keys()) == set(before)
+    assert lora_sampling_defaults(lora) == {"guidance": 1.0}
+    pipe = SanaPipeline.from_pretrained(base_model)
+    pipe.load_lora_weights(lora.parent)  # other loaders ignore the key
+
+    common = ("--model", str(base_model), "--res", "64", "--steps", "1", "--device", "cpu", "--dtype", "fp32")
+    result = run_sana("gen", "a red circle", "--lora", str(lora), "-o", str(tmp_path / "a.png"), *common)
+    assert result.returncode == 0, result.stderr
+    assert "guidance 1.0 from the LoRA" in " ".join(result.stderr.split())
+    assert json.loads(run_sana("info", str(tmp_path / "a.png"), "--json").stdout)["guidance"] == 1.0
+    result = run_sana("gen", "a red circle", "--lora", str(lora), "--cfg", "2", "-o", str(tmp_path / "b.png"), *common)
+    assert result.returncode == 0, result.stderr
+    assert "from the LoRA" not in result.stderr
+    assert json.loads(run_sana("info", str(tmp_path / "b.png"), "--json").stdout)["guidance"] == 2.0
+
+
+def test_loras_that_disagree_on_a_setting_leave_the_models_default(tmp_path):
+    from sana.lora import SAMPLING_METADATA_KEY
+    from sana_cli.gen import ModelDefaults, with_lora_defaults
+
+    def lora_file(name: str, settings: dict):
+        metadata = json.dumps({"__metadata__": {SAMPLING_METADATA_KEY: json.dumps(settings)}}).encode()
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(len(metadata).to_bytes(8, "little") + metadata)
+        return path
+
+    defaults = ModelDefaults(steps=20, cfg=4.5, pag=0.0, pag_layer=8, sampler="flow-dpm", shift=3.0, resolution=64)
+    a, b = lora_file("a", {"guidance": 1.0, "steps": 8}), lora_file("b", {"guidance": 2.0, "steps": 8})
+    merged = with_lora_defaults(defaults, [(a, 1.0), (b, 0.5)])
+    assert (merged.cfg, merged.steps) == (4.5, 8)
+    assert with_lora_defaults(defaults, [(a, 1.0)], given={"cfg"}).cfg == 4.5
+    assert with_lora_defaults(defaults, [(tmp_path / "missing.safetensors", 1.0)]) == defaults

@@ -9,6 +9,7 @@ diffusers' module names ("to_q", "attn1.to_out.0", "conv_inverted", ...) and mat
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..loading import engine_to_diffusers_name, is_pointwise_conv
-from ..lora import LORA_WEIGHTS_NAME
+from ..lora import LORA_WEIGHTS_NAME, SAMPLING_METADATA_KEY
 
 # diffusers' train_dreambooth_lora_sana.py default: q, k and v of both attentions.
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v")
@@ -114,10 +115,13 @@ def lora_state_dict(model: nn.Module, scale: float = 1.0) -> dict[str, torch.Ten
     return out
 
 
-def save_lora(model: nn.Module, config, folder: Path, dtype: torch.dtype = torch.float32) -> Path:
+def save_lora(model: nn.Module, config, folder: Path, dtype: torch.dtype = torch.float32,
+              sampling_defaults: dict | None = None) -> Path:
     """Write `pytorch_lora_weights.safetensors` into `folder` with diffusers' own writer, atomically.
 
     alpha / r is folded into B and the metadata says alpha = r, so every loader applies the same update.
+    `sampling_defaults` (settings the LoRA should sample with where they differ from its base's) go into the
+    file's metadata too (`lora.SAMPLING_METADATA_KEY`), which `sana gen --lora` reads and other loaders ignore.
     """
     import dataclasses
 
@@ -129,5 +133,18 @@ def save_lora(model: nn.Module, config, folder: Path, dtype: torch.dtype = torch
     with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
         SanaPipeline.save_lora_weights(tmp, transformer_lora_layers=layers,
                                        transformer_lora_adapter_metadata=saved_config.to_dict())
+        if sampling_defaults:
+            _add_metadata(Path(tmp) / LORA_WEIGHTS_NAME, {SAMPLING_METADATA_KEY: json.dumps(sampling_defaults)})
         os.replace(Path(tmp) / LORA_WEIGHTS_NAME, folder / LORA_WEIGHTS_NAME)
     return folder / LORA_WEIGHTS_NAME
+
+
+def _add_metadata(path: Path, extra: dict[str, str]) -> None:
+    """Rewrite a safetensors file with `extra` added to its metadata (the tensors unchanged)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    save_file(tensors, str(path), metadata={**metadata, **extra})

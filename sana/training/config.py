@@ -75,6 +75,12 @@ class TrainConfig:
     def sampling_defaults_for_export(self) -> dict:
         return dict(self.sampling_defaults)
 
+    def lora_sampling_defaults(self) -> dict:
+        """What an exported LoRA carries: the export's settings that differ from its base's (a LoRA is applied to
+        the base, which brings its own)."""
+        return {key: value for key, value in self.sampling_defaults_for_export().items()
+                if self.sampling_defaults.get(key) != value}
+
     def validate(self) -> None:
         checks = [
             (self.mode in ("lora", "full"), "mode must be lora or full"),

@@ -169,7 +169,8 @@ class CheckpointsAndExport:
                 for name, tensor in weights.items():
                     params[name].copy_(tensor)
             try:
-                return save_lora(self.model, self.lora_config, lora_folder)
+                return save_lora(self.model, self.lora_config, lora_folder,
+                                 sampling_defaults=self.cfg.lora_sampling_defaults())
             finally:
                 with torch.no_grad():
                     for name, tensor in backup.items():
