@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -107,6 +108,26 @@ def dtype_for(info: DeviceInfo, name: str = "auto") -> torch.dtype:
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """`dtype_for` on the device itself."""
     return dtype_for(probe_device(device), name)
+
+
+def start_cuda_context(name: str = "auto") -> threading.Thread | None:
+    """Create the CUDA context of the GPU that `pick_device(name)` will choose on a thread of its own, so that it
+    overlaps the imports and planning that follow (the first `probe_device` then finds it made). None where no
+    CUDA device can be in play: a CPU or MPS choice, or a torchrun process (which picks its GPU by rank)."""
+    if not (name == "auto" or name.startswith("cuda")) or "LOCAL_RANK" in os.environ:
+        return None
+    index = int(name.split(":", 1)[1]) if name.startswith("cuda:") and name.split(":", 1)[1].isdigit() else None
+
+    def create() -> None:
+        try:  # the driver's start-up (is_available) too, not only the context
+            if torch.cuda.is_available():
+                torch.cuda.mem_get_info(torch.cuda.current_device() if index is None else index)
+        except Exception:  # noqa: BLE001 - the main thread meets the same error in `probe_device` and reports it
+            pass
+
+    thread = threading.Thread(target=create, name="cuda-context", daemon=True)
+    thread.start()
+    return thread
 
 
 def probe_device(device: torch.device | str) -> DeviceInfo:

@@ -225,7 +225,10 @@ def run(flags: dict[str, Any], *, command: str) -> None:
 
     quiet_libraries()
     from sana import __version__
-    from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device
+    from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device, start_cuda_context
+
+    if not dry_run:
+        start_cuda_context(flags.get("device") or "auto")  # made while the modules below import
     from sana.memory import plan_memory
     from sana.errors import Interrupted
     from sana.outputs import GenerationRecord, file_sha256, save_image

@@ -40,3 +40,19 @@ def test_what_the_user_says_wins(machine, monkeypatch):
     assert cpu_threads() == 2
     monkeypatch.setenv("SANA_THREADS", "4")
     assert cpu_threads() == 4
+
+
+def test_the_cuda_context_starts_on_a_thread_only_where_a_gpu_may_be_chosen(monkeypatch):
+    import torch
+
+    from sana.device import start_cuda_context
+
+    assert start_cuda_context("cpu") is None and start_cuda_context("mps") is None
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert start_cuda_context("auto") is None  # a torchrun process picks its GPU by rank
+    monkeypatch.delenv("LOCAL_RANK")
+    thread = start_cuda_context("auto")
+    thread.join(timeout=60)
+    assert not thread.is_alive() and thread.daemon
+    if torch.cuda.is_available():  # the context is there for the first probe
+        assert torch.cuda.is_initialized()
