@@ -68,6 +68,7 @@ def finetune(
     explore_steps: Annotated[Optional[int], Opt("--explore-steps", help="--rl: sampling steps of the cheap exploration (default 6).")] = None,
     rollout_steps: Annotated[Optional[int], Opt("--rollout-steps", help="--rl: sampling steps of the full-quality rollouts (default 10).")] = None,
     prompts_per_round: Annotated[Optional[int], Opt("--prompts-per-round", help="--rl: prompts a round over all GPUs (default 6 a GPU).")] = None,
+    prompt_pool: Annotated[Optional[int], Opt("--prompt-pool", help="--rl: explore K times the round's prompts and train on those whose seeds disagree most (default 1: every prompt, as the recipe).")] = None,
     rollout_batch: Annotated[Optional[int], Opt("--rollout-batch", help="--rl: images a sampling forward (default 24).")] = None,
     guidance: Annotated[Optional[float], Opt("--guidance", help="--rl: CFG scale of the rollouts (default 1: CFG-free, as the recipe).")] = None,
     explore_precision: Annotated[Optional[str], Opt("--explore-precision", help="--rl: auto (fp8 block linears where the GPU has fp8 GEMMs, else bf16), fp8 or bf16.")] = None,

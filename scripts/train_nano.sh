@@ -27,7 +27,9 @@
 # every rollout, default 4: the 4-step target, and with exploration at the same steps in bf16 the kept images are
 # the explored ones, so a round samples each image once), RL_MINUTES (`--max-minutes` of the RL stage; 0 = none), RL_GUIDANCE (CFG scale of the
 # rollouts, default 1: CFG-free as the recipe), RL_ROLLOUT_STEPS (steps of the full-quality rollouts when they
-# differ from the exploration's, e.g. 20 for the default sampler's trajectories; default RL_SAMPLING_STEPS).
+# differ from the exploration's, e.g. 20 for the default sampler's trajectories; default RL_SAMPLING_STEPS),
+# RL_POOL (`--prompt-pool`: explore this many times RL_PROMPTS prompts a round and train on the most contested, so
+# prompts whose seeds all score alike stop diluting the round once most are solved; default 1, every prompt).
 # Every timestep of the rollout's sampler is trained on (--timestep-fraction 1). The RL settings are untuned; what one
 # H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
 # 0.96 -> 0.998 by round 25 and the validation reward (20 steps) 0.977 -> 0.995 at round 25, then a collapse from
@@ -52,6 +54,7 @@ RL_SAMPLING_STEPS=${RL_SAMPLING_STEPS:-4}
 RL_MINUTES=${RL_MINUTES:-0}
 RL_GUIDANCE=${RL_GUIDANCE:-1}
 RL_ROLLOUT_STEPS=${RL_ROLLOUT_STEPS:-$RL_SAMPLING_STEPS}
+RL_POOL=${RL_POOL:-1}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -79,7 +82,7 @@ if stage rl; then
     [[ -f "$WORK/rl/train_config.json" ]] && extra+=(--resume)
     $SANA finetune "$RL_SOURCE" --rl --full --model "$RL_BASE" --out "$WORK/rl" --reward shapes "${extra[@]}" \
         --steps "$RL_ROUNDS" --max-minutes "$RL_MINUTES" --lr "$RL_LR" --prompts-per-round "$RL_PROMPTS" \
-        --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --explore-steps "$RL_SAMPLING_STEPS" \
+        --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --prompt-pool "$RL_POOL" --explore-steps "$RL_SAMPLING_STEPS" \
         --rollout-steps "$RL_ROLLOUT_STEPS" --timestep-fraction 1 --explore-precision bf16 --rollout-batch 256 --guidance "$RL_GUIDANCE" \
         --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count 32 \
         --val-steps 20 --val-every 5 --save-dtype fp16

@@ -50,6 +50,8 @@ BAD = {
     "caption": (["finetune", "prompts.txt", "--rl", "--caption", "x"], "--caption is for supervised fine-tuning"),
     "frames": (["finetune", "prompts.txt", "--rl", "--frames", "17"], "--frames is for supervised fine-tuning"),
     "gpus-split": (["finetune", "shapes", "--rl", "--prompts-per-round", "3", "--gpus", "2"], "does not split over 2"),
+    "pool-without-exploring": (["finetune", "prompts.txt", "--rl", "--reward", "plug.py:nan", "--candidates", "4",
+                                "--keep", "4", "--prompt-pool", "2"], "--prompt-pool chooses prompts"),
 }
 
 
@@ -105,6 +107,17 @@ def test_run_folder_and_resume_after_a_reward_failing_mid_run(files, base_model)
 
     lora = load_file(str(files / "run" / "pytorch_lora_weights.safetensors"))
     assert any("attn1.to_out.0.lora_A" in k for k in lora) and any("attn2.to_q.lora_B" in k for k in lora)
+
+
+def test_a_prompt_pool_explores_more_prompts_and_trains_on_as_many(files, base_model):
+    """--prompt-pool 2: four prompts explored a round (16 images), two of them rolled out again; the share of
+    explored prompts whose seeds all scored alike is logged."""
+    result = run_sana(*rl_args(files, base_model, "pool", "--steps", "1", "--val-count", "0", "--prompt-pool", "2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [r for r in read_csv(files / "pool" / "rewards.csv") if r["round"] == "1"]
+    assert 0.0 <= float(row["explore_uniform"]) <= 1.0 and row["reward_mean"] and row["policy_loss"]
+    config = json.loads((files / "pool" / "train_config.json").read_text())
+    assert config["prompt_pool"] == 2
 
 
 # -- two processes ---------------------------------------------------------------------------------------------------

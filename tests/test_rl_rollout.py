@@ -34,16 +34,20 @@ class StandIn(nn.Module):
         return self.scale * x + embeds.mean(dim=(1, 2)).view(-1, 1, 1, 1)
 
 
-def _run(explorer, model, steps: tuple[int, int], events: list):
+def _run(explorer, model, steps: tuple[int, int], events: list, prompts: int = 2, chosen: int | None = None,
+         score_of=None):
     from sana.training.rl.rollout import RolloutSettings, rollout
 
-    text = PromptEmbeddings(torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0)), torch.ones(2, 3))
+    text = PromptEmbeddings(torch.randn(prompts, 3, 4, generator=torch.Generator().manual_seed(0)),
+                            torch.ones(prompts, 3))
     settings = RolloutSettings(candidates=6, keep=2, explore_steps=steps[0], rollout_steps=steps[1], batch=4,
                                latent_shape=(2, 4, 4), flow_shift=3.0, decode_batch=3)
 
     def score(latents, index):
         events.append(("submit", latents.shape[0]))
         total = latents.mean(dim=(1, 2, 3)) + torch.tensor(index, dtype=torch.float32)
+        if score_of is not None:
+            total = score_of(latents, index)
 
         def wait():
             events.append(("wait", latents.shape[0]))
@@ -51,8 +55,9 @@ def _run(explorer, model, steps: tuple[int, int], events: list):
 
         return wait
 
-    seeds = [[10 * p + k for k in range(6)] for p in range(2)]
-    return rollout(explorer=explorer, model=model, text=text, null=None, seeds=seeds, score=score, settings=settings)
+    seeds = [[10 * p + k for k in range(6)] for p in range(prompts)]
+    return rollout(explorer=explorer, model=model, text=text, null=None, seeds=seeds, score=score, settings=settings,
+                   prompts=chosen)
 
 
 def test_batches_are_scored_as_sampled_and_waited_for_at_the_end():
@@ -89,3 +94,30 @@ def test_decode_batches_grow_for_small_images_on_a_gpu_only():
     assert decode_batch(1024, gpu) == DECODE_BATCH and decode_batch(2048, gpu) == 2
     assert decode_batch(256, gpu) == 16 * DECODE_BATCH and decode_batch(4096, gpu) == 1
     assert decode_batch(256, cpu) == DECODE_BATCH
+
+
+def test_a_prompt_pool_goes_on_with_the_prompts_whose_seeds_disagree_most():
+    """Of four explored prompts two go on: those whose candidates' rewards spread the most, in pool order; a
+    prompt whose seeds all score alike (no advantage to learn from) is left."""
+    from sana.training.rl.objective import most_contested
+
+    rewards = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.9, 0.5], [1.0, 0.0, 1.0], [0.5, 0.6, 0.55]])
+    assert most_contested(rewards, 2).tolist() == [1, 2]
+    assert most_contested(rewards, 3).tolist() == [1, 2, 3]
+    assert most_contested(torch.ones(3, 4), 2).tolist() == [0, 1]  # ties: the earlier prompts
+    with pytest.raises(ValueError):
+        most_contested(rewards, 5)
+
+    def by_prompt(latents, index):  # prompts 1 and 3 split their seeds, 0 and 2 score 1 whatever the seed
+        spread = torch.tensor([0.0, 1.0, 0.0, 0.5])[index]
+        return 1.0 - spread * (latents.mean(dim=(1, 2, 3)) > latents.mean()).float()
+
+    model = StandIn()
+    out = _run(copy.deepcopy(model), model, (2, 3), [], prompts=4, chosen=2, score_of=by_prompt)
+    assert out.prompt_index.tolist() == [1, 1, 3, 3] and out.explore_rewards.shape == (4, 6)
+    assert out.images == 4 * 6 + 4 and out.latents.shape[0] == 4
+    assert all(seed // 10 == p for p, seed in zip(out.prompt_index.tolist(), out.seeds))
+    every = _run(copy.deepcopy(model), StandIn(), (2, 3), [], prompts=4, score_of=by_prompt)
+    assert every.prompt_index.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # no pool: every prompt goes on
+    kept = [i for i, p in enumerate(every.prompt_index.tolist()) if p in (1, 3)]
+    torch.testing.assert_close(out.latents, every.latents[kept])  # the same seeds, as without the pool

@@ -26,8 +26,11 @@ def _config(out: Path, model: Path, prompts: Path, plugin: Path, **kw):
     return cfg
 
 
-def test_time_limit_then_resume_repeats_an_uninterrupted_run(files, base_model):
+def test_time_limit_then_resume_repeats_an_uninterrupted_run(files, base_model, monkeypatch):
     from sana.training.rl.loop import run
+
+    # Each run picks its CPU threads from the machine's load when it starts; another count sums in another order.
+    monkeypatch.setenv("SANA_THREADS", "1")
 
     prompts, plugin = files / "prompts.txt", files / "plug.py"
     straight = run(_config(files / "straight", base_model, prompts, plugin, steps=3))

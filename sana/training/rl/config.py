@@ -18,7 +18,7 @@ PROMPTS_PER_GPU = 6
 EXPLORE_PRECISIONS = ("auto", "fp8", "bf16")
 
 RL_RESUME_INVARIANTS = RESUME_INVARIANTS + ("reward", "candidates", "keep_seeds", "explore_steps", "rollout_steps",
-                                            "prompts_per_round", "guidance", "nft_beta", "kl_beta", "adv_clip",
+                                            "prompts_per_round", "prompt_pool", "guidance", "nft_beta", "kl_beta", "adv_clip",
                                             "timestep_fraction", "decay_type")
 
 
@@ -43,6 +43,8 @@ class RLConfig(TrainConfig):
     explore_steps: int = 6
     rollout_steps: int = 10
     prompts_per_round: int = PROMPTS_PER_GPU  # over all processes
+    # Explore this many times the round's prompts and train on the most contested (1: the recipe, every prompt).
+    prompt_pool: int = 1
     rollout_batch: int = 24  # images a sampling forward
     guidance: float = 1.0  # rollout CFG; the recipe samples CFG-free
     explore_precision: str = "auto"  # auto: fp8 block linears where the GPU has fp8 GEMMs, else the compute dtype
@@ -72,6 +74,9 @@ class RLConfig(TrainConfig):
             (train_steps >= 1, f"--timestep-fraction {self.timestep_fraction:g} of {self.rollout_steps} rollout steps "
                                "leaves no timestep to train on"),
             (self.prompts_per_round >= 1 and self.rollout_batch >= 1, "--prompts-per-round and --rollout-batch must be at least 1"),
+            (self.prompt_pool >= 1, "--prompt-pool must be at least 1"),
+            (self.prompt_pool == 1 or self.candidates > self.keep_seeds,
+             "--prompt-pool chooses prompts by their explored seeds: give --candidates larger than --keep"),
             (self.guidance >= 1.0, "--guidance must be at least 1 (1 = CFG-free, the recipe's)"),
             (self.explore_precision in EXPLORE_PRECISIONS, "--explore-precision must be auto, fp8 or bf16"),
             (self.nft_beta > 0 and self.adv_clip > 0, "--nft-beta and --adv-clip must be positive"),

@@ -14,7 +14,8 @@ from ..plot import write_rows
 
 REWARDS_NAME = "rewards.csv"
 REWARD_PLOT = "reward.png"
-BASE_FIELDS = ("round", "reward_mean", "reward_best", "reward_worst", "reward_std", "explore_mean", "val_reward",
+BASE_FIELDS = ("round", "reward_mean", "reward_best", "reward_worst", "reward_std", "explore_mean", "explore_uniform",
+               "val_reward",
                "policy_loss", "kl", "lr", "grad_norm", "old_decay", "images_per_s", "elapsed_s")
 
 

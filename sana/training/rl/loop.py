@@ -203,16 +203,19 @@ class RLTrainer(Trainer):
     def collect(self, round_index: int) -> tuple[RoundData, dict]:
         """Roll out this process's prompts of the round; advantages from everyone's rewards; the training draws."""
         cfg, world, c = self.cfg, self.world, self.components
-        prompts = self.source.round_prompts(cfg.seed, round_index, cfg.prompts_per_round)
+        # With --prompt-pool K each process explores K times its prompts and trains on the most contested.
+        pool = self.local_prompts * cfg.prompt_pool
+        prompts = self.source.round_prompts(cfg.seed, round_index, cfg.prompts_per_round * cfg.prompt_pool)
         first = world.rank * self.local_prompts
-        mine = prompts[first : first + self.local_prompts]
+        mine = prompts[world.rank * pool : (world.rank + 1) * pool]
         text, null = c.encode([p.text for p in mine])
-        seeds = [[mixed_seed(cfg.seed, "candidate", round_index, first + i, k) for k in range(cfg.candidates)]
-                 for i in range(len(mine))]
+        seeds = [[mixed_seed(cfg.seed, "candidate", round_index, world.rank * pool + i, k)
+                  for k in range(cfg.candidates)] for i in range(len(mine))]
         failure = None
         try:
             out = rollout(explorer=self.explorer, model=self.old_model, text=text, null=null, seeds=seeds,
-                          score=self._scorer(mine), settings=self._settings())
+                          score=self._scorer(mine), settings=self._settings(),
+                          prompts=self.local_prompts if cfg.prompt_pool > 1 else None)
         except RewardError as exc:
             failure = exc
         if distributed.any_rank(failure is not None, world, self.device):  # every process stops together
@@ -221,7 +224,7 @@ class RLTrainer(Trainer):
         keep, steps = cfg.keep_seeds, cfg.train_timesteps
         rewards = gather(out.rewards.to(self.device), world).float().cpu()  # [P x keep], prompt by prompt
         groups = torch.arange(cfg.prompts_per_round).repeat_interleave(keep)
-        adv = advantages(rewards, groups, cfg.adv_clip)[first * keep : (first + len(mine)) * keep]
+        adv = advantages(rewards, groups, cfg.adv_clip)[first * keep : (first + self.local_prompts) * keep]
         sigmas = sampler_sigmas(cfg.rollout_steps, c.flow_shift, c.scheduler_config)  # [S]
         draws_sigma, draws_noise = [], []
         for i in range(self.local_samples):
@@ -238,7 +241,10 @@ class RLTrainer(Trainer):
                  "reward_worst": per_prompt.min(1).values.mean().item(), "reward_std": rewards.std(correction=0).item(),
                  "images": world.size * out.images}
         if out.explore_rewards is not None:
-            stats["explore_mean"] = gather(out.explore_rewards.flatten().to(self.device), world).mean().item()
+            explored = gather(out.explore_rewards.to(self.device), world)  # [pool prompts, candidates]
+            stats["explore_mean"] = explored.mean().item()
+            # the share of explored prompts whose candidates all scored alike: no signal in them
+            stats["explore_uniform"] = (explored.max(1).values == explored.min(1).values).float().mean().item()
         if len(out.parts) > 1:
             for label, values in out.parts.items():
                 stats[f"reward_{label}"] = gather(values.to(self.device), world).mean().item()

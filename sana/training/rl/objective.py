@@ -98,3 +98,15 @@ def select_best_worst(rewards: torch.Tensor, keep: int) -> torch.Tensor:
         raise ValueError(f"cannot keep {keep} of {n}")
     order = torch.sort(rewards.float().cpu(), descending=True, stable=True).indices
     return torch.cat([order[: keep // 2], order[n - (keep - keep // 2):]])
+
+
+def most_contested(rewards: torch.Tensor, count: int) -> torch.Tensor:
+    """rewards [P, candidates] of a pool of prompts -> the `count` prompts whose candidates' rewards spread the
+    most (max - min), in pool order (ties: the earlier prompt). Prompts whose seeds all score alike give every
+    sample a zero advantage: training on the contested ones spends the round on prompts with a signal (DAPO's
+    dynamic sampling, arXiv 2503.14476, in its exploration-time form)."""
+    if count > rewards.shape[0]:
+        raise ValueError(f"cannot choose {count} of {rewards.shape[0]} prompts")
+    spread = (rewards.max(dim=1).values - rewards.min(dim=1).values).float().cpu()
+    order = torch.sort(spread, descending=True, stable=True).indices
+    return torch.sort(order[:count]).values

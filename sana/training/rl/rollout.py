@@ -27,7 +27,7 @@ from torch import nn
 
 from ... import sampling
 from ...text import PromptEmbeddings
-from .objective import select_best_worst
+from .objective import most_contested, select_best_worst
 
 DECODE_BATCH = 8  # images a VAE decode at 1024 px: a DC-AE decode holds ~1.2 GB of activations an image
 
@@ -167,7 +167,7 @@ class Rollout:
     seeds: list[int]
     rewards: torch.Tensor  # [N] the weighted reward of the full-quality images
     parts: dict[str, torch.Tensor]  # [N] per reward term
-    explore_rewards: torch.Tensor | None  # [P, candidates] of the cheap pass (None without one)
+    explore_rewards: torch.Tensor | None  # [P, candidates] of the cheap pass (None without one), the whole pool
     images: int = 0  # images sampled (and scored) in all
 
 
@@ -202,23 +202,29 @@ def _sample_and_score(model: nn.Module, items: list[tuple[int, int]], text: Prom
 
 
 def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, null: PromptEmbeddings | None,
-            seeds: list[list[int]], score: Score, settings: RolloutSettings) -> Rollout:
+            seeds: list[list[int]], score: Score, settings: RolloutSettings, prompts: int | None = None) -> Rollout:
     """Explore every prompt's candidate seeds, keep the best and worst, regenerate them in full and score them.
 
     text: [P] rows (this process's prompts); seeds: P lists of `candidates` seeds; score(latents, local prompt
     indices) decodes clean latents and starts scoring them, returning what waits for (weighted rewards [B],
-    {label: [B]}). When the explorer is the model itself at the full step count, the explored images are the
-    full-quality ones (same seeds, deterministic sampler): the kept ones are taken, not sampled again."""
+    {label: [B]}). `prompts` < P: only that many of the explored prompts go on, those whose candidates disagree
+    most (`most_contested`); sample indices stay those of the P rows. When the explorer is the model itself at the
+    full step count, the explored images are the full-quality ones (same seeds, deterministic sampler): the kept
+    ones are taken, not sampled again."""
     s = settings
     explore_rewards = None
     kept: list[tuple[int, int]] = []
+    if prompts is not None and prompts < len(seeds) and s.candidates <= s.keep:
+        raise ValueError("choosing prompts needs an exploration pass (candidates > keep)")
     if s.candidates > s.keep:
-        # 1. The cheap pass over every candidate; 2. the most contrastive seeds of each prompt.
+        # 1. The cheap pass over every candidate; 2. the most contrastive seeds of each (chosen) prompt.
         items = [(p, seed) for p, row in enumerate(seeds) for seed in row]
         latents, (rewards, parts) = _sample_and_score(explorer, items, text, null, s.explore_steps, s, score)
         explore_rewards = rewards.view(len(seeds), s.candidates)
-        picks = [p * s.candidates + int(i) for p in range(len(seeds))
-                 for i in select_best_worst(explore_rewards[p], s.keep)]
+        chosen = (most_contested(explore_rewards, prompts) if prompts is not None and prompts < len(seeds)
+                  else torch.arange(len(seeds)))
+        picks = [int(p) * s.candidates + int(i) for p in chosen
+                 for i in select_best_worst(explore_rewards[int(p)], s.keep)]
         kept = [items[i] for i in picks]
         if explorer is model and s.explore_steps == s.rollout_steps:
             index = torch.tensor(picks)
