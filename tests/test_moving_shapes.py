@@ -171,3 +171,26 @@ def test_make_video_writes_clips_captions_and_metadata(tmp_path):
     assert "for images" in assert_one_line_error(run_sana("shapes", "make", str(tmp_path / "x"), "--video", "--holdout"))
     assert "--format" in assert_one_line_error(run_sana("shapes", "make", str(tmp_path / "y"), "--video",
                                                         "--format", "avi"))
+
+
+def test_worker_processes_write_the_clips_one_process_writes(tmp_path, monkeypatch):
+    """A large set is written by spawned worker processes: the same frames, captions and metadata, in order."""
+    from PIL import Image
+
+    from sana.nano import moving_shapes
+
+    serial = moving_shapes.write_video_dataset(tmp_path / "serial", 6, 3, fmt="png")
+    monkeypatch.setattr(moving_shapes, "PROCESS_FROM", 4)
+    monkeypatch.setattr(moving_shapes.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    seen = []
+    pooled = moving_shapes.write_video_dataset(tmp_path / "pooled", 6, 3, fmt="png",
+                                               on_progress=lambda done, total: seen.append((done, total)))
+    assert pooled == serial and seen[-1] == (6, 6) and len(seen) == 6
+    for name in ("metadata.jsonl", "000005.txt"):
+        assert (tmp_path / "pooled" / name).read_text() == (tmp_path / "serial" / name).read_text()
+    for clip in ("000000", "000005"):
+        frames = sorted(p.name for p in (tmp_path / "serial" / clip).glob("*.png"))
+        assert frames == sorted(p.name for p in (tmp_path / "pooled" / clip).glob("*.png")) and frames
+        for frame in frames:
+            a, b = (np.asarray(Image.open(tmp_path / run / clip / frame)) for run in ("serial", "pooled"))
+            assert np.array_equal(a, b)

@@ -22,10 +22,9 @@ import json
 import os
 import random
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -224,36 +223,57 @@ def clear_video_dataset(out_dir: Path) -> int:
     return removed
 
 
+# From this many clips on, worker processes write them: encoding a clip's frames holds the GIL for most of its
+# time, so threads wrote no faster than one (2-core CPU, 2026-12-04); 20,000 clips took minutes on one core.
+PROCESS_FROM = 256
+
+
+def _write_clip(job: tuple[Path, MotionScene, int, int, str, int]) -> str:
+    """Write clip `index` and its caption file; returns its metadata.jsonl row (a worker process's task)."""
+    from ..outputs import GenerationRecord, save_video
+
+    out_dir, scene, index, width, fmt, seed = job
+    stem = f"{index:0{width}d}"
+    name = stem if fmt == "png" else f"{stem}.{fmt}"
+    record = GenerationRecord(prompt=scene.caption, model=GRAMMAR, seed=seed, width=SIDE, height=SIDE,
+                              extra={"index": index})
+    save_video(render_clip(scene), out_dir / name, record, fps=FPS, fmt=fmt, force=True)
+    (out_dir / f"{stem}.txt").write_text(scene.caption + "\n", encoding="utf-8")
+    return json.dumps({"file_name": name, "text": scene.caption})
+
+
+def _parallel(work: Callable, jobs: list) -> Iterator:
+    """`map(work, jobs)` in order: in spawned worker processes (one a CPU, at most 16) for PROCESS_FROM jobs and
+    more, else in this process."""
+    workers = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if len(jobs) < PROCESS_FROM or workers < 2:
+        yield from map(work, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller may hold threads (torch's among them) that a fork would copy mid-state
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(work, jobs, chunksize=max(1, min(64, len(jobs) // (4 * workers))))
+
+
 def write_video_dataset(out_dir: Path, num: int, seed: int, *, two_object_fraction: float = 0.5, fmt: str = "mp4",
                         on_progress: Callable[[int, int], None] | None = None) -> list[MotionScene]:
     """Write `num` (clip, caption) pairs: `000000.mp4` (or `.gif`, or a `000000/` folder of PNG frames) with
     `000000.txt`, plus `metadata.jsonl` (file_name, text) and `shapes.json` (the settings, so the folder can be
     remade). Each clip carries a record naming its caption, seed and index. Returns the scenes written."""
-    from ..outputs import GenerationRecord, save_video
-
     if fmt not in CLIP_FORMATS:
         raise SanaError(f"unknown clip format '{fmt}'", f"use {', '.join(CLIP_FORMATS)}")
     scenes = sample_motion_scenes(num, seed, two_object_fraction=two_object_fraction)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(num - 1)))
-
-    def write(index: int) -> str:
-        stem, caption = f"{index:0{width}d}", scenes[index].caption
-        name = stem if fmt == "png" else f"{stem}.{fmt}"
-        record = GenerationRecord(prompt=caption, model=GRAMMAR, seed=seed, width=SIDE, height=SIDE,
-                                  extra={"index": index})
-        save_video(render_clip(scenes[index]), out_dir / name, record, fps=FPS, fmt=fmt, force=True)
-        (out_dir / f"{stem}.txt").write_text(caption + "\n", encoding="utf-8")
-        return json.dumps({"file_name": name, "text": caption})
-
-    # Encoding runs in ffmpeg / Pillow outside the GIL: threads write a large set in a fraction of the time.
+    jobs = [(out_dir, scene, index, width, fmt, seed) for index, scene in enumerate(scenes)]
     rows = []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for row in pool.map(write, range(num)):
-            rows.append(row)
-            if on_progress:
-                on_progress(len(rows), num)
+    for row in _parallel(_write_clip, jobs):
+        rows.append(row)
+        if on_progress:
+            on_progress(len(rows), num)
     (out_dir / "metadata.jsonl").write_text("\n".join(rows) + ("\n" if rows else ""), encoding="utf-8")
     info = {"grammar": GRAMMAR, "num": num, "seed": seed, "side": SIDE, "frames": FRAMES, "fps": FPS,
             "two_object_fraction": two_object_fraction, "format": fmt}
