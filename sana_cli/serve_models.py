@@ -195,7 +195,8 @@ def read_allow_list(entries: list[str]) -> dict:
         if not path.exists():
             raise UsageError(f"--lora {text}: LoRA file not found: {path_text}")
         path = lora_file(path).resolve()
-        allowed[name] = AllowedLora(name=name, path=path, scale=scale, sha256=file_sha256(path))
+        allowed[name] = AllowedLora(name=name, path=path, scale=scale, sha256=file_sha256(path),
+                                    sampling=lora_sampling_defaults(path))
     return allowed
 
 

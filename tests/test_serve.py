@@ -323,6 +323,34 @@ def test_a_size_the_memory_plan_cannot_fit_is_refused_with_the_reason():
     assert "from 32 to 4096" in model.size_refusal(8192, 1024, 1)
 
 
+def test_a_request_naming_a_lora_gets_the_settings_the_lora_carries(tmp_path):
+    """An allow-listed RL LoRA carries guidance 1: a request naming it and leaving guidance out samples CFG-free;
+    one that sets guidance keeps it; one without the LoRA gets the model's default."""
+    from sana.serving.admission import build_job
+    from sana.serving.loras import AllowedLora, AllowList
+    from sana.serving.schemas import ImageGenerationRequest
+
+    class Plan:
+        fits = True
+
+        def notes(self):
+            return []
+
+    rl = AllowedLora(name="rl", path=tmp_path / "rl.safetensors", scale=1.0, sha256="0" * 64,
+                     sampling={"guidance": 1.0, "steps": 12})
+    model = ServedModel(name="m", pipeline=None, family="sana", defaults=Defaults(20, 4.5, 0.0, 8, "flow-dpm", 3.0),
+                        resolution=1024, dtype="bf16", device="cuda", created=0, plan_for=lambda w, h, n: Plan(),
+                        loras=AllowList({"rl": rl}))
+
+    def request(**body):
+        return build_job({"m": model}, ImageGenerationRequest(prompt="a cat", model="m", **body), max_batch=4).request
+
+    assert (request(lora="rl").guidance, request(lora="rl").steps) == (1.0, 12)
+    assert request(lora="rl", guidance_scale=3.0).guidance == 3.0
+    assert request(lora="rl", num_inference_steps=5).steps == 5
+    assert (request().guidance, request().steps) == (4.5, 20)
+
+
 # -- the pipeline's batching hook -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["sana", "sprint"])

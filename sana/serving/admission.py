@@ -162,15 +162,17 @@ def build_job(models: dict[str, ServedModel], body: ImageGenerationRequest, *, m
     if refusal:
         raise ApiError(400, f"size {width}x{height} cannot be served: {refusal}", param="size", code="invalid_size")
     d = model.defaults
-    sampler = body.sampler or d.sampler
+    # Settings the LoRA carries (an RL LoRA's rollout guidance) come before the model's defaults, after the body's.
+    carried = model.loras.allowed[lora[0]].sampling if lora is not None else {}
+    sampler = body.sampler or carried.get("sampler") or d.sampler
     if sampler not in model.samplers:
         raise ApiError(400, f"unknown sampler '{sampler}' for {model.name}: use {', '.join(model.samplers)}",
                        param="sampler", code="invalid_sampler")
-    steps = body.num_inference_steps or d.steps
+    steps = body.num_inference_steps or int(carried.get("steps") or d.steps)
     if model.sprint and not 1 <= steps <= 4:
         raise ApiError(400, f"num_inference_steps {steps} is out of range for SANA-Sprint (1 to 4)",
                        param="num_inference_steps", code="invalid_steps")
-    pag = d.pag if body.pag_scale is None else body.pag_scale
+    pag = float(carried.get("pag", d.pag)) if body.pag_scale is None else body.pag_scale
     if model.sprint and pag > 0:
         raise ApiError(400, "PAG does not apply to SANA-Sprint", param="pag_scale", code="invalid_pag")
 
@@ -178,8 +180,8 @@ def build_job(models: dict[str, ServedModel], body: ImageGenerationRequest, *, m
     seed = random_seed() if body.seed is None else body.seed
     request = ImageRequest(
         prompt=body.prompt, seeds=[(seed + i) & 0xFFFFFFFF for i in range(body.n)], width=width, height=height,
-        steps=steps, guidance=d.guidance if body.guidance_scale is None else body.guidance_scale, sampler=sampler,
-        flow_shift=body.flow_shift or d.shift, negative_prompt=body.negative_prompt or "", pag=pag,
+        steps=steps, sampler=sampler, flow_shift=body.flow_shift or float(carried.get("flow_shift") or d.shift),
+        guidance=float(carried.get("guidance", d.guidance)) if body.guidance_scale is None else body.guidance_scale, negative_prompt=body.negative_prompt or "", pag=pag,
         pag_layers=(d.pag_layer if body.pag_layer is None else body.pag_layer,),
         max_timesteps=d.max_timesteps, intermediate_timesteps=d.intermediate_timesteps,
     )

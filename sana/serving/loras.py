@@ -11,7 +11,7 @@ while a LoRA is in and copied back bit for bit when it leaves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,9 @@ class AllowedLora:
     path: Path
     scale: float
     sha256: str
+    # Sampling settings the file carries (`lora.SAMPLING_METADATA_KEY`: an RL LoRA's rollout guidance), which a
+    # request naming this LoRA gets where it leaves them out, as `sana gen --lora` does.
+    sampling: dict = field(default_factory=dict)
 
     def record(self, scale: float) -> dict:
         """The entry as `sana gen` records a LoRA in an output's metadata (plus the name it is served under)."""
