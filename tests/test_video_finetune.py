@@ -235,3 +235,12 @@ def test_the_gpu_benchmark_script_runs_on_a_cpu():
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["impl"] for r in rows] == ["sana", "diffusers"] and all(r["step_s"] > 0 for r in rows)
+
+
+def test_the_latent_cache_encodes_as_many_samples_as_a_pixel_budget_allows():
+    """8 images of 1024 px at once as before; small clips in larger batches; one long 480p clip alone."""
+    from sana.training.cache import MAX_ENCODE_BATCH, encode_batch
+
+    assert encode_batch((1024, 1024)) == 8 and encode_batch((2048, 2048)) == 2 and encode_batch((4096, 4096)) == 1
+    assert encode_batch((128, 128, 17)) == 30 and encode_batch((256, 256)) == MAX_ENCODE_BATCH
+    assert encode_batch((832, 480, 81)) == 1 and encode_batch((1280, 704, 121)) == 1

@@ -12,6 +12,7 @@ They serve images and clips alike: a `CacheSource` holds what differs by kind (`
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,10 +237,23 @@ def plan_cache(source: CacheSource, encoders: Encoders, extra_captions: list[str
     return CachePlan(latent_keys, text_keys, extras)
 
 
+# Pixels a VAE encode takes at once: 8 images of 1024 px (the setting images were cached with from the start).
+# Batches follow it, so 17-frame clips of 128 px go ~30 at a time and an 81-frame 480p clip alone (eight of those
+# would hold tens of GB of encoder activations).
+ENCODE_PIXELS = 8 * 1024 * 1024
+MAX_ENCODE_BATCH = 64
+
+
+def encode_batch(bucket: tuple[int, ...]) -> int:
+    """Samples of this bucket ((width, height) or (width, height, frames)) a VAE encode takes at once."""
+    return max(1, min(MAX_ENCODE_BATCH, ENCODE_PIXELS // max(1, math.prod(bucket))))
+
+
 def fill_cache(plan: CachePlan, source: CacheSource, cache: FeatureCache, encoders: Encoders, *, rank: int = 0,
                world: int = 1, on_progress: Callable[[str, int, int], None] | None = None, batch_size: int = 8) -> None:
     """Encode what is missing; with `world` > 1 this rank's share of it (the caller then synchronises the ranks).
-    A sample that fails to decode gets no latent; `cached_items` reports it."""
+    A sample that fails to decode gets no latent; `cached_items` reports it. `batch_size` counts captions an
+    encode; latents go by `encode_batch`."""
     # Shares are fixed by position in the whole list, not in the list of what is missing: another rank may
     # already have written some of its files when this one looks.
     missing_latents = [i for i, k in enumerate(plan.latent_keys)
@@ -248,7 +262,7 @@ def fill_cache(plan: CachePlan, source: CacheSource, cache: FeatureCache, encode
     missing_text = [(c, k) for n, (c, k) in enumerate(captions.items())
                     if n % world == rank and not cache.text_path(k).is_file()]
     if missing_latents:
-        _encode_latents(source, missing_latents, plan.latent_keys, cache, encoders, on_progress, batch_size)
+        _encode_latents(source, missing_latents, plan.latent_keys, cache, encoders, on_progress)
     if missing_text:
         _encode_texts(missing_text, cache, encoders, on_progress, batch_size)
 
@@ -269,8 +283,8 @@ def cached_items(plan: CachePlan, source: CacheSource, cache: FeatureCache, repo
 
 
 def _encode_latents(source: CacheSource, indices: list[int], keys: list[str], cache: FeatureCache, encoders: Encoders,
-                    on_progress, batch_size: int) -> None:
-    """Samples of one bucket encoded `batch_size` at a time, the next chunk decoded in threads meanwhile."""
+                    on_progress) -> None:
+    """Samples of one bucket encoded `encode_batch(bucket)` at a time, the next chunk decoded in threads meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -278,8 +292,8 @@ def _encode_latents(source: CacheSource, indices: list[int], keys: list[str], ca
     by_bucket: dict[tuple[int, ...], list[int]] = {}
     for i in indices:
         by_bucket.setdefault(source.buckets[i], []).append(i)
-    chunks = [members[start:start + batch_size] for _, members in sorted(by_bucket.items())
-              for start in range(0, len(members), batch_size)]
+    chunks = [members[start:start + encode_batch(bucket)] for bucket, members in sorted(by_bucket.items())
+              for start in range(0, len(members), encode_batch(bucket))]
 
     def pixels_of(i: int) -> torch.Tensor | None:
         try:
