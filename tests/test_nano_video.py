@@ -138,31 +138,41 @@ def test_train_vae_checks_its_crop_before_torch():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_the_captured_autoencoder_step_trains_as_the_eager_one():
-    """The CUDA-graph step (capture after three eager steps, replays after) gives the eager loop's weights."""
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_the_captured_autoencoder_step_trains_as_the_eager_one(kind):
+    """The CUDA-graph step (capture after three eager steps, replays after) gives the eager loop's weights, for the
+    Wan-layout clip autoencoder and the image DC-AE alike."""
     from diffusers import AutoencoderKLWan
 
-    from sana.nano.autoencoder import VaeTrainConfig, fit_autoencoder
-    from sana.nano.video_autoencoder import decode_unclamped, random_crops, render_clip_batch
+    from sana.nano.autoencoder import VaeTrainConfig, batch_scenes, build_vae, fit_autoencoder, render_batch
     from sana.nano.moving_shapes import sample_motion_scenes
+    from sana.nano.video_autoencoder import decode_unclamped, random_crops, render_clip_batch
 
     device = torch.device("cuda")
     results = []
     for graphed in (False, True):
         torch.manual_seed(0)
-        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                               temperal_downsample=[False, True, True]).to(device).train()
+        if kind == "video":
+            vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                                   temperal_downsample=[False, True, True]).to(device).train()
+
+            def batch_at(step):
+                return random_crops(render_clip_batch(sample_motion_scenes(2, step, stream="t"), device=device), 9,
+                                    64, step)
+
+            encode = lambda target: vae.encode(target).latent_dist.mode()  # noqa: E731
+            decode = lambda latents: decode_unclamped(vae, latents)  # noqa: E731
+        else:
+            vae = build_vae(0).to(device).train()
+
+            def batch_at(step):
+                return render_batch(batch_scenes(step, 4, 0, ()), device=device)
+
+            encode, decode = (lambda target: vae.encode(target).latent), None  # noqa: E731
         initial = torch.cat([p.detach().flatten() for p in vae.parameters()])
         cfg = VaeTrainConfig(steps=8, batch=2, warmup=2, latent_noise=0.0, bf16=False, cuda_graph=graphed,
                              log_every=1)
-
-        def batch_at(step):
-            return random_crops(render_clip_batch(sample_motion_scenes(2, step, stream="t"), device=device), 9, 64,
-                                step)
-
-        losses, done = fit_autoencoder(vae, cfg, device, time.perf_counter(), batch_at,
-                                       encode=lambda target: vae.encode(target).latent_dist.mode(),
-                                       decode=lambda latents: decode_unclamped(vae, latents))
+        losses, done = fit_autoencoder(vae, cfg, device, time.perf_counter(), batch_at, encode=encode, decode=decode)
         results.append(([row["loss"] for row in losses], torch.cat([p.detach().flatten() for p in vae.parameters()])))
     (eager_losses, eager), (graph_losses, captured) = results
     assert np.allclose(eager_losses, graph_losses, rtol=1e-3), (eager_losses, graph_losses)
