@@ -29,7 +29,8 @@
 # rollouts, default 1: CFG-free as the recipe), RL_ROLLOUT_STEPS (steps of the full-quality rollouts when they
 # differ from the exploration's, e.g. 20 for the default sampler's trajectories; default RL_SAMPLING_STEPS),
 # RL_POOL (`--prompt-pool`: explore this many times RL_PROMPTS prompts a round and train on the most contested, so
-# prompts whose seeds all score alike stop diluting the round once most are solved; default 1, every prompt).
+# prompts whose seeds all score alike stop diluting the round once most are solved; default 1, every prompt),
+# RL_SCORE_BEFORE (0: `rl-score` skips the base model, whose scores are known; default 1).
 # Every timestep of the rollout's sampler is trained on (--timestep-fraction 1). The RL settings are untuned; what one
 # H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
 # 0.96 -> 0.998 by round 25 and the validation reward (20 steps) 0.977 -> 0.995 at round 25, then a collapse from
@@ -55,6 +56,7 @@ RL_MINUTES=${RL_MINUTES:-0}
 RL_GUIDANCE=${RL_GUIDANCE:-1}
 RL_ROLLOUT_STEPS=${RL_ROLLOUT_STEPS:-$RL_SAMPLING_STEPS}
 RL_POOL=${RL_POOL:-1}
+RL_SCORE_BEFORE=${RL_SCORE_BEFORE:-1}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -88,7 +90,8 @@ if stage rl; then
         --val-steps 20 --val-every 5 --save-dtype fp16
 fi
 if stage rl-score; then
-    pairs=("before:$RL_BASE" "after:$WORK/rl/model")
+    pairs=("after:$WORK/rl/model")
+    [[ "$RL_SCORE_BEFORE" == 1 ]] && pairs=("before:$RL_BASE" "${pairs[@]}")
     [[ -d "$WORK/rl/best" ]] && pairs+=("best:$WORK/rl/best")  # the best-validated round, if not the last
     for pair in "${pairs[@]}"; do
         name=${pair%%:*} model=${pair#*:}
