@@ -77,11 +77,30 @@ class DitRow:
         return min(v for k, v in self.ms.items() if k.startswith("ours") and "fp8" not in k and k != STEP)
 
 
+MIN_RUNS = 10  # timed calls a median is taken over, however long one call takes
+
+
 def _median_ms(fn: Callable[[], object]) -> float:
+    """Median ms of `fn` over at least MIN_RUNS calls (triton's do_bench times as many calls as fit its `rep`
+    budget: 500 ms alone would give a 1 s video forward one call, and a 180 ms 4096 px forward two)."""
     import triton.testing
 
     with torch.no_grad():
-        return triton.testing.do_bench(fn, warmup=100, rep=500, return_mode="median")
+        _first_call(fn)  # a first call may still compile or capture: the second one is the estimate
+        estimate = _first_call(fn) * 1000.0
+        rep = min(60_000.0, max(500.0, MIN_RUNS * estimate))
+        return triton.testing.do_bench(fn, warmup=100, rep=rep, return_mode="median")
+
+
+def interleaved_ms(forwards: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
+    """Median ms of each forward, timed in turn for `rounds` rounds (A B A B ...), each round's value a median of
+    `_median_ms`: a GPU's clock drift over minutes (~2% seen on an H200) then weighs on both sides of a ratio
+    alike instead of on whichever was timed later."""
+    times: dict[str, list[float]] = {name: [] for name in forwards}
+    for _ in range(rounds):
+        for name, fn in forwards.items():
+            times[name].append(_median_ms(fn))
+    return {name: float(sorted(values)[len(values) // 2]) for name, values in times.items()}
 
 
 def _first_call(fn: Callable[[], object]) -> float:

@@ -50,3 +50,18 @@ def test_the_best_forward_is_the_same_work_as_diffusers():
     row = DitRow("sana-1.6b", 1024, 2, 30.0, ms={"diffusers": 20.0, "ours, kernels": 14.0,
                                                   "ours, kernels+graph": 13.0, STEP: 12.5, "ours, fp8+graph": 11.0})
     assert row.best_bf16() == 13.0
+
+
+def test_interleaved_timing_takes_turns_and_the_median_of_rounds(monkeypatch):
+    import sana.benchmark as benchmark
+
+    calls = []
+    drift = iter([10.0, 20.0, 11.0, 21.0, 30.0, 22.0])  # one slow round of A: the median ignores it
+
+    def fake_median(fn):
+        calls.append(fn())
+        return next(drift)
+
+    monkeypatch.setattr(benchmark, "_median_ms", fake_median)
+    result = benchmark.interleaved_ms({"a": lambda: "a", "b": lambda: "b"}, rounds=3)
+    assert calls == ["a", "b"] * 3 and result == {"a": 11.0, "b": 21.0}
