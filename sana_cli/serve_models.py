@@ -179,7 +179,7 @@ def _announce(name: str, plan, target) -> None:
 
 def read_allow_list(entries: list[str]) -> dict:
     """`--lora NAME=PATH[:SCALE]` entries checked (files, names, scales) before anything loads: name -> AllowedLora."""
-    from sana.lora import lora_file
+    from sana.lora import lora_file, lora_sampling_defaults
     from sana.outputs import file_sha256
     from sana.serving.loras import AllowedLora, parse_allowed
 
