@@ -11,8 +11,9 @@
 #   score  adherence on fresh prompts at the defaults, and an animated grid of samples
 #   ship   the fp16 model folder for the package (default sana/nano/video_model, the folder `--model nano-video` and
 #          `sana video`'s fallback read), scored again as shipped
-# Environment: SANA (the command, default `sana`), VAE (an autoencoder folder from an earlier run: no vae stage,
-# default WORK/vae/vae; assets/nano/video-vae/vae is the trained one below), VAE_STEPS (default 6000), VAE_BATCH
+# Environment: SANA (the command, default `sana`), VAE (the autoencoder; the vae stage runs only where this folder
+# does not exist: default assets/nano/video-vae/vae, the trained one below; VAE=WORK/vae/vae trains one from
+# scratch), VAE_STEPS (default 6000), VAE_BATCH
 # (clips a step, default 16), VAE_LR (default 5e-4), VAE_MINUTES (`--max-minutes` of the VAE, default 0 = none; the
 # cosine then follows the clock), VAE_PRECISION (bf16 or fp32), VAE_FROM (an earlier autoencoder folder to go on
 # from, with VAE_SEED another seed for unseen clips; default none and 0), VAE_EVAL (clips for its latent statistics
@@ -32,7 +33,7 @@ set -euo pipefail
 WORK=${1:?usage: train_nano_video.sh WORK [vae|init|data|train|score|ship]}
 STAGE=${2:-all}
 SANA=${SANA:-sana}
-VAE=${VAE:-$WORK/vae/vae}
+VAE=${VAE:-assets/nano/video-vae/vae}
 VAE_STEPS=${VAE_STEPS:-6000}
 VAE_BATCH=${VAE_BATCH:-16}
 VAE_MINUTES=${VAE_MINUTES:-0}
@@ -61,7 +62,8 @@ if stage vae && [[ ! -d "$VAE" ]]; then
     [[ -n "$VAE_FROM" ]] && extra+=(--start-from "$VAE_FROM")
     [[ -n "$VAE_CROP_FRAMES" ]] && extra+=(--crop-frames "$VAE_CROP_FRAMES")
     [[ -n "$VAE_CROP_SIDE" ]] && extra+=(--crop-side "$VAE_CROP_SIDE")
-    $SANA shapes train-vae "$WORK/vae" --video --steps "$VAE_STEPS" --batch "$VAE_BATCH" --lr "$VAE_LR" --seed "$VAE_SEED" --"$VAE_PRECISION" \
+    [[ "$(basename "$VAE")" == vae ]] || { echo "VAE=$VAE: the vae stage writes FOLDER/vae; name a path ending in /vae" >&2; exit 2; }
+    $SANA shapes train-vae "$(dirname "$VAE")" --video --steps "$VAE_STEPS" --batch "$VAE_BATCH" --lr "$VAE_LR" --seed "$VAE_SEED" --"$VAE_PRECISION" \
         --eval-images "$VAE_EVAL" --force "${extra[@]}"
 fi
 if stage init && [[ ! -d "$WORK/init" ]]; then
