@@ -48,8 +48,10 @@ def train_and_save_autoencoder(out: Path, what: str, train, save, cfg, device: s
     earlier = None
     if start is not None:
         import diffusers
+        import torch
 
-        earlier = getattr(diffusers, class_name).from_pretrained(start)
+        # fp32 master weights whatever the folder stores (the checked-in video autoencoder is fp16 on disk)
+        earlier = getattr(diffusers, class_name).from_pretrained(start, torch_dtype=torch.float32)
     vae, report = train(cfg, device=target, vae=earlier, on_log=lambda row: console.info(
         f"step {row['step']:>6}  loss {row['loss']:.4f}  (l1 {row['l1']:.4f}, edge {row['edge']:.4f})  lr {row['lr']:.2e}"))
     return save(vae, report, out), report

@@ -22,7 +22,7 @@
 # default 20000), FORMAT (mp4, or png frame folders where imageio-ffmpeg has no ffmpeg), COMPILE (1: `--compile`),
 # MINUTES (`--max-minutes` of the DiT stage; 0 = none), SCORE_NUM (clips scored, default 200), SHIP (the shipped
 # folder, default sana/nano/video_model).
-# The autoencoder in assets/nano/video-vae (30.7 dB PSNR, all 64 evaluation clips fully correct) came from two
+# The autoencoder in assets/nano/video-vae (fp16 on disk; 30.7 dB PSNR, all 64 evaluation clips fully correct) came from two
 # H200 runs of the vae stage (2026-12-04, the training step captured as a CUDA graph): `VAE_BATCH=16 VAE_LR=6e-4
 # VAE_CROP_FRAMES=17 VAE_CROP_SIDE=64 VAE_MINUTES=7.4` (2,918 steps beside another run; 21.9 dB on whole clips),
 # then whole clips from it, `VAE_FROM=that VAE_SEED=1 VAE_BATCH=16 VAE_LR=5e-4 VAE_MINUTES=8.2` (2,665 steps).
