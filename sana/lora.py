@@ -117,9 +117,9 @@ def parse_lora_arg(text: str) -> tuple[Path, float]:
 _LORA_KEY = re.compile(r"(.+)\.(lora_A|lora_B|lora_down|lora_up)(?:\.[\w-]+)?\.weight|.+\.alpha")
 
 
-def _safetensors_keys(path: Path) -> list[str] | None:
-    """Tensor names from a safetensors header (8-byte length, then JSON); None when it cannot be read, which
-    `read_lora` reports properly later."""
+def _safetensors_header(path: Path) -> dict | None:
+    """A safetensors file's header (8-byte length, then JSON), read without torch; None when it cannot be read,
+    which `read_lora` reports properly later."""
     try:
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
@@ -128,7 +128,13 @@ def _safetensors_keys(path: Path) -> list[str] | None:
             header = json.loads(f.read(length))
     except (OSError, struct.error, ValueError):
         return None
-    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
+    return header if isinstance(header, dict) else None
+
+
+def _safetensors_keys(path: Path) -> list[str] | None:
+    """Tensor names from a safetensors header; None when it cannot be read."""
+    header = _safetensors_header(path)
+    return None if header is None else [k for k in header if k != "__metadata__"]
 
 
 # Safetensors metadata key of the sampling settings a LoRA was trained to be used with, where they differ from its
@@ -138,14 +144,10 @@ SAMPLING_METADATA_KEY = "sana_sampling_defaults"
 
 def lora_sampling_defaults(path: Path) -> dict:
     """The sampling settings a LoRA file carries ({} when none or unreadable), read from its header without torch."""
+    metadata = (_safetensors_header(path) or {}).get("__metadata__")
     try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            if length > 100_000_000:
-                return {}
-            header = json.loads(f.read(length))
-        value = json.loads((header.get("__metadata__") or {}).get(SAMPLING_METADATA_KEY) or "{}")
-    except (OSError, struct.error, ValueError, AttributeError):
+        value = json.loads(metadata.get(SAMPLING_METADATA_KEY) or "{}") if isinstance(metadata, dict) else {}
+    except (TypeError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
 
