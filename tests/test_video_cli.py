@@ -17,6 +17,13 @@ COMMON = ("--device", "cpu", "--dtype", "fp32")
 TINY = ("--res", "64x32", "--frames", "9", "--steps", "3")
 
 
+@pytest.fixture(autouse=True)
+def one_thread_count(monkeypatch):
+    """Tests here compare frames across processes; left to choose, each process takes the cores idle when it starts,
+    and another thread count sums in another order."""
+    monkeypatch.setenv("SANA_THREADS", "1")
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-video")
