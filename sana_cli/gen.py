@@ -242,7 +242,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
 
     scheduler = scheduler_config(resolved.path) if resolved else {}
     defaults = model_defaults(spec, scheduler, family, sizes.native_resolution, resolved.path if resolved else None)
-    defaults = with_lora_defaults(defaults, loras, {key for key in ("cfg", "steps", "pag", "sampler", "shift")
+    defaults = with_lora_defaults(defaults, loras, {key for key in LORA_SETTING_FIELDS.values()
                                                     if explicit.get(key) is not None})
     requests = [(_request(prompt, settings, seeds, defaults, family, ImageRequest), paths)
                 for prompt, settings, seeds, paths in planned_jobs]
