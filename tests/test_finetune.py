@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def test_truncated_image_is_skipped_and_reported(tmp_path, base_model):
     assert result.returncode == 0, result.stderr
     assert "4 image(s) used" in result.stderr
     assert "unreadable or truncated image (big.png)" in result.stderr
+    assert re.search(r"encoded 4 image latents in \d+ s \(\d+/s, \d+ s waiting for files\) and \d+ captions in", result.stderr), result.stderr
 
 
 # -- training ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -249,8 +250,27 @@ def encode_batch(bucket: tuple[int, ...]) -> int:
     return max(1, min(MAX_ENCODE_BATCH, ENCODE_PIXELS // max(1, math.prod(bucket))))
 
 
+@dataclass
+class CacheFill:
+    """What one `fill_cache` call encoded and how long each part took (the cost of a new dataset, for the log)."""
+
+    latents: int = 0
+    latent_s: float = 0.0
+    read_wait_s: float = 0.0  # of latent_s, waiting for files to be decoded (the encoder idle)
+    texts: int = 0
+    text_s: float = 0.0
+
+    def summary(self, noun: str) -> str:
+        parts = [f"{count} {what} in {seconds:.0f} s ({count / max(seconds, 1e-9):.0f}/s{extra})"
+                 for count, what, seconds, extra in (
+                     (self.latents, f"{noun} latents", self.latent_s, f", {self.read_wait_s:.0f} s waiting for files"),
+                     (self.texts, "captions", self.text_s, "")) if count]
+        return "encoded " + " and ".join(parts) if parts else ""
+
+
 def fill_cache(plan: CachePlan, source: CacheSource, cache: FeatureCache, encoders: Encoders, *, rank: int = 0,
-               world: int = 1, on_progress: Callable[[str, int, int], None] | None = None, batch_size: int = 8) -> None:
+               world: int = 1, on_progress: Callable[[str, int, int], None] | None = None,
+               batch_size: int = 8) -> CacheFill:
     """Encode what is missing; with `world` > 1 this rank's share of it (the caller then synchronises the ranks).
     A sample that fails to decode gets no latent; `cached_items` reports it. `batch_size` counts captions an
     encode; latents go by `encode_batch`."""
@@ -261,10 +281,17 @@ def fill_cache(plan: CachePlan, source: CacheSource, cache: FeatureCache, encode
     captions = dict(zip(source.captions, plan.text_keys)) | plan.extras
     missing_text = [(c, k) for n, (c, k) in enumerate(captions.items())
                     if n % world == rank and not cache.text_path(k).is_file()]
+    fill = CacheFill()
     if missing_latents:
-        _encode_latents(source, missing_latents, plan.latent_keys, cache, encoders, on_progress)
+        started = time.perf_counter()
+        fill.latents, fill.read_wait_s = _encode_latents(source, missing_latents, plan.latent_keys, cache, encoders,
+                                                         on_progress)
+        fill.latent_s = time.perf_counter() - started
     if missing_text:
+        started = time.perf_counter()
         _encode_texts(missing_text, cache, encoders, on_progress, batch_size)
+        fill.texts, fill.text_s = len(missing_text), time.perf_counter() - started
+    return fill
 
 
 def cached_items(plan: CachePlan, source: CacheSource, cache: FeatureCache, report: DataReport) -> list[Item]:
@@ -283,8 +310,9 @@ def cached_items(plan: CachePlan, source: CacheSource, cache: FeatureCache, repo
 
 
 def _encode_latents(source: CacheSource, indices: list[int], keys: list[str], cache: FeatureCache, encoders: Encoders,
-                    on_progress) -> None:
-    """Samples of one bucket encoded `encode_batch(bucket)` at a time, the next chunk decoded in threads meanwhile."""
+                    on_progress) -> tuple[int, float]:
+    """Samples of one bucket encoded `encode_batch(bucket)` at a time, the next chunk decoded in threads meanwhile;
+    returns how many were written (an unreadable sample is not) and the seconds spent waiting for decoded files."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -304,19 +332,23 @@ def _encode_latents(source: CacheSource, indices: list[int], keys: list[str], ca
         return pixels / 127.5 - 1.0
 
     encode = source.load_vae(encoders)
-    done = 0
+    done = written = 0
+    waited = 0.0
     # Decoding (PIL, ffmpeg) releases the GIL: threads prepare the next chunk while this one encodes.
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     try:
         pending = [pool.submit(pixels_of, i) for i in chunks[0]] if chunks else []
         for n, chunk in enumerate(chunks):
+            wait_started = time.perf_counter()
             decoded = [f.result() for f in pending]
+            waited += time.perf_counter() - wait_started
             pending = [pool.submit(pixels_of, i) for i in chunks[n + 1]] if n + 1 < len(chunks) else []
             usable = [(i, p) for i, p in zip(chunk, decoded) if p is not None]
             if usable:
                 latents = encode(torch.stack([p for _, p in usable]))  # [b, C, h, w] or [b, C, F', h, w], fp32
                 for (i, _), latent in zip(usable, latents):
                     _write_atomic(cache.latent_path(keys[i]), {"latent": latent})
+                written += len(usable)
             done += len(chunk)
             if on_progress:
                 on_progress("latents", done, len(indices))
@@ -324,6 +356,7 @@ def _encode_latents(source: CacheSource, indices: list[int], keys: list[str], ca
         pool.shutdown(wait=True, cancel_futures=True)
         del encode  # the VAE with it
         _free(encoders.device)
+    return written, waited
 
 
 def _encode_texts(missing, cache, encoders, on_progress, batch_size) -> None:

@@ -62,8 +62,11 @@ class TrainingData:
         self.cache = FeatureCache(Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache")
         encoders = Encoders(model_dir=model_dir, device=self.device, dtype=self.dtype, instruction=scanned.instruction)
         plan = plan_cache(scanned.source, encoders, scanned.val_captions)
-        fill_cache(plan, scanned.source, self.cache, encoders, rank=self.world.rank, world=self.world.size,
-                   on_progress=events.on_progress)
+        filled = fill_cache(plan, scanned.source, self.cache, encoders, rank=self.world.rank, world=self.world.size,
+                            on_progress=events.on_progress)
+        summary = filled.summary(scanned.noun.rstrip("s"))  # "image" / "clip"
+        if summary and self.world.is_main:  # rank 0's share: what a new dataset costs before the first step
+            events.notice(summary)
         distributed.barrier(self.world)  # every rank encoded its share; all of it is on disk now
         report = scanned.report
         items = cached_items(plan, scanned.source, self.cache, report)
