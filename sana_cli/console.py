@@ -3,7 +3,8 @@ brackets in it (`sana-cli[serve]`, a path) print as written instead of being rea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from rich.console import Console
 from rich.markup import escape
@@ -53,3 +54,73 @@ def debug(message: str) -> None:
 
 def error(message: str) -> None:
     err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+
+
+def progress(*columns, transient: bool = False, enabled: bool = True, every_s: float = 10.0):
+    """rich's `Progress` with `columns` on a terminal; where stderr is not one (a log file, a pipe, CI), a
+    `ProgressLog` with the same calls, which prints each task as a plain line at most every `every_s` seconds
+    (a bar redrawn into a file shows nothing until the end). `enabled=False` or --quiet: nothing."""
+    from rich.progress import Progress
+
+    if not enabled or settings.quiet:
+        return Progress(*columns, console=err, disable=True)
+    if err.is_terminal:
+        return Progress(*columns, console=err, transient=transient)
+    return ProgressLog(every_s)
+
+
+@dataclass
+class _LoggedTask:
+    description: str
+    total: float | None
+    fields: dict
+    completed: float = 0
+    started: float = field(default_factory=time.perf_counter)
+    printed: float = 0.0  # when its last line was printed (0: never)
+    shown: str = ""  # what that line said (without its timing), so no line repeats it
+
+
+class ProgressLog:
+    """The calls of rich's `Progress` that our commands make (`add_task`, `update`, `console.print`, a `with`
+    block), as plain lines: `description done/total status (elapsed, eta)`."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s, self.console, self.tasks = every_s, err, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for task in self.tasks:  # where each task stopped, if its last line does not say so already
+            if self._state(task) != task.shown:
+                self._print(task)
+
+    def add_task(self, description: str, total: float | None = None, **fields) -> int:
+        self.tasks.append(_LoggedTask(description, total, fields))
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, *, completed: float | None = None, total: float | None = None,
+               advance: float | None = None, description: str | None = None, **fields) -> None:
+        task = self.tasks[task_id]
+        if description is not None and description != task.description:
+            task.description, task.started, task.printed = description, time.perf_counter(), 0.0  # a new phase
+        task.total = task.total if total is None else total
+        task.completed = completed if completed is not None else task.completed + (advance or 0)
+        task.fields.update(fields)
+        now = time.perf_counter()
+        finished = task.total is not None and task.completed >= task.total
+        if (finished or now - (task.printed or task.started) >= self.every_s) and self._state(task) != task.shown:
+            self._print(task)
+
+    def _print(self, task: _LoggedTask) -> None:
+        task.printed, task.shown = time.perf_counter(), self._state(task)
+        elapsed = task.printed - task.started
+        timing = f"{elapsed:.0f} s"
+        if task.total and 0 < task.completed < task.total:
+            timing += f", eta {elapsed / task.completed * (task.total - task.completed):.0f} s"
+        err.print(escape(f"{task.shown} ({timing})"), highlight=False, soft_wrap=True)
+
+    @staticmethod
+    def _state(task: _LoggedTask) -> str:
+        done = f"{task.completed:g}" + (f"/{task.total:g}" if task.total is not None else "")
+        return " ".join(part for part in (task.description, done, str(task.fields.get("status") or "")) if part)

@@ -338,11 +338,12 @@ class TrainingProgress:
         self.enabled, self.total = enabled, total
 
     def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
-                            TimeRemainingColumn(), console=console.err, disable=not self.enabled)
+        # A bar on a terminal; plain lines every 10 s in a log (`console.progress`).
+        self.bar = console.progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                    TimeRemainingColumn(), enabled=self.enabled)
         self.bar.__enter__()
         self.task = None
         return self

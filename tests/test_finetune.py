@@ -125,6 +125,7 @@ def test_truncated_image_is_skipped_and_reported(tmp_path, base_model):
     assert "4 image(s) used" in result.stderr
     assert "unreadable or truncated image (big.png)" in result.stderr
     assert re.search(r"encoded 4 image latents in \d+ s \(\d+/s, \d+ s waiting for files\) and \d+ captions in", result.stderr), result.stderr
+    assert re.search(r"^train 1/1 loss \d", result.stderr, re.M), result.stderr  # a log gets plain progress lines
 
 
 # -- training ---------------------------------------------------------------------------------------------

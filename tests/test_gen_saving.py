@@ -47,6 +47,35 @@ def test_progress_lines_are_rate_limited(capsys):
     assert err[0] == "denoise..." and len(err) == 2 and err[1].startswith("denoise 20/20")
 
 
+def test_training_bars_become_rate_limited_lines_in_a_log(capsys, monkeypatch):
+    """`console.progress` where stderr is not a terminal: the bar's calls print plain lines, at most one a task
+    per interval, the finished state once, and where an unfinished task stopped when the block ends."""
+    from sana_cli import console
+
+    monkeypatch.setattr(console.settings, "quiet", False)
+    with console.progress(every_s=3600) as bar:
+        assert isinstance(bar, console.ProgressLog)  # pytest's captured stderr is not a terminal
+        train = bar.add_task("train", total=100, status="")
+        cache = bar.add_task("encode latents", total=8, status="")
+        for done in range(1, 9):
+            bar.update(cache, completed=done)
+        bar.update(cache, description="encode captions", completed=3, total=3)
+        for step in range(10, 60, 10):
+            bar.update(train, completed=step, status=f"loss {1 / step:.4f}")
+        bar.console.print("checkpoint: run/checkpoints/step-000050", highlight=False)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("encode latents 8/8 (") and err[1].startswith("encode captions 3/3 (")
+    assert err[2] == "checkpoint: run/checkpoints/step-000050"
+    assert err[3].startswith("train 50/100 loss 0.0200 (") and "eta" in err[3] and len(err) == 4
+
+    with console.progress(every_s=0) as bar:  # every update a line, but never the same state twice
+        task = bar.add_task("rendering", total=3)
+        for done in (1, 1, 2, 3):
+            bar.update(task, completed=done)
+    assert [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()] == [
+        "rendering 1/3", "rendering 2/3", "rendering 3/3"]
+
+
 @nano
 def test_skip_existing_continues_a_stopped_run_with_the_same_pixels(tmp_path):
     args = ("gen", PROMPT, "-m", "nano", "--device", "cpu", "--num", "3", "--seed", "5", "--steps", "4",
