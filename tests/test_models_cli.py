@@ -64,9 +64,9 @@ def test_list_with_no_cache_directory(cache):
     result = run_sana("models", "list", env=env)
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
-    # Nothing is downloaded; only the built-in nano model, which ships inside the package, is there.
-    assert {row[4] for name, row in rows.items() if name not in ("name", "nano")} == {"no"}
-    assert rows["nano"][4] == "yes"
+    # Nothing is downloaded; only the built-in nano models, which ship inside the package, are there.
+    assert {row[4] for name, row in rows.items() if name not in ("name", "nano", "nano-video")} == {"no"}
+    assert rows["nano"][4] == rows["nano-video"][4] == "yes"
 
 
 def test_listing_does_not_import_torch(cache):
