@@ -50,6 +50,7 @@ FAST_ERRORS = {
     "finetune-model": (("finetune", "data", "-m", "nanoo"), "did you mean nano"),
     "finetune-resume": (("finetune", "data", "--resume", "-o", "run"), "no sana finetune run"),
     "finetune-lr": (("finetune", "data", "-m", "nano", "--lr-schedule", "cosy"), "--lr-schedule"),
+    "finetune-val-guidance": (("finetune", "data", "-m", "nano", "--val-guidance", "-1"), "--val-guidance"),
     "mistyped-option": (("gen", "x", "--stesp", "3"), "--steps"),
     "clip-keys-to-gen": (("gen", "--prompts", "clips.jsonl", "-m", "nano"), "which images do not take"),
     "memory-mode": (("gen", "x", "-m", "nano", "--memory", "bogus"), "memory mode 'bogus'"),

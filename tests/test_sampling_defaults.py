@@ -143,3 +143,14 @@ def test_loras_that_disagree_on_a_setting_leave_the_models_default(tmp_path):
     assert (merged.cfg, merged.steps) == (4.5, 8)
     assert with_lora_defaults(defaults, [(a, 1.0)], given={"cfg"}).cfg == 4.5
     assert with_lora_defaults(defaults, [(tmp_path / "missing.safetensors", 1.0)]) == defaults
+
+
+def test_validation_samples_at_the_base_models_guidance_unless_told():
+    from sana.training.config import TrainConfig
+    from sana.training.rl.config import RLConfig
+
+    base = dict(data="d", out="o", model_dir="m")
+    assert TrainConfig(**base, sampling_defaults={"guidance": 2.0, "steps": 20}).validation_guidance() == 2.0
+    assert TrainConfig(**base, sampling_defaults={"guidance": 2.0}, val_guidance=6.0).validation_guidance() == 6.0
+    assert TrainConfig(**base).validation_guidance() == 4.5  # a folder without defaults: SANA's
+    assert RLConfig(**base, sampling_defaults={"guidance": 3.0}).validation_guidance() == 1.0  # as the rollouts

@@ -194,13 +194,13 @@ class Trainer(TrainingData, OptimizationStep, CheckpointsAndExport):
         def generate(pipe: ImagePipeline, folder: Path) -> None:
             for index, prompt in enumerate(cfg.val_prompts):
                 request = ImageRequest(prompt=prompt, seeds=[cfg.val_seed], width=size, height=size,
-                                       steps=cfg.val_steps, guidance=cfg.val_guidance, sampler="flow-dpm",
+                                       steps=cfg.val_steps, guidance=cfg.validation_guidance(), sampler="flow-dpm",
                                        flow_shift=self.flow_shift)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                     image = pipe.generate(request).images[0]
                 if self.world.is_main:
                     record = GenerationRecord(prompt=prompt, model=str(self.out), seed=cfg.val_seed,
-                                              steps=cfg.val_steps, guidance=cfg.val_guidance, sampler="flow-dpm",
+                                              steps=cfg.val_steps, guidance=cfg.validation_guidance(), sampler="flow-dpm",
                                               flow_shift=self.flow_shift, width=size, height=size,
                                               extra={"training_step": step})
                     path = save_image(image, folder / f"step-{step:06d}-{index}.png", record, force=True)

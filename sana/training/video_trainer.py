@@ -112,13 +112,13 @@ class VideoTrainer(Trainer):
         def generate(pipe: VideoPipeline, folder: Path) -> None:
             for index, (prompt, text) in enumerate(zip(cfg.val_prompts, self.val_texts)):
                 request = VideoRequest(prompt=text, seeds=[cfg.val_seed], width=width, height=height, frames=cfg.frames,
-                                       steps=cfg.val_steps, guidance=cfg.val_guidance, sampler="flow-dpm",
+                                       steps=cfg.val_steps, guidance=cfg.validation_guidance(), sampler="flow-dpm",
                                        flow_shift=self.flow_shift, motion_score=None)  # `text` has it already
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                     result = pipe.generate(request)
                 if self.world.is_main:
                     record = GenerationRecord(prompt=prompt, model=str(self.out), family="video", seed=cfg.val_seed,
-                                              steps=cfg.val_steps, guidance=cfg.val_guidance, sampler="flow-dpm",
+                                              steps=cfg.val_steps, guidance=cfg.validation_guidance(), sampler="flow-dpm",
                                               flow_shift=self.flow_shift, width=width, height=height,
                                               extra={"training_step": step, "motion_score": cfg.motion_score})
                     path = save_video(result.videos[0].numpy(), folder / f"step-{step:06d}-{index}{suffix}", record,

@@ -458,7 +458,7 @@ class RLTrainer(Trainer):
             rows = list(range(start, min(start + cfg.rollout_batch, len(prompts))))
             latents = sample(current, text.index(rows), rows, steps=cfg.val_steps, latent_shape=c.latent_shape,
                              flow_shift=c.flow_shift, scheduler_config=c.scheduler_config,
-                             guidance=cfg.val_guidance, null=null, dtype=self.dtype)
+                             guidance=cfg.validation_guidance(), null=null, dtype=self.dtype)
             pixels = c.decode(latents)
             total, _ = c.reward(pixels, [prompts[i].text for i in rows], [prompts[i].fields for i in rows])
             images += to_uint8_arrays(pixels)
