@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -368,23 +367,19 @@ def generate_with_progress(pipe, request, on_output=None):
 
 class ProgressLines:
     """Progress for output that is not a terminal: one line a phase, and a step line at most every
-    `every_s` seconds (and the last step), so a CI log shows the run moving without a line a step."""
+    `every_s` seconds (and the last step), so a CI log shows the run moving without a line a step; the
+    rate-limited lines are `console.ProgressLog`'s."""
 
     def __init__(self, every_s: float = 5.0):
-        self.every_s = every_s
-        self.phase_name = ""
-        self.started = self.last = time.perf_counter()
+        self.log = console.ProgressLog(every_s)
+        self.task = self.log.add_task("step")
 
     def phase(self, name: str) -> None:
-        self.phase_name = name
-        self.started = self.last = time.perf_counter()
         console.info(f"{name}...")
+        self.log.update(self.task, description=name, completed=0, total=None)
 
     def step(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done == total or now - self.last >= self.every_s:
-            self.last = now
-            console.info(f"{self.phase_name or 'step'} {done}/{total} ({now - self.started:.1f} s)")
+        self.log.update(self.task, completed=done, total=total)
 
 
 def note_outside_nano_grammar(spec, prompts: list[str]) -> None:
