@@ -205,7 +205,7 @@ def build_request(prompt: str, settings: dict[str, Any], seeds: list[int], defau
     """A VideoRequest from one job's settings over the defaults; the frame count snapped with a notice."""
     from sana.pipelines.sizes import latent_frames, snap_frames, video_binned_size
 
-    width, height = check_clip_size(settings.get("res")) or (defaults.width, defaults.height)
+    width, height = clip_size_for(check_clip_size(settings.get("res")), defaults, first)
     asked = check_frames(settings.get("frames")) or defaults.frames
     frames = snap_frames(asked, vae.temporal)
     if frames != asked:
@@ -230,6 +230,28 @@ def build_request(prompt: str, settings: dict[str, Any], seeds: list[int], defau
         flow_shift=float(settings.get("shift") or defaults.shift), negative_prompt=settings.get("negative") or "",
         motion_score=motion, image=first.image if first else None,
     )
+
+
+STRETCH_NOTICE = 1.05  # a first frame more than 5% off the clip's shape is visibly stretched
+
+
+def clip_size_for(asked: tuple[int, int] | None, defaults: ClipDefaults,
+                  first: FirstFrame | None) -> tuple[int, int]:
+    """--res, else (image to video) the default area at the first frame's shape, else the default size; a notice
+    where the first frame is resized to another shape (diffusers' pipeline resizes without cropping)."""
+    from sana.pipelines.sizes import first_frame_clip_size, stretch_ratio
+
+    if first is None:
+        return asked or (defaults.width, defaults.height)
+    image_size = first.image.size
+    size = asked or first_frame_clip_size(image_size, (defaults.width, defaults.height), SIZE_MULTIPLE)
+    if asked is None and size != (defaults.width, defaults.height):
+        console.notice(f"clips of {size[0]}x{size[1]}, the shape of the {image_size[0]}x{image_size[1]} first "
+                       f"frame (--res sets the size)")
+    if stretch_ratio(image_size, size) > STRETCH_NOTICE:
+        console.notice(f"the {image_size[0]}x{image_size[1]} first frame is stretched to {size[0]}x{size[1]}, "
+                       f"as diffusers' pipeline does (crop it to that shape to keep its proportions)")
+    return size
 
 
 def _model_configs(resolved, spec) -> tuple[dict, dict]:

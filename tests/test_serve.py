@@ -323,6 +323,22 @@ def test_a_size_the_memory_plan_cannot_fit_is_refused_with_the_reason():
     assert "from 32 to 4096" in model.size_refusal(8192, 1024, 1)
 
 
+def test_an_image_to_video_job_without_a_size_takes_the_first_frames_shape():
+    from PIL import Image
+
+    from sana.registry import ClipDefaults
+    from sana.serving.clips import FirstFrame, clip_size
+
+    defaults = ClipDefaults(steps=50, cfg=6.0, sampler="flow-dpm", i2v_sampler="flow-euler", shift=8.0, frames=81,
+                            fps=16.0, motion_score=30, width=832, height=480)
+    model = ServedModel(name="v", pipeline=None, family="video", defaults=defaults, resolution=480, dtype="bf16",
+                        device="cuda", created=0)
+    portrait = FirstFrame(image=Image.new("RGB", (720, 1280)), name="p.png", sha256="0" * 64)
+    assert clip_size(model, None) == clip_size(model, "auto") == (832, 480)
+    assert clip_size(model, None, portrait) == clip_size(model, "auto", portrait) == (480, 832)
+    assert clip_size(model, "832x480", portrait) == (832, 480)  # a size asked for is kept
+
+
 def test_a_request_naming_a_lora_gets_the_settings_the_lora_carries(tmp_path):
     """An allow-listed RL LoRA carries guidance 1: a request naming it and leaving guidance out samples CFG-free;
     one that sets guidance keeps it; one without the LoRA gets the model's default."""

@@ -101,6 +101,20 @@ def test_dry_run_plans_480p_from_the_registry_without_weights(tmp_path):
     assert not (tmp_path / "hub").exists() and not list(tmp_path.iterdir())
 
 
+def test_image_to_video_takes_the_first_frames_shape_unless_res_says(tmp_path):
+    image = tmp_path / "portrait.png"
+    first_frame(480, 832).save(image)
+    common = ("video", "x", "--model", "sana-video-2b-480p", "--image", str(image), "--dry-run")
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    result = run_sana(*common, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "480x832" in result.stdout and "the shape of the 480x832 first frame" in result.stderr
+    assert "stretched" not in result.stderr
+    result = run_sana(*common, "--res", "832x480", env=env)  # asked for: kept, and the stretch said
+    assert result.returncode == 0, result.stderr
+    assert "832x480" in result.stdout and "first frame is stretched to 832x480" in result.stderr
+
+
 def test_prompts_file_dry_run_plans_every_line(tiny, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     lines = [{"prompt": "a cat, motion score: 10.", "seed": 1}, {"prompt": "a dog", "steps": 2, "num": 2}]

@@ -167,6 +167,24 @@ def test_frames_snap_to_the_nearest_count_the_vae_makes(frames, stride, snapped)
     assert sizes.snap_frames(frames, stride) == snapped
 
 
+@pytest.mark.parametrize("image, default, expected", [
+    ((832, 480), (832, 480), (832, 480)),  # the default's shape keeps the default
+    ((1664, 960), (832, 480), (832, 480)),
+    ((480, 832), (832, 480), (480, 832)),  # portrait photo, portrait clip
+    ((1000, 1000), (832, 480), (640, 640)),  # the default area at 1:1 (sqrt(832 * 480) = 632 -> 640)
+    ((4000, 100), (128, 128), (256, 64)),  # clamped to 4:1
+    ((100, 4000), (128, 128), (64, 256)),
+    ((1280, 720), (1280, 704), (1280, 704)),  # within 2% of the default's shape
+], ids=str)
+def test_an_image_to_video_clip_takes_the_first_frames_shape(image, default, expected):
+    size = sizes.first_frame_clip_size(image, default)
+    assert size == expected
+    assert all(side % 32 == 0 for side in size)
+    if size != default:  # the same number of pixels as the default, within the rounding to 32
+        assert abs(size[0] * size[1] / (default[0] * default[1]) - 1) < 0.15
+    assert sizes.stretch_ratio(image, size) == pytest.approx(1.0, abs=0.1) or image in ((4000, 100), (100, 4000))
+
+
 def test_resize_and_crop_is_diffusers_arithmetic():
     from diffusers.video_processor import VideoProcessor
 

@@ -44,6 +44,31 @@ def closest_bin(width: int, height: int, table: dict[str, list[int]]) -> tuple[i
     return int(w), int(h)
 
 
+FIRST_FRAME_ASPECT_LIMIT = 4.0  # the most elongated shape the trained bins go to (1:4 and 4:1)
+
+
+def first_frame_clip_size(image_size: tuple[int, int], default_size: tuple[int, int],
+                          multiple: int = 32) -> tuple[int, int]:
+    """The clip size for an image-to-video job that names none: the model's default area at the first frame's
+    shape (clamped to 1:4 .. 4:1), each side a multiple of `multiple`, so a portrait photo makes a portrait clip
+    instead of one stretched to the default landscape size. An image of the default's shape keeps the default."""
+    image_w, image_h = image_size
+    default_w, default_h = default_size
+    aspect = min(max(image_w / image_h, 1 / FIRST_FRAME_ASPECT_LIMIT), FIRST_FRAME_ASPECT_LIMIT)
+    if abs(math.log(aspect / (default_w / default_h))) < 0.02:
+        return default_w, default_h
+    area = default_w * default_h
+    width = max(multiple, round(math.sqrt(area * aspect) / multiple) * multiple)
+    height = max(multiple, round(math.sqrt(area / aspect) / multiple) * multiple)
+    return width, height
+
+
+def stretch_ratio(image_size: tuple[int, int], clip_size: tuple[int, int]) -> float:
+    """How much resizing the first frame to the clip distorts it: the ratio of the two shapes, >= 1."""
+    ratio = (image_size[0] / image_size[1]) / (clip_size[0] / clip_size[1])
+    return max(ratio, 1 / ratio)
+
+
 def binned_size(width: int, height: int, native: int) -> tuple[int, int]:
     """The trained aspect bin nearest to width/height for an image model of `native` px; unchanged without bins."""
     if native not in BINNED_RESOLUTIONS:

@@ -60,7 +60,7 @@ def build_clip_job(models: dict[str, ServedModel], body: VideoGenerationRequest,
                        "base64 data URL)", param="reference_url", code="unsupported")
     first = first_frame(body.input_reference if upload is None else upload)
     d: ClipDefaults = model.defaults
-    width, height = clip_size(model, body.size)
+    width, height = clip_size(model, body.size, first if model.kind == "video" else None)
     seed = random_seed() if body.seed is None else body.seed
     steps = body.num_inference_steps or d.steps
     guidance = d.cfg if body.guidance_scale is None else body.guidance_scale
@@ -78,9 +78,15 @@ def build_clip_job(models: dict[str, ServedModel], body: VideoGenerationRequest,
                kind="clip")
 
 
-def clip_size(model: ServedModel, size: str | None) -> tuple[int, int]:
+def clip_size(model: ServedModel, size: str | None, first: FirstFrame | None = None) -> tuple[int, int]:
+    """The asked size, checked; without one (or "auto") the model's default, or for image to video its default
+    area at the first frame's shape (as `sana video --image` picks it)."""
+    from ..pipelines.sizes import first_frame_clip_size
+
     d = model.defaults
     if size is None or size.strip().lower() == "auto":
+        if first is not None:
+            return first_frame_clip_size(first.image.size, (d.width, d.height), SIZE_MULTIPLE)
         return d.width, d.height
     match = SIZE_RE.fullmatch(size.strip().lower())
     if not match:
