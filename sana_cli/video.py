@@ -100,7 +100,8 @@ def parse_motion_score(value: Any, default: int | None = None) -> int | None:
     if text == "none":
         return None
     if not text.isdigit():
-        raise UsageError(f"--motion-score {value} is not a whole number", "use e.g. 30, or none to append nothing")
+        what = "is below 0" if text.startswith("-") and text[1:].isdigit() else "is not a whole number"
+        raise UsageError(f"--motion-score {value} {what}", "use e.g. 30, or none to append nothing")
     return int(text)
 
 

@@ -148,6 +148,7 @@ def bad_files(tmp_path_factory):
     (("--image", "{bad}/corrupt.png"), "not an image"),
     (("--image", "{bad}/text.png"), "not an image"),
     (("--motion-score", "high"), "motion-score"),
+    (("--motion-score", "-5"), "--motion-score -5 is below 0"),
     (("--sampler", "scm"), "sampler"),
     (("--format", "avi"), "format"),
     (("--model", "no-such-model"), "unknown model"),
@@ -155,7 +156,7 @@ def bad_files(tmp_path_factory):
     (("--vae-dtype", "fp64"), "unknown --vae-dtype 'fp64'"),
     (("--fp8",), "--fp8 needs an NVIDIA GPU"),
 ], ids=["frames-0", "frames-10000", "size", "fps-0", "image-missing", "image-corrupt", "image-not-an-image",
-        "motion-score", "sampler", "format", "unknown-model", "image-model", "vae-dtype", "fp8-on-a-cpu"])
+        "motion-score", "motion-score-negative", "sampler", "format", "unknown-model", "image-model", "vae-dtype", "fp8-on-a-cpu"])
 def test_bad_input_is_one_line_and_writes_nothing(tiny, bad_files, args, words, tmp_path):
     _, model_dir = tiny
     args = tuple(a.replace("{bad}", str(bad_files)) for a in args)
