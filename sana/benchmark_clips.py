@@ -196,6 +196,7 @@ def bench_video_dit(*, frames: int = 81, width: int = 832, height: int = 480, ba
         return model(x, text, t, text_mask=mask)
 
     _measure(row, diffusers_forward, lambda: forward_of(ours))
+    _measure_temporal_gemm(row, lambda: forward_of(ours))
     _measure_fp8(row, ours, forward_of)
     ref = ours = None  # the compiled run in the child process needs the memory
     torch.cuda.empty_cache()
@@ -400,6 +401,27 @@ def _measure(row: ClipDitRow, diffusers_forward: Callable, ours_forward: Callabl
     row.ms.update(interleaved_ms({"diffusers": diffusers_forward, "ours, kernels": ours_forward}))
     with torch.no_grad():
         row.error["ours vs diffusers"] = _relative(ours_forward(), diffusers_forward())
+
+
+def _measure_temporal_gemm(row: ClipDitRow, ours_forward: Callable) -> None:
+    """Ours with the temporal conv as the Triton implicit GEMM (y + conv(y) in one pass) against cuDNN's conv,
+    timed in turns, with its error against our default output, as a note (`ops.set_temporal_conv_gemm`)."""
+    from . import ops
+
+    def with_gemm():
+        ops.set_temporal_conv_gemm(True)
+        try:
+            return ours_forward()
+        finally:
+            ops.set_temporal_conv_gemm(False)
+
+    with torch.no_grad():
+        error = _relative(with_gemm(), ours_forward())
+    times = interleaved_ms({"cudnn": ours_forward, "gemm": with_gemm})
+    row.ms["temporal conv as Triton GEMM"] = times["gemm"]  # not an "ours" key, as fp8's
+    row.notes.append(f"temporal conv as a Triton implicit GEMM: {times['gemm']:.1f} ms against {times['cudnn']:.1f} "
+                     f"ms with cuDNN's ({times['cudnn'] / times['gemm']:.3f}x), {error:.1e} relative to it")
+    torch.cuda.empty_cache()
 
 
 def _measure_fp8(row: ClipDitRow, model: torch.nn.Module, forward_of: Callable) -> None:

@@ -8,6 +8,9 @@ reproduce diffusers' arithmetic so that fp32 outputs match `SanaTransformer2DMod
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +28,17 @@ def set_kernels_enabled(enabled: bool) -> None:
 
 def kernels_enabled() -> bool:
     return _kernels_enabled
+
+
+# SANA-Video's temporal conv runs as cuDNN's channels-last implicit GEMM unless the Triton implicit GEMM is chosen
+# (`set_temporal_conv_gemm(True)`, or SANA_TEMPORAL_CONV=triton in the environment): that kernel also adds y in its
+# epilogue, but keeps a packed copy of each weight and has not yet been timed against cuDNN on a GPU.
+_temporal_conv_gemm = os.environ.get("SANA_TEMPORAL_CONV", "").strip().lower() == "triton"
+
+
+def set_temporal_conv_gemm(enabled: bool) -> None:
+    global _temporal_conv_gemm
+    _temporal_conv_gemm = enabled
 
 
 def _kernel(name: str, *tensors: torch.Tensor):
@@ -326,6 +340,26 @@ def mixffn_middle(h: torch.Tensor, height: int, width: int, dw_weight: torch.Ten
     if kernel is not None:
         return kernel(h, height, width, dw_weight, dw_bias)
     return mixffn_middle_reference(h, height, width, dw_weight, dw_bias)
+
+
+# -- SANA-Video's temporal conv ------------------------------------------------------------------------------
+
+def temporal_conv(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+    """Conv2d(kernel (3, 1), padding (1, 0), no bias) over frames on token-major y [B, F*S, C] -> [B, F*S, C_out];
+    see `sana.kernels.temporal_conv.reference`."""
+    from .kernels.temporal_conv.reference import temporal_conv_reference
+
+    return temporal_conv_reference(y, weight, tokens_per_frame)
+
+
+def temporal_conv_plus_input(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int,
+                             packed: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+    """y + conv(y) from the Triton implicit GEMM, where it is chosen and can run (else None: the caller adds the two
+    terms in its own pass). `packed()` gives the weight in the kernel's layout, made once by the caller."""
+    kernel = _kernel("temporal_conv", y, weight) if _temporal_conv_gemm else None
+    if kernel is None:
+        return None
+    return kernel(y, weight, tokens_per_frame, add_input=True, packed=packed())
 
 
 # -- fp8 linears -------------------------------------------------------------------------------------------

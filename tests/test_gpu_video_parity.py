@@ -90,3 +90,23 @@ def test_2b_480p_bf16_matches_diffusers(pair, cases, kind, kernels):
     assert got.shape == expected.shape
     assert torch.isfinite(got).all()
     assert err < 1e-2
+
+
+def test_the_temporal_conv_as_one_implicit_gemm_matches_diffusers(pair, cases):
+    """The Triton implicit GEMM for the temporal conv (y + conv(y) in one pass) in place of cuDNN's: the same bound,
+    and both timings printed."""
+    _, ours = pair
+    (x, text, mask, timestep), expected = cases["text-to-video"]
+    results = {}
+    for gemm in (False, True):
+        ops.set_temporal_conv_gemm(gemm)
+        try:
+            with torch.no_grad():
+                ours(x, text, timestep, text_mask=mask)  # warm-up
+            results[gemm] = _timed(lambda: ours(x, text, timestep, text_mask=mask))
+        finally:
+            ops.set_temporal_conv_gemm(False)
+    for gemm, (got, seconds) in results.items():
+        err = _relative_error(got, expected)
+        print(f"ours, temporal conv {'Triton GEMM' if gemm else 'cuDNN'}: {seconds:.3f} s, relative error {err:.2e}")
+        assert err < 1e-2

@@ -136,6 +136,30 @@ def test_the_fused_block_boundary_changes_nothing(pairs, monkeypatch):
         assert real(block, t_mod, tokens) is None
 
 
+def test_the_temporal_sum_in_one_pass_changes_nothing(pairs, monkeypatch):
+    """Where the Triton implicit GEMM makes y + conv(y) (a GPU), the blocks take the one summed tensor; here the
+    reference stands in for the kernel: the output of the two terms added in the residual pass, and the weight
+    packed once per block however many forwards run."""
+    from sana import ops
+    from sana.kernels.temporal_conv.reference import pack_weight, temporal_conv_reference
+
+    ref, ours, _ = pairs["wan"]
+    x, text, mask, t = inputs(ref, batch=2, frames=3, height=4, width=6)
+    expected = our_output(ours, x, text, mask, t)
+    packs = []
+
+    def summed(y, weight, tokens_per_frame, packed):
+        weight_packed = packed()
+        packs.append(weight_packed.data_ptr())
+        assert torch.equal(weight_packed, pack_weight(weight).to(y.dtype))
+        return y + temporal_conv_reference(y, weight, tokens_per_frame)
+
+    monkeypatch.setattr(ops, "temporal_conv_plus_input", summed)
+    for _ in range(2):  # fp32: x + gate * s against addcmul(x, gate, y + y2) differ in the last bit at most
+        torch.testing.assert_close(our_output(ours, x, text, mask, t), expected, rtol=1e-5, atol=1e-6)
+    assert len(packs) == 2 * len(ours.blocks) and len(set(packs)) == len(ours.blocks)  # packed once a block
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(pairs):
     _, ours, _ = pairs["ltx2"]
     x, text, mask, t = inputs(pairs["ltx2"][0], frames=2, height=3, width=4)

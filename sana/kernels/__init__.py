@@ -6,6 +6,8 @@ Public functions (all inference-only, no autograd):
     linear_attention_rope(q, k, v, cos, sin, heads, eps=1e-15) -> [B, N, H*D] (RoPE on the numerator only)
     gdn_bidirectional(q, k, v, beta, decay, q_plain=None, k_plain=None, eps=1e-8) -> [B, N, H, D] (SANA-WM)
     short_conv(x, weight, frames) -> [B, N, C] (SANA-WM's symmetric depthwise conv over frames)
+    temporal_conv(y, weight, tokens_per_frame, add_input=False) -> [B, N, C_out] (SANA-Video's dense conv over
+        frames as one implicit GEMM; with add_input, y + conv(y))
     qk_prep(x, weight, eps, heads, relu=True, scale=1.0, cos=None, sin=None) -> (plain, rotated) [B, N, H, D] each
         (SANA-WM's queries and keys: RMSNorm, ReLU, scale, RoPE)
     silu_gate(x, gate) -> x's shape (SANA-WM's output gate, x * silu(gate) in fp32)
@@ -61,6 +63,7 @@ if triton_available():
                                     modulated_layer_norm, modulated_layer_norm_fp8)
     from .rms_norm.triton import rms_norm_affine
     from .short_conv.triton import short_conv
+    from .temporal_conv.triton import temporal_conv
     from .qk_prep.triton import qk_prep
     from .silu_gate.triton import silu_gate
     from .ucpe.triton import ucpe
@@ -70,4 +73,4 @@ if triton_available():
                 "rms_norm_affine", "assemble_phases", "gated_residual", "quantize_fp8_rows", "fp8_linear"]
     __all__ += ["linear_attention_rope", "modulated_layer_norm_fp8", "gated_residual_modulated_norm_fp8",
                 "fp8_linear_quantized"]
-    __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate", "qk_prep"]
+    __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate", "qk_prep", "temporal_conv"]

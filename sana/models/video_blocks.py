@@ -60,7 +60,7 @@ class TemporalMixFFN(nn.Module):
 
     The 1x1 convs are linears ([O, I] instead of [O, I, 1, 1]) so the tokens stay [B, N, C] for them; only the
     depthwise conv needs the spatial layout, inside `ops.mixffn_middle`. `temporal` keeps diffusers' Conv2d shape
-    [C, C, 3, 1] so checkpoints load as they are; see `temporal_conv` for how it runs on token-major data.
+    [C, C, 3, 1] so checkpoints load as they are; `sana.kernels.temporal_conv` says how it runs on token-major data.
     """
 
     def __init__(self, dim: int, hidden: int):
@@ -73,32 +73,34 @@ class TemporalMixFFN(nn.Module):
     def forward(self, x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
         """x [B, N, D] (N = frames * height * width, (frame, row, col) order) -> [B, N, D]."""
         y, mixed = self.branch_terms(x, frames, height, width)
-        return y + mixed
+        return y if mixed is None else y + mixed
 
-    def branch_terms(self, x: torch.Tensor, frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def branch_terms(self, x: torch.Tensor, frames: int, height: int,
+                     width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The two terms of the output, y and conv_(3,1)(y), each [B, N, D], so the block's gated residual adds
-        them in its own pass (the sum rounded as diffusers rounds it on the reference path)."""
+        them in its own pass (the sum rounded as diffusers rounds it on the reference path); or (y + conv(y), None)
+        where the Triton implicit GEMM makes the sum in one pass (`ops.temporal_conv_plus_input`)."""
         b, n, dim = x.shape
         hw = height * width
         h = self.inverted(x)  # [B, N, 2Hd]
         h = ops.mixffn_middle(h.reshape(b * frames, hw, -1), height, width, self.depthwise.weight,
                               self.depthwise.bias)  # [B*F, HW, Hd], every frame on its own grid
         y = self.point(h).reshape(b, n, dim)  # [B, N, D]
-        return y, temporal_conv(y, self.temporal.weight, hw)
+        summed = ops.temporal_conv_plus_input(y, self.temporal.weight, hw, lambda: self._packed_temporal(y.dtype))
+        if summed is not None:
+            return summed, None
+        return y, ops.temporal_conv(y, self.temporal.weight, hw)
 
+    def _packed_temporal(self, dtype: torch.dtype) -> torch.Tensor:
+        """The temporal weight in the implicit GEMM's layout [3, D, D], packed once per weight tensor and version
+        (a LoRA merge or a load bumps the version)."""
+        from ..kernels.temporal_conv.reference import pack_weight
 
-def temporal_conv(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
-    """Conv2d(kernel (3, 1), padding (1, 0), no bias) over frames, on token-major y [B, F*S, C] -> same shape
-    (contiguous; the residual y + conv is the caller's).
-
-    Token-major [B, F, S, C] viewed as [B, C, F, S] is a channels-last tensor, so the conv runs as one implicit
-    GEMM over channels (cuDNN / oneDNN channels-last) straight on the tokens: no transposed copy in or out, and one
-    rounding per output like diffusers' conv, whose result it equals. Measured on an H200 in bf16 at the 2B 480p
-    shape (2 x 21 x 1560 tokens, C 2240): 3.2 ms, against 5.2 ms with contiguous channels-first copies and 2.9 ms
-    for three row-shifted in-place GEMMs, which round three times (3.6e-3 relative error in bf16).
-    """
-    b, n, c = y.shape
-    frames = n // tokens_per_frame
-    x = y.reshape(b, frames, tokens_per_frame, c).permute(0, 3, 1, 2)  # [B, C, F, S], channels-last strides
-    out = F.conv2d(x, weight, padding=(1, 0))  # zero padding at the first and last frame
-    return out.permute(0, 2, 3, 1).reshape(b, n, c)  # a view when the conv kept channels-last
+        weight = self.temporal.weight
+        key = (weight.data_ptr(), weight._version, weight.device, dtype)
+        cached = getattr(self, "_packed_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, pack_weight(weight).to(dtype))
+            self._packed_cache = cached
+        return cached[1]

@@ -137,8 +137,8 @@ class SanaVideoBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t_mod)
         fp8 = self.reads_fp8_rows
 
-        def grouped(t: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [G, B*N/G, D], a view
-            return t.view(g, -1, dim)
+        def grouped(t: torch.Tensor | None) -> torch.Tensor | None:  # [B, N, D] -> [G, B*N/G, D], a view
+            return None if t is None else t.view(g, -1, dim)
 
         def rows(q: torch.Tensor, row_scale: torch.Tensor) -> QuantizedRows:  # grouped fp8 rows -> [B, N, D]
             return QuantizedRows(q.view(b, n, dim), row_scale.view(b, n), x.dtype)
@@ -160,7 +160,7 @@ class SanaVideoBlock(nn.Module):
         else:
             x = x + self.cross_attn(x, text)
             h = ops.modulate(grouped(self.norm2(x)), shift_mlp, scale_mlp).view(b, n, dim)
-        y, mixed = self.ff.branch_terms(h, *grid)  # the Mix-FFN output and its temporal conv, summed below
+        y, mixed = self.ff.branch_terms(h, *grid)  # the Mix-FFN output and its temporal conv (or their sum), added below
         if next_norm is None:
             return ops.gated_residual(grouped(x), gate_mlp, grouped(y), grouped(mixed)).view(b, n, dim), None
         if next_fp8:

@@ -1,0 +1,148 @@
+"""SANA-Video's temporal conv as one Triton implicit GEMM over token-major activations.
+
+The conv over frames is three GEMMs on row-shifted views of the tokens: output token (f, s) reads input tokens
+(f - 1, s), (f, s) and (f + 1, s), which in a [B, F * S, C] tensor are the rows S before, at and S after it. A
+program computes a [BLOCK_M tokens, BLOCK_N channels] tile of one clip, its K loop running over the three taps
+and the input channels (K = 3 C), with the frames outside the clip masked to zero, so the three products sum in
+fp32 and round once, like cuDNN's implicit GEMM (the reference). With `add_input` the epilogue also adds the
+block's input y (the Mix-FFN's y + conv(y)), so the block's residual pass reads one tensor less.
+
+The weight is read as [3, C_out, C] (each tap's [C_out, C] contiguous along C, like a linear's weight):
+`reference.pack_weight` makes that layout from diffusers' [C_out, C, 3, 1] once; the model keeps it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .._common import check_device, check_float, check_last_dim_contiguous, interpreting
+from .reference import pack_weight
+
+
+@dataclass(frozen=True)
+class LaunchShape:
+    block_m: int = 128
+    block_n: int = 128
+    block_k: int = 64
+    group_m: int = 8
+    warps: int = 8
+    stages: int = 4
+
+
+# Candidates for a sweep on a GPU (`bench.py --sweep`); the first is the default.
+LAUNCH_SHAPES = (
+    LaunchShape(),
+    LaunchShape(block_n=256, stages=3),
+    LaunchShape(block_m=256, block_n=128, stages=3),
+    LaunchShape(block_k=32, stages=5),
+    LaunchShape(warps=4, stages=4),
+    LaunchShape(block_n=256, block_k=32, stages=4),
+    LaunchShape(block_m=64, block_n=256, stages=4, warps=4),
+)
+
+
+@triton.jit
+def _temporal_conv_kernel(
+    y_ptr, w_ptr, out_ptr,
+    N, S, C, C_OUT,
+    stride_yb, stride_yn, stride_ob, stride_on, stride_wt, stride_wn,
+    ADD_INPUT: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """Program (tile, b): out[b, rows, cols] for BLOCK_M token rows and BLOCK_N output channels of clip b."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    num_m = tl.cdiv(N, BLOCK_M)
+    num_n = tl.cdiv(C_OUT, BLOCK_N)
+    # Tiles in groups of GROUP_M row blocks, so the programs running together share their rows and weights in L2.
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    y_clip = y_ptr + b.to(tl.int64) * stride_yb
+    col_ok = cols < C_OUT
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tap in tl.static_range(3):
+        src = rows + (tap - 1) * S  # the token in the frame before, the same frame, the frame after
+        row_ok = (src >= 0) & (src < N) & (rows < N)  # frames outside the clip are zero padding
+        a_ptrs = y_clip + src[:, None].to(tl.int64) * stride_yn + ks[None, :]
+        w_ptrs = w_ptr + tap * stride_wt + cols[None, :].to(tl.int64) * stride_wn + ks[:, None]  # [BLOCK_K, BLOCK_N]
+        for k0 in range(0, C, BLOCK_K):
+            if EVEN_K:
+                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
+            else:
+                k_ok = (k0 + ks) < C
+                a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+
+    dtype = out_ptr.dtype.element_ty
+    out = acc.to(dtype)  # the conv rounded once, as cuDNN rounds it
+    mask = (rows < N)[:, None] & col_ok[None, :]
+    if ADD_INPUT:  # y + conv(y): the sum rounded again, as the bf16 add rounds it
+        y = tl.load(y_clip + rows[:, None].to(tl.int64) * stride_yn + cols[None, :], mask=mask, other=0.0)
+        out = (out.to(tl.float32) + y.to(tl.float32)).to(dtype)
+    out_ptrs = out_ptr + b.to(tl.int64) * stride_ob + rows[:, None].to(tl.int64) * stride_on + cols[None, :]
+    tl.store(out_ptrs, out, mask=mask)
+
+
+def temporal_conv(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int, add_input: bool = False, *,
+                  packed: torch.Tensor | None = None, launch: LaunchShape | None = None) -> torch.Tensor:
+    """The temporal conv (plus y with `add_input`); the spec is `reference.temporal_conv_reference`.
+
+    Args:
+        y: [B, N, C], N = F * S tokens in (frame, token) order, channels contiguous (fp32, fp16 or bf16).
+        weight: [C_out, C, 3, 1] (diffusers' Conv2d weight); ignored when `packed` is given.
+        tokens_per_frame: S.
+        add_input: return y + conv(y) (needs C_out == C).
+        packed: `pack_weight(weight)` in y's dtype, when the caller keeps it.
+        launch: the tile shape (default: `LAUNCH_SHAPES[0]`).
+
+    Returns:
+        [B, N, C_out] contiguous in y's dtype.
+    """
+    name = "temporal_conv"
+    if y.dim() != 3:
+        raise ValueError(f"{name}: y must be [B, N, C], got {tuple(y.shape)}")
+    b, n, c = y.shape
+    if tokens_per_frame < 1 or n % tokens_per_frame:
+        raise ValueError(f"{name}: {n} tokens do not split into frames of {tokens_per_frame}")
+    w = pack_weight(weight).to(y.dtype) if packed is None else packed
+    if w.dim() != 3 or w.shape[0] != 3 or w.shape[2] != c:
+        raise ValueError(f"{name}: packed weight must be [3, C_out, {c}], got {tuple(w.shape)}")
+    c_out = w.shape[1]
+    if add_input and c_out != c:
+        raise ValueError(f"{name}: add_input needs C_out == C, got {c_out} and {c}")
+    if w.dtype != y.dtype or not w.is_contiguous():
+        raise ValueError(f"{name}: packed weight must be contiguous in y's dtype {y.dtype}")
+    check_float(name, "y", y)
+    check_last_dim_contiguous(name, "y", y)
+    check_device(name, y, w)
+    out = torch.empty((b, n, c_out), device=y.device, dtype=y.dtype)
+    if out.numel() == 0:
+        return out
+    shape = launch or LAUNCH_SHAPES[0]
+    if interpreting():  # the interpreter runs one program at a time: small tiles keep CPU tests quick
+        shape = LaunchShape(block_m=16, block_n=16, block_k=16, group_m=2, warps=1, stages=1)
+    grid = (triton.cdiv(n, shape.block_m) * triton.cdiv(c_out, shape.block_n), b)
+    _temporal_conv_kernel[grid](
+        y, w, out, n, tokens_per_frame, c, c_out,
+        y.stride(0), y.stride(1), out.stride(0), out.stride(1), w.stride(0), w.stride(1),
+        ADD_INPUT=add_input, EVEN_K=c % shape.block_k == 0,
+        PRECISION="ieee" if y.dtype == torch.float32 else "tf32",
+        BLOCK_M=shape.block_m, BLOCK_N=shape.block_n, BLOCK_K=shape.block_k, GROUP_M=shape.group_m,
+        num_warps=shape.warps, num_stages=shape.stages,
+    )
+    return out
