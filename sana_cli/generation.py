@@ -344,15 +344,16 @@ def default_model(command: str, *, planning: bool = False) -> str:
                      f"run: sana models pull {PREFERRED[command][0]} (or pass --model DIR)")
 
 
-def generate_with_progress(pipe, request, on_output=None):
-    """`pipe.generate(request)` (an image or video pipeline) with progress and notices on the console: a bar on a
-    terminal, plain lines elsewhere (logs, pipes). `on_output(index, image, details)` as each image is decoded."""
+def generate_with_progress(pipe, request, on_output=None, **generate_kwargs):
+    """`pipe.generate(request, events, **generate_kwargs)` (an image or clip pipeline) with progress and notices on
+    the console: a bar on a terminal, plain lines elsewhere (logs, pipes). `on_output(index, image, details)` as each
+    image is decoded."""
     from sana.pipelines.common import Events
 
     if not console.err.is_terminal:
         lines = ProgressLines()
         events = Events(on_phase=lines.phase, on_step=lines.step, on_notice=console.notice, on_output=on_output)
-        return pipe.generate(request, events)
+        return pipe.generate(request, events, **generate_kwargs)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -362,7 +363,7 @@ def generate_with_progress(pipe, request, on_output=None):
         events = Events(on_phase=lambda name: bar.update(task, description=name),
                         on_step=lambda done, total: bar.update(task, completed=done, total=total),
                         on_notice=console.notice, on_output=on_output)
-        return pipe.generate(request, events)
+        return pipe.generate(request, events, **generate_kwargs)
 
 
 class ProgressLines:

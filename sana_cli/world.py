@@ -76,6 +76,8 @@ def world(
     dtype: opt.Dtype = "auto",
     memory: opt.Memory = "auto",
     max_vram: opt.MaxVram = None,
+    refine: opt.Refine = False,
+    refiner: opt.Refiner = None,
     dry_run: opt.DryRun = False,
     preview: opt.Preview = None,
     from_file: opt.FromFile = None,
@@ -248,6 +250,7 @@ def run(flags: dict[str, Any]) -> None:
 
     resolved, spec, _ = resolve_for("world", model_arg, dry_run=dry_run or preview is not None)
     defaults = world_defaults(spec, scheduler_config(resolved.path) if resolved else {})
+    refiner_dir = _refiner_to_use(flags, record, resolved)
     width, height = check_size(settings.get("res")) or (defaults.width, defaults.height)
 
     # 4. The camera path: resolved for the first frame's size, its notices printed.
@@ -288,6 +291,9 @@ def run(flags: dict[str, Any]) -> None:
     if dry_run:
         console.out.print(f"{len(seeds)} clip(s): {plan.clip(path.fps)}: {prompt}", highlight=False)
         console.out.print(f"camera: {path.describe()}", highlight=False)
+        if refiner_dir is not None:
+            console.out.print(f"stage 2: the LTX-2 refiner in {refiner_dir} (its own placement, decided after "
+                              f"loading; {path.num_frames - 1} frames come out)", highlight=False)
         console.table(plan_table(plan, model_arg))
         return
     if not plan.fits:
@@ -305,6 +311,12 @@ def run(flags: dict[str, Any]) -> None:
     start = time.perf_counter()
     pipe = WorldPipeline.from_pretrained(resolved.path, dtype=dtype, device=device,
                                          variant=weights_variant(spec, plan), plan=plan)
+    stage2 = None
+    if refiner_dir is not None:
+        from sana.pipelines.world_refiner import WorldRefiner
+
+        stage2 = WorldRefiner.load(refiner_dir, dtype=dtype, device=device)
+        console.info(f"refiner: {refiner_dir} ({stage2.placement})")
     load_seconds = time.perf_counter() - start
 
     # 9. One clip a seed, each saved with its record and its camera file.
@@ -315,7 +327,28 @@ def run(flags: dict[str, Any]) -> None:
         negative_prompt=settings.get("negative") or "",
     )
     _generate_and_save(pipe, request, clips, settings, model_arg, resolved, dtype, device, first, load_seconds,
-                       force)
+                       force, stage2)
+
+
+def _refiner_to_use(flags: dict, record, resolved) -> Path | None:
+    """--refiner DIR (implies --refine); --refine takes the model folder's refiner/; --from replays a refined
+    clip's refiner when its folder is still there. No torch."""
+    from sana.pipelines.world_refiner import refiner_folder
+
+    explicit = flags.get("refiner")
+    recorded = (record.extra.get("refiner") or {}) if record is not None else {}
+    if explicit is None and not flags.get("refine") and recorded.get("path"):
+        if not Path(recorded["path"]).is_dir():
+            raise UsageError(f"the replayed clip was refined with {recorded['path']}, which is gone",
+                             "give --refiner DIR")
+        explicit = recorded["path"]
+    if explicit is None and not flags.get("refine"):
+        return None
+    folder = refiner_folder(str(explicit) if explicit is not None else None, resolved.path if resolved else None)
+    if folder is None:
+        raise UsageError("--refine: this model folder has no refiner/",
+                         "give --refiner DIR (a diffusers-format SanaWMLTX2Refiner folder)")
+    return folder.resolve()
 
 
 def _write_preview(path, dest: Path, force: bool) -> None:
@@ -355,7 +388,7 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
 
 
 def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_arg: str, resolved, dtype, device,
-                       first, load_seconds: float, force: bool) -> None:
+                       first, load_seconds: float, force: bool, refiner=None) -> None:
     from sana import __version__
     from sana.camera.export import camera_json_path, write_camera_json
     from sana.device import DTYPE_NAMES
@@ -363,7 +396,7 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
 
     from .generation import generate_with_progress, print_written
 
-    result = generate_with_progress(pipe, request)
+    result = generate_with_progress(pipe, request, refiner=refiner)
     timings = {"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}}
     camera = request.camera
     crf = int(settings["crf"]) if settings.get("crf") is not None else None
@@ -373,6 +406,11 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
                  "image": str(first.path), "image_sha256": first.sha256,
                  "camera": camera.source, "camera_sha256": camera.source_sha256, "camera_kind": camera.source_kind,
                  "camera_file": camera_file.name, "camera_settings": dict(camera.params)}
+        if refiner is not None:  # the clip shows the camera file's poses 1 to F - 1
+            from sana.pipelines.world_refiner import SINK_FRAMES
+
+            extra["refiner"] = {"path": str(refiner.folder), "seed": seed, "dropped_first_frames": SINK_FRAMES,
+                                "placement": refiner.placement}
         record = GenerationRecord(
             prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
             model_repo=resolved.repo, model_revision=resolved.revision, family="wm", seed=seed, steps=request.steps,

@@ -1,4 +1,5 @@
-"""The SANA-WM pipeline (stage 1) on our own DiT: a first frame, a prompt and a camera path to a clip.
+"""The SANA-WM pipeline (stage 1) on our own DiT: a first frame, a prompt and a camera path to a clip; stage 2
+(`world_refiner`) between the denoise and the decode when asked for.
 
 Steps of `generate`: the first frame resized and centre-cropped to the generated size with the intrinsics following
 it, and the camera tensors (`sana.camera.conditioning`); the prompts; the first frame's latent; then per seed the
@@ -39,6 +40,7 @@ from ..text import WORLD_COMPLEX_HUMAN_INSTRUCTION, PromptEmbeddings, TextEncode
 from .common import Events, PlacedPipeline, check_finite, load_together, to_uint8
 from .sizes import latent_frames
 from .video_vae import VideoVAE, load_video_vae
+from .world_refiner import SINK_FRAMES
 
 WORLD_CLASS_NAME = "SanaWMTransformer3DModel"
 RELEASED_FRAMES = 161  # the default clip the resident plan sizes for
@@ -233,7 +235,9 @@ class WorldPipeline(PlacedPipeline):
                                 on_step=events.on_step, step=self._step(scheduler, latents))
 
     @torch.no_grad()
-    def generate(self, request: WorldRequest, events: Events | None = None) -> WorldResult:
+    def generate(self, request: WorldRequest, events: Events | None = None, refiner=None) -> WorldResult:
+        """The clips of a request; with `refiner` (a `world_refiner.WorldRefiner`), each seed's latents go through
+        SANA-WM's stage 2 before the decode, and the clips lose their first frame (the refiner's sink)."""
         self._start_peak_measure()
         events = events or Events()
         timings: dict[str, float] = {}
@@ -270,12 +274,18 @@ class WorldPipeline(PlacedPipeline):
             latents = self._recovering("denoise", lambda: self._denoise(text, camera, request, latents, events),
                                        events, failure)
             timings["denoise"] = timings.get("denoise", 0.0) + self._elapsed(start)
+            if refiner is not None:
+                start = events.phase("refine")
+                latents = refiner.refine(latents, request.prompt, fps=request.camera.fps, seed=seed)
+                timings["refine"] = timings.get("refine", 0.0) + self._elapsed(start)
             start = events.phase("decode")
-            videos.append(self.decode(latents, events))
+            video = self.decode(latents, events)
+            videos.append(video[SINK_FRAMES:] if refiner is not None else video)
             timings["decode"] = timings.get("decode", 0.0) + self._elapsed(start)
-        return WorldResult(videos=videos, frames=shape.frames, c2w=request.camera.c2w.copy(),
-                           intrinsics=inputs.intrinsics, timings=timings, generated_size=(shape.width, shape.height),
-                           memory=self._memory_record())
+        dropped = SINK_FRAMES if refiner is not None else 0  # the refined clip starts at the path's second pose
+        return WorldResult(videos=videos, frames=shape.frames - dropped, c2w=request.camera.c2w[dropped:].copy(),
+                           intrinsics=inputs.intrinsics[dropped:], timings=timings,
+                           generated_size=(shape.width, shape.height), memory=self._memory_record())
 
     def _denoise_failure(self, shape: WorldShape, use_cfg: bool) -> SanaError:
         """The error when even the plan's lowest step runs out of memory: what that plan would need."""

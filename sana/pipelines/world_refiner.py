@@ -1,0 +1,115 @@
+"""SANA-WM's stage 2: the LTX-2 chunk-causal refiner on the stage-1 latents (`sana world --refine`).
+
+The refiner is diffusers' `SanaWMLTX2Refiner` as it stands: a 48-layer LTX-2 DiT that re-noises each block of three
+latent frames to sigma 0.91 and takes three distilled Euler steps back, attending to the first latent frame (the
+"sink", never refined) and at most ten frames of refined history through a sliding KV cache, with a Gemma-3 text
+encoder and LTX-2's text connectors. Its noise comes from a generator seeded with the clip's seed on the device the
+refiner runs on (diffusers' default is 42). The refined latents decode through the stage-1 pipeline's LTX-2 VAE;
+the first decoded frame (the sink's) is dropped, as diffusers and NVlabs drop it, so a clip of F frames comes out
+with F - 1, showing the camera path's poses 1 to F - 1.
+
+The refiner's modules are not ours (no Triton kernels, no block streaming): on a GPU they stay on the device when
+they fit beside what stage 1 keeps there, else each moves there only while it runs (accelerate's model offload);
+when even the largest does not fit, the run stops before any work with what it would need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SanaError, UsageError
+
+REFINER_CLASS = "SanaWMLTX2Refiner"
+REFINER_SUBFOLDER = "refiner"  # where a SANA-WM folder may keep its stage 2
+SINK_FRAMES = 1  # latent frames anchoring the refiner; decoded, the clip's first pixel frame is dropped
+ACTIVATION_HEADROOM = 1.15  # weights x this must fit for the refiner to stay on the device
+
+
+def refiner_folder(explicit: str | None, model_dir: Path | None) -> Path | None:
+    """The refiner to use: `explicit` (--refiner DIR), checked; else the model folder's `refiner/` when it holds one;
+    else None. No torch here: the CLI calls it before anything loads."""
+    if explicit is not None:
+        folder = Path(explicit).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"--refiner {explicit} is not a folder",
+                             f"give a diffusers-format {REFINER_CLASS} folder (model_index.json, transformer/, ...)")
+        _check_index(folder, f"--refiner {explicit}")
+        return folder
+    if model_dir is not None and (model_dir / REFINER_SUBFOLDER / "model_index.json").is_file():
+        folder = model_dir / REFINER_SUBFOLDER
+        _check_index(folder, str(folder))
+        return folder
+    return None
+
+
+def _check_index(folder: Path, what: str) -> None:
+    import json
+
+    index_path = folder / "model_index.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{what} has no model_index.json",
+                         f"give a diffusers-format {REFINER_CLASS} folder") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{what}: cannot read model_index.json ({exc})") from None
+    if not isinstance(index, dict) or index.get("_class_name") != REFINER_CLASS:
+        found = index.get("_class_name") if isinstance(index, dict) else None
+        raise UsageError(f"{what} holds a {found or 'non-diffusers'} pipeline, not SANA-WM's refiner",
+                         f"give a diffusers-format {REFINER_CLASS} folder")
+    missing = [name for name in ("transformer", "connectors", "text_encoder", "tokenizer", "scheduler")
+               if not (folder / name).is_dir()]
+    if missing:
+        raise UsageError(f"{what} lacks {', '.join(missing)}", f"a {REFINER_CLASS} folder has transformer/, "
+                         "connectors/, text_encoder/, tokenizer/ and scheduler/")
+
+
+@dataclass
+class WorldRefiner:
+    """A loaded refiner and where it runs."""
+
+    pipe: object  # diffusers' SanaWMLTX2Refiner
+    device: object  # torch.device its noise is drawn on (the device it computes on)
+    placement: str  # "resident" | "model offload" | "cpu"
+    folder: Path
+
+    @classmethod
+    def load(cls, folder: Path, *, dtype, device) -> "WorldRefiner":
+        """Load every component on the CPU in `dtype` (safetensors only), then place it: on the device when it fits
+        in the free memory there, else accelerate's model offload, else an error saying what it needs."""
+        import torch
+        from diffusers import SanaWMLTX2Refiner
+
+        device = torch.device(device)
+        try:
+            pipe = SanaWMLTX2Refiner.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise SanaError(f"cannot load the refiner in {folder}: {str(exc).splitlines()[0]}") from None
+        pipe.set_progress_bar_config(disable=True)
+        if device.type != "cuda":
+            pipe.to(device)
+            return cls(pipe, device, "cpu" if device.type == "cpu" else "resident", folder)
+        sizes = {name: sum(p.numel() * p.element_size() for p in module.parameters())
+                 for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)}
+        free, _ = torch.cuda.mem_get_info(device)
+        if sum(sizes.values()) * ACTIVATION_HEADROOM < free:
+            pipe.to(device)
+            return cls(pipe, device, "resident", folder)
+        largest = max(sizes, key=sizes.get)
+        if sizes[largest] * ACTIVATION_HEADROOM < free:
+            pipe.enable_model_cpu_offload(device=device)
+            return cls(pipe, device, "model offload", folder)
+        raise SanaError(f"the refiner's {largest.replace('_', ' ')} needs about "
+                        f"{sizes[largest] * ACTIVATION_HEADROOM / 2**30:.1f} GiB of free GPU memory, "
+                        f"{free / 2**30:.1f} GiB are free after stage 1",
+                        "run without --refine, or on a GPU with more memory")
+
+    def refine(self, latents, prompt: str, *, fps: float, seed: int):
+        """Stage-1 latents [1, C, F, h, w] (normalised as the VAE's decode expects them) -> refined latents, the
+        sink frame unchanged, on the refiner's device in its dtype."""
+        import torch
+
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return self.pipe(latents, prompt, fps=float(fps), sink_size=SINK_FRAMES, generator=generator,
+                         output_type="latent")
