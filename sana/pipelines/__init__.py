@@ -6,4 +6,5 @@
     video    text to video and image to video (SANA-Video)
     video_vae  the video VAEs (diffusers' Wan 2.1 and LTX-2 autoencoders) as the video pipeline uses them
     world    a first frame and a camera path to a clip (SANA-WM stage 1)
+    world_refiner  SANA-WM's stage 2, diffusers' LTX-2 refiner on the stage-1 latents (`sana world --refine`)
 """
