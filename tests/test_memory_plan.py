@@ -134,6 +134,19 @@ def test_cpu_text_encoder_falls_back_to_bf16_without_the_ram(sizes):
     assert plan.text_encoder_on_cpu and plan.te_dtype == "bf16"
 
 
+@pytest.mark.parametrize("gb", (8, 16, 24, 80), ids=lambda gb: f"{gb}GB")
+def test_an_fp16_dit_keeps_gemma2_and_the_autoencoder_in_fp32(sizes, gb):
+    """Without bf16 (cc 7.5) the DiT runs fp16, but Gemma-2 and the DC-AE overflow there: they run fp32 (the text
+    encoder on the CPU in its own dtype when it does not fit); bf16 cards keep one dtype; --vae-dtype still wins."""
+    plan = plan_for(sizes, "sana-1.6b", gpu(gb, (7, 5)))
+    assert plan.fits and plan.dtype == "fp16" and plan.vae_dt == "fp32"
+    assert plan.te_dtype == "fp32" or plan.text_encoder_on_cpu
+    assert dict((row.component.split(" (")[0], row.dtype) for row in plan.rows())["transformer"] == "fp16"
+    modern = plan_for(sizes, "sana-1.6b", gpu(gb, (9, 0)))
+    assert (modern.dtype, modern.te_dtype, modern.vae_dt) == ("bf16", "bf16", "bf16")
+    assert plan_for(sizes, "sana-1.6b", gpu(gb, (7, 5)), vae_dtype="fp16").vae_dt == "fp16"
+
+
 def test_pinning_is_limited_by_the_ram_blocks_first(sizes):
     plan = plan_for(sizes, "sana-1.6b-4k", gpu(8, ram_gb=12))  # 4.5 GiB of RAM may be pinned
     assert "transformer" in plan.pinned and "text_encoder" not in plan.pinned

@@ -232,8 +232,9 @@ class MemoryPlan:
         return replace(self, decode_tile=tile, fallbacks=(*self.fallbacks, f"{phase}: {tile} px tiles"))
 
     def _variant(self, tier: str, text_on_cpu: bool, tile: int | None) -> "MemoryPlan":
+        on_device = HALF_GUARD_DTYPE if self.dtype == "fp16" else None
         plan = replace(self, tier=tier, text_encoder_on_cpu=text_on_cpu, decode_tile=tile,
-                       text_encoder_dtype=_cpu_text_dtype(self) if text_on_cpu else None)
+                       text_encoder_dtype=_cpu_text_dtype(self) if text_on_cpu else on_device)
         plan = replace(plan, cuda_graphs=self.cuda_graphs and plan.home("transformer") == "device")
         return replace(plan, pinned=_pinned(plan))
 
@@ -358,6 +359,12 @@ class MemoryPlan:
 # The planner
 # ---------------------------------------------------------------------------------------------------------
 
+# Beside an fp16 DiT (GPUs without bf16, compute capability < 8; MPS), Gemma-2's and the autoencoders'
+# activations leave fp16's range (inf, then NaN: a black image), so they run in fp32 there; an explicit --vae-dtype
+# still wins, and a text encoder that no longer fits goes to the CPU as any other.
+HALF_GUARD_DTYPE = "fp32"
+
+
 def usable_memory(device: DeviceInfo, cap: int | None) -> int:
     """What sana may allocate: the free memory (or the cap, if lower) less the allocator's headroom."""
     limit = device.free_memory if cap is None else min(cap, device.free_memory)
@@ -391,6 +398,8 @@ def plan_memory(device: DeviceInfo, sizes: ComponentSizes, work: Workload, *, mo
     if vae_dtype is not None and vae_dtype not in DTYPE_BYTES:
         raise UsageError(f"unknown VAE dtype '{vae_dtype}'", f"use auto, {', '.join(DTYPE_BYTES)}")
     compute = DTYPE_NAMES[dtype_for(device, dtype)]
+    if compute == "fp16" and vae_dtype is None:
+        vae_dtype = HALF_GUARD_DTYPE  # the autoencoders' activations leave fp16's range (module constant)
     cap = max_vram if device.is_accelerator else None
     budget = usable_memory(device, cap)
     graphs = device.kind == "cuda" and est.dit_tokens(sizes, work) <= GRAPH_MAX_TOKENS

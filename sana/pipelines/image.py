@@ -143,7 +143,7 @@ class ImagePipeline(PlacedPipeline):
             scale = decoder.spatial_compression_ratio
             width, height = binned_size(*warm_for, sample_size * scale)
             latents = torch.zeros(1, decoder.config.latent_channels, height // scale, width // scale, device=device,
-                                  dtype=dtype)
+                                  dtype=decoder.dtype)
             decoder.decode(latents, tile=decode_tiling(plan, height, width) if plan is not None else None)
 
         def head_start(warm_up):
@@ -163,7 +163,8 @@ class ImagePipeline(PlacedPipeline):
             "transformer": dit,
             "text_encoder": lambda: TextEncoder.from_pretrained(
                 model_dir, dtype=text_dtype, device=load_device("text_encoder"), variant=variant),
-            "vae": lambda: load_vae(model_dir, dtype=dtype, device=load_device("vae"), variant=variant)}, warm)
+            "vae": lambda: load_vae(model_dir, dtype=DTYPES[plan.vae_dt] if plan is not None else dtype,
+                                    device=load_device("vae"), variant=variant)}, warm)
         return cls(**loaded, family=family,
                    scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype, cuda_graphs=cuda_graphs,
                    plan=plan)
