@@ -47,3 +47,19 @@ def print_table(title: str, rows: list[tuple[str, int, dict[str, float]]]) -> No
         line += "".join(f"{times[impl] / times[impls[0]]:>25.2f}x" for impl in impls[1:])
         print(line)
     print()
+
+
+def run_bench(description: str, shape_names: Sequence[str], title: str, time_shape: Callable, sweep: Callable) -> None:
+    """A bench's command line: `--sweep` runs `sweep(name, dtype)` at each shape asked for, else the table of
+    `time_shape(name, dtype)` rows (one row or a list of rows a shape), the GPU's cache emptied between shapes."""
+    args = parse_args(description, list(shape_names), sweep=True)
+    rows = []
+    for name in args.shapes:
+        if args.sweep:
+            sweep(name, args.dtype)
+        else:
+            timed = time_shape(name, args.dtype)
+            rows += timed if isinstance(timed, list) else [timed]
+        torch.cuda.empty_cache()
+    if rows:
+        print_table(f"{title} ({args.dtype})", rows)

@@ -14,7 +14,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from .._bench import median_ms, parse_args, print_table
+from .._bench import median_ms, run_bench
 from .reference import linear_attention_rope_reference
 from .triton import Config, default_config, linear_attention_rope
 
@@ -112,16 +112,7 @@ def sweep(name: str, dtype: torch.dtype) -> Config:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], list(SHAPES), sweep=True)
-    if args.sweep:
-        for name in args.shapes:
-            sweep(name, args.dtype)
-        return
-    rows = []
-    for name in args.shapes:
-        rows.append(time_shape(name, args.dtype))
-        torch.cuda.empty_cache()
-    print_table(f"linear_attention_rope ({args.dtype})", rows)
+    run_bench(__doc__.splitlines()[0], SHAPES, "linear_attention_rope", time_shape, sweep)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import itertools
 
 import torch
 
-from .._bench import median_ms, parse_args, print_table
+from .._bench import median_ms, run_bench
 from .reference import mixffn_middle_diffusers, mixffn_middle_reference
 from .triton import Config, mixffn_middle
 
@@ -67,16 +67,7 @@ def time_shape(name, dtype) -> tuple[str, int, dict[str, float]]:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], list(SHAPES), sweep=True)
-    rows = []
-    for name in args.shapes:
-        if args.sweep:
-            sweep(name, args.dtype)
-        else:
-            rows.append(time_shape(name, args.dtype))
-        torch.cuda.empty_cache()
-    if rows:
-        print_table(f"mixffn_middle ({args.dtype})", rows)
+    run_bench(__doc__.splitlines()[0], SHAPES, "mixffn_middle", time_shape, sweep)
 
 
 if __name__ == "__main__":

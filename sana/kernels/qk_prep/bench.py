@@ -11,7 +11,7 @@ import itertools
 
 import torch
 
-from .._bench import median_ms, parse_args, print_table
+from .._bench import median_ms, run_bench
 from .reference import qk_prep_reference
 from .triton import Config, qk_prep
 
@@ -52,12 +52,7 @@ def sweep(name: str, dtype: torch.dtype) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], list(SHAPES), sweep=True)
-    if args.sweep:
-        for name in args.shapes:
-            sweep(name, args.dtype)
-        return
-    print_table(f"qk_prep ({args.dtype})", [time_shape(name, args.dtype) for name in args.shapes])
+    run_bench(__doc__.splitlines()[0], SHAPES, "qk_prep", time_shape, sweep)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._bench import median_ms, parse_args, print_table
+from .._bench import median_ms, run_bench
 from .reference import pack_weight, temporal_conv_reference
 from .triton import LAUNCH_SHAPES, temporal_conv
 
@@ -73,16 +73,7 @@ def time_shape(name, dtype) -> list[tuple[str, int, dict[str, float]]]:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], list(SHAPES), sweep=True)
-    rows = []
-    for name in args.shapes:
-        if args.sweep:
-            sweep(name, args.dtype)
-        else:
-            rows += time_shape(name, args.dtype)
-        torch.cuda.empty_cache()
-    if rows:
-        print_table(f"temporal_conv ({args.dtype})", rows)
+    run_bench(__doc__.splitlines()[0], SHAPES, "temporal_conv", time_shape, sweep)
 
 
 if __name__ == "__main__":
