@@ -12,7 +12,7 @@ from kernel_helpers import DEVICE, DTYPES, TOLERANCE, rel_err  # noqa: E402
 
 from sana.kernels import temporal_conv  # noqa: E402
 from sana.kernels.temporal_conv.reference import pack_weight, temporal_conv_reference  # noqa: E402
-from sana.kernels.temporal_conv.triton import LAUNCH_SHAPES  # noqa: E402
+from sana.kernels.temporal_conv.triton import LAUNCH_SHAPES, LaunchShape  # noqa: E402
 
 # (batch, frames, tokens a frame, channels in, channels out). The interpreter's tiles are 16 x 16 x 16: S = 7 puts
 # frame edges inside tiles, C = 40 leaves a K tail, C_out = 24 a column tail; one frame has only the centre tap.
@@ -31,11 +31,12 @@ def _inputs(b, f, s, c, c_out, dtype, device=DEVICE, seed=0):
     return y, weight
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "descriptors"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b, f, s, c, c_out", SHAPES)
-def test_matches_reference(b, f, s, c, c_out, dtype):
+def test_matches_reference(b, f, s, c, c_out, dtype, tma):
     y, weight = _inputs(b, f, s, c, c_out, dtype)
-    out = temporal_conv(y, weight, s)
+    out = temporal_conv(y, weight, s, launch=LaunchShape(tma=tma))
     exact = temporal_conv_reference(y.float(), weight.float(), s)
     assert out.shape == (b, f * s, c_out) and out.dtype == dtype and out.is_contiguous()
     assert rel_err(out, exact) < TOLERANCE[dtype]
@@ -43,11 +44,12 @@ def test_matches_reference(b, f, s, c, c_out, dtype):
         assert rel_err(out, exact) <= 1.01 * rel_err(exact.to(dtype), exact) + 1e-7
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "descriptors"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_add_input_rounds_as_the_module_does(dtype):
+def test_add_input_rounds_as_the_module_does(dtype, tma):
     """y + conv(y): the conv rounded to y's dtype, then the sum rounded (the reference's two roundings)."""
     y, weight = _inputs(2, 3, 7, 40, 40, dtype)
-    out = temporal_conv(y, weight, 7, add_input=True, packed=pack_weight(weight))
+    out = temporal_conv(y, weight, 7, add_input=True, packed=pack_weight(weight), launch=LaunchShape(tma=tma))
     conv = temporal_conv_reference(y.float(), weight.float(), 7).to(dtype)
     expected = (conv.float() + y.float()).to(dtype)
     if dtype == torch.float32:

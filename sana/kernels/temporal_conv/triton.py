@@ -31,6 +31,7 @@ class LaunchShape:
     group_m: int = 8
     warps: int = 8
     stages: int = 4
+    tma: bool = False  # tiles through tensor descriptors (Hopper's TMA; the frame shifts' zero rows come free)
 
 
 # Candidates for a sweep on a GPU (`bench.py --sweep`); the first is the default.
@@ -42,6 +43,10 @@ LAUNCH_SHAPES = (
     LaunchShape(warps=4, stages=4),
     LaunchShape(block_n=256, block_k=32, stages=4),
     LaunchShape(block_m=64, block_n=256, stages=4, warps=4),
+    LaunchShape(tma=True),
+    LaunchShape(block_n=256, stages=3, tma=True),
+    LaunchShape(block_m=256, block_n=128, stages=3, tma=True),
+    LaunchShape(stages=3, tma=True),
 )
 
 
@@ -98,6 +103,44 @@ def _temporal_conv_kernel(
     tl.store(out_ptrs, out, mask=mask)
 
 
+@triton.jit
+def _temporal_conv_tma_kernel(
+    y_desc, w_desc, res_desc, out_desc,
+    N, C, C_OUT, S,
+    ADD_INPUT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """`_temporal_conv_kernel` through tensor descriptors over [B, N, C] (y, the output) and [3, C_out, C] (the
+    weight): a tap's rows S before or after the tile start at a negative row or run past N, and the descriptor
+    fills those rows (the frames outside the clip) with zeros, as it does the K and column tails."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    num_m = tl.cdiv(N, BLOCK_M)
+    num_n = tl.cdiv(C_OUT, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+    m0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tap in tl.static_range(3):
+        row0 = m0 + (tap - 1) * S
+        for k0 in range(0, C, BLOCK_K):
+            a = tl.reshape(y_desc.load([b, row0, k0]), (BLOCK_M, BLOCK_K))
+            w = tl.reshape(w_desc.load([tap, n0, k0]), (BLOCK_N, BLOCK_K))
+            acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION)
+
+    dtype = out_desc.dtype
+    out = acc.to(dtype)
+    if ADD_INPUT:
+        y = tl.reshape(res_desc.load([b, m0, n0]), (BLOCK_M, BLOCK_N))
+        out = (out.to(tl.float32) + y.to(tl.float32)).to(dtype)
+    out_desc.store([b, m0, n0], tl.reshape(out, (1, BLOCK_M, BLOCK_N)))
+
+
 def temporal_conv(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int, add_input: bool = False, *,
                   packed: torch.Tensor | None = None, launch: LaunchShape | None = None) -> torch.Tensor:
     """The temporal conv (plus y with `add_input`); the spec is `reference.temporal_conv_reference`.
@@ -135,13 +178,29 @@ def temporal_conv(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int, 
         return out
     shape = launch or LAUNCH_SHAPES[0]
     if interpreting():  # the interpreter runs one program at a time: small tiles keep CPU tests quick
-        shape = LaunchShape(block_m=16, block_n=16, block_k=16, group_m=2, warps=1, stages=1)
+        shape = LaunchShape(block_m=16, block_n=16, block_k=16, group_m=2, warps=1, stages=1, tma=shape.tma)
     grid = (triton.cdiv(n, shape.block_m) * triton.cdiv(c_out, shape.block_n), b)
+    precision = "ieee" if y.dtype == torch.float32 else "tf32"
+    aligned = (c * y.element_size()) % 16 == 0 and (c_out * y.element_size()) % 16 == 0  # descriptor rows
+    if shape.tma and aligned:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        if y.stride(1) != c:  # a descriptor needs the rows packed (the kernel above takes any row stride)
+            y = y.contiguous()
+        rows, cols = [1, shape.block_m, shape.block_k], [1, shape.block_m, shape.block_n]
+        _temporal_conv_tma_kernel[grid](
+            TensorDescriptor.from_tensor(y, rows), TensorDescriptor.from_tensor(w, [1, shape.block_n, shape.block_k]),
+            TensorDescriptor.from_tensor(y, cols), TensorDescriptor.from_tensor(out, cols),
+            n, c, c_out, tokens_per_frame, ADD_INPUT=add_input, PRECISION=precision,
+            BLOCK_M=shape.block_m, BLOCK_N=shape.block_n, BLOCK_K=shape.block_k, GROUP_M=shape.group_m,
+            num_warps=shape.warps, num_stages=shape.stages,
+        )
+        return out
     _temporal_conv_kernel[grid](
         y, w, out, n, tokens_per_frame, c, c_out,
         y.stride(0), y.stride(1), out.stride(0), out.stride(1), w.stride(0), w.stride(1),
         ADD_INPUT=add_input, EVEN_K=c % shape.block_k == 0,
-        PRECISION="ieee" if y.dtype == torch.float32 else "tf32",
+        PRECISION=precision,
         BLOCK_M=shape.block_m, BLOCK_N=shape.block_n, BLOCK_K=shape.block_k, GROUP_M=shape.group_m,
         num_warps=shape.warps, num_stages=shape.stages,
     )
