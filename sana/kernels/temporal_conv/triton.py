@@ -34,6 +34,8 @@ class LaunchShape:
     tma: bool = False  # tiles through tensor descriptors (Hopper's TMA; the frame shifts' zero rows come free)
 
 
+TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
 # Candidates for a sweep on a GPU (`bench.py --sweep`); the first is the default.
 LAUNCH_SHAPES = (
     LaunchShape(),
@@ -107,7 +109,7 @@ def _temporal_conv_kernel(
 def _temporal_conv_tma_kernel(
     y_desc, w_desc, res_desc, out_desc,
     N, C, C_OUT, S,
-    ADD_INPUT: tl.constexpr, PRECISION: tl.constexpr,
+    OUT_DTYPE: tl.constexpr, ADD_INPUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """`_temporal_conv_kernel` through tensor descriptors over [B, N, C] (y, the output) and [3, C_out, C] (the
@@ -133,11 +135,10 @@ def _temporal_conv_tma_kernel(
             w = tl.reshape(w_desc.load([tap, n0, k0]), (BLOCK_N, BLOCK_K))
             acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION)
 
-    dtype = out_desc.dtype
-    out = acc.to(dtype)
+    out = acc.to(OUT_DTYPE)
     if ADD_INPUT:
         y = tl.reshape(res_desc.load([b, m0, n0]), (BLOCK_M, BLOCK_N))
-        out = (out.to(tl.float32) + y.to(tl.float32)).to(dtype)
+        out = (out.to(tl.float32) + y.to(tl.float32)).to(OUT_DTYPE)
     out_desc.store([b, m0, n0], tl.reshape(out, (1, BLOCK_M, BLOCK_N)))
 
 
@@ -191,7 +192,7 @@ def temporal_conv(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int, 
         _temporal_conv_tma_kernel[grid](
             TensorDescriptor.from_tensor(y, rows), TensorDescriptor.from_tensor(w, [1, shape.block_n, shape.block_k]),
             TensorDescriptor.from_tensor(y, cols), TensorDescriptor.from_tensor(out, cols),
-            n, c, c_out, tokens_per_frame, ADD_INPUT=add_input, PRECISION=precision,
+            n, c, c_out, tokens_per_frame, OUT_DTYPE=TL_DTYPES[y.dtype], ADD_INPUT=add_input, PRECISION=precision,
             BLOCK_M=shape.block_m, BLOCK_N=shape.block_n, BLOCK_K=shape.block_k, GROUP_M=shape.group_m,
             num_warps=shape.warps, num_stages=shape.stages,
         )
