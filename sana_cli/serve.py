@@ -18,6 +18,9 @@ from . import options as opt
 Models = Annotated[Optional[list[str]], typer.Option(
     "--model", "-m", help="Model to serve (registry name, org/repo id, directory or nano): an image, SANA-Video or "
                           "SANA-WM model; repeat for several.")]
+Refiners = Annotated[Optional[list[str]], typer.Option(
+    "--refiner", help="SANA-WM's stage 2 for a served world model: MODEL (its folder's refiner/) or MODEL=DIR (a "
+                      "diffusers SanaWMLTX2Refiner folder); requests ask for it with \"refine\": true.")]
 Loras = Annotated[Optional[list[str]], typer.Option(
     "--lora", help="A LoRA requests may name: NAME=PATH[:SCALE] (a .safetensors file or the folder holding one); "
                    "repeatable. Clients name LoRAs only from this list.")]
@@ -38,6 +41,7 @@ def serve(
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API "
                                                               "key.")] = False,
     lora: Loras = None,
+    refiner: Refiners = None,
     gpus: Annotated[int, typer.Option("--gpus", min=1, max=64, help="Worker processes behind the one queue, one a "
                                                                   "GPU (with --device cpu: that many CPU processes); "
                                                                   "image models.")] = 1,
@@ -93,6 +97,9 @@ def serve(
                          "--replicas is where autoscaling starts and its floor")
     memory_mode = check_mode(memory or "auto")
     cap = parse_memory_size(max_vram) if max_vram else None
+    refiners = _refiners(refiner or [], model)
+    if refiners and (ray or gpus > 1):
+        raise UsageError("--refiner is for world models, which this server loads itself", "drop --ray / --gpus")
     from .serve_models import attach_loras, load_model, read_allow_list
 
     allowed = read_allow_list(lora or [])
@@ -118,7 +125,7 @@ def serve(
     else:
         for name in model:
             state.models[name] = load_model(name, device=device, dtype=dtype, memory=memory_mode, max_vram=cap,
-                                            max_batch=max_batch)
+                                            max_batch=max_batch, refiner=refiners.get(name))
         attach_loras(state.models, allowed)
         state.warmup = should_warm_up(warmup, [m.device for m in state.models.values()])
     models = state.models
@@ -130,6 +137,19 @@ def serve(
                  f"queue {max_queue}{warming})")
     uvicorn.run(create_app(state), host=host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)
+
+
+def _refiners(texts: list[str], models: list[str]) -> dict[str, str]:
+    """--refiner MODEL[=DIR] -> {model: DIR, or "" for the model folder's refiner/}; each names a served model."""
+    refiners: dict[str, str] = {}
+    for text in texts:
+        name, _, folder = text.partition("=")
+        if name not in models:
+            raise UsageError(f"--refiner {text}: {name!r} is not a served --model", "give --refiner MODEL[=DIR]")
+        if name in refiners:
+            raise UsageError(f"--refiner names {name} twice", "give each model one refiner")
+        refiners[name] = folder
+    return refiners
 
 
 def _start_workers(state, names: list[str], lora_texts: list[str], allowed: dict, count: int, *, device: str,

@@ -30,10 +30,11 @@ def resolve_any(name: str):
 
 
 def load_model(name: str, *, device: str, dtype: str, memory: str, max_vram: int | None, max_batch: int,
-               load: bool = True, device_info=None):
+               load: bool = True, device_info=None, refiner: str | None = None):
     """Resolve, plan and load one model (SANA, SANA-1.5, SANA-Sprint, SANA-Video or SANA-WM) as a `ServedModel`.
     `load` False (an image model served by worker processes or Ray replicas): everything but the pipeline, which
-    stays None. `device_info`: plan for that device (a replica's `DeviceInfo`) instead of probing `device` here."""
+    stays None. `device_info`: plan for that device (a replica's `DeviceInfo`) instead of probing `device` here.
+    `refiner`: for a world model, its stage 2 too (a folder, or "" for the model folder's refiner/)."""
     import torch
 
     from sana.device import limit_process_memory, pick_device, probe_device
@@ -50,8 +51,23 @@ def load_model(name: str, *, device: str, dtype: str, memory: str, max_vram: int
         raise UsageError(f"{name} is a clip model: worker processes (--gpus) and Ray replicas (--ray) serve image "
                          "models for now", "serve it without --gpus or --ray")
     loader = {"video": _video, "wm": _world}.get(family, _image)
+    if refiner is not None and family != "wm":
+        raise UsageError(f"--refiner {name}: {name} is not a SANA-WM model", "the refiner is SANA-WM's stage 2")
+    refiner_dir = None
+    if refiner is not None:  # checked before anything loads
+        from sana.pipelines.world_refiner import refiner_folder
+
+        refiner_dir = refiner_folder(refiner or None, resolved.path)
+        if refiner_dir is None:
+            raise UsageError(f"--refiner {name}: its folder has no refiner/", f"give --refiner {name}=DIR")
     served, plan = loader(name, resolved, spec, family, sizes, info, target, dtype=dtype or "auto", memory=memory,
                           max_vram=max_vram, max_batch=max_batch, load=load)
+    if refiner_dir is not None:
+        from sana.device import DTYPES
+        from sana.pipelines.world_refiner import WorldRefiner
+
+        served.refiner = WorldRefiner.load(refiner_dir, dtype=DTYPES[plan.dtype], device=target)
+        console.info(f"refiner for {name}: {refiner_dir} ({served.refiner.placement})")
     served.name, served.family, served.device, served.created = name, family, str(target), int(time.time())
     served.repo, served.revision, served.dtype = resolved.repo, resolved.revision, plan.dtype
     return served

@@ -223,6 +223,9 @@ def test_serve_refuses_loras_it_cannot_serve(tmp_path):
 
     assert "NAME=PATH" in assert_one_line_error(run_sana("serve", "-m", "nano", "--lora", "style.safetensors"))
     assert "not found" in assert_one_line_error(run_sana("serve", "-m", "nano", "--lora", "a=missing.safetensors"))
+    # The same for --refiner: a model not served, and one that is no world model.
+    assert "is not a served --model" in assert_one_line_error(run_sana("serve", "-m", "nano", "--refiner", "wm"))
+    assert "nano is not a SANA-WM model" in assert_one_line_error(run_sana("serve", "-m", "nano", "--refiner", "nano"))
     foreign = write_lora(tmp_path / "foreign.safetensors", module_format="transformer_blocks.{}.attn9.to_k")
     switch = LoraSwitch(load_transformer(_nano_transformer_dir()),
                         {"x": AllowedLora("x", foreign, 1.0, file_sha256(foreign))})

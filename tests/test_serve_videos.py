@@ -32,11 +32,13 @@ def models(tmp_path_factory):
     from tests.tiny_pipeline import build_tokenizer
     from tests.tiny_video_pipeline import build_pipeline as build_video
     from tests.tiny_world_pipeline import build_pipeline as build_world
+    from tests.tiny_world_pipeline import build_refiner
 
     root = tmp_path_factory.mktemp("tiny-clips")
     tokenizer = build_tokenizer(root / "_tokenizer")
     build_video(root / "video", "wan", seed=3, tokenizer=tokenizer)
     build_world(root / "world", seed=2, tokenizer=tokenizer)
+    build_refiner(root / "refiner", seed=4, tokenizer=tokenizer)  # served as the world model's stage 2
     image = root / "first.png"
     first_frame(130, 70).save(image)
     return root / "video", root / "world", image
@@ -46,8 +48,8 @@ def models(tmp_path_factory):
 def server(tmp_path_factory, models):
     video, world, _ = models
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    with running_server(["--model", "nano", "--model", str(video), "--model", str(world), "--api-key", KEY],
-                        log) as base:
+    with running_server(["--model", "nano", "--model", str(video), "--model", str(world), "--api-key", KEY,
+                         "--refiner", f"{world}={world.parent / 'refiner'}"], log) as base:
         yield base
 
 
@@ -179,6 +181,53 @@ def test_world_jobs_from_actions_and_from_a_camera_files_json(server, models, tm
     assert np.array_equal(read_clip(first)[0], read_clip(second)[0])
 
 
+@pytest.mark.slow
+def test_a_world_job_asking_for_the_refiner_gets_sana_worlds_refined_clip(server, models, tmp_path):
+    """"refine": true runs the stage 2 the server loaded: the clip `sana world --refiner` makes at that seed (one
+    frame fewer), recorded as refined; without it the job is stage 1's."""
+    from sana.outputs import read_clip, read_metadata
+    from tests.cli_helpers import psnr
+
+    _, world_dir, image = models
+    refiner_dir = world_dir.parent / "refiner"
+    body = {"prompt": "A Cat walking", "model": str(world_dir), "size": "96x64", "input_reference": data_url(image),
+            "num_inference_steps": 2, "seed": 5, "guidance_scale": 4.0, "actions": ACTIONS, "fov": 60}
+    status, job = call(server, "POST", "/v1/videos", {**body, "refine": True})
+    assert status == 200 and job["num_frames"] == 16, job
+    job = wait(server, job["id"])
+    assert job["status"] == "completed", job
+    served = download(server, job["id"], tmp_path, "refined.mp4")
+    record = read_metadata(served)
+    assert record.frames == 16 and record.extra["refiner"]["path"] == str(refiner_dir.resolve())
+
+    local = tmp_path / "local.mp4"
+    result = run_sana("world", "A Cat walking", "--image", str(image), "--actions", ACTIONS, "--fov", "60",
+                      "--model", str(world_dir), "--refiner", str(refiner_dir), "--res", "96x64", "--steps", "2",
+                      "--cfg", "4", "--seed", "5", "-o", str(local), "--device", "cpu", "--dtype", "fp32")
+    assert result.returncode == 0, result.stderr
+    ours, theirs = read_clip(served)[0], read_clip(local)[0]
+    assert ours.shape == theirs.shape == (16, 64, 96, 3)
+    assert min(psnr(a, b) for a, b in zip(ours, theirs)) >= 40
+
+
+def test_refine_asked_of_a_model_without_a_loaded_refiner_is_a_400(models):
+    from sana.registry import ClipDefaults
+    from sana.serving.admission import ServedModel
+    from sana.serving.clips import build_clip_job
+    from sana.serving.schemas import ApiError, VideoGenerationRequest
+
+    _, _, image = models
+    defaults = ClipDefaults(steps=2, cfg=4.0, sampler="flow-euler", i2v_sampler="flow-euler", shift=3.0, frames=17,
+                            fps=16.0, motion_score=None, width=96, height=64)
+    world = ServedModel(name="wm", pipeline=None, family="wm", defaults=defaults, resolution=96, dtype="fp32",
+                        device="cpu", created=0, plan_for=None)
+    body = VideoGenerationRequest(prompt="x", model="wm", input_reference=data_url(image), actions=ACTIONS, fov=60,
+                                  refine=True)
+    with pytest.raises(ApiError) as refused:
+        build_clip_job({"wm": world}, body, None)
+    assert refused.value.status == 400 and "no refiner for wm" in str(refused.value.message)
+
+
 # -- the job routes ------------------------------------------------------------------------------------------------
 
 def test_list_retrieve_delete_and_cancel(server, models):
@@ -235,6 +284,7 @@ def _bad_cases(video: str, world: str, image_url: str) -> dict:
         "world without camera": (scene, 400, "camera"),
         "world bad actions": ({**scene, "actions": "q-8"}, 400, "actions"),
         "world bad camera": ({**scene, "camera": {"frames": "nope"}}, 400, "camera"),
+        "refine a video model": ({**clip, "refine": True}, 400, "refine"),
         "body not an object": ([1, 2], 400, None),
     }
 

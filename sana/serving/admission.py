@@ -59,6 +59,7 @@ class ServedModel:
     revision: str | None = None
     plan_for: Callable[..., Any] | None = None
     loras: Any = None
+    refiner: Any = None  # a world model's stage 2 (`pipelines.world_refiner.WorldRefiner`), when loaded
     _fits: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

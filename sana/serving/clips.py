@@ -69,11 +69,18 @@ def build_clip_job(models: dict[str, ServedModel], body: VideoGenerationRequest,
         request, fps, frames = _world_request(model, body, first, width, height, seed, steps, guidance, shift)
     else:
         request, fps, frames = _video_request(model, body, first, width, height, seed, steps, guidance, shift)
+    if body.refine and model.kind != "world":
+        raise ApiError(400, f"{model.name} is not a world model: refine is SANA-WM's stage 2", param="refine",
+                       code="invalid_value")
+    if body.refine and model.refiner is None:
+        raise ApiError(400, f"this server has no refiner for {model.name} (start it with --refiner {model.name})",
+                       param="refine", code="unsupported")
     refusal = model.size_refusal(width, height, 1, frames)
     if refusal:
         raise ApiError(400, f"{frames} frames at {width}x{height} cannot be served: {refusal}", param="size",
                        code="invalid_size")
-    context = {"fps": fps, "first": first, "lora": None, "camera": getattr(request, "camera", None)}
+    context = {"fps": fps, "first": first, "lora": None, "camera": getattr(request, "camera", None),
+               "refiner": model.refiner if body.refine else None}
     return Job(model=model.name, key=("clip", object()), request=request, images=1, context=context,
                kind="clip")
 
@@ -245,7 +252,9 @@ def run_clip(model: ServedModel, job: Job, events) -> Path:
     from ..outputs import GenerationRecord, save_video
 
     request, context = job.request, job.context
-    result = model.pipeline.generate(request, events)
+    refiner = context.get("refiner")
+    result = (model.pipeline.generate(request, events, refiner=refiner) if refiner is not None
+              else model.pipeline.generate(request, events))
     first: FirstFrame | None = context["first"]
     extra = {"device": model.device, "generated_size": list(result.generated_size), "memory": result.memory,
              "served": True}
@@ -257,6 +266,11 @@ def run_clip(model: ServedModel, job: Job, events) -> Path:
         camera = request.camera
         extra.update(camera=camera.source, camera_sha256=camera.source_sha256, camera_kind=camera.source_kind,
                      camera_file=camera_json_path(context["path"]).name, camera_settings=dict(camera.params))
+        if refiner is not None:  # the clip shows the camera file's poses 1 to F - 1, as `sana world --refine`'s
+            from ..pipelines.world_refiner import SINK_FRAMES
+
+            extra.update(refiner={"path": str(refiner.folder), "seed": request.seeds[0],
+                                  "dropped_first_frames": SINK_FRAMES, "placement": refiner.placement})
         sampler, fps = "flow-euler", camera.fps
     else:
         extra.update(clips_in_batch=1, motion_score=request.motion_score,

@@ -105,6 +105,7 @@ class VideoGenerationRequest(BaseModel):
     pose_scale: float | None = Field(None, gt=0.0, le=1000.0)
     speed: float | None = Field(None, gt=0.0, le=100.0)
     turn_rate: float | None = Field(None, gt=0.0, le=90.0)
+    refine: bool | None = None  # SANA-WM's stage 2, where the server loaded it (`sana serve --refiner`)
 
 
 class VideoError(BaseModel):

@@ -49,9 +49,13 @@ def add_video_routes(app: FastAPI, state) -> None:
         job = await asyncio.to_thread(build_clip_job, state.models, body, upload)
         # 2. The job's record, then its place in the queue (429 when full).
         r = job.request
+        frames = r.camera.num_frames if hasattr(r, "camera") else r.frames
+        if job.context.get("refiner") is not None:  # stage 2 drops the anchor frame
+            from ..pipelines.world_refiner import SINK_FRAMES
+
+            frames -= SINK_FRAMES
         video = state.videos.create(model=job.model, prompt=body.prompt, width=r.width, height=r.height,
-                                    frames=r.camera.num_frames if hasattr(r, "camera") else r.frames,
-                                    fps=job.context["fps"])
+                                    frames=frames, fps=job.context["fps"])
         job.context.update(path=state.videos.path_for(video), watch=video.watch)
         video.job = job
         try:
