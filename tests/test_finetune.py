@@ -86,6 +86,21 @@ def test_scan_reports_bad_files_and_reads_metadata_jsonl(tmp_path):
     assert {s.caption for s in fixed} == {"one caption"} and len(fixed) == 4
 
 
+def test_images_enlarged_a_lot_are_named_in_the_report(tmp_path):
+    from sana.training.data import DataReport, Sample, note_upscaled
+
+    report = DataReport(root=tmp_path)
+    samples = [Sample(tmp_path / "big.png", "a", 512, 512), Sample(tmp_path / "small.png", "b", 100, 60),
+               Sample(tmp_path / "edge.png", "c", 128, 128)]
+    note_upscaled(samples, [(256, 256), (320, 192), (256, 256)], report)  # 3.2x, and exactly 2x (not named)
+    assert report.notes == ["1 upscaled more than 2x to their training size, so they train blurry (small.png "
+                            "100x60 -> 320x192); drop them or train at a lower --res"]
+    assert report.lines()[-1] == report.notes[0]
+    quiet = DataReport(root=tmp_path)
+    note_upscaled(samples[:1], [(256, 256)], quiet)
+    assert quiet.notes == []
+
+
 def test_epoch_batches_are_full_single_bucket_and_seeded():
     from sana.training.data import epoch_batches
 

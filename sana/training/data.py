@@ -38,13 +38,10 @@ class DataReport:
     root: Path
     used: int = 0
     skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    notes: list[str] = field(default_factory=list)  # about files used (e.g. upscaled a lot)
 
     def skip(self, reason: str, path: Path) -> None:
-        try:
-            shown = str(path.relative_to(self.root))
-        except ValueError:
-            shown = str(path)
-        self.skipped[reason].append(shown)
+        self.skipped[reason].append(self.shown(path))
 
     @property
     def skipped_count(self) -> int:
@@ -55,7 +52,13 @@ class DataReport:
         for reason, paths in sorted(self.skipped.items()):
             shown = ", ".join(paths[:examples]) + (f", ... (+{len(paths) - examples})" if len(paths) > examples else "")
             out.append(f"{len(paths)} skipped: {reason} ({shown})")
-        return out
+        return out + self.notes
+
+    def shown(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
 
 
 def metadata_rows(root: Path, report: DataReport, *, need_caption: bool = False) -> dict[Path, dict]:
@@ -179,6 +182,21 @@ def ratio_grid(resolution: int, multiple: int) -> list[tuple[int, int]]:
 def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
     ratio = math.log(width / height)
     return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+
+
+UPSCALE_NOTICE = 2.0  # images enlarged more than this to cover their bucket train blurry
+
+
+def note_upscaled(samples: list[Sample], buckets: list[tuple[int, int]], report: DataReport,
+                  examples: int = 3) -> None:
+    """A report note naming the images enlarged more than UPSCALE_NOTICE times to cover their training size."""
+    small = [(s, b) for s, b in zip(samples, buckets) if max(b[0] / s.width, b[1] / s.height) > UPSCALE_NOTICE]
+    if not small:
+        return
+    shown = ", ".join(f"{report.shown(s.path)} {s.width}x{s.height} -> {b[0]}x{b[1]}" for s, b in small[:examples])
+    more = f", ... (+{len(small) - examples})" if len(small) > examples else ""
+    report.notes.append(f"{len(small)} upscaled more than {UPSCALE_NOTICE:g}x to their training size, so they train "
+                        f"blurry ({shown}{more}); drop them or train at a lower --res")
 
 
 def load_rgb(path: Path, size: tuple[int, int]):

@@ -19,7 +19,7 @@ from ..errors import UsageError
 from . import distributed
 from .cache import (NULL_CAPTION, CacheSource, Encoders, FeatureCache, FeatureTable, Item, cached_items, fill_cache,
                     image_source, plan_cache)
-from .data import DataReport, aspect_buckets, epoch_batches, nearest_bucket, scan_folder
+from .data import DataReport, aspect_buckets, epoch_batches, nearest_bucket, note_upscaled, scan_folder
 
 MAX_TEXT_TOKENS = 300  # the text encoder's padded length
 PRELOAD_BYTES = 4 * 2**30  # caches up to this size are held in host memory while training
@@ -93,6 +93,7 @@ class TrainingData:
         multiple = vae_factor * int(tconf.get("patch_size", 1))
         choices = aspect_buckets(cfg.resolution, multiple)
         buckets = [nearest_bucket(s.width, s.height, choices) for s in samples]
+        note_upscaled(samples, buckets, report)
         return ScannedData(image_source(samples, buckets), report, list(cfg.val_prompts))
 
     def use_features(self, latents: list[torch.Tensor], texts: list[torch.Tensor], flow_shift: float = 3.0) -> None:
