@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from .data import (IMAGE_SUFFIXES, SIDECAR_SUFFIXES, DataReport, metadata_rows, nearest_bucket, ratio_grid, row_caption,
-                   sample_caption)
+from .data import (IMAGE_SUFFIXES, SIDECAR_SUFFIXES, DataReport, metadata_rows, nearest_bucket, note_upscaled,
+                   ratio_grid, row_caption, sample_caption)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif"}
 FRAME_SUFFIXES = IMAGE_SUFFIXES - {".gif"}  # a frames folder holds still images
@@ -257,6 +257,7 @@ def plan_clips(samples: list[ClipSample], report: DataReport, *, buckets: list[t
         kept.append(sample)
         plans.append(ClipPlan(width, height, source_indices(count, source_fps, fps, sample.frames)))
     report.used = len(kept)
+    note_upscaled(kept, [(plan.width, plan.height) for plan in plans], report)
     return kept, plans
 
 
