@@ -122,3 +122,37 @@ def test_dry_run_names_the_refiner(tiny, tmp_path):
     assert f"stage 2: the LTX-2 refiner in {refiner_dir.resolve()}" in result.stdout and "24 frames come out" in \
         result.stdout
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("free_gib, placement", [(40.0, "resident"), (0.8, "model offload"), (0.05, None)])
+def test_the_refiner_is_placed_from_its_headers_before_loading(tiny, monkeypatch, free_gib, placement):
+    """On a GPU: all of it on the device when weights x 1.15 fit in the free memory, else model offload when the
+    largest module fits, else a one-line error before a weight is read (the tiny refiner's sizes stand in, scaled)."""
+    import contextlib
+
+    from sana.errors import SanaError
+    from sana.pipelines import world_refiner
+
+    refiner_dir = tiny[3]
+    sizes = world_refiner.component_bytes(refiner_dir, 4)
+    scale = 2**30 / sum(sizes.values())  # the tiny refiner as if it were 1 GiB (its DiT ~0.6 GiB)
+    monkeypatch.setattr(world_refiner, "component_bytes",
+                        lambda folder, size: {k: int(v * scale) for k, v in sizes.items()})
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * 2**30), 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    loads = []
+
+    class Pipe:
+        def enable_model_cpu_offload(self, device):
+            loads.append(("offload", str(device)))
+
+    monkeypatch.setattr(world_refiner, "_from_pretrained", lambda folder, dtype, **kw: loads.append(kw) or Pipe())
+    largest = max(sizes.values()) * scale * world_refiner.ACTIVATION_HEADROOM / 2**30
+    if placement is None:
+        with pytest.raises(SanaError, match="needs about"):
+            world_refiner.WorldRefiner.load(refiner_dir, dtype=torch.float32, device="cuda")
+        assert loads == [] and free_gib < largest
+        return
+    loaded = world_refiner.WorldRefiner.load(refiner_dir, dtype=torch.float32, device="cuda")
+    assert loaded.placement == placement
+    assert loads == ([{"device_map": "cuda"}] if placement == "resident" else [{}, ("offload", "cuda")])
