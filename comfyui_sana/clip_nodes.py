@@ -10,7 +10,7 @@ from __future__ import annotations
 from sana.errors import UsageError
 
 from . import convert, host, widgets
-from .models import SanaModel
+from .models import SanaModel, world_refiner
 
 CATEGORY = "sana"
 
@@ -100,10 +100,15 @@ class SanaWorld:
                     "negative": widgets.negative(),
                     "fov": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 170.0, "step": 0.5,
                                       "tooltip": "The first frame's vertical field of view in degrees (actions "
-                                                 "need one); 0: the camera file's own intrinsics."})}}
+                                                 "need one); 0: the camera file's own intrinsics."}),
+                    "refine": ("BOOLEAN", {"default": False, "tooltip": "Run SANA-WM's stage 2 (the LTX-2 refiner, "
+                                           "GPU only in practice) before the decode; the clip loses its first "
+                                           "frame."}),
+                    "refiner": ("STRING", {"default": "", "tooltip": "The refiner's folder (a diffusers "
+                                           "SanaWMLTX2Refiner); empty: the model folder's refiner/."})}}
 
     def generate(self, model: SanaModel, image, prompt, camera, actions, seed, width, height, frames, steps, guidance,
-                 shift, negative="", fov=0.0):
+                 shift, negative="", fov=0.0, refine=False, refiner=""):
         from sana.memory import Workload
         from sana.pipelines.world import WorldRequest
         from sana_cli.world import CameraSource, resolve_path
@@ -116,6 +121,13 @@ class SanaWorld:
             raise UsageError("an action string carries no intrinsics", "set fov (the first frame's vertical field "
                              "of view in degrees)")
         d = model.world_defaults()
+        refiner_dir = None
+        if refine or refiner.strip():
+            from sana.pipelines.world_refiner import refiner_folder
+
+            refiner_dir = refiner_folder(refiner.strip() or None, model.path)
+            if refiner_dir is None:
+                raise UsageError(f"{model.name} has no refiner/", "give the refiner's folder")
         width, height = widgets.snapped(width, height)
         first = convert.image_to_pil(image)
         source = CameraSource(camera.strip() or None, None if camera.strip() else actions.strip(),
@@ -128,10 +140,18 @@ class SanaWorld:
         request = WorldRequest(prompt=prompt, image=first, camera=path, seeds=[seed], steps=steps or d.steps,
                                guidance=guidance, flow_shift=shift or d.shift, width=width, height=height,
                                negative_prompt=negative)
-        result = model.pipeline().generate(request, host.events(request.steps))
+        pipe = model.pipeline()
+        stage2 = world_refiner(refiner_dir, pipe) if refiner_dir is not None else None
+        result = pipe.generate(request, host.events(request.steps), refiner=stage2)
+        extra = {"generated_size": list(result.generated_size), "camera": path.source,
+                 "camera_kind": path.source_kind, "camera_settings": dict(path.params)}
+        if stage2 is not None:  # the clip shows the path's poses 1 to F - 1
+            from sana.pipelines.world_refiner import SINK_FRAMES
+
+            extra["refiner"] = {"path": str(stage2.folder), "seed": seed, "dropped_first_frames": SINK_FRAMES,
+                                "placement": stage2.placement}
         info = convert.record(model, prompt=prompt, negative=negative, seed=seed, steps=request.steps,
                               guidance=guidance, sampler="flow-euler", shift=request.flow_shift, width=width,
                               height=height, frames=result.frames, fps=path.fps, timings=result.timings,
-                              extra={"generated_size": list(result.generated_size), "camera": path.source,
-                                     "camera_kind": path.source_kind, "camera_settings": dict(path.params)})
+                              extra=extra)
         return (convert.frames_to_image(result.videos[0]), [info])

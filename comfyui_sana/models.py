@@ -212,11 +212,27 @@ class SanaModel:
 
 
 _loaded: tuple[tuple, Any] | None = None  # (SanaModel.key, pipeline) of the model loaded last
+_refiner: tuple[tuple, Any] | None = None  # ((folder, id of its world pipeline), WorldRefiner)
+
+
+def world_refiner(folder: Path, pipe):
+    """SANA-WM's stage 2 from `folder`, in the world pipeline's dtype on its device: loaded on first use and kept
+    while that pipeline stays loaded (`unload` drops both)."""
+    global _refiner
+    if _refiner is not None and _refiner[0] == (folder, id(pipe)):
+        return _refiner[1]
+    from sana.pipelines.world_refiner import WorldRefiner
+
+    _refiner = None
+    refiner = WorldRefiner.load(folder, dtype=pipe.dtype, device=pipe.device)
+    _refiner = ((folder, id(pipe)), refiner)
+    return refiner
 
 
 def unload() -> None:
-    """Drop the loaded pipeline and give its memory back."""
-    global _loaded
+    """Drop the loaded pipeline (and its refiner) and give its memory back."""
+    global _loaded, _refiner
+    _refiner = None
     if _loaded is None:
         return
     _loaded = None

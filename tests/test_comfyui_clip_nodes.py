@@ -76,3 +76,34 @@ def test_world_node_follows_an_action_path(tmp_path):
         world.generate(model, _image(130, 70), "a street", "", "w-8", 1, WIDTH, HEIGHT, 0, 2, 5.0, 0.0)
     with pytest.raises(SanaError, match="Sana Video takes a SANA-Video model"):
         NODES["SanaEngineVideo"]().generate(model, "x", "", 0, 64, 32, 9, 2, 1.0, "auto", 0.0, 30, 16.0)
+    with pytest.raises(SanaError, match="has no refiner/"):
+        world.generate(model, _image(130, 70), "a street", "", "w-8", 1, WIDTH, HEIGHT, 0, 2, 5.0, 0.0, fov=50.0,
+                       refine=True)
+
+
+def test_world_node_refines_as_sana_world_does(tmp_path):
+    """refine on: the clip `sana world --refiner` makes at that seed, one frame fewer, recorded as refined."""
+    from tests.cli_helpers import run_sana
+    from tests.tiny_world_pipeline import HEIGHT, WIDTH, build_pipeline as build_world, build_refiner
+
+    build_world(tmp_path / "tiny-world", seed=2)
+    build_refiner(tmp_path / "tiny-world" / "refiner", seed=4)  # found in the model folder
+    model = _load(tmp_path / "tiny-world")
+    frames, (record,) = NODES["SanaEngineWorld"]().generate(model, _image(130, 70), "a street", "", "w-8,jw-8", 1,
+                                                            WIDTH, HEIGHT, 0, 2, 5.0, 0.0, fov=50.0, refine=True)
+    assert frames.shape == (16, HEIGHT, WIDTH, 3) and record["frames"] == 16
+    assert record["extra"]["refiner"]["dropped_first_frames"] == 1
+    image = tmp_path / "first.png"
+    first_frame(130, 70).save(image)
+    out = tmp_path / "cli"
+    result = run_sana("world", "a street", "--image", str(image), "--actions", "w-8,jw-8", "--fov", "50", "--model",
+                      str(tmp_path / "tiny-world"), "--refine", "--res", f"{WIDTH}x{HEIGHT}", "--steps", "2",
+                      "--cfg", "5", "--seed", "1", "--format", "png", "-o", f"{out}/", "--device", "cpu",
+                      "--dtype", "fp32", env={"SANA_THREADS": str(torch.get_num_threads())})
+    assert result.returncode == 0, result.stderr
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    from PIL import Image
+
+    theirs = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("frame_*.png"))])
+    ours = (frames.numpy() * 255).round().astype(np.uint8)
+    assert min(psnr(a, b) for a, b in zip(ours, theirs)) >= 40
