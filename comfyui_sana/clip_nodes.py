@@ -145,11 +145,8 @@ class SanaWorld:
         result = pipe.generate(request, host.events(request.steps), refiner=stage2)
         extra = {"generated_size": list(result.generated_size), "camera": path.source,
                  "camera_kind": path.source_kind, "camera_settings": dict(path.params)}
-        if stage2 is not None:  # the clip shows the path's poses 1 to F - 1
-            from sana.pipelines.world_refiner import SINK_FRAMES
-
-            extra["refiner"] = {"path": str(stage2.folder), "seed": seed, "dropped_first_frames": SINK_FRAMES,
-                                "placement": stage2.placement}
+        if stage2 is not None:
+            extra["refiner"] = stage2.record(seed)
         info = convert.record(model, prompt=prompt, negative=negative, seed=seed, steps=request.steps,
                               guidance=guidance, sampler="flow-euler", shift=request.flow_shift, width=width,
                               height=height, frames=result.frames, fps=path.fps, timings=result.timings,

@@ -406,11 +406,8 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
                  "image": str(first.path), "image_sha256": first.sha256,
                  "camera": camera.source, "camera_sha256": camera.source_sha256, "camera_kind": camera.source_kind,
                  "camera_file": camera_file.name, "camera_settings": dict(camera.params)}
-        if refiner is not None:  # the clip shows the camera file's poses 1 to F - 1
-            from sana.pipelines.world_refiner import SINK_FRAMES
-
-            extra["refiner"] = {"path": str(refiner.folder), "seed": seed, "dropped_first_frames": SINK_FRAMES,
-                                "placement": refiner.placement}
+        if refiner is not None:
+            extra["refiner"] = refiner.record(seed)
         record = GenerationRecord(
             prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
             model_repo=resolved.repo, model_revision=resolved.revision, family="wm", seed=seed, steps=request.steps,

@@ -104,6 +104,11 @@ class WorldRefiner:
         pipe.enable_model_cpu_offload(device=device)
         return cls(pipe, device, "model offload", folder)
 
+    def record(self, seed: int) -> dict:
+        """What a clip's metadata says of its stage 2 (the clip shows the camera path's poses 1 to F - 1)."""
+        return {"path": str(self.folder), "seed": seed, "dropped_first_frames": SINK_FRAMES,
+                "placement": self.placement}
+
     def refine(self, latents, prompt: str, *, fps: float, seed: int):
         """Stage-1 latents [1, C, F, h, w] (normalised as the VAE's decode expects them) -> refined latents, the
         sink frame unchanged, on the refiner's device in its dtype."""

@@ -266,11 +266,8 @@ def run_clip(model: ServedModel, job: Job, events) -> Path:
         camera = request.camera
         extra.update(camera=camera.source, camera_sha256=camera.source_sha256, camera_kind=camera.source_kind,
                      camera_file=camera_json_path(context["path"]).name, camera_settings=dict(camera.params))
-        if refiner is not None:  # the clip shows the camera file's poses 1 to F - 1, as `sana world --refine`'s
-            from ..pipelines.world_refiner import SINK_FRAMES
-
-            extra.update(refiner={"path": str(refiner.folder), "seed": request.seeds[0],
-                                  "dropped_first_frames": SINK_FRAMES, "placement": refiner.placement})
+        if refiner is not None:
+            extra.update(refiner=refiner.record(request.seeds[0]))
         sampler, fps = "flow-euler", camera.fps
     else:
         extra.update(clips_in_batch=1, motion_score=request.motion_score,

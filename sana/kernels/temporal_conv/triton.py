@@ -53,6 +53,17 @@ LAUNCH_SHAPES = (
 
 
 @triton.jit
+def _tile(pid, N, C_OUT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program `pid` -> its (row block, column block), in groups of GROUP_M row blocks, so the programs running
+    together share their rows and weights in L2."""
+    num_n = tl.cdiv(C_OUT, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(tl.cdiv(N, BLOCK_M) - first_m, GROUP_M)
+    return first_m + (pid % per_group) % group_rows, (pid % per_group) // group_rows
+
+
+@triton.jit
 def _temporal_conv_kernel(
     y_ptr, w_ptr, out_ptr,
     N, S, C, C_OUT,
@@ -61,16 +72,8 @@ def _temporal_conv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Program (tile, b): out[b, rows, cols] for BLOCK_M token rows and BLOCK_N output channels of clip b."""
-    pid = tl.program_id(0)
+    pid_m, pid_n = _tile(tl.program_id(0), N, C_OUT, BLOCK_M, BLOCK_N, GROUP_M)
     b = tl.program_id(1)
-    num_m = tl.cdiv(N, BLOCK_M)
-    num_n = tl.cdiv(C_OUT, BLOCK_N)
-    # Tiles in groups of GROUP_M row blocks, so the programs running together share their rows and weights in L2.
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -115,15 +118,8 @@ def _temporal_conv_tma_kernel(
     """`_temporal_conv_kernel` through tensor descriptors over [B, N, C] (y, the output) and [3, C_out, C] (the
     weight): a tap's rows S before or after the tile start at a negative row or run past N, and the descriptor
     fills those rows (the frames outside the clip) with zeros, as it does the K and column tails."""
-    pid = tl.program_id(0)
+    pid_m, pid_n = _tile(tl.program_id(0), N, C_OUT, BLOCK_M, BLOCK_N, GROUP_M)
     b = tl.program_id(1)
-    num_m = tl.cdiv(N, BLOCK_M)
-    num_n = tl.cdiv(C_OUT, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
     m0 = pid_m * BLOCK_M
     n0 = pid_n * BLOCK_N
 
