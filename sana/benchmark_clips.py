@@ -221,10 +221,11 @@ def bench_world_dit(*, frames: int = 161, width: int = 1280, height: int = 704, 
         return ref(x, timestep, text[:, None], encoder_attention_mask=mask, camera_conditions=camera,
                    chunk_plucker=plucker, return_dict=False)[0]
 
-    def ours_forward():
-        return ours(x, timestep, text, mask, camera=camera, plucker=plucker)
+    def forward_of(model):
+        return model(x, timestep, text, mask, camera=camera, plucker=plucker)
 
-    _measure(row, diffusers_forward, ours_forward)
+    _measure(row, diffusers_forward, lambda: forward_of(ours))
+    _measure_fp8(row, ours, forward_of)
     ref = ours = None  # the compiled run in the child process needs the memory
     torch.cuda.empty_cache()
     if compiled:

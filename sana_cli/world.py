@@ -74,6 +74,7 @@ def world(
     num: opt.Num = None,
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
+    fp8: opt.Fp8 = False,
     memory: opt.Memory = "auto",
     max_vram: opt.MaxVram = None,
     refine: opt.Refine = False,
@@ -283,11 +284,21 @@ def run(flags: dict[str, Any]) -> None:
                     fps=path.fps)
     device = pick_device(flags.get("device") or "auto")
     info = probe_device(device)
-    plan = plan_memory(info, component_sizes(resolved, spec, None), work, mode=memory_mode, max_vram=max_vram,
-                       dtype=flags.get("dtype") or "auto")
+    sizes = component_sizes(resolved, spec, None)
+    fp8 = bool(flags.get("fp8"))
+    if fp8:  # the planner counts the block linears at a byte a weight
+        from sana.memory import with_fp8_blocks
+
+        sizes = with_fp8_blocks(sizes, {"_class_name": "SanaWMTransformer3DModel",
+                                        **(_transformer_config(resolved) or spec.transformer)})
+    plan = plan_memory(info, sizes, work, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
     plan = dataclasses.replace(plan, cuda_graphs=False)  # the world DiT's step is not graph-captured
     if max_vram is not None and not info.is_accelerator:
         console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
+    if fp8:
+        from .gen import check_fp8
+
+        check_fp8(device, plan.dtype)
     if dry_run:
         console.out.print(f"{len(seeds)} clip(s): {plan.clip(path.fps)}: {prompt}", highlight=False)
         console.out.print(f"camera: {path.describe()}", highlight=False)
@@ -306,11 +317,11 @@ def run(flags: dict[str, Any]) -> None:
     quiet_libraries()
     from sana.pipelines.world import WorldPipeline, WorldRequest
 
-    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]} on {device})")
+    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]}{', fp8 block linears' if fp8 else ''} on {device})")
     console.info(plan.headline())
     start = time.perf_counter()
     pipe = WorldPipeline.from_pretrained(resolved.path, dtype=dtype, device=device,
-                                         variant=weights_variant(spec, plan), plan=plan)
+                                         variant=weights_variant(spec, plan), plan=plan, fp8=fp8)
     stage2 = None
     if refiner_dir is not None:
         from sana.pipelines.world_refiner import WorldRefiner
@@ -327,7 +338,14 @@ def run(flags: dict[str, Any]) -> None:
         negative_prompt=settings.get("negative") or "",
     )
     _generate_and_save(pipe, request, clips, settings, model_arg, resolved, dtype, device, first, load_seconds,
-                       force, stage2)
+                       force, stage2, fp8)
+
+
+def _transformer_config(resolved) -> dict | None:
+    from sana.components import read_json
+
+    path = resolved.path / "transformer" / "config.json" if resolved is not None else None
+    return read_json(path) if path is not None and path.is_file() else None
 
 
 def _refiner_to_use(flags: dict, record, resolved) -> Path | None:
@@ -388,7 +406,7 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
 
 
 def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_arg: str, resolved, dtype, device,
-                       first, load_seconds: float, force: bool, refiner=None) -> None:
+                       first, load_seconds: float, force: bool, refiner=None, fp8: bool = False) -> None:
     from sana import __version__
     from sana.camera.export import camera_json_path, write_camera_json
     from sana.device import DTYPE_NAMES
@@ -408,6 +426,8 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
                  "camera_file": camera_file.name, "camera_settings": dict(camera.params)}
         if refiner is not None:
             extra["refiner"] = refiner.record(seed)
+        if fp8:
+            extra["fp8"] = "block linears, e4m3 rowwise"
         record = GenerationRecord(
             prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
             model_repo=resolved.repo, model_revision=resolved.revision, family="wm", seed=seed, steps=request.steps,

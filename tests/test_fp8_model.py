@@ -115,6 +115,40 @@ def test_the_video_dit_quantizes_the_same_linears_within_the_budget(tmp_path):
     assert torch.isfinite(got).all() and 1e-4 < relative_error(got, expected) < FP8_BUDGET
 
 
+def test_the_world_dit_quantizes_its_listed_linears_within_the_budget(tmp_path):
+    """`sana world --fp8`: the world block lists its token linears (camera branch and Plücker projection too); the
+    temporal and short convs and the GDN gates stay."""
+    from sana.loading import load_world_transformer
+    from sana.models.world_transformer import WorldBlock
+    from tests import tiny_world
+
+    tiny_world.build_reference(tmp_path / "transformer")
+    model = load_world_transformer(tmp_path / "transformer")
+    args = tiny_world.inputs()
+    present = sum(getattr(getattr(block, parent) if parent else block, name, None) is not None
+                  for block in model.blocks for parent, name in WorldBlock.FP8_LINEARS)
+    with torch.no_grad():
+        expected = model(*args)
+        quantized = copy.deepcopy(model)
+        assert quantize_blocks_fp8(quantized) == present >= 11 * len(model.blocks)  # the tiny widths are all x16
+        block = quantized.blocks[0]
+        assert isinstance(block.attn.q_proj_cam, Fp8Linear) and isinstance(block.mlp.temporal, torch.nn.Conv2d)
+        assert isinstance(block.attn.beta_proj, torch.nn.Linear)
+        got = quantized(*args)
+    assert torch.isfinite(got).all() and 1e-4 < relative_error(got, expected) < FP8_BUDGET
+
+
+def test_fp8_sizes_of_a_world_model_shrink_its_block_weights():
+    from sana.memory import sizes_from_spec, with_fp8_blocks
+    from sana.registry import get_spec
+
+    spec = get_spec("wm-2.6b")
+    sizes = sizes_from_spec(spec)
+    fp8 = with_fp8_blocks(sizes, {"_class_name": "SanaWMTransformer3DModel", **spec.transformer})
+    assert 0.5 * sizes.transformer_params < fp8.transformer_params < 0.7 * sizes.transformer_params
+    assert fp8.block_params < 0.7 * sizes.block_params
+
+
 def test_fp8_sizes_of_a_video_model_halve_its_block_weights():
     from sana.memory import sizes_from_spec, with_fp8_blocks
     from sana.registry import get_spec

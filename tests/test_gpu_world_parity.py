@@ -74,3 +74,22 @@ def test_released_config_bf16_matches_diffusers(released, kernels):
           f"{err:.2e} (first calls: ours {seconds:.2f} s, diffusers {ref_seconds:.2f} s)")
     assert torch.isfinite(got).all()
     assert err < 2e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="fp8 GEMMs need compute capability 8.9+")
+def test_released_config_fp8_within_budget_of_diffusers(released):
+    """`sana world --fp8`: the blocks' listed linears as fp8 GEMMs against diffusers' bf16 model (the image DiT's
+    budget, tests/test_gpu_parity.py)."""
+    import copy
+
+    from sana.models.fp8 import quantize_blocks_fp8
+    from sana.models.world_transformer import WorldBlock
+
+    ours, args, expected, _ = released
+    quantized = copy.deepcopy(ours)
+    assert quantize_blocks_fp8(quantized) >= (len(WorldBlock.FP8_LINEARS) - 1) * len(ours.blocks)
+    got, seconds = _timed(lambda: quantized(*args))
+    err = _relative_error(got, expected)
+    print(f"SANA-WM 2.6B fp8: relative error {err:.2e} against diffusers bf16 (first call {seconds:.2f} s)")
+    assert torch.isfinite(got).all() and err < 0.1

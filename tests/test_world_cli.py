@@ -160,6 +160,7 @@ BAD = {
     "no image": (("--actions", "w-8", "--fov", "60", "--no-image"), ("no --image",)),
     "image model": (("--actions", "w-8", "--fov", "60", "--model", "sana-1.6b"),
                     ("sana-1.6b is a SANA image model", "sana gen")),
+    "fp8 on a cpu": (("--actions", "w-8", "--fov", "60", "--fp8"), ("--fp8 needs an NVIDIA GPU",)),
 }
 
 

@@ -84,9 +84,11 @@ def with_fp8_blocks(sizes: ComponentSizes, config: dict) -> ComponentSizes:
     from ..models.fp8 import quantize_blocks_fp8
     from ..models.transformer import SanaTransformer, TransformerConfig
     from ..models.video_transformer import SanaVideoTransformer, VideoTransformerConfig
+    from ..models.world_transformer import SanaWorldTransformer, WorldTransformerConfig
 
-    model_class, config_class = ((SanaVideoTransformer, VideoTransformerConfig) if families.dit_kind(config) == "video"
-                                 else (SanaTransformer, TransformerConfig))
+    model_class, config_class = {"video": (SanaVideoTransformer, VideoTransformerConfig),
+                                 "world": (SanaWorldTransformer, WorldTransformerConfig),
+                                 }.get(families.dit_kind(config), (SanaTransformer, TransformerConfig))
     with torch.device("meta"):
         model = model_class(config_class.from_dict(config)).to(torch.bfloat16)
     quantize_blocks_fp8(model)

@@ -1,5 +1,5 @@
 """fp8 weights for the DiT's block linears: `Fp8Linear` and `quantize_blocks_fp8` (the image and video DiTs,
-whose blocks name their linears alike).
+whose blocks name their linears alike, and the world DiT, whose blocks list theirs).
 
 The six linears of every block (self-attention qkv and out, cross-attention q and out, the Mix-FFN's two 1x1
 convs) hold ~98% of a SANA DiT's multiply-adds. Their weights become float8_e4m3fn with one fp32 scale per
@@ -20,7 +20,7 @@ from .. import ops
 from ..kernels.fp8.reference import FP8_DTYPE, quantize_fp8_rows_reference
 
 # (submodule, linear) pairs of a SanaBlock / SanaVideoBlock that carry the image or clip tokens (the video block's
-# temporal conv stays in the compute dtype).
+# temporal conv stays in the compute dtype). A block class may name its own as `FP8_LINEARS` ("" for the block).
 BLOCK_LINEARS = (("attn", "qkv"), ("attn", "out"), ("cross_attn", "q"), ("cross_attn", "out"),
                  ("ff", "inverted"), ("ff", "point"))
 
@@ -83,9 +83,9 @@ def quantize_blocks_fp8(transformer: nn.Module) -> int:
     """
     replaced = 0
     for block in transformer.blocks:
-        for parent_name, name in BLOCK_LINEARS:
-            parent = getattr(block, parent_name)
-            linear = getattr(parent, name)
+        for parent_name, name in getattr(block, "FP8_LINEARS", BLOCK_LINEARS):
+            parent = getattr(block, parent_name) if parent_name else block
+            linear = getattr(parent, name, None)  # None: this block has no such linear (e.g. no camera branch)
             if not isinstance(linear, nn.Linear) or linear.in_features % 16 or linear.out_features % 16:
                 continue
             setattr(parent, name, Fp8Linear.from_linear(linear))

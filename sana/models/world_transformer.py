@@ -146,6 +146,12 @@ class CrossAttention(nn.Module):
 class WorldBlock(nn.Module):
     """Modulated self-attention (+ camera), Plücker add, cross-attention, modulated temporal Mix-FFN."""
 
+    # The linears that carry the clip's tokens (`sana world --fp8`); the temporal and short convs, the GDN gates
+    # (one output a head) and the text's key/value projection stay in the compute dtype.
+    FP8_LINEARS = (("attn", "qkv"), ("attn", "proj"), ("attn", "output_gate"), ("attn", "q_proj_cam"),
+                   ("attn", "k_proj_cam"), ("attn", "v_proj_cam"), ("attn", "out_proj_cam"), ("", "plucker_proj"),
+                   ("cross_attn", "q_linear"), ("cross_attn", "proj"), ("mlp", "inverted"), ("mlp", "point"))
+
     def __init__(self, cfg: WorldTransformerConfig, index: int):
         super().__init__()
         dim = cfg.hidden_size

@@ -118,9 +118,10 @@ class WorldPipeline(PlacedPipeline):
 
     @classmethod
     def from_pretrained(cls, model_dir: Path, *, dtype: torch.dtype, device: torch.device | str,
-                        variant: str | None = None, plan=None) -> "WorldPipeline":
+                        variant: str | None = None, plan=None, fp8: bool = False) -> "WorldPipeline":
         """Load every component of a diffusers-format SANA-WM folder (`SanaWMPipeline`). With `plan`, each component
-        loads where the plan keeps it, in the plan's dtypes."""
+        loads where the plan keeps it, in the plan's dtypes. `fp8` quantizes the DiT's block linears to fp8 after
+        load (`WorldBlock.FP8_LINEARS`), as the image and video pipelines do."""
         from ..device import DTYPES
         from ..loading import load_world_transformer
 
@@ -135,9 +136,19 @@ class WorldPipeline(PlacedPipeline):
 
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
         vae_dtype = DTYPES[plan.vae_dt] if plan is not None else dtype
+        def dit():
+            transformer = load_world_transformer(model_dir, dtype=dtype, device=load_device("transformer"),
+                                                 variant=variant)
+            if fp8:
+                from ..loading.files import BUILD_LOCK
+                from ..models.fp8 import quantize_blocks_fp8
+
+                with BUILD_LOCK:  # new parameters
+                    quantize_blocks_fp8(transformer)
+            return transformer
+
         loaded = load_together({
-            "transformer": lambda: load_world_transformer(model_dir, dtype=dtype, device=load_device("transformer"),
-                                                          variant=variant),
+            "transformer": dit,
             "text_encoder": lambda: TextEncoder.from_pretrained(
                 model_dir, dtype=text_dtype, device=load_device("text_encoder"), variant=variant,
                 instruction=WORLD_COMPLEX_HUMAN_INSTRUCTION, lowercase=False),
