@@ -1,4 +1,5 @@
-"""`sana world`: a first frame explored along a camera path with SANA-WM (stage 1), as numbered steps.
+"""`sana world`: a first frame explored along a camera path with SANA-WM (stage 1, and with --refine its LTX-2
+refiner, stage 2), as numbered steps.
 
 Every argument is checked before torch is imported: the first frame is decoded, the camera path resolved (numpy
 only), the model resolved and the outputs planned before anything loads, so bad input costs a fraction of a second
