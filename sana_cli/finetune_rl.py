@@ -123,7 +123,7 @@ def _prompt_source(data: str):
 
 
 def _check_rewards(spec: str, source) -> None:
-    from sana.training.rl.rewards import check_rewards, parse_rewards
+    from sana.rewards.plugins import check_rewards, parse_rewards
 
     terms = parse_rewards(spec)
     check_rewards(terms)

@@ -50,6 +50,8 @@ def gen(
     from_file: opt.FromFile = None,
     force: opt.Force = False,
     skip_existing: opt.SkipExisting = False,
+    best_of: opt.BestOf = None,
+    reward: opt.Reward = None,
     as_json: opt.Json = False,
     gpus: opt.Gpus = 1,
     server: opt.Server = None,
@@ -170,6 +172,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         raise UsageError("--force and --skip-existing contradict each other", "give one of them")
     gpus = int(flags.get("gpus") or 1)
     check_gpus(gpus, flags, noun="images")
+    from .best_of import check_flags as check_best_of
+
+    check_best_of(flags)
     if (flags.get("dtype") or "auto") not in DTYPE_CHOICES:
         raise UsageError(f"unknown --dtype '{flags['dtype']}'", f"use {', '.join(DTYPE_CHOICES)}")
     from sana.memory import check_mode, parse_memory_size  # the planner's checks import no torch
@@ -220,6 +225,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     # 3. The model: resolved and its family checked (no download; a dry run plans from the registry alone).
     model_arg = flags.get("model") or replay.get("model") or default_model(command)
     resolved, spec, family = resolve_for(command, model_arg, dry_run=dry_run)
+    from .best_of import CANDIDATES_A_BATCH, reward_terms as best_of_rewards
+
+    reward_terms = best_of_rewards(flags, spec, model_arg)
     if gpus > 1 and not dry_run and spread_jobs(planned_jobs, gpus, noun="images", device=flags.get("device")):
         return  # --gpus N: the processes made the images
 
@@ -248,7 +256,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                 for prompt, settings, seeds, paths in planned_jobs]
     note_large_sizes([(r.width, r.height) for r, _ in requests], sizes.native_resolution)
     note_outside_nano_grammar(spec, [r.prompt for r, _ in requests])
-    workload = _workload([r for r, _ in requests], sizes.native_resolution, sprint=family == "sprint")
+    batches = [dataclasses.replace(r, seeds=r.seeds[:1] * CANDIDATES_A_BATCH) if reward_terms else r
+               for r, _ in requests]  # with --best-of, a forward draws a few candidates of one image
+    workload = _workload(batches, sizes.native_resolution, sprint=family == "sprint")
 
     # 5. Device, precision and the memory plan (a dry run prints it and stops here).
     device = process_device(pick_device(flags.get("device") or "auto"))  # --gpus N: this process's GPU
@@ -289,12 +299,18 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     #    decoded; Ctrl-C says what was kept.
     lora_records = [{"path": str(p), "scale": s, "sha256": file_sha256(p)} for p, s in loras]
     total, saved = sum(len(paths) for _, paths in requests), []
+    rewards = None
+    if reward_terms:
+        from sana.rewards.plugins import RewardSet
+
+        rewards = RewardSet(reward_terms, device)
     try:
         for request, paths in requests:
             save_times: list[float] = []
 
-            def save(index: int, image, details: dict, request=request, paths=paths, save_times=save_times) -> None:
-                seed, path = request.seeds[index], paths[index]
+            def save(index: int, image, details: dict, request=request, paths=paths, save_times=save_times,
+                     seed: int | None = None, chosen: dict | None = None) -> None:
+                seed, path = request.seeds[index] if seed is None else seed, paths[index]
                 record = GenerationRecord(
                     prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
                     model_repo=resolved.repo, model_revision=resolved.revision, family=family, seed=seed,
@@ -307,6 +323,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                     extra={"device": str(device), "generated_size": list(details["generated_size"]),
                            "images_in_batch": len(request.seeds), "memory": details["memory"],
                            **({"fp8": "block linears, e4m3 rowwise"} if fp8 else {}),
+                           **({"best_of": chosen} if chosen else {}),
                            **({"transformer": str(transformer_path)} if transformer_path else {})},
                 )
                 start = time.perf_counter()
@@ -316,7 +333,10 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                 saved.append(written)
                 print_written(written, record)
 
-            result = generate_with_progress(pipe, request, on_output=save)
+            if rewards is not None:
+                result = _best_of_each(pipe, request, rewards, save, flags, reward_terms)
+            else:
+                result = generate_with_progress(pipe, request, on_output=save)
             t = result.timings
             console.info(f"load {load_seconds:.2f}s | encode {t['encode']:.2f}s | denoise {t['denoise']:.2f}s | "
                          f"decode {t['decode']:.2f}s | save {sum(save_times):.2f}s")
@@ -324,6 +344,31 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         last = f"; the last is {saved[-1]}" if saved else ""
         raise Interrupted(f"interrupted: {len(saved)} of {total} images saved{last}",
                           "--skip-existing makes the rest" if len(requests) > 1 or total > 1 else None) from None
+    finally:
+        if rewards is not None:
+            rewards.close()
+
+
+def _best_of_each(pipe, request, rewards, save, flags: dict, terms) -> Any:
+    """--best-of: each output of `request` chosen among its candidates and saved; returns the last generation's
+    result (for the timings line)."""
+    from .best_of import candidate_seeds, choose_best
+
+    count = int(flags["best_of"])
+    last = {}
+
+    def generate(sub):
+        last["result"] = generate_with_progress(pipe, sub)
+        return last["result"]
+
+    for index, seeds in enumerate(candidate_seeds(request.seeds, count)):
+        choice = choose_best(pipe, request, seeds, rewards, generate)
+        label = ",".join(f"{t.label}:{t.weight:g}" if t.weight != 1 else t.label for t in terms)
+        console.info(f"best of {count} by {label}: seed {choice.seed} (score {choice.score:.4f})")
+        save(index, choice.image, choice.details, seed=choice.seed,
+             chosen={"candidates": count, "reward": label, "score": round(choice.score, 6),
+                     "scores": [list(pair) for pair in choice.scores]})
+    return last["result"]
 
 
 def _workload(requests: list, native_resolution: int, *, sprint: bool):

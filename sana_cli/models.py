@@ -55,7 +55,7 @@ def list_command() -> None:
         table.add_row(entry.name, entry.family or "-", f"{spec.resolution} px" if spec else "-",
                       human_count(spec.transformer_params) if spec else "-", entry.status,
                       human_size(entry.size_on_disk) if entry.status != "no" else "-")
-    from sana.training.rl.reward_models import REWARD_MODELS, reward_model_status
+    from sana.rewards.models import REWARD_MODELS, reward_model_status
 
     for reward in REWARD_MODELS.values():  # the reward models of `sana finetune --rl`
         status, size = reward_model_status(reward)
@@ -165,7 +165,7 @@ def pull_command(
                                TransferSpeedColumn)
 
     from sana import hub
-    from sana.training.rl.reward_models import find_reward_model, pull_reward_model
+    from sana.rewards.models import find_reward_model, pull_reward_model
 
     _check_precision(precision)
     reward = find_reward_model(name)  # a reward model of `sana finetune --rl` (transformers layout, two repos)
@@ -221,7 +221,7 @@ def path_command(
 ) -> None:
     """Print the local directory of a model (nothing else, for scripts)."""
     from sana.hub import resolve_model
-    from sana.training.rl.reward_models import find_reward_model, locate_reward_model
+    from sana.rewards.models import find_reward_model, locate_reward_model
 
     _check_precision(precision)
     reward = find_reward_model(name)

@@ -26,6 +26,8 @@ Lora = Annotated[Optional[List[str]], typer.Option("--lora", help="LoRA file PAT
 Device = Annotated[str, typer.Option("--device", help="auto, cuda, cuda:N, mps or cpu.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, bf16, fp16 or fp32.")]
 VaeDtype = Annotated[str, typer.Option("--vae-dtype", help="The VAE's dtype: auto (fp32 as the model's recipe has it, where memory allows the same placement; else --dtype's), bf16, fp16 or fp32.")]
+BestOf = Annotated[Optional[int], typer.Option("--best-of", min=2, max=256, help="Draw N candidates for each image and keep the one --reward scores best (inference-time scaling, as SANA-1.5 does it); the record keeps the chosen seed and every score.")]
+Reward = Annotated[Optional[str], typer.Option("--reward", help="What --best-of ranks by: shapes, clip, pickscore, hpsv2, imagereward or path/file.py:function, NAME:WEIGHT,... summed (default: shapes for nano, else pickscore).")]
 Fp8 = Annotated[bool, typer.Option("--fp8", help="Run the transformer's block linears as fp8 GEMMs (NVIDIA GPUs of compute capability 8.9+: Ada, Hopper): faster, and the output moves slightly from bf16's.")]
 FromFile = Annotated[Optional[Path], typer.Option("--from", help="Replay the settings stored in an image's or clip's metadata; explicit flags win.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]

@@ -31,6 +31,8 @@ def sprint(
     from_file: opt.FromFile = None,
     force: opt.Force = False,
     skip_existing: opt.SkipExisting = False,
+    best_of: opt.BestOf = None,
+    reward: opt.Reward = None,
     as_json: opt.Json = False,
 ) -> None:
     """Generate images in 1-4 steps with a SANA-Sprint model."""

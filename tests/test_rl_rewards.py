@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sana.errors import ModelNotFound, UsageError
-from sana.training.rl import rewards as rw
+from sana.rewards import plugins as rw
 from tests.cli_helpers import assert_one_line_error, run_sana
 
 
@@ -98,7 +98,7 @@ def test_weighted_sum_of_plugins_and_their_failures(tmp_path):
 
 def test_shapes_reward_gives_partial_credit_per_attribute():
     from sana.nano.shapes import ShapeObject, Scene, render
-    from sana.training.rl.shapes_reward import ShapesScorer, shapes_score
+    from sana.rewards.shapes import ShapesScorer, shapes_score
 
     right = Scene((ShapeObject("large", "red", "circle", "left"), ShapeObject("small", "blue", "square", "right")), "white")
     caption = right.caption
@@ -125,7 +125,7 @@ def test_shapes_reward_gives_partial_credit_per_attribute():
 
 def test_shapes_scorer_submits_to_its_workers_and_keeps_the_order():
     from sana.nano.shapes import render, sample_scenes
-    from sana.training.rl.shapes_reward import CHUNK_IMAGES, ShapesScorer
+    from sana.rewards.shapes import CHUNK_IMAGES, ShapesScorer
 
     scenes = sample_scenes(3 * CHUNK_IMAGES + 5, 9, holdout=())
     images = [render(scene) for scene in scenes]
@@ -191,7 +191,7 @@ def test_clip_and_pickscore_match_transformers_forward(clip_dir):
     from PIL import Image
     from transformers import CLIPModel, CLIPProcessor
 
-    from sana.training.rl.reward_models import ClipReward
+    from sana.rewards.models import ClipReward
 
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(3, 3, 48, 48, generator=gen)
@@ -221,7 +221,7 @@ def _fake_hub_cache(root: Path, repo: str, source: Path, names: list[str] | None
 def test_reward_models_come_from_the_hub_cache_or_a_folder_and_never_download(clip_dir, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from sana.training.rl.reward_models import REWARD_MODELS, files_to_pull, locate_reward_model
+    from sana.rewards.models import REWARD_MODELS, files_to_pull, locate_reward_model
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ModelNotFound, match=r"not downloaded .*sana models pull pickscore"):

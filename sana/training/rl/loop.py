@@ -36,7 +36,7 @@ from . import log as rl_log
 from .config import RLConfig
 from .objective import advantages, kl_loss, nft_policy_loss, old_policy_decay, optimality, update_old_policy
 from .prompts import Prompt, read_prompts
-from .rewards import RewardError, RewardSet, parse_rewards, to_uint8_arrays
+from ...rewards.plugins import RewardError, RewardSet, parse_rewards, to_uint8_arrays
 from .rollout import (RolloutSettings, decode_batch, explorer_copy, mixed_seed, plain_transformer, policy_state,
                       rollout, sample, sampler_sigmas)
 

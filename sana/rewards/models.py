@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import ModelNotFound, UsageError
+from ..errors import ModelNotFound, UsageError
 
 SMALL_SUFFIXES = (".json", ".txt")
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -62,7 +62,7 @@ def locate_reward_model(name: str, folder: str | None = None) -> tuple[Path, Pat
             raise UsageError(f"--reward {name}={folder}: not a CLIP model folder",
                              "it needs config.json, model.safetensors and the processor's files (preprocessor_config.json, the tokenizer)")
         return path.resolve(), path.resolve()
-    from ...hub import cached_snapshot
+    from ..hub import cached_snapshot
 
     found = []
     for repo, check in ((spec.repo, lambda p: (p / "config.json").exists() and _has_weights(p)),
@@ -77,7 +77,7 @@ def locate_reward_model(name: str, folder: str | None = None) -> tuple[Path, Pat
 
 def reward_model_status(spec: RewardModelSpec) -> tuple[str, int]:
     """("yes" | "partial" | "no", bytes on disk) for `sana models list`."""
-    from ...hub import cached_repos
+    from ..hub import cached_repos
 
     cached = cached_repos()
     hits = [cached.get(repo.lower()) for repo in spec.repos]
@@ -102,7 +102,7 @@ def files_to_pull(files: list[str], weights: bool) -> list[str]:
 
 def pull_reward_model(spec: RewardModelSpec, on_progress=None) -> list[Path]:
     """Download the reward model's repos into the hub cache (the `sana models pull` path)."""
-    from ...hub import pull_files
+    from ..hub import pull_files
 
     paths = []
     for repo in spec.repos:
@@ -135,7 +135,7 @@ class ClipReward:
     def __call__(self, images, prompts: list[str], metadata: list[dict]):
         import torch
 
-        from .rewards import to_uint8_arrays
+        from .plugins import to_uint8_arrays
 
         inputs = self.processor(text=prompts, images=to_uint8_arrays(images), padding=True, truncation=True,
                                 max_length=77, return_tensors="pt")
@@ -167,7 +167,7 @@ class HpsReward:
     def __call__(self, images, prompts: list[str], metadata: list[dict]):
         from PIL import Image
 
-        from .rewards import to_uint8_arrays
+        from .plugins import to_uint8_arrays
 
         pils = [Image.fromarray(a) for a in to_uint8_arrays(images)]
         scores = [0.0] * len(pils)
@@ -190,7 +190,7 @@ class ImageRewardReward:
     def __call__(self, images, prompts: list[str], metadata: list[dict]):
         from PIL import Image
 
-        from .rewards import to_uint8_arrays
+        from .plugins import to_uint8_arrays
 
         scores = []
         for array, prompt in zip(to_uint8_arrays(images), prompts):

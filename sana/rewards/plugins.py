@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import SanaError, UsageError
+from ..errors import SanaError, UsageError
 
 BUILTIN_REWARDS = {
     "shapes": "the nano shapes grammar's analytic checker (partial credit per object)",
@@ -120,7 +120,7 @@ def check_rewards(terms: list[RewardTerm]) -> None:
             if importlib.util.find_spec(module) is None:
                 raise UsageError(f"--reward {term.name} needs the {module} package, which is not installed", install)
         elif term.name in ("clip", "pickscore"):
-            from .reward_models import locate_reward_model
+            from .models import locate_reward_model
 
             locate_reward_model(term.name, term.model_dir)
 
@@ -153,7 +153,7 @@ class ShapesReward:
     """The nano grammar's checker with partial credit (`shapes_reward.shapes_score`), on a pool of workers."""
 
     def __init__(self, device=None):
-        from .shapes_reward import ShapesScorer
+        from .shapes import ShapesScorer
 
         self.scorer = ShapesScorer()
 
@@ -201,9 +201,9 @@ def load_reward(term: RewardTerm, device):
         return PluginReward(term.path, term.name)
     if term.name == "shapes":
         return ShapesReward(device)
-    from . import reward_models
+    from . import models
 
-    return reward_models.load(term.name, term.model_dir, device)
+    return models.load(term.name, term.model_dir, device)
 
 
 class RewardSet:

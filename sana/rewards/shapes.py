@@ -23,14 +23,14 @@ CHUNK_IMAGES = 16  # images a worker task: small enough to spread one decode bat
 
 @lru_cache(maxsize=4096)
 def _scene(caption: str):
-    from ...nano.shapes import parse_caption
+    from ..nano.shapes import parse_caption
 
     return parse_caption(caption)
 
 
 def shapes_score(pixels: np.ndarray, caption: str) -> float:
     """Partial-credit adherence of one uint8 RGB image [H, W, 3] to a caption of the grammar, in [0, 1]."""
-    from ...nano.adherence import check_image
+    from ..nano.adherence import check_image
 
     result = check_image(pixels, _scene(caption))
     hits = sum(int(o.color) + int(o.shape) + int(o.position) + int(o.size) for o in result.objects)
