@@ -177,6 +177,8 @@ def score_command(
     dtype: opt.Dtype = "auto",
     force: opt.Force = False,
     video: Annotated[bool, typer.Option("--video", help="Score a video model on clips of the moving-shapes grammar (--num clips, half one-object, half two-object; --out a .gif / .mp4 grid).")] = False,
+    best_of: opt.BestOf = None,
+    reward: opt.Reward = None,
 ) -> None:
     """Score a model's prompt adherence on prompts sampled from the grammar with a fixed seed."""
     from sana.nano.adherence import SETS, sample_grid, score_model
@@ -189,11 +191,20 @@ def score_command(
     if video:
         if num_heldout is not None:
             raise UsageError("--num-heldout is for images", "the clips' grammar holds no pairs out")
+        if best_of is not None or reward:
+            raise UsageError("--best-of is for images", "score clips without it")
         from .shapes_video import score_clips
 
         score_clips(model, transformer, num, seed, steps, cfg, out, grid, rows, device, dtype, force, _progress)
         return
     check_outputs(out, rows, force, (".png", ".jpg", ".jpeg", ".webp"), "image", "use a .png, .jpg or .webp name")
+    from .best_of import check_flags, reward_terms
+
+    check_flags({"best_of": best_of, "reward": reward})
+    terms = reward_terms({"best_of": best_of, "reward": reward or "shapes"}, None, model)
+    if terms is not None and [t.name for t in terms] == ["shapes"]:
+        console.notice("--best-of ranks by the checker that scores: the table is what the best of each prompt's "
+                       "candidates reaches, an upper bound for any other reward")
 
     # 2. Load the model the way `sana gen` does, with its defaults.
     quiet_libraries()
@@ -207,7 +218,18 @@ def score_command(
     bar, task = _progress("scoring", total)
 
     def generate(prompts: list[str], seeds: list[int]) -> list:
+        if terms is not None:  # each prompt's image the best of its candidates (`sana gen --best-of`)
+            return [choose_best(pipe, request_for(p, s), candidate_seeds([s], best_of)[0], rewards, pipe.generate).image
+                    for p, s in zip(prompts, seeds)]
         return [pipe.generate(request_for(p, s)).images[0] for p, s in zip(prompts, seeds)]
+
+    rewards = None
+    if terms is not None:
+        from sana.rewards.plugins import RewardSet
+
+        from .best_of import candidate_seeds, choose_best
+
+        rewards = RewardSet(terms, pipe.device)
 
     def seen(entry, image) -> None:
         index = len(report_so_far)
@@ -216,11 +238,16 @@ def score_command(
         if index % keep_every == 0 and len(samples) < grid:
             samples.append((image, entry.result.fully_correct))
 
-    with bar:
-        report = score_model(generate, num, seed, num_heldout=num_heldout, batch_size=1, on_result=seen)
+    try:
+        with bar:
+            report = score_model(generate, num, seed, num_heldout=num_heldout, batch_size=1, on_result=seen)
+    finally:
+        if rewards is not None:
+            rewards.close()
 
     # 4. The table, then the optional grid and rows.
-    print_scores(report, f"prompt adherence, {model}", SETS,
+    title = f"prompt adherence, {model}" + (f", best of {best_of} by {reward or 'shapes'}" if terms else "")
+    print_scores(report, title, SETS,
                  ("color", "shape", "position", "size", "background", "no_extras"), "prompts")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

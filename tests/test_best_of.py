@@ -93,3 +93,15 @@ def test_bad_best_of_flags_fail_before_torch(tmp_path):
     runs = ["gen|x|--best-of|4|--reward|nope", "gen|x|--best-of|3|--server|http://127.0.0.1:9"]
     result = subprocess.run([sys.executable, "-c", script, *runs], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["UsageError", "UsageError", "False"], result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_shapes_score_scores_each_prompts_best_candidate(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    result = run_sana("shapes", "score", "--model", "nano", "--num", "2", "--num-heldout", "2", "--seed", "7",
+                      "--best-of", "2", "--rows", str(rows), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "best of 2 by shapes" in result.stdout and "an upper bound" in result.stderr
+    assert len(rows.read_text().splitlines()) == 4
+    assert "--best-of is for images" in assert_one_line_error(run_sana("shapes", "score", "--model", "nano-video",
+                                                                       "--video", "--best-of", "2"))
