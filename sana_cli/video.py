@@ -206,7 +206,16 @@ def build_request(prompt: str, settings: dict[str, Any], seeds: list[int], defau
     """A VideoRequest from one job's settings over the defaults; the frame count snapped with a notice."""
     from sana.pipelines.sizes import latent_frames, snap_frames, video_binned_size
 
-    width, height = clip_size_for(check_clip_size(settings.get("res")), defaults, first)
+    from .generation import CLIP_NAMED_SIZES
+
+    res = settings.get("res")
+    named = isinstance(res, str) and res.strip().lower() in CLIP_NAMED_SIZES
+    if named and first is not None:  # "480p" with a first frame: that size class at the frame's shape
+        from sana.pipelines.sizes import first_frame_clip_size
+
+        width, height = first_frame_clip_size(first.image.size, CLIP_NAMED_SIZES[res.strip().lower()], SIZE_MULTIPLE)
+    else:
+        width, height = clip_size_for(check_clip_size(res), defaults, first)
     asked = check_frames(settings.get("frames")) or defaults.frames
     frames = snap_frames(asked, vae.temporal)
     if frames != asked:

@@ -113,6 +113,9 @@ def test_image_to_video_takes_the_first_frames_shape_unless_res_says(tmp_path):
     result = run_sana(*common, "--res", "832x480", env=env)  # asked for: kept, and the stretch said
     assert result.returncode == 0, result.stderr
     assert "832x480" in result.stdout and "first frame is stretched to 832x480" in result.stderr
+    result = run_sana(*common, "--res", "480p", env=env)  # a size class: at the frame's shape
+    assert result.returncode == 0, result.stderr
+    assert "480x832" in result.stdout and "stretched" not in result.stderr
 
 
 def test_prompts_file_dry_run_plans_every_line(tiny, tmp_path):
