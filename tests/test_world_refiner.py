@@ -156,3 +156,14 @@ def test_the_refiner_is_placed_from_its_headers_before_loading(tiny, monkeypatch
     loaded = world_refiner.WorldRefiner.load(refiner_dir, dtype=torch.float32, device="cuda")
     assert loaded.placement == placement
     assert loads == ([{"device_map": "cuda"}] if placement == "resident" else [{}, ("offload", "cuda")])
+
+
+def test_a_refiner_folder_without_model_index_is_named(tmp_path):
+    from sana.errors import UsageError
+    from sana.pipelines.world_refiner import refiner_folder
+
+    model = tmp_path / "wm"
+    (model / "refiner" / "transformer").mkdir(parents=True)  # NVlabs' layout: component folders, no index
+    with pytest.raises(UsageError, match="refiner has no model_index.json"):
+        refiner_folder(None, model)
+    assert refiner_folder(None, tmp_path / "elsewhere") is None

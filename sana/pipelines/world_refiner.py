@@ -38,9 +38,9 @@ def refiner_folder(explicit: str | None, model_dir: Path | None) -> Path | None:
                              f"give a diffusers-format {REFINER_CLASS} folder (model_index.json, transformer/, ...)")
         _check_index(folder, f"--refiner {explicit}")
         return folder
-    if model_dir is not None and (model_dir / REFINER_SUBFOLDER / "model_index.json").is_file():
+    if model_dir is not None and (model_dir / REFINER_SUBFOLDER).is_dir():
         folder = model_dir / REFINER_SUBFOLDER
-        _check_index(folder, str(folder))
+        _check_index(folder, str(folder))  # NVlabs' layout has no model_index.json: said so, not taken for absent
         return folder
     return None
 
@@ -52,7 +52,7 @@ def _check_index(folder: Path, what: str) -> None:
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"{what} has no model_index.json",
+        raise UsageError(f"{what} has no model_index.json (NVlabs' refiner/ layout is not a diffusers folder)",
                          f"give a diffusers-format {REFINER_CLASS} folder") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{what}: cannot read model_index.json ({exc})") from None
