@@ -321,7 +321,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                     timings={"load": round(load_seconds, 3),
                              **{k: round(v, 3) for k, v in details["timings"].items()}},
                     extra={"device": str(device), "generated_size": list(details["generated_size"]),
-                           "images_in_batch": len(request.seeds), "memory": details["memory"],
+                           "images_in_batch": chosen["batch"] if chosen else len(request.seeds),
+                           "memory": details["memory"],
                            **({"fp8": "block linears, e4m3 rowwise"} if fp8 else {}),
                            **({"best_of": chosen} if chosen else {}),
                            **({"transformer": str(transformer_path)} if transformer_path else {})},
@@ -352,7 +353,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
 def _best_of_each(pipe, request, rewards, save, flags: dict, terms) -> Any:
     """--best-of: each output of `request` chosen among its candidates and saved; returns the last generation's
     result (for the timings line)."""
-    from .best_of import candidate_seeds, choose_best
+    from .best_of import CANDIDATES_A_BATCH, candidate_seeds, choose_best
 
     count = int(flags["best_of"])
     last = {}
@@ -367,7 +368,7 @@ def _best_of_each(pipe, request, rewards, save, flags: dict, terms) -> Any:
         console.info(f"best of {count} by {label}: seed {choice.seed} (score {choice.score:.4f})")
         save(index, choice.image, choice.details, seed=choice.seed,
              chosen={"candidates": count, "reward": label, "score": round(choice.score, 6),
-                     "scores": [list(pair) for pair in choice.scores]})
+                     "scores": [list(pair) for pair in choice.scores], "batch": min(count, CANDIDATES_A_BATCH)})
     return last["result"]
 
 
