@@ -447,6 +447,8 @@ def print_written(path: Path, record=None) -> None:
             "width": record.width, "height": record.height, "steps": record.steps, "timings": record.timings}
     if getattr(record, "frames", None):
         line.update(frames=record.frames, fps=record.fps)
+    if (record.extra or {}).get("best_of"):  # --best-of: the reward, the chosen score and every candidate's
+        line["best_of"] = record.extra["best_of"]
     console.out.print(json.dumps(line), highlight=False, soft_wrap=True, markup=False)
 
 

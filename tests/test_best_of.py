@@ -63,9 +63,10 @@ def test_the_best_candidate_wins_and_ties_go_to_the_first(monkeypatch):
 def test_best_of_keeps_the_best_candidate_and_from_replays_it(tmp_path):
     best = tmp_path / "best.png"
     result = run_sana("gen", HELD_OUT, "--model", "nano", "--best-of", "6", "--seed", "11", "-o", str(best),
-                      "--device", "cpu")
+                      "--device", "cpu", "--json")
     assert result.returncode == 0, result.stderr
     assert "best of 6 by shapes: seed" in result.stderr
+    assert json.loads(result.stdout)["best_of"]["candidates"] == 6
     meta = json.loads(run_sana("info", str(best), "--json").stdout)
     chosen = meta["extra"]["best_of"]
     scores = [score for _, score in chosen["scores"]]
@@ -75,7 +76,8 @@ def test_best_of_keeps_the_best_candidate_and_from_replays_it(tmp_path):
     assert meta["seed"] == chosen["scores"][0][0]
 
     again = tmp_path / "again.png"
-    result = run_sana("gen", "--from", str(best), "-o", str(again), "--device", "cpu")
+    result = run_sana("gen", "--from", str(best), "-o", str(again), "--device", "cpu", "--json")
+    assert "best_of" not in json.loads(result.stdout)  # a replay draws the chosen seed alone
     assert result.returncode == 0, result.stderr
     # The candidates ran four to a forward, the replay alone: the same image up to the batch's rounding.
     assert psnr(np.asarray(Image.open(again)), np.asarray(Image.open(best))) >= 40
