@@ -69,6 +69,11 @@ def _global_options(
 
 def main() -> None:
     """Console-script entry: runs the app and turns errors into one line and an exit code."""
+    from .launch import arguments_from_parent
+
+    from_parent = arguments_from_parent()
+    if from_parent is not None:  # one of several processes: the parent's command, less --gpus
+        sys.argv[1:] = from_parent
     # --verbose must be known here too: errors can be raised before the callback has run.
     verbose = any(a in ("--verbose", "-v") for a in sys.argv[1:])
     from typer import TyperException  # the base of the Click exceptions typer raises

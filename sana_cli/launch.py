@@ -29,6 +29,9 @@ PlannedJob = tuple[str, dict[str, Any], list[int], list[Path]]
 
 # The parent's plan, handed to each process as a file name.
 JOB_PLAN_ENV = "SANA_JOB_PLAN"
+# The command's arguments, handed to each process as JSON: on torchrun's command line, its own parser would read
+# them too and refuse a prefix of one of its options (`--num` could be `--numa-binding`).
+ARGUMENTS_ENV = "SANA_PROCESS_ARGUMENTS"
 # torchrun writes each process's stderr lines with this prefix (`--tee`), so the parent tells them from its own.
 PREFIX_TEMPLATE_ENV = "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"
 RANK_PREFIX = "[rank ${rank}] "
@@ -39,6 +42,13 @@ _ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+
 
 def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def arguments_from_parent() -> list[str] | None:
+    """In a process that `exec_torchrun` or `spread_jobs` started: the command's arguments. None anywhere else."""
+    if launched_by_torchrun() and ARGUMENTS_ENV in os.environ:
+        return json.loads(os.environ[ARGUMENTS_ENV])
+    return None
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -53,11 +63,11 @@ def exec_torchrun(processes: int, env: dict[str, str] | None = None) -> None:
     --gpus, which the processes must not act on again); `env` is added to their environment."""
     args = _arguments_without_gpus()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "sana_cli", *args]
+               "-m", "sana_cli"]
     _announce(processes, args)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvpe(command[0], command, {**os.environ, **(env or {})})
+    os.execvpe(command[0], command, {**os.environ, **(env or {}), ARGUMENTS_ENV: json.dumps(args)})
 
 
 # -- checks (the parent, no torch) -----------------------------------------------------------------------------
@@ -183,9 +193,10 @@ def spread_jobs(planned_jobs: list[PlannedJob], gpus: int, *, noun: str, device:
         write_job_plan(planned_jobs, plan)
         env[JOB_PLAN_ENV] = str(plan)
         args = _arguments_without_gpus()
+        env[ARGUMENTS_ENV] = json.dumps(args)
         _announce(processes, args)
         try:
-            code, errors, report = run_torchrun(processes, ["-m", "sana_cli", *args], env, Path(folder) / "logs")
+            code, errors, report = run_torchrun(processes, ["-m", "sana_cli"], env, Path(folder) / "logs")
         except KeyboardInterrupt:
             written = _written(planned_jobs, started)
             raise Interrupted(f"interrupted: {written} of {total} {noun} written",
@@ -298,5 +309,7 @@ def _arguments_without_gpus() -> list[str]:
 
 
 def _announce(processes: int, args: list[str]) -> None:
-    console.info(f"launching {processes} processes: torchrun --standalone --nproc-per-node={processes} -m sana_cli "
-                 f"{' '.join(args)}")
+    import shlex
+
+    console.info(f"launching {processes} processes under torchrun --standalone --nproc-per-node={processes}: "
+                 f"sana {shlex.join(args)}")

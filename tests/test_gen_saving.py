@@ -5,6 +5,7 @@ Output that is not a terminal gets progress as plain lines, and `--json` one lin
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,16 @@ def test_gpus_splits_a_prompts_file_across_processes_with_the_same_names(tmp_pat
         # and with them the order of float sums, so not always to the bit)
         one_image, two_image = (np.asarray(Image.open(tmp_path / run / name)) for run in ("one", "two"))
         assert psnr(one_image, two_image) >= 40
+
+
+@nano
+def test_gpus_takes_the_long_num_option_and_a_quoted_prompt(tmp_path):
+    """--num N in full (torchrun's own parser once read it as its --numa-binding), and a prompt with quotes: the
+    processes get the command's arguments as given, and the launch line shows them quoted for a shell."""
+    prompt = "a large red circle in the center on a white background, 'v2' \"final\""
+    two = run_sana("gen", prompt, "-m", "nano", "--device", "cpu", "--steps", "2", "--seed", "3", "--num", "2",
+                   "-o", f"{tmp_path / 'two'}/", "--gpus", "2")
+    assert two.returncode == 0, two.stderr
+    launch = next(line for line in two.stderr.splitlines() if line.startswith("launching 2 processes"))
+    assert shlex.split(launch.split(": ", 1)[1])[:3] == ["sana", "gen", prompt]
+    assert len(list((tmp_path / "two").glob("*.png"))) == 2
