@@ -156,6 +156,31 @@ def check_fp8(device, dtype: str) -> None:
         raise UsageError(f"--fp8 runs with bf16 activations, not {dtype}", "drop --dtype or pass --dtype bf16")
 
 
+def check_fp8_early(flags: dict[str, Any]) -> None:
+    """--fp8 where it cannot run, refused before torch loads: an explicit CPU / MPS device, or no NVIDIA driver on
+    this machine (the full check, `check_fp8`, needs the GPU itself)."""
+    if not flags.get("fp8"):
+        return
+    device = str(flags.get("device") or "auto")
+    if device in ("cpu", "mps"):
+        raise UsageError(f"--fp8 needs an NVIDIA GPU; this run uses {device}")
+    if device == "auto" and not nvidia_driver_present():
+        raise UsageError("--fp8 needs an NVIDIA GPU; none is visible here", "drop --fp8")
+
+
+def nvidia_driver_present() -> bool:
+    """Whether this machine has the NVIDIA driver, told without a CUDA context: its kernel module's /proc entry
+    or its nvidia-smi (Linux); True where neither is a reliable sign (Windows), so the full check decides."""
+    import shutil
+    import sys
+
+    if sys.platform == "darwin":
+        return False
+    if not sys.platform.startswith("linux"):
+        return True
+    return Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
+
+
 def run(flags: dict[str, Any], *, command: str) -> None:
     """The whole run for `sana gen` / `sana sprint` (command names the family it expects). Steps 1-3 read no
     weights and import no torch: every mistake in the arguments is reported in a fraction of a second."""
@@ -175,6 +200,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     from .best_of import check_flags as check_best_of
 
     check_best_of(flags)
+    check_fp8_early(flags)
     if (flags.get("dtype") or "auto") not in DTYPE_CHOICES:
         raise UsageError(f"unknown --dtype '{flags['dtype']}'", f"use {', '.join(DTYPE_CHOICES)}")
     from sana.memory import check_mode, parse_memory_size  # the planner's checks import no torch
@@ -202,6 +228,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         parse_resolution(settings.get("res"))
         if settings.get("sampler") and settings["sampler"] not in IMAGE_SAMPLERS:
             raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(IMAGE_SAMPLERS)}")
+        for key, option in (("cfg", "--cfg"), ("pag", "--pag"), ("pag_layer", "--pag-layer")):
+            if settings.get(key) is not None and float(settings[key]) < 0:
+                raise UsageError(f"{option} {float(settings[key]):g} must be >= 0")
 
     def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
         return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force or skip_existing,
@@ -254,6 +283,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                                                     if explicit.get(key) is not None})
     requests = [(_request(prompt, settings, seeds, defaults, family, ImageRequest), paths)
                 for prompt, settings, seeds, paths in planned_jobs]
+    check_pag_layers([r for r, _ in requests], transformer_config_for(resolved, spec, transformer_path), model_arg)
     note_large_sizes([(r.width, r.height) for r, _ in requests], sizes.native_resolution)
     note_outside_nano_grammar(spec, [r.prompt for r, _ in requests])
     batches = [dataclasses.replace(r, seeds=r.seeds[:1] * CANDIDATES_A_BATCH) if reward_terms else r
@@ -424,6 +454,15 @@ def _request(prompt: str, settings: dict[str, Any], seeds: list[int], defaults: 
         max_timesteps=defaults.max_timesteps, intermediate_timesteps=defaults.intermediate_timesteps,
     )
     return request
+
+
+def check_pag_layers(requests: list, transformer_config: dict, model: str) -> None:
+    """PAG perturbs one block's self-attention: a block past the model's last would perturb nothing, silently."""
+    blocks = transformer_config.get("num_layers")
+    for request in requests:
+        if request.pag > 0 and blocks is not None and not request.pag_layers[0] < int(blocks):
+            raise UsageError(f"--pag-layer {request.pag_layers[0]} is past {model}'s last block",
+                             f"use 0 to {int(blocks) - 1}")
 
 
 def _default_steps(sampler: str) -> int:

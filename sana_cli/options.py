@@ -16,6 +16,15 @@ def complete_model(incomplete: str) -> list[str]:
     return [name for name in names if name.startswith(incomplete.lower())]
 
 
+def check_device_name(name: str) -> str:
+    """--device's spelling, checked while the arguments are parsed (torch, which knows the devices, loads later)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise typer.BadParameter(f"unknown device '{name}': use auto, cuda, cuda:N, mps or cpu")
+    return name
+
+
 Model = Annotated[Optional[str], typer.Option("--model", "-m", autocompletion=complete_model, help="Registry name, org/repo id or local diffusers-format directory.")]
 Resolution = Annotated[Optional[str], typer.Option("--res", "-r", help="Size: 1024, WxH (e.g. 1536x1024), 1K, 2K, 4K, 720p, 1080p.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", "-s", help="Seed of the first image or clip (random if not given); --num N uses seed..seed+N-1.")]
@@ -23,7 +32,7 @@ Num = Annotated[Optional[int], typer.Option("--num", "-n", min=1, help="Images (
 Out = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.png/.jpg/.webp) or directory.")]
 Prompts = Annotated[Optional[Path], typer.Option("--prompts", help="File with one prompt a line, or JSONL with per-line overrides.")]
 Lora = Annotated[Optional[List[str]], typer.Option("--lora", help="LoRA file PATH[:SCALE]; repeatable.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cuda, cuda:N, mps or cpu.")]
+Device = Annotated[str, typer.Option("--device", callback=check_device_name, help="auto, cuda, cuda:N, mps or cpu.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, bf16, fp16 or fp32.")]
 VaeDtype = Annotated[str, typer.Option("--vae-dtype", help="The VAE's dtype: auto (fp32 as the model's recipe has it, where memory allows the same placement; else --dtype's), bf16, fp16 or fp32.")]
 BestOf = Annotated[Optional[int], typer.Option("--best-of", min=2, max=256, help="Draw N candidates for each image and keep the one --reward scores best (inference-time scaling, as SANA-1.5 does it); the record keeps the chosen seed and every score.")]

@@ -210,7 +210,8 @@ def test_size_is_snapped_with_a_notice(pipelines, tmp_path):
     ("--dtype", "fp8"),
     ("--lora", "missing-lora.safetensors"),
     ("--fp8",),
-], ids=["unknown-model", "sampler", "res", "dtype", "lora", "fp8-on-the-cpu"])
+    ("--pag", "2", "--pag-layer", "99"),
+], ids=["unknown-model", "sampler", "res", "dtype", "lora", "fp8-on-the-cpu", "pag-layer-past-the-last-block"])
 def test_bad_input_is_one_line(pipelines, args, tmp_path):
     _, model_dir = pipelines["sana"]
     base = ["gen", "a dog", "--model", str(model_dir), "--steps", "2", "-o", str(tmp_path / "x.png"), "--device", "cpu"]
