@@ -18,8 +18,9 @@ class Settings:
 
 
 settings = Settings()
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# No emoji codes: a prompt or a file name with ":fire:" in it is printed as written.
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def table(renderable) -> None:
@@ -34,6 +35,11 @@ def table(renderable) -> None:
         out.print(renderable, crop=False)
     finally:
         out.width = width
+
+
+def result(text: str) -> None:
+    """A result on stdout (a written file's path, ...) exactly as given: no markup, no highlighting."""
+    out.print(text, markup=False, highlight=False)
 
 
 def notice(message: str) -> None:

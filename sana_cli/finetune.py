@@ -168,7 +168,7 @@ def finetune(
     exit_if_interrupted(result, data, out_dir, "step")
     loss = f"; final loss {result.last_loss:.4g}" if result.last_loss is not None else ""
     console.info(f"trained {result.step} steps{loss}; loss curve {out_dir / 'loss.png'}")
-    console.out.print(str(result.output), highlight=False)
+    console.result(str(result.output))
 
 
 def _never_checkpointed(out_dir: Path) -> bool:
@@ -358,8 +358,10 @@ class TrainingProgress:
 
     def notices(self) -> dict:
         """The `on_notice` and `on_saved` events every run has."""
-        return {"on_notice": lambda text: self.say(f"[yellow]note:[/yellow] {text}"),
-                "on_saved": lambda kind, path: self.say(f"{kind}: {path}")}
+        from rich.markup import escape
+
+        return {"on_notice": lambda text: self.say(f"[yellow]note:[/yellow] {escape(text)}"),
+                "on_saved": lambda kind, path: self.say(escape(f"{kind}: {path}"))}
 
 
 class _Progress(TrainingProgress):
@@ -389,7 +391,9 @@ class _Progress(TrainingProgress):
             self.bar.update(self.task, completed=info.step, status=status)
 
         def data(report) -> None:
-            for line in report.lines():
-                self.say(line)
+            from rich.markup import escape
+
+            for line in report.lines():  # file names, which may hold [brackets]
+                self.say(escape(line))
 
         return TrainEvents(on_phase=phase, on_progress=progress, on_step=step, on_data=data, **self.notices())

@@ -113,7 +113,7 @@ def finetune_rl(flags: dict) -> None:
     # 4. Report.
     exit_if_interrupted(result, data, out_dir, "round")
     console.info(f"trained {result.step} rounds; rewards {out_dir / 'rewards.csv'}, curve {out_dir / 'reward.png'}")
-    console.out.print(str(result.output), highlight=False)
+    console.result(str(result.output))
 
 
 def _prompt_source(data: str):

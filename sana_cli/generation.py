@@ -291,7 +291,7 @@ def plan_table(plan, model: str):
 
     work = plan.work
     outputs = f"{work.images} clip(s) of {work.frames} frames" if work.frames > 1 else f"{work.images} image(s)"
-    table = Table(title=f"memory plan: {model} at {work.width}x{work.height}, {outputs}, DiT batch {work.rows}",
+    table = Table(title=Text(f"memory plan: {model} at {work.width}x{work.height}, {outputs}, DiT batch {work.rows}"),
                   title_justify="left", header_style="bold",
                   caption=_plan_caption(plan), caption_justify="left")
     for column in ("component", "dtype", "where", "predicted peak"):
@@ -435,7 +435,7 @@ def print_written(path: Path, record=None) -> None:
     """A written file on stdout: its path, or with --json one JSON line a script can read (its settings from
     `record`, or read back from the file)."""
     if not console.settings.json:
-        console.out.print(str(path), highlight=False)
+        console.result(str(path))
         return
     import json
 

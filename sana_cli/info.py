@@ -30,7 +30,7 @@ def info_command(
 
 
 def _table(file: Path, record) -> Table:
-    table = Table(title=str(file), show_header=False, title_justify="left")
+    table = Table(title=Text(str(file)), show_header=False, title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     rows: list[tuple[str, Any]] = [
@@ -62,5 +62,5 @@ def _table(file: Path, record) -> Table:
     for name, value in rows:
         if value not in (None, ""):
             # Text, not markup: prompts often contain [brackets] that rich would take for styles.
-            table.add_row(name, Text(str(value)))
+            table.add_row(Text(name), Text(str(value)))
     return table

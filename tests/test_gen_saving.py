@@ -173,3 +173,18 @@ def test_gpus_takes_the_long_num_option_and_a_quoted_prompt(tmp_path):
     launch = next(line for line in two.stderr.splitlines() if line.startswith("launching 2 processes"))
     assert shlex.split(launch.split(": ", 1)[1])[:3] == ["sana", "gen", prompt]
     assert len(list((tmp_path / "two").glob("*.png"))) == 2
+
+
+@nano
+def test_brackets_and_emoji_codes_in_names_and_prompts_print_as_written(tmp_path):
+    """rich reads "[v2]" as a style and ":fire:" as an emoji: a path or prompt holding them must print unchanged,
+    on stdout (scripts read it), in notices and in `sana info`'s table."""
+    out = tmp_path / "[v2] :fire: final.png"
+    prompt = "a small [red] circle :smile: on a white background"
+    result = run_sana("gen", prompt, "-m", "nano", "--steps", "2", "--seed", "1", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out) and out.exists()
+    assert prompt in result.stderr  # the off-grammar notice quotes it
+    shown = run_sana("info", str(out))
+    assert shown.returncode == 0, shown.stderr
+    assert str(out) in shown.stdout and prompt in shown.stdout
