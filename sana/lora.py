@@ -142,6 +142,33 @@ def _safetensors_keys(path: Path) -> list[str] | None:
 SAMPLING_METADATA_KEY = "sana_sampling_defaults"
 
 
+# Safetensors metadata key of the diffusers class of the transformer a LoRA was trained on
+# ("SanaTransformer2DModel", "SanaVideoTransformer3DModel"): an image LoRA and a video LoRA can share every target
+# name and shape (the nano image and video DiTs do), so only this tells them apart.
+BASE_CLASS_METADATA_KEY = "sana_base_class"
+_KIND_OF_CLASS = {"SanaTransformer2DModel": "an image", "SanaVideoTransformer3DModel": "a video"}
+
+
+def lora_base_class(path: Path) -> str | None:
+    """The transformer class a LoRA file says it was trained on; None when it does not say (other tools' LoRAs)."""
+    metadata = (_safetensors_header(path) or {}).get("__metadata__")
+    value = metadata.get(BASE_CLASS_METADATA_KEY) if isinstance(metadata, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def check_lora_base(path: Path, class_name: str) -> None:
+    """Refuse a LoRA trained on another kind of transformer than `class_name`, which would merge silently where
+    the names and shapes happen to match, and change the output to no purpose."""
+    trained_on = lora_base_class(path)
+    if trained_on is None or trained_on == class_name:
+        return
+    trained_kind = _KIND_OF_CLASS.get(trained_on, f"a {trained_on}")
+    command = {"SanaTransformer2DModel": "sana gen", "SanaVideoTransformer3DModel": "sana video"}.get(trained_on)
+    raise UsageError(f"{Path(path).name} was trained on {trained_kind} model ({trained_on}); this model is "
+                     f"{_KIND_OF_CLASS.get(class_name, 'a ' + class_name)} one ({class_name})",
+                     f"use it with {command} and a model of that kind" if command else None)
+
+
 def lora_sampling_defaults(path: Path) -> dict:
     """The sampling settings a LoRA file carries ({} when none or unreadable), read from its header without torch."""
     metadata = (_safetensors_header(path) or {}).get("__metadata__")
@@ -228,8 +255,11 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (b32.flatten(1) @ a32.flatten(1)).reshape(b32.shape[0], *a32.shape[1:])  # [out, in, k, k]
 
 
-def merge_loras(state: dict[str, torch.Tensor], loras: list[tuple[Path, float]]) -> None:
-    """Merge every (file, scale) into `state` (diffusers names, in place), accumulating in fp32."""
+def merge_loras(state: dict[str, torch.Tensor], loras: list[tuple[Path, float]], class_name: str | None) -> None:
+    """Merge every (file, scale) into `state` (diffusers names, in place), accumulating in fp32; `class_name` is the
+    model's diffusers class, checked against what each LoRA says it was trained on."""
+    for path, _ in loras if class_name else ():
+        check_lora_base(Path(path), class_name)
     for path, scale in loras:
         name = Path(path).name
         modules, _ = read_lora(Path(path))

@@ -276,6 +276,9 @@ def test_lora_output_gives_the_same_image_in_diffusers_and_sana_gen(tmp_path, ba
     lora = out / "pytorch_lora_weights.safetensors"
     assert result.stdout.strip() == str(lora)
     assert (out / "samples" / "step-000003-0.png").is_file() and (out / "loss.png").is_file()
+    from sana.lora import lora_base_class
+
+    assert lora_base_class(lora) == "SanaTransformer2DModel"
 
     prompt, image = "a red square", tmp_path / "ours.png"
     gen = run_sana("gen", prompt, "--model", str(base_model), "--lora", str(lora), "--seed", "3", "--steps", "4",

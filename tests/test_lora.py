@@ -172,3 +172,24 @@ def test_damaged_missing_and_dora_files(tmp_path):
     _error("'proj_out' lacks its lora_A or lora_B", tmp_path, loras=[(half, 1.0)])
     dora = save_lora(ref, tmp_path / "dora", targets=("to_q",), use_dora=True)
     _error("DoRA", tmp_path, loras=[(dora, 1.0)])
+
+
+def test_a_lora_trained_on_a_video_model_is_refused_by_an_image_model(tmp_path):
+    """Our LoRAs say which transformer class they were trained on (image and video LoRAs can share every name and
+    shape); another kind is refused, the same kind and a LoRA that says nothing (other tools') merge."""
+    from sana.errors import UsageError
+    from sana.lora import BASE_CLASS_METADATA_KEY
+    from sana.training.adapters import _add_metadata, _diffusers_class_name
+    from sana.models import SanaTransformer
+
+    ref = build_reference("sana", tmp_path / "transformer")
+    lora = save_lora(ref, tmp_path / "lora", targets=("to_q",))
+    load_transformer(tmp_path, loras=[(lora, 1.0)])  # says nothing: merged
+    _add_metadata(lora, {BASE_CLASS_METADATA_KEY: "SanaVideoTransformer3DModel"})
+    with pytest.raises(UsageError, match=r"trained on a video model \(SanaVideoTransformer3DModel\); this model is "
+                                         r"an image one .*sana video"):
+        load_transformer(tmp_path, loras=[(lora, 1.0)])
+    _add_metadata(lora, {BASE_CLASS_METADATA_KEY: "SanaTransformer2DModel"})
+    load_transformer(tmp_path, loras=[(lora, 1.0)])
+    assert _diffusers_class_name(load_transformer(tmp_path)) == "SanaTransformer2DModel"
+    assert isinstance(load_transformer(tmp_path), SanaTransformer)

@@ -133,6 +133,9 @@ def test_lora_gives_the_same_frames_in_diffusers_and_sana_video(tmp_path, video_
     assert result.returncode == 0, result.stderr
     lora = out / "pytorch_lora_weights.safetensors"
     assert result.stdout.strip() == str(lora) and "4 clip(s) used" in result.stderr
+    from sana.lora import lora_base_class
+
+    assert lora_base_class(lora) == "SanaVideoTransformer3DModel"  # an image model refuses it (tests/test_lora.py)
     assert "encoded 4 clip latents in" in result.stderr  # what caching cost, for runs logged to a file
     assert (out / "samples" / "step-000003-0.mp4").is_file()
     config = json.loads((out / "train_config.json").read_text())

@@ -222,7 +222,7 @@ def load_transformer(path: Path, *, dtype: torch.dtype = torch.float32, device: 
     # 2. One mapping: original -> diffusers names (LoRAs merge there, on the unfused weights) -> engine names.
     if is_original_layout(state):
         state = original_to_diffusers(state, cfg.guidance_embeds)
-    merge_loras(state, list(loras))
+    merge_loras(state, list(loras), "SanaTransformer2DModel")
     for key in list(state):  # cast one tensor at a time, so a full-precision copy of the model never coexists
         state[key] = state[key].to(dtype)
     sources: dict[str, str] = {}

@@ -38,7 +38,7 @@ def load_video_transformer(path: Path, *, dtype: torch.dtype = torch.float32, de
     if is_original_layout(state):
         state = original_to_diffusers(state, cfg.guidance_embeds)
         state = {re.sub(r"^patch_embed\.proj\.", "patch_embedding.", k): v for k, v in state.items()}
-    merge_loras(state, list(loras))
+    merge_loras(state, list(loras), VIDEO_CLASS_NAME)
     for key in list(state):
         state[key] = state[key].to(dtype)
     sources: dict[str, str] = {}

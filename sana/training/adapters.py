@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..loading import engine_to_diffusers_name, is_pointwise_conv
-from ..lora import LORA_WEIGHTS_NAME, SAMPLING_METADATA_KEY
+from ..lora import BASE_CLASS_METADATA_KEY, LORA_WEIGHTS_NAME, SAMPLING_METADATA_KEY
 
 # diffusers' train_dreambooth_lora_sana.py default: q, k and v of both attentions.
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v")
@@ -130,13 +130,23 @@ def save_lora(model: nn.Module, config, folder: Path, dtype: torch.dtype = torch
     folder.mkdir(parents=True, exist_ok=True)
     layers = {k: v.to(dtype) for k, v in lora_state_dict(model, scale=config.lora_alpha / config.r).items()}
     saved_config = dataclasses.replace(config, lora_alpha=config.r)
+    extra = {BASE_CLASS_METADATA_KEY: _diffusers_class_name(model)}
+    if sampling_defaults:
+        extra[SAMPLING_METADATA_KEY] = json.dumps(sampling_defaults)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
         SanaPipeline.save_lora_weights(tmp, transformer_lora_layers=layers,
                                        transformer_lora_adapter_metadata=saved_config.to_dict())
-        if sampling_defaults:
-            _add_metadata(Path(tmp) / LORA_WEIGHTS_NAME, {SAMPLING_METADATA_KEY: json.dumps(sampling_defaults)})
+        _add_metadata(Path(tmp) / LORA_WEIGHTS_NAME, extra)
         os.replace(Path(tmp) / LORA_WEIGHTS_NAME, folder / LORA_WEIGHTS_NAME)
     return folder / LORA_WEIGHTS_NAME
+
+
+def _diffusers_class_name(model: nn.Module) -> str:
+    """The diffusers class of the transformer being trained, which the LoRA records (`lora.BASE_CLASS_METADATA_KEY`)."""
+    from ..loading.video import VIDEO_CLASS_NAME
+    from ..models import SanaVideoTransformer
+
+    return VIDEO_CLASS_NAME if isinstance(getattr(model, "module", model), SanaVideoTransformer) else "SanaTransformer2DModel"
 
 
 def _add_metadata(path: Path, extra: dict[str, str]) -> None:
