@@ -81,13 +81,16 @@ def lora_file(path: Path) -> Path:
         _refuse_training_folder(path.parent)
     if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
         raise SanaError(f"{path.name} is a PyTorch checkpoint, not a LoRA file",
-                        "a fine-tuned transformer goes to --transformer; --lora takes diffusers' .safetensors LoRAs")
+                        "--lora takes diffusers' .safetensors LoRAs; a fine-tuned image transformer goes to `sana gen "
+                        "--transformer`")
     if path.suffix != ".safetensors":
         raise SanaError(f"{path.name}: LoRA files must be .safetensors", "diffusers' save_lora_weights writes them")
     keys = _safetensors_keys(path)
     if keys and all(k.endswith((".weight", ".bias")) for k in keys) and not any(_LORA_KEY.fullmatch(k) for k in keys):
-        raise SanaError(f"{path.name} holds full model weights, not a LoRA",
-                        "pass it with --transformer (a fine-tuned transformer) instead of --lora")
+        raise SanaError(f"{path.name} holds no LoRA tensors (names ending in lora_A / lora_B .weight), only plain "
+                        f"weights such as '{keys[0]}'",
+                        "--lora takes diffusers' LoRA files; a fine-tuned image transformer goes to `sana gen "
+                        "--transformer`, a full fine-tuning run's folder to --model")
     return path
 
 
