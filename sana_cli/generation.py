@@ -90,6 +90,10 @@ def replay_settings(path: str | Path | None, command: str) -> dict[str, Any]:
     settings = record_settings(record)
     if record.family and record.family not in COMMAND_FAMILIES[command]:
         settings = {k: v for k, v in settings.items() if k in PORTABLE_KEYS}
+        maker = next((c for c, families in COMMAND_FAMILIES.items() if record.family in families), None)
+        console.notice(f"{Path(path).name} was made by {f'sana {maker}' if maker else 'another command'} with "
+                       f"{record.model or FAMILY_NAMES.get(record.family, record.family)}: only its prompt, negative "
+                       f"prompt and seed carry over to sana {command}")
     return settings
 
 

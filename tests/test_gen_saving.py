@@ -188,3 +188,14 @@ def test_brackets_and_emoji_codes_in_names_and_prompts_print_as_written(tmp_path
     shown = run_sana("info", str(out))
     assert shown.returncode == 0, shown.stderr
     assert str(out) in shown.stdout and prompt in shown.stdout
+
+
+@nano
+def test_a_record_of_another_family_gives_its_prompt_and_says_so(tmp_path):
+    image = tmp_path / "circle.png"
+    prompt = "a large red circle in the center on a white background"
+    assert run_sana("gen", prompt, "-m", "nano", "--steps", "2", "--seed", "9", "-o", str(image)).returncode == 0
+    result = run_sana("sprint", "--from", str(image), "-m", "sprint-1.6b", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "circle.png was made by sana gen with nano: only its prompt, negative prompt and seed carry over" in \
+        " ".join(result.stderr.split())
