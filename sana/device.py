@@ -147,7 +147,8 @@ def probe_device(device: torch.device | str) -> DeviceInfo:
         used = int(torch.mps.driver_allocated_memory())
         return DeviceInfo(kind="mps", name="Apple GPU (MPS)", total_memory=limit, free_memory=max(0, limit - used),
                           ram_total=ram_total, ram_available=ram_available)
-    return DeviceInfo(kind="cpu", name=f"CPU ({os.cpu_count()} threads)", total_memory=ram_total,
+    # The threads this process computes with (`pick_device` set them), which the record's device line reports.
+    return DeviceInfo(kind="cpu", name=f"CPU ({torch.get_num_threads()} threads)", total_memory=ram_total,
                       free_memory=ram_available, ram_total=ram_total, ram_available=ram_available)
 
 

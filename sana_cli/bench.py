@@ -25,7 +25,7 @@ def bench(
     fp8: Annotated[bool, typer.Option("--fp8/--no-fp8", help="Also time our fp8 block linears (GPUs of compute capability 8.9+).")] = True,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Append the results as a Markdown section to this file.")] = None,
     generate: Annotated[bool, typer.Option("--generate", help="Instead: prompt-to-image time after load (1.6B, Gemma-2-2B, DC-AE); with --video / --world a whole clip against diffusers' pipeline.")] = False,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Sampling steps for --generate (images 20; clips the model's 50 / 60 unless given).")] = 20,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps for --generate (default: images 20; clips the model's 50 / 60).")] = None,
     video: Annotated[bool, typer.Option("--video", help="Instead: the SANA-Video 2B forward (480x832, 81 frames, batch 2).")] = False,
     world: Annotated[bool, typer.Option("--world", help="Instead: the SANA-WM 2.6B forward (704x1280, 161 frames, batch 2, camera on).")] = False,
     frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames for --video / --world (81 / 161 by default).")] = None,
@@ -35,13 +35,13 @@ def bench(
     from sana.benchmark import STEP, bench_dit, bf16_peak_tflops
 
     if (video or world) and generate:
-        _bench_clips(video, world, frames, steps if steps != 20 else None, markdown)
+        _bench_clips(video, world, frames, steps, markdown)
         return
     if video or world:
         _bench_clip_dits(video, world, frames, compiled, compile_timeout, markdown)
         return
     if generate:
-        _bench_generate(px or [1024, 4096], steps, markdown, fp8)
+        _bench_generate(px or [1024, 4096], steps or 20, markdown, fp8)
         return
     models = model or ["sana-1.6b", "sprint-1.6b"]
     sizes = px or [1024, 2048, 4096]

@@ -152,7 +152,8 @@ def finetune(
     if main_process:
         settings.save(out_dir)
     try:
-        with _Progress(enabled=main_process and not console.settings.quiet, total=settings.steps) as progress:
+        with _Progress(enabled=main_process and not console.settings.quiet, total=settings.steps,
+                       unit="clips" if settings.video else "img") as progress:
             result = run(settings, resume=resume_from or continuing, events=progress.events())
     except KeyboardInterrupt:  # before the loop took over Ctrl-C (loading, caching): no step was trained
         from sana.errors import Interrupted
@@ -365,7 +366,12 @@ class TrainingProgress:
 
 
 class _Progress(TrainingProgress):
-    """The progress line of supervised training: step, loss, samples/s, ETA, memory; plus caching bars."""
+    """The progress line of supervised training: step, loss, samples/s (`unit`: img or clips), ETA, memory; plus
+    caching bars."""
+
+    def __init__(self, enabled: bool, total: int, unit: str = "img"):
+        super().__init__(enabled, total)
+        self.unit = unit
 
     def __enter__(self):
         super().__enter__()
@@ -387,7 +393,7 @@ class _Progress(TrainingProgress):
         def step(info) -> None:
             if self.task is None:
                 phase("train")
-            status = f"loss {info.loss:.4f} | {info.samples_per_s:.2f} img/s | lr {info.lr:.2e} | mem {info.memory_gb:.1f} GB"
+            status = f"loss {info.loss:.4f} | {info.samples_per_s:.2f} {self.unit}/s | lr {info.lr:.2e} | mem {info.memory_gb:.1f} GB"
             self.bar.update(self.task, completed=info.step, status=status)
 
         def data(report) -> None:

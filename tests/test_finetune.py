@@ -135,9 +135,11 @@ def test_truncated_image_is_skipped_and_reported(tmp_path, base_model):
     big.write_bytes(big.read_bytes()[:-400])  # the header is fine, the pixel data is cut short
     (data / "big.txt").write_text("noise")
     assert whole
-    result = run_sana(*finetune_args(data, base_model, tmp_path / "out", "--steps", "1"))
+    result = run_sana(*finetune_args(data, base_model, tmp_path / "out", "--steps", "1", "--res", "35"))
     assert result.returncode == 0, result.stderr
     assert "4 image(s) used" in result.stderr
+    assert re.search(r"--res 35: sides are multiples of \d+ for this model, so square images train at \d+x\d+",
+                     result.stderr), result.stderr
     assert "unreadable or truncated image (big.png)" in result.stderr
     assert re.search(r"encoded 4 image latents in \d+ s \(\d+/s, \d+ s waiting for files\) and \d+ captions in", result.stderr), result.stderr
     assert re.search(r"^train 1/1 loss \d", result.stderr, re.M), result.stderr  # a log gets plain progress lines

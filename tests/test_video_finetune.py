@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,7 @@ def test_lora_gives_the_same_frames_in_diffusers_and_sana_video(tmp_path, video_
     from sana.lora import lora_base_class
 
     assert lora_base_class(lora) == "SanaVideoTransformer3DModel"  # an image model refuses it (tests/test_lora.py)
+    assert re.search(r"^train 3/3 loss \S+ \| [\d.]+ clips/s", result.stderr, re.M), result.stderr
     assert "encoded 4 clip latents in" in result.stderr  # what caching cost, for runs logged to a file
     assert (out / "samples" / "step-000003-0.mp4").is_file()
     config = json.loads((out / "train_config.json").read_text())

@@ -92,6 +92,10 @@ class TrainingData:
         tconf = cfg.transformer_config or read_json(model_dir / "transformer" / "config.json")
         multiple = vae_factor * int(tconf.get("patch_size", 1))
         choices = aspect_buckets(cfg.resolution, multiple)
+        square = min(choices, key=lambda wh: abs(wh[0] - wh[1]))
+        if cfg.resolution % multiple:
+            self.events.notice(f"--res {cfg.resolution}: sides are multiples of {multiple} for this model, so square "
+                               f"images train at {square[0]}x{square[1]}")
         buckets = [nearest_bucket(s.width, s.height, choices) for s in samples]
         note_upscaled(samples, buckets, report)
         return ScannedData(image_source(samples, buckets), report, list(cfg.val_prompts))
