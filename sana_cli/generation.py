@@ -431,8 +431,20 @@ def check_output_dirs(paths: list[Path]) -> None:
             existing = existing.parent
         if not existing.is_dir():
             raise UsageError(f"cannot write to {folder}: {existing} is not a directory", "choose another -o")
-        if not os.access(existing, os.W_OK | os.X_OK):
+        if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
             raise UsageError(f"cannot write to {folder}: {existing} is not writable", "choose another -o")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether an entry can really be made in `folder`: permission bits do not tell for root, a read-only mount or
+    /proc, so a scratch folder is made and removed."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sana-write-check-", dir=folder))
+    except OSError:
+        return False
+    return True
 
 
 def print_written(path: Path, record=None) -> None:

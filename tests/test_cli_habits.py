@@ -62,6 +62,7 @@ FAST_ERRORS = {
     "pag-layer-negative": (("gen", "x", "-m", "nano", "--pag", "2", "--pag-layer", "-1"), "--pag-layer -1"),
     "device-typo": (("gen", "x", "-m", "nano", "--device", "tpu"), "unknown device 'tpu'"),
     "video-device-typo": (("video", "x", "--device", "cuda:one"), "unknown device 'cuda:one'"),
+    "out-in-proc": (("gen", "x", "-m", "nano", "-o", "/proc/sana-out/x.png"), "/proc is not writable"),
     "fp8-on-the-cpu": (("gen", "x", "-m", "nano", "--fp8", "--device", "cpu"), "--fp8 needs an NVIDIA GPU"),
     "finetune-config-fit": (("finetune", "data", "-m", "nano", "--init", "random", "--config", "sana-1.6b"),
                             "--config does not fit nano: in_channels 32 (the autoencoder makes 8)"),
