@@ -58,8 +58,8 @@ ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="SANA_API_KEY
 # Clips (sana video)
 Image = Annotated[Optional[Path], typer.Option("--image", "-i", help="First frame: image to video (PNG, JPEG, WebP, ...).")]
 Frames = Annotated[Optional[int], typer.Option("--frames", "-f", help="Frames per clip (model default, 81 for SANA-Video; snapped to what the VAE makes: 4k+1 or 8k+1).")]
-Fps = Annotated[Optional[float], typer.Option("--fps", help="Frames per second of the written clip (model default: 16).")]
-MotionScore = Annotated[Optional[str], typer.Option("--motion-score", help="Appends \" motion score: N.\" to the prompt, as SANA-Video was trained (default 30); none appends nothing.")]
+Fps = Annotated[Optional[float], typer.Option("--fps", help="Frames per second of the written clip (default: the model's, 16 for SANA-Video, 8 for nano-video; a GIF plays at most 50).")]
+MotionScore = Annotated[Optional[str], typer.Option("--motion-score", help="Appends \" motion score: N.\" to the prompt, as SANA-Video was trained (default: the model's, 30 for SANA-Video, none for nano-video); none appends nothing.")]
 ClipOut = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.mp4/.gif/.webp) or directory (end with /).")]
 ClipFormat = Annotated[Optional[str], typer.Option("--format", help="mp4, gif, webp, or png (a folder of PNG frames) when -o is a directory.")]
 Crf = Annotated[Optional[int], typer.Option("--crf", help="MP4 quality: 0 (lossless) to 51 (default 18, visually lossless).")]

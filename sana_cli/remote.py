@@ -160,12 +160,12 @@ def generate_images(flags: dict[str, Any], planned_jobs: list, model: str | None
 
 def generate_clips(flags: dict[str, Any], planned_jobs: list, firsts: list, model: str | None, force: bool) -> None:
     """Each planned clip as a `/v1/videos` job: created, polled until it completes, its MP4 written to the
-    planned path."""
+    planned path (decoded and written as GIF, WebP or PNG frames where the path asks for one)."""
     server = Server(flags["server"], flags.get("api_key"))
     server.health()
+    from .video import write_served_clip
+
     for (prompt, settings, seeds, paths), first in zip(planned_jobs, firsts):
-        if any(path.suffix.lower() != ".mp4" for path in paths):
-            raise UsageError("a server writes MP4 clips", "use -o NAME.mp4 or a directory with --format mp4")
         size = settings.get("res")
         motion = settings.get("motion_score")
         if motion is not None and str(motion).lower() == "none":
@@ -187,7 +187,7 @@ def generate_clips(flags: dict[str, Any], planned_jobs: list, firsts: list, mode
                 error = job.get("error") or {}
                 raise SanaError(f"the server's clip failed: {error.get('message', job['status'])}")
             data = server.request("GET", f"/v1/videos/{job['id']}/content")
-            print_written(write_output(path, data, force))
+            print_written(write_served_clip(path, data, force))  # an MP4, converted for another format
 
 
 def _clip_size(res: Any) -> str | None:

@@ -6,7 +6,9 @@ anything loads, so bad input costs a fraction of a second and leaves no file.
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,28 +139,42 @@ class FirstFrame:
     sha256: str
 
 
-def open_first_frame(path_text: str, recorded_sha256: str | None = None) -> FirstFrame:
-    """--image: the file decoded now (a missing, unreadable or broken image fails before anything loads)."""
+def open_first_frame(path_text: str, recorded_sha256: str | None = None, recorded_in: str | None = None
+                     ) -> FirstFrame:
+    """--image: the file decoded now (a missing, unreadable or broken image fails before anything loads).
+    `recorded_in`: the clip whose record named the file (--from), so an error says where the path came from."""
     from PIL import Image, UnidentifiedImageError
 
     from sana.outputs import file_sha256
 
     path = Path(path_text).expanduser()
+    what = f"--image {path_text}" + (f" (from the record of {recorded_in})" if recorded_in else "")
+    hint = "pass --image FILE to give the first frame" if recorded_in else None
     if not path.exists():
-        raise UsageError(f"--image {path_text} not found")
+        raise UsageError(f"{what} not found", hint)
     if not path.is_file():
-        raise UsageError(f"--image {path_text} is not a file")
+        raise UsageError(f"{what} is not a file", hint)
     try:
         with Image.open(path) as opened:
             opened.load()  # decodes every pixel: a truncated or corrupt file fails here
             image = opened.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise UsageError(f"--image {path_text} is not an image that can be read",
-                         "give a PNG, JPEG or WebP file") from None
+        raise UsageError(f"{what} is not an image that can be read",
+                         hint or "give a PNG, JPEG or WebP file") from None
     digest = file_sha256(path)
     if recorded_sha256 and digest != recorded_sha256:
         console.notice(f"{path_text} is not the first frame the replayed clip recorded (its sha256 differs)")
     return FirstFrame(image, path, digest)
+
+
+def recorded_first_frame(recorded: str, clip: str) -> str:
+    """The first frame a replayed clip's record names: an absolute path as recorded; a relative one (records
+    made before paths were stored absolute) beside the clip if it is there, else as recorded (from here)."""
+    path = Path(recorded).expanduser()
+    if path.is_absolute():
+        return recorded
+    beside = Path(clip).expanduser().absolute().parent / path
+    return str(beside) if beside.exists() else recorded
 
 
 # -- defaults and requests --------------------------------------------------------------------------------------
@@ -274,19 +290,103 @@ def _model_configs(resolved, spec) -> tuple[dict, dict]:
     return spec.transformer, spec.extra.get("vae", {})
 
 
+def check_clip_dirs(paths: list[Path]) -> None:
+    """Every output's folder can be written, before any work: gen's check (a parent that is a file, or that its
+    permissions keep us out of), then a real try, a folder made and removed where the outputs go, since
+    permissions let root past everywhere (`/proc`, a read-only mount) and the clips would fail only once made."""
+    from .generation import check_output_dirs
+
+    check_output_dirs(paths)
+    for folder in dict.fromkeys(Path(p).expanduser().absolute().parent for p in paths):
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".sana-probe-", dir=existing))
+        except OSError as exc:
+            raise UsageError(f"cannot write to {folder}: nothing can be created in {existing} "
+                             f"({exc.strerror or type(exc).__name__})", "choose another -o") from None
+
+
+def job_format(paths: list[Path], settings: dict[str, Any], fmt: str | None) -> str:
+    """The clip format a job writes: its planned paths' (a dry run plans none: --format, else -o's suffix, else
+    MP4, as `plan_clip_paths` decides)."""
+    from sana.outputs import clip_format
+
+    if paths:
+        return clip_format(paths[0])
+    out = settings.get("out")
+    if fmt is None and out and Path(out).suffix:
+        try:
+            return clip_format(out)
+        except UsageError:
+            pass
+    return fmt or "mp4"
+
+
+FORMAT_NAMES = {"mp4": "MP4", "gif": "GIF", "webp": "WebP", "png": "PNG frames"}
+
+
+def writable_fps(fps: float, fmt: str, notices: set[str]) -> float:
+    """The rate a clip is written (and recorded) at: a GIF is capped at the 50 fps it can play, with a notice."""
+    from sana.outputs.video import GIF_MAX_FPS, playable_fps
+
+    written = playable_fps(fmt, fps)
+    if written != fps:
+        once(notices, f"a GIF cannot play faster than {GIF_MAX_FPS:g} fps (its frame delays are whole 1/100 s and "
+                      f"browsers slow delays under 20 ms): {fps:g} fps is written and recorded as {written:g} fps "
+                      f"(write .mp4 or .webp for more)")
+    return written
+
+
+def once(notices: set[str], message: str) -> None:
+    """A notice printed once a run (a prompts file's jobs would repeat it)."""
+    if message not in notices:
+        notices.add(message)
+        console.notice(message)
+
+
+def note_untrained_lengths(spec, frame_counts: list[int]) -> None:
+    """A model trained at one clip length (its preset's `trained_frames`: nano-video's 17) draws other lengths
+    poorly: a notice, since the clip comes out without any error."""
+    trained = spec.extra.get("trained_frames") if spec is not None else None
+    if not trained:
+        return
+    other = sorted(set(frame_counts) - {int(trained)})
+    if other:
+        console.notice(f"{spec.name} was trained on {trained}-frame clips only; other lengths draw poorly "
+                       f"({', '.join(map(str, other))} asked; --frames {trained} matches)")
+
+
+def note_outside_grammar(spec, prompts: list[str]) -> None:
+    """A model trained on a caption grammar alone (its preset's `prompt_grammar`: nano-video's moving shapes): a
+    prompt outside it gets a notice naming the rule it breaks, as `sana gen` does for the nano model."""
+    if spec is None or spec.extra.get("prompt_grammar") != "moving-shapes":
+        return
+    from sana.nano.moving_shapes import parse_motion_caption
+
+    for prompt in dict.fromkeys(prompts):
+        try:
+            parse_motion_caption(prompt)
+        except SanaError as exc:
+            console.notice(f"{spec.name} knows only the moving-shapes grammar, and {exc}; see "
+                           "`sana shapes make --help`")
+
+
 # -- the run ----------------------------------------------------------------------------------------------------
 
 def run(flags: dict[str, Any]) -> None:
     from sana.outputs import CLIP_FORMATS, plan_clip_paths
     from sana.pipelines.sizes import video_binned_size, video_vae_geometry
 
-    from .generation import (DTYPE_CHOICES, check_output_dirs, default_model, plan_jobs, read_jobs, replay_settings,
-                             resolve_for)
+    from .generation import DTYPE_CHOICES, default_model, plan_jobs, read_jobs, replay_settings, resolve_for
     from .launch import check_gpus, process_device, share_of_plan, spread_jobs
 
     # 1. Settings from --from, the command line and the prompts file, every value checked (before torch loads).
     replay = {k: v for k, v in replay_settings(flags.get("from"), "video").items()
               if k in (*VIDEO_KEYS, "model", "image_sha256", "lora")}
+    if replay.get("image"):  # a relative first frame (older records) is found beside the replayed clip
+        replay["image"] = recorded_first_frame(replay["image"], flags["from"])
     explicit = {k: flags.get(k) for k in VIDEO_KEYS}
     dry_run, force = bool(flags.get("dry_run")), bool(flags.get("force"))
     skip_existing = bool(flags.get("skip_existing"))
@@ -326,7 +426,8 @@ def run(flags: dict[str, Any]) -> None:
             return None
         if str(image_arg) not in firsts:
             replayed = not explicit.get("image") and image_arg == replay.get("image")
-            firsts[str(image_arg)] = open_first_frame(str(image_arg), replay.get("image_sha256") if replayed else None)
+            firsts[str(image_arg)] = open_first_frame(str(image_arg), replay.get("image_sha256") if replayed else None,
+                                                      str(flags["from"]) if replayed else None)
         return firsts[str(image_arg)]
 
     def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
@@ -337,15 +438,32 @@ def run(flags: dict[str, Any]) -> None:
     if planned_jobs is None:
         planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check_settings,
                                  plan_paths=plan_paths, noun="clips", skip_existing=skip_existing)
-        check_output_dirs([path for *_, paths in planned_jobs for path in paths])
+        check_clip_dirs([path for *_, paths in planned_jobs for path in paths])
         if not planned_jobs:
             console.info("nothing to make: every output exists")
             return
     job_firsts = [first_frame(settings) for _, settings, _, _ in planned_jobs]
+    formats = [job_format(paths, settings, fmt) for _, settings, _, paths in planned_jobs]
+    notices: set[str] = set()
+    if crf is not None and set(formats) - {"mp4"}:
+        once(notices, "--crf sets the MP4 quality; "
+                      + ", ".join(sorted({FORMAT_NAMES[f] for f in formats if f != "mp4"})) + " output ignores it")
+    if not dry_run and ("mp4" in formats if not flags.get("server") else set(formats) - {"mp4"}):
+        from sana.outputs.video import ffmpeg_exe
+
+        ffmpeg_exe()  # writing an MP4 (or decoding a server's) needs it: say so now, not after the work
     if flags.get("server"):  # sent to a running `sana serve` as /v1/videos jobs; the clips written here (no torch)
         from .remote import generate_clips
 
-        generate_clips(flags, planned_jobs, job_firsts, flags.get("model") or replay.get("model"), force)
+        if crf is not None and "mp4" in formats:
+            once(notices, "--crf is not sent to a server: it encodes its MP4 at its own quality")
+        try:
+            generate_clips(flags, planned_jobs, job_firsts, flags.get("model") or replay.get("model"), force)
+        except KeyboardInterrupt:
+            from sana.errors import Interrupted
+
+            raise Interrupted("interrupted: the clips printed above are saved",
+                              "--skip-existing makes the rest") from None
         return
 
     # 2. The model: resolved (no download; a dry run plans from the registry alone), a SANA-Video model, its
@@ -367,13 +485,17 @@ def run(flags: dict[str, Any]) -> None:
     if gpus > 1 and not dry_run and spread_jobs(planned_jobs, gpus, noun="clips", device=flags.get("device")):
         return  # --gpus N: the processes made the clips
 
-    # 3. Requests: sizes, frame counts snapped to the VAE's rule, sampler, shift, motion score, first frame.
+    # 3. Requests: sizes, frame counts snapped to the VAE's rule, sampler, shift, motion score, first frame, the
+    #    rate each format can play; notices for what the model was not trained on.
     from sana.pipelines.video import VideoPipeline, VideoRequest
 
     requests = []
-    for (prompt, settings, seeds, paths), first in zip(planned_jobs, job_firsts):
+    for (prompt, settings, seeds, paths), first, job_fmt in zip(planned_jobs, job_firsts, formats):
         request = build_request(prompt, settings, seeds, defaults, vae, t_config, first, VideoRequest)
-        requests.append((request, paths, check_fps(settings.get("fps")) or defaults.fps, first))
+        fps = writable_fps(check_fps(settings.get("fps")) or defaults.fps, job_fmt, notices)
+        requests.append((request, paths, fps, first))
+    note_untrained_lengths(spec, [r.frames for r, _, _, _ in requests])
+    note_outside_grammar(spec, [r.prompt for r, _, _, _ in requests])
     sample_size = int(t_config.get("sample_size", 0))
 
     # 4. Device, precision and the memory plan (a dry run prints the clips and the plan, and stops here).
@@ -405,38 +527,68 @@ def run(flags: dict[str, Any]) -> None:
 
         check_fp8(device, plan.dtype)
     if dry_run:
-        for (request, _, fps, _), (gen_w, gen_h) in zip(requests, generated):
-            console.out.print(f"{len(request.seeds)} clip(s) of {request.frames} frames at {fps:g} fps "
-                              f"({request.frames / fps:.2f} s), {request.width}x{request.height} "
-                              f"(generated at {gen_w}x{gen_h}): {request.prompt}", highlight=False)
-        console.table(plan_table(plan, model_arg))
+        print_dry_run(model_arg, requests, generated, formats, plan)
         return
     if max_vram is not None:
         limit_process_memory(device, max_vram)
     dtype = DTYPES[plan.dtype]
 
-    # 5. Load where the plan keeps each component.
-    console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]}{', fp8 block linears' if fp8 else ''} on {device})")
-    console.info(plan.headline())
-    start = time.perf_counter()
-    pipe = VideoPipeline.from_pretrained(resolved.path, dtype=dtype, device=device,
-                                         variant=weights_variant(spec, plan), plan=plan, loras=loras, fp8=fp8)
-    load_seconds = time.perf_counter() - start
-    for path, scale in loras:
-        console.info(f"LoRA applied: {path} (scale {scale:g})")
-    from .generation import note_cut_prompts
+    # 5. Load where the plan keeps each component; 6. one generation a prompt (all its seeds in one batch), each
+    #    clip saved with its record. Ctrl-C says what was kept.
+    from sana.errors import Interrupted
 
-    note_cut_prompts(pipe.text_encoder, [request.prompt for request, _, _, _ in requests])
+    saved: list[Path] = []
+    total = sum(len(paths) for _, paths, _, _ in requests)
+    try:
+        console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]}{', fp8 block linears' if fp8 else ''} on {device})")
+        console.info(plan.headline())
+        start = time.perf_counter()
+        pipe = VideoPipeline.from_pretrained(resolved.path, dtype=dtype, device=device,
+                                             variant=weights_variant(spec, plan), plan=plan, loras=loras, fp8=fp8)
+        load_seconds = time.perf_counter() - start
+        for path, scale in loras:
+            console.info(f"LoRA applied: {path} (scale {scale:g})")
+        from .generation import note_cut_prompts
 
-    # 6. One generation a prompt (all its seeds in one batch), each clip saved with its record.
-    for request, paths, fps, first in requests:
-        _generate_and_save(pipe, request, paths, fps, flags, model_arg, resolved, dtype, device, first,
-                           load_seconds, crf, loras)
+        note_cut_prompts(pipe.text_encoder, [request.prompt for request, _, _, _ in requests])
+        for request, paths, fps, first in requests:
+            _generate_and_save(pipe, request, paths, fps, flags, model_arg, resolved, dtype, device, first,
+                               load_seconds, crf, loras, saved)
+    except KeyboardInterrupt:
+        last = f"; the last is {saved[-1]}" if saved else ""
+        raise Interrupted(f"interrupted: {len(saved)} of {total} clips saved{last}",
+                          "--skip-existing makes the rest" if total > 1 else None) from None
+
+
+def print_dry_run(model_arg: str, requests: list, generated: list[tuple[int, int]], formats: list[str], plan) -> None:
+    """The clips a run would make and its memory plan: lines and the plan's table, or with --json one JSON object."""
+    if console.settings.json:
+        import json
+
+        clips = [{"prompt": request.prompt, "seeds": list(request.seeds), "frames": request.frames, "fps": fps,
+                  "seconds": round(request.frames / fps, 3), "width": request.width, "height": request.height,
+                  "generated_size": list(size), "format": fmt, "steps": request.steps, "cfg": request.guidance,
+                  "sampler": request.sampler, "flow_shift": request.flow_shift, "motion_score": request.motion_score,
+                  "mode": "image-to-video" if first else "text-to-video"}
+                 for (request, _, fps, first), size, fmt in zip(requests, generated, formats)]
+        plan_json = {**plan.record(), "fits": plan.fits, "peak_bytes": plan.peak_bytes, "budget_bytes": plan.budget}
+        console.out.print(json.dumps({"dry_run": True, "model": model_arg, "clips": clips, "memory": plan_json}),
+                          highlight=False, soft_wrap=True, markup=False)
+        return
+    for (request, _, fps, _), (gen_w, gen_h) in zip(requests, generated):
+        console.out.print(f"{len(request.seeds)} clip(s) of {request.frames} frames at {fps:g} fps "
+                          f"({request.frames / fps:.2f} s), {request.width}x{request.height} "
+                          f"(generated at {gen_w}x{gen_h}): {request.prompt}", highlight=False)
+    from .generation import plan_table
+
+    console.table(plan_table(plan, model_arg))
 
 
 def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict, model_arg: str, resolved, dtype,
                        device, first: FirstFrame | None, load_seconds: float, crf: int | None,
-                       loras: list[tuple[Path, float]] = ()) -> None:
+                       loras: list[tuple[Path, float]], saved: list[Path]) -> None:
+    """One request's clips made in one batch, each saved (a failed save keeps it in the temp folder) and appended
+    to `saved`."""
     from sana import __version__
     from sana.device import DTYPE_NAMES
     from sana.outputs import GenerationRecord, file_sha256, save_video
@@ -445,6 +597,7 @@ def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict
 
     result = generate_with_progress(pipe, request)
     timings = {"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}}
+    failures: list[SanaError] = []
     for frames, seed, path in zip(result.videos, request.seeds, paths):
         extra = {"device": str(device), "vae_dtype": DTYPE_NAMES[pipe.vae.dtype],
                  **({"fp8": "block linears, e4m3 rowwise"} if flags.get("fp8") else {}),
@@ -452,8 +605,8 @@ def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict
                  "clips_in_batch": len(request.seeds), "memory": result.memory,
                  "motion_score": request.motion_score,
                  "mode": "image-to-video" if first else "text-to-video"}
-        if first:
-            extra.update(image=str(first.path), image_sha256=first.sha256)
+        if first:  # absolute, so --from finds it from any folder; the hash says whether it is still the same file
+            extra.update(image=str(first.path.resolve()), image_sha256=first.sha256)
         record = GenerationRecord(
             prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
             model_repo=resolved.repo, model_revision=resolved.revision, family="video", seed=seed,
@@ -462,10 +615,99 @@ def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict
             version=__version__, timings=timings, extra=extra,
             loras=[{"path": str(p), "scale": s, "sha256": file_sha256(p)} for p, s in loras],
         )
+        array = frames.numpy()
         start = time.perf_counter()
-        written = save_video(frames.numpy(), path, record, fps=fps, force=bool(flags.get("force")), crf=crf)
-        result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
+        try:
+            written = save_or_keep_clip(
+                lambda target, temp, array=array, record=record: save_video(
+                    array, target, record, fps=fps, force=bool(flags.get("force")) or temp, crf=crf), path)
+        except SanaError as exc:  # the batch's other clips are still saved (or kept) before the run stops
+            failures.append(exc)
+            continue
+        finally:
+            result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
+        saved.append(written)
         print_written(written, record)
+    if failures:
+        if len(failures) == 1:
+            raise failures[0]
+        more = (f"{len(failures) - 1} more clip(s) of the batch failed too, kept in {tempfile.gettempdir()} where "
+                "they could be")
+        raise SanaError(failures[0].message, f"{failures[0].hint}; {more}" if failures[0].hint else more)
     t = result.timings
     phases = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in t.items())
     console.info(f"load {load_seconds:.2f}s | {phases}")
+
+
+def unsaved_path(path: Path) -> Path:
+    """Where a clip that could not be saved at `path` is kept: the system temp folder, under a name of this run."""
+    return Path(tempfile.gettempdir()) / f"sana-unsaved-{os.getpid()}-{Path(path).name}"
+
+
+def save_or_keep_clip(save, path: Path) -> Path:
+    """`save(target, temp)` at `path`; when the clip cannot be written there (a full disk, a folder gone, ffmpeg
+    failing) it is written in the system temp folder instead (a file that fails there too, as PNG frames, which
+    need no encoder) and the one-line error says where: minutes of generation are never lost to a failed save."""
+    from sana.outputs import clip_format
+
+    try:
+        return save(path, False)
+    except UsageError:  # a bad argument fails the same anywhere
+        raise
+    except (OSError, SanaError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    kept = unsaved_path(path)
+    # PNG frames need no encoder: the last resort of a file format (a folder name without dots, so no suffix)
+    targets = [kept] if clip_format(path) == "png" else [kept, kept.with_name(kept.name.replace(".", "-"))]
+    for target in targets:
+        try:
+            save(target, True)
+        except (OSError, SanaError):
+            continue
+        how = " as PNG frames" if target != kept else ""
+        raise SanaError(f"could not save {path}: {reason}", f"it is kept{how} at {target}")
+    raise SanaError(f"could not save {path}: {reason}", f"and it could not be kept in {kept.parent} either")
+
+
+def write_served_clip(path: Path, data: bytes, force: bool) -> Path:
+    """A server's MP4 (its record embedded) written at `path`: as it came for .mp4, else its frames decoded and
+    written through the same writer in the format asked for (the record's rate capped as a GIF needs). A failed
+    save keeps the clip in the temp folder, as a local run does."""
+    from sana.outputs import clip_format
+
+    if clip_format(path) == "mp4":
+        def save(target: Path, temp: bool) -> Path:
+            from sana.outputs.atomic import atomic_file
+
+            with atomic_file(target, force=force or temp) as file:
+                file.write_bytes(data)
+            return target
+
+        return save_or_keep_clip(save, path)
+
+    import dataclasses
+
+    from sana.outputs import read_clip, read_metadata, save_video
+    from sana.outputs.video import playable_fps
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="sana-served-") as folder:  # ffmpeg reads files, not bytes
+            mp4 = Path(folder) / "clip.mp4"
+            mp4.write_bytes(data)
+            record = read_metadata(mp4)
+            frames, stream_fps = read_clip(mp4)
+    except OSError as exc:
+        raise SanaError(f"could not decode the server's clip for {path}: {exc.strerror or exc}",
+                        "write it as .mp4, which needs no decoding") from None
+    fps = record.fps or stream_fps
+    if record.width and record.height:  # an odd side was padded for yuv420p
+        frames = frames[:, :record.height, :record.width]
+    written_fps = playable_fps(path, fps)
+    if written_fps != fps:
+        console.notice(f"a GIF cannot play faster than {written_fps:g} fps: the server's {fps:g} fps clip is written "
+                       f"and recorded as {written_fps:g} fps")
+    if clip_format(path) == "png":
+        console.notice("a server sends H.264 MP4: the PNG frames are decoded from it, not lossless")
+    record = dataclasses.replace(record, fps=written_fps, frames=len(frames))
+    return save_or_keep_clip(lambda target, temp: save_video(frames, target, record, fps=written_fps,
+                                                             force=force or temp), path)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,166 @@ def test_gen_refuses_a_video_model_naming_sana_video(tiny, tmp_path):
                                              *COMMON))
     assert "is a SANA-Video model" in message and "sana video" in message
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The built-in nano-video model: names, notices, failed saves, Ctrl-C and replays as a user meets them
+# ------------------------------------------------------------------------------------------------------------------
+
+NANO = ("--model", "nano-video", "--device", "cpu")
+GRAMMAR_PROMPT = "a large red circle moving right on a white background"
+
+
+def test_a_colon_name_in_the_current_folder_is_written_read_and_replayed(tmp_path):
+    # ffmpeg reads a bare "take:2.mp4" as the protocol "take:"
+    result = run_sana("video", GRAMMAR_PROMPT, *NANO, "--frames", "5", "--steps", "1", "--seed", "3",
+                      "-o", "take:2.mp4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "nano-video was trained on 17-frame clips only" in result.stderr and "grammar" not in result.stderr
+    meta = json.loads(run_sana("info", "take:2.mp4", "--json", cwd=tmp_path).stdout)
+    assert (meta["frames"], meta["seed"], meta["extra"]["crf"]) == (5, 3, 18)  # the crf the MP4 was encoded at
+    replay = run_sana("video", "--from", "take:2.mp4", "--dry-run", "--json", cwd=tmp_path)
+    assert replay.returncode == 0, replay.stderr
+    (clip,) = json.loads(replay.stdout)["clips"]
+    assert (clip["seeds"], clip["frames"], clip["prompt"]) == ([3], 5, GRAMMAR_PROMPT)
+
+
+def test_nano_video_notices_and_a_dry_run_as_one_json_object(tmp_path):
+    result = run_sana("video", "a cat playing piano", *NANO, "--fps", "240", "--crf", "30", "-o", "x.gif",
+                      "--dry-run", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)  # the whole of stdout: no table
+    (clip,) = plan["clips"]
+    assert (clip["frames"], clip["fps"], clip["format"], clip["motion_score"]) == (17, 50.0, "gif", None)
+    assert plan["model"] == "nano-video" and plan["dry_run"] and "predicted peak" in plan["memory"]
+    for words in ("'a cat playing piano' is not a caption of the moving-shapes grammar",
+                  "a GIF cannot play faster than 50 fps", "240 fps is written and recorded as 50 fps",
+                  "--crf sets the MP4 quality; GIF output ignores it"):
+        assert words in result.stderr, words
+    assert "trained on 17-frame clips" not in result.stderr  # the length it knows
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_folder_that_cannot_be_made_fails_before_any_work(tmp_path):
+    # root passes every permission check there, yet nothing can be created in /proc
+    message = assert_one_line_error(run_sana("video", GRAMMAR_PROMPT, *NANO, "-o", "/proc/sana-clips/", cwd=tmp_path))
+    assert "cannot write to /proc/sana-clips" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_clip_that_cannot_be_saved_is_kept_in_the_temp_folder(tmp_path):
+    from sana.outputs import read_clip, read_metadata
+
+    fake = tmp_path / "ffmpeg"  # an ffmpeg that fails as on a full disk: the MP4 fails here and in the temp folder
+    fake.write_text("#!/bin/sh\ncat > /dev/null\necho 'Error closing file: No space left on device' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    result = run_sana("video", GRAMMAR_PROMPT, *NANO, "--frames", "5", "--steps", "1", "--seed", "4",
+                      "-o", "out/x.mp4", cwd=tmp_path, env={"IMAGEIO_FFMPEG_EXE": str(fake), "TMPDIR": str(temp)})
+    message = assert_one_line_error(result, after_progress=True)
+    assert "could not save out/x.mp4: ffmpeg could not write the MP4: Error closing file: No space left on device" \
+        in message
+    (kept,) = [p for p in temp.iterdir() if p.name.startswith("sana-unsaved-")]
+    assert kept.name.endswith("-x-mp4") and f"it is kept as PNG frames at {kept}" in message
+    frames, fps = read_clip(kept)
+    assert frames.shape == (5, 128, 128, 3) and fps == 8.0 and read_metadata(kept).seed == 4
+    assert not (tmp_path / "out" / "x.mp4").exists()
+
+
+def test_save_or_keep_clip_says_where_the_clip_is(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from sana.errors import SanaError
+    from sana.outputs import GenerationRecord, read_clip, read_metadata, save_video
+    from sana_cli.video import save_or_keep_clip
+
+    frames = np.zeros((3, 32, 32, 3), np.uint8)
+    record = GenerationRecord(prompt="p", seed=5)
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder")
+
+    def save(target, temp):
+        return save_video(frames, target, record, fps=8, force=temp)
+
+    assert save_or_keep_clip(save, tmp_path / "fine.gif") == tmp_path / "fine.gif"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(SanaError) as caught:
+        save_or_keep_clip(save, in_the_way / "clip")  # PNG frames where a file is in the way
+    kept = tmp_path / "tmp" / f"sana-unsaved-{os.getpid()}-clip"
+    assert str(caught.value).startswith(f"could not save {in_the_way / 'clip'}: ")
+    assert str(caught.value).endswith(f"(it is kept at {kept})") and "\n" not in str(caught.value)
+    assert read_clip(kept)[0].shape == (3, 32, 32, 3) and read_metadata(kept).seed == 5
+    monkeypatch.setattr(tempfile, "tempdir", str(in_the_way / "tmp"))  # nowhere to keep it either: said so
+    with pytest.raises(SanaError, match=r"could not save .*clip\.gif: .*and it could not be kept in "):
+        save_or_keep_clip(save, in_the_way / "clip.gif")
+
+
+def test_a_servers_mp4_is_written_in_the_format_asked_for(tmp_path):
+    from sana.outputs import GenerationRecord, read_clip, read_metadata, save_video
+    from sana_cli.video import write_served_clip
+
+    t = np.arange(9, dtype=np.uint8)[:, None, None, None]
+    frames = np.broadcast_to(t * 20 + np.arange(64, dtype=np.uint8)[None, None, :, None], (9, 32, 64, 3)).copy()
+    record = GenerationRecord(prompt="a dog", seed=2, family="video", width=64, height=32)
+    data = save_video(frames, tmp_path / "served.mp4", record, fps=240).read_bytes()
+    assert write_served_clip(tmp_path / "x.mp4", data, force=False).read_bytes() == data  # as it came
+    gif = read_metadata(write_served_clip(tmp_path / "x.gif", data, force=False))
+    assert (gif.seed, gif.frames, gif.fps) == (2, 9, 50.0) and "crf" not in gif.extra  # what the GIF plays
+    back, fps = read_clip(write_served_clip(tmp_path / "x", data, force=False))
+    assert back.shape == (9, 32, 64, 3) and fps == 240.0
+    assert psnr(back, frames) >= 30
+
+
+def test_ctrl_c_says_how_many_clips_were_saved(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    from tests.cli_helpers import sana_executable
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+    process = subprocess.Popen([sana_executable(), "video", GRAMMAR_PROMPT, *NANO, "--num", "2", "--steps", "1000",
+                                "-o", "clips/"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:  # the denoising has started: 1000 steps leave it far from done
+        lines.append(line)
+        if line.startswith("denoise"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=300)
+    assert process.returncode == 130, "".join(lines) + rest
+    assert "error: interrupted: 0 of 2 clips saved (--skip-existing makes the rest)" in rest
+    assert "Traceback" not in rest and not (tmp_path / "clips").exists()
+
+
+def test_replaying_an_image_to_video_clip_from_another_folder(tmp_path):
+    from sana.outputs import read_clip, read_metadata, save_video
+
+    clips, elsewhere = tmp_path / "clips", tmp_path / "elsewhere"
+    clips.mkdir()
+    elsewhere.mkdir()
+    first_frame(128, 128).save(clips / "sq.png")
+    result = run_sana("video", GRAMMAR_PROMPT, *NANO, "--image", "sq.png", "--frames", "5", "--steps", "1",
+                      "-o", "i2v.mp4", cwd=clips)
+    assert result.returncode == 0, result.stderr
+    record = read_metadata(clips / "i2v.mp4")
+    assert record.extra["image"] == str((clips / "sq.png").resolve())  # absolute: found from any folder
+    replay = run_sana("video", "--from", "../clips/i2v.mp4", "--dry-run", cwd=elsewhere)
+    assert replay.returncode == 0 and "differs" not in replay.stderr, replay.stderr
+
+    # A record made before paths were stored absolute: its relative path is found beside the clip.
+    record.extra["image"] = "sq.png"
+    frames, _ = read_clip(clips / "i2v.mp4")
+    save_video(frames, clips / "old.mp4", record, fps=record.fps)
+    replay = run_sana("video", "--from", "../clips/old.mp4", "--dry-run", cwd=elsewhere)
+    assert replay.returncode == 0 and "differs" not in replay.stderr, replay.stderr
+
+    (clips / "sq.png").unlink()  # gone: the error says the path came from the record
+    message = assert_one_line_error(run_sana("video", "--from", "../clips/old.mp4", "--dry-run", cwd=elsewhere))
+    assert "--image sq.png (from the record of ../clips/old.mp4) not found" in message and "pass --image" in message
+    assert list(elsewhere.iterdir()) == []

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from sana.errors import SanaError, UsageError
 from sana.outputs import (
@@ -57,6 +58,14 @@ def clip_path(tmp_path, fmt: str, name: str = "clip"):
     return tmp_path / f"{name}{SUFFIXES[fmt]}"
 
 
+def written(fmt: str, crf: int = 18, **changes) -> GenerationRecord:
+    """The record a clip of `fmt` comes back with: an MP4's also says the crf it was encoded at."""
+    record = clip_record(**changes)
+    if fmt == "mp4":
+        record.extra["crf"] = crf
+    return record
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # The record's clip fields
 # ------------------------------------------------------------------------------------------------------------------
@@ -101,7 +110,7 @@ def test_clip_round_trips(tmp_path, fmt):
     path = save_video(frames, clip_path(tmp_path, fmt), clip_record(), fps=8)
     assert path == clip_path(tmp_path, fmt)
     # the written record gains the clip's frame count and rate
-    assert read_metadata(path) == clip_record(frames=9, fps=8.0)
+    assert read_metadata(path) == written(fmt, frames=9, fps=8.0)
     back, fps = read_clip(path)
     assert back.shape == frames.shape and back.dtype == np.uint8
     # GIF delays are whole 1/100 s: 8 fps is written as 120, 130, 120, ... ms
@@ -131,9 +140,9 @@ def test_mp4_container_tags(tmp_path):
     record = clip_record()
     path = save_video(moving_gradient(), tmp_path / "clip.mp4", record, fps=16)
     tags = mp4_tags(path)
-    written = clip_record(frames=9, fps=16.0)
-    assert GenerationRecord.from_json(tags["comment"]) == written
-    assert tags["description"] == written.to_a1111()
+    expected = written("mp4", frames=9, fps=16.0)
+    assert GenerationRecord.from_json(tags["comment"]) == expected
+    assert tags["description"] == expected.to_a1111()
     probe = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
     assert "h264" in probe and "yuv420p(tv, bt709" in probe and "16 fps" in probe
     data = path.read_bytes()
@@ -152,7 +161,7 @@ def test_frames_from_a_generator_are_written_as_they_come(tmp_path, fmt):
 
     path = save_video(decoder(), clip_path(tmp_path, fmt), clip_record(frames=5), fps=12.5)
     assert len(produced) == 5
-    assert read_metadata(path) == clip_record(frames=5, fps=12.5)
+    assert read_metadata(path) == written(fmt, frames=5, fps=12.5)
     back, _ = read_clip(path)
     assert len(back) == 5
 
@@ -173,6 +182,40 @@ def test_a_clip_of_one_frame(tmp_path):
         path = save_video(frame, clip_path(tmp_path, fmt), clip_record(), fps=8)
         assert read_metadata(path).frames == 1
         assert len(read_clip(path)[0]) == 1
+
+
+def test_a_colon_name_in_the_current_folder_is_not_an_ffmpeg_protocol(tmp_path, monkeypatch):
+    # ffmpeg reads "take:2.mp4" (and the temporary ".take:2.mp4....tmp") as the protocol "take" unless given a path
+    monkeypatch.chdir(tmp_path)
+    frames = moving_gradient(frames=3)
+    path = save_video(frames, Path("take:2.mp4"), clip_record(), fps=8)
+    assert read_metadata(Path("take:2.mp4")) == written("mp4", frames=3, fps=8.0)
+    assert mp4_tags(Path("take:2.mp4"))["comment"]
+    back, fps = read_clip(path)
+    assert back.shape == frames.shape and fps == 8.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["take:2.mp4"]
+
+
+def test_the_crf_is_recorded_for_mp4_only(tmp_path):
+    path = save_video(moving_gradient(frames=2), tmp_path / "clip.mp4", clip_record(), fps=8, crf=30)
+    assert read_metadata(path).extra["crf"] == 30
+    # a record that carries a crf (one converted from an MP4) loses it where the format has none
+    for fmt in ("gif", "webp", "png"):
+        path = save_video(moving_gradient(frames=2), clip_path(tmp_path, fmt), written("mp4", crf=30), fps=8)
+        assert "crf" not in read_metadata(path).extra, fmt
+
+
+def test_a_gif_plays_at_most_50_fps(tmp_path):
+    assert video_module.playable_fps("gif", 240) == 50.0 and video_module.playable_fps("x.gif", 12) == 12.0
+    assert video_module.playable_fps("mp4", 240) == 240.0 and video_module.playable_fps("webp", 240) == 240.0
+    # faster delays would be 0 and 10 ms, which browsers play as 100 ms: refused, not written wrong
+    with pytest.raises(UsageError, match="a GIF cannot play 240 fps"):
+        save_video(moving_gradient(frames=3), tmp_path / "fast.gif", clip_record(), fps=240)
+    assert list(tmp_path.iterdir()) == []
+    path = save_video(moving_gradient(frames=3), tmp_path / "fast.gif", clip_record(), fps=50)
+    with Image.open(path) as image:
+        assert [frame.info["duration"] for frame in ImageSequence.Iterator(image)] == [20, 20, 20]
+    assert read_metadata(path).fps == 50.0
 
 
 # ------------------------------------------------------------------------------------------------------------------

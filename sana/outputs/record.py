@@ -29,7 +29,8 @@ class GenerationRecord:
 
     Clips set `frames` and `fps`. Clip facts that only some runs have live in `extra`, under these keys:
     "motion_score" (SANA-Video's motion score), "image" and "image_sha256" (the first frame of an image-to-video
-    run), "camera" and "camera_sha256" (the camera path of a world-model run).
+    run), "camera" and "camera_sha256" (the camera path of a world-model run), "crf" (the H.264 quality an MP4
+    was encoded at).
     """
 
     prompt: str

@@ -4,12 +4,14 @@ One record, four forms, each chosen by the target's suffix (or `fmt`):
 - .mp4: H.264 in yuv420p at `crf` (MP4_CRF = 18 by default: visually lossless for generated clips at a few
   Mbit/s), BT.709-tagged so players show the colours we converted with, `+faststart` so it plays while it
   downloads. Encoded by the ffmpeg that imageio-ffmpeg ships, frames streamed to it as they come. The JSON record
-  goes in the container's `comment` tag and the A1111 text in `description`: both are standard MP4 tags that the
-  default muxer keeps and that ffprobe and players show. yuv420p needs even sides: an odd width or height is
-  padded by repeating the last column or row (the record keeps the generated size).
+  (with the crf it was encoded at, `extra.crf`) goes in the container's `comment` tag and the A1111 text in
+  `description`: both are standard MP4 tags that the default muxer keeps and that ffprobe and players show.
+  yuv420p needs even sides: an odd width or height is padded by repeating the last column or row (the record keeps
+  the generated size). ffmpeg is always given absolute paths (`ffmpeg_path`): it reads `take:2.mp4` as a protocol.
 - .gif: looping animated GIF, 256 colours a frame (Pillow's median cut, dithered), the JSON record in a comment
   extension. GIF delays are whole 1/100 s, so each frame's delay is rounded such that the clip's length stays
-  right (8 fps gives 120, 130, 120, ... ms); players slow delays under 20 ms, so GIF suits clips of <= 50 fps.
+  right (8 fps gives 120, 130, 120, ... ms); browsers play delays under 20 ms as 100 ms, so a GIF is refused
+  above GIF_MAX_FPS (50: `playable_fps` gives the rate to write instead).
 - .webp: looping animated WebP, lossy at quality 95 as still WebPs are (lossless frames would be several times
   larger for no visible gain), the record in EXIF and XMP exactly as in a still WebP.
 - PNG frames (a path without a suffix, or fmt "png"): a folder of lossless `frame_00000.png`, ... whose first
@@ -27,6 +29,7 @@ import itertools
 import math
 import numbers
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -44,6 +47,8 @@ from .record import GenerationRecord
 CLIP_SUFFIXES = {"mp4": ".mp4", "gif": ".gif", "webp": ".webp", "png": ""}  # format -> suffix ("": a folder)
 CLIP_FORMATS = tuple(CLIP_SUFFIXES)
 MP4_CRF = 18
+# GIF delays are whole 1/100 s and browsers play delays under 20 ms as 100 ms: 50 fps is the fastest a GIF plays.
+GIF_MAX_FPS = 50.0
 MP4_JSON_KEY = "comment"
 MP4_PARAMETERS_KEY = "description"
 # Linux caps one command-line argument at 128 KiB; the metadata travels to ffmpeg as arguments.
@@ -84,7 +89,8 @@ def save_video(frames: np.ndarray | Iterable[np.ndarray], path: Path, record: Ge
     and WebP). The format comes from path's suffix (see `clip_format`), or from fmt. The record is written with
     `fps` and, for an array, `frames` filled in; for an iterable give `record.frames` yourself (the MP4 metadata
     is written before the first frame).
-    crf: H.264 quality for .mp4, 0 (best) to 51 (worst), default MP4_CRF.
+    crf: H.264 quality for .mp4, 0 (best) to 51 (worst), default MP4_CRF; an MP4's record says it (`extra.crf`).
+    A GIF above GIF_MAX_FPS is refused (`playable_fps` gives the rate to write).
     """
     path = Path(path)
     fmt = clip_format(fmt if fmt is not None else path)
@@ -94,7 +100,14 @@ def save_video(frames: np.ndarray | Iterable[np.ndarray], path: Path, record: Ge
     if isinstance(crf, bool) or not (isinstance(crf, numbers.Integral) and 0 <= crf <= 51):
         raise UsageError(f"crf must be a whole number from 0 to 51, not {crf}")
     fps, crf = float(fps), int(crf)
+    if fmt == "gif" and fps > GIF_MAX_FPS:
+        raise UsageError(f"a GIF cannot play {fps:g} fps", f"GIF plays at most {GIF_MAX_FPS:g} fps; write "
+                         f"{GIF_MAX_FPS:g} fps or another format")
     record = _clip_record(record, frames, fps)
+    # The quality an MP4 was encoded at is part of how it was made; other formats have none (a record converted
+    # from an MP4 loses its crf).
+    extra = {k: v for k, v in record.extra.items() if k != "crf"}
+    record = dataclasses.replace(record, extra={**extra, "crf": crf} if fmt == "mp4" else extra)
     stream = _checked_frames(frames)
     if fmt == "png":
         with atomic_directory(path, force=force) as folder:
@@ -109,6 +122,11 @@ def save_video(frames: np.ndarray | Iterable[np.ndarray], path: Path, record: Ge
                 count = write(stream, file, record, fps)
         _check_count(count, record)
     return path
+
+
+def playable_fps(fmt: str, fps: float) -> float:
+    """The rate a clip of `fmt` can be written at: `fps`, or for a GIF at most GIF_MAX_FPS."""
+    return min(float(fps), GIF_MAX_FPS) if clip_format(fmt) == "gif" else float(fps)
 
 
 def _clip_record(record: GenerationRecord, frames: object, fps: float) -> GenerationRecord:
@@ -163,7 +181,7 @@ def _write_mp4(frames: Iterator[np.ndarray], temp: Path, record: GenerationRecor
         "-an", "-c:v", "libx264", "-crf", str(crf), "-vf", _MP4_FILTER, "-pix_fmt", "yuv420p",
         "-movflags", "+faststart",
         "-metadata", f"{MP4_JSON_KEY}={json_text}", "-metadata", f"{MP4_PARAMETERS_KEY}={a1111}",
-        "-f", "mp4", str(temp),
+        "-f", "mp4", ffmpeg_path(temp),
     ]
     count = 0
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe would stall ffmpeg
@@ -187,7 +205,9 @@ def _write_mp4(frames: Iterator[np.ndarray], temp: Path, record: GenerationRecor
         if code != 0:
             log.seek(0)
             lines = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
-            raise SanaError(f"ffmpeg could not write the MP4: {lines[-1] if lines else f'exit status {code}'}")
+            # "[out#0/mp4 @ 0x5613...] Error closing file: ...": the bracket names ffmpeg's internals, not the cause
+            reason = re.sub(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*", "", lines[-1]) if lines else f"exit status {code}"
+            raise SanaError(f"ffmpeg could not write the MP4: {reason}")
     return count
 
 
@@ -233,6 +253,12 @@ def _write_png_frames(frames: Iterator[np.ndarray], folder: Path, record: Genera
 # ffmpeg and reading clips back
 # ----------------------------------------------------------------------------------------------------------------
 
+def ffmpeg_path(path: Path | str) -> str:
+    """A path as ffmpeg must be given it: absolute, since ffmpeg reads a name such as `take:2.mp4` as the
+    protocol `take` (a leading `/` never reads as one)."""
+    return str(Path(path).absolute())
+
+
 def ffmpeg_exe() -> str:
     """The ffmpeg binary imageio-ffmpeg provides (or the one IMAGEIO_FFMPEG_EXE names)."""
     try:
@@ -245,7 +271,7 @@ def ffmpeg_exe() -> str:
 
 def mp4_tags(path: Path) -> dict[str, str]:
     """A clip's container tags (MP4, MOV, MKV, ...), read with `ffmpeg -i path -f ffmetadata -`."""
-    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
+    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", ffmpeg_path(path),
                "-map_metadata", "0", "-f", "ffmetadata", "-"]
     try:
         result = subprocess.run(command, capture_output=True, timeout=_FFMPEG_TIMEOUT_S)
@@ -325,7 +351,7 @@ def _read_with_ffmpeg(path: Path) -> tuple[np.ndarray, float | None]:
 
     ffmpeg_exe()  # the usual error when there is no ffmpeg
     try:
-        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        reader = imageio_ffmpeg.read_frames(ffmpeg_path(path), pix_fmt="rgb24")
         meta = next(reader)
         width, height = meta["size"]
         frames = [np.frombuffer(data, np.uint8).reshape(height, width, 3) for data in reader]
