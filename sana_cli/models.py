@@ -173,10 +173,14 @@ def pull_command(
                         TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[files]}"),
                         console=console.err, disable=console.settings.quiet)
     task = progress.add_task(f"pulling {name}", total=None, files="")
+    started = False
 
     def show(state: hub.PullProgress) -> None:
         # Started on the first report, so that an error before the download is the only line printed.
-        progress.start()
+        nonlocal started
+        if not started:
+            progress.start()
+            started = True
         progress.update(task, description=f"pulling {state.repo}", completed=state.done_bytes,
                         total=state.total_bytes, files=f"{state.files_done}/{state.files_total} files")
 
@@ -185,7 +189,8 @@ def pull_command(
             path = pull_reward_model(reward, on_progress=show)[0] if reward else \
                 hub.pull(name, precision=precision, on_progress=show)
         finally:
-            progress.stop()
+            if started:  # stopping a progress that never started still prints a blank line off a terminal
+                progress.stop()
     except KeyboardInterrupt:
         # The hub client's download threads would finish their files before Python exits; the `.incomplete`
         # blobs they leave are what the next pull resumes from, so exiting now loses nothing.
@@ -204,8 +209,12 @@ def rm_command(
 ) -> None:
     """Delete every cached revision of a model from the hub cache."""
     from sana import hub
+    from sana.errors import ModelNotFound
+    from sana.hub.cache import _repo_folder  # what `hub.remove` deletes: a repo's folder, complete or not
 
     repo, _ = hub.repo_for(name, "rm")
+    if _repo_folder(repo) is None:  # said before asking: there is nothing to confirm
+        raise ModelNotFound(f"{name} ({repo}) is not downloaded", "nothing to remove; see sana models list")
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"not deleting {repo} without confirmation", "pass --yes")

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
+import socket
 from typing import Annotated, Optional
 
 import typer
@@ -80,7 +82,8 @@ def serve(
     from sana.serving.scheduler import Scheduler
     from sana.serving.warmup import should_warm_up
 
-    # 2. Security: loopback only, unless an API key guards the server or the user insists.
+    # 2. Every argument checked before torch is imported. Security: loopback only, unless an API key guards the
+    #    server or the user insists.
     if not model:
         raise UsageError("no model to serve", "pass --model NAME (e.g. --model nano); repeat it for several")
     if not _is_loopback(host) and not api_key and not insecure:
@@ -100,9 +103,12 @@ def serve(
     refiners = _refiners(refiner or [], model)
     if refiners and (ray or gpus > 1):
         raise UsageError("--refiner is for world models, which this server loads itself", "drop --ray / --gpus")
-    from .serve_models import attach_loras, load_model, read_allow_list
+    from .serve_models import attach_loras, load_model, read_allow_list, resolve_any
 
+    for name in model:  # resolved, not loaded: an unknown name or a missing download fails at once
+        resolve_any(name)
     allowed = read_allow_list(lora or [])
+    listeners = _listen(host, port)  # bound now: a port in use fails before the models load, not after
 
     # 3. Each model loaded once, placed as its memory plan says (as `sana gen` does); the LoRAs checked against
     #    the models they fit.
@@ -130,13 +136,46 @@ def serve(
         state.warmup = should_warm_up(warmup, [m.device for m in state.models.values()])
     models = state.models
 
-    # 4. Serve until interrupted.
+    # 4. Serve on the sockets bound in step 2 until interrupted.
     guard = "API key required" if api_key else "no API key"
     warming = "; warming up first" if state.warmup or getattr(state.runner, "warming", False) else ""
     console.info(f"serving {', '.join(models)} on http://{_url_host(host)}:{port} ({guard}; max batch {max_batch}, "
                  f"queue {max_queue}{warming})")
-    uvicorn.run(create_app(state), host=host, port=port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host=host, port=port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=5))
+    try:
+        server.run(sockets=listeners)
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped (as `uvicorn.run` takes it)
+        return
+    if not server.started:
+        raise SanaError("the server did not start", "its log above says why")
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to host:port as asyncio binds a server's (one for each address the host resolves to, IPv6
+    ones v6-only), for uvicorn to listen on."""
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: {exc.strerror}", "give an address or a name this machine resolves") \
+            from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(addresses):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} on {host} is in use", "choose another --port") from None
+        raise UsageError(f"cannot listen on {host} port {port}: {exc.strerror or exc}",
+                         "choose another --host or --port") from None
+    return sockets
 
 
 def _refiners(texts: list[str], models: list[str]) -> dict[str, str]:

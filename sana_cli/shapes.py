@@ -18,6 +18,8 @@ from .shapes_scoring import check_outputs, print_scores, write_score_rows
 shapes_app = typer.Typer(help="The shapes grammar of the nano model: make datasets, score models, build the model.",
                          no_args_is_help=True)
 
+CLIP_NOT_IMAGE = "a clip (check clips with --video)"
+
 Holdout = Annotated[bool, typer.Option("--holdout/--no-holdout",
                                        help="Leave the held-out colour-shape pairs out of the data.")]
 
@@ -113,52 +115,113 @@ def make_command(
 
 @shapes_app.command("check")
 def check_command(
-    images: Annotated[List[Path], typer.Argument(help="Images to check.")],
-    caption: Annotated[Optional[str], typer.Option("--caption", "-c", help="Caption to check against (default: the prompt stored in each image).")] = None,
+    paths: Annotated[List[Path], typer.Argument(help="Images (with --video: clips) to check, or folders of them, such as a `sana shapes make` dataset.")],
+    caption: Annotated[Optional[str], typer.Option("--caption", "-c", help="Caption to check against (default: each file's own: its metadata.jsonl row or same-name .txt, as `sana finetune` reads them, else the prompt stored in it).")] = None,
+    video: Annotated[bool, typer.Option("--video", help="Check clips (.mp4, .gif, .webp, or a folder of frames) against the moving-shapes grammar.")] = False,
 ) -> None:
-    """Check images against their captions with the analytic adherence checker."""
-    from PIL import Image
-
+    """Check images (or with --video clips) against their captions with the analytic adherence checker."""
     from rich.markup import escape
 
-    from sana.nano.adherence import check_image
-    from sana.nano.shapes import parse_caption
+    # 1. The caption asked for (a bad one fails before any file is read); folders opened up into their files.
+    if video:
+        from sana.nano.moving_shapes import parse_motion_caption as parse
 
-    expected = parse_caption(caption) if caption else None  # a bad caption fails before any image is read
+        from .shapes_video import check_clip_file as check_file, clip_targets as targets
+    else:
+        from sana.nano.shapes import parse_caption as parse
+
+        check_file, targets = _check_image_file, _image_targets
+    expected = parse(caption) if caption else None
+    files = targets(paths)
+    own_caption = caption_finder(paths)
+
+    def scene_for(path: Path):
+        return expected or parse(own_caption(path))
+
+    # 2. Each file on its own line: one that cannot be checked does not stop the others.
     counts = {"correct": 0, "wrong": 0, "not checked": 0}
-    for path in images:
-        try:
-            scene = expected or _stored_scene(path)
-            with Image.open(path) as image:
-                result = check_image(image, scene)
-        except (SanaError, OSError) as exc:  # one bad file does not stop the others
+    for path, problem in files:
+        if problem is None:
+            try:
+                result = check_file(path, scene_for)
+            except SanaError as exc:
+                problem = str(exc)
+        if problem is not None:
             counts["not checked"] += 1
-            reason = exc if isinstance(exc, SanaError) else f"cannot read it ({type(exc).__name__})"
-            console.out.print(f"{path}: [yellow]not checked[/yellow]: {escape(str(reason))}", highlight=False)
+            console.out.print(f"{escape(str(path))}: [yellow]not checked[/yellow]: {escape(problem)}", highlight=False)
             continue
         wrong = [name for name, ok in result.attributes().items() if not ok]
         counts["wrong" if wrong else "correct"] += 1
         verdict = "[green]correct[/green]" if not wrong else f"[red]wrong[/red]: {', '.join(wrong)}"
         console.out.print(f"{escape(str(path))}: {verdict}", highlight=False)
-    console.info(f"{len(images)} file(s): " + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what != "not checked"))
+    noun = "clip(s)" if video else "file(s)"
+    console.info(f"{len(files)} {noun}: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what != "not checked"))
     if counts["wrong"] or counts["not checked"]:
         raise typer.Exit(1)
 
 
-def _stored_scene(path: Path):
-    """The scene of the prompt an image stores (our metadata), for `sana shapes check` without --caption."""
-    from sana.nano.shapes import parse_caption
-    from sana.outputs import read_metadata
+def _image_targets(paths: list[Path]) -> list[tuple[Path, str | None]]:
+    """(path, why it is not checked, or None) for each file to check: each path given, a folder's files as
+    `sana finetune` finds them (recursively; hidden files and caption sidecars left out; frames folders are clips)."""
+    from sana.training.video_data import find_clips
+
+    targets = []
+    for path in paths:
+        if not path.is_dir():
+            targets.append((path, None))
+            continue
+        clips, images, others = find_clips(path)
+        found = [(p, CLIP_NOT_IMAGE if p.is_dir() else None) for p in (*clips, *images, *others)]
+        targets += sorted(found) or [(path, "nothing to check in this folder")]
+    return targets
+
+
+def _check_image_file(path: Path, scene_for):
+    """One image checked against `scene_for(path)`, asked only once the image has been read."""
+    from PIL import Image, UnidentifiedImageError
+
+    from sana.nano.adherence import check_image
+    from sana.training.video_data import VIDEO_SUFFIXES
 
     if not path.is_file():
         raise SanaError("not found")
+    if path.suffix.lower() in VIDEO_SUFFIXES - {".gif"}:  # a GIF is checked as an image: its first frame
+        raise SanaError(CLIP_NOT_IMAGE)
     try:
-        stored = read_metadata(path).prompt
-    except SanaError:
-        stored = None
-    if not stored:
-        raise SanaError("no stored prompt (pass --caption)")
-    return parse_caption(stored)
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise SanaError("not an image (it cannot be read)") from None
+    with image:
+        return check_image(image, scene_for(path))
+
+
+def caption_finder(paths: list[Path]):
+    """own_caption(path): the caption `sana finetune` would train a file (or frames folder) on, by its data readers'
+    rules (a metadata.jsonl row, else the same-name .txt), else the prompt stored in the file; SanaError when it
+    has none."""
+    from sana.outputs import read_metadata
+    from sana.training.data import DataReport, metadata_rows, row_caption, sample_caption
+    from sana.training.video_data import _caption_file  # the sidecar rule for files and frames folders alike
+
+    # metadata.jsonl files of the folders given (searched down, as fine-tuning searches) and of each path's folder
+    roots = {p for p in paths if p.is_dir()} | {p.parent for p in paths if (p.parent / "metadata.jsonl").is_file()}
+    rows: dict[Path, dict] = {}
+    for root in sorted(roots):
+        rows.update(metadata_rows(root, DataReport(root=root)))
+
+    def own_caption(path: Path) -> str:
+        text = sample_caption(None, row_caption(rows.get(path.resolve(), {})), _caption_file(path), None)
+        if text is None:
+            try:
+                text = read_metadata(path).prompt
+            except SanaError:
+                text = None
+        if not text:
+            raise SanaError("no stored prompt or caption file (pass --caption)")
+        return text
+
+    return own_caption
 
 
 @shapes_app.command("score")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sana.errors import UsageError
+from sana.errors import SanaError, UsageError
 
 from . import console
 from .shapes_scoring import check_outputs, print_scores, write_score_rows
@@ -25,6 +25,40 @@ def make_clips(out: Path, num: int, seed: int, two_objects: float, fmt: str, pro
                             on_progress=lambda done, total: bar.update(task, completed=done))
     console.info(f"{num} clips of {FRAMES} frames at {FPS} fps, {SIDE}x{SIDE} ({fmt}), seed {seed}")
     console.out.print(str(out), highlight=False)
+
+
+def clip_targets(paths: list[Path]) -> list[tuple[Path, str | None]]:
+    """(path, why it is not checked, or None) for each clip to check: each path given (a folder of frame_*.png
+    files, as `sana` writes PNG frames, is one clip), a folder's files as `sana finetune` finds clips (recursively;
+    hidden files and caption sidecars left out)."""
+    from sana.training.video_data import find_clips
+
+    targets = []
+    for path in paths:
+        if not path.is_dir() or any(path.glob("frame_*.png")):
+            targets.append((path, None))
+            continue
+        clips, images, others = find_clips(path)
+        found = [(p, None) for p in sorted((*clips, *images, *others))]
+        targets += found or [(path, "nothing to check in this folder")]
+    return targets
+
+
+def check_clip_file(path: Path, scene_for):
+    """One clip (a file or a frames folder) checked against `scene_for(path)`, asked only once the clip has been
+    read."""
+    from sana.nano.motion_adherence import check_clip
+    from sana.outputs import read_clip
+
+    if not path.exists():
+        raise SanaError("not found")
+    try:
+        frames, _ = read_clip(path)
+    except (SanaError, OSError, ValueError):
+        raise SanaError("not a clip (it cannot be read)") from None
+    if len(frames) < 2:
+        raise SanaError("a still image, not a clip (check images without --video)")
+    return check_clip(frames, scene_for(path))
 
 
 def score_clips(model: str, transformer: str | None, num: int, seed: int, steps: int | None, cfg: float | None,

@@ -2,10 +2,11 @@
 refiner, stage 2), as numbered steps.
 
 Every argument is checked before torch is imported: the first frame is decoded, the camera path resolved (numpy
-only), the model resolved and the outputs planned before anything loads, so bad input costs a fraction of a second
-and leaves no file. `--preview` draws the resolved path and `--dry-run` prints the clip, the path and the memory
-plan; neither loads a model. Each clip is written with `<clip>.camera.json` beside it (the resolved path in
-nerfstudio's format and in sana's schema); `--from clip` replays from that file, so the poses are the same.
+only) and the outputs planned before the model is even resolved, so bad input costs a fraction of a second, is
+reported before a missing model, and leaves no file. `--preview` draws the resolved path and `--dry-run` prints
+the clip, the path and the memory plan; neither loads a model. Each clip is written with `<clip>.camera.json`
+beside it (the resolved path in nerfstudio's format and in sana's schema); `--from clip` replays from that file,
+so the poses are the same.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand
 
-from sana.errors import UsageError
+from sana.errors import SanaError, UsageError
 
 from . import console
 from . import options as opt
@@ -27,6 +28,7 @@ from . import options as opt
 WORLD_MODEL = "wm-2.6b"  # the released preset; a local folder without one takes its defaults
 SIZE_MULTIPLE = 32  # the LTX-2 VAE's pixels a latent
 ROPE_POSITIONS = 1024  # the DiT's rotary table: latent frames (and rows, columns) it can place
+MAX_FRAMES = 961  # a minute at 16 fps (121 latent frames), the longest clip SANA-WM makes in one pass
 # Settings a clip takes from the flags and --from's record (the camera is replayed from the record's path file).
 WORLD_KEYS = ("prompt", "negative", "seed", "num", "steps", "cfg", "res", "shift", "out", "frames", "image",
               "format", "crf")
@@ -112,8 +114,9 @@ def check_settings(settings: dict[str, Any]) -> None:
     from sana.outputs import CLIP_FORMATS
 
     check_size(settings.get("res"))
-    if settings.get("frames") is not None and int(settings["frames"]) < 1:
-        raise UsageError(f"--frames {settings['frames']}; expected a whole number >= 1")
+    if settings.get("frames") is not None and not 1 <= int(settings["frames"]) <= MAX_FRAMES:
+        # refused rather than snapped: 8k+1 snapping rounds up, past the maximum
+        raise UsageError(f"--frames {settings['frames']} is out of range", f"SANA-WM makes 1 to {MAX_FRAMES} frames")
     if settings.get("steps") is not None and int(settings["steps"]) < 1:
         raise UsageError(f"--steps {settings['steps']}; expected a whole number >= 1")
     if settings.get("cfg") is not None and float(settings["cfg"]) < 0:
@@ -232,9 +235,11 @@ def run(flags: dict[str, Any]) -> None:
     memory_mode = check_mode(flags.get("memory") or "auto")
     max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
     preview, dry_run, force = flags.get("preview"), bool(flags.get("dry_run")), bool(flags.get("force"))
-    model_arg = (flags.get("model") or replay.get("model")
-                 or default_model("world", planning=dry_run or preview is not None))
-    spec = find_spec(model_arg)
+    planning = dry_run or preview is not None
+    # The default model is looked up in step 5, after every input is checked: a typo is reported before
+    # "no model is downloaded".
+    model_arg = flags.get("model") or replay.get("model")
+    spec = find_spec(model_arg) if model_arg else None
     if spec is not None:
         check_family(model_arg, spec.family, "world")
 
@@ -247,18 +252,13 @@ def run(flags: dict[str, Any]) -> None:
         raise UsageError("no --image given", "SANA-WM continues a first frame: pass --image FILE, the view from the "
                          "camera path's first pose")
 
-    # 3. The model: resolved (no download; a dry run or a preview plans from the registry alone), its defaults.
-    from sana.components import scheduler_config
-
-    resolved, spec, _ = resolve_for("world", model_arg, dry_run=dry_run or preview is not None)
-    defaults = world_defaults(spec, scheduler_config(resolved.path) if resolved else {})
-    refiner_dir = _refiner_to_use(flags, record, resolved)
-    width, height = check_size(settings.get("res")) or (defaults.width, defaults.height)
-
-    # 4. The camera path: resolved for the first frame's size, its notices printed.
+    # 3. The camera path: resolved for the first frame's size, its notices printed. Frames and size come from the
+    #    preset (a local folder or no --model: the released preset's), so no model is needed yet.
+    preset = world_defaults(spec, {})
+    width, height = check_size(settings.get("res")) or (preset.width, preset.height)
     frames = int(settings["frames"]) if settings.get("frames") is not None else None
     image_size = first.image.size if first else (width, height)
-    path = resolve_path(camera_source(flags, record, from_path), image_size, frames, defaults.frames)
+    path = resolve_path(camera_source(flags, record, from_path), image_size, frames, preset.frames)
     for notice in path.notices:
         console.notice(notice)
     latent_frames = (path.num_frames - 1) // FRAME_STRIDE + 1
@@ -266,13 +266,27 @@ def run(flags: dict[str, Any]) -> None:
         raise UsageError(f"{path.num_frames} frames are {latent_frames} latent frames, more than the DiT's position "
                          f"table ({ROPE_POSITIONS})", "use fewer --frames")
 
-    # 5. --preview: the path drawn, nothing loaded.
+    # 4. What will be written: the preview file, or seeds and clip paths (clips and their camera files).
     if preview is not None:
-        _write_preview(path, Path(preview).expanduser(), force)
-        return
+        preview_dest = Path(preview).expanduser()
+        _check_preview_dest(preview_dest, force)
+    else:
+        prompt, seeds, clips = _plan_outputs(settings, replay, explicit, dry_run=dry_run, force=force)
 
-    # 6. Seeds and output paths (clips and their camera files), before anything loads.
-    prompt, seeds, clips = _plan_outputs(settings, replay, explicit, dry_run=dry_run, force=force)
+    # 5. The model: resolved (no download; a dry run or a preview plans from the registry alone), its defaults.
+    from sana.components import scheduler_config
+
+    model_arg = model_arg or default_model("world", planning=planning)
+    resolved, spec, _ = resolve_for("world", model_arg, dry_run=planning)
+    defaults = world_defaults(spec, scheduler_config(resolved.path) if resolved else {})
+    refiner_dir = _refiner_to_use(flags, record, resolved)
+
+    # 6. --preview: the path drawn, nothing loaded.
+    if preview is not None:
+        from sana.camera.preview import save_preview
+
+        console.out.print(str(save_preview(path, preview_dest)), highlight=False)
+        return
 
     # 7. Device, precision and the memory plan (a dry run prints the clip, the path and the plan, and stops here).
     from sana.memory import Workload, plan_memory
@@ -370,15 +384,11 @@ def _refiner_to_use(flags: dict, record, resolved) -> Path | None:
     return folder.resolve()
 
 
-def _write_preview(path, dest: Path, force: bool) -> None:
-    from sana.camera.preview import save_preview
-    from sana.outputs import exists_error
-
+def _check_preview_dest(dest: Path, force: bool) -> None:
     if dest.is_dir():
         raise UsageError(f"--preview {dest} is a directory", "give a .png file name")
     if dest.exists() and not force:
-        raise exists_error(dest)
-    console.out.print(str(save_preview(path, dest)), highlight=False)
+        raise SanaError(f"--preview {dest} exists", "use --force to overwrite it, or give another --preview path")
 
 
 def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool, force: bool
@@ -401,8 +411,10 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
                 raise exists_error(camera_json_path(clip))
         return paths
 
-    ((prompt, _, seeds, paths),) = plan_jobs([(settings["prompt"], {})], replay, explicit, dry_run=dry_run,
-                                             check=check_settings, plan_paths=plan_paths, noun="clips")
+    ((prompt, job, seeds, paths),) = plan_jobs([(settings["prompt"], {})], replay, explicit, dry_run=dry_run,
+                                               check=check_settings, plan_paths=plan_paths, noun="clips")
+    if dry_run:  # no paths planned, but a -o the real run would refuse is refused now
+        plan_clip_paths(job.get("out"), prompt=prompt, seeds=seeds, fmt=job.get("format"), force=True)
     return prompt, seeds, paths
 
 

@@ -155,7 +155,7 @@ def test_rm_asks_unless_yes(cache, tmp_path):
     assert removed.returncode == 0, removed.stderr
     assert removed.stdout.strip() == f"removed {SANA_1600M} ({freed} freed)"
     assert "is not downloaded" in assert_one_line_error(run_sana("models", "path", "sana-1.6b", env=env))
-    assert "not in the hub cache" in assert_one_line_error(run_sana("models", "rm", "sana-1.6b", "--yes", env=env))
+    assert "not downloaded" in assert_one_line_error(run_sana("models", "rm", "sana-1.6b", "--yes", env=env))
     assert run_sana("models", "path", "sana-4k", env=env).returncode == 0
 
 
@@ -242,7 +242,9 @@ ERRORS = {
     "pull-a-directory": (lambda t, c: ("models", "pull", str(write_fake_pipeline(t / "p"))), {"HF_HUB_OFFLINE": "0"},
                          "is a local path, not a hub model"),
     "bad-precision": (lambda t, c: ("models", "pull", "sana-1.6b", "--precision", "fp8"), {}, "unknown precision 'fp8'"),
-    "rm-not-cached": (lambda t, c: ("models", "rm", "sana-4k", "--yes"), {}, "is not in the hub cache"),
+    "rm-not-cached": (lambda t, c: ("models", "rm", "sana-4k", "--yes"), {}, "is not downloaded"),
+    # not downloaded is said first: asking to confirm a deletion that cannot happen would mislead
+    "rm-not-cached-unconfirmed": (lambda t, c: ("models", "rm", "sana-4k"), {}, "is not downloaded"),
 }
 
 
@@ -253,6 +255,17 @@ def test_errors_are_one_line(cache, tmp_path, case):
     result = run_sana(*make_args(tmp_path, hub_cache), env={**env, **overrides}, timeout=60)
     assert expected in assert_one_line_error(result)
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("case", ["unknown-model-pull", "offline-pull", "pull-a-directory"])
+def test_pull_errors_are_the_only_output(cache, tmp_path, case):
+    """No blank line from the download's progress display, which never started, comes before the error."""
+    hub_cache, env = cache
+    make_args, overrides, expected = ERRORS[case]
+    result = run_sana(*make_args(tmp_path, hub_cache), env={**env, **overrides}, timeout=60)
+    assert result.returncode != 0 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, \
+        repr(result.stderr)
+    assert expected in result.stderr
 
 
 @pytest.mark.parametrize("case", ["unknown-model", "missing-files", "offline-pull", "no-network-pull"])

@@ -187,3 +187,80 @@ def test_make_command_writes_refuses_and_replaces(tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(4)]  # no stale pairs
     assert (out / "notes.md").exists()
     assert json.loads((out / "shapes.json").read_text())["holdout"] == []
+
+
+# -- `sana shapes check` on datasets ---------------------------------------------------------------------------
+
+def _check(*args) -> tuple:
+    """(the result, {path: "correct" / "wrong: ..." / why it was not checked}) of `sana shapes check ARGS`."""
+    result = run_sana("shapes", "check", *map(str, args))
+    assert "Traceback" not in result.stderr, result.stderr
+    verdicts = {}
+    for line in result.stdout.splitlines():
+        path, verdict = line.split(": ", 1)
+        verdicts[path] = verdict.removeprefix("not checked: ")
+    return result, verdicts
+
+
+def test_check_reads_a_made_dataset_folder_by_its_captions(tmp_path):
+    """A folder is checked file by file against the captions `sana finetune` reads: metadata.jsonl first, then the
+    same-name .txt."""
+    data = tmp_path / "data"
+    assert run_sana("shapes", "make", str(data), "--num", "3", "--seed", "2").returncode == 0
+    result, verdicts = _check(data)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert verdicts == {str(data / f"{i:06d}.png"): "correct" for i in range(3)}
+    assert "3 file(s): 3 correct, 0 wrong" in result.stderr
+
+    # metadata.jsonl wins over a .txt, as in training; without metadata.jsonl the .txt is read.
+    wrong = "a small red circle on the left on a white background"
+    (data / "000000.txt").write_text(wrong + "\n")
+    assert _check(data)[1][str(data / "000000.png")] == "correct"
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    rows[1]["text"] = wrong
+    (data / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result, verdicts = _check(data)
+    assert result.returncode == 1 and verdicts[str(data / "000001.png")].startswith("wrong")
+    (data / "metadata.jsonl").unlink()
+    result, verdicts = _check(data / "000000.png", data / "000002.png")
+    assert verdicts[str(data / "000000.png")].startswith("wrong") and verdicts[str(data / "000002.png")] == "correct"
+
+
+def test_check_names_what_it_cannot_check(tmp_path):
+    data = tmp_path / "data"
+    assert run_sana("shapes", "make", str(data), "--num", "1").returncode == 0
+    (data / "garbage.png").write_bytes(b"not a png")
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "uncaptioned.png")
+    (tmp_path / "empty").mkdir()
+    result, verdicts = _check(data, tmp_path / "uncaptioned.png", tmp_path / "empty", tmp_path / "missing.png")
+    assert result.returncode == 1
+    assert verdicts == {str(data / "000000.png"): "correct",
+                        str(data / "garbage.png"): "not an image (it cannot be read)",
+                        str(tmp_path / "uncaptioned.png"): "no stored prompt or caption file (pass --caption)",
+                        str(tmp_path / "empty"): "nothing to check in this folder",
+                        str(tmp_path / "missing.png"): "not found"}
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "png"])
+def test_check_video_reads_made_clips(tmp_path, fmt):
+    """`--video` checks clips (files, or folders of PNG frames) with the moving-shapes checker; without it a clip
+    is named as one."""
+    clips = tmp_path / "clips"
+    assert run_sana("shapes", "make", str(clips), "--num", "2", "--video", "--format", fmt).returncode == 0
+    names = [clips / (f"{i:06d}.mp4" if fmt == "mp4" else f"{i:06d}") for i in range(2)]
+    result, verdicts = _check("--video", clips)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert verdicts == {str(name): "correct" for name in names} and "2 clip(s): 2 correct" in result.stderr
+    result, verdicts = _check("--video", names[0], "--caption", "a large red circle moving right on a white background")
+    assert result.returncode == 1 and verdicts[str(names[0])].startswith("wrong")
+    result, verdicts = _check(clips)
+    assert result.returncode == 1
+    assert verdicts == {str(name): "a clip (check clips with --video)" for name in names}
+
+
+def test_check_video_refuses_stills(tmp_path):
+    data = tmp_path / "data"
+    assert run_sana("shapes", "make", str(data), "--num", "1").returncode == 0
+    result, verdicts = _check("--video", data)
+    assert result.returncode == 1
+    assert verdicts == {str(data / "000000.png"): "a still image, not a clip (check images without --video)"}

@@ -273,6 +273,25 @@ def test_without_the_serve_extra_the_error_names_it(tmp_path):
     assert "pip install fastapi uvicorn" in assert_one_line_error(result)
 
 
+def test_bad_arguments_are_one_line_before_torch_is_imported(tmp_path):
+    """An unknown model, a missing LoRA file and a port in use: each the only line, with no model loaded, no
+    "serving" claim and no heavy import."""
+    from tests.test_cli_habits import heavy_imports, run_profiled
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {("--model", "bogus"): "unknown model 'bogus'",
+                 ("--model", "nano", "--lora", f"style={tmp_path}/absent.safetensors"): "absent.safetensors",
+                 ("--model", "nano", "--port", str(port)):
+                     f"port {port} on 127.0.0.1 is in use (choose another --port)"}
+        for args, expected in cases.items():
+            result, lines = run_profiled("serve", *args, cwd=tmp_path)
+            assert result.returncode != 0 and len(lines) == 1 and expected in lines[0], lines
+            assert heavy_imports(result.stderr) == [], (args, heavy_imports(result.stderr))
+
+
 # -- units: the scheduler and the size caps -------------------------------------------------------------------
 
 def _job(key: str, images: int = 1, model: str = "m") -> Job:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from tests.cli_helpers import assert_one_line_error, run_sana
-from tests.serve_helpers import error_of, request, running_server
+from tests.serve_helpers import error_of, free_port, request, running_server
 from tests.test_serve_client import write_lora
 
 pytest.importorskip("fastapi")
@@ -95,9 +95,10 @@ def test_progress_and_loras_cross_the_process_boundary(server):
 
 
 def test_gpus_without_gpus_or_with_clip_models_is_one_line():
+    port = ("--port", str(free_port()))  # the server binds its port first: the default may be someone else's
     if not torch.cuda.is_available():
-        assert "CUDA device" in assert_one_line_error(run_sana("serve", "-m", "nano", "--gpus", "2"),
+        assert "CUDA device" in assert_one_line_error(run_sana("serve", "-m", "nano", "--gpus", "2", *port),
                                                        after_progress=True)
-    message = assert_one_line_error(run_sana("serve", "-m", "nano", "--gpus", "2", "--device", "cuda:1"),
+    message = assert_one_line_error(run_sana("serve", "-m", "nano", "--gpus", "2", "--device", "cuda:1", *port),
                                     after_progress=True)
     assert "--device auto, cuda or cpu" in message

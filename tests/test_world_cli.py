@@ -179,6 +179,49 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny, image, bad_files, case, 
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
 
 
+# Input errors with no model downloaded: each names its own mistake, not the missing model.
+WITHOUT_MODEL = {
+    "action key": (("--actions", "q-80", "--fov", "60"), ("unknown key 'q'",)),
+    "no fov": (("--actions", "w-8"), ("carry no intrinsics", "--fov")),
+    "fov range": (("--actions", "w-8", "--fov", "500"), ("--fov", "500")),
+    "camera file": (("--camera", "{tmp}/absent.json", "--fov", "60"), ("absent.json not found",)),
+    "image file": (("--actions", "w-8", "--fov", "60", "--image", "{tmp}/absent.png"), ("absent.png not found",)),
+    "clip suffix": (("--actions", "w-8", "--fov", "60", "-o", "x.avi"), ("'.avi'",)),
+    "clip suffix, dry run": (("--actions", "w-8", "--fov", "60", "-o", "x.avi", "--dry-run"), ("'.avi'",)),
+    "intrinsics": (("--actions", "w-8", "--intrinsics", "1,2,3"), ("--intrinsics '1,2,3'", "4 numbers")),
+    "frames past the maximum": (("--actions", "w-2100", "--fov", "60", "--frames", "2000"),
+                                ("--frames 2000 is out of range", "961")),
+}
+
+
+@pytest.mark.parametrize("case", WITHOUT_MODEL)
+def test_input_errors_come_before_the_missing_model(image, case, tmp_path):
+    args, words = WITHOUT_MODEL[case]
+    args = [a.format(tmp=tmp_path) for a in args]
+    first = [] if "--image" in args else ["--image", str(image)]
+    result = run_sana("world", "a prompt", *first, *args, cwd=tmp_path, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    message = assert_one_line_error(result)
+    assert "no model is downloaded" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_without_a_model_good_input_reaches_the_missing_model(image, tmp_path):
+    result = run_sana("world", "a prompt", "--image", str(image), "--actions", "w-8", "--fov", "60", cwd=tmp_path,
+                      env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert "no model is downloaded" in assert_one_line_error(result)
+
+
+def test_an_existing_preview_names_the_preview_option(image, tmp_path):
+    preview = tmp_path / "path.png"
+    preview.write_bytes(b"kept")
+    args = ("world", "--actions", "w-8", "--fov", "60", "--model", "sana-wm", "--preview", str(preview))
+    message = assert_one_line_error(run_sana(*args))
+    assert f"--preview {preview} exists" in message and "--force" in message and " -o" not in message
+    assert preview.read_bytes() == b"kept"
+    assert run_sana(*args, "--force").returncode == 0 and Image.open(preview).format == "PNG"
+
+
 def test_checks_and_preview_import_no_torch(tiny, image, bad_files, tmp_path):
     """Bad input fails, and a preview is drawn, before torch is imported."""
     import subprocess

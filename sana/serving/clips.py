@@ -2,8 +2,8 @@
 and the job run by the worker into an MP4 written as `sana video` / `sana world` write theirs (`sana.outputs`:
 the same record, atomically), a world clip's `.camera.json` beside it.
 
-Frames: `num_frames`, else `seconds` x fps, else the model's default; snapped to what the VAE makes (4k+1 or
-8k+1). A world-model job needs a first frame (`input_reference`) and a camera path: `actions` (as `sana world
+Frames: `num_frames` or `seconds` x fps (not both), else the model's default; snapped to what the VAE makes (4k+1
+or 8k+1). A world-model job needs a first frame (`input_reference`) and a camera path: `actions` (as `sana world
 --actions` takes them) or `camera` (the JSON of a camera file in a format `sana world --camera` reads), with the
 same resolver options (`fov`, `intrinsics`, `pose_scale`, `speed`, `turn_rate`). The server fetches no URL and
 reads no file a client names.
@@ -151,6 +151,8 @@ def first_frame(reference: Any) -> FirstFrame | None:
 
 
 def _asked_frames(body: VideoGenerationRequest, fps: float) -> int | None:
+    if body.num_frames is not None and body.seconds is not None:  # which would win is a guess: ask for one
+        raise ApiError(400, "give seconds or num_frames, not both", param="seconds", code="invalid_value")
     if body.num_frames is not None:
         return body.num_frames
     if body.seconds is not None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import SanaError
+
+if TYPE_CHECKING:  # torch is imported where the DiT is touched: `sana serve` checks --lora before torch loads
+    import torch
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class LoraSwitch:
             return
         self._restore()
         if wanted is not None:
+            import torch
+
             merged = self._merged(self.allowed[name], wanted[1])
             with torch.no_grad():
                 for key, value in merged.items():
@@ -81,6 +84,8 @@ class LoraSwitch:
             self.active = wanted
 
     def _restore(self) -> None:
+        import torch
+
         with torch.no_grad():
             for key, value in self._base.items():
                 self._params[key].copy_(value)

@@ -75,7 +75,8 @@ class ModelList(BaseModel):
 
 class VideoGenerationRequest(BaseModel):
     """`POST /v1/videos` (JSON or multipart form): OpenAI's Videos API fields, SGLang's extensions, and ours for
-    world-model jobs (a camera path or actions). Frames: `num_frames`, else `seconds` x fps, else the model's."""
+    world-model jobs (a camera path or actions). Frames: `num_frames` or `seconds` x fps (not both), else the
+    model's."""
 
     model_config = ConfigDict(extra="ignore")
 
