@@ -290,24 +290,6 @@ def _model_configs(resolved, spec) -> tuple[dict, dict]:
     return spec.transformer, spec.extra.get("vae", {})
 
 
-def check_clip_dirs(paths: list[Path]) -> None:
-    """Every output's folder can be written, before any work: gen's check (a parent that is a file, or that its
-    permissions keep us out of), then a real try, a folder made and removed where the outputs go, since
-    permissions let root past everywhere (`/proc`, a read-only mount) and the clips would fail only once made."""
-    from .generation import check_output_dirs
-
-    check_output_dirs(paths)
-    for folder in dict.fromkeys(Path(p).expanduser().absolute().parent for p in paths):
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        try:
-            os.rmdir(tempfile.mkdtemp(prefix=".sana-probe-", dir=existing))
-        except OSError as exc:
-            raise UsageError(f"cannot write to {folder}: nothing can be created in {existing} "
-                             f"({exc.strerror or type(exc).__name__})", "choose another -o") from None
-
-
 def job_format(paths: list[Path], settings: dict[str, Any], fmt: str | None) -> str:
     """The clip format a job writes: its planned paths' (a dry run plans none: --format, else -o's suffix, else
     MP4, as `plan_clip_paths` decides)."""
@@ -379,7 +361,8 @@ def run(flags: dict[str, Any]) -> None:
     from sana.outputs import CLIP_FORMATS, plan_clip_paths
     from sana.pipelines.sizes import video_binned_size, video_vae_geometry
 
-    from .generation import DTYPE_CHOICES, default_model, plan_jobs, read_jobs, replay_settings, resolve_for
+    from .generation import (DTYPE_CHOICES, check_output_dirs, default_model, plan_jobs, read_jobs, replay_settings,
+                             resolve_for)
     from .launch import check_gpus, process_device, share_of_plan, spread_jobs
 
     # 1. Settings from --from, the command line and the prompts file, every value checked (before torch loads).
@@ -438,7 +421,7 @@ def run(flags: dict[str, Any]) -> None:
     if planned_jobs is None:
         planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check_settings,
                                  plan_paths=plan_paths, noun="clips", skip_existing=skip_existing)
-        check_clip_dirs([path for *_, paths in planned_jobs for path in paths])
+        check_output_dirs([path for *_, paths in planned_jobs for path in paths])  # a real try: /proc fails here
         if not planned_jobs:
             console.info("nothing to make: every output exists")
             return
