@@ -210,10 +210,10 @@ def rm_command(
     """Delete every cached revision of a model from the hub cache."""
     from sana import hub
     from sana.errors import ModelNotFound
-    from sana.hub.cache import _repo_folder  # what `hub.remove` deletes: a repo's folder, complete or not
+    from sana.hub.cache import repo_folder  # what `hub.remove` deletes: a repo's folder, complete or not
 
     repo, _ = hub.repo_for(name, "rm")
-    if _repo_folder(repo) is None:  # said before asking: there is nothing to confirm
+    if repo_folder(repo) is None:  # said before asking: there is nothing to confirm
         raise ModelNotFound(f"{name} ({repo}) is not downloaded", "nothing to remove; see sana models list")
     if not yes:
         if not sys.stdin.isatty():

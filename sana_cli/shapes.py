@@ -202,7 +202,7 @@ def caption_finder(paths: list[Path]):
     has none."""
     from sana.outputs import read_metadata
     from sana.training.data import DataReport, metadata_rows, row_caption, sample_caption
-    from sana.training.video_data import _caption_file  # the sidecar rule for files and frames folders alike
+    from sana.training.video_data import caption_file  # the sidecar rule for files and frames folders alike
 
     # metadata.jsonl files of the folders given (searched down, as fine-tuning searches) and of each path's folder
     roots = {p for p in paths if p.is_dir()} | {p.parent for p in paths if (p.parent / "metadata.jsonl").is_file()}
@@ -211,7 +211,7 @@ def caption_finder(paths: list[Path]):
         rows.update(metadata_rows(root, DataReport(root=root)))
 
     def own_caption(path: Path) -> str:
-        text = sample_caption(None, row_caption(rows.get(path.resolve(), {})), _caption_file(path), None)
+        text = sample_caption(None, row_caption(rows.get(path.resolve(), {})), caption_file(path), None)
         if text is None:
             try:
                 text = read_metadata(path).prompt

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand
 
+from sana.camera.path import MAX_WORLD_FRAMES
 from sana.errors import SanaError, UsageError
 
 from . import console
@@ -28,7 +29,7 @@ from . import options as opt
 WORLD_MODEL = "wm-2.6b"  # the released preset; a local folder without one takes its defaults
 SIZE_MULTIPLE = 32  # the LTX-2 VAE's pixels a latent
 ROPE_POSITIONS = 1024  # the DiT's rotary table: latent frames (and rows, columns) it can place
-MAX_FRAMES = 961  # a minute at 16 fps (121 latent frames), the longest clip SANA-WM makes in one pass
+MAX_FRAMES = MAX_WORLD_FRAMES
 # Settings a clip takes from the flags and --from's record (the camera is replayed from the record's path file).
 WORLD_KEYS = ("prompt", "negative", "seed", "num", "steps", "cfg", "res", "shift", "out", "frames", "image",
               "format", "crf")

@@ -231,6 +231,16 @@ def test_serve_refuses_loras_it_cannot_serve(tmp_path):
                         {"x": AllowedLora("x", foreign, 1.0, file_sha256(foreign))})
     with pytest.raises(SanaError, match="targets 'transformer_blocks.0.attn9.to_k'"):
         switch.check()
+    # A LoRA our video fine-tuning made (its names fit the image DiT too) is refused by an image model.
+    from sana.lora import BASE_CLASS_METADATA_KEY
+    from sana.training.adapters import _add_metadata
+
+    video_lora = write_lora(tmp_path / "video.safetensors")
+    _add_metadata(video_lora, {BASE_CLASS_METADATA_KEY: "SanaVideoTransformer3DModel"})
+    switch = LoraSwitch(load_transformer(_nano_transformer_dir()),
+                        {"v": AllowedLora("v", video_lora, 1.0, file_sha256(video_lora))})
+    with pytest.raises(SanaError, match="trained on a video model"):
+        switch.check()
 
 
 def test_the_page_is_open_but_its_progress_and_data_need_the_key(server):

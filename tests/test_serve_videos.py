@@ -273,6 +273,8 @@ def _bad_cases(video: str, world: str, image_url: str) -> dict:
         "seconds and frames": ({**clip, "seconds": "1"}, 400, "seconds"),
         "world seconds and frames": ({**scene, "actions": ACTIONS, "fov": 60, "seconds": "1", "num_frames": 9}, 400,
                                      "seconds"),
+        "world frames past a minute": ({**scene, "actions": "w-1000", "fov": 60, "num_frames": 1000}, 400,
+                                       "num_frames"),
         "steps": ({**clip, "num_inference_steps": 10000}, 400, "num_inference_steps"),
         "image model": ({**clip, "model": "nano"}, 400, "model"),
         "unknown model": ({**clip, "model": "sora-2"}, 404, "model"),

@@ -6,9 +6,9 @@
 """
 
 from .actions import ACTION_HELP, DEFAULT_SPEED, DEFAULT_TURN_RATE, actions_to_c2w, parse_actions
-from .path import FRAME_STRIDE, MODEL_FPS, CameraPath, snap_num_frames
+from .path import FRAME_STRIDE, MAX_WORLD_FRAMES, MODEL_FPS, CameraPath, snap_num_frames
 from .resolve import KINDS_HELP, NO_INTRINSICS_HINT, resolve_camera
 
-__all__ = ["ACTION_HELP", "DEFAULT_SPEED", "DEFAULT_TURN_RATE", "FRAME_STRIDE", "KINDS_HELP", "MODEL_FPS",
+__all__ = ["ACTION_HELP", "DEFAULT_SPEED", "DEFAULT_TURN_RATE", "FRAME_STRIDE", "KINDS_HELP", "MAX_WORLD_FRAMES", "MODEL_FPS",
            "NO_INTRINSICS_HINT", "CameraPath", "actions_to_c2w", "parse_actions", "resolve_camera",
            "snap_num_frames"]

@@ -17,6 +17,7 @@ from ..errors import UsageError
 # so a clip has 8k+1 frames.
 MODEL_FPS = 16.0
 FRAME_STRIDE = 8
+MAX_WORLD_FRAMES = 961  # a minute at 16 fps (121 latent frames), the longest clip SANA-WM makes in one pass
 
 # How far a rotation may stray from orthonormal before it is refused: loose enough for matrices printed with
 # four decimals, tight enough to catch a scaled or sheared matrix.

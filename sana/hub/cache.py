@@ -18,7 +18,8 @@ def hub_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE).expanduser()
 
 
-def _repo_folder(repo: str) -> Path | None:
+def repo_folder(repo: str) -> Path | None:
+    """A repo's folder in the hub cache, complete or not (what `remove` deletes); None when there is none."""
     cache = hub_cache_dir()
     folder = cache / ("models--" + repo.replace("/", "--"))
     if folder.is_dir():
@@ -47,7 +48,7 @@ def _snapshot_of(folder: Path) -> tuple[Path, str] | None:
 
 def cached_snapshot(repo: str) -> tuple[Path, str] | None:
     """(snapshot directory, commit) of a cached `org/name` repo, complete or not; None when not cached."""
-    folder = _repo_folder(repo) if _REPO_ID.match(repo) else None
+    folder = repo_folder(repo) if _REPO_ID.match(repo) else None
     return _snapshot_of(folder) if folder else None
 
 

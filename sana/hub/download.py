@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelNotFound, OfflineError, SanaError
-from .cache import _repo_folder, hub_cache_dir
+from .cache import repo_folder, hub_cache_dir
 from .files import _weight_format, select_files
 from .folders import _precision_variant
 from .records import PullProgress
@@ -180,7 +180,7 @@ def remove(arg: str) -> tuple[str, int]:
     from huggingface_hub import scan_cache_dir
 
     repo, _ = repo_for(arg, "rm")
-    folder = _repo_folder(repo)
+    folder = repo_folder(repo)
     if folder is None:
         raise ModelNotFound(f"{arg} ({repo}) is not in the hub cache", "nothing to remove; see sana models list")
     info = scan_cache_dir(hub_cache_dir())

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..embedded import embedded_env, embedded_model_dir, embedded_name
 from ..errors import ModelNotFound, SanaError
 from ..registry import ModelSpec, find_spec, get_spec
-from .cache import _repo_folder, _snapshot_of
+from .cache import repo_folder, _snapshot_of
 from .folders import _precision_variant, missing_files
 from .records import ResolvedModel, _REPO_ID
 
@@ -56,7 +56,7 @@ def resolve_model(arg: str, *, precision: str | None = None) -> ResolvedModel:
                                 f"and set {embedded_env(embedded_name(spec))} to its folder")
         return ResolvedModel(path=path, spec=spec, repo=None, revision=None, source="embedded")
     repo, spec = repo_for(arg, "pull")
-    folder = _repo_folder(repo)
+    folder = repo_folder(repo)
     snapshot = _snapshot_of(folder) if folder else None
     if snapshot is None:
         state = "is only partly downloaded" if folder else "is not downloaded"

@@ -200,7 +200,7 @@ def _video_request(model: ServedModel, body: VideoGenerationRequest, first: Firs
 
 def _world_request(model: ServedModel, body: VideoGenerationRequest, first: FirstFrame | None, width: int,
                    height: int, seed: int, steps: int, guidance: float, shift: float):
-    from ..camera import FRAME_STRIDE, resolve_camera
+    from ..camera import FRAME_STRIDE, MAX_WORLD_FRAMES, resolve_camera
     from ..pipelines.world import WorldRequest
 
     d: ClipDefaults = model.defaults
@@ -214,6 +214,9 @@ def _world_request(model: ServedModel, body: VideoGenerationRequest, first: Firs
     options.update({k: v for k, v in (("pose_scale", body.pose_scale), ("speed", body.speed),
                                       ("turn_rate", body.turn_rate)) if v is not None})
     asked = _asked_frames(body, d.fps)
+    if asked is not None and asked > MAX_WORLD_FRAMES:  # as `sana world --frames`
+        raise ApiError(400, f"{asked} frames is out of range: SANA-WM makes 1 to {MAX_WORLD_FRAMES} frames",
+                       param="num_frames", code="invalid_value")
     with tempfile.TemporaryDirectory(prefix="sana-camera-") as folder:
         source = None
         if body.camera is not None:

@@ -45,11 +45,14 @@ class LoraSwitch:
         from ..loading import diffusers_to_engine, engine_to_diffusers, video_engine_to_diffusers
         from ..models.video_transformer import SanaVideoTransformer
 
+        from ..loading.video import VIDEO_CLASS_NAME
+
         self.transformer = transformer
         self.allowed = allowed
         guidance = bool(getattr(transformer.config, "guidance_embeds", False))
-        to_diffusers = video_engine_to_diffusers if isinstance(transformer, SanaVideoTransformer) \
-            else engine_to_diffusers
+        video = isinstance(transformer, SanaVideoTransformer)
+        to_diffusers = video_engine_to_diffusers if video else engine_to_diffusers
+        self._class_name = VIDEO_CLASS_NAME if video else "SanaTransformer2DModel"  # what each LoRA is checked against
         self._to_diffusers: Callable[[dict], dict] = lambda state: to_diffusers(state, guidance)
         self._to_engine: Callable[[dict], dict] = diffusers_to_engine
         self._params = dict(transformer.named_parameters())
@@ -107,7 +110,7 @@ class LoraSwitch:
         # Base values in the diffusers names the LoRA targets (a fused q/k/v parameter gives all its parts);
         # with their storage still the live parameters', so they are cloned first.
         state = {k: v.clone() for k, v in self._to_diffusers({o: self._params[o].detach() for o in owners}).items()}
-        merge_loras(state, [(entry.path, scale)])
+        merge_loras(state, [(entry.path, scale)], self._class_name)
         merged = self._to_engine(state)
         for key, value in merged.items():
             if key not in self._params or value.shape != self._params[key].shape:

@@ -110,7 +110,8 @@ def find_clips(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     return clips, images, others
 
 
-def _caption_file(path: Path) -> Path:
+def caption_file(path: Path) -> Path:
+    """The same-name caption beside a file (`clip.txt` for `clip.mp4`) or a frames folder (`clip.txt` for `clip/`)."""
     return path.with_name(path.name + ".txt") if path.is_dir() else path.with_suffix(".txt")
 
 
@@ -179,7 +180,7 @@ def scan_clip_folder(root: Path, *, caption: str | None = None, trigger: str | N
     candidates: list[tuple[Path, str, dict]] = []
     for path in clips:
         row = meta.get(path.resolve(), {})
-        text = sample_caption(caption, row_caption(row), _caption_file(path), trigger)
+        text = sample_caption(caption, row_caption(row), caption_file(path), trigger)
         if text is None:
             report.skip("no caption", path)
             continue
