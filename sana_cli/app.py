@@ -106,4 +106,6 @@ def main() -> None:
             console.err.print_exception()
         console.error(f"{type(exc).__name__}: {exc} (run with --verbose for the traceback)")
         sys.exit(1)
+    if code == 130:  # Ctrl-C in a command that says nothing of it itself: Click returns 130 instead of raising
+        console.error("interrupted")
     sys.exit(code if isinstance(code, int) else 0)

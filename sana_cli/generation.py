@@ -65,6 +65,8 @@ def record_settings(record) -> dict[str, Any]:
     if "motion_score" in record.extra:  # None (nothing appended) is kept as "none": None means "not set" here
         score = record.extra["motion_score"]
         settings["motion_score"] = "none" if score is None else str(score)
+    if record.extra.get("crf") is not None:  # an MP4's quality, so a replay encodes alike
+        settings["crf"] = record.extra["crf"]
     if record.extra.get("image"):  # image to video: the first frame, and its hash to check it against
         settings["image"] = record.extra["image"]
         settings["image_sha256"] = record.extra.get("image_sha256")

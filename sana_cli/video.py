@@ -380,6 +380,9 @@ def run(flags: dict[str, Any]) -> None:
             raise UsageError(f"unknown {flag} '{value}'", f"use {', '.join(DTYPE_CHOICES)}")
     gpus = int(flags.get("gpus") or 1)
     check_gpus(gpus, flags, noun="clips")
+    from .gen import check_fp8_early
+
+    check_fp8_early(flags)
     if flags.get("server"):
         from .remote import refuse_local_flags
 
@@ -400,6 +403,9 @@ def run(flags: dict[str, Any]) -> None:
     crf = explicit.get("crf")
     if crf is not None and not 0 <= crf <= 51:
         raise UsageError(f"--crf {crf} is out of range", "use 0 (lossless) to 51")
+    asked_crf = crf is not None  # a replayed one encodes alike, without notices where it does not apply
+    if crf is None and replay.get("crf") is not None:
+        crf = int(replay["crf"])
     firsts: dict[str, FirstFrame] = {}  # each first frame read (and checked) once, before anything loads
 
     def first_frame(settings: dict[str, Any]) -> FirstFrame | None:
@@ -428,7 +434,7 @@ def run(flags: dict[str, Any]) -> None:
     job_firsts = [first_frame(settings) for _, settings, _, _ in planned_jobs]
     formats = [job_format(paths, settings, fmt) for _, settings, _, paths in planned_jobs]
     notices: set[str] = set()
-    if crf is not None and set(formats) - {"mp4"}:
+    if asked_crf and set(formats) - {"mp4"}:
         once(notices, "--crf sets the MP4 quality; "
                       + ", ".join(sorted({FORMAT_NAMES[f] for f in formats if f != "mp4"})) + " output ignores it")
     if not dry_run and ("mp4" in formats if not flags.get("server") else set(formats) - {"mp4"}):
@@ -438,7 +444,7 @@ def run(flags: dict[str, Any]) -> None:
     if flags.get("server"):  # sent to a running `sana serve` as /v1/videos jobs; the clips written here (no torch)
         from .remote import generate_clips
 
-        if crf is not None and "mp4" in formats:
+        if asked_crf and "mp4" in formats:
             once(notices, "--crf is not sent to a server: it encodes its MP4 at its own quality")
         try:
             generate_clips(flags, planned_jobs, job_firsts, flags.get("model") or replay.get("model"), force)

@@ -231,6 +231,9 @@ def run(flags: dict[str, Any]) -> None:
     explicit = {k: flags.get(k) for k in WORLD_KEYS}
     settings = merge_settings(replay, explicit)
     check_settings(settings)
+    from .gen import check_fp8_early
+
+    check_fp8_early(flags)
     from sana.memory import check_mode, parse_memory_size  # the planner's checks import no torch
 
     memory_mode = check_mode(flags.get("memory") or "auto")

@@ -63,6 +63,7 @@ FAST_ERRORS = {
     "device-typo": (("gen", "x", "-m", "nano", "--device", "tpu"), "unknown device 'tpu'"),
     "video-device-typo": (("video", "x", "--device", "cuda:one"), "unknown device 'cuda:one'"),
     "out-in-proc": (("gen", "x", "-m", "nano", "-o", "/proc/sana-out/x.png"), "/proc is not writable"),
+    "video-fp8-on-the-cpu": (("video", "x", "--fp8", "--device", "cpu"), "--fp8 needs an NVIDIA GPU"),
     "fp8-on-the-cpu": (("gen", "x", "-m", "nano", "--fp8", "--device", "cpu"), "--fp8 needs an NVIDIA GPU"),
     "finetune-config-fit": (("finetune", "data", "-m", "nano", "--init", "random", "--config", "sana-1.6b"),
                             "--config does not fit nano: in_channels 32 (the autoencoder makes 8)"),
@@ -275,3 +276,30 @@ def test_bare_output_name_is_a_file_error_for_one_output_and_a_directory_for_sev
     # the same prompt and seed twice in one run: made unique, in order
     assert _plan(["a cat", "a cat"], str(tmp_path) + "/", force=False, seed=1) == [
         tmp_path / "a-cat-1.png", tmp_path / "a-cat-1-2.png"]
+
+
+def test_ctrl_c_in_any_command_says_it_was_interrupted(tmp_path):
+    """A command without its own Ctrl-C report (here `sana shapes score`) still ends on one line saying so, exit
+    130: Click turns the KeyboardInterrupt into an exit code, which printed nothing."""
+    import os
+    import signal
+    import subprocess
+
+    from sana.embedded import embedded_model_dir
+    from tests.cli_helpers import sana_executable
+
+    if embedded_model_dir("nano") is None:
+        pytest.skip("no nano model in this installation")
+    proc = subprocess.Popen([sana_executable(), "shapes", "score", "-m", "nano", "--num", "400"], cwd=tmp_path,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "NO_COLOR": "1", "SANA_THREADS": "1"})
+    lines = []
+    for line in proc.stderr:  # interrupted once it is scoring, so the signal lands inside the command
+        lines.append(line.rstrip("\n"))
+        if line.startswith("scoring"):
+            proc.send_signal(signal.SIGINT)
+            break
+    lines += [line.rstrip("\n") for line in proc.stderr if line.strip()]
+    proc.wait(timeout=120)
+    assert proc.returncode == 130, lines
+    assert lines[-1] == "error: interrupted" and not any("Traceback" in line for line in lines), lines

@@ -188,11 +188,14 @@ GRAMMAR_PROMPT = "a large red circle moving right on a white background"
 def test_a_colon_name_in_the_current_folder_is_written_read_and_replayed(tmp_path):
     # ffmpeg reads a bare "take:2.mp4" as the protocol "take:"
     result = run_sana("video", GRAMMAR_PROMPT, *NANO, "--frames", "5", "--steps", "1", "--seed", "3",
-                      "-o", "take:2.mp4", cwd=tmp_path)
+                      "--crf", "30", "-o", "take:2.mp4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "nano-video was trained on 17-frame clips only" in result.stderr and "grammar" not in result.stderr
     meta = json.loads(run_sana("info", "take:2.mp4", "--json", cwd=tmp_path).stdout)
-    assert (meta["frames"], meta["seed"], meta["extra"]["crf"]) == (5, 3, 18)  # the crf the MP4 was encoded at
+    assert (meta["frames"], meta["seed"], meta["extra"]["crf"]) == (5, 3, 30)  # the crf the MP4 was encoded at
+    again = run_sana("video", "--from", "take:2.mp4", "-o", "again.mp4", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(run_sana("info", "again.mp4", "--json", cwd=tmp_path).stdout)["extra"]["crf"] == 30
     replay = run_sana("video", "--from", "take:2.mp4", "--dry-run", "--json", cwd=tmp_path)
     assert replay.returncode == 0, replay.stderr
     (clip,) = json.loads(replay.stdout)["clips"]

@@ -105,6 +105,20 @@ def test_scan_reads_every_clip_kind_resamples_and_reports_bad_files(tmp_path):
     assert psnr(pixels[2], source[4]) > 30 and psnr(pixels[2], source[3]) < psnr(pixels[2], source[4])
 
 
+def test_a_clip_named_like_a_protocol_is_read_from_a_relative_folder(tmp_path, monkeypatch):
+    """ffmpeg reads `take:2.mp4` as the protocol `take` unless given the path absolutely."""
+    from sana.outputs import GenerationRecord, save_video
+    from sana.training.video_data import plan_clips, read_clip_frames, scan_clip_folder
+
+    save_video(moving_square("red"), tmp_path / "take:2.mp4", GenerationRecord(prompt="x"), fps=8)
+    (tmp_path / "take:2.txt").write_text("a red square")
+    monkeypatch.chdir(tmp_path)
+    samples, report = scan_clip_folder(Path("."))
+    assert [s.path.name for s in samples] == ["take:2.mp4"] and samples[0].frames == 12, list(report.lines())
+    kept, plans = plan_clips(samples, report, buckets=[(64, 32)], frames=9, fps=8, temporal=4, min_frames=5)
+    assert read_clip_frames(kept[0], plans[0]).shape == (9, 32, 64, 3)
+
+
 def test_wrong_kind_of_data_is_one_line_error(tmp_path, video_model):
     from sana_cli.finetune_video import check_data_kind
 

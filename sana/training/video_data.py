@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..outputs.video import ffmpeg_path
 from .data import (IMAGE_SUFFIXES, SIDECAR_SUFFIXES, DataReport, metadata_rows, nearest_bucket, note_upscaled,
                    ratio_grid, row_caption, sample_caption)
 
@@ -138,12 +139,12 @@ def _probe(path: Path) -> tuple[int, int, int, float | None] | None:
                 return image.size[0], image.size[1], count, fps
         import imageio_ffmpeg
 
-        reader = imageio_ffmpeg.read_frames(str(path))
+        reader = imageio_ffmpeg.read_frames(ffmpeg_path(path))
         try:
             meta = next(reader)
         finally:
             reader.close()
-        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+        frames, _ = imageio_ffmpeg.count_frames_and_secs(ffmpeg_path(path))
         width, height = meta["size"]
         return (width, height, frames, float(meta["fps"])) if frames > 0 and meta.get("fps") else None
     except (OSError, RuntimeError, ValueError, StopIteration, SyntaxError, KeyError, TypeError):
@@ -300,7 +301,7 @@ def _frames_of(path: Path):
         return
     import imageio_ffmpeg
 
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    reader = imageio_ffmpeg.read_frames(ffmpeg_path(path), pix_fmt="rgb24")
     try:
         width, height = next(reader)["size"]
         for data in reader:
