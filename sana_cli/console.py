@@ -42,6 +42,13 @@ def result(text: str) -> None:
     out.print(text, markup=False, highlight=False)
 
 
+def json_line(data) -> None:
+    """One JSON object on stdout, on one line (--json), for a script to read."""
+    import json
+
+    out.print(json.dumps(data), markup=False, highlight=False, soft_wrap=True)
+
+
 def notice(message: str) -> None:
     """A one-line notice (suppressed by --quiet)."""
     if not settings.quiet:

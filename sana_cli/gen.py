@@ -305,7 +305,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     if max_vram is not None and not info.is_accelerator:
         console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
     if dry_run:
-        console.table(plan_table(plan, model_arg))
+        print_dry_run(model_arg, [r for r, _ in requests], plan)
         return
     if max_vram is not None:
         limit_process_memory(device, max_vram)
@@ -454,6 +454,19 @@ def _request(prompt: str, settings: dict[str, Any], seeds: list[int], defaults: 
         max_timesteps=defaults.max_timesteps, intermediate_timesteps=defaults.intermediate_timesteps,
     )
     return request
+
+
+def print_dry_run(model_arg: str, requests: list, plan) -> None:
+    """The memory plan's table, or with --json one JSON object: the images the run would make and the plan."""
+    if not console.settings.json:
+        console.table(plan_table(plan, model_arg))
+        return
+    from .generation import plan_json
+
+    images = [{"prompt": r.prompt, "seeds": list(r.seeds), "width": r.width, "height": r.height, "steps": r.steps,
+               "cfg": r.guidance, "pag": r.pag, "sampler": r.sampler, "flow_shift": r.flow_shift,
+               "negative": r.negative_prompt} for r in requests]
+    console.json_line({"dry_run": True, "model": model_arg, "images": images, "memory": plan_json(plan)})
 
 
 def check_pag_layers(requests: list, transformer_config: dict, model: str) -> None:

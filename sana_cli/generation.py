@@ -449,6 +449,11 @@ def _can_create_in(folder: Path) -> bool:
     return True
 
 
+def plan_json(plan) -> dict:
+    """A memory plan as --dry-run --json reports it: its record, whether it fits and its bytes."""
+    return {**plan.record(), "fits": plan.fits, "peak_bytes": plan.peak_bytes, "budget_bytes": plan.budget}
+
+
 def print_written(path: Path, record=None) -> None:
     """A written file on stdout: its path, or with --json one JSON line a script can read (its settings from
     `record`, or read back from the file)."""
@@ -467,7 +472,7 @@ def print_written(path: Path, record=None) -> None:
         line.update(frames=record.frames, fps=record.fps)
     if (record.extra or {}).get("best_of"):  # --best-of: the reward, the chosen score and every candidate's
         line["best_of"] = record.extra["best_of"]
-    console.out.print(json.dumps(line), highlight=False, soft_wrap=True, markup=False)
+    console.json_line(line)
 
 
 def save_or_keep(save, path: Path):

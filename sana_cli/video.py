@@ -552,22 +552,20 @@ def run(flags: dict[str, Any]) -> None:
 def print_dry_run(model_arg: str, requests: list, generated: list[tuple[int, int]], formats: list[str], plan) -> None:
     """The clips a run would make and its memory plan: lines and the plan's table, or with --json one JSON object."""
     if console.settings.json:
-        import json
-
         clips = [{"prompt": request.prompt, "seeds": list(request.seeds), "frames": request.frames, "fps": fps,
                   "seconds": round(request.frames / fps, 3), "width": request.width, "height": request.height,
                   "generated_size": list(size), "format": fmt, "steps": request.steps, "cfg": request.guidance,
                   "sampler": request.sampler, "flow_shift": request.flow_shift, "motion_score": request.motion_score,
                   "mode": "image-to-video" if first else "text-to-video"}
                  for (request, _, fps, first), size, fmt in zip(requests, generated, formats)]
-        plan_json = {**plan.record(), "fits": plan.fits, "peak_bytes": plan.peak_bytes, "budget_bytes": plan.budget}
-        console.out.print(json.dumps({"dry_run": True, "model": model_arg, "clips": clips, "memory": plan_json}),
-                          highlight=False, soft_wrap=True, markup=False)
+        from .generation import plan_json
+
+        console.json_line({"dry_run": True, "model": model_arg, "clips": clips, "memory": plan_json(plan)})
         return
     for (request, _, fps, _), (gen_w, gen_h) in zip(requests, generated):
         console.out.print(f"{len(request.seeds)} clip(s) of {request.frames} frames at {fps:g} fps "
                           f"({request.frames / fps:.2f} s), {request.width}x{request.height} "
-                          f"(generated at {gen_w}x{gen_h}): {request.prompt}", highlight=False)
+                          f"(generated at {gen_w}x{gen_h}): {request.prompt}", highlight=False, markup=False)
     from .generation import plan_table
 
     console.table(plan_table(plan, model_arg))

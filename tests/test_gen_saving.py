@@ -199,3 +199,15 @@ def test_a_record_of_another_family_gives_its_prompt_and_says_so(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "circle.png was made by sana gen with nano: only its prompt, negative prompt and seed carry over" in \
         " ".join(result.stderr.split())
+
+
+@nano
+def test_dry_run_json_is_one_object_with_the_images_and_the_plan(tmp_path):
+    result = run_sana("gen", "a large red circle in the center on a white background", "-m", "nano", "--seed", "4",
+                      "--num", "2", "--dry-run", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["dry_run"] is True and plan["model"] == "nano" and plan["memory"]["fits"] is True
+    (image,) = plan["images"]
+    assert image["seeds"] == [4, 5] and (image["width"], image["height"]) == (256, 256)
+    assert not list(tmp_path.iterdir())
