@@ -109,7 +109,7 @@ class SanaModel:
             from sana.components import scheduler_config
             from sana.hub import transformer_config
 
-            from sana_cli.video import clip_defaults
+            from sana.registry import clip_defaults
 
             self._derived["video"] = clip_defaults(self.spec, scheduler_config(self.path),
                                                    transformer_config(self.path), self.path)

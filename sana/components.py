@@ -107,3 +107,12 @@ def load_autoencoder(model_dir: Path, *, dtype: torch.dtype, device: torch.devic
     except (OSError, ValueError, RuntimeError) as exc:
         raise SanaError(f"cannot load the VAE from {vae_dir}: {str(exc).splitlines()[0]}") from None
     return vae.to(device).eval()
+
+
+def clip_model_configs(resolved, spec) -> tuple[dict, dict]:
+    """(transformer config, VAE config) from the model folder, else the preset."""
+    from .hub import transformer_config
+
+    if resolved is not None:
+        return transformer_config(resolved.path), read_json(resolved.path / "vae" / "config.json")
+    return spec.transformer, spec.extra.get("vae", {})

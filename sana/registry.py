@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from .errors import ModelNotFound
@@ -146,3 +147,41 @@ def find_spec_by_repo(repo_id: str) -> ModelSpec | None:
         if spec.repo.lower() == repo_id.lower():
             return spec
     return None
+
+
+# -- clip models' defaults ----------------------------------------------------------------------------------
+
+ARCHITECTURE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "sample_size",
+                     "patch_size")
+
+
+def matching_clip_preset(transformer_config: dict):
+    """The video preset whose DiT has this folder's architecture (a fine-tune or a retrained nano-video keeps its
+    model's clip size and rate), or None."""
+
+    def key(config: dict) -> tuple:
+        return tuple(list(v) if isinstance(v, (list, tuple)) else v for v in map(config.get, ARCHITECTURE_KEYS))
+
+    found = [s for s in all_specs() if s.family == "video" and key(s.transformer) == key(transformer_config)]
+    return found[0] if found else None
+
+
+def clip_defaults(spec, scheduler: dict, transformer_config: dict, model_dir: Path | None = None) -> ClipDefaults:
+    """The preset's defaults (a local folder: the preset of its architecture, else the released preset of its size
+    class, under the settings the folder carries, as an exported fine-tune does), with the model's own scheduler
+    file winning for the flow shift (DPM-Solver's `flow_shift`, flow Euler's `shift`)."""
+    from .components import folder_sampling_defaults  # imported here: it reads the registry
+
+    carried = folder_sampling_defaults(model_dir) if spec is None and model_dir is not None else {}
+    if spec is None:
+        spec = matching_clip_preset(transformer_config)
+    if spec is None:
+        spec = get_spec("video-2b-720p" if transformer_config.get("sample_size") == 22 else "video-2b-480p")
+    d = {**spec.defaults, **carried}
+    shift = {"DPMSolverMultistepScheduler": scheduler.get("flow_shift"),
+             "FlowMatchEulerDiscreteScheduler": scheduler.get("shift")}.get(scheduler.get("_class_name"))
+    return ClipDefaults(
+        steps=int(d["steps"]), cfg=float(d["guidance"]), sampler=d["sampler"], i2v_sampler=d["i2v_sampler"],
+        shift=float(shift or d["flow_shift"]), frames=int(d["frames"]), fps=float(d["fps"]),
+        motion_score=d.get("motion_score"), width=int(d["width"]), height=int(d["height"]),
+    )

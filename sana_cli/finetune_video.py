@@ -39,7 +39,7 @@ def video_settings(model_arg: str | None, folder: Path, flags: dict) -> dict:
     from sana.components import scheduler_config
     from sana.registry import find_spec
 
-    from .video import clip_defaults
+    from sana.registry import clip_defaults
 
     configs = _video_configs(folder)
     if configs is None:

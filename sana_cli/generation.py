@@ -460,8 +460,6 @@ def print_written(path: Path, record=None) -> None:
     if not console.settings.json:
         console.result(str(path))
         return
-    import json
-
     if record is None:
         from sana.outputs import read_metadata
 

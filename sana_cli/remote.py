@@ -163,7 +163,7 @@ def generate_clips(flags: dict[str, Any], planned_jobs: list, firsts: list, mode
     planned path (decoded and written as GIF, WebP or PNG frames where the path asks for one)."""
     server = Server(flags["server"], flags.get("api_key"))
     server.health()
-    from .video import write_served_clip
+    from .clip_outputs import write_served_clip
 
     for (prompt, settings, seeds, paths), first in zip(planned_jobs, firsts):
         size = settings.get("res")

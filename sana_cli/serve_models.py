@@ -130,9 +130,10 @@ def _video(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
     from sana.pipelines.video import VideoPipeline
 
     from .generation import weights_variant
-    from .video import _model_configs, clip_defaults
+    from sana.components import clip_model_configs
+    from sana.registry import clip_defaults
 
-    t_config, _ = _model_configs(resolved, spec)
+    t_config, _ = clip_model_configs(resolved, spec)
     d = clip_defaults(spec, scheduler_config(resolved.path), t_config, resolved.path)
     sample_size = int(t_config.get("sample_size", 0))
 

@@ -116,7 +116,7 @@ def load_clip_generator(model: str, transformer: str | None, steps: int | None, 
     from sana.hub import resolve_model, transformer_config
     from sana.pipelines.video import VideoPipeline, VideoRequest
 
-    from .video import clip_defaults
+    from sana.registry import clip_defaults
 
     resolved = resolve_model(model)
     family = (resolved.spec.family if resolved.spec else None) or family_from_index(model_index(resolved.path))

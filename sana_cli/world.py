@@ -216,7 +216,7 @@ def run(flags: dict[str, Any]) -> None:
     from sana.registry import find_spec
 
     from .generation import check_family, default_model, merge_settings, replay_settings, resolve_for
-    from .video import open_first_frame
+    from .clip_settings import open_first_frame
 
     # 1. Settings from --from's record and the command line, every value checked (before torch loads).
     from_path = Path(flags["from"]).expanduser() if flags.get("from") else None

@@ -69,7 +69,7 @@ def test_a_run_records_its_bases_defaults_and_rl_exports_the_rollouts_guidance()
 def test_sana_video_takes_a_folders_own_defaults_over_its_architectures_preset(tmp_path):
     from sana.nano.video_build import video_transformer_config
     from sana.registry import get_spec
-    from sana_cli.video import clip_defaults
+    from sana.registry import clip_defaults
 
     config = video_transformer_config()
     preset = clip_defaults(None, {}, config, tmp_path)  # no model_index.json: the matching preset's (nano-video)

@@ -252,7 +252,7 @@ def test_save_or_keep_clip_says_where_the_clip_is(tmp_path, monkeypatch):
 
     from sana.errors import SanaError
     from sana.outputs import GenerationRecord, read_clip, read_metadata, save_video
-    from sana_cli.video import save_or_keep_clip
+    from sana_cli.clip_outputs import save_or_keep_clip
 
     frames = np.zeros((3, 32, 32, 3), np.uint8)
     record = GenerationRecord(prompt="p", seed=5)
@@ -278,7 +278,7 @@ def test_save_or_keep_clip_says_where_the_clip_is(tmp_path, monkeypatch):
 
 def test_a_servers_mp4_is_written_in_the_format_asked_for(tmp_path):
     from sana.outputs import GenerationRecord, read_clip, read_metadata, save_video
-    from sana_cli.video import write_served_clip
+    from sana_cli.clip_outputs import write_served_clip
 
     t = np.arange(9, dtype=np.uint8)[:, None, None, None]
     frames = np.broadcast_to(t * 20 + np.arange(64, dtype=np.uint8)[None, None, :, None], (9, 32, 64, 3)).copy()

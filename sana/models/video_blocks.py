@@ -5,7 +5,6 @@ temporal mixing (GLUMBTempConv), both on token-major activations [B, N, D] with 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
