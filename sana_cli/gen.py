@@ -158,8 +158,9 @@ def check_fp8(device, dtype: str) -> None:
 
 def check_fp8_early(flags: dict[str, Any]) -> None:
     """--fp8 where it cannot run, refused before torch loads: an explicit CPU / MPS device, or no NVIDIA driver on
-    this machine (the full check, `check_fp8`, needs the GPU itself)."""
-    if not flags.get("fp8"):
+    this machine (the full check, `check_fp8`, needs the GPU itself). With --server, the server's refusal of local
+    flags says more."""
+    if not flags.get("fp8") or flags.get("server"):
         return
     device = str(flags.get("device") or "auto")
     if device in ("cpu", "mps"):
