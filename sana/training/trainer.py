@@ -236,7 +236,12 @@ def run_trainer(trainer_class: type[Trainer], cfg: TrainConfig, *, resume: bool 
     try:
         trainer.prepare_data()
         trainer.build()
-        return trainer.train(resume)
+        result = trainer.train(resume)
+        # Every rank done (the main one writes the export alone) before the group goes: a gloo rank that destroyed
+        # it while a peer still held a connection once aborted at exit ("terminate called without an active
+        # exception").
+        distributed.barrier(trainer.world)
+        return result
     finally:
         distributed.teardown()
 
