@@ -143,6 +143,8 @@ def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], ex
     planned_jobs, planned, taken, skipped = [], 0, set(), 0
     for prompt, overrides, settings, num in merged:
         seed = check_seed(settings.get("seed"))
+        if seed is None and skip_existing and not dry_run:  # continue with the seeds the stopped run drew
+            seed = _earlier_run_seed(prompt, lambda seeds: plan_paths(settings.get("out"), prompt, seeds, 0, set()))
         if seed is None:
             seed = random_seed()
             if settings.get("seed") == -1:
@@ -172,6 +174,28 @@ def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], ex
         console.info(f"--skip-existing: {skipped} of the run's {noun} exist already; making the other "
                      f"{sum(len(seeds) for _, _, seeds, _ in planned_jobs)}")
     return planned_jobs
+
+
+def _earlier_run_seed(prompt: str, paths_for) -> int | None:
+    """--skip-existing for a prompt without a seed: the first seed an earlier run of it drew, read from the outputs
+    in the folder it names them in (names hold the seed, so a new random seed would make every output again); None
+    when the outputs are not named by seed or none of that prompt is there."""
+    first, second = paths_for([0])[0], paths_for([1])[0]
+    if first == second or not first.parent.is_dir():  # a file -o: its name does not depend on the seed
+        return None
+    from sana.outputs import read_metadata
+
+    seeds = []
+    for entry in first.parent.iterdir():
+        try:
+            record = read_metadata(entry)
+        except (SanaError, OSError, ValueError):
+            continue
+        if record.prompt == prompt and record.seed is not None and paths_for([record.seed])[0] == entry:
+            seeds.append(int(record.seed))
+    if seeds:
+        console.info(f"--skip-existing: {prompt[:60]!r} continues from seed {min(seeds)}, as the earlier run drew")
+    return min(seeds) if seeds else None
 
 
 MAX_SEED = 0xFFFFFFFF  # seeds are 32-bit; --num N counts on from the seed and wraps

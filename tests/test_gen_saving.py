@@ -211,3 +211,22 @@ def test_dry_run_json_is_one_object_with_the_images_and_the_plan(tmp_path):
     (image,) = plan["images"]
     assert image["seeds"] == [4, 5] and (image["width"], image["height"]) == (256, 256)
     assert not list(tmp_path.iterdir())
+
+
+@nano
+def test_skip_existing_continues_a_run_whose_seeds_were_drawn(tmp_path):
+    """Prompts without a seed draw one; a rerun with --skip-existing must find the earlier outputs (named by their
+    seed) instead of drawing a new seed and making everything again."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a large red circle in the center on a white background", "num": 2}\n')
+    args = ("gen", "--prompts", str(prompts), "-m", "nano", "--steps", "2", "-o", f"{tmp_path / 'out'}/",
+            "--skip-existing")
+    first = run_sana(*args)
+    assert first.returncode == 0, first.stderr
+    made = sorted((tmp_path / "out").iterdir())
+    assert len(made) == 2
+    made[1].unlink()  # as if the run had stopped after its first image
+    again = run_sana(*args)
+    assert again.returncode == 0, again.stderr
+    assert sorted((tmp_path / "out").iterdir()) == made and "continues from seed" in again.stderr
+    assert "nothing to make" in run_sana(*args).stderr
