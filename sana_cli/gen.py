@@ -328,7 +328,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
 
     # 7. One generation a prompt (all its seeds in one batch), each image saved with its metadata as soon as it is
     #    decoded; Ctrl-C says what was kept.
-    lora_records = [{"path": str(p), "scale": s, "sha256": file_sha256(p)} for p, s in loras]
+    # absolute, so --from finds the LoRA from any folder (the hash says whether it is still the same file)
+    lora_records = [{"path": str(Path(p).resolve()), "scale": s, "sha256": file_sha256(p)} for p, s in loras]
     total, saved = sum(len(paths) for _, paths in requests), []
     rewards = None
     if reward_terms:

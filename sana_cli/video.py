@@ -293,7 +293,7 @@ def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict
             steps=request.steps, guidance=request.guidance, sampler=request.sampler, flow_shift=request.flow_shift,
             width=request.width, height=request.height, frames=result.frames, fps=fps, dtype=DTYPE_NAMES[dtype],
             version=__version__, timings=timings, extra=extra,
-            loras=[{"path": str(p), "scale": s, "sha256": file_sha256(p)} for p, s in loras],
+            loras=[{"path": str(Path(p).resolve()), "scale": s, "sha256": file_sha256(p)} for p, s in loras],
         )
         array = frames.numpy()
         start = time.perf_counter()

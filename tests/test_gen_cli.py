@@ -150,14 +150,19 @@ def test_habits_random_seed_guidance_lora_folder_and_notices(pipelines, tmp_path
     out = tmp_path / "habits.png"
     long_prompt = "a red circle " * 200
     result = run_sana("gen", long_prompt, "--model", str(model_dir), "--res", "64", "--steps", "1", "--seed", "-1",
-                      "--guidance", "3", "--lora", f"{lora.parent}:0.5", "-o", str(out), *COMMON)
+                      "--guidance", "3", "--lora", "lora:0.5", "-o", str(out), *COMMON, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     meta = json.loads(run_sana("info", str(out), "--json").stdout)
     drawn = re.search(r"seed -1: drew (\d+)", result.stderr)
     assert drawn and meta["seed"] == int(drawn.group(1)) and 0 <= meta["seed"] < 2**31
     assert meta["guidance"] == 3.0
-    assert meta["loras"][0]["path"] == str(lora) and meta["loras"][0]["scale"] == 0.5
-    assert f"LoRA applied: {lora} (scale 0.5)" in " ".join(result.stderr.split())
+    # given relative to the folder it ran in, recorded absolute: --from finds it from anywhere
+    assert meta["loras"][0]["path"] == str(lora.resolve()) and meta["loras"][0]["scale"] == 0.5
+    assert "LoRA applied: lora/pytorch_lora_weights.safetensors (scale 0.5)" in " ".join(result.stderr.split())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    replay = run_sana("gen", "--from", str(out), "--dry-run", *COMMON, cwd=elsewhere)
+    assert replay.returncode == 0, replay.stderr
     assert "the rest is cut" in result.stderr
     big = run_sana("gen", "x", "--model", str(model_dir), "--res", "1024", "--dry-run", *COMMON)
     assert big.returncode == 0, big.stderr
