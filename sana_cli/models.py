@@ -69,8 +69,14 @@ def info_command(name: Annotated[str, typer.Argument(help=NAME_HELP)]) -> None:
     from sana import hub
     from sana.registry import find_spec
 
+    from sana.rewards.models import find_reward_model
+
     # 1. A local directory, or a cached repo the registry does not know: what is on disk, complete or not.
     local = Path(name).expanduser()
+    reward = None if local.exists() else find_reward_model(name)
+    if reward is not None:
+        _print_reward_model(reward)
+        return
     if local.exists():
         _print_directory(hub.require_model_directory(local, name), name)
         return
@@ -114,6 +120,22 @@ def info_command(name: Annotated[str, typer.Argument(help=NAME_HELP)]) -> None:
     console.out.print(_download_sizes(spec))
     _print_json("defaults", spec.defaults)
     _print_json("transformer config", spec.transformer)
+
+
+def _print_reward_model(reward) -> None:
+    """A reward model of `sana finetune --rl` and `sana gen --best-of`: its repos and what of them is on disk."""
+    from sana import hub
+    from sana.rewards.models import locate_reward_model, reward_model_status
+
+    status, size = reward_model_status(reward)
+    rows = [("name", reward.name), ("kind", "reward model (sana finetune --rl --reward, sana gen --best-of)"),
+            ("description", reward.description), ("repos", ", ".join(reward.repos)),
+            ("downloaded", f"{status}, {hub.human_size(size)} on disk" if status != "no"
+             else f"no (sana models pull {reward.name})")]
+    if status == "yes":
+        weights, processor = locate_reward_model(reward.name)
+        rows.append(("path", str(weights) if weights == processor else f"{weights} (processor: {processor})"))
+    console.table(_key_value_table(rows))
 
 
 def _download_sizes(spec: ModelSpec) -> Table:
@@ -212,15 +234,20 @@ def rm_command(
     from sana.errors import ModelNotFound
     from sana.hub.cache import repo_folder  # what `hub.remove` deletes: a repo's folder, complete or not
 
-    repo, _ = hub.repo_for(name, "rm")
-    if repo_folder(repo) is None:  # said before asking: there is nothing to confirm
-        raise ModelNotFound(f"{name} ({repo}) is not downloaded", "nothing to remove; see sana models list")
+    from sana.rewards.models import find_reward_model
+
+    reward = find_reward_model(name)  # a reward model is two repos at most (PickScore's processor lives apart)
+    repos = reward.repos if reward is not None else [hub.repo_for(name, "rm")[0]]
+    present = [repo for repo in repos if repo_folder(repo) is not None]
+    if not present:  # said before asking: there is nothing to confirm
+        raise ModelNotFound(f"{name} ({', '.join(repos)}) is not downloaded", "nothing to remove; see sana models list")
     if not yes:
         if not sys.stdin.isatty():
-            raise UsageError(f"not deleting {repo} without confirmation", "pass --yes")
-        typer.confirm(f"delete {repo} from {hub.hub_cache_dir()}?", abort=True)
-    removed, freed = hub.remove(name)
-    console.out.print(f"removed {removed} ({hub.human_size(freed)} freed)", highlight=False)
+            raise UsageError(f"not deleting {', '.join(present)} without confirmation", "pass --yes")
+        typer.confirm(f"delete {', '.join(present)} from {hub.hub_cache_dir()}?", abort=True)
+    for repo in present:
+        removed, freed = hub.remove(repo if reward is not None else name)
+        console.result(f"removed {removed} ({hub.human_size(freed)} freed)")
 
 
 @models_app.command("path")

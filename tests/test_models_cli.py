@@ -274,3 +274,25 @@ def test_verbose_adds_the_traceback(cache, tmp_path, case):
     make_args, overrides, expected = ERRORS[case]
     result = run_sana("--verbose", *make_args(tmp_path, hub_cache), env={**env, **overrides}, timeout=60)
     assert result.returncode != 0 and "Traceback" in result.stderr and expected in result.stderr
+
+
+def test_a_reward_model_is_shown_and_removed_by_its_name(cache, tmp_path):
+    """`models list` names the reward models (clip, pickscore): `info` and `rm` take those names too."""
+    hub_cache, env = cache
+    source = tmp_path / "clip"
+    source.mkdir()
+    for name in ("config.json", "tokenizer.json", "preprocessor_config.json"):
+        (source / name).write_text("{}")
+    (source / "model.safetensors").write_bytes(b"\0" * 64)
+    cache_repo(hub_cache, "openai/clip-vit-large-patch14", source)
+
+    shown = run_sana("models", "info", "clip", env=env)
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split(None, 1)[0]: line.split(None, 1)[1].strip() for line in shown.stdout.splitlines() if line.strip()}
+    assert rows["repos"] == "openai/clip-vit-large-patch14" and rows["downloaded"].startswith("yes")
+    assert "openai--clip-vit-large-patch14" in rows["path"]
+    removed = run_sana("models", "rm", "clip", "--yes", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.startswith("removed openai/clip-vit-large-patch14")
+    assert "no (sana models pull clip)" in run_sana("models", "info", "clip", env=env).stdout
+    assert "not downloaded" in assert_one_line_error(run_sana("models", "rm", "pickscore", "--yes", env=env))
