@@ -127,6 +127,8 @@ class ProgressLog:
 
     def _print(self, task: _LoggedTask) -> None:
         task.printed, task.shown = time.perf_counter(), self._state(task)
+        if settings.quiet:  # --quiet: the state is kept, nothing printed
+            return
         elapsed = task.printed - task.started
         timing = f"{elapsed:.0f} s"
         if task.total and 0 < task.completed < task.total:

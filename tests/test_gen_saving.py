@@ -48,6 +48,17 @@ def test_progress_lines_are_rate_limited(capsys):
     assert err[0] == "denoise..." and len(err) == 2 and err[1].startswith("denoise 20/20")
 
 
+def test_quiet_prints_no_progress_lines(capsys, monkeypatch):
+    from sana_cli import console
+
+    monkeypatch.setattr(console.settings, "quiet", True)
+    lines = ProgressLines(every_s=0)
+    lines.phase("denoise")
+    for done in range(1, 3):
+        lines.step(done, 2)
+    assert capsys.readouterr().err == ""
+
+
 def test_training_bars_become_rate_limited_lines_in_a_log(capsys, monkeypatch):
     """`console.progress` where stderr is not a terminal: the bar's calls print plain lines, at most one a task
     per interval, the finished state once, and where an unfinished task stopped when the block ends."""
