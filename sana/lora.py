@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -187,19 +188,28 @@ def _refuse_training_folder(folder: Path) -> None:
     if (folder / "state.json").is_file() and re.fullmatch(r"step-\d+", folder.name):
         run = folder.parent.parent
         raise SanaError(f"{folder} is a training checkpoint (optimizer state and weights to resume from), not a LoRA",
-                        f"pass the run's exported LoRA, {run / LORA_WEIGHTS_NAME} (written when the run ends or "
-                        f"stops), or finish it with: sana finetune DATA --out {run} --resume")
+                        f"pass the run's exported LoRA, {run / LORA_WEIGHTS_NAME} (written when the run reaches its "
+                        f"last step or --max-minutes), or finish it with: {_resume_command(run)}")
     config = folder / "train_config.json"
     if config.is_file():
         try:
             mode = json.loads(config.read_text(encoding="utf-8")).get("mode")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             mode = None
         if mode == "full":
             raise SanaError(f"{folder} is a full fine-tuning run, not a LoRA",
                             f"pass --model {folder / 'model'} (or --transformer {folder / 'model' / 'transformer'})")
         raise SanaError(f"{folder} is a sana finetune run without an exported LoRA yet",
-                        f"finish it with: sana finetune DATA --out {folder} --resume")
+                        f"finish it with: {_resume_command(folder)}")
+
+
+def _resume_command(run: Path) -> str:
+    """`sana finetune DATA --out RUN --resume`, with the data folder the run recorded where it did."""
+    try:
+        data = json.loads((run / "train_config.json").read_text(encoding="utf-8")).get("data")
+    except (OSError, ValueError, AttributeError):
+        data = None
+    return f"sana finetune {shlex.quote(str(data)) if data else 'DATA'} --out {shlex.quote(str(run))} --resume"
 
 
 def read_lora(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, float]], dict]:

@@ -211,13 +211,14 @@ def test_what_is_not_a_lora_says_what_to_pass(tmp_path):
     run = tmp_path / "run"
     step = run / "checkpoints" / "step-000500"
     step.mkdir(parents=True)
-    (run / "train_config.json").write_text(json.dumps({"mode": "lora"}))
+    (run / "train_config.json").write_text(json.dumps({"mode": "lora", "data": "my clips"}))
     (step / "state.json").write_text("{}")
     _safetensors(step / "weights.safetensors", ["blocks.0.attn1.to_q.lora_A.default.weight"])
     for arg in (step, step / "weights.safetensors"):
         with pytest.raises(SanaError, match="is a training checkpoint") as info:
             parse_lora_arg(str(arg))
-        assert "pytorch_lora_weights.safetensors" in info.value.hint and "--resume" in info.value.hint
+        assert "pytorch_lora_weights.safetensors" in info.value.hint
+        assert f"sana finetune 'my clips' --out {run} --resume" in info.value.hint  # the run's own data folder
     with pytest.raises(SanaError, match="without an exported LoRA"):
         parse_lora_arg(str(run))
     (run / "train_config.json").write_text(json.dumps({"mode": "full"}))
