@@ -52,13 +52,18 @@ def video_settings(model_arg: str | None, folder: Path, flags: dict) -> dict:
 
 
 def check_data_kind(data: Path, video: bool) -> None:
-    """Clips for a video model, images for an image model: the other way round is a one-line error."""
-    from sana.training.video_data import find_clips
+    """Clips for a video model, images for an image model: the other way round is a one-line error. For a video
+    model every folder of images may be a clip (its scan reports what it cannot caption); for an image model only
+    one captioned as a clip is, so images in subfolders stay images."""
+    from sana.training.video_data import clips_and_images, find_clips
 
-    clips, images, _ = find_clips(Path(data).expanduser())
-    if video and images and not clips:
-        raise UsageError(f"{data} holds images, not clips",
-                         "fine-tune an image model with it, or give a video model a folder of videos")
-    if not video and clips and not images:
+    if video:
+        clips, images, _ = find_clips(Path(data).expanduser())
+        if images and not clips:
+            raise UsageError(f"{data} holds images, not clips",
+                             "fine-tune an image model with it, or give a video model a folder of videos")
+        return
+    clips, images = clips_and_images(Path(data))
+    if clips and not images:
         raise UsageError(f"{data} holds video clips, not images",
                          "fine-tune a video model with it: --model nano-video or video-2b-480p")

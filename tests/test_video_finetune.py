@@ -153,7 +153,15 @@ def test_lora_gives_the_same_frames_in_diffusers_and_sana_video(tmp_path, video_
     assert lora_base_class(lora) == "SanaVideoTransformer3DModel"  # an image model refuses it (tests/test_lora.py)
     assert re.search(r"^train 3/3 loss \S+ \| [\d.]+ clips/s", result.stderr, re.M), result.stderr
     assert "encoded 4 clip latents in" in result.stderr  # what caching cost, for runs logged to a file
-    assert (out / "samples" / "step-000003-0.mp4").is_file()
+    sample = out / "samples" / "step-000003-0.mp4"
+    from sana.outputs import read_metadata
+
+    # The step's LoRA is only in a checkpoint: the sample names the base model (loadable), the run and the step.
+    record = read_metadata(sample)
+    assert Path(record.model) == video_model.resolve() and record.loras == []
+    assert record.extra["training_step"] == 3 and Path(record.extra["run"]) == out.resolve()
+    replayed = run_sana("video", "--from", str(sample), "--device", "cpu", "--format", "gif", "-o", str(tmp_path / "replay.gif"))
+    assert replayed.returncode == 0, replayed.stderr
     config = json.loads((out / "train_config.json").read_text())
     assert (config["frames"], config["fps"], config["motion_score"]) == (9, 16.0, 30)  # the 480p preset's rate
 

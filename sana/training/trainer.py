@@ -199,14 +199,25 @@ class Trainer(TrainingData, OptimizationStep, CheckpointsAndExport):
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                     image = pipe.generate(request).images[0]
                 if self.world.is_main:
-                    record = GenerationRecord(prompt=prompt, model=str(self.out), seed=cfg.val_seed,
-                                              steps=cfg.val_steps, guidance=cfg.validation_guidance(), sampler="flow-dpm",
+                    record = GenerationRecord(prompt=prompt, seed=cfg.val_seed, steps=cfg.val_steps,
+                                              guidance=cfg.validation_guidance(), sampler="flow-dpm",
                                               flow_shift=self.flow_shift, width=size, height=size,
-                                              extra={"training_step": step})
+                                              **self.sample_source(step))
                     path = save_image(image, folder / f"step-{step:06d}-{index}.png", record, force=True)
                     self.events.saved("sample", path)
 
         self.sample_validation(pipeline, generate)
+
+    def sample_source(self, step: int, extra: dict | None = None) -> dict:
+        """A validation sample's record fields for where it came from: the base model as `model` (what `--from` can
+        load), the run and step in `extra` with a note, since the weights of that step are only in a checkpoint,
+        which `--lora` / `--model` do not read."""
+        cfg, run = self.cfg, self.out.resolve()
+        result = f"--lora {run / 'pytorch_lora_weights.safetensors'}" if cfg.mode == "lora" else f"--model {run / 'model'}"
+        what = "the DiT this run trains from scratch" if cfg.init == "random" else f"step {step}'s weights"
+        note = (f"--from replays the base model alone, not {what} (only in a checkpoint at step {step}); the run's "
+                f"result loads with {result} once the run ends")
+        return {"model": cfg.model_dir, "extra": {"training_step": step, "run": str(run), "replay": note, **(extra or {})}}
 
     def sample_validation(self, pipeline: Callable, generate: Callable) -> None:
         """`generate(pipe, folder)` on the pipeline `pipeline(prompts)` builds around the DiT (prompts answered from

@@ -87,9 +87,10 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def find_clips(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
+def find_clips(root: Path, *, frames_folders: bool = True) -> tuple[list[Path], list[Path], list[Path]]:
     """(clips: video files and frames folders, still images, other files) under `root`, sorted; hidden entries and
-    caption sidecars are left out. No file is opened."""
+    caption sidecars are left out. No file is opened. Without `frames_folders` (an image model's data) every
+    folder is searched and its images are images."""
     clips, images, others = [], [], []
 
     def walk(folder: Path) -> None:
@@ -97,7 +98,7 @@ def find_clips(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
             if path.name.startswith("."):
                 continue  # .DS_Store, .cache, our own cache
             if path.is_dir():
-                (clips.append(path) if _frame_files(path) is not None else walk(path))
+                (clips.append(path) if frames_folders and _frame_files(path) is not None else walk(path))
                 continue
             suffix = path.suffix.lower()
             if suffix in VIDEO_SUFFIXES:
@@ -109,6 +110,26 @@ def find_clips(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
 
     walk(root)
     return clips, images, others
+
+
+def clips_and_images(root: Path) -> tuple[list[Path], list[Path]]:
+    """(clips, still images) under `root` for telling video data from image data. A folder of images counts as one
+    clip only when it is captioned as one (a same-name `.txt` beside it or a metadata.jsonl row naming it) and
+    none of its images has a caption of its own: `data/cats/*.png` and `data/train/metadata.jsonl` are images."""
+    root = Path(root).expanduser()
+    clips, images, _ = find_clips(root)
+    rows = metadata_rows(root, DataReport(root=root))
+    kept = []
+    for clip in clips:
+        frames = _frame_files(clip) if clip.is_dir() else None
+        if frames is None:
+            kept.append(clip)  # a video file
+        elif ((caption_file(clip).is_file() or clip.resolve() in rows)
+              and not any(f.with_suffix(".txt").is_file() or f.resolve() in rows for f in frames)):
+            kept.append(clip)
+        else:
+            images += frames
+    return kept, sorted(images)
 
 
 def caption_file(path: Path) -> Path:
@@ -200,11 +221,6 @@ def scan_clip_folder(root: Path, *, caption: str | None = None, trigger: str | N
         samples.append(ClipSample(path, text, width, height, frames, fps))
     report.used = len(samples)
     return samples, report
-
-
-def has_clips(root: Path) -> bool:
-    """Whether `root` holds clips (no file opened): the check that a video folder is not given to an image model."""
-    return bool(find_clips(Path(root).expanduser())[0])
 
 
 # -- frames and buckets -----------------------------------------------------------------------------------

@@ -117,10 +117,10 @@ class VideoTrainer(Trainer):
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                     result = pipe.generate(request)
                 if self.world.is_main:
-                    record = GenerationRecord(prompt=prompt, model=str(self.out), family="video", seed=cfg.val_seed,
-                                              steps=cfg.val_steps, guidance=cfg.validation_guidance(), sampler="flow-dpm",
+                    record = GenerationRecord(prompt=prompt, family="video", seed=cfg.val_seed, steps=cfg.val_steps,
+                                              guidance=cfg.validation_guidance(), sampler="flow-dpm",
                                               flow_shift=self.flow_shift, width=width, height=height,
-                                              extra={"training_step": step, "motion_score": cfg.motion_score})
+                                              **self.sample_source(step, {"motion_score": cfg.motion_score}))
                     path = save_video(result.videos[0].numpy(), folder / f"step-{step:06d}-{index}{suffix}", record,
                                       fps=cfg.fps, force=True)
                     self.events.saved("sample", path)
