@@ -216,6 +216,15 @@ def _cached_without_vae_weights(tmp_path: Path, hub_cache: Path) -> None:
     (snapshot / "vae" / "diffusion_pytorch_model.safetensors").unlink()
 
 
+def _finetune_run(tmp_path: Path) -> Path:
+    """A full fine-tuning run folder: its settings, and the exported model inside it."""
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "train_config.json").write_text('{"mode": "full"}')
+    (run / "model" / "model_index.json").write_text("{}")
+    return run
+
+
 ERRORS = {
     # id: (arguments, set-up, environment overrides, expected text)
     "unknown-model": (lambda t, c: ("models", "info", "sana-1.7b"), {}, "unknown model 'sana-1.7b' (did you mean"),
@@ -227,6 +236,8 @@ ERRORS = {
     "not-a-model-info": (lambda t, c: ("models", "info", str(_not_a_model(t))), {}, "is not a model directory"),
     "not-a-model-gen": (lambda t, c: ("gen", "x", "--model", str(_not_a_model(t)), "--device", "cpu"), {},
                         "is not a model directory"),
+    "a-run-as-model": (lambda t, c: ("gen", "x", "--model", str(_finetune_run(t)), "--device", "cpu"), {},
+                       "is a sana finetune run folder, not a model directory (a full fine-tuning run's model is "),
     "no-such-dir": (lambda t, c: ("models", "path", str(t / "no" / "such" / "dir")), {}, "no such directory"),
     "missing-files": (lambda t, c: (_cached_without_vae_weights(t, c), ("models", "path", "sana-1.6b"))[1], {},
                       "sana-1.6b is missing local files: vae weights (run: sana models pull sana-1.6b)"),

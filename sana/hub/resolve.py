@@ -74,6 +74,12 @@ def resolve_model(arg: str, *, precision: str | None = None) -> ResolvedModel:
 def require_model_directory(path: Path, arg: str) -> Path:
     """`path` if it holds model_index.json or a config.json, else a one-line error."""
     if not path.is_dir() or not ((path / "model_index.json").is_file() or (path / "config.json").is_file()):
+        if (path / "train_config.json").is_file():  # a `sana finetune` run folder: its model is inside
+            exported = path / "model"
+            hint = (f"a full fine-tuning run's model is {exported}" if (exported / "model_index.json").is_file()
+                    else f"pass its LoRA with --lora {path}, or for a full run its model folder, {exported}, "
+                         "once the run has exported it")
+            raise ModelNotFound(f"{arg} is a sana finetune run folder, not a model directory", hint)
         raise ModelNotFound(f"{arg} is not a model directory: no model_index.json or config.json",
                             "pass a diffusers-format folder, a registry name or org/name")
     return path
