@@ -80,6 +80,7 @@ def finetune_rl(flags: dict) -> None:
         hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
         raise UsageError(f"{out_dir} is not empty", hint)
     settings.validate()
+    _refuse_other_families(flags.get("model"), Path(settings.model_dir))
     _check_rewards(settings.reward, source)
     _refuse_distilled(Path(settings.model_dir))
     if settings.prompts_per_round % gpus:
@@ -132,6 +133,21 @@ def _check_rewards(spec: str, source) -> None:
         if bad is not None:
             raise UsageError(f"the shapes reward checks captions of the shapes grammar, and '{bad[:60]}' is not one",
                              "use PROMPTS shapes, or grammar captions such as 'a small red circle on the left on a white background'")
+
+
+def _refuse_other_families(model_arg: str | None, model_dir: Path) -> None:
+    """RL rolls out images: a video or world model is refused before anything loads (its VAE is no DC-AE)."""
+    from sana.components import family_from_index, model_index, read_json
+
+    from .generation import FAMILY_NAMES
+
+    family = family_from_index(model_index(model_dir))
+    if family is None:  # a folder without model_index.json: its DiT's class says
+        name = read_json(model_dir / "transformer" / "config.json").get("_class_name", "")
+        family = "video" if "Video" in name else "wm" if "WM" in name or "World" in name else None
+    if family in ("video", "wm"):
+        raise UsageError(f"--rl fine-tunes image models (SANA / SANA-1.5), and {model_arg or model_dir} is "
+                         f"{FAMILY_NAMES[family]}", "use an image model, e.g. --model nano or sana-1.6b")
 
 
 def _refuse_distilled(model_dir: Path) -> None:

@@ -39,6 +39,7 @@ def heavy_imports(stderr: str) -> list[str]:
 BAD = {
     "empty-prompts": (["finetune", "empty.txt", "--rl"], "is empty"),
     "missing-prompts": (["finetune", "nope.txt", "--rl"], "prompts file not found"),
+    "image-folder": (["finetune", "data", "--rl"], "data is a folder; --rl trains on prompts"),
     "jsonl-line": (["finetune", "bad.jsonl", "--rl"], 'line 2 has no "prompt"'),
     "unknown-reward": (["finetune", "prompts.txt", "--rl", "--reward", "aesthetics"], "unknown reward 'aesthetics'"),
     "not-downloaded": (["finetune", "prompts.txt", "--rl", "--reward", "shapes:1,clip:0.5"], "sana models pull clip"),
@@ -75,6 +76,19 @@ def test_a_sprint_model_is_refused_with_the_reason(files, tmp_path_factory):
     result = run_sana("finetune", "prompts.txt", "--rl", "--model", str(sprint), "--reward", "plug.py:brightness",
                       cwd=files)
     assert "step-distilled" in assert_one_line_error(result) and "flow-matching" in result.stderr
+
+
+def test_a_video_model_is_refused_before_anything_loads(files, tmp_path_factory):
+    from tests.tiny_video_pipeline import build_pipeline as build_video_pipeline
+
+    video = tmp_path_factory.mktemp("video")
+    build_video_pipeline(video, "wan", seed=3)
+    result = run_sana("finetune", "prompts.txt", "--rl", "--model", str(video), "--reward", "plug.py:brightness",
+                      "--out", str(files / "video-run"), cwd=files, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("import time:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "--rl fine-tunes image models (SANA / SANA-1.5)" in lines[0] and "a SANA-Video model" in lines[0]
+    assert heavy_imports(result.stderr) == [] and not (files / "video-run").exists()
 
 
 def test_a_failing_reward_stops_before_training(files, base_model):

@@ -115,8 +115,10 @@ def read_prompts(arg: str) -> PromptSource:
     path = Path(arg).expanduser()
     if not path.is_file():
         grammar = " / ".join(SHAPES_SOURCES)
-        raise UsageError(f"prompts file not found: {arg}",
-                         f"give a text file (one prompt a line), a .jsonl file, or {grammar} (the nano grammar)")
+        takes = f"--rl takes a text file (one prompt a line), a .jsonl file, or {grammar} (the nano grammar)"
+        if path.is_dir():  # supervised fine-tuning's data folder, given to --rl
+            raise UsageError(f"{arg} is a folder; --rl trains on prompts, not on images or clips", takes)
+        raise UsageError(f"prompts file not found: {arg}", takes)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
