@@ -1,5 +1,6 @@
-"""What `sana finetune` takes a data folder for before torch loads: images in subfolders are images for an image
-model, a folder of frames is a clip only when it is captioned as one."""
+"""`sana finetune` around its loop: what it takes a data folder for before torch loads (images in subfolders are
+images for an image model, a folder of frames is a clip only when it is captioned as one), what a validation sample
+records, and Ctrl-C."""
 
 from __future__ import annotations
 
@@ -98,3 +99,47 @@ def test_a_validation_sample_records_the_base_model_and_its_run_and_replays(tmp_
     made = run_sana("gen", "--from", str(sample), "-o", str(replay), "--device", "cpu")
     assert made.returncode == 0, made.stderr
     assert Path(read_metadata(replay).model) == model.resolve()
+
+
+# -- Ctrl-C -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_says_at_once_it_stops_after_the_step_and_twice_stops_now(tmp_path, monkeypatch, presses):
+    import os
+    import signal
+
+    from sana.errors import Interrupted
+    from sana.training.config import TrainConfig
+    from sana.training.trainer import Trainer, TrainEvents, run
+    from tests.tiny_pipeline import build_pipeline
+
+    model = tmp_path / "base"
+    build_pipeline(model)
+    data = tmp_path / "data"
+    images(data, ["a", "b"])
+    real = Trainer._optimizer_step
+    done = []
+
+    def optimizer_step(self):
+        done.append(1)
+        if len(done) == 3:  # inside step 3
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next line
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", optimizer_step)
+    notes = []
+    out = tmp_path / "run"
+    cfg = TrainConfig(data=str(data), out=str(out), model_dir=str(model), resolution=32, steps=6, device="cpu",
+                      checkpoint_every=2)
+    events = TrainEvents(on_notice=notes.append)
+    if presses == 1:
+        result = run(cfg, events=events)
+        assert result.interrupted and result.step == 3 and result.output is None
+        assert result.checkpoint == out / "checkpoints" / "step-000003"
+    else:
+        with pytest.raises(Interrupted, match=r"stopped at once after step 2; the last checkpoint is kept in .*"
+                                              r"step-000002"):
+            run(cfg, events=events)
+        assert not (out / "checkpoints" / "step-000003").exists()
+    assert notes[-1] == "stopping after this step, with a checkpoint (Ctrl-C again to stop now, keeping the last checkpoint)"

@@ -171,3 +171,38 @@ def test_a_reward_failing_mid_run_keeps_a_checkpoint_and_resume_finishes(files, 
     monkeypatch.delenv("FAIL_AFTER")
     result = run(_config(files / "run", base_model, files / "prompts.txt", files / "plug.py", **settings), resume=True)
     assert result.step == 3 and [r["round"] for r in read_csv(files / "run" / "rewards.csv")] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_says_at_once_it_stops_after_the_round_and_twice_stops_now(files, base_model, monkeypatch, presses):
+    """One Ctrl-C in round 2: a notice at once, then round 2 ends with its checkpoint. Two: out at once, round 1's
+    checkpoint kept."""
+    import os
+    import signal
+
+    from sana.errors import Interrupted
+    from sana.training.rl.loop import RLEvents, RLTrainer, run
+
+    real = RLTrainer.train_round
+
+    def train_round(self, step):
+        if step == 1:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next line
+        return real(self, step)
+
+    monkeypatch.setattr(RLTrainer, "train_round", train_round)
+    notes = []
+    cfg = _config(files / "run", base_model, files / "prompts.txt", files / "plug.py", steps=4, val_count=0,
+                  checkpoint_every=1)
+    if presses == 1:
+        result = run(cfg, events=RLEvents(on_notice=notes.append))
+        assert result.interrupted and result.step == 2 and result.output is None
+        assert result.checkpoint == files / "run" / "checkpoints" / "step-000002"
+    else:
+        with pytest.raises(Interrupted, match=r"stopped at once after round 1; the last checkpoint is kept in .*"
+                                              r"step-000001 \(continue with: sana finetune .* --resume\)"):
+            run(cfg, events=RLEvents(on_notice=notes.append))
+        assert not (files / "run" / "checkpoints" / "step-000002").exists()
+    assert notes == ["stopping after this round, with a checkpoint (Ctrl-C again to stop now, keeping the last "
+                     "checkpoint)"]

@@ -15,6 +15,7 @@ holds the loop, validation and `run`.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Callable
 
 import torch
 
-from ..errors import SanaError
+from ..errors import Interrupted, SanaError
+from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
 from .data import DataReport
@@ -79,6 +81,22 @@ class TrainResult:
     out_of_time: bool = False  # stopped by --max-minutes before --steps
 
 
+class AnnouncedStop(_StopFlag):
+    """The stop flag that says at once what a signal does: a step or an RL round can take minutes on a CPU, and a
+    silent first Ctrl-C looked like a hang."""
+
+    def __init__(self, events: TrainEvents, unit: str = "step"):
+        super().__init__()
+        self.events, self.unit = events, unit
+
+    def _handle(self, signum, frame):
+        first = not self.requested
+        super()._handle(signum, frame)  # a second Ctrl-C raises KeyboardInterrupt here
+        if first:
+            again = " (Ctrl-C again to stop now, keeping the last checkpoint)" if signum == signal.SIGINT else ""
+            self.events.notice(f"stopping after this {self.unit}, with a checkpoint{again}")
+
+
 # -- the run ------------------------------------------------------------------------------------------------
 
 class Trainer(TrainingData, OptimizationStep, CheckpointsAndExport):
@@ -109,43 +127,62 @@ class Trainer(TrainingData, OptimizationStep, CheckpointsAndExport):
             events.on_phase("train")
         step = self.micro // cfg.grad_accum
         result = TrainResult(out=self.out, step=step, interrupted=False, report=self.report)
-        started, samples_seen = time.perf_counter(), 0
+        started = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        with _StopFlag() as stop:
-            pending, pending_steps = torch.zeros((), device=self.device), 0  # loss summed since the last log line
-            while step < cfg.steps:
-                pending += self._optimizer_step()
-                pending_steps += 1
-                step += 1
-                samples_seen += cfg.batch_size * cfg.grad_accum * world.size
-                stopping, finishing = self._stop_checks(stop, started)
-                checkpoint_now = stopping or finishing or step % cfg.checkpoint_every == 0 or step == cfg.steps
-                # Reading the loss waits for the GPU: only at log lines, so small models are not host-bound.
-                if step % cfg.log_every == 0 or checkpoint_now:
-                    loss_value = distributed.mean(pending / pending_steps, world).item()
-                    pending, pending_steps = torch.zeros((), device=self.device), 0
-                    if not math.isfinite(loss_value):
-                        raise SanaError(f"the loss became {loss_value} at step {step}",
-                                        "lower --lr, or use --precision fp32 / bf16 instead of fp16")
-                    result.last_loss = loss_value
-                    elapsed = time.perf_counter() - started
-                    info = StepInfo(step=step, total=cfg.steps, loss=loss_value, lr=self.scheduler.get_last_lr()[0],
-                                    grad_norm=float(self._last_grad_norm), samples_per_s=samples_seen / max(elapsed, 1e-9),
-                                    memory_gb=_memory_gb(self.device))
-                    if world.is_main:
-                        append_log(log_path, {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{info.lr:.6g}",
-                                              "grad_norm": f"{info.grad_norm:.4g}",
-                                              "samples_per_s": f"{info.samples_per_s:.4g}", "elapsed_s": f"{elapsed:.1f}"})
-                    if events.on_step:
-                        events.on_step(info)
-                if checkpoint_now:
-                    result.checkpoint = self.save_checkpoint(step)
-                if cfg.val_prompts and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps) and not stopping:
-                    self.validate(step)
-                if self._loop_ends(result, step, stopping, finishing):
-                    break
+        with AnnouncedStop(events) as stop:
+            try:
+                return self._loop(stop, result, step, started)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop inside the step
+                raise self.stopped_now(result.step) from None
+
+    def _loop(self, stop: _StopFlag, result: TrainResult, step: int, started: float) -> TrainResult:
+        cfg, events, world = self.cfg, self.events, self.world
+        log_path = self.out / LOG_NAME
+        samples_seen = 0
+        pending, pending_steps = torch.zeros((), device=self.device), 0  # loss summed since the last log line
+        while step < cfg.steps:
+            pending += self._optimizer_step()
+            pending_steps += 1
+            step += 1
+            result.step = step  # what a second Ctrl-C reports
+            samples_seen += cfg.batch_size * cfg.grad_accum * world.size
+            stopping, finishing = self._stop_checks(stop, started)
+            checkpoint_now = stopping or finishing or step % cfg.checkpoint_every == 0 or step == cfg.steps
+            # Reading the loss waits for the GPU: only at log lines, so small models are not host-bound.
+            if step % cfg.log_every == 0 or checkpoint_now:
+                loss_value = distributed.mean(pending / pending_steps, world).item()
+                pending, pending_steps = torch.zeros((), device=self.device), 0
+                if not math.isfinite(loss_value):
+                    raise SanaError(f"the loss became {loss_value} at step {step}",
+                                    "lower --lr, or use --precision fp32 / bf16 instead of fp16")
+                result.last_loss = loss_value
+                elapsed = time.perf_counter() - started
+                info = StepInfo(step=step, total=cfg.steps, loss=loss_value, lr=self.scheduler.get_last_lr()[0],
+                                grad_norm=float(self._last_grad_norm), samples_per_s=samples_seen / max(elapsed, 1e-9),
+                                memory_gb=_memory_gb(self.device))
+                if world.is_main:
+                    append_log(log_path, {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{info.lr:.6g}",
+                                          "grad_norm": f"{info.grad_norm:.4g}",
+                                          "samples_per_s": f"{info.samples_per_s:.4g}", "elapsed_s": f"{elapsed:.1f}"})
+                if events.on_step:
+                    events.on_step(info)
+            if checkpoint_now:
+                result.checkpoint = self.save_checkpoint(step)
+            if cfg.val_prompts and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps) and not stopping:
+                self.validate(step)
+            if self._loop_ends(result, step, stopping, finishing):
+                break
         return self._finish(result, step)
+
+    def stopped_now(self, done: int, unit: str = "step") -> Interrupted:
+        """The error of a second Ctrl-C, after `done` finished steps (`unit`: step or round): what is kept."""
+        saved = ckpt.list_checkpoints(self.out)
+        if not saved:
+            return Interrupted(f"stopped at once after {unit} {done}; no checkpoint was saved yet",
+                               "run the same command to start again")
+        return Interrupted(f"stopped at once after {unit} {done}; the last checkpoint is kept in {saved[-1][1]}",
+                           f"continue with: sana finetune {self.cfg.data} --out {self.out} --resume")
 
     def _stop_checks(self, stop: _StopFlag, started: float) -> tuple[bool, bool]:
         """(stopping, finishing) as every process agrees: a signal only pauses the run (checkpoint, no export);

@@ -30,8 +30,8 @@ from .. import checkpoint as ckpt
 from .. import distributed
 from ..data import DataReport
 from ..plot import append_log, truncate_log
-from ..runtime import StopFlag, memory_gb
-from ..trainer import LOG_NAME, TrainEvents, Trainer, TrainResult, run_trainer
+from ..runtime import memory_gb
+from ..trainer import LOG_NAME, AnnouncedStop, TrainEvents, Trainer, TrainResult, run_trainer
 from . import log as rl_log
 from .config import RLConfig
 from .objective import advantages, kl_loss, nft_policy_loss, old_policy_decay, optimality, update_old_policy
@@ -293,34 +293,44 @@ class RLTrainer(Trainer):
         started = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        if step == 0 and self._validation_prompts():
-            self.validate(0)
         try:
-            with StopFlag() as stop:
-                while step < cfg.steps:
-                    round_started = time.perf_counter()
-                    try:
-                        stats, eta = self.train_round(step)
-                    except RewardError as exc:
-                        raise self._failed(step, exc, f"round {step + 1}") from None
-                    step += 1
-                    self._log_round(step, stats, eta, time.perf_counter() - round_started, started, fields)
-                    stopping, finishing = self._stop_checks(stop, started)
-                    if stopping or finishing or step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                        result.checkpoint = self.save_checkpoint(step)
-                    if self._validation_prompts() and not stopping and (step == cfg.steps or finishing or (
-                            cfg.val_every and step % cfg.val_every == 0)):
-                        try:
-                            self.validate(step)
-                        except RewardError as exc:
-                            raise self._failed(step, exc, f"validation after round {step}") from None
-                    if self._loop_ends(result, step, stopping, finishing, unit="round"):
-                        break
-            self._plot(force=True)
-            return self._finish(result, step)
+            with AnnouncedStop(events, "round") as stop:
+                try:
+                    if step == 0 and self._validation_prompts():
+                        self.validate(0)
+                    step = self._rounds(stop, result, step, started, fields)
+                    self._plot(force=True)
+                    return self._finish(result, step)
+                except KeyboardInterrupt:  # a second Ctrl-C: stop inside the round
+                    raise self.stopped_now(result.step, "round") from None
         finally:
             if hasattr(self.components.reward, "close"):
                 self.components.reward.close()
+
+    def _rounds(self, stop: AnnouncedStop, result: TrainResult, step: int, started: float, fields: list[str]) -> int:
+        """Rounds until the last, a stop or the time limit; returns the last round done."""
+        cfg = self.cfg
+        while step < cfg.steps:
+            round_started = time.perf_counter()
+            try:
+                stats, eta = self.train_round(step)
+            except RewardError as exc:
+                raise self._failed(step, exc, f"round {step + 1}") from None
+            step += 1
+            result.step = step  # what a second Ctrl-C reports
+            self._log_round(step, stats, eta, time.perf_counter() - round_started, started, fields)
+            stopping, finishing = self._stop_checks(stop, started)
+            if stopping or finishing or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                result.checkpoint = self.save_checkpoint(step)
+            if self._validation_prompts() and not stopping and (step == cfg.steps or finishing or (
+                    cfg.val_every and step % cfg.val_every == 0)):
+                try:
+                    self.validate(step)
+                except RewardError as exc:
+                    raise self._failed(step, exc, f"validation after round {step}") from None
+            if self._loop_ends(result, step, stopping, finishing, unit="round"):
+                break
+        return step
 
     def train_round(self, step: int) -> tuple[dict, float]:
         """Round `step + 1`: the rollout, one optimizer step, the old policy's decay. Returns (stats, decay)."""
