@@ -67,6 +67,12 @@ def finetune_rl(flags: dict) -> None:
     continuing = bool(flags.get("resume")) or flags.get("resume_from") is not None
     if continuing and not (out_dir / "train_config.json").is_file():
         raise UsageError(f"--resume: {out_dir} holds no sana finetune run", "pass the run's folder with --out")
+    if _nothing_trained(out_dir) and flags.get("resume_from") is None:
+        # Stopped before its first checkpoint (a reward failing in round 1, Ctrl-C while loading): nothing to keep.
+        if main_process:
+            console.notice(f"{out_dir} holds the settings of an RL run that saved no checkpoint; starting it "
+                           f"{'over (nothing to resume)' if continuing else 'again'}, replacing its settings and logs")
+        continuing = False
     saved = RLConfig.load(out_dir) if continuing else None
     source = _prompt_source(data)
     settings = _settings(flags, data, out_dir, saved, gpus)
@@ -76,7 +82,7 @@ def finetune_rl(flags: dict) -> None:
             raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
                              "a resumed run keeps its model, rewards and rollout settings; start a new --out to change them")
         _check_checkpoint(out_dir, flags.get("resume_from"))
-    elif main_process and out_dir.exists() and any(out_dir.iterdir()):
+    elif main_process and out_dir.exists() and any(out_dir.iterdir()) and not _nothing_trained(out_dir):
         hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
         raise UsageError(f"{out_dir} is not empty", hint)
     settings.validate()
@@ -115,6 +121,15 @@ def finetune_rl(flags: dict) -> None:
     exit_if_interrupted(result, data, out_dir, "round")
     console.info(f"trained {result.step} rounds; rewards {out_dir / 'rewards.csv'}, curve {out_dir / 'reward.png'}")
     console.result(str(result.output))
+
+
+def _nothing_trained(out_dir: Path) -> bool:
+    """The folder holds an RL run's settings but no checkpoint, best weights or export: starting again loses nothing."""
+    from sana.training.rl.config import is_rl_run
+
+    if not is_rl_run(out_dir) or any((out_dir / "checkpoints").glob("step-*/state.json")):
+        return False
+    return not any((out_dir / name).exists() for name in ("pytorch_lora_weights.safetensors", "model", "best"))
 
 
 def _prompt_source(data: str):

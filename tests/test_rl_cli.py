@@ -95,6 +95,11 @@ def test_a_failing_reward_stops_before_training(files, base_model):
     result = run_sana(*rl_args(files, base_model, "run", "--reward", f"{files / 'plug.py'}:nan"))
     assert "reward 'nan' returned NaN or infinity" in assert_one_line_error(result, after_progress=True)
     assert not (files / "run" / "checkpoints").exists()
+    # Nothing was trained: the command, its reward fixed, starts the run again (not "not empty", then "no checkpoint").
+    again = run_sana(*rl_args(files, base_model, "run", "--steps", "1", "--val-count", "0"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "holds the settings of an RL run that saved no checkpoint; starting it again" in again.stderr
+    assert [r["round"] for r in read_csv(files / "run" / "rewards.csv")] == ["1"]
 
 
 # -- whole runs -----------------------------------------------------------------------------------------------------

@@ -199,6 +199,18 @@ def _config(data: Path, model: Path, out: Path, **changes):
     return dataclasses.replace(base, **changes)
 
 
+def test_a_res_off_the_32_px_grid_says_what_clips_train_at(tmp_path, video_model):
+    from sana.training.trainer import TrainEvents
+    from sana.training.video_trainer import VideoTrainer
+
+    data = make_clips(tmp_path / "data", count=1)
+    notes = []
+    trainer = VideoTrainer(_config(data, video_model, tmp_path / "run", resolution=40, frames=5),
+                           TrainEvents(on_notice=notes.append))
+    trainer.scan(video_model)
+    assert "--res 40: clip sides are multiples of 32 for this model, so square clips train at 32x32" in notes, notes
+
+
 @pytest.mark.slow
 def test_full_export_is_a_video_model_and_resume_is_exact(tmp_path, video_model):
     from diffusers import SanaVideoTransformer3DModel

@@ -24,7 +24,7 @@ from .features import ScannedData, unusable
 from .step import load_or_initialise
 from .trainer import Trainer, TrainEvents, TrainResult, run_trainer
 from .video_cache import clip_source
-from .video_data import clip_buckets, native_resolution, plan_clips, scan_clip_folder, snap_down
+from .video_data import SIZE_MULTIPLE, clip_buckets, native_resolution, plan_clips, scan_clip_folder, snap_down
 
 
 def caption_as_read(caption: str, motion_score: int | None) -> str:
@@ -71,7 +71,12 @@ class VideoTrainer(Trainer):
             self.events.notice(f"--frames {cfg.frames} snapped to {frames} (the {geometry.label} VAE takes "
                                f"{geometry.temporal}k+1 frames)")
         tconf = cfg.transformer_config or read_json(model_dir / "transformer" / "config.json")
-        buckets = clip_buckets(cfg.resolution, native_resolution(tconf, geometry.spatial), int(tconf.get("sample_size", 0)))
+        native = native_resolution(tconf, geometry.spatial)
+        buckets = clip_buckets(cfg.resolution, native, int(tconf.get("sample_size", 0)))
+        if cfg.resolution != native and cfg.resolution % SIZE_MULTIPLE:  # as the image trainer says of its grid
+            square = min(buckets, key=lambda wh: abs(wh[0] - wh[1]))
+            self.events.notice(f"--res {cfg.resolution}: clip sides are multiples of {SIZE_MULTIPLE} for this model, "
+                               f"so square clips train at {square[0]}x{square[1]}")
         samples, plans = plan_clips(samples, report, buckets=buckets, frames=frames, fps=cfg.fps,
                                     temporal=geometry.temporal, min_frames=geometry.temporal + 1)
         if not samples:

@@ -283,9 +283,12 @@ class RLTrainer(Trainer):
         if resume:
             self._restore(resume)
             step = self.resumed_round
-            if world.is_main:
-                rl_log.truncate_rows(rewards_log, step, fields)
-                truncate_log(loss_log, step)
+        if world.is_main:  # a resumed run repeats the rounds after its checkpoint; a new one all (a restart's rows)
+            last = step if resume else -1
+            if rewards_log.exists():
+                rl_log.truncate_rows(rewards_log, last, fields)
+            if loss_log.exists():
+                truncate_log(loss_log, last)
         self._sync_old()
         if events.on_phase:
             events.on_phase("train")
