@@ -91,6 +91,12 @@ def finetune(
         return
     refuse_rl_flags(flags)
 
+    with _StartupInterrupt() as guard:
+        _finetune(flags, data, out, resume, resume_from, gpus, main_process, guard)
+
+
+def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_from: Path | None, gpus: int,
+              main_process: bool, guard: "_StartupInterrupt") -> None:
     # 1. Settings: a resumed run's own settings, overridden by the flags given now; all checked before torch loads.
     if not Path(data).expanduser().is_dir():
         raise UsageError(f"data folder not found: {data}",
@@ -100,27 +106,39 @@ def finetune(
     if continuing and not (out_dir / "train_config.json").is_file():
         raise UsageError(f"--resume: {out_dir} holds no sana finetune run", "pass the run's folder with --out")
     restart = _never_checkpointed(out_dir) and resume_from is None
-    if restart and main_process:  # stopped during start-up (or its data was unusable): nothing trained to keep
-        console.notice(f"{out_dir} holds the settings of a run that saved no checkpoint; starting it "
-                       f"{'over (nothing to resume)' if continuing else 'again'}, replacing its settings and logs")
-        continuing = False
     cfg = TrainConfig.load(out_dir) if continuing else None
     settings = _settings(flags, data, out_dir, cfg)
-    if cfg is not None:
+    _snap_frames(settings, flags, main_process)
+    _check_flags(flags, settings, main_process)
+    settings.validate()
+    start = None  # (step, folder) of the checkpoint resumed
+    if cfg is not None and restart:
+        # Stopped during start-up (or its data was unusable): nothing trained to keep, so it starts over, from the
+        # settings it recorded (a bare --resume must not fall back to the defaults) with the flags given now on top.
+        if main_process:
+            given = cfg.changes(settings, every=True)
+            console.notice(f"{out_dir} holds the settings of a run that saved no checkpoint; starting it over with "
+                           "them (nothing to resume)" + (", changed: " + _listed(given) if given else ""))
+        continuing = False
+    elif cfg is not None:
         changed = cfg.differences(settings)
         if changed:
             raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
                              "a resumed run keeps its model, LoRA, optimizer, precision, batch and seed; "
                              "start a new --out to change them")
-        _check_checkpoint(out_dir, resume_from)
+        start = _check_checkpoint(out_dir, resume_from, settings.steps)
         applied = cfg.changes(settings)
         if applied and main_process:
-            console.notice("--resume applies from the checkpoint's step on: " + ", ".join(
-                f"{name} {old!r} -> {new!r}" for name, old, new in applied) + " (recorded in train_config.json)")
-    elif main_process and out_dir.exists() and any(out_dir.iterdir()) and not restart:
+            console.notice("--resume applies from the checkpoint's step on: " + _listed(applied)
+                           + " (recorded in train_config.json)")
+        settings.resumes = [*cfg.resumes, _resume_record(start, applied)]
+    elif restart:
+        if main_process:
+            console.notice(f"{out_dir} holds the settings of a run that saved no checkpoint; starting it again, "
+                           "replacing its settings and logs")
+    elif main_process and out_dir.exists() and any(out_dir.iterdir()):
         hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
         raise UsageError(f"{out_dir} is not empty", hint)
-    settings.validate()
     from .finetune_video import check_data_kind
 
     check_data_kind(Path(data), settings.video)
@@ -139,6 +157,7 @@ def finetune(
 
         if not launched_by_torchrun():
             exec_torchrun(gpus)
+    guard.check()
     from .generation import quiet_libraries
 
     quiet_libraries()
@@ -150,16 +169,19 @@ def finetune(
 
     # 3. Train, with a progress line on the main process only.
     if main_process:
+        if resume_from is not None and start is not None:
+            _set_aside_later(out_dir, start, settings)
         settings.save(out_dir)
     try:
         with _Progress(enabled=main_process and not console.settings.quiet, total=settings.steps,
                        unit="clips" if settings.video else "img") as progress:
-            result = run(settings, resume=resume_from or continuing, events=progress.events())
-    except KeyboardInterrupt:  # before the loop took over Ctrl-C (loading, caching): no step was trained
+            result = run(settings, resume=resume_from or continuing, events=guard.guarded(progress.events()))
+    except KeyboardInterrupt:  # before the loop took over Ctrl-C (loading, caching), a second Ctrl-C, the export
         from sana.errors import Interrupted
 
         saved = _never_checkpointed(out_dir) is False
-        raise Interrupted("interrupted before training started" + (
+        when = {"train": "during training", "export": "while exporting"}.get(guard.phase, "before training started")
+        raise Interrupted(f"interrupted {when}" + (
             "; the last checkpoint is kept" if saved else "; nothing was trained"),
             f"run the same command{' with --resume' if saved else ''} to start again") from None
     if not main_process:
@@ -170,6 +192,97 @@ def finetune(
     loss = f"; final loss {result.last_loss:.4g}" if result.last_loss is not None else ""
     console.info(f"trained {result.step} steps{loss}; loss curve {out_dir / 'loss.png'}")
     console.result(str(result.output))
+
+
+class _StartupInterrupt:
+    """Ctrl-C until the training loop takes it over (its `StopFlag`) and again once it has let go: raised at once
+    as Python does, and remembered, because a KeyboardInterrupt raised inside a `__del__` is printed and lost and
+    the run then went on to train. The next start-up event raises it again; one lost after training started is
+    handed to the loop's handler (it checkpoints and stops)."""
+
+    def __init__(self):
+        self.requested = False
+        self.phase = ""  # the run's latest phase: data, cache, model, train, export
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise a Ctrl-C that was lost; once training started, hand it to the loop's own SIGINT handler."""
+        if not self.requested:
+            return
+        if self.phase in ("", "data", "cache", "model"):
+            raise KeyboardInterrupt
+        import signal
+
+        self.requested = False
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def guarded(self, events):
+        """`events` with the check before each callback (the engine calls them between its start-up steps)."""
+        def wrap(callback):
+            def call(*args):
+                self.check()
+                return callback(*args)
+            return call if callback else None
+
+        def phase(name: str) -> None:
+            self.check()
+            self.phase = name
+            if on_phase:
+                on_phase(name)
+
+        on_phase = events.on_phase
+        for name in ("on_progress", "on_step", "on_notice", "on_saved", "on_data"):
+            setattr(events, name, wrap(getattr(events, name)))
+        events.on_phase = phase
+        return events
+
+
+def _listed(changes: list[tuple[str, object, object]]) -> str:
+    return ", ".join(f"{name} {old!r} -> {new!r}" for name, old, new in changes)
+
+
+def _resume_record(start: tuple[int, Path], applied: list[tuple[str, object, object]]) -> dict:
+    """An entry of train_config.json's `resumes`: where the run went on from and what changed there."""
+    import time
+
+    return {"step": start[0], "checkpoint": str(start[1]), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "changed": {name: [old, new] for name, old, new in applied}}
+
+
+def _set_aside_later(out_dir: Path, start: tuple[int, Path], settings) -> None:
+    """--resume-from an older checkpoint: what the run wrote after it goes aside (never deleted), so the folder
+    tells one history and a later --resume continues this one."""
+    import time
+
+    from sana.training import checkpoint as ckpt
+    from sana.lora import LORA_WEIGHTS_NAME
+
+    done = ckpt.set_aside_after(out_dir, start[0], time.strftime("%Y%m%d-%H%M%S"),
+                                exports=(LORA_WEIGHTS_NAME, "model"))
+    if done is None:
+        return
+    folder, moved = done
+    settings.resumes[-1]["set_aside"] = str(folder)
+    console.notice(f"--resume-from step {start[0]}: set aside what the run wrote after it ({'; '.join(moved)}) in "
+                   f"{folder}")
 
 
 def _never_checkpointed(out_dir: Path) -> bool:
@@ -184,14 +297,31 @@ def _never_checkpointed(out_dir: Path) -> bool:
     return not exported
 
 
-def _check_checkpoint(out_dir: Path, resume_from: Path | None) -> None:
-    """--resume needs a complete checkpoint in the run folder; --resume-from a complete checkpoint folder."""
+def _check_checkpoint(out_dir: Path, resume_from: Path | None, steps: int | None = None) -> tuple[int, Path]:
+    """(step, folder) of the checkpoint a resume starts from: the run folder's latest complete one, or the
+    --resume-from folder; it must not be past `steps` (the export would hold later weights than the record says)."""
+    from sana.training import checkpoint as ckpt
+
     if resume_from is not None:
-        if not (Path(resume_from).expanduser() / "state.json").is_file():
+        folder = Path(resume_from).expanduser()
+        if not (folder / "state.json").is_file():
             raise UsageError(f"--resume-from {resume_from} is not a complete checkpoint (no state.json)",
                              f"pass a folder such as {out_dir / 'checkpoints' / 'step-000500'}")
-    elif not any((out_dir / "checkpoints").glob("step-*/state.json")):
-        raise UsageError(f"no checkpoint to resume in {out_dir / 'checkpoints'}", "start without --resume")
+    else:
+        found = ckpt.list_checkpoints(out_dir)
+        if not found:
+            raise UsageError(f"no checkpoint to resume in {out_dir / 'checkpoints'}", "start without --resume")
+        folder = found[-1][1]
+    step = ckpt.checkpoint_step(folder)
+    if steps is not None and step > steps:
+        earlier = [(s, path) for s, path in ckpt.list_checkpoints(out_dir) if s <= steps]
+        if earlier:
+            hint = (f"to go back to step {earlier[-1][0]}: --resume-from {earlier[-1][1]}"
+                    + (f" --steps {steps}" if earlier[-1][0] < steps else "") + "; later checkpoints are set aside")
+        else:
+            hint = f"the run is already past step {steps}: give --steps {step} or more"
+        raise UsageError(f"--steps {steps} is below step {step} of the checkpoint {folder}", hint)
+    return step, folder
 
 
 def _settings(flags: dict, data: Path, out_dir: Path, saved):
@@ -219,8 +349,12 @@ def _settings(flags: dict, data: Path, out_dir: Path, saved):
                "val_prompt": "val_prompts", "compile_model": "compile", "cache": "cache_dir", "resume": None, "resume_from": None, "gpus": None,
                "data": None, "out": None}
     apply_flags(base, flags, renames, saved)
-    if flags.get("full") is not None and saved is None:
+    if flags.get("full") is not None:  # on --resume too, where a changed mode is then refused like the rest
         base["mode"] = "full" if flags["full"] else "lora"
+    elif saved is not None and flags.get("init") == "random":
+        base["mode"] = "full"
+    if saved is not None and "config" in flags:
+        base["transformer_config"] = _transformer_config(flags["config"])
     if base["val_prompts"] and not base["val_every"]:
         base["val_every"] = base["checkpoint_every"]
     return TrainConfig(**base)
@@ -243,10 +377,11 @@ def apply_flags(base: dict, flags: dict, renames: dict, saved) -> None:
 
 def exit_if_interrupted(result, data, out_dir: Path, unit: str) -> None:
     """A run stopped by a signal (`unit`: step or round): where its checkpoint is, how to go on; exit status 130."""
-    if result.interrupted:
-        console.error(f"stopped at {unit} {result.step}; checkpoint saved in {result.checkpoint}")
-        console.info(f"continue with: sana finetune {data} --out {out_dir} --resume")
-        raise typer.Exit(130)
+    if result.interrupted:  # one error line (a bare exit 130 had the entry point add a second, "interrupted")
+        from sana.errors import Interrupted
+
+        raise Interrupted(f"stopped at {unit} {result.step}; checkpoint saved in {result.checkpoint}",
+                          f"continue with: sana finetune {data} --out {out_dir} --resume")
 
 
 def base_sampling_defaults(arg: str | None) -> dict:
@@ -284,6 +419,38 @@ def _base_model(arg: str | None) -> tuple[Path, int]:
     vconf = read_json(folder / "vae" / "config.json")
     factor = 2 ** (len(vconf.get("encoder_block_out_channels", [0] * 6)) - 1)
     return folder.resolve(), int(tconf.get("sample_size", 32)) * factor * int(tconf.get("patch_size", 1))
+
+
+def _snap_frames(settings, flags: dict, main_process: bool) -> None:
+    """--frames snapped down to the video VAE's rule here, so the record says what trains (and a resume given the
+    same --frames again matches its record)."""
+    if not settings.video or "frames" not in flags:
+        return
+    from sana.pipelines.sizes import read_video_vae_geometry
+    from sana.training.video_data import snap_down
+
+    geometry = read_video_vae_geometry(Path(settings.model_dir))
+    frames = snap_down(settings.frames, geometry.temporal)
+    if frames != settings.frames:
+        if main_process:
+            console.notice(f"--frames {settings.frames} snapped to {frames} (the {geometry.label} VAE takes "
+                           f"{geometry.temporal}k+1 frames)")
+        settings.frames = frames
+
+
+def _check_flags(flags: dict, settings, main_process: bool) -> None:
+    """Flags that mean nothing with the others given: refused or noted before anything runs."""
+    lora_only = [name for name in ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout") if name in flags]
+    if settings.mode == "full" and lora_only and main_process:  # noted, not refused: one command line for both modes
+        console.notice(f"{', '.join('--' + n.replace('_', '-') for n in lora_only)} ignored: this run trains all "
+                       f"weights ({'--init random' if settings.init == 'random' else '--full'}), not a LoRA")
+    if "config" in flags and settings.init != "random":
+        raise UsageError("--config is the DiT config of a model trained from scratch", "add --init random")
+    if "keep" in flags and "keep_checkpoints" in flags and flags["keep"] != flags["keep_checkpoints"]:
+        raise UsageError(f"--keep {flags['keep']} and --keep-checkpoints {flags['keep_checkpoints']} both set how "
+                         "many checkpoints are kept", "give one of them")
+    if "val_every" in flags and not settings.val_prompts and main_process:
+        console.notice("--val-every without --val-prompt: no validation images are made")
 
 
 def _check_config_fits(config: dict, model_dir: Path, label: str) -> None:

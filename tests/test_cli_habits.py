@@ -67,6 +67,16 @@ FAST_ERRORS = {
     "fp8-on-the-cpu": (("gen", "x", "-m", "nano", "--fp8", "--device", "cpu"), "--fp8 needs an NVIDIA GPU"),
     "finetune-config-fit": (("finetune", "data", "-m", "nano", "--init", "random", "--config", "sana-1.6b"),
                             "--config does not fit nano: in_channels 32 (the autoencoder makes 8)"),
+    "finetune-weight-decay": (("finetune", "data", "-m", "nano", "--weight-decay", "-1"), "--weight-decay must be 0 or more"),
+    "finetune-lora-dropout": (("finetune", "data", "-m", "nano", "--lora-dropout", "2"), "--lora-dropout must be in [0, 1)"),
+    "finetune-lora-targets": (("finetune", "data", "-m", "nano", "--lora-targets", ","), "--lora-targets names no module"),
+    "finetune-val-steps": (("finetune", "data", "-m", "nano", "--val-steps", "0"), "--val-steps must be at least 1"),
+    "finetune-flow-shift": (("finetune", "data", "-m", "nano", "--flow-shift", "-1"), "--flow-shift must be positive"),
+    "finetune-warmup": (("finetune", "data", "-m", "nano", "--warmup", "-1"), "--warmup must be 0 or more"),
+    "finetune-lora-alpha": (("finetune", "data", "-m", "nano", "--lora-alpha", "-1"), "--lora-alpha must be positive"),
+    "finetune-config-alone": (("finetune", "data", "-m", "nano", "--config", "nano"), "add --init random"),
+    "finetune-keep-twice": (("finetune", "data", "-m", "nano", "--keep", "2", "--keep-checkpoints", "4"),
+                            "--keep 2 and --keep-checkpoints 4 both set"),
     "video-memory-mode": (("video", "x", "-m", "video-2b-480p", "--dry-run", "--memory", "bogus"), "memory mode"),
     "world-max-vram": (("world", "x", "-m", "wm-2.6b", "--actions", "w-8", "--fov", "60", "--preview", "p.png",
                         "--max-vram", "lots"), "--max-vram 'lots'"),
@@ -98,6 +108,15 @@ def test_compile_on_a_cpu_is_noted(tmp_path):
     (tmp_path / "data").mkdir()
     result = run_sana("finetune", "data", "-m", "nano", "--compile", "--device", "cpu", cwd=tmp_path)
     assert "--compile on a CPU" in result.stderr and result.returncode != 0  # then the empty folder stops it
+
+
+def test_settings_that_do_nothing_are_noted(tmp_path):
+    (tmp_path / "data").mkdir()
+    result = run_sana("finetune", "data", "-m", "nano", "--val-every", "2", "--device", "cpu", cwd=tmp_path)
+    assert "--val-every without --val-prompt" in result.stderr and result.returncode != 0  # then the empty folder
+    result = run_sana("finetune", "data", "-m", "nano", "--full", "--lora-rank", "8", "--lora-alpha", "4",
+                      "--device", "cpu", cwd=tmp_path)
+    assert "--lora-rank, --lora-alpha ignored: this run trains all weights (--full)" in result.stderr
 
 
 def test_resume_without_a_checkpoint_is_refused_before_torch(tmp_path):

@@ -242,6 +242,8 @@ def test_out_folder_is_never_overwritten_and_resume_keeps_settings(tmp_path, bas
     assert "--resume" in assert_one_line_error(result)
     result = run_sana(*finetune_args(data, base_model, run, "--steps", "2", "--lora-rank", "8", "--resume"))
     assert "lora_rank" in assert_one_line_error(result)
+    result = run_sana(*finetune_args(data, base_model, run, "--steps", "2", "--full", "--resume"))
+    assert "changed settings: mode" in assert_one_line_error(result)
 
 
 def test_second_run_reuses_the_feature_cache(tmp_path, base_model):
@@ -413,13 +415,15 @@ def test_a_run_that_never_checkpointed_starts_again(tmp_path, base_model):
     data = tmp_path / "data"
     data.mkdir()
     out = tmp_path / "run"
-    failed = run_sana(*finetune_args(data, base_model, out, "--steps", "1", "--lora-rank", "2"))
+    failed = run_sana(*finetune_args(data, base_model, out, "--steps", "1", "--full", "--lr", "3e-4"))
     assert failed.returncode == 2 and (out / "train_config.json").is_file()
     make_dataset(data, count=2)
-    again = run_sana(*finetune_args(data, base_model, out, "--steps", "1", "--lora-rank", "2", "--resume"))
+    again = run_sana(*finetune_args(data, base_model, out, "--resume"))  # the recorded settings, not the defaults
     assert again.returncode == 0, again.stderr
     assert "saved no checkpoint; starting it over" in again.stderr
-    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    record = json.loads((out / "train_config.json").read_text())
+    assert (record["mode"], record["steps"], record["lr"]) == ("full", 1, 3e-4)
+    assert (out / "model" / "transformer" / "config.json").is_file()
 
 
 def test_resume_applies_and_records_a_changed_rate(tmp_path, base_model):
@@ -433,6 +437,85 @@ def test_resume_applies_and_records_a_changed_rate(tmp_path, base_model):
     resumed = run_sana(*args, "--steps", "4", "--lr", "5e-5", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "lr 0.0001 -> 5e-05" in resumed.stderr and "steps 2 -> 4" in resumed.stderr
-    assert json.loads((out / "train_config.json").read_text())["lr"] == 5e-5
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["lr"] == 5e-5
+    assert [(r["step"], r["changed"]) for r in record["resumes"]] == [(2, {"steps": [2, 4], "lr": [1e-4, 5e-5]})]
     rows = {int(r["step"]): float(r["lr"]) for r in csv.DictReader((out / "loss.csv").open())}
     assert rows[1] == pytest.approx(1e-4) and rows[3] == pytest.approx(5e-5) and rows[4] == pytest.approx(5e-5)
+
+
+def test_resume_past_the_steps_is_refused_and_an_older_checkpoint_sets_the_later_history_aside(tmp_path, base_model):
+    import csv
+
+    data = make_dataset(tmp_path / "data", count=2)
+    out = tmp_path / "run"
+    args = finetune_args(data, base_model, out, "--lora-rank", "2", "--checkpoint-every", "1")
+    assert run_sana(*args, "--steps", "3").returncode == 0
+    lora = (out / "pytorch_lora_weights.safetensors").read_bytes()
+
+    below = run_sana(*args, "--steps", "2", "--resume")  # would export step 3's weights as step 2's
+    assert f"--resume-from {out / 'checkpoints' / 'step-000002'}" in assert_one_line_error(below)
+    assert (out / "pytorch_lora_weights.safetensors").read_bytes() == lora
+
+    # Back to step 1 with another rate: steps 2 and 3 of the first history go aside, and loss.csv keeps step 1.
+    branch = run_sana(*args, "--steps", "2", "--lr", "5e-5", "--resume-from", str(out / "checkpoints" / "step-000001"))
+    assert branch.returncode == 0, branch.stderr
+    (aside,) = (out / "checkpoints").glob("abandoned-*")
+    assert str(aside) in branch.stderr
+    assert sorted(p.name for p in aside.iterdir()) == ["loss.csv", "pytorch_lora_weights.safetensors",
+                                                        "step-000002", "step-000003"]
+    assert (aside / "pytorch_lora_weights.safetensors").read_bytes() == lora
+    assert [r["step"] for r in csv.DictReader((aside / "loss.csv").open())] == ["1", "2", "3"]
+    rows = {r["step"]: float(r["lr"]) for r in csv.DictReader((out / "loss.csv").open())}
+    assert rows == {"1": pytest.approx(1e-4), "2": pytest.approx(5e-5)}
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-000001", "step-000002"]
+
+    # A plain --resume now goes on from the new history's step 2, not the abandoned step 3.
+    again = run_sana(*args, "--steps", "3", "--lr", "5e-5", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "resumed from step-000002" in again.stderr
+    record = json.loads((out / "train_config.json").read_text())
+    assert [(r["step"], "set_aside" in r) for r in record["resumes"]] == [(1, True), (2, False)]
+    assert record["resumes"][0]["changed"]["lr"] == [1e-4, 5e-5]
+
+
+def test_a_ctrl_c_lost_during_start_up_still_stops_the_run():
+    """A KeyboardInterrupt raised inside a `__del__` is printed and dropped; the run must stop anyway."""
+    from sana.training.runtime import StopFlag
+    from sana.training.trainer import TrainEvents
+    from sana_cli.finetune import _StartupInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    phases, steps = [], []
+    with _StartupInterrupt() as guard:
+        events = guard.guarded(TrainEvents(on_phase=phases.append, on_step=steps.append))
+        events.on_phase("data")
+        try:
+            guard._handle(signal.SIGINT, None)  # the handler's KeyboardInterrupt, lost the way a __del__ loses it
+        except KeyboardInterrupt:
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            events.on_phase("model")
+        assert phases == ["data"]
+        # Lost once training started: handed to the loop's own handler, which stops after the step.
+        guard.phase = "train"
+        with StopFlag() as stop:
+            guard.requested = True
+            events.on_step("info")
+            for _ in range(100):  # the signal is handled between bytecodes, at once
+                if stop.requested:
+                    break
+            assert stop.requested and not guard.requested and steps == ["info"]
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_frames_are_recorded_as_snapped_to_the_vae_rule(tmp_path):
+    from sana.training.config import TrainConfig
+    from sana_cli.finetune import _snap_frames
+
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text(json.dumps(
+        {"_class_name": "AutoencoderKLWan", "scale_factor_spatial": 8, "scale_factor_temporal": 4, "z_dim": 16}))
+    settings = TrainConfig(data="data", out="run", model_dir=str(tmp_path), frames=7, fps=16.0)
+    _snap_frames(settings, {"frames": 7}, main_process=False)
+    assert settings.frames == 5

@@ -4,7 +4,9 @@
 whole DiT for full fine-tuning), `ema.safetensors` when EMA is on, `state.pt` (optimizer and LR schedule,
 read back with `weights_only=True`), `rng-rank<N>.pt` (every random state of each rank) and `state.json`
 (step, position in the data). It is assembled in a hidden folder and renamed into place, so a run killed at
-any moment leaves either the previous checkpoint or the new one, never half of one.
+any moment leaves either the previous checkpoint or the new one, never half of one. Resuming from an older
+checkpoint sets what the run wrote after it aside (`set_aside_after`). torch and numpy load inside the functions
+that need them: the command reads checkpoints before it imports torch.
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ..errors import SanaError
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
+_SAMPLE = re.compile(r"^step-(\d{6,})-")  # validation samples: step-000500-0.png
 
 
 def checkpoint_root(out: Path) -> Path:
@@ -80,6 +80,52 @@ def replace_folder(staged: Path, target: Path) -> None:
         os.replace(staged, target)
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The step a complete checkpoint folder was written at."""
+    return int(read_json(Path(folder) / "state.json")["step"])
+
+
+def set_aside_after(out: Path, step: int, stamp: str, exports: tuple[str, ...] = ()) -> tuple[Path, list[str]] | None:
+    """Resuming from the checkpoint of `step` when the run went further: move what that abandoned history wrote
+    into `checkpoints/abandoned-<stamp>/` (later checkpoints, later validation samples, the export, a copy of the
+    whole loss log) and keep only loss rows up to `step`, so the run folder tells one history and a later --resume
+    continues this one. Nothing is deleted. (folder, what was moved) or None when nothing came after `step`."""
+    from .plot import read_log, truncate_log
+
+    root = checkpoint_root(out)
+    later = [path for s, path in list_checkpoints(out) if s > step]
+    log = out / "loss.csv"
+    later_rows = [r for r in read_log(log) if r.get("step", "").isdigit() and int(r["step"]) > step]
+    samples = [p for p in (out / "samples").glob("step-*")
+               if (m := _SAMPLE.match(p.name)) and int(m.group(1)) > step] if (out / "samples").is_dir() else []
+    if not later and not later_rows and not samples:
+        return None
+    aside, n = root / f"abandoned-{stamp}", 1
+    while aside.exists():  # two branches within a second: never mix their histories
+        n += 1
+        aside = root / f"abandoned-{stamp}-{n}"
+    aside.mkdir(parents=True)
+    moved = []
+    for path in later:
+        os.replace(path, aside / path.name)
+    if later:
+        moved.append("checkpoint(s) " + ", ".join(p.name for p in later))
+    if samples:
+        (aside / "samples").mkdir(exist_ok=True)
+        for path in samples:
+            os.replace(path, aside / "samples" / path.name)
+        moved.append(f"{len(samples)} validation sample(s)")
+    for name in exports:  # the export is of the abandoned history's last step
+        if (out / name).exists():
+            os.replace(out / name, aside / name)
+            moved.append(name)
+    if later_rows:
+        shutil.copy2(log, aside / log.name)
+        truncate_log(log, step)
+        moved.append(f"loss.csv rows after step {step} (the whole log copied there)")
+    return aside, moved
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
@@ -96,6 +142,8 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state(path: Path) -> dict:
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -121,6 +169,9 @@ def read_json(path: Path) -> dict:
 
 def rng_state() -> dict:
     """Every random generator a step may touch, in types `torch.load(weights_only=True)` accepts."""
+    import numpy as np
+    import torch
+
     version, state, gauss = random.getstate()
     np_state = np.random.get_state()
     out = {
@@ -135,6 +186,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(saved: dict) -> None:
+    import numpy as np
+    import torch
+
     version, state, gauss = saved["python"]
     random.setstate((version, tuple(state), gauss))
     name, keys, pos, has_gauss, cached = saved["numpy"]

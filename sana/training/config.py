@@ -71,6 +71,9 @@ class TrainConfig:
     # The base model's sampling defaults (its preset's, or those its folder carries), written into an exported
     # model folder so it samples as its base did (`sampling_defaults_for_export`).
     sampling_defaults: dict = field(default_factory=dict)
+    # What each --resume of the run changed, oldest first: {"step", "checkpoint", "time", "changed": {setting:
+    # [before, after]}} (and "set_aside" where it branched from an older checkpoint), so the record shows what ran.
+    resumes: list[dict] = field(default_factory=list)
 
     def validation_guidance(self) -> float:
         """Validation samples' guidance: --val-guidance, else the base model's default (validation at a scale the
@@ -98,10 +101,19 @@ class TrainConfig:
             (self.val_guidance is None or self.val_guidance >= 0, "--val-guidance must be 0 or more"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be at least 1"),
             (self.lr > 0, "--lr must be positive"),
+            (self.warmup >= 0, "--warmup must be 0 or more"),
+            (self.weight_decay >= 0, "--weight-decay must be 0 or more"),
+            (self.max_grad_norm >= 0, "--max-grad-norm must be 0 or more (0 = off)"),
+            (self.flow_shift is None or self.flow_shift > 0, "--flow-shift must be positive"),
             (self.lr_schedule in ("constant", "cosine", "linear"), "--lr-schedule must be constant, cosine or linear"),
             (0.0 <= self.ema < 1.0, "--ema is a decay in [0, 1)"),
             (0.0 <= self.caption_dropout < 1.0, "--caption-dropout must be in [0, 1)"),
             (self.lora_rank >= 1, "--lora-rank must be at least 1"),
+            (self.lora_alpha is None or self.lora_alpha > 0, "--lora-alpha must be positive"),
+            (0.0 <= self.lora_dropout < 1.0, "--lora-dropout must be in [0, 1)"),
+            (bool(self.lora_targets), "--lora-targets names no module (e.g. to_q,to_k,to_v)"),
+            (self.val_steps >= 1, "--val-steps must be at least 1"),
+            (self.val_every >= 0, "--val-every must be 0 or more"),
             (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "--checkpoint-every and --keep must be at least 1"),
             (self.optimizer in ("adamw", "adamw8bit"), "--optimizer must be adamw or adamw8bit"),
             (self.precision in ("auto", "bf16", "fp16", "fp32"), "--precision must be auto, bf16, fp16 or fp32"),
@@ -146,8 +158,9 @@ class TrainConfig:
     def differences(self, other: "TrainConfig") -> list[str]:
         return [name for name in RESUME_INVARIANTS if getattr(self, name) != getattr(other, name)]
 
-    def changes(self, other: "TrainConfig") -> list[tuple[str, object, object]]:
-        """(setting, this value, other's value) for every setting a resumed run may change and `other` does."""
-        fixed = set(RESUME_INVARIANTS) | {"data", "out"}
+    def changes(self, other: "TrainConfig", every: bool = False) -> list[tuple[str, object, object]]:
+        """(setting, this value, other's value) for every setting a resumed run may change (`every`: any setting)
+        and `other` does."""
+        fixed = {"data", "out", "resumes"} | (set() if every else set(RESUME_INVARIANTS))
         return [(f.name, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
                 if f.name not in fixed and getattr(self, f.name) != getattr(other, f.name)]

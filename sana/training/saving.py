@@ -99,6 +99,9 @@ class CheckpointsAndExport:
             if not (folder / "state.json").is_file():
                 raise UsageError(f"{folder} is not a complete checkpoint (no state.json)")
         state = ckpt.read_json(folder / "state.json")
+        if int(state["step"]) > self.cfg.steps:  # it would export the later weights as if they were step `steps`
+            raise UsageError(f"the checkpoint {folder.name} is at step {state['step']}, past --steps {self.cfg.steps}",
+                             f"give --steps {state['step']} or more, or resume from an earlier checkpoint")
         if state.get("world_size", 1) != self.world.size:
             self.events.notice(f"the checkpoint was written by {state.get('world_size')} process(es), this run has "
                                f"{self.world.size}: the data order changes from here")
