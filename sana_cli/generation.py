@@ -89,6 +89,8 @@ def replay_settings(path: str | Path | None, command: str) -> dict[str, Any]:
     from sana.outputs import read_metadata
 
     record = read_metadata(Path(path))
+    if record.extra.get("replay"):  # a fine-tuning run's validation sample: what its replay can and cannot give
+        console.notice(str(record.extra["replay"]))
     settings = record_settings(record)
     if record.family and record.family not in COMMAND_FAMILIES[command]:
         settings = {k: v for k, v in settings.items() if k in PORTABLE_KEYS}

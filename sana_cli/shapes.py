@@ -162,15 +162,17 @@ def check_command(
 
 def _image_targets(paths: list[Path]) -> list[tuple[Path, str | None]]:
     """(path, why it is not checked, or None) for each file to check: each path given, a folder's files as
-    `sana finetune` finds them (recursively; hidden files and caption sidecars left out; frames folders are clips)."""
-    from sana.training.video_data import find_clips
+    `sana finetune` finds them for an image model (recursively; hidden files and caption sidecars left out; a
+    subfolder of images is images, as class folders are, unless captioned as one clip)."""
+    from sana.training.video_data import clips_and_images, find_clips
 
     targets = []
     for path in paths:
         if not path.is_dir():
             targets.append((path, None))
             continue
-        clips, images, others = find_clips(path)
+        clips, images = clips_and_images(path)
+        others = find_clips(path)[2]
         found = [(p, CLIP_NOT_IMAGE if p.is_dir() else None) for p in (*clips, *images, *others)]
         targets += sorted(found) or [(path, "nothing to check in this folder")]
     return targets

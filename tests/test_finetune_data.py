@@ -99,6 +99,7 @@ def test_a_validation_sample_records_the_base_model_and_its_run_and_replays(tmp_
     made = run_sana("gen", "--from", str(sample), "-o", str(replay), "--device", "cpu")
     assert made.returncode == 0, made.stderr
     assert Path(read_metadata(replay).model) == model.resolve()
+    assert "pytorch_lora_weights.safetensors" in " ".join(made.stderr.split())  # the sample's replay note, said
 
 
 # -- Ctrl-C -------------------------------------------------------------------------------------------------

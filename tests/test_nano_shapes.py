@@ -264,3 +264,12 @@ def test_check_video_refuses_stills(tmp_path):
     result, verdicts = _check("--video", data)
     assert result.returncode == 1
     assert verdicts == {str(data / "000000.png"): "a still image, not a clip (check images without --video)"}
+
+
+def test_check_reads_images_in_class_subfolders(tmp_path):
+    """Subfolders of images are images (the layout fine-tuning takes), not folders of video frames."""
+    data = tmp_path / "data"
+    assert run_sana("shapes", "make", str(data / "sub"), "--num", "2").returncode == 0
+    result, verdicts = _check(data)
+    assert result.returncode == 0, result.stderr
+    assert verdicts == {str(data / "sub" / "000000.png"): "correct", str(data / "sub" / "000001.png"): "correct"}

@@ -70,7 +70,7 @@ def resolve_camera(camera: str | Path | None = None, *, actions: str | None = No
         c2w, own = resample_path(times, c2w, own, new_times, source.interpolation)
         positions = "Catmull-Rom" if source.interpolation == "spline" else "linear"
         notices.append(f"{Path(label).name}: {len(times)} poses over {times[-1]:.2f} s resampled to "
-                       f"{len(new_times)} frames at {MODEL_FPS:g} fps ({positions} positions, slerp rotations)")
+                       f"{len(new_times)} frame{'s' if len(new_times) != 1 else ''} at {MODEL_FPS:g} fps ({positions} positions, slerp rotations)")
 
     # 3. re-anchor on the first pose, then scale translations
     c2w = anchor_to_first(c2w)
