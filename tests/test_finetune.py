@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -407,6 +408,11 @@ def test_time_limit_exports_what_is_trained_and_resume_continues(tmp_path, base_
     assert again.returncode == 0, again.stderr
     assert f"resumed from step-{step:06d}" in again.stderr
     assert int(sorted((out / "checkpoints").iterdir())[-1].name.split("-")[1]) == step + 2
+    # loss.csv's clock is the run's: the resumed rows go on from the kept history's time, not from zero
+    rows = [r for r in csv.DictReader(open(out / "loss.csv", encoding="utf-8"))]
+    at_stop = [float(r["elapsed_s"]) for r in rows if int(r["step"]) == step]
+    assert at_stop and at_stop[0] >= 0.6  # --max-minutes 0.01
+    assert all(float(r["elapsed_s"]) >= at_stop[0] for r in rows if int(r["step"]) > step)
 
 
 def test_a_run_that_never_checkpointed_starts_again(tmp_path, base_model):

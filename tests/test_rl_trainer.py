@@ -48,6 +48,8 @@ def test_time_limit_then_resume_repeats_an_uninterrupted_run(files, base_model, 
     logs = [read_csv(files / run_dir / "rewards.csv") for run_dir in ("straight", "split")]
     assert [{k: r[k] for k in keys} for r in logs[0]] == [{k: r[k] for k in keys} for r in logs[1]]
     assert [r["round"] for r in logs[0]] == ["0", "1", "2", "3"]
+    clock = [float(r["elapsed_s"]) for r in logs[1] if r["elapsed_s"]]  # the run's clock goes on after a resume
+    assert len(clock) == 3 and clock == sorted(clock)
     # Validation at rounds 0, 2 (every 2) and 3 (the last) in both; the time limit also validated round 1.
     assert [bool(r["val_reward"]) for r in logs[0]] == [True, False, True, True]
     assert [r["val_reward"] for r in logs[0]] == [r["val_reward"] if r["round"] != "1" else "" for r in logs[1]]

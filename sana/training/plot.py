@@ -32,6 +32,17 @@ def truncate_log(path: Path, last_step: int) -> None:
     write_rows(path, rows, LOG_FIELDS)
 
 
+def last_elapsed(path: Path) -> float:
+    """The training seconds a log's kept rows took (its last `elapsed_s`; 0 when none): a resumed run's clock
+    goes on from there, so `elapsed_s` stays the whole run's time and not the last process's."""
+    for row in reversed(read_log(path)):
+        try:
+            return float(row.get("elapsed_s") or "")
+        except ValueError:
+            continue
+    return 0.0
+
+
 def write_rows(path: Path, rows: list[dict], fields) -> None:
     """Rewrite the whole CSV atomically (a crash leaves the old file or the new); missing columns stay empty."""
     tmp = path.with_name(f".{path.name}.tmp")

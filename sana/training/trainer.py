@@ -29,7 +29,7 @@ from . import distributed
 from .config import TrainConfig
 from .data import DataReport
 from .features import CachedPrompts, TrainingData
-from .plot import append_log, truncate_log
+from .plot import append_log, last_elapsed, truncate_log
 from .runtime import StopFlag as _StopFlag, memory_gb as _memory_gb
 from .saving import LOG_NAME, PLOT_NAME, CheckpointsAndExport
 from .step import OptimizationStep, build_transformer, compute_dtype, shifted_sigmas
@@ -114,6 +114,7 @@ class Trainer(TrainingData, OptimizationStep, CheckpointsAndExport):
         self.device = device
         self.dtype = compute_dtype(cfg.precision, device)
         self._memory = None  # a FeatureTable: the whole feature cache, when it is small enough to hold
+        self._elapsed_before = 0.0  # training seconds of the kept history, when resumed (loss.csv's clock)
 
     # 4. The loop ---------------------------------------------------------------------------------------------
     def train(self, resume: bool | Path = False) -> TrainResult:
@@ -123,6 +124,7 @@ class Trainer(TrainingData, OptimizationStep, CheckpointsAndExport):
             self._restore(resume)
             if world.is_main:
                 truncate_log(log_path, self.micro // cfg.grad_accum)
+                self._elapsed_before = last_elapsed(log_path)
         if events.on_phase:
             events.on_phase("train")
         step = self.micro // cfg.grad_accum
@@ -164,7 +166,8 @@ class Trainer(TrainingData, OptimizationStep, CheckpointsAndExport):
                 if world.is_main:
                     append_log(log_path, {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{info.lr:.6g}",
                                           "grad_norm": f"{info.grad_norm:.4g}",
-                                          "samples_per_s": f"{info.samples_per_s:.4g}", "elapsed_s": f"{elapsed:.1f}"})
+                                          "samples_per_s": f"{info.samples_per_s:.4g}",
+                                          "elapsed_s": f"{self._elapsed_before + elapsed:.1f}"})  # the run's clock
                 if events.on_step:
                     events.on_step(info)
             if checkpoint_now:

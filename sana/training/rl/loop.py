@@ -29,7 +29,7 @@ from ...text import PromptEmbeddings
 from .. import checkpoint as ckpt
 from .. import distributed
 from ..data import DataReport
-from ..plot import append_log, truncate_log
+from ..plot import append_log, last_elapsed, truncate_log
 from ..runtime import memory_gb
 from ..trainer import LOG_NAME, AnnouncedStop, TrainEvents, Trainer, TrainResult, run_trainer
 from . import log as rl_log
@@ -289,6 +289,7 @@ class RLTrainer(Trainer):
                 rl_log.truncate_rows(rewards_log, last, fields)
             if loss_log.exists():
                 truncate_log(loss_log, last)
+            self._elapsed_before = last_elapsed(rewards_log) if resume else 0.0
         self._sync_old()
         if events.on_phase:
             events.on_phase("train")
@@ -361,7 +362,7 @@ class RLTrainer(Trainer):
         lr = self.scheduler.get_last_lr()[0]
         if not math.isfinite(policy):
             raise SanaError(f"the loss became {policy} in round {step}", "lower --lr, or use --precision fp32 / bf16")
-        elapsed = time.perf_counter() - started
+        elapsed = self._elapsed_before + time.perf_counter() - started  # the run's clock, across resumes
         info = RoundInfo(round=step, total=cfg.steps, reward_mean=stats["reward_mean"], reward_best=stats["reward_best"],
                          reward_worst=stats["reward_worst"], explore_mean=stats.get("explore_mean"), policy_loss=policy,
                          kl=kl, lr=lr, images_per_s=stats["images"] / max(seconds, 1e-9), memory_gb=memory_gb(self.device))
