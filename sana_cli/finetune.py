@@ -267,21 +267,33 @@ def _resume_record(start: tuple[int, Path], applied: list[tuple[str, object, obj
             "changed": {name: [old, new] for name, old, new in applied}}
 
 
-def _set_aside_later(out_dir: Path, start: tuple[int, Path], settings) -> None:
+def _set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool = False) -> None:
     """--resume-from an older checkpoint: what the run wrote after it goes aside (never deleted), so the folder
-    tells one history and a later --resume continues this one."""
+    tells one history and a later --resume continues this one. An RL run's rounds are its steps: its rewards log
+    and round grids go too, and its best weights when a later round found them."""
+    import re
     import time
 
-    from sana.training import checkpoint as ckpt
     from sana.lora import LORA_WEIGHTS_NAME
+    from sana.training import checkpoint as ckpt
 
-    done = ckpt.set_aside_after(out_dir, start[0], time.strftime("%Y%m%d-%H%M%S"),
-                                exports=(LORA_WEIGHTS_NAME, "model"))
+    exports, logs, samples = (LORA_WEIGHTS_NAME, "model"), None, ckpt._SAMPLE
+    if rl:
+        from sana.training.rl.log import REWARDS_NAME
+        from sana.training.rl.loop import BEST_NAME, BEST_RECORD
+
+        logs, samples = {"loss.csv": "step", REWARDS_NAME: "round"}, re.compile(r"^round-(\d{6,})\.png$")
+        best = out_dir / BEST_RECORD
+        if best.is_file() and int(ckpt.read_json(best).get("round", 0)) > start[0]:
+            exports += (BEST_NAME, BEST_RECORD)
+    done = ckpt.set_aside_after(out_dir, start[0], time.strftime("%Y%m%d-%H%M%S"), exports=exports, logs=logs,
+                                samples=samples)
     if done is None:
         return
     folder, moved = done
     settings.resumes[-1]["set_aside"] = str(folder)
-    console.notice(f"--resume-from step {start[0]}: set aside what the run wrote after it ({'; '.join(moved)}) in "
+    unit = "round" if rl else "step"
+    console.notice(f"--resume-from {unit} {start[0]}: set aside what the run wrote after it ({'; '.join(moved)}) in "
                    f"{folder}")
 
 

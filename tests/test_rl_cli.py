@@ -128,6 +128,29 @@ def test_run_folder_and_resume_after_a_reward_failing_mid_run(files, base_model)
     assert any("attn1.to_out.0.lora_A" in k for k in lora) and any("attn2.to_q.lora_B" in k for k in lora)
 
 
+def test_resume_rules_of_supervised_runs_hold_for_rl(files, base_model):
+    """--steps below the checkpoint is refused; --resume-from an older round sets the later history aside (its
+    checkpoints, round grids, rewards rows) and records the resume and what it changed in train_config.json."""
+    args = rl_args(files, base_model, "run", "--steps", "3", "--checkpoint-every", "1", "--keep-checkpoints", "3",
+                   "--val-count", "1", "--val-every", "1")
+    first = run_sana(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = files / "run"
+    below = run_sana(*args, "--resume", "--steps", "1")
+    assert "--steps 1 is below step 3" in assert_one_line_error(below)
+    again = run_sana(*args, "--resume-from", str(run / "checkpoints" / "step-000001"), "--steps", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "--resume-from round 1: set aside" in again.stderr
+    (aside,) = (run / "checkpoints").glob("abandoned-*")
+    assert sorted(p.name for p in aside.glob("step-*")) == ["step-000002", "step-000003"]
+    assert sorted(p.name for p in (aside / "samples").iterdir()) == ["round-000002.png", "round-000003.png"]
+    assert [r["round"] for r in read_csv(aside / "rewards.csv")][-1] == "3"
+    assert [r["round"] for r in read_csv(run / "rewards.csv")][-1] == "2"
+    record = json.loads((run / "train_config.json").read_text())
+    assert record["steps"] == 2 and record["resumes"][-1]["step"] == 1
+    assert record["resumes"][-1]["changed"] == {"steps": [3, 2]} and record["resumes"][-1]["set_aside"] == str(aside)
+
+
 def test_a_prompt_pool_explores_more_prompts_and_trains_on_as_many(files, base_model):
     """--prompt-pool 2: four prompts explored a round (16 images), two of them rolled out again; the share of
     explored prompts whose seeds all scored alike is logged."""

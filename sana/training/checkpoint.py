@@ -85,20 +85,24 @@ def checkpoint_step(folder: Path) -> int:
     return int(read_json(Path(folder) / "state.json")["step"])
 
 
-def set_aside_after(out: Path, step: int, stamp: str, exports: tuple[str, ...] = ()) -> tuple[Path, list[str]] | None:
+def set_aside_after(out: Path, step: int, stamp: str, exports: tuple[str, ...] = (),
+                    logs: dict[str, str] | None = None, samples: re.Pattern = _SAMPLE) -> tuple[Path, list[str]] | None:
     """Resuming from the checkpoint of `step` when the run went further: move what that abandoned history wrote
-    into `checkpoints/abandoned-<stamp>/` (later checkpoints, later validation samples, the export, a copy of the
-    whole loss log) and keep only loss rows up to `step`, so the run folder tells one history and a later --resume
-    continues this one. Nothing is deleted. (folder, what was moved) or None when nothing came after `step`."""
-    from .plot import read_log, truncate_log
+    into `checkpoints/abandoned-<stamp>/` (later checkpoints, later validation samples, the export, a copy of each
+    whole log) and keep only log rows up to `step`, so the run folder tells one history and a later --resume
+    continues this one. Nothing is deleted. `logs` maps each CSV log to its step column (default loss.csv's
+    `step`) and `samples` matches the validation files, capturing their step. (folder, what was moved) or None
+    when nothing came after `step`."""
+    from .plot import read_log
 
+    logs = {"loss.csv": "step"} if logs is None else logs
     root = checkpoint_root(out)
     later = [path for s, path in list_checkpoints(out) if s > step]
-    log = out / "loss.csv"
-    later_rows = [r for r in read_log(log) if r.get("step", "").isdigit() and int(r["step"]) > step]
-    samples = [p for p in (out / "samples").glob("step-*")
-               if (m := _SAMPLE.match(p.name)) and int(m.group(1)) > step] if (out / "samples").is_dir() else []
-    if not later and not later_rows and not samples:
+    later_rows = {name: [r for r in read_log(out / name) if r.get(column, "").isdigit() and int(r[column]) > step]
+                  for name, column in logs.items()}
+    later_samples = [p for p in (out / "samples").glob("*")
+                     if (m := samples.match(p.name)) and int(m.group(1)) > step] if (out / "samples").is_dir() else []
+    if not later and not any(later_rows.values()) and not later_samples:
         return None
     aside, n = root / f"abandoned-{stamp}", 1
     while aside.exists():  # two branches within a second: never mix their histories
@@ -110,20 +114,34 @@ def set_aside_after(out: Path, step: int, stamp: str, exports: tuple[str, ...] =
         os.replace(path, aside / path.name)
     if later:
         moved.append("checkpoint(s) " + ", ".join(p.name for p in later))
-    if samples:
+    if later_samples:
         (aside / "samples").mkdir(exist_ok=True)
-        for path in samples:
+        for path in later_samples:
             os.replace(path, aside / "samples" / path.name)
-        moved.append(f"{len(samples)} validation sample(s)")
+        moved.append(f"{len(later_samples)} validation sample(s)")
     for name in exports:  # the export is of the abandoned history's last step
         if (out / name).exists():
             os.replace(out / name, aside / name)
             moved.append(name)
-    if later_rows:
-        shutil.copy2(log, aside / log.name)
-        truncate_log(log, step)
-        moved.append(f"loss.csv rows after step {step} (the whole log copied there)")
+    for name, column in logs.items():
+        if later_rows[name]:
+            shutil.copy2(out / name, aside / name)
+            _keep_rows_up_to(out / name, column, step)
+            moved.append(f"{name} rows after {column} {step} (the whole log copied there)")
     return aside, moved
+
+
+def _keep_rows_up_to(path: Path, column: str, step: int) -> None:
+    """Rewrite a CSV log with its rows up to `step` only, its columns as they were, atomically."""
+    import csv
+
+    from .plot import write_rows
+
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r.get(column, "").isdigit() and int(r[column]) <= step]
+        fields = reader.fieldnames or [column]
+    write_rows(path, rows, fields)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
