@@ -128,6 +128,14 @@ def test_empty_or_unusable_folder_is_a_one_line_error(tmp_path, base_model):
     assert "data folder not found" in assert_one_line_error(result)
 
 
+def test_lora_targets_matching_no_layer_are_refused_before_the_data_is_encoded(tmp_path, base_model):
+    data = make_dataset(tmp_path / "data", count=2)
+    result = run_sana(*finetune_args(data, base_model, tmp_path / "out", "--cache", str(tmp_path / "cache"),
+                                     "--lora-targets", "to_q,to_qq"))
+    assert "LoRA target 'to_qq' matches no layer of this model" in assert_one_line_error(result)
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing was encoded first
+
+
 def test_truncated_image_is_skipped_and_reported(tmp_path, base_model):
     data = make_dataset(tmp_path / "data", count=4)
     whole = (data / "img00.png").read_bytes()

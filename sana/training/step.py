@@ -69,6 +69,35 @@ def build_transformer(cfg: TrainConfig, device: torch.device, weight_dtype: torc
 class OptimizationStep:
     """`Trainer`'s model and optimisation step (see trainer.py); batches come from `TrainingData`."""
 
+    LABEL = "transformer"  # what the DiT is called in errors
+
+    def model_classes(self):
+        """(DiT class, config class) of the model trained."""
+        from ..models.transformer import SanaTransformer, TransformerConfig
+
+        return SanaTransformer, TransformerConfig
+
+    def check_lora_targets(self) -> None:
+        """--lora-targets against the DiT's layout, built on the meta device (no weights, no time), so a name that
+        matches no layer is said before the data is encoded rather than after."""
+        cfg = self.cfg
+        if cfg.mode != "lora":
+            return
+        from ..components import read_json
+        from .adapters import resolve_targets, split_fused_projections
+
+        model_class, config_class = self.model_classes()
+        config_path = Path(cfg.model_dir) / "transformer" / "config.json"
+        if not cfg.transformer_config and not config_path.is_file():
+            return  # an original checkpoint: its layout is known once loaded (build checks the targets there)
+        try:
+            config = config_class.from_dict(cfg.transformer_config or read_json(config_path))
+        except (TypeError, ValueError) as exc:
+            raise SanaError(f"unsupported {self.LABEL} config: {exc}") from None
+        with torch.device("meta"):
+            layout = model_class(config)
+        resolve_targets(split_fused_projections(layout), cfg.lora_targets)
+
     # 2. Model, optimizer, schedule --------------------------------------------------------------------------
     def build(self, model: torch.nn.Module | None = None) -> None:
         """`model`: a DiT already built (e.g. random weights at a real config for benchmarks); else from cfg."""

@@ -285,6 +285,7 @@ def run_trainer(trainer_class: type[Trainer], cfg: TrainConfig, *, resume: bool 
     """The whole life of a run of `trainer_class` (a `Trainer` or one built on it), process group included."""
     trainer = trainer_class(cfg, events)
     try:
+        trainer.check_lora_targets()
         trainer.prepare_data()
         trainer.build()
         result = trainer.train(resume)

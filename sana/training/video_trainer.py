@@ -87,6 +87,13 @@ class VideoTrainer(Trainer):
                            instruction=VIDEO_COMPLEX_HUMAN_INSTRUCTION)
 
     # 2. The model ---------------------------------------------------------------------------------------------
+    LABEL = "video transformer"
+
+    def model_classes(self):
+        from ..models.video_transformer import SanaVideoTransformer, VideoTransformerConfig
+
+        return SanaVideoTransformer, VideoTransformerConfig
+
     def build(self, model: torch.nn.Module | None = None) -> None:
         if model is None:
             # LoRA: the frozen base in the compute dtype; full: fp32 master weights (as the image trainer).
