@@ -77,7 +77,7 @@ def lora_file(path: Path) -> Path:
                             f"expected {LORA_WEIGHTS_NAME}, or pass the file itself")
         path = found[0]
     if not path.is_file():
-        raise SanaError(f"LoRA file not found: {path}")
+        raise UsageError(f"LoRA file not found: {path}")
     if (path.parent / "state.json").is_file() and path.name in ("weights.safetensors", "ema.safetensors"):
         _refuse_training_folder(path.parent)
     if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SanaError
+from .errors import SanaError, UsageError
 
 # Override keys a JSONL line may set, by the type their value must have. Names follow the flags of `sana gen` and
 # `sana video`; width/height are folded into "res" so the caller sees one size setting. Each command refuses the
@@ -38,7 +38,7 @@ def read_prompts(path: Path) -> list[PromptJob]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise SanaError(f"prompts file {path} not found") from None
+        raise UsageError(f"prompts file {path} not found") from None
     except IsADirectoryError:
         raise SanaError(f"prompts file {path} is a directory") from None
     except UnicodeDecodeError:

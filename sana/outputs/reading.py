@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import SanaError
+from ..errors import SanaError, UsageError
 from .images import EXIF_IFD, EXIF_IMAGE_DESCRIPTION, EXIF_USER_COMMENT, PNG_JSON_KEY, PNG_PARAMETERS_KEY
 from .record import GenerationRecord, parse_a1111
 from .video import CLIP_JSON, MP4_JSON_KEY, MP4_PARAMETERS_KEY, PNG_FRAME_NAME, mp4_tags
@@ -26,7 +26,7 @@ def read_metadata(path: Path) -> GenerationRecord:
     """
     path = Path(path)
     if not path.exists():
-        raise SanaError(f"{path} not found")
+        raise UsageError(f"{path} not found")
     if path.is_dir():
         return _read_frames_folder(path)
     if not path.is_file():

@@ -330,7 +330,7 @@ def read_clip(path: Path) -> tuple[np.ndarray, float | None]:
     if path.is_dir():
         return _read_png_frames(path)
     if not path.is_file():
-        raise SanaError(f"{path} not found")
+        raise UsageError(f"{path} not found")
     try:
         with Image.open(path) as image:
             frames, delays = [], []
