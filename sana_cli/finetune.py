@@ -170,8 +170,10 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
     # 3. Train, with a progress line on the main process only.
     if main_process:
         if resume_from is not None and start is not None:
-            _set_aside_later(out_dir, start, settings)
+            resume_from = _set_aside_later(out_dir, start, settings)
         settings.save(out_dir)
+    elif resume_from is not None:
+        resume_from = resume_folder_on_other_ranks(out_dir, resume_from)
     try:
         with _Progress(enabled=main_process and not console.settings.quiet, total=settings.steps,
                        unit="clips" if settings.video else "img") as progress:
@@ -267,16 +269,28 @@ def _resume_record(start: tuple[int, Path], applied: list[tuple[str, object, obj
             "changed": {name: [old, new] for name, old, new in applied}}
 
 
-def _set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool = False) -> None:
+def _set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool = False) -> Path:
     """--resume-from an older checkpoint: what the run wrote after it goes aside (never deleted), so the folder
-    tells one history and a later --resume continues this one. An RL run's rounds are its steps: its rewards log
-    and round grids go too, and its best weights when a later round found them."""
+    tells one history and a later --resume continues this one; from a checkpoint of a history set aside earlier
+    (`checkpoints/abandoned-*/step-*`), that history comes back up to it and the current one goes aside. An RL run's
+    rounds are its steps: its rewards log and round grids move too, and its best weights when a later round found
+    them. Returns the checkpoint folder to resume from."""
     import re
     import time
 
     from sana.lora import LORA_WEIGHTS_NAME
     from sana.training import checkpoint as ckpt
 
+    unit, stamp = ("round" if rl else "step"), time.strftime("%Y%m%d-%H%M%S")
+    folder = start[1].resolve().parent
+    returning = folder.name.startswith("abandoned-") and folder.parent == ckpt.checkpoint_root(out_dir).resolve()
+    branch_point = start[0]
+    if returning:
+        left = [r for r in settings.resumes[:-1] if Path(str(r.get("set_aside", ""))).name == folder.name]
+        if not left:
+            raise UsageError(f"--resume-from {start[1]}: train_config.json does not say where the history in "
+                             f"{folder.name} left the run", "resume from a checkpoint of the run's own history")
+        branch_point = int(left[-1]["step"])
     exports, logs, samples = (LORA_WEIGHTS_NAME, "model"), None, ckpt._SAMPLE
     if rl:
         from sana.training.rl.log import REWARDS_NAME
@@ -284,17 +298,35 @@ def _set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool 
 
         logs, samples = {"loss.csv": "step", REWARDS_NAME: "round"}, re.compile(r"^round-(\d{6,})\.png$")
         best = out_dir / BEST_RECORD
-        if best.is_file() and int(ckpt.read_json(best).get("round", 0)) > start[0]:
+        if best.is_file() and int(ckpt.read_json(best).get("round", 0)) > branch_point:
             exports += (BEST_NAME, BEST_RECORD)
-    done = ckpt.set_aside_after(out_dir, start[0], time.strftime("%Y%m%d-%H%M%S"), exports=exports, logs=logs,
-                                samples=samples)
-    if done is None:
-        return
-    folder, moved = done
-    settings.resumes[-1]["set_aside"] = str(folder)
-    unit = "round" if rl else "step"
-    console.notice(f"--resume-from {unit} {start[0]}: set aside what the run wrote after it ({'; '.join(moved)}) in "
-                   f"{folder}")
+    if returning:
+        resume_at, aside, said = ckpt.return_to_set_aside(out_dir, folder, branch_point, start[0], stamp,
+                                                          exports=exports, logs=logs, samples=samples)
+        settings.resumes[-1].update(checkpoint=str(resume_at), returned_from=str(folder))
+        if aside is not None:
+            settings.resumes[-1]["set_aside"] = str(aside)
+        console.notice(f"--resume-from {unit} {start[0]} of the history in {folder.name}: " + "; ".join(said))
+        return resume_at
+    done = ckpt.set_aside_after(out_dir, start[0], stamp, exports=exports, logs=logs, samples=samples)
+    if done is not None:
+        aside, moved = done
+        settings.resumes[-1]["set_aside"] = str(aside)
+        console.notice(f"--resume-from {unit} {start[0]}: set aside what the run wrote after it ({'; '.join(moved)}) "
+                       f"in {aside}")
+    return start[1]
+
+
+def resume_folder_on_other_ranks(out_dir: Path, resume_from: Path) -> Path:
+    """Where the main process's `_set_aside_later` puts the --resume-from checkpoint: back among the run's own when
+    it came from a set-aside history. The others read it after the process group forms, whose set-up waits for
+    every process, the main one included, which moves it first."""
+    from sana.training import checkpoint as ckpt
+
+    folder = Path(resume_from).expanduser().resolve()
+    if folder.parent.name.startswith("abandoned-") and folder.parent.parent == ckpt.checkpoint_root(out_dir).resolve():
+        return ckpt.checkpoint_root(out_dir) / folder.name
+    return resume_from
 
 
 def _never_checkpointed(out_dir: Path) -> bool:

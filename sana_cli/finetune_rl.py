@@ -51,7 +51,7 @@ def finetune_rl(flags: dict) -> None:
     """The steps of `sana finetune PROMPTS --rl`."""
     from sana.training.rl.config import RLConfig
 
-    from .finetune import _check_checkpoint, _listed, _resume_record, _set_aside_later
+    from .finetune import _check_checkpoint, _listed, _resume_record, _set_aside_later, resume_folder_on_other_ranks
     from .launch import exec_torchrun, launched_by_torchrun
 
     data, gpus = str(flags["data"]), int(flags.get("gpus", 1))
@@ -117,8 +117,10 @@ def finetune_rl(flags: dict) -> None:
     # 3. Train, with a progress line on the main process only.
     if main_process:
         if flags.get("resume_from") is not None and saved is not None:
-            _set_aside_later(out_dir, start, settings, rl=True)
+            flags["resume_from"] = _set_aside_later(out_dir, start, settings, rl=True)
         settings.save(out_dir)
+    elif flags.get("resume_from") is not None:
+        flags["resume_from"] = resume_folder_on_other_ranks(out_dir, flags["resume_from"])
     with _RoundProgress(enabled=main_process and not console.settings.quiet, total=settings.steps) as progress:
         result = run(settings, resume=flags.get("resume_from") or continuing, events=progress.events())
     if not main_process:

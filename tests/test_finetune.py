@@ -492,6 +492,20 @@ def test_resume_past_the_steps_is_refused_and_an_older_checkpoint_sets_the_later
     assert [(r["step"], "set_aside" in r) for r in record["resumes"]] == [(1, True), (2, False)]
     assert record["resumes"][0]["changed"]["lr"] == [1e-4, 5e-5]
 
+    # Back to the first history's step 2: the second history after step 1 goes aside in turn, the first comes back
+    # up to step 2 (its step 3 stays aside), and the run goes on from there as one history.
+    back = run_sana(*args, "--steps", "3", "--lr", "1e-4", "--resume-from", str(aside / "step-000002"))
+    assert back.returncode == 0, back.stderr
+    assert f"of the history in {aside.name}" in back.stderr and "resumed from step-000002" in back.stderr
+    (second,) = [p for p in (out / "checkpoints").glob("abandoned-*") if p != aside]
+    assert sorted(p.name for p in second.glob("step-*")) == ["step-000002", "step-000003"]
+    assert sorted(p.name for p in aside.glob("step-*")) == ["step-000003"]
+    rows = {r["step"]: float(r["lr"]) for r in csv.DictReader((out / "loss.csv").open())}
+    assert rows == {"1": pytest.approx(1e-4), "2": pytest.approx(1e-4), "3": pytest.approx(1e-4)}
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["resumes"][-1]["returned_from"].endswith(aside.name)
+    assert record["resumes"][-1]["set_aside"].endswith(second.name)
+
 
 def test_a_ctrl_c_lost_during_start_up_still_stops_the_run():
     """A KeyboardInterrupt raised inside a `__del__` is printed and dropped; the run must stop anyway."""

@@ -30,7 +30,10 @@ def checkpoint_root(out: Path) -> Path:
 
 def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run as (step, folder), oldest first."""
-    root = checkpoint_root(out)
+    return _checkpoints_in(checkpoint_root(out))
+
+
+def _checkpoints_in(root: Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return []
     found = []
@@ -129,6 +132,35 @@ def set_aside_after(out: Path, step: int, stamp: str, exports: tuple[str, ...] =
             _keep_rows_up_to(out / name, column, step)
             moved.append(f"{name} rows after {column} {step} (the whole log copied there)")
     return aside, moved
+
+
+def return_to_set_aside(out: Path, folder: Path, branch_point: int, step: int, stamp: str,
+                        exports: tuple[str, ...] = (), logs: dict[str, str] | None = None,
+                        samples: re.Pattern = _SAMPLE) -> tuple[Path, Path | None, list[str]]:
+    """Resuming from the checkpoint of `step` inside `folder`, a history set aside when the run went back to
+    `branch_point`: the current history after `branch_point` goes aside in turn (`set_aside_after`), then the
+    set-aside history up to `step` comes back (its checkpoints, validation samples and log rows; what it wrote
+    after `step` stays in `folder`), so the run folder again tells one history. (the checkpoint to resume from,
+    the folder the current history went to or None, what was done)."""
+    logs = {"loss.csv": "step"} if logs is None else logs
+    done = set_aside_after(out, branch_point, stamp, exports=exports, logs=logs, samples=samples)
+    said = [f"set aside what the run wrote after step {branch_point} in {done[0]}"] if done else []
+    root = checkpoint_root(out)
+    back = [path for s, path in _checkpoints_in(folder) if branch_point < s <= step]
+    for path in back:
+        os.replace(path, root / path.name)
+    if (folder / "samples").is_dir():
+        (out / "samples").mkdir(exist_ok=True)
+        for path in (folder / "samples").iterdir():
+            if (m := samples.match(path.name)) and branch_point < int(m.group(1)) <= step:
+                os.replace(path, out / "samples" / path.name)
+    for name, column in logs.items():
+        if (folder / name).is_file():  # the whole log of that history, the rows they share included: kept there too
+            shutil.copy2(folder / name, out / name)
+            _keep_rows_up_to(out / name, column, step)
+    said.append(f"brought back from {folder.name} its checkpoint(s) {', '.join(p.name for p in back)} and its log "
+                f"up to step {step}")
+    return root / f"step-{step:06d}", done and done[0], said
 
 
 def _keep_rows_up_to(path: Path, column: str, step: int) -> None:
