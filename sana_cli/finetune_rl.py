@@ -51,7 +51,7 @@ def finetune_rl(flags: dict) -> None:
     """The steps of `sana finetune PROMPTS --rl`."""
     from sana.training.rl.config import RLConfig
 
-    from .finetune import _check_checkpoint, _listed, _resume_record, _set_aside_later, resume_folder_on_other_ranks
+    from .finetune_resume import check_checkpoint, listed, resume_folder_on_other_ranks, resume_record, set_aside_later
     from .launch import exec_torchrun, launched_by_torchrun
 
     data, gpus = str(flags["data"]), int(flags.get("gpus", 1))
@@ -81,12 +81,12 @@ def finetune_rl(flags: dict) -> None:
         if changed:
             raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
                              "a resumed run keeps its model, rewards and rollout settings; start a new --out to change them")
-        start = _check_checkpoint(out_dir, flags.get("resume_from"), settings.steps)
+        start = check_checkpoint(out_dir, flags.get("resume_from"), settings.steps)
         applied = saved.changes(settings)
         if applied and main_process:
-            console.notice("--resume applies from the checkpoint's round on: " + _listed(applied)
+            console.notice("--resume applies from the checkpoint's round on: " + listed(applied)
                            + " (recorded in train_config.json)")
-        settings.resumes = [*saved.resumes, _resume_record(start, applied)]
+        settings.resumes = [*saved.resumes, resume_record(start, applied)]
     elif main_process and out_dir.exists() and any(out_dir.iterdir()) and not _nothing_trained(out_dir):
         hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
         raise UsageError(f"{out_dir} is not empty", hint)
@@ -117,7 +117,7 @@ def finetune_rl(flags: dict) -> None:
     # 3. Train, with a progress line on the main process only.
     if main_process:
         if flags.get("resume_from") is not None and saved is not None:
-            flags["resume_from"] = _set_aside_later(out_dir, start, settings, rl=True)
+            flags["resume_from"] = set_aside_later(out_dir, start, settings, rl=True)
         settings.save(out_dir)
     elif flags.get("resume_from") is not None:
         flags["resume_from"] = resume_folder_on_other_ranks(out_dir, flags["resume_from"])

@@ -1,0 +1,123 @@
+"""A fine-tuning run folder's history across resumes: which checkpoint a resume starts from, what `--resume-from`
+an older checkpoint sets aside (`checkpoints/abandoned-*`) or brings back, what `train_config.json`'s `resumes`
+records. Shared by supervised (`finetune.py`) and RL (`finetune_rl.py`) runs; checked before torch loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sana.errors import UsageError
+
+from . import console
+
+
+def listed(changes: list[tuple[str, object, object]]) -> str:
+    return ", ".join(f"{name} {old!r} -> {new!r}" for name, old, new in changes)
+
+
+def resume_record(start: tuple[int, Path], applied: list[tuple[str, object, object]]) -> dict:
+    """An entry of train_config.json's `resumes`: where the run went on from and what changed there."""
+    import time
+
+    return {"step": start[0], "checkpoint": str(start[1]), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "changed": {name: [old, new] for name, old, new in applied}}
+
+
+def set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool = False) -> Path:
+    """--resume-from an older checkpoint: what the run wrote after it goes aside (never deleted), so the folder
+    tells one history and a later --resume continues this one; from a checkpoint of a history set aside earlier
+    (`checkpoints/abandoned-*/step-*`), that history comes back up to it and the current one goes aside. An RL run's
+    rounds are its steps: its rewards log and round grids move too, and its best weights when a later round found
+    them. Returns the checkpoint folder to resume from."""
+    import re
+    import time
+
+    from sana.lora import LORA_WEIGHTS_NAME
+    from sana.training import checkpoint as ckpt
+
+    unit, stamp = ("round" if rl else "step"), time.strftime("%Y%m%d-%H%M%S")
+    folder = start[1].resolve().parent
+    returning = folder.name.startswith("abandoned-") and folder.parent == ckpt.checkpoint_root(out_dir).resolve()
+    branch_point = start[0]
+    if returning:
+        left = [r for r in settings.resumes[:-1] if Path(str(r.get("set_aside", ""))).name == folder.name]
+        if not left:
+            raise UsageError(f"--resume-from {start[1]}: train_config.json does not say where the history in "
+                             f"{folder.name} left the run", "resume from a checkpoint of the run's own history")
+        branch_point = int(left[-1]["step"])
+    exports, logs, samples = (LORA_WEIGHTS_NAME, "model"), None, ckpt._SAMPLE
+    if rl:
+        from sana.training.rl.log import REWARDS_NAME
+        from sana.training.rl.loop import BEST_NAME, BEST_RECORD
+
+        logs, samples = {"loss.csv": "step", REWARDS_NAME: "round"}, re.compile(r"^round-(\d{6,})\.png$")
+        best = out_dir / BEST_RECORD
+        if best.is_file() and int(ckpt.read_json(best).get("round", 0)) > branch_point:
+            exports += (BEST_NAME, BEST_RECORD)
+    if returning:
+        resume_at, aside, said = ckpt.return_to_set_aside(out_dir, folder, branch_point, start[0], stamp,
+                                                          exports=exports, logs=logs, samples=samples)
+        settings.resumes[-1].update(checkpoint=str(resume_at), returned_from=str(folder))
+        if aside is not None:
+            settings.resumes[-1]["set_aside"] = str(aside)
+        console.notice(f"--resume-from {unit} {start[0]} of the history in {folder.name}: " + "; ".join(said))
+        return resume_at
+    done = ckpt.set_aside_after(out_dir, start[0], stamp, exports=exports, logs=logs, samples=samples)
+    if done is not None:
+        aside, moved = done
+        settings.resumes[-1]["set_aside"] = str(aside)
+        console.notice(f"--resume-from {unit} {start[0]}: set aside what the run wrote after it ({'; '.join(moved)}) "
+                       f"in {aside}")
+    return start[1]
+
+
+def resume_folder_on_other_ranks(out_dir: Path, resume_from: Path) -> Path:
+    """Where the main process's `set_aside_later` puts the --resume-from checkpoint: back among the run's own when
+    it came from a set-aside history. The others read it after the process group forms, whose set-up waits for
+    every process, the main one included, which moves it first."""
+    from sana.training import checkpoint as ckpt
+
+    folder = Path(resume_from).expanduser().resolve()
+    if folder.parent.name.startswith("abandoned-") and folder.parent.parent == ckpt.checkpoint_root(out_dir).resolve():
+        return ckpt.checkpoint_root(out_dir) / folder.name
+    return resume_from
+
+
+def never_checkpointed(out_dir: Path) -> bool:
+    """The folder holds a run's settings but no checkpoint and no export: the run stopped during start-up or never
+    reached a step, so starting it again loses nothing."""
+    if not (out_dir / "train_config.json").is_file():
+        return False
+    if any((out_dir / "checkpoints").glob("step-*/state.json")):
+        return False
+    exported = [p for p in out_dir.iterdir() if p.suffix == ".safetensors" or (p.is_dir() and p.name != "checkpoints"
+                                                                              and p.name != "cache")]
+    return not exported
+
+
+def check_checkpoint(out_dir: Path, resume_from: Path | None, steps: int | None = None) -> tuple[int, Path]:
+    """(step, folder) of the checkpoint a resume starts from: the run folder's latest complete one, or the
+    --resume-from folder; it must not be past `steps` (the export would hold later weights than the record says)."""
+    from sana.training import checkpoint as ckpt
+
+    if resume_from is not None:
+        folder = Path(resume_from).expanduser()
+        if not (folder / "state.json").is_file():
+            raise UsageError(f"--resume-from {resume_from} is not a complete checkpoint (no state.json)",
+                             f"pass a folder such as {out_dir / 'checkpoints' / 'step-000500'}")
+    else:
+        found = ckpt.list_checkpoints(out_dir)
+        if not found:
+            raise UsageError(f"no checkpoint to resume in {out_dir / 'checkpoints'}", "start without --resume")
+        folder = found[-1][1]
+    step = ckpt.checkpoint_step(folder)
+    if steps is not None and step > steps:
+        earlier = [(s, path) for s, path in ckpt.list_checkpoints(out_dir) if s <= steps]
+        if earlier:
+            hint = (f"to go back to step {earlier[-1][0]}: --resume-from {earlier[-1][1]}"
+                    + (f" --steps {steps}" if earlier[-1][0] < steps else "") + "; later checkpoints are set aside")
+        else:
+            hint = f"the run is already past step {steps}: give --steps {step} or more"
+        raise UsageError(f"--steps {steps} is below step {step} of the checkpoint {folder}", hint)
+    return step, folder
