@@ -45,7 +45,7 @@ def set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool =
         if not left:
             raise UsageError(f"--resume-from {start[1]}: train_config.json does not say where the history in "
                              f"{folder.name} left the run", "resume from a checkpoint of the run's own history")
-        branch_point = int(left[-1]["step"])
+        branch_point = int(left[-1].get("set_aside_after", left[-1]["step"]))
     exports, logs, samples = (LORA_WEIGHTS_NAME, "model"), None, ckpt._SAMPLE
     if rl:
         from sana.training.rl.log import REWARDS_NAME
@@ -59,14 +59,14 @@ def set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool =
         resume_at, aside, said = ckpt.return_to_set_aside(out_dir, folder, branch_point, start[0], stamp,
                                                           exports=exports, logs=logs, samples=samples)
         settings.resumes[-1].update(checkpoint=str(resume_at), returned_from=str(folder))
-        if aside is not None:
-            settings.resumes[-1]["set_aside"] = str(aside)
+        if aside is not None:  # the current history, which left the set-aside one's at the same step
+            settings.resumes[-1].update(set_aside=str(aside), set_aside_after=branch_point)
         console.notice(f"--resume-from {unit} {start[0]} of the history in {folder.name}: " + "; ".join(said))
         return resume_at
     done = ckpt.set_aside_after(out_dir, start[0], stamp, exports=exports, logs=logs, samples=samples)
     if done is not None:
         aside, moved = done
-        settings.resumes[-1]["set_aside"] = str(aside)
+        settings.resumes[-1].update(set_aside=str(aside), set_aside_after=start[0])
         console.notice(f"--resume-from {unit} {start[0]}: set aside what the run wrote after it ({'; '.join(moved)}) "
                        f"in {aside}")
     return start[1]

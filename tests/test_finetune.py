@@ -505,6 +505,7 @@ def test_resume_past_the_steps_is_refused_and_an_older_checkpoint_sets_the_later
     record = json.loads((out / "train_config.json").read_text())
     assert record["resumes"][-1]["returned_from"].endswith(aside.name)
     assert record["resumes"][-1]["set_aside"].endswith(second.name)
+    assert [r.get("set_aside_after") for r in record["resumes"]] == [1, None, 1]  # where each set-aside history left
 
 
 def test_a_ctrl_c_lost_during_start_up_still_stops_the_run():
