@@ -62,7 +62,9 @@ def finetune(
     save_dtype: Annotated[Optional[str], Opt("--save-dtype", help="dtype of an exported full model (default bf16).")] = None,
     cache: Annotated[Optional[Path], Opt("--cache", help="Feature cache folder (default: OUT/cache); share it between runs.")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
-    resume_from: Annotated[Optional[Path], Opt("--resume-from", help="Continue from this checkpoint folder.")] = None,
+    resume_from: Annotated[Optional[Path], Opt("--resume-from", help=(
+        "Continue from this checkpoint folder of the run in --out; what came after it is set aside in "
+        "checkpoints/abandoned-*, never deleted."))] = None,
     gpus: Annotated[int, Opt("--gpus", min=1, help="GPUs on this machine: runs itself under torchrun with N processes.")] = 1,
     device: Annotated[str, Opt("--device", help="auto, cuda, cuda:N or cpu.")] = "auto",
     rl: Annotated[bool, Opt("--rl", help="Reward fine-tuning in the Sol-RL recipe (DiffusionNFT) on prompts instead of images.")] = False,
