@@ -132,6 +132,11 @@ def recorded_first_frame(recorded: str, clip: str) -> str:
     return str(beside) if beside.exists() else recorded
 
 
+def asked_frames(settings: dict[str, Any], defaults: ClipDefaults) -> int:
+    """The frame count a job asks for (--frames, else the model's default), before the VAE's rule snaps it."""
+    return check_frames(settings.get("frames")) or defaults.frames
+
+
 def build_request(prompt: str, settings: dict[str, Any], seeds: list[int], defaults: ClipDefaults, vae,
                   transformer_config: dict, first: FirstFrame | None, request_type):
     """A VideoRequest from one job's settings over the defaults; the frame count snapped with a notice."""
@@ -147,7 +152,7 @@ def build_request(prompt: str, settings: dict[str, Any], seeds: list[int], defau
         width, height = first_frame_clip_size(first.image.size, CLIP_NAMED_SIZES[res.strip().lower()], SIZE_MULTIPLE)
     else:
         width, height = clip_size_for(check_clip_size(res), defaults, first)
-    asked = check_frames(settings.get("frames")) or defaults.frames
+    asked = asked_frames(settings, defaults)
     frames = snap_frames(asked, vae.temporal)
     if frames != asked:
         console.notice(f"{asked} frames snapped to {frames} (the {vae.label} VAE makes {vae.temporal}k+1 frames)")
@@ -195,13 +200,14 @@ def clip_size_for(asked: tuple[int, int] | None, defaults: ClipDefaults,
     return size
 
 
-def note_untrained_lengths(spec, frame_counts: list[int]) -> None:
+def note_untrained_lengths(spec, lengths: list[tuple[int, int]]) -> None:
     """A model trained at one clip length (its preset's `trained_frames`: nano-video's 17) draws other lengths
-    poorly: a notice, since the clip comes out without any error."""
+    poorly: a notice, since the clip comes out without any error. `lengths`: (asked, made) per job; the notice
+    names the counts asked, as the snapping notice does (2 asked, not the 1 frame it snapped to)."""
     trained = spec.extra.get("trained_frames") if spec is not None else None
     if not trained:
         return
-    other = sorted(set(frame_counts) - {int(trained)})
+    other = sorted({asked for asked, made in lengths if made != int(trained)})
     if other:
         console.notice(f"{spec.name} was trained on {trained}-frame clips only; other lengths draw poorly "
                        f"({', '.join(map(str, other))} asked; --frames {trained} matches)")

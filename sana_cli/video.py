@@ -20,8 +20,8 @@ from sana.registry import clip_defaults
 from . import console
 from . import options as opt
 from .clip_outputs import FORMAT_NAMES, job_format, once, print_dry_run, save_or_keep_clip, writable_fps
-from .clip_settings import (VIDEO_KEYS, FirstFrame, build_request, check_fps, check_settings, note_outside_grammar,
-                            note_untrained_lengths, open_first_frame, recorded_first_frame)
+from .clip_settings import (VIDEO_KEYS, FirstFrame, asked_frames, build_request, check_fps, check_settings,
+                            note_outside_grammar, note_untrained_lengths, open_first_frame, recorded_first_frame)
 
 def video(
     prompt: Annotated[Optional[str], typer.Argument(help="What happens in the clip.")] = None,
@@ -73,7 +73,8 @@ def video(
 # -- the run ----------------------------------------------------------------------------------------------------
 
 def run(flags: dict[str, Any]) -> None:
-    from sana.outputs import CLIP_FORMATS, plan_clip_paths
+    from sana.outputs import CLIP_FORMATS, clip_format, plan_clip_paths
+    from sana.outputs.video import check_replaceable_frames
     from sana.pipelines.sizes import video_binned_size, video_vae_geometry
 
     from .generation import (DTYPE_CHOICES, check_output_dirs, default_model, plan_jobs, read_jobs, replay_settings,
@@ -107,6 +108,8 @@ def run(flags: dict[str, Any]) -> None:
     from sana.lora import parse_lora_arg
 
     loras = [] if flags.get("server") else [parse_lora_arg(text) for text in flags.get("lora") or replay.get("lora") or []]
+    if not (flags.get("prompts") or flags.get("prompt") or replay.get("prompt")):
+        raise UsageError("no prompt given", 'give a prompt: sana video "a prompt", or --prompts FILE, or --from CLIP')
     jobs = read_jobs(flags, replay, "video", noun="CLIP")
     for _, overrides in jobs:
         foreign = sorted(set(overrides) - set(VIDEO_KEYS))
@@ -135,8 +138,13 @@ def run(flags: dict[str, Any]) -> None:
         return firsts[str(image_arg)]
 
     def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
-        return plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=fmt, force=force or skip_existing,
-                               index_start=index_start, taken=taken)
+        paths = plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=fmt, force=force or skip_existing,
+                                index_start=index_start, taken=taken)
+        if force:  # a frames folder is replaced whole: one holding a user's file is refused now, not after the work
+            for path in paths:
+                if clip_format(path) == "png":
+                    check_replaceable_frames(path)
+        return paths
 
     planned_jobs = share_of_plan()  # one of --gpus N's processes: the parent planned the outputs
     if planned_jobs is None:
@@ -198,7 +206,8 @@ def run(flags: dict[str, Any]) -> None:
         request = build_request(prompt, settings, seeds, defaults, vae, t_config, first, VideoRequest)
         fps = writable_fps(check_fps(settings.get("fps")) or defaults.fps, job_fmt, notices)
         requests.append((request, paths, fps, first))
-    note_untrained_lengths(spec, [r.frames for r, _, _, _ in requests])
+    note_untrained_lengths(spec, [(asked_frames(settings, defaults), request.frames)
+                                  for (_, settings, _, _), (request, _, _, _) in zip(planned_jobs, requests)])
     note_outside_grammar(spec, [r.prompt for r, _, _, _ in requests])
     sample_size = int(t_config.get("sample_size", 0))
 

@@ -341,3 +341,71 @@ def test_replaying_an_image_to_video_clip_from_another_folder(tmp_path):
     message = assert_one_line_error(run_sana("video", "--from", "../clips/old.mp4", "--dry-run", cwd=elsewhere))
     assert "--image sq.png (from the record of ../clips/old.mp4) not found" in message and "pass --image" in message
     assert list(elsewhere.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# What a user met: --force on a frames folder holding their file, a 2-frame clip's notices, the no-prompt hint
+# ------------------------------------------------------------------------------------------------------------------
+
+SQUARE_PROMPT = "a small green square moving up on a white background"
+
+
+def test_force_never_deletes_a_file_the_user_put_in_a_frames_folder(tmp_path):
+    from sana.outputs import GenerationRecord, save_video
+
+    folder = tmp_path / "mine" / "a-small-green-square-moving-up-on-a-1"  # where the run below writes its frames
+    save_video(np.zeros((9, 32, 32, 3), np.uint8), folder, GenerationRecord(prompt=SQUARE_PROMPT, seed=1), fps=8)
+    (folder / "my_edit.txt").write_text("mine")
+    args = ("video", SQUARE_PROMPT, *NANO, "--seed", "1", "--steps", "1", "-o", "mine/", "--format", "png", "--force")
+    result = run_sana(*args, "--frames", "9", cwd=tmp_path)
+    message = assert_one_line_error(result)  # refused before the model loads
+    assert "my_edit.txt" in message and "move it out" in message and "another -o" in message
+    assert (folder / "my_edit.txt").read_text() == "mine" and len(list(folder.glob("frame_*.png"))) == 9
+
+    # Only sana's files there: --force replaces them, and the earlier, longer clip leaves no frames behind.
+    (folder / "my_edit.txt").unlink()
+    result = run_sana(*args, "--frames", "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["clip.json", *(f"frame_{i:05d}.png" for i in range(5))]
+    assert list((tmp_path / "mine").iterdir()) == [folder]
+
+
+def test_a_forced_save_replaces_only_a_folder_of_sanas_frames(tmp_path):
+    from sana.errors import SanaError, UsageError
+    from sana.outputs import GenerationRecord, read_clip, save_video
+
+    record = GenerationRecord(prompt="p", seed=1)
+    folder = tmp_path / "clip"
+    save_video(np.zeros((9, 32, 32, 3), np.uint8), folder, record, fps=8)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "frame_edit.png").write_text("mine too")  # named like a frame, not as sana numbers them
+    with pytest.raises(SanaError, match=r"clip holds frame_edit\.png and 1 more, which sana did not write") as caught:
+        save_video(np.ones((5, 32, 32, 3), np.uint8), folder, record, fps=8, force=True)
+    assert not isinstance(caught.value, UsageError)  # so `sana video` keeps the clip in the temp folder instead
+    assert (folder / "notes.txt").read_text() == "mine" and len(list(folder.glob("frame_0*.png"))) == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]  # no temporary left beside it
+
+    plain = tmp_path / "plain"  # a file where the frames folder would go is not deleted either
+    plain.write_text("mine")
+    with pytest.raises(SanaError, match="is a file, not a folder of PNG frames"):
+        save_video(np.ones((5, 32, 32, 3), np.uint8), plain, record, fps=8, force=True)
+    assert plain.read_text() == "mine"
+
+    (folder / "notes.txt").unlink()
+    (folder / "frame_edit.png").unlink()
+    save_video(np.ones((5, 32, 32, 3), np.uint8), folder, record, fps=8, force=True)
+    assert read_clip(folder)[0].shape == (5, 32, 32, 3)
+
+
+def test_a_two_frame_clip_says_two_were_asked(tmp_path):
+    result = run_sana("video", SQUARE_PROMPT, *NANO, "--frames", "2", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 frames snapped to 1" in result.stderr
+    assert "other lengths draw poorly (2 asked; --frames 17 matches)" in result.stderr
+    assert "1 asked" not in result.stderr
+
+
+def test_no_prompt_hint_has_no_nested_brackets(tmp_path):
+    message = assert_one_line_error(run_sana("video", *NANO, cwd=tmp_path))
+    assert message == 'error: no prompt given (give a prompt: sana video "a prompt", or --prompts FILE, or --from CLIP)'
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,8 @@ One record, four forms, each chosen by the target's suffix (or `fmt`):
 - .webp: looping animated WebP, lossy at quality 95 as still WebPs are (lossless frames would be several times
   larger for no visible gain), the record in EXIF and XMP exactly as in a still WebP.
 - PNG frames (a path without a suffix, or fmt "png"): a folder of lossless `frame_00000.png`, ... whose first
-  frame carries the PNG metadata chunks of a still image, plus `clip.json` with the record.
+  frame carries the PNG metadata chunks of a still image, plus `clip.json` with the record. Forced, it replaces
+  the folder whole (an earlier, longer clip's frames go too), so it refuses a folder holding anything else.
 MP4 and PNG frames are written frame by frame; Pillow's GIF and WebP encoders gather every frame before writing
 (GIF keeps 8-bit palette frames, a third of the RGB bytes), so those two suit short clips and previews.
 Every output is written atomically (see `atomic.py`) and never replaces an existing one unless forced.
@@ -55,6 +56,7 @@ MP4_PARAMETERS_KEY = "description"
 MP4_MAX_METADATA_CHARS = 100_000
 PNG_FRAME_NAME = "frame_{:05d}.png"
 CLIP_JSON = "clip.json"
+_PNG_FRAME_FILE = re.compile(r"frame_\d{5,}\.png")  # the names PNG_FRAME_NAME makes
 # Convert RGB -> YUV with the BT.709 matrix and say so in the stream, so players do not guess BT.601 for HD.
 _MP4_FILTER = ("scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
                "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv")
@@ -112,6 +114,8 @@ def save_video(frames: np.ndarray | Iterable[np.ndarray], path: Path, record: Ge
     if fmt == "png":
         with atomic_directory(path, force=force) as folder:
             _check_count(_write_png_frames(stream, folder, record), record)
+            if force:  # last, so a file put there while the frames were written is seen too
+                check_replaceable_frames(path)
         return path
     with atomic_file(path, force=force) as temp:
         if fmt == "mp4":
@@ -122,6 +126,29 @@ def save_video(frames: np.ndarray | Iterable[np.ndarray], path: Path, record: Ge
                 count = write(stream, file, record, fps)
         _check_count(count, record)
     return path
+
+
+def check_replaceable_frames(path: Path) -> None:
+    """SanaError unless a forced save may replace the PNG-frames folder at `path` (or there is none).
+
+    The folder is replaced whole, so it may hold only what the frames writer makes (frame_NNNNN.png and
+    clip.json): a user's file put there, or a file or link in the folder's place, is never deleted.
+    """
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise SanaError(f"{path} is {'a link' if path.is_symlink() else 'a file'}, not a folder of PNG frames, so "
+                        "--force does not replace it", "move it, or choose another -o")
+    if not path.exists():
+        return
+    try:
+        foreign = sorted(entry.name for entry in path.iterdir() if entry.is_symlink() or not entry.is_file()
+                         or not (_PNG_FRAME_FILE.fullmatch(entry.name) or entry.name == CLIP_JSON))
+    except OSError as exc:
+        raise SanaError(f"cannot read {path}: {exc.strerror or exc}", "choose another -o") from None
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise SanaError(f"{path} holds {foreign[0]}{more}, which sana did not write and --force would delete with "
+                        "the old frames", "move it out of the folder, or choose another -o")
 
 
 def playable_fps(fmt: str, fps: float) -> float:
