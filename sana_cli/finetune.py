@@ -14,7 +14,7 @@ from sana.training.config import TrainConfig
 
 from . import console
 from .finetune_resume import (check_checkpoint, listed, never_checkpointed, resume_folder_on_other_ranks, resume_record,
-                              set_aside_later)
+                              set_aside_later, settings_to_resume)
 
 Opt = typer.Option
 
@@ -66,7 +66,8 @@ def finetune(
         "Continue from this checkpoint folder of the run in --out; what came after it is set aside in "
         "checkpoints/abandoned-*, never deleted."))] = None,
     gpus: Annotated[int, Opt("--gpus", min=1, help="GPUs on this machine: runs itself under torchrun with N processes.")] = 1,
-    device: Annotated[str, Opt("--device", help="auto, cuda, cuda:N or cpu.")] = "auto",
+    # None when not given, so that --resume keeps the device the run recorded
+    device: Annotated[Optional[str], Opt("--device", help="auto, cuda, cuda:N or cpu (default auto).")] = None,
     rl: Annotated[bool, Opt("--rl", help="Reward fine-tuning in the Sol-RL recipe (DiffusionNFT) on prompts instead of images.")] = False,
     reward: Annotated[Optional[str], Opt("--reward", help="--rl: NAME[:WEIGHT],... of shapes, clip, pickscore, hpsv2, imagereward, or path/file.py:function (default shapes).")] = None,
     candidates: Annotated[Optional[int], Opt("--candidates", help="--rl: seeds explored cheaply a prompt (default 96).")] = None,
@@ -110,7 +111,7 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
     if continuing and not (out_dir / "train_config.json").is_file():
         raise UsageError(f"--resume: {out_dir} holds no sana finetune run", "pass the run's folder with --out")
     restart = never_checkpointed(out_dir) and resume_from is None
-    cfg = TrainConfig.load(out_dir) if continuing else None
+    cfg = settings_to_resume(TrainConfig, out_dir, resume_from) if continuing else None
     settings = _settings(flags, data, out_dir, cfg)
     _snap_frames(settings, flags, main_process)
     _check_flags(flags, settings, main_process)
@@ -131,6 +132,9 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
                              "a resumed run keeps its model, LoRA, optimizer, precision, batch and seed; "
                              "start a new --out to change them")
         start = check_checkpoint(out_dir, resume_from, settings.steps)
+        if start[0] == settings.steps and main_process:
+            console.notice(f"the run is at step {start[0]} of {settings.steps} already: nothing to train, the export "
+                           "is written again from that checkpoint (give a larger --steps to go on)")
         applied = cfg.changes(settings)
         if applied and main_process:
             console.notice("--resume applies from the checkpoint's step on: " + listed(applied)
@@ -148,7 +152,7 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
     check_data_kind(Path(data), settings.video)
     if settings.init == "random" and settings.transformer_config:
         _check_config_fits(settings.transformer_config, Path(settings.model_dir), str(flags.get("model") or "the model"))
-    if settings.compile and main_process and _no_gpu(flags):
+    if settings.compile and main_process and _no_gpu(settings.device):
         console.notice("--compile on a CPU: torch.compile's start-up takes minutes there and rarely pays; it is "
                        "meant for GPUs")
     if settings.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
@@ -406,14 +410,14 @@ def _check_config_fits(config: dict, model_dir: Path, label: str) -> None:
                          "use a config made for this autoencoder and text encoder, or another --model")
 
 
-def _no_gpu(flags: dict) -> bool:
+def _no_gpu(device: str) -> bool:
     """The run will be on the CPU: asked for, or no CUDA device visible (checked without importing torch)."""
     import os
     import shutil
 
-    if str(flags.get("device") or "auto") == "cpu":
+    if device == "cpu":
         return True
-    if str(flags.get("device") or "auto").startswith("cuda"):
+    if device.startswith("cuda"):
         return False
     return shutil.which("nvidia-smi") is None and os.environ.get("CUDA_VISIBLE_DEVICES", "") in ("", "-1")
 

@@ -24,6 +24,40 @@ def resume_record(start: tuple[int, Path], applied: list[tuple[str, object, obje
             "changed": {name: [old, new] for name, old, new in applied}}
 
 
+def checkpoint_history(out_dir: Path, resume_from: Path | None) -> Path | None:
+    """Which history a --resume-from checkpoint belongs to: None for the run's own (`OUT/checkpoints/step-*`), the
+    folder for one set aside (`OUT/checkpoints/abandoned-*/step-*`). Any other folder is refused: another run's
+    checkpoint would go on with weights and a history that are not this folder's."""
+    from sana.training import checkpoint as ckpt
+
+    if resume_from is None:
+        return None
+    folder = Path(resume_from).expanduser().resolve()
+    root = ckpt.checkpoint_root(out_dir).expanduser().resolve()
+    if folder.parent == root:
+        return None
+    if folder.parent.parent == root and folder.parent.name.startswith("abandoned-"):
+        return folder.parent
+    owner = folder.parent.parent if folder.parent.name == "checkpoints" else None
+    raise UsageError(f"--resume-from {resume_from} is not a checkpoint of the run in {out_dir}",
+                     f"to go on with that run, pass --out {owner}" if owner else
+                     f"pass a folder of {ckpt.checkpoint_root(out_dir)}")
+
+
+def settings_to_resume(config_class, out_dir: Path, resume_from: Path | None):
+    """The settings a resume starts from: the run's, or for a checkpoint of a set-aside history those that history
+    ran with (kept beside it when it was set aside), under the run's whole `resumes` record."""
+    from sana.training.config import CONFIG_NAME
+
+    saved = config_class.load(out_dir)
+    history = checkpoint_history(out_dir, resume_from)
+    if history is not None and (history / CONFIG_NAME).is_file():
+        theirs = config_class.load(history)
+        theirs.resumes = saved.resumes
+        return theirs
+    return saved
+
+
 def set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool = False) -> Path:
     """--resume-from an older checkpoint: what the run wrote after it goes aside (never deleted), so the folder
     tells one history and a later --resume continues this one; from a checkpoint of a history set aside earlier
@@ -37,8 +71,8 @@ def set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool =
     from sana.training import checkpoint as ckpt
 
     unit, stamp = ("round" if rl else "step"), time.strftime("%Y%m%d-%H%M%S")
-    folder = start[1].resolve().parent
-    returning = folder.name.startswith("abandoned-") and folder.parent == ckpt.checkpoint_root(out_dir).resolve()
+    folder = checkpoint_history(out_dir, start[1])
+    returning = folder is not None
     branch_point = start[0]
     if returning:
         left = [r for r in settings.resumes[:-1] if Path(str(r.get("set_aside", ""))).name == folder.name]
@@ -58,7 +92,9 @@ def set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool =
     if returning:
         resume_at, aside, said = ckpt.return_to_set_aside(out_dir, folder, branch_point, start[0], stamp,
                                                           exports=exports, logs=logs, samples=samples)
-        settings.resumes[-1].update(checkpoint=str(resume_at), returned_from=str(folder))
+        if rl:
+            said += _bring_back_best(out_dir, folder, aside, start[0])
+        settings.resumes[-1].update(checkpoint=str(resume_at), returned_from=str(Path(start[1]).parent))
         if aside is not None:  # the current history, which left the set-aside one's at the same step
             settings.resumes[-1].update(set_aside=str(aside), set_aside_after=branch_point)
         console.notice(f"--resume-from {unit} {start[0]} of the history in {folder.name}: " + "; ".join(said))
@@ -72,15 +108,39 @@ def set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool =
     return start[1]
 
 
+def _bring_back_best(out_dir: Path, folder: Path, aside: Path | None, step: int) -> list[str]:
+    """An RL history brought back up to round `step` brings back its best weights too when it found them by then.
+    They beat every validation before them, the shared rounds' included, so a best still in the run folder (from
+    the shared rounds) goes to the history just set aside, or, when none was, to `folder` in their place."""
+    import os
+
+    from sana.training import checkpoint as ckpt
+    from sana.training.rl.loop import BEST_NAME, BEST_RECORD
+
+    record = folder / BEST_RECORD
+    if not record.is_file() or int(ckpt.read_json(record).get("round", 0)) > step:
+        return []
+    found = int(ckpt.read_json(record)["round"])
+    names = [name for name in (BEST_NAME, BEST_RECORD) if (folder / name).exists()]
+    for name in names:
+        os.replace(folder / name, out_dir / f".{name}.incoming")
+    keep = aside or folder
+    for name in (BEST_NAME, BEST_RECORD):
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, keep / name)
+    for name in names:
+        os.replace(out_dir / f".{name}.incoming", out_dir / name)
+    return [f"its best weights (round {found}) too"]
+
+
 def resume_folder_on_other_ranks(out_dir: Path, resume_from: Path) -> Path:
     """Where the main process's `set_aside_later` puts the --resume-from checkpoint: back among the run's own when
     it came from a set-aside history. The others read it after the process group forms, whose set-up waits for
     every process, the main one included, which moves it first."""
     from sana.training import checkpoint as ckpt
 
-    folder = Path(resume_from).expanduser().resolve()
-    if folder.parent.name.startswith("abandoned-") and folder.parent.parent == ckpt.checkpoint_root(out_dir).resolve():
-        return ckpt.checkpoint_root(out_dir) / folder.name
+    if checkpoint_history(out_dir, resume_from) is not None:
+        return ckpt.checkpoint_root(out_dir) / Path(resume_from).name
     return resume_from
 
 

@@ -49,9 +49,10 @@ def refuse_rl_flags(flags: dict) -> None:
 
 def finetune_rl(flags: dict) -> None:
     """The steps of `sana finetune PROMPTS --rl`."""
-    from sana.training.rl.config import RLConfig
+    from sana.training.rl.config import RLConfig, is_rl_run
 
-    from .finetune_resume import check_checkpoint, listed, resume_folder_on_other_ranks, resume_record, set_aside_later
+    from .finetune_resume import (check_checkpoint, listed, resume_folder_on_other_ranks, resume_record, set_aside_later,
+                                  settings_to_resume)
     from .launch import exec_torchrun, launched_by_torchrun
 
     data, gpus = str(flags["data"]), int(flags.get("gpus", 1))
@@ -67,13 +68,16 @@ def finetune_rl(flags: dict) -> None:
     continuing = bool(flags.get("resume")) or flags.get("resume_from") is not None
     if continuing and not (out_dir / "train_config.json").is_file():
         raise UsageError(f"--resume: {out_dir} holds no sana finetune run", "pass the run's folder with --out")
+    if continuing and not is_rl_run(out_dir):  # before anything is written: its settings would become an RL run's
+        raise UsageError(f"--rl --resume: {out_dir} holds a supervised fine-tuning run, not an RL one",
+                         "resume it without --rl, or give an RL run another --out")
     if _nothing_trained(out_dir) and flags.get("resume_from") is None:
         # Stopped before its first checkpoint (a reward failing in round 1, Ctrl-C while loading): nothing to keep.
         if main_process:
             console.notice(f"{out_dir} holds the settings of an RL run that saved no checkpoint; starting it "
                            f"{'over (nothing to resume)' if continuing else 'again'}, replacing its settings and logs")
         continuing = False
-    saved = RLConfig.load(out_dir) if continuing else None
+    saved = settings_to_resume(RLConfig, out_dir, flags.get("resume_from")) if continuing else None
     source = _prompt_source(data)
     settings = _settings(flags, data, out_dir, saved, gpus)
     if saved is not None:
@@ -82,6 +86,9 @@ def finetune_rl(flags: dict) -> None:
             raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
                              "a resumed run keeps its model, rewards and rollout settings; start a new --out to change them")
         start = check_checkpoint(out_dir, flags.get("resume_from"), settings.steps)
+        if start[0] == settings.steps and main_process:
+            console.notice(f"the run is at round {start[0]} of {settings.steps} already: nothing to train, the export "
+                           "is written again from that checkpoint (give a larger --steps to go on)")
         applied = saved.changes(settings)
         if applied and main_process:
             console.notice("--resume applies from the checkpoint's round on: " + listed(applied)

@@ -457,6 +457,21 @@ def test_resume_applies_and_records_a_changed_rate(tmp_path, base_model):
     rows = {int(r["step"]): float(r["lr"]) for r in csv.DictReader((out / "loss.csv").open())}
     assert rows[1] == pytest.approx(1e-4) and rows[3] == pytest.approx(5e-5) and rows[4] == pytest.approx(5e-5)
 
+    # Nothing left to train says so; a resume that does not name --device keeps the recorded one.
+    without_device = [a for a in args if a not in ("--device", "cpu")]
+    done = run_sana(*without_device, "--resume", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr
+    assert "at step 4 of 4 already: nothing to train" in done.stderr and "device" not in done.stderr
+    assert json.loads((out / "train_config.json").read_text())["device"] == "cpu"
+
+    # --rl --resume of this supervised run is refused before anything is written to it
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    before = (out / "train_config.json").read_bytes()
+    rl = run_sana("finetune", str(prompts), "--rl", "--model", str(base_model), "--out", str(out), "--resume")
+    assert "holds a supervised fine-tuning run, not an RL one" in assert_one_line_error(rl)
+    assert (out / "train_config.json").read_bytes() == before
+
 
 def test_resume_past_the_steps_is_refused_and_an_older_checkpoint_sets_the_later_history_aside(tmp_path, base_model):
     import csv
@@ -477,7 +492,8 @@ def test_resume_past_the_steps_is_refused_and_an_older_checkpoint_sets_the_later
     (aside,) = (out / "checkpoints").glob("abandoned-*")
     assert str(aside) in branch.stderr
     assert sorted(p.name for p in aside.iterdir()) == ["loss.csv", "pytorch_lora_weights.safetensors",
-                                                        "step-000002", "step-000003"]
+                                                        "step-000002", "step-000003", "train_config.json"]
+    assert json.loads((aside / "train_config.json").read_text())["lr"] == 1e-4  # the settings that history ran with
     assert (aside / "pytorch_lora_weights.safetensors").read_bytes() == lora
     assert [r["step"] for r in csv.DictReader((aside / "loss.csv").open())] == ["1", "2", "3"]
     rows = {r["step"]: float(r["lr"]) for r in csv.DictReader((out / "loss.csv").open())}
@@ -494,7 +510,13 @@ def test_resume_past_the_steps_is_refused_and_an_older_checkpoint_sets_the_later
 
     # Back to the first history's step 2: the second history after step 1 goes aside in turn, the first comes back
     # up to step 2 (its step 3 stays aside), and the run goes on from there as one history.
-    back = run_sana(*args, "--steps", "3", "--lr", "1e-4", "--resume-from", str(aside / "step-000002"))
+    # (its own settings, lr 1e-4, not the current history's 5e-5; a checkpoint of another run is refused first)
+    other = tmp_path / "other"
+    assert run_sana(*finetune_args(data, base_model, other, "--lora-rank", "2", "--steps", "1")).returncode == 0
+    foreign = run_sana(*args, "--steps", "3", "--resume-from", str(other / "checkpoints" / "step-000001"))
+    assert f"is not a checkpoint of the run in {out}" in assert_one_line_error(foreign)
+    assert f"--out {other}" in foreign.stderr
+    back = run_sana(*args, "--steps", "3", "--resume-from", str(aside / "step-000002"))
     assert back.returncode == 0, back.stderr
     assert f"of the history in {aside.name}" in back.stderr and "resumed from step-000002" in back.stderr
     (second,) = [p for p in (out / "checkpoints").glob("abandoned-*") if p != aside]

@@ -112,6 +112,10 @@ def set_aside_after(out: Path, step: int, stamp: str, exports: tuple[str, ...] =
         n += 1
         aside = root / f"abandoned-{stamp}-{n}"
     aside.mkdir(parents=True)
+    from .config import CONFIG_NAME
+
+    if (out / CONFIG_NAME).is_file():  # the settings that history ran with, for a later return to it
+        shutil.copy2(out / CONFIG_NAME, aside / CONFIG_NAME)
     moved = []
     for path in later:
         os.replace(path, aside / path.name)

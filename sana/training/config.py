@@ -114,7 +114,7 @@ class TrainConfig:
             (bool(self.lora_targets), "--lora-targets names no module (e.g. to_q,to_k,to_v)"),
             (self.val_steps >= 1, "--val-steps must be at least 1"),
             (self.val_every >= 0, "--val-every must be 0 or more"),
-            (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "--checkpoint-every and --keep must be at least 1"),
+            (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "--checkpoint-every and --keep-checkpoints must be at least 1"),
             (self.optimizer in ("adamw", "adamw8bit"), "--optimizer must be adamw or adamw8bit"),
             (self.precision in ("auto", "bf16", "fp16", "fp32"), "--precision must be auto, bf16, fp16 or fp32"),
             (self.save_dtype in ("bf16", "fp16", "fp32"), "--save-dtype must be bf16, fp16 or fp32"),

@@ -1,0 +1,57 @@
+"""A run folder's history across resumes (`sana_cli/finetune_resume.py`), on folders laid out by hand: which
+history a checkpoint belongs to, and an RL history's best weights coming back with it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sana.errors import UsageError
+from sana_cli.finetune_resume import _bring_back_best, checkpoint_history
+
+
+def _best(folder, round_index: int, tag: str) -> None:
+    (folder / "best").mkdir(parents=True)
+    (folder / "best" / "weights.txt").write_text(tag)
+    (folder / "best.json").write_text(json.dumps({"round": round_index, "val_reward": 0.5, "path": "best"}))
+
+
+def test_a_checkpoint_belongs_to_the_run_a_set_aside_history_of_it_or_is_refused(tmp_path):
+    run, other = tmp_path / "run", tmp_path / "other"
+    assert checkpoint_history(run, run / "checkpoints" / "step-000002") is None
+    aside = run / "checkpoints" / "abandoned-20261205-010203"
+    assert checkpoint_history(run, aside / "step-000003") == aside.resolve()
+    with pytest.raises(UsageError, match="not a checkpoint of the run in") as refused:
+        checkpoint_history(run, other / "checkpoints" / "step-000001")
+    assert f"--out {other.resolve()}" in refused.value.hint
+    with pytest.raises(UsageError, match="not a checkpoint of the run in"):
+        checkpoint_history(run, tmp_path / "loose" / "step-000001")
+
+
+@pytest.mark.parametrize("aside_made", [True, False])
+def test_a_history_brought_back_brings_its_best_and_keeps_the_shared_one(tmp_path, aside_made):
+    run = tmp_path / "run"
+    folder = run / "checkpoints" / "abandoned-a"   # the history coming back (best at round 3)
+    aside = run / "checkpoints" / "abandoned-b" if aside_made else None   # the one just set aside
+    folder.mkdir(parents=True)
+    if aside:
+        aside.mkdir()
+    _best(folder, 3, "history a, round 3")
+    _best(run, 1, "shared, round 1")
+    said = _bring_back_best(run, folder, aside, step=4)
+    assert said == ["its best weights (round 3) too"]
+    assert (run / "best" / "weights.txt").read_text() == "history a, round 3"
+    assert json.loads((run / "best.json").read_text())["round"] == 3
+    kept = aside or folder  # nothing deleted: the superseded best went beside the history it belongs to
+    assert (kept / "best" / "weights.txt").read_text() == "shared, round 1"
+    assert not list(run.glob(".best*"))
+
+
+def test_a_best_found_after_the_checkpoint_stays_set_aside(tmp_path):
+    run = tmp_path / "run"
+    folder = run / "checkpoints" / "abandoned-a"
+    folder.mkdir(parents=True)
+    _best(folder, 5, "history a, round 5")
+    assert _bring_back_best(run, folder, None, step=4) == []
+    assert (folder / "best.json").is_file() and not (run / "best").exists()
