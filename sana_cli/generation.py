@@ -123,7 +123,7 @@ def read_jobs(flags: dict[str, Any], replay: dict[str, Any], command: str, noun:
         return [(job.prompt, dict(job.overrides)) for job in read_prompts(Path(flags["prompts"]))]
     prompt = flags.get("prompt") or replay.get("prompt")
     if not prompt:
-        raise UsageError("no prompt given", f"usage: sana {command} \"a prompt\" (or --prompts FILE, or --from {noun})")
+        raise UsageError("no prompt given", f"give a prompt: sana {command} \"a prompt\", or --prompts FILE, or --from {noun}")
     return [(prompt, {})]
 
 

@@ -400,12 +400,13 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
     """(prompt, seeds, clip paths): the clips and the camera files beside them must not exist (unless --force)."""
     from sana.camera.export import camera_json_path
     from sana.outputs import exists_error, plan_clip_paths
+    from sana.outputs.video import check_replaceable_frames, clip_format
 
     from .generation import plan_jobs
 
     if not settings.get("prompt"):
-        raise UsageError("no prompt given", "usage: sana world \"a prompt\" --image FIRST.png --camera PATH.json "
-                         "(or --from CLIP)")
+        raise UsageError("no prompt given", "give a prompt: sana world \"a prompt\" --image FIRST.png --camera PATH.json, "
+                         "or --from CLIP")
 
     def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
         paths = plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=settings.get("format"), force=force,
@@ -413,6 +414,8 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
         for clip in paths:
             if camera_json_path(clip).exists() and not force:
                 raise exists_error(camera_json_path(clip))
+            if force and clip_format(clip) == "png":  # a frames folder is replaced whole: never one with a user's file
+                check_replaceable_frames(clip)
         return paths
 
     ((prompt, job, seeds, paths),) = plan_jobs([(settings["prompt"], {})], replay, explicit, dry_run=dry_run,

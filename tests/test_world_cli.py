@@ -91,6 +91,11 @@ def test_clip_camera_file_metadata_and_replay(tiny, image, tmp_path):
     for index, (a, b) in enumerate(zip(ours, ref)):
         assert psnr(a, np.asarray(b)) >= 45, f"frame {index}"
 
+    # --force replaces a frames folder whole, so one holding a file sana did not write is refused before any work
+    (folder / "notes.txt").write_text("mine")
+    again = run_sana("world", "--from", str(clip), "--format", "png", "-o", f"{out}/", "--force", *COMMON)
+    assert "notes.txt" in assert_one_line_error(again) and (folder / "notes.txt").read_text() == "mine"
+
 
 def test_preview_draws_the_path_without_a_model(image, tmp_path):
     """The registry model is not downloaded here: the preview needs none. Without --image it draws at 1280x704."""
