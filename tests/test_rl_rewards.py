@@ -29,13 +29,25 @@ def test_parse_names_weights_folders_and_plugins(tmp_path):
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("pickscor", "did you mean pickscore"), ("", "names no reward"), ("shapes:heavy", "unknown reward"),
+    ("pickscor", "did you mean pickscore"), ("", "names no reward"),
+    ("shapes:heavy", r"^reward weight 'heavy' in 'shapes:heavy' is not a number$"),
+    ("shapes:", "reward weight '' in 'shapes:' is not a number"), ("shapez:abc", r"unknown reward 'shapez' \("),
     ("shapes:0", "finite non-zero"), ("clip,clip:2", "names clip twice"), ("shapes=/dir", "only clip and pickscore"),
-    ("x.py:fn:lots", "not a number"),
+    ("x.py:fn:lots", "reward weight 'lots' in 'x.py:fn:lots' is not a number"),
+    ("plugins/mine.txt:score", r"unknown reward 'plugins/mine.txt:score' \(use .* or path/file.py:function"),
 ])
 def test_bad_reward_specs_are_usage_errors(spec, message):
     with pytest.raises(UsageError, match=message):
         rw.parse_rewards(spec)
+
+
+def test_colons_in_folders_and_plugin_paths_are_not_weights():
+    """Only a bare name or a number around the last colon makes a weight: Windows folders and dotted plugin
+    paths keep theirs."""
+    terms = rw.parse_rewards(r"clip=C:\models\clip, pickscore=D:\ps:0.5, C:\rewards\my.plug.py:score:2")
+    assert [(t.name, t.weight, t.path, t.model_dir) for t in terms] == [
+        ("clip", 1.0, None, r"C:\models\clip"), ("pickscore", 0.5, None, r"D:\ps"),
+        ("score", 2.0, r"C:\rewards\my.plug.py", None)]
 
 
 def test_plugin_checks_read_the_file_without_running_it(tmp_path):

@@ -36,6 +36,7 @@ BUILTIN_REWARDS = {
 }
 REWARD_PACKAGES = {"hpsv2": ("hpsv2", "pip install hpsv2x"), "imagereward": ("ImageReward", "pip install image-reward")}
 _PLUGIN = re.compile(r"(?P<path>.+\.py):(?P<function>[A-Za-z_]\w*)(?::(?P<weight>[^:]+))?")
+_NAME = re.compile(r"\s*[A-Za-z_][\w-]*\s*")  # what `NAME:WEIGHT` has before the colon (no path, no =folder)
 
 
 class RewardError(SanaError):
@@ -69,10 +70,11 @@ def parse_rewards(text: str) -> list[RewardTerm]:
             weight = _weight(plugin["weight"], item) if plugin["weight"] else 1.0
             terms.append(RewardTerm(plugin["function"], weight, path=plugin["path"]))
             continue
-        weight = 1.0
+        spec, weight_text = item, None
         head, sep, tail = item.rpartition(":")
-        if sep and _is_number(tail):
-            item, weight = head, _weight(tail, item)
+        # A colon ends a weight after a bare name, or before a number; a folder may hold colons (`clip=C:\models`).
+        if sep and (_is_number(tail) or _NAME.fullmatch(head)):
+            item, weight_text = head, tail
         name, _, folder = item.partition("=")
         name = name.strip().lower()
         if name not in BUILTIN_REWARDS:
@@ -83,6 +85,7 @@ def parse_rewards(text: str) -> list[RewardTerm]:
             raise UsageError(f"unknown reward '{name}'", hint)
         if folder and name not in ("clip", "pickscore"):
             raise UsageError(f"--reward {name}={folder}: only clip and pickscore read a local folder")
+        weight = _weight(weight_text, spec) if weight_text is not None else 1.0
         terms.append(RewardTerm(name, weight, model_dir=folder or None))
     if not terms:
         raise UsageError("--reward names no reward", f"use {', '.join(BUILTIN_REWARDS)} or path/file.py:function")
@@ -104,9 +107,9 @@ def _weight(text: str, item: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"--reward {item}: the weight '{text}' is not a number") from None
+        raise UsageError(f"reward weight '{text}' in '{item}' is not a number") from None
     if not math.isfinite(value) or value == 0:
-        raise UsageError(f"--reward {item}: the weight must be a finite non-zero number")
+        raise UsageError(f"reward weight '{text}' in '{item}' must be a finite non-zero number")
     return value
 
 
