@@ -96,11 +96,21 @@ def test_full_fine_tuning_round_exports_a_model_folder(files, base_model):
 
 
 
-def _scripted_validation(monkeypatch, rewards: dict[int, float]) -> None:
-    """Validation that returns `rewards[round]` instead of sampling and scoring a grid."""
+def _scripted_validation(monkeypatch, rewards: dict[int, float | None]) -> None:
+    """Validation that returns `rewards[round]` (recorded in rewards.csv, as a grid's mean is) instead of sampling
+    and scoring a grid; None is a reward that fails."""
+    from sana.rewards.plugins import RewardError
+    from sana.training.rl import log as rl_log
     from sana.training.rl.loop import RLTrainer
 
-    monkeypatch.setattr(RLTrainer, "_validation_grid", lambda self, step, prompts, state: rewards[step])
+    def grid(self, step, prompts, state):
+        if rewards[step] is None:
+            raise RewardError("reward 'brightness' raised ValueError: the judge is asleep")
+        fields = rl_log.fields_for(self.components.labels)
+        rl_log.set_value(self.out / rl_log.REWARDS_NAME, step, "val_reward", f"{rewards[step]:.6g}", fields)
+        return rewards[step]
+
+    monkeypatch.setattr(RLTrainer, "_validation_grid", grid)
 
 
 def _best_saves(saved: list[tuple[str, Path]]) -> list[str]:
@@ -146,6 +156,38 @@ def test_the_best_so_far_survives_a_resume(files, base_model, monkeypatch):
         resume=True, events=events)
     assert _best_saves(saved) == ["best so far (round 4, validation reward 0.95)"]
     assert '"round": 4' in (files / "split" / "best.json").read_text()
+
+
+def test_a_new_best_must_beat_the_bar_by_more_than_noise(files, base_model, monkeypatch):
+    """0.961218 over 0.961215 is the same images rounded differently, not a better round: best/ stays round 2's."""
+    from sana.training.rl.loop import BEST_MARGIN, RLEvents, run
+
+    _scripted_validation(monkeypatch, {0: 0.5, 2: 0.961215, 4: 0.961218, 6: 0.961215 + 2 * BEST_MARGIN})
+    saved = []
+    run(_config(files / "noise", base_model, files / "prompts.txt", files / "plug.py", steps=6, val_every=2),
+        events=RLEvents(on_saved=lambda kind, path: saved.append((kind, path))))
+    assert _best_saves(saved) == ["best so far (round 2, validation reward 0.9612)",
+                                  "best so far (round 6, validation reward 0.9614)"]
+
+
+def test_a_validation_made_up_on_resume_can_be_the_best(files, base_model, monkeypatch):
+    """The time limit stops after round 1 and the reward fails at its validation: resumed, round 1 (due because
+    the run stopped there, though --val-every is 2) is validated first and beats the bar, then round 4 beats it."""
+    from sana.training.rl.loop import RLEvents, run
+
+    _scripted_validation(monkeypatch, {0: 0.5, 1: None})
+    saved = []
+    events = RLEvents(on_saved=lambda kind, path: saved.append((kind, path)))
+    with pytest.raises(SanaError, match=r"\(validation after round 1\); the 1 round\(s\) trained are saved"):
+        run(_config(files / "split", base_model, files / "prompts.txt", files / "plug.py", steps=4, val_every=2,
+                    max_minutes=1e-6), events=events)
+    _scripted_validation(monkeypatch, {1: 0.9, 2: 0.6, 4: 0.95})
+    saved.clear()
+    run(_config(files / "split", base_model, files / "prompts.txt", files / "plug.py", steps=4, val_every=2),
+        resume=True, events=events)
+    assert _best_saves(saved) == ["best so far (round 1, validation reward 0.9)",
+                                  "best so far (round 4, validation reward 0.95)"]
+    assert [r["val_reward"] for r in read_csv(files / "split" / "rewards.csv")] == ["0.5", "0.9", "0.6", "", "0.95"]
 
 
 def test_full_fine_tuning_keeps_its_best_as_a_model_folder(files, base_model, monkeypatch):
@@ -208,3 +250,44 @@ def test_ctrl_c_says_at_once_it_stops_after_the_round_and_twice_stops_now(files,
         assert not (files / "run" / "checkpoints" / "step-000002").exists()
     assert notes == ["stopping after this round, with a checkpoint (Ctrl-C again to stop now, keeping the last "
                      "checkpoint)"]
+
+
+def test_a_reward_failing_at_a_checkpoints_validation_is_validated_on_resume(files, base_model, monkeypatch):
+    """The reward fails at the validation after round 5, whose checkpoint was just written: the checkpoint is named
+    once, and --resume validates round 5 (its grid and val_reward) before training round 6."""
+    from sana.training.rl.loop import RLEvents, run
+
+    # Validation of round 0 is the reward's first call, each round two more: the 12th is round 5's validation.
+    settings = dict(steps=6, val_every=5, checkpoint_every=5, reward=f"{files / 'plug.py'}:flaky")
+    monkeypatch.setenv("FAIL_AFTER", "11")
+    saved, validated = [], []
+    events = RLEvents(on_saved=lambda kind, path: saved.append((kind, path.name)),
+                      on_validation=lambda step, mean: validated.append(step))
+    with pytest.raises(SanaError, match=r"\(validation after round 5\); the 5 round\(s\) trained are saved in"):
+        run(_config(files / "run", base_model, files / "prompts.txt", files / "plug.py", **settings), events=events)
+    assert [name for kind, name in saved if kind == "checkpoint"] == ["step-000005"]
+    assert validated == [0] and not (files / "run" / "samples" / "round-000005.png").exists()
+    monkeypatch.delenv("FAIL_AFTER")
+    validated.clear()
+    run(_config(files / "run", base_model, files / "prompts.txt", files / "plug.py", **settings), resume=True,
+        events=events)
+    assert validated == [5, 6] and (files / "run" / "samples" / "round-000005.png").exists()
+    rows = {r["round"]: r["val_reward"] for r in read_csv(files / "run" / "rewards.csv")}
+    assert rows["5"] and rows["6"] and not rows["4"]
+
+
+def test_an_older_runs_reward_std_is_read_as_adv_std(tmp_path):
+    """reward_std was renamed adv_std (it is the advantages' divisor, across prompts, not the spread between
+    reward_best and reward_worst): a resumed older run keeps its values; a reward term called std keeps its own."""
+    from sana.training.rl import log as rl_log
+
+    path = tmp_path / "rewards.csv"
+    path.write_text("round,reward_mean,reward_best,reward_worst,reward_std\n1,0.73,0.7316,0.7315,0.2296\n2,0.8,,,0.2\n")
+    fields = rl_log.fields_for(["brightness"])
+    rl_log.truncate_rows(path, 1, fields)
+    rl_log.append_row(path, {"round": 2, "adv_std": "0.1"}, fields)
+    rows = read_csv(path)
+    assert [(r["round"], r["adv_std"]) for r in rows] == [("1", "0.2296"), ("2", "0.1")] and "reward_std" not in rows[0]
+    fields = rl_log.fields_for(["brightness", "std"])
+    rl_log.write_rows(path, [{"round": "1", "adv_std": "0.3", "reward_std": "0.5"}], fields)
+    assert rl_log.read_rows(path)[0]["adv_std"] == "0.3" and rl_log.read_rows(path)[0]["reward_std"] == "0.5"

@@ -1,6 +1,20 @@
 """An RL run's records: `rewards.csv` (a row a round), `reward.png` (mean, best and worst reward per round, and
 the validation reward), and the validation grids (`samples/round-NNNNNN.png`, each tile's reward under it).
 Drawn with PIL; no plotting library needed.
+
+rewards.csv's reward columns are all over the same images, the round's kept rollouts (every prompt trained on,
+`--keep-seeds` a prompt, every process), but are different statistics:
+    reward_mean                 the mean of them all
+    reward_best, reward_worst   the mean over prompts of each prompt's best / worst rollout
+    adv_std                     the standard deviation of them all, across prompts: what the advantages are
+                                divided by. It holds the spread between prompts, so it can be far wider than
+                                reward_best - reward_worst (two prompts whose seeds score 0.96 and 0.5 give best and
+                                worst 0.73, adv_std 0.23). Older runs called it reward_std.
+    explore_mean                the mean over every candidate of the cheap exploration pass, the whole
+                                --prompt-pool included (when --candidates exceeds --keep-seeds)
+    explore_uniform             the share of explored prompts whose candidates all scored alike
+    val_reward                  the mean over the validation grid, on rounds validated
+    reward_LABEL                each term's mean over the kept rollouts, when several rewards are summed
 """
 
 from __future__ import annotations
@@ -9,19 +23,30 @@ import math
 import os
 from pathlib import Path
 
-from ..plot import read_log as read_rows
-from ..plot import write_rows
+from ..plot import read_log, write_rows
 
 REWARDS_NAME = "rewards.csv"
 REWARD_PLOT = "reward.png"
-BASE_FIELDS = ("round", "reward_mean", "reward_best", "reward_worst", "reward_std", "explore_mean", "explore_uniform",
+BASE_FIELDS = ("round", "reward_mean", "reward_best", "reward_worst", "adv_std", "explore_mean", "explore_uniform",
                "val_reward",
                "policy_loss", "kl", "lr", "grad_norm", "old_decay", "images_per_s", "elapsed_s")
+RENAMED = {"reward_std": "adv_std"}  # old column -> its name now: a resumed older run keeps its values
 
 
 def fields_for(labels: list[str]) -> list[str]:
     """The columns: the base ones, plus each term's mean when several rewards are summed."""
     return list(BASE_FIELDS) + ([f"reward_{label}" for label in labels] if len(labels) > 1 else [])
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows, older column names read as today's (not where the file has today's too: a reward term called
+    `std` has a `reward_std` column of its own)."""
+    rows = read_log(path)
+    for row in rows:
+        for old, new in RENAMED.items():
+            if old in row and new not in row:
+                row[new] = row.pop(old)
+    return rows
 
 
 def append_row(path: Path, row: dict, fields: list[str]) -> None:

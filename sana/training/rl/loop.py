@@ -10,7 +10,8 @@ The model, LoRA (or full weights), optimizer, gradient accumulation and clipping
 5. the old policy decays toward the new one, its inference copies are synced;
 6. rewards.csv / loss.csv rows, checkpoint, validation grid, the time limit.
 The checkpoint adds the old policy's weights (`old.safetensors`); every random draw of round r comes from
-(seed, r, position), so a resumed run repeats an uninterrupted one.
+(seed, r, position), so a resumed run repeats an uninterrupted one. A checkpoint is written before its round's
+validation; a resumed run first validates that round when it was due and never was (the reward failed there).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ OLD_NAME = "old.safetensors"
 BEST_NAME = "best"  # the weights of the best validation so far: a LoRA file or a model folder
 BEST_RECORD = "best.json"  # its round and validation reward, in the run folder
 BEST_IN_CHECKPOINT = "rl_best.json"  # the best validation reward as of a checkpoint (the base model's counts)
+VALIDATION_IN_CHECKPOINT = "rl_validation.json"  # whether the checkpoint's round is due a validation
+# A new best must beat the bar by this share of it (absolute for rewards within [-1, 1]): validations of nearly the
+# same weights differ in the 6th digit by rounding alone, and best/ was being rewritten for 0.961218 over 0.961215.
+BEST_MARGIN = 1e-4
 PLOT_SECONDS = 30.0  # reward.png is redrawn at most this often while training (~80 ms at 400 rounds), and at the end
 
 
@@ -116,6 +121,9 @@ class RLTrainer(Trainer):
         self.report = DataReport(root=Path(cfg.data))
         self.resumed_round = 0
         self.best_val: float | None = None  # main process: the best validation reward so far, the base's included
+        self._due = False  # the last finished round is due a validation (its checkpoint records it)
+        self._resumed_due = False  # the same, for the checkpoint resumed from
+        self._checkpointed: tuple[int, Path | None] | None = None  # (round, folder) of this run's last checkpoint
         self.components: Components | None = None
         self._plotted = -math.inf
 
@@ -238,7 +246,7 @@ class RLTrainer(Trainer):
 
         per_prompt = rewards.view(cfg.prompts_per_round, keep)
         stats = {"reward_mean": rewards.mean().item(), "reward_best": per_prompt.max(1).values.mean().item(),
-                 "reward_worst": per_prompt.min(1).values.mean().item(), "reward_std": rewards.std(correction=0).item(),
+                 "reward_worst": per_prompt.min(1).values.mean().item(), "adv_std": rewards.std(correction=0).item(),
                  "images": world.size * out.images}
         if out.explore_rewards is not None:
             explored = gather(out.explore_rewards.to(self.device), world)  # [pool prompts, candidates]
@@ -302,6 +310,11 @@ class RLTrainer(Trainer):
                 try:
                     if step == 0 and self._validation_prompts():
                         self.validate(0)
+                    elif resume and self._unvalidated(step):
+                        try:
+                            self.validate(step)
+                        except RewardError as exc:
+                            raise self._failed(step, exc, f"validation of round {step}") from None
                     step = self._rounds(stop, result, step, started, fields)
                     self._plot(force=True)
                     return self._finish(result, step)
@@ -324,10 +337,12 @@ class RLTrainer(Trainer):
             result.step = step  # what a second Ctrl-C reports
             self._log_round(step, stats, eta, time.perf_counter() - round_started, started, fields)
             stopping, finishing = self._stop_checks(stop, started)
+            # A stop (Ctrl-C) skips the validation, not its being due: a resume makes it up.
+            self._due = bool(self._validation_prompts()) and (step == cfg.steps or finishing or bool(
+                cfg.val_every and step % cfg.val_every == 0))
             if stopping or finishing or step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 result.checkpoint = self.save_checkpoint(step)
-            if self._validation_prompts() and not stopping and (step == cfg.steps or finishing or (
-                    cfg.val_every and step % cfg.val_every == 0)):
+            if self._due and not stopping:
                 try:
                     self.validate(step)
                 except RewardError as exc:
@@ -349,9 +364,12 @@ class RLTrainer(Trainer):
 
     def _failed(self, step: int, exc: RewardError, where: str) -> SanaError:
         """A reward failed mid-run: keep what is trained (a checkpoint at the last finished round), say why."""
-        if step <= self.resumed_round:
-            return exc  # nothing trained since the start (or the checkpoint resumed from)
-        folder = self.save_checkpoint(step)
+        if step <= self.resumed_round:  # nothing trained since the start (or the checkpoint resumed from)
+            return RewardError(f"{exc.message} ({where})", exc.hint)
+        # The round's checkpoint may be written already (the validation after it failed): named once, not rewritten.
+        done, folder = self._checkpointed or (None, None)
+        if done != step:
+            folder = self.save_checkpoint(step)
         return SanaError(f"{exc.message} ({where}); the {step} round(s) trained are saved in {folder}",
                          "fix the reward, then continue with --resume")
 
@@ -384,12 +402,18 @@ class RLTrainer(Trainer):
             self._plotted = time.perf_counter()
 
     # 6. Checkpoints: the old policy besides the Trainer's state --------------------------------------------------
+    def save_checkpoint(self, step: int) -> Path | None:
+        folder = super().save_checkpoint(step)
+        self._checkpointed = (step, folder)
+        return folder
+
     def save_extras(self, staged: Path) -> None:
         old = {n: (t.full_tensor() if hasattr(t, "full_tensor") else t) for n, t in self.old.items()}
         if self.world.is_main:
             ckpt.save_tensors(staged / OLD_NAME, old)
             if self.best_val is not None:
                 ckpt.write_json(staged / BEST_IN_CHECKPOINT, {"val_reward": self.best_val})
+            ckpt.write_json(staged / VALIDATION_IN_CHECKPOINT, {"due": self._due})
 
     def restore_extras(self, folder: Path) -> None:
         if not (folder / OLD_NAME).is_file():
@@ -405,6 +429,20 @@ class RLTrainer(Trainer):
                 tensor.copy_(full)
         self.resumed_round = int(ckpt.read_json(folder / "state.json")["step"])
         self.best_val = self._best_when_resumed(folder)
+        if (folder / VALIDATION_IN_CHECKPOINT).is_file():
+            self._resumed_due = bool(ckpt.read_json(folder / VALIDATION_IN_CHECKPOINT)["due"])
+        else:  # a checkpoint from before the record: what --val-every and --steps say
+            cfg, done = self.cfg, self.resumed_round
+            self._resumed_due = done == cfg.steps or bool(cfg.val_every and done % cfg.val_every == 0)
+
+    def _unvalidated(self, step: int) -> bool:
+        """The checkpoint resumed from (round `step`) was due a validation that rewards.csv does not hold: the
+        reward failed there, or a Ctrl-C skipped it. Every process agrees."""
+        missing = False
+        if self.world.is_main and self._resumed_due and step > 0 and self._validation_prompts():
+            rows = rl_log.read_rows(self.out / rl_log.REWARDS_NAME)
+            missing = not any(r.get("round") == str(step) and r.get("val_reward") for r in rows)
+        return distributed.any_rank(missing, self.world, self.device)
 
     def _best_when_resumed(self, folder: Path) -> float | None:
         """The best validation reward as of the checkpoint, or of `best.json` where that records the validation
@@ -441,7 +479,8 @@ class RLTrainer(Trainer):
                 if step == 0:  # the base model sets the bar; nothing of it is saved
                     self.best_val = mean
                 else:
-                    improved = self.best_val is None or mean > self.best_val
+                    bar = self.best_val
+                    improved = bar is None or mean > bar + BEST_MARGIN * max(1.0, abs(bar))
         if distributed.any_rank(failure is not None, self.world, self.device):
             raise failure or RewardError("a reward failed in the main process (see its output)")
         del state
