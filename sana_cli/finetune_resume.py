@@ -44,12 +44,27 @@ def checkpoint_history(out_dir: Path, resume_from: Path | None) -> Path | None:
                      f"pass a folder of {ckpt.checkpoint_root(out_dir)}")
 
 
+def complete_checkpoint(out_dir: Path, resume_from: Path) -> Path:
+    """The --resume-from folder, which must be a complete checkpoint. On a process other than the main one it may
+    already be where the main process moved it (a set-aside history's checkpoint comes back among the run's own)."""
+    folder = Path(resume_from).expanduser()
+    if not (folder / "state.json").is_file():
+        moved = resume_folder_on_other_ranks(out_dir, folder)
+        if not (moved / "state.json").is_file():
+            raise UsageError(f"--resume-from {resume_from} is not a complete checkpoint (no state.json)",
+                             f"pass a folder such as {out_dir / 'checkpoints' / 'step-000500'}")
+        return moved
+    return folder
+
+
 def settings_to_resume(config_class, out_dir: Path, resume_from: Path | None):
     """The settings a resume starts from: the run's, or for a checkpoint of a set-aside history those that history
     ran with (kept beside it when it was set aside), under the run's whole `resumes` record."""
     from sana.training.config import CONFIG_NAME
 
     saved = config_class.load(out_dir)
+    if resume_from is not None:
+        complete_checkpoint(out_dir, resume_from)  # said first: "not a checkpoint at all" before "not this run's"
     history = checkpoint_history(out_dir, resume_from)
     if history is not None and (history / CONFIG_NAME).is_file():
         theirs = config_class.load(history)
@@ -139,8 +154,10 @@ def resume_folder_on_other_ranks(out_dir: Path, resume_from: Path) -> Path:
     every process, the main one included, which moves it first."""
     from sana.training import checkpoint as ckpt
 
-    if checkpoint_history(out_dir, resume_from) is not None:
-        return ckpt.checkpoint_root(out_dir) / Path(resume_from).name
+    folder = Path(resume_from).expanduser().resolve()
+    root = ckpt.checkpoint_root(out_dir).expanduser().resolve()
+    if folder.parent.parent == root and folder.parent.name.startswith("abandoned-"):
+        return ckpt.checkpoint_root(out_dir) / folder.name
     return resume_from
 
 
@@ -162,10 +179,7 @@ def check_checkpoint(out_dir: Path, resume_from: Path | None, steps: int | None 
     from sana.training import checkpoint as ckpt
 
     if resume_from is not None:
-        folder = Path(resume_from).expanduser()
-        if not (folder / "state.json").is_file():
-            raise UsageError(f"--resume-from {resume_from} is not a complete checkpoint (no state.json)",
-                             f"pass a folder such as {out_dir / 'checkpoints' / 'step-000500'}")
+        folder = complete_checkpoint(out_dir, resume_from)
     else:
         found = ckpt.list_checkpoints(out_dir)
         if not found:

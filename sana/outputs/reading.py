@@ -35,10 +35,10 @@ def read_metadata(path: Path) -> GenerationRecord:
         json_sources, a1111_sources = _image_sources(path)
     except UnidentifiedImageError:
         if not _is_video_container(path):
-            raise SanaError(f"{path} is not an image or clip that can be read") from None
+            raise UsageError(f"{path} is not an image or clip that can be read") from None
         json_sources, a1111_sources = _video_sources(path)
     except (OSError, SyntaxError, ValueError):
-        raise SanaError(f"{path} is not an image or clip that can be read") from None
+        raise UsageError(f"{path} is not an image or clip that can be read") from None
     return _record_from(path, json_sources, a1111_sources)
 
 
@@ -102,7 +102,7 @@ def _record_from(path: Path, json_sources: list[str | None],
             return GenerationRecord.from_a1111(text)
     if problem is not None:
         raise SanaError(f"{path}: {problem}")
-    raise SanaError(f"{path} has no generation metadata", "sana reads its own metadata and A1111 'parameters'")
+    raise UsageError(f"{path} has no generation metadata", "sana reads its own metadata and A1111 'parameters'")
 
 
 def _read_frames_folder(folder: Path) -> GenerationRecord:

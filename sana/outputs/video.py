@@ -305,7 +305,7 @@ def mp4_tags(path: Path) -> dict[str, str]:
     except subprocess.TimeoutExpired:
         raise SanaError(f"{path}: ffmpeg took over {_FFMPEG_TIMEOUT_S} s to read the metadata") from None
     if result.returncode != 0:
-        raise SanaError(f"{path} is not an image or clip that can be read")
+        raise UsageError(f"{path} is not an image or clip that can be read")
     return parse_ffmetadata(result.stdout.decode("utf-8", errors="replace"))
 
 
@@ -369,7 +369,7 @@ def read_clip(path: Path) -> tuple[np.ndarray, float | None]:
     except UnidentifiedImageError:
         pass
     except (OSError, SyntaxError, ValueError):
-        raise SanaError(f"{path} is not a clip that can be read") from None
+        raise UsageError(f"{path} is not a clip that can be read") from None
     return _read_with_ffmpeg(path)
 
 
@@ -383,7 +383,7 @@ def _read_with_ffmpeg(path: Path) -> tuple[np.ndarray, float | None]:
         width, height = meta["size"]
         frames = [np.frombuffer(data, np.uint8).reshape(height, width, 3) for data in reader]
     except (OSError, RuntimeError, StopIteration):
-        raise SanaError(f"{path} is not a clip that can be read") from None
+        raise UsageError(f"{path} is not a clip that can be read") from None
     if not frames:
         raise SanaError(f"{path} has no frames")
     return np.stack(frames), float(meta["fps"])
