@@ -64,7 +64,7 @@ def print_dry_run(model_arg: str, requests: list, generated: list[tuple[int, int
         console.json_line({"dry_run": True, "model": model_arg, "clips": clips, "memory": plan_json(plan)})
         return
     for (request, _, fps, _), (gen_w, gen_h) in zip(requests, generated):
-        console.out.print(f"{len(request.seeds)} clip(s) of {request.frames} frames at {fps:g} fps "
+        console.out.print(f"{len(request.seeds)} clip(s) of {request.frames} frame{'s' if request.frames != 1 else ''} at {fps:g} fps "
                           f"({request.frames / fps:.2f} s), {request.width}x{request.height} "
                           f"(generated at {gen_w}x{gen_h}): {request.prompt}", highlight=False, markup=False)
     from .generation import plan_table

@@ -301,7 +301,8 @@ class MemoryPlan:
 
     def headline(self) -> str:
         """One line: tier, why, the clip's frames, and the numbers."""
-        frames = f"{clip_shape(self.sizes, self.work).frames} frames; " if self.sizes.is_clip else ""
+        count = clip_shape(self.sizes, self.work).frames if self.sizes.is_clip else 0
+        frames = f"{count} frame{'s' if count != 1 else ''}; " if self.sizes.is_clip else ""
         if not self.device.is_accelerator:
             text = (f"memory: everything on the CPU ({self.dtype}); {frames}predicted peak {_gib(self.peak_bytes)} "
                     f"of {_gib(self.budget)} usable RAM")
