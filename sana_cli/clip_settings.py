@@ -3,6 +3,7 @@ is imported, the first frame decoded up front, and the request built from the se
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +82,10 @@ def check_settings(settings: dict[str, Any]) -> None:
     if settings.get("sampler") and settings["sampler"] not in VIDEO_SAMPLERS:
         raise UsageError(f"unknown sampler '{settings['sampler']}' for a video model",
                          f"use {' or '.join(VIDEO_SAMPLERS)}")
-    if settings.get("cfg") is not None and float(settings["cfg"]) < 0:
-        raise UsageError("--cfg must be >= 0")
-    if settings.get("shift") is not None and float(settings["shift"]) <= 0:
-        raise UsageError("--shift must be > 0")
+    if settings.get("cfg") is not None and not (math.isfinite(float(settings["cfg"])) and float(settings["cfg"]) >= 0):
+        raise UsageError(f"--cfg {float(settings['cfg']):g} must be a finite number >= 0")
+    if settings.get("shift") is not None and not (math.isfinite(float(settings["shift"])) and float(settings["shift"]) > 0):
+        raise UsageError(f"--shift {float(settings['shift']):g} must be a finite number > 0")
 
 
 @dataclass(frozen=True)

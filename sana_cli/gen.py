@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ def gen(
     res: opt.Resolution = None,
     steps: opt.Steps = None,
     cfg: opt.Cfg = None,
-    pag: Annotated[Optional[float], typer.Option("--pag", help="Perturbed-attention guidance scale (0 = off).")] = None,
+    pag: Annotated[Optional[float], typer.Option("--pag", callback=opt.check_guidance, help="Perturbed-attention guidance scale (0 = off).")] = None,
     pag_layer: Annotated[Optional[int], typer.Option("--pag-layer", help="Block whose self-attention PAG perturbs.")] = None,
     seed: opt.Seed = None,
     negative: opt.Negative = None,
@@ -230,8 +231,11 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         if settings.get("sampler") and settings["sampler"] not in IMAGE_SAMPLERS:
             raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(IMAGE_SAMPLERS)}")
         for key, option in (("cfg", "--cfg"), ("pag", "--pag"), ("pag_layer", "--pag-layer")):
-            if settings.get(key) is not None and float(settings[key]) < 0:
-                raise UsageError(f"{option} {float(settings[key]):g} must be >= 0")
+            # also a prompts file's or a replayed record's values, which no option parser saw
+            if settings.get(key) is not None and not (math.isfinite(float(settings[key])) and float(settings[key]) >= 0):
+                raise UsageError(f"{option} {float(settings[key]):g} must be a finite number >= 0")
+        if settings.get("shift") is not None and not (math.isfinite(float(settings["shift"])) and float(settings["shift"]) > 0):
+            raise UsageError(f"--shift {float(settings['shift']):g} must be a finite number > 0")
 
     def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
         return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force or skip_existing,

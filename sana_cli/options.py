@@ -25,6 +25,24 @@ def check_device_name(name: str) -> str:
     return name
 
 
+def check_guidance(value: float | None) -> float | None:
+    """A guidance scale is a finite number >= 0 (NaN or infinity would only fail after the whole generation)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"{value:g} is not a guidance scale: use a finite number >= 0")
+    return value
+
+
+def check_shift(value: float | None) -> float | None:
+    """A flow shift is a finite number > 0 (the sigma schedule divides by it)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value:g} is not a flow shift: use a finite number > 0")
+    return value
+
+
 Model = Annotated[Optional[str], typer.Option("--model", "-m", autocompletion=complete_model, help="Registry name, org/repo id or local diffusers-format directory.")]
 Resolution = Annotated[Optional[str], typer.Option("--res", "-r", help="Size: 1024, WxH (e.g. 1536x1024), 1K, 2K, 4K, 720p, 1080p.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", "-s", help="Seed of the first image or clip (random if not given); --num N uses seed..seed+N-1.")]
@@ -48,10 +66,10 @@ Transformer = Annotated[Optional[str], typer.Option("--transformer", help="Trans
 Memory = Annotated[str, typer.Option("--memory", help="Placement: auto (from the GPU's free memory), high (everything on the GPU), balanced (text encoder leaves after encoding), low (each component on the GPU only while it runs), minimal (low + transformer blocks streamed from CPU memory).")]
 MaxVram = Annotated[Optional[str], typer.Option("--max-vram", help="Cap on the GPU memory sana uses, e.g. 8G (binary units: 8G = 8 GiB); the plan fits under it.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the memory plan (component, dtype, where, predicted peak) and exit without loading weights.")]
-Cfg = Annotated[Optional[float], typer.Option("--cfg", "--guidance", help="Classifier-free guidance scale (<= 1 turns CFG off).")]
+Cfg = Annotated[Optional[float], typer.Option("--cfg", "--guidance", callback=check_guidance, help="Classifier-free guidance scale (<= 1 turns CFG off).")]
 Negative = Annotated[Optional[str], typer.Option("--negative", help="Negative prompt.")]
 Sampler = Annotated[Optional[str], typer.Option("--sampler", help="flow-dpm (DPM-Solver++ 2M) or flow-euler.")]
-Shift = Annotated[Optional[float], typer.Option("--shift", help="Flow shift (model default if not given).")]
+Shift = Annotated[Optional[float], typer.Option("--shift", callback=check_shift, help="Flow shift (model default if not given).")]
 Server = Annotated[Optional[str], typer.Option("--server", help="Generate on a running `sana serve` at this URL (e.g. http://127.0.0.1:8000); the files are written here as without it. --lora then names one of the server's LoRAs.")]
 ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="SANA_API_KEY", help="The server's API key (with --server).")]
 

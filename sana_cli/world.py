@@ -12,6 +12,7 @@ so the poses are the same.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,10 +121,10 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise UsageError(f"--frames {settings['frames']} is out of range", f"SANA-WM makes 1 to {MAX_FRAMES} frames")
     if settings.get("steps") is not None and int(settings["steps"]) < 1:
         raise UsageError(f"--steps {settings['steps']}; expected a whole number >= 1")
-    if settings.get("cfg") is not None and float(settings["cfg"]) < 0:
-        raise UsageError("--cfg must be >= 0")
-    if settings.get("shift") is not None and float(settings["shift"]) <= 0:
-        raise UsageError("--shift must be > 0")
+    if settings.get("cfg") is not None and not (math.isfinite(float(settings["cfg"])) and float(settings["cfg"]) >= 0):
+        raise UsageError(f"--cfg {float(settings['cfg']):g} must be a finite number >= 0")
+    if settings.get("shift") is not None and not (math.isfinite(float(settings["shift"])) and float(settings["shift"]) > 0):
+        raise UsageError(f"--shift {float(settings['shift']):g} must be a finite number > 0")
     fmt = settings.get("format")
     if fmt is not None and fmt not in CLIP_FORMATS:
         raise UsageError(f"unknown --format '{fmt}'", f"use {', '.join(CLIP_FORMATS)}")

@@ -57,8 +57,13 @@ FAST_ERRORS = {
     "max-vram": (("gen", "x", "-m", "nano", "--max-vram", "lots"), "--max-vram 'lots'"),
     "out-under-a-file": (("gen", "x", "-m", "nano", "-o", "prompts.txt/out/"), "prompts.txt is not a directory"),
     "force-and-skip": (("gen", "x", "-m", "nano", "--force", "--skip-existing"), "contradict"),
-    "cfg-negative": (("gen", "x", "-m", "nano", "--cfg", "-1"), "--cfg -1 must be >= 0"),
-    "pag-negative": (("gen", "x", "-m", "nano", "--pag", "-2"), "--pag -2 must be >= 0"),
+    "cfg-negative": (("gen", "x", "-m", "nano", "--cfg", "-1"), "-1 is not a guidance scale"),
+    "cfg-nan": (("gen", "x", "-m", "nano", "--cfg", "nan"), "nan is not a guidance scale"),
+    "video-cfg-inf": (("video", "x", "--cfg", "inf"), "inf is not a guidance scale"),
+    "pag-negative": (("gen", "x", "-m", "nano", "--pag", "-2"), "-2 is not a guidance scale"),
+    "shift-negative": (("gen", "x", "-m", "nano", "--shift", "-1"), "-1 is not a flow shift"),
+    "world-shift-zero": (("world", "x", "--shift", "0"), "0 is not a flow shift"),
+    "prompts-file-cfg-nan": (("gen", "--prompts", "nan.jsonl", "-m", "nano"), "--cfg nan must be a finite number"),
     "pag-layer-negative": (("gen", "x", "-m", "nano", "--pag", "2", "--pag-layer", "-1"), "--pag-layer -1"),
     "device-typo": (("gen", "x", "-m", "nano", "--device", "tpu"), "unknown device 'tpu'"),
     "video-device-typo": (("video", "x", "--device", "cuda:one"), "unknown device 'cuda:one'"),
@@ -88,6 +93,7 @@ def test_bad_arguments_fail_before_torch_is_imported(args, expected, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "prompts.txt").write_text("a dog\n")
     (tmp_path / "clips.jsonl").write_text('{"prompt": "a dog runs", "frames": 17}\n')
+    (tmp_path / "nan.jsonl").write_text('{"prompt": "a red circle", "cfg": NaN}\n')
     result, lines = run_profiled(*args, cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     errors = [line for line in lines if line.startswith("error:")]
