@@ -84,6 +84,8 @@ def serve(
 
     # 2. Every argument checked before torch is imported. Security: loopback only, unless an API key guards the
     #    server or the user insists.
+    if not host.strip():
+        raise UsageError("--host is empty", "give an address to bind, e.g. 127.0.0.1, or 0.0.0.0 for every one")
     if not model:
         raise UsageError("no model to serve", "pass --model NAME (e.g. --model nano); repeat it for several")
     if not _is_loopback(host) and not api_key and not insecure:
@@ -141,8 +143,13 @@ def serve(
     warming = "; warming up first" if state.warmup or getattr(state.runner, "warming", False) else ""
     console.info(f"serving {', '.join(models)} on http://{_url_host(host)}:{port} ({guard}; max batch {max_batch}, "
                  f"queue {max_queue}{warming})")
-    server = uvicorn.Server(uvicorn.Config(create_app(state), host=host, port=port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=5))
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            state.begin_shutdown()  # open requests answer 503 now, before uvicorn waits for them
+            await super().shutdown(sockets)
+
+    server = Server(uvicorn.Config(create_app(state), host=host, port=port, log_level="warning",
+                                   access_log=False, timeout_graceful_shutdown=5))
     try:
         server.run(sockets=listeners)
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped (as `uvicorn.run` takes it)

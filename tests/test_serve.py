@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from cli_helpers import assert_one_line_error, run_sana
-from serve_helpers import STARTUP_SECONDS, gen_in_background, running_server
+from cli_helpers import assert_one_line_error, run_sana, sana_executable
+from serve_helpers import (STARTUP_SECONDS, free_port, gen_in_background, running_process, running_server,
+                           same_threads)
 from serve_helpers import request as http_request  # the name `request` is a loop variable below
 
 pytest.importorskip("fastapi")
@@ -203,6 +206,51 @@ def test_a_client_that_leaves_is_dropped_before_its_request_runs(server):
     assert _batched_forwards(base)[0] == forwards + 1  # only the first request ran
 
 
+def _count(base: str, status: int) -> int:
+    found = re.search(rf'^sana_requests_total\{{route="/v1/images/generations",status="{status}"\}} (\d+)$',
+                      _get(base + "/metrics")[1].decode(), re.M)
+    return int(found.group(1)) if found else 0
+
+
+def _leaving(base: str, payload: dict) -> socket.socket:
+    """A connection that has sent `payload` and will leave when closed, unanswered."""
+    body = json.dumps(payload).encode()
+    sock = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+    sock.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def _wait_for_log(log_path, pattern: str, count: int) -> str:
+    deadline = time.monotonic() + 60
+    while len(re.findall(pattern, log := log_path.read_text(), re.M)) < count:
+        assert time.monotonic() < deadline, log
+        time.sleep(0.2)
+    return log
+
+
+def test_a_client_that_leaves_while_its_request_runs_is_a_499(server):
+    """Alone in its batch (the batch stops) or beside a request that stays (that one is answered): 499 in the
+    log and the metrics, never a 5xx."""
+    base, log_path = server
+    long = {**GOOD, "size": "384x384", "num_inference_steps": 30}
+    line = r"WARNING POST /v1/images/generations -> 499 the client disconnected while its request ran$"
+    before, errors = _count(base, 499), _count(base, 500)
+    with _leaving(base, {**long, "prompt": "a small green circle on the left on a black background"}):
+        time.sleep(1.0)  # running by now: the worker was idle
+    _wait_for_log(log_path, line, 1)
+    _wait_for_log(log_path, r"stopped: every request of the batch was withdrawn$", 1)  # the worker is idle again
+    with ThreadPoolExecutor(1) as pool:
+        staying = pool.submit(_post, base, long)
+        time.sleep(0.05)  # inside the 0.3 s batch window: the two share a forward
+        with _leaving(base, {**long, "prompt": "a small blue square on the left on a black background"}):
+            time.sleep(1.0)
+        assert staying.result(timeout=120)[0] == 200
+    log = _wait_for_log(log_path, line, 2)
+    assert "-> 500" not in log, log
+    assert _count(base, 499) == before + 2 and _count(base, 500) == errors
+
+
 # -- bad input --------------------------------------------------------------------------------------------------
 
 GOOD = {"model": "nano", "prompt": CAPTION, "size": "128x128", "num_inference_steps": 2}
@@ -221,6 +269,11 @@ BAD_BODIES = {
     "bad output format": ({**GOOD, "output_format": "gif"}, 400, "output_format"),
     "prompt too long": ({**GOOD, "prompt": "x" * 5000}, 400, "prompt"),
     "not an object": ([1, 2], 400, None),
+    "guidance NaN": ({**GOOD, "guidance_scale": float("nan")}, 400, "guidance_scale"),
+    "n a string": ({**GOOD, "n": "2"}, 400, "n"),
+    "n a bool": ({**GOOD, "n": True}, 400, "n"),
+    "seed a float": ({**GOOD, "seed": 1.5}, 400, "seed"),
+    "output_compression 500": ({**GOOD, "output_compression": 500}, 400, "output_compression"),
 }
 
 
@@ -238,6 +291,15 @@ def test_bad_request_is_an_openai_error(server, name):
     base, _ = server
     payload, expected, param = BAD_BODIES[name]
     _assert_error(*_post(base, payload)[:2], expected, param)
+
+
+def test_messages_say_what_is_wrong(server):
+    base, _ = server
+    error = _assert_error(*_post(base, None, raw=b"")[:2], 400)
+    assert error["message"].startswith("the request body is empty"), error
+    error = _assert_error(*_post(base, {**GOOD, "guidance_scale": float("nan")})[:2], 400, "guidance_scale")
+    assert "finite number" in error["message"], error
+    assert _post(base, {**GOOD, "output_compression": 80})[0] == 200
 
 
 def test_transport_level_refusals(server):
@@ -265,6 +327,35 @@ def test_transport_level_refusals(server):
 def test_open_bind_needs_a_key_or_insecure():
     result = run_sana("serve", "--model", "nano", "--host", "0.0.0.0", env={"SANA_API_KEY": ""})
     assert "without an API key" in assert_one_line_error(result)
+
+
+def test_an_empty_host_is_a_bad_argument():
+    assert "--host is empty" in assert_one_line_error(run_sana("serve", "--model", "nano", "--host", ""))
+
+
+def test_stopping_the_server_answers_a_running_request_503_at_once(tmp_path):
+    """SIGINT while a request runs: the request is answered 503 in the API's error shape, the server exits within
+    seconds, and the log has that one line, no traceback."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **same_threads()}
+    env.pop("SANA_API_KEY", None)
+    log_path = tmp_path / "server.log"
+    with running_process([sana_executable(), "serve", "--model", "nano", "--port", str(port)], log_path,
+                         base + "/healthz", env=env) as process, ThreadPoolExecutor(1) as pool:
+        running = pool.submit(http_request, "POST", base + "/v1/images/generations", key=None,
+                              body={**GOOD, "size": "512x512", "num_inference_steps": 100})
+        time.sleep(1.5)
+        process.send_signal(signal.SIGINT)
+        stopped = time.monotonic()
+        status, body, _ = running.result(timeout=30)
+        process.wait(30)
+        assert time.monotonic() - stopped < 4
+    error = _assert_error(status, body, 503)
+    assert error["message"] == "the server is shutting down", error
+    log = log_path.read_text()
+    assert "Traceback" not in log and "Cancel" not in log and "Internal Server Error" not in log, log
+    assert len(re.findall(r"-> 503 the server is shutting down$", log, re.M)) == 1, log
 
 
 def test_without_the_serve_extra_the_error_names_it(tmp_path):

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 import urllib.parse
 import urllib.request
 
@@ -44,6 +45,9 @@ def test_the_page_and_its_files(server):
     assert request("GET", server + "/static/style.css")[0] == 200
     assert request("GET", server + "/static/index.py")[0] == 404
     assert request("GET", server + "/static/..%2Fapp.py")[0] == 404
+    # The page offers only the sizes the served model accepts (nano: sides up to 1024 px).
+    assert json.loads(request("GET", server + "/healthz")[1])["max_side"] == {"nano": 1024}
+    assert b"max_side" in script
 
 
 def test_the_progress_stream_follows_the_denoising_steps(server):
@@ -59,9 +63,10 @@ def test_the_progress_stream_follows_the_denoising_steps(server):
                     if events[-1]["status"] in ("done", "failed", "cancelled"):
                         return
 
+    # The stream answers once its id is known: the request is posted while the listener waits for it.
     listener = threading.Thread(target=listen)
     listener.start()
-    assert opened.wait(30)
+    time.sleep(0.5)
     answer = request("POST", server + "/v1/images/generations",
                      body={"prompt": CAPTION, "size": "256x256", "num_inference_steps": 4, "progress_id": progress_id})
     assert answer[0] == 200, answer[1]
@@ -75,6 +80,14 @@ def test_the_progress_stream_follows_the_denoising_steps(server):
     status, body, _ = request("GET", f"{server}/v1/progress/{progress_id}")
     assert status == 200 and body.decode().strip() == 'data: {"status": "done"}'
     assert request("GET", server + "/v1/progress/bad")[0] == 400
+    assert opened.is_set()
+
+
+def test_the_progress_of_an_unknown_id_is_a_404(server):
+    started = time.monotonic()
+    status, body, _ = request("GET", server + "/v1/progress/never-used-0001")
+    assert status == 404 and json.loads(body)["error"]["param"] == "progress_id", body
+    assert time.monotonic() - started < 10
 
 
 def _browser() -> str | None:

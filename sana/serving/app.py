@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .admission import ServedModel, build_job
+from .admission import MAX_SIDE_FACTOR, ServedModel, build_job
 from .guard import Guard, error_response
 from .metrics import Metrics, cuda_memory
 from .progress import ProgressHub
@@ -55,6 +56,15 @@ class ServerState:
     max_upload: int = MAX_UPLOAD_BYTES
     runner: Any = None  # what runs the batches: None for one worker thread here, or a processes.ProcessPool
     warmup: bool = False  # the worker thread here warms the image models up before /healthz says "ok"
+    closing: threading.Event = field(default_factory=threading.Event)  # set once the server begins to stop
+
+    def begin_shutdown(self) -> None:
+        """The server is stopping (uvicorn calls this before it waits for the open requests): waiting and running
+        requests answer 503 at once, the running batch stops at its next step, progress streams end. Without
+        this, uvicorn's graceful-shutdown timeout cancels the handlers mid-request (a traceback, a plain 500)."""
+        self.closing.set()
+        self.scheduler.close()
+        self.progress.close()
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -103,15 +113,26 @@ def create_app(state: ServerState) -> FastAPI:
         try:
             future = state.scheduler.submit(job)
         except QueueFull as exc:
+            if state.closing.is_set():
+                raise shutting_down() from None
             raise ApiError(429, f"{exc}; retry later", code="queue_full") from None
         state.progress.publish(job.progress_id, {"status": "queued", "ahead": len(state.scheduler) - 1})
-        # 2. Wait for the worker, dropping the job if the client goes away before it runs.
+        # 2. Wait for the worker. A client that goes away is answered 499 at once (its job is dropped if it still
+        #    waits; a running batch stops once all of its clients have gone); so is every request once the server
+        #    begins to stop (503).
         waiting = asyncio.wrap_future(future)
+        waiting.add_done_callback(_consume)  # nobody may await it after a 499 or a 503
         while not waiting.done():
             await asyncio.wait({waiting}, timeout=DISCONNECT_POLL)
-            if not waiting.done() and await request.is_disconnected():
-                state.scheduler.withdraw(job)
+            if waiting.done():
                 break
+            if state.closing.is_set():
+                raise shutting_down()
+            if await request.is_disconnected():
+                state.scheduler.withdraw(job)
+                ran = not (future.done() and isinstance(future.exception(), ClientGone))
+                raise ApiError(499, "the client disconnected while its request ran" if ran else
+                               "the client disconnected before its request ran", code="client_closed")
         try:
             encoded = await waiting
         except ClientGone as exc:
@@ -119,6 +140,8 @@ def create_app(state: ServerState) -> FastAPI:
         except ApiError:
             raise
         except Exception as exc:
+            if state.closing.is_set():
+                raise shutting_down() from None
             raise ApiError(500, f"generation failed: {exc}", code="generation_failed") from None
         # 3. Answer in OpenAI's shape: base64 images, or URLs to the in-memory store.
         fmt = job.context["output_format"]
@@ -151,6 +174,7 @@ def create_app(state: ServerState) -> FastAPI:
         warmup = worker.warmup_seconds
         body = {"status": "warming" if worker.warming else "ok", "models": list(state.models), "kinds": kinds,
                 "queue_depth": len(state.scheduler), "max_batch": state.max_batch,
+                "max_side": {m.name: m.resolution * MAX_SIDE_FACTOR for m in state.models.values()},
                 "api_key": state.api_key is not None, "workers": workers,
                 "warmup_s": None if warmup is None else round(warmup, 3)}
         return JSONResponse(body, status_code=503) if worker.warming else body
@@ -165,6 +189,16 @@ def create_app(state: ServerState) -> FastAPI:
     return Guard(app, state)
 
 
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down", code="shutting_down")
+
+
+def _consume(waiting: asyncio.Future) -> None:
+    """Retrieve a finished future's exception, so that asyncio does not log it as never retrieved."""
+    if not waiting.cancelled():
+        waiting.exception()
+
+
 def validation_error(exc) -> ApiError:
     """A validation failure (FastAPI's RequestValidationError or pydantic's ValidationError: a malformed body, a
     missing or out-of-range field) as one 400."""
@@ -174,8 +208,11 @@ def validation_error(exc) -> ApiError:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(loc) or None
     if first.get("type") == "missing":
+        if param is None:  # the whole body
+            return ApiError(400, "the request body is empty: send a JSON object (with at least 'prompt')",
+                            code="missing_required_parameter")
         return ApiError(400, f"missing required parameter: '{param}'", param=param, code="missing_required_parameter")
-    message = first.get("msg", "invalid request")
+    message = first.get("msg", "invalid request").removeprefix("Value error, ")
     if not loc and first.get("type") == "model_attributes_type":
         message = "the request body must be a JSON object"
     return ApiError(400, f"{param}: {message}" if param else message, param=param, code="invalid_value")

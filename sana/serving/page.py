@@ -5,7 +5,8 @@
 - `GET /static/{name}`: its script and style sheet (only the files shipped; no paths);
 - `GET /v1/progress/{id}`: server-sent events of a job's progress (`progress.ProgressHub`), for the id a request
   named in `progress_id`: `{"status": "queued" | "running" | "done" | "failed" | "cancelled", "phase", "step",
-  "total"}`.
+  "total"}`; 404 for an id nothing has published under (after a few seconds' grace: the page opens the stream
+  just before it posts its request).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from importlib import resources
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
+from .progress import UnknownProgress
 from .schemas import PROGRESS_ID, ApiError
 
 STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -52,11 +54,26 @@ def add_page_routes(app: FastAPI, state) -> None:
 
     @app.get("/v1/progress/{progress_id}")
     async def progress(request: Request, progress_id: str = Path(pattern=PROGRESS_ID)):
+        # The first event is awaited before the answer starts, so that an unknown id can still be a 404.
+        stream = state.progress.stream(progress_id)
+        try:
+            first = await anext(stream)
+        except UnknownProgress:
+            raise ApiError(404, "no request with this progress id is queued, running or recently finished",
+                           param="progress_id", code="not_found") from None
+
         async def events():
-            async for event in state.progress.stream(progress_id):
-                if await request.is_disconnected():
-                    return
-                yield ": keep-alive\n\n" if event is None else f"data: {json.dumps(event)}\n\n"
+            event = first
+            try:
+                while True:
+                    yield ": keep-alive\n\n" if event is None else f"data: {json.dumps(event)}\n\n"
+                    if await request.is_disconnected():
+                        return
+                    event = await anext(stream)
+            except StopAsyncIteration:
+                return
+            finally:
+                await stream.aclose()
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -15,6 +15,11 @@ from typing import AsyncIterator
 
 FINAL = ("done", "failed", "cancelled")
 KEEPALIVE_SECONDS = 15.0
+UNKNOWN_GRACE_SECONDS = 5.0  # a client (the web page) may open the stream just before it posts the request
+
+
+class UnknownProgress(Exception):
+    """No job has published under the id (nor did one within the grace period)."""
 
 
 class ProgressHub:
@@ -40,19 +45,37 @@ class ProgressHub:
             except RuntimeError:  # that stream's loop has closed
                 pass
 
+    def close(self) -> None:
+        """The server is stopping: every open stream ends (with a final event)."""
+        with self._lock:
+            streams = [entry for entries in self._streams.values() for entry in entries]
+        event = {"status": "failed", "message": "the server is shutting down"}
+        for loop, queue in streams:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:
+                pass
+
     def latest(self, progress_id: str) -> dict | None:
         with self._lock:
             return self._latest.get(progress_id)
 
-    async def stream(self, progress_id: str, keepalive: float = KEEPALIVE_SECONDS) -> AsyncIterator[dict | None]:
+    async def stream(self, progress_id: str, keepalive: float = KEEPALIVE_SECONDS,
+                     grace: float = UNKNOWN_GRACE_SECONDS) -> AsyncIterator[dict | None]:
         """The id's events from the latest on, ending after a final one; None every `keepalive` seconds of quiet
-        (a comment line keeps proxies from closing the stream)."""
+        (a comment line keeps proxies from closing the stream). UnknownProgress, before anything is yielded, for
+        an id nothing has published under within `grace` seconds."""
         queue: asyncio.Queue = asyncio.Queue()
         entry = (asyncio.get_running_loop(), queue)
         with self._lock:
             self._streams.setdefault(progress_id, []).append(entry)
             latest = self._latest.get(progress_id)
         try:
+            if latest is None:
+                try:
+                    latest = await asyncio.wait_for(queue.get(), timeout=grace)
+                except asyncio.TimeoutError:
+                    raise UnknownProgress(progress_id) from None
             if latest is not None:
                 yield latest
                 if latest.get("status") in FINAL:

@@ -73,6 +73,10 @@ class Scheduler:
         with self._ready:
             self._drop_gone()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Wake the worker for good; jobs still waiting fail."""
         with self._ready:

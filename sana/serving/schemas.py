@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Caps a request cannot exceed whatever the model (`admission` adds the per-model ones: n, steps, pixels).
 MAX_PROMPT_CHARS = 4000  # dall-e-3's limit; the text encoder reads 300 tokens anyway
@@ -23,25 +23,27 @@ class ImageGenerationRequest(BaseModel):
     """`POST /v1/images/generations`. Fields OpenAI defines that do not apply here (quality, style, background,
     moderation, ...) are accepted and ignored, as OpenAI-compatible servers do."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Integers are strict (JSON numbers only: no "2", no true, as OpenAI refuses them); no NaN or infinity.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     # OpenAI's fields
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     model: str | None = None
-    n: int = Field(1, ge=1, le=MAX_N)
+    n: int = Field(1, ge=1, le=MAX_N, strict=True)
     size: str | None = None  # "WxH" or "auto" (the model's native square)
     response_format: Literal["b64_json", "url"] | None = None  # None: b64_json (URLs live only in this process)
     output_format: Literal["png", "jpeg", "webp"] | None = None  # None: png
     user: str | None = Field(None, max_length=256)
+    output_compression: int | None = Field(None, ge=0, le=100, strict=True)  # checked as OpenAI does; unused
     # SGLang's extensions
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, strict=True)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
-    num_inference_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    num_inference_steps: int | None = Field(None, ge=1, le=MAX_STEPS, strict=True)
     guidance_scale: float | None = Field(None, ge=0.0, le=MAX_SCALE)
     flow_shift: float | None = Field(None, gt=0.0, le=100.0)  # SGLang's newer image API reads it too
     # ours
     pag_scale: float | None = Field(None, ge=0.0, le=MAX_SCALE)
-    pag_layer: int | None = Field(None, ge=0, le=1000)
+    pag_layer: int | None = Field(None, ge=0, le=1000, strict=True)
     sampler: str | None = Field(None, max_length=32)
     lora: str | None = Field(None, max_length=128)  # a name on the server's allow-list (`sana serve --lora`)
     lora_scale: float | None = Field(None, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE)  # None: the allow-list's scale
@@ -78,7 +80,15 @@ class VideoGenerationRequest(BaseModel):
     world-model jobs (a camera path or actions). Frames: `num_frames` or `seconds` x fps (not both), else the
     model's."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Not strict: a form's fields are strings. A bool is still no integer; no NaN or infinity.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @field_validator("num_frames", "seed", "num_inference_steps", "motion_score", mode="before")
+    @classmethod
+    def _no_bool(cls, value):
+        if isinstance(value, bool):
+            raise ValueError("Input should be a valid integer, not a boolean")
+        return value
 
     # OpenAI's fields
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)

@@ -29,7 +29,11 @@ log = logging.getLogger("sana.serve")
 
 
 class Interrupted(Exception):
-    """Every job of the running batch was withdrawn: the batch stops at its next step."""
+    """Every job of the running batch was withdrawn, or the server is stopping: the batch stops at its next
+    step."""
+
+
+STOPPING = "the server is shutting down"
 
 
 class Worker:
@@ -102,6 +106,8 @@ class Worker:
             self.publish(batch, {"status": "running", "phase": name})
 
         def on_step(done: int, total: int) -> None:
+            if self.scheduler is not None and self.scheduler.closed:
+                raise Interrupted(STOPPING)
             if all(job.gone.is_set() for job in batch):
                 raise Interrupted("every request of the batch was withdrawn")
             self.publish(batch, {"status": "running", "phase": "denoise", "step": done, "total": total})
@@ -153,7 +159,8 @@ class Worker:
 
     def _failed(self, model: ServedModel, batch: list[Job], exc: Exception) -> None:
         if isinstance(exc, Interrupted):
-            log.info("batch of %d request(s) for %s stopped: %s", len(batch), model.name, exc)
+            # at shutdown each request's 503 is its log line already
+            (log.debug if str(exc) == STOPPING else log.info)("batch of %d request(s) for %s stopped: %s", len(batch), model.name, exc)
             self.publish(batch, {"status": "cancelled"})
         else:
             log.error("batch of %d request(s) for %s failed: %s: %s", len(batch), model.name, type(exc).__name__,

@@ -188,6 +188,19 @@ async function generate(event) {
   }
 }
 
+let maxSide = {};  // the largest side each model accepts (from /healthz)
+
+// Offer only the sizes the chosen model accepts.
+function fitSizes() {
+  const limit = maxSide[$("model").value];
+  for (const option of $("size").options) {
+    if (!option.value) continue;
+    const [width, height] = option.value.split("x").map(Number);
+    option.hidden = option.disabled = limit !== undefined && Math.max(width, height) > limit;
+  }
+  if ($("size").selectedOptions[0]?.disabled) $("size").value = "";
+}
+
 async function loadServer() {
   const health = await (await fetch("/healthz")).json();
   const kinds = health.kinds || {};
@@ -197,6 +210,9 @@ async function loadServer() {
     option.value = option.textContent = name;
     $("model").append(option);
   }
+  maxSide = health.max_side || {};
+  $("model").addEventListener("change", fitSizes);
+  fitSizes();
   if (health.api_key) $("key-label").hidden = false;
   $("server").textContent = `${models.join(", ") || "no image model"} \u00b7 queue ${health.queue_depth}`;
 }
