@@ -262,13 +262,14 @@ def test_no_overwrite_without_force(tmp_path, fmt):
     with pytest.raises(SanaError, match=re.escape(f"{path} exists; use --force")):
         save_video(moving_gradient(frames=2), path, clip_record(seed=2), fps=8)
     assert read_metadata(path).seed == 1
-    if fmt == "png":
-        (path / "notes.txt").write_text("from the old folder")
     save_video(moving_gradient(frames=3), path, clip_record(seed=2), fps=8, force=True)
     assert read_metadata(path).seed == 2 and len(read_clip(path)[0]) == 3
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
-    if fmt == "png":  # a forced folder replaces the old one whole
-        assert not (path / "notes.txt").exists()
+    if fmt == "png":  # a forced folder is replaced whole, so one holding a file sana did not write is refused
+        (path / "notes.txt").write_text("mine")
+        with pytest.raises(SanaError, match="holds notes.txt, which sana did not write"):
+            save_video(moving_gradient(frames=2), path, clip_record(seed=3), fps=8, force=True)
+        assert (path / "notes.txt").read_text() == "mine" and read_metadata(path).seed == 2
 
 
 def test_a_file_in_the_way_of_a_frames_folder(tmp_path):
@@ -276,8 +277,9 @@ def test_a_file_in_the_way_of_a_frames_folder(tmp_path):
     path.write_bytes(b"something else")
     with pytest.raises(SanaError, match="exists; use --force"):
         save_video(moving_gradient(frames=2), path, clip_record(), fps=8)
-    save_video(moving_gradient(frames=2), path, clip_record(), fps=8, force=True)
-    assert path.is_dir() and read_metadata(path).frames == 2
+    with pytest.raises(SanaError, match="is a file, not a folder of PNG frames"):  # --force replaces frames only
+        save_video(moving_gradient(frames=2), path, clip_record(), fps=8, force=True)
+    assert path.read_bytes() == b"something else"
 
 
 def test_bad_arguments(tmp_path):
