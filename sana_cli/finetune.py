@@ -13,7 +13,7 @@ from sana.errors import UsageError
 from sana.training.config import TrainConfig
 
 from . import console
-from .finetune_resume import (check_checkpoint, listed, never_checkpointed, resume_folder_on_other_ranks, resume_record,
+from .finetune_resume import (begin_resume, listed, never_checkpointed, refuse_occupied, resume_folder_on_other_ranks,
                               set_aside_later, settings_to_resume)
 
 Opt = typer.Option
@@ -126,27 +126,14 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
                            "them (nothing to resume)" + (", changed: " + listed(given) if given else ""))
         continuing = False
     elif cfg is not None:
-        changed = cfg.differences(settings)
-        if changed:
-            raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
-                             "a resumed run keeps its model, LoRA, optimizer, precision, batch and seed; "
-                             "start a new --out to change them")
-        start = check_checkpoint(out_dir, resume_from, settings.steps)
-        if start[0] == settings.steps and main_process:
-            console.notice(f"the run is at step {start[0]} of {settings.steps} already: nothing to train, the export "
-                           "is written again from that checkpoint (give a larger --steps to go on)")
-        applied = cfg.changes(settings)
-        if applied and main_process:
-            console.notice("--resume applies from the checkpoint's step on: " + listed(applied)
-                           + " (recorded in train_config.json)")
-        settings.resumes = [*cfg.resumes, resume_record(start, applied)]
+        start = begin_resume(cfg, settings, out_dir, resume_from, main_process, "step",
+                             "model, LoRA, optimizer, precision, batch and seed")
     elif restart:
         if main_process:
             console.notice(f"{out_dir} holds the settings of a run that saved no checkpoint; starting it again, "
                            "replacing its settings and logs")
-    elif main_process and out_dir.exists() and any(out_dir.iterdir()):
-        hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
-        raise UsageError(f"{out_dir} is not empty", hint)
+    elif main_process:
+        refuse_occupied(out_dir)
     from .finetune_video import check_data_kind
 
     check_data_kind(Path(data), settings.video)

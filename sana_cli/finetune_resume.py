@@ -161,6 +161,34 @@ def resume_folder_on_other_ranks(out_dir: Path, resume_from: Path) -> Path:
     return resume_from
 
 
+def begin_resume(saved, settings, out_dir: Path, resume_from: Path | None, main_process: bool, unit: str,
+                 keeps: str):
+    """Checks and records a resume before torch loads: settings it must keep (`keeps` says which, in the error), the
+    checkpoint it starts from, a notice when nothing is left to train and one for the settings it applies from
+    there, and the `resumes` entry. Returns (step, folder) of the checkpoint."""
+    changed = saved.differences(settings)
+    if changed:
+        raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
+                         f"a resumed run keeps its {keeps}; start a new --out to change them")
+    start = check_checkpoint(out_dir, resume_from, settings.steps)
+    if start[0] == settings.steps and main_process:
+        console.notice(f"the run is at {unit} {start[0]} of {settings.steps} already: nothing to train, the export "
+                       "is written again from that checkpoint (give a larger --steps to go on)")
+    applied = saved.changes(settings)
+    if applied and main_process:
+        console.notice(f"--resume applies from the checkpoint's {unit} on: " + listed(applied)
+                       + " (recorded in train_config.json)")
+    settings.resumes = [*saved.resumes, resume_record(start, applied)]
+    return start
+
+
+def refuse_occupied(out_dir: Path) -> None:
+    """A new run never writes into a folder holding anything: another run's files or the user's."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
+        raise UsageError(f"{out_dir} is not empty", hint)
+
+
 def never_checkpointed(out_dir: Path) -> bool:
     """The folder holds a run's settings but no checkpoint and no export: the run stopped during start-up or never
     reached a step, so starting it again loses nothing."""

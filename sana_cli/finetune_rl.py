@@ -51,7 +51,7 @@ def finetune_rl(flags: dict) -> None:
     """The steps of `sana finetune PROMPTS --rl`."""
     from sana.training.rl.config import RLConfig, is_rl_run
 
-    from .finetune_resume import (check_checkpoint, listed, resume_folder_on_other_ranks, resume_record, set_aside_later,
+    from .finetune_resume import (begin_resume, refuse_occupied, resume_folder_on_other_ranks, set_aside_later,
                                   settings_to_resume)
     from .launch import exec_torchrun, launched_by_torchrun
 
@@ -81,22 +81,10 @@ def finetune_rl(flags: dict) -> None:
     source = _prompt_source(data)
     settings = _settings(flags, data, out_dir, saved, gpus)
     if saved is not None:
-        changed = saved.differences(settings)
-        if changed:
-            raise UsageError(f"--resume with changed settings: {', '.join(changed)}",
-                             "a resumed run keeps its model, rewards and rollout settings; start a new --out to change them")
-        start = check_checkpoint(out_dir, flags.get("resume_from"), settings.steps)
-        if start[0] == settings.steps and main_process:
-            console.notice(f"the run is at round {start[0]} of {settings.steps} already: nothing to train, the export "
-                           "is written again from that checkpoint (give a larger --steps to go on)")
-        applied = saved.changes(settings)
-        if applied and main_process:
-            console.notice("--resume applies from the checkpoint's round on: " + listed(applied)
-                           + " (recorded in train_config.json)")
-        settings.resumes = [*saved.resumes, resume_record(start, applied)]
-    elif main_process and out_dir.exists() and any(out_dir.iterdir()) and not _nothing_trained(out_dir):
-        hint = "add --resume to continue it" if (out_dir / "train_config.json").exists() else "choose an empty or new --out"
-        raise UsageError(f"{out_dir} is not empty", hint)
+        start = begin_resume(saved, settings, out_dir, flags.get("resume_from"), main_process, "round",
+                             "model, rewards and rollout settings")
+    elif main_process and not _nothing_trained(out_dir):
+        refuse_occupied(out_dir)
     settings.validate()
     _refuse_other_families(flags.get("model"), Path(settings.model_dir))
     _check_rewards(settings.reward, source)
