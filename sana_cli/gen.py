@@ -19,10 +19,11 @@ from . import console
 from . import options as opt
 from .generation import (
     DTYPE_CHOICES, IMAGE_SAMPLERS, SIZE_MULTIPLE, check_output_dirs, component_sizes, default_model,
-    generate_with_progress, note_cut_prompts, note_large_sizes, note_outside_nano_grammar, parse_resolution, plan_jobs, plan_table,
+    generate_with_progress, parse_resolution, plan_jobs, plan_table,
     quiet_libraries, read_jobs, replay_settings, resolve_for, transformer_config_for, weights_variant,
 )
 from .launch import check_gpus, process_device, share_of_plan, spread_jobs
+from .notices import note_cut_prompts, note_large_sizes, note_outside_nano_grammar
 
 
 def gen(
@@ -276,7 +277,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     from sana.outputs import GenerationRecord, file_sha256, save_image
     from sana.pipelines.image import ImagePipeline, ImageRequest
 
-    from .generation import note_cuda_build_without_gpu, print_written, save_or_keep
+    from .generation import print_written, save_or_keep
+    from .notices import note_cuda_build_without_gpu
 
     # 4. Requests from the model's defaults, and what the largest of them asks of the device.
     sizes = component_sizes(resolved, spec, transformer_path)

@@ -261,7 +261,7 @@ def run(flags: dict[str, Any]) -> None:
         load_seconds = time.perf_counter() - start
         for path, scale in loras:
             console.info(f"LoRA applied: {path} (scale {scale:g})")
-        from .generation import note_cut_prompts
+        from .notices import note_cut_prompts
 
         note_cut_prompts(pipe.text_encoder, [request.prompt for request, _, _, _ in requests])
         for request, paths, fps, first in requests:
