@@ -98,7 +98,7 @@ def set_aside_later(out_dir: Path, start: tuple[int, Path], settings, rl: bool =
     exports, logs, samples = (LORA_WEIGHTS_NAME, "model"), None, ckpt._SAMPLE
     if rl:
         from sana.training.rl.log import REWARDS_NAME
-        from sana.training.rl.loop import BEST_NAME, BEST_RECORD
+        from sana.training.rl.validation import BEST_NAME, BEST_RECORD
 
         logs, samples = {"loss.csv": "step", REWARDS_NAME: "round"}, re.compile(r"^round-(\d{6,})\.png$")
         best = out_dir / BEST_RECORD
@@ -130,7 +130,7 @@ def _bring_back_best(out_dir: Path, folder: Path, aside: Path | None, step: int)
     import os
 
     from sana.training import checkpoint as ckpt
-    from sana.training.rl.loop import BEST_NAME, BEST_RECORD
+    from sana.training.rl.validation import BEST_NAME, BEST_RECORD
 
     record = folder / BEST_RECORD
     if not record.is_file() or int(ckpt.read_json(record).get("round", 0)) > step:

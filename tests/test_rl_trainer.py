@@ -160,7 +160,8 @@ def test_the_best_so_far_survives_a_resume(files, base_model, monkeypatch):
 
 def test_a_new_best_must_beat_the_bar_by_more_than_noise(files, base_model, monkeypatch):
     """0.961218 over 0.961215 is the same images rounded differently, not a better round: best/ stays round 2's."""
-    from sana.training.rl.loop import BEST_MARGIN, RLEvents, run
+    from sana.training.rl.loop import RLEvents, run
+    from sana.training.rl.validation import BEST_MARGIN
 
     _scripted_validation(monkeypatch, {0: 0.5, 2: 0.961215, 4: 0.961218, 6: 0.961215 + 2 * BEST_MARGIN})
     saved = []
