@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The GPU measurements and runs NOTES.md ("GPU work still to run") lists as not yet done, in order of value, one
+# after another, each under its own time limit and with its own log. Meant to run detached on a CUDA machine
+# (`setsid nohup bash scripts/gpu_pending.sh WORK &`): a second call while one runs says so and leaves it; a call
+# after one ended skips the jobs that finished (WORK/NAME.rc holds 0) and runs the rest.
+#
+#   bash scripts/gpu_pending.sh WORK [JOB...]       # default: every job below, in this order
+#   bash scripts/gpu_pending.sh WORK --list         # the jobs and their state
+#
+# Jobs:
+#   lora-video     issue 20: SANA-Video 2B 480p 81-frame LoRA step beside diffusers' recipe (~2 min)
+#   temporal-conv  issue 15: the temporal conv kernel's GPU tests and launch-shape sweep against cuDNN (~2 min)
+#   first-image    issue 21: a fresh `sana gen` process's first image, beside a bare `import torch` (~3 min)
+#   bench-video    issue 15: the video DiT against diffusers, in alternating rounds (~2 min)
+#   rl             issue 17: the nano RL proof run (resumes by itself; RL_SECONDS a call, default 1500), then its
+#                  scores once it reaches RL_ROUNDS (default 150); WORK/rl-run.tgz.* carries the run to another
+#                  machine (`cat WORK/rl-run.tgz.* | tar -xz -C WORK` there before the next call)
+#   world-fp8      issue 16/23: SANA-WM fp8 parity at the released config and the bench's fp8 note (~3 min)
+#   finetune-image issue 23: SANA 1.6B LoRA step at 1024 px, eager and compiled, beside diffusers' recipe (~4 min)
+#   bench-image    issue 23: the 1.6B DiT at 1024 and 4096 px and Sprint at 1024 px, beside diffusers (~8 min)
+# Environment: PYTHON (default python3). The CLI runs as `$PYTHON -m sana_cli` from the repository root; diffusers
+# must be importable (PYTHONPATH).
+set -uo pipefail
+WORK=${1:?usage: gpu_pending.sh WORK [JOB...|--list]}
+shift
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-python3}
+ALL=(lora-video temporal-conv first-image bench-video rl world-fp8 finetune-image bench-image)
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+cd "$ROOT"
+export HF_HUB_OFFLINE=1
+
+state() {  # done, failed (rc), or to run
+    if [[ -f "$WORK/$1.rc" ]]; then
+        local rc; rc=$(cat "$WORK/$1.rc")
+        [[ "$rc" == 0 ]] && echo "done" || echo "failed (rc $rc)"
+    else
+        echo "to run"
+    fi
+}
+
+if [[ "${1:-}" == "--list" ]]; then
+    for job in "${ALL[@]}"; do printf '%-15s %s\n' "$job" "$(state "$job")"; done
+    exit 0
+fi
+jobs_to_run=("$@")
+[[ ${#jobs_to_run[@]} == 0 ]] && jobs_to_run=("${ALL[@]}")
+for job in "${jobs_to_run[@]}"; do
+    [[ " ${ALL[*]} " == *" $job "* ]] || { echo "error: unknown job $job (jobs: ${ALL[*]})" >&2; exit 2; }
+done
+
+exec 9> "$WORK/.lock"
+if ! flock -n 9; then
+    echo "a gpu_pending.sh run is already working in $WORK (its progress: $WORK/pending.log)"
+    exit 0
+fi
+
+say() { echo "$(date +%H:%M:%S) $*" | tee -a "$WORK/pending.log"; }
+
+timed() {  # NAME SECONDS COMMAND...: run under a time limit, log to WORK/NAME.log
+    local name=$1 seconds=$2
+    shift 2
+    say "$name: $*"
+    timeout -s TERM -k 30 "$seconds" "$@" >> "$WORK/$name.log" 2>&1
+}
+
+run_job() {
+    case $1 in
+    lora-video)
+        timed lora-video 480 "$PYTHON" scripts/bench_finetune_video.py --diffusers ;;
+    temporal-conv)
+        timed temporal-conv 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_temporal_conv.py \
+            && timed temporal-conv 300 "$PYTHON" -m sana.kernels.temporal_conv.bench --sweep ;;
+    first-image)
+        timed first-image 480 "$PYTHON" scripts/bench_first_image.py --runs 4 --markdown "$WORK/first-image.md" ;;
+    bench-video)
+        timed bench-video 420 "$PYTHON" -m sana_cli bench --video --no-compile --no-kernels ;;
+    rl)
+        # the recipe's proof settings (NOTES.md, "RL fine-tuning"); a stop by the time limit checkpoints, and the
+        # next call resumes
+        local rounds=${RL_ROUNDS:-150}
+        [[ -f "$WORK/rl-run/rl/model/model_index.json" ]] || {
+            SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_LR=1e-5 RL_ROUNDS=$rounds RL_MINUTES=0 RL_ROLLOUT_STEPS=20 \
+                RL_POOL=4 RL_CANDIDATES=64 timed rl "${RL_SECONDS:-1500}" bash scripts/train_nano.sh "$WORK/rl-run" rl
+            local rc=$?
+            rm -f "$WORK"/rl-run.tgz.*
+            tar -C "$WORK" -cz --exclude=rl-run/rl/cache rl-run | split -b 15m - "$WORK/rl-run.tgz."
+            [[ $rc == 0 ]] || return $rc
+        }
+        SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_SCORE_BEFORE=0 timed rl 900 bash scripts/train_nano.sh \
+            "$WORK/rl-run" rl-score ;;
+    world-fp8)
+        timed world-fp8 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/test_gpu_world_parity.py -k fp8 \
+            && timed world-fp8 420 "$PYTHON" -m sana_cli bench --world --no-compile --no-kernels ;;
+    finetune-image)
+        timed finetune-image 540 "$PYTHON" scripts/bench_finetune.py --diffusers --compile ;;
+    bench-image)
+        timed bench-image 540 "$PYTHON" -m sana_cli bench -m sana-1.6b --px 1024 --px 4096 --no-kernels \
+            && timed bench-image 300 "$PYTHON" -m sana_cli bench -m sprint-1.6b --px 1024 ;;
+    esac
+}
+
+say "start: ${jobs_to_run[*]} on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)"
+for job in "${jobs_to_run[@]}"; do
+    if [[ "$(state "$job")" == done ]]; then
+        say "$job: done before, skipped"
+        continue
+    fi
+    rm -f "$WORK/$job.rc"
+    started=$(date +%s)
+    run_job "$job"
+    rc=$?
+    echo "$rc" > "$WORK/$job.rc"
+    say "$job: rc=$rc in $(( $(date +%s) - started )) s"
+done
+say "end"
