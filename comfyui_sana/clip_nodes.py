@@ -111,7 +111,7 @@ class SanaWorld:
                  shift, negative="", fov=0.0, refine=False, refiner=""):
         from sana.memory import Workload
         from sana.pipelines.world import WorldRequest
-        from sana_cli.world import CameraSource, resolve_path
+        from sana_cli.world_camera import CameraSource, resolve_path
 
         # 1. The first frame and the camera path resolved for its size; 2. the memory check; 3. the clip.
         model.require("wm", node="Sana World")

@@ -99,7 +99,7 @@ def open_first_frame(path_text: str, recorded_sha256: str | None = None, recorde
                      ) -> FirstFrame:
     """--image: the file decoded now (a missing, unreadable or broken image fails before anything loads).
     `recorded_in`: the clip whose record named the file (--from), so an error says where the path came from."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     from sana.outputs import file_sha256
 
@@ -113,7 +113,7 @@ def open_first_frame(path_text: str, recorded_sha256: str | None = None, recorde
     try:
         with Image.open(path) as opened:
             opened.load()  # decodes every pixel: a truncated or corrupt file fails here
-            image = opened.convert("RGB")
+            image = ImageOps.exif_transpose(opened).convert("RGB")  # upright, as shown (diffusers' load_image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise UsageError(f"{what} is not an image that can be read",
                          hint or "give a PNG, JPEG or WebP file") from None

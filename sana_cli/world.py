@@ -34,9 +34,6 @@ MAX_FRAMES = MAX_WORLD_FRAMES
 # Settings a clip takes from the flags and --from's record (the camera is replayed from the record's path file).
 WORLD_KEYS = ("prompt", "negative", "seed", "num", "steps", "cfg", "res", "shift", "out", "frames", "image",
               "format", "crf")
-# Resolver options: flag name -> `resolve_camera` keyword.
-CAMERA_OPTIONS = {"intrinsics": "intrinsics", "fov": "fov", "pose_scale": "pose_scale", "speed": "speed",
-                  "turn_rate": "turn_rate", "camera_fps": "source_fps"}
 
 
 class WorldCommand(TyperCommand):
@@ -156,60 +153,6 @@ def world_defaults(spec, scheduler: dict) -> WorldDefaults:
                          frames=int(d["frames"]), width=int(d["width"]), height=int(d["height"]))
 
 
-# -- the camera path --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CameraSource:
-    """What `resolve_camera` reads: a file or an action string, and the resolver options."""
-
-    camera: str | None
-    actions: str | None
-    options: dict[str, Any]
-
-
-def camera_source(flags: dict[str, Any], record, from_path: Path | None) -> CameraSource:
-    """--camera / --actions as given; without them, --from's clip: the resolved path file written beside it (the
-    same poses and intrinsics), else its recorded source with the recorded settings."""
-    explicit = {key: flags[flag] for flag, key in CAMERA_OPTIONS.items() if flags.get(flag) is not None}
-    if flags.get("camera") is not None or flags.get("actions") is not None or record is None:
-        camera = flags.get("camera")
-        return CameraSource(str(camera) if camera is not None else None, flags.get("actions"), explicit)
-    from sana.camera.export import camera_json_path
-    from sana.outputs import file_sha256
-
-    extra = record.extra
-    resolved = from_path.parent / extra["camera_file"] if extra.get("camera_file") else camera_json_path(from_path)
-    if resolved.is_file():
-        return CameraSource(str(resolved), None, explicit)
-    source, kind = extra.get("camera"), extra.get("camera_kind")
-    recorded = {key: value for key, value in (extra.get("camera_settings") or {}).items()
-                if key in ("pose_scale", "speed", "turn_rate", "fov")}
-    options = {**recorded, **explicit}
-    if source and kind == "actions":
-        return CameraSource(None, source, options)
-    if source and Path(source).is_file():
-        if extra.get("camera_sha256") and file_sha256(Path(source)) != extra["camera_sha256"]:
-            console.notice(f"{source} is not the camera path the replayed clip recorded (its sha256 differs)")
-        return CameraSource(source, None, options)
-    raise UsageError(f"--from {from_path}: its camera path is gone ({resolved.name} and {source or 'no source'})",
-                     "give --camera FILE or --actions")
-
-
-def resolve_path(source: CameraSource, image_size: tuple[int, int], frames: int | None, default_frames: int):
-    """The CameraPath to follow. Frames asked for must be on the path; without --frames, the model's default or
-    the whole path if shorter (as diffusers takes `min(num_frames, len(c2w))`)."""
-    from sana.camera import resolve_camera
-
-    def resolve(num_frames: int | None):
-        return resolve_camera(source.camera, actions=source.actions, image_size=image_size, num_frames=num_frames,
-                              **source.options)
-
-    if frames is not None:
-        return resolve(frames)
-    whole = resolve(None)
-    return whole if whole.num_frames <= default_frames else resolve(default_frames)
-
-
 # -- the run ----------------------------------------------------------------------------------------------------
 
 def run(flags: dict[str, Any]) -> None:
@@ -229,6 +172,8 @@ def run(flags: dict[str, Any]) -> None:
     replay = {k: v for k, v in replay_settings(from_path, "world").items() if k in (*WORLD_KEYS, "model")}
     if record is not None and record.family != "wm":
         record = None  # another command's record gives its prompt and seed, not a camera
+    if record is not None and record.extra.get("refiner") and replay.get("frames"):
+        replay["frames"] = int(replay["frames"]) + 1  # the refiner drops the first of the frames stage 1 made
     explicit = {k: flags.get(k) for k in WORLD_KEYS}
     settings = merge_settings(replay, explicit)
     check_settings(settings)
@@ -263,6 +208,8 @@ def run(flags: dict[str, Any]) -> None:
     width, height = check_size(settings.get("res")) or (preset.width, preset.height)
     frames = int(settings["frames"]) if settings.get("frames") is not None else None
     image_size = first.image.size if first else (width, height)
+    from .world_camera import camera_source, resolve_path
+
     path = resolve_path(camera_source(flags, record, from_path), image_size, frames, preset.frames)
     for notice in path.notices:
         console.notice(notice)
@@ -346,6 +293,8 @@ def run(flags: dict[str, Any]) -> None:
     if refiner_dir is not None:
         from sana.pipelines.world_refiner import WorldRefiner
 
+        quiet_libraries()  # diffusers and transformers are imported by now: their loading bars go too
+
         stage2 = WorldRefiner.load(refiner_dir, dtype=dtype, device=device)
         console.info(f"refiner: {refiner_dir} ({stage2.placement})")
     load_seconds = time.perf_counter() - start
@@ -415,6 +364,8 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
         for clip in paths:
             if camera_json_path(clip).exists() and not force:
                 raise exists_error(camera_json_path(clip))
+            if force:
+                _refuse_shared_camera_file(clip)
             if force and clip_format(clip) == "png":  # a frames folder is replaced whole: never one with a user's file
                 check_replaceable_frames(clip)
         return paths
@@ -426,10 +377,26 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
     return prompt, seeds, paths
 
 
+def _refuse_shared_camera_file(clip: Path) -> None:
+    """Clips of one name in two formats (`walk.mp4`, `walk.gif`, a `walk/` frames folder) would share one camera
+    file: --force replaces the clip asked for, never another clip's camera file."""
+    from sana.camera.export import camera_json_path
+    from sana.outputs.video import CLIP_SUFFIXES
+
+    if not camera_json_path(clip).exists():
+        return
+    stem = clip.with_suffix("") if clip.suffix else clip
+    for suffix in CLIP_SUFFIXES.values():
+        other = stem.with_name(stem.name + suffix)
+        if other != clip and (other.is_file() if suffix else other.is_dir()):
+            raise UsageError(f"{camera_json_path(clip)} is the camera file of {other} too",
+                             f"give -o another name than {clip.name}, or move {other.name} away first")
+
+
 def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_arg: str, resolved, dtype, device,
                        first, load_seconds: float, force: bool, refiner=None, fp8: bool = False) -> None:
     from sana import __version__
-    from sana.camera.export import camera_json_path, write_camera_json
+    from sana.camera.export import camera_json_path, camera_record, write_camera_json
     from sana.device import DTYPE_NAMES
     from sana.outputs import GenerationRecord, save_video
 
@@ -441,10 +408,9 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
     crf = int(settings["crf"]) if settings.get("crf") is not None else None
     for frames, seed, path in zip(result.videos, request.seeds, paths):
         camera_file = camera_json_path(path)
+        camera_extra, camera_text = camera_record(camera, path)
         extra = {"device": str(device), "generated_size": list(result.generated_size), "memory": result.memory,
-                 "image": str(first.path), "image_sha256": first.sha256,
-                 "camera": camera.source, "camera_sha256": camera.source_sha256, "camera_kind": camera.source_kind,
-                 "camera_file": camera_file.name, "camera_settings": dict(camera.params)}
+                 "image": str(first.path), "image_sha256": first.sha256, **camera_extra}
         if refiner is not None:
             extra["refiner"] = refiner.record(seed)
         if fp8:
@@ -458,7 +424,7 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
         )
         start = time.perf_counter()
         written = save_video(frames.numpy(), path, record, fps=camera.fps, force=force, crf=crf)
-        write_camera_json(camera, camera_file)
+        write_camera_json(camera, camera_file, camera_text)
         result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
         print_written(written, record)
     phases = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in result.timings.items())

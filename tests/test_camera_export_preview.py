@@ -47,9 +47,7 @@ def test_nerfstudio_half(tmp_path, action_path):
     keyframes = data["keyframes"]
     assert len(keyframes) == len(set(range(0, frames, 8)) | {frames - 1})
     assert all(set(k) >= {"matrix", "fov", "aspect"} for k in keyframes)
-    durations = [k["override_transition_sec"] if k["override_transition_enabled"] else data["default_transition_sec"]
-                 for k in keyframes[:-1]]
-    assert sum(durations) == pytest.approx((frames - 1) / 16)
+    assert _viewer_keyframe_times(data) == pytest.approx(np.array(sorted(set(range(0, frames, 8)) | {frames - 1})) / 16)
 
     # nerfstudio's half alone reads back to the same poses; its intrinsics come from fov, so fx = fy and the
     # principal point is centred, as they were not here
@@ -92,3 +90,24 @@ def test_preview_and_export_need_no_matplotlib_or_torch():
     code = ("import sys; import sana.camera.preview, sana.camera.export; "
             "assert 'matplotlib' not in sys.modules and 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _viewer_keyframe_times(data: dict) -> np.ndarray:
+    """When nerfstudio's viewer reaches each keyframe (its `compute_transition_times_cumsum`, no loop): a keyframe's
+    transition is the one that ends at it, the first keyframe's unused."""
+    durations = [k["override_transition_sec"] if k["override_transition_enabled"] else data["default_transition_sec"]
+                 for k in data["keyframes"][1:]]
+    return np.concatenate([[0.0], np.cumsum(durations)])
+
+
+def test_nerfstudio_keyframes_reach_each_frame_on_time(action_path):
+    """A path whose last keyframe step is short (20 frames: keys 0, 8, 16, 19): the viewer reaches every keyframe
+    at its frame's time, so the short step is the last keyframe's."""
+    import dataclasses
+
+    from sana.camera.export import camera_json
+
+    short = dataclasses.replace(action_path, c2w=action_path.c2w[:20], intrinsics=action_path.intrinsics[:20])
+    data = camera_json(short)
+    assert _viewer_keyframe_times(data) == pytest.approx(np.array([0, 8, 16, 19]) / 16.0)
+    assert [k["override_transition_enabled"] for k in data["keyframes"]] == [False, False, False, True]

@@ -62,6 +62,7 @@ def test_clip_camera_file_metadata_and_replay(tiny, image, tmp_path):
     assert extra["image_sha256"] == file_sha256(image) and extra["camera"] == ACTIONS
     assert extra["camera_sha256"] == actions_sha256(ACTIONS) and extra["camera_kind"] == "actions"
     assert extra["camera_file"] == "world.camera.json" and extra["camera_settings"]["fov"] == 60.0
+    assert extra["camera_file_sha256"] == file_sha256(tmp_path / "world.camera.json")
 
     # The camera file beside the clip: both formats, the schema half giving back the same path.
     camera_file = tmp_path / "world.camera.json"
@@ -90,6 +91,23 @@ def test_clip_camera_file_metadata_and_replay(tiny, image, tmp_path):
     assert ours.shape == (17, HEIGHT, WIDTH, 3)
     for index, (a, b) in enumerate(zip(ours, ref)):
         assert psnr(a, np.asarray(b)) >= 45, f"frame {index}"
+
+    # Another clip of the same name in another format would share world.camera.json: --force does not take it.
+    camera_before = camera_file.read_bytes()
+    other = run_sana("world", "A Cat walking", "--image", str(image), "--actions", "s-16", "--fov", "60", "--model",
+                     str(model_dir), *TINY, "-o", str(tmp_path / "world.gif"), "--force", *COMMON)
+    assert "camera file of" in assert_one_line_error(other) and camera_file.read_bytes() == camera_before
+    assert not (tmp_path / "world.gif").exists()
+
+    # A camera file replaced since the clip was made is not replayed: the clip's recorded source is resolved again.
+    from sana.camera.export import write_camera_json
+
+    write_camera_json(resolve_camera(actions="s-16", image_size=IMAGE_SIZE, fov=60.0), camera_file)
+    dry = run_sana("world", "--from", str(clip), "--dry-run", *COMMON)
+    assert dry.returncode == 0, dry.stderr
+    assert "not the camera file written with world.mp4" in dry.stderr
+    assert f"actions {ACTIONS}" in dry.stdout and "17 frames" in dry.stdout
+    camera_file.write_bytes(camera_before)
 
     # --force replaces a frames folder whole, so one holding a file sana did not write is refused before any work
     (folder / "notes.txt").write_text("mine")
@@ -196,6 +214,12 @@ WITHOUT_MODEL = {
     "intrinsics": (("--actions", "w-8", "--intrinsics", "1,2,3"), ("--intrinsics '1,2,3'", "4 numbers")),
     "frames past the maximum": (("--actions", "w-2100", "--fov", "60", "--frames", "2000"),
                                 ("--frames 2000 is out of range", "961")),
+    "actions past the maximum": (("--actions", "w-99999999999", "--fov", "60"), ("--actions make", "961")),
+    "intrinsics not finite": (("--actions", "w-8", "--intrinsics", "nan,1,2,3"), ("4 numbers", "finite")),
+    "speed with a file": (("--camera", "{tmp}/absent.json", "--fov", "60", "--speed", "0.5"),
+                          ("--speed applies to --actions",)),
+    "camera fps with actions": (("--actions", "w-8", "--fov", "60", "--camera-fps", "30"),
+                                ("--camera-fps applies to .npy poses",)),
 }
 
 

@@ -203,3 +203,27 @@ def test_unsupported_configs_are_refused(models, change, message):
     config = {**transformer_config(), "_class_name": "SanaWMTransformer3DModel", **change}
     with pytest.raises(SanaError, match=message):
         load_world_transformer(folder / "diffusion_pytorch_model.safetensors", config=config)
+
+
+def test_camera_branch_attends_in_bf16_from_any_dtype():
+    """diffusers' softmax camera branch casts q, k, v to float and then bf16 whatever the model's dtype, and pads
+    the head to 128; the main branch casts only fp32. In an fp16 model the two differ."""
+    import torch.nn.functional as F
+
+    from sana.models.world_attention import softmax_attention_bf16
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 12, 2, 112, generator=gen).half() for _ in range(3))
+
+    def diffusers_rule(cast, pad):
+        a, b, c = (t.transpose(1, 2) for t in (q, k, v))
+        if cast:
+            a, b, c = (t.float().bfloat16() for t in (a, b, c))
+        if pad:
+            a, b, c = (F.pad(t, (0, 16)) for t in (a, b, c))
+        return F.scaled_dot_product_attention(a, b, c)[..., :112].transpose(1, 2).half()
+
+    camera = softmax_attention_bf16(q, k, v, camera_branch=True)
+    assert torch.equal(camera, diffusers_rule(cast=True, pad=True))
+    assert not torch.equal(camera, diffusers_rule(cast=False, pad=True))
+    assert torch.equal(softmax_attention_bf16(q, k, v), diffusers_rule(cast=False, pad=False))

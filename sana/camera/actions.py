@@ -26,11 +26,14 @@ import math
 import numpy as np
 
 from ..errors import UsageError
+from .path import MAX_WORLD_FRAMES
 
 DEFAULT_SPEED = 0.05  # world units a frame (about 0.8 m/s at 16 fps for a metric model)
 DEFAULT_TURN_RATE = 1.2  # degrees a frame
 PITCH_LIMIT_DEGREES = 85.0
 ACTION_KEYS = "wasdijkl"
+# Steps an action string may hold: the first frame and one a step make the longest clip SANA-WM makes.
+MAX_ACTION_STEPS = MAX_WORLD_FRAMES - 1
 
 # For `--help`: what each key does with the default speeds.
 ACTION_HELP = f"""\
@@ -81,6 +84,9 @@ def parse_actions(actions: str) -> list[frozenset[str]]:
             raise UsageError(f"{where}: unknown key {', '.join(map(repr, unknown))}; "
                              f"expected letters of {ACTION_KEYS} or \"none\"")
         keys = frozenset() if keys_text == "none" else frozenset(keys_text)
+        if len(steps) + count > MAX_ACTION_STEPS:  # refused before a huge count is integrated
+            raise UsageError(f"--actions make {len(steps) + count + 1} frames by segment {number} {segment!r}",
+                             f"SANA-WM makes at most {MAX_WORLD_FRAMES} frames, a minute at 16 fps")
         steps.extend([keys] * count)
     return steps
 

@@ -9,6 +9,7 @@ gives the same path. Both halves describe the same poses at 16 fps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -50,8 +51,9 @@ def camera_json(path: CameraPath, keyframe_every: int = KEYFRAME_EVERY) -> dict[
     step = keyframe_every / path.fps
     keyframes = []
     for i, frame in enumerate(keys):
-        # the viewer times a keyframe by the transition after it; the last full step may be shorter
-        transition = (keys[i + 1] - frame) / path.fps if i + 1 < len(keys) else step
+        # the viewer times a keyframe by the transition that ends at it (the first one's counts only in a loop);
+        # the last, into the path's final frame, may be shorter than the others
+        transition = (frame - keys[i - 1]) / path.fps if i > 0 else step
         keyframes.append({"matrix": _flat(matrices[frame]), "fov": float(fovs[frame]), "aspect": width / height,
                           "override_transition_enabled": not math.isclose(transition, step),
                           "override_transition_sec": transition if not math.isclose(transition, step) else None})
@@ -81,11 +83,28 @@ def camera_json(path: CameraPath, keyframe_every: int = KEYFRAME_EVERY) -> dict[
     }
 
 
-def write_camera_json(path: CameraPath, dest: str | Path) -> Path:
-    """Write the path to dest (atomically: a partial file never appears under the final name)."""
+def camera_json_text(path: CameraPath) -> str:
+    return json.dumps(camera_json(path), indent=1) + "\n"
+
+
+def camera_record(path: CameraPath, clip: str | Path) -> tuple[dict[str, Any], str]:
+    """What a clip's record says of its camera, and the text of its camera file. The record names the source, its
+    sha256 and the settings it was resolved with, and the camera file beside the clip with that file's sha256, so
+    a replay can tell the file was replaced (clips of one name in two formats share it) or edited."""
+    text = camera_json_text(path)
+    extra = {"camera": path.source, "camera_sha256": path.source_sha256, "camera_kind": path.source_kind,
+             "camera_file": camera_json_path(clip).name,
+             "camera_file_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+             "camera_settings": dict(path.params)}
+    return extra, text
+
+
+def write_camera_json(path: CameraPath, dest: str | Path, text: str | None = None) -> Path:
+    """Write the path (or `text`, `camera_record`'s) to dest, atomically: a partial file never appears under the
+    final name."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(camera_json(path), indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(text if text is not None else camera_json_text(path), encoding="utf-8")
     os.replace(tmp, dest)
     return dest
 

@@ -60,8 +60,10 @@ def read_intrinsics(value: str | Path | np.ndarray | Sequence[float], name: str 
         text = str(value)
         if isinstance(value, str) and _FOUR_NUMBERS.fullmatch(text):
             array = np.array([float(v) for v in re.split(r"[,\s]+", text.strip())])
-        elif isinstance(value, str) and re.fullmatch(r"[\d\s,.eE+-]+", text):
-            raise UsageError(f"{name} {text!r}: expected 4 numbers fx,fy,cx,cy in image pixels, or a file")
+        elif isinstance(value, str) and (re.fullmatch(r"[\d\s,.eE+-]+", text)
+                                         or ("," in text and not Path(text).exists())):
+            # numbers (or words such as nan between commas) rather than a file name: said as such
+            raise UsageError(f"{name} {text!r}: expected 4 numbers fx,fy,cx,cy (finite, in image pixels), or a file")
         else:
             path = Path(value)
             data = read_bytes(path, "intrinsics file")

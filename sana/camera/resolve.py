@@ -59,13 +59,16 @@ def resolve_camera(camera: str | Path | None = None, *, actions: str | None = No
     else:
         kind, source, digest = _read_file(Path(camera), image_size, source_fps)
         name = label = str(camera)
+        if source_fps is not None:
+            params["source_fps"] = float(source_fps)
     notices = list(source.notices)
 
     # 2. resample to the model's frame rate unless the poses already sit on its grid
     c2w, own = source.c2w, source.intrinsics
     times = source.times - source.times[0]
     grid = frame_times(len(times), MODEL_FPS)
-    if len(times) != len(grid) or not np.allclose(times, grid, rtol=0.0, atol=1e-9):
+    resampled = len(times) != len(grid) or not np.allclose(times, grid, rtol=0.0, atol=1e-9)
+    if resampled:
         new_times = model_frame_times(0.0, float(times[-1]))
         c2w, own = resample_path(times, c2w, own, new_times, source.interpolation)
         positions = "Catmull-Rom" if source.interpolation == "spline" else "linear"
@@ -91,6 +94,10 @@ def resolve_camera(camera: str | Path | None = None, *, actions: str | None = No
     # 5. intrinsics: explicit ones win, then the path's own, then none (an error)
     if intrinsics is not None:
         values, intrinsics_digest = read_intrinsics(intrinsics)
+        if values.ndim == 2 and resampled and len(values) == len(times):
+            # a row for each pose of the source: resampled with the poses, as a path's own intrinsics are
+            values = np.stack([np.interp(new_times, times, column) for column in values.T], axis=1)
+            notices.append(f"--intrinsics: its {len(times)} rows (one a pose) resampled with the poses")
         if values.ndim == 2 and len(values) < count:
             shown = f"--intrinsics {intrinsics}" if isinstance(intrinsics, (str, Path)) else "--intrinsics"
             raise UsageError(f"{shown}: {len(values)} rows for {count} frames; expected (4,) or at least "
@@ -99,6 +106,8 @@ def resolve_camera(camera: str | Path | None = None, *, actions: str | None = No
         params["intrinsics"] = "--intrinsics"
         if intrinsics_digest is not None:
             params["intrinsics_sha256"] = intrinsics_digest
+        if values.ndim == 1:  # the values themselves, so a replay without the camera file needs no flag
+            params["intrinsics_values"] = [float(v) for v in values]
     elif fov is not None:
         chosen = np.broadcast_to(intrinsics_from_fov(fov, width, height), (count, 4))
         params.update(intrinsics="--fov", fov=float(fov))
@@ -139,6 +148,8 @@ def _checked_args(camera, actions, image_size, intrinsics, fov, num_frames, pose
     for flag, value in (("--pose-scale", pose_scale), ("--speed", speed), ("--turn-rate", turn_rate)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise UsageError(f"{flag} {value!r}; expected a number above 0")
+    if source_fps is not None and actions is not None:
+        raise UsageError("--camera-fps applies to .npy poses; actions make one frame a step at 16 fps")
     if source_fps is not None and (not math.isfinite(source_fps) or source_fps <= 0):
         raise UsageError(f"--camera-fps {source_fps!r}; expected a number above 0")
     return width, height

@@ -38,18 +38,19 @@ class TemporalShortConv(nn.Module):
         return ops.short_conv(x, self.weight, frames)
 
 
-def softmax_attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad_heads: bool = False) -> torch.Tensor:
+def softmax_attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, camera_branch: bool = False
+                           ) -> torch.Tensor:
     """Full softmax attention, q, k, v [B, N, H, D] -> [B, N, H, D] in v's dtype.
 
     diffusers runs these SDPAs in bf16 even in an fp32 model (for flash attention) and casts back; the rounding is
-    part of the model's arithmetic. `pad_heads` zero-pads D to the next flash size (112 -> 128) as its camera
-    branch does, which makes the softmax scale 1 / sqrt(padded D).
+    part of the model's arithmetic. Its camera branch (`camera_branch`) casts to bf16 from any dtype, fp16
+    included, and zero-pads D to the next flash size (112 -> 128), which makes the softmax scale 1 / sqrt(padded D).
     """
     dtype, d = v.dtype, q.shape[-1]
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, D]
-    if q.dtype == torch.float32:
+    if q.dtype == torch.float32 or camera_branch:
         q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
-    pad = (128 if d <= 128 else 256) - d if pad_heads and d not in (32, 64, 128, 256) and d < 256 else 0
+    pad = (128 if d <= 128 else 256) - d if camera_branch and d not in (32, 64, 128, 256) and d < 256 else 0
     if pad:
         q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v)[..., :d]  # [B, H, N, D]
@@ -166,7 +167,7 @@ class SoftmaxSelfAttention(_CameraAttention):
             qc, kc, vc = self._camera_qkv(x)
             qc, kc, vc = self._heads(self.q_norm_cam(qc)), self._heads(self.k_norm_cam(kc)), self._heads(vc)
             qe, ke, ve = camera.encode(qc, camera.p_t), camera.encode(kc, camera.p_inv), camera.encode(vc, camera.p_inv)
-            out = softmax_attention_bf16(qe, ke, ve, pad_heads=True)
+            out = softmax_attention_bf16(qe, ke, ve, camera_branch=True)
             out = camera.decode(out).reshape(b, n, c)
             attended = attended + self.out_proj_cam(out)
         return self._output(x, attended)

@@ -131,7 +131,7 @@ def _from_pretrained(folder: Path, dtype, **kwargs):
     from diffusers import SanaWMLTX2Refiner
 
     try:
-        pipe = SanaWMLTX2Refiner.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, **kwargs)
+        pipe = SanaWMLTX2Refiner.from_pretrained(folder, dtype=dtype, use_safetensors=True, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise SanaError(f"cannot load the refiner in {folder}: {str(exc).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)

@@ -112,7 +112,7 @@ def clip_size(model: ServedModel, size: str | None, first: FirstFrame | None = N
 
 def first_frame(reference: Any) -> FirstFrame | None:
     """`input_reference` decoded: an uploaded file, a base64 data URL (or bare base64), or {"image_url": data URL}."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if reference is None or reference == "":
         return None
@@ -143,7 +143,7 @@ def first_frame(reference: Any) -> FirstFrame | None:
                 raise ApiError(400, f"input_reference is {opened.width}x{opened.height}: too large",
                                param="input_reference", code="invalid_value")
             opened.load()
-            image = opened.convert("RGB")
+            image = ImageOps.exif_transpose(opened).convert("RGB")  # upright, as it is shown (diffusers' load_image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise ApiError(400, "input_reference is not an image that can be read (send PNG, JPEG or WebP)",
                        param="input_reference", code="invalid_image") from None
@@ -266,11 +266,11 @@ def run_clip(model: ServedModel, job: Job, events) -> Path:
     if first is not None:
         extra.update(image=first.name, image_sha256=first.sha256)
     if model.kind == "world":
-        from ..camera.export import camera_json_path
+        from ..camera.export import camera_record
 
         camera = request.camera
-        extra.update(camera=camera.source, camera_sha256=camera.source_sha256, camera_kind=camera.source_kind,
-                     camera_file=camera_json_path(context["path"]).name, camera_settings=dict(camera.params))
+        camera_extra, camera_text = camera_record(camera, context["path"])
+        extra.update(camera_extra)
         if refiner is not None:
             extra.update(refiner=refiner.record(request.seeds[0]))
         sampler, fps = "flow-euler", camera.fps
@@ -290,5 +290,5 @@ def run_clip(model: ServedModel, job: Job, events) -> Path:
     if model.kind == "world":
         from ..camera.export import camera_json_path, write_camera_json
 
-        write_camera_json(request.camera, camera_json_path(path))
+        write_camera_json(request.camera, camera_json_path(path), camera_text)
     return path
