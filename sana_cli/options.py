@@ -83,7 +83,7 @@ ClipFormat = Annotated[Optional[str], typer.Option("--format", help="mp4, gif, w
 Crf = Annotated[Optional[int], typer.Option("--crf", help="MP4 quality: 0 (lossless) to 51 (default 18, visually lossless).")]
 
 # Camera paths (sana world)
-Camera = Annotated[Optional[Path], typer.Option("--camera", "-c", help="Camera path file, its kind told by its content (the kinds below; docs/camera-paths.md).")]
+Camera = Annotated[Optional[str], typer.Option("--camera", "-c", help="Camera path file, its kind told by its content (the kinds below; docs/camera-paths.md).")]
 Actions = Annotated[Optional[str], typer.Option("--actions", help="Camera moves as keys held for frames, e.g. \"w-80,jw-40,w-40\" (the table below).")]
 Intrinsics = Annotated[Optional[str], typer.Option("--intrinsics", help="fx,fy,cx,cy in pixels of --image, or a .npy / text file (K 3x3, (F, 3, 3), (4,) or (F, 4)).")]
 Fov = Annotated[Optional[float], typer.Option("--fov", help="Vertical field of view of --image in degrees (square pixels, centred principal point).")]

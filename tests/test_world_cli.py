@@ -218,6 +218,7 @@ WITHOUT_MODEL = {
     "intrinsics not finite": (("--actions", "w-8", "--intrinsics", "nan,1,2,3"), ("4 numbers", "finite")),
     "speed with a file": (("--camera", "{tmp}/absent.json", "--fov", "60", "--speed", "0.5"),
                           ("--speed applies to --actions",)),
+    "empty camera path": (("--camera", "", "--fov", "60"), ("--camera: an empty path",)),
     "camera fps with actions": (("--actions", "w-8", "--fov", "60", "--camera-fps", "30"),
                                 ("--camera-fps applies to .npy poses",)),
 }

@@ -29,7 +29,8 @@ def read_nerfstudio(data: dict[str, Any], path: Path, image_size: tuple[int, int
     """Poses in OpenCV camera axes (c2w @ diag(1, -1, -1, 1)), times, and intrinsics scaled to image_size."""
     camera_type = data.get("camera_type", "perspective")
     if not isinstance(camera_type, str) or camera_type.lower() != "perspective":
-        kind = "a " + camera_type if isinstance(camera_type, str) else repr(camera_type)
+        article = "an" if isinstance(camera_type, str) and camera_type[:1].lower() in "aeiou" else "a"
+        kind = f"{article} {camera_type}" if isinstance(camera_type, str) and camera_type else repr(camera_type)
         raise UsageError(f"{path} field camera_type: {kind} camera; expected \"perspective\" "
                          "(SANA-WM models a pinhole camera)")
     entries = data["camera_path"]

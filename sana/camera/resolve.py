@@ -57,7 +57,7 @@ def resolve_camera(camera: str | Path | None = None, *, actions: str | None = No
         kind, name, label, digest = "actions", actions, f"--actions {actions!r}", actions_sha256(actions)
         params.update(speed=float(speed), turn_rate=float(turn_rate))
     else:
-        kind, source, digest = _read_file(Path(camera), image_size, source_fps)
+        kind, source, digest = _read_file(Path(camera).expanduser(), image_size, source_fps)
         name = label = str(camera)
         if source_fps is not None:
             params["source_fps"] = float(source_fps)
@@ -132,6 +132,8 @@ def _checked_args(camera, actions, image_size, intrinsics, fov, num_frames, pose
     """The image size as ints, after refusing contradictory or out-of-range arguments."""
     if (camera is None) == (actions is None):
         raise UsageError("give a camera path (--camera FILE) or actions (--actions \"w-80,jw-40\"), exactly one")
+    if isinstance(camera, str) and not camera.strip():  # Path("") is ".", which would read as a directory
+        raise UsageError("--camera: an empty path; expected a camera file")
     if intrinsics is not None and fov is not None:
         raise UsageError("--intrinsics and --fov both given; expected one of them")
     if fov is not None:
