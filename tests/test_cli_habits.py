@@ -152,6 +152,39 @@ def test_short_help(args):
     assert f"Usage: sana {' '.join(args[:-1])}".strip() in " ".join(result.stdout.split())
 
 
+def _commands_and_names() -> dict[str, list[str]]:
+    """Every command of the app (`""` for `sana` itself), with its options' names."""
+    import typer
+
+    from sana_cli.app import app
+
+    found = {}
+
+    def walk(command, path):
+        found[" ".join(path)] = [name for param in command.params for name in (*param.opts, *param.secondary_opts)
+                                 if name.startswith("-")]
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+COMMAND_NAMES = _commands_and_names()
+LONGEST_NAMES = sorted(COMMAND_NAMES, key=lambda c: max(map(len, COMMAND_NAMES[c]), default=0))[-6:]
+
+
+@pytest.mark.parametrize("command", sorted({*LONGEST_NAMES, "world"}), ids=lambda c: c.replace(" ", "-") or "sana")
+def test_help_at_80_columns_never_cuts_an_option_name(command):
+    """A pipe, like a terminal 80 columns wide, once showed `--checkpoint-every` as `--checkpoint-eve…`."""
+    result = run_sana(*command.split(), "--help", env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    assert max(map(len, result.stdout.splitlines())) <= 80
+    assert "…" not in result.stdout  # help text wraps too, rather than losing its end
+    words = set(re.findall(r"-[\w-]+", result.stdout))
+    assert [name for name in COMMAND_NAMES[command] if name not in words] == []
+
+
 def test_guidance_is_an_alias_of_cfg_in_gen():
     result = run_sana("gen", "-h")
     assert "--guidance" in result.stdout and "--cfg" in result.stdout
