@@ -41,100 +41,170 @@ def _print_json(title: str, data: Any) -> None:
     console.out.print_json(json.dumps(data))
 
 
-@models_app.command("list")
-def list_command() -> None:
-    """The registry, and which models are in the hub cache."""
-    from sana.hub import human_count, human_size, list_models
+def _echo_json(data: Any) -> None:
+    # Plain write: rich would wrap long lines and colour the JSON, which breaks piping into other tools.
+    typer.echo(json.dumps(data, indent=2))
 
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print it as JSON to stdout (sizes in bytes), for scripts.")]
+
+
+@models_app.command("list")
+def list_command(as_json: AsJson = False) -> None:
+    """The registry, and which models are in the hub cache."""
+    from sana.hub import human_count, human_size
+
+    entries = _listing()
+    if as_json:
+        _echo_json(entries)
+        return
     table = Table(header_style="bold")
     for column, justify in (("name", "left"), ("family", "left"), ("resolution", "right"), ("params", "right"),
                             ("downloaded", "left"), ("on disk", "right")):
         table.add_column(column, justify=justify, no_wrap=True)
-    for entry in list_models():
-        spec = entry.spec
-        table.add_row(entry.name, entry.family or "-", f"{spec.resolution} px" if spec else "-",
-                      human_count(spec.transformer_params) if spec else "-", entry.status,
-                      human_size(entry.size_on_disk) if entry.status != "no" else "-")
-    from sana.rewards.models import REWARD_MODELS, reward_model_status
-
-    for reward in REWARD_MODELS.values():  # the reward models of `sana finetune --rl`
-        status, size = reward_model_status(reward)
-        table.add_row(reward.name, "reward", "-", "-", status, human_size(size) if status != "no" else "-")
+    for entry in entries:
+        table.add_row(entry["name"], entry["family"] or "-",
+                      f"{entry['resolution']} px" if entry["resolution"] else "-",
+                      human_count(entry["params"]) if entry["params"] is not None else "-", entry["downloaded"],
+                      human_size(entry["size_on_disk"]) if entry["downloaded"] != "no" else "-")
     console.table(table)
 
 
+def _listing() -> list[dict[str, Any]]:
+    """`models list`'s rows: the registry, SANA pipelines cached under other ids, then the reward models."""
+    from sana.hub import list_models
+    from sana.rewards.models import REWARD_MODELS, reward_model_status
+
+    entries = []
+    for entry in list_models():
+        spec = entry.spec
+        entries.append({"name": entry.name, "kind": "model", "family": entry.family, "repo": entry.repo,
+                        "aliases": list(spec.aliases) if spec else [], "description": spec.description if spec else None,
+                        "resolution": spec.resolution if spec else None,
+                        "params": spec.transformer_params if spec else None,  # the transformer's, as the table
+                        "downloaded": entry.status, "size_on_disk": entry.size_on_disk})
+    for reward in REWARD_MODELS.values():  # the reward models of `sana finetune --rl`
+        status, size = reward_model_status(reward)
+        entries.append({"name": reward.name, "kind": "reward", "family": "reward", "repo": reward.repo,
+                        "aliases": [], "description": reward.description, "resolution": None, "params": None,
+                        "downloaded": status, "size_on_disk": size, "processor_repo": reward.processor_repo})
+    return entries
+
+
 @models_app.command("info")
-def info_command(name: Annotated[str, typer.Argument(help=NAME_HELP)]) -> None:
+def info_command(name: Annotated[str, typer.Argument(help=NAME_HELP)], as_json: AsJson = False) -> None:
     """Everything known about a model, without network: preset, sizes per precision, transformer config."""
     from sana import hub
     from sana.registry import find_spec
 
     from sana.rewards.models import find_reward_model
 
-    # 1. A local directory, or a cached repo the registry does not know: what is on disk, complete or not.
+    # 1. What NAME is: a reward model, a local directory, a registry model, or a cached repo the registry does not
+    #    know (for the last two: what is on disk, complete or not).
     local = Path(name).expanduser()
     reward = None if local.exists() else find_reward_model(name)
+    spec = None if local.exists() or reward else find_spec(name)
     if reward is not None:
-        _print_reward_model(reward)
-        return
-    if local.exists():
-        _print_directory(hub.require_model_directory(local, name), name)
-        return
-    spec = find_spec(name)
-    if spec is None:
-        cached = hub.cached_snapshot(name)
-        _print_directory(cached[0] if cached else hub.resolve_model(name).path, name)  # resolving says why not
-        return
+        record, show = _reward_record(reward), _print_reward_model
+    elif spec is not None:
+        record, show = _registry_record(spec), lambda r: _print_registry_model(r, spec)
+    else:
+        if local.exists():
+            path = hub.require_model_directory(local, name)
+        else:
+            cached = hub.cached_snapshot(name)
+            path = cached[0] if cached else hub.resolve_model(name).path  # resolving says why not
+        record, show = _directory_record(path, name), _print_directory
 
-    # 2. A registry model: the preset, then its cache state.
-    cached = hub.cached_repos().get(spec.repo.lower())
-    rows = [("name", spec.name), ("aliases", ", ".join(spec.aliases) or "-"), ("repo", spec.repo),
-            ("family", spec.family), ("description", spec.description), ("resolution", f"{spec.resolution} px"),
-            ("pipeline", spec.pipeline)]
-    if not spec.verified:
-        rows.append(("verified", "no (values from the model's documentation, not checked against the repo)"))
-    if spec.extra.get("embedded"):
+    # 2. As JSON, or as tables.
+    if as_json:
+        _echo_json(record)
+    else:
+        show(record)
+
+
+def _registry_record(spec: ModelSpec) -> dict[str, Any]:
+    """A registry model: its preset, and its state on disk."""
+    from sana import hub
+
+    record = {"name": spec.name, "kind": "model", "aliases": list(spec.aliases), "repo": spec.repo,
+              "family": spec.family, "description": spec.description, "resolution": spec.resolution,
+              "pipeline": spec.pipeline, "verified": spec.verified, "embedded": bool(spec.extra.get("embedded"))}
+    if record["embedded"]:  # shipped inside the package (nano): installed or not, never downloaded
         from sana.embedded import embedded_env, embedded_model_dir
 
         path = embedded_model_dir(spec.extra["embedded"])
-        rows.append(("installed", f"yes, in the package: {path}" if path else
-                     f"no (this installation lacks it; {embedded_env(spec.extra['embedded'])} can point at a "
-                     f"{spec.name} model folder)"))
-    elif cached is None:
-        rows.append(("downloaded", f"no (sana models pull {spec.name})"))
+        record.update(downloaded="yes" if path else "no", path=str(path) if path else None,
+                      size_on_disk=sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path else 0,
+                      env=embedded_env(spec.extra["embedded"]))
     else:
-        missing = hub.missing_files(cached.snapshot) if cached.snapshot else ["every file"]
-        status = "partial" if missing else "yes"
-        rows += [("downloaded", f"{status}, {hub.human_size(cached.size_on_disk)} on disk"),
-                 ("path", str(cached.snapshot or cached.path))]
-        if missing:
-            rows.append(("missing files", f"{', '.join(missing)} (sana models pull {spec.name})"))
+        cached = hub.cached_repos().get(spec.repo.lower())
+        missing = [] if cached is None else hub.missing_files(cached.snapshot) if cached.snapshot else ["every file"]
+        record.update(downloaded="no" if cached is None else "partial" if missing else "yes",
+                      size_on_disk=cached.size_on_disk if cached else 0,
+                      path=str(cached.snapshot or cached.path) if cached else None, missing_files=missing)
+    record.update(
+        params=dict(spec.params), default_precision=spec.defaults.get("dtype"),
+        weights={precision: {"files": f"*.{w.variant}.safetensors" if w.variant else "default",
+                             "bytes": dict(w.bytes), "total_bytes": w.total_bytes}
+                 for precision, w in spec.weights.items()},
+        defaults=spec.defaults, transformer=spec.transformer)
+    return record
+
+
+def _print_registry_model(record: dict[str, Any], spec: ModelSpec) -> None:
+    from sana import hub
+
+    name = record["name"]
+    rows = [("name", name), ("aliases", ", ".join(record["aliases"]) or "-"), ("repo", record["repo"]),
+            ("family", record["family"]), ("description", record["description"]),
+            ("resolution", f"{record['resolution']} px"), ("pipeline", record["pipeline"])]
+    if not record["verified"]:
+        rows.append(("verified", "no (values from the model's documentation, not checked against the repo)"))
+    if record["embedded"]:
+        rows.append(("installed", f"yes, in the package: {record['path']}" if record["path"] else
+                     f"no (this installation lacks it; {record['env']} can point at a {name} model folder)"))
+    elif record["downloaded"] == "no":
+        rows.append(("downloaded", f"no (sana models pull {name})"))
+    else:
+        rows += [("downloaded", f"{record['downloaded']}, {hub.human_size(record['size_on_disk'])} on disk"),
+                 ("path", record["path"])]
+        if record["missing_files"]:
+            rows.append(("missing files", f"{', '.join(record['missing_files'])} (sana models pull {name})"))
     console.table(_key_value_table(rows))
 
     params = Table(title="parameters", header_style="bold", title_justify="left")
     params.add_column("component")
     params.add_column("params", justify="right")
-    for component, count in spec.params.items():
+    for component, count in record["params"].items():
         params.add_row(component, f"{hub.human_count(count)} ({count:,})")
     console.out.print(params)
     console.out.print(_download_sizes(spec))
-    _print_json("defaults", spec.defaults)
-    _print_json("transformer config", spec.transformer)
+    _print_json("defaults", record["defaults"])
+    _print_json("transformer config", record["transformer"])
 
 
-def _print_reward_model(reward) -> None:
+def _reward_record(reward) -> dict[str, Any]:
     """A reward model of `sana finetune --rl` and `sana gen --best-of`: its repos and what of them is on disk."""
-    from sana import hub
     from sana.rewards.models import locate_reward_model, reward_model_status
 
     status, size = reward_model_status(reward)
-    rows = [("name", reward.name), ("kind", "reward model (sana finetune --rl --reward, sana gen --best-of)"),
-            ("description", reward.description), ("repos", ", ".join(reward.repos)),
-            ("downloaded", f"{status}, {hub.human_size(size)} on disk" if status != "no"
-             else f"no (sana models pull {reward.name})")]
-    if status == "yes":
-        weights, processor = locate_reward_model(reward.name)
-        rows.append(("path", str(weights) if weights == processor else f"{weights} (processor: {processor})"))
+    weights, processor = locate_reward_model(reward.name) if status == "yes" else (None, None)
+    return {"name": reward.name, "kind": "reward", "description": reward.description, "repos": reward.repos,
+            "downloaded": status, "size_on_disk": size, "path": str(weights) if weights else None,
+            "processor_path": str(processor) if processor else None}
+
+
+def _print_reward_model(record: dict[str, Any]) -> None:
+    from sana import hub
+
+    rows = [("name", record["name"]), ("kind", "reward model (sana finetune --rl --reward, sana gen --best-of)"),
+            ("description", record["description"]), ("repos", ", ".join(record["repos"])),
+            ("downloaded", f"{record['downloaded']}, {hub.human_size(record['size_on_disk'])} on disk"
+             if record["downloaded"] != "no" else f"no (sana models pull {record['name']})")]
+    if record["path"]:
+        weights, processor = record["path"], record["processor_path"]
+        rows.append(("path", weights if weights == processor else f"{weights} (processor: {processor})"))
     console.table(_key_value_table(rows))
 
 
@@ -155,25 +225,36 @@ def _download_sizes(spec: ModelSpec) -> Table:
     return table
 
 
-def _print_directory(path: Path, label: str) -> None:
+def _directory_record(path: Path, label: str) -> dict[str, Any]:
+    """A local model directory, or a cached repo the registry does not know: what is on disk."""
     from sana import hub
 
     missing = hub.missing_files(path)  # first: it turns an unreadable model_index.json into a one-line error
     index_file = path / "model_index.json"
     index = json.loads(index_file.read_text(encoding="utf-8")) if index_file.is_file() else {}
+    return {"name": label, "kind": "model", "path": str(path), "pipeline": index.get("_class_name"),
+            "missing_files": missing,
+            "components": [{"name": c.name, "params": c.params, "size_on_disk": c.size_on_disk}
+                           for c in hub.local_components(path)],
+            "transformer": hub.transformer_config(path)}
+
+
+def _print_directory(record: dict[str, Any]) -> None:
+    from sana import hub
+
     console.table(_key_value_table([
-        ("model", label), ("path", str(path)), ("pipeline", index.get("_class_name", "-")),
-        ("missing files", ", ".join(missing) or "none"),
+        ("model", record["name"]), ("path", record["path"]), ("pipeline", record["pipeline"] or "-"),
+        ("missing files", ", ".join(record["missing_files"]) or "none"),
     ]))
     table = Table(title="components", header_style="bold", title_justify="left")
     for column in ("component", "params", "on disk"):
         table.add_column(column, justify="left" if column == "component" else "right")
-    for component in hub.local_components(path):
-        table.add_row(component.name, hub.human_count(component.params), hub.human_size(component.size_on_disk))
+    for component in record["components"]:
+        table.add_row(component["name"], hub.human_count(component["params"]),
+                      hub.human_size(component["size_on_disk"]))
     console.table(table)
-    config = hub.transformer_config(path)
-    if config:
-        _print_json("transformer config", config)
+    if record["transformer"]:
+        _print_json("transformer config", record["transformer"])
 
 
 @models_app.command("pull")

@@ -69,6 +69,29 @@ def test_list_with_no_cache_directory(cache):
     assert rows["nano"][4] == rows["nano-video"][4] == "yes"
 
 
+def test_list_as_json_has_what_the_table_shows(cache, tmp_path):
+    hub_cache, env = cache
+    cache_repo(hub_cache, SANA_1600M, write_fake_pipeline(tmp_path / "a"))
+    partial = cache_repo(hub_cache, SANA_4K, write_fake_pipeline(tmp_path / "b"))
+    (partial / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+
+    listed = run_sana("models", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    entries = {entry["name"]: entry for entry in json.loads(listed.stdout)}
+    rows = table_rows(run_sana("models", "list", env=env).stdout)
+    assert set(entries) == set(rows) - {"name"}  # the same rows, in JSON
+    for name, entry in entries.items():
+        assert [entry["family"], entry["downloaded"]] == [rows[name][1], rows[name][4]]
+        assert (f"{entry['resolution']} px" if entry["resolution"] else "-") == rows[name][2]
+    assert entries["sana-1.6b"] == {
+        "name": "sana-1.6b", "kind": "model", "family": "sana", "repo": SANA_1600M,
+        "aliases": list(get_spec("sana-1.6b").aliases), "description": get_spec("sana-1.6b").description,
+        "resolution": 1024, "params": get_spec("sana-1.6b").transformer_params, "downloaded": "yes",
+        "size_on_disk": blob_bytes(hub_cache, SANA_1600M)}
+    assert entries["sana-1.6b-4k"]["downloaded"] == "partial" and entries["sana-0.6b"]["size_on_disk"] == 0
+    assert entries["pickscore"]["kind"] == "reward" and entries["pickscore"]["processor_repo"]
+
+
 def test_listing_does_not_import_torch(cache):
     """`sana models list` stays quick: the hub module needs neither torch nor diffusers."""
     _, env = cache
@@ -126,6 +149,43 @@ def test_info_of_a_partial_download_says_what_is_missing(cache, tmp_path, name):
     result = run_sana("models", "info", name, env=env)
     assert result.returncode == 0, result.stderr
     assert "missing files" in result.stdout and "vae weights" in result.stdout
+
+
+def test_info_as_json(cache, tmp_path):
+    """Every kind of NAME (registry model, downloaded or not, a directory, a reward model) as one JSON object."""
+    hub_cache, env = cache
+    snapshot = cache_repo(hub_cache, SANA_1600M, write_fake_pipeline(tmp_path / "a"))
+    (snapshot / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+
+    def info(name):
+        result = run_sana("models", "info", name, "--json", env=env)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        return json.loads(result.stdout)
+
+    spec = get_spec("sana-1.6b-4k")
+    absent = info("sana-4k")
+    assert {k: absent[k] for k in ("name", "repo", "family", "resolution", "pipeline", "downloaded", "path")} == {
+        "name": "sana-1.6b-4k", "repo": SANA_4K, "family": spec.family, "resolution": 4096,
+        "pipeline": "SanaPipeline", "downloaded": "no", "path": None}
+    assert absent["params"] == spec.params and absent["defaults"]["flow_shift"] == 6.0
+    assert absent["transformer"]["sample_size"] == 128
+    assert absent["weights"]["bf16"] == {"files": "*.bf16.safetensors", "bytes": spec.weights["bf16"].bytes,
+                                         "total_bytes": spec.weights["bf16"].total_bytes}
+
+    partial = info("sana-1.6b")
+    assert partial["downloaded"] == "partial" and partial["missing_files"] == ["vae weights"]
+    assert partial["path"] == str(snapshot)
+    table = run_sana("models", "info", "sana-1.6b", env=env).stdout
+    assert f"partial, {human_size(partial['size_on_disk'])} on disk" in table
+
+    local = info(str(write_fake_pipeline(tmp_path / "pipeline")))
+    assert local["pipeline"] == "SanaPipeline" and local["missing_files"] == []
+    assert {c["name"]: c["params"] for c in local["components"]}["transformer"] == 17
+    assert local["transformer"]["num_layers"] == 2
+
+    reward = info("clip")
+    assert reward["kind"] == "reward" and reward["downloaded"] == "no" and reward["path"] is None
+    assert assert_one_line_error(run_sana("models", "info", "sana-1.7b", "--json", env=env))
 
 
 # ------------------------------------------------------------------------------------- path and rm
