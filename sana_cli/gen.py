@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,12 +16,15 @@ from sana.errors import UsageError
 from . import console
 from . import options as opt
 from .generation import (
-    DTYPE_CHOICES, IMAGE_SAMPLERS, SIZE_MULTIPLE, check_output_dirs, component_sizes, default_model,
+    DTYPE_CHOICES, IMAGE_SAMPLERS, check_output_dirs, component_sizes, default_model,
     generate_with_progress, parse_resolution, plan_jobs, plan_table,
     quiet_libraries, read_jobs, replay_settings, resolve_for, transformer_config_for, weights_variant,
 )
+from .image_settings import (LORA_SETTING_FIELDS, check_pag_layers, image_request, images_a_batch,
+                             model_defaults, output_extension, with_lora_defaults, workload)
 from .launch import check_gpus, process_device, share_of_plan, spread_jobs
-from .notices import note_cut_prompts, note_large_sizes, note_outside_nano_grammar
+from .notices import note_cut_prompts, note_large_sizes, note_outside_nano_grammar, note_unused_negative
+from .replay import check_replayed_loras, model_record_name
 
 
 def gen(
@@ -65,81 +66,10 @@ def gen(
     run(flags, command="gen")
 
 
-def snap_size(width: int, height: int) -> tuple[int, int]:
-    snapped = tuple(max(SIZE_MULTIPLE, round(v / SIZE_MULTIPLE) * SIZE_MULTIPLE) for v in (width, height))
-    if snapped != (width, height):
-        console.notice(f"size {width}x{height} snapped to {snapped[0]}x{snapped[1]} (sides must be multiples of {SIZE_MULTIPLE})")
-    return snapped  # type: ignore[return-value]
-
-
 # Settings are merged as plain dicts: a JSONL line's overrides beat explicit flags, which beat --from, which
 # beats the model's defaults.
 SETTING_KEYS = ("prompt", "negative", "seed", "num", "steps", "cfg", "pag", "pag_layer", "res", "sampler", "shift",
                 "out", "lora")
-
-
-@dataclass
-class ModelDefaults:
-    steps: int
-    cfg: float
-    pag: float
-    pag_layer: int
-    sampler: str
-    shift: float
-    resolution: int
-    max_timesteps: float = 1.5708
-    intermediate_timesteps: float | None = 1.3
-
-
-def model_defaults(spec, scheduler_config: dict, family: str, native_resolution: int,
-                   model_dir: Path | None = None) -> ModelDefaults:
-    """Defaults from the preset (for a folder outside the registry, the defaults it carries, as a fine-tuned model
-    does), with the model's own scheduler file winning for the flow shift."""
-    from sana.components import folder_sampling_defaults
-    from sana.sampling import DEFAULT_STEPS
-
-    preset = dict(spec.defaults) if spec else folder_sampling_defaults(model_dir) if model_dir else {}
-    sprint = family == "sprint"
-    sampler = preset.get("sampler", "scm" if sprint else "flow-dpm")
-    shift = scheduler_config.get("flow_shift", preset.get("flow_shift", 3.0))
-    return ModelDefaults(
-        steps=int(preset.get("steps", DEFAULT_STEPS[sampler])), cfg=float(preset.get("guidance", 4.5)),
-        pag=float(preset.get("pag", 0.0)), pag_layer=int(preset.get("pag_layer", 8)), sampler=sampler,
-        shift=float(shift), resolution=native_resolution,
-        max_timesteps=float(preset.get("max_timesteps", 1.5708)),
-        intermediate_timesteps=preset.get("intermediate_timesteps", 1.3),
-    )
-
-
-# Sampling settings a LoRA file may carry (`lora.SAMPLING_METADATA_KEY`), by the ModelDefaults field they set.
-LORA_SETTING_FIELDS = {"guidance": "cfg", "steps": "steps", "pag": "pag", "sampler": "sampler", "flow_shift": "shift"}
-
-
-def with_lora_defaults(defaults: ModelDefaults, loras: list[tuple[Path, float]],
-                       given: set[str] = frozenset()) -> ModelDefaults:
-    """The model's defaults under the sampling settings its LoRAs carry (an RL LoRA trained on CFG-free rollouts
-    samples CFG-free), each said in a notice; settings the LoRAs disagree on keep the model's. Options the user
-    `given` (by ModelDefaults field) and prompt-file settings still win, as over any default."""
-    from sana.lora import LORA_WEIGHTS_NAME, lora_sampling_defaults
-
-    carried: dict[str, dict[Path, object]] = {}
-    for path, _ in loras:
-        for key, value in lora_sampling_defaults(path).items():
-            if key in LORA_SETTING_FIELDS:
-                carried.setdefault(key, {})[path] = value
-    changes = {}
-    for key, by_lora in carried.items():
-        if LORA_SETTING_FIELDS[key] in given:
-            continue
-        values = set(map(json.dumps, by_lora.values()))
-        names = ", ".join(p.parent.name + "/" + p.name if p.name == LORA_WEIGHTS_NAME else p.name for p in by_lora)
-        if len(values) > 1:
-            console.notice(f"the LoRAs ask for different {key} ({names}): the model's default is kept")
-            continue
-        value = next(iter(by_lora.values()))
-        changes[LORA_SETTING_FIELDS[key]] = value
-        console.notice(f"{key} {value} from the LoRA ({names}), the setting it was trained to sample with")
-    return dataclasses.replace(defaults, **changes) if changes else defaults
 
 
 def check_fp8(device, dtype: str) -> None:
@@ -220,8 +150,15 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         from .remote import refuse_local_flags
 
         refuse_local_flags(flags)
-    loras = [] if flags.get("server") else [parse_lora_arg(text)
-                                            for text in explicit.get("lora") or replay.get("lora") or []]
+    if flags.get("server") and any("lora" in overrides for _, overrides in jobs):
+        raise UsageError("a prompts file's \"lora\" with --server: the server applies --lora to every image",
+                         "run without --server, or give --lora once")
+    if not flags.get("server"):  # every LoRA named anywhere, checked before torch
+        for text in {t for _, o in jobs for t in o.get("lora") or []} | set(explicit.get("lora") or
+                                                                            replay.get("lora") or []):
+            parse_lora_arg(text)
+        if replay.get("lora") and not explicit.get("lora"):
+            check_replayed_loras(flags["from"])
     transformer_path = flags.get("transformer") or replay.get("transformer")
     if transformer_path and not Path(transformer_path).expanduser().exists():
         raise UsageError(f"--transformer {transformer_path} does not exist")
@@ -230,8 +167,10 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     def check(settings: dict[str, Any]) -> None:
         parse_resolution(settings.get("res"))
         if settings.get("sampler") and settings["sampler"] not in IMAGE_SAMPLERS:
-            raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(IMAGE_SAMPLERS)}")
-        for key, option in (("cfg", "--cfg"), ("pag", "--pag"), ("pag_layer", "--pag-layer")):
+            offered = [s for s in IMAGE_SAMPLERS if (s == "scm") == (command == "sprint")]  # scm: Sprint's alone
+            raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(offered)}")
+        guidance_option = "--guidance" if command == "sprint" else "--cfg"  # sprint's option has that name only
+        for key, option in (("cfg", guidance_option), ("pag", "--pag"), ("pag_layer", "--pag-layer")):
             # also a prompts file's or a replayed record's values, which no option parser saw
             if settings.get(key) is not None and not (math.isfinite(float(settings[key])) and float(settings[key]) >= 0):
                 raise UsageError(f"{option} {float(settings[key]):g} must be a finite number >= 0")
@@ -239,7 +178,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
             raise UsageError(f"--shift {float(settings['shift']):g} must be a finite number > 0")
 
     def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
-        return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=_extension(out), force=force or skip_existing,
+        return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=output_extension(out), force=force or skip_existing,
                                  index_start=index_start, taken=taken)
 
     planned_jobs = share_of_plan()  # one of --gpus N's processes: the parent planned the outputs
@@ -285,17 +224,25 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     from sana.components import scheduler_config
 
     scheduler = scheduler_config(resolved.path) if resolved else {}
-    defaults = model_defaults(spec, scheduler, family, sizes.native_resolution, resolved.path if resolved else None)
-    defaults = with_lora_defaults(defaults, loras, {key for key in LORA_SETTING_FIELDS.values()
-                                                    if explicit.get(key) is not None})
-    requests = [(_request(prompt, settings, seeds, defaults, family, ImageRequest), paths)
-                for prompt, settings, seeds, paths in planned_jobs]
+    base_defaults = model_defaults(spec, scheduler, family, sizes.native_resolution,
+                                   resolved.path if resolved else None)
+    given = {key for key in LORA_SETTING_FIELDS.values() if explicit.get(key) is not None}
+    lora_sets: dict[tuple, Any] = {}  # each job's LoRAs (a prompts-file line may name its own) -> their defaults
+    requests, job_loras = [], []
+    for prompt, settings, seeds, paths in planned_jobs:
+        loras = tuple(parse_lora_arg(text) for text in settings.get("lora") or [])
+        if loras not in lora_sets:
+            lora_sets[loras] = with_lora_defaults(base_defaults, list(loras), given)
+        requests.append((image_request(prompt, settings, seeds, lora_sets[loras], family, ImageRequest), paths))
+        job_loras.append(loras)
     check_pag_layers([r for r, _ in requests], transformer_config_for(resolved, spec, transformer_path), model_arg)
     note_large_sizes([(r.width, r.height) for r, _ in requests], sizes.native_resolution)
     note_outside_nano_grammar(spec, [r.prompt for r, _ in requests])
+    if family != "sprint":  # Sprint takes no negative prompt
+        note_unused_negative([r for r, _ in requests])
     batches = [dataclasses.replace(r, seeds=r.seeds[:1] * CANDIDATES_A_BATCH) if reward_terms else r
                for r, _ in requests]  # with --best-of, a forward draws a few candidates of one image
-    workload = _workload(batches, sizes.native_resolution, sprint=family == "sprint")
+    work = workload(batches, sizes.native_resolution, sprint=family == "sprint")
 
     # 5. Device, precision and the memory plan (a dry run prints it and stops here).
     device = process_device(pick_device(flags.get("device") or "auto"))  # --gpus N: this process's GPU
@@ -306,7 +253,16 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         from sana.memory import with_fp8_blocks
 
         sizes = with_fp8_blocks(sizes, transformer_config_for(resolved, spec, transformer_path))
-    plan = plan_memory(info, sizes, workload, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
+    plan = plan_memory(info, sizes, work, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
+    if not reward_terms:  # --best-of batches its candidates itself
+        def plan_for(count: int):
+            trimmed = [dataclasses.replace(r, seeds=r.seeds[:count]) for r, _ in requests]
+            return plan_memory(info, sizes, workload(trimmed, sizes.native_resolution, sprint=family == "sprint"),
+                               mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
+
+        per_batch, plan = images_a_batch(max(len(r.seeds) for r, _ in requests), device, plan, plan_for)
+    else:
+        per_batch = max(len(r.seeds) for r, _ in requests)
     if fp8:
         check_fp8(device, plan.dtype)
     if max_vram is not None and not info.is_accelerator:
@@ -319,66 +275,81 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     dtype = DTYPES[plan.dtype]
     variant = weights_variant(spec, plan)
 
-    # 6. Load where the plan keeps each component (LoRAs merged at load).
+    # 6. Load where the plan keeps each component, LoRAs merged at load: once a set of LoRAs, the jobs grouped by
+    #    the set they name (a prompts file's lines may name their own).
     console.info(f"loading {model_arg} ({DTYPE_NAMES[dtype]}{', fp8 block linears' if fp8 else ''} on {device})")
     console.info(plan.headline())
-    start = time.perf_counter()
-    first = requests[0][0]
-    pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family, variant=variant,
-                                         loras=loras, transformer_path=transformer_path, plan=plan, fp8=fp8,
-                                         warm_for=(first.width, first.height))
-    load_seconds = time.perf_counter() - start
-    for path, scale in loras:
-        console.info(f"LoRA applied: {path} (scale {scale:g})")
-    note_cut_prompts(pipe.text_encoder, [request.prompt for request, _ in requests])
+    by_loras: dict[tuple, list] = {}
+    for loras, (request, paths) in zip(job_loras, requests):
+        by_loras.setdefault(loras, []).extend(
+            (dataclasses.replace(request, seeds=request.seeds[i:i + per_batch]), paths[i:i + per_batch])
+            for i in range(0, len(request.seeds), per_batch))  # a prompt's seeds in batches the plan fits
+    recorded_model = model_record_name(model_arg, spec)
+    transformer_record = str(Path(transformer_path).expanduser().resolve()) if transformer_path else None
 
-    # 7. One generation a prompt (all its seeds in one batch), each image saved with its metadata as soon as it is
-    #    decoded; Ctrl-C says what was kept.
-    # absolute, so --from finds the LoRA from any folder (the hash says whether it is still the same file)
-    lora_records = [{"path": str(Path(p).resolve()), "scale": s, "sha256": file_sha256(p)} for p, s in loras]
+    # 7. One generation a batch of a prompt's seeds, each image saved with its metadata as soon as it is decoded;
+    #    Ctrl-C says what was kept.
     total, saved = sum(len(paths) for _, paths in requests), []
     rewards = None
     if reward_terms:
         from sana.rewards.plugins import RewardSet
 
         rewards = RewardSet(reward_terms, device)
+    pipe = None
     try:
-        for request, paths in requests:
-            save_times: list[float] = []
+        for loras, batches_of_set in by_loras.items():
+            if pipe is not None:  # another set of LoRAs: the model loaded again with them (the old one freed first)
+                del pipe
+                _free_memory(device)
+            start = time.perf_counter()
+            first = batches_of_set[0][0]
+            pipe = ImagePipeline.from_pretrained(resolved.path, dtype=dtype, device=device, family=family,
+                                                 variant=variant, loras=list(loras), transformer_path=transformer_path,
+                                                 plan=plan, fp8=fp8, warm_for=(first.width, first.height))
+            load_seconds = time.perf_counter() - start
+            for path, scale in loras:
+                console.info(f"LoRA applied: {path} (scale {scale:g})")
+            note_cut_prompts(pipe.text_encoder, [request.prompt for request, _ in batches_of_set])
+            # absolute, so --from finds the LoRA from any folder (the hash says whether it is still the same file)
+            lora_records = [{"path": str(Path(p).resolve()), "scale": s, "sha256": file_sha256(p)} for p, s in loras]
+            for request, paths in batches_of_set:
+                save_times: list[float] = []
 
-            def save(index: int, image, details: dict, request=request, paths=paths, save_times=save_times,
-                     seed: int | None = None, chosen: dict | None = None) -> None:
-                seed, path = request.seeds[index] if seed is None else seed, paths[index]
-                record = GenerationRecord(
-                    prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
-                    model_repo=resolved.repo, model_revision=resolved.revision, family=family, seed=seed,
-                    steps=request.steps, guidance=request.guidance, pag=request.pag,
-                    pag_layers=list(request.pag_layers) if request.pag > 0 else [], sampler=request.sampler,
-                    flow_shift=request.flow_shift, width=request.width, height=request.height,
-                    dtype=DTYPE_NAMES[dtype], loras=lora_records, version=__version__,
-                    timings={"load": round(load_seconds, 3),
-                             **{k: round(v, 3) for k, v in details["timings"].items()}},
-                    extra={"device": str(device), "generated_size": list(details["generated_size"]),
-                           "images_in_batch": chosen["batch"] if chosen else len(request.seeds),
-                           "memory": details["memory"],
-                           **({"fp8": "block linears, e4m3 rowwise"} if fp8 else {}),
-                           **({"best_of": chosen} if chosen else {}),
-                           **({"transformer": str(transformer_path)} if transformer_path else {})},
-                )
-                start = time.perf_counter()
-                written = save_or_keep(lambda target: save_image(image, target, record, force=force or target != path),
-                                       path)
-                save_times.append(time.perf_counter() - start)
-                saved.append(written)
-                print_written(written, record)
+                def save(index: int, image, details: dict, request=request, paths=paths, save_times=save_times,
+                         seed: int | None = None, chosen: dict | None = None, lora_records=lora_records,
+                         load_seconds=load_seconds) -> None:
+                    seed, path = request.seeds[index] if seed is None else seed, paths[index]
+                    record = GenerationRecord(
+                        prompt=request.prompt, negative_prompt=request.negative_prompt, model=recorded_model,
+                        model_repo=resolved.repo, model_revision=resolved.revision, family=family, seed=seed,
+                        steps=request.steps, guidance=request.guidance, pag=request.pag,
+                        pag_layers=list(request.pag_layers) if request.pag > 0 else [], sampler=request.sampler,
+                        flow_shift=request.flow_shift, width=request.width, height=request.height,
+                        dtype=DTYPE_NAMES[dtype], loras=lora_records, version=__version__,
+                        timings={"load": round(load_seconds, 3),
+                                 **{k: round(v, 3) for k, v in details["timings"].items()}},
+                        extra={"device": str(device), "generated_size": list(details["generated_size"]),
+                               "images_in_batch": chosen["batch"] if chosen else len(request.seeds),
+                               "memory": details["memory"],
+                               **({"fp8": "block linears, e4m3 rowwise"} if fp8 else {}),
+                               **({"best_of": chosen} if chosen else {}),
+                               **({"transformer": transformer_record} if transformer_record else {})},
+                    )
+                    start = time.perf_counter()
+                    written = save_or_keep(
+                        lambda target: save_image(image, target, record, force=force or target != path), path)
+                    save_times.append(time.perf_counter() - start)
+                    saved.append(written)
+                    print_written(written, record)
 
-            if rewards is not None:
-                result = _best_of_each(pipe, request, rewards, save, flags, reward_terms)
-            else:
-                result = generate_with_progress(pipe, request, on_output=save)
-            t = result.timings
-            console.info(f"load {load_seconds:.2f}s | encode {t['encode']:.2f}s | denoise {t['denoise']:.2f}s | "
-                         f"decode {t['decode']:.2f}s | save {sum(save_times):.2f}s")
+                if rewards is not None:
+                    result = _best_of_each(pipe, request, rewards, save, flags, reward_terms)
+                else:
+                    result = generate_with_progress(pipe, request, on_output=save)
+                t = result.timings
+                console.info(f"load {load_seconds:.2f}s | encode {t['encode']:.2f}s | denoise {t['denoise']:.2f}s | "
+                             f"decode {t['decode']:.2f}s | save {sum(save_times):.2f}s")
+                load_seconds = 0.0  # said once a load
     except KeyboardInterrupt:
         last = f"; the last is {saved[-1]}" if saved else ""
         raise Interrupted(f"interrupted: {len(saved)} of {total} images saved{last}",
@@ -386,6 +357,16 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     finally:
         if rewards is not None:
             rewards.close()
+
+
+def _free_memory(device) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _best_of_each(pipe, request, rewards, save, flags: dict, terms) -> Any:
@@ -410,60 +391,6 @@ def _best_of_each(pipe, request, rewards, save, flags: dict, terms) -> Any:
     return last["result"]
 
 
-def _workload(requests: list, native_resolution: int, *, sprint: bool):
-    """The largest generation among `requests`: the biggest binned size and the most DiT rows."""
-    from sana.memory import Workload
-    from sana.pipelines.sizes import binned_size
-
-    sizes = [binned_size(r.width, r.height, native_resolution) for r in requests]
-    width, height = max(sizes, key=lambda wh: wh[0] * wh[1])
-
-    def rows(r) -> int:
-        copies = 1 if sprint else 1 + (r.guidance > 1.0) + (r.pag > 0.0)
-        return len(r.seeds) * copies
-
-    return Workload(width=width, height=height, images=max(len(r.seeds) for r in requests),
-                    rows=max(rows(r) for r in requests))
-
-
-def _extension(out: str | None) -> str:
-    if out:
-        suffix = Path(out).suffix.lower()
-        if suffix in (".png", ".jpg", ".jpeg", ".webp"):
-            return suffix
-    return ".png"
-
-
-def _request(prompt: str, settings: dict[str, Any], seeds: list[int], defaults: ModelDefaults, family: str,
-             request_type):
-    from sana.sampling import SAMPLERS
-
-    sprint = family == "sprint"
-    size = parse_resolution(settings.get("res")) or (defaults.resolution, defaults.resolution)
-    width, height = snap_size(*size)
-    sampler = settings.get("sampler") or defaults.sampler
-    if sampler not in SAMPLERS or (sampler == "scm") != sprint:
-        allowed = "scm" if sprint else "flow-dpm, flow-euler"
-        raise UsageError(f"unknown sampler '{sampler}' for this model", f"use {allowed}")
-    steps = int(settings.get("steps") or (defaults.steps if sampler == defaults.sampler else _default_steps(sampler)))
-    if sprint and not 1 <= steps <= 4:
-        raise UsageError(f"--steps {steps} is out of range for SANA-Sprint", "use 1 to 4 steps")
-    cfg = float(settings["cfg"]) if settings.get("cfg") is not None else defaults.cfg
-    pag = float(settings["pag"]) if settings.get("pag") is not None else defaults.pag
-    if cfg < 0 or pag < 0:
-        raise UsageError("guidance scales must be >= 0")
-    if sprint and pag > 0:
-        raise UsageError("PAG does not apply to SANA-Sprint")
-    request = request_type(
-        prompt=prompt, seeds=seeds, width=width, height=height, steps=steps,
-        guidance=cfg, sampler=sampler, flow_shift=float(settings.get("shift") or defaults.shift),
-        negative_prompt=settings.get("negative") or "", pag=pag,
-        pag_layers=(int(settings.get("pag_layer", defaults.pag_layer)),),
-        max_timesteps=defaults.max_timesteps, intermediate_timesteps=defaults.intermediate_timesteps,
-    )
-    return request
-
-
 def print_dry_run(model_arg: str, requests: list, plan) -> None:
     """The memory plan's table, or with --json one JSON object: the images the run would make and the plan."""
     if not console.settings.json:
@@ -477,16 +404,3 @@ def print_dry_run(model_arg: str, requests: list, plan) -> None:
     console.json_line({"dry_run": True, "model": model_arg, "images": images, "memory": plan_json(plan)})
 
 
-def check_pag_layers(requests: list, transformer_config: dict, model: str) -> None:
-    """PAG perturbs one block's self-attention: a block past the model's last would perturb nothing, silently."""
-    blocks = transformer_config.get("num_layers")
-    for request in requests:
-        if request.pag > 0 and blocks is not None and not request.pag_layers[0] < int(blocks):
-            raise UsageError(f"--pag-layer {request.pag_layers[0]} is past {model}'s last block",
-                             f"use 0 to {int(blocks) - 1}")
-
-
-def _default_steps(sampler: str) -> int:
-    from sana.sampling import DEFAULT_STEPS
-
-    return DEFAULT_STEPS[sampler]

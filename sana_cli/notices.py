@@ -64,3 +64,10 @@ def note_large_sizes(sizes: list[tuple[int, int]], native: int) -> None:
         if width * height > 4 * native * native:
             console.notice(f"{width}x{height} is far above the {native} px this model was trained at: expect "
                            "repeated subjects; a 2K or 4K model (sana models list) is made for large sizes")
+
+
+def note_unused_negative(requests) -> None:
+    """A negative prompt steers only through classifier-free guidance: at a scale <= 1 nothing uses it."""
+    if any(r.negative_prompt and r.guidance <= 1.0 for r in requests):
+        console.notice("the negative prompt has no effect without guidance (a scale <= 1 turns CFG off); it is "
+                       "recorded as given")

@@ -98,7 +98,7 @@ def _image(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
     from sana.pipelines.sizes import binned_size
     from sana.serving.admission import Defaults
 
-    from .gen import model_defaults
+    from .image_settings import model_defaults
     from .generation import weights_variant
 
     native = sizes.native_resolution

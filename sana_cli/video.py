@@ -108,11 +108,18 @@ def run(flags: dict[str, Any]) -> None:
     from sana.lora import parse_lora_arg
 
     loras = [] if flags.get("server") else [parse_lora_arg(text) for text in flags.get("lora") or replay.get("lora") or []]
+    if replay.get("lora") and not flags.get("lora") and not flags.get("server"):
+        from .replay import check_replayed_loras
+
+        check_replayed_loras(flags["from"])
     if not (flags.get("prompts") or flags.get("prompt") or replay.get("prompt")):
         raise UsageError("no prompt given", 'give a prompt: sana video "a prompt", or --prompts FILE, or --from CLIP')
     jobs = read_jobs(flags, replay, "video", noun="CLIP")
     for _, overrides in jobs:
         foreign = sorted(set(overrides) - set(VIDEO_KEYS))
+        if "lora" in foreign:  # one set of LoRAs a run: the video DiT is loaded once
+            raise UsageError("the prompts file sets lora: sana video applies --lora to every clip of a run",
+                             "give --lora once, or run each LoRA's prompts on their own")
         if foreign:
             raise UsageError(f"the prompts file sets {', '.join(foreign)}, which clips do not take")
     fmt = explicit.get("format")
@@ -209,6 +216,9 @@ def run(flags: dict[str, Any]) -> None:
     note_untrained_lengths(spec, [(asked_frames(settings, defaults), request.frames)
                                   for (_, settings, _, _), (request, _, _, _) in zip(planned_jobs, requests)])
     note_outside_grammar(spec, [r.prompt for r, _, _, _ in requests])
+    from .notices import note_unused_negative
+
+    note_unused_negative([r for r, _, _, _ in requests])
     sample_size = int(t_config.get("sample_size", 0))
 
     # 4. Device, precision and the memory plan (a dry run prints the clips and the plan, and stops here).
@@ -264,8 +274,11 @@ def run(flags: dict[str, Any]) -> None:
         from .notices import note_cut_prompts
 
         note_cut_prompts(pipe.text_encoder, [request.prompt for request, _, _, _ in requests])
+        from .replay import model_record_name
+
+        recorded_model = model_record_name(model_arg, spec)
         for request, paths, fps, first in requests:
-            _generate_and_save(pipe, request, paths, fps, flags, model_arg, resolved, dtype, device, first,
+            _generate_and_save(pipe, request, paths, fps, flags, recorded_model, resolved, dtype, device, first,
                                load_seconds, crf, loras, saved)
     except KeyboardInterrupt:
         last = f"; the last is {saved[-1]}" if saved else ""

@@ -399,9 +399,13 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
     from sana.camera.export import camera_json_path, camera_record, write_camera_json
     from sana.device import DTYPE_NAMES
     from sana.outputs import GenerationRecord, save_video
+    from sana.registry import find_spec
 
     from .generation import generate_with_progress, print_written
 
+    from .replay import model_record_name
+
+    recorded_model = model_record_name(model_arg, find_spec(model_arg))
     result = generate_with_progress(pipe, request, refiner=refiner)
     timings = {"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}}
     camera = request.camera
@@ -416,7 +420,7 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
         if fp8:
             extra["fp8"] = "block linears, e4m3 rowwise"
         record = GenerationRecord(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, model=model_arg,
+            prompt=request.prompt, negative_prompt=request.negative_prompt, model=recorded_model,
             model_repo=resolved.repo, model_revision=resolved.revision, family="wm", seed=seed, steps=request.steps,
             guidance=request.guidance, sampler="flow-euler", flow_shift=request.flow_shift, width=request.width,
             height=request.height, frames=result.frames, fps=camera.fps, dtype=DTYPE_NAMES[dtype],

@@ -283,6 +283,27 @@ def test_lora_from_diffusers_gives_the_diffusers_image(tmp_path):
     assert psnr(Image.open(plain).convert("RGB"), ref) < 40  # the LoRA matters
     meta = json.loads(run_sana("info", str(out), "--json").stdout)
     assert meta["loras"][0]["scale"] == 0.8 and len(meta["loras"][0]["sha256"]) == 64
+    assert meta["model"] == str(model_dir.resolve())  # a local folder recorded absolute: --from works anywhere
+
+    # A prompts file's line may name its own LoRA: one process, each line with its own set (the model loaded again).
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a red circle", "seed": 4, "lora": f"{lora}:0.8", "out": "with.png"})
+                       + "\n" + json.dumps({"prompt": "a red circle", "seed": 4, "out": "without.png"}) + "\n")
+    result = run_sana("gen", "--prompts", str(prompts), "--model", str(model_dir), "--res", "64", "--steps", "4",
+                      *COMMON, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert psnr(Image.open(tmp_path / "with.png").convert("RGB"), ref) >= 45
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "without.png")), np.asarray(Image.open(plain)))
+    assert json.loads(run_sana("info", str(tmp_path / "without.png"), "--json").stdout)["loras"] == []
+    prompts.write_text(json.dumps({"prompt": "x", "lora": "nofile.safetensors"}) + "\n")
+    assert "nofile.safetensors" in assert_one_line_error(run_sana("gen", "--prompts", str(prompts), "--model",
+                                                                  str(model_dir), *COMMON, cwd=tmp_path))
+
+    # A replayed LoRA whose file changed since: the replay says so.
+    with open(lora, "ab") as changed:
+        changed.write(b" ")
+    replay = run_sana("gen", "--from", str(out), "--dry-run", *COMMON)
+    assert replay.returncode == 0 and "not the LoRA the replayed file recorded" in replay.stderr
 
 
 def test_transformer_weights_from_an_nvlabs_checkpoint(pipelines, tmp_path):

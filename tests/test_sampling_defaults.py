@@ -10,7 +10,7 @@ import torch
 
 from sana.components import SAMPLING_DEFAULTS_KEY, folder_sampling_defaults
 from sana.errors import SanaError
-from sana_cli.gen import model_defaults
+from sana_cli.image_settings import model_defaults
 from tests.tiny_pipeline import build_pipeline
 
 
@@ -129,7 +129,7 @@ def test_a_lora_carries_only_the_settings_it_changes_and_sana_gen_samples_with_t
 
 def test_loras_that_disagree_on_a_setting_leave_the_models_default(tmp_path):
     from sana.lora import SAMPLING_METADATA_KEY
-    from sana_cli.gen import ModelDefaults, with_lora_defaults
+    from sana_cli.image_settings import ModelDefaults, with_lora_defaults
 
     def lora_file(name: str, settings: dict):
         metadata = json.dumps({"__metadata__": {SAMPLING_METADATA_KEY: json.dumps(settings)}}).encode()

@@ -1,0 +1,28 @@
+"""What a run records so that `--from` can replay it from any folder, and what a replay checks: a local model
+folder (or `--transformer` file) is recorded as an absolute path, and LoRAs replayed from a record are compared
+with the sha256 it holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import console
+
+
+def model_record_name(model_arg: str, spec) -> str:
+    """A registry name as given; a local folder as its absolute path (a relative one breaks a replay elsewhere)."""
+    path = Path(model_arg).expanduser()
+    if spec is None and path.exists():
+        return str(path.resolve())
+    return model_arg
+
+
+def check_replayed_loras(from_path: str | Path) -> None:
+    """A notice for each LoRA of the replayed record whose file is no longer the one recorded: the replay runs
+    with it, but it will not give the same pixels."""
+    from sana.outputs import file_sha256, read_metadata
+
+    for entry in read_metadata(Path(from_path)).loras:
+        path, recorded = Path(str(entry.get("path", ""))), entry.get("sha256")
+        if recorded and path.is_file() and file_sha256(path) != recorded:
+            console.notice(f"{path} is not the LoRA the replayed file recorded (its sha256 differs)")
