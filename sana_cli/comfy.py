@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Annotated
 
@@ -45,24 +47,66 @@ def install(
     source = pack_folder()
     target = root / "custom_nodes" / PACK
 
-    # 2. What is there already: this pack linked (nothing to do), else replaced only with --force.
-    if target.is_symlink() and target.resolve() == source and not copy:
+    # 2. This pack put there, linked or copied; a refusal by the file system (permissions, a read-only disk) said
+    #    in one line.
+    try:
+        _put_pack(source, target, copy=copy, force=force)
+    except OSError as exc:
+        # copytree gathers the errors of the files it copied: (source, destination, why) each
+        why = exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args and exc.args[0] else None
+        raise SanaError(f"cannot install the pack in {target.parent}: {exc.strerror or why or type(exc).__name__}",
+                        "install as a user who may write there") from None
+
+
+def _put_pack(source: Path, target: Path, *, copy: bool, force: bool) -> None:
+    # 1. What is there already: this pack, linked or copied as asked (nothing to do), else replaced only with --force.
+    if copy and target.is_dir() and not target.is_symlink() and _pack_files(target) == _pack_files(source):
+        console.out.print(f"already installed: {target} (a copy of {source}, the same files)", highlight=False)
+        return
+    if not copy and target.is_symlink() and target.resolve() == source:
         console.out.print(f"already installed: {target} -> {source}", highlight=False)
         return
     if target.exists() or target.is_symlink():
         if not force:
-            raise UsageError(f"{target} already exists", "pass --force to replace it")
+            raise UsageError(f"{target} already exists: {_describe(target, source)}",
+                             f"pass --force to replace it with {'a copy of' if copy else 'a link to'} this sana's pack")
         _remove_pack(target)
 
-    # 3. Link or copy, and say what ComfyUI needs to load it.
+    # 2. Link or copy (a copy cut short is removed: the next run would find half a pack), and say what ComfyUI needs
+    #    to load it.
     if copy:
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        try:
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(*CACHES))
+        except OSError:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
         console.out.print(f"copied {source} to {target}", highlight=False)
     else:
         target.symlink_to(source, target_is_directory=True)
         console.out.print(f"linked {target} -> {source}", highlight=False)
     console.info(f"ComfyUI loads the Sana nodes at its next start, from a Python where sana-cli is installed "
                  f"(this sana runs in {sys.executable}); models come from `sana models pull NAME`")
+
+
+CACHES = ("__pycache__", "*.pyc")  # what a copy leaves out, and a comparison ignores
+
+
+def _pack_files(folder: Path) -> dict[str, bytes]:
+    """A pack's files (path inside it -> content), Python's caches left out."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*")
+            if path.is_file() and not any(fnmatch(part, pattern) for part in path.relative_to(folder).parts
+                                          for pattern in CACHES)}
+
+
+def _describe(target: Path, source: Path) -> str:
+    """What is at `target`, for the error that will not replace it."""
+    if target.is_symlink():
+        return f"a link to {source if target.resolve() == source else os.readlink(target)}"
+    if target.is_dir() and (target / "image_nodes.py").is_file():
+        if _pack_files(target) == _pack_files(source):
+            return "a copy of this sana's node pack"
+        return "a copy of the Sana node pack whose files differ from this sana's (another version)"
+    return "not the Sana node pack"
 
 
 def _remove_pack(target: Path) -> None:

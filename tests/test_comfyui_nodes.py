@@ -268,10 +268,55 @@ def test_comfy_install_links_the_pack_and_says_so(tmp_path):
     assert target.is_symlink() and (target / "image_nodes.py").is_file()
     assert str(target) in result.stdout and "sana-cli" in result.stderr
     assert "already installed" in run_sana("comfy", "install", str(comfyui)).stdout
+    assert "a link to" in assert_one_line_error(run_sana("comfy", "install", str(comfyui), "--copy"))
     copied = run_sana("comfy", "install", str(comfyui), "--copy", "--force")
     assert copied.returncode == 0 and not target.is_symlink() and (target / "pyproject.toml").is_file()
-    assert "pass --force" in assert_one_line_error(run_sana("comfy", "install", str(comfyui), "--copy"))
     assert "not a ComfyUI folder" in assert_one_line_error(run_sana("comfy", "install", str(tmp_path)))
+
+
+def test_comfy_install_copy_again_is_already_installed_unless_the_copy_differs(tmp_path):
+    comfyui = tmp_path / "ComfyUI"
+    (comfyui / "custom_nodes").mkdir(parents=True)
+    (comfyui / "main.py").write_text("")
+    target = comfyui / "custom_nodes" / "comfyui_sana"
+    assert run_sana("comfy", "install", str(comfyui), "--copy").returncode == 0
+    (target / "__pycache__").mkdir(exist_ok=True)
+    (target / "__pycache__" / "host.cpython-312.pyc").write_bytes(b"ComfyUI ran it")  # not part of the pack
+    again = run_sana("comfy", "install", str(comfyui), "--copy")
+    assert again.returncode == 0 and again.stdout.startswith(f"already installed: {target}"), again.stderr
+    assert "--force" in assert_one_line_error(run_sana("comfy", "install", str(comfyui)))  # a link asked for
+
+    with open(target / "host.py", "a") as edited:  # another version of the pack: kept without --force
+        edited.write("# changed\n")
+    refused = assert_one_line_error(run_sana("comfy", "install", str(comfyui), "--copy"))
+    assert "differ" in refused and "pass --force" in refused
+    assert run_sana("comfy", "install", str(comfyui), "--copy", "--force").returncode == 0
+    assert (target / "host.py").read_text() == (REPO / "comfyui_sana" / "host.py").read_text()
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["link", "copy"])
+def test_comfy_install_into_a_folder_it_may_not_write_is_one_line(tmp_path, monkeypatch, capsys, copy):
+    """In-process, the refusal made up (the tests may run as root, whom permissions do not stop)."""
+    import shutil
+
+    from sana_cli.app import main
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(args[-1]))
+
+    comfyui = tmp_path / "ComfyUI"
+    (comfyui / "custom_nodes").mkdir(parents=True)
+    (comfyui / "main.py").write_text("")
+    monkeypatch.setattr(Path, "symlink_to", refuse)
+    monkeypatch.setattr(shutil, "copytree", refuse)
+    monkeypatch.setattr(sys, "argv", ["sana", "comfy", "install", str(comfyui), *(["--copy"] if copy else [])])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: cannot install the pack in {comfyui / 'custom_nodes'}: Permission denied (")
+    assert "PermissionError" not in err
+    assert not (comfyui / "custom_nodes" / "comfyui_sana").exists()
 
 
 # -- on a GPU ----------------------------------------------------------------------------------------------------
