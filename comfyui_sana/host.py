@@ -1,4 +1,5 @@
-"""What the nodes take from ComfyUI: its progress bar, its interrupt flag, its output folder and its device.
+"""What the nodes take from ComfyUI: its progress bar, its interrupt flag, its output folder, its device and its
+`--disable-metadata`.
 
 ComfyUI's modules are imported here and nowhere else in the pack (and never by the engine). Outside ComfyUI (the
 contract tests call the node functions directly) each has a plain stand-in: no bar, no interrupt, `./output`.
@@ -59,6 +60,13 @@ def free_device_memory() -> None:
     if management is not None:
         management.unload_all_models()
         management.soft_empty_cache()
+
+
+def metadata_disabled() -> bool:
+    """ComfyUI's `--disable-metadata`: files are saved with no metadata (its SaveImage then writes neither the
+    graph nor the workflow); False outside ComfyUI."""
+    cli_args = _comfy("comfy.cli_args")
+    return bool(getattr(getattr(cli_args, "args", None), "disable_metadata", False))
 
 
 def output_directory() -> Path:

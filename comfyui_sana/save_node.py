@@ -3,7 +3,8 @@
 A PNG carries what `sana gen` writes (the A1111 "parameters" text, the "sana" JSON record, the XMP AI-generated
 mark: `sana info` and `sana gen --from` read it) and what ComfyUI's SaveImage writes (the API graph as "prompt" and
 the UI workflow as "workflow": dropping the file on ComfyUI loads the graph). A clip (frames with a SANA_INFO from
-Sana Video or Sana World) becomes an MP4 carrying our record, as `sana video` writes it.
+Sana Video or Sana World) becomes an MP4 carrying our record, as `sana video` writes it. Under ComfyUI's
+`--disable-metadata` neither is written: the files hold the pixels only.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ class SanaSave:
         count, height, width = images.shape[0], images.shape[1], images.shape[2]
         folder, name, counter, subfolder = host.output_path(filename_prefix, width, height)
         records = _records(info, count)
-        if records and records[0].frames and records[0].frames == count > 1:
-            return _save_clip(images, records[0], folder, name, counter, subfolder)
+        embed = not host.metadata_disabled()  # ComfyUI's --disable-metadata: the pixels only, as its SaveImage
+        if len(records) == 1 and records[0].frames == count > 1:  # the whole clip
+            return _save_clip(images, records[0], folder, name, counter, subfolder, embed)
+        if not embed:
+            records, prompt, extra_pnginfo = [], None, None
         results = []
         for index, image in enumerate(images):
             file = f"{name}_{counter + index:05}_.png"
@@ -50,15 +54,24 @@ class SanaSave:
 
 
 def _records(info, count: int) -> list:
-    """One GenerationRecord an image (a single record serves every frame of a clip, or every image), or []."""
+    """The records true of the images: one an image, or a clip's one record when the images are all its frames;
+    else [] (with a warning), and the files get none of ours. A clip's record on frames cut from it, or one
+    image's record on a batch, would tell of a file other than the one it is in."""
     from sana.outputs import GenerationRecord
 
     if not info:
         return []
     records = [GenerationRecord(**item) for item in info]
-    if len(records) == count or len(records) == 1:
-        return records if len(records) == count else records * count
-    log.warning("sana: %d records for %d images; saving ComfyUI's metadata only", len(records), count)
+    clip = next((r for r in records if r.frames is not None), None)
+    if clip is None and len(records) == count:
+        return records
+    if clip is not None and len(records) == 1 and clip.frames == count:
+        return records
+    if clip is not None:
+        log.warning("sana: %d images of a %d-frame clip; saving them without the clip's record (it would tell "
+                    "of frames they are not)", count, clip.frames)
+    else:
+        log.warning("sana: %d records for %d images; saving them without our records", len(records), count)
     return []
 
 
@@ -77,9 +90,36 @@ def _write_png(image, path, record, prompt, extra_pnginfo) -> None:
         image.save(temp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
 
 
-def _save_clip(images, record, folder, name: str, counter: int, subfolder: str) -> dict:
+def _save_clip(images, record, folder, name: str, counter: int, subfolder: str, embed: bool) -> dict:
     from sana.outputs import save_video
 
     file = f"{name}_{counter:05}_.mp4"
-    save_video(convert.image_to_uint8(images), folder / file, record, fps=record.fps or 16.0)
+    frames, fps = convert.image_to_uint8(images), record.fps or 16.0
+    if embed:
+        save_video(frames, folder / file, record, fps=fps)
+    else:
+        _save_bare_mp4(frames, folder / file, record, fps)
     return {"ui": {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": (True,)}}
+
+
+def _save_bare_mp4(frames, path, record, fps: float) -> None:
+    """An MP4 with no tags: encoded as `save_video` encodes every clip (which writes the record), then copied
+    into place with the container's tags dropped."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from sana.errors import SanaError
+    from sana.outputs import save_video
+    from sana.outputs.atomic import atomic_file
+    from sana.outputs.video import ffmpeg_exe, ffmpeg_path
+
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".sana-") as scratch:
+        encoded = save_video(frames, Path(scratch) / "clip.mp4", record, fps=fps)
+        with atomic_file(path, force=False) as temp:
+            copied = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+                                     "-i", ffmpeg_path(encoded), "-map_metadata", "-1", "-c", "copy",
+                                     "-movflags", "+faststart", "-f", "mp4", ffmpeg_path(temp)],
+                                    capture_output=True)
+            if copied.returncode != 0:
+                raise SanaError(f"could not write {path}: {copied.stderr.decode(errors='replace').strip()}")

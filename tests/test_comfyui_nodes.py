@@ -224,6 +224,64 @@ def test_save_writes_a_clip_as_mp4_with_its_record(output_folder):
     assert path.suffix == ".mp4" and read_metadata(path).frames == 9
 
 
+def _clip_info(frames: int) -> list[dict]:
+    from dataclasses import asdict
+
+    from sana.outputs import GenerationRecord
+
+    return [asdict(GenerationRecord(prompt="waves", model="tiny", family="video", seed=1, frames=frames, fps=8.0,
+                                    width=48, height=32))]
+
+
+def test_save_of_frames_cut_from_a_clip_gives_them_no_clip_record(output_folder, caplog):
+    """Frames picked out of a 9-frame clip are not the clip: no file says it is (ComfyUI's workflow still does)."""
+    graph = {"1": {"class_type": "SanaEngineVideo", "inputs": {}}}
+    result = node("Save").save(torch.rand(4, 32, 48, 3), "cut", _clip_info(9), prompt=graph)
+    files = [output_folder / item["filename"] for item in result["ui"]["images"]]
+    assert [f.suffix for f in files] == [".png"] * 4 and "animated" not in result["ui"]
+    for file in files:
+        saved = Image.open(file)
+        assert "sana" not in saved.info and "parameters" not in saved.info
+        assert json.loads(saved.info["prompt"]) == graph
+    assert "4 images of a 9-frame clip" in caplog.text
+
+    one = node("Save").save(torch.rand(1, 32, 48, 3), "cut", _clip_info(9))  # a single frame of it: the same
+    assert "sana" not in Image.open(output_folder / one["ui"]["images"][0]["filename"]).info
+
+
+def test_save_of_a_one_frame_clip_is_a_png_with_its_record(output_folder):
+    from sana.outputs import read_metadata
+
+    result = node("Save").save(torch.rand(1, 32, 48, 3), "still", _clip_info(1))
+    assert read_metadata(output_folder / result["ui"]["images"][0]["filename"]).frames == 1
+
+
+@pytest.fixture
+def metadata_disabled(monkeypatch):
+    """ComfyUI started with --disable-metadata (its comfy.cli_args.args, as its own save nodes read it)."""
+    comfy, cli_args = types.ModuleType("comfy"), types.ModuleType("comfy.cli_args")
+    cli_args.args = types.SimpleNamespace(disable_metadata=True)
+    for name, module in (("comfy", comfy), ("comfy.cli_args", cli_args)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_save_under_disable_metadata_writes_the_pixels_only(nano, output_folder, metadata_disabled):
+    from sana.outputs.video import MP4_JSON_KEY, MP4_PARAMETERS_KEY, mp4_tags
+
+    image, info = node("Generate").generate(nano, CAPTION, "", 7, 2, 3.0, 0.0, "flow-dpm", 0.0, 128, 96, 1)
+    result = node("Save").save(image, "plain", info, prompt={"1": {}}, extra_pnginfo={"workflow": {"nodes": []}})
+    saved = Image.open(output_folder / result["ui"]["images"][0]["filename"])
+    assert not {"sana", "parameters", "XML:com.adobe.xmp", "prompt", "workflow"} & set(saved.info), saved.info
+    assert np.array_equal(np.asarray(saved.convert("RGB")), (image[0].numpy() * 255).round().astype(np.uint8))
+
+    clip = node("Save").save(torch.rand(9, 32, 48, 3), "clip", _clip_info(9))  # still an MP4, with no record
+    path = output_folder / clip["ui"]["images"][0]["filename"]
+    assert path.suffix == ".mp4" and clip["ui"]["animated"] == (True,)
+    tags = mp4_tags(path)
+    assert MP4_JSON_KEY not in tags and MP4_PARAMETERS_KEY not in tags, tags
+    assert sorted(p.name for p in output_folder.iterdir()) == sorted([saved.filename.rsplit("/", 1)[-1], path.name])
+
+
 # -- the example workflows -------------------------------------------------------------------------------------
 
 def _widgets(cls) -> list[tuple[str, dict]]:
