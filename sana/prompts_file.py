@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,13 @@ class PromptJob:
     line: int = 0  # 1-based line in the file, for messages
 
 
-def read_prompts(path: Path) -> list[PromptJob]:
+def read_prompts(path: Path, check_size: Callable[[str], Any] | None = None) -> list[PromptJob]:
     """Jobs from a prompts file: JSONL when it ends in .jsonl or every prompt line starts with '{'.
 
     Blank lines and lines starting with '#' are skipped in both forms. Relative paths in "out", "lora" and "image"
-    are taken from the current directory, as on the command line.
+    are taken from the current directory, as on the command line. `check_size(res)`, the command's own reading of
+    a size, checks each line's "res" (or "width"/"height"): its error comes back naming the line, as every other
+    error about a line does.
     """
     path = Path(path)
     try:
@@ -50,10 +53,10 @@ def read_prompts(path: Path) -> list[PromptJob]:
     is_jsonl = path.suffix.lower() == ".jsonl" or all(line.startswith("{") for _, line in lines)
     if not is_jsonl:
         return [PromptJob(prompt=line, line=number) for number, line in lines]
-    return [_json_line(path, number, line) for number, line in lines]
+    return [_json_line(path, number, line, check_size) for number, line in lines]
 
 
-def _json_line(path: Path, number: int, line: str) -> PromptJob:
+def _json_line(path: Path, number: int, line: str, check_size: Callable[[str], Any] | None = None) -> PromptJob:
     where = f"{path} line {number}"
     try:
         data = json.loads(line)
@@ -70,6 +73,11 @@ def _json_line(path: Path, number: int, line: str) -> PromptJob:
                         f"allowed: prompt, {', '.join(OVERRIDE_KEYS)}")
     overrides = {key: _checked(where, key, value) for key, value in data.items() if value is not None}
     _fold_size(where, overrides)
+    if check_size is not None and "res" in overrides:
+        try:
+            check_size(overrides["res"])
+        except SanaError as exc:
+            raise SanaError(f"{where}: {exc.message}", exc.hint) from None
     return PromptJob(prompt=prompt.strip(), overrides=overrides, line=number)
 
 

@@ -136,6 +136,12 @@ def get_spec(name: str) -> ModelSpec:
     if spec is None:
         import difflib
 
+        from .rewards.models import find_reward_model
+
+        if find_reward_model(name) is not None:  # `sana models list` shows them beside the generating models
+            raise ModelNotFound(f"{name} is a reward model, not a model that generates",
+                                "reward models score outputs for `sana gen --best-of` and `sana finetune --rl`")
+
         close = difflib.get_close_matches(_normalise(name), [s.name for s in all_specs()], n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see `sana models list`"
         raise ModelNotFound(f"unknown model '{name}'", hint)

@@ -112,30 +112,59 @@ def check_family(model_arg: str, family: str, command: str) -> None:
     raise UsageError(f"{model_arg} is {FAMILY_NAMES.get(family, f'a {family} model')}", hint)
 
 
+def check_not_reward(model_arg: str, command: str) -> None:
+    """A reward model's name (`sana models list` shows them beside the generating models) given as --model: a
+    one-line error saying what it is, not "unknown model"."""
+    from sana.rewards.models import find_reward_model
+
+    if find_reward_model(model_arg) is None:
+        return
+    hint = "reward models score outputs for `sana gen --best-of` and `sana finetune --rl`"
+    if PREFERRED.get(command):
+        hint += f"; pass --model {PREFERRED[command][0]}"
+    raise UsageError(f"{model_arg} is a reward model, not {FAMILY_NAMES[COMMAND_FAMILIES[command][0]]}", hint)
+
+
 def read_jobs(flags: dict[str, Any], replay: dict[str, Any], command: str, noun: str = "IMAGE"
               ) -> list[tuple[str, dict[str, Any]]]:
-    """(prompt, per-prompt overrides) from the prompt argument, --prompts FILE or --from's record."""
+    """(prompt, per-prompt overrides) from the prompt argument, --prompts FILE or --from's record. A prompt of
+    spaces alone is no prompt, as an empty one is (a prompts file skips such lines)."""
     from sana.prompts_file import read_prompts
 
+    typed = flags.get("prompt") if (flags.get("prompt") or "").strip() else None
     if flags.get("prompts"):
-        if flags.get("prompt"):
+        if typed:
             raise UsageError("give a prompt or --prompts FILE, not both")
-        return [(job.prompt, dict(job.overrides)) for job in read_prompts(Path(flags["prompts"]))]
-    prompt = flags.get("prompt") or replay.get("prompt")
-    if not prompt:
+        return [(job.prompt, dict(job.overrides))
+                for job in read_prompts(Path(flags["prompts"]), check_size=_size_check(command))]
+    prompt = typed or replay.get("prompt")
+    if not (prompt or "").strip():
         raise UsageError("no prompt given", f"give a prompt: sana {command} \"a prompt\", or --prompts FILE, or --from {noun}")
     return [(prompt, {})]
 
 
+def _size_check(command: str):
+    """How `command` reads a size (a prompts-file line's "res" is checked with it, so its error names the line)."""
+    if command == "video":
+        from .clip_settings import check_clip_size
+
+        return check_clip_size
+    return parse_resolution
+
+
 def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], explicit: dict[str, Any], *,
-              dry_run: bool, check, plan_paths, noun: str = "images",
-              skip_existing: bool = False) -> list[tuple[str, dict, list[int], list[Path]]]:
+              dry_run: bool, check, plan_paths, noun: str = "images", skip_existing: bool = False,
+              model: str | None = None) -> list[tuple[str, dict, list[int], list[Path]]]:
     """Settings, seeds and output paths of every job, before anything loads (an existing file fails now, not after
     a long load). `check(settings)` rejects bad values; `plan_paths(out, prompt, seeds, index_start, taken)` names
     the outputs, default names unique against `taken` (the paths earlier jobs got). Layers: a prompts-file line's
     overrides beat the flags, which beat --from's record. `-o NAME` without a suffix is a directory when the run
     writes several outputs. `skip_existing` (with `plan_paths` naming as under --force) drops the outputs already
-    on disk, and the jobs left with none: a run that stopped part-way continues where it stopped."""
+    on disk, and the jobs left with none: a run that stopped part-way continues where it stopped. An output counts
+    as made only when its record holds the job's prompt and seed (and `model`, the run's --model, when both name
+    one); a file holding anything else is an error naming it."""
+    from sana.outputs import made_already
+
     merged = []
     for prompt, overrides in jobs:
         settings = merge_settings(replay, explicit, overrides)
@@ -166,7 +195,7 @@ def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], ex
                 raise UsageError(f"two {noun} of this run would be written to {path}", "give each line its own out")
             taken.add(path)
         if skip_existing and not dry_run:
-            kept = [(s, p) for s, p in zip(seeds, paths) if not p.exists()]
+            kept = [(s, p) for s, p in zip(seeds, paths) if not made_already(p, prompt=prompt, seed=s, model=model)]
             skipped += len(seeds) - len(kept)
             if not kept:
                 continue
@@ -234,6 +263,8 @@ def resolve_for(command: str, model_arg: str, *, dry_run: bool):
     known = None if Path(model_arg).expanduser().exists() else find_spec(model_arg)
     if known is not None:  # another command's model is refused before its download state matters
         check_family(model_arg, known.family, command)
+    elif not Path(model_arg).expanduser().exists():
+        check_not_reward(model_arg, command)
     resolved, spec = _resolve(model_arg, registry_only_ok=dry_run)
     family = (spec.family if spec else None) or family_from_index(model_index(resolved.path)) or "sana"
     check_family(model_arg, family, command)

@@ -241,3 +241,34 @@ def test_skip_existing_continues_a_run_whose_seeds_were_drawn(tmp_path):
     assert again.returncode == 0, again.stderr
     assert sorted((tmp_path / "out").iterdir()) == made and "continues from seed" in again.stderr
     assert "nothing to make" in run_sana(*args).stderr
+
+
+@nano
+def test_prompts_alike_in_their_first_words_never_share_a_file(tmp_path):
+    """Names are cut to a slug of the first words: two prompts that share them (one line of a prompts file edited)
+    still get files of their own, a rerun plans the same names, and --skip-existing skips a file only when its
+    record holds the prompt and seed, never a file that merely has the name."""
+    white, black = (f"a small red circle on the left on a {colour} background" for colour in ("white", "black"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"a large blue square in the center on a white background\n{white}\n")
+    args = ("gen", "--prompts", str(prompts), "-m", "nano", "--steps", "2", "--seed", "3", "-o", f"{tmp_path / 'out'}/")
+    first = run_sana(*args)
+    assert first.returncode == 0, first.stderr
+    made = first.stdout.split()
+    assert len(made) == 2
+
+    prompts.write_text(f"a large blue square in the center on a white background\n{black}\n")  # one line edited
+    again = run_sana(*args, "--skip-existing")
+    assert again.returncode == 0, again.stderr
+    (edited,) = again.stdout.split()
+    assert edited not in made and "1 of the run's images exist already" in again.stderr
+    assert json.loads(run_sana("info", edited, "--json").stdout)["prompt"] == black
+    refused = run_sana(*args)  # the same names again: refused before any work
+    assert refused.returncode == 1 and refused.stderr.startswith(f"error: {made[0]} exists; use --force")
+    assert "nothing to make" in run_sana(*args, "--skip-existing").stderr
+
+    Path(edited).write_bytes(Path(made[1]).read_bytes())  # the white circle under the black one's name
+    in_the_way = run_sana(*args, "--skip-existing")
+    message = in_the_way.stderr.strip()
+    assert in_the_way.returncode == 1 and "\n" not in message
+    assert message.startswith(f"error: {edited} is in the way: it holds another prompt, '{white}'")

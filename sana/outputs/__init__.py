@@ -3,7 +3,7 @@
 - `record`: GenerationRecord and its A1111 "parameters" text form;
 - `images`: PNG / JPEG / WebP writing (`save_image`);
 - `video`: MP4 / GIF / animated WebP / PNG-frames writing (`save_video`) and reading frames back (`read_clip`);
-- `naming`: output paths for images and clips;
+- `naming`: output paths for images and clips, and whether one is made already (`--skip-existing`);
 - `reading`: `read_metadata` for every kind above;
 - `atomic`: the atomic-write helpers both writers use.
 """
@@ -25,7 +25,7 @@ from .images import (
     image_format,
     save_image,
 )
-from .naming import plan_clip_paths, plan_output_paths, prompt_slug
+from .naming import made_already, plan_clip_paths, plan_output_paths, prompt_slug, prompt_stem
 from .reading import decode_user_comment, read_metadata
 from .record import A1111_PARAM_RE, NEGATIVE_PREFIX, VERSION_PREFIX, GenerationRecord, file_sha256, parse_a1111
 from .video import (
@@ -44,6 +44,6 @@ __all__ = [
     "EXIF_USER_COMMENT", "FORMATS", "GenerationRecord", "JPEG_MAX_EXIF_BYTES", "JPEG_QUALITY", "MP4_CRF",
     "NEGATIVE_PREFIX", "PNG_FRAME_NAME", "PNG_JSON_KEY", "PNG_PARAMETERS_KEY", "PNG_XMP_KEY", "VERSION_PREFIX",
     "WEBP_QUALITY", "XMP_PACKET", "clip_format", "decode_user_comment", "encode_user_comment", "exists_error",
-    "file_sha256", "image_format", "parse_a1111", "plan_clip_paths", "plan_output_paths", "prompt_slug",
-    "read_clip", "read_metadata", "save_image", "save_video",
+    "file_sha256", "image_format", "made_already", "parse_a1111", "plan_clip_paths", "plan_output_paths",
+    "prompt_slug", "prompt_stem", "read_clip", "read_metadata", "save_image", "save_video",
 ]

@@ -6,12 +6,13 @@ a folder, named like a file without a suffix.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import unicodedata
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import SanaError, UsageError
 from .atomic import exists_error
 from .images import image_format
 from .video import CLIP_SUFFIXES, clip_format
@@ -32,6 +33,23 @@ def prompt_slug(prompt: str, max_length: int = 40, fallback: str = "image") -> s
     return slug or fallback
 
 
+PROMPT_HASH_LENGTH = 8  # hex digits of the prompt's sha256 in a name whose slug does not spell the whole prompt
+
+
+def prompt_stem(prompt: str, max_length: int = 40, fallback: str = "image") -> str:
+    """The prompt's part of a default output name: its slug, and when the slug does not spell every word of the
+    prompt (cut at `max_length`, or words outside ASCII dropped: `fallback` alone for a prompt with none left) a
+    short hash of the whole prompt after it, so that two prompts alike in their first words never share a name.
+    Prompts the slug spells keep the bare slug; prompts that differ only in case or punctuation still share it
+    (`made_already` tells their outputs apart)."""
+    slug = prompt_slug(prompt, max_length, fallback)
+    letters = "".join(c for c in unicodedata.normalize("NFKD", prompt) if not unicodedata.combining(c)).lower()
+    words = re.findall(r"[^\W_]+", letters)  # every script's letters and digits, accents aside
+    if slug.split("-") == words:
+        return slug
+    return f"{slug}-{hashlib.sha256(prompt.encode('utf-8')).hexdigest()[:PROMPT_HASH_LENGTH]}"
+
+
 def plan_output_paths(out: str | None, *, prompt: str, seeds: list[int], ext: str = ".png", force: bool,
                       index_start: int = 0, taken: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:
     """One image path per seed.
@@ -39,7 +57,8 @@ def plan_output_paths(out: str | None, *, prompt: str, seeds: list[int], ext: st
     out may be:
     - None or "": the current directory, with default names;
     - an existing directory, or a path ending in "/" (created when the image is saved): default names there,
-      "<prompt slug>-<seed><ext>", with "-2", "-3", ... appended when the name is already planned in this run
+      "<prompt slug>-<seed><ext>" (a slug that had to drop words of the prompt is followed by a short hash of
+      the prompt: `prompt_stem`), with "-2", "-3", ... appended when the name is already planned in this run
       (in this call or in `taken`, the paths earlier prompts of the run got). Names never depend on what is on
       disk, so a rerun plans the same names: a name that exists is an error unless force;
     - a file path (.png/.jpg/.jpeg/.webp; its suffix wins over ext): used as is for a single image. For several
@@ -58,7 +77,7 @@ def plan_output_paths(out: str | None, *, prompt: str, seeds: list[int], ext: st
         return _numbered_paths(target, len(seeds), force, index_start)
     ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
     image_format(Path(f"x{ext}"))
-    return _default_paths(out, prompt_slug(prompt), seeds, ext, force, taken)
+    return _default_paths(out, prompt_stem(prompt), seeds, ext, force, taken)
 
 
 def plan_clip_paths(out: str | None, *, prompt: str, seeds: list[int], fmt: str | None = None, force: bool,
@@ -66,7 +85,7 @@ def plan_clip_paths(out: str | None, *, prompt: str, seeds: list[int], fmt: str 
     """One clip path per seed, named exactly as `plan_output_paths` names images.
 
     fmt is "mp4", "gif", "webp" or "png" (PNG frames: one folder per clip); None takes it from a file -o's
-    suffix, else "mp4". In a directory a clip is "<prompt slug>-<seed>.mp4" (a frames folder has no suffix). A
+    suffix, else "mp4". In a directory a clip is "<prompt stem>-<seed>.mp4" (a frames folder has no suffix). A
     file -o (.mp4/.gif/.webp) is used as is for one clip and numbered for several; it cannot name PNG frames,
     which need a directory -o, and it must agree with an explicit fmt.
     """
@@ -86,7 +105,7 @@ def plan_clip_paths(out: str | None, *, prompt: str, seeds: list[int], fmt: str 
                              f"use a .{clip_format(fmt)} name, or leave the format out")
         return _numbered_paths(target, len(seeds), force, index_start)
     ext = CLIP_SUFFIXES[clip_format(fmt or "mp4")]
-    return _default_paths(out, prompt_slug(prompt, fallback="clip"), seeds, ext, force, taken)
+    return _default_paths(out, prompt_stem(prompt, fallback="clip"), seeds, ext, force, taken)
 
 
 def _is_file_target(out: str | None) -> bool:
@@ -132,3 +151,48 @@ def _numbered_paths(target: Path, count: int, force: bool, index_start: int) -> 
 
 def _taken(path: Path) -> bool:
     return path.exists() or path.is_symlink()  # a dangling link is taken too: writing through it would surprise
+
+
+def made_already(path: Path, *, prompt: str, seed: int, model: str | None = None) -> bool:
+    """Whether an output planned at `path` is there already (`--skip-existing`): False when nothing is; True when
+    the record embedded in what is there holds this prompt and seed (a --best-of output: seed among its
+    candidates), and this model when both name one. Anything else in the way is an error naming it, never a skip:
+    skipping it would leave the planned output unmade."""
+    from .reading import read_metadata
+
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        record = read_metadata(path)
+    except (SanaError, OSError, ValueError):
+        raise _in_the_way(path, "holds no record of what it was made from") from None
+    if record.prompt != prompt:
+        held = " ".join(str(record.prompt).split())  # one line, whatever the prompt holds
+        held = held if len(held) <= 60 else held[:57] + "..."
+        raise _in_the_way(path, f"holds another prompt, {held!r}")
+    best_of = (record.extra or {}).get("best_of") or {}
+    if seed not in {record.seed, *(int(s) for s, *_ in best_of.get("scores", []))}:
+        raise _in_the_way(path, f"holds seed {record.seed}, not {seed}")
+    if model and record.model and not _same_model(record.model, model):
+        raise _in_the_way(path, f"was made with {record.model}, not {model}")
+    return True
+
+
+def _in_the_way(path: Path, what: str) -> SanaError:
+    return SanaError(f"{path} is in the way: it {what}", "move it away or choose another -o")
+
+
+def _same_model(recorded: str, asked: str) -> bool:
+    """Two model arguments naming the same model: equal, one preset by two of its names, or one folder."""
+    from ..registry import find_spec
+
+    if recorded == asked:
+        return True
+    specs = find_spec(recorded), find_spec(asked)
+    if specs[0] is not None and specs[1] is not None:
+        return specs[0].name == specs[1].name
+    try:
+        return Path(recorded).expanduser().resolve() == Path(asked).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
