@@ -184,7 +184,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     planned_jobs = share_of_plan()  # one of --gpus N's processes: the parent planned the outputs
     if planned_jobs is None:
         planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths,
-                                 skip_existing=skip_existing)
+                                 skip_existing=skip_existing, model=flags.get("model") or replay.get("model"))
         check_output_dirs([path for *_, paths in planned_jobs for path in paths])
         if not planned_jobs:
             console.info("nothing to make: every output exists")

@@ -156,7 +156,8 @@ def run(flags: dict[str, Any]) -> None:
     planned_jobs = share_of_plan()  # one of --gpus N's processes: the parent planned the outputs
     if planned_jobs is None:
         planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check_settings,
-                                 plan_paths=plan_paths, noun="clips", skip_existing=skip_existing)
+                                 plan_paths=plan_paths, noun="clips", skip_existing=skip_existing,
+                                 model=flags.get("model") or replay.get("model"))
         check_output_dirs([path for *_, paths in planned_jobs for path in paths])  # a real try: /proc fails here
         if not planned_jobs:
             console.info("nothing to make: every output exists")

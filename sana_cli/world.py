@@ -354,7 +354,7 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
 
     from .generation import plan_jobs
 
-    if not settings.get("prompt"):
+    if not str(settings.get("prompt") or "").strip():
         raise UsageError("no prompt given", "give a prompt: sana world \"a prompt\" --image FIRST.png --camera PATH.json, "
                          "or --from CLIP")
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sana.errors import SanaError, UsageError
+from sana.outputs.naming import prompt_stem
 from tests.cli_helpers import assert_one_line_error, run_sana
 
 HEAVY = ("torch", "diffusers", "transformers")
@@ -317,8 +318,8 @@ def test_forty_prompts_sharing_their_first_words(tmp_path, clips):
     paths = _plan(prompts, out, force=False, seed=7, clips=clips)
     assert len(set(paths)) == 40 and all(p.parent == tmp_path / "out" for p in paths)
     ext = ".mp4" if clips else ".png"
-    stem = "a-highly-detailed-photograph-of-a-7"
-    assert [p.name for p in paths[:3]] == [f"{stem}{ext}", f"{stem}-2{ext}", f"{stem}-3{ext}"]
+    # each prompt its own name: the slug they share and a hash of the whole prompt
+    assert [p.name for p in paths[:3]] == [f"{prompt_stem(p)}-7{ext}" for p in prompts[:3]]
     # the same names whatever is on disk: a rerun refuses before any work, --force plans the same files
     paths[1].parent.mkdir()
     paths[1].write_bytes(b"old")

@@ -128,9 +128,11 @@ def test_prompts_sharing_their_first_words_get_unique_names_and_reruns_the_same(
             "-o", str(tmp_path / "out"), *COMMON)
     result = run_sana(*args)
     assert result.returncode == 0, result.stderr
-    stem = "a-highly-detailed-photograph-of-a-7"
+    from sana.outputs.naming import prompt_stem
+
     names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
-    assert names == sorted([f"{stem}.png", f"{stem}-2.png", f"{stem}-3.png"])
+    assert names == sorted(f"{prompt_stem(p)}-7.png" for p in prompts.read_text().splitlines())
+    assert len(set(names)) == 3
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.png")}
     assert "exists; use --force" in assert_one_line_error(run_sana(*args))
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.png")} == stamps

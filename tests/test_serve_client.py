@@ -93,8 +93,10 @@ def test_gen_with_a_server_writes_what_gen_writes_without_torch(server, tmp_path
     assert result.returncode == 0, result.stderr
 
     names = sorted(p.name for p in remote.iterdir())
+    from sana.outputs.naming import prompt_stem
+
     assert names == sorted(p.name for p in local.iterdir()) == [
-        "a-large-blue-square-on-the-left-on-a-7.png", "a-large-blue-square-on-the-left-on-a-8.png"]
+        f"{prompt_stem(CAPTION)}-7.png", f"{prompt_stem(CAPTION)}-8.png"]
     for name in names:
         assert np.abs(pixels(remote / name) - pixels(local / name)).max() <= 1, name
         served, made = read_metadata(remote / name), read_metadata(local / name)

@@ -353,7 +353,9 @@ SQUARE_PROMPT = "a small green square moving up on a white background"
 def test_force_never_deletes_a_file_the_user_put_in_a_frames_folder(tmp_path):
     from sana.outputs import GenerationRecord, save_video
 
-    folder = tmp_path / "mine" / "a-small-green-square-moving-up-on-a-1"  # where the run below writes its frames
+    from sana.outputs.naming import prompt_stem
+
+    folder = tmp_path / "mine" / f"{prompt_stem(SQUARE_PROMPT)}-1"  # where the run below writes its frames
     save_video(np.zeros((9, 32, 32, 3), np.uint8), folder, GenerationRecord(prompt=SQUARE_PROMPT, seed=1), fps=8)
     (folder / "my_edit.txt").write_text("mine")
     args = ("video", SQUARE_PROMPT, *NANO, "--seed", "1", "--steps", "1", "-o", "mine/", "--format", "png", "--force")

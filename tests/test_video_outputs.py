@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageSequence
 
 from sana.errors import SanaError, UsageError
+from sana.outputs.naming import prompt_stem
 from sana.outputs import (
     GenerationRecord,
     clip_format,
@@ -324,7 +325,10 @@ def test_clip_names_in_a_directory(tmp_path):
     (tmp_path / "a-boat-1").mkdir()
     with pytest.raises(SanaError, match="a-boat-1 exists"):
         plan_clip_paths(str(tmp_path), prompt="a boat", seeds=[1], fmt="png", force=False)
-    assert plan_clip_paths(str(tmp_path), prompt="宇宙", seeds=[3], force=False) == [tmp_path / "clip-3.mp4"]
+    # a prompt with no ASCII word: the fallback and a hash of the prompt, so two such prompts never share a name
+    assert plan_clip_paths(str(tmp_path), prompt="宇宙", seeds=[3], force=False) == [
+        tmp_path / f"{prompt_stem('宇宙', fallback='clip')}-3.mp4"]
+    assert prompt_stem("宇宙", fallback="clip").startswith("clip-")
 
 
 def test_clip_names_in_the_current_directory(tmp_path, monkeypatch):
