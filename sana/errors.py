@@ -21,6 +21,10 @@ class UsageError(SanaError):
     exit_code = 2
 
 
+class OutputExists(SanaError):
+    """An output would replace a file that is there (no --force)."""
+
+
 class Interrupted(SanaError):
     """Ctrl-C, with what was kept so far."""
 

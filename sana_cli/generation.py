@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sana.errors import SanaError, UsageError
+from sana.errors import OutputExists, SanaError, UsageError
 
 from . import console
 
@@ -189,6 +189,11 @@ def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], ex
         else:  # a shared `-o file.png` numbers the outputs of every prompt on
             index_start = planned if len(jobs) > 1 or num > 1 else 0
             planned += num
+        if dry_run:  # nothing planned, but what the real run would refuse is said
+            try:
+                plan_paths(out, prompt, seeds, index_start, set(taken))
+            except OutputExists as exc:
+                console.notice(f"{exc.message.split(';')[0]}: the run would refuse it without --force")
         paths = [] if dry_run else plan_paths(out, prompt, seeds, index_start, taken)
         for path in paths:
             if path in taken:

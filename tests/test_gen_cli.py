@@ -353,6 +353,11 @@ def test_dry_run_of_a_local_model_writes_nothing(pipelines, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "memory plan" in result.stdout and "fp32" in result.stdout
     assert not out.exists()
+    # an output that is there already: the dry run says the real run would refuse it, and changes nothing
+    out.write_bytes(b"mine")
+    again = run_sana("sprint", "a cat", "--model", str(model_dir), "--res", "64", "--dry-run", "-o", str(out), *COMMON)
+    assert again.returncode == 0 and "never.png exists: the run would refuse it without --force" in again.stderr
+    assert out.read_bytes() == b"mine"
 
 
 @pytest.mark.parametrize("args", [("--memory", "tiny"), ("--max-vram", "lots"), ("--max-vram", "1M")],

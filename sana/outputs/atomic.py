@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import SanaError
+from ..errors import OutputExists, SanaError
 
 
 def exists_error(path: Path) -> SanaError:
-    return SanaError(f"{path} exists; use --force to overwrite or choose another -o")
+    return OutputExists(f"{path} exists; use --force to overwrite or choose another -o")
 
 
 @contextmanager
