@@ -48,7 +48,7 @@ def serve(
                                                                   "GPU (with --device cpu: that many CPU processes); "
                                                                   "image models.")] = 1,
     ray: Annotated[bool, typer.Option("--ray", help="Run the models as Ray Serve replicas (one GPU each, or CPU) "
-                                                    "behind this server; image models. Needs sana-cli[ray].")] = False,
+                                                    "behind this server; image models. Needs Ray Serve (the ray extra).")] = False,
     ray_address: Annotated[Optional[str], typer.Option(
         "--ray-address", envvar="RAY_ADDRESS", show_envvar=True,
         help="The Ray cluster to join (e.g. auto, or HEAD:6379); without it --ray starts a Ray of its own.")] = None,
@@ -77,7 +77,8 @@ def serve(
         from sana.serving.app import ServerState, create_app
     except ImportError as exc:
         raise UsageError(f"`sana serve` needs FastAPI and uvicorn ({exc.name} is missing)",
-                         "pip install fastapi uvicorn, the serve extra of sana-cli") from None
+                         "pip install fastapi uvicorn where sana runs; after pipx install: pipx inject sana-cli "
+                         "fastapi uvicorn") from None
     from sana.memory import check_mode, parse_memory_size
     from sana.serving.scheduler import Scheduler
     from sana.serving.warmup import should_warm_up
@@ -239,7 +240,8 @@ def _start_ray(state, names: list[str], lora_texts: list[str], allowed: dict, *,
         from sana.serving import replicas as ray_replicas
     except ImportError as exc:
         raise UsageError(f"`sana serve --ray` needs Ray Serve ({exc.name} is missing)",
-                         'pip install "sana-cli[ray]"') from None
+                         "pip install \"ray[serve]\" where sana runs; after pipx install: pipx inject sana-cli "
+                         "\"ray[serve]\"") from None
     from .serve_models import IMAGE_FAMILIES, load_model, load_models, resolve_any
 
     for name in names:

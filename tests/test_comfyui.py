@@ -83,7 +83,7 @@ def comfyui(tmp_path_factory, reference):
 
 
 def _workflow(name: str) -> dict:
-    return json.loads((REPO / "workflows" / name).read_text())
+    return json.loads((REPO / "comfyui_sana" / "api_workflows" / name).read_text())
 
 
 def _nano_text_to_image() -> dict:

@@ -292,8 +292,8 @@ def _widgets(cls) -> list[tuple[str, dict]]:
 
 @pytest.mark.parametrize("name", ["text-to-image", "4k", "sprint", "lora"])
 def test_workflow_ui_and_api_formats_describe_the_same_graph(name):
-    ui = json.loads((REPO / "workflows" / f"{name}.json").read_text())
-    api = json.loads((REPO / "workflows" / f"{name}.api.json").read_text())
+    ui = json.loads((REPO / "comfyui_sana" / "example_workflows" / f"{name}.json").read_text())
+    api = json.loads((REPO / "comfyui_sana" / "api_workflows" / f"{name}.api.json").read_text())
     assert {str(n["id"]) for n in ui["nodes"]} == set(api)
     links = {link[0]: link for link in ui["links"]}
     for ui_node in ui["nodes"]:

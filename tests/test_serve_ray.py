@@ -1,7 +1,7 @@
 """`sana serve --ray`: a Ray head started here (small object store, no dashboard), `sana serve --ray --replicas 2
 --device cpu --model nano` joining it through RAY_ADDRESS, and the official OpenAI client: images of the requested
 sizes, the pixels of the pipeline, Ray's batches in /metrics, the same errors and API key. Skipped without Ray
-Serve (`pip install "sana-cli[ray]"`)."""
+Serve (`pip install ".[ray]"`)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _ray():
         import ray
         import ray.serve  # noqa: F401
     except ImportError:
-        pytest.skip('Ray Serve is not installed (pip install "sana-cli[ray]")')
+        pytest.skip('Ray Serve is not installed (pip install ".[ray]")')
     return ray
 
 

@@ -14,5 +14,5 @@
 - `app` (the image routes), `video_routes` (`/v1/videos`), `forms` (JSON and multipart bodies), `page` (the web
   page at `/`, its files in `static/`, and `/v1/progress/{id}`), `guard` (API key, body size, counters).
 
-FastAPI and uvicorn are an optional extra (`pip install "sana-cli[serve]"`); the route modules import them.
+FastAPI and uvicorn are an optional extra (`pip install ".[serve]"`); the route modules import them.
 """

@@ -152,9 +152,9 @@ def _diffusers_class_name(model: nn.Module) -> str:
 def _add_metadata(path: Path, extra: dict[str, str]) -> None:
     """Rewrite a safetensors file with `extra` added to its metadata (the tensors unchanged)."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
+    from .checkpoint import save_safetensors
 
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
         tensors = {key: f.get_tensor(key) for key in f.keys()}
-    save_file(tensors, str(path), metadata={**metadata, **extra})
+    save_safetensors(tensors, path, metadata={**metadata, **extra})

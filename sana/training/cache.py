@@ -58,10 +58,10 @@ def component_fingerprint(component_dir: Path) -> str:
 
 
 def _write_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
+    from .checkpoint import save_safetensors
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    save_safetensors({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp)
     os.replace(tmp, path)
 
 

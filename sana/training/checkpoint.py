@@ -181,9 +181,19 @@ def _keep_rows_up_to(path: Path, column: str, step: int) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' `save_file`, the file then given the permissions any file this process writes gets (the
+    umask's): safetensors writes through a private temporary file (0600), which a server or ComfyUI running as
+    another user could not read."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    save_file(tensors, str(path), metadata=metadata)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import torch
 
 from ..components import SAMPLING_DEFAULTS_KEY
 from ..loading import VIDEO_CLASS_NAME, WEIGHTS_NAME, engine_to_diffusers, video_engine_to_diffusers
-from .checkpoint import replace_folder
+from .checkpoint import replace_folder, save_safetensors
 
 OTHER_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -57,7 +57,6 @@ def save_model_folder(weights: dict[str, torch.Tensor], config, base_dir: Path, 
     """transformer/ from `weights` (engine names), the other components from `base_dir`; assembled beside
     `target` and renamed into place, so an interrupted export never leaves a half-written model.
     `sampling_defaults` go into model_index.json (`components.SAMPLING_DEFAULTS_KEY`) for `sana gen` to use."""
-    from safetensors.torch import save_file
 
     staged = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)
@@ -65,7 +64,7 @@ def save_model_folder(weights: dict[str, torch.Tensor], config, base_dir: Path, 
     to_diffusers = video_engine_to_diffusers if _is_video(config) else engine_to_diffusers
     state = to_diffusers({k: v.detach().to("cpu", dtype).contiguous() for k, v in weights.items()},
                          bool(config.guidance_embeds))
-    save_file(state, str(staged / "transformer" / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_safetensors(state, staged / "transformer" / WEIGHTS_NAME, metadata={"format": "pt"})
     (staged / "transformer" / "config.json").write_text(
         json.dumps(transformer_config_json(config, base_dir), indent=2), encoding="utf-8")
     for name in OTHER_COMPONENTS:
