@@ -13,8 +13,8 @@ from sana.errors import UsageError
 from sana.training.config import TrainConfig
 
 from . import console
-from .finetune_resume import (begin_resume, listed, never_checkpointed, refuse_occupied, resume_folder_on_other_ranks,
-                              set_aside_later, settings_to_resume)
+from .finetune_resume import (begin_resume, check_out_folder, listed, never_checkpointed, refuse_occupied,
+                              resume_folder_on_other_ranks, same_data, set_aside_later, settings_to_resume)
 
 Opt = typer.Option
 
@@ -103,10 +103,11 @@ def finetune(
 def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_from: Path | None, gpus: int,
               main_process: bool, guard: "_StartupInterrupt") -> None:
     # 1. Settings: a resumed run's own settings, overridden by the flags given now; all checked before torch loads.
-    if not Path(data).expanduser().is_dir():
-        raise UsageError(f"data folder not found: {data}",
-                         "give a folder of images with .txt captions or a metadata.jsonl")
+    from sana.training.data import check_data_folder
+
+    check_data_folder(data)
     out_dir = (out or Path(f"finetune-{Path(data).resolve().name}")).expanduser()
+    check_out_folder(out_dir)
     continuing = resume or resume_from is not None
     if continuing and not (out_dir / "train_config.json").is_file():
         raise UsageError(f"--resume: {out_dir} holds no sana finetune run", "pass the run's folder with --out")
@@ -145,6 +146,7 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
     if settings.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise UsageError("--optimizer adamw8bit needs bitsandbytes",
                          "pip install bitsandbytes, or use --optimizer adamw")
+    _check_usable(settings)  # after the flags: a bad flag is said first, the data's contents last
 
     # 2. Many GPUs: hand over to the standard launcher, which runs this same command once per GPU.
     if gpus > 1:
@@ -257,6 +259,7 @@ def _settings(flags: dict, data: Path, out_dir: Path, saved):
     import dataclasses
 
     from sana.training.config import TrainConfig
+    from sana.training.data import data_fingerprint
 
     if saved is not None:
         base = dataclasses.asdict(saved)
@@ -272,7 +275,7 @@ def _settings(flags: dict, data: Path, out_dir: Path, saved):
         base.update(video_settings(flags.get("model"), model_dir, flags))
         if random_init and "config" in flags:
             base["transformer_config"] = _transformer_config(flags["config"])
-    base.update(data=str(data), out=str(out_dir))
+    base.update(data=recorded_data(data, saved), out=str(out_dir), data_fingerprint=data_fingerprint(data))
     renames = {"full": None, "model": None, "config": None, "res": "resolution", "keep": "keep_checkpoints", "rl": None,
                "val_prompt": "val_prompts", "compile_model": "compile", "cache": "cache_dir", "resume": None, "resume_from": None, "gpus": None,
                "data": None, "out": None}
@@ -286,6 +289,23 @@ def _settings(flags: dict, data: Path, out_dir: Path, saved):
     if base["val_prompts"] and not base["val_every"]:
         base["val_every"] = base["checkpoint_every"]
     return TrainConfig(**base)
+
+
+def recorded_data(data, saved) -> str:
+    """The data a run's settings name: a resumed run's own spelling while it is the same folder or file (so only
+    other data shows as a change), else as given."""
+    return saved.data if saved is not None and same_data(saved.data, str(data)) else str(data)
+
+
+def _check_usable(settings) -> None:
+    """The data folder holds something to train on (a captioned image, or clip for a video model), found without
+    decoding: an empty folder or one without captions fails here, before torch loads and before the run folder
+    is written."""
+    if settings.video:
+        from sana.training.video_data import check_clips as check
+    else:
+        from sana.training.data import check_images as check
+    check(settings.data, caption=settings.caption, trigger=settings.trigger)
 
 
 def apply_flags(base: dict, flags: dict, renames: dict, saved) -> None:

@@ -182,6 +182,32 @@ def begin_resume(saved, settings, out_dir: Path, resume_from: Path | None, main_
     return start
 
 
+def check_out_folder(out_dir: Path) -> None:
+    """--out must be a folder the run can write, or create: a file of that name, or a folder that cannot be
+    written, is one line now, not an OSError once the run has started."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a run folder", "give a folder for the run with --out")
+    from .generation import check_output_dirs
+
+    try:
+        check_output_dirs([out_dir / "train_config.json"])
+    except UsageError as exc:
+        raise UsageError(exc.message, "choose another --out") from None
+
+
+def same_data(recorded: str, given: str) -> bool:
+    """Whether the data a run recorded and the data given now are one folder or file, however each is spelled
+    (`data` and `./data`, or a prompt grammar's name)."""
+    import os
+
+    if recorded == given:
+        return True
+    try:
+        return os.path.samefile(Path(recorded).expanduser(), Path(given).expanduser())
+    except (OSError, ValueError):
+        return False
+
+
 def refuse_occupied(out_dir: Path) -> None:
     """A new run never writes into a folder holding anything: another run's files or the user's."""
     if out_dir.exists() and any(out_dir.iterdir()):

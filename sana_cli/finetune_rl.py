@@ -51,8 +51,8 @@ def finetune_rl(flags: dict) -> None:
     """The steps of `sana finetune PROMPTS --rl`."""
     from sana.training.rl.config import RLConfig, is_rl_run
 
-    from .finetune_resume import (begin_resume, refuse_occupied, resume_folder_on_other_ranks, set_aside_later,
-                                  settings_to_resume)
+    from .finetune_resume import (begin_resume, check_out_folder, refuse_occupied, resume_folder_on_other_ranks,
+                                  set_aside_later, settings_to_resume)
     from .launch import exec_torchrun, launched_by_torchrun
 
     data, gpus = str(flags["data"]), int(flags.get("gpus", 1))
@@ -65,6 +65,7 @@ def finetune_rl(flags: dict) -> None:
     if extra:
         raise UsageError(f"--{extra[0].replace('_', '-')} is for supervised fine-tuning on images or clips, not --rl")
     out_dir = (flags.get("out") or default_out(data)).expanduser()
+    check_out_folder(out_dir)
     continuing = bool(flags.get("resume")) or flags.get("resume_from") is not None
     if continuing and not (out_dir / "train_config.json").is_file():
         raise UsageError(f"--resume: {out_dir} holds no sana finetune run", "pass the run's folder with --out")
@@ -179,9 +180,11 @@ def _refuse_distilled(model_dir: Path) -> None:
 
 def _settings(flags: dict, data: str, out_dir: Path, saved, gpus: int):
     """RLConfig from the flags given, on top of a resumed run's settings or the recipe's defaults."""
+    from sana.training.data import data_fingerprint
     from sana.training.rl.config import PROMPTS_PER_GPU, RLConfig
+    from sana.training.rl.prompts import SHAPES_SOURCES
 
-    from .finetune import _base_model, base_sampling_defaults
+    from .finetune import _base_model, base_sampling_defaults, recorded_data
 
     if saved is not None:
         base = dataclasses.asdict(saved)
@@ -192,7 +195,10 @@ def _settings(flags: dict, data: str, out_dir: Path, saved, gpus: int):
                                            sampling_defaults=base_sampling_defaults(flags.get("model"))))
         if flags.get("full"):
             base.update(mode="full", lr=2e-5)
-    base.update(data=data, out=str(out_dir))
+    # A grammar's name is compared as a name: a file called `shapes` is not the grammar
+    grammar = data in SHAPES_SOURCES or (saved is not None and saved.data in SHAPES_SOURCES)
+    base.update(data=data if grammar else recorded_data(data, saved), out=str(out_dir),
+                data_fingerprint=None if data in SHAPES_SOURCES else data_fingerprint(data))
     apply_flags(base, flags, RENAMES, saved)
     if not base["val_every"]:
         base["val_every"] = base["checkpoint_every"]

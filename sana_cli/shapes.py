@@ -33,10 +33,31 @@ def _progress(description: str, total: int):
 
 
 def _empty_folder(path: Path, force: bool, what: str) -> None:
+    from .generation import check_output_dirs
+
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path} is a file, not a folder")
+    try:  # a folder that cannot be written fails here, not with an OSError once the work is under way
+        check_output_dirs([path / "x"])
+    except UsageError as exc:
+        raise UsageError(exc.message, f"choose another folder for the {what}") from None
     if path.is_dir() and any(path.iterdir()) and not force:
         raise UsageError(f"{path} is not empty", f"choose an empty folder for the {what}, or pass --force")
+
+
+def _replaceable_dataset(path: Path) -> None:
+    """--force replaces a dataset sana made, whole: a folder holding anything else is refused before any work, since
+    deleting the user's files is never right and keeping them beside the new pairs makes a mixed dataset."""
+    from sana.nano.shapes import made_dataset
+
+    try:
+        others = made_dataset(path)[1]
+    except SanaError as exc:  # a frames clip holding a file of the user's
+        raise UsageError(exc.message, "move it out of the folder, or choose another folder") from None
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise UsageError(f"{path} holds {others[0]}{more}, which sana did not write: --force replaces only a dataset "
+                         "`sana shapes make` wrote", "move it out of the folder, or choose another folder")
 
 
 def train_and_save_autoencoder(out: Path, what: str, train, save, cfg, device: str, start: Path | None,
@@ -90,18 +111,26 @@ def make_command(
     format `sana finetune` reads."""
     from sana.nano.shapes import DEFAULT_HOLDOUT, clear_dataset, write_dataset
 
-    # 1. The folder: empty, or --force (an earlier dataset's files go, so none is left stale).
+    # 1. The folder: empty, or --force over a dataset sana made (its files go, so none is left stale), checked with
+    #    the flags before anything is deleted.
     _empty_folder(out, force, "dataset")
+    if out.is_dir():
+        _replaceable_dataset(out)
     if video:
+        from sana.nano.moving_shapes import CLIP_FORMATS
+
         if holdout:
             raise UsageError("--holdout is for images", "the clips' grammar uses every colour-shape pair")
+        if fmt not in CLIP_FORMATS:
+            raise UsageError(f"unknown --format '{fmt}'", f"use {', '.join(CLIP_FORMATS)} (png: a folder of frames a clip)")
+    if out.is_dir():
+        clear_dataset(out)  # an image dataset's or a clip dataset's, whichever this one replaces
+    if video:
         from .shapes_video import make_clips
 
         make_clips(out, num, seed, two_objects, fmt, _progress)
         return
     holdout = True if holdout is None else holdout
-    if out.is_dir():
-        clear_dataset(out)
     # 2. Write, with progress.
     pairs = DEFAULT_HOLDOUT if holdout else ()
     bar, task = _progress("rendering", num)

@@ -424,13 +424,17 @@ def test_time_limit_exports_what_is_trained_and_resume_continues(tmp_path, base_
 
 
 def test_a_run_that_never_checkpointed_starts_again(tmp_path, base_model):
-    """A run stopped before its first checkpoint (here: an empty data folder) leaves its settings behind; the
-    same command, or --resume, starts it again instead of refusing the folder."""
+    """A run stopped before its first checkpoint (here: its only image is unreadable, which only decoding finds)
+    leaves its settings behind, on purpose; the same command, or --resume, starts it again instead of refusing
+    the folder. (An empty folder, or one without captions, is refused before anything is written.)"""
     data = tmp_path / "data"
     data.mkdir()
+    (data / "broken.png").write_bytes(b"not a png")
+    (data / "broken.txt").write_text("a broken square")
     out = tmp_path / "run"
     failed = run_sana(*finetune_args(data, base_model, out, "--steps", "1", "--full", "--lr", "3e-4"))
     assert failed.returncode == 2 and (out / "train_config.json").is_file()
+    assert "unreadable image" in failed.stderr
     make_dataset(data, count=2)
     again = run_sana(*finetune_args(data, base_model, out, "--resume"))  # the recorded settings, not the defaults
     assert again.returncode == 0, again.stderr
@@ -471,6 +475,40 @@ def test_resume_applies_and_records_a_changed_rate(tmp_path, base_model):
     rl = run_sana("finetune", str(prompts), "--rl", "--model", str(base_model), "--out", str(out), "--resume")
     assert "holds a supervised fine-tuning run, not an RL one" in assert_one_line_error(rl)
     assert (out / "train_config.json").read_bytes() == before
+
+
+def test_resume_on_other_or_changed_data_applies_and_records_it(tmp_path, base_model):
+    """Another data folder, or files added to it, is applied from the checkpoint on: said in a notice and recorded
+    in the resume entry (the data and its fingerprint), so train_config.json says what ran. The same folder
+    spelled another way is no change."""
+    import shutil
+
+    data = make_dataset(tmp_path / "data", count=2)
+    out = tmp_path / "run"
+    args = ["--lora-rank", "2", "--checkpoint-every", "1"]
+    assert run_sana(*finetune_args(data, base_model, out, *args, "--steps", "1")).returncode == 0
+    first = json.loads((out / "train_config.json").read_text())
+    assert first["data_fingerprint"].startswith("4 files, ")
+
+    more = tmp_path / "more"
+    shutil.copytree(data, more)
+    Image.new("RGB", (32, 32), (40, 80, 220)).save(more / "extra.png")
+    (more / "extra.txt").write_text("a blue square")
+    resumed = run_sana(*finetune_args(more, base_model, out, *args, "--steps", "2", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    notice = next(line for line in resumed.stderr.splitlines() if "--resume applies" in line)
+    assert f"data '{data}' -> '{more}'" in notice and "data_fingerprint '4 files, " in notice and "-> '6 files, " in notice
+    record = json.loads((out / "train_config.json").read_text())
+    changed = record["resumes"][-1]["changed"]
+    assert changed["data"] == [str(data), str(more)] and changed["steps"] == [1, 2]
+    assert changed["data_fingerprint"][0] == first["data_fingerprint"] and changed["data_fingerprint"][1].startswith("6 ")
+    assert record["data"] == str(more) and "3 image(s) used" in resumed.stderr
+
+    # The same folder, relative from another working directory: nothing changed but --steps.
+    again = run_sana(*finetune_args(Path("more"), base_model, out, *args, "--steps", "3", "--resume"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["resumes"][-1]["changed"] == {"steps": [2, 3]} and record["data"] == str(more)
 
 
 def test_resume_past_the_steps_is_refused_and_an_older_checkpoint_sets_the_later_history_aside(tmp_path, base_model):

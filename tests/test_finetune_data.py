@@ -74,6 +74,96 @@ def test_a_video_model_still_takes_uncaptioned_frames_folders_and_refuses_loose_
         check_data_kind(loose, video=True)
 
 
+# -- what is refused before torch loads ----------------------------------------------------------------------
+
+def _heavy_imports(stderr: str) -> list[str]:
+    names = [line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")]
+    return sorted({name for name in names if name in ("torch", "diffusers", "transformers")})
+
+
+def _unusable_layout(folder: Path, case: str) -> tuple[list[str], str]:
+    """(the command's arguments, what its error says) for one unusable data folder or --out."""
+    data, out = folder / "data", folder / "run"
+    data.mkdir()
+    if case == "empty":
+        return [str(data)], "no usable training images in"
+    if case == "no-captions":
+        images(data, ["a"], captions=False)
+        return [str(data)], "1 skipped: no caption (a.png)"
+    if case == "metadata-names-a-missing-file":
+        images(data, ["a"], captions=False)
+        (data / "metadata.jsonl").write_text(json.dumps({"file_name": "gone.png", "text": "a red square"}) + "\n")
+        return [str(data)], "1 skipped: named in metadata.jsonl but missing (gone.png); 1 skipped: no caption (a.png)"
+    if case == "data-is-a-file":
+        images(data, ["a"])
+        return [str(data / "a.png")], "a.png is a file, not a data folder"
+    if case == "clips-empty":
+        return [str(data), "--model", "nano-video"], "no usable training clips in"
+    images(data, ["a"])
+    if case == "out-is-a-file":
+        out.write_bytes(b"an image")
+        return [str(data), "--out", str(out)], "is a file, not a run folder"
+    return [str(data), "--out", "/proc/sana-run"], "cannot write to /proc/sana-run"  # root cannot create there either
+
+
+UNUSABLE = ["empty", "no-captions", "metadata-names-a-missing-file", "data-is-a-file", "clips-empty", "out-is-a-file",
+            "out-not-writable"]
+
+
+@pytest.mark.parametrize("case", UNUSABLE)
+def test_unusable_data_or_out_is_one_line_before_torch_and_writes_nothing(tmp_path, case):
+    from tests.cli_helpers import run_sana
+
+    if case == "out-not-writable" and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc")
+    args, expected = _unusable_layout(tmp_path, case)
+    if "--model" not in args:
+        args += ["--model", "nano"]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "run")]
+    result = run_sana("finetune", *args, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("import time:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], lines
+    assert _heavy_imports(result.stderr) == []
+    if case != "out-is-a-file":
+        assert not (tmp_path / "run").exists()  # no settings left behind to change what the next command does
+
+
+def test_a_metadata_row_naming_a_missing_file_is_listed(tmp_path):
+    from sana.training.data import scan_folder
+
+    data = tmp_path / "data"
+    images(data, ["a"], captions=False)
+    (data / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "a red square"}) + "\n"
+                                         + json.dumps({"file_name": "sub/gone.png", "text": "a blue one"}) + "\n")
+    samples, report = scan_folder(data)
+    assert [s.path.name for s in samples] == ["a.png"]
+    assert report.skipped["named in metadata.jsonl but missing"] == [str(Path("sub") / "gone.png")]
+    assert "1 skipped: named in metadata.jsonl but missing (sub/gone.png)" in report.lines()
+
+
+def test_the_data_fingerprint_follows_the_files_training_reads(tmp_path):
+    import os
+
+    from sana.training.data import data_fingerprint
+
+    data = tmp_path / "data"
+    images(data, ["a", "b"])
+    first = data_fingerprint(data)
+    assert first.startswith("4 files, ") and data_fingerprint(str(data)) == first
+    (data / ".DS_Store").write_text("")  # hidden: training skips it
+    assert data_fingerprint(data) == first
+    (data / "b.txt").write_text("a red square, edited")
+    edited = data_fingerprint(data)
+    assert edited != first and edited.startswith("4 files, ")
+    os.remove(data / "b.png")
+    assert data_fingerprint(data).startswith("3 files, ")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    assert data_fingerprint(prompts).startswith("1 file, ") and data_fingerprint("shapes") is None
+
+
 # -- what a validation sample records ---------------------------------------------------------------------
 
 def test_a_validation_sample_records_the_base_model_and_its_run_and_replays(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,12 +182,62 @@ def test_make_command_writes_refuses_and_replaces(tmp_path):
     assert refused.returncode == 2
     assert "not empty" in assert_one_line_error(refused)
 
-    (out / "notes.md").write_text("mine")  # not a dataset file: kept
+    (out / "notes.md").write_text("mine")  # not sana's: --force neither deletes it nor writes a dataset beside it
+    refused = run_sana("shapes", "make", str(out), "--num", "4", "--force")
+    assert "holds notes.md, which sana did not write" in assert_one_line_error(refused)
+    assert (out / "notes.md").exists() and (out / "000007.png").exists()  # refused before anything was touched
+    (out / "notes.md").unlink()
+    (out / ".DS_Store").write_text("")  # hidden: left, and training skips it
     replaced = run_sana("shapes", "make", str(out), "--num", "4", "--seed", "3", "--no-holdout", "--force")
     assert replaced.returncode == 0, replaced.stderr
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:06d}.png" for i in range(4)]  # no stale pairs
-    assert (out / "notes.md").exists()
+    assert (out / ".DS_Store").exists()
     assert json.loads((out / "shapes.json").read_text())["holdout"] == []
+
+
+def test_force_replaces_only_what_the_dataset_record_accounts_for(tmp_path):
+    out = tmp_path / "data"
+    assert run_sana("shapes", "make", str(out), "--num", "3").returncode == 0
+    Image.new("RGB", (8, 8)).save(out / "000005.png")  # numbered like sana's pairs, but past the record's 3
+    refused = run_sana("shapes", "make", str(out), "--num", "2", "--force")
+    assert "holds 000005.png, which sana did not write" in assert_one_line_error(refused)
+    assert (out / "000002.png").exists()
+
+    # A folder without sana's record is the user's, numbered names and all: nothing is deleted.
+    own = tmp_path / "own"
+    own.mkdir()
+    Image.new("RGB", (8, 8)).save(own / "000005.png")
+    Image.new("RGB", (8, 8)).save(own / "my_photo.png")
+    refused = run_sana("shapes", "make", str(own), "--num", "2", "--force")
+    assert "holds 000005.png and 1 more, which sana did not write" in assert_one_line_error(refused)
+    assert sorted(p.name for p in own.iterdir()) == ["000005.png", "my_photo.png"]
+
+
+def test_force_replaces_clips_with_images_leaving_no_mixed_dataset(tmp_path):
+    from sana.nano.shapes import clear_dataset, made_dataset
+
+    out = tmp_path / "data"
+    made = run_sana("shapes", "make", str(out), "--video", "--num", "2", "--format", "png")
+    assert made.returncode == 0, made.stderr
+    (out / "000000" / "notes.md").write_text("mine")  # inside a frames clip: refused, as the frames writer does
+    refused = run_sana("shapes", "make", str(out), "--num", "2", "--force")
+    assert "holds notes.md, which sana did not write" in assert_one_line_error(refused)
+    (out / "000000" / "notes.md").unlink()
+    replaced = run_sana("shapes", "make", str(out), "--num", "2", "--force")
+    assert replaced.returncode == 0, replaced.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000000.txt", "000001.png", "000001.txt",
+                                                     "metadata.jsonl", "shapes.json"]
+    # An interrupted write is known by its record, written before the pairs.
+    (out / "metadata.jsonl").unlink()
+    assert made_dataset(out) == (sorted(out.iterdir()), []) and clear_dataset(out) == 5
+
+
+def test_make_into_a_folder_that_cannot_be_written_is_one_line(tmp_path):
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc")
+    # root passes every permission check there, yet nothing can be created in /proc
+    message = assert_one_line_error(run_sana("shapes", "make", "/proc/sana-shapes", "--num", "2"))
+    assert "cannot write to /proc/sana-shapes" in message and "PermissionError" not in message
 
 
 # -- `sana shapes check` on datasets ---------------------------------------------------------------------------

@@ -70,6 +70,40 @@ def test_bad_input_is_one_line_before_torch(args, expected, files, base_model):
     assert not (files / "run").exists()
 
 
+def test_an_out_that_is_a_file_is_one_line_before_torch(files, base_model):
+    (files / "taken.png").write_bytes(b"an image")
+    result = run_sana("finetune", "prompts.txt", "--rl", "--model", str(base_model), "--reward", "plug.py:brightness",
+                      "--out", "taken.png", cwd=files, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("import time:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "--out taken.png is a file, not a run folder" in lines[0] and heavy_imports(result.stderr) == []
+
+
+def test_a_resume_records_changed_prompts_and_takes_a_grammar_by_its_name(tmp_path, monkeypatch):
+    from sana.training.data import data_fingerprint
+    from sana.training.rl.config import RLConfig
+    from sana_cli.finetune_rl import _settings
+
+    out = tmp_path / "run"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    saved = RLConfig(data=str(prompts), out=str(out), model_dir=str(tmp_path), val_every=20,  # as a run records it
+                     data_fingerprint=data_fingerprint(prompts))
+    assert saved.changes(_settings({}, str(prompts), out, saved, 1)) == []
+    prompts.write_text("a red circle\na blue square\n")
+    changed = saved.changes(_settings({}, str(prompts), out, saved, 1))
+    assert [name for name, _, _ in changed] == ["data_fingerprint"] and changed[0][2].startswith("1 file, ")
+
+    # `shapes` is the grammar even beside a file of that name, and a file given as ./shapes is that file.
+    monkeypatch.chdir(tmp_path)
+    Path("shapes").write_text("a small red circle on the left on a white background\n")
+    grammar = RLConfig(data="shapes", out=str(out), model_dir=str(tmp_path), val_every=20)
+    same = _settings({}, "shapes", out, grammar, 1)
+    assert (same.data, same.data_fingerprint, grammar.changes(same)) == ("shapes", None, [])
+    other = _settings({}, "./shapes", out, grammar, 1)
+    assert other.data == "./shapes" and ("data", "shapes", "./shapes") in grammar.changes(other)
+
+
 def test_a_sprint_model_is_refused_with_the_reason(files, tmp_path_factory):
     sprint = tmp_path_factory.mktemp("sprint")
     build_pipeline(sprint, kind="sprint")

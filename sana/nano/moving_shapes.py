@@ -203,24 +203,15 @@ def parse_motion_caption(text: str) -> MotionScene:
 # -- datasets ------------------------------------------------------------------------------------------------
 
 DATASET_INFO = "shapes.json"  # how a dataset folder was made (the image grammar's name for it)
-_DATASET_FILE = re.compile(r"\d{6,}\.(mp4|gif|txt)|metadata\.jsonl|" + re.escape(DATASET_INFO))
 CLIP_FORMATS = ("mp4", "gif", "png")  # png: a folder of frames a clip
 
 
 def clear_video_dataset(out_dir: Path) -> int:
-    """Delete what `write_video_dataset` writes in `out_dir` (and nothing else). Returns the entries removed."""
-    import shutil
+    """Delete what `sana shapes make` wrote in `out_dir` (and nothing else: see `shapes.made_dataset`). Returns the
+    entries removed."""
+    from .shapes import clear_dataset
 
-    removed = 0
-    for path in Path(out_dir).iterdir():
-        if path.is_file() and _DATASET_FILE.fullmatch(path.name):
-            path.unlink()
-        elif path.is_dir() and re.fullmatch(r"\d{6,}", path.name) and (path / "clip.json").is_file():
-            shutil.rmtree(path)
-        else:
-            continue
-        removed += 1
-    return removed
+    return clear_dataset(out_dir)
 
 
 # From this many clips on, worker processes write them: encoding a clip's frames holds the GIL for most of its
@@ -267,6 +258,10 @@ def write_video_dataset(out_dir: Path, num: int, seed: int, *, two_object_fracti
     scenes = sample_motion_scenes(num, seed, two_object_fraction=two_object_fraction)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The record first: what an interrupted write left is still known as sana's (what --force may replace).
+    info = {"grammar": GRAMMAR, "num": num, "seed": seed, "side": SIDE, "frames": FRAMES, "fps": FPS,
+            "two_object_fraction": two_object_fraction, "format": fmt}
+    (out_dir / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     width = max(6, len(str(num - 1)))
     jobs = [(out_dir, scene, index, width, fmt, seed) for index, scene in enumerate(scenes)]
     rows = []
@@ -275,9 +270,6 @@ def write_video_dataset(out_dir: Path, num: int, seed: int, *, two_object_fracti
         if on_progress:
             on_progress(len(rows), num)
     (out_dir / "metadata.jsonl").write_text("\n".join(rows) + ("\n" if rows else ""), encoding="utf-8")
-    info = {"grammar": GRAMMAR, "num": num, "seed": seed, "side": SIDE, "frames": FRAMES, "fps": FPS,
-            "two_object_fraction": two_object_fraction, "format": fmt}
-    (out_dir / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return scenes
 
 

@@ -229,18 +229,71 @@ def parse_caption(text: str) -> Scene:
 # -- datasets ------------------------------------------------------------------------------------------------
 
 DATASET_INFO = "shapes.json"  # how a dataset folder was made; `sana finetune` skips .json sidecars
-_DATASET_FILE = re.compile(r"\d{6,}\.(png|txt)|metadata\.jsonl|" + re.escape(DATASET_INFO))
+GRAMMAR = "sana-shapes-1"  # the record's name for an image dataset
+_NUMBERED = re.compile(r"(\d{6,})(?:\.(png|txt|mp4|gif))?")
+
+
+def _written_kind(name: str, info: dict) -> str | None:
+    """What a dataset made as `info` (its shapes.json) wrote under `name`: "file", "frames" (a PNG-frames clip
+    folder) or None (nothing: `name` is not sana's)."""
+    if name in ("metadata.jsonl", DATASET_INFO):
+        return "file"
+    match = _NUMBERED.fullmatch(name)
+    num = info.get("num")
+    if match is None or not isinstance(num, int) or int(match[1]) >= num or len(match[1]) != max(6, len(str(num - 1))):
+        return None
+    from .moving_shapes import GRAMMAR as CLIPS
+
+    suffix = match[2]
+    if info.get("grammar") == GRAMMAR:
+        return "file" if suffix in ("png", "txt") else None
+    if info.get("grammar") == CLIPS:
+        clip = info.get("format", "mp4")
+        if suffix is None:
+            return "frames" if clip == "png" else None
+        return "file" if suffix == "txt" or (suffix == clip and clip != "png") else None
+    return None
+
+
+def made_dataset(out_dir: Path) -> tuple[list[Path], list[str]]:
+    """(the entries of `out_dir` that `sana shapes make` wrote there, by the folder's shapes.json, and the names of
+    the others): what --force may replace, and what it must not. A numbered file is sana's only when the record
+    accounts for it, so a user's 000005.png is not. Hidden entries are in neither list: --force leaves them and
+    training skips them. A PNG-frames clip holding a file sana did not write raises `SanaError` (the frames
+    writer's rule, `check_replaceable_frames`)."""
+    from ..outputs.video import check_replaceable_frames
+
+    out_dir = Path(out_dir)
+    try:
+        info = json.loads((out_dir / DATASET_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = None
+    ours, others = [], []
+    for entry in sorted(out_dir.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        kind = _written_kind(entry.name, info) if isinstance(info, dict) else None
+        if entry.is_symlink() or kind is None or (kind == "frames") != entry.is_dir():
+            others.append(entry.name)
+            continue
+        if kind == "frames":
+            check_replaceable_frames(entry)
+        ours.append(entry)
+    return ours, others
 
 
 def clear_dataset(out_dir: Path) -> int:
-    """Delete what `write_dataset` writes in `out_dir` (and nothing else), so a smaller dataset written over a
-    larger one leaves no stale pairs behind. Returns the number of files removed."""
-    removed = 0
-    for path in Path(out_dir).iterdir():
-        if path.is_file() and _DATASET_FILE.fullmatch(path.name):
+    """Delete what `sana shapes make` wrote in `out_dir` (images or clips, as its shapes.json says) and nothing
+    else, so a smaller dataset written over a larger one leaves no stale pairs behind. Returns the entries removed."""
+    import shutil
+
+    ours = made_dataset(out_dir)[0]
+    for path in ours:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
             path.unlink()
-            removed += 1
-    return removed
+    return len(ours)
 
 
 def write_dataset(out_dir: Path, num: int, seed: int, *, holdout: Iterable[Pair] = DEFAULT_HOLDOUT,
@@ -252,7 +305,12 @@ def write_dataset(out_dir: Path, num: int, seed: int, *, holdout: Iterable[Pair]
     scenes = sample_scenes(num, seed, two_object_fraction=two_object_fraction, holdout=holdout)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The record first: what an interrupted write left is still known as sana's (what --force may replace).
+    info = {"grammar": GRAMMAR, "num": num, "seed": seed, "side": side,
+            "two_object_fraction": two_object_fraction, "holdout": [list(p) for p in holdout]}
+    (out_dir / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     width = max(6, len(str(num - 1)))
+
     def write(index: int) -> str:
         stem = f"{index:0{width}d}"
         render_image(scenes[index], side).save(out_dir / f"{stem}.png", optimize=False, compress_level=1)
@@ -267,7 +325,4 @@ def write_dataset(out_dir: Path, num: int, seed: int, *, holdout: Iterable[Pair]
             if on_progress:
                 on_progress(len(rows), num)
     (out_dir / "metadata.jsonl").write_text("\n".join(rows) + ("\n" if rows else ""), encoding="utf-8")
-    info = {"grammar": "sana-shapes-1", "num": num, "seed": seed, "side": side,
-            "two_object_fraction": two_object_fraction, "holdout": [list(p) for p in holdout]}
-    (out_dir / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return scenes

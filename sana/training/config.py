@@ -20,7 +20,7 @@ RESUME_INVARIANTS = ("mode", "init", "model_dir", "transformer_config", "resolut
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str  # the data folder (an RL run's prompt source) as given
     out: str
     model_dir: str  # the base model (diffusers-format folder): DiT weights unless init is "random", encoders
     mode: str = "lora"  # "lora" | "full"
@@ -71,6 +71,9 @@ class TrainConfig:
     # The base model's sampling defaults (its preset's, or those its folder carries), written into an exported
     # model folder so it samples as its base did (`sampling_defaults_for_export`).
     sampling_defaults: dict = field(default_factory=dict)
+    # `data`'s files when the run (or its latest resume) started: their count and a hash of names, sizes and
+    # times (`data.data_fingerprint`), so a resume on changed data records it; None for a prompt grammar.
+    data_fingerprint: str | None = None
     # What each --resume of the run changed, oldest first: {"step", "checkpoint", "time", "changed": {setting:
     # [before, after]}} (and "set_aside" where it branched from an older checkpoint), so the record shows what ran.
     resumes: list[dict] = field(default_factory=list)
@@ -160,7 +163,13 @@ class TrainConfig:
 
     def changes(self, other: "TrainConfig", every: bool = False) -> list[tuple[str, object, object]]:
         """(setting, this value, other's value) for every setting a resumed run may change (`every`: any setting)
-        and `other` does."""
-        fixed = {"data", "out", "resumes"} | (set() if every else set(RESUME_INVARIANTS))
+        and `other` does.
+
+        Other data (another folder, or files added, removed or edited) is applied and recorded like --lr, not
+        refused: the trainer goes on from the checkpoint over the items there now (its data order changes, which it
+        notes), and the `resumes` entry says from which step, so the record still matches what ran."""
+        fixed = {"out", "resumes"} | (set() if every else set(RESUME_INVARIANTS))
+        if self.data_fingerprint is None:  # recorded before fingerprints were kept: nothing to compare
+            fixed.add("data_fingerprint")
         return [(f.name, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
                 if f.name not in fixed and getattr(self, f.name) != getattr(other, f.name)]

@@ -15,6 +15,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import UsageError
 
@@ -63,8 +64,8 @@ class DataReport:
 
 def metadata_rows(root: Path, report: DataReport, *, need_caption: bool = False) -> dict[Path, dict]:
     """metadata.jsonl rows under `root` by the path they name (`file_name`, relative to the file's own folder: an
-    image, a clip or a frames folder). A line that cannot be read, or has no caption with `need_caption`, is
-    reported and left out."""
+    image, a clip or a frames folder). A line that cannot be read, has no caption with `need_caption`, or names a
+    file that is not there, is reported and left out."""
     rows: dict[Path, dict] = {}
     for meta in sorted(root.rglob("metadata.jsonl")):
         for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
@@ -72,13 +73,17 @@ def metadata_rows(root: Path, report: DataReport, *, need_caption: bool = False)
                 continue
             try:
                 row = json.loads(line)
-                path = (meta.parent / row["file_name"]).resolve()
+                named = meta.parent / row["file_name"]
                 if need_caption and row_caption(row) is None:
                     raise KeyError("no caption column")
-            except (json.JSONDecodeError, KeyError, TypeError):
+                found = named.exists()
+            except (KeyError, TypeError, ValueError):  # ValueError: not JSON, or a NUL in the name
                 report.skip("unreadable metadata.jsonl line", Path(f"{meta}:{number}"))
                 continue
-            rows[path] = row
+            if not found:  # listed like every other left-out item, not dropped unsaid
+                report.skip("named in metadata.jsonl but missing", named)
+                continue
+            rows[named.resolve()] = row
     return rows
 
 
@@ -112,21 +117,51 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def scan_folder(root: Path, *, caption: str | None = None, trigger: str | None = None) -> tuple[list[Sample], DataReport]:
-    """Every usable (image, caption) under `root`, sorted by path, and the report of what was skipped.
+def check_data_folder(root: Path) -> Path:
+    """`root` with ~ expanded; a one-line error when it is missing or a file (training takes a folder)."""
+    path = Path(root).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UsageError(f"{root} is a file, not a data folder",
+                         "give the folder that holds it: training reads a folder of captioned images or clips")
+    raise UsageError(f"data folder not found: {root}",
+                     "give a folder of images (or clips) with .txt captions or a metadata.jsonl")
 
-    `caption` gives every image that fixed caption (no caption files needed); `trigger` is put in front of
-    each caption ("sks, a photo of ...").
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise UsageError(f"data folder not found: {root}")
-    report = DataReport(root=root)
+
+def data_files(root: Path) -> list[Path]:
+    """The files under `root` that training looks at: every file but hidden ones (.DS_Store, .cache, our own
+    cache), sorted."""
+    return sorted(path for path in root.rglob("*") if path.is_file()
+                  and not any(part.startswith(".") for part in path.relative_to(root).parts))
+
+
+def data_fingerprint(data: str | Path) -> str | None:
+    """What a run's data was, cheaply (no file is read): the count of files and a hash of their names, sizes and
+    modification times, for a folder or a single file (an RL prompts file); None for anything else (`shapes`).
+    A resume compares it to the run's record, before torch loads."""
+    import hashlib
+
+    path = Path(str(data)).expanduser()
+    if path.is_dir():
+        files = data_files(path)
+    elif path.is_file():
+        files, path = [path], path.parent
+    else:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode("utf-8", "replace"))
+    return f"{len(files)} file{'s' if len(files) != 1 else ''}, {digest.hexdigest()[:12]}"
+
+
+def captioned_images(root: Path, report: DataReport, *, caption: str | None = None,
+                     trigger: str | None = None) -> Iterator[tuple[Path, str]]:
+    """(image, caption) under `root` in path order, before any image is opened; what is left out goes to
+    `report` as the walk reaches it (so the report is whole once the iterator is)."""
     rows = metadata_rows(root, report, need_caption=True)
-    candidates: list[tuple[Path, str]] = []  # (image, caption) before the image is opened
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue  # hidden files and folders (.DS_Store, .cache, our own cache)
+    for path in data_files(root):
         suffix = path.suffix.lower()
         if suffix in SIDECAR_SUFFIXES:
             continue
@@ -138,7 +173,37 @@ def scan_folder(root: Path, *, caption: str | None = None, trigger: str | None =
         if text is None:
             report.skip("no caption", path)
             continue
-        candidates.append((path, text))
+        yield path, text
+
+
+def no_usable(noun: str, data: str, report: DataReport, hint: str | None = None) -> UsageError:
+    """The error "no usable training images in DATA: reasons" (`noun`: images or clips), reasons from the report:
+    the words of the trainer's own (`features.unusable`), said here before torch loads."""
+    reasons = "; ".join(report.lines()[1:]) or f"the folder has no {noun}"
+    return UsageError(f"no usable training {noun} in {data}: {reasons}", hint)
+
+
+IMAGES_HINT = "put images with same-name .txt captions (or a metadata.jsonl) there, or pass --caption"
+
+
+def check_images(data: str, *, caption: str | None = None, trigger: str | None = None) -> None:
+    """A one-line error unless the folder holds a captioned image, found without decoding one: the walk stops at
+    the first, so a large folder costs a listing. Images that turn out unreadable are the trainer's to find."""
+    root = check_data_folder(data)
+    report = DataReport(root=root)
+    if next(captioned_images(root, report, caption=caption, trigger=trigger), None) is None:
+        raise no_usable("images", data, report, IMAGES_HINT)
+
+
+def scan_folder(root: Path, *, caption: str | None = None, trigger: str | None = None) -> tuple[list[Sample], DataReport]:
+    """Every usable (image, caption) under `root`, sorted by path, and the report of what was skipped.
+
+    `caption` gives every image that fixed caption (no caption files needed); `trigger` is put in front of
+    each caption ("sks, a photo of ...").
+    """
+    root = check_data_folder(root)
+    report = DataReport(root=root)
+    candidates = list(captioned_images(root, report, caption=caption, trigger=trigger))
     # Image headers are read in threads: file opens dominate a large folder's scan.
     with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
         sizes = list(pool.map(_image_size, [path for path, _ in candidates]))

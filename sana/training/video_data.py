@@ -20,13 +20,14 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from ..errors import UsageError
 from ..outputs.video import ffmpeg_path
-from .data import (IMAGE_SUFFIXES, SIDECAR_SUFFIXES, DataReport, metadata_rows, nearest_bucket, note_upscaled,
-                   ratio_grid, row_caption, sample_caption)
+from .data import (IMAGE_SUFFIXES, SIDECAR_SUFFIXES, DataReport, check_data_folder, metadata_rows, nearest_bucket,
+                   no_usable, note_upscaled, ratio_grid, row_caption, sample_caption)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif"}
 FRAME_SUFFIXES = IMAGE_SUFFIXES - {".gif"}  # a frames folder holds still images
@@ -182,14 +183,11 @@ def _folder_fps(folder: Path) -> float | None:
         return None
 
 
-def scan_clip_folder(root: Path, *, caption: str | None = None, trigger: str | None = None
-                     ) -> tuple[list[ClipSample], ClipReport]:
-    """Every usable (clip, caption) under `root`, sorted by path, and the report of what was skipped. A folder of
-    images and no clips is a one-line error: it is image data."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise UsageError(f"data folder not found: {root}")
-    report = ClipReport(root=root)
+def captioned_clips(root: Path, report: DataReport, *, caption: str | None = None, trigger: str | None = None
+                    ) -> Iterator[tuple[Path, str, dict]]:
+    """(clip, caption, its metadata.jsonl row) under `root` in path order, before any clip is opened; what is left
+    out goes to `report` (whole once the iterator is). A folder of images and no clips is a one-line error: it is
+    image data."""
     meta = metadata_rows(root, report)
     clips, images, others = find_clips(root)
     if images and not clips:
@@ -199,14 +197,34 @@ def scan_clip_folder(root: Path, *, caption: str | None = None, trigger: str | N
         report.skip("a still image among clips", path)
     for path in others:
         report.skip("not a video", path)
-    candidates: list[tuple[Path, str, dict]] = []
     for path in clips:
         row = meta.get(path.resolve(), {})
         text = sample_caption(caption, row_caption(row), caption_file(path), trigger)
         if text is None:
             report.skip("no caption", path)
             continue
-        candidates.append((path, text, row))
+        yield path, text, row
+
+
+CLIPS_HINT = "put videos (or folders of frames) with same-name .txt captions or a metadata.jsonl there"
+
+
+def check_clips(data: str, *, caption: str | None = None, trigger: str | None = None) -> None:
+    """A one-line error unless the folder holds a captioned clip, found without opening one (the walk stops at
+    the first); clips that turn out unreadable or short are the trainer's to find."""
+    root = check_data_folder(data)
+    report = ClipReport(root=root)
+    if next(captioned_clips(root, report, caption=caption, trigger=trigger), None) is None:
+        raise no_usable("clips", data, report, CLIPS_HINT)
+
+
+def scan_clip_folder(root: Path, *, caption: str | None = None, trigger: str | None = None
+                     ) -> tuple[list[ClipSample], ClipReport]:
+    """Every usable (clip, caption) under `root`, sorted by path, and the report of what was skipped. A folder of
+    images and no clips is a one-line error: it is image data."""
+    root = check_data_folder(root)
+    report = ClipReport(root=root)
+    candidates = list(captioned_clips(root, report, caption=caption, trigger=trigger))
     # Probing starts an ffmpeg process a file: threads overlap them.
     with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2)) as pool:
         probes = list(pool.map(_probe, [path for path, _, _ in candidates]))
