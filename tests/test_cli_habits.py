@@ -230,7 +230,7 @@ def test_seed_minus_one_draws_one_seed_a_prompt(tmp_path):
     from sana_cli.generation import plan_jobs
 
     jobs = plan_jobs([("a cat", {}), ("a dog", {})], {}, {"seed": -1, "num": 2}, dry_run=True, check=lambda s: None,
-                     plan_paths=None)
+                     plan_paths=lambda *args: [])  # a dry run asks for the paths only to say which exist
     for _, _, seeds, _ in jobs:
         assert 0 <= seeds[0] < 2**31 and seeds[1] == seeds[0] + 1
 
