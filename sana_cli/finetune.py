@@ -14,7 +14,8 @@ from sana.training.config import TrainConfig
 
 from . import console
 from .finetune_resume import (begin_resume, check_out_folder, listed, never_checkpointed, refuse_occupied,
-                              resume_folder_on_other_ranks, same_data, set_aside_later, settings_to_resume)
+                              resume_folder_on_other_ranks, set_aside_later, settings_to_resume)
+from .finetune_settings import check_config_fits, settings_from_flags
 
 Opt = typer.Option
 
@@ -113,7 +114,7 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
         raise UsageError(f"--resume: {out_dir} holds no sana finetune run", "pass the run's folder with --out")
     restart = never_checkpointed(out_dir) and resume_from is None
     cfg = settings_to_resume(TrainConfig, out_dir, resume_from) if continuing else None
-    settings = _settings(flags, data, out_dir, cfg)
+    settings = settings_from_flags(flags, data, out_dir, cfg)
     _snap_frames(settings, flags, main_process)
     _check_flags(flags, settings, main_process)
     settings.validate()
@@ -139,7 +140,7 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
 
     check_data_kind(Path(data), settings.video)
     if settings.init == "random" and settings.transformer_config:
-        _check_config_fits(settings.transformer_config, Path(settings.model_dir), str(flags.get("model") or "the model"))
+        check_config_fits(settings.transformer_config, Path(settings.model_dir), str(flags.get("model") or "the model"))
     if settings.compile and main_process and _no_gpu(settings.device):
         console.notice("--compile on a CPU: torch.compile's start-up takes minutes there and rarely pays; it is "
                        "meant for GPUs")
@@ -254,49 +255,6 @@ class _StartupInterrupt:
         return events
 
 
-def _settings(flags: dict, data: Path, out_dir: Path, saved):
-    """TrainConfig from the flags given, on top of a resumed run's settings or the defaults."""
-    import dataclasses
-
-    from sana.training.config import TrainConfig
-    from sana.training.data import data_fingerprint
-
-    if saved is not None:
-        base = dataclasses.asdict(saved)
-    else:
-        model_dir, native = _base_model(flags.get("model"))
-        random_init = flags.get("init") == "random"
-        full = flags.get("full", random_init)
-        base = dataclasses.asdict(TrainConfig(data=str(data), out=str(out_dir), model_dir=str(model_dir), resolution=native,
-                                              sampling_defaults=base_sampling_defaults(flags.get("model"))))
-        base.update(mode="full" if full else "lora", lr=2e-4 if random_init else 2e-5 if full else 1e-4)
-        from .finetune_video import video_settings
-
-        base.update(video_settings(flags.get("model"), model_dir, flags))
-        if random_init and "config" in flags:
-            base["transformer_config"] = _transformer_config(flags["config"])
-    base.update(data=recorded_data(data, saved), out=str(out_dir), data_fingerprint=data_fingerprint(data))
-    renames = {"full": None, "model": None, "config": None, "res": "resolution", "keep": "keep_checkpoints", "rl": None,
-               "val_prompt": "val_prompts", "compile_model": "compile", "cache": "cache_dir", "resume": None, "resume_from": None, "gpus": None,
-               "data": None, "out": None}
-    apply_flags(base, flags, renames, saved)
-    if flags.get("full") is not None:  # on --resume too, where a changed mode is then refused like the rest
-        base["mode"] = "full" if flags["full"] else "lora"
-    elif saved is not None and flags.get("init") == "random":
-        base["mode"] = "full"
-    if saved is not None and "config" in flags:
-        base["transformer_config"] = _transformer_config(flags["config"])
-    if base["val_prompts"] and not base["val_every"]:
-        base["val_every"] = base["checkpoint_every"]
-    return TrainConfig(**base)
-
-
-def recorded_data(data, saved) -> str:
-    """The data a run's settings name: a resumed run's own spelling while it is the same folder or file (so only
-    other data shows as a change), else as given."""
-    return saved.data if saved is not None and same_data(saved.data, str(data)) else str(data)
-
-
 def _check_usable(settings) -> None:
     """The data folder holds something to train on (a captioned image, or clip for a video model), found without
     decoding: an empty folder or one without captions fails here, before torch loads and before the run folder
@@ -308,21 +266,6 @@ def _check_usable(settings) -> None:
     check(settings.data, caption=settings.caption, trigger=settings.trigger)
 
 
-def apply_flags(base: dict, flags: dict, renames: dict, saved) -> None:
-    """The settings the flags given name, into `base` (`renames`: flag -> setting, None for a flag that is none);
-    a resumed run (`saved`) given another --model takes its folder."""
-    for flag, value in flags.items():
-        name = renames.get(flag, flag)
-        if name is None or name not in base:
-            continue
-        if name == "lora_targets":
-            value = [t for t in value.split(",") if t.strip()]
-        base[name] = str(value) if isinstance(value, Path) else value
-    if saved is not None and "model" in flags and Path(str(flags["model"])).expanduser().resolve() != Path(saved.model_dir):
-        base["model_dir"] = str(_base_model(flags["model"])[0])
-        base["sampling_defaults"] = base_sampling_defaults(flags["model"])
-
-
 def exit_if_interrupted(result, data, out_dir: Path, unit: str) -> None:
     """A run stopped by a signal (`unit`: step or round): where its checkpoint is, how to go on; exit status 130."""
     if result.interrupted:  # one error line (a bare exit 130 had the entry point add a second, "interrupted")
@@ -330,43 +273,6 @@ def exit_if_interrupted(result, data, out_dir: Path, unit: str) -> None:
 
         raise Interrupted(f"stopped at {unit} {result.step}; checkpoint saved in {result.checkpoint}",
                           f"continue with: sana finetune {data} --out {out_dir} --resume")
-
-
-def base_sampling_defaults(arg: str | None) -> dict:
-    """The base model's sampling defaults, for the model a run exports: its preset's (less the download
-    precision), or those its folder carries (a fine-tune of a fine-tune)."""
-    from sana.components import folder_sampling_defaults
-    from sana.hub import resolve_model
-
-    from .generation import default_model
-
-    resolved = resolve_model(arg or default_model("gen"))
-    if resolved.spec is not None:
-        return {key: value for key, value in resolved.spec.defaults.items() if key != "dtype"}
-    return folder_sampling_defaults(resolved.path)
-
-
-def _base_model(arg: str | None) -> tuple[Path, int]:
-    """The base model's folder and native resolution."""
-    from sana.components import read_json
-    from sana.hub import resolve_model
-
-    from .generation import default_model
-
-    resolved = resolve_model(arg or default_model("gen"))
-    folder = resolved.path
-    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
-        if not (folder / part).is_dir():
-            raise UsageError(f"{arg} has no {part}/ folder", "fine-tuning needs a complete diffusers-format SANA model")
-    from .finetune_video import video_native
-
-    native = video_native(folder)
-    if native is not None:
-        return folder.resolve(), native
-    tconf = read_json(folder / "transformer" / "config.json")
-    vconf = read_json(folder / "vae" / "config.json")
-    factor = 2 ** (len(vconf.get("encoder_block_out_channels", [0] * 6)) - 1)
-    return folder.resolve(), int(tconf.get("sample_size", 32)) * factor * int(tconf.get("patch_size", 1))
 
 
 def _snap_frames(settings, flags: dict, main_process: bool) -> None:
@@ -401,22 +307,6 @@ def _check_flags(flags: dict, settings, main_process: bool) -> None:
         console.notice("--val-every without --val-prompt: no validation images are made")
 
 
-def _check_config_fits(config: dict, model_dir: Path, label: str) -> None:
-    """--init random --config: the DiT must take the base model's autoencoder latents and text features."""
-    from sana.components import read_json
-
-    vae = read_json(model_dir / "vae" / "config.json")
-    latent = vae.get("latent_channels", vae.get("z_dim"))  # DC-AE's name, Wan's name
-    text = read_json(model_dir / "text_encoder" / "config.json").get("hidden_size")
-    wanted = {"in_channels": latent, "out_channels": latent, "caption_channels": text}
-    wrong = [f"{key} {config.get(key)} (the {'autoencoder makes' if key != 'caption_channels' else 'text encoder gives'}"
-             f" {value})" for key, value in wanted.items()
-             if value is not None and config.get(key) is not None and int(config[key]) != int(value)]
-    if wrong:
-        raise UsageError(f"--config does not fit {label}: " + ", ".join(wrong),
-                         "use a config made for this autoencoder and text encoder, or another --model")
-
-
 def _no_gpu(device: str) -> bool:
     """The run will be on the CPU: asked for, or no CUDA device visible (checked without importing torch)."""
     import os
@@ -427,24 +317,6 @@ def _no_gpu(device: str) -> bool:
     if device.startswith("cuda"):
         return False
     return shutil.which("nvidia-smi") is None and os.environ.get("CUDA_VISIBLE_DEVICES", "") in ("", "-1")
-
-
-def _transformer_config(arg: str) -> dict:
-    """--config: a registry model's DiT config, or a config.json file."""
-    import json
-
-    from sana.registry import find_spec
-
-    path = Path(arg).expanduser()
-    if path.is_file():
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(f"cannot read {arg} ({exc})") from None
-    spec = find_spec(arg)
-    if spec is None:
-        raise UsageError(f"--config {arg} is neither a config.json nor a registry model", "see: sana models list")
-    return dict(spec.transformer)
 
 
 class TrainingProgress:

@@ -62,14 +62,31 @@ def settings_to_resume(config_class, out_dir: Path, resume_from: Path | None):
     ran with (kept beside it when it was set aside), under the run's whole `resumes` record."""
     from sana.training.config import CONFIG_NAME
 
-    saved = config_class.load(out_dir)
+    saved = _model_found_again(config_class.load(out_dir))
     if resume_from is not None:
         complete_checkpoint(out_dir, resume_from)  # said first: "not a checkpoint at all" before "not this run's"
     history = checkpoint_history(out_dir, resume_from)
     if history is not None and (history / CONFIG_NAME).is_file():
-        theirs = config_class.load(history)
+        theirs = _model_found_again(config_class.load(history))
         theirs.resumes = saved.resumes
         return theirs
+    return saved
+
+
+def _model_found_again(saved):
+    """A run on a registry model (the built-in ones included) records its folder, which another install of sana (a
+    reinstall, another Python) moves: the folder is found again from the recorded name, so the resume goes on."""
+    from sana.errors import SanaError
+    from sana.registry import find_spec
+
+    if not saved.model or find_spec(saved.model) is None or Path(saved.model_dir).is_dir():
+        return saved
+    from sana.hub import resolve_model
+
+    try:
+        saved.model_dir = str(resolve_model(saved.model).path.resolve())
+    except SanaError:  # not here any more: the check of the folder says so
+        pass
     return saved
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from sana.errors import UsageError
 
 from . import console
-from .finetune import TrainingProgress, apply_flags, exit_if_interrupted
+from .finetune import TrainingProgress, exit_if_interrupted
+from .finetune_settings import apply_flags
 
 # Flags that only mean something with --rl (without it they are refused, not ignored).
 RL_ONLY = ("reward", "candidates", "explore_steps", "rollout_steps", "prompts_per_round", "prompt_pool", "rollout_batch",
@@ -184,13 +185,14 @@ def _settings(flags: dict, data: str, out_dir: Path, saved, gpus: int):
     from sana.training.rl.config import PROMPTS_PER_GPU, RLConfig
     from sana.training.rl.prompts import SHAPES_SOURCES
 
-    from .finetune import _base_model, base_sampling_defaults, recorded_data
+    from .finetune_settings import base_model, base_sampling_defaults, model_name, recorded_data
 
     if saved is not None:
         base = dataclasses.asdict(saved)
     else:
-        model_dir, native = _base_model(flags.get("model"))
+        model_dir, native = base_model(flags.get("model"))
         base = dataclasses.asdict(RLConfig(data=data, out=str(out_dir), model_dir=str(model_dir), resolution=native,
+                                           model=model_name(flags.get("model")),
                                            prompts_per_round=PROMPTS_PER_GPU * gpus,
                                            sampling_defaults=base_sampling_defaults(flags.get("model"))))
         if flags.get("full"):

@@ -55,3 +55,26 @@ def test_a_best_found_after_the_checkpoint_stays_set_aside(tmp_path):
     _best(folder, 5, "history a, round 5")
     assert _bring_back_best(run, folder, None, step=4) == []
     assert (folder / "best.json").is_file() and not (run / "best").exists()
+
+
+def test_a_run_on_a_built_in_model_resumes_after_the_install_moved(tmp_path):
+    """The run records the model's name beside its folder: when that folder is gone (sana installed again
+    elsewhere), a resume finds the model again by name, with or without --model, and samples name it too."""
+    from tests.cli_helpers import run_sana
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    assert run_sana("shapes", "make", str(data), "--num", "4", "--seed", "1").returncode == 0
+    args = ("finetune", str(data), "--model", "nano", "--out", str(out), "--batch-size", "2", "--checkpoint-every", "1",
+            "--device", "cpu")
+    first = run_sana(*args, "--steps", "1")
+    assert first.returncode == 0, first.stderr
+    config = json.loads((out / "train_config.json").read_text())
+    assert config["model"] == "nano"
+    config["model_dir"] = str(tmp_path / "old-install" / "sana" / "nano" / "model")  # no longer there
+    (out / "train_config.json").write_text(json.dumps(config))
+    again = run_sana("finetune", str(data), "--out", str(out), "--resume", "--steps", "2", "--device", "cpu")
+    assert again.returncode == 0, again.stderr
+    assert "resumed from step-" in again.stderr
+    named = run_sana(*args, "--steps", "3", "--resume")
+    assert named.returncode == 0, named.stderr
+    assert "changed settings" not in named.stderr

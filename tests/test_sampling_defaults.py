@@ -54,7 +54,7 @@ def test_a_run_records_its_bases_defaults_and_rl_exports_the_rollouts_guidance()
     from sana.registry import get_spec
     from sana.training.config import TrainConfig
     from sana.training.rl.config import RLConfig
-    from sana_cli.finetune import base_sampling_defaults
+    from sana_cli.finetune_settings import base_sampling_defaults
 
     nano = base_sampling_defaults("nano")
     assert nano == {k: v for k, v in get_spec("nano").defaults.items() if k != "dtype"} and nano["guidance"] == 3.0

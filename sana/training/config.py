@@ -23,6 +23,9 @@ class TrainConfig:
     data: str  # the data folder (an RL run's prompt source) as given
     out: str
     model_dir: str  # the base model (diffusers-format folder): DiT weights unless init is "random", encoders
+    # The base model as a name that outlives this install: its registry name (the built-in models' too), else the
+    # folder's absolute path. A resume finds a registry model's folder again from it (another install's path).
+    model: str | None = None
     mode: str = "lora"  # "lora" | "full"
     init: str = "pretrained"  # "pretrained" | "random"
     transformer_config: dict | None = None  # the DiT config for init "random" (default: the base model's)
@@ -168,7 +171,7 @@ class TrainConfig:
         Other data (another folder, or files added, removed or edited) is applied and recorded like --lr, not
         refused: the trainer goes on from the checkpoint over the items there now (its data order changes, which it
         notes), and the `resumes` entry says from which step, so the record still matches what ran."""
-        fixed = {"out", "resumes"} | (set() if every else set(RESUME_INVARIANTS))
+        fixed = {"out", "resumes", "model"} | (set() if every else set(RESUME_INVARIANTS))
         if self.data_fingerprint is None:  # recorded before fingerprints were kept: nothing to compare
             fixed.add("data_fingerprint")
         return [(f.name, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)

@@ -257,7 +257,7 @@ class Trainer(TrainingData, OptimizationStep, CheckpointsAndExport):
         what = "the DiT this run trains from scratch" if cfg.init == "random" else f"step {step}'s weights"
         note = (f"--from replays the base model alone, not {what} (only in a checkpoint at step {step}); the run's "
                 f"result loads with {result} once the run ends")
-        return {"model": cfg.model_dir, "extra": {"training_step": step, "run": str(run), "replay": note, **(extra or {})}}
+        return {"model": cfg.model or cfg.model_dir, "extra": {"training_step": step, "run": str(run), "replay": note, **(extra or {})}}
 
     def sample_validation(self, pipeline: Callable, generate: Callable) -> None:
         """`generate(pipe, folder)` on the pipeline `pipeline(prompts)` builds around the DiT (prompts answered from
