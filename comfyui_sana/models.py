@@ -98,7 +98,7 @@ class SanaModel:
         if "image" not in self._derived:
             from sana.components import scheduler_config
 
-            from sana_cli.gen import model_defaults
+            from sana_cli.image_settings import model_defaults
 
             self._derived["image"] = model_defaults(self.spec, scheduler_config(self.path), self.family,
                                                     self.sizes().native_resolution, self.path)

@@ -69,6 +69,23 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ModelDefaults:
+    """An image model's settings when a request leaves them out: its preset's (a folder outside the registry: the
+    ones it carries), its scheduler's flow shift, and those its LoRAs carry; for the CLI, the server and ComfyUI
+    alike (`sana_cli.image_settings.model_defaults` resolves them)."""
+
+    steps: int
+    cfg: float
+    pag: float
+    pag_layer: int
+    sampler: str
+    shift: float
+    resolution: int = 1024  # the native side in pixels
+    max_timesteps: float = 1.5708
+    intermediate_timesteps: float | None = 1.3
+
+
+@dataclass(frozen=True)
 class ClipDefaults:
     """A clip model's settings when a request leaves them out: its preset's (as `sana video` / `sana world`
     resolve them), for the CLI and the server alike."""

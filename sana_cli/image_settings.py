@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sana.errors import UsageError
+from sana.registry import ModelDefaults
 
 from . import console
 from .generation import SIZE_MULTIPLE, parse_resolution
@@ -20,19 +20,6 @@ def snap_size(width: int, height: int) -> tuple[int, int]:
     if snapped != (width, height):
         console.notice(f"size {width}x{height} snapped to {snapped[0]}x{snapped[1]} (sides must be multiples of {SIZE_MULTIPLE})")
     return snapped  # type: ignore[return-value]
-
-
-@dataclass
-class ModelDefaults:
-    steps: int
-    cfg: float
-    pag: float
-    pag_layer: int
-    sampler: str
-    shift: float
-    resolution: int
-    max_timesteps: float = 1.5708
-    intermediate_timesteps: float | None = 1.3
 
 
 def model_defaults(spec, scheduler_config: dict, family: str, native_resolution: int,

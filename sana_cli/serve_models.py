@@ -96,7 +96,6 @@ def _image(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
     from sana.memory import Workload, plan_memory
     from sana.pipelines.image import ImagePipeline
     from sana.pipelines.sizes import binned_size
-    from sana.serving.admission import Defaults
 
     from .image_settings import model_defaults
     from .generation import weights_variant
@@ -117,9 +116,7 @@ def _image(name, resolved, spec, family, sizes, info, target, *, dtype, memory, 
         _announce(name, plan, target)
         pipe = ImagePipeline.from_pretrained(resolved.path, dtype=DTYPES[plan.dtype], device=target, family=family,
                                              variant=weights_variant(spec, plan), plan=plan)
-    defaults = Defaults(steps=d.steps, guidance=d.cfg, pag=d.pag, pag_layer=d.pag_layer, sampler=d.sampler,
-                        shift=d.shift, max_timesteps=d.max_timesteps, intermediate_timesteps=d.intermediate_timesteps)
-    return _served(pipe, family, defaults, native, plan_for), plan
+    return _served(pipe, family, d, native, plan_for), plan
 
 
 def _video(name, resolved, spec, family, sizes, info, target, *, dtype, memory, max_vram, max_batch, load=True):

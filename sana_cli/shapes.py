@@ -359,7 +359,7 @@ def _load_generator(model: str, transformer: str | None, steps: int | None, cfg:
     from sana.hub import resolve_model
     from sana.pipelines.image import ImagePipeline, ImageRequest
 
-    from .gen import model_defaults
+    from .image_settings import model_defaults
 
     resolved = resolve_model(model)
     family = (resolved.spec.family if resolved.spec else None) or family_from_index(model_index(resolved.path)) or "sana"

@@ -28,7 +28,8 @@ openai = pytest.importorskip("openai")
 from PIL import Image  # noqa: E402
 
 from sana.outputs import GenerationRecord, read_metadata  # noqa: E402
-from sana.serving.admission import Defaults, ServedModel  # noqa: E402
+from sana.registry import ModelDefaults  # noqa: E402
+from sana.serving.admission import ServedModel  # noqa: E402
 from sana.serving.scheduler import ClientGone, Job, QueueFull, Scheduler  # noqa: E402
 
 KEY = "test-key-123"
@@ -424,7 +425,7 @@ def test_a_size_the_memory_plan_cannot_fit_is_refused_with_the_reason():
         def notes(self):
             return ["needs about 80.0 GiB of free RAM; the denoise phase peaks at 79.0 GiB"]
 
-    model = ServedModel(name="m", pipeline=None, family="sana", defaults=Defaults(20, 4.5, 0.0, 8, "flow-dpm", 3.0),
+    model = ServedModel(name="m", pipeline=None, family="sana", defaults=ModelDefaults(20, 4.5, 0.0, 8, "flow-dpm", 3.0),
                         resolution=1024, dtype="bf16", device="cuda", created=0,
                         plan_for=lambda w, h, n: Plan(w * h * n <= 1024 * 1024 * 2))
     assert model.size_refusal(1024, 1024, 2) is None
@@ -464,7 +465,7 @@ def test_a_request_naming_a_lora_gets_the_settings_the_lora_carries(tmp_path):
 
     rl = AllowedLora(name="rl", path=tmp_path / "rl.safetensors", scale=1.0, sha256="0" * 64,
                      sampling={"guidance": 1.0, "steps": 12})
-    model = ServedModel(name="m", pipeline=None, family="sana", defaults=Defaults(20, 4.5, 0.0, 8, "flow-dpm", 3.0),
+    model = ServedModel(name="m", pipeline=None, family="sana", defaults=ModelDefaults(20, 4.5, 0.0, 8, "flow-dpm", 3.0),
                         resolution=1024, dtype="bf16", device="cuda", created=0, plan_for=lambda w, h, n: Plan(),
                         loras=AllowList({"rl": rl}))
 

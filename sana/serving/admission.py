@@ -23,20 +23,6 @@ MAX_SIDE_FACTOR = 4  # past 4x the native side, the DiT's output is only upscale
 SIZE_RE = re.compile(r"(\d{1,6})x(\d{1,6})")
 
 
-@dataclass
-class Defaults:
-    """A model's sampling defaults (its preset's, as `sana gen` resolves them)."""
-
-    steps: int
-    guidance: float
-    pag: float
-    pag_layer: int
-    sampler: str
-    shift: float
-    max_timesteps: float = 1.5708
-    intermediate_timesteps: float | None = 1.3
-
-
 # The kind of output each model family makes, and the route that asks for it.
 FAMILY_KINDS = {"sana": "image", "sana1.5": "image", "sprint": "image", "video": "video", "wm": "world"}
 
@@ -50,7 +36,7 @@ class ServedModel:
     name: str
     pipeline: Any  # sana.pipelines: ImagePipeline, VideoPipeline or WorldPipeline
     family: str
-    defaults: Any  # Defaults (images) or registry.ClipDefaults
+    defaults: Any  # registry.ModelDefaults (images) or registry.ClipDefaults
     resolution: int  # native side, px
     dtype: str
     device: str
@@ -182,7 +168,7 @@ def build_job(models: dict[str, ServedModel], body: ImageGenerationRequest, *, m
     request = ImageRequest(
         prompt=body.prompt, seeds=[(seed + i) & 0xFFFFFFFF for i in range(body.n)], width=width, height=height,
         steps=steps, sampler=sampler, flow_shift=body.flow_shift or float(carried.get("flow_shift") or d.shift),
-        guidance=float(carried.get("guidance", d.guidance)) if body.guidance_scale is None else body.guidance_scale, negative_prompt=body.negative_prompt or "", pag=pag,
+        guidance=float(carried.get("guidance", d.cfg)) if body.guidance_scale is None else body.guidance_scale, negative_prompt=body.negative_prompt or "", pag=pag,
         pag_layers=(d.pag_layer if body.pag_layer is None else body.pag_layer,),
         max_timesteps=d.max_timesteps, intermediate_timesteps=d.intermediate_timesteps,
     )
