@@ -83,7 +83,8 @@ def comfyui(tmp_path_factory, reference):
 
 
 def _workflow(name: str) -> dict:
-    return json.loads((REPO / "comfyui_sana" / "api_workflows" / name).read_text())
+    folder = "api_workflows" if name.endswith(".api.json") else "example_workflows"
+    return json.loads((REPO / "comfyui_sana" / folder / name).read_text())
 
 
 def _nano_text_to_image() -> dict:
