@@ -412,7 +412,7 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
     crf = int(settings["crf"]) if settings.get("crf") is not None else None
     for frames, seed, path in zip(result.videos, request.seeds, paths):
         camera_file = camera_json_path(path)
-        camera_extra, camera_text = camera_record(camera, path)
+        camera_extra, camera_text = camera_record(camera, path, frames=result.frames)
         extra = {"device": str(device), "generated_size": list(result.generated_size), "memory": result.memory,
                  "image": str(first.path), "image_sha256": first.sha256, **camera_extra}
         if refiner is not None:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sana.camera import resolve_camera
-from sana.camera.export import camera_json_path, write_camera_json
+from sana.camera.export import camera_json, camera_json_path, write_camera_json
 from sana.camera.preview import draw_preview, save_preview, time_colour
 
 IMAGE = (1280, 704)
@@ -105,9 +105,25 @@ def test_nerfstudio_keyframes_reach_each_frame_on_time(action_path):
     at its frame's time, so the short step is the last keyframe's."""
     import dataclasses
 
-    from sana.camera.export import camera_json
-
     short = dataclasses.replace(action_path, c2w=action_path.c2w[:20], intrinsics=action_path.intrinsics[:20])
     data = camera_json(short)
     assert _viewer_keyframe_times(data) == pytest.approx(np.array([0, 8, 16, 19]) / 16.0)
     assert [k["override_transition_enabled"] for k in data["keyframes"]] == [False, False, False, True]
+
+
+def test_a_refined_clip_camera_file_renders_the_clip_and_replays_the_path(tmp_path, action_path):
+    """A refined clip shows every frame but the first: nerfstudio's half holds the clip's poses (in the same
+    world), the schema half the whole path stage 1 followed, which a replay resolves again."""
+    from sana.camera.export import camera_record
+
+    extra, text = camera_record(action_path, tmp_path / "clip.mp4", frames=action_path.num_frames - 1)
+    data = json.loads(text)
+    whole = camera_json(action_path)
+    assert len(data["frames"]) == action_path.num_frames and data["clip_starts_at_frame"] == 1
+    assert data["camera_path"] == whole["camera_path"][1:]
+    assert data["seconds"] * 16 == action_path.num_frames - 1
+    assert _viewer_keyframe_times(data)[-1] == pytest.approx((action_path.num_frames - 2) / 16)
+    (tmp_path / "clip.camera.json").write_text(text)
+    again = resolve_camera(tmp_path / "clip.camera.json", image_size=IMAGE)
+    assert np.allclose(again.c2w, action_path.c2w, atol=1e-12)
+    assert "clip_starts_at_frame" not in json.loads(camera_record(action_path, tmp_path / "b.mp4")[1])

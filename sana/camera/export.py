@@ -40,14 +40,19 @@ def nerfstudio_matrices(path: CameraPath) -> np.ndarray:
     return CV_WORLD_TO_Z_UP @ path.c2w @ GL_TO_CV
 
 
-def camera_json(path: CameraPath, keyframe_every: int = KEYFRAME_EVERY) -> dict[str, Any]:
-    """The file's content: sana's schema and nerfstudio's camera path side by side at the top level."""
+def camera_json(path: CameraPath, keyframe_every: int = KEYFRAME_EVERY, first: int = 0) -> dict[str, Any]:
+    """The file's content: sana's schema and nerfstudio's camera path side by side at the top level.
+
+    `first`: the path's first frame the clip shows (1 for a refined clip, whose refiner drops the frame stage 1
+    began from). The schema half keeps the whole path, which a replay resolves again; nerfstudio's half renders
+    the clip's frames alone, in the same world."""
     width, height = path.image_size
-    fovs = path.vertical_fov_degrees()
-    matrices = nerfstudio_matrices(path)
+    fovs = path.vertical_fov_degrees()[first:]
+    matrices = nerfstudio_matrices(path)[first:]
     fps = int(path.fps) if float(path.fps).is_integer() else path.fps
-    seconds = path.num_frames / path.fps
-    keys = sorted(set(range(0, path.num_frames, keyframe_every)) | {path.num_frames - 1})
+    shown = path.num_frames - first
+    seconds = shown / path.fps
+    keys = sorted(set(range(0, shown, keyframe_every)) | {shown - 1})
     step = keyframe_every / path.fps
     keyframes = []
     for i, frame in enumerate(keys):
@@ -68,6 +73,7 @@ def camera_json(path: CameraPath, keyframe_every: int = KEYFRAME_EVERY) -> dict[
         "source": {"kind": path.source_kind, "source": path.source, "sha256": path.source_sha256, **path.params},
         "frames": [{"c2w": path.c2w[i].tolist(), "intrinsics": path.intrinsics[i].tolist()}
                    for i in range(path.num_frames)],
+        **({"clip_starts_at_frame": first} if first else {}),
         # nerfstudio's camera path
         "camera_type": "perspective",
         "render_width": width,
@@ -79,19 +85,20 @@ def camera_json(path: CameraPath, keyframe_every: int = KEYFRAME_EVERY) -> dict[
         "smoothness_value": 0.0,
         "keyframes": keyframes,
         "camera_path": [{"camera_to_world": _flat(matrices[i]), "fov": float(fovs[i]), "aspect": width / height}
-                        for i in range(path.num_frames)],
+                        for i in range(shown)],
     }
 
 
-def camera_json_text(path: CameraPath) -> str:
-    return json.dumps(camera_json(path), indent=1) + "\n"
+def camera_json_text(path: CameraPath, first: int = 0) -> str:
+    return json.dumps(camera_json(path, first=first), indent=1) + "\n"
 
 
-def camera_record(path: CameraPath, clip: str | Path) -> tuple[dict[str, Any], str]:
+def camera_record(path: CameraPath, clip: str | Path, frames: int | None = None) -> tuple[dict[str, Any], str]:
     """What a clip's record says of its camera, and the text of its camera file. The record names the source, its
     sha256 and the settings it was resolved with, and the camera file beside the clip with that file's sha256, so
-    a replay can tell the file was replaced (clips of one name in two formats share it) or edited."""
-    text = camera_json_text(path)
+    a replay can tell the file was replaced (clips of one name in two formats share it) or edited. `frames`: the
+    clip's, where fewer than the path's (a refined clip's first frame is dropped)."""
+    text = camera_json_text(path, first=max(0, path.num_frames - frames) if frames else 0)
     extra = {"camera": path.source, "camera_sha256": path.source_sha256, "camera_kind": path.source_kind,
              "camera_file": camera_json_path(clip).name,
              "camera_file_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),

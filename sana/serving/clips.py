@@ -269,7 +269,7 @@ def run_clip(model: ServedModel, job: Job, events) -> Path:
         from ..camera.export import camera_record
 
         camera = request.camera
-        camera_extra, camera_text = camera_record(camera, context["path"])
+        camera_extra, camera_text = camera_record(camera, context["path"], frames=result.frames)
         extra.update(camera_extra)
         if refiner is not None:
             extra.update(refiner=refiner.record(request.seeds[0]))
