@@ -37,7 +37,8 @@ def _inputs(b, f, s, c, c_out, dtype, device=DEVICE, seed=0):
 def test_matches_reference(b, f, s, c, c_out, dtype, tma):
     y, weight = _inputs(b, f, s, c, c_out, dtype)
     out = temporal_conv(y, weight, s, launch=LaunchShape(tma=tma))
-    exact = temporal_conv_reference(y.float(), weight.float(), s)
+    # fp64: cuDNN's fp32 conv may round through TF32 on a GPU (torch's default for convs)
+    exact = temporal_conv_reference(y.double(), weight.double(), s)
     assert out.shape == (b, f * s, c_out) and out.dtype == dtype and out.is_contiguous()
     assert rel_err(out, exact) < TOLERANCE[dtype]
     if dtype != torch.float32:  # one rounding of the fp32 sum, as the conv's own (fp32: the order of the sums)
@@ -50,8 +51,8 @@ def test_add_input_rounds_as_the_module_does(dtype, tma):
     """y + conv(y): the conv rounded to y's dtype, then the sum rounded (the reference's two roundings)."""
     y, weight = _inputs(2, 3, 7, 40, 40, dtype)
     out = temporal_conv(y, weight, 7, add_input=True, packed=pack_weight(weight), launch=LaunchShape(tma=tma))
-    conv = temporal_conv_reference(y.float(), weight.float(), 7).to(dtype)
-    expected = (conv.float() + y.float()).to(dtype)
+    conv = temporal_conv_reference(y.double(), weight.double(), 7).to(dtype)
+    expected = (conv.double() + y.double()).to(dtype)
     if dtype == torch.float32:
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     else:  # the conv's rounding may differ in the last bit where the fp32 sums differ in order
@@ -89,3 +90,13 @@ def test_bad_arguments_are_refused():
         temporal_conv(y, weight[..., :2, :], 4)
     with pytest.raises(ValueError, match="add_input needs C_out == C"):
         temporal_conv(y, torch.randn(8, 16, 3, 1, device=DEVICE), 4, add_input=True)
+
+
+def test_hopper_takes_the_swept_launch_shape(monkeypatch):
+    from sana.kernels.temporal_conv import triton as kernel
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert kernel._default_launch(torch.device("cuda")) == kernel.HOPPER_LAUNCH
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    assert kernel._default_launch(torch.device("cuda")) == LAUNCH_SHAPES[0]
+    assert kernel._default_launch(torch.device("cpu")) == LAUNCH_SHAPES[0]
