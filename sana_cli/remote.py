@@ -36,9 +36,10 @@ EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "w
 class ServerRefused(SanaError):
     """The server answered with an HTTP error; `status` is its code."""
 
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
+    def __init__(self, message: str, status: int, hint: str | None = None, body: dict | None = None):
+        super().__init__(message, hint)
         self.status = status
+        self.body = body or {}  # the answer's JSON, where it was JSON
 
 
 class Server:
@@ -61,7 +62,14 @@ class Server:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
                 return response.read()
         except urllib.error.HTTPError as error:
-            raise ServerRefused(f"the server refused the request: {_error_message(error)}", error.code) from None
+            answer = _json_answer(error)
+            if error.code == 401:
+                raise ServerRefused(f"the server at {self.url} needs an API key" if not self.api_key else
+                                    f"the server at {self.url} refused the API key", 401,
+                                    "pass --api-key KEY or set SANA_API_KEY" if not self.api_key else
+                                    "check --api-key / SANA_API_KEY against the server's") from None
+            raise ServerRefused(f"the server refused the request: {_error_message(error, answer)}", error.code,
+                                body=answer) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise SanaError(f"cannot reach the server at {self.url} ({reason})",
@@ -78,7 +86,7 @@ class Server:
             try:
                 return self.json("GET", "/healthz")
             except ServerRefused as error:
-                if error.status != 503 or time.monotonic() > deadline:
+                if error.status != 503 or error.body.get("status") != "warming" or time.monotonic() > deadline:
                     raise
             if not told:
                 console.info(f"the server at {self.url} is warming up; waiting for it")
@@ -86,10 +94,22 @@ class Server:
             time.sleep(1.0)
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
+def _json_answer(error: urllib.error.HTTPError) -> dict:
     try:
-        message = json.loads(error.read())["error"]["message"]
-    except (ValueError, KeyError, TypeError, OSError):
+        answer = json.loads(error.read())
+    except (ValueError, OSError):
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _error_message(error: urllib.error.HTTPError, answer: dict) -> str:
+    """The error's message (OpenAI's shape), or what /healthz says of the server, or the HTTP reason."""
+    found = answer.get("error")
+    if isinstance(found, dict) and found.get("message"):
+        message = found["message"]
+    elif answer.get("status") == "unavailable":
+        message = "no worker process is running"
+    else:
         message = error.reason
     return f"{message} (HTTP {error.code})"
 

@@ -23,6 +23,9 @@ Models = Annotated[Optional[list[str]], typer.Option(
 Refiners = Annotated[Optional[list[str]], typer.Option(
     "--refiner", help="SANA-WM's stage 2 for a served world model: MODEL (its folder's refiner/) or MODEL=DIR (a "
                       "diffusers SanaWMLTX2Refiner folder); requests ask for it with \"refine\": true.")]
+Origins = Annotated[Optional[list[str]], typer.Option(
+    "--allow-origin", help="A web page origin (scheme://host[:port]) whose scripts may call this server besides its "
+                           "own page, e.g. the public address of a reverse proxy that rewrites Host; repeatable.")]
 Loras = Annotated[Optional[list[str]], typer.Option(
     "--lora", help="A LoRA requests may name: NAME=PATH[:SCALE] (a .safetensors file or the folder holding one); "
                    "repeatable. Clients name LoRAs only from this list.")]
@@ -42,6 +45,7 @@ def serve(
                                                    help="Bearer token every request must carry.")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API "
                                                               "key.")] = False,
+    allow_origin: Origins = None,
     lora: Loras = None,
     refiner: Refiners = None,
     gpus: Annotated[int, typer.Option("--gpus", min=1, max=64, help="Worker processes behind the one queue, one a "
@@ -94,6 +98,7 @@ def serve(
                          "pass --api-key KEY (or set SANA_API_KEY), or --insecure to serve it open")
     if len(set(model)) != len(model):
         raise UsageError("a model is given twice", "give each --model once")
+    origins = _origins(allow_origin or [])
     if not ray and (replicas != 1 or max_replicas is not None or replica_cpus != 1):
         raise UsageError("--replicas, --max-replicas and --replica-cpus are for Ray Serve", "add --ray")
     if ray and gpus > 1:
@@ -122,7 +127,11 @@ def serve(
     # With --ray, Ray's @serve.batch gathers the batches in each replica: the queue here hands on one job at a time.
     scheduler = Scheduler(max_batch=1 if ray else max_batch, window=0 if ray else batch_window_ms / 1000,
                           max_queue=max_queue)
-    state = ServerState(models={}, scheduler=scheduler, api_key=api_key, max_batch=max_batch)
+    from sana.serving.guard import LOOPBACK_NAMES
+
+    hosts = LOOPBACK_NAMES | {_url_host(host.strip("[]").lower())} if _is_loopback(host) else None
+    state = ServerState(models={}, scheduler=scheduler, api_key=api_key, max_batch=max_batch, origins=origins,
+                        hosts=hosts)
     if ray:
         state.runner = _start_ray(state, model, lora or [], allowed, address=ray_address, replicas=replicas,
                                   max_replicas=max_replicas or replicas, cpus=replica_cpus,
@@ -142,7 +151,7 @@ def serve(
     # 4. Serve on the sockets bound in step 2 until interrupted.
     guard = "API key required" if api_key else "no API key"
     warming = "; warming up first" if state.warmup or getattr(state.runner, "warming", False) else ""
-    console.info(f"serving {', '.join(models)} on http://{_url_host(host)}:{port} ({guard}; max batch {max_batch}, "
+    console.info(f"serving {', '.join(models)} on {_listening(host, port)} ({guard}; max batch {max_batch}, "
                  f"queue {max_queue}{warming})")
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None):
@@ -329,6 +338,33 @@ def _is_loopback(host: str) -> bool:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _listening(host: str, port: int) -> str:
+    """Where to reach the server: its URL, or for a wildcard bind (0.0.0.0, ::) URLs that work."""
+    try:
+        wildcard = ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        wildcard = False
+    if not wildcard:
+        return f"http://{_url_host(host)}:{port}"
+    here = "[::1]" if ":" in host else "127.0.0.1"  # an IPv6 wildcard socket is bound v6-only
+    return (f"http://{here}:{port} and http://{socket.gethostname()}:{port} (listening on all "
+            f"{'IPv6 ' if ':' in host else ''}interfaces)")
+
+
+def _origins(texts: list[str]) -> frozenset[str]:
+    """--allow-origin values, checked: scheme://host[:port], nothing after."""
+    from urllib.parse import urlsplit
+
+    origins = set()
+    for text in texts:
+        parsed = urlsplit(text.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path.strip("/") or parsed.query:
+            raise UsageError(f"--allow-origin {text} is not an origin", "give scheme://host[:port], e.g. "
+                             "https://sana.example.com")
+        origins.add(f"{parsed.scheme}://{parsed.netloc}".lower())
+    return frozenset(origins)
 
 
 def _configure_logging() -> None:

@@ -39,10 +39,11 @@ def load_model(name: str, *, device: str, dtype: str, memory: str, max_vram: int
 
     from sana.device import limit_process_memory, pick_device, probe_device
 
-    from .generation import component_sizes
+    from .generation import component_sizes, transformer_config_for
 
     resolved, spec, family = resolve_any(name)
     sizes = component_sizes(resolved, spec, None)
+    layers = transformer_config_for(resolved, spec, None).get("num_layers")  # PAG's block check, weights or not
     target = torch.device(device_info.kind) if device_info is not None else pick_device(device or "auto")
     info = device_info or probe_device(target)
     if max_vram is not None and info.is_accelerator and load:
@@ -70,6 +71,7 @@ def load_model(name: str, *, device: str, dtype: str, memory: str, max_vram: int
         console.info(f"refiner for {name}: {refiner_dir} ({served.refiner.placement})")
     served.name, served.family, served.device, served.created = name, family, str(target), int(time.time())
     served.repo, served.revision, served.dtype = resolved.repo, resolved.revision, plan.dtype
+    served.num_layers = int(layers) if layers is not None else None
     return served
 
 

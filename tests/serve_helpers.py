@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -88,11 +89,12 @@ def gen_in_background(args: list[str]):
 
 
 def request(method: str, url: str, *, key: str | None = None, body: bytes | dict | None = None,
-            content_type: str = "application/json", timeout: float = 120) -> tuple[int, bytes, dict]:
-    """(status, body, headers); an HTTP error status is returned, not raised."""
+            content_type: str | None = "application/json", timeout: float = 120,
+            headers: dict | None = None) -> tuple[int, bytes, dict]:
+    """(status, body, headers); an HTTP error status is returned, not raised. `content_type` None sends none."""
     if isinstance(body, dict):
         body = json.dumps(body).encode()
-    headers = {"Content-Type": content_type} if body is not None else {}
+    headers = {**({"Content-Type": content_type} if body is not None and content_type else {}), **(headers or {})}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     prepared = urllib.request.Request(url, data=body, method=method, headers=headers)
@@ -101,6 +103,29 @@ def request(method: str, url: str, *, key: str | None = None, body: bytes | dict
             return response.status, response.read(), dict(response.headers)
     except urllib.error.HTTPError as error:
         return error.code, error.read(), dict(error.headers)
+
+
+@contextmanager
+def app_server(state):
+    """The app for `state` served by uvicorn on a thread of this process; yields its base URL."""
+    import uvicorn
+
+    from sana.serving.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
 
 
 def error_of(answer: tuple[int, bytes, dict]) -> dict:

@@ -196,7 +196,8 @@ def test_a_client_that_leaves_is_dropped_before_its_request_runs(server):
         time.sleep(0.6)
         body = json.dumps({**GOOD, "prompt": "a small blue square on the left on a black background"}).encode()
         with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as leaving:
-            leaving.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            leaving.sendall(b"POST /v1/images/generations HTTP/1.1\r\n" + _host_header(base)
+                            + b"Content-Type: application/json\r\n"
                             + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
             time.sleep(0.4)
         assert busy.result(timeout=120)[0] == 200
@@ -213,11 +214,17 @@ def _count(base: str, status: int) -> int:
     return int(found.group(1)) if found else 0
 
 
+def _host_header(base: str) -> bytes:
+    """The Host a client of `base` sends (a loopback server answers to its own names only)."""
+    return f"Host: {base.removeprefix('http://')}\r\n".encode()
+
+
 def _leaving(base: str, payload: dict) -> socket.socket:
     """A connection that has sent `payload` and will leave when closed, unanswered."""
     body = json.dumps(payload).encode()
     sock = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])))
-    sock.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/images/generations HTTP/1.1\r\n" + _host_header(base)
+                 + b"Content-Type: application/json\r\n"
                  + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
     return sock
 

@@ -133,6 +133,7 @@ def test_lora_by_name_gives_what_gen_gives_with_the_file(server, lora, tmp_path)
     assert np.abs(pixels(tmp_path / "remote.png") - pixels(tmp_path / "local.png")).max() <= 1
     (entry,) = read_metadata(tmp_path / "remote.png").loras
     assert (entry["name"], entry["scale"], entry["sha256"]) == ("style", LORA_SCALE, file_sha256(lora))
+    assert entry["path"] == "style" and str(lora.parent) not in (tmp_path / "remote.png").read_bytes().decode("latin-1")
 
 
 def test_a_lora_is_merged_for_its_batch_and_taken_out_exactly(server):
@@ -153,6 +154,9 @@ def test_unknown_lora_wrong_key_and_refusals_are_one_line(server, tmp_path):
     assert "not on this server's list" in message and "style" in message
     result = run_sana("gen", "x", "--server", server, "--api-key", "wrong", cwd=tmp_path)
     assert "API key" in assert_one_line_error(result, after_progress=True)
+    result = run_sana("gen", "x", "--server", server, cwd=tmp_path, env={"SANA_API_KEY": ""})
+    message = assert_one_line_error(result, after_progress=True)
+    assert "needs an API key" in message and "--api-key" in message and "SANA_API_KEY" in message, message
     assert "4x its native size" in assert_one_line_error(gen_remote(server, "x", "--res", "2048", cwd=tmp_path),
                                                            after_progress=True)
     assert not list(tmp_path.glob("*.png"))

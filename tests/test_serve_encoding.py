@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.serve_helpers import error_of, free_port, request, running_server
+from tests.serve_helpers import app_server, error_of, request, running_server
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
@@ -72,27 +72,6 @@ def running_worker(model, *, max_batch: int, jobs: list, encode_threads: int = 2
         yield worker
     finally:
         worker.stop()
-
-
-@contextmanager
-def app_server(state):
-    """The app for `state` served by uvicorn on a thread of this process; yields its base URL."""
-    from sana.serving.app import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
 
 
 def serve_state(model, *, warmup: bool = False):

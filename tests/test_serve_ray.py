@@ -110,8 +110,9 @@ def test_the_same_errors_and_api_key(client, server):
         client.images.generate(model="nano", prompt=CAPTION, size="100000x100000")
     assert caught.value.body["param"] == "size"
     for body, status, param in (({"prompt": CAPTION, "model": "nano", "n": 1000}, 400, "n"),
-                                ({"prompt": CAPTION, "model": "elsewhere"}, 404, "model")):
-        answer = request("POST", server + "/v1/images/generations", key=KEY, body=body)
+                                ({"prompt": CAPTION, "model": "elsewhere"}, 404, "model"),
+                                ({"prompt": CAPTION, "pag_scale": 2.0, "pag_layer": 99}, 400, "pag_layer")):
+        answer = request("POST", server + "/v1/images/generations", key=KEY, body=body, timeout=30)
         assert answer[0] == status and error_of(answer)["param"] == param, answer[1]
     assert request("GET", server + "/healthz")[0] == 200
 

@@ -21,6 +21,7 @@ from .schemas import ApiError, ImageGenerationRequest
 SIZE_MULTIPLE = 32
 MAX_SIDE_FACTOR = 4  # past 4x the native side, the DiT's output is only upscaled further
 SIZE_RE = re.compile(r"(\d{1,6})x(\d{1,6})")
+MAX_PLANS = 1024  # memory plans kept per model, the oldest dropped first
 
 
 # The kind of output each model family makes, and the route that asks for it.
@@ -46,7 +47,8 @@ class ServedModel:
     plan_for: Callable[..., Any] | None = None
     loras: Any = None
     refiner: Any = None  # a world model's stage 2 (`pipelines.world_refiner.WorldRefiner`), when loaded
-    _fits: dict = field(default_factory=dict)
+    num_layers: int | None = None  # the DiT's blocks, from its config (known where the weights live elsewhere)
+    _plans: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -69,15 +71,29 @@ class ServedModel:
         side = self.resolution * MAX_SIDE_FACTOR
         if not (SIZE_MULTIPLE <= width <= side and SIZE_MULTIPLE <= height <= side):
             return f"sides go from {SIZE_MULTIPLE} to {side} px for {self.name} ({MAX_SIDE_FACTOR}x its native size)"
+        plan = self.plan(width, height, images, frames)
+        return None if plan is None or plan.fits else f"it does not fit in memory: {plan.notes()[0]}"
+
+    def plan(self, width: int, height: int, images: int, frames: int = 1):
+        """The memory plan for such a batch (kept: requests repeat sizes), or None where there is no planner."""
         if self.plan_for is None:
             return None
         key = (width, height, images, frames)
         with self._lock:
-            if key not in self._fits:
-                plan = self.plan_for(width, height, images) if frames == 1 else \
+            if key not in self._plans:
+                if len(self._plans) >= MAX_PLANS:
+                    self._plans.pop(next(iter(self._plans)))
+                self._plans[key] = self.plan_for(width, height, images) if frames == 1 else \
                     self.plan_for(width, height, images, frames)
-                self._fits[key] = None if plan.fits else f"it does not fit in memory: {plan.notes()[0]}"
-            return self._fits[key]
+            return self._plans[key]
+
+    @property
+    def blocks(self) -> int | None:
+        """The DiT's block count: from its config, else from the loaded transformer."""
+        if self.num_layers is not None:
+            return self.num_layers
+        config = getattr(getattr(self.pipeline, "transformer", None), "config", None)
+        return getattr(config, "num_layers", None)
 
 
 def parse_size(text: str | None, native: int) -> tuple[int, int]:
@@ -132,11 +148,25 @@ def pick_lora(model: ServedModel, name: str | None, scale: float | None) -> tupl
     return name, allowed[name].scale if scale is None else float(scale)
 
 
+def refuse_unanswerable(body: ImageGenerationRequest) -> None:
+    """A 400 for OpenAI options that would change what the answer is, rather than leave them unheeded."""
+    if body.stream or body.partial_images:
+        param = "stream" if body.stream else "partial_images"
+        raise ApiError(400, "streaming is not supported: the images come in one JSON answer (for progress, send a "
+                       "progress_id and read GET /v1/progress/{progress_id}, server-sent events)", param=param,
+                       code="unsupported")
+    if body.background == "transparent":
+        raise ApiError(400, "transparent backgrounds are not supported: the images are RGB", param="background",
+                       code="unsupported")
+
+
 def build_job(models: dict[str, ServedModel], body: ImageGenerationRequest, *, max_batch: int) -> Job:
     """The queued job for a validated body; ApiError (4xx) for what this server cannot or will not do."""
     from ..pipelines.image import ImageRequest, batch_key
 
-    # 1. The model: one of those loaded (the only image model when the body names none), and its LoRA.
+    # 1. What the answer would be (one JSON body of RGB images); the model (one of those loaded, the only image
+    #    model when the body names none), and its LoRA.
+    refuse_unanswerable(body)
     model = pick_model(models, body.model, ("image",))
     lora = pick_lora(model, body.lora, body.lora_scale)
 
@@ -172,7 +202,7 @@ def build_job(models: dict[str, ServedModel], body: ImageGenerationRequest, *, m
         pag_layers=(d.pag_layer if body.pag_layer is None else body.pag_layer,),
         max_timesteps=d.max_timesteps, intermediate_timesteps=d.intermediate_timesteps,
     )
-    blocks = getattr(getattr(getattr(model.pipeline, "transformer", None), "config", None), "num_layers", None)
+    blocks = model.blocks
     if pag > 0 and blocks is not None and not request.pag_layers[0] < blocks:
         raise ApiError(400, f"pag_layer {request.pag_layers[0]} is past {model.name}'s last block", param="pag_layer",
                        code="invalid_value")

@@ -4,11 +4,12 @@
 - `GET /v1/images/{id}/content`: an image generated with `response_format: "url"`;
 - `/v1/videos` (`video_routes`): clip jobs, SGLang's subset of OpenAI's Videos API;
 - `GET /` and `/static/*` (the web page), `GET /v1/progress/{id}` (server-sent events) (`page`);
-- `GET /v1/models`, `GET /healthz` (503 `{"status": "warming"}` while the models warm up, then 200 `"ok"`),
-  `GET /metrics` (Prometheus text).
+- `GET /v1/models`, `GET /v1/models/{id}`, `GET /healthz` (503 `{"status": "warming"}` while the models warm up,
+  then 200 `"ok"`; with worker processes, `"degraded"` while some are lost and 503 `"unavailable"` with none
+  left), `GET /metrics` (Prometheus text).
 
-Every request first passes the guard (`guard.Guard`: API key, body size, counters). Errors are OpenAI's shape,
-`{"error": {"message", "type", "param", "code"}}`, with a 4xx status for bad requests.
+Every request first passes the guard (`guard.Guard`: Host and Origin, API key, body size, counters). Errors are
+OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with a 4xx status for bad requests.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admission import MAX_SIDE_FACTOR, ServedModel, build_job
+from .forms import json_object
 from .guard import Guard, error_response
 from .metrics import Metrics, cuda_memory
+from .processes import WorkerLost
 from .progress import ProgressHub
 from .scheduler import ClientGone, QueueFull, Scheduler
 from .schemas import ApiError, ImageData, ImageGenerationRequest, ImagesResponse, ModelCard, ModelList
@@ -40,6 +44,8 @@ log = logging.getLogger("sana.serve")
 MAX_BODY_BYTES = 1 * 2**20
 MAX_UPLOAD_BYTES = 24 * 2**20  # a clip job's body may carry its first frame
 DISCONNECT_POLL = 0.25  # seconds between checks that a waiting client is still there
+QUEUE_FULL_RETRY_S = 5  # Retry-After of a 429: about a batch's time
+RESTARTING_RETRY_S = 30  # Retry-After while worker processes load their models again
 
 
 @dataclass
@@ -56,6 +62,8 @@ class ServerState:
     max_upload: int = MAX_UPLOAD_BYTES
     runner: Any = None  # what runs the batches: None for one worker thread here, or a processes.ProcessPool
     warmup: bool = False  # the worker thread here warms the image models up before /healthz says "ok"
+    hosts: frozenset[str] | None = None  # the Host names answered, any port (a loopback server's names); None: any
+    origins: frozenset[str] = frozenset()  # browser origins allowed besides the server's own (--allow-origin)
     closing: threading.Event = field(default_factory=threading.Event)  # set once the server begins to stop
 
     def begin_shutdown(self) -> None:
@@ -107,15 +115,20 @@ def create_app(state: ServerState) -> FastAPI:
         return error_response(request.method, request.url.path, ApiError(500, f"{type(exc).__name__}: {exc}"))
 
     @app.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
-    async def generations(body: ImageGenerationRequest, request: Request):
-        # 1. Admit: the caps and the model's limits (4xx), then a place in the queue (429 when full).
+    async def generations(request: Request):
+        # 1. Admit: a JSON body, the caps and the model's limits (4xx), a worker to run it (503 with none), then a
+        #    place in the queue (429 when full).
+        try:
+            body = ImageGenerationRequest.model_validate(
+                json_object(request.headers.get("content-type", ""), await request.body()))
+        except ValidationError as exc:
+            raise validation_error(exc) from None
         job = build_job(state.models, body, max_batch=state.max_batch)
+        check_workers(state.runner)
         try:
             future = state.scheduler.submit(job)
         except QueueFull as exc:
-            if state.closing.is_set():
-                raise shutting_down() from None
-            raise ApiError(429, f"{exc}; retry later", code="queue_full") from None
+            raise queue_full(state, exc) from None
         state.progress.publish(job.progress_id, {"status": "queued", "ahead": len(state.scheduler) - 1})
         # 2. Wait for the worker. A client that goes away is answered 499 at once (its job is dropped if it still
         #    waits; a running batch stops once all of its clients have gone); so is every request once the server
@@ -139,6 +152,10 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(499, str(exc), code="client_closed") from None
         except ApiError:
             raise
+        except WorkerLost as exc:
+            if state.closing.is_set():
+                raise shutting_down() from None
+            raise ApiError(503, f"generation failed: {exc}; retry", code="worker_lost") from None
         except Exception as exc:
             if state.closing.is_set():
                 raise shutting_down() from None
@@ -166,18 +183,28 @@ def create_app(state: ServerState) -> FastAPI:
     async def models():
         return ModelList(data=[ModelCard(id=m.name, created=m.created) for m in state.models.values()])
 
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
+    async def model_card(model_id: str):
+        served = state.models.get(model_id)
+        if served is None:
+            raise ApiError(404, f"the model '{model_id[:80]}' is not served here (served: {', '.join(state.models)})",
+                           param="model", code="model_not_found")
+        return ModelCard(id=served.name, created=served.created)
+
     @app.get("/healthz")
     async def healthz():
         kinds = {m.name: m.kind for m in state.models.values()}
-        workers = [{"device": d, "batches": n} for d, n in zip(state.runner.devices, state.runner.batches)] \
-            if state.runner is not None else [{"device": "this process"}]
+        workers = worker_list(state.runner)
+        lost = [w["device"] for w in workers if w.get("state", "ok") != "ok"]
+        status = "warming" if worker.warming else "unavailable" if lost and len(lost) == len(workers) else \
+            "degraded" if lost else "ok"
         warmup = worker.warmup_seconds
-        body = {"status": "warming" if worker.warming else "ok", "models": list(state.models), "kinds": kinds,
+        body = {"status": status, "models": list(state.models), "kinds": kinds,
                 "queue_depth": len(state.scheduler), "max_batch": state.max_batch,
                 "max_side": {m.name: m.resolution * MAX_SIDE_FACTOR for m in state.models.values()},
-                "api_key": state.api_key is not None, "workers": workers,
+                "api_key": state.api_key is not None, "workers": workers, "lost_workers": lost,
                 "warmup_s": None if warmup is None else round(warmup, 3)}
-        return JSONResponse(body, status_code=503) if worker.warming else body
+        return JSONResponse(body, status_code=503) if status in ("warming", "unavailable") else body
 
     @app.get("/metrics")
     async def metrics():
@@ -191,6 +218,32 @@ def create_app(state: ServerState) -> FastAPI:
 
 def shutting_down() -> ApiError:
     return ApiError(503, "the server is shutting down", code="shutting_down")
+
+
+def queue_full(state: ServerState, exc: QueueFull) -> ApiError:
+    if state.closing.is_set():
+        return shutting_down()
+    return ApiError(429, f"{exc}; retry later", code="queue_full", headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+
+
+def worker_list(runner) -> list[dict]:
+    """What /healthz says of each worker: worker processes, Ray replicas, or this process's thread."""
+    if runner is None:
+        return [{"device": "this process"}]
+    if hasattr(runner, "workers"):
+        return runner.workers()
+    return [{"device": d, "batches": n} for d, n in zip(runner.devices, runner.batches)]
+
+
+def check_workers(runner) -> None:
+    """A 503 at once when no worker process is left to run a request (some may be loading their models again)."""
+    if runner is None or getattr(runner, "alive", 1) > 0:
+        return
+    restarting = getattr(runner, "restarting", 0)
+    if restarting:
+        raise ApiError(503, f"no worker process is running ({restarting} restarting: they load their models "
+                       "again); retry later", code="no_workers", headers={"Retry-After": str(RESTARTING_RETRY_S)})
+    raise ApiError(503, "no worker process is running (they stopped; see the server's log)", code="no_workers")
 
 
 def _consume(waiting: asyncio.Future) -> None:

@@ -3,10 +3,10 @@ and the job run by the worker into an MP4 written as `sana video` / `sana world`
 the same record, atomically), a world clip's `.camera.json` beside it.
 
 Frames: `num_frames` or `seconds` x fps (not both), else the model's default; snapped to what the VAE makes (4k+1
-or 8k+1). A world-model job needs a first frame (`input_reference`) and a camera path: `actions` (as `sana world
---actions` takes them) or `camera` (the JSON of a camera file in a format `sana world --camera` reads), with the
-same resolver options (`fov`, `intrinsics`, `pose_scale`, `speed`, `turn_rate`). The server fetches no URL and
-reads no file a client names.
+or 8k+1); the final count is held to the cap (`frame_cap`). A world-model job needs a first frame
+(`input_reference`) and a camera path: `actions` (as `sana world --actions` takes them) or `camera` (the JSON of a
+camera file in a format `sana world --camera` reads), with the same resolver options (`fov`, `intrinsics`,
+`pose_scale`, `speed`, `turn_rate`). The server fetches no URL and reads no file a client names.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from ..errors import SanaError
 from ..registry import ClipDefaults
 from .admission import MAX_SIDE_FACTOR, SIZE_MULTIPLE, SIZE_RE, ServedModel, pick_model, random_seed
 from .scheduler import Job
-from .schemas import ApiError, VideoGenerationRequest
+from .schemas import MAX_FRAMES, ApiError, VideoGenerationRequest
 
 VIDEO_SAMPLERS = ("flow-dpm", "flow-euler")
-MAX_IMAGE_PIXELS = 64 * 2**20  # a first frame larger than this is refused (8192 x 8192)
+MAX_IMAGE_SIDE = 8192
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE  # a first frame larger than this is refused
 ROPE_POSITIONS = 1024  # latent frames the world DiT's rotary table places (as `sana world` checks)
 DATA_URL_RE = re.compile(r"data:image/[\w.+-]+;base64,(.*)", re.DOTALL)
 
@@ -79,8 +80,10 @@ def build_clip_job(models: dict[str, ServedModel], body: VideoGenerationRequest,
     if refusal:
         raise ApiError(400, f"{frames} frames at {width}x{height} cannot be served: {refusal}", param="size",
                        code="invalid_size")
+    # The record's memory plan is this job's (the one admission checked), not the one the model was loaded with.
     context = {"fps": fps, "first": first, "lora": None, "camera": getattr(request, "camera", None),
-               "refiner": model.refiner if body.refine else None}
+               "refiner": model.refiner if body.refine else None,
+               "plan": model.plan(width, height, 1, frames)}
     return Job(model=model.name, key=("clip", object()), request=request, images=1, context=context,
                kind="clip")
 
@@ -137,17 +140,42 @@ def first_frame(reference: Any) -> FirstFrame | None:
         except (binascii.Error, ValueError):
             raise ApiError(400, "input_reference is not base64", param="input_reference",
                            code="invalid_value") from None
+    too_large = (f"too large: a first frame has at most {MAX_IMAGE_PIXELS // 2**20} megapixels "
+                 f"({MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE})")
     try:
         with Image.open(io.BytesIO(data)) as opened:
             if opened.width * opened.height > MAX_IMAGE_PIXELS:
-                raise ApiError(400, f"input_reference is {opened.width}x{opened.height}: too large",
-                               param="input_reference", code="invalid_value")
+                raise ApiError(400, f"input_reference is {opened.width}x{opened.height}: {too_large}",
+                               param="input_reference", code="image_too_large")
             opened.load()
             image = ImageOps.exif_transpose(opened).convert("RGB")  # upright, as it is shown (diffusers' load_image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Pillow's own cap, met before the size above can be read
+        raise ApiError(400, f"input_reference is {too_large}", param="input_reference",
+                       code="image_too_large") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ApiError(400, "input_reference is not an image that can be read (send PNG, JPEG or WebP)",
                        param="input_reference", code="invalid_image") from None
     return FirstFrame(image=image, name=name, sha256=hashlib.sha256(data).hexdigest())
+
+
+def frame_cap(model: ServedModel) -> int:
+    """The most frames a clip of `model` may have: the request cap, and SANA-WM's own (as `sana world`)."""
+    from ..camera import MAX_WORLD_FRAMES
+
+    return min(MAX_FRAMES, MAX_WORLD_FRAMES) if model.kind == "world" else MAX_FRAMES
+
+
+def check_frame_cap(model: ServedModel, body: VideoGenerationRequest, frames: int) -> None:
+    """The final frame count (after `seconds` x fps and snapping to what the VAE makes) against the cap."""
+    cap = frame_cap(model)
+    if frames <= cap:
+        return
+    if body.seconds is not None:
+        asked, param = f"seconds {body.seconds:g} at {body.fps or model.defaults.fps:g} fps", "seconds"
+    else:
+        asked, param = f"num_frames {body.num_frames}", "num_frames"
+    raise ApiError(400, f"{asked} makes {frames} frames (what the VAE makes nearest), more than the {cap} a clip "
+                   f"of {model.name} may have", param=param, code="invalid_value")
 
 
 def _asked_frames(body: VideoGenerationRequest, fps: float) -> int | None:
@@ -172,6 +200,7 @@ def _video_request(model: ServedModel, body: VideoGenerationRequest, first: Firs
     fps = body.fps or d.fps
     pipe = model.pipeline
     frames = snap_frames(_asked_frames(body, fps) or d.frames, pipe.vae.geometry.temporal)
+    check_frame_cap(model, body, frames)
     sampler = body.sampler or (d.i2v_sampler if first else d.sampler)
     if sampler not in VIDEO_SAMPLERS:
         raise ApiError(400, f"unknown sampler '{sampler}' for {model.name}: use {', '.join(VIDEO_SAMPLERS)}",
@@ -238,6 +267,7 @@ def _world_request(model: ServedModel, body: VideoGenerationRequest, first: Firs
         import dataclasses
 
         path = dataclasses.replace(path, source="camera (request body)")
+    check_frame_cap(model, body, path.num_frames)
     latent = (path.num_frames - 1) // FRAME_STRIDE + 1
     if latent > ROPE_POSITIONS:
         raise ApiError(400, f"{path.num_frames} frames are {latent} latent frames, more than the DiT's position "
@@ -261,8 +291,11 @@ def run_clip(model: ServedModel, job: Job, events) -> Path:
     result = (model.pipeline.generate(request, events, refiner=refiner) if refiner is not None
               else model.pipeline.generate(request, events))
     first: FirstFrame | None = context["first"]
-    extra = {"device": model.device, "generated_size": list(result.generated_size), "memory": result.memory,
-             "served": True}
+    extra = {"device": model.device, "generated_size": list(result.generated_size), "served": True}
+    plan = context.get("plan")
+    if plan is not None:
+        ran = {k: v for k, v in (result.memory or {}).items() if k in ("measured peak", "fallbacks")}
+        extra["memory"] = {**plan.record(), **ran}
     if first is not None:
         extra.update(image=first.name, image_sha256=first.sha256)
     if model.kind == "world":

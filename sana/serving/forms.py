@@ -23,17 +23,38 @@ FILE_FIELDS = ("input_reference",)
 NESTED_RE = re.compile(r"([A-Za-z_][\w]*)\[([\w]*)\]")
 
 
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def json_object(content_type: str, body: bytes, *, accepted: str = "JSON (Content-Type: application/json)") \
+        -> dict[str, Any]:
+    """A JSON request body as its object; ApiError 415 for another content type (`accepted` says which are
+    taken), 400 for an empty body, bytes that are not UTF-8, invalid JSON or JSON that is no object."""
+    kind = media_type(content_type)
+    if kind != "application/json" and (kind or body.strip()):
+        raise ApiError(415, f"unsupported content type '{kind[:60] or 'none'}': send {accepted}",
+                       code="unsupported_media_type")
+    if not body.strip():
+        raise ApiError(400, "the request body is empty: send a JSON object (with at least 'prompt')",
+                       code="missing_required_parameter")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the request body is not UTF-8 text (byte {exc.start})", code="invalid_encoding") \
+            from None
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError:
+        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(fields, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_value")
+    return fields
+
+
 def parse_body(content_type: str, body: bytes) -> tuple[dict[str, Any], Upload | None]:
     """(fields, the uploaded first frame or None); ApiError 400 / 415 for a body that cannot be read."""
-    kind = content_type.split(";", 1)[0].strip().lower()
-    if kind in ("application/json", ""):
-        try:
-            fields = json.loads(body or b"null")
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
-        if not isinstance(fields, dict):
-            raise ApiError(400, "the request body must be a JSON object", code="invalid_value")
-        return fields, None
+    kind = media_type(content_type)
     if kind == "multipart/form-data":
         return _multipart(content_type, body)
     if kind == "application/x-www-form-urlencoded":
@@ -42,8 +63,8 @@ def parse_body(content_type: str, body: bytes) -> tuple[dict[str, Any], Upload |
         except (UnicodeDecodeError, ValueError):
             raise ApiError(400, "the form cannot be read", code="invalid_form") from None
         return _nest(pairs), None
-    raise ApiError(415, f"unsupported content type '{kind[:60]}': send JSON or a multipart form",
-                   code="unsupported_media_type")
+    return json_object(content_type, body, accepted="JSON (application/json) or a form (multipart/form-data, "
+                                                    "application/x-www-form-urlencoded)"), None
 
 
 def _multipart(content_type: str, body: bytes) -> tuple[dict[str, Any], Upload | None]:

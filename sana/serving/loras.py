@@ -34,8 +34,10 @@ class AllowedLora:
     sampling: dict = field(default_factory=dict)
 
     def record(self, scale: float) -> dict:
-        """The entry as `sana gen` records a LoRA in an output's metadata (plus the name it is served under)."""
-        return {"path": str(self.path), "scale": scale, "sha256": self.sha256, "name": self.name}
+        """The entry as `sana gen` records a LoRA in an output's metadata, by the name it is served under: the
+        server's file path stays on the server (a replay names the LoRA as `--lora NAME` does with `--server`,
+        and the sha256 tells which file it was)."""
+        return {"path": self.name, "scale": scale, "sha256": self.sha256, "name": self.name, "served": True}
 
 
 class LoraSwitch:

@@ -9,6 +9,10 @@ encoded them, and "free" as soon as the process has generated a batch and can ta
 generates while the one before it is encoded). A dispatcher takes the next batch only when its process is free,
 so the batches go to whichever device is idle, oldest first. Image models for now (a clip job's record lives in
 the server process).
+
+A process that dies (killed, out of memory) is seen at once, by its pipe closing or its exit: the jobs it was
+running fail (`WorkerLost`, a 503), no batch goes to it, /healthz lists it, and it is started again (loading its
+models again). With no process left, waiting and new requests are answered 503 at once.
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import multiprocessing.connection
+import signal
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import SanaError
@@ -28,10 +36,15 @@ from .scheduler import Job, Scheduler
 log = logging.getLogger("sana.serve")
 JOB_FIELDS = ("model", "key", "request", "images", "context", "kind", "progress_id")
 STARTUP_SECONDS = 1800.0  # loading large models on a cold disk
+RESTART_LIMIT, RESTART_WINDOW = 3, 600.0  # a process dying more often than this stays down (and is reported)
 
 
 class RemoteError(Exception):
     """A batch failed in a worker process (its message, with the original type's name)."""
+
+
+class WorkerLost(RemoteError):
+    """The worker process running the job died (or no worker process is left to run it)."""
 
 
 class PipeProgress:
@@ -88,9 +101,26 @@ def _outcome(future) -> tuple[str, Any]:
     return ("error", f"{type(error).__name__}: {error}") if error else ("ok", future.result())
 
 
+@dataclass
+class _Slot:
+    """One worker process on one device (a restart gets a new slot): its pipe, whether it can take a batch, and
+    the jobs it was sent and has not answered."""
+
+    device: str
+    process: Any
+    conn: Any
+    free: threading.Event = field(default_factory=threading.Event)
+    warm: threading.Event = field(default_factory=threading.Event)  # warmed up (or gone)
+    pending: dict = field(default_factory=dict)  # ticket -> Job
+    warmup: float | None = None
+    gone: bool = False
+
+
 class ProcessPool:
     """The server's side: the worker processes, and a dispatcher and a reader thread for each (the interface of
-    `Worker`)."""
+    `Worker`). A process that dies is noticed at once (its pipe closes or its exit is seen): its unanswered jobs
+    fail (`WorkerLost`), it is reaped, and it is started again (loading the models again) unless it was restarted
+    `RESTART_LIMIT` times within `RESTART_WINDOW` seconds."""
 
     def __init__(self, models: dict, scheduler: Scheduler, metrics: Metrics, progress: ProgressHub, *,
                  loader: Callable[..., dict], spec: dict, devices: list[str], warmup: bool = False):
@@ -99,31 +129,47 @@ class ProcessPool:
         self.metrics = metrics
         self.progress = progress
         self.loader, self.spec, self.devices, self.warmup = loader, spec, devices, warmup
-        self.batches = [0] * len(devices)  # batches each process ran (/healthz)
-        self._conns: list = []
-        self._processes: list = []
+        self.batches = [0] * len(devices)  # batches each device's processes ran (/healthz)
+        self._slots: list[_Slot] = []
+        self._initial: list[_Slot] = []
+        self._spawned: list = []  # every process started, so that stop() leaves none behind
+        self._restarting = [False] * len(devices)
+        self._restarts: list[deque[float]] = [deque() for _ in devices]
         self._threads: list[threading.Thread] = []
-        self._readers: list[threading.Thread] = []
-        self._free = [threading.Event() for _ in devices]  # the process can take a batch
-        self._warm = [threading.Event() for _ in devices]  # the process has warmed up (or gone)
-        self._gone = [False] * len(devices)
-        self._warmups: list[float | None] = [None] * len(devices)
-        self._pending: list[dict[int, Job]] = [{} for _ in devices]  # ticket -> job sent, not answered yet
         self._tickets = itertools.count()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._started = False
+        self._allowed: dict[str, list[str]] = {}
 
     @property
     def warming(self) -> bool:
-        """A process is still warming up."""
-        return not all(event.is_set() for event in self._warm)
+        """A process started with the server is still warming up."""
+        return not all(slot.warm.is_set() for slot in self._initial)
 
     @property
     def warmup_seconds(self) -> float | None:
         """The slowest process's warm-up, once every process has warmed up."""
-        done = [s for s in self._warmups if s is not None]
+        done = [slot.warmup for slot in self._initial if slot.warmup is not None]
         return max(done) if done and not self.warming else None
+
+    @property
+    def alive(self) -> int:
+        """Worker processes that can take batches."""
+        with self._lock:
+            return sum(not slot.gone for slot in self._slots)
+
+    @property
+    def restarting(self) -> int:
+        with self._lock:
+            return sum(self._restarting)
+
+    def workers(self) -> list[dict]:
+        """Each device's process for /healthz: its device, pid, batches run and state (ok, restarting, lost)."""
+        with self._lock:
+            return [{"device": slot.device, "pid": slot.process.pid, "batches": self.batches[index],
+                     "state": "ok" if not slot.gone else "restarting" if self._restarting[index] else "lost"}
+                    for index, slot in enumerate(self._slots)]
 
     def start(self) -> None:
         """Start the processes and wait until each has loaded (SanaError if one cannot); then the readers and the
@@ -131,30 +177,16 @@ class ProcessPool:
         if self._started:
             return
         self._started = True
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA state inherited
-        for device in self.devices:
-            ours, theirs = context.Pipe()
-            process = context.Process(target=worker_process, args=(theirs, self.loader, self.spec, device,
-                                                                   self.warmup),
-                                      name=f"sana-worker-{device}", daemon=True)
-            process.start()
-            self._conns.append(ours)
-            self._processes.append(process)
-        for device, conn, process in zip(self.devices, self._conns, self._processes):
-            if not conn.poll(STARTUP_SECONDS):
+        self._slots = [self._spawn(device) for device in self.devices]
+        self._initial = list(self._slots)  # their warm-up is what /healthz's "warming" waits for
+        for slot in self._slots:
+            try:
+                self._allowed = self._await_ready(slot)
+            except SanaError:
                 self.stop()
-                raise SanaError(f"the worker process on {device} did not start")
-            status, detail = conn.recv()
-            if status != "ready":
-                self.stop()
-                raise SanaError(f"a worker process could not load its models ({detail})")
-            self._allowed = detail
-        for index in range(len(self.devices)):
-            for target, group, name in ((self._read, self._readers, "read"), (self._dispatch, self._threads,
-                                                                             "dispatch")):
-                thread = threading.Thread(target=target, args=(index,), name=f"sana-{name}-{index}", daemon=True)
-                thread.start()
-                group.append(thread)
+                raise
+        for index, slot in enumerate(self._slots):
+            self._serve(index, slot)
 
     def lora_names(self) -> dict[str, list[str]]:
         """model -> the allow-listed LoRAs its worker processes took."""
@@ -163,69 +195,116 @@ class ProcessPool:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self.scheduler.close()
-        for thread in self._threads:
-            thread.join(timeout)
-        for conn in self._conns:
+        for thread in list(self._threads):
+            if thread.name.startswith("sana-dispatch"):
+                thread.join(timeout)
+        serving = {id(slot.process) for slot in self._slots}
+        for slot in list(self._slots):
             try:
-                conn.send(None)
+                slot.conn.send(None)
             except (OSError, ValueError):
                 pass
-        for process in self._processes:
+        for process in list(self._spawned):
+            if id(process) not in serving:  # still loading (a restart): nothing of its to finish
+                process.terminate()
+        for process in list(self._spawned):
             process.join(timeout)
             if process.is_alive():
                 process.terminate()
-        for thread in self._readers:
+                process.join(timeout)
+        for thread in list(self._threads):
             thread.join(timeout)
 
-    def _dispatch(self, index: int) -> None:
-        conn, free = self._conns[index], self._free[index]
-        while not self._stop.is_set():
-            if not free.wait(0.5):
+    # -- the processes --------------------------------------------------------------------------------------------
+
+    def _spawn(self, device: str) -> _Slot:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA state inherited
+        ours, theirs = context.Pipe()
+        process = context.Process(target=worker_process, args=(theirs, self.loader, self.spec, device, self.warmup),
+                                  name=f"sana-worker-{device}", daemon=True)
+        process.start()
+        theirs.close()  # the child holds its end now: when it dies, our end reads EOF
+        self._spawned = [p for p in self._spawned if p.is_alive()] + [process]
+        return _Slot(device=device, process=process, conn=ours)
+
+    def _await_ready(self, slot: _Slot) -> dict[str, list[str]]:
+        """The LoRAs the process took, once it has loaded its models; SanaError if it cannot."""
+        conn, device = slot.conn, slot.device
+        try:
+            if not conn.poll(STARTUP_SECONDS):
+                raise SanaError(f"the worker process on {device} did not start")
+            status, detail = conn.recv()
+        except (EOFError, OSError):
+            slot.process.join(5)
+            raise SanaError(f"the worker process on {device} stopped while loading its models "
+                            f"({exit_reason(slot.process.exitcode)})") from None
+        if status != "ready":
+            raise SanaError(f"a worker process could not load its models ({detail})")
+        return detail
+
+    def _serve(self, index: int, slot: _Slot) -> None:
+        """The slot's reader and dispatcher threads."""
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        for target, name in ((self._read, "read"), (self._dispatch, "dispatch")):
+            thread = threading.Thread(target=target, args=(index, slot), name=f"sana-{name}-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _dispatch(self, index: int, slot: _Slot) -> None:
+        while not self._stop.is_set() and not slot.gone:
+            if not slot.free.wait(0.5) or slot.gone:
                 continue
-            if self._gone[index]:
-                return
             batch = self.scheduler.next_batch(timeout=0.5)
             if not batch:
                 continue
+            with self._lock:
+                lost = slot.gone
+                if not lost:
+                    tickets = [next(self._tickets) for _ in batch]
+                    slot.pending.update(zip(tickets, batch))
+                    slot.free.clear()
+            if lost:  # the process died while the batch was being gathered
+                self._fail(batch, WorkerLost(f"the worker process on {slot.device} stopped"))
+                return
             self.batches[index] += 1
             self.metrics.batch(sum(job.images for job in batch))
-            free.clear()
-            with self._lock:
-                tickets = [next(self._tickets) for _ in batch]
-                self._pending[index].update(zip(tickets, batch))
             try:
-                conn.send([(ticket, {name: _portable(name, getattr(job, name)) for name in JOB_FIELDS})
-                           for ticket, job in zip(tickets, batch)])
-            except (OSError, ValueError) as exc:  # the process died: its jobs fail, the others go on serving
-                self._lost(index, exc)
+                slot.conn.send([(ticket, {name: _portable(name, getattr(job, name)) for name in JOB_FIELDS})
+                                for ticket, job in zip(tickets, batch)])
+            except (OSError, ValueError):  # the process died: the reader sees it too and fails its jobs
+                self._lost(index, slot)
                 return
 
-    def _read(self, index: int) -> None:
-        """What the process sends back: progress events, answers, "free" and "warm"; its end when it stops."""
-        conn = self._conns[index]
+    def _read(self, index: int, slot: _Slot) -> None:
+        """What the process sends back (progress events, answers, "free" and "warm") until its pipe closes or the
+        process exits, whichever is seen first."""
+        conn = slot.conn
         while True:
+            ready = multiprocessing.connection.wait([conn, slot.process.sentinel])
+            if conn not in ready:  # exited, and nothing left to read
+                break
             try:
                 message = conn.recv()
-            except (EOFError, OSError) as exc:
-                self._lost(index, exc)
-                return
+            except (EOFError, OSError):
+                break
             kind = message[0]
             if kind == "event":
                 self.progress.publish(message[1], message[2])
             elif kind == "answer":
-                self._answer(index, *message[1:])
+                self._answer(slot, *message[1:])
             elif kind == "free":
-                self._free[index].set()
+                slot.free.set()
             elif kind == "warm":
-                self._warmups[index] = message[1]
+                slot.warmup = message[1]
                 if message[1] is not None:
-                    log.info("worker process on %s warmed up in %.1f s", self.devices[index], message[1])
-                self._warm[index].set()
-                self._free[index].set()
+                    log.info("worker process on %s warmed up in %.1f s", slot.device, message[1])
+                slot.warm.set()
+                slot.free.set()
+        self._lost(index, slot)
 
-    def _answer(self, index: int, ticket: int, status: str, value: Any) -> None:
+    def _answer(self, slot: _Slot, ticket: int, status: str, value: Any) -> None:
         with self._lock:
-            job = self._pending[index].pop(ticket, None)
+            job = slot.pending.pop(ticket, None)
         if job is None:
             return
         if status == "ok":
@@ -234,18 +313,82 @@ class ProcessPool:
         else:
             job.future.set_exception(RemoteError(value))
 
-    def _lost(self, index: int, exc: BaseException) -> None:
-        """The process's pipe closed: its unanswered jobs fail and its dispatcher stops; serving goes on."""
+    def _lost(self, index: int, slot: _Slot) -> None:
+        """The process is gone: its unanswered jobs fail, it is reaped, and it is restarted where allowed; with no
+        process left, the waiting jobs fail too."""
         with self._lock:
-            jobs, self._pending[index] = list(self._pending[index].values()), {}
-            first = not self._gone[index]
-            self._gone[index] = True
-        if first and not self._stop.is_set():
-            log.error("worker process on %s is gone: %s", self.devices[index], str(exc) or type(exc).__name__)
+            if slot.gone:
+                return
+            slot.gone = True
+            jobs, slot.pending = list(slot.pending.values()), {}
+            restart = not self._stop.is_set() and self._may_restart(index)
+            self._restarting[index] = restart
+        slot.warm.set()
+        slot.free.set()
+        if self._stop.is_set():
+            self._fail(jobs, WorkerLost("the server is shutting down"))
+            return
+        slot.process.join(5)  # reaped: no defunct process left behind
+        reason = exit_reason(slot.process.exitcode)
+        log.error("worker process on %s (pid %s) is gone (%s)%s; %s", slot.device, slot.process.pid, reason,
+                  f": {len(jobs)} running request(s) failed" if jobs else "",
+                  "restarting it (it loads the models again)" if restart else
+                  f"not restarted ({RESTART_LIMIT} restarts within {RESTART_WINDOW:.0f} s)")
+        self._fail(jobs, WorkerLost(f"the worker process on {slot.device} stopped ({reason}) while the request ran"))
+        if self.alive == 0:
+            self.scheduler.fail_waiting(WorkerLost("no worker process is running"))
+        if restart:
+            threading.Thread(target=self._restart, args=(index,), name=f"sana-restart-{index}", daemon=True).start()
+
+    def _may_restart(self, index: int) -> bool:
+        now, times = time.monotonic(), self._restarts[index]
+        while times and now - times[0] > RESTART_WINDOW:
+            times.popleft()
+        if len(times) >= RESTART_LIMIT:
+            return False
+        times.append(now)
+        return True
+
+    def _restart(self, index: int) -> None:
+        device = self.devices[index]
+        slot = self._spawn(device)
+        try:
+            self._await_ready(slot)
+        except SanaError as exc:
+            with self._lock:
+                self._restarting[index] = False
+            if not self._stop.is_set():
+                log.error("could not restart the worker process on %s: %s", device, exc)
+            slot.process.terminate()
+            slot.process.join(5)
+            return
+        with self._lock:
+            self._restarting[index] = False
+            if not self._stop.is_set():
+                self._slots[index] = slot
+        if self._stop.is_set():
+            slot.conn.send(None)
+            return
+        log.info("worker process on %s restarted (pid %s)", device, slot.process.pid)
+        self._serve(index, slot)
+
+    def _fail(self, jobs: list[Job], error: Exception) -> None:
         for job in jobs:
-            job.future.set_exception(RemoteError(f"the worker process on {self.devices[index]} stopped"))
-        self._warm[index].set()
-        self._free[index].set()
+            self.progress.publish(job.progress_id, {"status": "failed", "message": str(error)[:500]})
+            if not job.future.done():
+                job.future.set_exception(error)
+
+
+def exit_reason(code: int | None) -> str:
+    """A process's exit code in words."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _portable(name: str, value: Any) -> Any:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from ray import serve
 
 from .metrics import Metrics
-from .processes import JOB_FIELDS, RemoteError, _portable
+from .processes import JOB_FIELDS, RemoteError, WorkerLost, _portable
 from .progress import ProgressHub
 from .scheduler import Job, Scheduler
 
@@ -118,6 +118,19 @@ def forward_groups(jobs: list[Job], max_batch: int) -> list[list[Job]]:
                 images += job.images
         groups.append(group)
     return groups
+
+
+def _replica_lost(exc: Exception) -> bool:
+    """The replica running a job died, or none is there to take it."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+    return isinstance(exc, (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else "")[:300]
 
 
 def _replica_name(kind: str) -> str:
@@ -222,7 +235,9 @@ class ReplicaPool:
             status, value, batch = self.handle.generate.remote(fields).result()
         except Exception as exc:  # a replica died or Ray could not route the job: this job fails, serving goes on
             log.error("Ray Serve could not run a job for %s: %s: %s", job.model, type(exc).__name__, exc)
-            status, value, batch = "error", f"{type(exc).__name__}: {exc}", None
+            # Serve replaces a dead replica itself (loading the models again) and routes new jobs to live ones.
+            status = "lost" if _replica_lost(exc) else "error"
+            value, batch = f"{type(exc).__name__}: {_first_line(exc)}", None
         if batch is not None:
             self._count(batch)
         if status == "ok":
@@ -231,7 +246,8 @@ class ReplicaPool:
             job.future.set_result(value)
         else:
             self.progress.publish(job.progress_id, {"status": "failed", "message": str(value)[:500]})
-            job.future.set_exception(RemoteError(value))
+            job.future.set_exception(WorkerLost(f"the Ray Serve replica running it stopped ({value})")
+                                     if status == "lost" else RemoteError(value))
 
     def _count(self, batch: dict) -> None:
         """A forward's size in the metrics and its replica's count, once per forward."""

@@ -86,6 +86,13 @@ class Scheduler:
         for job in waiting:
             job.future.set_exception(QueueFull("the server is shutting down"))
 
+    def fail_waiting(self, error: Exception) -> None:
+        """Every waiting job fails with `error` (nothing is left to run them); the queue stays open."""
+        with self._ready:
+            waiting, self._jobs = list(self._jobs), deque()
+        for job in waiting:
+            job.future.set_exception(error)
+
     def next_batch(self, timeout: float | None = None) -> list[Job]:
         """The next batch, oldest job first; [] after `timeout` seconds without work or once closed."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -19,12 +19,21 @@ MAX_FPS = 240.0
 PROGRESS_ID = r"^[A-Za-z0-9_-]{8,64}$"  # a client-chosen key for /v1/progress/{id} (the web page's)
 
 
+def _not_blank(prompt: str) -> str:
+    if not prompt.strip():
+        raise ValueError("only whitespace: say what to draw")
+    return prompt
+
+
 class ImageGenerationRequest(BaseModel):
-    """`POST /v1/images/generations`. Fields OpenAI defines that do not apply here (quality, style, background,
-    moderation, ...) are accepted and ignored, as OpenAI-compatible servers do."""
+    """`POST /v1/images/generations`. Fields OpenAI defines that do not change what is answered (quality, style,
+    moderation, ...) are accepted and ignored, as OpenAI-compatible servers do; those that would (`stream`,
+    `partial_images`, a transparent `background`) are read so that admission can refuse them."""
 
     # Integers are strict (JSON numbers only: no "2", no true, as OpenAI refuses them); no NaN or infinity.
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    _prompt_not_blank = field_validator("prompt")(_not_blank)
 
     # OpenAI's fields
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
@@ -35,6 +44,9 @@ class ImageGenerationRequest(BaseModel):
     output_format: Literal["png", "jpeg", "webp"] | None = None  # None: png
     user: str | None = Field(None, max_length=256)
     output_compression: int | None = Field(None, ge=0, le=100, strict=True)  # checked as OpenAI does; unused
+    stream: bool | None = None  # refused when true: the answer is one JSON body
+    partial_images: int | None = Field(None, ge=0, le=3, strict=True)  # refused above 0 (a streaming option)
+    background: Literal["transparent", "opaque", "auto"] | None = None  # "transparent" refused: images are RGB
     # SGLang's extensions
     seed: int | None = Field(None, ge=0, le=2**32 - 1, strict=True)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
@@ -82,6 +94,8 @@ class VideoGenerationRequest(BaseModel):
 
     # Not strict: a form's fields are strings. A bool is still no integer; no NaN or infinity.
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    _prompt_not_blank = field_validator("prompt")(_not_blank)
 
     @field_validator("num_frames", "seed", "num_inference_steps", "motion_score", mode="before")
     @classmethod
@@ -172,7 +186,8 @@ class ErrorResponse(BaseModel):
 
 
 # The error `type` OpenAI's API gives each status.
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "invalid_request_error",
                405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
                415: "invalid_request_error", 422: "invalid_request_error",
                429: "rate_limit_error", 499: "invalid_request_error", 500: "server_error", 503: "server_error"}
@@ -181,12 +196,14 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
 class ApiError(Exception):
     """An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with `status`."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers or {}  # e.g. Retry-After on a 429, WWW-Authenticate on a 401
 
     def body(self) -> dict:
         error = ErrorBody(message=self.message, type=ERROR_TYPES.get(self.status, "invalid_request_error"),

@@ -25,7 +25,7 @@ from .schemas import ApiError, VideoDeleted, VideoGenerationRequest, VideoList, 
 
 
 def add_video_routes(app: FastAPI, state) -> None:
-    from .app import validation_error
+    from .app import check_workers, queue_full, validation_error
 
     def base(request: Request) -> str:
         return str(request.base_url).rstrip("/")
@@ -47,6 +47,7 @@ def add_video_routes(app: FastAPI, state) -> None:
         except ValidationError as exc:
             raise validation_error(exc) from None
         job = await asyncio.to_thread(build_clip_job, state.models, body, upload)
+        check_workers(state.runner)
         # 2. The job's record, then its place in the queue (429 when full).
         r = job.request
         frames = r.camera.num_frames if hasattr(r, "camera") else r.frames
@@ -62,7 +63,7 @@ def add_video_routes(app: FastAPI, state) -> None:
             future = state.scheduler.submit(job)
         except QueueFull as exc:
             state.videos.delete(video.id)
-            raise ApiError(429, f"{exc}; retry later", code="queue_full") from None
+            raise queue_full(state, exc) from None
 
         def finished(done) -> None:
             error = done.exception()

@@ -1,6 +1,6 @@
 """The clip jobs of `/v1/videos`: each job's state as OpenAI's `Video` object, and its MP4 in the server's own
-temporary folder (removed at shutdown). Bounded: past `max_items` jobs, the oldest finished ones are forgotten and
-their files deleted."""
+temporary folder (made for the first clip, removed at shutdown: a server that fails to start leaves none).
+Bounded: past `max_items` jobs, the oldest finished ones are forgotten and their files deleted."""
 
 from __future__ import annotations
 
@@ -72,9 +72,16 @@ class VideoJob:
 class VideoStore:
     def __init__(self, *, max_items: int = 256, folder: Path | None = None):
         self.max_items = max_items
-        self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="sana-serve-videos-"))
+        self._folder = Path(folder) if folder else None
         self._jobs: OrderedDict[str, VideoJob] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def folder(self) -> Path:
+        with self._lock:
+            if self._folder is None:
+                self._folder = Path(tempfile.mkdtemp(prefix="sana-serve-videos-"))
+            return self._folder
 
     def create(self, *, model: str, prompt: str, width: int, height: int, frames: int, fps: float) -> VideoJob:
         video = VideoJob(id="video_" + secrets.token_urlsafe(18), model=model, prompt=prompt, width=width,
@@ -114,10 +121,11 @@ class VideoStore:
             return self._forget(video_id)
 
     def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def _forget(self, video_id: str) -> VideoJob:
         video = self._jobs.pop(video_id)
-        for leftover in self.folder.glob(f"{video_id}.*"):
+        for leftover in self._folder.glob(f"{video_id}.*") if self._folder is not None else ():
             leftover.unlink(missing_ok=True)
         return video
