@@ -24,7 +24,7 @@ from .image_settings import (LORA_SETTING_FIELDS, check_pag_layers, image_reques
                              model_defaults, output_extension, with_lora_defaults, workload)
 from .launch import check_gpus, process_device, share_of_plan, spread_jobs
 from .notices import note_cut_prompts, note_large_sizes, note_outside_nano_grammar, note_unused_negative
-from .replay import check_replayed_loras, model_record_name
+from .replay import check_replayed_loras, model_record_name, refuse_served_loras, served_lora_args
 
 
 def gen(
@@ -154,6 +154,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         raise UsageError("a prompts file's \"lora\" with --server: the server applies --lora to every image",
                          "run without --server, or give --lora once")
     if not flags.get("server"):  # every LoRA named anywhere, checked before torch
+        if replay.get("lora") and not explicit.get("lora"):
+            refuse_served_loras(flags["from"])
         for text in {t for _, o in jobs for t in o.get("lora") or []} | set(explicit.get("lora") or
                                                                             replay.get("lora") or []):
             parse_lora_arg(text)
@@ -193,7 +195,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         from .remote import generate_images
 
         model = flags.get("model") or replay.get("model")
-        generate_images({**flags, "lora": explicit.get("lora")}, planned_jobs, model, force)
+        loras = explicit.get("lora") or (served_lora_args(flags["from"]) if replay.get("lora") else None)
+        generate_images({**flags, "lora": loras}, planned_jobs, model, force)
         return
 
     # 3. The model: resolved and its family checked (no download; a dry run plans from the registry alone).
