@@ -70,9 +70,22 @@ def cpu_threads(requested: int | None = None) -> int:
 
 def pick_device(name: str = "auto") -> torch.device:
     device = _pick_device(name)
+    settle_cpu_math()  # CPU ops run beside any device (prompts, schedules, a CPU-homed text encoder)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads())
     return device
+
+
+def settle_cpu_math() -> None:
+    """Have MKL's vector math (behind `cos`, `exp`, `tanh`, ... of CPU tensors) choose its kernels now, from this
+    one thread, before any op splits across threads.
+
+    Its first call detects the CPU and caches the answer in a global written twice: the raw CPUID code, then the
+    code it dispatches on. A thread that reads it between the two writes indexes the kernel table with the raw code,
+    which lands on the low-accuracy kernels (VML_EP, ~12 bits): when the first such op of a process is split across
+    OpenMP threads, now and then one thread's share is off by ~1e-4 (the text encoder's RoPE cosines were, and
+    with them the cached caption embeddings). One element settles it; builds without MKL lose nothing."""
+    torch.cos(torch.zeros(1))
 
 
 def _pick_device(name: str) -> torch.device:

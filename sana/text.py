@@ -125,8 +125,10 @@ class TextEncoder:
         """The folder's tokenizer and Gemma-2 encoder, ours (`sana.tokenizer`, `sana.models.gemma2`) without
         transformers; transformers loads only a tokenizer without `tokenizer.json` and weights without safetensors."""
         from .components import require_component
+        from .device import settle_cpu_math
         from .tokenizer import load_tokenizer
 
+        settle_cpu_math()  # the RoPE cosines are often a process's first vector-math op, split across threads
         tokenizer = load_tokenizer(require_component(model_dir, "tokenizer"))
         model = load_text_model(require_component(model_dir, "text_encoder"), dtype=dtype, device=device,
                                 variant=variant)

@@ -56,3 +56,44 @@ def test_the_cuda_context_starts_on_a_thread_only_where_a_gpu_may_be_chosen(monk
     assert not thread.is_alive() and thread.daemon
     if torch.cuda.is_available():  # the context is there for the first probe
         assert torch.cuda.is_initialized()
+
+
+# MKL's vector math caches its CPU type in a global that its first call writes twice (the raw CPUID code, then the
+# code it dispatches on); a thread reading it in between runs the low-accuracy kernels. The probe finds that global
+# from the first instruction of `mkl_vml_serv_cpu_detect` (`mov disp32(%rip), %eax`), in a fresh process.
+_MKL_CPU_TYPE_PROBE = """
+import ctypes, os, sys
+import torch
+try:
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    detect = ctypes.cast(lib.mkl_vml_serv_cpu_detect, ctypes.c_void_p).value
+except (OSError, AttributeError):
+    sys.exit(3)  # no MKL in this build: nothing to settle
+code = ctypes.string_at(detect, 6)
+if code[:2] != b"\\x8b\\x05":
+    sys.exit(3)  # another MKL: the global cannot be found this way
+cpu_type = ctypes.c_int.from_address(detect + 6 + int.from_bytes(code[2:6], "little", signed=True))
+if cpu_type.value != -1:
+    sys.exit(4)  # chosen while torch imported: no race left to prevent
+from sana.device import pick_device
+pick_device("cpu")
+print(cpu_type.value, lib.mkl_vml_serv_cpu_detect())
+"""
+
+
+def test_picking_a_device_settles_mkls_kernel_choice_before_threads_share_an_op():
+    """The first vector-math op of a process split across threads once ran part of the text encoder's RoPE
+    cosines at ~12 bits now and then (caption embeddings 6e-4 off); `pick_device` makes that first call itself, on
+    one element, so the choice is made before any op is shared out."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), SANA_THREADS="2")
+    run = subprocess.run([sys.executable, "-c", _MKL_CPU_TYPE_PROBE], capture_output=True, text=True, env=env,
+                         timeout=300)
+    if run.returncode in (3, 4):
+        pytest.skip("this PyTorch has no MKL vector math of the probed shape, or chooses on import")
+    assert run.returncode == 0, run.stderr
+    after, settled = (int(v) for v in run.stdout.split())
+    assert after == settled  # chosen by pick_device, with the code MKL dispatches on
