@@ -247,10 +247,15 @@ class SanaVideoTransformer(nn.Module):
         # 1. Inputs: patches, RoPE tables, timestep modulation per group, projected and normalised text.
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous()  # [B, N, D], (frame, row, col) order
         rope = self.rope(*grid, x.device)
-        t, groups = timestep_groups(timestep, b, grid)  # [G], G = B * groups
+        t, groups = timestep_groups(timestep, b, grid)  # [G], G = B * groups; [groups] when shared by every row
+        shared = t.shape[0] != b * groups
+        if shared and guidance is not None:
+            t, shared = t.repeat(b), False
         if guidance is not None and groups > 1:
             guidance = guidance.repeat_interleave(groups)  # [G]
         t_mod, t_emb = self.time_embed(t, guidance, tokens.dtype)  # [G, 6D], [G, D]
+        if shared:  # one row's modulation, repeated: each row's numbers do not depend on how many rows there are
+            t_mod, t_emb = t_mod.repeat(b, 1), t_emb.repeat(b, 1)
         context = context_for_forward(self, text, text_mask, tokens.dtype)
 
         # 2. Blocks. In inference each block's last residual add also computes the next block's first norm.
@@ -268,7 +273,7 @@ class SanaVideoTransformer(nn.Module):
         # 3. Output: modulated norm per group, projection, unpatchify.
         n, dim = tokens.shape[1], tokens.shape[2]
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)  # [G, 1, D] each
-        tokens = ops.modulated_layer_norm(tokens.view(t.shape[0], -1, dim), shift, scale, 1e-6).view(b, n, dim)
+        tokens = ops.modulated_layer_norm(tokens.view(b * groups, -1, dim), shift, scale, 1e-6).view(b, n, dim)
         out = self.proj_out(tokens)  # [B, N, pt*ph*pw*C_out]
         out = out.reshape(b, *grid, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, F', pt, H', ph, W', pw]
         return out.reshape(b, -1, frames // pt * pt, height // ph * ph, width // pw * pw)
@@ -292,16 +297,18 @@ def _first_norm_modulation(block: SanaVideoBlock | None, t_mod: torch.Tensor,
 def timestep_groups(timestep: torch.Tensor, batch: int, grid: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
     """Timesteps as one value per modulation group, and the number of groups per batch row.
 
-    [B] (or a scalar) -> ([B], 1); [B, F'] -> ([B*F'], F'); [B, 1, F', H', W'] -> ([B*F'], F') when every frame
-    holds one value (image-to-video: 0 on frame 0, t elsewhere), else ([B*N], N). Groups are consecutive tokens
-    of one batch row, so the per-group modulation equals diffusers' per-token one exactly.
+    [B] (or a scalar) -> ([B], 1); [B, F'] -> ([B*F'], F'); [1, F'] -> ([F'], F'), one row of frame timesteps
+    shared by every batch row (image-to-video's: the caller embeds it once and repeats it, so a clip's numbers are
+    the same in a batch of any size); [B, 1, F', H', W'] -> ([B*F'], F') when every frame holds one value
+    (image-to-video: 0 on frame 0, t elsewhere), else ([B*N], N). Groups are consecutive tokens of one batch row,
+    so the per-group modulation equals diffusers' per-token one exactly.
     """
     frames, height, width = grid
     if timestep.ndim == 0:
         return timestep.reshape(1).expand(batch), 1
     if timestep.shape == (batch,):
         return timestep, 1
-    if timestep.shape == (batch, frames):
+    if timestep.shape in ((batch, frames), (1, frames)):
         return timestep.reshape(-1), frames
     if timestep.shape == (batch, 1, frames, height, width):
         per_token = timestep.reshape(batch, frames, height * width)

@@ -210,7 +210,9 @@ class VideoPipeline(PlacedPipeline):
             x = torch.cat([latents] * copies) if copies > 1 else latents  # [B', C, F, h, w]
             timestep = t.to(self.device, torch.float32).expand(x.shape[0])  # [B']
             if first_frame_fixed:  # per latent frame: 0 on the clean first frame, t elsewhere
-                timestep = timestep[:, None].repeat(1, x.shape[2] // cfg.patch_size[0])
+                # [1, F']: one row for every clip, embedded once, so a clip replays alike alone or in a batch (the
+                # timestep MLP's rounding depends on how many rows it gets)
+                timestep = timestep[:1, None].repeat(1, x.shape[2] // cfg.patch_size[0])
                 timestep[:, 0] = 0.0
             out = self.denoiser(x.to(self.dtype), context(), timestep).float()
             out = sampling.guided(out, batch=batch, guidance=request.guidance, pag=0.0)
