@@ -29,12 +29,14 @@ class PromptJob:
     line: int = 0  # 1-based line in the file, for messages
 
 
-def read_prompts(path: Path, check_size: Callable[[str], Any] | None = None) -> list[PromptJob]:
+def read_prompts(path: Path, check_size: Callable[[str], Any] | None = None,
+                 check_line: Callable[[dict[str, Any]], Any] | None = None) -> list[PromptJob]:
     """Jobs from a prompts file: JSONL when it ends in .jsonl or every prompt line starts with '{'.
 
     Blank lines and lines starting with '#' are skipped in both forms. Relative paths in "out", "lora" and "image"
     are taken from the current directory, as on the command line. `check_size(res)`, the command's own reading of
-    a size, checks each line's "res" (or "width"/"height"): its error comes back naming the line, as every other
+    a size, checks each line's "res" (or "width"/"height"), and `check_line(overrides)` the command's checks of
+    every other value (ranges, samplers, files): their errors come back naming the file and line, as every other
     error about a line does.
     """
     path = Path(path)
@@ -53,10 +55,11 @@ def read_prompts(path: Path, check_size: Callable[[str], Any] | None = None) -> 
     is_jsonl = path.suffix.lower() == ".jsonl" or all(line.startswith("{") for _, line in lines)
     if not is_jsonl:
         return [PromptJob(prompt=line, line=number) for number, line in lines]
-    return [_json_line(path, number, line, check_size) for number, line in lines]
+    return [_json_line(path, number, line, check_size, check_line) for number, line in lines]
 
 
-def _json_line(path: Path, number: int, line: str, check_size: Callable[[str], Any] | None = None) -> PromptJob:
+def _json_line(path: Path, number: int, line: str, check_size: Callable[[str], Any] | None = None,
+               check_line: Callable[[dict[str, Any]], Any] | None = None) -> PromptJob:
     where = f"{path} line {number}"
     try:
         data = json.loads(line)
@@ -78,7 +81,21 @@ def _json_line(path: Path, number: int, line: str, check_size: Callable[[str], A
             check_size(overrides["res"])
         except SanaError as exc:
             raise SanaError(f"{where}: {exc.message}", exc.hint) from None
+    if check_line is not None:
+        try:
+            check_line(dict(overrides))
+        except SanaError as exc:
+            raise SanaError(f"{where}: {_as_key(exc.message, overrides)}", exc.hint) from None
     return PromptJob(prompt=prompt.strip(), overrides=overrides, line=number)
+
+
+def _as_key(message: str, overrides: dict[str, Any]) -> str:
+    """A command's error about a flag ("--cfg -1 must be ...") said of the line's key ("\"cfg\" -1 must be ...")."""
+    for key in overrides:
+        for flag in ("--" + key.replace("_", "-") + " ", *(("-o ",) if key == "out" else ())):
+            if message.startswith(flag):
+                return f'"{key}" ' + message[len(flag):]
+    return message
 
 
 def _checked(where: str, key: str, value: Any) -> Any:

@@ -30,18 +30,18 @@ def finetune(
     res: Annotated[Optional[int], Opt("--res", "-r", help="Training resolution (default: the model's).")] = None,
     frames: Annotated[Optional[int], Opt("--frames", min=1, help="Video models: frames a clip trains on, at the model's frame rate (default: the model's clip length; snapped to its VAE's rule).")] = None,
     steps: Annotated[Optional[int], Opt("--steps", help="Optimizer steps in all (default 1000); with --rl: rounds, one optimizer step each.")] = None,
-    batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="Images per step and GPU (default 1).")] = None,
+    batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="Images per step and GPU (default 1); with --rl: samples a training forward (default 16).")] = None,
     grad_accum: Annotated[Optional[int], Opt("--grad-accum", help="Micro-batches per optimizer step (default 1).")] = None,
-    lr: Annotated[Optional[float], Opt("--lr", help="Learning rate (default 1e-4 LoRA, 2e-5 full, 2e-4 from scratch).")] = None,
+    lr: Annotated[Optional[float], Opt("--lr", help="Learning rate (default 1e-4 LoRA, 2e-5 full, 2e-4 from scratch; with --rl 3e-4 LoRA, 2e-5 full).")] = None,
     lr_schedule: Annotated[Optional[str], Opt("--lr-schedule", help="constant, cosine or linear (after warm-up).")] = None,
     warmup: Annotated[Optional[int], Opt("--warmup", help="Linear warm-up steps.")] = None,
     weight_decay: Annotated[Optional[float], Opt("--weight-decay", help="AdamW weight decay (default 1e-4).")] = None,
     optimizer: Annotated[Optional[str], Opt("--optimizer", help="adamw or adamw8bit (needs bitsandbytes).")] = None,
     max_grad_norm: Annotated[Optional[float], Opt("--max-grad-norm", help="Gradient clipping norm (0 = off; default 1).")] = None,
-    ema: Annotated[Optional[float], Opt("--ema", help="EMA decay of the trained weights, e.g. 0.999 (0 = off).")] = None,
-    lora_rank: Annotated[Optional[int], Opt("--lora-rank", help="LoRA rank (default 16).")] = None,
-    lora_alpha: Annotated[Optional[float], Opt("--lora-alpha", help="LoRA alpha (default: the rank).")] = None,
-    lora_targets: Annotated[Optional[str], Opt("--lora-targets", help="Comma-separated diffusers module names (default to_q,to_k,to_v).")] = None,
+    ema: Annotated[Optional[float], Opt("--ema", help="EMA decay of the trained weights, e.g. 0.999 (0 = off, the default; with --rl 0.9).")] = None,
+    lora_rank: Annotated[Optional[int], Opt("--lora-rank", help="LoRA rank (default 16; with --rl 32).")] = None,
+    lora_alpha: Annotated[Optional[float], Opt("--lora-alpha", help="LoRA alpha (default: the rank; with --rl 64).")] = None,
+    lora_targets: Annotated[Optional[str], Opt("--lora-targets", help="Comma-separated diffusers module names (default to_q,to_k,to_v; with --rl to_q,to_k,to_v,to_out.0).")] = None,
     lora_dropout: Annotated[Optional[float], Opt("--lora-dropout", help="Dropout on the LoRA input.")] = None,
     seed: Annotated[Optional[int], Opt("--seed", "-s", help="Seed of the data order, noise and initialisation (default 0).")] = None,
     flow_shift: Annotated[Optional[float], Opt("--flow-shift", help="Training flow shift (default: the model's, else 3).")] = None,
@@ -52,8 +52,8 @@ def finetune(
     compile_model: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the training step: pays for its start-up on small models and long runs.")] = None,
     precision: Annotated[Optional[str], Opt("--precision", help="auto, bf16, fp16 or fp32.")] = None,
     max_minutes: Annotated[Optional[float], Opt("--max-minutes", help="Stop after this many minutes of training: checkpoint and export what is trained (--resume continues).")] = None,
-    checkpoint_every: Annotated[Optional[int], Opt("--checkpoint-every", help="Steps between checkpoints (default 500).")] = None,
-    keep: Annotated[Optional[int], Opt("--keep", help="Checkpoints kept (default 3); with --rl: seeds kept a prompt, its best and worst half (default 24).")] = None,
+    checkpoint_every: Annotated[Optional[int], Opt("--checkpoint-every", help="Steps between checkpoints (default 500; with --rl 20 rounds).")] = None,
+    keep: Annotated[Optional[int], Opt("--keep", help="Checkpoints kept (default 3). With --rl it counts seeds instead: of the --candidates explored a prompt, the best and worst half kept and trained on (default 24); --keep-checkpoints then counts checkpoints.")] = None,
     keep_checkpoints: Annotated[Optional[int], Opt("--keep-checkpoints", help="Checkpoints kept (default 3), with or without --rl.")] = None,
     val_prompt: Annotated[Optional[List[str]], Opt("--val-prompt", help="Prompt for validation images; repeatable.")] = None,
     val_every: Annotated[Optional[int], Opt("--val-every", help="Steps between validation images (default: at checkpoints).")] = None,
@@ -116,7 +116,7 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
     cfg = settings_to_resume(TrainConfig, out_dir, resume_from) if continuing else None
     settings = settings_from_flags(flags, data, out_dir, cfg)
     _snap_frames(settings, flags, main_process)
-    _check_flags(flags, settings, main_process)
+    check_flags(flags, settings, main_process)
     settings.validate()
     start = None  # (step, folder) of the checkpoint resumed
     if cfg is not None and restart:
@@ -183,7 +183,8 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
         when = {"train": "during training", "export": "while exporting"}.get(guard.phase, "before training started")
         raise Interrupted(f"interrupted {when}" + (
             "; the last checkpoint is kept" if saved else "; nothing was trained"),
-            f"run the same command{' with --resume' if saved else ''} to start again") from None
+            f"continue with: {resume_command(data, out_dir)}" if saved else
+            "run the same command to start again") from None
     if not main_process:
         return
 
@@ -272,7 +273,18 @@ def exit_if_interrupted(result, data, out_dir: Path, unit: str) -> None:
         from sana.errors import Interrupted
 
         raise Interrupted(f"stopped at {unit} {result.step}; checkpoint saved in {result.checkpoint}",
-                          f"continue with: sana finetune {data} --out {out_dir} --resume")
+                          f"continue with: {resume_command(data, out_dir)}")
+
+
+def resume_command(data, out_dir: Path) -> str:
+    """`sana finetune DATA --out OUT --resume` with absolute paths (a prompt grammar by its name), so it works
+    from any folder."""
+    import shlex
+
+    from sana.training.rl.prompts import SHAPES_SOURCES
+
+    where = str(data) if str(data) in SHAPES_SOURCES else str(Path(data).expanduser().resolve())
+    return f"sana finetune {shlex.quote(where)} --out {shlex.quote(str(out_dir.expanduser().resolve()))} --resume"
 
 
 def _snap_frames(settings, flags: dict, main_process: bool) -> None:
@@ -292,19 +304,22 @@ def _snap_frames(settings, flags: dict, main_process: bool) -> None:
         settings.frames = frames
 
 
-def _check_flags(flags: dict, settings, main_process: bool) -> None:
-    """Flags that mean nothing with the others given: refused or noted before anything runs."""
+def check_flags(flags: dict, settings, main_process: bool, rl: bool = False) -> None:
+    """Flags that mean nothing with the others given: refused or noted before anything runs (`rl`: a reward
+    fine-tuning run, where --keep counts seeds and fixed prompts validate without --val-prompt)."""
     lora_only = [name for name in ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout") if name in flags]
     if settings.mode == "full" and lora_only and main_process:  # noted, not refused: one command line for both modes
         console.notice(f"{', '.join('--' + n.replace('_', '-') for n in lora_only)} ignored: this run trains all "
                        f"weights ({'--init random' if settings.init == 'random' else '--full'}), not a LoRA")
     if "config" in flags and settings.init != "random":
         raise UsageError("--config is the DiT config of a model trained from scratch", "add --init random")
-    if "keep" in flags and "keep_checkpoints" in flags and flags["keep"] != flags["keep_checkpoints"]:
+    if not rl and "keep" in flags and "keep_checkpoints" in flags and flags["keep"] != flags["keep_checkpoints"]:
         raise UsageError(f"--keep {flags['keep']} and --keep-checkpoints {flags['keep_checkpoints']} both set how "
                          "many checkpoints are kept", "give one of them")
-    if "val_every" in flags and not settings.val_prompts and main_process:
-        console.notice("--val-every without --val-prompt: no validation images are made")
+    validates = bool(settings.val_prompts) or (rl and bool(getattr(settings, "val_count", 0)))
+    if "val_every" in flags and not validates and main_process:
+        console.notice("--val-every without --val-prompt" + (" and with --val-count 0" if rl else "")
+                       + ": no validation images are made")
 
 
 def _no_gpu(device: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from sana.errors import UsageError
 
 from . import console
-from .finetune import TrainingProgress, exit_if_interrupted
+from .finetune import TrainingProgress, _StartupInterrupt, check_flags, exit_if_interrupted, resume_command
 from .finetune_settings import apply_flags
 
 # Flags that only mean something with --rl (without it they are refused, not ignored).
@@ -52,9 +52,7 @@ def finetune_rl(flags: dict) -> None:
     """The steps of `sana finetune PROMPTS --rl`."""
     from sana.training.rl.config import RLConfig, is_rl_run
 
-    from .finetune_resume import (begin_resume, check_out_folder, refuse_occupied, resume_folder_on_other_ranks,
-                                  set_aside_later, settings_to_resume)
-    from .launch import exec_torchrun, launched_by_torchrun
+    from .finetune_resume import begin_resume, check_out_folder, listed, refuse_occupied, settings_to_resume
 
     data, gpus = str(flags["data"]), int(flags.get("gpus", 1))
     if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:  # one of torchrun's processes (no --gpus here)
@@ -73,20 +71,29 @@ def finetune_rl(flags: dict) -> None:
     if continuing and not is_rl_run(out_dir):  # before anything is written: its settings would become an RL run's
         raise UsageError(f"--rl --resume: {out_dir} holds a supervised fine-tuning run, not an RL one",
                          "resume it without --rl, or give an RL run another --out")
-    if _nothing_trained(out_dir) and flags.get("resume_from") is None:
-        # Stopped before its first checkpoint (a reward failing in round 1, Ctrl-C while loading): nothing to keep.
-        if main_process:
-            console.notice(f"{out_dir} holds the settings of an RL run that saved no checkpoint; starting it "
-                           f"{'over (nothing to resume)' if continuing else 'again'}, replacing its settings and logs")
-        continuing = False
+    restart = _nothing_trained(out_dir) and flags.get("resume_from") is None
     saved = settings_to_resume(RLConfig, out_dir, flags.get("resume_from")) if continuing else None
     source = _prompt_source(data)
     settings = _settings(flags, data, out_dir, saved, gpus)
-    if saved is not None:
+    start = None  # (round, folder) of the checkpoint resumed
+    if restart:
+        # Stopped before its first checkpoint (a reward failing in round 1, Ctrl-C while loading): nothing trained to
+        # keep, so it starts over; a --resume from the settings it recorded (never the defaults), the flags given now
+        # on top.
+        if main_process and saved is not None:
+            given = saved.changes(settings, every=True)
+            console.notice(f"{out_dir} holds the settings of an RL run that saved no checkpoint; starting it over "
+                           "with them (nothing to resume)" + (", changed: " + listed(given) if given else ""))
+        elif main_process:
+            console.notice(f"{out_dir} holds the settings of an RL run that saved no checkpoint; starting it again, "
+                           "replacing its settings and logs")
+        continuing = False
+    elif saved is not None:
         start = begin_resume(saved, settings, out_dir, flags.get("resume_from"), main_process, "round",
                              "model, rewards and rollout settings")
-    elif main_process and not _nothing_trained(out_dir):
+    elif main_process:
         refuse_occupied(out_dir)
+    check_flags(flags, settings, main_process, rl=True)
     settings.validate()
     _refuse_other_families(flags.get("model"), Path(settings.model_dir))
     _check_rewards(settings.reward, source)
@@ -100,6 +107,25 @@ def finetune_rl(flags: dict) -> None:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise UsageError("--optimizer adamw8bit needs bitsandbytes", "pip install bitsandbytes, or use --optimizer adamw")
 
+    with _StartupInterrupt() as guard:
+        try:
+            result = _train(flags, settings, out_dir, start, continuing, gpus, main_process, guard)
+        except KeyboardInterrupt:  # before the loop took over Ctrl-C (imports, loading), a second Ctrl-C, the export
+            raise _interrupted(data, out_dir, guard.phase) from None
+    if not main_process:
+        return
+
+    # 4. Report.
+    exit_if_interrupted(result, data, out_dir, "round")
+    console.info(f"trained {result.step} rounds; rewards {out_dir / 'rewards.csv'}, curve {out_dir / 'reward.png'}")
+    console.result(str(result.output))
+
+
+def _train(flags: dict, settings, out_dir: Path, start, continuing: bool, gpus: int, main_process: bool, guard):
+    """Steps 2 and 3 of `finetune_rl`: the launch on many GPUs, then the run with its progress line."""
+    from .finetune_resume import resume_folder_on_other_ranks, set_aside_later
+    from .launch import exec_torchrun, launched_by_torchrun
+
     # 2. Many GPUs: the standard launcher runs this same command once per GPU (rollouts split by prompt).
     if gpus > 1:
         if not launched_by_torchrun():
@@ -108,25 +134,34 @@ def finetune_rl(flags: dict) -> None:
 
     from .generation import quiet_libraries
 
+    guard.check()
     quiet_libraries()
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # 3. Train, with a progress line on the main process only.
     if main_process:
-        if flags.get("resume_from") is not None and saved is not None:
+        if flags.get("resume_from") is not None and start is not None:
             flags["resume_from"] = set_aside_later(out_dir, start, settings, rl=True)
         settings.save(out_dir)
     elif flags.get("resume_from") is not None:
         flags["resume_from"] = resume_folder_on_other_ranks(out_dir, flags["resume_from"])
     with _RoundProgress(enabled=main_process and not console.settings.quiet, total=settings.steps) as progress:
-        result = run(settings, resume=flags.get("resume_from") or continuing, events=progress.events())
-    if not main_process:
-        return
+        return run(settings, resume=flags.get("resume_from") or continuing,
+                   events=guard.guarded(progress.events()))
 
-    # 4. Report.
-    exit_if_interrupted(result, data, out_dir, "round")
-    console.info(f"trained {result.step} rounds; rewards {out_dir / 'rewards.csv'}, curve {out_dir / 'reward.png'}")
-    console.result(str(result.output))
+
+def _interrupted(data: str, out_dir: Path, phase: str):
+    """The error of a Ctrl-C the loop did not turn into a checkpoint: what is kept and how to go on."""
+    from sana.errors import Interrupted
+
+    when = {"train": "during training", "export": "while exporting"}.get(phase, "before training started")
+    if any((out_dir / "checkpoints").glob("step-*/state.json")):
+        return Interrupted(f"interrupted {when}; the last checkpoint is kept",
+                           f"continue with: {resume_command(data, out_dir)}")
+    if (out_dir / "train_config.json").is_file():  # a --resume starts it over with the settings it recorded
+        return Interrupted(f"interrupted {when}; nothing was kept yet (no round was checkpointed)",
+                           f"start it again with: {resume_command(data, out_dir)}")
+    return Interrupted(f"interrupted {when}; nothing was kept yet", "run the same command to start again")
 
 
 def _nothing_trained(out_dir: Path) -> bool:
@@ -198,13 +233,27 @@ def _settings(flags: dict, data: str, out_dir: Path, saved, gpus: int):
         if flags.get("full"):
             base.update(mode="full", lr=2e-5)
     # A grammar's name is compared as a name: a file called `shapes` is not the grammar
-    grammar = data in SHAPES_SOURCES or (saved is not None and saved.data in SHAPES_SOURCES)
-    base.update(data=data if grammar else recorded_data(data, saved), out=str(out_dir),
+    if data in SHAPES_SOURCES:
+        recorded = data
+    else:
+        recorded = recorded_data(data, None if saved is None or saved.data in SHAPES_SOURCES else saved)
+    base.update(data=recorded, out=str(out_dir.expanduser().resolve()),
                 data_fingerprint=None if data in SHAPES_SOURCES else data_fingerprint(data))
     apply_flags(base, flags, RENAMES, saved)
+    base["reward"] = _recorded_reward(base["reward"], saved)
     if not base["val_every"]:
         base["val_every"] = base["checkpoint_every"]
     return RLConfig(**base)
+
+
+def _recorded_reward(spec: str, saved) -> str:
+    """--reward as a run records it: a resumed run's own spelling while it names the same rewards and files (so
+    only other rewards show as a change), else with absolute plugin paths and folders (it resumes from anywhere)."""
+    from sana.rewards.plugins import same_rewards, with_absolute_paths
+
+    if saved is not None and same_rewards(saved.reward, spec):
+        return saved.reward
+    return with_absolute_paths(spec)
 
 
 class _RoundProgress(TrainingProgress):

@@ -33,7 +33,8 @@ def settings_from_flags(flags: dict, data: Path, out_dir: Path, saved):
         base.update(video_settings(flags.get("model"), model_dir, flags))
         if random_init and "config" in flags:
             base["transformer_config"] = transformer_config_from(flags["config"])
-    base.update(data=recorded_data(data, saved), out=str(out_dir), data_fingerprint=data_fingerprint(data))
+    base.update(data=recorded_data(data, saved), out=str(out_dir.expanduser().resolve()),
+                data_fingerprint=data_fingerprint(data))
     renames = {"full": None, "model": None, "config": None, "res": "resolution", "keep": "keep_checkpoints", "rl": None,
                "val_prompt": "val_prompts", "compile_model": "compile", "cache": "cache_dir", "resume": None, "resume_from": None, "gpus": None,
                "data": None, "out": None}
@@ -51,8 +52,10 @@ def settings_from_flags(flags: dict, data: Path, out_dir: Path, saved):
 
 def recorded_data(data, saved) -> str:
     """The data a run's settings name: a resumed run's own spelling while it is the same folder or file (so only
-    other data shows as a change), else as given."""
-    return saved.data if saved is not None and same_data(saved.data, str(data)) else str(data)
+    other data shows as a change), else its absolute path (the run then resumes from any folder)."""
+    if saved is not None and same_data(saved.data, str(data)):
+        return saved.data
+    return str(Path(data).expanduser().resolve())
 
 
 def apply_flags(base: dict, flags: dict, renames: dict, saved) -> None:

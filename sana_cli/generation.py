@@ -389,27 +389,37 @@ PREFERRED = {"gen": ("sana1.5-1.6b", "sana-1.6b-bf16", "sana-1.6b", "sana1.5-4.8
 
 
 def default_model(command: str, *, planning: bool = False) -> str:
-    """The best downloaded model for the command, with a notice; an error naming what to pull when none is.
-    `planning` (a dry run or a preview, which read no weights): the best registry model when none is downloaded."""
+    """The best downloaded model for the command, with a notice (once a process: a command may ask several times);
+    an error naming what to pull when none is. `planning` (a dry run or a preview, which read no weights): the best
+    registry model when none is downloaded."""
     from sana.hub import list_models
 
     ready = {entry.name for entry in list_models() if entry.status == "yes"}
     for name in PREFERRED[command]:
         if name in ready:
-            console.notice(f"using {name}, the best model downloaded here (--model chooses another)")
+            _notice_once(f"using {name}, the best model downloaded here (--model chooses another)")
             return name
     if command == "gen" and "nano" in ready:
-        console.notice(f"no SANA model is downloaded: using the built-in nano model (256 px coloured shapes); "
-                       f"`sana models pull {PREFERRED[command][0]}` gets the real one")
+        _notice_once(f"no SANA model is downloaded: using the built-in nano model (256 px coloured shapes); "
+                     f"`sana models pull {PREFERRED[command][0]}` gets the real one")
         return "nano"
     if command == "video" and "nano-video" in ready:
-        console.notice(f"no SANA-Video model is downloaded: using the built-in nano video model (128 px clips of "
-                       f"moving coloured shapes); `sana models pull {PREFERRED[command][0]}` gets the real one")
+        _notice_once(f"no SANA-Video model is downloaded: using the built-in nano video model (128 px clips of "
+                     f"moving coloured shapes); `sana models pull {PREFERRED[command][0]}` gets the real one")
         return "nano-video"
     if planning:
         return PREFERRED[command][0]
     raise UsageError("no --model given and no model is downloaded",
                      f"run: sana models pull {PREFERRED[command][0]} (or pass --model DIR)")
+
+
+_SAID: set[str] = set()  # the notices of `default_model` printed so far in this process
+
+
+def _notice_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        console.notice(message)
 
 
 def generate_with_progress(pipe, request, on_output=None, **generate_kwargs):

@@ -272,6 +272,8 @@ def pull_command(
 
     _check_precision(precision)
     reward = find_reward_model(name)  # a reward model of `sana finetune --rl` (transformers layout, two repos)
+    if reward is None and _pulled_already(name):
+        return
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=False),
                         TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[files]}"),
                         console=console.err, disable=console.settings.quiet)
@@ -303,6 +305,23 @@ def pull_command(
     if reward is None:
         hub.resolve_model(name, precision=precision)  # the repo may lack a component: say so now, not at `gen`
     console.out.print(str(path), highlight=False)
+
+
+def _pulled_already(name: str) -> bool:
+    """A model that ships inside the package (nano, nano-video) has nothing to pull: said, its folder printed, and
+    success, so `sana models pull X && sana gen -m X` works for every registry model. One this installation lacks
+    is an error naming how to build it."""
+    from sana.embedded import embedded_name
+    from sana.hub import resolve_model
+    from sana.registry import find_spec
+
+    spec = find_spec(name)
+    if not embedded_name(spec):
+        return False
+    path = resolve_model(name).path
+    console.notice(f"{spec.name} ships inside the package: nothing to pull (use it with --model {spec.name})")
+    console.out.print(str(path), highlight=False)
+    return True
 
 
 @models_app.command("rm")

@@ -74,6 +74,11 @@ Server = Annotated[Optional[str], typer.Option("--server", help="Generate on a r
 ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="SANA_API_KEY", help="The server's API key (with --server).")]
 
 # Clips (sana video)
+ClipModel = Annotated[Optional[str], typer.Option("--model", "-m", autocompletion=complete_model, help="Registry name, org/repo id or local diffusers-format directory (default: the best SANA-Video model downloaded, video-2b-480p first, else the built-in nano-video).")]
+ClipSeed = Annotated[Optional[int], typer.Option("--seed", "-s", help="Seed of the first clip (random if not given); --num N uses seed..seed+N-1.")]
+ClipNum = Annotated[Optional[int], typer.Option("--num", "-n", min=1, help="Clips per prompt (default 1), made in one batch.")]
+ClipSteps = Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (default: the model's; 50 for SANA-Video, 20 for nano-video).")]
+ClipCfg = Annotated[Optional[float], typer.Option("--cfg", "--guidance", callback=check_guidance, help="Classifier-free guidance scale (default: the model's; 6 for SANA-Video, 2 for nano-video; <= 1 turns CFG off).")]
 Image = Annotated[Optional[Path], typer.Option("--image", "-i", help="First frame: image to video (PNG, JPEG, WebP, ...).")]
 Frames = Annotated[Optional[int], typer.Option("--frames", "-f", help="Frames per clip (model default, 81 for SANA-Video; snapped to what the VAE makes: 4k+1 or 8k+1).")]
 Fps = Annotated[Optional[float], typer.Option("--fps", help="Frames per second of the written clip (default: the model's, 16 for SANA-Video, 8 for nano-video; a GIF plays at most 50).")]

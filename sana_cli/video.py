@@ -26,21 +26,21 @@ from .clip_settings import (VIDEO_KEYS, FirstFrame, asked_frames, build_request,
 def video(
     prompt: Annotated[Optional[str], typer.Argument(help="What happens in the clip.")] = None,
     image: opt.Image = None,
-    model: opt.Model = None,
+    model: opt.ClipModel = None,
     res: opt.ClipResolution = None,
     frames: opt.Frames = None,
     fps: opt.Fps = None,
-    steps: opt.Steps = None,
-    cfg: opt.Cfg = None,
+    steps: opt.ClipSteps = None,
+    cfg: opt.ClipCfg = None,
     motion_score: opt.MotionScore = None,
-    seed: opt.Seed = None,
+    seed: opt.ClipSeed = None,
     negative: opt.Negative = None,
     sampler: opt.Sampler = None,
     shift: opt.Shift = None,
     out: opt.ClipOut = None,
     fmt: opt.ClipFormat = None,
     crf: opt.Crf = None,
-    num: opt.Num = None,
+    num: opt.ClipNum = None,
     prompts: opt.Prompts = None,
     device: opt.Device = "auto",
     dtype: opt.Dtype = "auto",
@@ -114,6 +114,9 @@ def run(flags: dict[str, Any]) -> None:
         check_replayed_loras(flags["from"])
     if not (flags.get("prompts") or flags.get("prompt") or replay.get("prompt")):
         raise UsageError("no prompt given", 'give a prompt: sana video "a prompt", or --prompts FILE, or --from CLIP')
+    fmt = explicit.get("format")
+    if fmt is not None and fmt not in CLIP_FORMATS:
+        raise UsageError(f"unknown --format '{fmt}'", f"use {', '.join(CLIP_FORMATS)}")
     jobs = read_jobs(flags, replay, "video", noun="CLIP")
     for _, overrides in jobs:
         foreign = sorted(set(overrides) - set(VIDEO_KEYS))
@@ -122,9 +125,6 @@ def run(flags: dict[str, Any]) -> None:
                              "give --lora once, or run each LoRA's prompts on their own")
         if foreign:
             raise UsageError(f"the prompts file sets {', '.join(foreign)}, which clips do not take")
-    fmt = explicit.get("format")
-    if fmt is not None and fmt not in CLIP_FORMATS:
-        raise UsageError(f"unknown --format '{fmt}'", f"use {', '.join(CLIP_FORMATS)}")
     crf = explicit.get("crf")
     if crf is not None and not 0 <= crf <= 51:
         raise UsageError(f"--crf {crf} is out of range", "use 0 (lossless) to 51")
@@ -153,6 +153,10 @@ def run(flags: dict[str, Any]) -> None:
                     check_replaceable_frames(path)
         return paths
 
+    if flags.get("prompts"):  # each line's own values again, where an error can name the file and line
+        from sana.prompts_file import read_prompts
+
+        read_prompts(Path(flags["prompts"]), check_line=lambda overrides: _check_line(overrides, first_frame, fmt))
     planned_jobs = share_of_plan()  # one of --gpus N's processes: the parent planned the outputs
     if planned_jobs is None:
         planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check_settings,
@@ -217,6 +221,7 @@ def run(flags: dict[str, Any]) -> None:
     note_untrained_lengths(spec, [(asked_frames(settings, defaults), request.frames)
                                   for (_, settings, _, _), (request, _, _, _) in zip(planned_jobs, requests)])
     note_outside_grammar(spec, [r.prompt for r, _, _, _ in requests])
+    _note_untrained_sizes(model_arg, defaults, [(r.width, r.height) for r, _, _, _ in requests])
     from .notices import note_unused_negative
 
     note_unused_negative([r for r, _, _, _ in requests])
@@ -285,6 +290,28 @@ def run(flags: dict[str, Any]) -> None:
         last = f"; the last is {saved[-1]}" if saved else ""
         raise Interrupted(f"interrupted: {len(saved)} of {total} clips saved{last}",
                           "--skip-existing makes the rest" if total > 1 else None) from None
+
+
+def _note_untrained_sizes(model_arg: str, defaults, sizes: list[tuple[int, int]]) -> None:
+    """A notice for a clip size far from the model's own (more than 4x its pixels, or under a quarter): the clip
+    comes out without any error, but motion and layouts break there, as they do for lengths it never saw."""
+    native = defaults.width * defaults.height
+    for width, height in dict.fromkeys(sizes):
+        if not native / 4 <= width * height <= 4 * native:
+            console.notice(f"{width}x{height} is far from the {defaults.width}x{defaults.height} clips {model_arg} "
+                           f"was trained on: expect broken shapes and motion (--res {defaults.width}x"
+                           f"{defaults.height} matches)")
+
+
+def _check_line(overrides: dict[str, Any], first_frame, fmt: str | None) -> None:
+    """A prompts-file line's values: the checks of every job's settings, its first frame opened, its output named
+    (a clip suffix, a folder for PNG frames); whether the file is there to overwrite is the plan's to say."""
+    from sana.outputs import plan_clip_paths
+
+    check_settings(overrides)
+    first_frame(overrides)
+    if overrides.get("out"):
+        plan_clip_paths(overrides["out"], prompt="clip", seeds=[0], fmt=fmt, force=True)
 
 
 def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict, model_arg: str, resolved, dtype,

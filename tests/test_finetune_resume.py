@@ -78,3 +78,23 @@ def test_a_run_on_a_built_in_model_resumes_after_the_install_moved(tmp_path):
     named = run_sana(*args, "--steps", "3", "--resume")
     assert named.returncode == 0, named.stderr
     assert "changed settings" not in named.stderr
+
+
+def test_a_run_records_its_data_absolute_and_says_how_to_go_on_from_anywhere(tmp_path, monkeypatch):
+    """Data given relative is recorded absolute (a resume from another folder reads the same files); a resumed
+    run's own spelling stays while it is the same data; the `continue with` line names absolute paths, a prompt
+    grammar by its name."""
+    from sana_cli.finetune import resume_command
+    from sana_cli.finetune_settings import recorded_data
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert recorded_data("data", None) == str(tmp_path.resolve() / "data")
+
+    class Saved:
+        data = "data"
+
+    assert recorded_data("./data", Saved) == "data"
+    assert resume_command("data", tmp_path / "my run") == \
+        f"sana finetune {tmp_path.resolve() / 'data'} --out '{tmp_path.resolve() / 'my run'}' --resume"
+    assert resume_command("shapes:hard", tmp_path / "run").startswith("sana finetune shapes:hard --out /")

@@ -319,6 +319,18 @@ ERRORS = {
 }
 
 
+@pytest.mark.parametrize("name", ["nano-video", "nano"])
+def test_pulling_a_built_in_model_succeeds_with_nothing_to_do(cache, name):
+    """`sana models pull X && sana video -m X` works for the models in the package too: a notice, the folder, exit 0
+    (offline, and with no hub cache)."""
+    from sana.hub import resolve_model
+
+    result = run_sana("models", "pull", name, env={**cache[1], "HF_HUB_OFFLINE": "1"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"note: {name} ships inside the package: nothing to pull" in result.stderr
+    assert result.stdout.strip() == str(resolve_model(name).path)
+
+
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_errors_are_one_line(cache, tmp_path, case):
     hub_cache, env = cache

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.cli_helpers import assert_one_line_error, run_sana
+from tests.cli_helpers import assert_one_line_error, run_sana, sana_executable
 from tests.rl_helpers import base_model, files, read_csv  # noqa: F401 (fixtures)
 from tests.tiny_pipeline import build_pipeline
 
@@ -44,6 +46,8 @@ BAD = {
     "unknown-reward": (["finetune", "prompts.txt", "--rl", "--reward", "aesthetics"], "unknown reward 'aesthetics'"),
     "not-downloaded": (["finetune", "prompts.txt", "--rl", "--reward", "shapes:1,clip:0.5"], "sana models pull clip"),
     "plugin-function": (["finetune", "prompts.txt", "--rl", "--reward", "plug.py:missing"], "no function 'missing'"),
+    "plugin-signature": (["finetune", "prompts.txt", "--rl", "--reward", "plug.py:only_images"],
+                         "it takes (images) (define it as fn(images, prompts) or fn(images, prompts, metadata))"),
     "keep": (["finetune", "prompts.txt", "--rl", "--reward", "plug.py:nan", "--candidates", "4", "--keep", "8"],
              "--keep 8 is larger than --candidates 4"),
     "shapes-prompts": (["finetune", "prompts.txt", "--rl", "--reward", "shapes"], "shapes grammar"),
@@ -94,14 +98,85 @@ def test_a_resume_records_changed_prompts_and_takes_a_grammar_by_its_name(tmp_pa
     changed = saved.changes(_settings({}, str(prompts), out, saved, 1))
     assert [name for name, _, _ in changed] == ["data_fingerprint"] and changed[0][2].startswith("1 file, ")
 
-    # `shapes` is the grammar even beside a file of that name, and a file given as ./shapes is that file.
+    # `shapes` is the grammar even beside a file of that name, and a file given as ./shapes is that file (recorded
+    # by its absolute path, as any prompts file is).
     monkeypatch.chdir(tmp_path)
     Path("shapes").write_text("a small red circle on the left on a white background\n")
     grammar = RLConfig(data="shapes", out=str(out), model_dir=str(tmp_path), val_every=20)
     same = _settings({}, "shapes", out, grammar, 1)
     assert (same.data, same.data_fingerprint, grammar.changes(same)) == ("shapes", None, [])
     other = _settings({}, "./shapes", out, grammar, 1)
-    assert other.data == "./shapes" and ("data", "shapes", "./shapes") in grammar.changes(other)
+    file = str(tmp_path.resolve() / "shapes")
+    assert other.data == file and ("data", "shapes", file) in grammar.changes(other)
+    # A resumed run recorded from another folder is the same data and the same reward plugin, however spelled.
+    plugin = RLConfig(data=str(prompts), out=str(out), model_dir=str(tmp_path), val_every=20,
+                      reward=f"{tmp_path.resolve()}/plug.py:score", data_fingerprint=data_fingerprint(prompts))
+    assert plugin.changes(_settings({"reward": "./plug.py:score"}, "prompts.txt", out, plugin, 1)) == []
+    assert plugin.differences(_settings({"reward": "./plug.py:score"}, "prompts.txt", out, plugin, 1)) == []
+
+
+# Stops before torch at a bad --gpus split, after the settings are built and checked.
+STOP = ["--prompts-per-round", "3", "--gpus", "2"]
+
+
+def test_the_default_model_is_said_once(files):
+    """Without --model the choice is said once, though the settings ask for the model's folder, name and defaults."""
+    default = run_sana("finetune", "shapes", "--rl", *STOP, "--out", str(files / "run"), cwd=files,
+                       env={"HF_HUB_CACHE": str(files / "hub")})
+    assert "does not split over 2" in default.stderr and default.stderr.count("note:") == 1, default.stderr
+    assert "using the built-in nano model" in default.stderr
+
+
+def test_lora_flags_with_full_are_noted_as_in_supervised_runs(files, base_model):
+    full = run_sana("finetune", "shapes", "--rl", "--model", str(base_model), "--full", "--lora-rank", "8", *STOP,
+                    "--out", str(files / "run"), cwd=files)
+    assert "note: --lora-rank ignored: this run trains all weights (--full), not a LoRA" in full.stderr, full.stderr
+    assert "does not split over 2" in full.stderr
+
+
+def test_ctrl_c_before_a_checkpoint_then_resume_from_elsewhere_keeps_the_settings(files, base_model):
+    """Ctrl-C while the run loads: one line saying nothing was kept and the command that starts it again, with
+    absolute paths; that command, run from another folder, starts over with the recorded settings (model, reward
+    plugin, rollout sizes), not the recipe's defaults, and the flags given with it on top."""
+    slow = files / "slow.py"
+    slow.write_text("import time\ntime.sleep(120)\ndef score(images, prompts):\n    return images.mean(dim=(1, 2, 3))\n")
+    args = ["finetune", "prompts.txt", "--rl", "--model", str(base_model), "--out", "run", "--reward", "slow.py:score",
+            *SMALL, "--steps", "2", "--val-count", "0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
+    process = subprocess.Popen([sana_executable(), *args], cwd=files, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (files / "run" / "train_config.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the plugin's import is sleeping by now
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=60)[1]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert process.returncode == 130 and len(errors) == 1, stderr
+    command = f"sana finetune {files.resolve() / 'prompts.txt'} --out {files.resolve() / 'run'} --resume"
+    assert "nothing was kept yet" in errors[0] and f"start it again with: {command}" in errors[0], errors[0]
+    record = json.loads((files / "run" / "train_config.json").read_text())
+    assert record["data"] == str(files.resolve() / "prompts.txt")
+    assert record["reward"] == f"{files.resolve() / 'slow.py'}:score"
+
+    slow.write_text("def score(images, prompts):\n    return images.mean(dim=(1, 2, 3))\n")
+    elsewhere = files / "elsewhere"
+    elsewhere.mkdir()
+    again = run_sana(*command.split()[1:], "--steps", "1", cwd=elsewhere)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "saved no checkpoint; starting it over with them (nothing to resume), changed: steps 2 -> 1" in again.stderr
+    record = json.loads((files / "run" / "train_config.json").read_text())
+    assert (record["candidates"], record["keep_seeds"], record["lora_rank"], record["steps"]) == (4, 2, 4, 1)
+    assert record["model_dir"] == str(base_model.resolve()) and record["reward"].endswith("slow.py:score")
+    assert [r["round"] for r in read_csv(files / "run" / "rewards.csv")] == ["1"]
+
+
+def test_help_gives_the_defaults_of_both_modes():
+    """--keep, the LoRA shape and the recipe's other settings differ with --rl: the help says both."""
+    text = " ".join(run_sana("finetune", "--help").stdout.replace("│", " ").split())
+    for words in ("Checkpoints kept (default 3). With --rl it counts seeds instead", "LoRA rank (default 16; with --rl 32)",
+                  "LoRA alpha (default: the rank; with --rl 64)", "with --rl to_q,to_k,to_v,to_out.0",
+                  "with --rl 3e-4 LoRA"):
+        assert words in text, words
 
 
 def test_a_sprint_model_is_refused_with_the_reason(files, tmp_path_factory):

@@ -63,6 +63,64 @@ def test_plugin_checks_read_the_file_without_running_it(tmp_path):
         rw.check_rewards(rw.parse_rewards(f"{tmp_path / 'broken.py'}:score"))
 
 
+SIGNATURES = {
+    "images-only": ("(images)", "it takes (images)"),
+    "nothing": ("()", "it takes no positional arguments"),
+    "required-keyword": ("(images, prompts, *, scale)", "keyword-only argument 'scale' has no default"),
+    "four-required": ("(images, prompts, metadata, scale)", "it needs 4 positional arguments"),
+}
+
+
+@pytest.mark.parametrize("params,message", SIGNATURES.values(), ids=SIGNATURES.keys())
+def test_a_plugin_that_cannot_take_a_rewards_arguments_is_refused_before_it_runs(tmp_path, params, message):
+    plugin = tmp_path / "mine.py"
+    plugin.write_text(f"raise SystemExit('ran')\n\ndef score{params}:\n    return 0\n")
+    with pytest.raises(UsageError) as refused:
+        rw.check_rewards(rw.parse_rewards(f"{plugin}:score"))
+    assert message in str(refused.value) and "fn(images, prompts) or fn(images, prompts, metadata)" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+ACCEPTED = {
+    "two": ("(images, prompts)", False),
+    "three": ("(images, prompts, metadata)", True),
+    "optional-third": ("(images, prompts, metadata=None)", True),
+    "varargs": ("(*args)", True),
+    "keyword-metadata": ("(images, prompts, *, metadata)", True),
+    "optional-keyword": ("(images, prompts, *, scale=2.0)", False),
+}
+
+
+@pytest.mark.parametrize("params,passed", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_plugins_of_either_signature_are_called_with_what_they_take(tmp_path, params, passed):
+    plugin = tmp_path / "mine.py"
+    plugin.write_text(f"SEEN = []\ndef score{params}:\n    SEEN.append(locals())\n    return [1.0]\n")
+    rw.check_rewards(rw.parse_rewards(f"{plugin}:score"))
+    reward = rw.PluginReward(str(plugin), "score")
+    assert reward(torch.zeros(1, 3, 2, 2), ["a"], [{"bonus": 1.0}]) == [1.0]
+    seen = reward.fn.__globals__["SEEN"][0]
+    metadata = seen["args"][2] if "args" in seen else seen.get("metadata")
+    assert metadata == ([{"bonus": 1.0}] if passed else None), seen
+
+
+def test_a_decorated_plugin_is_taken_on_trust_until_it_loads(tmp_path):
+    """A decorator may give the function another signature: the pre-check does not judge it from the source."""
+    plugin = tmp_path / "mine.py"
+    plugin.write_text("import functools\n@functools.lru_cache\ndef score(images):\n    return 0\n")
+    rw.check_rewards(rw.parse_rewards(f"{plugin}:score"))
+
+
+def test_reward_paths_are_recorded_absolute_and_compared_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    spec = "shapes:1, mine.py:score:0.5,clip=models/clip"
+    absolute = rw.with_absolute_paths(spec)
+    assert absolute == f"shapes:1,{tmp_path.resolve() / 'mine.py'}:score:0.5,clip={tmp_path.resolve() / 'models/clip'}"
+    assert rw.same_rewards(spec, absolute) and rw.same_rewards("./mine.py:score", f"{tmp_path}/mine.py:score")
+    assert not rw.same_rewards("mine.py:score", "sub/mine.py:score")
+    assert not rw.same_rewards("mine.py:score", "mine.py:score:2")
+
+
 @pytest.mark.parametrize("name,package", [("hpsv2", "hpsv2"), ("imagereward", "ImageReward")])
 def test_missing_reward_packages_are_named(name, package):
     if importlib.util.find_spec(package) is not None:

@@ -411,3 +411,40 @@ def test_no_prompt_hint_has_no_nested_brackets(tmp_path):
     message = assert_one_line_error(run_sana("video", *NANO, cwd=tmp_path))
     assert message == 'error: no prompt given (give a prompt: sana video "a prompt", or --prompts FILE, or --from CLIP)'
     assert list(tmp_path.iterdir()) == []
+
+
+LINE_ERRORS = {
+    "cfg": ({"cfg": -1}, '"cfg" -1 must be a finite number >= 0'),
+    "sampler": ({"sampler": "dpm++"}, "unknown sampler 'dpm++' for a video model"),
+    "image": ({"image": "missing.png"}, '"image" missing.png not found'),
+    "out-suffix": ({"out": "clip.txt"}, "cannot write '.txt' clips"),
+    "out-png": ({"out": "clip.png"}, '"out" clip.png: PNG frames are written as one folder per clip'),
+    "frames": ({"frames": 100000}, '"frames" 100000 is out of range'),
+    "shift": ({"shift": -1}, '"shift" -1 must be a finite number > 0'),
+}
+
+
+@pytest.mark.parametrize("values, words", LINE_ERRORS.values(), ids=LINE_ERRORS.keys())
+def test_a_prompts_file_value_error_names_the_file_and_line(tmp_path, values, words):
+    prompts = tmp_path / "clips.jsonl"
+    lines = [{"prompt": GRAMMAR_PROMPT}, {"prompt": GRAMMAR_PROMPT, **values}]
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    message = assert_one_line_error(run_sana("video", "--prompts", "clips.jsonl", *NANO, "--dry-run", cwd=tmp_path))
+    assert message.startswith("error: clips.jsonl line 2: ") and words in message, message
+
+
+def test_sizes_far_from_nano_videos_get_a_notice_as_lengths_do(tmp_path):
+    for res, noted in (("480p", "832x480"), ("4096x4096", "4096x4096"), ("32x32", "32x32")):
+        result = run_sana("video", GRAMMAR_PROMPT, *NANO, "--res", res, "--dry-run", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert (f"note: {noted} is far from the 128x128 clips nano-video was trained on" in result.stderr
+                and "--res 128x128 matches" in result.stderr), result.stderr
+    near = run_sana("video", GRAMMAR_PROMPT, *NANO, "--res", "192x128", "--dry-run", cwd=tmp_path)
+    assert near.returncode == 0 and "is far from" not in near.stderr, near.stderr
+
+
+def test_help_speaks_of_clips_and_the_models_defaults():
+    text = " ".join(run_sana("video", "--help").stdout.replace("│", " ").split())
+    assert "Clips per prompt" in text and "Seed of the first clip" in text and "Images" not in text
+    assert "default: the best SANA-Video model downloaded" in text
+    assert "50 for SANA-Video, 20 for nano-video" in text and "6 for SANA-Video, 2 for nano-video" in text

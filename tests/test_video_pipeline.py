@@ -99,6 +99,30 @@ def test_seeds_in_one_batch_are_the_single_runs(models, ours):
     assert psnr(result.videos[0].numpy(), result.videos[1].numpy()) < 40
 
 
+@pytest.mark.parametrize("mode", ["text", "image"])
+def test_a_clip_of_a_batch_is_the_clip_made_alone_exactly(ours, mode):
+    """`--from` replays one clip of a `--num N` batch alone: its latents must be the batch's to the bit. On one
+    thread the blocks' matmuls give each row the same numbers at any batch size; image to video's per-frame
+    timesteps are embedded once for every clip (the timestep MLP's rounding depends on how many rows it gets)."""
+    pipe, decoded = ours["wan"], []
+    image = first_frame(64, 32) if mode == "image" else None
+    original, threads = pipe._decode, torch.get_num_threads()
+
+    def spy(latents, width, height):
+        decoded.append(latents.clone())
+        return original(latents, width, height)
+
+    pipe._decode = spy
+    torch.set_num_threads(1)
+    try:
+        batch = pipe.generate(_request("wan", seeds=[7, 8], steps=2, image=image))
+        alone = pipe.generate(_request("wan", seeds=[8], steps=2, image=image))
+    finally:
+        pipe._decode = original
+        torch.set_num_threads(threads)
+    assert torch.equal(decoded[1], decoded[2]) and torch.equal(batch.videos[1], alone.videos[0])
+
+
 def test_learned_sigma_half_is_dropped_as_diffusers_does(models, ours):
     request = _request("wan-sigma", guidance=1.0)  # no CFG: a single forward
     _assert_every_frame_matches(ours["wan-sigma"].generate(request).videos[0],

@@ -128,18 +128,83 @@ def check_rewards(terms: list[RewardTerm]) -> None:
             locate_reward_model(term.name, term.model_dir)
 
 
+def with_absolute_paths(text: str) -> str:
+    """`--reward` with each plugin file and reward-model folder absolute, so a run's record works from any folder;
+    items without a path stay as typed."""
+    items = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        (term,) = parse_rewards(item)
+        if term.path is None and term.model_dir is None:
+            items.append(item)
+            continue
+        weight = "" if term.weight == 1.0 else f":{term.weight!r}"
+        if term.path is not None:
+            items.append(f"{Path(term.path).expanduser().resolve()}:{term.name}{weight}")
+        else:
+            items.append(f"{term.name}={Path(term.model_dir).expanduser().resolve()}{weight}")
+    return ",".join(items)
+
+
+def same_rewards(recorded: str, given: str) -> bool:
+    """Whether two `--reward` texts name the same rewards, weights and files, however each path is spelled."""
+    try:
+        return parse_rewards(with_absolute_paths(recorded)) == parse_rewards(with_absolute_paths(given))
+    except UsageError:
+        return recorded == given
+
+
+PLUGIN_SIGNATURE = "fn(images, prompts) or fn(images, prompts, metadata)"
+
+
+def metadata_passing(positional: list[str], required: int, var_positional: bool, keyword_only: list[str],
+                     required_keyword_only: list[str]) -> str:
+    """How a plugin function is called, from its parameters: "positional" (images, prompts, metadata), "keyword"
+    (metadata=...) or "none" (images, prompts). ValueError saying what it takes when it fits neither form."""
+    unfilled = [name for name in required_keyword_only if name != "metadata"]
+    if unfilled:
+        raise ValueError(f"its keyword-only argument '{unfilled[0]}' has no default")
+    if not var_positional and len(positional) < 2:
+        raise ValueError(f"it takes ({', '.join(positional)})" if positional else "it takes no positional arguments")
+    if required > 3:
+        raise ValueError(f"it needs {required} positional arguments ({', '.join(positional[:required])})")
+    if var_positional or len(positional) >= 3:
+        return "positional"
+    return "keyword" if "metadata" in keyword_only else "none"
+
+
+def _ast_metadata_passing(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    """`metadata_passing` of a function's definition, read without running it; None where a decorator may give it
+    another signature."""
+    if node.decorator_list:
+        return None
+    args = node.args
+    positional = [a.arg for a in (*args.posonlyargs, *args.args)]
+    keyword_only = [a.arg for a in args.kwonlyargs]
+    required_keyword_only = [a.arg for a, default in zip(args.kwonlyargs, args.kw_defaults) if default is None]
+    return metadata_passing(positional, len(positional) - len(args.defaults), args.vararg is not None, keyword_only,
+                            required_keyword_only)
+
+
 def _check_plugin(path: Path, function: str) -> None:
-    """The file exists, parses, and defines `function` at its top level: read, never run."""
+    """The file exists, parses, and defines `function` at its top level, taking what a reward is given: read,
+    never run."""
     if not path.is_file():
         raise UsageError(f"reward plugin not found: {path}", "give path/to/file.py:function")
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (OSError, UnicodeDecodeError, SyntaxError) as exc:
         raise UsageError(f"cannot read the reward plugin {path} ({type(exc).__name__}: {exc})") from None
-    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    defined = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     if function not in defined:
         names = ", ".join(sorted(defined)) or "none"
         raise UsageError(f"{path} defines no function '{function}' at its top level", f"functions there: {names}")
+    try:
+        _ast_metadata_passing(defined[function])
+    except ValueError as exc:
+        raise UsageError(f"the reward {path.name}:{function} does not take a reward's arguments: {exc}",
+                         f"define it as {PLUGIN_SIGNATURE}") from None
 
 
 # -- the rewards ----------------------------------------------------------------------------------------------
@@ -190,12 +255,25 @@ class PluginReward:
         self.fn = getattr(module, function, None)
         if not callable(self.fn):
             raise RewardError(f"{path_obj.name}:{function} is not a function after loading")
-        params = inspect.signature(self.fn).parameters
-        self.with_metadata = "metadata" in params or len(params) >= 3 or any(
-            p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values())
+        kind = inspect.Parameter
+        params = list(inspect.signature(self.fn).parameters.values())
+        positional = [p for p in params if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)]
+        keyword_only = [p for p in params if p.kind is kind.KEYWORD_ONLY]
+        try:
+            self.metadata = metadata_passing(
+                [p.name for p in positional], sum(p.default is kind.empty for p in positional),
+                any(p.kind is kind.VAR_POSITIONAL for p in params), [p.name for p in keyword_only],
+                [p.name for p in keyword_only if p.default is kind.empty])
+        except ValueError as exc:
+            raise RewardError(f"the reward {path_obj.name}:{function} does not take a reward's arguments: {exc}",
+                              f"define it as {PLUGIN_SIGNATURE}") from None
 
     def __call__(self, images, prompts: list[str], metadata: list[dict]):
-        return self.fn(images, prompts, metadata) if self.with_metadata else self.fn(images, prompts)
+        if self.metadata == "positional":
+            return self.fn(images, prompts, metadata)
+        if self.metadata == "keyword":
+            return self.fn(images, prompts, metadata=metadata)
+        return self.fn(images, prompts)
 
 
 def load_reward(term: RewardTerm, device):
