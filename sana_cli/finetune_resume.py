@@ -204,7 +204,7 @@ def check_out_folder(out_dir: Path) -> None:
     written, is one line now, not an OSError once the run has started."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file, not a run folder", "give a folder for the run with --out")
-    from .generation import check_output_dirs
+    from .run_output import check_output_dirs
 
     try:
         check_output_dirs([out_dir / "train_config.json"])

@@ -16,8 +16,7 @@ from sana.errors import UsageError
 from . import console
 from . import options as opt
 from .generation import (
-    DTYPE_CHOICES, IMAGE_SAMPLERS, check_output_dirs, component_sizes, default_model,
-    generate_with_progress, parse_resolution, plan_jobs, plan_table,
+    DTYPE_CHOICES, IMAGE_SAMPLERS, component_sizes, default_model, parse_resolution, plan_jobs, plan_table,
     quiet_libraries, read_jobs, replay_settings, resolve_for, transformer_config_for, weights_variant,
 )
 from .image_settings import (LORA_SETTING_FIELDS, check_pag_layers, image_request, images_a_batch,
@@ -25,6 +24,7 @@ from .image_settings import (LORA_SETTING_FIELDS, check_pag_layers, image_reques
 from .launch import check_gpus, process_device, share_of_plan, spread_jobs
 from .notices import note_cut_prompts, note_large_sizes, note_outside_nano_grammar, note_unused_negative
 from .replay import check_replayed_loras, model_record_name, refuse_served_loras, served_lora_args
+from .run_output import check_output_dirs, generate_with_progress
 
 
 def gen(
@@ -219,7 +219,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     from sana.outputs import GenerationRecord, file_sha256, save_image
     from sana.pipelines.image import ImagePipeline, ImageRequest
 
-    from .generation import print_written, save_or_keep
+    from .run_output import print_written, save_or_keep
     from .notices import note_cuda_build_without_gpu
 
     # 4. Requests from the model's defaults, and what the largest of them asks of the device.

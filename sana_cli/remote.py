@@ -21,7 +21,7 @@ from typing import Any
 from sana.errors import SanaError, UsageError
 
 from . import console
-from .generation import print_written
+from .run_output import print_written
 
 TIMEOUT = 600.0  # seconds a request may take (a queued batch of large images)
 POLL_SECONDS = 0.5

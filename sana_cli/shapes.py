@@ -33,7 +33,7 @@ def _progress(description: str, total: int):
 
 
 def _empty_folder(path: Path, force: bool, what: str) -> None:
-    from .generation import check_output_dirs
+    from .run_output import check_output_dirs
 
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path} is a file, not a folder")

@@ -77,8 +77,8 @@ def run(flags: dict[str, Any]) -> None:
     from sana.outputs.video import check_replaceable_frames
     from sana.pipelines.sizes import video_binned_size, video_vae_geometry
 
-    from .generation import (DTYPE_CHOICES, check_output_dirs, default_model, plan_jobs, read_jobs, replay_settings,
-                             resolve_for)
+    from .generation import DTYPE_CHOICES, default_model, plan_jobs, read_jobs, replay_settings, resolve_for
+    from .run_output import check_output_dirs
     from .launch import check_gpus, process_device, share_of_plan, spread_jobs
 
     # 1. Settings from --from, the command line and the prompts file, every value checked (before torch loads).
@@ -323,7 +323,7 @@ def _generate_and_save(pipe, request, paths: list[Path], fps: float, flags: dict
     from sana.device import DTYPE_NAMES
     from sana.outputs import GenerationRecord, file_sha256, save_video
 
-    from .generation import generate_with_progress, print_written
+    from .run_output import generate_with_progress, print_written
 
     result = generate_with_progress(pipe, request)
     timings = {"load": round(load_seconds, 3), **{k: round(v, 3) for k, v in result.timings.items()}}

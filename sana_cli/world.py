@@ -401,7 +401,7 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
     from sana.outputs import GenerationRecord, save_video
     from sana.registry import find_spec
 
-    from .generation import generate_with_progress, print_written
+    from .run_output import generate_with_progress, print_written
 
     from .replay import model_record_name
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from sana.errors import Interrupted, SanaError
 from sana.embedded import embedded_model_dir
-from sana_cli.generation import ProgressLines, save_or_keep
+from sana_cli.run_output import ProgressLines, save_or_keep
 from tests.cli_helpers import psnr, run_sana
 
 nano = pytest.mark.skipif(embedded_model_dir("nano") is None, reason="no nano model in this installation")
