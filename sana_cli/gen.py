@@ -27,6 +27,21 @@ from .replay import check_replayed_loras, model_record_name, refuse_served_loras
 from .run_output import check_output_dirs, generate_with_progress
 
 
+
+def check_image_settings(settings: dict[str, Any], command: str) -> None:
+    """One job's values (flags, a prompts-file line or a replayed record, which no option parser saw), before
+    anything loads."""
+    parse_resolution(settings.get("res"))
+    if settings.get("sampler") and settings["sampler"] not in IMAGE_SAMPLERS:
+        offered = [s for s in IMAGE_SAMPLERS if (s == "scm") == (command == "sprint")]  # scm: Sprint's alone
+        raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(offered)}")
+    guidance_option = "--guidance" if command == "sprint" else "--cfg"  # sprint's option has that name only
+    for key, option in (("cfg", guidance_option), ("pag", "--pag"), ("pag_layer", "--pag-layer")):
+        if settings.get(key) is not None and not (math.isfinite(float(settings[key])) and float(settings[key]) >= 0):
+            raise UsageError(f"{option} {float(settings[key]):g} must be a finite number >= 0")
+    if settings.get("shift") is not None and not (math.isfinite(float(settings["shift"])) and float(settings["shift"]) > 0):
+        raise UsageError(f"--shift {float(settings['shift']):g} must be a finite number > 0")
+
 def gen(
     prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
     model: opt.Model = None,
@@ -140,7 +155,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
 
     memory_mode = check_mode(flags.get("memory") or "auto")
     max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
-    jobs = read_jobs(flags, replay, command)
+    jobs = read_jobs(flags, replay, command, check_line=lambda settings: check_image_settings(settings, command))
     for _, overrides in jobs:
         foreign = sorted(set(overrides) - set(SETTING_KEYS))
         if foreign:
@@ -167,17 +182,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
 
     # 2. Seeds and output paths, before anything loads: an existing file fails now, not after a long load.
     def check(settings: dict[str, Any]) -> None:
-        parse_resolution(settings.get("res"))
-        if settings.get("sampler") and settings["sampler"] not in IMAGE_SAMPLERS:
-            offered = [s for s in IMAGE_SAMPLERS if (s == "scm") == (command == "sprint")]  # scm: Sprint's alone
-            raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(offered)}")
-        guidance_option = "--guidance" if command == "sprint" else "--cfg"  # sprint's option has that name only
-        for key, option in (("cfg", guidance_option), ("pag", "--pag"), ("pag_layer", "--pag-layer")):
-            # also a prompts file's or a replayed record's values, which no option parser saw
-            if settings.get(key) is not None and not (math.isfinite(float(settings[key])) and float(settings[key]) >= 0):
-                raise UsageError(f"{option} {float(settings[key]):g} must be a finite number >= 0")
-        if settings.get("shift") is not None and not (math.isfinite(float(settings["shift"])) and float(settings["shift"]) > 0):
-            raise UsageError(f"--shift {float(settings['shift']):g} must be a finite number > 0")
+        check_image_settings(settings, command)
 
     def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
         return plan_output_paths(out, prompt=prompt, seeds=seeds, ext=output_extension(out), force=force or skip_existing,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sana.errors import OutputExists, SanaError, UsageError
 
@@ -125,10 +125,11 @@ def check_not_reward(model_arg: str, command: str) -> None:
     raise UsageError(f"{model_arg} is a reward model, not {FAMILY_NAMES[COMMAND_FAMILIES[command][0]]}", hint)
 
 
-def read_jobs(flags: dict[str, Any], replay: dict[str, Any], command: str, noun: str = "IMAGE"
-              ) -> list[tuple[str, dict[str, Any]]]:
+def read_jobs(flags: dict[str, Any], replay: dict[str, Any], command: str, noun: str = "IMAGE",
+              check_line: Callable[[dict[str, Any]], Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(prompt, per-prompt overrides) from the prompt argument, --prompts FILE or --from's record. A prompt of
-    spaces alone is no prompt, as an empty one is (a prompts file skips such lines)."""
+    spaces alone is no prompt, as an empty one is (a prompts file skips such lines). `check_line(overrides)`, the
+    command's checks of a job's values, runs on each line of a prompts file, so its errors name the file and line."""
     from sana.prompts_file import read_prompts
 
     typed = flags.get("prompt") if (flags.get("prompt") or "").strip() else None
@@ -136,7 +137,7 @@ def read_jobs(flags: dict[str, Any], replay: dict[str, Any], command: str, noun:
         if typed:
             raise UsageError("give a prompt or --prompts FILE, not both")
         return [(job.prompt, dict(job.overrides))
-                for job in read_prompts(Path(flags["prompts"]), check_size=_size_check(command))]
+                for job in read_prompts(Path(flags["prompts"]), check_size=_size_check(command), check_line=check_line)]
     prompt = typed or replay.get("prompt")
     if not (prompt or "").strip():
         raise UsageError("no prompt given", f"give a prompt: sana {command} \"a prompt\", or --prompts FILE, or --from {noun}")

@@ -117,20 +117,6 @@ def run(flags: dict[str, Any]) -> None:
     fmt = explicit.get("format")
     if fmt is not None and fmt not in CLIP_FORMATS:
         raise UsageError(f"unknown --format '{fmt}'", f"use {', '.join(CLIP_FORMATS)}")
-    jobs = read_jobs(flags, replay, "video", noun="CLIP")
-    for _, overrides in jobs:
-        foreign = sorted(set(overrides) - set(VIDEO_KEYS))
-        if "lora" in foreign:  # one set of LoRAs a run: the video DiT is loaded once
-            raise UsageError("the prompts file sets lora: sana video applies --lora to every clip of a run",
-                             "give --lora once, or run each LoRA's prompts on their own")
-        if foreign:
-            raise UsageError(f"the prompts file sets {', '.join(foreign)}, which clips do not take")
-    crf = explicit.get("crf")
-    if crf is not None and not 0 <= crf <= 51:
-        raise UsageError(f"--crf {crf} is out of range", "use 0 (lossless) to 51")
-    asked_crf = crf is not None  # a replayed one encodes alike, without notices where it does not apply
-    if crf is None and replay.get("crf") is not None:
-        crf = int(replay["crf"])
     firsts: dict[str, FirstFrame] = {}  # each first frame read (and checked) once, before anything loads
 
     def first_frame(settings: dict[str, Any]) -> FirstFrame | None:
@@ -144,6 +130,22 @@ def run(flags: dict[str, Any]) -> None:
                                                       str(flags["from"]) if replayed else None)
         return firsts[str(image_arg)]
 
+    jobs = read_jobs(flags, replay, "video", noun="CLIP",
+                     check_line=lambda overrides: _check_line(overrides, first_frame, fmt))
+    for _, overrides in jobs:
+        foreign = sorted(set(overrides) - set(VIDEO_KEYS))
+        if "lora" in foreign:  # one set of LoRAs a run: the video DiT is loaded once
+            raise UsageError("the prompts file sets lora: sana video applies --lora to every clip of a run",
+                             "give --lora once, or run each LoRA's prompts on their own")
+        if foreign:
+            raise UsageError(f"the prompts file sets {', '.join(foreign)}, which clips do not take")
+    crf = explicit.get("crf")
+    if crf is not None and not 0 <= crf <= 51:
+        raise UsageError(f"--crf {crf} is out of range", "use 0 (lossless) to 51")
+    asked_crf = crf is not None  # a replayed one encodes alike, without notices where it does not apply
+    if crf is None and replay.get("crf") is not None:
+        crf = int(replay["crf"])
+
     def plan_paths(out: str | None, prompt: str, seeds: list[int], index_start: int, taken: set[Path]) -> list[Path]:
         paths = plan_clip_paths(out, prompt=prompt, seeds=seeds, fmt=fmt, force=force or skip_existing,
                                 index_start=index_start, taken=taken)
@@ -153,10 +155,6 @@ def run(flags: dict[str, Any]) -> None:
                     check_replaceable_frames(path)
         return paths
 
-    if flags.get("prompts"):  # each line's own values again, where an error can name the file and line
-        from sana.prompts_file import read_prompts
-
-        read_prompts(Path(flags["prompts"]), check_line=lambda overrides: _check_line(overrides, first_frame, fmt))
     planned_jobs = share_of_plan()  # one of --gpus N's processes: the parent planned the outputs
     if planned_jobs is None:
         planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check_settings,

@@ -64,7 +64,7 @@ FAST_ERRORS = {
     "pag-negative": (("gen", "x", "-m", "nano", "--pag", "-2"), "-2 is not a guidance scale"),
     "shift-negative": (("gen", "x", "-m", "nano", "--shift", "-1"), "-1 is not a flow shift"),
     "world-shift-zero": (("world", "x", "--shift", "0"), "0 is not a flow shift"),
-    "prompts-file-cfg-nan": (("gen", "--prompts", "nan.jsonl", "-m", "nano"), "--cfg nan must be a finite number"),
+    "prompts-file-cfg-nan": (("gen", "--prompts", "nan.jsonl", "-m", "nano"), "nan.jsonl line 1: \"cfg\" nan must be a finite number"),
     "pag-layer-negative": (("gen", "x", "-m", "nano", "--pag", "2", "--pag-layer", "-1"), "--pag-layer -1"),
     "device-typo": (("gen", "x", "-m", "nano", "--device", "tpu"), "unknown device 'tpu'"),
     "video-device-typo": (("video", "x", "--device", "cuda:one"), "unknown device 'cuda:one'"),

@@ -91,3 +91,18 @@ def test_the_registry_says_a_reward_model_is_one():
         get_spec("clip")
     with pytest.raises(ModelNotFound, match="unknown model 'clipp'"):
         get_spec("clipp")
+
+
+@pytest.mark.parametrize("values, command, words", [
+    ('"cfg": -1', "gen", '"cfg" -1 must be a finite number >= 0'),
+    ('"sampler": "dpm++"', "gen", "unknown sampler 'dpm++'"),
+    ('"pag": -2', "gen", '"pag" -2 must be a finite number >= 0'),
+    ('"shift": 0', "sprint", '"shift" 0 must be a finite number > 0'),
+], ids=["cfg", "sampler", "pag", "sprint-shift"])
+def test_an_image_lines_bad_value_names_the_file_and_line(tmp_path, values, command, words):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "a small red circle on the left on a white background"}\n'
+                                             '{"prompt": "a small red circle on the left on a white background", '
+                                             + values + "}\n")
+    message = assert_one_line_error(run_sana(command, "--prompts", "prompts.jsonl", "--model", "nano", "--dry-run",
+                                             cwd=tmp_path))
+    assert message.startswith("error: prompts.jsonl line 2: ") and words in message, message
