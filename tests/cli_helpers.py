@@ -18,8 +18,19 @@ def sana_executable() -> str:
     return found
 
 
+def same_threads() -> dict[str, str]:
+    """The environment that makes a `sana` process compute on as many threads as this one: left to choose, it
+    takes the cores idle when it starts, and another thread count sums in another order, while the tests compare
+    pixels between processes (a served clip and `sana world`'s, a replay and its original) bit for bit; one
+    level's difference in a frame can turn an H.264 block's coding, and then the block, a long way."""
+    import torch
+
+    return {"SANA_THREADS": str(torch.get_num_threads())}
+
+
 def run_sana(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200", **same_threads(),
+                **(env or {})}
     return subprocess.run([sana_executable(), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
 

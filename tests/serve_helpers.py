@@ -13,9 +13,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
-from tests.cli_helpers import sana_executable
+from tests.cli_helpers import same_threads, sana_executable
 
 STARTUP_SECONDS = 180
 
@@ -24,13 +22,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def same_threads() -> dict[str, str]:
-    """The environment that makes a `sana` process compute on as many threads as this one: left to choose, it
-    takes the cores idle when it starts, and another thread count sums in another order, while the tests compare
-    served and generated pixels bit for bit."""
-    return {"SANA_THREADS": str(torch.get_num_threads())}
 
 
 @contextmanager
