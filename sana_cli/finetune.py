@@ -97,12 +97,12 @@ def finetune(
         return
     refuse_rl_flags(flags)
 
-    with _StartupInterrupt() as guard:
+    with StartupInterrupt() as guard:
         _finetune(flags, data, out, resume, resume_from, gpus, main_process, guard)
 
 
 def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_from: Path | None, gpus: int,
-              main_process: bool, guard: "_StartupInterrupt") -> None:
+              main_process: bool, guard: "StartupInterrupt") -> None:
     # 1. Settings: a resumed run's own settings, overridden by the flags given now; all checked before torch loads.
     from sana.training.data import check_data_folder
 
@@ -195,7 +195,7 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
     console.result(str(result.output))
 
 
-class _StartupInterrupt:
+class StartupInterrupt:
     """Ctrl-C until the training loop takes it over (its `StopFlag`) and again once it has let go: raised at once
     as Python does, and remembered, because a KeyboardInterrupt raised inside a `__del__` is printed and lost and
     the run then went on to train. The next start-up event raises it again; one lost after training started is

@@ -15,7 +15,7 @@ from pathlib import Path
 from sana.errors import UsageError
 
 from . import console
-from .finetune import TrainingProgress, _StartupInterrupt, check_flags, exit_if_interrupted, resume_command
+from .finetune import StartupInterrupt, TrainingProgress, check_flags, exit_if_interrupted, resume_command
 from .finetune_settings import apply_flags
 
 # Flags that only mean something with --rl (without it they are refused, not ignored).
@@ -107,7 +107,7 @@ def finetune_rl(flags: dict) -> None:
         if importlib.util.find_spec("bitsandbytes") is None:
             raise UsageError("--optimizer adamw8bit needs bitsandbytes", "pip install bitsandbytes, or use --optimizer adamw")
 
-    with _StartupInterrupt() as guard:
+    with StartupInterrupt() as guard:
         try:
             result = _train(flags, settings, out_dir, start, continuing, gpus, main_process, guard)
         except KeyboardInterrupt:  # before the loop took over Ctrl-C (imports, loading), a second Ctrl-C, the export

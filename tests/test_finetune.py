@@ -572,11 +572,11 @@ def test_a_ctrl_c_lost_during_start_up_still_stops_the_run():
     """A KeyboardInterrupt raised inside a `__del__` is printed and dropped; the run must stop anyway."""
     from sana.training.runtime import StopFlag
     from sana.training.trainer import TrainEvents
-    from sana_cli.finetune import _StartupInterrupt
+    from sana_cli.finetune import StartupInterrupt
 
     before = signal.getsignal(signal.SIGINT)
     phases, steps = [], []
-    with _StartupInterrupt() as guard:
+    with StartupInterrupt() as guard:
         events = guard.guarded(TrainEvents(on_phase=phases.append, on_step=steps.append))
         events.on_phase("data")
         try:
