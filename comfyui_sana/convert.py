@@ -50,7 +50,7 @@ def record(model, *, prompt: str, negative: str, seed: int, steps: int, guidance
 
     pipe = model.pipeline()
     return asdict(GenerationRecord(
-        prompt=prompt, negative_prompt=negative, model=model.name, model_repo=model.repo,
+        prompt=prompt, negative_prompt=negative, model=model.record_name, model_repo=model.repo,
         model_revision=model.revision, family=model.family, seed=seed, steps=steps, guidance=guidance, pag=pag,
         pag_layers=[pag_layer] if pag > 0 and pag_layer is not None else [], sampler=sampler, flow_shift=shift,
         width=width, height=height, frames=frames, fps=fps, dtype=DTYPE_NAMES.get(pipe.dtype, str(pipe.dtype)),

@@ -145,11 +145,18 @@ def _request(model: SanaModel, cond: Conditioning, *, seed, batch_size, width, h
     from sana.pipelines.sizes import binned_size
 
     d = model.image_defaults()
+    # 0 (-1 for guidance): the model's default, as `sana gen` takes it when the option is not given
+    steps, width, height = steps or d.steps, width or d.resolution, height or d.resolution
+    guidance = d.cfg if guidance < 0 else guidance
     if widgets.snapped(width, height) != (width, height):
         host.log.warning("sana: size %dx%d snapped to %dx%d (sides are multiples of 32)", width, height,
                          *widgets.snapped(width, height))
         width, height = widgets.snapped(width, height)
-    request = ImageRequest(prompt=cond.prompt, negative_prompt=cond.negative, seeds=widgets.seeds(seed, batch_size),
+    negative = cond.negative
+    if model.family == "sprint" and negative:
+        host.log.warning("sana: SANA-Sprint takes no negative prompt; it is left out, and not recorded")
+        negative = ""
+    request = ImageRequest(prompt=cond.prompt, negative_prompt=negative, seeds=widgets.seeds(seed, batch_size),
                            width=width, height=height, steps=steps, guidance=guidance, sampler=sampler,
                            flow_shift=shift or d.shift, pag=pag,
                            pag_layers=(pag_layer if pag_layer >= 0 else d.pag_layer,),
@@ -169,7 +176,8 @@ def _latent(model: SanaModel, request, latents, seconds: float) -> dict:
     records = [convert.record(model, prompt=request.prompt, negative=request.negative_prompt, seed=s,
                               steps=request.steps, guidance=request.guidance, sampler=request.sampler,
                               shift=request.flow_shift, width=request.width, height=request.height, pag=request.pag,
-                              pag_layer=request.pag_layers[0], timings={"denoise": seconds})
+                              pag_layer=request.pag_layers[0], timings={"denoise": seconds},
+                              extra=request.record_extra())
                for s in request.seeds]
     return {"samples": samples, "sana": {"width": request.width, "height": request.height,
                                          "latent_hw": list(samples.shape[-2:]), "records": records}}
@@ -188,11 +196,11 @@ class SanaSampler:
         d = widgets.preset(widgets.IMAGE_PRESET)
         return {"required": {
                     "model": ("SANA_MODEL",), "conditioning": ("SANA_CONDITIONING",), "seed": widgets.seed(),
-                    "steps": widgets.steps(d["steps"]), "guidance": widgets.guidance(d["guidance"]),
+                    "steps": widgets.model_steps(0), "guidance": widgets.model_guidance(),
                     "pag": ("FLOAT", {"default": d["pag"], "min": 0.0, "max": 20.0, "step": 0.1, "round": 0.01,
                                       "tooltip": "Perturbed-attention guidance scale (0: off)."}),
                     "sampler": (["flow-dpm", "flow-euler"], {"default": d["sampler"]}), "shift": widgets.shift(),
-                    "width": widgets.side(d["resolution"], "width"), "height": widgets.side(d["resolution"], "height"),
+                    "width": widgets.model_side("width"), "height": widgets.model_side("height"),
                     "batch_size": widgets.batch_size()},
                 "optional": {
                     "pag_layer": ("INT", {"default": -1, "min": -1, "max": 100,
@@ -207,7 +215,7 @@ class SanaSampler:
         request = _request(model, conditioning, seed=seed, batch_size=batch_size, width=width, height=height,
                            steps=steps, guidance=guidance, sampler=sampler, shift=shift, pag=pag, pag_layer=pag_layer)
         start = time.perf_counter()
-        latents = model.pipeline().sample(request, conditioning.rows, host.events(steps))
+        latents = model.pipeline().sample(request, conditioning.rows, host.events(request.steps))
         return (_latent(model, request, latents, time.perf_counter() - start),)
 
 
@@ -242,7 +250,7 @@ class SanaSprint:
                            steps=steps, guidance=guidance, sampler="scm", shift=0.0, max_timesteps=max_timesteps,
                            intermediate_timesteps=intermediate_timesteps)
         start = time.perf_counter()
-        latents = model.pipeline().sample(request, conditioning.rows, host.events(steps))
+        latents = model.pipeline().sample(request, conditioning.rows, host.events(request.steps))
         return (_latent(model, request, latents, time.perf_counter() - start),)
 
 
@@ -300,7 +308,7 @@ class SanaGenerate:
                  batch_size, pag_layer=-1):
         model.require(*IMAGE_FAMILIES, node="Sana Generate")
         sprint = model.family == "sprint"
-        if sprint and not 1 <= steps <= 4:
+        if sprint and steps and not 1 <= steps <= 4:
             raise UsageError(f"steps {steps} is out of range for SANA-Sprint", "use 1 to 4 steps")
         if sprint and pag > 0:
             raise UsageError("PAG does not apply to SANA-Sprint", "set pag to 0")
@@ -310,11 +318,12 @@ class SanaGenerate:
                            guidance=guidance, sampler="scm" if sprint else sampler, shift=shift, pag=pag,
                            pag_layer=pag_layer, max_timesteps=d.max_timesteps,
                            intermediate_timesteps=d.intermediate_timesteps)
-        result = model.pipeline().generate(request, host.events(steps))
-        records = [convert.record(model, prompt=prompt, negative=negative, seed=s, steps=request.steps,
-                                  guidance=guidance, sampler=request.sampler, shift=request.flow_shift,
+        result = model.pipeline().generate(request, host.events(request.steps))
+        records = [convert.record(model, prompt=prompt, negative=request.negative_prompt, seed=s, steps=request.steps,
+                                  guidance=request.guidance, sampler=request.sampler, shift=request.flow_shift,
                                   width=request.width, height=request.height, pag=pag,
                                   pag_layer=request.pag_layers[0], timings=result.timings,
-                                  extra={"generated_size": list(result.generated_size)})
+                                  extra={"generated_size": list(result.generated_size),
+                                         **request.record_extra()})
                    for s in request.seeds]
         return (convert.pil_to_image(result.images), records)

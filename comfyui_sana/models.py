@@ -64,6 +64,13 @@ class SanaModel:
     def key(self) -> tuple:
         return (str(self.path), self.dtype, self.memory, tuple((str(p), s) for p, s in self.loras))
 
+    @property
+    def record_name(self) -> str:
+        """The model as a file's record names it, so `sana gen --from` finds it: a registry name or hub id as
+        given, a folder (ComfyUI's models/sana ones included, which the graph names by folder name) by its
+        absolute path."""
+        return self.name if self.spec is not None or self.repo else str(Path(self.path).resolve())
+
     def with_lora(self, path: Path, strength: float) -> "SanaModel":
         """This model with one more LoRA merged at load (image and video models)."""
         self.require(*IMAGE_FAMILIES, "video", node="Sana LoRA")

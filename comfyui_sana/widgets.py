@@ -39,6 +39,17 @@ def model_steps(default: int) -> tuple:
     return ("INT", {"default": default, "min": 0, "max": 200, "tooltip": "Denoising steps; 0: the model's default."})
 
 
+def model_guidance() -> tuple:
+    return ("FLOAT", {"default": -1.0, "min": -1.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                      "tooltip": "Classifier-free guidance scale (1 or less: off); -1: the model's default."})
+
+
+def model_side(what: str) -> tuple:
+    return ("INT", {"default": 0, "min": 0, "max": 16384, "step": SIZE_STEP,
+                    "tooltip": f"Output {what} in px; 0: the model's native size. Generated at the nearest trained "
+                               "aspect ratio, then resized."})
+
+
 def guidance(default: float, tooltip: str = "Classifier-free guidance scale (1 or less: off).") -> tuple:
     return ("FLOAT", {"default": default, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01, "tooltip": tooltip})
 

@@ -96,7 +96,7 @@ def _pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu or auto")
+        raise UsageError(f"--device {name} was asked for but no CUDA GPU is available", "use --device cpu or auto")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("--device mps was asked for but MPS is not available", "use --device cpu or auto")
     if name not in ("cpu", "mps") and not name.startswith("cuda"):

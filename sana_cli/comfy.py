@@ -111,9 +111,11 @@ def _describe(target: Path, source: Path) -> str:
 
 def _remove_pack(target: Path) -> None:
     """Remove a link, or a folder that is a copy of this pack; anything else is left alone."""
-    if target.is_symlink() or target.is_file():
+    if target.is_symlink():
         target.unlink()
         return
+    if target.is_file():
+        raise UsageError(f"{target} is a file, not the Sana node pack", "move it away yourself")
     if not (target / "image_nodes.py").is_file() or not (target / "models.py").is_file():
         raise UsageError(f"{target} is not a copy of the Sana node pack", "move it away yourself")
     shutil.rmtree(target)

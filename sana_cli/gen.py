@@ -19,7 +19,7 @@ from .generation import (
     DTYPE_CHOICES, IMAGE_SAMPLERS, component_sizes, default_model, parse_resolution, plan_jobs, plan_table,
     quiet_libraries, read_jobs, replay_settings, resolve_for, transformer_config_for, weights_variant,
 )
-from .image_settings import (LORA_SETTING_FIELDS, check_pag_layers, image_request, images_a_batch,
+from .image_settings import (LORA_SETTING_FIELDS, check_pag_layers, image_request, images_a_batch, snap_size,
                              model_defaults, output_extension, with_lora_defaults, workload)
 from .launch import check_gpus, process_device, share_of_plan, spread_jobs
 from .notices import note_cut_prompts, note_large_sizes, note_outside_nano_grammar, note_unused_negative
@@ -27,14 +27,17 @@ from .replay import check_replayed_loras, model_record_name, refuse_served_loras
 from .run_output import check_output_dirs, generate_with_progress
 
 
-
 def check_image_settings(settings: dict[str, Any], command: str) -> None:
     """One job's values (flags, a prompts-file line or a replayed record, which no option parser saw), before
     anything loads."""
     parse_resolution(settings.get("res"))
-    if settings.get("sampler") and settings["sampler"] not in IMAGE_SAMPLERS:
-        offered = [s for s in IMAGE_SAMPLERS if (s == "scm") == (command == "sprint")]  # scm: Sprint's alone
-        raise UsageError(f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(offered)}")
+    offered = [s for s in IMAGE_SAMPLERS if (s == "scm") == (command == "sprint")]  # scm: Sprint's alone
+    if settings.get("sampler") and settings["sampler"] not in offered:
+        known = "SANA-Sprint's (sana sprint)" if settings["sampler"] == "scm" else None
+        raise UsageError(f"sampler '{settings['sampler']}' is {known}" if known
+                         else f"unknown sampler '{settings['sampler']}'", f"use one of {', '.join(offered)}")
+    if command == "sprint" and settings.get("steps") is not None and not 1 <= int(settings["steps"]) <= 4:
+        raise UsageError(f"--steps {settings['steps']} is out of range for SANA-Sprint", "use 1 to 4 steps")
     guidance_option = "--guidance" if command == "sprint" else "--cfg"  # sprint's option has that name only
     for key, option in (("cfg", guidance_option), ("pag", "--pag"), ("pag_layer", "--pag-layer")):
         if settings.get(key) is not None and not (math.isfinite(float(settings[key])) and float(settings[key]) >= 0):
@@ -84,7 +87,7 @@ def gen(
 # Settings are merged as plain dicts: a JSONL line's overrides beat explicit flags, which beat --from, which
 # beats the model's defaults.
 SETTING_KEYS = ("prompt", "negative", "seed", "num", "steps", "cfg", "pag", "pag_layer", "res", "sampler", "shift",
-                "out", "lora")
+                "out", "lora", "max_timesteps", "intermediate_timesteps")
 
 
 def check_fp8(device, dtype: str) -> None:
@@ -133,7 +136,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     """The whole run for `sana gen` / `sana sprint` (command names the family it expects). Steps 1-3 read no
     weights and import no torch: every mistake in the arguments is reported in a fraction of a second."""
     from sana.lora import parse_lora_arg
-    from sana.outputs import plan_output_paths
+    from sana.outputs import check_jpeg_room, plan_output_paths
 
     # 1. Settings from --from, the command line and the prompts file; LoRAs and the transformer file checked.
     replay = replay_settings(flags.get("from"), command)
@@ -143,6 +146,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     console.settings.json = bool(flags.get("as_json"))
     if force and skip_existing:
         raise UsageError("--force and --skip-existing contradict each other", "give one of them")
+    if explicit.get("intermediate_timesteps") is not None and explicit.get("steps") not in (None, 2):
+        raise UsageError(f"--intermediate-timesteps is the middle timestep of a 2-step run, not of {explicit['steps']}",
+                         "drop it, or pass --steps 2")
     gpus = int(flags.get("gpus") or 1)
     check_gpus(gpus, flags, noun="images")
     from .best_of import check_flags as check_best_of
@@ -191,8 +197,12 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     planned_jobs = share_of_plan()  # one of --gpus N's processes: the parent planned the outputs
     if planned_jobs is None:
         planned_jobs = plan_jobs(jobs, replay, explicit, dry_run=dry_run, check=check, plan_paths=plan_paths,
-                                 skip_existing=skip_existing, model=flags.get("model") or replay.get("model"))
+                                 skip_existing=skip_existing, model=flags.get("model") or replay.get("model"),
+                                 sizes_asked=lambda res: snap_size(*parse_resolution(res)))
         check_output_dirs([path for *_, paths in planned_jobs for path in paths])
+        for prompt, settings, _, paths in planned_jobs:
+            if any(Path(path).suffix.lower() in (".jpg", ".jpeg") for path in paths):
+                check_jpeg_room(prompt, settings.get("negative") or "")
         if not planned_jobs:
             console.info("nothing to make: every output exists")
             return
@@ -205,7 +215,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         return
 
     # 3. The model: resolved and its family checked (no download; a dry run plans from the registry alone).
-    model_arg = flags.get("model") or replay.get("model") or default_model(command)
+    model_arg = flags.get("model") or replay.get("model") or default_model(command, planning=dry_run)
     resolved, spec, family = resolve_for(command, model_arg, dry_run=dry_run)
     from .best_of import CANDIDATES_A_BATCH, reward_terms as best_of_rewards
 
@@ -246,8 +256,11 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     check_pag_layers([r for r, _ in requests], transformer_config_for(resolved, spec, transformer_path), model_arg)
     note_large_sizes([(r.width, r.height) for r, _ in requests], sizes.native_resolution)
     note_outside_nano_grammar(spec, [r.prompt for r, _ in requests])
-    if family != "sprint":  # Sprint takes no negative prompt
+    if family != "sprint":
         note_unused_negative([r for r, _ in requests])
+    elif any(r.negative_prompt for r, _ in requests):  # from a prompts file or a replayed image
+        console.notice("SANA-Sprint takes no negative prompt: the one given is left out, and not recorded")
+        requests = [(dataclasses.replace(r, negative_prompt=""), paths) for r, paths in requests]
     batches = [dataclasses.replace(r, seeds=r.seeds[:1] * CANDIDATES_A_BATCH) if reward_terms else r
                for r, _ in requests]  # with --best-of, a forward draws a few candidates of one image
     work = workload(batches, sizes.native_resolution, sprint=family == "sprint")
@@ -336,7 +349,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                         dtype=DTYPE_NAMES[dtype], loras=lora_records, version=__version__,
                         timings={"load": round(load_seconds, 3),
                                  **{k: round(v, 3) for k, v in details["timings"].items()}},
-                        extra={"device": str(device), "generated_size": list(details["generated_size"]),
+                        extra={"device": str(device), **request.record_extra(),
+                               "generated_size": list(details["generated_size"]),
                                "images_in_batch": chosen["batch"] if chosen else len(request.seeds),
                                "memory": details["memory"],
                                **({"fp8": "block linears, e4m3 rowwise"} if fp8 else {}),

@@ -58,6 +58,9 @@ def record_settings(record) -> dict[str, Any]:
     }
     if record.pag_layers:
         settings["pag_layer"] = record.pag_layers[0]
+    for key in ("max_timesteps", "intermediate_timesteps"):  # Sprint's TrigFlow timesteps
+        if record.extra.get(key) is not None:
+            settings[key] = record.extra[key]
     if record.extra.get("transformer"):
         settings["transformer"] = record.extra["transformer"]
     if record.loras:
@@ -155,7 +158,7 @@ def _size_check(command: str):
 
 def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], explicit: dict[str, Any], *,
               dry_run: bool, check, plan_paths, noun: str = "images", skip_existing: bool = False,
-              model: str | None = None) -> list[tuple[str, dict, list[int], list[Path]]]:
+              model: str | None = None, sizes_asked=None) -> list[tuple[str, dict, list[int], list[Path]]]:
     """Settings, seeds and output paths of every job, before anything loads (an existing file fails now, not after
     a long load). `check(settings)` rejects bad values; `plan_paths(out, prompt, seeds, index_start, taken)` names
     the outputs, default names unique against `taken` (the paths earlier jobs got). Layers: a prompts-file line's
@@ -163,7 +166,8 @@ def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], ex
     writes several outputs. `skip_existing` (with `plan_paths` naming as under --force) drops the outputs already
     on disk, and the jobs left with none: a run that stopped part-way continues where it stopped. An output counts
     as made only when its record holds the job's prompt and seed (and `model`, the run's --model, when both name
-    one); a file holding anything else is an error naming it."""
+    one) and the settings the job asks for (`sizes_asked(res)`: the (width, height) a size is recorded as, where
+    the command can tell before loading); a file holding anything else is an error naming it."""
     from sana.outputs import made_already
 
     merged = []
@@ -201,7 +205,9 @@ def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], ex
                 raise UsageError(f"two {noun} of this run would be written to {path}", "give each line its own out")
             taken.add(path)
         if skip_existing and not dry_run:
-            kept = [(s, p) for s, p in zip(seeds, paths) if not made_already(p, prompt=prompt, seed=s, model=model)]
+            asked = settings_asked(settings, sizes_asked)
+            kept = [(s, p) for s, p in zip(seeds, paths)
+                    if not made_already(p, prompt=prompt, seed=s, model=model, asked=asked)]
             skipped += len(seeds) - len(kept)
             if not kept:
                 continue
@@ -211,6 +217,22 @@ def plan_jobs(jobs: list[tuple[str, dict[str, Any]]], replay: dict[str, Any], ex
         console.info(f"--skip-existing: {skipped} of the run's {noun} exist already; making the other "
                      f"{sum(len(seeds) for _, _, seeds, _ in planned_jobs)}")
     return planned_jobs
+
+
+def settings_asked(settings: dict[str, Any], sizes_asked=None) -> dict[str, Any]:
+    """The record fields a job's given settings (flags, a prompts-file line, --from) fix: what an output already
+    on disk must hold to count as this job's (`--skip-existing`). Settings left to the model's defaults are not
+    known before it loads, and are not compared."""
+    from sana.lora import parse_lora_arg
+
+    fields = {"steps": "steps", "cfg": "guidance", "sampler": "sampler", "shift": "flow_shift", "pag": "pag",
+              "fps": "fps", "negative": "negative_prompt"}
+    asked = {field: settings[key] for key, field in fields.items() if settings.get(key) is not None}
+    if "lora" in settings:
+        asked["loras"] = [parse_lora_arg(text) for text in settings.get("lora") or []]
+    if sizes_asked is not None and settings.get("res"):
+        asked["size"] = sizes_asked(settings["res"])
+    return asked
 
 
 def _earlier_run_seed(prompt: str, paths_for) -> int | None:

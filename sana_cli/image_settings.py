@@ -128,6 +128,11 @@ def image_request(prompt: str, settings: dict[str, Any], seeds: list[int], defau
     steps = int(settings.get("steps") or (defaults.steps if sampler == defaults.sampler else _default_steps(sampler)))
     if sprint and not 1 <= steps <= 4:
         raise UsageError(f"--steps {steps} is out of range for SANA-Sprint", "use 1 to 4 steps")
+    max_timesteps = float(settings.get("max_timesteps") or defaults.max_timesteps)
+    intermediate = settings.get("intermediate_timesteps", defaults.intermediate_timesteps) if steps == 2 else None
+    if sprint and intermediate is not None and not 0 < float(intermediate) < max_timesteps:
+        raise UsageError(f"--intermediate-timesteps {float(intermediate):g} must lie between 0 and the start "
+                         f"({max_timesteps:g})", "give an --intermediate-timesteps below --max-timesteps")
     cfg = float(settings["cfg"]) if settings.get("cfg") is not None else defaults.cfg
     pag = float(settings["pag"]) if settings.get("pag") is not None else defaults.pag
     if cfg < 0 or pag < 0:
@@ -139,7 +144,7 @@ def image_request(prompt: str, settings: dict[str, Any], seeds: list[int], defau
         guidance=cfg, sampler=sampler, flow_shift=float(settings.get("shift") or defaults.shift),
         negative_prompt=settings.get("negative") or "", pag=pag,
         pag_layers=(int(settings.get("pag_layer", defaults.pag_layer)),),
-        max_timesteps=defaults.max_timesteps, intermediate_timesteps=defaults.intermediate_timesteps,
+        max_timesteps=max_timesteps, intermediate_timesteps=intermediate,
     )
     return request
 

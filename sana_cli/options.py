@@ -34,6 +34,18 @@ def check_guidance(value: float | None) -> float | None:
     return value
 
 
+def check_trigflow_time(value: float | None) -> float | None:
+    """A TrigFlow time of SANA-Sprint's sampler lies in (0, pi/2]: pi/2 is pure noise, 0 the image."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and 0 < value <= TRIGFLOW_MAX):
+        raise typer.BadParameter(f"{value:g} is not a TrigFlow time: use a number in (0, {TRIGFLOW_MAX}]")
+    return value
+
+
+TRIGFLOW_MAX = 1.5708  # pi / 2, rounded as diffusers' SanaSprintPipeline default
+
+
 def check_shift(value: float | None) -> float | None:
     """A flow shift is a finite number > 0 (the sigma schedule divides by it)."""
     import math

@@ -96,15 +96,19 @@ def print_written(path: Path, record=None) -> None:
 
 
 def save_or_keep(save, path: Path):
-    """`save(path)`; when the disk refuses it, the output is saved under a temporary name instead, and the error
-    names that file (one line, never a raw exception about a hidden temporary file)."""
+    """`save(path)`; when the disk refuses it, or its format cannot hold the record (a JPEG's metadata is at most
+    64 KB), the output is saved under a temporary name instead (as a PNG in the second case), and the error names
+    that file (one line, never a raw exception about a hidden temporary file)."""
     import tempfile
 
+    name = Path(path).name
     try:
         return save(path)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-    kept = Path(tempfile.gettempdir()) / f"sana-unsaved-{os.getpid()}-{Path(path).name}"
+    except SanaError as exc:
+        reason, name = exc.message, Path(path).stem + ".png"
+    kept = Path(tempfile.gettempdir()) / f"sana-unsaved-{os.getpid()}-{name}"
     try:
         save(kept)
     except OSError:

@@ -6,7 +6,6 @@ from typing import Annotated, Optional
 
 import typer
 
-
 from . import options as opt
 
 
@@ -17,6 +16,12 @@ def sprint(
     res: opt.Resolution = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, max=4, help="1 to 4 steps (default 2).")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", help="Guidance fed to the guidance embedding (default 4.5).")] = None,
+    max_timesteps: Annotated[Optional[float], typer.Option(
+        "--max-timesteps", callback=opt.check_trigflow_time,
+        help="TrigFlow time the sampler starts from (default the model's, 1.5708 = pure noise).")] = None,
+    intermediate_timesteps: Annotated[Optional[float], typer.Option(
+        "--intermediate-timesteps", callback=opt.check_trigflow_time,
+        help="The middle timestep of a 2-step run (default the model's, 1.3).")] = None,
     seed: opt.Seed = None,
     out: opt.Out = None,
     num: opt.Num = None,

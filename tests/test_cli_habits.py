@@ -84,6 +84,13 @@ FAST_ERRORS = {
     "finetune-keep-twice": (("finetune", "data", "-m", "nano", "--keep", "2", "--keep-checkpoints", "4"),
                             "--keep 2 and --keep-checkpoints 4 both set"),
     "video-memory-mode": (("video", "x", "-m", "video-2b-480p", "--dry-run", "--memory", "bogus"), "memory mode"),
+    "jpeg-prompt-too-long": (("gen", "a red circle " * 5000, "-m", "nano", "-o", "x.jpg"),
+                             "too long to record in a JPEG"),
+    "scm-to-gen": (("gen", "x", "-m", "nano", "--sampler", "scm"), "sampler 'scm' is SANA-Sprint's"),
+    "sprint-steps-in-a-file": (("sprint", "--prompts", "sprint.jsonl"), "sprint.jsonl line 1: \"steps\" 8 is out of range"),
+    "sprint-intermediate-not-2-steps": (("sprint", "x", "--steps", "4", "--intermediate-timesteps", "1"),
+                                        "middle timestep of a 2-step run, not of 4"),
+    "sprint-max-timesteps": (("sprint", "x", "--max-timesteps", "2"), "2 is not a TrigFlow time"),
     "world-max-vram": (("world", "x", "-m", "wm-2.6b", "--actions", "w-8", "--fov", "60", "--preview", "p.png",
                         "--max-vram", "lots"), "--max-vram 'lots'"),
 }
@@ -95,6 +102,7 @@ def test_bad_arguments_fail_before_torch_is_imported(args, expected, tmp_path):
     (tmp_path / "prompts.txt").write_text("a dog\n")
     (tmp_path / "clips.jsonl").write_text('{"prompt": "a dog runs", "frames": 17}\n')
     (tmp_path / "nan.jsonl").write_text('{"prompt": "a red circle", "cfg": NaN}\n')
+    (tmp_path / "sprint.jsonl").write_text('{"prompt": "a dog", "steps": 8}\n')
     result, lines = run_profiled(*args, cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     errors = [line for line in lines if line.startswith("error:")]

@@ -5,6 +5,7 @@ modules, Sana Save's metadata, the example workflows against the nodes, and `san
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -105,6 +106,39 @@ def test_sampler_latent_and_decode_image_give_the_pipelines_pixels(nano, encoded
     same, records = node("Generate").generate(nano, CAPTION, "", 3, 3, 3.0, 0.0, "flow-dpm", 0.0, 128, 96, 2)
     assert torch.equal(image, same)  # the steps apart draw what `generate` (sana gen's run) draws
     assert records[1]["seed"] == 4 and records[0]["extra"]["generated_size"] == [128, 96]
+
+
+def test_generate_takes_the_models_defaults_for_its_zero_widgets(nano):
+    """Steps 0, guidance -1 and sides 0 are the model's own (nano: 256 px at guidance 3), as `sana gen` without
+    those options; the widgets' defaults, so a Sprint model works with them too."""
+    types = NODES["SanaEngineGenerate"].INPUT_TYPES()["required"]
+    assert [types[k][1]["default"] for k in ("steps", "guidance", "width", "height")] == [0, -1.0, 0, 0]
+    _, records = node("Generate").generate(nano, CAPTION, "", 5, 0, -1.0, 0.0, "flow-dpm", 0.0, 0, 0, 1)
+    d = nano.image_defaults()
+    assert (records[0]["steps"], records[0]["guidance"], records[0]["width"], records[0]["height"]) == (
+        d.steps, d.cfg, 256, 256)
+
+
+def test_a_sprint_images_record_replays_with_sana_sprint_from_any_folder(tmp_path, output_folder):
+    """A Sprint node's non-default timesteps and a folder model picked by name are recorded so that `sana sprint
+    --from` gives the same pixels; the negative prompt, which Sprint does not take, is not recorded."""
+    from sana.outputs import read_metadata
+    from tiny_pipeline import build_pipeline
+
+    build_pipeline(tmp_path / "models" / "tiny-sprint", "sprint", seed=1)
+    (model,) = node("ModelLoader").load(str(tmp_path / "models" / "tiny-sprint"), "fp32", "auto")
+    (cond,) = node("TextEncode").encode(model, "a cat", "blurry")
+    (latent,) = node("Sprint").sample(model, cond, 3, 2, 4.5, 64, 64, 1, 1.5, 0.6)
+    image, info = node("Decode").decode(model, latent)
+    saved = output_folder / node("Save").save(image, "sprint", info)["ui"]["images"][0]["filename"]
+    record = read_metadata(saved)
+    assert record.extra["max_timesteps"] == 1.5 and record.extra["intermediate_timesteps"] == 0.6
+    assert record.model == str((tmp_path / "models" / "tiny-sprint").resolve()) and record.negative_prompt == ""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_sana("sprint", "--from", str(saved), "-o", "again.png", "--device", "cpu", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), np.asarray(Image.open(elsewhere / "again.png")))
 
 
 def test_bad_inputs_are_one_line_errors(nano, encoded):
@@ -330,6 +364,10 @@ def test_comfy_install_links_the_pack_and_says_so(tmp_path):
     copied = run_sana("comfy", "install", str(comfyui), "--copy", "--force")
     assert copied.returncode == 0 and not target.is_symlink() and (target / "pyproject.toml").is_file()
     assert "not a ComfyUI folder" in assert_one_line_error(run_sana("comfy", "install", str(tmp_path)))
+    shutil.rmtree(target)  # the copy the --force above made
+    target.write_text("a note of the user's")  # a file of that name is not the pack: never removed
+    assert "is a file" in assert_one_line_error(run_sana("comfy", "install", str(comfyui), "--force"))
+    assert target.read_text() == "a note of the user's"
 
 
 def test_comfy_install_copy_again_is_already_installed_unless_the_copy_differs(tmp_path):

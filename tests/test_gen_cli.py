@@ -83,6 +83,40 @@ def test_sprint_matches_sana_sprint_pipeline(pipelines, steps, tmp_path):
         assert psnr(Image.open(path).convert("RGB"), ref) >= 45, path.name
 
 
+def test_sprint_timesteps_match_diffusers_and_replay_from_the_record(pipelines, tmp_path):
+    """--max-timesteps / --intermediate-timesteps are diffusers' SanaSprintPipeline arguments; the record keeps
+    them, so --from gives the same pixels; a negative prompt (which Sprint does not take) is left out of it."""
+    pipe, model_dir = pipelines["sprint"]
+    out, again = tmp_path / "first.png", tmp_path / "again.png"
+    (tmp_path / "line.jsonl").write_text('{"prompt": "a cat", "negative": "blurry"}\n')
+    result = run_sana("sprint", "--prompts", str(tmp_path / "line.jsonl"), "--model", str(model_dir), "--res", "64",
+                      "--steps", "2", "--max-timesteps", "1.4", "--intermediate-timesteps", "0.9", "--seed", "4",
+                      "-o", str(out), *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert "SANA-Sprint takes no negative prompt" in result.stderr
+    ref = pipe("a cat", num_inference_steps=2, guidance_scale=4.5, width=64, height=64, generator=_generator(4),
+               use_resolution_binning=False, max_timesteps=1.4, intermediate_timesteps=0.9).images[0]
+    assert psnr(Image.open(out).convert("RGB"), ref) >= 45
+    meta = json.loads(run_sana("info", str(out), "--json").stdout)
+    assert meta["extra"]["max_timesteps"] == 1.4 and meta["extra"]["intermediate_timesteps"] == 0.9
+    assert meta["negative_prompt"] == ""
+    result = run_sana("sprint", "--from", str(out), "-o", str(again), *COMMON)
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+
+
+def test_skip_existing_refuses_an_output_made_with_other_settings(pipelines, tmp_path):
+    _, model_dir = pipelines["sana"]
+    args = ("gen", "a red dog", "--model", str(model_dir), "--res", "64", "--seed", "3", "-o", f"{tmp_path}/",
+            *COMMON)
+    assert run_sana(*args, "--steps", "2").returncode == 0
+    assert "nothing to make" in run_sana(*args, "--steps", "2", "--skip-existing").stderr
+    for changed, held in ((("--steps", "3"), "2 steps, not 3"), (("--cfg", "7"), "guidance 4.5, not 7"),
+                          (("--res", "96"), "64x64, not 96x96"), (("--negative", "blurry"), "another negative")):
+        message = assert_one_line_error(run_sana(*args, "--steps", "2", *changed, "--skip-existing"))
+        assert "is in the way: it was made with" in message and held in message, message
+
+
 def test_from_replays_the_same_pixels_and_flags_win(pipelines, tmp_path):
     _, model_dir = pipelines["sana1.5"]
     first = tmp_path / "first.png"

@@ -39,6 +39,25 @@ def test_a_refused_save_keeps_the_image_and_names_it(tmp_path):
     written[0].unlink()
 
 
+def test_a_record_too_long_for_a_jpeg_is_refused_before_work_or_kept_as_a_png(tmp_path):
+    from PIL import Image as PILImage
+
+    from sana.outputs import GenerationRecord, check_jpeg_room, save_image
+
+    check_jpeg_room("a short prompt", "blurry")
+    with pytest.raises(SanaError, match="too long to record in a JPEG"):
+        check_jpeg_room("a red circle " * 5000)  # 65,000 characters: over 64 KB
+
+    # Past the check (a record grown by its other fields): the image is kept as a PNG, named in the error.
+    record = GenerationRecord(prompt="x " * 33000)
+    with pytest.raises(SanaError) as caught:
+        save_or_keep(lambda target: save_image(PILImage.new("RGB", (8, 8)), target, record), tmp_path / "big.jpg")
+    kept = Path(str(caught.value).split("kept at ")[1].rstrip(")"))
+    assert "metadata is too long for a JPEG" in str(caught.value) and kept.suffix == ".png"
+    assert PILImage.open(kept).format == "PNG" and not (tmp_path / "big.jpg").exists()
+    kept.unlink()
+
+
 def test_progress_lines_are_rate_limited(capsys):
     lines = ProgressLines(every_s=3600)
     lines.phase("denoise")
@@ -222,6 +241,15 @@ def test_dry_run_json_is_one_object_with_the_images_and_the_plan(tmp_path):
     (image,) = plan["images"]
     assert image["seeds"] == [4, 5] and (image["width"], image["height"]) == (256, 256)
     assert not list(tmp_path.iterdir())
+
+
+def test_sprint_dry_run_plans_from_the_registry_when_no_model_is_given(tmp_path):
+    """A dry run reads no weights, so with nothing downloaded it plans the registry's Sprint model, as `sana
+    video --dry-run` plans its own."""
+    result = run_sana("sprint", "a cat", "--dry-run", "--json", cwd=tmp_path,
+                      env={"HF_HUB_CACHE": str(tmp_path / "empty-cache")})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["model"] == "sprint-1.6b" and not list(tmp_path.glob("*.png"))
 
 
 @nano

@@ -21,6 +21,7 @@ from .images import (
     PNG_XMP_KEY,
     WEBP_QUALITY,
     XMP_PACKET,
+    check_jpeg_room,
     encode_user_comment,
     image_format,
     save_image,
@@ -43,7 +44,7 @@ __all__ = [
     "A1111_PARAM_RE", "CLIP_FORMATS", "CLIP_JSON", "CLIP_SUFFIXES", "EXIF_IFD", "EXIF_IMAGE_DESCRIPTION",
     "EXIF_USER_COMMENT", "FORMATS", "GenerationRecord", "JPEG_MAX_EXIF_BYTES", "JPEG_QUALITY", "MP4_CRF",
     "NEGATIVE_PREFIX", "PNG_FRAME_NAME", "PNG_JSON_KEY", "PNG_PARAMETERS_KEY", "PNG_XMP_KEY", "VERSION_PREFIX",
-    "WEBP_QUALITY", "XMP_PACKET", "clip_format", "decode_user_comment", "encode_user_comment", "exists_error",
+    "WEBP_QUALITY", "XMP_PACKET", "check_jpeg_room", "clip_format", "decode_user_comment", "encode_user_comment", "exists_error",
     "file_sha256", "image_format", "made_already", "parse_a1111", "plan_clip_paths", "plan_output_paths",
     "prompt_slug", "prompt_stem", "read_clip", "read_metadata", "save_image", "save_video",
 ]

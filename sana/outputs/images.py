@@ -101,6 +101,17 @@ def metadata_options(fmt: str, record: GenerationRecord) -> dict[str, Any]:
     return {"exif": exif, "xmp": xmp, "quality": quality}
 
 
+JPEG_RECORD_ROOM = 8192  # bytes a record takes beyond its prompts (settings, timings, the memory plan), with room
+
+
+def check_jpeg_room(prompt: str, negative: str = "") -> None:
+    """Refuse, before any work, prompts too long for a JPEG's metadata to hold with the rest of the record."""
+    size = len(_exif_bytes(GenerationRecord(prompt=prompt, negative_prompt=negative), with_description=False))
+    if size + JPEG_RECORD_ROOM > JPEG_MAX_EXIF_BYTES:
+        raise SanaError(f"the prompt is too long to record in a JPEG ({len(prompt) + len(negative):,} characters; "
+                        f"its metadata holds 64 KB)", "write a .png or .webp instead")
+
+
 def _exif_bytes(record: GenerationRecord, *, with_description: bool) -> bytes:
     exif = Image.Exif()
     # Big-endian, as piexif (which A1111 uses) writes it; UserComment's UTF-16 follows the header's byte order.

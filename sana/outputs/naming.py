@@ -11,6 +11,7 @@ import os
 import re
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 from ..errors import SanaError, UsageError
 from .atomic import exists_error
@@ -153,11 +154,14 @@ def _taken(path: Path) -> bool:
     return path.exists() or path.is_symlink()  # a dangling link is taken too: writing through it would surprise
 
 
-def made_already(path: Path, *, prompt: str, seed: int, model: str | None = None) -> bool:
+def made_already(path: Path, *, prompt: str, seed: int, model: str | None = None,
+                 asked: dict[str, Any] | None = None) -> bool:
     """Whether an output planned at `path` is there already (`--skip-existing`): False when nothing is; True when
     the record embedded in what is there holds this prompt and seed (a --best-of output: seed among its
-    candidates), and this model when both name one. Anything else in the way is an error naming it, never a skip:
-    skipping it would leave the planned output unmade."""
+    candidates), this model when both name one, and every setting the run asked for (`asked`: GenerationRecord
+    field -> value, "size" -> (width, height), "loras" -> [(file, scale)]; what the record does not say is not
+    held against it). Anything else in the way is an error naming it, never a skip: skipping it would leave the
+    planned output unmade."""
     from .reading import read_metadata
 
     path = Path(path)
@@ -176,7 +180,51 @@ def made_already(path: Path, *, prompt: str, seed: int, model: str | None = None
         raise _in_the_way(path, f"holds seed {record.seed}, not {seed}")
     if model and record.model and not _same_model(record.model, model):
         raise _in_the_way(path, f"was made with {record.model}, not {model}")
+    difference = _setting_difference(record, asked or {})
+    if difference:
+        raise SanaError(f"{path} is in the way: it was made with {difference}",
+                        "move it away, choose another -o, or make it again with --force instead of --skip-existing")
     return True
+
+
+_SETTING_NAMES = {"steps": "{} steps", "guidance": "guidance {}", "sampler": "the {} sampler", "flow_shift": "shift {}",
+                  "pag": "PAG {}", "fps": "{} fps"}
+
+
+def _lora_names(loras: list[tuple[str, float]]) -> str:
+    return ", ".join(f"LoRA {Path(p).name}:{scale:g}" for p, scale in loras) or "no LoRA"
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _setting_difference(record, asked: dict[str, Any]) -> str | None:
+    """'4 steps, not 9' for the first asked setting the record holds otherwise; None when all agree."""
+    import math
+
+    for field, value in asked.items():
+        if field == "loras":
+            held = sorted((str(Path(e.get("path", "")).resolve()), float(e.get("scale", 1.0))) for e in record.loras)
+            wanted = sorted((str(Path(p).resolve()), float(scale)) for p, scale in value)
+            if held != wanted:
+                return f"{_lora_names(held)}, not {_lora_names(wanted)}"
+        elif field == "size":
+            if record.width and record.height and (record.width, record.height) != tuple(value):
+                return f"{record.width}x{record.height}, not {value[0]}x{value[1]}"
+        elif field == "negative_prompt":
+            if record.sampler != "scm" and (record.negative_prompt or "") != (value or ""):  # Sprint keeps none
+                return "another negative prompt"
+        else:
+            held = getattr(record, field, None)
+            if held is None:
+                continue
+            same = (math.isclose(float(held), float(value), rel_tol=1e-6, abs_tol=1e-9)
+                    if isinstance(held, (int, float)) else str(held) == str(value))
+            if not same:
+                form = _SETTING_NAMES.get(field, field + " {}")
+                return f"{form.format(_shown(held))}, not {_shown(value)}"
+    return None
 
 
 def _in_the_way(path: Path, what: str) -> SanaError:

@@ -43,6 +43,16 @@ class ImageRequest:
     max_timesteps: float = 1.5708  # Sprint (SCM) only
     intermediate_timesteps: float | None = 1.3  # Sprint with 2 steps only
 
+    def record_extra(self) -> dict:
+        """What a file's record keeps beyond `GenerationRecord`'s fields to replay this request: Sprint's
+        TrigFlow timesteps (its start, and the middle one of a 2-step run)."""
+        if self.sampler != "scm":
+            return {}
+        extra = {"max_timesteps": self.max_timesteps}
+        if self.steps == 2 and self.intermediate_timesteps is not None:
+            extra["intermediate_timesteps"] = self.intermediate_timesteps
+        return extra
+
 
 @dataclass
 class ImageResult:

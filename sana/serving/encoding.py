@@ -125,6 +125,7 @@ def encode(model: ServedModel, job: Job, result, image, seed: int, images_in_bat
         dtype=model.dtype, loras=loras, version=__version__,
         timings={k: round(v, 3) for k, v in result.timings.items()},
         extra={"device": model.device, "generated_size": list(result.generated_size),
-               "images_in_batch": images_in_batch, "memory": result.memory, "served": True},
+               "images_in_batch": images_in_batch, "memory": result.memory, "served": True,
+               **request.record_extra()},
     )
     return image_bytes(image, record, FORMATS[job.context["output_format"]])
