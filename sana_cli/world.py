@@ -159,8 +159,8 @@ def run(flags: dict[str, Any]) -> None:
     from sana.camera import FRAME_STRIDE
     from sana.registry import find_spec
 
-    from .generation import check_family, default_model, merge_settings, replay_settings, resolve_for
-    from .clip_settings import open_first_frame
+    from .generation import DTYPE_CHOICES, check_family, default_model, merge_settings, replay_settings, resolve_for
+    from .clip_settings import open_first_frame, recorded_first_frame
 
     # 1. Settings from --from's record and the command line, every value checked (before torch loads).
     from_path = Path(flags["from"]).expanduser() if flags.get("from") else None
@@ -172,6 +172,8 @@ def run(flags: dict[str, Any]) -> None:
     replay = {k: v for k, v in replay_settings(from_path, "world").items() if k in (*WORLD_KEYS, "model")}
     if record is not None and record.family != "wm":
         record = None  # another command's record gives its prompt and seed, not a camera
+    if replay.get("image"):  # a relative first frame (older records) is found beside the replayed clip
+        replay["image"] = recorded_first_frame(replay["image"], str(from_path))
     if record is not None and record.extra.get("refiner") and replay.get("frames"):
         replay["frames"] = int(replay["frames"]) + 1  # the refiner drops the first of the frames stage 1 made
     explicit = {k: flags.get(k) for k in WORLD_KEYS}
@@ -184,6 +186,8 @@ def run(flags: dict[str, Any]) -> None:
 
     memory_mode = check_mode(flags.get("memory") or "auto")
     max_vram = parse_memory_size(flags["max_vram"]) if flags.get("max_vram") else None
+    if (flags.get("dtype") or "auto") not in DTYPE_CHOICES:
+        raise UsageError(f"unknown --dtype '{flags['dtype']}'", f"use {', '.join(DTYPE_CHOICES)}")
     preview, dry_run, force = flags.get("preview"), bool(flags.get("dry_run")), bool(flags.get("force"))
     planning = dry_run or preview is not None
     # The default model is looked up in step 5, after every input is checked: a typo is reported before
@@ -196,8 +200,9 @@ def run(flags: dict[str, Any]) -> None:
     # 2. The first frame, decoded now (the camera's intrinsics are in its pixels).
     first = None
     if settings.get("image"):
-        recorded = record.extra.get("image_sha256") if record is not None and not explicit.get("image") else None
-        first = open_first_frame(str(settings["image"]), recorded)
+        replayed = record is not None and not explicit.get("image")
+        first = open_first_frame(str(settings["image"]), record.extra.get("image_sha256") if replayed else None,
+                                 str(from_path) if replayed else None)
     elif not preview:
         raise UsageError("no --image given", "SANA-WM continues a first frame: pass --image FILE, the view from the "
                          "camera path's first pose")
@@ -232,12 +237,23 @@ def run(flags: dict[str, Any]) -> None:
     resolved, spec, _ = resolve_for("world", model_arg, dry_run=planning)
     defaults = world_defaults(spec, scheduler_config(resolved.path) if resolved else {})
     refiner_dir = _refiner_to_use(flags, record, resolved)
+    if refiner_dir is not None:
+        from sana.pipelines.world_refiner import check_refinable
+
+        refusal = check_refinable(path.num_frames)
+        if refusal:
+            raise UsageError(refusal, "ask for more --frames, or run without the refiner")
 
     # 6. --preview: the path drawn, nothing loaded.
     if preview is not None:
         from sana.camera.preview import save_preview
 
-        console.out.print(str(save_preview(path, preview_dest)), highlight=False)
+        written = save_preview(path, preview_dest)
+        if console.settings.json:
+            console.json_line({"preview": str(written.resolve()), "frames": path.num_frames, "fps": path.fps,
+                               "camera": path.describe()})
+        else:
+            console.out.print(str(written), highlight=False)
         return
 
     # 7. Device, precision and the memory plan (a dry run prints the clip, the path and the plan, and stops here).
@@ -266,6 +282,17 @@ def run(flags: dict[str, Any]) -> None:
         from .gen import check_fp8
 
         check_fp8(device, plan.dtype)
+    if dry_run and console.settings.json:
+        from .generation import plan_json
+
+        frames_out = path.num_frames - (1 if refiner_dir is not None else 0)  # stage 2 drops the anchor frame
+        console.json_line({"dry_run": True, "model": model_arg, "clips": [{
+            "prompt": prompt, "seeds": list(seeds), "frames": frames_out, "fps": path.fps,
+            "seconds": round(frames_out / path.fps, 3), "width": width, "height": height,
+            "steps": int(settings.get("steps") or defaults.steps), "cfg": cfg,
+            "flow_shift": float(settings.get("shift") or defaults.shift), "camera": path.describe(),
+            "refiner": str(refiner_dir) if refiner_dir is not None else None}], "memory": plan_json(plan)})
+        return
     if dry_run:
         console.out.print(f"{len(seeds)} clip(s): {plan.clip(path.fps)}: {prompt}", highlight=False)
         console.out.print(f"camera: {path.describe()}", highlight=False)
@@ -339,8 +366,13 @@ def _refiner_to_use(flags: dict, record, resolved) -> Path | None:
 
 
 def _check_preview_dest(dest: Path, force: bool) -> None:
+    from .run_output import check_output_dirs
+
     if dest.is_dir():
         raise UsageError(f"--preview {dest} is a directory", "give a .png file name")
+    if dest.suffix.lower() != ".png":
+        raise UsageError(f"--preview {dest}: the preview is a PNG", f"give a .png name, e.g. {dest.stem or 'path'}.png")
+    check_output_dirs([dest])
     if dest.exists() and not force:
         raise SanaError(f"--preview {dest} exists", "use --force to overwrite it, or give another --preview path")
 
@@ -353,6 +385,7 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
     from sana.outputs.video import check_replaceable_frames, clip_format
 
     from .generation import plan_jobs
+    from .run_output import check_output_dirs
 
     if not str(settings.get("prompt") or "").strip():
         raise UsageError("no prompt given", "give a prompt: sana world \"a prompt\" --image FIRST.png --camera PATH.json, "
@@ -374,6 +407,7 @@ def _plan_outputs(settings: dict, replay: dict, explicit: dict, *, dry_run: bool
                                                check=check_settings, plan_paths=plan_paths, noun="clips")
     if dry_run:  # no paths planned, but a -o the real run would refuse is refused now
         plan_clip_paths(job.get("out"), prompt=prompt, seeds=seeds, fmt=job.get("format"), force=True)
+    check_output_dirs(paths)
     return prompt, seeds, paths
 
 
@@ -401,6 +435,7 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
     from sana.outputs import GenerationRecord, save_video
     from sana.registry import find_spec
 
+    from .clip_outputs import save_or_keep_clip
     from .run_output import generate_with_progress, print_written
 
     from .replay import model_record_name
@@ -411,10 +446,9 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
     camera = request.camera
     crf = int(settings["crf"]) if settings.get("crf") is not None else None
     for frames, seed, path in zip(result.videos, request.seeds, paths):
-        camera_file = camera_json_path(path)
         camera_extra, camera_text = camera_record(camera, path, frames=result.frames)
         extra = {"device": str(device), "generated_size": list(result.generated_size), "memory": result.memory,
-                 "image": str(first.path), "image_sha256": first.sha256, **camera_extra}
+                 "image": str(first.path.resolve()), "image_sha256": first.sha256, **camera_extra}
         if refiner is not None:
             extra["refiner"] = refiner.record(seed)
         if fp8:
@@ -427,9 +461,16 @@ def _generate_and_save(pipe, request, paths: list[Path], settings: dict, model_a
             version=__version__, timings=timings, extra=extra,
         )
         start = time.perf_counter()
-        written = save_video(frames.numpy(), path, record, fps=camera.fps, force=force, crf=crf)
-        write_camera_json(camera, camera_file, camera_text)
-        result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
+
+        def save(target: Path, temp: bool, frames=frames, record=record, camera_text=camera_text) -> Path:
+            written = save_video(frames.numpy(), target, record, fps=camera.fps, force=force or temp, crf=crf)
+            write_camera_json(camera, camera_json_path(target), camera_text)  # beside the clip, wherever it went
+            return written
+
+        try:
+            written = save_or_keep_clip(save, path)
+        finally:
+            result.timings["save"] = result.timings.get("save", 0.0) + time.perf_counter() - start
         print_written(written, record)
     phases = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in result.timings.items())
     console.info(f"load {load_seconds:.2f}s | {phases}")

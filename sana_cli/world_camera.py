@@ -40,14 +40,21 @@ def camera_source(flags: dict[str, Any], record, from_path: Path | None) -> Came
     from sana.outputs import file_sha256
 
     extra = record.extra
-    resolved = from_path.parent / extra["camera_file"] if extra.get("camera_file") else camera_json_path(from_path)
-    if resolved.is_file():
-        written = extra.get("camera_file_sha256")
-        if written is None or file_sha256(resolved) == written:
+    # The camera file beside the clip under its name now (a renamed or copied clip took its file along), else
+    # under the name it was written with; the first whose sha256 is the one recorded.
+    beside = [camera_json_path(from_path)]
+    if extra.get("camera_file"):
+        beside.append(from_path.parent / extra["camera_file"])
+    written, resolved = extra.get("camera_file_sha256"), beside[0]
+    for candidate in dict.fromkeys(beside):
+        if not candidate.is_file():
+            continue
+        if written is None or file_sha256(candidate) == written:
             _refuse_action_options(explicit, True, f"a replay of {from_path.name}'s camera file")
-            return CameraSource(str(resolved), None, explicit)
-        console.notice(f"{resolved} is not the camera file written with {from_path.name} (replaced or edited "
-                       "since); the path is resolved again from the clip's record")
+            return CameraSource(str(candidate), None, explicit)
+        console.notice(f"{candidate} is not the camera file written with {from_path.name} (replaced or edited "
+                       "since); it is not followed")
+    resolved = next((c for c in beside if c.is_file()), resolved)
     source, kind = extra.get("camera"), extra.get("camera_kind")
     settings = extra.get("camera_settings") or {}
     recorded = {key: value for key, value in settings.items()
@@ -64,6 +71,8 @@ def camera_source(flags: dict[str, Any], record, from_path: Path | None) -> Came
     if source and kind == "actions":
         return CameraSource(None, source, options)
     _refuse_action_options(explicit, True, f"a replay of {from_path.name}'s camera path")
+    if source and not Path(source).expanduser().is_absolute() and (from_path.parent / source).is_file():
+        source = str(from_path.parent / source)  # a relative source (older records): beside the clip, else from here
     if source and Path(source).is_file():
         if extra.get("camera_sha256") and file_sha256(Path(source)) != extra["camera_sha256"]:
             raise UsageError(f"--from {from_path}: {source} is not the camera path the clip recorded (its sha256 "
@@ -93,9 +102,10 @@ def resolve_path(source: CameraSource, image_size: tuple[int, int], frames: int 
 
     if frames is not None:
         return resolve(frames)
-    whole = resolve(None)
+    whole = resolve(None)  # at most the longest clip's frames are built, however long the path
     if whole.num_frames <= default_frames:
         return whole
-    console.notice(f"the camera path gives {whole.num_frames} frames; the clip takes the first {default_frames} "
-                   f"(give --frames N for up to {min(whole.num_frames, MAX_WORLD_FRAMES)})")
+    length = whole.path_frames or whole.num_frames
+    console.notice(f"the camera path gives {length} frames; the clip takes the first {default_frames} "
+                   f"(give --frames N for up to {min(length, MAX_WORLD_FRAMES)})")
     return resolve(default_frames)

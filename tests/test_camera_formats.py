@@ -171,6 +171,19 @@ def test_schema_keyframes(tmp_path):
     assert spline.intrinsics[40] == pytest.approx([750.0, 750.0, 480.0, 270.0])
 
 
+def test_a_path_spanning_hours_builds_only_the_frames_a_clip_can_use(tmp_path):
+    """Keyframe times in microseconds (2e6 s): 32 million frames at 16 fps; only the longest clip's are built."""
+    keys = [{"position": [0, 0, 0], "look_at": [0, 0, 1], "time": 0}, {"position": [0, 0, 5], "look_at": [0, 0, 6],
+                                                                        "time": 2_000_000}]
+    data = {"fov": 60, "interpolation": "linear", "frames": keys}
+    whole = resolve_camera(write_json(tmp_path, data), image_size=IMAGE)
+    assert whole.num_frames == 961 and whole.path_frames == 32_000_001
+    assert "resampled to 32000001 frames" in whole.notices[-1]
+    short = resolve_camera(write_json(tmp_path, data), image_size=IMAGE, num_frames=17)
+    assert short.num_frames == 17 and np.allclose(short.c2w, whole.c2w[:17])
+    assert short.positions[16][2] == pytest.approx(5 / 2_000_000)  # 1 s along a 5 m, 2e6 s path
+
+
 @pytest.mark.parametrize("frames, expected", [
     ([{"position": [0, 0, 0]}], "frames[0]: pose given as position"),
     ([{"c2w": np.eye(4).tolist(), "position": [0, 0, 0], "look_at": [0, 0, 1]}], "frames[0]: pose given as"),

@@ -227,6 +227,13 @@ def test_refine_asked_of_a_model_without_a_loaded_refiner_is_a_400(models):
         build_clip_job({"wm": world}, body, None)
     assert refused.value.status == 400 and "no refiner for wm" in str(refused.value.message)
 
+    world.refiner = object()  # loaded: a one-frame clip still has nothing past the anchor for it to refine
+    body = VideoGenerationRequest(prompt="x", model="wm", input_reference=data_url(image), actions=ACTIONS, fov=60,
+                                  refine=True, num_frames=1)
+    with pytest.raises(ApiError) as refused:
+        build_clip_job({"wm": world}, body, None)
+    assert refused.value.status == 400 and "the refiner needs at least 9 frames" in str(refused.value.message)
+
 
 # -- the job routes ------------------------------------------------------------------------------------------------
 

@@ -115,6 +115,35 @@ def test_clip_camera_file_metadata_and_replay(tiny, image, tmp_path):
     assert "notes.txt" in assert_one_line_error(again) and (folder / "notes.txt").read_text() == "mine"
 
 
+def test_a_renamed_clip_replays_from_any_folder(tiny, image, tmp_path):
+    """Relative --image and --camera paths are recorded absolute, and a clip renamed with its camera file finds
+    that file under its new name: `--from` gives the same frames from another folder."""
+    import shutil
+
+    from sana.outputs import read_clip, read_metadata
+
+    _, model_dir = tiny
+    work, share, elsewhere = tmp_path / "work", tmp_path / "share", tmp_path / "elsewhere"
+    for folder in (work, share, elsewhere):
+        folder.mkdir()
+    shutil.copy(image, work / "first.png")
+    camera = resolve_camera(actions=ACTIONS, image_size=IMAGE_SIZE, fov=60.0)
+    from sana.camera.export import write_camera_json
+
+    write_camera_json(camera, work / "path.json")
+    result = run_sana("world", "a walk", "--image", "first.png", "--camera", "path.json", "--model", str(model_dir),
+                      *TINY, "--seed", "2", "-o", "walk.mp4", *COMMON, cwd=work)
+    assert result.returncode == 0, result.stderr
+    extra = read_metadata(work / "walk.mp4").extra
+    assert extra["image"] == str((work / "first.png").resolve()) and extra["camera"] == str((work / "path.json").resolve())
+    (work / "walk.mp4").rename(share / "best.mp4")
+    (work / "walk.camera.json").rename(share / "best.camera.json")
+    (work / "path.json").unlink()  # the recorded source is gone: only the renamed camera file can give the path
+    result = run_sana("world", "--from", str(share / "best.mp4"), "-o", "again.mp4", *COMMON, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(read_clip(share / "best.mp4")[0], read_clip(elsewhere / "again.mp4")[0])
+
+
 def test_preview_draws_the_path_without_a_model(image, tmp_path):
     """The registry model is not downloaded here: the preview needs none. Without --image it draws at 1280x704."""
     for extra in (("--image", str(image), "--fov", "60"), ("--fov", "60")):
@@ -126,6 +155,12 @@ def test_preview_draws_the_path_without_a_model(image, tmp_path):
         assert Image.open(preview).format == "PNG" and Image.open(preview).size[0] > 100
     assert "exists" in assert_one_line_error(run_sana("world", "--actions", "w-8", "--fov", "60", "--model",
                                                       "sana-wm", "--preview", str(preview)))
+    nested = tmp_path / "new" / "folder" / "path.png"  # made, as -o makes a clip's folder
+    result = run_sana("world", "--actions", "w-8", "--fov", "60", "--model", "sana-wm", "--preview", str(nested),
+                      "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["preview"] == str(nested.resolve()) and answer["frames"] == 9 and Image.open(nested).format == "PNG"
 
 
 def test_dry_run_prints_the_clip_the_path_and_the_plan(tiny, image, tmp_path):
@@ -136,6 +171,14 @@ def test_dry_run_prints_the_clip_the_path_and_the_plan(tiny, image, tmp_path):
     assert "17 frames (1.1 s at 16 fps) at 96x64, latent 3x2x3" in result.stdout
     assert "camera: 17 frames (1.06 s at 16 fps)" in result.stdout and "actions w-8,jw-8" in result.stdout
     assert "memory plan" in result.stdout and not list(tmp_path.iterdir())
+    result = run_sana("world", "a street", "--image", str(image), "--actions", ACTIONS, "--fov", "60", "--model",
+                      str(model_dir), *TINY, "--dry-run", "--json", *COMMON, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)  # one JSON object, as `sana gen` / `sana video` print
+    (clip,) = plan["clips"]
+    assert plan["dry_run"] is True and (clip["frames"], clip["width"], clip["steps"], clip["refiner"]) == (
+        17, WIDTH, 3, None) and "actions w-8,jw-8" in clip["camera"] and "memory" in plan
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_minute_is_one_pass_and_the_plan_says_what_it_needs(image, tmp_path):
@@ -221,6 +264,10 @@ WITHOUT_MODEL = {
     "empty camera path": (("--camera", "", "--fov", "60"), ("--camera: an empty path",)),
     "camera fps with actions": (("--actions", "w-8", "--fov", "60", "--camera-fps", "30"),
                                 ("--camera-fps applies to .npy poses",)),
+    "dtype": (("--actions", "w-8", "--fov", "60", "--dtype", "fp64"), ("unknown --dtype 'fp64'",)),
+    "preview not a png": (("--actions", "w-8", "--fov", "60", "--preview", "p.jpg"), ("the preview is a PNG",)),
+    "clip where nothing is written": (("--actions", "w-8", "--fov", "60", "-o", "/proc/c.mp4"),
+                                      ("/proc is not writable",)),
 }
 
 
@@ -265,6 +312,8 @@ def test_checks_and_preview_import_no_torch(tiny, image, bad_files, tmp_path):
         "print('torch' in sys.modules)\n"
     )
     common = f"world|p|--image|{image}|--model|{tiny[1]}|--fov|60"
-    runs = [f"{common}|--camera|{bad_files}/nan.npy", f"{common}|--actions|w-8|--preview|{tmp_path}/p.png"]
+    runs = [f"{common}|--camera|{bad_files}/nan.npy", f"{common}|--actions|w-8|--dtype|fp64",
+            f"{common}|--actions|w-8|--preview|{tmp_path}/p.png"]
     result = subprocess.run([sys.executable, "-c", script, *runs], capture_output=True, text=True, timeout=120)
-    assert result.stdout.split() == ["UsageError", str(tmp_path / "p.png"), "False"], result.stdout + result.stderr
+    assert result.stdout.split() == ["UsageError", "UsageError", str(tmp_path / "p.png"), "False"], \
+        result.stdout + result.stderr

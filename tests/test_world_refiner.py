@@ -101,7 +101,9 @@ def test_refiner_bad_input_is_one_line_before_torch(tiny, tmp_path):
             "-o", f"{tmp_path}/out/", *COMMON)
     cases = {("--refine",): "this model folder has no refiner/",
              ("--refiner", str(tmp_path / "missing")): "is not a folder",
-             ("--refiner", str(model_dir)): "holds a SanaWMPipeline pipeline, not SANA-WM's refiner"}
+             ("--refiner", str(model_dir)): "holds a SanaWMPipeline pipeline, not SANA-WM's refiner",
+             ("--refiner", str(refiner_dir), "--frames", "1"): "the refiner needs at least 9 frames",
+             ("--refiner", str(refiner_dir), "--frames", "1", "--dry-run"): "the refiner needs at least 9 frames"}
     for extra, words in cases.items():
         assert words in assert_one_line_error(run_sana(*base, *extra, cwd=tmp_path))
     assert [p.name for p in tmp_path.iterdir()] == []

@@ -99,7 +99,10 @@ def camera_record(path: CameraPath, clip: str | Path, frames: int | None = None)
     a replay can tell the file was replaced (clips of one name in two formats share it) or edited. `frames`: the
     clip's, where fewer than the path's (a refined clip's first frame is dropped)."""
     text = camera_json_text(path, first=max(0, path.num_frames - frames) if frames else 0)
-    extra = {"camera": path.source, "camera_sha256": path.source_sha256, "camera_kind": path.source_kind,
+    source = path.source  # a file as its absolute path, so a replay finds it from any folder
+    if path.source_kind != "actions" and Path(source).expanduser().is_file():
+        source = str(Path(source).expanduser().resolve())
+    extra = {"camera": source, "camera_sha256": path.source_sha256, "camera_kind": path.source_kind,
              "camera_file": camera_json_path(clip).name,
              "camera_file_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
              "camera_settings": dict(path.params)}

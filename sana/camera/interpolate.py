@@ -5,6 +5,8 @@ Quaternions here are w-first (w, x, y, z) and unit length.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .path import MODEL_FPS
@@ -136,10 +138,14 @@ def interpolate_rotations(times: np.ndarray, rotations: np.ndarray, new_times: n
 # Whole paths
 # ----------------------------------------------------------------------------------------------------------------
 
+def grid_frame_count(duration: float, fps: float = MODEL_FPS) -> int:
+    """How many frames k/fps stay within `duration` seconds (a small tolerance keeps an end on the grid)."""
+    return int(math.floor(duration * fps + 1e-6)) + 1
+
+
 def model_frame_times(start: float, end: float, fps: float = MODEL_FPS) -> np.ndarray:
-    """Times start + k/fps for every k that stays within end (a small tolerance keeps an end on the grid)."""
-    count = int(np.floor((end - start) * fps + 1e-6)) + 1
-    return start + np.arange(count) / fps
+    """Times start + k/fps for every k that stays within end."""
+    return start + np.arange(grid_frame_count(end - start, fps)) / fps
 
 
 def resample_path(times: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray | None, new_times: np.ndarray,

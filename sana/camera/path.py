@@ -42,6 +42,7 @@ class CameraPath:
     source_sha256: str  # of the file's bytes, or of the action string's UTF-8
     notices: tuple[str, ...] = ()  # one line each, for the CLI to print (frame snapping, resampling, ...)
     params: dict[str, Any] = field(default_factory=dict)  # resolver settings that shaped the path, for metadata
+    path_frames: int | None = None  # frames the whole source path gives at `fps` (None: num_frames)
 
     @property
     def num_frames(self) -> int:

@@ -176,7 +176,16 @@ def _draw_legend(draw: ImageDraw.ImageDraw, path: CameraPath, every: int, box: t
 
 
 def save_preview(path: CameraPath, dest: str | Path, every: int | None = None) -> Path:
-    """Write the preview as a PNG at dest and return its path."""
+    """Write the preview as a PNG at dest (its folder made if missing), atomically: a partial file never appears
+    under the final name. Returns its path."""
+    import os
+
     dest = Path(dest)
-    draw_preview(path, every).save(dest, format="PNG")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        draw_preview(path, every).save(tmp, format="PNG")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dest

@@ -17,11 +17,11 @@ import numpy as np
 from ..errors import UsageError
 from .actions import DEFAULT_SPEED, DEFAULT_TURN_RATE, actions_sha256, actions_to_c2w
 from .fields import load_json, read_bytes, sha256
-from .interpolate import model_frame_times, resample_path
+from .interpolate import grid_frame_count, resample_path
 from .nerfstudio import is_nerfstudio, read_nerfstudio
 from .npy import NPY_MAGIC, read_intrinsics, read_npy_poses
-from .path import (MODEL_FPS, CameraPath, SourcePath, anchor_to_first, check_finite, check_fov, frame_times,
-                   intrinsics_from_fov, snap_num_frames)
+from .path import (MAX_WORLD_FRAMES, MODEL_FPS, CameraPath, SourcePath, anchor_to_first, check_finite, check_fov,
+                   frame_times, intrinsics_from_fov, snap_num_frames)
 from .realestate import FIELDS as REALESTATE_FIELDS
 from .realestate import read_realestate
 from .schema import is_schema, read_schema
@@ -41,7 +41,8 @@ def resolve_camera(camera: str | Path | None = None, *, actions: str | None = No
     image_size: (width, height) of the conditioning image; intrinsics come out in its pixels.
     intrinsics / fov: replace the path's own intrinsics (a path without any needs one of them); intrinsics as in
         `npy.read_intrinsics`, fov the image's vertical field of view in degrees.
-    num_frames: frames wanted (None: all the path gives); snapped to 8k+1 within the path's length.
+    num_frames: frames wanted (None: all the path gives, up to MAX_WORLD_FRAMES; `path_frames` says how many it
+        gives); snapped to 8k+1 within the path's length.
     pose_scale: multiplies translations (for paths not in metres). speed / turn_rate: units and degrees a frame
         for actions. source_fps: frame rate of .npy poses (default 16).
     """
@@ -68,28 +69,31 @@ def resolve_camera(camera: str | Path | None = None, *, actions: str | None = No
     times = source.times - source.times[0]
     grid = frame_times(len(times), MODEL_FPS)
     resampled = len(times) != len(grid) or not np.allclose(times, grid, rtol=0.0, atol=1e-9)
-    if resampled:
-        new_times = model_frame_times(0.0, float(times[-1]))
-        c2w, own = resample_path(times, c2w, own, new_times, source.interpolation)
-        positions = "Catmull-Rom" if source.interpolation == "spline" else "linear"
-        notices.append(f"{Path(label).name}: {len(times)} poses over {times[-1]:.2f} s resampled to "
-                       f"{len(new_times)} frame{'s' if len(new_times) != 1 else ''} at {MODEL_FPS:g} fps ({positions} positions, slerp rotations)")
+    available = grid_frame_count(float(times[-1])) if resampled else len(times)
 
-    # 3. re-anchor on the first pose, then scale translations
-    c2w = anchor_to_first(c2w)
-    c2w[:, :3, 3] *= pose_scale
-
-    # 4. frame count: what was asked for (or everything), snapped to 8k+1 without running past the path
-    available = len(c2w)
+    # 3. frame count: what was asked for (or everything, up to the longest clip), snapped to 8k+1 without running
+    #    past the path; only those frames are ever built (a path may span hours: times in microseconds, a tiny
+    #    --camera-fps)
     if num_frames is not None and num_frames > available:
         raise UsageError(f"{label}: the path gives {available} frames at {MODEL_FPS:g} fps; {num_frames} were asked "
                          "for", "ask for fewer frames, or give a longer path")
-    wanted = available if num_frames is None else num_frames
+    wanted = min(available, MAX_WORLD_FRAMES) if num_frames is None else num_frames
     count = snap_num_frames(wanted, upper_bound=available)
     if count != wanted:
         notices.append(f"{wanted} frames -> {count}: SANA-WM generates 8k+1 frames")
+    if resampled:
+        new_times = np.arange(count) / MODEL_FPS
+        c2w, own = resample_path(times, c2w, own, new_times, source.interpolation)
+        positions = "Catmull-Rom" if source.interpolation == "spline" else "linear"
+        notices.append(f"{Path(label).name}: {len(times)} poses over {times[-1]:.2f} s resampled to "
+                       f"{available} frame{'s' if available != 1 else ''} at {MODEL_FPS:g} fps ({positions} positions, "
+                       "slerp rotations)")
     c2w = c2w[:count]
     own = own[:count] if own is not None else None
+
+    # 4. re-anchor on the first pose, then scale translations
+    c2w = anchor_to_first(c2w)
+    c2w[:, :3, 3] *= pose_scale
 
     # 5. intrinsics: explicit ones win, then the path's own, then none (an error)
     if intrinsics is not None:
@@ -124,7 +128,8 @@ def resolve_camera(camera: str | Path | None = None, *, actions: str | None = No
     check_finite(c2w, f"{label}: resolved poses")
     check_finite(chosen, f"{label}: resolved intrinsics")
     return CameraPath(c2w=c2w, intrinsics=chosen, image_size=image_size, fps=MODEL_FPS, source_kind=kind,
-                      source=name, source_sha256=digest, notices=tuple(notices), params=params)
+                      source=name, source_sha256=digest, notices=tuple(notices), params=params,
+                      path_frames=available)
 
 
 def _checked_args(camera, actions, image_size, intrinsics, fov, num_frames, pose_scale, speed, turn_rate,

@@ -20,11 +20,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..camera.path import FRAME_STRIDE
 from ..errors import SanaError, UsageError
 
 REFINER_CLASS = "SanaWMLTX2Refiner"
 REFINER_SUBFOLDER = "refiner"  # where a SANA-WM folder may keep its stage 2
 SINK_FRAMES = 1  # latent frames anchoring the refiner; decoded, the clip's first pixel frame is dropped
+MIN_REFINED_FRAMES = FRAME_STRIDE * SINK_FRAMES + 1  # 9: one latent frame past the sink, the least to refine
+
+
+def check_refinable(frames: int) -> str | None:
+    """Why a stage-1 clip of `frames` frames cannot be refined (None when it can): the refiner re-noises the
+    latent frames after the sink, and a clip of the sink alone has none."""
+    if frames < MIN_REFINED_FRAMES:
+        return (f"the refiner needs at least {MIN_REFINED_FRAMES} frames (its first latent frame anchors it and is "
+                f"never refined); this clip has {frames}")
+    return None
 ACTIVATION_HEADROOM = 1.15  # weights x this must fit for the refiner to stay on the device
 
 

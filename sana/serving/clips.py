@@ -76,6 +76,11 @@ def build_clip_job(models: dict[str, ServedModel], body: VideoGenerationRequest,
     if body.refine and model.refiner is None:
         raise ApiError(400, f"this server has no refiner for {model.name} (start it with --refiner {model.name})",
                        param="refine", code="unsupported")
+    if body.refine:
+        from ..pipelines.world_refiner import check_refinable
+
+        if refusal := check_refinable(frames):
+            raise ApiError(400, refusal, param="num_frames", code="invalid_value")
     refusal = model.size_refusal(width, height, 1, frames)
     if refusal:
         raise ApiError(400, f"{frames} frames at {width}x{height} cannot be served: {refusal}", param="size",
