@@ -120,6 +120,7 @@ def test_a_renamed_clip_replays_from_any_folder(tiny, image, tmp_path):
     that file under its new name: `--from` gives the same frames from another folder."""
     import shutil
 
+    from sana.camera.export import write_camera_json
     from sana.outputs import read_clip, read_metadata
 
     _, model_dir = tiny
@@ -128,8 +129,6 @@ def test_a_renamed_clip_replays_from_any_folder(tiny, image, tmp_path):
         folder.mkdir()
     shutil.copy(image, work / "first.png")
     camera = resolve_camera(actions=ACTIONS, image_size=IMAGE_SIZE, fov=60.0)
-    from sana.camera.export import write_camera_json
-
     write_camera_json(camera, work / "path.json")
     result = run_sana("world", "a walk", "--image", "first.png", "--camera", "path.json", "--model", str(model_dir),
                       *TINY, "--seed", "2", "-o", "walk.mp4", *COMMON, cwd=work)
