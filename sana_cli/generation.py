@@ -381,7 +381,8 @@ def plan_table(plan, model: str):
     from rich.text import Text
 
     work = plan.work
-    outputs = f"{work.images} clip(s) of {work.frames} frames" if work.frames > 1 else f"{work.images} image(s)"
+    frames = f"{work.frames} frame{'s' if work.frames != 1 else ''}"
+    outputs = f"{work.images} clip(s) of {frames}" if plan.sizes.is_clip else f"{work.images} image(s)"
     table = Table(title=Text(f"memory plan: {model} at {work.width}x{work.height}, {outputs}, DiT batch {work.rows}"),
                   title_justify="left", header_style="bold",
                   caption=_plan_caption(plan), caption_justify="left")

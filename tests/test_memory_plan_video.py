@@ -167,9 +167,9 @@ def test_clip_shapes_follow_the_vae_and_the_patch(sizes, name, frames, expected)
 
 def test_the_clip_description_names_frames_duration_grid_and_tokens(sizes):
     text = describe_clip(sizes["video-2b-480p"], work_for("video-2b-480p"), fps=16)
-    assert text == "81 frames (5.1 s at 16 fps) at 832x480, latent 21x60x104, 32,760 tokens"
+    assert text == "81 frames (5.06 s at 16 fps) at 832x480, latent 21x60x104, 32,760 tokens"
     minute = plan_for(sizes, "wm-2.6b", H200, 961)
-    assert minute.clip().startswith("961 frames (60.1 s at 16 fps)") and "121x22x40" in minute.clip()
+    assert minute.clip().startswith("961 frames (60.06 s at 16 fps)") and "121x22x40" in minute.clip()
 
 
 # -- estimates: calibrated on diffusers' forwards (H200, bf16, batch 2) --------------------------------------------
@@ -327,7 +327,7 @@ def test_rows_headline_and_record_describe_the_clip(sizes):
     assert max(r.peak for r in rows if r.peak is not None) == plan.peak_bytes
     assert "161 frames" in plan.headline()
     record = plan.record()
-    assert record["clip"].startswith("161 frames (10.1 s at 16 fps)") and "18,480 tokens" in record["clip"]
+    assert record["clip"].startswith("161 frames (10.06 s at 16 fps)") and "18,480 tokens" in record["clip"]
     wan = plan_for(sizes, "video-2b-480p", H200)
     assert wan.tile_description() == "a latent frame at a time (causal), whole frames"
     assert "VAE (Wan 2.1, 127M params)" in [r.component for r in wan.rows()]

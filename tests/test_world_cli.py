@@ -167,7 +167,7 @@ def test_dry_run_prints_the_clip_the_path_and_the_plan(tiny, image, tmp_path):
     result = run_sana("world", "a street", "--image", str(image), "--actions", ACTIONS, "--fov", "60", "--model",
                       str(model_dir), *TINY, "--dry-run", "-o", str(tmp_path / "x.mp4"), *COMMON, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "17 frames (1.1 s at 16 fps) at 96x64, latent 3x2x3" in result.stdout
+    assert "17 frames (1.06 s at 16 fps) at 96x64, latent 3x2x3" in result.stdout
     assert "camera: 17 frames (1.06 s at 16 fps)" in result.stdout and "actions w-8,jw-8" in result.stdout
     assert "memory plan" in result.stdout and not list(tmp_path.iterdir())
     result = run_sana("world", "a street", "--image", str(image), "--actions", ACTIONS, "--fov", "60", "--model",
@@ -185,7 +185,7 @@ def test_a_minute_is_one_pass_and_the_plan_says_what_it_needs(image, tmp_path):
     result = run_sana("world", "a long walk", "--image", str(image), "--actions", "w-960", "--fov", "60",
                       "--model", "sana-wm", "--frames", "961", "--dry-run", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert "961 frames (60.1 s at 16 fps) at 1280x704, latent 121x22x40, 106,480 tokens" in result.stdout
+    assert "961 frames (60.06 s at 16 fps) at 1280x704, latent 121x22x40, 106,480 tokens" in result.stdout
     if "does not fit" in result.stdout:
         assert "needs about" in result.stdout
 

@@ -51,6 +51,6 @@ def describe_clip(sizes: ComponentSizes, work: Workload, fps: float | None = Non
     if not sizes.is_clip:
         return f"{work.width}x{work.height} px, latent {shape.latent_height}x{shape.latent_width}, " \
                f"{shape.tokens:,} tokens"
-    duration = f" ({shape.seconds(fps):.1f} s at {fps:g} fps)" if fps else ""
-    return (f"{shape.frames} frames{duration} at {work.width}x{work.height}, latent "
+    duration = f" ({shape.seconds(fps):.2f} s at {fps:g} fps)" if fps else ""
+    return (f"{shape.frames} frame{'s' if shape.frames != 1 else ''}{duration} at {work.width}x{work.height}, latent "
             f"{shape.latent_frames}x{shape.latent_height}x{shape.latent_width}, {shape.tokens:,} tokens")
