@@ -118,6 +118,9 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
     _snap_frames(settings, flags, main_process)
     check_flags(flags, settings, main_process)
     settings.validate()
+    if settings.cache_dir and Path(settings.cache_dir).expanduser().exists() and \
+            not Path(settings.cache_dir).expanduser().is_dir():
+        raise UsageError(f"--cache {settings.cache_dir} is a file, not a folder", "give a folder for the cache")
     start = None  # (step, folder) of the checkpoint resumed
     if cfg is not None and restart:
         # Stopped during start-up (or its data was unusable): nothing trained to keep, so it starts over, from the

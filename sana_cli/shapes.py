@@ -232,7 +232,7 @@ def caption_finder(paths: list[Path]):
     rules (a metadata.jsonl row, else the same-name .txt), else the prompt stored in the file; SanaError when it
     has none."""
     from sana.outputs import read_metadata
-    from sana.training.data import DataReport, metadata_rows, row_caption, sample_caption
+    from sana.training.data import CaptionUnreadable, DataReport, metadata_rows, row_caption, sample_caption
     from sana.training.video_data import caption_file  # the sidecar rule for files and frames folders alike
 
     # metadata.jsonl files of the folders given (searched down, as fine-tuning searches) and of each path's folder
@@ -242,7 +242,10 @@ def caption_finder(paths: list[Path]):
         rows.update(metadata_rows(root, DataReport(root=root)))
 
     def own_caption(path: Path) -> str:
-        text = sample_caption(None, row_caption(rows.get(path.resolve(), {})), caption_file(path), None)
+        try:
+            text = sample_caption(None, row_caption(rows.get(path.resolve(), {})), caption_file(path), None)
+        except CaptionUnreadable as exc:
+            raise SanaError(f"{exc} (save it as UTF-8, or pass --caption)") from None
         if text is None:
             try:
                 text = read_metadata(path).prompt

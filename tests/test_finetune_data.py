@@ -103,11 +103,14 @@ def _unusable_layout(folder: Path, case: str) -> tuple[list[str], str]:
     if case == "out-is-a-file":
         out.write_bytes(b"an image")
         return [str(data), "--out", str(out)], "is a file, not a run folder"
+    if case == "cache-is-a-file":
+        (folder / "afile").write_text("notes")
+        return [str(data), "--cache", str(folder / "afile")], f"--cache {folder / 'afile'} is a file"
     return [str(data), "--out", "/proc/sana-run"], "cannot write to /proc/sana-run"  # root cannot create there either
 
 
 UNUSABLE = ["empty", "no-captions", "metadata-names-a-missing-file", "data-is-a-file", "clips-empty", "out-is-a-file",
-            "out-not-writable"]
+            "out-not-writable", "cache-is-a-file"]
 
 
 @pytest.mark.parametrize("case", UNUSABLE)
@@ -162,6 +165,86 @@ def test_the_data_fingerprint_follows_the_files_training_reads(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     assert data_fingerprint(prompts).startswith("1 file, ") and data_fingerprint("shapes") is None
+
+
+def test_a_run_folder_inside_the_data_folder_is_not_data(tmp_path):
+    """`sana finetune .` run in the data folder puts its default run folder there: its samples and plots (and a
+    clip run's) must never be scanned as training data, and the data fingerprint must not follow them."""
+    from sana.training.data import data_fingerprint, scan_folder
+    from sana.training.video_data import find_clips
+
+    data = tmp_path / "data"
+    images(data, ["a", "b"])
+    before = data_fingerprint(data)
+    run = data / "finetune-data"
+    (run / "samples").mkdir(parents=True)
+    (run / "train_config.json").write_text("{}")
+    Image.new("RGB", (64, 64)).save(run / "samples" / "step-000002-0.png")
+    (run / "samples" / "step-000002-0.txt").write_text("a red square")
+    Image.new("RGB", (64, 64)).save(run / "loss.png")
+    samples, report = scan_folder(data, caption="a red square")
+    assert [s.path.name for s in samples] == ["a.png", "b.png"] and not report.skipped
+    assert data_fingerprint(data) == before
+    assert find_clips(data, frames_folders=False)[1] == [data / "a.png", data / "b.png"]
+
+
+def test_images_are_sized_as_shown_and_odd_files_are_skipped_with_their_reason(tmp_path, monkeypatch):
+    """A phone photo's EXIF rotation decides its bucket (load_rgb turns it); an image too large to decode safely,
+    or a caption that is not UTF-8, is skipped and listed; a UTF-8 or UTF-16 caption with a byte-order mark reads
+    as its text; 16-bit grey keeps its shades."""
+    import codecs
+
+    import numpy as np
+
+    from sana.training.data import load_rgb, scan_folder
+
+    data = tmp_path / "data"
+    data.mkdir()
+    photo = Image.new("RGB", (384, 128), (0, 255, 0))
+    photo.paste((255, 0, 0), (0, 0, 128, 128))  # stored landscape, shown portrait (orientation 6: 90° clockwise)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.save(data / "phone.jpg", exif=exif)
+    (data / "phone.txt").write_bytes(codecs.BOM_UTF8 + "a phone photo".encode("utf-8"))
+    Image.fromarray(np.full((64, 64), 30000, dtype=np.uint16)).save(data / "grey.png")
+    (data / "grey.txt").write_bytes(codecs.BOM_UTF16_LE + "grey".encode("utf-16-le"))
+    Image.new("RGB", (64, 64)).save(data / "latin.png")
+    (data / "latin.txt").write_bytes("un cercle rouge très grand".encode("latin-1"))
+    Image.new("L", (400, 400)).save(data / "huge.png")  # over twice PIL's limit, made small below
+    (data / "huge.txt").write_text("a huge image")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
+    samples, report = scan_folder(data)
+    by_name = {s.path.name: s for s in samples}
+    assert sorted(by_name) == ["grey.png", "phone.jpg"]
+    assert (by_name["phone.jpg"].width, by_name["phone.jpg"].height) == (128, 384)
+    assert by_name["phone.jpg"].caption == "a phone photo" and by_name["grey.png"].caption == "grey"
+    assert report.skipped["caption file is not UTF-8 text"] == ["latin.txt"]
+    assert report.skipped["image too large to decode safely"] == ["huge.png"]
+    assert np.asarray(load_rgb(data / "grey.png", (64, 64))).mean() == pytest.approx(30000 * 255 / 65535, abs=1)
+    top = np.asarray(load_rgb(data / "phone.jpg", (128, 384)))[:128].reshape(-1, 3).mean(axis=0)
+    assert top[0] > 200 and top[1] < 60  # the red square, turned to the top as shown
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_saying_why(tmp_path, monkeypatch):
+    """torch.save on a full disk fails with "unexpected pos ..." (a RuntimeError naming nothing): the error says
+    the folder, that the disk is full, and that the last complete checkpoint is kept."""
+    import shutil
+    from collections import namedtuple
+
+    from sana.errors import SanaError
+    from sana.training import checkpoint as ckpt
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(SanaError) as caught:
+        with ckpt.writing(tmp_path):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 308224 vs 308176")
+    assert str(caught.value).startswith(f"could not write a checkpoint in {tmp_path}: the disk is full")
+    assert "--resume" in str(caught.value)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, 10**9))
+    with pytest.raises(SanaError, match="Permission denied"):
+        with ckpt.writing(tmp_path):
+            raise PermissionError(13, "Permission denied")
 
 
 # -- what a validation sample records ---------------------------------------------------------------------

@@ -16,12 +16,36 @@ import os
 import random
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import SanaError
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 _SAMPLE = re.compile(r"^step-(\d{6,})-")  # validation samples: step-000500-0.png
+
+
+FULL_DISK_BYTES = 64 * 2**20  # free space below which a failed write is put down to a full disk
+
+
+@contextmanager
+def writing(folder: Path):
+    """Where a checkpoint's files are written: any failure (a full disk makes torch.save fail with "unexpected
+    pos", safetensors with its own error) becomes one line naming the folder, the reason and that the last
+    complete checkpoint is kept (the staged one is never renamed into place)."""
+    try:
+        yield
+    except SanaError:
+        raise
+    except Exception as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or (str(exc).strip().splitlines() or [""])[0]
+        try:
+            full = shutil.disk_usage(folder).free < FULL_DISK_BYTES
+        except OSError:
+            full = False
+        raise SanaError(f"could not write a checkpoint in {folder}: "
+                        f"{'the disk is full' if full else reason or type(exc).__name__}",
+                        "free space there, then --resume: the last complete checkpoint is kept") from exc
 
 
 def checkpoint_root(out: Path) -> Path:

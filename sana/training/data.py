@@ -68,7 +68,12 @@ def metadata_rows(root: Path, report: DataReport, *, need_caption: bool = False)
     file that is not there, is reported and left out."""
     rows: dict[Path, dict] = {}
     for meta in sorted(root.rglob("metadata.jsonl")):
-        for number, line in enumerate(meta.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            text = read_text_file(meta)
+        except CaptionUnreadable:
+            report.skip("metadata.jsonl is not UTF-8 text", meta)
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -92,29 +97,62 @@ def row_caption(row: dict) -> str | None:
     return next((row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str)), None)
 
 
+class CaptionUnreadable(ValueError):
+    """A caption file that is not text in UTF-8 (or UTF-16 with its byte-order mark)."""
+
+
+def read_text_file(path: Path) -> str:
+    """A caption or metadata file's text: UTF-8 (a byte-order mark dropped) or UTF-16 with its mark, as editors on
+    any system save them; anything else raises CaptionUnreadable rather than training on replacement characters."""
+    import codecs
+
+    data = path.read_bytes()
+    for mark, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                           (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(mark):
+            break
+    else:
+        encoding = "utf-8"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        raise CaptionUnreadable(f"{path.name} is not UTF-8 text") from None
+
+
 def sample_caption(caption: str | None, from_metadata: str | None, sidecar: Path, trigger: str | None) -> str | None:
     """The caption a sample trains on: the fixed `caption`, else its metadata.jsonl text, else its `.txt` sidecar;
-    white space folded and `trigger` put in front. None when it has none."""
+    white space folded and `trigger` put in front. None when it has none; CaptionUnreadable when its sidecar is
+    not UTF-8 text."""
     text = caption
     if text is None:
         text = from_metadata
     if text is None and sidecar.is_file():
-        text = sidecar.read_text(encoding="utf-8", errors="replace")
+        text = read_text_file(sidecar)
     if text is None or not text.strip():
         return None
     text = " ".join(text.split())
     return f"{trigger}, {text}" if trigger else text
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the header, or None if PIL cannot identify the file."""
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations shown turned a quarter: width and height swap
+
+
+def _image_size(path: Path) -> tuple[int, int] | str:
+    """(width, height) as the image is shown (a phone photo's EXIF rotation applied, as `load_rgb` applies it),
+    from the header; else why it cannot be used."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
+            width, height = image.size
+            if image.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
+                width, height = height, width
+            return width, height
+    except Image.DecompressionBombError:
+        return "image too large to decode safely"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return "unreadable image"
 
 
 def check_data_folder(root: Path) -> Path:
@@ -129,11 +167,18 @@ def check_data_folder(root: Path) -> Path:
                      "give a folder of images (or clips) with .txt captions or a metadata.jsonl")
 
 
+RUN_MARKER = "train_config.json"  # every `sana finetune` run folder holds it from its start
+
+
 def data_files(root: Path) -> list[Path]:
     """The files under `root` that training looks at: every file but hidden ones (.DS_Store, .cache, our own
-    cache), sorted."""
-    return sorted(path for path in root.rglob("*") if path.is_file()
-                  and not any(part.startswith(".") for part in path.relative_to(root).parts))
+    cache) and those of a `sana finetune` run folder inside it (the default `--out` lands there when the command
+    runs in the data folder: its samples, plots and checkpoints are not data), sorted."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):  # as rglob walked linked folders
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (Path(folder) / d / RUN_MARKER).is_file()]
+        found += [Path(folder) / name for name in files if not name.startswith(".")]
+    return sorted(path for path in found if path.is_file())
 
 
 def data_fingerprint(data: str | Path) -> str | None:
@@ -169,7 +214,11 @@ def captioned_images(root: Path, report: DataReport, *, caption: str | None = No
             report.skip("not an image", path)
             continue
         row = rows.get(path.resolve(), {}) if caption is None else {}
-        text = sample_caption(caption, row_caption(row), path.with_suffix(".txt"), trigger)
+        try:
+            text = sample_caption(caption, row_caption(row), path.with_suffix(".txt"), trigger)
+        except CaptionUnreadable:
+            report.skip("caption file is not UTF-8 text", path.with_suffix(".txt"))
+            continue
         if text is None:
             report.skip("no caption", path)
             continue
@@ -209,8 +258,8 @@ def scan_folder(root: Path, *, caption: str | None = None, trigger: str | None =
         sizes = list(pool.map(_image_size, [path for path, _ in candidates]))
     samples: list[Sample] = []
     for (path, text), size in zip(candidates, sizes):
-        if size is None:
-            report.skip("unreadable image", path)
+        if isinstance(size, str):
+            report.skip(size, path)
             continue
         samples.append(Sample(path=path, caption=text, width=size[0], height=size[1]))
     report.used = len(samples)
@@ -271,12 +320,29 @@ def load_rgb(path: Path, size: tuple[int, int]):
     with Image.open(path) as image:
         image.load()  # decode now: a truncated file fails here, not later
         image = ImageOps.exif_transpose(image)
+        if image.mode.startswith("I"):  # 16- or 32-bit grey: converting would clip it to white
+            image = _grey_to_8_bit(image)
         if image.mode in ("RGBA", "LA", "P"):
             image = image.convert("RGBA")
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image)
         image = image.convert("RGB")
     return ImageOps.fit(image, size, method=Image.Resampling.BICUBIC)
+
+
+def _grey_to_8_bit(image):
+    """A 16-bit (or 32-bit integer) grey image as 8-bit "L": 16-bit files scaled by 255/65535; 32-bit ones, whose
+    range the mode does not say, by the largest value they hold when it passes 255."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    else:
+        peak = float(values.max()) if values.size else 0.0
+        scale = 255.0 / peak if peak > 255 else 1.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
 
 
 # -- batch order --------------------------------------------------------------------------------------------

@@ -55,20 +55,23 @@ class CheckpointsAndExport:
         if world.is_main:
             ckpt.begin(self.out, step)
         distributed.barrier(world)
-        torch.save(ckpt.rng_state(), staged / f"rng-rank{world.rank}.pt")
-        self.save_extras(staged)
+        with ckpt.writing(self.out):
+            torch.save(ckpt.rng_state(), staged / f"rng-rank{world.rank}.pt")
+            self.save_extras(staged)
         final = None
         if world.is_main:
-            ckpt.save_tensors(staged / "weights.safetensors", weights)
-            if ema is not None:
-                ckpt.save_tensors(staged / "ema.safetensors", ema)
-            torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(),
-                        "scaler": self.scaler.state_dict()}, staged / "state.pt")
+            with ckpt.writing(self.out):
+                ckpt.save_tensors(staged / "weights.safetensors", weights)
+                if ema is not None:
+                    ckpt.save_tensors(staged / "ema.safetensors", ema)
+                torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(),
+                            "scaler": self.scaler.state_dict()}, staged / "state.pt")
         distributed.barrier(world)
         if world.is_main:
-            ckpt.write_json(staged / "state.json", {"step": step, "micro": self.micro, "world_size": world.size,
-                                                    "data": self._data_fingerprint()})
-            final = ckpt.commit(self.out, step, cfg.keep_checkpoints)
+            with ckpt.writing(self.out):
+                ckpt.write_json(staged / "state.json", {"step": step, "micro": self.micro,
+                                                        "world_size": world.size, "data": self._data_fingerprint()})
+                final = ckpt.commit(self.out, step, cfg.keep_checkpoints)
             if (self.out / LOG_NAME).exists():
                 plot_loss(self.out / LOG_NAME, self.out / PLOT_NAME)
             self.events.saved("checkpoint", final)

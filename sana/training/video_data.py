@@ -26,8 +26,8 @@ import numpy as np
 
 from ..errors import UsageError
 from ..outputs.video import ffmpeg_path
-from .data import (IMAGE_SUFFIXES, SIDECAR_SUFFIXES, DataReport, check_data_folder, metadata_rows, nearest_bucket,
-                   no_usable, note_upscaled, ratio_grid, row_caption, sample_caption)
+from .data import (IMAGE_SUFFIXES, RUN_MARKER, SIDECAR_SUFFIXES, CaptionUnreadable, DataReport, check_data_folder,
+                   metadata_rows, nearest_bucket, no_usable, note_upscaled, ratio_grid, row_caption, sample_caption)
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif"}
 FRAME_SUFFIXES = IMAGE_SUFFIXES - {".gif"}  # a frames folder holds still images
@@ -99,6 +99,8 @@ def find_clips(root: Path, *, frames_folders: bool = True) -> tuple[list[Path], 
             if path.name.startswith("."):
                 continue  # .DS_Store, .cache, our own cache
             if path.is_dir():
+                if (path / RUN_MARKER).is_file():
+                    continue  # a `sana finetune` run folder inside the data: its samples are not data
                 (clips.append(path) if frames_folders and _frame_files(path) is not None else walk(path))
                 continue
             suffix = path.suffix.lower()
@@ -171,6 +173,10 @@ def _probe(path: Path) -> tuple[int, int, int, float | None] | None:
         return (width, height, frames, float(meta["fps"])) if frames > 0 and meta.get("fps") else None
     except (OSError, RuntimeError, ValueError, StopIteration, SyntaxError, KeyError, TypeError):
         return None
+    except Exception as exc:  # PIL's DecompressionBombError (a frame too large to decode safely) is no OSError
+        if type(exc).__name__ == "DecompressionBombError":
+            return None
+        raise
 
 
 def _folder_fps(folder: Path) -> float | None:
@@ -199,7 +205,11 @@ def captioned_clips(root: Path, report: DataReport, *, caption: str | None = Non
         report.skip("not a video", path)
     for path in clips:
         row = meta.get(path.resolve(), {})
-        text = sample_caption(caption, row_caption(row), caption_file(path), trigger)
+        try:
+            text = sample_caption(caption, row_caption(row), caption_file(path), trigger)
+        except CaptionUnreadable:
+            report.skip("caption file is not UTF-8 text", caption_file(path))
+            continue
         if text is None:
             report.skip("no caption", path)
             continue
