@@ -150,6 +150,11 @@ def _finetune(flags: dict, data: Path, out: Path | None, resume: bool, resume_fr
     if settings.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise UsageError("--optimizer adamw8bit needs bitsandbytes",
                          "pip install bitsandbytes, or use --optimizer adamw")
+    if gpus > 1:
+        from .launch import check_gpu_count, launched_by_torchrun
+
+        if not launched_by_torchrun():
+            check_gpu_count(gpus, str(settings.device or "auto"))
     _check_usable(settings)  # after the flags: a bad flag is said first, the data's contents last
 
     # 2. Many GPUs: hand over to the standard launcher, which runs this same command once per GPU.

@@ -101,6 +101,10 @@ def finetune_rl(flags: dict) -> None:
     if settings.prompts_per_round % gpus:
         raise UsageError(f"--prompts-per-round {settings.prompts_per_round} does not split over {gpus} GPUs",
                          "use a multiple of --gpus")
+    if gpus > 1 and "LOCAL_RANK" not in os.environ:  # the command itself asked for N processes
+        from .launch import check_gpu_count
+
+        check_gpu_count(gpus, str(settings.device or "auto"))
     if settings.optimizer == "adamw8bit":
         import importlib.util
 

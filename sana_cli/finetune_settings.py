@@ -32,7 +32,7 @@ def settings_from_flags(flags: dict, data: Path, out_dir: Path, saved):
 
         base.update(video_settings(flags.get("model"), model_dir, flags))
         if random_init and "config" in flags:
-            base["transformer_config"] = transformer_config_from(flags["config"])
+            base["transformer_config"] = transformer_config_from(flags["config"], Path(base["model_dir"]))
     base.update(data=recorded_data(data, saved), out=str(out_dir.expanduser().resolve()),
                 data_fingerprint=data_fingerprint(data))
     renames = {"full": None, "model": None, "config": None, "res": "resolution", "keep": "keep_checkpoints", "rl": None,
@@ -44,7 +44,7 @@ def settings_from_flags(flags: dict, data: Path, out_dir: Path, saved):
     elif saved is not None and flags.get("init") == "random":
         base["mode"] = "full"
     if saved is not None and "config" in flags:
-        base["transformer_config"] = transformer_config_from(flags["config"])
+        base["transformer_config"] = transformer_config_from(flags["config"], Path(base["model_dir"]))
     if base["val_prompts"] and not base["val_every"]:
         base["val_every"] = base["checkpoint_every"]
     return TrainConfig(**base)
@@ -145,8 +145,9 @@ def check_config_fits(config: dict, model_dir: Path, label: str) -> None:
                          "use a config made for this autoencoder and text encoder, or another --model")
 
 
-def transformer_config_from(arg: str) -> dict:
-    """--config: a registry model's DiT config, or a config.json file."""
+def transformer_config_from(arg: str, model_dir: Path | None = None) -> dict:
+    """--config: a registry model's DiT config, or a config.json file: the keys it sets over the base model's DiT
+    config (`{"num_layers": 2}` is the base model's DiT with two blocks, its channels still the autoencoder's)."""
     import json
 
     from sana.registry import find_spec
@@ -154,9 +155,15 @@ def transformer_config_from(arg: str) -> dict:
     path = Path(arg).expanduser()
     if path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            given = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise UsageError(f"cannot read {arg} ({exc})") from None
+        if not isinstance(given, dict):
+            raise UsageError(f"--config {arg} is not a JSON object of DiT settings")
+        own = model_dir / "transformer" / "config.json" if model_dir is not None else None
+        if own is not None and own.is_file():
+            return {**json.loads(own.read_text(encoding="utf-8")), **given}
+        return given
     spec = find_spec(arg)
     if spec is None:
         raise UsageError(f"--config {arg} is neither a config.json nor a registry model", "see: sana models list")

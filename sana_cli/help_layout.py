@@ -28,6 +28,8 @@ def _whole_names_panel(panel):
     def joined(first, second):  # a flag's two names: `--full / --lora`
         return Text.assemble(first, " / ", second) if isinstance(second, Text) and second.plain else first
 
+    # This Typer shows "<bool>" as the type of an on/off flag, which takes no value: `--json true` is an error.
+    types = [Text("") if isinstance(cell, Text) and cell.plain.strip() == "<bool>" else cell for cell in types]
     names = [joined(a, b) for a, b in zip(long, negative)]
     shorts = [joined(a, b) for a, b in zip(short, negative_short)]
     for cell in types + [item for cell in help_ if isinstance(cell, Columns) for item in cell.renderables]:

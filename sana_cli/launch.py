@@ -110,8 +110,12 @@ def check_gpus(gpus: int, flags: dict[str, Any], *, noun: str) -> None:
     if not flags.get("prompts") and int(flags.get("num") or 1) <= 1:
         raise UsageError(f"--gpus {gpus} splits a run's {noun} across processes, and this run makes one",
                          "give --prompts FILE or --num N, or drop --gpus")
-    device = str(flags.get("device") or "auto")
-    if device == "cpu":
+    check_gpu_count(gpus, str(flags.get("device") or "auto"))
+
+
+def check_gpu_count(gpus: int, device: str) -> None:
+    """N processes: --device cpu runs N CPU processes; otherwise each takes a GPU, so N GPUs must be visible."""
+    if gpus <= 1 or device == "cpu":
         return
     if device not in ("auto", "cuda"):
         raise UsageError(f"--gpus {gpus} takes --device auto, cuda or cpu, not {device}",

@@ -284,6 +284,7 @@ def run(flags: dict[str, Any]) -> None:
         for request, paths, fps, first in requests:
             _generate_and_save(pipe, request, paths, fps, flags, recorded_model, resolved, dtype, device, first,
                                load_seconds, crf, loras, saved)
+            load_seconds = 0.0  # the model loaded once: the first batch's records say so, as `sana gen`'s do
     except KeyboardInterrupt:
         last = f"; the last is {saved[-1]}" if saved else ""
         raise Interrupted(f"interrupted: {len(saved)} of {total} clips saved{last}",

@@ -84,6 +84,7 @@ FAST_ERRORS = {
     "finetune-keep-twice": (("finetune", "data", "-m", "nano", "--keep", "2", "--keep-checkpoints", "4"),
                             "--keep 2 and --keep-checkpoints 4 both set"),
     "video-memory-mode": (("video", "x", "-m", "video-2b-480p", "--dry-run", "--memory", "bogus"), "memory mode"),
+    "finetune-gpus-without-gpus": (("finetune", "data", "-m", "nano", "--gpus", "2"), "--gpus 2: 0 GPU(s) visible here"),
     "jpeg-prompt-too-long": (("gen", "a red circle " * 5000, "-m", "nano", "-o", "x.jpg"),
                              "too long to record in a JPEG"),
     "scm-to-gen": (("gen", "x", "-m", "nano", "--sampler", "scm"), "sampler 'scm' is SANA-Sprint's"),
@@ -192,6 +193,7 @@ def test_help_at_80_columns_never_cuts_an_option_name(command):
     assert "…" not in result.stdout  # help text wraps too, rather than losing its end
     words = set(re.findall(r"-[\w-]+", result.stdout))
     assert [name for name in COMMAND_NAMES[command] if name not in words] == []
+    assert "<bool>" not in result.stdout  # an on/off flag takes no value to show a type for
 
 
 def test_guidance_is_an_alias_of_cfg_in_gen():

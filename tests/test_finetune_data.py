@@ -247,6 +247,25 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_saying_why(tmp_path, mo
             raise PermissionError(13, "Permission denied")
 
 
+def test_a_config_file_of_a_few_keys_changes_those_of_the_base_dit(tmp_path):
+    """`--init random --config cfg.json` with {"num_layers": 2}: the base model's DiT with two blocks, its
+    channels still the autoencoder's (they fell back to the class defaults, 32, and the run failed mid-way)."""
+    from sana.embedded import embedded_model_dir
+    from sana_cli.finetune_settings import check_config_fits, transformer_config_from
+
+    nano = embedded_model_dir("nano")
+    if nano is None:
+        pytest.skip("no nano model in this installation")
+    base = json.loads((nano / "transformer" / "config.json").read_text())
+    (tmp_path / "cfg.json").write_text('{"num_layers": 2}')
+    config = transformer_config_from(str(tmp_path / "cfg.json"), nano)
+    assert config == {**base, "num_layers": 2} and base["num_layers"] != 2
+    check_config_fits(config, nano, "nano")
+    (tmp_path / "list.json").write_text("[2]")
+    with pytest.raises(UsageError, match="not a JSON object"):
+        transformer_config_from(str(tmp_path / "list.json"), nano)
+
+
 # -- what a validation sample records ---------------------------------------------------------------------
 
 def test_a_validation_sample_records_the_base_model_and_its_run_and_replays(tmp_path):

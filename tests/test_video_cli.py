@@ -119,6 +119,21 @@ def test_image_to_video_takes_the_first_frames_shape_unless_res_says(tmp_path):
     assert "480x832" in result.stdout and "stretched" not in result.stderr
 
 
+def test_a_prompts_file_records_the_models_load_once(tiny, tmp_path):
+    """The model loads once for the run: the first batch's clips record the load, the later ones 0 (as `sana
+    gen` records it), so summing a folder's load times gives the run's."""
+    from sana.outputs import read_metadata
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    result = run_sana("video", "--prompts", str(prompts), "--model", str(tiny[1]), "--res", "64x32", "--frames", "9",
+                      "--steps", "1", "-o", f"{tmp_path / 'out'}/", "--json", *COMMON)
+    assert result.returncode == 0, result.stderr
+    paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
+    loads = [read_metadata(Path(p)).timings["load"] for p in paths]
+    assert len(loads) == 2 and loads[0] > 0 and loads[1] == 0
+
+
 def test_prompts_file_dry_run_plans_every_line(tiny, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     lines = [{"prompt": "a cat, motion score: 10.", "seed": 1}, {"prompt": "a dog", "steps": 2, "num": 2}]
