@@ -57,7 +57,7 @@ def check_shift(value: float | None) -> float | None:
 
 Model = Annotated[Optional[str], typer.Option("--model", "-m", autocompletion=complete_model, help="Registry name, org/repo id or local diffusers-format directory.")]
 Resolution = Annotated[Optional[str], typer.Option("--res", "-r", help="Size: 1024, WxH (e.g. 1536x1024), 1K, 2K, 4K, 720p, 1080p.")]
-Seed = Annotated[Optional[int], typer.Option("--seed", "-s", help="Seed of the first image or clip (random if not given); --num N uses seed..seed+N-1.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", "-s", help="Seed of the first image or clip (random if not given); --num N uses seed..seed+N-1 (past 4294967295 they go on from 0).")]
 Num = Annotated[Optional[int], typer.Option("--num", "-n", min=1, help="Images (clips) per prompt.")]
 Out = Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (.png/.jpg/.webp) or directory.")]
 Prompts = Annotated[Optional[Path], typer.Option("--prompts", help="File with one prompt a line, or JSONL with per-line overrides.")]
@@ -87,7 +87,7 @@ ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="SANA_API_KEY
 
 # Clips (sana video)
 ClipModel = Annotated[Optional[str], typer.Option("--model", "-m", autocompletion=complete_model, help="Registry name, org/repo id or local diffusers-format directory (default: the best SANA-Video model downloaded, video-2b-480p first, else the built-in nano-video).")]
-ClipSeed = Annotated[Optional[int], typer.Option("--seed", "-s", help="Seed of the first clip (random if not given); --num N uses seed..seed+N-1.")]
+ClipSeed = Annotated[Optional[int], typer.Option("--seed", "-s", help="Seed of the first clip (random if not given); --num N uses seed..seed+N-1 (past 4294967295 they go on from 0).")]
 ClipNum = Annotated[Optional[int], typer.Option("--num", "-n", min=1, help="Clips per prompt (default 1), made in one batch.")]
 ClipSteps = Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (default: the model's; 50 for SANA-Video, 20 for nano-video).")]
 ClipCfg = Annotated[Optional[float], typer.Option("--cfg", "--guidance", callback=check_guidance, help="Classifier-free guidance scale (default: the model's; 6 for SANA-Video, 2 for nano-video; <= 1 turns CFG off).")]

@@ -66,6 +66,12 @@ def test_bad_actions(actions, expected):
         action_string_to_c2w(actions)
 
 
+@pytest.mark.parametrize("count", ["\u0663", "\uff13", "\u00b3"])  # Arabic-Indic 3, full-width 3, superscript 3
+def test_a_count_is_written_in_ascii_digits(count):
+    with pytest.raises(UsageError, match="expected a positive whole number"):
+        actions_to_c2w(f"w-{count}")
+
+
 def test_help_table_names_every_key():
     for key in "wasdijkl":
         assert f" {key} " in ACTION_HELP

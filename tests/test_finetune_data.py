@@ -145,6 +145,15 @@ def test_a_metadata_row_naming_a_missing_file_is_listed(tmp_path):
     assert report.skipped["named in metadata.jsonl but missing"] == [str(Path("sub") / "gone.png")]
     assert "1 skipped: named in metadata.jsonl but missing (sub/gone.png)" in report.lines()
 
+    images(tmp_path, ["outside"], captions=False)
+    (data / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in (
+        {"file_name": "a.png", "text": "a red square"}, {"file_name": "../outside.png", "text": "not data"},
+        {"file_name": "a.png", "text": "a blue square"})))
+    samples, report = scan_folder(data)
+    assert [(s.path.name, s.caption) for s in samples] == [("a.png", "a blue square")]
+    assert report.skipped["named in metadata.jsonl but outside the data folder"] == [str(Path("..") / "outside.png")]
+    assert report.skipped["named twice in metadata.jsonl (the later row is used)"] == ["a.png"]
+
 
 def test_the_data_fingerprint_follows_the_files_training_reads(tmp_path):
     import os

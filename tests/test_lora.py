@@ -193,3 +193,21 @@ def test_a_lora_trained_on_a_video_model_is_refused_by_an_image_model(tmp_path):
     load_transformer(tmp_path, loras=[(lora, 1.0)])
     assert _diffusers_class_name(load_transformer(tmp_path)) == "SanaTransformer2DModel"
     assert isinstance(load_transformer(tmp_path), SanaTransformer)
+
+
+def test_a_trained_loras_file_does_not_depend_on_the_processs_hash_seed(tmp_path):
+    """peft keeps the target modules in a set, whose order follows PYTHONHASHSEED: written as it came, two runs
+    identical to the last bit exported files that differed in their metadata."""
+    from sana.models.transformer import SanaTransformer, TransformerConfig
+    from sana.training.adapters import add_lora
+    from sana.training.adapters import save_lora as save_trained_lora
+    from tests.tiny_transformer import transformer_config
+
+    model = SanaTransformer(TransformerConfig.from_dict(transformer_config("sana")))
+    config = add_lora(model, rank=2, alpha=2, targets=["to_q", "to_k", "to_v", "to_out.0", "conv_inverted",
+                                                        "conv_point", "linear_1", "linear_2"])
+    path = save_trained_lora(model, config, tmp_path / "lora")
+    with safe_open(path, "pt") as f:
+        adapter = json.loads(f.metadata()["lora_adapter_metadata"])
+    modules = adapter["transformer.target_modules"]  # diffusers prefixes every key with the component
+    assert isinstance(modules, list) and len(modules) > 20 and modules == sorted(modules)

@@ -49,7 +49,7 @@ Keys combine: "wd-20" moves diagonally, "jw-40" turns left while moving forward.
 
 def _count(text: str) -> int | None:
     """A segment's frame count, or None unless it is a positive integer written in digits."""
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "٣" or "３" are digits to Python, not to someone reading it
         return None
     try:
         count = int(text)

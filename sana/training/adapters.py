@@ -133,9 +133,13 @@ def save_lora(model: nn.Module, config, folder: Path, dtype: torch.dtype = torch
     extra = {BASE_CLASS_METADATA_KEY: _diffusers_class_name(model)}
     if sampling_defaults:
         extra[SAMPLING_METADATA_KEY] = json.dumps(sampling_defaults)
+    adapter = saved_config.to_dict()
+    for key, value in adapter.items():  # peft keeps module names in sets: their order follows the process's hash seed
+        if isinstance(value, (set, frozenset)):
+            adapter[key] = sorted(value)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
         SanaPipeline.save_lora_weights(tmp, transformer_lora_layers=layers,
-                                       transformer_lora_adapter_metadata=saved_config.to_dict())
+                                       transformer_lora_adapter_metadata=adapter)
         _add_metadata(Path(tmp) / LORA_WEIGHTS_NAME, extra)
         os.replace(Path(tmp) / LORA_WEIGHTS_NAME, folder / LORA_WEIGHTS_NAME)
     return folder / LORA_WEIGHTS_NAME

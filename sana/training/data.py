@@ -88,6 +88,11 @@ def metadata_rows(root: Path, report: DataReport, *, need_caption: bool = False)
             if not found:  # listed like every other left-out item, not dropped unsaid
                 report.skip("named in metadata.jsonl but missing", named)
                 continue
+            if not named.resolve().is_relative_to(root.resolve()):
+                report.skip("named in metadata.jsonl but outside the data folder", named)
+                continue
+            if named.resolve() in rows:
+                report.skip("named twice in metadata.jsonl (the later row is used)", named)
             rows[named.resolve()] = row
     return rows
 
