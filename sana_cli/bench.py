@@ -32,7 +32,7 @@ def bench(
     compile_timeout: Annotated[float, typer.Option("--compile-timeout", min=1, help="Seconds to wait for diffusers + torch.compile in --video / --world.")] = 420,
 ) -> None:
     """Measure the DiT forward (random weights, real configs, bf16) against diffusers in one run."""
-    from sana.benchmark import STEP, bench_dit, bf16_peak_tflops
+    from sana.benchmarks.image import STEP, bench_dit, bf16_peak_tflops
 
     if (video or world) and generate:
         _bench_clips(video, world, frames, steps, markdown)
@@ -95,7 +95,7 @@ def bench(
 def _bench_generate(sizes: list[int], steps: int, markdown: Path | None, fp8: bool) -> None:
     import torch
 
-    from sana.benchmark import bench_generate
+    from sana.benchmarks.image import bench_generate
 
     rows = bench_generate(sizes, steps=steps, fp8=fp8, on_row=lambda r: console.info(f"measured {r.px} px"))
     card = torch.cuda.get_device_name()
@@ -130,8 +130,8 @@ def _bench_clip_dits(video: bool, world: bool, frames: int | None, compiled: boo
                      markdown: Path | None) -> None:
     import torch
 
-    from sana.benchmark import bf16_peak_tflops
-    from sana.benchmark_clips import COMPILE_FORMS, bench_video_dit, bench_world_dit, compiled_name
+    from sana.benchmarks.image import bf16_peak_tflops
+    from sana.benchmarks.clip_dit import COMPILE_FORMS, bench_video_dit, bench_world_dit, compiled_name
 
     rows = []
     if video:
@@ -179,7 +179,7 @@ def _bench_clip_dits(video: bool, world: bool, frames: int | None, compiled: boo
 def _bench_clips(video: bool, world: bool, frames: int | None, steps: int | None, markdown: Path | None) -> None:
     import torch
 
-    from sana.benchmark_clips import bench_video_clip, bench_world_clip
+    from sana.benchmarks.clip_runs import bench_video_clip, bench_world_clip
 
     rows = []
     if video:

@@ -60,7 +60,7 @@ def build_model(folder: Path, *, tiny: bool, device: str, model: str = "sana-1.6
     from diffusers import AutoencoderDC, SanaPipeline, SanaTransformer2DModel
     from transformers import Gemma2Config, Gemma2Model
 
-    from sana.benchmark import DCAE_F32C32, GEMMA2_2B
+    from sana.benchmarks.image import DCAE_F32C32, GEMMA2_2B
     from sana.registry import get_spec
     from sana.sampling import make_scheduler
     from sana.text import COMPLEX_HUMAN_INSTRUCTION

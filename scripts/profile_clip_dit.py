@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from sana.benchmark_clips import video_inputs, video_pair, world_inputs, world_pair
+from sana.benchmarks.clip_dit import video_inputs, video_pair, world_inputs, world_pair
 
 GROUPS = {  # kernel-name fragments -> a group, first match wins
     "gemm": ("gemm", "cutlass", "sm90_xmma", "nvjet", "cublas"),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sana.benchmark import dit_flops
+from sana.benchmarks.image import dit_flops
 from sana.registry import get_spec
 from tests.cli_helpers import assert_one_line_error, run_sana
 
@@ -24,7 +24,7 @@ def test_clip_bench_compiles_diffusers_both_ways_it_offers():
     """The clip bench's two compiled forms of a diffusers model: the whole forward, and regional compilation,
     which compiles every repeated block in place (lazily: nothing compiles until a call); the faster that finished
     is the one 'ours / compiled' is against."""
-    from sana.benchmark_clips import COMPILE_FORMS, ClipDitRow, _compile, compiled_name
+    from sana.benchmarks.clip_dit import COMPILE_FORMS, ClipDitRow, _compile, compiled_name
     from tests.tiny_world import build_reference
 
     ref = build_reference()
@@ -45,7 +45,7 @@ def test_clip_bench_compiles_diffusers_both_ways_it_offers():
 def test_the_best_forward_is_the_same_work_as_diffusers():
     """The step that makes the text's keys and values once is shown beside our forwards, never as the best one:
     the forward's ratio and TFLOP/s compare the same work."""
-    from sana.benchmark import STEP, DitRow
+    from sana.benchmarks.image import STEP, DitRow
 
     row = DitRow("sana-1.6b", 1024, 2, 30.0, ms={"diffusers": 20.0, "ours, kernels": 14.0,
                                                   "ours, kernels+graph": 13.0, STEP: 12.5, "ours, fp8+graph": 11.0})
@@ -53,7 +53,7 @@ def test_the_best_forward_is_the_same_work_as_diffusers():
 
 
 def test_interleaved_timing_takes_turns_and_the_median_of_rounds(monkeypatch):
-    import sana.benchmark as benchmark
+    import sana.benchmarks.image as benchmark
 
     calls = []
     drift = iter([10.0, 20.0, 11.0, 21.0, 30.0, 22.0])  # one slow round of A: the median ignores it

@@ -241,7 +241,7 @@ def test_activations_are_channels_last_and_bf16_runs(pairs):
 def test_config_and_sizes_match_diffusers():
     from diffusers import AutoencoderDC
 
-    from sana.benchmark import DCAE_F32C32  # the released SANA DC-AE (mit-han-lab/dc-ae-f32c32-sana-1.x-diffusers)
+    from sana.benchmarks.image import DCAE_F32C32  # the released SANA DC-AE (mit-han-lab/dc-ae-f32c32-sana-1.x-diffusers)
 
     # Two stages with diffusers' six-stage defaults for the rest: extra per-stage entries are ignored, as there.
     two_stages = dict(latent_channels=4, encoder_block_out_channels=(8, 16), decoder_block_out_channels=(8, 16),
@@ -385,7 +385,7 @@ def test_gpu_real_config_bf16_matches_diffusers(kernels):
     from diffusers import AutoencoderDC
 
     from sana import ops
-    from sana.benchmark import DCAE_F32C32
+    from sana.benchmarks.image import DCAE_F32C32
     from sana.loading import vae_decoder_from_state
 
     torch.manual_seed(0)

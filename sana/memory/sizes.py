@@ -155,7 +155,7 @@ def clip_sizes(transformer_config: dict, vae_config: dict, *, transformer_params
 def sizes_from_spec(spec) -> ComponentSizes:
     """From a registry preset alone (no weights on disk). Image models pair Gemma-2-2B with DC-AE f32c32; video
     models the preset's VAE config, else the released Wan 2.1 or LTX-2 VAE by the DiT's latent channels."""
-    from ..benchmark import DCAE_F32C32, GEMMA2_2B
+    from ..benchmarks.image import DCAE_F32C32, GEMMA2_2B
 
     config = {"_class_name": _preset_class(spec), **spec.transformer}
     kind = families.dit_kind(config)

@@ -2,7 +2,7 @@
 (Gemma-2-2B, the DiT, the VAE; random weights, bf16) is written, then `sana video` / `sana world` runs on it with
 `--max-vram`, and the clip's metadata gives back the plan it chose and the peak the CUDA allocator reached.
 
-Run on a CUDA machine: `python -m sana.benchmark_capped video --cap 16G --frames 81 --steps 10` (or `world --cap
+Run on a CUDA machine: `python -m sana.benchmarks.capped video --cap 16G --frames 81 --steps 10` (or `world --cap
 24G --frames 161`). The cap is enforced by the allocator (`torch.cuda.set_per_process_memory_fraction`), so a clip
 that completes has stayed under it; the number of steps changes the time, not the peak. Prints one JSON line.
 """
@@ -24,10 +24,10 @@ def write_video_model(folder: Path, name: str = "video-2b-480p") -> None:
     """SanaVideoPipeline's folder at the registry model's config: the 2B DiT, Gemma-2-2B, the Wan 2.1 VAE."""
     from diffusers import AutoencoderKLWan, SanaVideoPipeline, SanaVideoTransformer3DModel
 
-    from .benchmark_clips import _text_stack
-    from .registry import get_spec
-    from .sampling import make_scheduler
-    from .text import VIDEO_COMPLEX_HUMAN_INSTRUCTION
+    from .clip_runs import _text_stack
+    from ..registry import get_spec
+    from ..sampling import make_scheduler
+    from ..text import VIDEO_COMPLEX_HUMAN_INSTRUCTION
 
     cfg = {k: v for k, v in get_spec(name).transformer.items() if not k.startswith("_")}
     tokenizer, text_model = _text_stack(VIDEO_COMPLEX_HUMAN_INSTRUCTION)
@@ -44,8 +44,9 @@ def write_world_model(folder: Path) -> None:
     """SanaWMPipeline's folder: the 2.6B DiT (class defaults, camera layers drawn), Gemma-2-2B, the LTX-2 VAE."""
     from diffusers import AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, SanaWMPipeline
 
-    from .benchmark_clips import _text_stack, world_pair
-    from .text import WORLD_COMPLEX_HUMAN_INSTRUCTION
+    from .clip_dit import world_pair
+    from .clip_runs import _text_stack
+    from ..text import WORLD_COMPLEX_HUMAN_INSTRUCTION
 
     _, transformer, _ = world_pair(with_ours=False)
     tokenizer, text_model = _text_stack(WORLD_COMPLEX_HUMAN_INSTRUCTION)
@@ -86,7 +87,7 @@ def run_capped(kind: str, cap: str, frames: int, steps: int, work: Path) -> dict
               "cli_s": round(time.perf_counter() - start, 1), "returncode": done.returncode,
               "cli_output": (done.stdout + done.stderr)[-3000:]}
     if done.returncode == 0:
-        from .outputs import read_metadata
+        from ..outputs import read_metadata
 
         clips = [p for p in out.iterdir() if p.is_dir()]
         record = read_metadata(clips[0])

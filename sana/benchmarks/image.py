@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .errors import SanaError
+from ..errors import SanaError
 
 BF16_PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
 
@@ -46,8 +46,8 @@ def random_dit_pair(name: str):
     from it through the real loader; both bf16 on the GPU."""
     from diffusers import SanaTransformer2DModel
 
-    from .loading import load_transformer
-    from .registry import get_spec
+    from ..loading import load_transformer
+    from ..registry import get_spec
 
     cfg = {k: v for k, v in get_spec(name).transformer.items() if not k.startswith("_")}
     torch.manual_seed(0)
@@ -119,10 +119,10 @@ def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool, fp8: b
     CUDA graph, with the relative error that costs against our bf16 output)."""
     import copy
 
-    from . import ops
-    from .graphs import GraphedForward
-    from .models.fp8 import quantize_blocks_fp8
-    from .registry import get_spec
+    from .. import ops
+    from ..graphs import GraphedForward
+    from ..models.fp8 import quantize_blocks_fp8
+    from ..registry import get_spec
 
     if not torch.cuda.is_available():
         raise SanaError("sana bench needs a CUDA GPU")
@@ -222,17 +222,17 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3, fp8: 
 
     import numpy as np
 
-    from . import ops
-    from .models.fp8 import quantize_blocks_fp8
+    from .. import ops
+    from ..models.fp8 import quantize_blocks_fp8
 
     from diffusers import AutoencoderDC, SanaPipeline
     from transformers import Gemma2Config, Gemma2Model
 
-    from .loading import vae_decoder_from_state
-    from .pipelines.image import ImagePipeline, ImageRequest
-    from .sampling import make_scheduler
-    from .text import COMPLEX_HUMAN_INSTRUCTION, TextEncoder
-    from .tokenizer import train_gemma_style_bpe
+    from ..loading import vae_decoder_from_state
+    from ..pipelines.image import ImagePipeline, ImageRequest
+    from ..sampling import make_scheduler
+    from ..text import COMPLEX_HUMAN_INSTRUCTION, TextEncoder
+    from ..tokenizer import train_gemma_style_bpe
 
     if not torch.cuda.is_available():
         raise SanaError("sana bench needs a CUDA GPU")
