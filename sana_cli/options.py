@@ -109,7 +109,7 @@ Speed = Annotated[Optional[float], typer.Option("--speed", help="--actions: unit
 TurnRate = Annotated[Optional[float], typer.Option("--turn-rate", help="--actions: degrees turned a frame (default 1.2).")]
 CameraFps = Annotated[Optional[float], typer.Option("--camera-fps", help="Frame rate of .npy poses (default 16, SANA-WM's).")]
 Preview = Annotated[Optional[Path], typer.Option("--preview", help="Draw the resolved camera path (top and side views, frustums coloured by time) to this PNG and exit without loading the model.")]
-Refine = Annotated[bool, typer.Option("--refine", help="Run SANA-WM's stage 2 (the LTX-2 refiner: Gemma-3 12B and a 48-layer DiT, GPU only in practice) on each clip's latents before the decode; the clip loses its first frame. Uses the model folder's refiner/ or --refiner.")]
+Refine = Annotated[Optional[bool], typer.Option("--refine/--no-refine", help="Run SANA-WM's stage 2 (the LTX-2 refiner: Gemma-3 12B and a 48-layer DiT, GPU only in practice) on each clip's latents before the decode; the clip loses its first frame. Uses the model folder's refiner/ or --refiner. --no-refine replays a refined clip's stage 1 alone.")]
 Refiner = Annotated[Optional[Path], typer.Option("--refiner", help="A diffusers-format SanaWMLTX2Refiner folder (implies --refine).")]
 WorldImage = Annotated[Optional[Path], typer.Option("--image", "-i", help="First frame (PNG, JPEG, WebP, ...): the view from the camera path's first pose; resized to cover the generated size and centre-cropped.")]
 WorldFrames = Annotated[Optional[int], typer.Option("--frames", "-f", help="Frames to generate (model default 161, at most what the camera path gives at 16 fps; snapped to 8k+1).")]

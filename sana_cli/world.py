@@ -79,7 +79,7 @@ def world(
     fp8: opt.Fp8 = False,
     memory: opt.Memory = "auto",
     max_vram: opt.MaxVram = None,
-    refine: opt.Refine = False,
+    refine: opt.Refine = None,
     refiner: opt.Refiner = None,
     dry_run: opt.DryRun = False,
     preview: opt.Preview = None,
@@ -350,11 +350,15 @@ def _refiner_to_use(flags: dict, record, resolved) -> Path | None:
     from sana.pipelines.world_refiner import refiner_folder
 
     explicit = flags.get("refiner")
+    if flags.get("refine") is False:  # --no-refine: stage 1 alone, a refined clip's replay included
+        if explicit is not None:
+            raise UsageError("--no-refine and --refiner contradict each other", "give one of them")
+        return None
     recorded = (record.extra.get("refiner") or {}) if record is not None else {}
     if explicit is None and not flags.get("refine") and recorded.get("path"):
         if not Path(recorded["path"]).is_dir():
             raise UsageError(f"the replayed clip was refined with {recorded['path']}, which is gone",
-                             "give --refiner DIR")
+                             "give --refiner DIR, or --no-refine for its stage 1 alone")
         explicit = recorded["path"]
     if explicit is None and not flags.get("refine"):
         return None

@@ -91,6 +91,14 @@ def test_refined_frames_match_diffusers_two_stages_and_replay(tiny, tmp_path):
     (replayed,) = [p for p in again.iterdir() if p.is_dir()]
     assert np.array_equal(_frames_folder(replayed), ours)
 
+    # --no-refine replays its stage 1 alone: the 25 frames stage 1 made, nothing refined.
+    plan = run_sana("world", "--from", str(folder), "--no-refine", "--dry-run", "--json", *COMMON)
+    assert plan.returncode == 0, plan.stderr
+    (clip,) = json.loads(plan.stdout)["clips"]
+    assert clip["frames"] == 25 and clip["refiner"] is None
+    assert "contradict" in assert_one_line_error(run_sana("world", "--from", str(folder), "--no-refine",
+                                                          "--refiner", str(refiner_dir), "--dry-run", *COMMON))
+
 
 def test_refiner_bad_input_is_one_line_before_torch(tiny, tmp_path):
     import subprocess
