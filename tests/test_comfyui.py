@@ -126,7 +126,8 @@ def test_object_info_lists_our_nodes_with_their_inputs_and_outputs(comfyui):
     sampler = ours["SanaEngineSampler"]
     assert list(sampler["input"]["required"]) == ["model", "conditioning", "seed", "steps", "guidance", "pag",
                                                   "sampler", "shift", "width", "height", "batch_size"]
-    assert sampler["input"]["required"]["width"][1]["min"] == 32 and sampler["output"] == ["LATENT"]
+    width = sampler["input"]["required"]["width"][1]  # 0: the model's native size
+    assert (width["min"], width["default"], width["step"]) == (0, 0, 32) and sampler["output"] == ["LATENT"]
     assert ours["SanaEngineDecode"]["output"] == ["IMAGE", "SANA_INFO"]
     assert ours["SanaEngineSave"]["output_node"] is True and ours["SanaEngineSave"]["category"] == "sana"
     assert "nano" in ours["SanaEngineModelLoader"]["input"]["required"]["model"][0]
@@ -186,7 +187,7 @@ def test_bad_graphs_get_node_errors_and_comfyui_keeps_running(comfyui):
     base, _, log_path = comfyui
     graph = _nano_text_to_image()
     graph["1"]["inputs"]["model"] = "no-such-model"
-    graph["3"]["inputs"]["width"] = 0
+    graph["3"]["inputs"]["width"] = -32
     status, answer = _json(base + "/prompt", {"prompt": graph})
     assert status == 400 and answer["error"]["type"] == "prompt_outputs_failed_validation"
     (model_error,) = answer["node_errors"]["1"]["errors"]  # one line, on the model input

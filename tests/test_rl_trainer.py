@@ -292,3 +292,50 @@ def test_an_older_runs_reward_std_is_read_as_adv_std(tmp_path):
     fields = rl_log.fields_for(["brightness", "std"])
     rl_log.write_rows(path, [{"round": "1", "adv_std": "0.3", "reward_std": "0.5"}], fields)
     assert rl_log.read_rows(path)[0]["adv_std"] == "0.3" and rl_log.read_rows(path)[0]["reward_std"] == "0.5"
+
+
+def test_with_cfg_rollouts_the_loss_trains_the_guided_velocity(files, base_model):
+    """Rollouts sampled with guidance g train the velocity that sampler follows, v_u + g (v_c - v_u), for the
+    current policy (both passes: the unconditional branch trains with the conditional one) and the old one; the
+    loss of a micro-step against the formulas written out plainly."""
+    from sana.training.rl.loop import RLTrainer
+
+    cfg = _config(files / "guided", base_model, files / "prompts.txt", files / "plug.py", steps=1, val_count=0,
+                  guidance=3.0, kl_beta=0.0)
+    trainer = RLTrainer(cfg)
+    trainer.prepare_data()
+    trainer.build()
+    trainer.round_data, _ = trainer.collect(0)
+    trainer._round_start, trainer._sums = trainer.micro, torch.zeros(2)
+    for param in trainer.model.parameters():  # an adapter that does something (peft starts B at zero)
+        if param.requires_grad:
+            param.data.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    loss = trainer.loss(trainer.micro)
+
+    data, g, beta, clip = trainer.round_data, 3.0, cfg.nft_beta, cfg.adv_clip
+    rows = slice(0, cfg.batch_size)
+    x0, t = data.latents[rows], data.sigmas[rows, 0]
+    s = t.view(-1, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * data.noise[rows, 0]
+    text = data.text.index(data.prompt_index[rows])
+    null = data.null.index([0] * len(text))
+    timestep = t * 1000.0 * trainer.model.config.timestep_scale
+
+    def sampled(model):
+        cond = model(x_t, text.embeds, timestep, text_mask=text.mask).float()
+        uncond = model(x_t, null.embeds, timestep, text_mask=null.mask).float()
+        return uncond + g * (cond - uncond)
+
+    with torch.no_grad():
+        v_old, v = sampled(trainer.old_model), sampled(trainer.model)
+
+    def x0_loss(velocity):
+        x0_hat = x_t - s * velocity
+        weight = (x0_hat - x0).abs().mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-5)
+        return ((x0_hat - x0) ** 2 / weight).mean(dim=(1, 2, 3))
+
+    r = data.r[rows]
+    policy = clip * (r * x0_loss((1 - beta) * v_old + beta * v) + (1 - r) * x0_loss((1 + beta) * v_old - beta * v)) / beta
+    torch.testing.assert_close(loss.detach().double(), policy.mean().double(), rtol=1e-5, atol=1e-6)
+    loss.backward()  # the empty prompt's pass trains too: its gradient reaches the adapter
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters() if p.requires_grad)

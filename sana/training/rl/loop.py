@@ -36,7 +36,8 @@ from ..runtime import memory_gb
 from ..trainer import LOG_NAME, AnnouncedStop, TrainEvents, Trainer, TrainResult, run_trainer
 from . import log as rl_log
 from .config import RLConfig
-from .objective import advantages, kl_loss, nft_policy_loss, old_policy_decay, optimality, update_old_policy
+from .objective import (advantages, guided, kl_loss, nft_policy_loss, old_policy_decay, optimality,
+                        update_old_policy)
 from .prompts import Prompt, read_prompts
 from ...rewards.plugins import RewardError, RewardSet, parse_rewards
 from .rollout import (RolloutSettings, decode_batch, explorer_copy, mixed_seed, plain_transformer, policy_state,
@@ -92,6 +93,7 @@ class RoundData:
     r: torch.Tensor  # [N] optimality probabilities
     sigmas: torch.Tensor  # [N, T] each sample's training noise levels
     noise: torch.Tensor  # [N, T, C, h, w]
+    null: PromptEmbeddings | None = None  # [1] the empty prompt, for the guided velocity (rollouts with CFG)
 
 
 def gather(tensor: torch.Tensor, world) -> torch.Tensor:
@@ -237,7 +239,8 @@ class RLTrainer(Validation, Trainer):
         # The draws go to the device once a round, not a micro-batch at a time.
         data = RoundData(latents=out.latents.to(self.device), text=text, prompt_index=out.prompt_index.tolist(),
                          r=optimality(adv, cfg.adv_clip).to(self.device),
-                         sigmas=torch.stack(draws_sigma).to(self.device), noise=torch.stack(draws_noise).to(self.device))
+                         sigmas=torch.stack(draws_sigma).to(self.device), noise=torch.stack(draws_noise).to(self.device),
+                         null=null if cfg.guidance > 1.0 else None)
 
         per_prompt = rewards.view(cfg.prompts_per_round, keep)
         stats = {"reward_mean": rewards.mean().item(), "reward_best": per_prompt.max(1).values.mean().item(),
@@ -263,13 +266,23 @@ class RLTrainer(Validation, Trainer):
         s = t.view(-1, 1, 1, 1)
         x_t = (1.0 - s) * x0 + s * data.noise[rows, j]
         text = data.text.index(data.prompt_index[rows])
-        embeds, mask = text.embeds.to(dtype), text.mask
         timestep = t * 1000.0 * self.model.config.timestep_scale
+        x_in = x_t.to(dtype)
+        if data.null is not None:  # rollouts with CFG: each model's conditional and unconditional pass in one batch
+            text = PromptEmbeddings.cat([text, data.null.index([0] * len(text))])
+            x_in, timestep = torch.cat([x_in, x_in]), torch.cat([timestep, timestep])
+        embeds, mask = text.embeds.to(dtype), text.mask
+
+        def velocity(model) -> torch.Tensor:
+            """The velocity the rollouts' sampler follows (`objective.guided` with CFG)."""
+            out = model(x_in, embeds, timestep, text_mask=mask).float()
+            return guided(*out.chunk(2), cfg.guidance) if data.null is not None else out
+
         with torch.no_grad():
-            v_old = self.old_model(x_t.to(dtype), embeds, timestep, text_mask=mask).float()
-            v_ref = self.ref_model(x_t.to(dtype), embeds, timestep, text_mask=mask).float() if self.ref_model else None
+            v_old = velocity(self.old_model)
+            v_ref = velocity(self.ref_model) if self.ref_model else None
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            v = self.runner(x_t.to(dtype), embeds, timestep, text_mask=mask).float()
+            v = velocity(self.runner)
         policy = nft_policy_loss(v, v_old, x0, x_t, t, data.r[rows], beta=cfg.nft_beta, clip=cfg.adv_clip)  # [B]
         kl = kl_loss(v, v_ref) if v_ref is not None else torch.zeros_like(policy)
         self._sums += torch.stack([policy.detach().sum(), kl.detach().sum()])

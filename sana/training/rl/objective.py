@@ -9,6 +9,10 @@ Conventions: x_t = (1 - t) x0 + t eps with t in (0, 1] (t = the sampler's sigma)
 - loss in x0 space with a detached adaptive weight, per sample:
   x0+ = x_t - t v+, w+ = stopgrad(mean |x0+ - x0|) >= 1e-5, l+ = mean((x0+ - x0)^2) / w+ (same for -),
   policy = clip * (r l+ + (1 - r) l-) / beta;
+- guidance: rollouts sampled with classifier-free guidance g > 1 come from the guided velocity
+  v_u + g (v_c - v_u) (conditional and unconditional passes of one network), so every velocity above is that
+  guided one, the current policy's from both of its passes (the unconditional branch trains with the
+  conditional one): the model is aligned as it samples (at g = 1, the conditional velocity alone);
 - KL to the base model (adapter off): mean((v_theta - v_ref)^2), weighted by `kl_beta`;
 - the old policy's decay: theta_old <- eta theta_old + (1 - eta) theta, eta from the optimizer step.
 """
@@ -37,6 +41,11 @@ def advantages(rewards: torch.Tensor, groups: torch.Tensor, clip: float) -> torc
 def optimality(advantage: torch.Tensor, clip: float) -> torch.Tensor:
     """The "optimality probability" r in [0, 1] from a clipped advantage."""
     return (advantage.clamp(-clip, clip) / clip / 2.0 + 0.5).clamp(0.0, 1.0)
+
+
+def guided(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """The velocity classifier-free guidance samples with: v_u + scale (v_c - v_u)."""
+    return v_uncond + scale * (v_cond - v_uncond)
 
 
 def implicit_policies(v_theta: torch.Tensor, v_old: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
