@@ -215,6 +215,8 @@ def test_images_are_sized_as_shown_and_odd_files_are_skipped_with_their_reason(t
     exif[0x0112] = 6
     photo.save(data / "phone.jpg", exif=exif)
     (data / "phone.txt").write_bytes(codecs.BOM_UTF8 + "a phone photo".encode("utf-8"))
+    photo.save(data / "turned.png", exif=exif)  # a PNG's eXIf chunk, read without decoding the pixels
+    (data / "turned.txt").write_text("a turned png")
     Image.fromarray(np.full((64, 64), 30000, dtype=np.uint16)).save(data / "grey.png")
     (data / "grey.txt").write_bytes(codecs.BOM_UTF16_LE + "grey".encode("utf-16-le"))
     Image.new("RGB", (64, 64)).save(data / "latin.png")
@@ -224,8 +226,9 @@ def test_images_are_sized_as_shown_and_odd_files_are_skipped_with_their_reason(t
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
     samples, report = scan_folder(data)
     by_name = {s.path.name: s for s in samples}
-    assert sorted(by_name) == ["grey.png", "phone.jpg"]
+    assert sorted(by_name) == ["grey.png", "phone.jpg", "turned.png"]
     assert (by_name["phone.jpg"].width, by_name["phone.jpg"].height) == (128, 384)
+    assert (by_name["turned.png"].width, by_name["turned.png"].height) == (128, 384)
     assert by_name["phone.jpg"].caption == "a phone photo" and by_name["grey.png"].caption == "grey"
     assert report.skipped["caption file is not UTF-8 text"] == ["latin.txt"]
     assert report.skipped["image too large to decode safely"] == ["huge.png"]

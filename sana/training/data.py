@@ -151,13 +151,29 @@ def _image_size(path: Path) -> tuple[int, int] | str:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            if image.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
+            if _orientation(image) in TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
             return width, height
     except Image.DecompressionBombError:
         return "image too large to decode safely"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return "unreadable image"
+
+
+def _orientation(image) -> int | None:
+    """The EXIF orientation from what opening the file read, without decoding it: JPEG, WebP and TIFF carry it in
+    their header; a PNG's `getexif` would decode the whole image to look past its pixel data, so only an eXIf
+    chunk before them counts (where Pillow and most writers put it)."""
+    from PIL import Image
+
+    if image.format in ("JPEG", "MPO", "WEBP", "TIFF"):
+        return image.getexif().get(EXIF_ORIENTATION)
+    raw = image.info.get("exif")
+    if not raw:
+        return None
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif.get(EXIF_ORIENTATION)
 
 
 def check_data_folder(root: Path) -> Path:
