@@ -13,6 +13,20 @@ import numpy as np
 import torch
 
 
+# What a clip node hands Sana Save beside the record, in its `extra`, to write next to the clip (and never into
+# the record itself): the first frame as a base64 PNG, and the camera file's text.
+FIRST_FRAME_KEY, CAMERA_JSON_KEY = "_first_frame_png", "_camera_json"
+
+
+def png_base64(image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def pil_to_image(images: list) -> torch.Tensor:
     """PIL RGB images of one size -> IMAGE [B, H, W, 3] float32 in 0..1."""
     return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images]).astype(np.float32) / 255.0)

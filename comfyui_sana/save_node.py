@@ -41,14 +41,16 @@ class SanaSave:
         records = _records(info, count)
         embed = not host.metadata_disabled()  # ComfyUI's --disable-metadata: the pixels only, as its SaveImage
         if len(records) == 1 and records[0].frames == count > 1:  # the whole clip
-            return _save_clip(images, records[0], folder, name, counter, subfolder, embed)
+            file = f"{name}_{counter:05}_.mp4"
+            return _save_clip(images, _with_side_files(records[0], folder / file, embed), folder, file, subfolder,
+                              embed)
         if not embed:
             records, prompt, extra_pnginfo = [], None, None
         results = []
         for index, image in enumerate(images):
             file = f"{name}_{counter + index:05}_.png"
-            _write_png(convert.image_to_pil(image), folder / file, records[index] if records else None, prompt,
-                       extra_pnginfo)
+            record = _with_side_files(records[index], folder / file, embed) if records else None
+            _write_png(convert.image_to_pil(image), folder / file, record, prompt, extra_pnginfo)
             results.append({"filename": file, "subfolder": subfolder, "type": "output"})
         return {"ui": {"images": results}}
 
@@ -75,6 +77,34 @@ def _records(info, count: int) -> list:
     return []
 
 
+def _with_side_files(record, output, embed: bool):
+    """The record as the file at `output` carries it: what a clip node handed over beside it (`convert`'s
+    FIRST_FRAME_KEY and CAMERA_JSON_KEY) written next to the output, as `sana world` writes `<clip>.camera.json`,
+    and named in the record with its sha256, so `sana video --from` / `sana world --from` find the first frame
+    and the camera path from any folder. Under --disable-metadata nothing is written beside it."""
+    import base64
+    import dataclasses
+    import hashlib
+
+    from sana.camera.export import camera_json_path
+    from sana.outputs.atomic import atomic_file
+
+    extra = dict(record.extra)  # ComfyUI may hand the same cached SANA_INFO to another Save
+    first, camera_text = extra.pop(convert.FIRST_FRAME_KEY, None), extra.pop(convert.CAMERA_JSON_KEY, None)
+    if embed and first is not None:
+        data = base64.b64decode(first)
+        path = output.with_name(output.name[: -len(output.suffix)] + ".first.png")
+        with atomic_file(path, force=False) as temp:
+            temp.write_bytes(data)
+        extra.update(image=str(path.resolve()), image_sha256=hashlib.sha256(data).hexdigest())
+    if embed and camera_text is not None:
+        path = camera_json_path(output)
+        with atomic_file(path, force=False) as temp:
+            temp.write_text(camera_text, encoding="utf-8")
+        extra.update(camera_file=path.name, camera_file_sha256=hashlib.sha256(camera_text.encode("utf-8")).hexdigest())
+    return dataclasses.replace(record, extra=extra)
+
+
 def _write_png(image, path, record, prompt, extra_pnginfo) -> None:
     from PIL.PngImagePlugin import PngInfo
 
@@ -90,10 +120,9 @@ def _write_png(image, path, record, prompt, extra_pnginfo) -> None:
         image.save(temp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
 
 
-def _save_clip(images, record, folder, name: str, counter: int, subfolder: str, embed: bool) -> dict:
+def _save_clip(images, record, folder, file: str, subfolder: str, embed: bool) -> dict:
     from sana.outputs import save_video
 
-    file = f"{name}_{counter:05}_.mp4"
     frames, fps = convert.image_to_uint8(images), record.fps or 16.0
     if embed:
         save_video(frames, folder / file, record, fps=fps)

@@ -107,3 +107,66 @@ def test_world_node_refines_as_sana_world_does(tmp_path):
     theirs = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("frame_*.png"))])
     ours = (frames.numpy() * 255).round().astype(np.uint8)
     assert min(psnr(a, b) for a, b in zip(ours, theirs)) >= 40
+
+
+def _saved_clip(frames, info, folder: Path, monkeypatch) -> Path:
+    from comfyui_sana import host
+
+    monkeypatch.setattr(host, "output_directory", lambda: folder)
+    result = NODES["SanaEngineSave"]().save(frames, "clips/run", info)
+    return folder / "clips" / result["ui"]["images"][0]["filename"]
+
+
+def _cli_frames(folder: Path) -> np.ndarray:
+    from PIL import Image
+
+    (clip,) = [p for p in folder.iterdir() if p.is_dir()]
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(clip.glob("frame_*.png"))])
+
+
+def test_an_image_to_video_clip_saved_from_comfyui_replays_with_sana_video(tiny_video, tmp_path, monkeypatch):
+    """Sana Save writes the first frame beside the clip and the record names it (absolute, with its sha256), so
+    `sana video --from` from any folder makes the same frames; a prompt with its own motion score gets none
+    appended at the motion score's default, as `sana video` reads it."""
+    from sana.outputs import read_metadata
+    from tests.cli_helpers import run_sana
+
+    _, model = tiny_video
+    frames, info = NODES["SanaEngineVideo"]().generate(model, "A Dog running, motion score: 10.", "", 3, 64, 32, 9, 2,
+                                                       4.0, "auto", 0.0, -2, 12.0, image=_image(64, 32))
+    assert info[0]["extra"]["motion_score"] is None
+    clip = _saved_clip(frames, info, tmp_path / "comfy", monkeypatch)
+    record = read_metadata(clip)
+    first = clip.with_name(clip.stem + ".first.png")
+    assert record.extra["image"] == str(first.resolve()) and first.is_file() and "_first_frame_png" not in record.extra
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_sana("video", "--from", str(clip), "--format", "png", "-o", "again/", "--device", "cpu",
+                      "--dtype", "fp32", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    ours = (frames.numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(_cli_frames(elsewhere / "again"), ours)
+
+
+def test_a_world_clip_saved_from_comfyui_replays_with_sana_world(tmp_path, monkeypatch):
+    """Sana Save writes the camera file and the first frame beside a world clip, as `sana world` does: `--from`
+    alone replays it, from any folder, with the same frames; the node's zeros are the model's defaults."""
+    from sana.outputs import read_metadata
+    from tests.cli_helpers import run_sana
+    from tests.tiny_world_pipeline import HEIGHT, WIDTH, build_pipeline as build_world
+
+    build_world(tmp_path / "tiny-world", seed=2)
+    model = _load(tmp_path / "tiny-world")
+    frames, info = NODES["SanaEngineWorld"]().generate(model, _image(130, 70), "a street", "", "w-8,jw-8", 1,
+                                                       WIDTH, HEIGHT, 0, 2, -1.0, 0.0, fov=50.0)
+    assert info[0]["guidance"] == model.world_defaults().cfg
+    clip = _saved_clip(frames, info, tmp_path / "comfy", monkeypatch)
+    record = read_metadata(clip)
+    assert (clip.parent / record.extra["camera_file"]).is_file() and "_camera_json" not in record.extra
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_sana("world", "--from", str(clip), "--format", "png", "-o", "again/", "--device", "cpu",
+                      "--dtype", "fp32", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    ours = (frames.numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(_cli_frames(elsewhere / "again"), ours)
