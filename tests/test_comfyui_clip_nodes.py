@@ -117,11 +117,20 @@ def _saved_clip(frames, info, folder: Path, monkeypatch) -> Path:
     return folder / "clips" / result["ui"]["images"][0]["filename"]
 
 
-def _cli_frames(folder: Path) -> np.ndarray:
+def _assert_replayed_elsewhere(command: str, clip: Path, frames: torch.Tensor, tmp_path: Path) -> None:
+    """`sana COMMAND --from CLIP` run in another folder gives the node's frames, lossless (PNG frames)."""
     from PIL import Image
 
-    (clip,) = [p for p in folder.iterdir() if p.is_dir()]
-    return np.stack([np.asarray(Image.open(p)) for p in sorted(clip.glob("frame_*.png"))])
+    from tests.cli_helpers import run_sana
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_sana(command, "--from", str(clip), "--format", "png", "-o", "again/", "--device", "cpu",
+                      "--dtype", "fp32", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    (folder,) = [p for p in (elsewhere / "again").iterdir() if p.is_dir()]
+    replayed = np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("frame_*.png"))])
+    assert np.array_equal(replayed, (frames.numpy() * 255).round().astype(np.uint8))
 
 
 def test_an_image_to_video_clip_saved_from_comfyui_replays_with_sana_video(tiny_video, tmp_path, monkeypatch):
@@ -129,7 +138,6 @@ def test_an_image_to_video_clip_saved_from_comfyui_replays_with_sana_video(tiny_
     `sana video --from` from any folder makes the same frames; a prompt with its own motion score gets none
     appended at the motion score's default, as `sana video` reads it."""
     from sana.outputs import read_metadata
-    from tests.cli_helpers import run_sana
 
     _, model = tiny_video
     frames, info = NODES["SanaEngineVideo"]().generate(model, "A Dog running, motion score: 10.", "", 3, 64, 32, 9, 2,
@@ -139,20 +147,13 @@ def test_an_image_to_video_clip_saved_from_comfyui_replays_with_sana_video(tiny_
     record = read_metadata(clip)
     first = clip.with_name(clip.stem + ".first.png")
     assert record.extra["image"] == str(first.resolve()) and first.is_file() and "_first_frame_png" not in record.extra
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    result = run_sana("video", "--from", str(clip), "--format", "png", "-o", "again/", "--device", "cpu",
-                      "--dtype", "fp32", cwd=elsewhere)
-    assert result.returncode == 0, result.stderr
-    ours = (frames.numpy() * 255).round().astype(np.uint8)
-    assert np.array_equal(_cli_frames(elsewhere / "again"), ours)
+    _assert_replayed_elsewhere("video", clip, frames, tmp_path)
 
 
 def test_a_world_clip_saved_from_comfyui_replays_with_sana_world(tmp_path, monkeypatch):
     """Sana Save writes the camera file and the first frame beside a world clip, as `sana world` does: `--from`
     alone replays it, from any folder, with the same frames; the node's zeros are the model's defaults."""
     from sana.outputs import read_metadata
-    from tests.cli_helpers import run_sana
     from tests.tiny_world_pipeline import HEIGHT, WIDTH, build_pipeline as build_world
 
     build_world(tmp_path / "tiny-world", seed=2)
@@ -163,10 +164,4 @@ def test_a_world_clip_saved_from_comfyui_replays_with_sana_world(tmp_path, monke
     clip = _saved_clip(frames, info, tmp_path / "comfy", monkeypatch)
     record = read_metadata(clip)
     assert (clip.parent / record.extra["camera_file"]).is_file() and "_camera_json" not in record.extra
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    result = run_sana("world", "--from", str(clip), "--format", "png", "-o", "again/", "--device", "cpu",
-                      "--dtype", "fp32", cwd=elsewhere)
-    assert result.returncode == 0, result.stderr
-    ours = (frames.numpy() * 255).round().astype(np.uint8)
-    assert np.array_equal(_cli_frames(elsewhere / "again"), ours)
+    _assert_replayed_elsewhere("world", clip, frames, tmp_path)
