@@ -256,6 +256,7 @@ def check_checkpoint(out_dir: Path, resume_from: Path | None, steps: int | None 
         if not found:
             raise UsageError(f"no checkpoint to resume in {out_dir / 'checkpoints'}", "start without --resume")
         folder = found[-1][1]
+    ckpt.check_readable(folder)  # before the resume records anything in the run's settings
     step = ckpt.checkpoint_step(folder)
     if steps is not None and step > steps:
         earlier = [(s, path) for s, path in ckpt.list_checkpoints(out_dir) if s <= steps]

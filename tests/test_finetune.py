@@ -476,6 +476,14 @@ def test_resume_applies_and_records_a_changed_rate(tmp_path, base_model):
     assert "holds a supervised fine-tuning run, not an RL one" in assert_one_line_error(rl)
     assert (out / "train_config.json").read_bytes() == before
 
+    # A cut checkpoint file is found before the resume records anything (the record said steps 6 of a run that
+    # never went on): one line naming the file, the settings as they were.
+    state = out / "checkpoints" / "step-000004" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-64])
+    message = assert_one_line_error(run_sana(*args, "--steps", "6", "--resume"))
+    assert f"checkpoint file {state} is unreadable" in message and "--resume-from" in message
+    assert (out / "train_config.json").read_bytes() == before
+
 
 def test_resume_on_other_or_changed_data_applies_and_records_it(tmp_path, base_model):
     """Another data folder, or files added to it, is applied from the checkpoint on: said in a notice and recorded

@@ -220,6 +220,37 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     os.chmod(path, 0o666 & ~mask)
 
 
+def check_readable(folder: Path) -> None:
+    """A checkpoint's files whole, told without torch or reading their tensors: every `.pt` a zip whose directory
+    opens (torch.save writes one; a cut file has none), every `.safetensors` as long as its header says, `state.json`
+    JSON. A resume checks this before it records anything, so a bad checkpoint leaves the run's record as it was."""
+    import struct
+    import zipfile
+
+    def unreadable(path: Path, why: str) -> SanaError:
+        return SanaError(f"checkpoint file {path} is unreadable ({why})", "resume from an older checkpoint "
+                         "(--resume-from checkpoints/step-N)")
+
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".pt":
+            try:
+                with zipfile.ZipFile(path):
+                    pass
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise unreadable(path, str(exc) or "not a torch.save file") from None
+        elif path.suffix == ".safetensors":
+            try:
+                with open(path, "rb") as f:
+                    (length,) = struct.unpack("<Q", f.read(8))
+                    header = json.loads(f.read(length))
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+                if path.stat().st_size < 8 + length + end:
+                    raise ValueError(f"{path.stat().st_size} bytes where its header needs {8 + length + end}")
+            except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+                raise unreadable(path, str(exc) or "a broken header") from None
+    read_json(folder / "state.json")
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
