@@ -225,8 +225,9 @@ def settings_asked(settings: dict[str, Any], sizes_asked=None) -> dict[str, Any]
     known before it loads, and are not compared."""
     from sana.lora import parse_lora_arg
 
+    # fps is not among them: a GIF records the rate it can play, which may be below the one asked for
     fields = {"steps": "steps", "cfg": "guidance", "sampler": "sampler", "shift": "flow_shift", "pag": "pag",
-              "fps": "fps", "negative": "negative_prompt"}
+              "negative": "negative_prompt"}
     asked = {field: settings[key] for key, field in fields.items() if settings.get(key) is not None}
     if "lora" in settings:
         asked["loras"] = [parse_lora_arg(text) for text in settings.get("lora") or []]

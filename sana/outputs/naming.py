@@ -188,7 +188,7 @@ def made_already(path: Path, *, prompt: str, seed: int, model: str | None = None
 
 
 _SETTING_NAMES = {"steps": "{} steps", "guidance": "guidance {}", "sampler": "the {} sampler", "flow_shift": "shift {}",
-                  "pag": "PAG {}", "fps": "{} fps"}
+                  "pag": "PAG {}"}
 
 
 def _lora_names(loras: list[tuple[str, float]]) -> str:
