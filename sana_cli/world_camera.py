@@ -45,7 +45,7 @@ def camera_source(flags: dict[str, Any], record, from_path: Path | None) -> Came
     beside = [camera_json_path(from_path)]
     if extra.get("camera_file"):
         beside.append(from_path.parent / extra["camera_file"])
-    written, resolved = extra.get("camera_file_sha256"), beside[0]
+    written = extra.get("camera_file_sha256")
     for candidate in dict.fromkeys(beside):
         if not candidate.is_file():
             continue
@@ -54,7 +54,7 @@ def camera_source(flags: dict[str, Any], record, from_path: Path | None) -> Came
             return CameraSource(str(candidate), None, explicit)
         console.notice(f"{candidate} is not the camera file written with {from_path.name} (replaced or edited "
                        "since); it is not followed")
-    resolved = next((c for c in beside if c.is_file()), resolved)
+    resolved = next((c for c in beside if c.is_file()), beside[0])  # named in the error below
     source, kind = extra.get("camera"), extra.get("camera_kind")
     settings = extra.get("camera_settings") or {}
     recorded = {key: value for key, value in settings.items()

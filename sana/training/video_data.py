@@ -142,17 +142,15 @@ def caption_file(path: Path) -> Path:
 
 def _probe(path: Path) -> tuple[int, int, int, float | None] | None:
     """(width, height, frames, fps) of a clip, or None when it cannot be read or has no frames."""
+    from PIL import Image
+
     try:
         if path.is_dir():
-            from PIL import Image
-
             frames = _frame_files(path)
             with Image.open(frames[0]) as first:
                 width, height = first.size
             return width, height, len(frames), _folder_fps(path)
         if path.suffix.lower() == ".gif":
-            from PIL import Image
-
             with Image.open(path) as image:
                 count = getattr(image, "n_frames", 1)
                 delays = []
@@ -171,12 +169,9 @@ def _probe(path: Path) -> tuple[int, int, int, float | None] | None:
         frames, _ = imageio_ffmpeg.count_frames_and_secs(ffmpeg_path(path))
         width, height = meta["size"]
         return (width, height, frames, float(meta["fps"])) if frames > 0 and meta.get("fps") else None
-    except (OSError, RuntimeError, ValueError, StopIteration, SyntaxError, KeyError, TypeError):
+    except (OSError, RuntimeError, ValueError, StopIteration, SyntaxError, KeyError, TypeError,
+            Image.DecompressionBombError):  # the last: a frame too large to decode safely, which is no OSError
         return None
-    except Exception as exc:  # PIL's DecompressionBombError (a frame too large to decode safely) is no OSError
-        if type(exc).__name__ == "DecompressionBombError":
-            return None
-        raise
 
 
 def _folder_fps(folder: Path) -> float | None:
