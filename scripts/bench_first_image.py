@@ -36,7 +36,8 @@ PROMPT = "a photo of a cat sleeping on a sunny windowsill, highly detailed"
 STEPS = ("encode", "denoise", "decode")
 
 
-def run_gen(folder: Path, out_dir: Path, px: int, cache: Path, device: str) -> tuple[float, dict, dict]:
+def run_gen(folder: Path, out_dir: Path, px: int, cache: Path, device: str,
+            extra_env: dict | None = None) -> tuple[float, dict, dict]:
     """Wall seconds of one fresh `sana gen` process making two images, and the timings recorded in each."""
     from sana.outputs import read_metadata
 
@@ -45,7 +46,7 @@ def run_gen(folder: Path, out_dir: Path, px: int, cache: Path, device: str) -> t
     prompts = out_dir / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": PROMPT, "seed": seed, "out": str(path)}) + "\n"
                                for seed, path in ((0, first), (1, second))))
-    env = dict(os.environ, TRITON_CACHE_DIR=str(cache), PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, **(extra_env or {}), TRITON_CACHE_DIR=str(cache), PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     command = [sys.executable, "-m", "sana_cli", "gen", "--prompts", str(prompts), "--model", str(folder),
                "--res", str(px), "--device", device]
@@ -72,6 +73,9 @@ def main() -> int:
     parser.add_argument("--model", default="sana-1.6b", help="registry model whose DiT config is built")
     parser.add_argument("--px", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3, help="processes in all: the first with an empty cache")
+    parser.add_argument("--mapped-runs", type=int, default=0,
+                        help="more warm-cache processes reading the weights through the memory map "
+                             "(SANA_STAGED_READ=0), to compare with the staged reads")
     parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU (checks the script's paths)")
     parser.add_argument("--markdown", type=Path, help="append the section to this file")
     args = parser.parse_args()
@@ -94,9 +98,13 @@ def main() -> int:
         cache.mkdir()
         bare = bare_import_torch()
         print(f"bare import torch: {bare:.2f} s", file=sys.stderr)
-        for run in range(args.runs):
+        for run in range(args.runs + args.mapped_runs):
             label = "empty Triton cache" if run == 0 else "warm Triton cache"
-            wall, first, second = run_gen(tmp / "model", tmp / f"run{run}", px, cache, device)
+            mapped = run >= args.runs
+            if mapped:
+                label += ", memory-mapped read"
+            wall, first, second = run_gen(tmp / "model", tmp / f"run{run}", px, cache, device,
+                                          {"SANA_STAGED_READ": "0"} if mapped else None)
             rows.append((label, wall, first, second))
             print(f"{label}: {wall:.2f} s for two images", file=sys.stderr)
 

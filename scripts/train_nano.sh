@@ -30,9 +30,9 @@
 # differ from the exploration's, e.g. 20 for the default sampler's trajectories; default RL_SAMPLING_STEPS),
 # RL_POOL (`--prompt-pool`: explore this many times RL_PROMPTS prompts a round and train on the most contested, so
 # prompts whose seeds all score alike stop diluting the round once most are solved; default 1, every prompt),
-# RL_SCORE_BEFORE (0: `rl-score` skips the base model, whose scores are known; default 1).
-# Every timestep of the rollout's sampler is trained on (--timestep-fraction 1). The RL settings are untuned; what one
-# H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
+# RL_SCORE_BEFORE (0: `rl-score` skips the base model, whose scores are known; default 1), RL_TIMESTEP_FRACTION
+# (`--timestep-fraction`: the share of the rollout sampler's timesteps each image is trained on; default 1, every
+# one). The RL settings are untuned; what one H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
 # 0.96 -> 0.998 by round 25 and the validation reward (20 steps) 0.977 -> 0.995 at round 25, then a collapse from
 # round ~30 at this learning rate (0.80 and 0.85 at round 50, the KL to the base rising throughout): hence 25 rounds.
 set -euo pipefail
@@ -57,6 +57,7 @@ RL_GUIDANCE=${RL_GUIDANCE:-1}
 RL_ROLLOUT_STEPS=${RL_ROLLOUT_STEPS:-$RL_SAMPLING_STEPS}
 RL_POOL=${RL_POOL:-1}
 RL_SCORE_BEFORE=${RL_SCORE_BEFORE:-1}
+RL_TIMESTEP_FRACTION=${RL_TIMESTEP_FRACTION:-1}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -85,7 +86,7 @@ if stage rl; then
     $SANA finetune "$RL_SOURCE" --rl --full --model "$RL_BASE" --out "$WORK/rl" --reward shapes "${extra[@]}" \
         --steps "$RL_ROUNDS" --max-minutes "$RL_MINUTES" --lr "$RL_LR" --prompts-per-round "$RL_PROMPTS" \
         --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --prompt-pool "$RL_POOL" --explore-steps "$RL_SAMPLING_STEPS" \
-        --rollout-steps "$RL_ROLLOUT_STEPS" --timestep-fraction 1 --explore-precision bf16 --rollout-batch 256 --guidance "$RL_GUIDANCE" \
+        --rollout-steps "$RL_ROLLOUT_STEPS" --timestep-fraction "$RL_TIMESTEP_FRACTION" --explore-precision bf16 --rollout-batch 256 --guidance "$RL_GUIDANCE" \
         --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count 32 \
         --val-steps 20 --val-every 5 --save-dtype fp16
 fi

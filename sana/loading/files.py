@@ -8,6 +8,7 @@ device and its tensors assigned after every shape is checked (`assign`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from ..components import read_json
 from ..errors import SanaError
 from ..lora import strip_key_prefixes
+from . import staged_read
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -90,7 +92,9 @@ def read_safetensors(path: Path, prefix: str = "", *, device: torch.device | str
     cast there (the same rounding as on the host), one tensor at a time: the host never holds the model, nor the
     device a full-precision copy of it. On a CUDA device the copies and casts run on a stream of their own (done
     before this returns), so they do not queue behind kernels another thread runs meanwhile on the default
-    stream, as the warm-ups during a load do (`ImagePipeline.from_pretrained`)."""
+    stream, as the warm-ups during a load do (`ImagePipeline.from_pretrained`). There the tensors that need no cast
+    are read by `staged_read` (large parallel reads through pinned buffers; `SANA_STAGED_READ=0` turns it off), the
+    others through the memory map as on the host."""
     from contextlib import nullcontext
 
     from safetensors import safe_open
@@ -101,6 +105,23 @@ def read_safetensors(path: Path, prefix: str = "", *, device: torch.device | str
 
     target = torch.device(device) if device is not None else None
     stream = torch.cuda.Stream(target) if target is not None and target.type == "cuda" else None
+    staged = {}
+    if stream is not None and os.environ.get("SANA_STAGED_READ", "1") != "0":
+        try:
+            entries = [e for e in staged_read.read_header(path) if e.name.startswith(prefix)]
+        except (OSError, staged_read.HeaderError):
+            entries = None  # the memory-mapped read below takes the file, or says why it cannot
+        if entries is not None:
+            # Tensors that need a cast take the route below, one at a time, so the device never holds a wide copy
+            # of many of them at once.
+            cast = {e.name for e in entries if dtype is not None and e.dtype.is_floating_point and e.dtype != dtype}
+            try:
+                with torch.cuda.stream(stream):
+                    staged = staged_read.read_staged(path, [e for e in entries if e.name not in cast], target)
+            except OSError as exc:
+                raise unreadable(exc) from None
+            if not cast:
+                return staged  # complete: read_staged waits for its copies
     try:
         opened = safe_open(str(path), framework="pt")
     except Exception as exc:
@@ -111,14 +132,17 @@ def read_safetensors(path: Path, prefix: str = "", *, device: torch.device | str
         for key in f.keys():
             if not key.startswith(prefix):
                 continue
-            try:
-                tensor = f.get_tensor(key)  # a view of the file's pages; the copy below reads them
-            except Exception as exc:
-                raise unreadable(exc) from None
-            if target is not None:
-                if dtype is not None and tensor.is_floating_point() and tensor.nbytes > HOST_CAST_BYTES:
-                    tensor = tensor.to(dtype)  # a large tensor's wider copy never reaches the device
-                tensor = tensor.to(target)
+            if key in staged:
+                tensor = staged[key]
+            else:
+                try:
+                    tensor = f.get_tensor(key)  # a view of the file's pages; the copy below reads them
+                except Exception as exc:
+                    raise unreadable(exc) from None
+                if target is not None:
+                    if dtype is not None and tensor.is_floating_point() and tensor.nbytes > HOST_CAST_BYTES:
+                        tensor = tensor.to(dtype)  # a large tensor's wider copy never reaches the device
+                    tensor = tensor.to(target)
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
             state[key] = tensor
