@@ -58,7 +58,7 @@ def finetune(
     val_prompt: Annotated[Optional[List[str]], Opt("--val-prompt", help="Prompt for validation images; repeatable.")] = None,
     val_every: Annotated[Optional[int], Opt("--val-every", help="Steps between validation images (default: at checkpoints).")] = None,
     val_steps: Annotated[Optional[int], Opt("--val-steps", help="Sampling steps of validation images (default 20).")] = None,
-    val_guidance: Annotated[Optional[float], Opt("--val-guidance", help="Guidance of validation images (default: the base model's default; with --rl 1, as rollouts).")] = None,
+    val_guidance: Annotated[Optional[float], Opt("--val-guidance", help="Guidance of validation images (default: the base model's default; with --rl the rollouts' --guidance).")] = None,
     log_every: Annotated[Optional[int], Opt("--log-every", help="Steps a line of loss.csv and a progress update covers (default 1).")] = None,
     save_dtype: Annotated[Optional[str], Opt("--save-dtype", help="dtype of an exported full model (default bf16).")] = None,
     cache: Annotated[Optional[Path], Opt("--cache", help="Feature cache folder (default: OUT/cache); share it between runs.")] = None,

@@ -154,3 +154,5 @@ def test_validation_samples_at_the_base_models_guidance_unless_told():
     assert TrainConfig(**base, sampling_defaults={"guidance": 2.0}, val_guidance=6.0).validation_guidance() == 6.0
     assert TrainConfig(**base).validation_guidance() == 4.5  # a folder without defaults: SANA's
     assert RLConfig(**base, sampling_defaults={"guidance": 3.0}).validation_guidance() == 1.0  # as the rollouts
+    assert RLConfig(**base, sampling_defaults={"guidance": 4.5}, guidance=3.0).validation_guidance() == 3.0
+    assert RLConfig(**base, guidance=3.0, val_guidance=1.5).validation_guidance() == 1.5

@@ -35,7 +35,7 @@ class RLConfig(TrainConfig):
     ema: float = 0.9
     batch_size: int = 16  # samples a training forward
     checkpoint_every: int = 20
-    val_guidance: float = 1.0  # validation samples the way rollouts do
+    val_guidance: float | None = None  # None: validation samples the way rollouts do (`guidance`)
     rl: bool = True
     reward: str = "shapes"  # NAME[=DIR][:WEIGHT],... or path/file.py:function[:WEIGHT]
     candidates: int = 96  # seeds explored per prompt
@@ -54,6 +54,11 @@ class RLConfig(TrainConfig):
     timestep_fraction: float = 0.6  # share of the rollout's timesteps each sample is trained on
     decay_type: int = 1  # the old policy's decay schedule (0: on-policy, 1 and 2: the recipe's)
     val_count: int = 8  # fixed validation prompts (with seeds 0..n-1) when no --val-prompt is given
+
+    def validation_guidance(self) -> float:
+        """--val-guidance, else the rollouts' guidance: the best round is the one whose samples, taken as the
+        rollouts take them, score best."""
+        return float(self.val_guidance) if self.val_guidance is not None else float(self.guidance)
 
     def sampling_defaults_for_export(self) -> dict:
         """The base's, sampled at the rollouts' guidance: the model was aligned on those samples (the recipe's are
