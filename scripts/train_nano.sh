@@ -26,7 +26,9 @@
 # RL_KEEP (default 16), RL_SOURCE (default shapes:hard; shapes for the whole grammar), RL_SAMPLING_STEPS (steps of
 # every rollout, default 4: the 4-step target, and with exploration at the same steps in bf16 the kept images are
 # the explored ones, so a round samples each image once), RL_MINUTES (`--max-minutes` of the RL stage; 0 = none), RL_GUIDANCE (CFG scale of the
-# rollouts, default 1: CFG-free as the recipe), RL_ROLLOUT_STEPS (steps of the full-quality rollouts when they
+# rollouts, default 1: CFG-free as the recipe), RL_POLICY_GUIDANCE (`--policy-guidance`: CFG scale of the sampler
+# trained and exported; default RL_GUIDANCE), RL_MIX_GUIDANCE (`--mix-guidance`: every other candidate seed samples
+# with this CFG scale; default none), RL_ROLLOUT_STEPS (steps of the full-quality rollouts when they
 # differ from the exploration's, e.g. 20 for the default sampler's trajectories; default RL_SAMPLING_STEPS),
 # RL_POOL (`--prompt-pool`: explore this many times RL_PROMPTS prompts a round and train on the most contested, so
 # prompts whose seeds all score alike stop diluting the round once most are solved; default 1, every prompt),
@@ -58,6 +60,8 @@ RL_ROLLOUT_STEPS=${RL_ROLLOUT_STEPS:-$RL_SAMPLING_STEPS}
 RL_POOL=${RL_POOL:-1}
 RL_SCORE_BEFORE=${RL_SCORE_BEFORE:-1}
 RL_TIMESTEP_FRACTION=${RL_TIMESTEP_FRACTION:-1}
+RL_POLICY_GUIDANCE=${RL_POLICY_GUIDANCE:-$RL_GUIDANCE}
+RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE:-}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -83,10 +87,12 @@ fi
 if stage rl; then
     extra=()
     [[ -f "$WORK/rl/train_config.json" ]] && extra+=(--resume)
+    [[ -n "$RL_MIX_GUIDANCE" ]] && extra+=(--mix-guidance "$RL_MIX_GUIDANCE")
     $SANA finetune "$RL_SOURCE" --rl --full --model "$RL_BASE" --out "$WORK/rl" --reward shapes "${extra[@]}" \
         --steps "$RL_ROUNDS" --max-minutes "$RL_MINUTES" --lr "$RL_LR" --prompts-per-round "$RL_PROMPTS" \
         --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --prompt-pool "$RL_POOL" --explore-steps "$RL_SAMPLING_STEPS" \
-        --rollout-steps "$RL_ROLLOUT_STEPS" --timestep-fraction "$RL_TIMESTEP_FRACTION" --explore-precision bf16 --rollout-batch 256 --guidance "$RL_GUIDANCE" \
+        --rollout-steps "$RL_ROLLOUT_STEPS" --timestep-fraction "$RL_TIMESTEP_FRACTION" --explore-precision bf16 --rollout-batch 256 \
+        --guidance "$RL_GUIDANCE" --policy-guidance "$RL_POLICY_GUIDANCE" \
         --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count 32 \
         --val-steps 20 --val-every 5 --save-dtype fp16
 fi

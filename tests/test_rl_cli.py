@@ -57,6 +57,12 @@ BAD = {
     "gpus-split": (["finetune", "shapes", "--rl", "--prompts-per-round", "3", "--gpus", "2"], "does not split over 2"),
     "pool-without-exploring": (["finetune", "prompts.txt", "--rl", "--reward", "plug.py:nan", "--candidates", "4",
                                 "--keep", "4", "--prompt-pool", "2"], "--prompt-pool chooses prompts"),
+    "policy-guidance": (["finetune", "prompts.txt", "--rl", "--reward", "plug.py:nan", "--guidance", "3",
+                         "--policy-guidance", "0.5"], "--policy-guidance must be at least 1"),
+    "mix-guidance": (["finetune", "prompts.txt", "--rl", "--reward", "plug.py:nan", "--mix-guidance", "0"],
+                     "--mix-guidance must be at least 1"),
+    "policy-guidance-alone": (["finetune", "data", "--policy-guidance", "1"],
+                              "--policy-guidance is an option of reward fine-tuning"),
 }
 
 

@@ -34,14 +34,19 @@ class StandIn(nn.Module):
         return self.scale * x + embeds.mean(dim=(1, 2)).view(-1, 1, 1, 1)
 
 
+def _text(prompts: int) -> tuple[PromptEmbeddings, PromptEmbeddings]:
+    g = torch.Generator().manual_seed(0)
+    return (PromptEmbeddings(torch.randn(prompts, 3, 4, generator=g), torch.ones(prompts, 3)),
+            PromptEmbeddings(torch.randn(1, 3, 4, generator=g), torch.ones(1, 3)))
+
+
 def _run(explorer, model, steps: tuple[int, int], events: list, prompts: int = 2, chosen: int | None = None,
-         score_of=None):
+         score_of=None, **settings):
     from sana.training.rl.rollout import RolloutSettings, rollout
 
-    text = PromptEmbeddings(torch.randn(prompts, 3, 4, generator=torch.Generator().manual_seed(0)),
-                            torch.ones(prompts, 3))
-    settings = RolloutSettings(candidates=6, keep=2, explore_steps=steps[0], rollout_steps=steps[1], batch=4,
-                               latent_shape=(2, 4, 4), flow_shift=3.0, decode_batch=3)
+    text, null = _text(prompts)
+    settings = RolloutSettings(**{**dict(candidates=6, keep=2, explore_steps=steps[0], rollout_steps=steps[1], batch=4,
+                                         latent_shape=(2, 4, 4), flow_shift=3.0, decode_batch=3), **settings})
 
     def score(latents, index):
         events.append(("submit", latents.shape[0]))
@@ -56,7 +61,7 @@ def _run(explorer, model, steps: tuple[int, int], events: list, prompts: int = 2
         return wait
 
     seeds = [[10 * p + k for k in range(6)] for p in range(prompts)]
-    return rollout(explorer=explorer, model=model, text=text, null=None, seeds=seeds, score=score, settings=settings,
+    return rollout(explorer=explorer, model=model, text=text, null=null, seeds=seeds, score=score, settings=settings,
                    prompts=chosen)
 
 
@@ -121,3 +126,29 @@ def test_a_prompt_pool_goes_on_with_the_prompts_whose_seeds_disagree_most():
     assert every.prompt_index.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # no pool: every prompt goes on
     kept = [i for i, p in enumerate(every.prompt_index.tolist()) if p in (1, 3)]
     torch.testing.assert_close(out.latents, every.latents[kept])  # the same seeds, as without the pool
+
+
+@pytest.mark.parametrize("keep", [2, 6], ids=["explored", "every-candidate-kept"])
+def test_a_guidance_mix_samples_every_other_seed_with_it_and_keeps_each_image_with_its_score(keep):
+    """With --mix-guidance each prompt's odd candidates sample at that CFG scale (each forward at one scale); the
+    kept images, their seeds, scales and rewards stay together, each the image its seed gives at its scale."""
+    from sana.training.rl.rollout import sample
+
+    model = StandIn()
+    out = _run(copy.deepcopy(model), model, (2, 3), [], guidance=1.0, mix_guidance=3.0, keep=keep,
+               score_of=lambda latents, index: latents.mean(dim=(1, 2, 3)) * 10 + torch.tensor(index).float())
+    text, null = _text(2)
+    assert sorted(set(out.guidance)) == [1.0, 3.0] if keep == 6 else set(out.guidance) <= {1.0, 3.0}
+    for i, (p, seed, g) in enumerate(zip(out.prompt_index.tolist(), out.seeds, out.guidance)):
+        assert g == (3.0 if (seed - 10 * p) % 2 == 1 else 1.0)
+        alone = sample(model, text.index([p]), [seed], steps=3, latent_shape=(2, 4, 4), flow_shift=3.0,
+                       scheduler_config={}, guidance=g, null=null)
+        torch.testing.assert_close(out.latents[i : i + 1], alone, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.rewards[i], alone.mean() * 10 + p, rtol=1e-5, atol=1e-5)
+    if keep == 2:  # the explored rewards are in candidate order, whatever order the scales were sampled in
+        for p in range(2):
+            for k in range(6):
+                g = 3.0 if k % 2 else 1.0
+                alone = sample(model, text.index([p]), [10 * p + k], steps=2, latent_shape=(2, 4, 4),
+                               flow_shift=3.0, scheduler_config={}, guidance=g, null=null)
+                torch.testing.assert_close(out.explore_rewards[p, k], alone.mean() * 10 + p, rtol=1e-5, atol=1e-5)

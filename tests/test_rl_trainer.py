@@ -294,35 +294,43 @@ def test_an_older_runs_reward_std_is_read_as_adv_std(tmp_path):
     assert rl_log.read_rows(path)[0]["adv_std"] == "0.3" and rl_log.read_rows(path)[0]["reward_std"] == "0.5"
 
 
-def test_with_cfg_rollouts_the_loss_trains_the_guided_velocity(files, base_model):
-    """Rollouts sampled with guidance g train the velocity that sampler follows, v_u + g (v_c - v_u), for the
-    current policy (both passes: the unconditional branch trains with the conditional one) and the old one; the
-    loss of a micro-step against the formulas written out plainly."""
+@pytest.mark.parametrize("policy_guidance,g", [(None, 3.0), (2.0, 2.0), (1.0, 1.0)])
+def test_with_cfg_rollouts_the_loss_trains_the_guided_velocity(files, base_model, policy_guidance, g):
+    """Rollouts sampled with guidance 3 train the velocity of the sampler being trained, v_u + g (v_c - v_u) with
+    g = --policy-guidance (the rollouts' 3 when not given; at 1 the conditional velocity alone), for the current
+    policy (both passes: the unconditional branch trains with the conditional one) and the old one; the loss of a
+    micro-step against the formulas written out plainly. The export and validation sample at g."""
     from sana.training.rl.loop import RLTrainer
 
-    cfg = _config(files / "guided", base_model, files / "prompts.txt", files / "plug.py", steps=1, val_count=0,
-                  guidance=3.0, kl_beta=0.0)
+    cfg = _config(files / f"guided-{g}", base_model, files / "prompts.txt", files / "plug.py", steps=1, val_count=0,
+                  guidance=3.0, policy_guidance=policy_guidance, mix_guidance=1.5, kl_beta=0.0)
+    assert cfg.validation_guidance() == g and cfg.sampling_defaults_for_export()["guidance"] == g
     trainer = RLTrainer(cfg)
     trainer.prepare_data()
     trainer.build()
+    settings = trainer._settings()  # the rollouts sample at the rollouts' scales whatever is trained
+    assert (settings.guidance, settings.mix_guidance) == (3.0, 1.5)
     trainer.round_data, _ = trainer.collect(0)
+    assert (trainer.round_data.null is None) == (g == 1.0)
     trainer._round_start, trainer._sums = trainer.micro, torch.zeros(2)
     for param in trainer.model.parameters():  # an adapter that does something (peft starts B at zero)
         if param.requires_grad:
             param.data.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
     loss = trainer.loss(trainer.micro)
 
-    data, g, beta, clip = trainer.round_data, 3.0, cfg.nft_beta, cfg.adv_clip
+    data, beta, clip = trainer.round_data, cfg.nft_beta, cfg.adv_clip
     rows = slice(0, cfg.batch_size)
     x0, t = data.latents[rows], data.sigmas[rows, 0]
     s = t.view(-1, 1, 1, 1)
     x_t = (1 - s) * x0 + s * data.noise[rows, 0]
     text = data.text.index(data.prompt_index[rows])
-    null = data.null.index([0] * len(text))
     timestep = t * 1000.0 * trainer.model.config.timestep_scale
 
     def sampled(model):
         cond = model(x_t, text.embeds, timestep, text_mask=text.mask).float()
+        if g == 1.0:
+            return cond
+        null = data.null.index([0] * len(text))
         uncond = model(x_t, null.embeds, timestep, text_mask=null.mask).float()
         return uncond + g * (cond - uncond)
 
@@ -337,5 +345,5 @@ def test_with_cfg_rollouts_the_loss_trains_the_guided_velocity(files, base_model
     r = data.r[rows]
     policy = clip * (r * x0_loss((1 - beta) * v_old + beta * v) + (1 - r) * x0_loss((1 + beta) * v_old - beta * v)) / beta
     torch.testing.assert_close(loss.detach().double(), policy.mean().double(), rtol=1e-5, atol=1e-6)
-    loss.backward()  # the empty prompt's pass trains too: its gradient reaches the adapter
+    loss.backward()  # with CFG the empty prompt's pass trains too: its gradient reaches the adapter
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters() if p.requires_grad)

@@ -18,8 +18,9 @@ PROMPTS_PER_GPU = 6
 EXPLORE_PRECISIONS = ("auto", "fp8", "bf16")
 
 RL_RESUME_INVARIANTS = RESUME_INVARIANTS + ("reward", "candidates", "keep_seeds", "explore_steps", "rollout_steps",
-                                            "prompts_per_round", "prompt_pool", "guidance", "nft_beta", "kl_beta", "adv_clip",
-                                            "timestep_fraction", "decay_type")
+                                            "prompts_per_round", "prompt_pool", "guidance", "policy_guidance",
+                                            "mix_guidance", "nft_beta", "kl_beta", "adv_clip", "timestep_fraction",
+                                            "decay_type")
 
 
 @dataclass
@@ -35,7 +36,7 @@ class RLConfig(TrainConfig):
     ema: float = 0.9
     batch_size: int = 16  # samples a training forward
     checkpoint_every: int = 20
-    val_guidance: float | None = None  # None: validation samples the way rollouts do (`guidance`)
+    val_guidance: float | None = None  # None: validation samples as the trained policy does (`trained_guidance`)
     rl: bool = True
     reward: str = "shapes"  # NAME[=DIR][:WEIGHT],... or path/file.py:function[:WEIGHT]
     candidates: int = 96  # seeds explored per prompt
@@ -47,6 +48,12 @@ class RLConfig(TrainConfig):
     prompt_pool: int = 1
     rollout_batch: int = 24  # images a sampling forward
     guidance: float = 1.0  # rollout CFG; the recipe samples CFG-free
+    # The CFG scale of the sampler being trained (None: `guidance`). Below the rollouts' scale, guided samples teach
+    # a sampler with less guidance (1: the conditional velocity alone, the model then sampled CFG-free).
+    policy_guidance: float | None = None
+    # Every other candidate seed samples with this CFG scale instead (None: all with `guidance`): see
+    # `RolloutSettings.mix_guidance`.
+    mix_guidance: float | None = None
     explore_precision: str = "auto"  # auto: fp8 block linears where the GPU has fp8 GEMMs, else the compute dtype
     nft_beta: float = 1.0  # DiffusionNFT's mixing coefficient (config.beta)
     kl_beta: float = 1e-4  # weight of the KL term to the base model (train.beta)
@@ -55,15 +62,20 @@ class RLConfig(TrainConfig):
     decay_type: int = 1  # the old policy's decay schedule (0: on-policy, 1 and 2: the recipe's)
     val_count: int = 8  # fixed validation prompts (with seeds 0..n-1) when no --val-prompt is given
 
+    @property
+    def trained_guidance(self) -> float:
+        """The CFG scale of the sampler the loss trains: --policy-guidance, else the rollouts' --guidance."""
+        return float(self.policy_guidance) if self.policy_guidance is not None else float(self.guidance)
+
     def validation_guidance(self) -> float:
-        """--val-guidance, else the rollouts' guidance: the best round is the one whose samples, taken as the
-        rollouts take them, score best."""
-        return float(self.val_guidance) if self.val_guidance is not None else float(self.guidance)
+        """--val-guidance, else the trained sampler's guidance: the best round is the one whose samples, taken as
+        the aligned model is meant to be sampled, score best."""
+        return float(self.val_guidance) if self.val_guidance is not None else self.trained_guidance
 
     def sampling_defaults_for_export(self) -> dict:
-        """The base's, sampled at the rollouts' guidance: the model was aligned on those samples (the recipe's are
-        CFG-free, so its result is sampled without CFG)."""
-        return {**self.sampling_defaults, "guidance": self.guidance}
+        """The base's, at the trained sampler's guidance: the model was aligned for that sampler (the recipe's
+        rollouts are CFG-free, so its result is sampled without CFG)."""
+        return {**self.sampling_defaults, "guidance": self.trained_guidance}
 
     def validate(self) -> None:
         super().validate()
@@ -83,6 +95,9 @@ class RLConfig(TrainConfig):
             (self.prompt_pool == 1 or self.candidates > self.keep_seeds,
              "--prompt-pool chooses prompts by their explored seeds: give --candidates larger than --keep"),
             (self.guidance >= 1.0, "--guidance must be at least 1 (1 = CFG-free, the recipe's)"),
+            (self.policy_guidance is None or self.policy_guidance >= 1.0,
+             "--policy-guidance must be at least 1 (1 = the model sampled CFG-free)"),
+            (self.mix_guidance is None or self.mix_guidance >= 1.0, "--mix-guidance must be at least 1"),
             (self.explore_precision in EXPLORE_PRECISIONS, "--explore-precision must be auto, fp8 or bf16"),
             (self.nft_beta > 0 and self.adv_clip > 0, "--nft-beta and --adv-clip must be positive"),
             (self.kl_beta >= 0, "--kl must be 0 or more"),

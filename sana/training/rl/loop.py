@@ -93,7 +93,7 @@ class RoundData:
     r: torch.Tensor  # [N] optimality probabilities
     sigmas: torch.Tensor  # [N, T] each sample's training noise levels
     noise: torch.Tensor  # [N, T, C, h, w]
-    null: PromptEmbeddings | None = None  # [1] the empty prompt, for the guided velocity (rollouts with CFG)
+    null: PromptEmbeddings | None = None  # [1] the empty prompt, for the guided velocity (a trained sampler with CFG)
 
 
 def gather(tensor: torch.Tensor, world) -> torch.Tensor:
@@ -190,6 +190,7 @@ class RLTrainer(Validation, Trainer):
         return RolloutSettings(candidates=cfg.candidates, keep=cfg.keep_seeds, explore_steps=cfg.explore_steps,
                                rollout_steps=cfg.rollout_steps, batch=cfg.rollout_batch, latent_shape=c.latent_shape,
                                flow_shift=c.flow_shift, scheduler_config=c.scheduler_config, guidance=cfg.guidance,
+                               mix_guidance=cfg.mix_guidance,
                                dtype=self.dtype, decode_batch=decode_batch(cfg.resolution, self.device))
 
     def _scorer(self, prompts: list[Prompt]):
@@ -240,7 +241,7 @@ class RLTrainer(Validation, Trainer):
         data = RoundData(latents=out.latents.to(self.device), text=text, prompt_index=out.prompt_index.tolist(),
                          r=optimality(adv, cfg.adv_clip).to(self.device),
                          sigmas=torch.stack(draws_sigma).to(self.device), noise=torch.stack(draws_noise).to(self.device),
-                         null=null if cfg.guidance > 1.0 else None)
+                         null=null if cfg.trained_guidance > 1.0 else None)
 
         per_prompt = rewards.view(cfg.prompts_per_round, keep)
         stats = {"reward_mean": rewards.mean().item(), "reward_best": per_prompt.max(1).values.mean().item(),
@@ -268,15 +269,15 @@ class RLTrainer(Validation, Trainer):
         text = data.text.index(data.prompt_index[rows])
         timestep = t * 1000.0 * self.model.config.timestep_scale
         x_in = x_t.to(dtype)
-        if data.null is not None:  # rollouts with CFG: each model's conditional and unconditional pass in one batch
+        if data.null is not None:  # a trained sampler with CFG: each model's two passes in one batch
             text = PromptEmbeddings.cat([text, data.null.index([0] * len(text))])
             x_in, timestep = torch.cat([x_in, x_in]), torch.cat([timestep, timestep])
         embeds, mask = text.embeds.to(dtype), text.mask
 
         def velocity(model) -> torch.Tensor:
-            """The velocity the rollouts' sampler follows (`objective.guided` with CFG)."""
+            """The velocity of the sampler being trained (`objective.guided` when it uses CFG)."""
             out = model(x_in, embeds, timestep, text_mask=mask).float()
-            return guided(*out.chunk(2), cfg.guidance) if data.null is not None else out
+            return guided(*out.chunk(2), cfg.trained_guidance) if data.null is not None else out
 
         with torch.no_grad():
             v_old = velocity(self.old_model)

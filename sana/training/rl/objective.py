@@ -9,10 +9,14 @@ Conventions: x_t = (1 - t) x0 + t eps with t in (0, 1] (t = the sampler's sigma)
 - loss in x0 space with a detached adaptive weight, per sample:
   x0+ = x_t - t v+, w+ = stopgrad(mean |x0+ - x0|) >= 1e-5, l+ = mean((x0+ - x0)^2) / w+ (same for -),
   policy = clip * (r l+ + (1 - r) l-) / beta;
-- guidance: rollouts sampled with classifier-free guidance g > 1 come from the guided velocity
-  v_u + g (v_c - v_u) (conditional and unconditional passes of one network), so every velocity above is that
-  guided one, the current policy's from both of its passes (the unconditional branch trains with the
-  conditional one): the model is aligned as it samples (at g = 1, the conditional velocity alone);
+- guidance: a sampler with classifier-free guidance g > 1 follows the guided velocity v_u + g (v_c - v_u)
+  (conditional and unconditional passes of one network), so when that sampler is the one trained, every velocity
+  above is that guided one, the current policy's from both of its passes (the unconditional branch trains with
+  the conditional one); at g = 1, the conditional velocity alone. The trained sampler's g is the rollouts' unless
+  told otherwise: rollouts with more guidance than it (guided samples teaching a CFG-free model) are off-policy
+  data, which the objective takes, since it only compares the current and old policies on given samples; with
+  a guidance mix (`RolloutSettings.mix_guidance`) a prompt's group holds samples of both scales, so the advantage
+  contrasts what the model draws with CFG against what it draws without;
 - KL to the base model (adapter off): mean((v_theta - v_ref)^2), weighted by `kl_beta`;
 - the old policy's decay: theta_old <- eta theta_old + (1 - eta) theta, eta from the optimizer step.
 """

@@ -154,8 +154,16 @@ class RolloutSettings:
     flow_shift: float
     scheduler_config: dict = field(default_factory=dict)
     guidance: float = 1.0
+    # Every other candidate seed of a prompt (the odd ones) samples with this CFG scale instead of `guidance`, so a
+    # prompt's group holds both kinds of sample: what a model draws only with CFG is contrasted with what it draws
+    # without it.
+    mix_guidance: float | None = None
     dtype: torch.dtype = torch.float32
     decode_batch: int = DECODE_BATCH  # images a decode-and-score call
+
+    def candidate_guidance(self, k: int) -> float:
+        """The CFG scale of a prompt's candidate seed number k."""
+        return self.mix_guidance if self.mix_guidance is not None and k % 2 == 1 else self.guidance
 
 
 @dataclass
@@ -165,6 +173,7 @@ class Rollout:
     latents: torch.Tensor  # [N, C, h, w] clean latents at full quality, fp32
     prompt_index: torch.Tensor  # [N] the local prompt each sample belongs to
     seeds: list[int]
+    guidance: list[float]  # [N] the CFG scale each was sampled with
     rewards: torch.Tensor  # [N] the weighted reward of the full-quality images
     parts: dict[str, torch.Tensor]  # [N] per reward term
     explore_rewards: torch.Tensor | None  # [P, candidates] of the cheap pass (None without one), the whole pool
@@ -175,30 +184,43 @@ Scores = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (weighted rewards [B], 
 Score = Callable[[torch.Tensor, list[int]], Callable[[], Scores]]
 
 
-def _sample_and_score(model: nn.Module, items: list[tuple[int, int]], text: PromptEmbeddings,
-                      null: PromptEmbeddings | None, steps: int, s: RolloutSettings,
-                      score: Score) -> tuple[torch.Tensor, Scores]:
-    """Latents [len(items), C, h, w] for (local prompt, seed) items, `s.batch` images a forward, and their scores.
-    Each sampled batch is handed to `score` (decoded `s.decode_batch` images at a time) before the next one is
-    sampled, so a reward that scores off the main thread (the shapes checker's workers) runs beside the sampler."""
+Item = tuple[int, int, float]  # (local prompt, seed, CFG scale)
+
+
+def _sample_and_score(model: nn.Module, items: list[Item], text: PromptEmbeddings, null: PromptEmbeddings | None,
+                      steps: int, s: RolloutSettings, score: Score) -> tuple[torch.Tensor, Scores]:
+    """Latents [len(items), C, h, w] for the items, `s.batch` images a forward (each forward at one CFG scale), and
+    their scores, in the items' order. Each sampled batch is handed to `score` (decoded `s.decode_batch` images at
+    a time) before the next one is sampled, so a reward that scores off the main thread (the shapes checker's
+    workers) runs beside the sampler."""
+    scales = sorted({g for _, _, g in items})
+    order = [i for g in scales for i, item in enumerate(items) if item[2] == g]  # grouped by scale
     latents, pending = [], []
-    for start in range(0, len(items), s.batch):
-        chunk = items[start : start + s.batch]
-        rows = text.index([p for p, _ in chunk])
-        out = sample(model, rows, [seed for _, seed in chunk], steps=steps, latent_shape=s.latent_shape,
-                     flow_shift=s.flow_shift, scheduler_config=s.scheduler_config, guidance=s.guidance, null=null,
-                     dtype=s.dtype)
-        latents.append(out)
-        for first in range(0, len(chunk), s.decode_batch):
-            part = slice(first, first + s.decode_batch)
-            pending.append(score(out[part], [p for p, _ in chunk[part]]))
+    for g in scales:
+        group = [items[i] for i in order if items[i][2] == g]
+        for start in range(0, len(group), s.batch):
+            chunk = group[start : start + s.batch]
+            rows = text.index([p for p, _, _ in chunk])
+            out = sample(model, rows, [seed for _, seed, _ in chunk], steps=steps, latent_shape=s.latent_shape,
+                         flow_shift=s.flow_shift, scheduler_config=s.scheduler_config, guidance=g, null=null,
+                         dtype=s.dtype)
+            latents.append(out)
+            for first in range(0, len(chunk), s.decode_batch):
+                part = slice(first, first + s.decode_batch)
+                pending.append(score(out[part], [p for p, _, _ in chunk[part]]))
     totals, parts = [], {}
     for wait in pending:
         total, part = wait()
         totals.append(total)
         for label, value in part.items():
             parts.setdefault(label, []).append(value)
-    return torch.cat(latents), (torch.cat(totals), {label: torch.cat(values) for label, values in parts.items()})
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))  # sampled position of each item
+    latent = torch.cat(latents)
+    total = torch.cat(totals)
+    return latent[back.to(latent.device)], (total[back.to(total.device)],
+                                            {label: torch.cat(values)[back.to(values[0].device)]
+                                             for label, values in parts.items()})
 
 
 def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, null: PromptEmbeddings | None,
@@ -213,12 +235,12 @@ def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, nu
     ones are taken, not sampled again."""
     s = settings
     explore_rewards = None
-    kept: list[tuple[int, int]] = []
+    kept: list[Item] = []
     if prompts is not None and prompts < len(seeds) and s.candidates <= s.keep:
         raise ValueError("choosing prompts needs an exploration pass (candidates > keep)")
     if s.candidates > s.keep:
         # 1. The cheap pass over every candidate; 2. the most contrastive seeds of each (chosen) prompt.
-        items = [(p, seed) for p, row in enumerate(seeds) for seed in row]
+        items = [(p, seed, s.candidate_guidance(k)) for p, row in enumerate(seeds) for k, seed in enumerate(row)]
         latents, (rewards, parts) = _sample_and_score(explorer, items, text, null, s.explore_steps, s, score)
         explore_rewards = rewards.view(len(seeds), s.candidates)
         chosen = (most_contested(explore_rewards, prompts) if prompts is not None and prompts < len(seeds)
@@ -228,14 +250,15 @@ def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, nu
         kept = [items[i] for i in picks]
         if explorer is model and s.explore_steps == s.rollout_steps:
             index = torch.tensor(picks)
-            return Rollout(latents=latents[index.to(latents.device)], prompt_index=torch.tensor([p for p, _ in kept]),
-                           seeds=[seed for _, seed in kept], rewards=rewards[index.to(rewards.device)],
+            return Rollout(latents=latents[index.to(latents.device)],
+                           prompt_index=torch.tensor([p for p, _, _ in kept]), seeds=[seed for _, seed, _ in kept], guidance=[g for _, _, g in kept],
+                           rewards=rewards[index.to(rewards.device)],
                            parts={k: v[index.to(v.device)] for k, v in parts.items()}, explore_rewards=explore_rewards,
                            images=len(items))
     else:
-        kept = [(p, seed) for p, row in enumerate(seeds) for seed in row]
+        kept = [(p, seed, s.candidate_guidance(k)) for p, row in enumerate(seeds) for k, seed in enumerate(row)]
     # 3. The kept seeds at full quality, scored again: the rewards the advantages come from.
     latents, (rewards, parts) = _sample_and_score(model, kept, text, null, s.rollout_steps, s, score)
     explored = explore_rewards.numel() if explore_rewards is not None else 0
-    return Rollout(latents=latents, prompt_index=torch.tensor([p for p, _ in kept]), seeds=[seed for _, seed in kept],
-                   rewards=rewards, parts=parts, explore_rewards=explore_rewards, images=explored + len(kept))
+    return Rollout(latents=latents, prompt_index=torch.tensor([p for p, _, _ in kept]),
+                   seeds=[seed for _, seed, _ in kept], guidance=[g for _, _, g in kept], rewards=rewards, parts=parts, explore_rewards=explore_rewards, images=explored + len(kept))
