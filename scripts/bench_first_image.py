@@ -164,8 +164,8 @@ def main() -> int:
     for label, to_first, wall, first, second in rows:
         rest = to_first - first.get("load", 0.0) - sum(first.get(p, 0.0) for p in STEPS) - first.get("save", 0.0)
         warmup = sum(first.get(p, 0.0) for p in STEPS) - sum(second.get(p, 0.0) for p in STEPS)
-        lines.append(f"| {label} | {to_first:.2f} | {to_first - bare:.2f} | {wall:.2f} | {first.get('load', 0.0):.2f} | "
-                     f"{rest:.2f} | "
+        load = first.get("load", 0.0)
+        lines.append(f"| {label} | {to_first:.2f} | {to_first - bare:.2f} | {wall:.2f} | {load:.2f} | {rest:.2f} | "
                      + " / ".join(f"{first.get(p, 0.0):.2f}" for p in STEPS) + " | "
                      + " / ".join(f"{second.get(p, 0.0):.2f}" for p in STEPS) + f" | {warmup:.2f} |")
     text = "\n".join(lines) + "\n"

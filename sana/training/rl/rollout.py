@@ -251,8 +251,8 @@ def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, nu
         if explorer is model and s.explore_steps == s.rollout_steps:
             index = torch.tensor(picks)
             return Rollout(latents=latents[index.to(latents.device)],
-                           prompt_index=torch.tensor([p for p, _, _ in kept]), seeds=[seed for _, seed, _ in kept], guidance=[g for _, _, g in kept],
-                           rewards=rewards[index.to(rewards.device)],
+                           prompt_index=torch.tensor([p for p, _, _ in kept]), seeds=[seed for _, seed, _ in kept],
+                           guidance=[g for _, _, g in kept], rewards=rewards[index.to(rewards.device)],
                            parts={k: v[index.to(v.device)] for k, v in parts.items()}, explore_rewards=explore_rewards,
                            images=len(items))
     else:
@@ -261,4 +261,5 @@ def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, nu
     latents, (rewards, parts) = _sample_and_score(model, kept, text, null, s.rollout_steps, s, score)
     explored = explore_rewards.numel() if explore_rewards is not None else 0
     return Rollout(latents=latents, prompt_index=torch.tensor([p for p, _, _ in kept]),
-                   seeds=[seed for _, seed, _ in kept], guidance=[g for _, _, g in kept], rewards=rewards, parts=parts, explore_rewards=explore_rewards, images=explored + len(kept))
+                   seeds=[seed for _, seed, _ in kept], guidance=[g for _, _, g in kept], rewards=rewards, parts=parts,
+                   explore_rewards=explore_rewards, images=explored + len(kept))
