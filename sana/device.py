@@ -132,9 +132,12 @@ def start_cuda_context(name: str = "auto") -> threading.Thread | None:
     index = int(name.split(":", 1)[1]) if name.startswith("cuda:") and name.split(":", 1)[1].isdigit() else None
 
     def create() -> None:
+        from .trace import span
+
         try:  # the driver's start-up (is_available) too, not only the context
-            if torch.cuda.is_available():
-                torch.cuda.mem_get_info(torch.cuda.current_device() if index is None else index)
+            with span("cuda context"):
+                if torch.cuda.is_available():
+                    torch.cuda.mem_get_info(torch.cuda.current_device() if index is None else index)
         except Exception:  # noqa: BLE001 - the main thread meets the same error in `probe_device` and reports it
             pass
 

@@ -93,14 +93,16 @@ class GraphedForward:
     def _record(self, run) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """`run` warmed up on a side stream (Triton compiles, cuBLAS picks its algorithms), then captured: the graph
         and the output tensor its replays write."""
+        from .trace import span
+
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        with span("graph warm-up"), torch.cuda.stream(stream):
             for _ in range(self.warmup):
                 run()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with span("graph capture"), torch.cuda.graph(graph):
             output = run()
         return graph, output
 

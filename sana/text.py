@@ -127,9 +127,11 @@ class TextEncoder:
         from .components import require_component
         from .device import settle_cpu_math
         from .tokenizer import load_tokenizer
+        from .trace import span
 
         settle_cpu_math()  # the RoPE cosines are often a process's first vector-math op, split across threads
-        tokenizer = load_tokenizer(require_component(model_dir, "tokenizer"))
+        with span("tokenizer"):
+            tokenizer = load_tokenizer(require_component(model_dir, "tokenizer"))
         model = load_text_model(require_component(model_dir, "text_encoder"), dtype=dtype, device=device,
                                 variant=variant)
         return cls(tokenizer, model.eval(), instruction=instruction, lowercase=lowercase)

@@ -72,6 +72,9 @@ def _global_options(
 
 def main() -> None:
     """Console-script entry: runs the app and turns errors into one line and an exit code."""
+    from sana.trace import mark
+
+    mark("cli start")
     from .launch import arguments_from_parent
 
     from_parent = arguments_from_parent()

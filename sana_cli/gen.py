@@ -224,6 +224,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         return  # --gpus N: the processes made the images
 
     quiet_libraries()
+    from sana.trace import mark, span
+
+    mark("arguments checked")
     from sana import __version__
     from sana.device import DTYPE_NAMES, DTYPES, limit_process_memory, pick_device, probe_device, start_cuda_context
 
@@ -237,6 +240,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     from .run_output import print_written, save_or_keep
     from .notices import note_cuda_build_without_gpu
 
+    mark("pipeline modules imported")
     # 4. Requests from the model's defaults, and what the largest of them asks of the device.
     sizes = component_sizes(resolved, spec, transformer_path)
     from sana.components import scheduler_config
@@ -268,7 +272,8 @@ def run(flags: dict[str, Any], *, command: str) -> None:
     # 5. Device, precision and the memory plan (a dry run prints it and stops here).
     device = process_device(pick_device(flags.get("device") or "auto"))  # --gpus N: this process's GPU
     note_cuda_build_without_gpu(device)
-    info = probe_device(device)
+    with span("probe device"):
+        info = probe_device(device)
     fp8 = bool(flags.get("fp8"))
     if fp8:
         from sana.memory import with_fp8_blocks
@@ -295,6 +300,7 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         limit_process_memory(device, max_vram)
     dtype = DTYPES[plan.dtype]
     variant = weights_variant(spec, plan)
+    mark("planned")
 
     # 6. Load where the plan keeps each component, LoRAs merged at load: once a set of LoRAs, the jobs grouped by
     #    the set they name (a prompts file's lines may name their own).
@@ -358,8 +364,9 @@ def run(flags: dict[str, Any], *, command: str) -> None:
                                **({"transformer": transformer_record} if transformer_record else {})},
                     )
                     start = time.perf_counter()
-                    written = save_or_keep(
-                        lambda target: save_image(image, target, record, force=force or target != path), path)
+                    with span("save"):
+                        written = save_or_keep(
+                            lambda target: save_image(image, target, record, force=force or target != path), path)
                     save_times.append(time.perf_counter() - start)
                     saved.append(written)
                     print_written(written, record)

@@ -16,6 +16,7 @@ that time less the bare import.
     python scripts/bench_first_image.py --model sana-1.6b-4k --px 4096 --markdown BENCHMARKS.md
     python scripts/bench_first_image.py --tiny                   # tiny configs on the CPU: checks the script's paths
     python scripts/bench_first_image.py --mapped-runs 2 --profile startup.txt   # the read compared; where time goes
+    python scripts/bench_first_image.py --runs 1 --trace timeline.txt --folder WORK/first   # each thread's start-up events
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ PROMPT = "a photo of a cat sleeping on a sunny windowsill, highly detailed"
 STEPS = ("encode", "denoise", "decode")
 
 
-def run_gen(folder: Path, out_dir: Path, px: int, cache: Path, device: str,
-            extra_env: dict | None = None, profile: Path | None = None) -> tuple[float, float, dict, dict]:
+def run_gen(folder: Path, out_dir: Path, px: int, cache: Path, device: str, extra_env: dict | None = None,
+            profile: Path | None = None, trace: Path | None = None) -> tuple[float, float, dict, dict]:
     """One fresh `sana gen` process making two images: the seconds until its first image file exists, its whole
     wall time, and the timings recorded in each image. With `profile`, the process runs under cProfile (its
-    statistics written there) and `-X importtime` (written beside it)."""
+    statistics written there) and `-X importtime` (written beside it); with `trace`, its start-up timeline
+    (`sana.trace`, relative to the moment it was started) is written there."""
     from sana.outputs import read_metadata
 
     out_dir.mkdir()
@@ -50,13 +52,15 @@ def run_gen(folder: Path, out_dir: Path, px: int, cache: Path, device: str,
     prompts = out_dir / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": PROMPT, "seed": seed, "out": str(path)}) + "\n"
                                for seed, path in ((0, first), (1, second))))
-    env = dict(os.environ, **(extra_env or {}), TRITON_CACHE_DIR=str(cache), PYTHONPATH=os.pathsep.join(
+    events = out_dir / "trace.jsonl"
+    env = dict(os.environ, **(extra_env or {}), **({"SANA_TRACE": str(events)} if trace else {}),
+               TRITON_CACHE_DIR=str(cache), PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     runner = ["-X", "importtime", "-m", "cProfile", "-o", str(profile)] if profile else []
     command = [sys.executable, *runner, "-m", "sana_cli", "gen", "--prompts", str(prompts), "--model", str(folder),
                "--res", str(px), "--device", device]
     stderr = profile.with_suffix(".imports.txt").open("w") if profile else subprocess.PIPE
-    start = time.perf_counter()
+    origin, start = time.time(), time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     to_first = None
     while process.poll() is None:  # the first image counts once its file exists (writes are atomic renames)
@@ -69,6 +73,11 @@ def run_gen(folder: Path, out_dir: Path, px: int, cache: Path, device: str,
         stderr.close()
     if process.returncode != 0:
         raise RuntimeError(f"sana gen exited with {process.returncode}: {error.strip()[-500:]}")
+    if trace:
+        from sana.trace import read, timeline
+
+        trace.write_text(f"first image file after {to_first:.3f} s, process ended after {wall:.3f} s\n"
+                         + timeline(read(events, origin)) + "\n", encoding="utf-8")
     return to_first if to_first is not None else wall, wall, dict(read_metadata(first).timings), \
         dict(read_metadata(second).timings)
 
@@ -113,6 +122,11 @@ def main() -> int:
     parser.add_argument("--markdown", type=Path, help="append the section to this file")
     parser.add_argument("--profile", type=Path,
                         help="one more warm-cache process under cProfile and -X importtime; its summary goes here")
+    parser.add_argument("--trace", type=Path,
+                        help="one more warm-cache process with SANA_TRACE set; its start-up timeline goes here")
+    parser.add_argument("--folder", type=Path,
+                        help="keep the random model folder and the Triton cache here, and reuse them if present "
+                             "(then no run starts with an empty cache)")
     args = parser.parse_args()
 
     import torch
@@ -126,27 +140,34 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        start = time.perf_counter()
-        build_model(tmp / "model", tiny=args.tiny, device=device, model=args.model)
-        print(f"built the random model folder in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-        cache = tmp / "triton-cache"
-        cache.mkdir()
+        kept = args.folder
+        model = (kept or tmp) / "model"
+        if not (model / "model_index.json").is_file():
+            start = time.perf_counter()
+            build_model(model, tiny=args.tiny, device=device, model=args.model)
+            print(f"built the random model folder in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        cache = (kept or tmp) / "triton-cache"
+        warm_cache = cache.is_dir() and any(cache.iterdir())
+        cache.mkdir(parents=True, exist_ok=True)
         bare = bare_import_torch()
         print(f"bare import torch: {bare:.2f} s", file=sys.stderr)
         for run in range(args.runs + args.mapped_runs):
-            label = "empty Triton cache" if run == 0 else "warm Triton cache"
+            label = "empty Triton cache" if run == 0 and not warm_cache else "warm Triton cache"
             mapped = run >= args.runs
             if mapped:
                 label += ", memory-mapped read"
-            to_first, wall, first, second = run_gen(tmp / "model", tmp / f"run{run}", px, cache, device,
+            to_first, wall, first, second = run_gen(model, tmp / f"run{run}", px, cache, device,
                                                     {"SANA_STAGED_READ": "0"} if mapped else None)
             rows.append((label, to_first, wall, first, second))
             print(f"{label}: first image after {to_first:.2f} s, {wall:.2f} s for two images", file=sys.stderr)
         if args.profile:
             stats = tmp / "profile.prof"
-            run_gen(tmp / "model", tmp / "profiled", px, cache, device, profile=stats)
+            run_gen(model, tmp / "profiled", px, cache, device, profile=stats)
             args.profile.write_text(profile_summary(stats), encoding="utf-8")
             print(f"profile of a warm-cache process: {args.profile}", file=sys.stderr)
+        if args.trace:
+            run_gen(model, tmp / "traced", px, cache, device, trace=args.trace)
+            print(f"start-up timeline of a warm-cache process: {args.trace}", file=sys.stderr)
 
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     lines = [f"## {datetime.date.today()}: first image of a fresh process ({name}, torch {torch.__version__})", "",

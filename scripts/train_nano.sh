@@ -34,7 +34,8 @@
 # prompts whose seeds all score alike stop diluting the round once most are solved; default 1, every prompt),
 # RL_SCORE_BEFORE (0: `rl-score` skips the base model, whose scores are known; default 1), RL_TIMESTEP_FRACTION
 # (`--timestep-fraction`: the share of the rollout sampler's timesteps each image is trained on; default 1, every
-# one). The RL settings are untuned; what one H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
+# one), RL_VAL_COUNT (`--val-count`: validation prompts, each at a seed of its own; default 32; more make the kept
+# best round less a matter of luck). The RL settings are untuned; what one H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
 # 0.96 -> 0.998 by round 25 and the validation reward (20 steps) 0.977 -> 0.995 at round 25, then a collapse from
 # round ~30 at this learning rate (0.80 and 0.85 at round 50, the KL to the base rising throughout): hence 25 rounds.
 set -euo pipefail
@@ -62,6 +63,7 @@ RL_SCORE_BEFORE=${RL_SCORE_BEFORE:-1}
 RL_TIMESTEP_FRACTION=${RL_TIMESTEP_FRACTION:-1}
 RL_POLICY_GUIDANCE=${RL_POLICY_GUIDANCE:-$RL_GUIDANCE}
 RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE:-}
+RL_VAL_COUNT=${RL_VAL_COUNT:-32}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -93,7 +95,7 @@ if stage rl; then
         --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --prompt-pool "$RL_POOL" --explore-steps "$RL_SAMPLING_STEPS" \
         --rollout-steps "$RL_ROLLOUT_STEPS" --timestep-fraction "$RL_TIMESTEP_FRACTION" --explore-precision bf16 --rollout-batch 256 \
         --guidance "$RL_GUIDANCE" --policy-guidance "$RL_POLICY_GUIDANCE" \
-        --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count 32 \
+        --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count "$RL_VAL_COUNT" \
         --val-steps 20 --val-every 5 --save-dtype fp16
 fi
 if stage rl-score; then

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -23,17 +25,22 @@ def test_warming_while_loading_runs_the_encoder_and_decoder_once_and_keeps_the_i
     from sana.text import TextEncoder
 
     decode, encode_many = DCAEDecoder.decode, TextEncoder.encode_many
+    decoding_threads = []
     monkeypatch.setattr(DCAEDecoder, "decode", lambda self, x, tile=None: calls.append(("decode", tuple(x.shape)))
-                        or decode(self, x, tile=tile))
+                        or decoding_threads.append(threading.current_thread().name) or decode(self, x, tile=tile))
     monkeypatch.setattr(TextEncoder, "encode_many", lambda self, items: calls.append(("encode", len(items)))
                         or encode_many(self, items))
     warmed = ImagePipeline.from_pretrained(tmp_path, dtype=torch.float32, device="cpu", warm_for=(64, 96))
+    warmed.decoder_thread.wait_warm()  # the decoder warms on its own thread
     scale = warmed.vae_scale_factor
     gen_w, gen_h = image_pipeline.binned_size(64, 96, warmed.native_resolution)
     assert sorted(calls) == [("decode", (1, warmed.vae.config.latent_channels, gen_h // scale, gen_w // scale)),
                              ("encode", 2)]
     images = [pipe.generate(request).images[0] for pipe in (plain, warmed)]
     assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+    # the warmed pipeline's warm-up and decode on one thread, which holds cuDNN's plans on a GPU; the plain one's
+    # decode (no decoder thread off CUDA) in the caller's
+    assert decoding_threads == ["sana-decode_0", "MainThread", "sana-decode_0"]
 
 
 def test_a_warm_up_out_of_memory_is_skipped_not_fatal(tmp_path, monkeypatch):
@@ -49,3 +56,19 @@ def test_a_warm_up_out_of_memory_is_skipped_not_fatal(tmp_path, monkeypatch):
     monkeypatch.setattr(DCAEDecoder, "decode", full)
     pipe = ImagePipeline.from_pretrained(tmp_path, dtype=torch.float32, device="cpu", warm_for=(64, 96))
     assert pipe.vae is not None
+
+
+def test_the_decoder_thread_returns_results_and_raises_errors_where_asked():
+    from sana.pipelines.common import DecoderThread
+
+    worker = DecoderThread(torch.device("cpu"))
+    worker.warm(lambda: (_ for _ in ()).throw(RuntimeError("lost head start")))
+    worker.wait_warm()  # a failed warm-up is not an error of its own
+    assert worker.run(lambda: (torch.is_grad_enabled(), threading.current_thread().name)) == (False, "sana-decode_0")
+    try:
+        worker.run(lambda: (_ for _ in ()).throw(torch.OutOfMemoryError("full")))
+    except torch.OutOfMemoryError as exc:  # the type the pipeline's fallbacks catch
+        assert "full" in str(exc)
+    else:
+        raise AssertionError("the error was not raised")
+    worker.close()

@@ -95,6 +95,14 @@ def read_safetensors(path: Path, prefix: str = "", *, device: torch.device | str
     stream, as the warm-ups during a load do (`ImagePipeline.from_pretrained`). There the tensors that need no cast
     are read by `staged_read` (large parallel reads through pinned buffers; `SANA_STAGED_READ=0` turns it off), the
     others through the memory map as on the host."""
+    from ..trace import span
+
+    with span("read", file=f"{path.parent.name}/{path.name}"):
+        return _read_safetensors(path, prefix, device=device, dtype=dtype)
+
+
+def _read_safetensors(path: Path, prefix: str, *, device: torch.device | str | None,
+                      dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     from contextlib import nullcontext
 
     from safetensors import safe_open

@@ -21,7 +21,7 @@ from ..errors import SanaError
 from ..memory import MemoryPlan
 from ..models.text_context import LazyTextContext
 from ..text import PromptEmbeddings, TextEncoder
-from .common import Events, PlacedPipeline, check_finite, load_together, resize_and_crop, to_uint8
+from .common import DecoderThread, Events, PlacedPipeline, check_finite, load_together, resize_and_crop, to_uint8
 from .sizes import binned_size
 
 
@@ -66,10 +66,14 @@ class ImagePipeline(PlacedPipeline):
     """Text encoder + our DiT + DC-AE, for one model, placed on the device as a memory plan says."""
 
     def __init__(self, *, transformer, text_encoder: TextEncoder, vae, family: str, scheduler_config: dict,
-                 device: torch.device, dtype: torch.dtype, cuda_graphs: bool = True, plan: MemoryPlan | None = None):
+                 device: torch.device, dtype: torch.dtype, cuda_graphs: bool = True, plan: MemoryPlan | None = None,
+                 decoder_thread: DecoderThread | None = None):
         """`vae` is our DC-AE decoder (`sana.components.load_vae`). Without `plan`, the modules stay where they are
         (everything resident), the VAE decodes whole images, and on CUDA each step replays a captured graph of the
-        DiT forward (unless `cuda_graphs` is False)."""
+        DiT forward (unless `cuda_graphs` is False). With `decoder_thread`, every decode runs there (the pipeline
+        closes it when it is collected)."""
+        import weakref
+
         from ..placement import Placement
 
         self.transformer = transformer
@@ -86,6 +90,9 @@ class ImagePipeline(PlacedPipeline):
             plan = self._default_plan(text_model, cuda_graphs)
         self.placement = Placement(plan, transformer=transformer, text_model=text_model, vae=vae, device=self.device)
         self.denoiser = self.placement.denoiser
+        self.decoder_thread = decoder_thread
+        if decoder_thread is not None:
+            weakref.finalize(self, decoder_thread.close)
 
     def _default_plan(self, text_model, cuda_graphs: bool) -> MemoryPlan:
         from ..device import DTYPE_NAMES, probe_device
@@ -113,8 +120,10 @@ class ImagePipeline(PlacedPipeline):
         The components load side by side (`load_together`). With `warm_for` (the first image's width and height)
         on a CUDA device, the text encoder and the VAE decoder, once loaded, each run once at that image's shapes
         while the larger DiT is still loading, so the kernels they use are loaded and cuBLAS / cuDNN set up before
-        the first image needs them (only where the plan keeps them on the device; in this thread, whose library
-        handles the first image uses, and one at a time, so no two phases' activations meet).
+        the first image needs them (only where the plan keeps them on the device). The text encoder warms in this
+        thread, whose library handles the first image uses; on CUDA every decode runs on a `DecoderThread`, where
+        the decoder warms meanwhile (cuDNN's plans are cached per thread), and the first denoising step waits for
+        that warm-up, so the two never meet in a CUDA graph capture or beyond the plan's memory.
         """
         from ..device import DTYPES
         from ..loading import load_transformer
@@ -164,10 +173,13 @@ class ImagePipeline(PlacedPipeline):
                     torch.cuda.empty_cache()
             return run
 
+        decoder_thread = DecoderThread(device) if warms_while_loading(device) else None
         warm = {}
-        if warm_for is not None and warms_while_loading(device):
-            warm = {name: head_start(fn) for name, fn in (("text_encoder", warm_text_encoder), ("vae", warm_decoder))
-                    if load_device(name) == device}
+        if warm_for is not None and decoder_thread is not None:
+            if load_device("text_encoder") == device:
+                warm["text_encoder"] = head_start(warm_text_encoder)
+            if load_device("vae") == device:
+                warm["vae"] = lambda decoder: decoder_thread.warm(lambda: head_start(warm_decoder)(decoder))
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
         loaded = load_together({
             "transformer": dit,
@@ -177,7 +189,7 @@ class ImagePipeline(PlacedPipeline):
                                     device=load_device("vae"), variant=variant)}, warm)
         return cls(**loaded, family=family,
                    scheduler_config=scheduler_config(model_dir), device=device, dtype=dtype, cuda_graphs=cuda_graphs,
-                   plan=plan)
+                   plan=plan, decoder_thread=decoder_thread)
 
     @property
     def is_sprint(self) -> bool:
@@ -297,6 +309,8 @@ class ImagePipeline(PlacedPipeline):
         return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h), memory=self._memory_record())
 
     def _denoise(self, text: PromptEmbeddings, batch: int, request: ImageRequest, latent_shape, events: Events):
+        if self.decoder_thread is not None:
+            self.decoder_thread.wait_warm()  # its allocations must not meet the step's graph capture
         generators = [sampling.cpu_generator(s) for s in request.seeds]
         latents = sampling.initial_noise(generators, latent_shape).to(self.device)
         if self.is_sprint:
@@ -350,7 +364,10 @@ class ImagePipeline(PlacedPipeline):
         """Latents [1, C, h, w] -> one PIL image of width x height. An out-of-memory decode is retried in smaller
         tiles (then under a lower placement tier)."""
         failure = SanaError("out of GPU memory while decoding, even in tiles", "use a smaller --res or free GPU memory")
-        return self._recovering("decode", lambda: self._decode(latents, width, height), events, failure)
+        if self.decoder_thread is None:
+            return self._recovering("decode", lambda: self._decode(latents, width, height), events, failure)
+        return self._recovering("decode", lambda: self.decoder_thread.run(lambda: self._decode(latents, width, height)),
+                                events, failure)
 
     def _decode(self, latents: torch.Tensor, width: int, height: int):
         from ..placement import decode_tiling
