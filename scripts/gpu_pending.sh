@@ -76,8 +76,8 @@ run_job() {
         timed temporal-conv 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_temporal_conv.py \
             && timed temporal-conv 300 "$PYTHON" -m sana.kernels.temporal_conv.bench --sweep ;;
     first-image)
-        timed first-image 480 "$PYTHON" scripts/bench_first_image.py --runs 3 --profile "$WORK/startup.txt" \
-            --markdown "$WORK/first-image.md" ;;
+        timed first-image 480 "$PYTHON" scripts/bench_first_image.py --runs 4 --folder "$WORK/first" \
+            --trace "$WORK/startup-trace.txt" --markdown "$WORK/first-image.md" ;;
     bench-video)
         timed bench-video 420 "$PYTHON" -m sana_cli bench --video --no-compile --no-kernels ;;
     rl)
