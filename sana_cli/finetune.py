@@ -78,7 +78,7 @@ def finetune(
     prompt_pool: Annotated[Optional[int], Opt("--prompt-pool", help="--rl: explore K times the round's prompts and train on those whose seeds disagree most (default 1: every prompt, as the recipe).")] = None,
     rollout_batch: Annotated[Optional[int], Opt("--rollout-batch", help="--rl: images a sampling forward (default 24).")] = None,
     guidance: Annotated[Optional[float], Opt("--guidance", help="--rl: CFG scale of the rollouts (default 1: CFG-free, as the recipe).")] = None,
-    mix_guidance: Annotated[Optional[float], Opt("--mix-guidance", help="--rl: every other candidate seed of a prompt samples with this CFG scale instead of --guidance, so each prompt's group holds both kinds (none by default).")] = None,
+    mix_guidance: Annotated[Optional[float], Opt("--mix-guidance", help="--rl: every other candidate seed of a prompt is sampled by the starting model (frozen) with this CFG scale instead of --guidance, so each prompt's group holds both kinds (none by default).")] = None,
     policy_guidance: Annotated[Optional[float], Opt("--policy-guidance", help="--rl: CFG scale of the sampler being trained, and the exported model's default (default: --guidance).")] = None,
     explore_precision: Annotated[Optional[str], Opt("--explore-precision", help="--rl: auto (fp8 block linears where the GPU has fp8 GEMMs, else bf16), fp8 or bf16.")] = None,
     nft_beta: Annotated[Optional[float], Opt("--nft-beta", help="--rl: DiffusionNFT's mixing coefficient beta (default 1).")] = None,

@@ -27,7 +27,7 @@
 # every rollout, default 4: the 4-step target, and with exploration at the same steps in bf16 the kept images are
 # the explored ones, so a round samples each image once), RL_MINUTES (`--max-minutes` of the RL stage; 0 = none), RL_GUIDANCE (CFG scale of the
 # rollouts, default 1: CFG-free as the recipe), RL_POLICY_GUIDANCE (`--policy-guidance`: CFG scale of the sampler
-# trained and exported; default RL_GUIDANCE), RL_MIX_GUIDANCE (`--mix-guidance`: every other candidate seed samples
+# trained and exported; default RL_GUIDANCE), RL_MIX_GUIDANCE (`--mix-guidance`: the starting model samples every other candidate seed
 # with this CFG scale; default none), RL_ROLLOUT_STEPS (steps of the full-quality rollouts when they
 # differ from the exploration's, e.g. 20 for the default sampler's trajectories; default RL_SAMPLING_STEPS),
 # RL_POOL (`--prompt-pool`: explore this many times RL_PROMPTS prompts a round and train on the most contested, so

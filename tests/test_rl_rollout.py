@@ -41,7 +41,7 @@ def _text(prompts: int) -> tuple[PromptEmbeddings, PromptEmbeddings]:
 
 
 def _run(explorer, model, steps: tuple[int, int], events: list, prompts: int = 2, chosen: int | None = None,
-         score_of=None, **settings):
+         score_of=None, mix_model=None, **settings):
     from sana.training.rl.rollout import RolloutSettings, rollout
 
     text, null = _text(prompts)
@@ -62,7 +62,7 @@ def _run(explorer, model, steps: tuple[int, int], events: list, prompts: int = 2
 
     seeds = [[10 * p + k for k in range(6)] for p in range(prompts)]
     return rollout(explorer=explorer, model=model, text=text, null=null, seeds=seeds, score=score, settings=settings,
-                   prompts=chosen)
+                   prompts=chosen, mix_model=mix_model)
 
 
 def test_batches_are_scored_as_sampled_and_waited_for_at_the_end():
@@ -151,4 +151,30 @@ def test_a_guidance_mix_samples_every_other_seed_with_it_and_keeps_each_image_wi
                 g = 3.0 if k % 2 else 1.0
                 alone = sample(model, text.index([p]), [10 * p + k], steps=2, latent_shape=(2, 4, 4),
                                flow_shift=3.0, scheduler_config={}, guidance=g, null=null)
+                torch.testing.assert_close(out.explore_rewards[p, k], alone.mean() * 10 + p, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("keep", [2, 6], ids=["explored", "every-candidate-kept"])
+def test_a_mix_model_samples_the_guided_candidates_and_the_policy_the_others(keep):
+    """The trainer's mix comes from the starting model (frozen): candidates at the mix scale are that model's
+    images in both passes, the others the policy's (explorer, then the full-quality model)."""
+    from sana.training.rl.rollout import sample
+
+    model, base = StandIn(), StandIn()
+    with torch.no_grad():
+        base.scale.fill_(-0.5)  # another model: other images from the same seeds
+    out = _run(copy.deepcopy(model), model, (2, 3), [], guidance=1.0, mix_guidance=3.0, keep=keep, mix_model=base,
+               score_of=lambda latents, index: latents.mean(dim=(1, 2, 3)) * 10 + torch.tensor(index).float())
+    text, null = _text(2)
+    assert base.images > 0
+    for i, (p, seed, g) in enumerate(zip(out.prompt_index.tolist(), out.seeds, out.guidance)):
+        alone = sample(base if g == 3.0 else model, text.index([p]), [seed], steps=3, latent_shape=(2, 4, 4),
+                       flow_shift=3.0, scheduler_config={}, guidance=g, null=null)
+        torch.testing.assert_close(out.latents[i : i + 1], alone, rtol=1e-5, atol=1e-6)
+    if keep == 2:
+        for p in range(2):
+            for k in range(6):
+                g = 3.0 if k % 2 else 1.0
+                alone = sample(base if g == 3.0 else model, text.index([p]), [10 * p + k], steps=2,
+                               latent_shape=(2, 4, 4), flow_shift=3.0, scheduler_config={}, guidance=g, null=null)
                 torch.testing.assert_close(out.explore_rewards[p, k], alone.mean() * 10 + p, rtol=1e-5, atol=1e-5)

@@ -295,7 +295,7 @@ def test_an_older_runs_reward_std_is_read_as_adv_std(tmp_path):
 
 
 @pytest.mark.parametrize("policy_guidance,g", [(None, 3.0), (2.0, 2.0), (1.0, 1.0)])
-def test_with_cfg_rollouts_the_loss_trains_the_guided_velocity(files, base_model, policy_guidance, g):
+def test_with_cfg_rollouts_the_loss_trains_the_guided_velocity(files, base_model, policy_guidance, g, monkeypatch):
     """Rollouts sampled with guidance 3 train the velocity of the sampler being trained, v_u + g (v_c - v_u) with
     g = --policy-guidance (the rollouts' 3 when not given; at 1 the conditional velocity alone), for the current
     policy (both passes: the unconditional branch trains with the conditional one) and the old one; the loss of a
@@ -310,7 +310,15 @@ def test_with_cfg_rollouts_the_loss_trains_the_guided_velocity(files, base_model
     trainer.build()
     settings = trainer._settings()  # the rollouts sample at the rollouts' scales whatever is trained
     assert (settings.guidance, settings.mix_guidance) == (3.0, 1.5)
+    # the mix's samples come from the starting model, kept even without a KL term (which then is not computed)
+    assert trainer.ref_model is not None and trainer.ref_model is not trainer.old_model
+    from sana.training.rl import loop as rl_loop
+
+    mixers = []
+    real_rollout = rl_loop.rollout
+    monkeypatch.setattr(rl_loop, "rollout", lambda **kw: mixers.append(kw["mix_model"]) or real_rollout(**kw))
     trainer.round_data, _ = trainer.collect(0)
+    assert mixers == [trainer.ref_model]
     assert (trainer.round_data.null is None) == (g == 1.0)
     trainer._round_start, trainer._sums = trainer.micro, torch.zeros(2)
     for param in trainer.model.parameters():  # an adapter that does something (peft starts B at zero)

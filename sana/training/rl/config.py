@@ -51,8 +51,8 @@ class RLConfig(TrainConfig):
     # The CFG scale of the sampler being trained (None: `guidance`). Below the rollouts' scale, guided samples teach
     # a sampler with less guidance (1: the conditional velocity alone, the model then sampled CFG-free).
     policy_guidance: float | None = None
-    # Every other candidate seed samples with this CFG scale instead (None: all with `guidance`): see
-    # `RolloutSettings.mix_guidance`.
+    # Every other candidate seed samples with this CFG scale instead, by the starting model (None: all with
+    # `guidance`, by the policy): see `RolloutSettings.mix_guidance` and `rollout(mix_model=)`.
     mix_guidance: float | None = None
     explore_precision: str = "auto"  # auto: fp8 block linears where the GPU has fp8 GEMMs, else the compute dtype
     nft_beta: float = 1.0  # DiffusionNFT's mixing coefficient (config.beta)

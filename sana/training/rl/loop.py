@@ -168,7 +168,8 @@ class RLTrainer(Validation, Trainer):
         self.old = {n: p.detach().clone().float() for n, p in self.trained}  # the old policy's trained weights
         config = self.model.config
         base = policy_state(self.model, with_lora=False) if cfg.mode == "lora" else policy_state(self.model)
-        self.ref_model = plain_transformer(config, base, self.device, self.dtype) if cfg.kl_beta > 0 else None
+        needs_base = cfg.kl_beta > 0 or cfg.mix_guidance is not None
+        self.ref_model = plain_transformer(config, base, self.device, self.dtype) if needs_base else None
         self.old_model = plain_transformer(config, base, self.device, self.dtype)
         from ... import ops
 
@@ -221,7 +222,8 @@ class RLTrainer(Validation, Trainer):
         try:
             out = rollout(explorer=self.explorer, model=self.old_model, text=text, null=null, seeds=seeds,
                           score=self._scorer(mine), settings=self._settings(),
-                          prompts=self.local_prompts if cfg.prompt_pool > 1 else None)
+                          prompts=self.local_prompts if cfg.prompt_pool > 1 else None,
+                          mix_model=self.ref_model if cfg.mix_guidance is not None else None)
         except RewardError as exc:
             failure = exc
         if distributed.any_rank(failure is not None, world, self.device):  # every process stops together
@@ -281,7 +283,7 @@ class RLTrainer(Validation, Trainer):
 
         with torch.no_grad():
             v_old = velocity(self.old_model)
-            v_ref = velocity(self.ref_model) if self.ref_model else None
+            v_ref = velocity(self.ref_model) if self.ref_model is not None and cfg.kl_beta > 0 else None
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             v = velocity(self.runner)
         policy = nft_policy_loss(v, v_old, x0, x_t, t, data.r[rows], beta=cfg.nft_beta, clip=cfg.adv_clip)  # [B]

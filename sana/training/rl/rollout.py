@@ -156,7 +156,7 @@ class RolloutSettings:
     guidance: float = 1.0
     # Every other candidate seed of a prompt (the odd ones) samples with this CFG scale instead of `guidance`, so a
     # prompt's group holds both kinds of sample: what a model draws only with CFG is contrasted with what it draws
-    # without it.
+    # without it (the trainer has the starting model draw these: `rollout(mix_model=)`).
     mix_guidance: float | None = None
     dtype: torch.dtype = torch.float32
     decode_batch: int = DECODE_BATCH  # images a decode-and-score call
@@ -188,9 +188,10 @@ Item = tuple[int, int, float]  # (local prompt, seed, CFG scale)
 
 
 def _sample_and_score(model: nn.Module, items: list[Item], text: PromptEmbeddings, null: PromptEmbeddings | None,
-                      steps: int, s: RolloutSettings, score: Score) -> tuple[torch.Tensor, Scores]:
+                      steps: int, s: RolloutSettings, score: Score,
+                      mix_model: nn.Module | None = None) -> tuple[torch.Tensor, Scores]:
     """Latents [len(items), C, h, w] for the items, `s.batch` images a forward (each forward at one CFG scale), and
-    their scores, in the items' order. Each sampled batch is handed to `score` (decoded `s.decode_batch` images at
+    their scores, in the items' order. Items at the mix scale are sampled by `mix_model` when one is given. Each sampled batch is handed to `score` (decoded `s.decode_batch` images at
     a time) before the next one is sampled, so a reward that scores off the main thread (the shapes checker's
     workers) runs beside the sampler."""
     scales = sorted({g for _, _, g in items})
@@ -201,7 +202,8 @@ def _sample_and_score(model: nn.Module, items: list[Item], text: PromptEmbedding
         for start in range(0, len(group), s.batch):
             chunk = group[start : start + s.batch]
             rows = text.index([p for p, _, _ in chunk])
-            out = sample(model, rows, [seed for _, seed, _ in chunk], steps=steps, latent_shape=s.latent_shape,
+            sampler = mix_model if mix_model is not None and g == s.mix_guidance and g != s.guidance else model
+            out = sample(sampler, rows, [seed for _, seed, _ in chunk], steps=steps, latent_shape=s.latent_shape,
                          flow_shift=s.flow_shift, scheduler_config=s.scheduler_config, guidance=g, null=null,
                          dtype=s.dtype)
             latents.append(out)
@@ -224,7 +226,8 @@ def _sample_and_score(model: nn.Module, items: list[Item], text: PromptEmbedding
 
 
 def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, null: PromptEmbeddings | None,
-            seeds: list[list[int]], score: Score, settings: RolloutSettings, prompts: int | None = None) -> Rollout:
+            seeds: list[list[int]], score: Score, settings: RolloutSettings, prompts: int | None = None,
+            mix_model: nn.Module | None = None) -> Rollout:
     """Explore every prompt's candidate seeds, keep the best and worst, regenerate them in full and score them.
 
     text: [P] rows (this process's prompts); seeds: P lists of `candidates` seeds; score(latents, local prompt
@@ -232,7 +235,9 @@ def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, nu
     {label: [B]}). `prompts` < P: only that many of the explored prompts go on, those whose candidates disagree
     most (`most_contested`); sample indices stay those of the P rows. When the explorer is the model itself at the
     full step count, the explored images are the full-quality ones (same seeds, deterministic sampler): the kept
-    ones are taken, not sampled again."""
+    ones are taken, not sampled again. `mix_model` samples the candidates at the mix scale (`settings.
+    mix_guidance`), in both passes: the trainer gives the starting model there, whose guided samples do not drift
+    as the policy trains."""
     s = settings
     explore_rewards = None
     kept: list[Item] = []
@@ -241,7 +246,8 @@ def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, nu
     if s.candidates > s.keep:
         # 1. The cheap pass over every candidate; 2. the most contrastive seeds of each (chosen) prompt.
         items = [(p, seed, s.candidate_guidance(k)) for p, row in enumerate(seeds) for k, seed in enumerate(row)]
-        latents, (rewards, parts) = _sample_and_score(explorer, items, text, null, s.explore_steps, s, score)
+        latents, (rewards, parts) = _sample_and_score(explorer, items, text, null, s.explore_steps, s, score,
+                                                      mix_model)
         explore_rewards = rewards.view(len(seeds), s.candidates)
         chosen = (most_contested(explore_rewards, prompts) if prompts is not None and prompts < len(seeds)
                   else torch.arange(len(seeds)))
@@ -258,7 +264,7 @@ def rollout(*, explorer: nn.Module, model: nn.Module, text: PromptEmbeddings, nu
     else:
         kept = [(p, seed, s.candidate_guidance(k)) for p, row in enumerate(seeds) for k, seed in enumerate(row)]
     # 3. The kept seeds at full quality, scored again: the rewards the advantages come from.
-    latents, (rewards, parts) = _sample_and_score(model, kept, text, null, s.rollout_steps, s, score)
+    latents, (rewards, parts) = _sample_and_score(model, kept, text, null, s.rollout_steps, s, score, mix_model)
     explored = explore_rewards.numel() if explore_rewards is not None else 0
     return Rollout(latents=latents, prompt_index=torch.tensor([p for p, _, _ in kept]),
                    seeds=[seed for _, seed, _ in kept], guidance=[g for _, _, g in kept], rewards=rewards, parts=parts,
