@@ -12,8 +12,9 @@
 #   temporal-conv  issue 15: the temporal conv kernel's GPU tests and launch-shape sweep against cuDNN (~2 min)
 #   first-image    issue 21: a fresh `sana gen` process's first image, beside a bare `import torch` (~3 min)
 #   bench-video    issue 15: the video DiT against diffusers, in alternating rounds (~2 min)
-#   rl             issue 17: the nano RL proof run (RL_MINUTES of training, default 12; resumes by itself if cut
-#                  short), then its scores; WORK/rl-run.tgz.* carries the run to another machine
+#   rl             issue 17: two nano RL proof runs side by side, the recipe and the frozen guidance mix
+#                  (RL_MINUTES of training, default 12; each resumes by itself if cut short), then their scores;
+#                  WORK/rl-run.tgz.* and WORK/rl-mix-run.tgz.* carry them to another machine
 #                  (`cat WORK/rl-run.tgz.* | tar -xz -C WORK` there before the next call)
 #   world-fp8      issue 16/23: SANA-WM fp8 parity at the released config and the bench's fp8 note (~3 min)
 #   finetune-image issue 23: SANA 1.6B LoRA step at 1024 px, eager and compiled, beside diffusers' recipe (~4 min)
@@ -68,6 +69,20 @@ timed() {  # NAME SECONDS COMMAND...: run under a time limit, log to WORK/NAME.l
     timeout -s TERM -k 30 "$seconds" "$@" >> "$WORK/$name.log" 2>&1
 }
 
+rl_run() {  # FOLDER MIX: one nano RL proof run in WORK/FOLDER (skipped once exported), packed to carry
+    local folder=$1 mix=$2
+    [[ -f "$WORK/$folder/rl/model/model_index.json" ]] && return 0
+    SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_LR=${RL_LR:-1e-5} RL_ROUNDS=${RL_ROUNDS:-400} \
+        RL_MINUTES=${RL_MINUTES:-12} RL_SAMPLING_STEPS=4 RL_MIX_GUIDANCE=$mix RL_POOL=${RL_POOL:-1} \
+        RL_VAL_COUNT=${RL_VAL_COUNT:-96} timed "$folder" "${RL_SECONDS:-1000}" \
+        bash scripts/train_nano.sh "$WORK/$folder" rl
+    local rc=$?
+    rm -f "$WORK/$folder".tgz.*
+    tar -C "$WORK" -cz --exclude="$folder/rl/cache" --exclude="$folder/rl/checkpoints" "$folder" \
+        | split -b 15m - "$WORK/$folder.tgz."
+    return $rc
+}
+
 run_job() {
     case $1 in
     lora-video)
@@ -81,23 +96,21 @@ run_job() {
     bench-video)
         timed bench-video 420 "$PYTHON" -m sana_cli bench --video --no-compile --no-kernels ;;
     rl)
-        # the proof run NOTES.md ("RL fine-tuning") proposes: the best recipe so far (4-step CFG-free rollouts of
-        # every prompt, lr 1e-5: 91% held-out on 2026-12-04) for longer, its best round chosen on 96 validation
-        # prompts; the guidance mix and the prompt pool made things worse on 2026-12-05. A stop by the time limit
-        # exports what is trained (and the best validation is kept in rl/best)
-        [[ -f "$WORK/rl-run/rl/model/model_index.json" ]] || {
-            SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_LR=${RL_LR:-1e-5} RL_ROUNDS=${RL_ROUNDS:-400} \
-                RL_MINUTES=${RL_MINUTES:-12} RL_SAMPLING_STEPS=4 RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE:-} \
-                RL_POOL=${RL_POOL:-1} RL_VAL_COUNT=${RL_VAL_COUNT:-96} timed rl "${RL_SECONDS:-1000}" \
-                bash scripts/train_nano.sh "$WORK/rl-run" rl
-            local rc=$?
-            rm -f "$WORK"/rl-run.tgz.*
-            tar -C "$WORK" -cz --exclude=rl-run/rl/cache --exclude='rl-run/rl/checkpoints' rl-run \
-                | split -b 15m - "$WORK/rl-run.tgz."
-            [[ $rc == 0 ]] || return $rc
-        }
-        SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_SCORE_BEFORE=0 timed rl 900 bash scripts/train_nano.sh \
-            "$WORK/rl-run" rl-score ;;
+        # the proof runs NOTES.md ("RL fine-tuning") proposes, side by side: the best recipe so far (4-step CFG-free
+        # rollouts of every prompt, lr 1e-5: 91% held-out on 2026-12-04) for longer, and the same with every other
+        # candidate drawn by the starting model at CFG 3 (the frozen guidance mix); each run's best round is chosen
+        # on 96 validation prompts. A stop by the time limit exports what is trained (the best validation is kept
+        # in rl/best); then both are scored.
+        rl_run rl-run "" & local recipe=$!
+        rl_run rl-mix-run 3 & local mixed=$!
+        wait "$recipe" || return 1
+        wait "$mixed" || return 1
+        local folder pids=()
+        for folder in rl-run rl-mix-run; do
+            SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_SCORE_BEFORE=0 timed "$folder-score" 900 \
+                bash scripts/train_nano.sh "$WORK/$folder" rl-score & pids+=($!)
+        done
+        for pid in "${pids[@]}"; do wait "$pid" || return 1; done ;;
     world-fp8)
         timed world-fp8 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/test_gpu_world_parity.py -k fp8 \
             && timed world-fp8 420 "$PYTHON" -m sana_cli bench --world --no-compile --no-kernels ;;
