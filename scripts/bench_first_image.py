@@ -16,7 +16,7 @@ that time less the bare import.
     python scripts/bench_first_image.py --model sana-1.6b-4k --px 4096 --markdown BENCHMARKS.md
     python scripts/bench_first_image.py --tiny                   # tiny configs on the CPU: checks the script's paths
     python scripts/bench_first_image.py --mapped-runs 2 --profile startup.txt   # the read compared; where time goes
-    python scripts/bench_first_image.py --runs 1 --trace timeline.txt --folder WORK/first   # each thread's start-up events
+    python scripts/bench_first_image.py --runs 1 --trace timeline.txt --folder WORK/first   # start-up by thread
 """
 
 from __future__ import annotations

@@ -191,9 +191,9 @@ def _sample_and_score(model: nn.Module, items: list[Item], text: PromptEmbedding
                       steps: int, s: RolloutSettings, score: Score,
                       mix_model: nn.Module | None = None) -> tuple[torch.Tensor, Scores]:
     """Latents [len(items), C, h, w] for the items, `s.batch` images a forward (each forward at one CFG scale), and
-    their scores, in the items' order. Items at the mix scale are sampled by `mix_model` when one is given. Each sampled batch is handed to `score` (decoded `s.decode_batch` images at
-    a time) before the next one is sampled, so a reward that scores off the main thread (the shapes checker's
-    workers) runs beside the sampler."""
+    their scores, in the items' order; items at the mix scale are sampled by `mix_model` when one is given. Each
+    sampled batch is handed to `score` (decoded `s.decode_batch` images at a time) before the next one is sampled,
+    so a reward that scores off the main thread (the shapes checker's workers) runs beside the sampler."""
     scales = sorted({g for _, _, g in items})
     order = [i for g in scales for i, item in enumerate(items) if item[2] == g]  # grouped by scale
     latents, pending = [], []
