@@ -7,13 +7,14 @@ tensor and no host sync happens inside a step. Off CUDA it simply calls the mode
 A `TextContext` in place of the text is bound once per context, not once per step: graphs are captured reading a
 filled static context (no key / value GEMMs inside them), one per text signature and shared by every graph of
 that signature (other image sizes, PAG layouts), and a new context is loaded into it, block by block, the first
-time it is passed.
+time it is passed. While `hold_capture()` says so, new signatures run eagerly and are captured at a later step.
 """
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -41,6 +42,10 @@ class GraphedForward:
     def __init__(self, model: torch.nn.Module, warmup: int = 2):
         self.model = model
         self.warmup = warmup
+        # While this returns True, a signature not yet captured runs eagerly: a capture must not meet another
+        # thread's CUDA work (the decoder's warm-up), and waiting for that work would cost more than a few
+        # uncaptured steps.
+        self.hold_capture: Callable[[], bool] | None = None
         self._captured: dict[tuple, _Captured] = {}
         self._contexts: dict[tuple, _StaticContext] = {}  # text signature -> the static context its graphs read
 
@@ -55,6 +60,8 @@ class GraphedForward:
         key = tuple((k, _signature(v)) for k, v in inputs.items())
         key += tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in static.items()))
         entry = self._captured.get(key)
+        if entry is None and self.hold_capture is not None and self.hold_capture():
+            return self.model(x, text, timestep, text_mask=text_mask, guidance=guidance, **static)
         if isinstance(text, TextContext):
             self._bind_context(text)  # before a capture too: the graph then runs on this context's values
         if entry is None:

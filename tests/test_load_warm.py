@@ -72,3 +72,44 @@ def test_the_decoder_thread_returns_results_and_raises_errors_where_asked():
     else:
         raise AssertionError("the error was not raised")
     worker.close()
+
+
+def _warm_up_waiting_for_a_step(tmp_path, monkeypatch, timeout: float):
+    """A pipeline whose decoder warm-up waits (up to `timeout` s) for the first denoising step; returns it, the
+    first image of the request below, and whether the warm-up saw a step before it ended."""
+    build_pipeline(tmp_path, "sana")
+    monkeypatch.setattr(image_pipeline, "warms_while_loading", lambda device: True)
+    from sana.models.dcae import DCAEDecoder
+
+    stepped, seen, decode = threading.Event(), [], DCAEDecoder.decode
+
+    def decode_after_a_step(self, x, tile=None):
+        if not seen:  # the warm-up
+            seen.append(stepped.wait(timeout))
+        return decode(self, x, tile=tile)
+
+    monkeypatch.setattr(DCAEDecoder, "decode", decode_after_a_step)
+    pipe = ImagePipeline.from_pretrained(tmp_path, dtype=torch.float32, device="cpu", warm_for=(64, 96))
+    pipe.transformer.register_forward_pre_hook(lambda module, args: stepped.set())
+    request = ImageRequest(prompt="a red circle", seeds=[3], width=64, height=96, steps=3, guidance=4.5,
+                           sampler="flow-dpm", flow_shift=3.0)
+    image = pipe.generate(request).images[0]
+    return pipe, image, seen[0]
+
+
+def test_the_first_steps_run_while_the_decoder_warms_up_when_both_fit(tmp_path, monkeypatch):
+    pipe, image, saw_a_step = _warm_up_waiting_for_a_step(tmp_path, monkeypatch, timeout=60)
+    assert saw_a_step and not pipe.decoder_thread.warming()
+    monkeypatch.undo()
+    plain = ImagePipeline.from_pretrained(tmp_path, dtype=torch.float32, device="cpu")
+    request = ImageRequest(prompt="a red circle", seeds=[3], width=64, height=96, steps=3, guidance=4.5,
+                           sampler="flow-dpm", flow_shift=3.0)
+    assert np.array_equal(np.asarray(image), np.asarray(plain.generate(request).images[0]))
+
+
+def test_the_first_steps_wait_for_the_decoder_warm_up_when_both_do_not_fit(tmp_path, monkeypatch):
+    from sana.memory import MemoryPlan
+
+    monkeypatch.setattr(MemoryPlan, "fits_at_once", lambda self, *phases: False)
+    _, image, saw_a_step = _warm_up_waiting_for_a_step(tmp_path, monkeypatch, timeout=0.5)
+    assert not saw_a_step and np.asarray(image).std() > 0

@@ -340,3 +340,19 @@ def test_fp8_blocks_count_a_byte_a_weight(sizes):
     plan_fp8 = plan_memory(device, fp8, Workload(1024, 1024, images=1, rows=2))
     assert TIERS.index(plan_fp8.tier) <= TIERS.index(plan_bf16.tier)
     assert plan_fp8.peak("denoise") < plan_bf16.peak("denoise")
+
+
+def test_phases_fit_at_once_only_with_room_for_both_activations(sizes):
+    """The first steps may run beside the decoder's warm-up only when both phases' activations fit together."""
+    import dataclasses
+
+    plan = plan_for(sizes, "sana-1.6b", gpu(80))
+    assert plan.fits_at_once("denoise", "decode")
+    held = plan.on_device("denoise") | plan.on_device("decode")
+    both = sum(plan.weights(c) for c in held) + plan.activations("denoise") + plan.activations("decode")
+    assert dataclasses.replace(plan, budget=both).fits_at_once("denoise", "decode")
+    assert not dataclasses.replace(plan, budget=both - 1).fits_at_once("denoise", "decode")
+    # without CUDA graphs (whose pool the decode's peak counts already), a plan that fits one phase at a time
+    assert dataclasses.replace(plan, budget=both - 1, cuda_graphs=False).fits
+    low = plan_for(sizes, "sana-1.6b-4k", gpu(8))
+    assert low.fits and not low.fits_at_once("denoise", "decode")

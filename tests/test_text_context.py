@@ -214,3 +214,23 @@ def test_real_cuda_graphs_bind_each_context_once(image_model):
                 torch.testing.assert_close(graphed(xi, context, ti), model(xi, raw, ti, text_mask=mask),
                                            rtol=1e-5, atol=1e-5)
     assert len(graphed._captured) == 1
+
+
+def test_steps_run_uncaptured_while_the_capture_is_held(image_model):
+    """`hold_capture` (the decoder warming up on its thread): new signatures run eagerly, captured once released."""
+    ref, model = image_model
+    x, text, mask, t, *_ = tiny_transformer.inputs(ref)
+    graphed = CpuGraphedForward(model)
+    graphed.captures = 0
+    held = [True]
+    graphed.hold_capture = lambda: held[0]
+    with torch.no_grad():
+        context = model.text_context(text, mask)
+        for i, (xi, ti) in enumerate(_steps(model, x, t)):
+            if i == 2:
+                held[0] = False
+            assert torch.equal(graphed(xi, context, ti), model(xi, text, ti, text_mask=mask)), i
+            assert graphed.captures == (0 if i < 2 else 1), i
+        held[0] = True  # a captured signature replays whatever the hold says
+        assert torch.equal(graphed(x, context, t), model(x, text, t, text_mask=mask))
+        assert graphed.captures == 1

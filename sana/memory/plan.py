@@ -164,6 +164,12 @@ class MemoryPlan:
             total += self.activations("denoise")
         return total
 
+    def fits_at_once(self, *phases: str) -> bool:
+        """Whether `phases` fit the budget running at the same time (the decoder's warm-up beside the first
+        denoising steps): the weights any of them holds on the device plus all their activations."""
+        held = frozenset().union(*(self.on_device(p) for p in phases))
+        return sum(self.weights(c) for c in held) + sum(self.activations(p) for p in phases) <= self.budget
+
     @property
     def peak_bytes(self) -> int:
         return max(self.peak(p) for p in PHASES)

@@ -113,6 +113,10 @@ class DecoderThread:
                 return fn()
         self._warm = self._pool.submit(self._call(traced))
 
+    def warming(self) -> bool:
+        """Whether the warm-up is still running."""
+        return self._warm is not None and not self._warm.done()
+
     def wait_warm(self) -> None:
         """Wait for the warm-up (its errors are only a lost head start: the decode itself reports them). Done
         before anything is captured in a CUDA graph: the warm-up's allocations must not meet a capture."""

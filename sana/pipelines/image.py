@@ -18,6 +18,7 @@ import torch
 from .. import sampling
 from ..components import family_from_index, load_vae, model_index, read_json, require_component, scheduler_config
 from ..errors import SanaError
+from ..graphs import GraphedForward
 from ..memory import MemoryPlan
 from ..models.text_context import LazyTextContext
 from ..text import PromptEmbeddings, TextEncoder
@@ -309,8 +310,7 @@ class ImagePipeline(PlacedPipeline):
         return ImageResult(images=images, timings=timings, generated_size=(gen_w, gen_h), memory=self._memory_record())
 
     def _denoise(self, text: PromptEmbeddings, batch: int, request: ImageRequest, latent_shape, events: Events):
-        if self.decoder_thread is not None:
-            self.decoder_thread.wait_warm()  # its allocations must not meet the step's graph capture
+        self._beside_decoder_warm_up()
         generators = [sampling.cpu_generator(s) for s in request.seeds]
         latents = sampling.initial_noise(generators, latent_shape).to(self.device)
         if self.is_sprint:
@@ -328,6 +328,19 @@ class ImagePipeline(PlacedPipeline):
             predict = self._flow_prediction(text, request, batch)
             latents = sampling.denoise(predict, latents, scheduler, on_step=events.on_step)
         return latents
+
+    def _beside_decoder_warm_up(self) -> None:
+        """Let the first steps run while the decoder still warms up on its thread (cuDNN building its plans, ~1-2 s
+        at 1024 px), eagerly until it ends, when the plan has room for both at once; else wait for it, as a graph
+        capture must not meet its allocations."""
+        thread = self.decoder_thread
+        if thread is None:
+            return
+        hold = thread.warming if thread.warming() and self.plan.fits_at_once("denoise", "decode") else None
+        if hold is None:
+            thread.wait_warm()
+        if isinstance(self.denoiser, GraphedForward):
+            self.denoiser.hold_capture = hold
 
     # -- the steps one at a time, for front ends that run each in a step of their own (the ComfyUI nodes) ---
 
