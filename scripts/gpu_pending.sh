@@ -10,7 +10,8 @@
 # Jobs:
 #   lora-video     issue 20: SANA-Video 2B 480p 81-frame LoRA step beside diffusers' recipe (~2 min)
 #   temporal-conv  issue 15: the temporal conv kernel's GPU tests and launch-shape sweep against cuDNN (~2 min)
-#   first-image    issue 21: a fresh `sana gen` process's first image, beside a bare `import torch` (~3 min)
+#   first-image    issue 21: the pipeline's GPU tests, then a fresh `sana gen` process's first image, beside a bare
+#                  `import torch` (~4 min)
 #   bench-video    issue 15: the video DiT against diffusers, in alternating rounds (~2 min)
 #   rl             issue 17: two nano RL proof runs side by side, the recipe and the frozen guidance mix
 #                  (RL_MINUTES of training, default 12; each resumes by itself if cut short), then their scores;
@@ -91,6 +92,9 @@ run_job() {
         timed temporal-conv 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_temporal_conv.py \
             && timed temporal-conv 300 "$PYTHON" -m sana.kernels.temporal_conv.bench --sweep ;;
     first-image)
+        # the pipeline's GPU tests first (the first steps beside the decoder's warm-up), then the measurement
+        timed first-image 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/test_gpu_pipeline.py \
+            tests/test_load_warm.py tests/test_text_context.py
         timed first-image 480 "$PYTHON" scripts/bench_first_image.py --runs 4 --folder "$WORK/first" \
             --trace "$WORK/startup-trace.txt" --markdown "$WORK/first-image.md" ;;
     bench-video)
