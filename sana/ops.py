@@ -41,6 +41,17 @@ def set_temporal_conv_gemm(enabled: bool) -> None:
     _temporal_conv_gemm = enabled
 
 
+# Cross-attention to the text runs through SDPA unless the Triton kernel is chosen (`set_text_attention_kernel(True)`,
+# or SANA_TEXT_ATTENTION=triton): it reads and writes the token-major layout (no head transposes) but has not yet
+# been timed against SDPA on a GPU.
+_text_attention_kernel = os.environ.get("SANA_TEXT_ATTENTION", "").strip().lower() == "triton"
+
+
+def set_text_attention_kernel(enabled: bool) -> None:
+    global _text_attention_kernel
+    _text_attention_kernel = enabled
+
+
 def _kernel(name: str, *tensors: torch.Tensor):
     """The Triton implementation of op `name` if it may run on `tensors`, else None (use the reference)."""
     if not _kernels_enabled or torch.is_grad_enabled():
@@ -340,6 +351,20 @@ def mixffn_middle(h: torch.Tensor, height: int, width: int, dw_weight: torch.Ten
     if kernel is not None:
         return kernel(h, height, width, dw_weight, dw_bias)
     return mixffn_middle_reference(h, height, width, dw_weight, dw_bias)
+
+
+# -- cross-attention to the text ------------------------------------------------------------------------------
+
+def text_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B, N, H*D] token-major, k and v [B, H, L, D], mask (additive float or boolean, broadcastable to
+    [B, 1, 1, L]) -> [B, N, H*D]: softmax attention per head, as `sana.kernels.text_attention.reference`."""
+    kernel = _kernel("text_attention", q, k, v) if _text_attention_kernel else None
+    if kernel is not None:
+        return kernel(q, k, v, heads, mask)
+    from .kernels.text_attention.reference import text_attention_reference
+
+    return text_attention_reference(q, k, v, heads, mask)
 
 
 # -- SANA-Video's temporal conv ------------------------------------------------------------------------------

@@ -20,6 +20,8 @@
 #   world-fp8      issue 16/23: SANA-WM fp8 parity at the released config and the bench's fp8 note (~3 min)
 #   finetune-image issue 23: SANA 1.6B LoRA step at 1024 px, eager and compiled, beside diffusers' recipe (~4 min)
 #   bench-image    issue 23: the 1.6B DiT at 1024 and 4096 px and Sprint at 1024 px, beside diffusers (~8 min)
+#   text-attention issue 23: the cross-attention kernel's GPU tests, its launch-shape sweep and table against SDPA
+#                  (~3 min)
 # Environment: PYTHON (default python3). The CLI runs as `$PYTHON -m sana_cli` from the repository root; diffusers
 # must be importable (PYTHONPATH).
 set -uo pipefail
@@ -27,10 +29,10 @@ WORK=${1:?usage: gpu_pending.sh WORK [JOB...|--list]}
 shift
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
-ALL=(lora-video temporal-conv first-image bench-video rl world-fp8 finetune-image bench-image)
+ALL=(lora-video temporal-conv first-image bench-video rl world-fp8 finetune-image bench-image text-attention)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05 (BENCHMARKS.md); the RL
 # proof needs the GPU alone (~12 minutes), so it goes first; name a job to run it again.
-DEFAULT=(rl first-image finetune-image bench-image)
+DEFAULT=(rl first-image text-attention finetune-image bench-image)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 cd "$ROOT"
@@ -123,6 +125,11 @@ run_job() {
     bench-image)
         timed bench-image 540 "$PYTHON" -m sana_cli bench -m sana-1.6b --px 1024 --px 4096 --no-kernels \
             && timed bench-image 300 "$PYTHON" -m sana_cli bench -m sprint-1.6b --px 1024 ;;
+    text-attention)
+        timed text-attention 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_text_attention.py \
+            "tests/test_gpu_parity.py::test_the_text_attention_kernel_keeps_parity_with_diffusers" \
+            && timed text-attention 300 "$PYTHON" -m sana.kernels.text_attention.bench --sweep \
+            && timed text-attention 120 "$PYTHON" -m sana.kernels.text_attention.bench ;;
     esac
 }
 

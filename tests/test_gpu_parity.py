@@ -59,6 +59,31 @@ def test_real_config_bf16_matches_diffusers(name, px, tmp_path):
     assert err < 1e-2
 
 
+@pytest.mark.parametrize("name,px", [("sana-1.6b", 1024), ("sprint-1.6b", 1024)])
+def test_the_text_attention_kernel_keeps_parity_with_diffusers(name, px, tmp_path):
+    """The cross-attention as the Triton kernel (opt-in) against diffusers and against SDPA, eager and captured."""
+    from sana import ops
+    from sana.graphs import GraphedForward
+
+    ref, ours, config = _real_config_pair(name, tmp_path)
+    x, text, mask, t, guidance = _inputs(config, px)
+    with torch.no_grad():
+        expected = ref(x, encoder_hidden_states=text, timestep=t, encoder_attention_mask=mask, guidance=guidance,
+                       return_dict=False)[0]
+        sdpa = ours(x, text, t, text_mask=mask, guidance=guidance)
+        ops.set_text_attention_kernel(True)
+        try:
+            got = ours(x, text, t, text_mask=mask, guidance=guidance)
+            graphed = GraphedForward(ours)(x, text, t, text_mask=mask, guidance=guidance)
+        finally:
+            ops.set_text_attention_kernel(False)
+    err, err_sdpa = _relative_error(got, expected), _relative_error(got, sdpa)
+    print(f"{name} {px}px text attention kernel: relative error {err:.2e} against diffusers, {err_sdpa:.2e} against "
+          "SDPA")
+    assert torch.isfinite(got).all() and err < 1e-2 and err_sdpa < 1e-2
+    assert _relative_error(graphed, got) < 1e-3
+
+
 # The fp8 budget (`sana gen --fp8`): weights per output channel and activations per token rounded to e4m3.
 FP8_BUDGET = 0.1
 

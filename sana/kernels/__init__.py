@@ -11,6 +11,7 @@ Public functions (all inference-only, no autograd):
     qk_prep(x, weight, eps, heads, relu=True, scale=1.0, cos=None, sin=None) -> (plain, rotated) [B, N, H, D] each
         (SANA-WM's queries and keys: RMSNorm, ReLU, scale, RoPE)
     silu_gate(x, gate) -> x's shape (SANA-WM's output gate, x * silu(gate) in fp32)
+    text_attention(q, k, v, heads, mask=None) -> [B, N, H*D] (cross-attention to the text, token-major in and out)
     ucpe(x, mats, cos, sin, inverse_rope=False, downscale=False, inflation=False) -> [B, N, H, D] (SANA-WM's camera
         transform of heads; with inflation, also [B, N, H, 1])
     modulated_layer_norm(x, shift, scale, eps=1e-6) -> [B, N, C]
@@ -66,6 +67,7 @@ if triton_available():
     from .temporal_conv.triton import temporal_conv
     from .qk_prep.triton import qk_prep
     from .silu_gate.triton import silu_gate
+    from .text_attention.triton import text_attention
     from .ucpe.triton import ucpe
     from .upsample.triton import assemble_phases
 
@@ -73,4 +75,4 @@ if triton_available():
                 "rms_norm_affine", "assemble_phases", "gated_residual", "quantize_fp8_rows", "fp8_linear"]
     __all__ += ["linear_attention_rope", "modulated_layer_norm_fp8", "gated_residual_modulated_norm_fp8",
                 "fp8_linear_quantized"]
-    __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate", "qk_prep", "temporal_conv"]
+    __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate", "qk_prep", "temporal_conv", "text_attention"]

@@ -223,14 +223,11 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, text: BlockText) -> torch.Tensor:
         """x [B, N, D], text: the block's view of the `TextContext` (bias [B, 1, 1, L] or None) -> [B, N, D]."""
-        b, n, _ = x.shape
         q = self.q(x)  # [B, N, h*d]
         if self.norm_q is not None:
             q = self.norm_q(q)
-        q = q.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, h, N, d]
         k, v = text.keys_values(self)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text.bias)  # [B, h, N, d]
-        return self.out(out.transpose(1, 2).reshape(b, n, -1).to(q.dtype))
+        return self.out(ops.text_attention(q, k, v, self.heads, text.bias))
 
 
 # -- feed-forward -------------------------------------------------------------------------------------------

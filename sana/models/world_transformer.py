@@ -135,12 +135,11 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """x [B, N, C], text [B, L, C], text_mask [B, 1, 1, L] bool -> [B, N, C]."""
         b, n, c = x.shape
-        q = self.q_norm(self.q_linear(x)).view(b, n, self.heads, -1).transpose(1, 2)  # [B, h, N, d]
+        q = self.q_norm(self.q_linear(x))  # [B, N, C]
         k, v = self.kv_linear(text).view(b, -1, 2, c).unbind(2)  # [B, L, C] each
         k = self.k_norm(k).view(b, -1, self.heads, c // self.heads).transpose(1, 2)
         v = v.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask)  # [B, h, N, d]
-        return self.proj(out.transpose(1, 2).reshape(b, n, c).type_as(q))
+        return self.proj(ops.text_attention(q, k, v, self.heads, text_mask))
 
 
 class WorldBlock(nn.Module):
