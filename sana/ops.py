@@ -313,18 +313,43 @@ def rms_norm_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
 
 # -- DC-AE up blocks ---------------------------------------------------------------------------------------
 
-def assemble_phases(y: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-    """A nearest-upsampled 3x3 conv from its four 2x2 phase convs y [B, 4*Cout, h+1, w+1], plus the up block's
-    shortcut of its input skip [B, Cin, h, w] (or None) -> [B, Cout, 2h, 2w] channels-last.
-    See `sana.kernels.upsample.reference`."""
-    tensors = (y,) if skip is None else (y, skip)
+def assemble_phases(y: torch.Tensor, skip: torch.Tensor | None = None,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A nearest-upsampled 3x3 conv from its four 2x2 phase convs y [B, 4*Cout, h+1, w+1] (plus their bias [4*Cout]
+    when the conv ran without it), plus the up block's shortcut of its input skip [B, Cin, h, w] (or None) ->
+    [B, Cout, 2h, 2w] channels-last. See `sana.kernels.upsample.reference`."""
+    tensors = tuple(t for t in (y, skip) if t is not None)
     channels_last = all(t.is_contiguous(memory_format=torch.channels_last) for t in tensors)
     kernel = _kernel("assemble_phases", *tensors) if channels_last else None
     if kernel is not None:
-        return kernel(y, skip)
+        return kernel(y, skip, bias)
     from .kernels.upsample.reference import assemble_phases_reference
 
-    return assemble_phases_reference(y, skip)
+    return assemble_phases_reference(y, skip, bias)
+
+
+# -- a conv's bias with what follows it --------------------------------------------------------------------
+
+BIAS_ACTIVATIONS = (None, "silu", "swish", "relu")  # what `bias_activation` applies
+
+
+def defers_conv_bias(x: torch.Tensor) -> bool:
+    """Whether a conv of x should run without its bias, leaving it to the Triton pass after it (`bias_activation`,
+    `assemble_phases`): PyTorch's cuDNN conv adds a bias in a pass of its own. True where those kernels run on x
+    (CUDA, inference, channels-last memory)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and _kernel("bias_activation", x) is not None
+
+
+def bias_activation(x: torch.Tensor, bias: torch.Tensor, act: str | None) -> torch.Tensor:
+    """act(x + bias) for a conv output x [B, C, H, W] that ran without its bias [C]; in place on CUDA (one pass),
+    a new tensor otherwise. See `sana.kernels.bias_act.reference`."""
+    fits = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and act in BIAS_ACTIVATIONS
+    kernel = _kernel("bias_activation", x, bias) if fits else None
+    if kernel is not None:
+        return kernel(x, bias, act)
+    from .kernels.bias_act.reference import bias_activation_reference
+
+    return bias_activation_reference(x, bias, act)
 
 
 # -- Mix-FFN ----------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@
 #   bench-image    issue 23: the 1.6B DiT at 1024 and 4096 px and Sprint at 1024 px, beside diffusers (~8 min)
 #   text-attention issue 23: the cross-attention kernel's GPU tests, its launch-shape sweep and table against SDPA
 #                  (~3 min)
+#   decoder-bias   issue 23: the DC-AE decoder with each conv's bias deferred to the Triton pass after it: GPU tests
+#                  against diffusers, then its decode time against PyTorch's bias passes (~2 min)
 # Environment: PYTHON (default python3). The CLI runs as `$PYTHON -m sana_cli` from the repository root; diffusers
 # must be importable (PYTHONPATH).
 set -uo pipefail
@@ -29,10 +31,11 @@ WORK=${1:?usage: gpu_pending.sh WORK [JOB...|--list]}
 shift
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
-ALL=(lora-video temporal-conv first-image bench-video rl world-fp8 finetune-image bench-image text-attention)
+ALL=(lora-video temporal-conv first-image bench-video rl world-fp8 finetune-image bench-image text-attention
+     decoder-bias)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05 (BENCHMARKS.md); the RL
 # proof needs the GPU alone (~12 minutes), so it goes first; name a job to run it again.
-DEFAULT=(rl first-image text-attention finetune-image bench-image)
+DEFAULT=(rl first-image text-attention decoder-bias finetune-image bench-image)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 cd "$ROOT"
@@ -130,6 +133,10 @@ run_job() {
             "tests/test_gpu_parity.py::test_the_text_attention_kernel_keeps_parity_with_diffusers" \
             && timed text-attention 300 "$PYTHON" -m sana.kernels.text_attention.bench --sweep \
             && timed text-attention 120 "$PYTHON" -m sana.kernels.text_attention.bench ;;
+    decoder-bias)
+        timed decoder-bias 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_bias_act.py \
+            tests/kernels/test_upsample.py "tests/test_dcae.py::test_gpu_real_config_bf16_matches_diffusers" \
+            && timed decoder-bias 240 "$PYTHON" scripts/bench_decoder.py ;;
     esac
 }
 

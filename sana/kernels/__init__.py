@@ -23,7 +23,8 @@ Public functions (all inference-only, no autograd):
     gated_residual(x, gate, y) -> [B, N, C]
     mixffn_middle(h, height, width, dw_weight, dw_bias) -> [B, N, Hd]
     rms_norm_affine(x, weight, bias, eps=1e-5, residual=None) -> [..., C]
-    assemble_phases(y, skip=None) -> [B, Cout, 2h, 2w] channels-last
+    assemble_phases(y, skip=None, bias=None) -> [B, Cout, 2h, 2w] channels-last
+    bias_activation(x, bias, act) -> x, in place (a conv's bias and the activation after it, one pass)
     quantize_fp8_rows(x) -> (float8_e4m3fn [..., K], float32 [...])
     fp8_linear(x, weight_fp8, weight_scale, bias) -> [..., N] (quantize + torch._scaled_mm; cc 8.9+)
     fp8_linear_quantized(q, scale, weight_fp8, weight_scale, bias) -> [..., N] (the GEMM alone)
@@ -55,6 +56,7 @@ if triton_available():
     # quarter second of every CPU command's start for nothing (the references live beside the kernels).
     # Bound after the subpackages are imported, so `sana.kernels.linear_attention` is the function (the
     # import system would otherwise leave the subpackage of the same name there).
+    from .bias_act.triton import bias_activation
     from .fp8.triton import fp8_linear, fp8_linear_quantized, quantize_fp8_rows
     from .gdn.triton import gdn_bidirectional
     from .linear_attention.triton import linear_attention
@@ -75,4 +77,5 @@ if triton_available():
                 "rms_norm_affine", "assemble_phases", "gated_residual", "quantize_fp8_rows", "fp8_linear"]
     __all__ += ["linear_attention_rope", "modulated_layer_norm_fp8", "gated_residual_modulated_norm_fp8",
                 "fp8_linear_quantized"]
-    __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate", "qk_prep", "temporal_conv", "text_attention"]
+    __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate", "qk_prep", "temporal_conv", "text_attention",
+                "bias_activation"]

@@ -225,7 +225,10 @@ class ResBlock(nn.Module):
         self.norm = make_norm(norm, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = activate(self.conv1(x), self.act)  # [B, C, H, W]
+        if ops.defers_conv_bias(x) and self.act in ops.BIAS_ACTIVATIONS:  # the bias joins the activation's pass
+            h = ops.bias_activation(F.conv2d(x, self.conv1.weight, None, padding=1), self.conv1.bias, self.act)
+        else:
+            h = activate(self.conv1(x), self.act)  # [B, C, H, W]
         return self.norm(self.conv2(h), residual=x)  # [B, C, H, W]
 
 
@@ -339,8 +342,10 @@ class UpBlock(nn.Module):
         return F.pixel_shuffle(y, 2)  # [B, Cout, 2H, 2W]
 
     def _upsampled_conv(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)  # [B, 4 * Cout, H + 1, W + 1]: phase (a, b) at rows a..a+H, columns b..b+W
-        return ops.assemble_phases(y, x if self.shortcut else None)  # [B, Cout, 2H, 2W]
+        deferred = self.conv.bias if self.conv.bias is not None and ops.defers_conv_bias(x) else None
+        # [B, 4 * Cout, H + 1, W + 1]: phase (a, b) at rows a..a+H, columns b..b+W; the bias added while assembling
+        y = F.conv2d(x, self.conv.weight, None if deferred is not None else self.conv.bias, padding=1)
+        return ops.assemble_phases(y, x if self.shortcut else None, deferred)  # [B, Cout, 2H, 2W]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -45,6 +45,26 @@ def test_matches_reference(b, cin, cout, h, w, dtype, with_skip):
     assert rel_err(out, ref) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("with_skip", [True, False], ids=["shortcut", "plain"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_deferred_conv_bias_is_added_while_assembling(dtype, with_skip):
+    """The phase conv run without its bias: the kernel adds it (fp32, one rounding) and the reference as the conv
+    would; both equal assembling the conv's output with the bias."""
+    torch.manual_seed(0)
+    b, cin, cout, h, w = 1, 24, 96, 3, 2
+    y = torch.randn(b, 4 * cout, h + 1, w + 1, device=DEVICE).to(dtype).contiguous(memory_format=CL)
+    skip = torch.randn(b, cin, h, w, device=DEVICE).to(dtype).contiguous(memory_format=CL) if with_skip else None
+    bias = torch.randn(4 * cout, device=DEVICE).to(dtype)
+    expected = assemble_phases_reference(y.float() + bias.float().view(-1, 1, 1), None if skip is None else skip.float())
+    reference = assemble_phases_reference(y, skip, bias)
+    assert torch.equal(reference, assemble_phases_reference(y + bias.view(-1, 1, 1), skip))
+    out = assemble_phases(y, skip, bias)
+    assert out.is_contiguous(memory_format=CL) and out.dtype == dtype
+    assert rel_err(out, expected) < TOLERANCE[dtype] and rel_err(reference, expected) < TOLERANCE[dtype]
+    with pytest.raises(ValueError, match="bias must be"):
+        assemble_phases(y, skip, bias[:-1])
+
+
 @pytest.mark.parametrize("b, cin, cout, h, w", SHAPES)
 def test_reference_is_the_upsampled_conv_plus_shortcut(b, cin, cout, h, w):
     """The spec itself, in fp64: phase convs + assembly = interpolate -> 3x3 conv -> + diffusers' shortcut."""

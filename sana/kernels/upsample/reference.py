@@ -21,9 +21,13 @@ def shortcut_channels(phase: int, cout: int, repeats: int, device=None) -> torch
     return (4 * torch.arange(cout, device=device) + phase) // repeats
 
 
-def assemble_phases_reference(y: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-    """y [B, 4 * Cout, h + 1, w + 1] (the phase convs), skip None or [B, Cin, h, w] -> [B, Cout, 2h, 2w] in y's
-    dtype, channels-last. The sum is taken in y's dtype, one rounding, as diffusers' `x + shortcut`."""
+def assemble_phases_reference(y: torch.Tensor, skip: torch.Tensor | None = None,
+                              bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y [B, 4 * Cout, h + 1, w + 1] (the phase convs), skip None or [B, Cin, h, w], bias None or the phase conv's
+    [4 * Cout] (for a conv run without it) -> [B, Cout, 2h, 2w] in y's dtype, channels-last. The sums are taken in
+    y's dtype, as the conv's bias add and diffusers' `x + shortcut` are."""
+    if bias is not None:
+        y = y + bias.to(y.dtype).view(-1, 1, 1)
     b, c4, h1, w1 = y.shape
     cout, h, w = c4 // 4, h1 - 1, w1 - 1
     out = torch.empty(b, cout, 2 * h, 2 * w, device=y.device, dtype=y.dtype, memory_format=torch.channels_last)

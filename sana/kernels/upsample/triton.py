@@ -19,10 +19,10 @@ from .._common import check_device, check_float
 
 @triton.jit
 def _assemble_phases_kernel(
-    y_ptr, skip_ptr, out_ptr,
+    y_ptr, skip_ptr, bias_ptr, out_ptr,
     H, W, COUT, CIN, REPEATS,
     stride_yb, stride_sb, stride_ob,
-    HAS_SKIP: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_row = tl.program_id(0)
     b = pid_row // (2 * H)
@@ -41,6 +41,9 @@ def _assemble_phases_kernel(
     y_pos = (i + a) * (W + 1) + j + col
     y_offs = y_pos.to(tl.int64)[:, None] * (4 * COUT) + (phase * COUT)[:, None] + ch[None, :]
     val = tl.load(y_ptr + b.to(tl.int64) * stride_yb + y_offs, mask=mask, other=0.0)
+    if HAS_BIAS:  # the phase conv's bias (per y channel), summed in fp32 with the shortcut, rounded once
+        val = val.to(tl.float32) + tl.load(bias_ptr + (phase * COUT)[:, None] + ch[None, :], mask=mask,
+                                           other=0.0).to(tl.float32)
     if HAS_SKIP:
         src_ch = (4 * ch[None, :] + phase[:, None]) // REPEATS
         s_offs = (i * W + j).to(tl.int64)[:, None] * CIN + src_ch
@@ -62,14 +65,15 @@ def _channels_last(name: str, arg: str, t: torch.Tensor) -> None:
                          f"strides {tuple(t.stride())}")
 
 
-def assemble_phases(y: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-    """Four phase convs -> the upsampled conv's output (+ the up block's shortcut), fused.
+def assemble_phases(y: torch.Tensor, skip: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Four phase convs -> the upsampled conv's output (+ its bias, + the up block's shortcut), fused.
 
     Spec: `reference.assemble_phases_reference`.
 
     Args:
         y: [B, 4 * Cout, h + 1, w + 1] channels-last, the 2x2 phase convs (padding 1) of the input.
         skip: None or the block's input [B, Cin, h, w] channels-last in y's dtype, 4 * Cout a multiple of Cin.
+        bias: None or the phase conv's bias [4 * Cout], for a conv run without it (one pass fewer over y).
 
     Returns:
         [B, Cout, 2h, 2w] channels-last in y's dtype.
@@ -91,13 +95,18 @@ def assemble_phases(y: torch.Tensor, skip: torch.Tensor | None = None) -> torch.
         check_device(name, y, skip)
     else:
         check_device(name, y)
+    if bias is not None:
+        check_float(name, "bias", bias)
+        if bias.shape != (4 * cout,) or not bias.is_contiguous():
+            raise ValueError(f"{name}: bias must be a contiguous [{4 * cout}], got {tuple(bias.shape)}")
+        check_device(name, y, bias)
     out = torch.empty(b, cout, 2 * h, 2 * w, device=y.device, dtype=y.dtype, memory_format=torch.channels_last)
     block_c = min(_BLOCK_C, triton.next_power_of_2(cout))
     grid = (b * 2 * h, triton.cdiv(2 * w, _BLOCK_X), triton.cdiv(cout, block_c))
     _assemble_phases_kernel[grid](
-        y, skip if skip is not None else y, out,
+        y, skip if skip is not None else y, bias if bias is not None else y, out,
         h, w, cout, cin, repeats,
         y.stride(0), skip.stride(0) if skip is not None else 0, out.stride(0),
-        HAS_SKIP=skip is not None, BLOCK_X=_BLOCK_X, BLOCK_C=block_c, num_warps=4,
+        HAS_SKIP=skip is not None, HAS_BIAS=bias is not None, BLOCK_X=_BLOCK_X, BLOCK_C=block_c, num_warps=4,
     )
     return out
