@@ -130,7 +130,7 @@ run_job() {
             && timed bench-image 300 "$PYTHON" -m sana_cli bench -m sprint-1.6b --px 1024 ;;
     text-attention)
         timed text-attention 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_text_attention.py \
-            "tests/test_gpu_parity.py::test_the_text_attention_kernel_keeps_parity_with_diffusers" \
+            tests/test_gpu_parity.py -k "matches_diffusers and text-attention-kernel" \
             && timed text-attention 300 "$PYTHON" -m sana.kernels.text_attention.bench --sweep \
             && timed text-attention 120 "$PYTHON" -m sana.kernels.text_attention.bench ;;
     decoder-bias)
