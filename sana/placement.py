@@ -305,7 +305,9 @@ class Placement:
         self.plan = plan
         self._homes = {c: self._home(c, plan) for c in COMPONENTS}
         self._graphed = None
+        self._graphed_text = None
         self.denoiser = self._denoiser()
+        self.text_runner = self._text_runner()
 
     def _home(self, component: str, plan: MemoryPlan):
         module = self.modules[component]
@@ -331,6 +333,21 @@ class Placement:
             self._graphed = None
         return self.transformer
 
+    def _text_runner(self):
+        """The text encoder's forward replayed from CUDA graphs (`GraphedEncoder`) when the plan allows, else None
+        (the module runs as it is)."""
+        model = self.modules["text_encoder"]
+        if self.plan.text_encoder_graphs and self.device.type == "cuda" and hasattr(model, "run_layers"):
+            if self._graphed_text is None:
+                from .graphs import GraphedEncoder
+
+                self._graphed_text = GraphedEncoder(model)
+            return self._graphed_text
+        if self._graphed_text is not None:  # its graphs read weights that may now move; drop their pool
+            self._graphed_text.reset()
+            self._graphed_text = None
+        return None
+
     @contextmanager
     def phase(self, name: str):
         """Move out what `name` does not keep on the device, then bring in what it needs."""
@@ -355,6 +372,7 @@ class Placement:
                 self._homes[component] = self._home(component, plan)
         self.plan = plan
         self.denoiser = self._denoiser()
+        self.text_runner = self._text_runner()
 
 
 def decode_tiling(plan: MemoryPlan, height: int, width: int) -> Tiling | None:

@@ -116,6 +116,9 @@ class TextEncoder:
         self.lowercase = lowercase  # diffusers' SANA / SANA-Video pipelines lower-case and strip; SANA-WM does not
         self.instruction = "\n".join(instruction) if instruction else None
         self.tokenizer.padding_side = "right"
+        # What runs the model when not None (a `GraphedEncoder` the memory placement sets); its `width_multiple`
+        # pads every forward's width, so that a prompt's embeddings never depend on whether it was replayed.
+        self.runner = None
 
     @classmethod
     def from_pretrained(cls, model_dir: Path, *, dtype: torch.dtype, device: torch.device | str = "cpu",
@@ -178,13 +181,15 @@ class TextEncoder:
 
         # One forward over the longest real sequence (right padding keeps every row's tokens in front).
         width = max(int(mask.sum()) for _, _, mask, _ in rows) or 1
+        if self.runner is not None:
+            width = -(-width // self.runner.width_multiple) * self.runner.width_multiple
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, (_, row_ids, row_mask, _) in enumerate(rows):
             n = min(width, row_ids.shape[0])
             ids[i, :n], mask[i, :n] = row_ids[:n], row_mask[:n]
-        hidden = self.model(ids.to(self.device), attention_mask=mask.to(self.device))  # [U, width, C]
+        hidden = (self.runner or self.model)(ids.to(self.device), attention_mask=mask.to(self.device))  # [U, width, C]
         if not isinstance(hidden, torch.Tensor):  # a transformers model's output: the last hidden state first
             hidden = hidden[0]
 

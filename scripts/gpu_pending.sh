@@ -22,6 +22,8 @@
 #   bench-image    issue 23: the 1.6B DiT at 1024 and 4096 px and Sprint at 1024 px, beside diffusers (~8 min)
 #   text-attention issue 23: the cross-attention kernel's GPU tests, its launch-shape sweep and table against SDPA
 #                  (~3 min)
+#   generate       issue 23: prompt to image after load at 1024 and 4096 px beside diffusers (the text encoder's
+#                  graphs, the decoder's deferred biases; ~4 min)
 #   decoder-bias   issue 23: the DC-AE decoder with each conv's bias deferred to the Triton pass after it: GPU tests
 #                  against diffusers, then its decode time against PyTorch's bias passes (~2 min)
 # Environment: PYTHON (default python3). The CLI runs as `$PYTHON -m sana_cli` from the repository root; diffusers
@@ -32,10 +34,10 @@ shift
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 ALL=(lora-video temporal-conv first-image bench-video rl world-fp8 finetune-image bench-image text-attention
-     decoder-bias)
+     decoder-bias generate)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05 (BENCHMARKS.md); the RL
 # proof needs the GPU alone (~12 minutes), so it goes first; name a job to run it again.
-DEFAULT=(rl first-image text-attention decoder-bias finetune-image bench-image)
+DEFAULT=(rl first-image text-attention decoder-bias generate finetune-image bench-image)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 cd "$ROOT"
@@ -99,7 +101,7 @@ run_job() {
     first-image)
         # the pipeline's GPU tests first (the first steps beside the decoder's warm-up), then the measurement
         timed first-image 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/test_gpu_pipeline.py \
-            tests/test_load_warm.py tests/test_text_context.py
+            tests/test_load_warm.py tests/test_text_context.py tests/test_text_graphs.py tests/test_pipeline_recovery.py
         timed first-image 480 "$PYTHON" scripts/bench_first_image.py --runs 4 --folder "$WORK/first" \
             --trace "$WORK/startup-trace.txt" --markdown "$WORK/first-image.md" ;;
     bench-video)
@@ -137,6 +139,8 @@ run_job() {
         timed decoder-bias 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_bias_act.py \
             tests/kernels/test_upsample.py "tests/test_dcae.py::test_gpu_real_config_bf16_matches_diffusers" \
             && timed decoder-bias 240 "$PYTHON" scripts/bench_decoder.py ;;
+    generate)
+        timed generate 480 "$PYTHON" -m sana_cli bench --generate -m sana-1.6b --px 1024 --px 4096 --no-compile ;;
     esac
 }
 

@@ -356,3 +356,17 @@ def test_phases_fit_at_once_only_with_room_for_both_activations(sizes):
     assert dataclasses.replace(plan, budget=both - 1, cuda_graphs=False).fits
     low = plan_for(sizes, "sana-1.6b-4k", gpu(8))
     assert low.fits and not low.fits_at_once("denoise", "decode")
+
+
+def test_the_text_encoder_replays_graphs_only_where_it_stays_resident_with_room_for_them(sizes):
+    import dataclasses
+
+    plan = plan_for(sizes, "sana-1.6b", gpu(80))
+    assert plan.tier == "high" and plan.text_encoder_graphs
+    assert not dataclasses.replace(plan, cuda_graphs=False).text_encoder_graphs
+    assert not dataclasses.replace(plan, tier="balanced").text_encoder_graphs  # moved off for the denoise
+    assert not dataclasses.replace(plan, text_encoder_on_cpu=True).text_encoder_graphs
+    room = plan.peak_bytes + plan.activations("encode")
+    assert dataclasses.replace(plan, budget=room).text_encoder_graphs
+    assert not dataclasses.replace(plan, budget=room - 1).text_encoder_graphs
+    assert not plan_for(sizes, "sana-1.6b", CPU).text_encoder_graphs

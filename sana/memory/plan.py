@@ -164,6 +164,16 @@ class MemoryPlan:
             total += self.activations("denoise")
         return total
 
+    @property
+    def text_encoder_graphs(self) -> bool:
+        """Whether the text encoder's forward may replay CUDA graphs: it stays on the device through every phase (a
+        graph reads its weights where they were captured) and the budget holds its graphs' pool beside the peak."""
+        if not (self.cuda_graphs and self.device.kind == "cuda") or self.text_encoder_on_cpu:
+            return False
+        if any("text_encoder" not in self.on_device(phase) for phase in PHASES):
+            return False
+        return self.peak_bytes + self.activations("encode") <= self.budget
+
     def fits_at_once(self, *phases: str) -> bool:
         """Whether `phases` fit the budget running at the same time (the decoder's warm-up beside the first
         denoising steps): the weights any of them holds on the device plus all their activations."""

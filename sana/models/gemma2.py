@@ -240,13 +240,23 @@ class Gemma2Encoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`input_ids` [B, L]; `attention_mask` [B, L] (1 = token, 0 = padding; right padding). Padded positions
         get states too (queries there see the real tokens before them), as in transformers."""
+        return self.run_layers(*self.prepare(input_ids, attention_mask))
+
+    def prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+        """The layers' inputs: the scaled embeddings [B, L, C], the rotary tables and the attention masks (the part
+        of the forward with host-to-device copies, kept out of a captured graph)."""
         x = self.embed_tokens(input_ids)  # [B, L, C]
         # sqrt(C) rounded to the weights' dtype before the product, as transformers does (in bf16, sqrt(3072) becomes
         # 55.5): the model was trained with the rounded factor.
         x = x * torch.tensor(self.config.hidden_size ** 0.5, dtype=torch.float32).to(x.device, x.dtype)
         length = input_ids.shape[1]
         rope = rotary_tables(self.config, length, x.device, x.dtype)
-        masks = attention_masks(self.config, attention_mask, length, x.device)
+        return x, rope, attention_masks(self.config, attention_mask, length, x.device)
+
+    def run_layers(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                   masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`prepare`'s outputs -> the last hidden states [B, L, C]."""
         for layer in self.layers:
             x = layer(x, rope, masks[layer.layer_type])
         return self.norm(x)

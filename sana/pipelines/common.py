@@ -158,9 +158,16 @@ class PlacedPipeline:
             if lower is None:
                 raise failure from None
             self.placement.replan(lower)
-            self.denoiser = self.placement.denoiser
+            self._follow_placement()
             if events is not None:
                 events.notice(fallback_notice(phase, lower))
+
+    def _follow_placement(self) -> None:
+        """Take the placement's DiT step and text encoder runner (after it is made, and after each replan)."""
+        self.denoiser = self.placement.denoiser
+        text_encoder = getattr(self, "text_encoder", None)
+        if text_encoder is not None and hasattr(text_encoder, "runner"):
+            text_encoder.runner = self.placement.text_runner
 
     def _start_peak_measure(self) -> None:
         """Count the device's peak memory from here (a generation's own, not the load's or an earlier run's)."""

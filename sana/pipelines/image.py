@@ -90,7 +90,7 @@ class ImagePipeline(PlacedPipeline):
         if plan is None:
             plan = self._default_plan(text_model, cuda_graphs)
         self.placement = Placement(plan, transformer=transformer, text_model=text_model, vae=vae, device=self.device)
-        self.denoiser = self.placement.denoiser
+        self._follow_placement()
         self.decoder_thread = decoder_thread
         if decoder_thread is not None:
             weakref.finalize(self, decoder_thread.close)

@@ -93,7 +93,7 @@ class VideoPipeline(PlacedPipeline):
             plan = self._default_plan(text_model, cuda_graphs)
         self.placement = Placement(plan, transformer=transformer, text_model=text_model, vae=vae.module,
                                    device=self.device)
-        self.denoiser = self.placement.denoiser
+        self._follow_placement()
 
     def _default_plan(self, text_model, cuda_graphs: bool):
         import dataclasses

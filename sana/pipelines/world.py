@@ -102,7 +102,7 @@ class WorldPipeline(PlacedPipeline):
         plan = dataclasses.replace(plan, cuda_graphs=False)
         self.placement = Placement(plan, transformer=transformer, text_model=text_model, vae=vae.module,
                                    device=self.device)
-        self.denoiser = self.placement.denoiser
+        self._follow_placement()
 
     def _default_plan(self, text_model):
         from ..device import DTYPE_NAMES, probe_device
