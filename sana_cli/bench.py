@@ -13,7 +13,7 @@ from rich.table import Table
 
 from . import console
 
-KERNEL_BENCHES = ("linear_attention", "modulation", "mixffn", "rms_norm", "upsample", "fp8")
+KERNEL_BENCHES = ("linear_attention", "modulation", "mixffn", "rms_norm", "upsample", "fp8", "text_attention")
 
 
 def bench(
