@@ -181,8 +181,9 @@ class Attention(nn.Module):
         q = (q * cos) + (rotate_half(q) * sin)
         k = (k * cos) + (rotate_half(k) * sin)
         group = self.heads // self.kv_heads  # KV head h serves query heads h*group ... (h+1)*group - 1
-        k = k.repeat_interleave(group, dim=1)  # [B, H, L, D]
-        v = v.repeat_interleave(group, dim=1)
+        # repeat_interleave along the heads as a broadcast (no size computation on the device: capturable)
+        k = k[:, :, None].expand(B, self.kv_heads, group, L, self.head_dim).reshape(B, self.heads, L, self.head_dim)
+        v = v[:, :, None].expand(B, self.kv_heads, group, L, self.head_dim).reshape(B, self.heads, L, self.head_dim)
         scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # [B, H, L, L]
         if self.softcap is not None:
             scores = torch.tanh(scores / self.softcap) * self.softcap
