@@ -55,7 +55,8 @@ def test_a_deferred_conv_bias_is_added_while_assembling(dtype, with_skip):
     y = torch.randn(b, 4 * cout, h + 1, w + 1, device=DEVICE).to(dtype).contiguous(memory_format=CL)
     skip = torch.randn(b, cin, h, w, device=DEVICE).to(dtype).contiguous(memory_format=CL) if with_skip else None
     bias = torch.randn(4 * cout, device=DEVICE).to(dtype)
-    expected = assemble_phases_reference(y.float() + bias.float().view(-1, 1, 1), None if skip is None else skip.float())
+    expected = assemble_phases_reference(y.float() + bias.float().view(-1, 1, 1),
+                                         None if skip is None else skip.float())
     reference = assemble_phases_reference(y, skip, bias)
     assert torch.equal(reference, assemble_phases_reference(y + bias.view(-1, 1, 1), skip))
     out = assemble_phases(y, skip, bias)

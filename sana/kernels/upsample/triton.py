@@ -65,7 +65,8 @@ def _channels_last(name: str, arg: str, t: torch.Tensor) -> None:
                          f"strides {tuple(t.stride())}")
 
 
-def assemble_phases(y: torch.Tensor, skip: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+def assemble_phases(y: torch.Tensor, skip: torch.Tensor | None = None,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """Four phase convs -> the upsampled conv's output (+ its bias, + the up block's shortcut), fused.
 
     Spec: `reference.assemble_phases_reference`.
