@@ -328,6 +328,23 @@ def assemble_phases(y: torch.Tensor, skip: torch.Tensor | None = None,
     return assemble_phases_reference(y, skip, bias)
 
 
+# -- DC-AE's multiscale projections ---------------------------------------------------------------------------
+
+def multiscale_projection(x: torch.Tensor, height: int, width: int, dw_weight: torch.Tensor,
+                          pw_weight: torch.Tensor) -> torch.Tensor:
+    """x [B, H*W, C] token-major -> the depthwise kxk conv dw_weight [C, 1, k, k] then the 1x1 conv pw_weight
+    [C, D, 1, 1] within each run of D channels, [B, H*W, C]. See `sana.kernels.multiscale.reference`."""
+    d = pw_weight.shape[1]
+    fits = (d >= 16 and not d & (d - 1) and dw_weight.dtype == pw_weight.dtype == x.dtype and x.stride(-1) == 1
+            and dw_weight.is_contiguous() and pw_weight.is_contiguous())
+    kernel = _kernel("multiscale_projection", x, dw_weight, pw_weight) if fits else None
+    if kernel is not None:
+        return kernel(x, height, width, dw_weight, pw_weight)
+    from .kernels.multiscale.reference import multiscale_projection_reference
+
+    return multiscale_projection_reference(x, height, width, dw_weight, pw_weight)
+
+
 # -- a conv's bias with what follows it --------------------------------------------------------------------
 
 BIAS_ACTIVATIONS = (None, "silu", "swish", "relu")  # what `bias_activation` applies

@@ -24,8 +24,8 @@
 #                  (~3 min)
 #   generate       issue 23: prompt to image after load at 1024 and 4096 px beside diffusers (the text encoder's
 #                  graphs, the decoder's deferred biases; ~4 min)
-#   decoder-bias   issue 23: the DC-AE decoder with each conv's bias deferred to the Triton pass after it: GPU tests
-#                  against diffusers, then its decode time against PyTorch's bias passes (~2 min)
+#   decoder-bias   issue 23/21: the DC-AE decoder with each conv's bias deferred to the Triton pass after it and the
+#                  multiscale projections fused: GPU tests against diffusers, then its decode time (~2 min)
 # Environment: PYTHON (default python3). The CLI runs as `$PYTHON -m sana_cli` from the repository root; diffusers
 # must be importable (PYTHONPATH).
 set -uo pipefail
@@ -137,7 +137,7 @@ run_job() {
             && timed text-attention 120 "$PYTHON" -m sana.kernels.text_attention.bench ;;
     decoder-bias)
         timed decoder-bias 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_bias_act.py \
-            tests/kernels/test_upsample.py "tests/test_dcae.py::test_gpu_real_config_bf16_matches_diffusers" \
+            tests/kernels/test_upsample.py tests/kernels/test_multiscale.py "tests/test_dcae.py::test_gpu_real_config_bf16_matches_diffusers" \
             && timed decoder-bias 240 "$PYTHON" scripts/bench_decoder.py ;;
     generate)
         timed generate 480 "$PYTHON" -m sana_cli bench --generate -m sana-1.6b --px 1024 --px 4096 --no-compile ;;

@@ -25,6 +25,8 @@ Public functions (all inference-only, no autograd):
     rms_norm_affine(x, weight, bias, eps=1e-5, residual=None) -> [..., C]
     assemble_phases(y, skip=None, bias=None) -> [B, Cout, 2h, 2w] channels-last
     bias_activation(x, bias, act) -> x, in place (a conv's bias and the activation after it, one pass)
+    multiscale_projection(x, height, width, dw_weight, pw_weight) -> [B, N, C] (DC-AE's depthwise kxk then grouped
+        1x1 conv, token-major)
     quantize_fp8_rows(x) -> (float8_e4m3fn [..., K], float32 [...])
     fp8_linear(x, weight_fp8, weight_scale, bias) -> [..., N] (quantize + torch._scaled_mm; cc 8.9+)
     fp8_linear_quantized(q, scale, weight_fp8, weight_scale, bias) -> [..., N] (the GEMM alone)
@@ -62,6 +64,7 @@ if triton_available():
     from .linear_attention.triton import linear_attention
     from .linear_attention_rope.triton import linear_attention_rope
     from .mixffn.triton import mixffn_middle
+    from .multiscale.triton import multiscale_projection
     from .modulation.triton import (gated_residual, gated_residual_modulated_norm, gated_residual_modulated_norm_fp8,
                                     modulated_layer_norm, modulated_layer_norm_fp8)
     from .rms_norm.triton import rms_norm_affine
@@ -78,4 +81,4 @@ if triton_available():
     __all__ += ["linear_attention_rope", "modulated_layer_norm_fp8", "gated_residual_modulated_norm_fp8",
                 "fp8_linear_quantized"]
     __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate", "qk_prep", "temporal_conv", "text_attention",
-                "bias_activation"]
+                "bias_activation", "multiscale_projection"]

@@ -244,6 +244,10 @@ class MultiscaleProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self.proj_in(x))
 
+    def on_tokens(self, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The same on token-major [B, H*W, C] (one Triton pass on CUDA: `sana.ops.multiscale_projection`)."""
+        return ops.multiscale_projection(t, height, width, self.proj_in.weight, self.proj_out.weight)
+
 
 class MultiscaleLinearAttention(nn.Module):
     """q/k/v by a linear and by each multiscale projection of it; ReLU attention per head at every scale; a linear
@@ -262,7 +266,7 @@ class MultiscaleLinearAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(tokens(x))  # [B, N, 3 * inner]
-        scales = [qkv] + [tokens(proj(image(qkv, h, w))) for proj in self.to_qkv_multiscale]
+        scales = [qkv] + [proj.on_tokens(qkv, h, w) for proj in self.to_qkv_multiscale]
         # Heads never straddle two scales, so each scale is attended on its own (no fp32 copy of them all).
         out = torch.cat([multiscale_attention(s, self.heads) for s in scales], dim=-1)  # [B, N, inner * scales]
         return self.norm_out(image(self.to_out(out), h, w), residual=x)  # [B, C, H, W]
