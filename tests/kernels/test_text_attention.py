@@ -57,6 +57,7 @@ def test_strided_queries_a_shared_text_and_a_broadcast_bias(dtype):
     out = text_attention(q, k, v, heads, bias)
     reference = text_attention_reference(q.float(), k.float(), v.float(), heads, bias.float())
     assert rel_err(out, reference.to(dtype)) < TOLERANCE[dtype] * (1 if dtype == torch.float32 else 2)
+    assert torch.equal(text_attention(q, k[:1], v[:1], heads, bias), out)  # a batch of one, broadcast
 
 
 @pytest.mark.parametrize("launch", [(32, 16, 4, 2), (16, 64, 4, 2)], ids=["tall", "wide"])

@@ -85,7 +85,7 @@ def text_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
 
     Args:
         q: [B, N, H*D] token-major queries (any batch and token strides; the channels contiguous).
-        k, v: [B, H, L, D] keys and values (any strides but the last; batch stride 0 to share one text).
+        k, v: [B or 1, H, L, D] keys and values (any strides but the last; a batch of one is shared by every row).
         heads: H.
         mask: None, an additive float bias or a boolean mask (True: attend), broadcastable to [B, 1, 1, L].
         launch: (BLOCK_M, BLOCK_L, warps, stages), for sweeps; default LAUNCH_SHAPES[0].
@@ -99,6 +99,8 @@ def text_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
         raise ValueError(f"{name}: q must be [B, N, H*D] and k, v one [B, H, L, D] shape, got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     b, n, width = q.shape
+    if k.shape[0] == 1 and b > 1:  # one text for every row, as SDPA broadcasts it
+        k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
     _, h, length, d = k.shape
     if h != heads or width != heads * d or k.shape[0] != b:
         raise ValueError(f"{name}: q {tuple(q.shape)} does not match {heads} heads of keys {tuple(k.shape)}")
