@@ -74,6 +74,7 @@ def finetune(
     candidates: Annotated[Optional[int], Opt("--candidates", help="--rl: seeds explored cheaply a prompt (default 96).")] = None,
     explore_steps: Annotated[Optional[int], Opt("--explore-steps", help="--rl: sampling steps of the cheap exploration (default 6).")] = None,
     rollout_steps: Annotated[Optional[int], Opt("--rollout-steps", help="--rl: sampling steps of the full-quality rollouts (default 10).")] = None,
+    train_grid_steps: Annotated[Optional[int], Opt("--train-grid-steps", help="--rl: train at the noise levels of this many sampler steps (default: --rollout-steps; e.g. 20 with 4-step rollouts, for the 20-step sampler).")] = None,
     prompts_per_round: Annotated[Optional[int], Opt("--prompts-per-round", help="--rl: prompts a round over all GPUs (default 6 a GPU).")] = None,
     prompt_pool: Annotated[Optional[int], Opt("--prompt-pool", help="--rl: explore K times the round's prompts and train on those whose seeds disagree most (default 1: every prompt, as the recipe).")] = None,
     rollout_batch: Annotated[Optional[int], Opt("--rollout-batch", help="--rl: images a sampling forward (default 24).")] = None,
@@ -84,7 +85,7 @@ def finetune(
     nft_beta: Annotated[Optional[float], Opt("--nft-beta", help="--rl: DiffusionNFT's mixing coefficient beta (default 1).")] = None,
     kl: Annotated[Optional[float], Opt("--kl", help="--rl: weight of the KL term to the base model (default 1e-4).")] = None,
     adv_clip: Annotated[Optional[float], Opt("--adv-clip", help="--rl: advantage clip (default 5).")] = None,
-    timestep_fraction: Annotated[Optional[float], Opt("--timestep-fraction", help="--rl: share of the rollout's timesteps each sample trains on (default 0.6).")] = None,
+    timestep_fraction: Annotated[Optional[float], Opt("--timestep-fraction", help="--rl: share of the training grid's timesteps (--train-grid-steps, else the rollout's) each sample trains on (default 0.6).")] = None,
     decay_type: Annotated[Optional[int], Opt("--decay-type", help="--rl: the old policy's decay: 0 on-policy, 1 or 2 (the recipe's schedules; default 1).")] = None,
     val_count: Annotated[Optional[int], Opt("--val-count", help="--rl: fixed validation prompts when no --val-prompt is given (default 8).")] = None,
 ) -> None:

@@ -21,7 +21,7 @@ from .finetune_settings import apply_flags
 # Flags that only mean something with --rl (without it they are refused, not ignored).
 RL_ONLY = ("reward", "candidates", "explore_steps", "rollout_steps", "prompts_per_round", "prompt_pool", "rollout_batch",
            "guidance", "policy_guidance", "mix_guidance", "explore_precision", "nft_beta", "kl", "adv_clip",
-           "timestep_fraction", "decay_type", "val_count")
+           "timestep_fraction", "train_grid_steps", "decay_type", "val_count")
 # Flags of supervised fine-tuning that --rl has no use for (RL trains image models only: no --frames).
 SUPERVISED_ONLY = ("init", "config", "caption", "trigger", "caption_dropout", "cache", "frames")
 RENAMES = {"keep": "keep_seeds", "res": "resolution", "val_prompt": "val_prompts", "compile_model": "compile",

@@ -82,6 +82,7 @@ rl_run() {  # FOLDER MIX: one nano RL proof run in WORK/FOLDER (skipped once exp
     [[ -f "$WORK/$folder/rl/model/model_index.json" ]] && return 0
     SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_LR=${RL_LR:-1e-5} RL_ROUNDS=${RL_ROUNDS:-400} \
         RL_MINUTES=${RL_MINUTES:-12} RL_SAMPLING_STEPS=4 RL_MIX_GUIDANCE=$mix RL_POOL=${RL_POOL:-1} \
+        RL_TRAIN_GRID_STEPS=${RL_TRAIN_GRID_STEPS:-20} RL_TIMESTEP_FRACTION=${RL_TIMESTEP_FRACTION:-0.2} \
         RL_VAL_COUNT=${RL_VAL_COUNT:-96} timed "$folder" "${RL_SECONDS:-1000}" \
         bash scripts/train_nano.sh "$WORK/$folder" rl
     local rc=$?
@@ -109,8 +110,9 @@ run_job() {
     rl)
         # the proof runs NOTES.md ("RL fine-tuning") proposes, side by side: the best recipe so far (4-step CFG-free
         # rollouts of every prompt, lr 1e-5: 91% held-out on 2026-12-04) for longer, and the same with every other
-        # candidate drawn by the starting model at CFG 3 (the frozen guidance mix); each run's best round is chosen
-        # on 96 validation prompts. A stop by the time limit exports what is trained (the best validation is kept
+        # candidate drawn by the starting model at CFG 3 (the frozen guidance mix); both train at 4 of the 20-step
+        # sampler's noise levels a sample (on the CPU, training at the 4-step rollouts' own levels taught 4-step
+        # sampling and left 20 steps behind); each run's best round is chosen on 96 validation prompts. A stop by the time limit exports what is trained (the best validation is kept
         # in rl/best); then both are scored.
         rl_run rl-run "" & local recipe=$!
         rl_run rl-mix-run 3 & local mixed=$!

@@ -35,7 +35,8 @@
 # RL_SCORE_BEFORE (0: `rl-score` skips the base model, whose scores are known; default 1), RL_TIMESTEP_FRACTION
 # (`--timestep-fraction`: the share of the rollout sampler's timesteps each image is trained on; default 1, every
 # one), RL_VAL_COUNT (`--val-count`: validation prompts, each at a seed of its own; default 32; more make the kept
-# best round less a matter of luck). The RL settings are untuned; what one H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
+# best round less a matter of luck), RL_TRAIN_GRID_STEPS (`--train-grid-steps`: train at the noise levels of that
+# many sampler steps instead of the rollouts'; e.g. 20 with 4-step rollouts, for the default 20-step sampler). The RL settings are untuned; what one H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
 # 0.96 -> 0.998 by round 25 and the validation reward (20 steps) 0.977 -> 0.995 at round 25, then a collapse from
 # round ~30 at this learning rate (0.80 and 0.85 at round 50, the KL to the base rising throughout): hence 25 rounds.
 set -euo pipefail
@@ -64,6 +65,7 @@ RL_TIMESTEP_FRACTION=${RL_TIMESTEP_FRACTION:-1}
 RL_POLICY_GUIDANCE=${RL_POLICY_GUIDANCE:-$RL_GUIDANCE}
 RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE:-}
 RL_VAL_COUNT=${RL_VAL_COUNT:-32}
+RL_TRAIN_GRID_STEPS=${RL_TRAIN_GRID_STEPS:-}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -90,6 +92,7 @@ if stage rl; then
     extra=()
     [[ -f "$WORK/rl/train_config.json" ]] && extra+=(--resume)
     [[ -n "$RL_MIX_GUIDANCE" ]] && extra+=(--mix-guidance "$RL_MIX_GUIDANCE")
+    [[ -n "$RL_TRAIN_GRID_STEPS" ]] && extra+=(--train-grid-steps "$RL_TRAIN_GRID_STEPS")
     $SANA finetune "$RL_SOURCE" --rl --full --model "$RL_BASE" --out "$WORK/rl" --reward shapes "${extra[@]}" \
         --steps "$RL_ROUNDS" --max-minutes "$RL_MINUTES" --lr "$RL_LR" --prompts-per-round "$RL_PROMPTS" \
         --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --prompt-pool "$RL_POOL" --explore-steps "$RL_SAMPLING_STEPS" \

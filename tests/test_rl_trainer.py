@@ -355,3 +355,24 @@ def test_with_cfg_rollouts_the_loss_trains_the_guided_velocity(files, base_model
     torch.testing.assert_close(loss.detach().double(), policy.mean().double(), rtol=1e-5, atol=1e-6)
     loss.backward()  # with CFG the empty prompt's pass trains too: its gradient reaches the adapter
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_the_loss_trains_at_the_noise_levels_of_the_grid_it_is_given(files, base_model):
+    """4-step rollouts with `--train-grid-steps 20`: each sample's training sigmas are distinct sigmas of the 20-step
+    sampler (half of them at --timestep-fraction 0.5), not the rollouts' 4; without it, the rollouts' grid."""
+    from sana.training.rl.loop import RLTrainer
+    from sana.training.rl.rollout import sampler_sigmas
+
+    for grid, expected in [(20, 10), (None, 2)]:
+        cfg = _config(files / f"grid-{grid}", base_model, files / "prompts.txt", files / "plug.py", steps=1,
+                      val_count=0, timestep_fraction=0.5, train_grid_steps=grid)
+        assert cfg.grid_steps == (grid or 4) and cfg.train_timesteps == expected
+        trainer = RLTrainer(cfg)
+        trainer.prepare_data()
+        trainer.build()
+        data, _ = trainer.collect(0)
+        c = trainer.components
+        allowed = sampler_sigmas(grid or 4, c.flow_shift, c.scheduler_config)
+        assert data.sigmas.shape == (cfg.prompts_per_round * cfg.keep_seeds, expected)
+        for row in data.sigmas.cpu():
+            assert len(set(row.tolist())) == expected and all(bool((allowed == s).any()) for s in row)

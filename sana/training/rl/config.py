@@ -20,7 +20,7 @@ EXPLORE_PRECISIONS = ("auto", "fp8", "bf16")
 RL_RESUME_INVARIANTS = RESUME_INVARIANTS + ("reward", "candidates", "keep_seeds", "explore_steps", "rollout_steps",
                                             "prompts_per_round", "prompt_pool", "guidance", "policy_guidance",
                                             "mix_guidance", "nft_beta", "kl_beta", "adv_clip", "timestep_fraction",
-                                            "decay_type")
+                                            "train_grid_steps", "decay_type")
 
 
 @dataclass
@@ -58,7 +58,10 @@ class RLConfig(TrainConfig):
     nft_beta: float = 1.0  # DiffusionNFT's mixing coefficient (config.beta)
     kl_beta: float = 1e-4  # weight of the KL term to the base model (train.beta)
     adv_clip: float = 5.0
-    timestep_fraction: float = 0.6  # share of the rollout's timesteps each sample is trained on
+    timestep_fraction: float = 0.6  # share of the training grid's timesteps each sample is trained on
+    # The sampler whose noise levels the loss trains at: its steps' sigmas (None: the rollouts', as the recipe does).
+    # The loss needs only clean latents, so cheap few-step rollouts can train the noise levels of a longer sampler.
+    train_grid_steps: int | None = None
     decay_type: int = 1  # the old policy's decay schedule (0: on-policy, 1 and 2: the recipe's)
     val_count: int = 8  # fixed validation prompts (with seeds 0..n-1) when no --val-prompt is given
 
@@ -79,7 +82,7 @@ class RLConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        train_steps = int(self.rollout_steps * self.timestep_fraction)
+        train_steps = self.train_timesteps
         checks = [
             (self.init == "pretrained", "RL fine-tunes a pretrained model: --init random is not for --rl"),
             (self.candidates >= 2, "--candidates must be at least 2"),
@@ -88,7 +91,8 @@ class RLConfig(TrainConfig):
              f"--keep {self.keep_seeds} is larger than --candidates {self.candidates}"),
             (self.explore_steps >= 1 and self.rollout_steps >= 1, "--explore-steps and --rollout-steps must be at least 1"),
             (0.0 < self.timestep_fraction <= 1.0, "--timestep-fraction must be in (0, 1]"),
-            (train_steps >= 1, f"--timestep-fraction {self.timestep_fraction:g} of {self.rollout_steps} rollout steps "
+            (self.train_grid_steps is None or self.train_grid_steps >= 1, "--train-grid-steps must be at least 1"),
+            (train_steps >= 1, f"--timestep-fraction {self.timestep_fraction:g} of {self.grid_steps} steps "
                                "leaves no timestep to train on"),
             (self.prompts_per_round >= 1 and self.rollout_batch >= 1, "--prompts-per-round and --rollout-batch must be at least 1"),
             (self.prompt_pool >= 1, "--prompt-pool must be at least 1"),
@@ -109,9 +113,14 @@ class RLConfig(TrainConfig):
                 raise UsageError(message)
 
     @property
+    def grid_steps(self) -> int:
+        """Steps of the sampler whose sigmas the loss trains at: --train-grid-steps, else the rollouts'."""
+        return self.train_grid_steps or self.rollout_steps
+
+    @property
     def train_timesteps(self) -> int:
         """Timesteps each sample is trained on (6 of 10 in the recipe)."""
-        return int(self.rollout_steps * self.timestep_fraction)
+        return int(self.grid_steps * self.timestep_fraction)
 
     @property
     def explores(self) -> bool:

@@ -233,7 +233,7 @@ class RLTrainer(Validation, Trainer):
         rewards = gather(out.rewards.to(self.device), world).float().cpu()  # [P x keep], prompt by prompt
         groups = torch.arange(cfg.prompts_per_round).repeat_interleave(keep)
         adv = advantages(rewards, groups, cfg.adv_clip)[first * keep : (first + self.local_prompts) * keep]
-        sigmas = sampler_sigmas(cfg.rollout_steps, c.flow_shift, c.scheduler_config)  # [S]
+        sigmas = sampler_sigmas(cfg.grid_steps, c.flow_shift, c.scheduler_config)  # [S]
         draws_sigma, draws_noise = [], []
         for i in range(self.local_samples):
             gen = torch.Generator().manual_seed(mixed_seed(cfg.seed, "train", round_index, first * keep + i))
