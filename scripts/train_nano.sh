@@ -10,37 +10,41 @@
 #   score  prompt adherence of the result, and a sample grid
 #   rl     reward fine-tuning of the trained DiT with the shapes reward (`sana finetune shapes:hard --rl --full`:
 #          the Sol-RL recipe, CFG-free rollouts on prompts that are mostly held-out colour-shape pairs, the rest
-#          two-object scenes: the whole grammar scores ~0.98 and soon gives equal rewards, no signal); a second call
-#          resumes
-#   rl-score  adherence of the model before and after RL (and of the best-validated round's, `rl/best`, when that
-#          was not the last): default settings, CFG-free, and 4 steps
+#          two-object scenes: the whole grammar scores ~0.98 and soon gives equal rewards, no signal), every other
+#          candidate seed drawn by the starting model at CFG 3 (`--mix-guidance`: a pair it draws right only with
+#          CFG, such as a green circle, then has seeds that succeed); a second call resumes
+#   rl2    a second RL stage from rl's best-validated round (`rl/best`, else `rl/model`): on-policy, a lower rate
+#   rl-score  adherence of the model before RL and after the last RL stage run (and of its best-validated round
+#          when that was not the last): default settings, CFG-free, and 4 steps
 # The shipped model (sana/nano/model) is this recipe with the defaults below on one H100: 18,000 steps, final loss
 # 0.048 (settings and loss log in assets/nano/dit-*). Its autoencoder came from `sana shapes train-vae DIR
 # --steps 12000 --batch 32 --lr 1e-3 --seed 0 --max-minutes 6.7` (5,987 steps; 38.2 dB PSNR; assets/nano/vae-train.json)
-# and is reused from the shipped model; VAE=DIR/vae uses another.
+# and is reused from the shipped model; VAE=DIR/vae uses another. Its DiT was then reward fine-tuned by the `rl`
+# and `rl2` stages with the RL defaults below on a 2-core CPU (2026-12-05: RL_DEVICE=cpu RL_BATCH=64
+# RL_ROLLOUT_BATCH=64, two threads; the rounds at their defaults end where the runs' kept rounds were, ~25 and ~12
+# minutes there): 20-step CFG-free held-out pairs 74% -> 84% and 4-step 66% -> 93% (`rl-score`; NOTES.md).
 # Environment: SANA (the command, default `sana`), VAE (autoencoder folder, default sana/nano/model/vae),
 # STEPS (DiT steps, default 18000), NUM (dataset size, default 20000), COMPILE (1: `--compile`, faster on a GPU
 # once its ~1 minute of compilation is paid), MINUTES (`--max-minutes`: export what is trained by then; 0 = none).
-# RL: RL_BASE (the model RL starts from, default WORK/run/model; `nano` for the shipped one), RL_ROUNDS (default
-# 25, see below), RL_LR (default 5e-5), RL_PROMPTS (prompts a round, default 32), RL_CANDIDATES (default 32),
-# RL_KEEP (default 16), RL_SOURCE (default shapes:hard; shapes for the whole grammar), RL_SAMPLING_STEPS (steps of
-# every rollout, default 4: the 4-step target, and with exploration at the same steps in bf16 the kept images are
-# the explored ones, so a round samples each image once), RL_MINUTES (`--max-minutes` of the RL stage; 0 = none), RL_GUIDANCE (CFG scale of the
-# rollouts, default 1: CFG-free as the recipe), RL_POLICY_GUIDANCE (`--policy-guidance`: CFG scale of the sampler
-# trained and exported; default RL_GUIDANCE), RL_MIX_GUIDANCE (`--mix-guidance`: the starting model samples every other candidate seed
-# with this CFG scale; default none), RL_ROLLOUT_STEPS (steps of the full-quality rollouts when they
-# differ from the exploration's, e.g. 20 for the default sampler's trajectories; default RL_SAMPLING_STEPS),
-# RL_POOL (`--prompt-pool`: explore this many times RL_PROMPTS prompts a round and train on the most contested, so
-# prompts whose seeds all score alike stop diluting the round once most are solved; default 1, every prompt),
-# RL_SCORE_BEFORE (0: `rl-score` skips the base model, whose scores are known; default 1), RL_TIMESTEP_FRACTION
-# (`--timestep-fraction`: the share of the rollout sampler's timesteps each image is trained on; default 1, every
-# one), RL_VAL_COUNT (`--val-count`: validation prompts, each at a seed of its own; default 32; more make the kept
-# best round less a matter of luck), RL_TRAIN_GRID_STEPS (`--train-grid-steps`: train at the noise levels of that
-# many sampler steps instead of the rollouts'; e.g. 20 with 4-step rollouts, for the default 20-step sampler). The RL settings are untuned; what one H200 showed with these (RL_BASE=nano, 2026-12-04): ~2.65 s a round (~390 images/s), the 4-step CFG-free reward
-# 0.96 -> 0.998 by round 25 and the validation reward (20 steps) 0.977 -> 0.995 at round 25, then a collapse from
-# round ~30 at this learning rate (0.80 and 0.85 at round 50, the KL to the base rising throughout): hence 25 rounds.
+# RL: RL_BASE (the model RL starts from, default WORK/run/model; `nano` for the shipped one), RL_DEVICE (default
+# auto), RL_ROUNDS (default 25), RL_LR (default 3e-5), RL_PROMPTS (prompts a round, default 16), RL_CANDIDATES
+# (seeds a prompt, default 8), RL_KEEP (seeds kept, default 8: all), RL_SOURCE (default shapes:hard; shapes for the
+# whole grammar), RL_SAMPLING_STEPS (steps of every rollout, default 4: with exploration at the same steps the kept
+# images are the explored ones, so a round samples each image once), RL_ROLLOUT_STEPS (steps of the full-quality
+# rollouts when they differ from the exploration's; default RL_SAMPLING_STEPS), RL_TRAIN_GRID_STEPS
+# (`--train-grid-steps`: train at the noise levels of that many sampler steps instead of the rollouts'; default
+# the rollouts'), RL_TIMESTEP_FRACTION (`--timestep-fraction`, default 0.5), RL_MIX_GUIDANCE (`--mix-guidance`,
+# default 3; empty for none), RL_GUIDANCE (CFG scale of the rollouts, default 1: CFG-free as the recipe),
+# RL_POLICY_GUIDANCE (`--policy-guidance`; default RL_GUIDANCE), RL_POOL (`--prompt-pool`, default 1),
+# RL_VAL_COUNT (`--val-count`, default 32), RL_MINUTES (`--max-minutes` of each RL stage; 0 = none), RL_BATCH and
+# RL_ROLLOUT_BATCH (micro-batch and sampling batch, defaults 128 and 256: memory and speed, not the recipe),
+# RL2_ROUNDS (default 10) and RL2_LR (default 1.5e-5) for `rl2`, which keeps the rest but has no mix;
+# RL_SCORE_BEFORE (0: `rl-score` skips the base model, whose scores are known; default 1).
+# What runs with other settings showed (NOTES.md, "RL fine-tuning"): on a GPU at lr 5e-5 the reward collapsed from
+# round ~30; on the CPU the first stage's KL to the base kept rising after round 25 while its validation fell; and
+# training at the 4-step rollouts' own noise levels taught 4-step sampling more than 20-step.
 set -euo pipefail
-WORK=${1:?usage: train_nano.sh WORK [init|data|train|score|rl|rl-score]}
+WORK=${1:?usage: train_nano.sh WORK [init|data|train|score|rl|rl2|rl-score]}
 STAGE=${2:-all}
 SANA=${SANA:-sana}
 VAE=${VAE:-sana/nano/model/vae}
@@ -49,11 +53,12 @@ NUM=${NUM:-20000}
 COMPILE=${COMPILE:-1}
 MINUTES=${MINUTES:-0}
 RL_BASE=${RL_BASE:-$WORK/run/model}
+RL_DEVICE=${RL_DEVICE:-auto}
 RL_ROUNDS=${RL_ROUNDS:-25}
-RL_LR=${RL_LR:-5e-5}
-RL_PROMPTS=${RL_PROMPTS:-32}
-RL_CANDIDATES=${RL_CANDIDATES:-32}
-RL_KEEP=${RL_KEEP:-16}
+RL_LR=${RL_LR:-3e-5}
+RL_PROMPTS=${RL_PROMPTS:-16}
+RL_CANDIDATES=${RL_CANDIDATES:-8}
+RL_KEEP=${RL_KEEP:-8}
 RL_SOURCE=${RL_SOURCE:-shapes:hard}
 RL_SAMPLING_STEPS=${RL_SAMPLING_STEPS:-4}
 RL_MINUTES=${RL_MINUTES:-0}
@@ -61,11 +66,15 @@ RL_GUIDANCE=${RL_GUIDANCE:-1}
 RL_ROLLOUT_STEPS=${RL_ROLLOUT_STEPS:-$RL_SAMPLING_STEPS}
 RL_POOL=${RL_POOL:-1}
 RL_SCORE_BEFORE=${RL_SCORE_BEFORE:-1}
-RL_TIMESTEP_FRACTION=${RL_TIMESTEP_FRACTION:-1}
+RL_TIMESTEP_FRACTION=${RL_TIMESTEP_FRACTION:-0.5}
 RL_POLICY_GUIDANCE=${RL_POLICY_GUIDANCE:-$RL_GUIDANCE}
-RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE:-}
+RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE-3}
 RL_VAL_COUNT=${RL_VAL_COUNT:-32}
 RL_TRAIN_GRID_STEPS=${RL_TRAIN_GRID_STEPS:-}
+RL_BATCH=${RL_BATCH:-128}
+RL_ROLLOUT_BATCH=${RL_ROLLOUT_BATCH:-256}
+RL2_ROUNDS=${RL2_ROUNDS:-10}
+RL2_LR=${RL2_LR:-1.5e-5}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -88,23 +97,35 @@ fi
 if stage score; then
     $SANA shapes score --model "$WORK/run/model" --num 200 --seed 0 --cfg 3 --out "$WORK/grid.png" --rows "$WORK/rows.jsonl"
 fi
-if stage rl; then
-    extra=()
-    [[ -f "$WORK/rl/train_config.json" ]] && extra+=(--resume)
-    [[ -n "$RL_MIX_GUIDANCE" ]] && extra+=(--mix-guidance "$RL_MIX_GUIDANCE")
+rl_stage() {  # OUT BASE LR ROUNDS MIX: one RL run in WORK/OUT (a second call resumes it)
+    local out=$1 base=$2 lr=$3 rounds=$4 mix=$5
+    local extra=()
+    [[ -f "$WORK/$out/train_config.json" ]] && extra+=(--resume)
+    [[ -n "$mix" ]] && extra+=(--mix-guidance "$mix")
     [[ -n "$RL_TRAIN_GRID_STEPS" ]] && extra+=(--train-grid-steps "$RL_TRAIN_GRID_STEPS")
-    $SANA finetune "$RL_SOURCE" --rl --full --model "$RL_BASE" --out "$WORK/rl" --reward shapes "${extra[@]}" \
-        --steps "$RL_ROUNDS" --max-minutes "$RL_MINUTES" --lr "$RL_LR" --prompts-per-round "$RL_PROMPTS" \
-        --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --prompt-pool "$RL_POOL" --explore-steps "$RL_SAMPLING_STEPS" \
-        --rollout-steps "$RL_ROLLOUT_STEPS" --timestep-fraction "$RL_TIMESTEP_FRACTION" --explore-precision bf16 --rollout-batch 256 \
-        --guidance "$RL_GUIDANCE" --policy-guidance "$RL_POLICY_GUIDANCE" \
-        --batch-size 128 --no-gradient-checkpointing --checkpoint-every 25 --keep-checkpoints 2 --val-count "$RL_VAL_COUNT" \
+    $SANA finetune "$RL_SOURCE" --rl --full --model "$base" --out "$WORK/$out" --reward shapes "${extra[@]}" \
+        --device "$RL_DEVICE" --steps "$rounds" --max-minutes "$RL_MINUTES" --lr "$lr" \
+        --prompts-per-round "$RL_PROMPTS" --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --prompt-pool "$RL_POOL" \
+        --explore-steps "$RL_SAMPLING_STEPS" --rollout-steps "$RL_ROLLOUT_STEPS" \
+        --timestep-fraction "$RL_TIMESTEP_FRACTION" --explore-precision bf16 --rollout-batch "$RL_ROLLOUT_BATCH" \
+        --guidance "$RL_GUIDANCE" --policy-guidance "$RL_POLICY_GUIDANCE" --batch-size "$RL_BATCH" \
+        --no-gradient-checkpointing --checkpoint-every 5 --keep-checkpoints 2 --val-count "$RL_VAL_COUNT" \
         --val-steps 20 --val-every 5 --save-dtype fp16
+}
+if stage rl; then
+    rl_stage rl "$RL_BASE" "$RL_LR" "$RL_ROUNDS" "$RL_MIX_GUIDANCE"
+fi
+if stage rl2; then
+    start="$WORK/rl/best"
+    [[ -d "$start" ]] || start="$WORK/rl/model"
+    rl_stage rl2 "$start" "$RL2_LR" "$RL2_ROUNDS" ""
 fi
 if stage rl-score; then
-    pairs=("after:$WORK/rl/model")
+    last=rl
+    [[ -d "$WORK/rl2/model" ]] && last=rl2
+    pairs=("after:$WORK/$last/model")
     [[ "$RL_SCORE_BEFORE" == 1 ]] && pairs=("before:$RL_BASE" "${pairs[@]}")
-    [[ -d "$WORK/rl/best" ]] && pairs+=("best:$WORK/rl/best")  # the best-validated round, if not the last
+    [[ -d "$WORK/$last/best" ]] && pairs+=("best:$WORK/$last/best")  # the best-validated round, if not the last
     for pair in "${pairs[@]}"; do
         name=${pair%%:*} model=${pair#*:}
         # the four scores of a model side by side (one GPU holds them all); printed once all are done
