@@ -118,8 +118,9 @@ class StandInGraph:
         self.output.copy_(self.run())
 
 
-class CpuGraphedForward(GraphedForward):
-    """The graph wrapper with its CUDA parts stood in for: replayable on the CPU, `StandInGraph`s recorded."""
+class StandInCapture:
+    """A graph wrapper's CUDA parts stood in for (mixed in before it): replayable on the CPU, `StandInGraph`s
+    recorded and counted."""
 
     captures = 0
 
@@ -130,6 +131,10 @@ class CpuGraphedForward(GraphedForward):
         self.captures += 1
         output = run()
         return StandInGraph(run, output), output
+
+
+class CpuGraphedForward(StandInCapture, GraphedForward):
+    """The DiT step's graph wrapper, on the CPU."""
 
 
 @pytest.mark.parametrize("which", ["image", "video"])

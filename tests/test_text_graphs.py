@@ -9,24 +9,14 @@ import torch
 from sana.embedded import embedded_model_dir
 from sana.graphs import GraphedEncoder
 from sana.text import TextEncoder
-from tests.test_text_context import StandInGraph
+from tests.test_text_context import StandInCapture
 
 NANO = embedded_model_dir("nano")
 ITEMS = [("a large red circle on a white background", True), ("", False), ("a blue square at the top", True)]
 
 
-class CpuGraphedEncoder(GraphedEncoder):
-    """The encoder's graph wrapper with its CUDA parts stood in for (replayable on the CPU)."""
-
-    captures = 0
-
-    def _replayable(self, input_ids):
-        return not torch.is_grad_enabled()
-
-    def _record(self, run):
-        self.captures += 1
-        output = run()
-        return StandInGraph(run, output), output
+class CpuGraphedEncoder(StandInCapture, GraphedEncoder):
+    """The text encoder's graph wrapper, on the CPU."""
 
 
 @pytest.fixture(scope="module")
