@@ -225,7 +225,8 @@ class ResBlock(nn.Module):
         self.norm = make_norm(norm, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if ops.defers_conv_bias(x) and self.act in ops.BIAS_ACTIVATIONS:  # the bias joins the activation's pass
+        fused = self.conv1.bias is not None and self.act in ops.BIAS_ACTIVATIONS and ops.defers_conv_bias(x)
+        if fused:  # the conv's bias joins the activation's pass
             h = ops.bias_activation(F.conv2d(x, self.conv1.weight, None, padding=1), self.conv1.bias, self.act)
         else:
             h = activate(self.conv1(x), self.act)  # [B, C, H, W]
