@@ -13,7 +13,7 @@
 #   first-image    issue 21: the pipeline's GPU tests, then a fresh `sana gen` process's first image, beside a bare
 #                  `import torch` (~4 min)
 #   bench-video    issue 15: the video DiT against diffusers, in alternating rounds (~2 min)
-#   rl             issue 17: two nano RL runs side by side from the shipped (CPU-tuned) model, 20-step and 4-step
+#   rl             issue 17: two nano RL runs side by side from the shipped model, 20-step and 4-step
 #                  rollouts, both training the 20-step sampler's noise levels
 #                  (RL_MINUTES of training, default 12; each resumes by itself if cut short), then their scores;
 #                  WORK/rl-run.tgz.* and WORK/rl-fast-run.tgz.* carry them to another machine
@@ -109,10 +109,10 @@ run_job() {
     bench-video)
         timed bench-video 420 "$PYTHON" -m sana_cli bench --video --no-compile --no-kernels ;;
     rl)
-        # the proof runs NOTES.md ("RL fine-tuning") proposes, side by side, from the shipped nano model (already
-        # reward fine-tuned on a CPU: 84% held-out at 20 steps, 93% at 4), both training the 20-step sampler's noise
-        # levels (4 of its 20 a sample): 20-step rollouts (the default sampler's own failures), and 4-step rollouts
-        # (cheaper, more rounds); each run's best round is chosen on 96 validation prompts. A stop by the time limit
+        # the proof runs NOTES.md ("RL fine-tuning") proposes, side by side, from the shipped nano model, both
+        # training the 20-step sampler's noise levels (4 of its 20 a sample): 20-step rollouts (the default
+        # sampler's own failures), and 4-step rollouts (cheaper, more rounds); each run's best round is chosen on 96
+        # validation prompts. A stop by the time limit
         # exports what is trained (the best validation is kept in rl/best); then both are scored.
         rl_run rl-run 20 & local full=$!
         rl_run rl-fast-run 4 & local fast=$!
