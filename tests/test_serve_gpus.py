@@ -31,12 +31,31 @@ SIZES = ("256x256", "256x192", "192x256", "224x224")  # different sizes never sh
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def lora(tmp_path_factory):
+    return write_lora(tmp_path_factory.mktemp("lora") / "style.safetensors")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, lora):
     folder = tmp_path_factory.mktemp("serve")
-    lora = write_lora(folder / "style.safetensors")
     args = ["--model", "nano", "--gpus", "2", "--device", "cpu", "--batch-window-ms", "0", "--lora", f"style={lora}"]
     with running_server(args, folder / "server.log") as base:
         yield base
+
+
+def pipeline_image(record_image: Image.Image, loras=()) -> np.ndarray:
+    """The image the pipeline draws in this process with the record's settings (CAPTION, seed 21, 3 steps)."""
+    from sana.hub import resolve_model
+    from sana.outputs import GenerationRecord
+    from sana.pipelines.image import ImagePipeline, ImageRequest
+
+    record = GenerationRecord.from_json(record_image.info["sana"])
+    pipe = ImagePipeline.from_pretrained(resolve_model("nano").path, dtype=torch.float32, device="cpu", loras=loras)
+    alone = pipe.generate(ImageRequest(prompt=CAPTION, seeds=[21], width=record_image.width,
+                                       height=record_image.height, steps=3, guidance=record.guidance,
+                                       sampler=record.sampler, flow_shift=record.flow_shift, pag=record.pag,
+                                       pag_layers=tuple(record.pag_layers) or (8,)))
+    return np.asarray(alone.images[0], np.int16)
 
 
 def generate(server: str, size: str, **body) -> Image.Image:
@@ -50,10 +69,6 @@ def generate(server: str, size: str, **body) -> Image.Image:
 
 @pytest.mark.slow
 def test_two_worker_processes_answer_concurrent_requests(server):
-    from sana.hub import resolve_model
-    from sana.outputs import GenerationRecord
-    from sana.pipelines.image import ImagePipeline, ImageRequest
-
     with ThreadPoolExecutor(len(SIZES) * 2) as pool:
         images = list(pool.map(lambda size: generate(server, size), SIZES * 2))
     assert [f"{i.width}x{i.height}" for i in images] == list(SIZES * 2)
@@ -64,16 +79,11 @@ def test_two_worker_processes_answer_concurrent_requests(server):
     assert all(w["batches"] >= 1 for w in workers), workers
 
     # The pixels of the pipeline run here with the record's settings.
-    record = GenerationRecord.from_json(images[0].info["sana"])
-    pipe = ImagePipeline.from_pretrained(resolve_model("nano").path, dtype=torch.float32, device="cpu")
-    alone = pipe.generate(ImageRequest(prompt=CAPTION, seeds=[21], width=256, height=256, steps=3,
-                                       guidance=record.guidance, sampler=record.sampler, flow_shift=record.flow_shift,
-                                       pag=record.pag, pag_layers=tuple(record.pag_layers) or (8,)))
-    difference = np.abs(np.asarray(alone.images[0], np.int16) - np.asarray(images[0].convert("RGB"), np.int16))
+    difference = np.abs(pipeline_image(images[0]) - np.asarray(images[0].convert("RGB"), np.int16))
     assert difference.max() <= 1
 
 
-def test_progress_and_loras_cross_the_process_boundary(server):
+def test_progress_and_loras_cross_the_process_boundary(server, lora):
     events = []
     done = threading.Event()
 
@@ -89,11 +99,14 @@ def test_progress_and_loras_cross_the_process_boundary(server):
         done.set()
 
     threading.Thread(target=listen, daemon=True).start()
-    styled = np.asarray(generate(server, "256x256", lora="style", progress_id="gpus-progress-1"))
+    styled_image = generate(server, "256x256", lora="style", progress_id="gpus-progress-1")
     assert done.wait(60)
     assert [e["step"] for e in events if "step" in e] == [1, 2, 3]
-    base = np.asarray(generate(server, "256x256"))
-    assert np.abs(styled.astype(int) - base).mean() > 1
+    # the worker merged the LoRA: its pixels are the pipeline's with it, and not those without it
+    styled = np.asarray(styled_image.convert("RGB"), np.int16)
+    assert np.abs(pipeline_image(styled_image, loras=[(lora, 1.0)]) - styled).max() <= 1
+    base = np.asarray(generate(server, "256x256").convert("RGB"), np.int16)
+    assert np.abs(styled - base).mean() > 0.05
     answer = request("POST", server + "/v1/images/generations", body={"prompt": "x", "lora": "other"})
     assert answer[0] == 400 and error_of(answer)["param"] == "lora"
     answer = request("POST", server + "/v1/images/generations", timeout=30,
