@@ -18,6 +18,11 @@
 #                  (RL_MINUTES of training, default 12; each resumes by itself if cut short), then their scores;
 #                  WORK/rl-run.tgz.* and WORK/rl-fast-run.tgz.* carry them to another machine
 #                  (`cat WORK/rl-run.tgz.* | tar -xz -C WORK` there before the next call)
+#   rl-recipe      issue 17: train_nano.sh's two RL stages at their defaults (the CPU recipe), from the shipped model,
+#                  and the same with RL_TRAIN_GRID_STEPS=20, side by side; then their scores (~8 min);
+#                  WORK/rl-recipe-*.tgz carry the records (the DiTs are WORK/rl-recipe-*/rl2/{model,best})
+#   gpu-tests      the GPU tests of first-image, decoder-bias and text-attention alone (they need no quiet GPU, so
+#                  they can run beside the RL jobs; PENDING_TESTS=0 then skips them in those jobs)
 #   world-fp8      issue 16/23: SANA-WM fp8 parity at the released config and the bench's fp8 note (~3 min)
 #   finetune-image issue 23: SANA 1.6B LoRA step at 1024 px, eager and compiled, beside diffusers' recipe (~4 min)
 #   bench-image    issue 23: the 1.6B DiT at 1024 and 4096 px and Sprint at 1024 px, beside diffusers (~8 min)
@@ -27,14 +32,15 @@
 #                  graphs, the decoder's deferred biases; ~4 min)
 #   decoder-bias   issue 23/21: the DC-AE decoder with each conv's bias deferred to the Triton pass after it and the
 #                  multiscale projections fused: GPU tests against diffusers, then its decode time (~2 min)
-# Environment: PYTHON (default python3). The CLI runs as `$PYTHON -m sana_cli` from the repository root; diffusers
+# Environment: PYTHON (default python3), PENDING_TESTS (0: the timing jobs skip their tests). The CLI runs as `$PYTHON -m sana_cli` from the repository root; diffusers
 # must be importable (PYTHONPATH).
 set -uo pipefail
 WORK=${1:?usage: gpu_pending.sh WORK [JOB...|--list]}
 shift
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
-ALL=(lora-video temporal-conv first-image bench-video rl world-fp8 finetune-image bench-image text-attention
+PENDING_TESTS=${PENDING_TESTS:-1}
+ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe gpu-tests world-fp8 finetune-image bench-image text-attention
      decoder-bias generate)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05 (BENCHMARKS.md); the RL
 # proof needs the GPU alone (~12 minutes), so it goes first; name a job to run it again.
@@ -93,6 +99,36 @@ rl_run() {  # FOLDER ROLLOUT_STEPS: one nano RL run in WORK/FOLDER (skipped once
     return $rc
 }
 
+rl_recipe() {  # VARIANT [ENV...]: both RL stages and their scores in WORK/rl-recipe-VARIANT, records packed
+    local variant=$1 folder="$WORK/rl-recipe-$1"
+    shift
+    (
+        export "$@" SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_SCORE_BEFORE=0
+        for stage in rl rl2 rl-score; do
+            timed "rl-recipe-$variant" 900 bash scripts/train_nano.sh "$folder" "$stage" || exit 1
+        done
+    ) || return 1
+    tar -C "$WORK" -cz "rl-recipe-$variant/rl/rewards.csv" \
+        "rl-recipe-$variant/rl2/rewards.csv" "rl-recipe-$variant/rl/train_config.json" \
+        "rl-recipe-$variant/rl2/train_config.json" $(cd "$WORK" && ls "rl-recipe-$variant"/rl-*.txt) \
+        > "$WORK/rl-recipe-$variant.tgz"
+}
+
+gpu_tests() {  # the tests of first-image, decoder-bias and text-attention
+    case $1 in
+    first-image)
+        timed "$2" 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/test_gpu_pipeline.py \
+            tests/test_load_warm.py tests/test_text_context.py tests/test_text_graphs.py tests/test_pipeline_recovery.py ;;
+    decoder-bias)
+        timed "$2" 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_bias_act.py \
+            tests/kernels/test_upsample.py tests/kernels/test_multiscale.py \
+            "tests/test_dcae.py::test_gpu_real_config_bf16_matches_diffusers" ;;
+    text-attention)
+        timed "$2" 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_text_attention.py \
+            tests/test_gpu_parity.py -k "matches_diffusers and text-attention-kernel" ;;
+    esac
+}
+
 run_job() {
     case $1 in
     lora-video)
@@ -102,8 +138,7 @@ run_job() {
             && timed temporal-conv 300 "$PYTHON" -m sana.kernels.temporal_conv.bench --sweep ;;
     first-image)
         # the pipeline's GPU tests first (the first steps beside the decoder's warm-up), then the measurement
-        timed first-image 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/test_gpu_pipeline.py \
-            tests/test_load_warm.py tests/test_text_context.py tests/test_text_graphs.py tests/test_pipeline_recovery.py
+        [[ "$PENDING_TESTS" == 0 ]] || gpu_tests first-image first-image
         timed first-image 480 "$PYTHON" scripts/bench_first_image.py --runs 4 --folder "$WORK/first" \
             --trace "$WORK/startup-trace.txt" --markdown "$WORK/first-image.md" ;;
     bench-video)
@@ -124,6 +159,14 @@ run_job() {
                 bash scripts/train_nano.sh "$WORK/$folder" rl-score & pids+=($!)
         done
         for pid in "${pids[@]}"; do wait "$pid" || return 1; done ;;
+    rl-recipe)
+        rl_recipe defaults RL_DEVICE=cuda & local plain=$!
+        rl_recipe grid20 RL_DEVICE=cuda RL_TRAIN_GRID_STEPS=20 & local grid=$!
+        wait "$plain" && wait "$grid" ;;
+    gpu-tests)
+        local rc=0 name
+        for name in first-image decoder-bias text-attention; do gpu_tests "$name" gpu-tests || rc=1; done
+        return $rc ;;
     world-fp8)
         timed world-fp8 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/test_gpu_world_parity.py -k fp8 \
             && timed world-fp8 420 "$PYTHON" -m sana_cli bench --world --no-compile --no-kernels ;;
@@ -133,13 +176,11 @@ run_job() {
         timed bench-image 540 "$PYTHON" -m sana_cli bench -m sana-1.6b --px 1024 --px 4096 --no-kernels \
             && timed bench-image 300 "$PYTHON" -m sana_cli bench -m sprint-1.6b --px 1024 ;;
     text-attention)
-        timed text-attention 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_text_attention.py \
-            tests/test_gpu_parity.py -k "matches_diffusers and text-attention-kernel" \
+        { [[ "$PENDING_TESTS" == 0 ]] || gpu_tests text-attention text-attention; } \
             && timed text-attention 300 "$PYTHON" -m sana.kernels.text_attention.bench --sweep \
             && timed text-attention 120 "$PYTHON" -m sana.kernels.text_attention.bench ;;
     decoder-bias)
-        timed decoder-bias 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_bias_act.py \
-            tests/kernels/test_upsample.py tests/kernels/test_multiscale.py "tests/test_dcae.py::test_gpu_real_config_bf16_matches_diffusers" \
+        { [[ "$PENDING_TESTS" == 0 ]] || gpu_tests decoder-bias decoder-bias; } \
             && timed decoder-bias 240 "$PYTHON" scripts/bench_decoder.py ;;
     generate)
         timed generate 480 "$PYTHON" -m sana_cli bench --generate -m sana-1.6b --px 1024 --px 4096 --no-compile ;;
