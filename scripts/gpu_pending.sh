@@ -18,11 +18,13 @@
 #                  (RL_MINUTES of training, default 12; each resumes by itself if cut short), then their scores;
 #                  WORK/rl-run.tgz.* and WORK/rl-fast-run.tgz.* carry them to another machine
 #                  (`cat WORK/rl-run.tgz.* | tar -xz -C WORK` there before the next call)
-#   rl-recipe      issue 17: train_nano.sh's two RL stages at their defaults (the CPU recipe), from the shipped model,
-#                  and the same with RL_TRAIN_GRID_STEPS=20, side by side; then their scores (~8 min);
+#   rl-recipe      issue 17: train_nano.sh's two RL stages at their defaults (the CPU recipe), from RL_BASE (a pre-RL
+#                  nano model folder; default the shipped, already RL'd one), and the same with
+#                  RL_TRAIN_GRID_STEPS=20, side by side; then their scores (~8 min);
 #                  WORK/rl-recipe-*.tgz carry the records (the DiTs are WORK/rl-recipe-*/rl2/{model,best})
 #   gpu-tests      the GPU tests of first-image, decoder-bias and text-attention alone (they need no quiet GPU, so
-#                  they can run beside the RL jobs; PENDING_TESTS=0 then skips them in those jobs)
+#                  they can run beside the RL jobs; those jobs skip them once it passed in WORK, or with
+#                  PENDING_TESTS=0)
 #   world-fp8      issue 16/23: SANA-WM fp8 parity at the released config and the bench's fp8 note (~3 min)
 #   finetune-image issue 23: SANA 1.6B LoRA step at 1024 px, eager and compiled, beside diffusers' recipe (~4 min)
 #   bench-image    issue 23: the 1.6B DiT at 1024 and 4096 px and Sprint at 1024 px, beside diffusers (~8 min)
@@ -42,9 +44,9 @@ PYTHON=${PYTHON:-python3}
 PENDING_TESTS=${PENDING_TESTS:-1}
 ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe gpu-tests world-fp8 finetune-image bench-image text-attention
      decoder-bias generate)
-# lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05 (BENCHMARKS.md); the RL
-# proof needs the GPU alone (~12 minutes), so it goes first; name a job to run it again.
-DEFAULT=(rl first-image text-attention decoder-bias generate finetune-image bench-image)
+# lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05 (BENCHMARKS.md); the nano
+# model shipped RL'd since, so the RL jobs come last (name one to run it); the GPU tests first.
+DEFAULT=(gpu-tests first-image decoder-bias generate text-attention finetune-image bench-image rl)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 cd "$ROOT"
@@ -103,7 +105,7 @@ rl_recipe() {  # VARIANT [ENV...]: both RL stages and their scores in WORK/rl-re
     local variant=$1 folder="$WORK/rl-recipe-$1"
     shift
     (
-        export "$@" SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_SCORE_BEFORE=0
+        export "$@" SANA="$PYTHON -m sana_cli" RL_BASE="${RL_BASE:-nano}" RL_SCORE_BEFORE=0
         for stage in rl rl2 rl-score; do
             timed "rl-recipe-$variant" 900 bash scripts/train_nano.sh "$folder" "$stage" || exit 1
         done
@@ -113,6 +115,8 @@ rl_recipe() {  # VARIANT [ENV...]: both RL stages and their scores in WORK/rl-re
         "rl-recipe-$variant/rl2/train_config.json" $(cd "$WORK" && ls "rl-recipe-$variant"/rl-*.txt) \
         > "$WORK/rl-recipe-$variant.tgz"
 }
+
+tests_done() { [[ "$PENDING_TESTS" == 0 || "$(state gpu-tests)" == done ]]; }
 
 gpu_tests() {  # the tests of first-image, decoder-bias and text-attention
     case $1 in
@@ -138,7 +142,7 @@ run_job() {
             && timed temporal-conv 300 "$PYTHON" -m sana.kernels.temporal_conv.bench --sweep ;;
     first-image)
         # the pipeline's GPU tests first (the first steps beside the decoder's warm-up), then the measurement
-        [[ "$PENDING_TESTS" == 0 ]] || gpu_tests first-image first-image
+        tests_done || gpu_tests first-image first-image
         timed first-image 480 "$PYTHON" scripts/bench_first_image.py --runs 4 --folder "$WORK/first" \
             --trace "$WORK/startup-trace.txt" --markdown "$WORK/first-image.md" ;;
     bench-video)
@@ -176,11 +180,11 @@ run_job() {
         timed bench-image 540 "$PYTHON" -m sana_cli bench -m sana-1.6b --px 1024 --px 4096 --no-kernels \
             && timed bench-image 300 "$PYTHON" -m sana_cli bench -m sprint-1.6b --px 1024 ;;
     text-attention)
-        { [[ "$PENDING_TESTS" == 0 ]] || gpu_tests text-attention text-attention; } \
+        { tests_done || gpu_tests text-attention text-attention; } \
             && timed text-attention 300 "$PYTHON" -m sana.kernels.text_attention.bench --sweep \
             && timed text-attention 120 "$PYTHON" -m sana.kernels.text_attention.bench ;;
     decoder-bias)
-        { [[ "$PENDING_TESTS" == 0 ]] || gpu_tests decoder-bias decoder-bias; } \
+        { tests_done || gpu_tests decoder-bias decoder-bias; } \
             && timed decoder-bias 240 "$PYTHON" scripts/bench_decoder.py ;;
     generate)
         timed generate 480 "$PYTHON" -m sana_cli bench --generate -m sana-1.6b --px 1024 --px 4096 --no-compile ;;

@@ -22,12 +22,14 @@
 # and is reused from the shipped model; VAE=DIR/vae uses another. The `rl` and `rl2` defaults below are the two
 # stages run on a 2-core CPU from the shipped model (2026-12-05: RL_BASE=nano RL_DEVICE=cpu RL_BATCH=64
 # RL_ROLLOUT_BATCH=64, two threads; the rounds at their defaults end where the runs' kept rounds were, ~25 and ~12
-# minutes there): 20-step CFG-free held-out pairs 74% -> 84% and 4-step 66% -> 93% (NOTES.md). That model is not
-# shipped yet: tests that rely on the shipped model's failures have to be rebuilt around it first.
+# minutes there): 20-step CFG-free held-out pairs 74% -> 84% and 4-step 66% -> 93% (NOTES.md). The shipped DiT is
+# that run's `rl2/best` (round 10), and rerunning both stages there gave it again bit for bit (2026-12-06). The
+# package's nano model is the RL'd one since, so `RL_BASE=nano` now starts from it; RL_BASE for the recipe is the
+# `train` stage's model (or the pre-RL DiT in git history: sana/nano/model at commit 80a4a7c).
 # Environment: SANA (the command, default `sana`), VAE (autoencoder folder, default sana/nano/model/vae),
 # STEPS (DiT steps, default 18000), NUM (dataset size, default 20000), COMPILE (1: `--compile`, faster on a GPU
 # once its ~1 minute of compilation is paid), MINUTES (`--max-minutes`: export what is trained by then; 0 = none).
-# RL: RL_BASE (the model RL starts from, default WORK/run/model; `nano` for the shipped one), RL_DEVICE (default
+# RL: RL_BASE (the model RL starts from, default WORK/run/model; `nano` for the shipped, RL'd one), RL_DEVICE (default
 # auto), RL_ROUNDS (default 25), RL_LR (default 3e-5), RL_PROMPTS (prompts a round, default 16), RL_CANDIDATES
 # (seeds a prompt, default 8), RL_KEEP (seeds kept, default 8: all), RL_SOURCE (default shapes:hard; shapes for the
 # whole grammar), RL_SAMPLING_STEPS (steps of every rollout, default 4: with exploration at the same steps the kept
