@@ -34,19 +34,20 @@
 #                  graphs, the decoder's deferred biases; ~4 min)
 #   decoder-bias   issue 23/21: the DC-AE decoder with each conv's bias deferred to the Triton pass after it and the
 #                  multiscale projections fused: GPU tests against diffusers, then its decode time (~2 min)
-# Environment: PYTHON (default python3), PENDING_TESTS (0: the timing jobs skip their tests). The CLI runs as `$PYTHON -m sana_cli` from the repository root; diffusers
-# must be importable (PYTHONPATH).
+# Environment: PYTHON (default python3), PENDING_TESTS (0: the timing jobs skip their tests). The CLI runs as
+# `$PYTHON -m sana_cli` from the repository root; diffusers must be importable (PYTHONPATH).
 set -uo pipefail
 WORK=${1:?usage: gpu_pending.sh WORK [JOB...|--list]}
 shift
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 PENDING_TESTS=${PENDING_TESTS:-1}
-ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe gpu-tests world-fp8 finetune-image bench-image text-attention
-     decoder-bias generate)
-# lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05 (BENCHMARKS.md); the nano
-# model shipped RL'd since, so the RL jobs come last (name one to run it); the GPU tests first.
-DEFAULT=(gpu-tests first-image decoder-bias generate text-attention finetune-image bench-image rl)
+ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe gpu-tests world-fp8 finetune-image bench-image
+     text-attention decoder-bias generate)
+# lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05, gpu-tests, first-image,
+# decoder-bias, generate, text-attention and finetune-image on 2026-12-06 (BENCHMARKS.md); name a job to run it
+# again. The nano model ships RL'd since, so the RL jobs come after the DiT's timings.
+DEFAULT=(bench-image rl)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 cd "$ROOT"
@@ -122,7 +123,8 @@ gpu_tests() {  # the tests of first-image, decoder-bias and text-attention
     case $1 in
     first-image)
         timed "$2" 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/test_gpu_pipeline.py \
-            tests/test_load_warm.py tests/test_text_context.py tests/test_text_graphs.py tests/test_pipeline_recovery.py ;;
+            tests/test_load_warm.py tests/test_text_context.py tests/test_text_graphs.py \
+            tests/test_pipeline_recovery.py ;;
     decoder-bias)
         timed "$2" 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_bias_act.py \
             tests/kernels/test_upsample.py tests/kernels/test_multiscale.py \
