@@ -2,9 +2,9 @@
 
 Two green-circle prompts (a colour-shape pair its pre-training never showed) sampled CFG-free in one step, far fewer
 than the nano model is made for: the shipped model starts well short there (validation ~0.77), and six rounds of
-LoRA training on those rollouts lift it. The validation grid (fixed prompts
-and seeds, one step, CFG-free) and the rollouts' mean reward both rise. A new nano model may need other prompts:
-the first assert says when the start leaves nothing to learn. No timing is asserted.
+LoRA training on those rollouts lift it. The validation grid (fixed prompts and seeds, one step, CFG-free) and the
+rollouts' mean reward both rise. A new nano model may need other prompts: the first assert says when the start
+leaves nothing to learn. No timing is asserted.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def test_a_run_records_its_bases_defaults_and_rl_exports_the_rollouts_guidance()
     from sana_cli.finetune_settings import base_sampling_defaults
 
     shipped = base_sampling_defaults("nano")  # the RL'd nano model samples CFG-free
-    assert shipped == {k: v for k, v in get_spec("nano").defaults.items() if k != "dtype"} and shipped["guidance"] == 1.0
+    assert shipped == {k: v for k, v in get_spec("nano").defaults.items() if k != "dtype"}
+    assert shipped["guidance"] == 1.0
     nano = {**shipped, "guidance": 3.0}  # a base sampled with CFG, as most are
     supervised = TrainConfig(data="d", out="o", model_dir="m", sampling_defaults=nano)
     assert supervised.sampling_defaults_for_export() == nano
