@@ -209,10 +209,10 @@ def gated_residual_modulated_norm_reference(x: torch.Tensor, gate: torch.Tensor 
                                             y2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + gate * y, the modulated LayerNorm of that sum); gate None means 1. diffusers' order and dtypes. With y2,
     the residual is `gated_residual(x, gate, y, y2)`'s reference (y + y2 rounded first)."""
-    if y2 is not None:
-        r = torch.addcmul(x, gate, y + y2)
-    else:
-        r = x + y if gate is None else x + gate * y
+    if gate is None:
+        r = x + y
+    else:  # as `gated_residual` rounds it, so fusing that pass with a norm changes no bit
+        r = torch.addcmul(x, gate, y if y2 is None else y + y2)
     return r, modulated_layer_norm_reference(r, shift, scale, eps)
 
 

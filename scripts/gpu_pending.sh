@@ -27,7 +27,9 @@
 #                  PENDING_TESTS=0)
 #   world-fp8      issue 16/23: SANA-WM fp8 parity at the released config and the bench's fp8 note (~3 min)
 #   finetune-image issue 23: SANA 1.6B LoRA step at 1024 px, eager and compiled, beside diffusers' recipe (~4 min)
-#   bench-image    issue 23: the 1.6B DiT at 1024 and 4096 px and Sprint at 1024 px, beside diffusers (~8 min)
+#   bench-image    issue 23: the 1.6B DiT at 1024, 2048 and 4096 px and Sprint at 1024 px, beside diffusers (~10 min)
+#   block-boundary issue 23: the GPU tests of the image DiT with each block's last residual add computing the next
+#                  block's first norm (fp8 forms, parity with diffusers at the real configs, the pipeline; ~5 min)
 #   text-attention issue 23: the cross-attention kernel's GPU tests, its launch-shape sweep and table against SDPA
 #                  (~3 min)
 #   generate       issue 23: prompt to image after load at 1024 and 4096 px beside diffusers (the text encoder's
@@ -43,11 +45,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 PENDING_TESTS=${PENDING_TESTS:-1}
 ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe gpu-tests world-fp8 finetune-image bench-image
-     text-attention decoder-bias generate)
+     text-attention decoder-bias generate block-boundary)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05, gpu-tests, first-image,
 # decoder-bias, generate, text-attention and finetune-image on 2026-12-06 (BENCHMARKS.md); name a job to run it
 # again. The nano model ships RL'd since, so the RL jobs come after the DiT's timings.
-DEFAULT=(bench-image rl)
+DEFAULT=(bench-image block-boundary rl)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 cd "$ROOT"
@@ -132,6 +134,9 @@ gpu_tests() {  # the tests of first-image, decoder-bias and text-attention
     text-attention)
         timed "$2" 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_text_attention.py \
             tests/test_gpu_parity.py -k "matches_diffusers and text-attention-kernel" ;;
+    block-boundary)
+        timed "$2" 420 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/test_fp8_model.py \
+            tests/kernels/test_modulation.py tests/test_gpu_parity.py tests/test_gpu_pipeline.py ;;
     esac
 }
 
@@ -169,6 +174,8 @@ run_job() {
         rl_recipe defaults RL_DEVICE=cuda & local plain=$!
         rl_recipe grid20 RL_DEVICE=cuda RL_TRAIN_GRID_STEPS=20 & local grid=$!
         wait "$plain" && wait "$grid" ;;
+    block-boundary)
+        gpu_tests block-boundary block-boundary ;;
     gpu-tests)
         local rc=0 name
         for name in first-image decoder-bias text-attention; do gpu_tests "$name" gpu-tests || rc=1; done
@@ -179,7 +186,7 @@ run_job() {
     finetune-image)
         timed finetune-image 540 "$PYTHON" scripts/bench_finetune.py --diffusers --compile ;;
     bench-image)
-        timed bench-image 540 "$PYTHON" -m sana_cli bench -m sana-1.6b --px 1024 --px 4096 --no-kernels \
+        timed bench-image 600 "$PYTHON" -m sana_cli bench -m sana-1.6b --px 1024 --px 2048 --px 4096 --no-kernels \
             && timed bench-image 300 "$PYTHON" -m sana_cli bench -m sprint-1.6b --px 1024 ;;
     text-attention)
         { tests_done || gpu_tests text-attention text-attention; } \

@@ -83,10 +83,13 @@ def test_norms_writing_quantized_rows_change_nothing(kind, rows, layers, device,
     quantize_blocks_fp8(quantized)
     args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in inputs(ref, batch=3)]
     seen = []
-    real_norm = ops.modulated_layer_norm_fp8
-    monkeypatch.setattr(ops, "modulated_layer_norm_fp8", lambda *a, **k: seen.append(1) or real_norm(*a, **k))
+    for name in ("modulated_layer_norm_fp8", "gated_residual_modulated_norm_fp8"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, real=real, name=name, **k: seen.append(name) or real(*a, **k))
     fused = our_output(quantized, *args, perturbed_rows=rows, perturbed_layers=layers)
-    assert len(seen) == len(quantized.blocks)  # every block's first norm went the fp8 way
+    # Every block's two norms went the fp8 way: block 0's first alone, the others' in the residual pass before.
+    assert seen.count("modulated_layer_norm_fp8") == 1
+    assert seen.count("gated_residual_modulated_norm_fp8") == 2 * len(quantized.blocks) - 1
 
     class NeverFp8:  # isinstance fails: each norm writes its row and each fp8 linear quantizes it
         pass

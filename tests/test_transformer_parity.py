@@ -50,6 +50,39 @@ def test_batch_rows_are_independent_and_padding_is_masked(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["sana", "sana1.5"])
+def test_the_fused_block_boundary_changes_nothing(kind, tmp_path, monkeypatch):
+    """Each block's last residual add computing the next block's first norm gives the very same output as the
+    blocks run one by one (the references round alike), PAG rows included; the fusion is skipped under autograd
+    and when the next block's weights are elsewhere (streamed from host memory, sharded)."""
+    from sana.models import transformer
+
+    ref = build_reference(kind, tmp_path / "transformer")
+    ours = load_transformer(tmp_path)
+    x, text, mask, t, guidance = inputs(ref, batch=2)
+    calls = []
+    real = transformer.first_norm_modulation
+    monkeypatch.setattr(transformer, "first_norm_modulation", lambda *args: calls.append(1) or real(*args))
+
+    def run():
+        with torch.no_grad():
+            return ours(x, text, t, mask, guidance, perturbed_rows=1, perturbed_layers=(1,))
+
+    fused = run()
+    assert len(calls) == len(ours.blocks)
+    monkeypatch.setattr(transformer, "first_norm_modulation", lambda *args: None)
+    assert torch.equal(fused, run())
+
+    block, tokens = ours.blocks[1], torch.zeros(1, 4, ours.config.inner_dim)
+    t_mod = torch.zeros(2, 6 * ours.config.inner_dim)
+    with torch.no_grad():
+        assert real(block, t_mod, tokens) is not None
+        assert real(None, t_mod, tokens) is None
+        assert real(block, t_mod, tokens.to("meta")) is None  # the block's weights are not where the tokens are
+    with torch.enable_grad():
+        assert real(block, t_mod, tokens) is None
+
+
+@pytest.mark.parametrize("kind", ["sana", "sana1.5"])
 def test_pag_cfg_rows_match_diffusers(kind, tmp_path):
     """Batch [uncond, cond, perturbed] with diffusers' PAG-CFG processor on one block's self-attention."""
     from diffusers.models.attention_processor import PAGCFGSanaLinearAttnProcessor2_0

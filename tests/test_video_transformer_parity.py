@@ -118,12 +118,12 @@ def test_the_fused_block_boundary_changes_nothing(pairs, monkeypatch):
     ref, ours, _ = pairs["wan"]
     x, text, mask, t = inputs(ref, batch=2, frames=3, height=4, width=6)
     calls = []
-    real = video_transformer._first_norm_modulation
-    monkeypatch.setattr(video_transformer, "_first_norm_modulation",
+    real = video_transformer.first_norm_modulation
+    monkeypatch.setattr(video_transformer, "first_norm_modulation",
                         lambda *args: calls.append(1) or real(*args))
     fused = our_output(ours, x, text, mask, t)
     assert len(calls) == len(ours.blocks)
-    monkeypatch.setattr(video_transformer, "_first_norm_modulation", lambda *args: None)
+    monkeypatch.setattr(video_transformer, "first_norm_modulation", lambda *args: None)
     assert torch.equal(fused, our_output(ours, x, text, mask, t))
 
     block, tokens = ours.blocks[1], torch.zeros(1, 4, ours.config.inner_dim)

@@ -279,19 +279,32 @@ class SanaBlock(nn.Module):
         self.ff = MixFFN(cfg)
         self.scale_shift_table = modulation_table(6, dim)
 
+    @property
+    def reads_fp8_rows(self) -> bool:
+        """With fp8 block linears (`--fp8`) the norm feeding the qkv writes its rows already quantized for it."""
+        return isinstance(self.attn.qkv, Fp8Linear)
+
+    def modulation(self, t_mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """t_mod [B, 6D] -> shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, each [B, 1, D]."""
+        return (self.scale_shift_table[None] + t_mod.reshape(t_mod.shape[0], 6, -1)).chunk(6, dim=1)
+
     def forward(self, x: torch.Tensor, text: BlockText, t_mod: torch.Tensor, height: int, width: int,
-                perturbed_rows: int = 0) -> torch.Tensor:
-        """x [B, N, D]; text: this block's view of the text context; t_mod [B, 6D] from the shared timestep MLP
-        -> [B, N, D]."""
-        b = x.shape[0]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            self.scale_shift_table[None] + t_mod.reshape(b, 6, -1)
-        ).chunk(6, dim=1)  # each [B, 1, D]
+                perturbed_rows: int = 0, h: torch.Tensor | QuantizedRows | None = None,
+                next_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
+                next_fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor | QuantizedRows | None]:
+        """x [B, N, D]; text: this block's view of the text context; t_mod [B, 6D] from the shared timestep MLP.
+
+        h: this block's first modulated norm of x when the previous block computed it (None: computed here).
+        next_norm: the next block's (shift_msa, scale_msa) [B, 1, D]: its first norm is then computed in the pass
+        of this block's last residual add, so the residual stream is not read back for it, and returned (as
+        `QuantizedRows` when `next_fp8`). Returns (x [B, N, D], the next block's h or None).
+        """
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t_mod)  # each [B, 1, D]
         # With fp8 block linears, the norms feeding the qkv and the Mix-FFN's first conv write their rows already
         # quantized for them (`QuantizedRows`), instead of in x's dtype for the linear to quantize.
-        if isinstance(self.attn.qkv, Fp8Linear):
+        if h is None and self.reads_fp8_rows:
             h = QuantizedRows(*ops.modulated_layer_norm_fp8(x, shift_msa, scale_msa, self.eps), x.dtype)
-        else:
+        elif h is None:
             h = ops.modulated_layer_norm(x, shift_msa, scale_msa, self.eps)  # [B, N, D]
         x = ops.gated_residual(x, gate_msa, self.attn(h, perturbed_rows))
         if self.norm2 is None and isinstance(self.ff.inverted, Fp8Linear):
@@ -304,7 +317,28 @@ class SanaBlock(nn.Module):
         else:
             x = x + self.cross_attn(x, text)
             h = ops.modulate(self.norm2(x), shift_mlp, scale_mlp)
-        return ops.gated_residual(x, gate_mlp, self.ff(h, height, width))
+        y = self.ff(h, height, width)
+        if next_norm is None:
+            return ops.gated_residual(x, gate_mlp, y), None
+        if next_fp8:
+            x, q, row_scale = ops.gated_residual_modulated_norm_fp8(x, gate_mlp, y, *next_norm, self.eps)
+            return x, QuantizedRows(q, row_scale, x.dtype)
+        return ops.gated_residual_modulated_norm(x, gate_mlp, y, *next_norm, self.eps)
+
+
+def first_norm_modulation(block: nn.Module | None, t_mod: torch.Tensor,
+                          tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (shift, scale) of `block`'s first norm, for the previous block to fuse with its last residual add;
+    None where that would read weights before they are in place: without a block, under autograd (training:
+    FSDP gathers a block's weights when it runs), or with the block's weights elsewhere (streamed from host
+    memory block by block, or sharded)."""
+    if block is None or torch.is_grad_enabled():
+        return None
+    table = block.scale_shift_table
+    if type(table.data) is not torch.Tensor or table.device != tokens.device:
+        return None
+    shift, scale = block.modulation(t_mod)[:2]
+    return shift, scale
 
 
 class SanaTransformer(nn.Module):
@@ -422,15 +456,19 @@ class SanaTransformer(nn.Module):
         t_mod, t_emb = self.time_embed(timestep, guidance, tokens.dtype)  # [B, 6D], [B, D]
         context = context_for_forward(self, text, text_mask, tokens.dtype)
 
-        # 2. Blocks.
+        # 2. Blocks. In inference each block's last residual add also computes the next block's first norm.
+        first_norm = None
         for index, block in enumerate(self.blocks):
             rows = perturbed_rows if index in perturbed_layers else 0
             block_text = context.for_block(index)
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                tokens = torch.utils.checkpoint.checkpoint(block, tokens, block_text, t_mod, h, w, rows,
-                                                           use_reentrant=False)
+                tokens, _ = torch.utils.checkpoint.checkpoint(block, tokens, block_text, t_mod, h, w, rows,
+                                                              use_reentrant=False)
             else:
-                tokens = block(tokens, block_text, t_mod, h, w, rows)
+                following = self.blocks[index + 1] if index + 1 < len(self.blocks) else None
+                next_norm = first_norm_modulation(following, t_mod, tokens)
+                next_fp8 = following is not None and following.reads_fp8_rows
+                tokens, first_norm = block(tokens, block_text, t_mod, h, w, rows, first_norm, next_norm, next_fp8)
 
         # 3. Output: modulated norm, projection, unpatchify.
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)  # [B, 1, D] each

@@ -22,7 +22,8 @@ from torch import nn
 from .. import ops
 from .fp8 import Fp8Linear, QuantizedRows
 from .text_context import BlockText, TextContext, build_text_context, context_for_forward
-from .transformer import CaptionProjection, CrossAttention, DiTConfigBase, RMSNorm, TimeEmbedding, modulation_table
+from .transformer import (CaptionProjection, CrossAttention, DiTConfigBase, RMSNorm, TimeEmbedding,
+                          first_norm_modulation, modulation_table)
 from .video_blocks import TemporalMixFFN, rope_tables
 
 
@@ -266,7 +267,7 @@ class SanaVideoTransformer(nn.Module):
                                                               grid, use_reentrant=False)
             else:
                 following = self.blocks[index + 1] if index + 1 < len(self.blocks) else None
-                next_norm = _first_norm_modulation(following, t_mod, tokens)
+                next_norm = first_norm_modulation(following, t_mod, tokens)
                 next_fp8 = following is not None and following.reads_fp8_rows
                 tokens, h = block(tokens, context.for_block(index), t_mod, rope, grid, h, next_norm, next_fp8)
 
@@ -277,21 +278,6 @@ class SanaVideoTransformer(nn.Module):
         out = self.proj_out(tokens)  # [B, N, pt*ph*pw*C_out]
         out = out.reshape(b, *grid, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, F', pt, H', ph, W', pw]
         return out.reshape(b, -1, frames // pt * pt, height // ph * ph, width // pw * pw)
-
-
-def _first_norm_modulation(block: SanaVideoBlock | None, t_mod: torch.Tensor,
-                           tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The (shift, scale) of `block`'s first norm, for the previous block to fuse with its last residual add;
-    None where that would read weights before they are in place: without a block, under autograd (training:
-    FSDP gathers a block's weights when it runs), or with the block's weights elsewhere (streamed from host
-    memory block by block, or sharded)."""
-    if block is None or torch.is_grad_enabled():
-        return None
-    table = block.scale_shift_table
-    if type(table.data) is not torch.Tensor or table.device != tokens.device:
-        return None
-    shift, scale = block.modulation(t_mod)[:2]
-    return shift, scale
 
 
 def timestep_groups(timestep: torch.Tensor, batch: int, grid: tuple[int, int, int]) -> tuple[torch.Tensor, int]:
