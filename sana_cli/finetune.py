@@ -44,7 +44,7 @@ def finetune(
     lora_targets: Annotated[Optional[str], Opt("--lora-targets", help="Comma-separated diffusers module names (default to_q,to_k,to_v; with --rl to_q,to_k,to_v,to_out.0).")] = None,
     lora_dropout: Annotated[Optional[float], Opt("--lora-dropout", help="Dropout on the LoRA input.")] = None,
     seed: Annotated[Optional[int], Opt("--seed", "-s", help="Seed of the data order, noise and initialisation (default 0).")] = None,
-    flow_shift: Annotated[Optional[float], Opt("--flow-shift", help="Training flow shift (default: the model's, else 3).")] = None,
+    flow_shift: Annotated[Optional[float], Opt("--flow-shift", help="Training flow shift; with --rl the shift of its samplers (rollouts, loss, validation), which the export samples with (default: the model's, else 3).")] = None,
     caption_dropout: Annotated[Optional[float], Opt("--caption-dropout", help="Share of captions replaced by the empty one (for CFG).")] = None,
     caption: Annotated[Optional[str], Opt("--caption", help="One fixed caption for every image (caption files not needed).")] = None,
     trigger: Annotated[Optional[str], Opt("--trigger", help="Word put in front of every caption, e.g. 'sks'.")] = None,

@@ -22,6 +22,9 @@
 #                  nano model folder; default the shipped, already RL'd one), and the same with
 #                  RL_TRAIN_GRID_STEPS=20, side by side; then their scores (~8 min);
 #                  WORK/rl-recipe-*.tgz carry the records (the DiTs are WORK/rl-recipe-*/rl2/{model,best})
+#   rl-shift       issue 17: one RL stage from the shipped model at each flow shift of RL_SHIFTS (default 8 15 30),
+#                  side by side, rollouts at 20 steps (RL_SHIFT_STEPS), 6 minutes each (RL_MINUTES), then their
+#                  scores; WORK/rl-shift-S.tgz carry the records and the best validated DiT (fp16, ~10 MB)
 #   gpu-tests      the GPU tests of first-image, decoder-bias and text-attention alone (they need no quiet GPU, so
 #                  they can run beside the RL jobs; those jobs skip them once it passed in WORK, or with
 #                  PENDING_TESTS=0)
@@ -44,8 +47,8 @@ shift
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 PENDING_TESTS=${PENDING_TESTS:-1}
-ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe gpu-tests world-fp8 finetune-image bench-image
-     text-attention decoder-bias generate block-boundary)
+ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe rl-shift gpu-tests world-fp8 finetune-image
+     bench-image text-attention decoder-bias generate block-boundary)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05, gpu-tests, first-image,
 # decoder-bias, generate, text-attention and finetune-image on 2026-12-06 (BENCHMARKS.md); name a job to run it
 # again. The nano model ships RL'd since, so the RL jobs come after the DiT's timings.
@@ -119,6 +122,20 @@ rl_recipe() {  # VARIANT [ENV...]: both RL stages and their scores in WORK/rl-re
         > "$WORK/rl-recipe-$variant.tgz"
 }
 
+rl_shift() {  # SHIFT: one RL stage from the shipped model in WORK/rl-shift-SHIFT, scored; records and DiTs packed
+    local name=rl-shift-$1 folder="$WORK/rl-shift-$1"
+    (
+        export SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_DEVICE=cuda RL_FLOW_SHIFT=$1 RL_SCORE_BEFORE=0 \
+            RL_SAMPLING_STEPS=${RL_SHIFT_STEPS:-20} RL_LR=${RL_LR:-1.5e-5} RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE-} \
+            RL_ROUNDS=${RL_ROUNDS:-60} RL_MINUTES=${RL_MINUTES:-6} RL_VAL_COUNT=${RL_VAL_COUNT:-96}
+        timed "$name" 900 bash scripts/train_nano.sh "$folder" rl \
+            && timed "$name" 600 bash scripts/train_nano.sh "$folder" rl-score
+    ) || return 1
+    tar -C "$WORK" -cz "$name/rl/rewards.csv" "$name/rl/train_config.json" $(cd "$WORK" && ls "$name"/rl-*.txt \
+        "$name"/rl/best/best.json "$name"/rl/best/transformer/* "$name"/rl/best/scheduler/* 2>/dev/null) \
+        > "$WORK/$name.tgz"
+}
+
 tests_done() { [[ "$PENDING_TESTS" == 0 || "$(state gpu-tests)" == done ]]; }
 
 gpu_tests() {  # the tests of first-image, decoder-bias and text-attention
@@ -168,6 +185,14 @@ run_job() {
         for folder in rl-run rl-fast-run; do
             SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_SCORE_BEFORE=0 timed "$folder-score" 900 \
                 bash scripts/train_nano.sh "$WORK/$folder" rl-score & pids+=($!)
+        done
+        for pid in "${pids[@]}"; do wait "$pid" || return 1; done ;;
+    rl-shift)
+        # one RL stage from the shipped model at each flow shift of RL_SHIFTS, side by side, every sampler of a run
+        # (rollouts at the default 20 steps, loss, validation) at its shift; then their scores
+        local shift pids=()
+        for shift in ${RL_SHIFTS:-8 15 30}; do
+            rl_shift "$shift" & pids+=($!)
         done
         for pid in "${pids[@]}"; do wait "$pid" || return 1; done ;;
     rl-recipe)

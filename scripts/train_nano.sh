@@ -38,7 +38,9 @@
 # (`--train-grid-steps`: train at the noise levels of that many sampler steps instead of the rollouts'; default
 # the rollouts'), RL_TIMESTEP_FRACTION (`--timestep-fraction`, default 0.5), RL_MIX_GUIDANCE (`--mix-guidance`,
 # default 3; empty for none), RL_GUIDANCE (CFG scale of the rollouts, default 1: CFG-free as the recipe),
-# RL_POLICY_GUIDANCE (`--policy-guidance`; default RL_GUIDANCE), RL_POOL (`--prompt-pool`, default 1),
+# RL_POLICY_GUIDANCE (`--policy-guidance`; default RL_GUIDANCE), RL_FLOW_SHIFT (`--flow-shift`: the flow shift of
+# every sampler of the run, rollouts, loss and validation, which the exported model then samples with; default
+# the base's scheduler's), RL_POOL (`--prompt-pool`, default 1),
 # RL_VAL_COUNT (`--val-count`, default 32), RL_MINUTES (`--max-minutes` of each RL stage; 0 = none), RL_BATCH and
 # RL_ROLLOUT_BATCH (micro-batch and sampling batch, defaults 128 and 256: memory and speed, not the recipe),
 # RL2_ROUNDS (default 10) and RL2_LR (default 1.5e-5) for `rl2`, which keeps the rest but has no mix;
@@ -74,6 +76,7 @@ RL_POLICY_GUIDANCE=${RL_POLICY_GUIDANCE:-$RL_GUIDANCE}
 RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE-3}
 RL_VAL_COUNT=${RL_VAL_COUNT:-32}
 RL_TRAIN_GRID_STEPS=${RL_TRAIN_GRID_STEPS:-}
+RL_FLOW_SHIFT=${RL_FLOW_SHIFT:-}
 RL_BATCH=${RL_BATCH:-128}
 RL_ROLLOUT_BATCH=${RL_ROLLOUT_BATCH:-256}
 RL2_ROUNDS=${RL2_ROUNDS:-10}
@@ -106,6 +109,7 @@ rl_stage() {  # OUT BASE LR ROUNDS MIX: one RL run in WORK/OUT (a second call re
     [[ -f "$WORK/$out/train_config.json" ]] && extra+=(--resume)
     [[ -n "$mix" ]] && extra+=(--mix-guidance "$mix")
     [[ -n "$RL_TRAIN_GRID_STEPS" ]] && extra+=(--train-grid-steps "$RL_TRAIN_GRID_STEPS")
+    [[ -n "$RL_FLOW_SHIFT" ]] && extra+=(--flow-shift "$RL_FLOW_SHIFT")
     $SANA finetune "$RL_SOURCE" --rl --full --model "$base" --out "$WORK/$out" --reward shapes "${extra[@]}" \
         --device "$RL_DEVICE" --steps "$rounds" --max-minutes "$RL_MINUTES" --lr "$lr" \
         --prompts-per-round "$RL_PROMPTS" --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --prompt-pool "$RL_POOL" \

@@ -50,6 +50,25 @@ def test_sana_gen_takes_a_folders_own_defaults(tmp_path):
         model_defaults(None, {}, "sana", 128, tmp_path)
 
 
+def test_an_rl_export_samples_at_the_flow_shift_it_was_aligned_for(base_model, tmp_path):
+    """`--rl --flow-shift S`: the export's scheduler config says S (`sana gen` and diffusers read it there), and
+    the base's file, which the export hard-links where it can, keeps its own shift."""
+    from sana.loading import load_transformer
+    from sana.training.export import save_model_folder
+
+    scheduler = base_model / "scheduler" / "scheduler_config.json"
+    before = scheduler.read_text()
+    model = load_transformer(base_model)
+    out = save_model_folder(dict(model.state_dict()), model.config, base_model, tmp_path / "model", torch.float32,
+                            {"guidance": 1.0, "flow_shift": 15.0}, flow_shift=15.0)
+    exported = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert exported == {**json.loads(before), "flow_shift": 15.0}
+    assert scheduler.read_text() == before
+    assert model_defaults(None, exported, "sana", 128, out).shift == 15.0
+    plain = save_model_folder(dict(model.state_dict()), model.config, base_model, tmp_path / "plain", torch.float32)
+    assert (plain / "scheduler" / "scheduler_config.json").read_text() == before
+
+
 def test_a_run_records_its_bases_defaults_and_rl_exports_the_rollouts_guidance():
     from sana.registry import get_spec
     from sana.training.config import TrainConfig
@@ -66,6 +85,13 @@ def test_a_run_records_its_bases_defaults_and_rl_exports_the_rollouts_guidance()
     assert rl.sampling_defaults_for_export() == {**nano, "guidance": 1.0}  # the recipe's CFG-free rollouts
     guided = RLConfig(data="shapes", out="o", model_dir="m", sampling_defaults=nano, guidance=3.0)
     assert guided.sampling_defaults_for_export()["guidance"] == 3.0
+    assert rl.sampler_flow_shift is None and supervised.sampler_flow_shift is None
+    shifted = RLConfig(data="shapes", out="o", model_dir="m", sampling_defaults=nano, flow_shift=15.0)
+    assert shifted.sampler_flow_shift == 15.0  # RL's --flow-shift is its sampler's: the export samples with it
+    assert shifted.sampling_defaults_for_export() == {**nano, "guidance": 1.0, "flow_shift": 15.0}
+    assert shifted.lora_sampling_defaults() == {"guidance": 1.0, "flow_shift": 15.0}
+    noise = TrainConfig(data="d", out="o", model_dir="m", sampling_defaults=nano, flow_shift=15.0)
+    assert noise.sampler_flow_shift is None  # a supervised run's --flow-shift shapes its training noise only
 
 
 def test_sana_video_takes_a_folders_own_defaults_over_its_architectures_preset(tmp_path):

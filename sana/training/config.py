@@ -89,6 +89,12 @@ class TrainConfig:
             return float(self.val_guidance)
         return float(self.sampling_defaults.get("guidance", 4.5))
 
+    @property
+    def sampler_flow_shift(self) -> float | None:
+        """The flow shift the exported model samples with when it differs from its base's scheduler's. None here:
+        a supervised run's --flow-shift shapes its training noise, not a sampler."""
+        return None
+
     def sampling_defaults_for_export(self) -> dict:
         return dict(self.sampling_defaults)
 

@@ -31,6 +31,19 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(real, target)
 
 
+def _set_flow_shift(path: Path, flow_shift: float) -> None:
+    """Set a staged scheduler config's flow shift. The staged file may be a hard link to the base's: it is
+    replaced, never written through."""
+    if not path.is_file():
+        return
+    scheduler = json.loads(path.read_text(encoding="utf-8"))
+    if scheduler.get("flow_shift") == flow_shift:
+        return
+    scheduler["flow_shift"] = flow_shift
+    path.unlink()
+    path.write_text(json.dumps(scheduler, indent=2) + "\n", encoding="utf-8")
+
+
 def _is_video(config) -> bool:
     from ..models.video_transformer import VideoTransformerConfig
 
@@ -53,10 +66,13 @@ def transformer_config_json(config, base_dir: Path) -> dict:
 
 
 def save_model_folder(weights: dict[str, torch.Tensor], config, base_dir: Path, target: Path,
-                      dtype: torch.dtype, sampling_defaults: dict | None = None) -> Path:
+                      dtype: torch.dtype, sampling_defaults: dict | None = None,
+                      flow_shift: float | None = None) -> Path:
     """transformer/ from `weights` (engine names), the other components from `base_dir`; assembled beside
     `target` and renamed into place, so an interrupted export never leaves a half-written model.
-    `sampling_defaults` go into model_index.json (`components.SAMPLING_DEFAULTS_KEY`) for `sana gen` to use."""
+    `sampling_defaults` go into model_index.json (`components.SAMPLING_DEFAULTS_KEY`) for `sana gen` to use;
+    `flow_shift` (the sampler a reward fine-tune was aligned for) into the scheduler's config, where `sana gen` and
+    diffusers read it."""
 
     staged = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staged, ignore_errors=True)
@@ -70,6 +86,8 @@ def save_model_folder(weights: dict[str, torch.Tensor], config, base_dir: Path, 
     for name in OTHER_COMPONENTS:
         if (base_dir / name).is_dir():
             _link_or_copy(base_dir / name, staged / name)
+    if flow_shift is not None:
+        _set_flow_shift(staged / "scheduler" / "scheduler_config.json", flow_shift)
     if (base_dir / "model_index.json").is_file():
         index = json.loads((base_dir / "model_index.json").read_text(encoding="utf-8"))
         if sampling_defaults:

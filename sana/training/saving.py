@@ -185,4 +185,4 @@ class CheckpointsAndExport:
 
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.cfg.save_dtype]
         return save_model_folder(weights, self.model.config, Path(self.cfg.model_dir), model_folder, dtype,
-                                 self.cfg.sampling_defaults_for_export())
+                                 self.cfg.sampling_defaults_for_export(), flow_shift=self.cfg.sampler_flow_shift)

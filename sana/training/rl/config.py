@@ -75,10 +75,17 @@ class RLConfig(TrainConfig):
         the aligned model is meant to be sampled, score best."""
         return float(self.val_guidance) if self.val_guidance is not None else self.trained_guidance
 
+    @property
+    def sampler_flow_shift(self) -> float | None:
+        """--flow-shift names the shift of the sampler the rollouts, the loss and the validation use (None: the
+        base's scheduler's): the export samples with it too."""
+        return None if self.flow_shift is None else float(self.flow_shift)
+
     def sampling_defaults_for_export(self) -> dict:
-        """The base's, at the trained sampler's guidance: the model was aligned for that sampler (the recipe's
-        rollouts are CFG-free, so its result is sampled without CFG)."""
-        return {**self.sampling_defaults, "guidance": self.trained_guidance}
+        """The base's, at the trained sampler's guidance and flow shift: the model was aligned for that sampler
+        (the recipe's rollouts are CFG-free, so its result is sampled without CFG)."""
+        shift = {} if self.sampler_flow_shift is None else {"flow_shift": self.sampler_flow_shift}
+        return {**self.sampling_defaults, "guidance": self.trained_guidance, **shift}
 
     def validate(self) -> None:
         super().validate()
