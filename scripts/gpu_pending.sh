@@ -22,8 +22,8 @@
 #                  nano model folder; default the shipped, already RL'd one), and the same with
 #                  RL_TRAIN_GRID_STEPS=20, side by side; then their scores (~8 min);
 #                  WORK/rl-recipe-*.tgz carry the records (the DiTs are WORK/rl-recipe-*/rl2/{model,best})
-#   rl-shift       issue 17: one RL stage from the shipped model at each flow shift of RL_SHIFTS (default 8 15 30),
-#                  side by side, rollouts at 20 steps (RL_SHIFT_STEPS), 6 minutes each (RL_MINUTES), then their
+#   rl-shift       issue 17: one RL stage from the shipped model at each flow shift of RL_SHIFTS (default 8 15 30;
+#                  SxN: rollouts at N steps, else 20), side by side, 6 minutes each (RL_MINUTES), then their
 #                  scores; WORK/rl-shift-S.tgz carry the records and the best validated DiT (fp16, ~10 MB)
 #   gpu-tests      the GPU tests of first-image, decoder-bias and text-attention alone (they need no quiet GPU, so
 #                  they can run beside the RL jobs; those jobs skip them once it passed in WORK, or with
@@ -122,11 +122,13 @@ rl_recipe() {  # VARIANT [ENV...]: both RL stages and their scores in WORK/rl-re
         > "$WORK/rl-recipe-$variant.tgz"
 }
 
-rl_shift() {  # SHIFT: one RL stage from the shipped model in WORK/rl-shift-SHIFT, scored; records and DiTs packed
-    local name=rl-shift-$1 folder="$WORK/rl-shift-$1"
+rl_shift() {  # SHIFT[xSTEPS]: one RL stage from the shipped model in WORK/rl-shift-SHIFT[xSTEPS], rollouts at STEPS
+    # (default 20), scored; the records and the best validated DiT packed
+    local name=rl-shift-$1 folder="$WORK/rl-shift-$1" shift=${1%x*} steps=20
+    [[ "$1" == *x* ]] && steps=${1#*x}
     (
-        export SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_DEVICE=cuda RL_FLOW_SHIFT=$1 RL_SCORE_BEFORE=0 \
-            RL_SAMPLING_STEPS=${RL_SHIFT_STEPS:-20} RL_LR=${RL_LR:-1.5e-5} RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE-} \
+        export SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_DEVICE=cuda RL_FLOW_SHIFT=$shift RL_SCORE_BEFORE=0 \
+            RL_SAMPLING_STEPS=$steps RL_LR=${RL_LR:-1.5e-5} RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE-} \
             RL_ROUNDS=${RL_ROUNDS:-60} RL_MINUTES=${RL_MINUTES:-6} RL_VAL_COUNT=${RL_VAL_COUNT:-96}
         timed "$name" 900 bash scripts/train_nano.sh "$folder" rl \
             && timed "$name" 600 bash scripts/train_nano.sh "$folder" rl-score
