@@ -25,6 +25,7 @@
 #   rl-shift       issue 17: one RL stage from the shipped model at each flow shift of RL_SHIFTS (default 8 15 30;
 #                  SxN: rollouts at N steps, else 20), side by side, 6 minutes each (RL_MINUTES), then their
 #                  scores; WORK/rl-shift-S.tgz carry the records and the best validated DiT (fp16, ~10 MB)
+#   profile-image  issue 23: where the 1.6B DiT's denoising step spends its GPU time at 1024 and 4096 px (~2 min)
 #   gpu-tests      the GPU tests of first-image, decoder-bias and text-attention alone (they need no quiet GPU, so
 #                  they can run beside the RL jobs; those jobs skip them once it passed in WORK, or with
 #                  PENDING_TESTS=0)
@@ -48,11 +49,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 PENDING_TESTS=${PENDING_TESTS:-1}
 ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe rl-shift gpu-tests world-fp8 finetune-image
-     bench-image text-attention decoder-bias generate block-boundary)
+     bench-image text-attention decoder-bias generate block-boundary profile-image)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05, gpu-tests, first-image,
-# decoder-bias, generate, text-attention and finetune-image on 2026-12-06 (BENCHMARKS.md); name a job to run it
-# again. The nano model ships RL'd since, so the RL jobs come after the DiT's timings.
-DEFAULT=(bench-image block-boundary rl)
+# decoder-bias, generate, text-attention, finetune-image, bench-image and block-boundary on 2026-12-06
+# (BENCHMARKS.md); name a job to run it again.
+DEFAULT=(rl-shift profile-image rl)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 cd "$ROOT"
@@ -203,6 +204,9 @@ run_job() {
         wait "$plain" && wait "$grid" ;;
     block-boundary)
         gpu_tests block-boundary block-boundary ;;
+    profile-image)
+        timed profile-image 200 "$PYTHON" scripts/profile_dit.py image --px 1024 \
+            && timed profile-image 200 "$PYTHON" scripts/profile_dit.py image --px 4096 ;;
     gpu-tests)
         local rc=0 name
         for name in first-image decoder-bias text-attention; do gpu_tests "$name" gpu-tests || rc=1; done

@@ -1,9 +1,11 @@
-"""Where a clip DiT forward spends its GPU time: our SANA-Video 2B (480p, 81 frames) or SANA-WM 2.6B (704x1280,
-161 frames) forward at batch 2, real config, random weights, bf16, under torch.profiler.
+"""Where a DiT forward spends its GPU time: our SANA 1.6B image DiT (a denoising step at --px, batch 2, the text's
+keys and values made once, as `sana gen` runs it), SANA-Video 2B (480p, 81 frames) or SANA-WM 2.6B (704x1280, 161
+frames) forward at batch 2, real config, random weights, bf16, under torch.profiler.
 
 Run on a CUDA machine from the repository root (diffusers installed: the weights come from its classes):
-`python scripts/profile_clip_dit.py video|world [--frames N] [--rows 40]`. Prints the kernels by total GPU time
-over three forwards, then the share of the forward that GEMMs, attention, the GDN kernel and the rest take.
+`python scripts/profile_dit.py image|video|world [--px 1024] [--frames N] [--rows 40]`. Prints the kernels by
+total GPU time over three forwards, then the share of the forward that GEMMs, attention, the GDN kernel and the rest
+take. Kernel times only: the gaps between kernels, which a CUDA graph removes, are not in them.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from sana.benchmarks.clip_dit import video_inputs, video_pair, world_inputs, world_pair
+from sana.benchmarks.image import random_dit_pair
 
 GROUPS = {  # kernel-name fragments -> a group, first match wins
     "gemm": ("gemm", "cutlass", "sm90_xmma", "nvjet", "cublas"),
+    "linear attention": ("_rope_kv", "_rope_out", "linear_attention", "_kv_partial"),
+    "Mix-FFN middle": ("mixffn",),
     "attention (softmax)": ("flash", "fmha", "attention"),
     "GDN": ("_frame_product", "_scan_kernel", "_read_kernel"),
-    "linear attention": ("_rope_kv", "_rope_out", "linear_attention"),
     "convolution": ("conv", "implicit", "winograd"),
     "norm / elementwise": ("norm", "elementwise", "vectorized", "reduce", "fused"),
 }
@@ -35,11 +39,23 @@ def group_of(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=["video", "world"])
+    parser.add_argument("model", choices=["image", "video", "world"])
+    parser.add_argument("--px", type=int, default=1024, help="image side (image)")
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--rows", type=int, default=40, help="kernels to list")
     args = parser.parse_args()
-    if args.model == "video":
+    if args.model == "image":
+        ref, ours = random_dit_pair("sana-1.6b")
+        side = args.px // 32
+        x = torch.randn(2, 32, side, side, device="cuda", dtype=torch.bfloat16)
+        t = torch.full((2,), 500.0, device="cuda")
+        with torch.no_grad():
+            context = ours.text_context(torch.randn(2, 300, 2304, device="cuda", dtype=torch.bfloat16),
+                                        torch.ones(2, 300, device="cuda", dtype=torch.long))
+
+        def forward():
+            return ours(x, context, t)
+    elif args.model == "video":
         cfg, ref, ours = video_pair()
         _, x, text, mask, t = video_inputs(cfg, args.frames or 81, 832, 480, 2)
 
