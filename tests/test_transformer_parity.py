@@ -52,8 +52,7 @@ def test_batch_rows_are_independent_and_padding_is_masked(tmp_path):
 @pytest.mark.parametrize("kind", ["sana", "sana1.5"])
 def test_the_fused_block_boundary_changes_nothing(kind, tmp_path, monkeypatch):
     """Each block's last residual add computing the next block's first norm gives the very same output as the
-    blocks run one by one (the references round alike), PAG rows included; the fusion is skipped under autograd
-    and when the next block's weights are elsewhere (streamed from host memory, sharded)."""
+    blocks run one by one (the references round alike), PAG rows included."""
     from sana.models import transformer
 
     ref = build_reference(kind, tmp_path / "transformer")
@@ -70,16 +69,7 @@ def test_the_fused_block_boundary_changes_nothing(kind, tmp_path, monkeypatch):
     fused = run()
     assert len(calls) == len(ours.blocks)
     monkeypatch.setattr(transformer, "first_norm_modulation", lambda *args: None)
-    assert torch.equal(fused, run())
-
-    block, tokens = ours.blocks[1], torch.zeros(1, 4, ours.config.inner_dim)
-    t_mod = torch.zeros(2, 6 * ours.config.inner_dim)
-    with torch.no_grad():
-        assert real(block, t_mod, tokens) is not None
-        assert real(None, t_mod, tokens) is None
-        assert real(block, t_mod, tokens.to("meta")) is None  # the block's weights are not where the tokens are
-    with torch.enable_grad():
-        assert real(block, t_mod, tokens) is None
+    assert torch.equal(fused, run())  # when the fusion is skipped (the video DiT's test checks when that is)
 
 
 @pytest.mark.parametrize("kind", ["sana", "sana1.5"])
