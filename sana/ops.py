@@ -224,8 +224,6 @@ def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor | None, y:
     x + gate * (y + y2) with a second branch term y2 (a gate is then required)."""
     kernel = _kernel("gated_residual_modulated_norm", x, y, shift, scale, *(() if y2 is None else (y2,)))
     if kernel is not None:
-        if gate is None:
-            gate = torch.ones_like(shift)
         return kernel(x, gate, y, shift, scale, eps, y2=y2)
     return gated_residual_modulated_norm_reference(x, gate, y, shift, scale, eps, y2)
 
@@ -250,7 +248,7 @@ def gated_residual_modulated_norm_fp8(x: torch.Tensor, gate: torch.Tensor | None
     scales)."""
     kernel = _kernel("gated_residual_modulated_norm_fp8", x, y, shift, scale, *(() if y2 is None else (y2,)))
     if kernel is not None:
-        return kernel(x, torch.ones_like(shift) if gate is None else gate, y, shift, scale, eps, y2=y2)
+        return kernel(x, gate, y, shift, scale, eps, y2=y2)
     from .kernels.fp8.reference import quantize_fp8_rows_reference
 
     r, h = gated_residual_modulated_norm_reference(x, gate, y, shift, scale, eps, y2)

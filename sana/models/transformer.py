@@ -290,16 +290,20 @@ class SanaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, text: BlockText, t_mod: torch.Tensor, height: int, width: int,
                 perturbed_rows: int = 0, h: torch.Tensor | QuantizedRows | None = None,
-                next_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
-                next_fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor | QuantizedRows | None]:
+                next_modulation: tuple[torch.Tensor, ...] | None = None, next_fp8: bool = False,
+                modulation: tuple[torch.Tensor, ...] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | QuantizedRows | None]:
         """x [B, N, D]; text: this block's view of the text context; t_mod [B, 6D] from the shared timestep MLP.
 
         h: this block's first modulated norm of x when the previous block computed it (None: computed here).
-        next_norm: the next block's (shift_msa, scale_msa) [B, 1, D]: its first norm is then computed in the pass
-        of this block's last residual add, so the residual stream is not read back for it, and returned (as
-        `QuantizedRows` when `next_fp8`). Returns (x [B, N, D], the next block's h or None).
+        next_modulation: the next block's `modulation(t_mod)`: its first norm is then computed in the pass of this
+        block's last residual add, so the residual stream is not read back for it, and returned (as
+        `QuantizedRows` when `next_fp8`). modulation: this block's, when the previous block made it so.
+        Returns (x [B, N, D], the next block's h or None).
         """
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t_mod)  # each [B, 1, D]
+        if modulation is None:
+            modulation = self.modulation(t_mod)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation  # each [B, 1, D]
         # With fp8 block linears, the norms feeding the qkv and the Mix-FFN's first conv write their rows already
         # quantized for them (`QuantizedRows`), instead of in x's dtype for the linear to quantize.
         if h is None and self.reads_fp8_rows:
@@ -318,8 +322,9 @@ class SanaBlock(nn.Module):
             x = x + self.cross_attn(x, text)
             h = ops.modulate(self.norm2(x), shift_mlp, scale_mlp)
         y = self.ff(h, height, width)
-        if next_norm is None:
+        if next_modulation is None:
             return ops.gated_residual(x, gate_mlp, y), None
+        next_norm = next_modulation[:2]  # the next block's (shift_msa, scale_msa)
         if next_fp8:
             x, q, row_scale = ops.gated_residual_modulated_norm_fp8(x, gate_mlp, y, *next_norm, self.eps)
             return x, QuantizedRows(q, row_scale, x.dtype)
@@ -327,18 +332,17 @@ class SanaBlock(nn.Module):
 
 
 def first_norm_modulation(block: nn.Module | None, t_mod: torch.Tensor,
-                          tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The (shift, scale) of `block`'s first norm, for the previous block to fuse with its last residual add;
-    None where that would read weights before they are in place: without a block, under autograd (training:
-    FSDP gathers a block's weights when it runs), or with the block's weights elsewhere (streamed from host
-    memory block by block, or sharded)."""
+                          tokens: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """`block.modulation(t_mod)`, for the previous block to fuse its last residual add with `block`'s first norm
+    (and for `block` to use, not make again); None where that would read weights before they are in place:
+    without a block, under autograd (training: FSDP gathers a block's weights when it runs), or with the block's
+    weights elsewhere (streamed from host memory block by block, or sharded)."""
     if block is None or torch.is_grad_enabled():
         return None
     table = block.scale_shift_table
     if type(table.data) is not torch.Tensor or table.device != tokens.device:
         return None
-    shift, scale = block.modulation(t_mod)[:2]
-    return shift, scale
+    return block.modulation(t_mod)
 
 
 class SanaTransformer(nn.Module):
@@ -457,7 +461,7 @@ class SanaTransformer(nn.Module):
         context = context_for_forward(self, text, text_mask, tokens.dtype)
 
         # 2. Blocks. In inference each block's last residual add also computes the next block's first norm.
-        first_norm = None
+        first_norm = modulation = None
         for index, block in enumerate(self.blocks):
             rows = perturbed_rows if index in perturbed_layers else 0
             block_text = context.for_block(index)
@@ -466,9 +470,11 @@ class SanaTransformer(nn.Module):
                                                               use_reentrant=False)
             else:
                 following = self.blocks[index + 1] if index + 1 < len(self.blocks) else None
-                next_norm = first_norm_modulation(following, t_mod, tokens)
+                next_modulation = first_norm_modulation(following, t_mod, tokens)
                 next_fp8 = following is not None and following.reads_fp8_rows
-                tokens, first_norm = block(tokens, block_text, t_mod, h, w, rows, first_norm, next_norm, next_fp8)
+                tokens, first_norm = block(tokens, block_text, t_mod, h, w, rows, first_norm, next_modulation,
+                                           next_fp8, modulation)
+                modulation = next_modulation
 
         # 3. Output: modulated norm, projection, unpatchify.
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)  # [B, 1, D] each

@@ -122,20 +122,23 @@ class SanaVideoBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, text: BlockText, t_mod: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 grid: tuple[int, int, int], h: torch.Tensor | None = None,
-                next_norm: tuple[torch.Tensor, torch.Tensor] | None = None,
-                next_fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor | QuantizedRows | None]:
+                next_modulation: tuple[torch.Tensor, ...] | None = None, next_fp8: bool = False,
+                modulation: tuple[torch.Tensor, ...] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | QuantizedRows | None]:
         """x [B, N, D]; text: this block's view of the text context; t_mod [G, 6D], one modulation row per group of
         N * B / G consecutive tokens; rope (cos, sin) [N, head_dim]; grid (frames, height, width) of tokens.
 
         h: this block's modulated norm of x when the previous block computed it (None: computed here).
-        next_norm: the next block's (shift_msa, scale_msa) [G, 1, D]: its modulated norm is then computed in the
-        pass of this block's last residual add and returned (the residual stream is not read back for it), as
-        `QuantizedRows` when `next_fp8` (the next block `reads_fp8_rows`).
-        Returns (x, the next block's h or None).
+        next_modulation: the next block's `modulation(t_mod)`: its modulated norm is then computed in the pass of
+        this block's last residual add and returned (the residual stream is not read back for it), as
+        `QuantizedRows` when `next_fp8` (the next block `reads_fp8_rows`). modulation: this block's, when the
+        previous block made it so. Returns (x, the next block's h or None).
         """
         b, n, dim = x.shape
         g = t_mod.shape[0]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t_mod)
+        if modulation is None:
+            modulation = self.modulation(t_mod)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         fp8 = self.reads_fp8_rows
 
         def grouped(t: torch.Tensor | None) -> torch.Tensor | None:  # [B, N, D] -> [G, B*N/G, D], a view
@@ -162,8 +165,9 @@ class SanaVideoBlock(nn.Module):
             x = x + self.cross_attn(x, text)
             h = ops.modulate(grouped(self.norm2(x)), shift_mlp, scale_mlp).view(b, n, dim)
         y, mixed = self.ff.branch_terms(h, *grid)  # the Mix-FFN output and its temporal conv (or their sum), added below
-        if next_norm is None:
+        if next_modulation is None:
             return ops.gated_residual(grouped(x), gate_mlp, grouped(y), grouped(mixed)).view(b, n, dim), None
+        next_norm = next_modulation[:2]  # the next block's (shift_msa, scale_msa)
         if next_fp8:
             x, q, row_scale = ops.gated_residual_modulated_norm_fp8(grouped(x), gate_mlp, grouped(y), *next_norm,
                                                                     self.eps, y2=grouped(mixed))
@@ -260,16 +264,18 @@ class SanaVideoTransformer(nn.Module):
         context = context_for_forward(self, text, text_mask, tokens.dtype)
 
         # 2. Blocks. In inference each block's last residual add also computes the next block's first norm.
-        h = None
+        h = modulation = None
         for index, block in enumerate(self.blocks):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens, _ = torch.utils.checkpoint.checkpoint(block, tokens, context.for_block(index), t_mod, rope,
                                                               grid, use_reentrant=False)
             else:
                 following = self.blocks[index + 1] if index + 1 < len(self.blocks) else None
-                next_norm = first_norm_modulation(following, t_mod, tokens)
+                next_modulation = first_norm_modulation(following, t_mod, tokens)
                 next_fp8 = following is not None and following.reads_fp8_rows
-                tokens, h = block(tokens, context.for_block(index), t_mod, rope, grid, h, next_norm, next_fp8)
+                tokens, h = block(tokens, context.for_block(index), t_mod, rope, grid, h, next_modulation, next_fp8,
+                                  modulation)
+                modulation = next_modulation
 
         # 3. Output: modulated norm per group, projection, unpatchify.
         n, dim = tokens.shape[1], tokens.shape[2]

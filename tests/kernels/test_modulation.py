@@ -47,19 +47,25 @@ def test_modulated_layer_norm(b, n, c, dtype, table):
     assert rel_err(out, ref) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("gated", [True, False], ids=["gate", "no-gate"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b, n, c", SHAPES)
-def test_gated_residual_modulated_norm(b, n, c, dtype):
+def test_gated_residual_modulated_norm(b, n, c, dtype, gated):
+    """No gate (None, read as 1): the cross-attention's residual, x + y, with no all-ones tensor made for it."""
     torch.manual_seed(0)
     x, y = _x(b, n, c, dtype), _x(b, n, c, dtype)
     shift, scale, gate, *_ = _table(b, c, dtype, torch.float32)
-    gate = gate[:, 0]  # [B, C] form
+    gate = gate[:, 0] if gated else None  # [B, C] form
     res, out = gated_residual_modulated_norm(x, gate, y, shift, scale, 1e-6)
     ref_res, ref_out = gated_residual_modulated_norm_reference(x, gate, y, shift, scale, 1e-6)
     assert res.dtype == out.dtype == dtype
     assert torch.isfinite(res).all() and torch.isfinite(out).all()
     assert rel_err(res, ref_res) < TOLERANCE[dtype]
     assert rel_err(out, ref_out) < TOLERANCE[dtype]
+    if not gated:  # exactly what an all-ones gate gives
+        ones = torch.ones_like(shift)
+        assert all(torch.equal(a, e) for a, e in zip((res, out), gated_residual_modulated_norm(x, ones, y, shift,
+                                                                                                 scale, 1e-6)))
 
 
 # -- the fp8 forms: the plain kernels' rows, quantized as the fp8 linear would ------------------------------------
@@ -78,17 +84,19 @@ def test_modulated_layer_norm_fp8_is_the_plain_row_quantized(b, n, c, dtype):
     assert_fp8_rows_equal(q, row_scale, modulated_layer_norm(x, shift, scale, 1e-6))
 
 
-@pytest.mark.parametrize("second", [False, True], ids=["y", "y+y2"])
+@pytest.mark.parametrize("second", [False, True, None], ids=["y", "y+y2", "y-no-gate"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b, n, c", SHAPES)
 def test_gated_residual_modulated_norm_fp8_is_the_plain_pair_quantized(b, n, c, dtype, second):
-    """With y2 (SANA-Video's temporal conv term) as the video block's boundary passes it."""
+    """With y2 (SANA-Video's temporal conv term) as the video block's boundary passes it, and without a gate
+    (the cross-attention's residual)."""
     from sana.kernels import gated_residual_modulated_norm_fp8
 
     torch.manual_seed(0)
     x, y = _x(b, n, c, dtype), _x(b, n, c, dtype)
     y2 = _x(b, n, c, dtype) if second else None
     shift, scale, gate, *_ = _table(b, c, dtype, torch.float32)
+    gate = None if second is None else gate
     res, q, row_scale = gated_residual_modulated_norm_fp8(x, gate, y, shift, scale, 1e-6, y2=y2)
     plain_res, plain_out = gated_residual_modulated_norm(x, gate, y, shift, scale, 1e-6, y2=y2)
     assert torch.equal(res, plain_res)
@@ -129,6 +137,10 @@ def test_rejects_bad_inputs():
         modulated_layer_norm(x.transpose(1, 2), shift, scale)
     with pytest.raises(ValueError, match="y must match x"):
         gated_residual_modulated_norm(x, gate, x[:, :2], shift, scale)
+    with pytest.raises(ValueError, match="y must match x"):
+        gated_residual_modulated_norm(x, None, x[:, :2], shift, scale)
+    with pytest.raises(ValueError, match="y2 needs a gate"):
+        gated_residual_modulated_norm(x, None, x, shift, scale, y2=x)
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         modulated_layer_norm(x, shift.double(), scale)
 

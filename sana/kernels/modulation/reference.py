@@ -28,18 +28,18 @@ def modulated_layer_norm_reference(x: torch.Tensor, shift: torch.Tensor, scale: 
     return out.to(x.dtype)
 
 
-def gated_residual_modulated_norm_reference(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor,
+def gated_residual_modulated_norm_reference(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor,
                                             shift: torch.Tensor, scale: torch.Tensor, eps: float = EPS,
                                             y2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x, y (, y2) [B, N, C]; gate, shift, scale [B, C] or [B, 1, C] -> (r, LN(r) * (1 + scale) + shift), both
-    [B, N, C] in x's dtype.
+    """x, y (, y2) [B, N, C]; gate (None: 1), shift, scale [B, C] or [B, 1, C] -> (r, LN(r) * (1 + scale) +
+    shift), both [B, N, C] in x's dtype.
 
     r = x + gate * y (or x + gate * (y + y2)) is computed in fp32 and rounded to x's dtype once; the norm reads
     the rounded r, so the second output equals `modulated_layer_norm_reference(r, shift, scale)` exactly as an
     unfused pair would.
     """
     branch = y.float() if y2 is None else y.float() + y2.float()
-    r = (x.float() + _per_batch(gate) * branch).to(x.dtype)
+    r = (x.float() + (branch if gate is None else _per_batch(gate) * branch)).to(x.dtype)
     return r, modulated_layer_norm_reference(r, shift, scale, eps)
 
 

@@ -75,7 +75,7 @@ def _gated_residual_modulated_norm_kernel(
     N, C, eps,
     stride_xb, stride_xn, stride_gate, stride_yb, stride_yn, stride_y2b, stride_y2n, stride_shift, stride_scale,
     stride_ob, stride_on,
-    BLOCK_C: tl.constexpr, HAS_Y2: tl.constexpr, FP8: tl.constexpr,
+    BLOCK_C: tl.constexpr, HAS_Y2: tl.constexpr, HAS_GATE: tl.constexpr, FP8: tl.constexpr,
 ):
     row = tl.program_id(0)
     b = row // N
@@ -88,8 +88,10 @@ def _gated_residual_modulated_norm_kernel(
     if HAS_Y2:  # a second branch term: x + gate * (y + y2)
         y2 = tl.load(y2_ptr + b.to(tl.int64) * stride_y2b + n.to(tl.int64) * stride_y2n + offs, mask=mask, other=0.0)
         y += y2.to(tl.float32)
-    gate = tl.load(gate_ptr + b * stride_gate + offs, mask=mask, other=0.0)
-    r = (x.to(tl.float32) + gate.to(tl.float32) * y).to(res_ptr.dtype.element_ty)
+    if HAS_GATE:
+        gate = tl.load(gate_ptr + b * stride_gate + offs, mask=mask, other=0.0)
+        y = gate.to(tl.float32) * y
+    r = (x.to(tl.float32) + y).to(res_ptr.dtype.element_ty)
     out_row = b.to(tl.int64) * stride_ob + n.to(tl.int64) * stride_on + offs
     tl.store(res_ptr + out_row, r, mask=mask)
     # Normalise the rounded residual, the value the next op would read back from memory.
@@ -147,12 +149,13 @@ def _launch_gated_residual_modulated_norm(x, gate, y, y2, shift, scale, res, out
     b, n, c = x.shape
     block_c, warps = _row_config(c)
     second = y2 if y2 is not None else y
+    gated = gate if gate is not None else shift  # no gate (1): the kernel never reads it
     _gated_residual_modulated_norm_kernel[(b * n,)](
-        x, gate, y, second, shift, scale, res, out, out if qscale is None else qscale,
+        x, gated, y, second, shift, scale, res, out, out if qscale is None else qscale,
         n, c, eps,
-        x.stride(0), x.stride(1), gate.stride(0), y.stride(0), y.stride(1), second.stride(0), second.stride(1),
+        x.stride(0), x.stride(1), gated.stride(0), y.stride(0), y.stride(1), second.stride(0), second.stride(1),
         shift.stride(0), scale.stride(0), out.stride(0), out.stride(1),
-        BLOCK_C=block_c, HAS_Y2=y2 is not None, FP8=qscale is not None, num_warps=warps,
+        BLOCK_C=block_c, HAS_Y2=y2 is not None, HAS_GATE=gate is not None, FP8=qscale is not None, num_warps=warps,
     )
 
 
@@ -231,19 +234,23 @@ def modulated_layer_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
     return out
 
 
-def _residual_norm_args(name: str, x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, y2: torch.Tensor | None,
-                        shift: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The residual-and-norm kernels' arguments checked: (gate, shift, scale) as the launch takes them."""
-    gate = _check_residual_args(name, x, gate, y)
+def _residual_norm_args(name: str, x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor,
+                        y2: torch.Tensor | None, shift: torch.Tensor,
+                        scale: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The residual-and-norm kernels' arguments checked: (gate or None, shift, scale) as the launch takes them."""
+    if y2 is not None and gate is None:
+        raise ValueError(f"{name}: a second branch term y2 needs a gate")
+    checked = _check_residual_args(name, x, shift if gate is None else gate, y)
+    gate = None if gate is None else checked
     if y2 is not None:
         _check_residual_args(name, x, gate, y2)
     shift = _per_batch(name, "shift", shift, x)
     scale = _per_batch(name, "scale", scale, x)
-    check_device(name, x, gate, y, shift, scale, *(() if y2 is None else (y2,)))
+    check_device(name, x, y, shift, scale, *(() if gate is None else (gate,)), *(() if y2 is None else (y2,)))
     return gate, shift, scale
 
 
-def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, shift: torch.Tensor,
+def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor, shift: torch.Tensor,
                                   scale: torch.Tensor, eps: float = EPS,
                                   y2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated residual add fused with the next modulated LayerNorm.
@@ -253,7 +260,8 @@ def gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor, y: torch.
 
     Args:
         x, y: [B, N, C] (residual stream and branch output), last dim contiguous; y may have another dtype.
-        gate, shift, scale: [B, C] or [B, 1, C], any float dtype, broadcast over N.
+        gate, shift, scale: [B, C] or [B, 1, C], any float dtype, broadcast over N; gate None: 1 (x + y, the
+            cross-attention's residual), never read.
         eps: LayerNorm epsilon (SANA: 1e-6).
         y2: None, or a second branch term like y: r = x + gate * (y + y2), the sum never written (SANA-Video's
             Mix-FFN output and its temporal conv, followed by the next block's norm1 modulation).
@@ -287,7 +295,7 @@ def modulated_layer_norm_fp8(x: torch.Tensor, shift: torch.Tensor, scale: torch.
     return q, row_scale
 
 
-def gated_residual_modulated_norm_fp8(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, shift: torch.Tensor,
+def gated_residual_modulated_norm_fp8(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor, shift: torch.Tensor,
                                       scale: torch.Tensor, eps: float = EPS, y2: torch.Tensor | None = None,
                                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`gated_residual_modulated_norm` (y2 as there) with the modulated row written as an fp8 GEMM's input: (r
