@@ -25,6 +25,7 @@
 #   rl-shift       issue 17: one RL stage from the shipped model at each flow shift of RL_SHIFTS (default 8 15 30;
 #                  SxN: rollouts at N steps, else 20), side by side, 6 minutes each (RL_MINUTES), then their
 #                  scores; WORK/rl-shift-S.tgz carry the records and the best validated DiT (fp16, ~10 MB)
+#   levers         issue 23: the 1.6B DiT's step with the block levers of 2026-12-06 on and off, one process (~2 min)
 #   profile-image  issue 23: where the 1.6B DiT's denoising step spends its GPU time at 1024 and 4096 px (~2 min)
 #   gpu-tests      the GPU tests of first-image, decoder-bias and text-attention alone (they need no quiet GPU, so
 #                  they can run beside the RL jobs; those jobs skip them once it passed in WORK, or with
@@ -49,11 +50,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 PENDING_TESTS=${PENDING_TESTS:-1}
 ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe rl-shift gpu-tests world-fp8 finetune-image
-     bench-image text-attention decoder-bias generate block-boundary profile-image)
+     bench-image text-attention decoder-bias generate block-boundary profile-image levers)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05, gpu-tests, first-image,
-# decoder-bias, generate, text-attention, finetune-image, bench-image and block-boundary on 2026-12-06
-# (BENCHMARKS.md); name a job to run it again.
-DEFAULT=(rl-shift profile-image rl)
+# decoder-bias, generate, text-attention, finetune-image, bench-image, block-boundary and profile-image on
+# 2026-12-06 (BENCHMARKS.md); name a job to run it again.
+DEFAULT=(levers rl-shift)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 cd "$ROOT"
@@ -204,6 +205,8 @@ run_job() {
         wait "$plain" && wait "$grid" ;;
     block-boundary)
         gpu_tests block-boundary block-boundary ;;
+    levers)
+        timed levers 300 "$PYTHON" scripts/bench_dit_levers.py --px 1024 --px 4096 ;;
     profile-image)
         timed profile-image 200 "$PYTHON" scripts/profile_dit.py image --px 1024 \
             && timed profile-image 200 "$PYTHON" scripts/profile_dit.py image --px 4096 ;;
