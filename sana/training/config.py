@@ -91,8 +91,8 @@ class TrainConfig:
 
     @property
     def sampler_flow_shift(self) -> float | None:
-        """The flow shift the exported model samples with when it differs from its base's scheduler's. None here:
-        a supervised run's --flow-shift shapes its training noise, not a sampler."""
+        """The flow shift the exported model samples with, written into its scheduler config (None: its base's).
+        None here: a supervised run's --flow-shift shapes its training noise, not a sampler."""
         return None
 
     def sampling_defaults_for_export(self) -> dict:
