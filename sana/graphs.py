@@ -48,6 +48,10 @@ class GraphedForward:
         self.hold_capture: Callable[[], bool] | None = None
         self._captured: dict[tuple, _Captured] = {}
         self._contexts: dict[tuple, _StaticContext] = {}  # text signature -> the static context its graphs read
+        # One memory pool for all of this model's graphs: a graph's intermediates are dead between its replays and
+        # every output is copied out at once, so graphs for other prompt lengths or sizes cost little more than
+        # their outputs, not a pool of activations each. Replays never overlap (one stream, one caller).
+        self._pool = None
 
     @property
     def config(self):
@@ -98,17 +102,20 @@ class GraphedForward:
         return _Captured(graph, buffers, output)
 
     def _record(self, run) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        return record(run, self.warmup)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return record(run, self.warmup, pool=self._pool)
 
     def reset(self) -> None:
-        """Drop every captured graph (and the memory its pool holds) and the static contexts they read."""
+        """Drop every captured graph (and the memory their pool holds) and the static contexts they read."""
         self._captured.clear()
         self._contexts.clear()
+        self._pool = None
 
 
-def record(run: Callable[[], torch.Tensor], warmup: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """`run` warmed up on a side stream (Triton compiles, cuBLAS picks its algorithms), then captured: the graph and
-    the output tensor its replays write."""
+def record(run: Callable[[], torch.Tensor], warmup: int, pool=None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """`run` warmed up on a side stream (Triton compiles, cuBLAS picks its algorithms), then captured (into `pool`
+    when given, a pool other graphs share): the graph and the output tensor its replays write."""
     from .trace import span
 
     stream = torch.cuda.Stream()
@@ -118,7 +125,7 @@ def record(run: Callable[[], torch.Tensor], warmup: int) -> tuple[torch.cuda.CUD
             run()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with span("graph capture"), torch.cuda.graph(graph):
+    with span("graph capture"), torch.cuda.graph(graph, pool=pool):
         output = run()
     return graph, output
 

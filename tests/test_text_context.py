@@ -12,7 +12,7 @@ import torch
 
 from sana.graphs import GraphedForward
 from sana.loading import load_transformer, load_video_transformer
-from sana.models.text_context import TextContext
+from sana.models.text_context import KEY_MULTIPLE, TextContext, attended_length
 from tests import tiny_transformer, tiny_video
 
 
@@ -72,6 +72,42 @@ def test_a_context_gives_the_raw_texts_output_with_one_projection_a_block(which,
         assert tiny_transformer.relative_error(ours, helpers.reference_output(ref, x, text, mask, t)) < 1e-5
     finally:
         calls.close()
+
+
+def test_the_attended_length_reaches_the_batchs_last_real_token():
+    def mask(*rows, length=300):
+        out = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, real in enumerate(rows):
+            out[i, real] = 1
+        return out
+
+    assert attended_length(mask(range(20), range(3))) == KEY_MULTIPLE
+    assert attended_length(mask(range(20), range(70))) == 2 * KEY_MULTIPLE
+    assert attended_length(mask([0, 130], [1])) == 3 * KEY_MULTIPLE  # a real token after padding counts too
+    assert attended_length(mask(range(290))) == 300  # never past the text
+    assert attended_length(mask(range(5), length=40)) == 40
+    assert attended_length(mask([], [])) == 300  # no real token: diffusers' softmax is uniform over all of it
+    assert attended_length(mask(range(64))) == 64 and attended_length(mask(range(65))) == 128
+
+
+@pytest.mark.parametrize("which", ["image", "video"])
+def test_a_context_drops_the_padding_after_the_last_real_token(which, image_model, video_model):
+    """A loop's context keeps the positions up to the batch's longest prompt; the output is the full-width one
+    (the dropped keys' softmax weights are exactly zero) and diffusers' at the full 300."""
+    ref, model = image_model if which == "image" else video_model
+    helpers = tiny_transformer if which == "image" else tiny_video
+    x, text, _, t, *_ = helpers.inputs(ref)
+    text = torch.randn(text.shape[0], 300, text.shape[-1], generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(text.shape[0], 300, dtype=torch.long)
+    mask[0, :9] = 1
+    mask[-1, :70] = 1
+    with torch.no_grad():
+        context = model.text_context(text, mask)
+        assert context.text.shape[1] == 128 and context.bias.shape[-1] == 128
+        ours = model(x, context, t)
+        full = model(x, text, t, text_mask=mask)  # a forward's own context keeps all 300
+    torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-6)
+    assert tiny_transformer.relative_error(ours, helpers.reference_output(ref, x, text, mask, t)) < 1e-5
 
 
 def test_a_context_carries_its_own_mask(image_model):
@@ -219,6 +255,32 @@ def test_real_cuda_graphs_bind_each_context_once(image_model):
                 torch.testing.assert_close(graphed(xi, context, ti), model(xi, raw, ti, text_mask=mask),
                                            rtol=1e-5, atol=1e-5)
     assert len(graphed._captured) == 1
+
+
+@pytest.mark.gpu
+def test_graphs_of_other_prompt_lengths_share_one_pool_in_any_order(image_model):
+    """Prompts trimmed to other lengths are other signatures: a graph each, all captured into one memory pool;
+    replayed in any order, each gives its eager output."""
+    ref, cpu_model = image_model
+    model = copy.deepcopy(cpu_model).cuda()
+    x, _, _, t = (v.cuda() for v in tiny_transformer.inputs(ref)[:4])
+    gen = torch.Generator().manual_seed(5)
+    texts, masks = [], []
+    for real in (10, 100, 200):
+        texts.append(torch.randn(x.shape[0], 300, ref.config.caption_channels, generator=gen).cuda())
+        mask = torch.zeros(x.shape[0], 300, dtype=torch.long, device="cuda")
+        mask[:, :real] = 1
+        masks.append(mask)
+    graphed = GraphedForward(model)
+    with torch.no_grad():
+        contexts = [model.text_context(text, mask) for text, mask in zip(texts, masks)]
+        assert [c.text.shape[1] for c in contexts] == [64, 128, 256]
+        for i in (0, 1, 2, 1, 0, 2, 0):
+            for xi, ti in _steps(model, x, t):
+                # the full-width eager forward sums its softmax over more (zero) terms: ~1e-5 apart, not bit equal
+                torch.testing.assert_close(graphed(xi, contexts[i], ti),
+                                           model(xi, texts[i], ti, text_mask=masks[i]), rtol=1e-4, atol=1e-4)
+    assert len(graphed._captured) == 3 and graphed._pool is not None
 
 
 def test_steps_run_uncaptured_while_the_capture_is_held(image_model):

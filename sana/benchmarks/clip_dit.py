@@ -23,11 +23,10 @@ from typing import Callable
 import torch
 
 from ..errors import SanaError
-from .image import _first_call, _median_ms, interleaved_ms
+from .image import REAL_TEXT_TOKENS, _first_call, _median_ms, interleaved_ms
 
 TEXT_TOKENS = 300
 COMPILE_FORMS = ("regional", "whole")  # how diffusers' model is compiled; see `compiled_name`
-REAL_TEXT_TOKENS = 120  # the rest of the 300 is padding, as a prompt of ordinary length leaves it
 
 
 @dataclass
