@@ -22,9 +22,12 @@
 #                  nano model folder; default the shipped, already RL'd one), and the same with
 #                  RL_TRAIN_GRID_STEPS=20, side by side; then their scores (~8 min);
 #                  WORK/rl-recipe-*.tgz carry the records (the DiTs are WORK/rl-recipe-*/rl2/{model,best})
-#   rl-shift       issue 17: one RL stage from the shipped model at each flow shift of RL_SHIFTS (default 8 15 30;
-#                  SxN: rollouts at N steps, else 20), side by side, 6 minutes each (RL_MINUTES), then their
-#                  scores; WORK/rl-shift-S.tgz carry the records and the best validated DiT (fp16, ~10 MB)
+#   rl-shift       issue 17: chains of RL stages from the shipped model, side by side, one chain per entry of
+#                  RL_SHIFTS (default "10 15 10x4+10"; a stage is SHIFT[xSTEPS], rollouts at STEPS, default 20;
+#                  '+' starts the next stage from the last one's best round; CHAIN@FOLDER starts from that model
+#                  folder, not the shipped one), RL_MINUTES (default 6) a stage, each
+#                  stage's best scored at 20 and 4 steps; WORK/rl-shift-CHAIN.tgz carry the records and the last
+#                  stage's best DiT (fp16, ~10 MB)
 #   levers         issue 23: the 1.6B DiT's step with the block levers of 2026-12-06 on and off, one process (~2 min)
 #   profile-image  issue 23: where the 1.6B DiT's denoising step spends its GPU time at 1024 and 4096 px (~2 min)
 #   gpu-tests      the GPU tests of first-image, decoder-bias and text-attention alone (they need no quiet GPU, so
@@ -37,6 +40,9 @@
 #                  block's first norm (fp8 forms, parity with diffusers at the real configs, the pipeline; ~5 min)
 #   text-attention issue 23: the cross-attention kernel's GPU tests, its launch-shape sweep and table against SDPA
 #                  (~3 min)
+#   prompt-keys    issue 23: the text context cut after the batch's last real token: its GPU tests (graphs of other
+#                  prompt lengths sharing one pool, parity with diffusers), the step with a 120-token prompt beside
+#                  the full 300 (`sana bench`), and prompt to image after load (~8 min)
 #   generate       issue 23: prompt to image after load at 1024 and 4096 px beside diffusers (the text encoder's
 #                  graphs, the decoder's deferred biases; ~4 min)
 #   decoder-bias   issue 23/21: the DC-AE decoder with each conv's bias deferred to the Triton pass after it and the
@@ -50,11 +56,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 PENDING_TESTS=${PENDING_TESTS:-1}
 ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe rl-shift gpu-tests world-fp8 finetune-image
-     bench-image text-attention decoder-bias generate block-boundary profile-image levers)
+     bench-image text-attention decoder-bias generate block-boundary profile-image levers prompt-keys)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05, gpu-tests, first-image,
-# decoder-bias, generate, text-attention, finetune-image, bench-image, block-boundary, profile-image and levers
-# on 2026-12-06 (BENCHMARKS.md); name a job to run it again.
-DEFAULT=(rl-shift)
+# decoder-bias, generate, text-attention, finetune-image, bench-image, block-boundary, profile-image, levers,
+# rl-shift and prompt-keys on 2026-12-06 (BENCHMARKS.md, NOTES.md); name a job to run it again.
+DEFAULT=(generate)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 cd "$ROOT"
@@ -124,19 +130,37 @@ rl_recipe() {  # VARIANT [ENV...]: both RL stages and their scores in WORK/rl-re
         > "$WORK/rl-recipe-$variant.tgz"
 }
 
-rl_shift() {  # SHIFT[xSTEPS]: one RL stage from the shipped model in WORK/rl-shift-SHIFT[xSTEPS], rollouts at STEPS
-    # (default 20), scored; the records and the best validated DiT packed
-    local name=rl-shift-$1 folder="$WORK/rl-shift-$1" shift=${1%x*} steps=20
-    [[ "$1" == *x* ]] && steps=${1#*x}
-    (
-        export SANA="$PYTHON -m sana_cli" RL_BASE=nano RL_DEVICE=cuda RL_FLOW_SHIFT=$shift RL_SCORE_BEFORE=0 \
-            RL_SAMPLING_STEPS=$steps RL_LR=${RL_LR:-1.5e-5} RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE-} \
-            RL_ROUNDS=${RL_ROUNDS:-60} RL_MINUTES=${RL_MINUTES:-6} RL_VAL_COUNT=${RL_VAL_COUNT:-96}
-        timed "$name" 900 bash scripts/train_nano.sh "$folder" rl \
-            && timed "$name" 600 bash scripts/train_nano.sh "$folder" rl-score
-    ) || return 1
-    tar -C "$WORK" -cz "$name/rl/rewards.csv" "$name/rl/train_config.json" $(cd "$WORK" && ls "$name"/rl-*.txt \
-        "$name"/rl/best/best.json "$name"/rl/best/transformer/* "$name"/rl/best/scheduler/* 2>/dev/null) \
+rl_shift() {  # CHAIN: RL stages from the shipped model in WORK/rl-shift-CHAIN/stageK, one after another, each
+    # from the previous one's best validated round; CHAIN is SHIFT[xSTEPS] stages joined by '+' (rollouts at STEPS,
+    # default 20). Each stage's best round is scored at 20 and 4 steps; its records and DiT are packed.
+    local chain=${1%@*} base=nano k=0 stage
+    [[ "$1" == *@* ]] && base=${1#*@}
+    local name=rl-shift-$chain
+    [[ "$base" != nano ]] && name=$name-from-$(basename "$base")
+    local folder="$WORK/$name"
+    for stage in ${chain//+/ }; do
+        k=$((k + 1))
+        local shift=${stage%x*} steps=20 out="$folder/stage$k"
+        [[ "$stage" == *x* ]] && steps=${stage#*x}
+        (
+            export SANA="$PYTHON -m sana_cli" RL_BASE=$base RL_DEVICE=cuda RL_FLOW_SHIFT=$shift \
+                RL_SAMPLING_STEPS=$steps RL_LR=${RL_LR:-1.5e-5} RL_MIX_GUIDANCE=${RL_MIX_GUIDANCE-} \
+                RL_ROUNDS=${RL_ROUNDS:-60} RL_MINUTES=${RL_MINUTES:-6} RL_VAL_COUNT=${RL_VAL_COUNT:-96}
+            timed "$name" 900 bash scripts/train_nano.sh "$out" rl
+        ) || return 1
+        base="$out/rl/best"
+        [[ -d "$base" ]] || base="$out/rl/model"
+        local pids=() score
+        for score in 20 4; do
+            $PYTHON -m sana_cli shapes score --model "$base" --num 200 --seed 0 --steps "$score" \
+                > "$out/rl-best-${score}steps.txt" 2>> "$WORK/$name.log" & pids+=($!)
+        done
+        for pid in "${pids[@]}"; do wait "$pid" || return 1; done
+        say "$name stage $k ($stage): $(grep -h 'held-out' "$out"/rl-best-*steps.txt | tr '\n' ' ')"
+    done
+    tar -C "$WORK" -cz $(cd "$WORK" && ls "$name"/stage*/rl/rewards.csv "$name"/stage*/rl/train_config.json \
+        "$name"/stage*/rl-*.txt "$name"/stage*/rl/best/best.json 2>/dev/null) \
+        $(cd "$WORK" && ls "$name/stage$k"/rl/best/transformer/* "$name/stage$k"/rl/best/scheduler/* 2>/dev/null) \
         > "$WORK/$name.tgz"
 }
 
@@ -192,10 +216,10 @@ run_job() {
         done
         for pid in "${pids[@]}"; do wait "$pid" || return 1; done ;;
     rl-shift)
-        # one RL stage from the shipped model at each flow shift of RL_SHIFTS, side by side, every sampler of a run
-        # (rollouts at the default 20 steps, loss, validation) at its shift; then their scores
+        # the RL chains of RL_SHIFTS side by side, every sampler of a stage (rollouts, loss, validation) at its
+        # shift; then their scores
         local shift pids=()
-        for shift in ${RL_SHIFTS:-8 15 30}; do
+        for shift in ${RL_SHIFTS:-10 15 10x4+10}; do
             rl_shift "$shift" & pids+=($!)
         done
         for pid in "${pids[@]}"; do wait "$pid" || return 1; done ;;
@@ -229,6 +253,12 @@ run_job() {
     decoder-bias)
         { tests_done || gpu_tests decoder-bias decoder-bias; } \
             && timed decoder-bias 240 "$PYTHON" scripts/bench_decoder.py ;;
+    prompt-keys)
+        timed prompt-keys 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/test_text_context.py \
+            && timed prompt-keys 300 "$PYTHON" -m sana_cli bench -m sana-1.6b --px 1024 --px 4096 --no-kernels \
+                --no-compile --markdown "$WORK/prompt-keys.md" \
+            && timed prompt-keys 480 "$PYTHON" -m sana_cli bench --generate -m sana-1.6b --px 1024 --px 4096 \
+                --no-compile --markdown "$WORK/prompt-keys.md" ;;
     generate)
         timed generate 480 "$PYTHON" -m sana_cli bench --generate -m sana-1.6b --px 1024 --px 4096 --no-compile ;;
     esac

@@ -14,6 +14,9 @@
 #          candidate seed drawn by the starting model at CFG 3 (`--mix-guidance`: a pair it draws right only with
 #          CFG, such as a green circle, then has seeds that succeed); a second call resumes
 #   rl2    a second RL stage from rl's best-validated round (`rl/best`, else `rl/model`): on-policy, a lower rate
+#   rl3    a third stage from rl2's best with every sampler at flow shift 15 and 20-step CFG-free rollouts, no mix
+#          (the 20-step sampler's own failures; a large shift spends its steps where the shapes are decided)
+#   rl4    the same stage again from rl3's best-validated round
 #   rl-score  adherence of the model before RL and after the last RL stage run (and of its best-validated round
 #          when that was not the last): default settings, CFG-free, and 4 steps
 # The shipped model (sana/nano/model) is this recipe with the defaults below on one H100: 18,000 steps, final loss
@@ -23,9 +26,12 @@
 # stages run on a 2-core CPU from the shipped model (2026-12-05: RL_BASE=nano RL_DEVICE=cpu RL_BATCH=64
 # RL_ROLLOUT_BATCH=64, two threads; the rounds at their defaults end where the runs' kept rounds were, ~25 and ~12
 # minutes there): 20-step CFG-free held-out pairs 74% -> 84% and 4-step 66% -> 93% (NOTES.md). The shipped DiT is
-# that run's `rl2/best` (round 10), and rerunning both stages there gave it again bit for bit (2026-12-06). The
-# package's nano model is the RL'd one since, so `RL_BASE=nano` now starts from it; RL_BASE for the recipe is the
-# `train` stage's model (or the pre-RL DiT in git history: sana/nano/model at commit 80a4a7c).
+# that run's `rl2/best` (round 10), and rerunning both stages there gave it again bit for bit (2026-12-06). Since
+# the night of 2026-12-06 it is `rl4/best`: `rl3` and `rl4` at their defaults on one H100 from that `rl2/best`
+# (RL_DEVICE=cuda; 60 rounds each, ~2.5 minutes; both best at round 60), which took held-out pairs at 20 steps
+# from 88% to 96-100% on three prompt sets and at 4 steps from 94% to 97-99% (NOTES.md). The package's nano model
+# is the RL'd one, so `RL_BASE=nano` starts from it; RL_BASE for the recipe is the `train` stage's model (or the
+# pre-RL DiT in git history: sana/nano/model at commit 80a4a7c).
 # Environment: SANA (the command, default `sana`), VAE (autoencoder folder, default sana/nano/model/vae),
 # STEPS (DiT steps, default 18000), NUM (dataset size, default 20000), COMPILE (1: `--compile`, faster on a GPU
 # once its ~1 minute of compilation is paid), MINUTES (`--max-minutes`: export what is trained by then; 0 = none).
@@ -44,12 +50,14 @@
 # RL_VAL_COUNT (`--val-count`, default 32), RL_MINUTES (`--max-minutes` of each RL stage; 0 = none), RL_BATCH and
 # RL_ROLLOUT_BATCH (micro-batch and sampling batch, defaults 128 and 256: memory and speed, not the recipe),
 # RL2_ROUNDS (default 10) and RL2_LR (default 1.5e-5) for `rl2`, which keeps the rest but has no mix;
+# RL3_ROUNDS (default 60), RL3_LR (default 1.5e-5), RL3_FLOW_SHIFT (default 15), RL3_STEPS (rollout steps, default
+# 20) and RL3_VAL_COUNT (default 96) for `rl3` and `rl4`, which keep the rest but have no mix;
 # RL_SCORE_BEFORE (0: `rl-score` skips the base model, whose scores are known; default 1).
 # What runs with other settings showed (NOTES.md, "RL fine-tuning"): on a GPU at lr 5e-5 the reward collapsed from
 # round ~30; on the CPU the first stage's KL to the base kept rising after round 25 while its validation fell; and
 # training at the 4-step rollouts' own noise levels taught 4-step sampling more than 20-step.
 set -euo pipefail
-WORK=${1:?usage: train_nano.sh WORK [init|data|train|score|rl|rl2|rl-score]}
+WORK=${1:?usage: train_nano.sh WORK [init|data|train|score|rl|rl2|rl3|rl4|rl-score]}
 STAGE=${2:-all}
 SANA=${SANA:-sana}
 VAE=${VAE:-sana/nano/model/vae}
@@ -81,6 +89,11 @@ RL_BATCH=${RL_BATCH:-128}
 RL_ROLLOUT_BATCH=${RL_ROLLOUT_BATCH:-256}
 RL2_ROUNDS=${RL2_ROUNDS:-10}
 RL2_LR=${RL2_LR:-1.5e-5}
+RL3_ROUNDS=${RL3_ROUNDS:-60}
+RL3_LR=${RL3_LR:-1.5e-5}
+RL3_FLOW_SHIFT=${RL3_FLOW_SHIFT:-15}
+RL3_STEPS=${RL3_STEPS:-20}
+RL3_VAL_COUNT=${RL3_VAL_COUNT:-96}
 mkdir -p "$WORK"
 
 stage() { [[ "$STAGE" == all || "$STAGE" == "$1" ]]; }
@@ -103,20 +116,21 @@ fi
 if stage score; then
     $SANA shapes score --model "$WORK/run/model" --num 200 --seed 0 --cfg 3 --out "$WORK/grid.png" --rows "$WORK/rows.jsonl"
 fi
-rl_stage() {  # OUT BASE LR ROUNDS MIX: one RL run in WORK/OUT (a second call resumes it)
-    local out=$1 base=$2 lr=$3 rounds=$4 mix=$5
-    local extra=()
+rl_stage() {  # OUT BASE LR ROUNDS MIX [SHIFT STEPS VAL_COUNT]: one RL run in WORK/OUT (a second call resumes it)
+    local out=$1 base=$2 lr=$3 rounds=$4 mix=$5 shift=${6:-$RL_FLOW_SHIFT} steps=${7:-$RL_SAMPLING_STEPS}
+    local val_count=${8:-$RL_VAL_COUNT} rollout_steps=$RL_ROLLOUT_STEPS extra=()
+    [[ -n "${7:-}" ]] && rollout_steps=$steps
     [[ -f "$WORK/$out/train_config.json" ]] && extra+=(--resume)
     [[ -n "$mix" ]] && extra+=(--mix-guidance "$mix")
     [[ -n "$RL_TRAIN_GRID_STEPS" ]] && extra+=(--train-grid-steps "$RL_TRAIN_GRID_STEPS")
-    [[ -n "$RL_FLOW_SHIFT" ]] && extra+=(--flow-shift "$RL_FLOW_SHIFT")
+    [[ -n "$shift" ]] && extra+=(--flow-shift "$shift")
     $SANA finetune "$RL_SOURCE" --rl --full --model "$base" --out "$WORK/$out" --reward shapes "${extra[@]}" \
         --device "$RL_DEVICE" --steps "$rounds" --max-minutes "$RL_MINUTES" --lr "$lr" \
         --prompts-per-round "$RL_PROMPTS" --candidates "$RL_CANDIDATES" --keep "$RL_KEEP" --prompt-pool "$RL_POOL" \
-        --explore-steps "$RL_SAMPLING_STEPS" --rollout-steps "$RL_ROLLOUT_STEPS" \
+        --explore-steps "$steps" --rollout-steps "$rollout_steps" \
         --timestep-fraction "$RL_TIMESTEP_FRACTION" --explore-precision bf16 --rollout-batch "$RL_ROLLOUT_BATCH" \
         --guidance "$RL_GUIDANCE" --policy-guidance "$RL_POLICY_GUIDANCE" --batch-size "$RL_BATCH" \
-        --no-gradient-checkpointing --checkpoint-every 5 --keep-checkpoints 2 --val-count "$RL_VAL_COUNT" \
+        --no-gradient-checkpointing --checkpoint-every 5 --keep-checkpoints 2 --val-count "$val_count" \
         --val-steps 20 --val-every 5 --save-dtype fp16
 }
 if stage rl; then
@@ -127,9 +141,16 @@ if stage rl2; then
     [[ -d "$start" ]] || start="$WORK/rl/model"
     rl_stage rl2 "$start" "$RL2_LR" "$RL2_ROUNDS" ""
 fi
+for k in 3 4; do  # rl3 from rl2's best, rl4 from rl3's: the same stage twice, each from the last one's best round
+    if stage "rl$k"; then
+        start="$WORK/rl$((k - 1))/best"
+        [[ -d "$start" ]] || start="$WORK/rl$((k - 1))/model"
+        rl_stage "rl$k" "$start" "$RL3_LR" "$RL3_ROUNDS" "" "$RL3_FLOW_SHIFT" "$RL3_STEPS" "$RL3_VAL_COUNT"
+    fi
+done
 if stage rl-score; then
     last=rl
-    [[ -d "$WORK/rl2/model" ]] && last=rl2
+    for k in 2 3 4; do [[ -d "$WORK/rl$k/model" ]] && last=rl$k; done
     pairs=("after:$WORK/$last/model")
     [[ "$RL_SCORE_BEFORE" == 1 ]] && pairs=("before:$RL_BASE" "${pairs[@]}")
     [[ -d "$WORK/$last/best" ]] && pairs+=("best:$WORK/$last/best")  # the best-validated round, if not the last

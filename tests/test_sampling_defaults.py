@@ -86,10 +86,10 @@ def test_a_run_records_its_bases_defaults_and_rl_exports_the_rollouts_guidance()
     guided = RLConfig(data="shapes", out="o", model_dir="m", sampling_defaults=nano, guidance=3.0)
     assert guided.sampling_defaults_for_export()["guidance"] == 3.0
     assert rl.sampler_flow_shift is None and supervised.sampler_flow_shift is None
-    shifted = RLConfig(data="shapes", out="o", model_dir="m", sampling_defaults=nano, flow_shift=15.0)
-    assert shifted.sampler_flow_shift == 15.0  # RL's --flow-shift is its sampler's: the export samples with it
-    assert shifted.sampling_defaults_for_export() == {**nano, "guidance": 1.0, "flow_shift": 15.0}
-    assert shifted.lora_sampling_defaults() == {"guidance": 1.0, "flow_shift": 15.0}
+    shifted = RLConfig(data="shapes", out="o", model_dir="m", sampling_defaults=nano, flow_shift=30.0)
+    assert shifted.sampler_flow_shift == 30.0  # RL's --flow-shift is its sampler's: the export samples with it
+    assert shifted.sampling_defaults_for_export() == {**nano, "guidance": 1.0, "flow_shift": 30.0}
+    assert shifted.lora_sampling_defaults() == {"guidance": 1.0, "flow_shift": 30.0}
     noise = TrainConfig(data="d", out="o", model_dir="m", sampling_defaults=nano, flow_shift=15.0)
     assert noise.sampler_flow_shift is None  # a supervised run's --flow-shift shapes its training noise only
 
