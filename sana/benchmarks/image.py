@@ -231,9 +231,11 @@ class GenerateRow:
 def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3, fp8: bool = True,
                    on_row: Callable[[GenerateRow], None] | None = None) -> list[GenerateRow]:
     """Prompt to decoded image after load, 1.6B at its real size with Gemma-2-2B and DC-AE (random weights,
-    bf16, CFG 4.5): ours against diffusers' SanaPipeline on the same modules, and with `fp8` (on a GPU that has
-    fp8 GEMMs) ours with fp8 block linears and the PSNR of its image against ours in bf16. The 4K decode is
-    untiled here."""
+    bf16, CFG 4.5): ours against diffusers' SanaPipeline on the same weights, and with `fp8` (on a GPU that has
+    fp8 GEMMs) ours with fp8 block linears and the PSNR of its image against ours in bf16. Each side runs the
+    modules it loads: diffusers transformers' Gemma2Model and its AutoencoderDC, ours our Gemma-2 encoder (whose
+    layers replay from CUDA graphs where the memory plan allows, as in `sana gen`) and our decoder, built from
+    those modules' weights. The 4K decode is untiled here."""
     import copy
     import statistics
 
@@ -246,6 +248,8 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3, fp8: 
     from transformers import Gemma2Config, Gemma2Model
 
     from ..loading import vae_decoder_from_state
+    from ..loading.gemma2 import gemma2_from_state
+    from ..models.gemma2 import Gemma2Config as OurGemma2Config
     from ..pipelines.image import ImagePipeline, ImageRequest
     from ..sampling import make_scheduler
     from ..text import COMPLEX_HUMAN_INSTRUCTION, TextEncoder
@@ -259,6 +263,8 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3, fp8: 
     text_model = Gemma2Model(Gemma2Config(**GEMMA2_2B)).to("cuda", dtype).eval()
     vae = AutoencoderDC(**DCAE_F32C32).to("cuda", dtype).eval()
     decoder = vae_decoder_from_state(dict(vae.config), vae.state_dict(), device="cuda")  # ours, same weights
+    our_config = OurGemma2Config.from_dict(text_model.config.to_dict())
+    our_text_model = gemma2_from_state(our_config, text_model.state_dict(), device="cuda")
     scheduler = make_scheduler("flow-dpm", flow_shift=3.0, reference=True)  # diffusers' pipeline takes it
 
     def pipelines(px: int):
@@ -269,7 +275,8 @@ def bench_generate(sizes: list[int], *, steps: int = 20, repeats: int = 3, fp8: 
                               scheduler=scheduler)
         theirs.set_progress_bar_config(disable=True)
         def ours_with(transformer):
-            return ImagePipeline(transformer=transformer, text_encoder=TextEncoder(tokenizer, text_model), vae=decoder,
+            text_encoder = TextEncoder(tokenizer, our_text_model)
+            return ImagePipeline(transformer=transformer, text_encoder=text_encoder, vae=decoder,
                                  family="sana", scheduler_config=dict(scheduler.config), device="cuda", dtype=dtype)
 
         mine = {"ours": ours_with(ours)}
