@@ -40,9 +40,9 @@
 #                  block's first norm (fp8 forms, parity with diffusers at the real configs, the pipeline; ~5 min)
 #   text-attention issue 23: the cross-attention kernel's GPU tests, its launch-shape sweep and table against SDPA
 #                  (~3 min)
-#   prompt-keys    issue 23: the text context cut after the batch's last real token: its GPU tests (graphs of other
-#                  prompt lengths sharing one pool, parity with diffusers), the step with a 120-token prompt beside
-#                  the full 300 (`sana bench`), and prompt to image after load (~8 min)
+#   prompt-keys    issue 23: the prompt rows cut after the batch's last real token, as the pipelines cut them: the
+#                  GPU tests (graphs of other prompt lengths sharing one pool), the step with a 120-token prompt
+#                  beside the full 300 (`sana bench`), and prompt to image after load (~5 min)
 #   generate       issue 23: prompt to image after load at 1024 and 4096 px beside diffusers (the text encoder's
 #                  graphs, the decoder's deferred biases; ~4 min)
 #   decoder-bias   issue 23/21: the DC-AE decoder with each conv's bias deferred to the Triton pass after it and the

@@ -12,7 +12,8 @@ import torch
 
 from sana.graphs import GraphedForward
 from sana.loading import load_transformer, load_video_transformer
-from sana.models.text_context import KEY_MULTIPLE, TextContext, attended_length
+from sana.models.text_context import TextContext
+from sana.text import PromptEmbeddings
 from tests import tiny_transformer, tiny_video
 
 
@@ -74,26 +75,11 @@ def test_a_context_gives_the_raw_texts_output_with_one_projection_a_block(which,
         calls.close()
 
 
-def test_the_attended_length_reaches_the_batchs_last_real_token():
-    def mask(*rows, length=300):
-        out = torch.zeros(len(rows), length, dtype=torch.long)
-        for i, real in enumerate(rows):
-            out[i, real] = 1
-        return out
-
-    assert attended_length(mask(range(20), range(3))) == KEY_MULTIPLE
-    assert attended_length(mask(range(20), range(70))) == 2 * KEY_MULTIPLE
-    assert attended_length(mask([0, 130], [1])) == 3 * KEY_MULTIPLE  # a real token after padding counts too
-    assert attended_length(mask(range(290))) == 300  # never past the text
-    assert attended_length(mask(range(5), length=40)) == 40
-    assert attended_length(mask([], [])) == 300  # no real token: diffusers' softmax is uniform over all of it
-    assert attended_length(mask(range(64))) == 64 and attended_length(mask(range(65))) == 128
-
-
 @pytest.mark.parametrize("which", ["image", "video"])
-def test_a_context_drops_the_padding_after_the_last_real_token(which, image_model, video_model):
-    """A loop's context keeps the positions up to the batch's longest prompt; the output is the full-width one
-    (the dropped keys' softmax weights are exactly zero) and diffusers' at the full 300."""
+def test_prompts_trimmed_after_their_last_real_token_give_the_full_widths_output(which, image_model, video_model):
+    """The pipelines denoise with `PromptEmbeddings.trimmed()`: the positions up to the batch's longest prompt
+    (rounded up to 64). The output is the full-width one (the dropped keys' softmax weights are exactly zero) and
+    diffusers' at the full 300."""
     ref, model = image_model if which == "image" else video_model
     helpers = tiny_transformer if which == "image" else tiny_video
     x, text, _, t, *_ = helpers.inputs(ref)
@@ -101,10 +87,10 @@ def test_a_context_drops_the_padding_after_the_last_real_token(which, image_mode
     mask = torch.zeros(text.shape[0], 300, dtype=torch.long)
     mask[0, :9] = 1
     mask[-1, :70] = 1
+    rows = PromptEmbeddings(text, mask).trimmed()
+    assert rows.embeds.shape[1] == 128
     with torch.no_grad():
-        context = model.text_context(text, mask)
-        assert context.text.shape[1] == 128 and context.bias.shape[-1] == 128
-        ours = model(x, context, t)
+        ours = model(x, model.text_context(rows.embeds, rows.mask), t)
         full = model(x, text, t, text_mask=mask)  # a forward's own context keeps all 300
     torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-6)
     assert tiny_transformer.relative_error(ours, helpers.reference_output(ref, x, text, mask, t)) < 1e-5
@@ -259,8 +245,8 @@ def test_real_cuda_graphs_bind_each_context_once(image_model):
 
 @pytest.mark.gpu
 def test_graphs_of_other_prompt_lengths_share_one_pool_in_any_order(image_model):
-    """Prompts trimmed to other lengths are other signatures: a graph each, all captured into one memory pool;
-    replayed in any order, each gives its eager output."""
+    """Prompts trimmed to other lengths (as the pipelines trim them) are other signatures: a graph each, all
+    captured into one memory pool; replayed in any order, each gives its eager output at the full width."""
     ref, cpu_model = image_model
     model = copy.deepcopy(cpu_model).cuda()
     x, _, _, t = (v.cuda() for v in tiny_transformer.inputs(ref)[:4])
@@ -273,7 +259,8 @@ def test_graphs_of_other_prompt_lengths_share_one_pool_in_any_order(image_model)
         masks.append(mask)
     graphed = GraphedForward(model)
     with torch.no_grad():
-        contexts = [model.text_context(text, mask) for text, mask in zip(texts, masks)]
+        rows = [PromptEmbeddings(text, mask).trimmed() for text, mask in zip(texts, masks)]
+        contexts = [model.text_context(r.embeds, r.mask) for r in rows]
         assert [c.text.shape[1] for c in contexts] == [64, 128, 256]
         for i in (0, 1, 2, 1, 0, 2, 0):
             for xi, ti in _steps(model, x, t):

@@ -60,8 +60,8 @@ def random_dit_pair(name: str):
 
 STEP = "ours, step (text once)"  # a denoising step as `sana gen` runs it
 STEP_TEXT_KERNEL = "ours, step, text attention kernel"  # the same with the (opt-in) cross-attention kernel
-# The step with a prompt of ordinary length: its context keeps the keys up to the last real token (rounded up), not
-# all 300 (diffusers' forward costs the same with either mask).
+# The step with a prompt of ordinary length, its rows trimmed after the last real token (rounded up to 64) as the
+# pipelines trim them, not all 300 (diffusers' forward costs the same with either mask).
 STEP_PROMPT = "ours, step, 120-token prompt"
 REAL_TEXT_TOKENS = 120  # of the 300: a prompt of ordinary length leaves the rest padding
 
@@ -129,6 +129,7 @@ def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool, fp8: b
     from ..graphs import GraphedForward
     from ..models.fp8 import quantize_blocks_fp8
     from ..registry import get_spec
+    from ..text import PromptEmbeddings
 
     if not torch.cuda.is_available():
         raise SanaError("sana bench needs a CUDA GPU")
@@ -174,8 +175,9 @@ def bench_dit(name: str, sizes: list[int], *, batch: int, compiled: bool, fp8: b
         row.ms[STEP] = _median_ms(lambda: graphed(x, context, t, guidance=g))
         prompt_mask = torch.zeros_like(mask)
         prompt_mask[:, :REAL_TEXT_TOKENS] = 1
+        rows_of_prompt = PromptEmbeddings(text, prompt_mask).trimmed()  # as the pipelines trim a prompt's rows
         with torch.no_grad():
-            prompt_context = ours.text_context(text, prompt_mask)
+            prompt_context = ours.text_context(rows_of_prompt.embeds, rows_of_prompt.mask)
         row.ms[STEP_PROMPT] = _median_ms(lambda: graphed(x, prompt_context, t, guidance=g))
         graphed.reset()
         ops.set_text_attention_kernel(True)

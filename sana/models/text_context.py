@@ -96,34 +96,9 @@ class BlockText:
         return self.context.block_keys_values(self.index, attention)
 
 
-# Trimmed key counts are rounded up to a multiple of this, so that prompts of similar lengths share a captured graph.
-KEY_MULTIPLE = 64
-
-
-def attended_length(text_mask: torch.Tensor, multiple: int = KEY_MULTIPLE) -> int:
-    """The text positions a cross-attention needs: through the last real token of any prompt in the batch, rounded
-    up to `multiple`, at most L. The keys past it are padding for every prompt; their -10000 bias makes their
-    softmax weights exactly zero in fp32, so dropping them changes no result beyond summation order. (A batch with
-    no real token keeps all L: its softmax is uniform over the padding.)"""
-    length = text_mask.shape[-1]
-    real = text_mask.bool().any(dim=0).nonzero()
-    if real.numel() == 0:
-        return length
-    last = int(real.max()) + 1
-    return min(length, -(-last // multiple) * multiple)
-
-
 def build_text_context(model: nn.Module, text: torch.Tensor, text_mask: torch.Tensor | None, *,
                        bias_dtype: torch.dtype, keep: bool) -> TextContext:
-    """The context of a DiT with `caption_projection`, `caption_norm` and `blocks` (the image and video DiTs).
-
-    A context kept over a denoising loop holds only the positions up to the batch's last real token
-    (`attended_length`): a prompt of a few dozen tokens padded to 300 then costs each step's cross-attention a
-    fifth of the work. A context for one forward (training) keeps the full width, a fixed shape for compiled steps.
-    """
-    if keep and text_mask is not None:
-        length = attended_length(text_mask)
-        text, text_mask = text[:, :length], text_mask[:, :length]
+    """The context of a DiT with `caption_projection`, `caption_norm` and `blocks` (the image and video DiTs)."""
     projected = model.caption_norm(model.caption_projection(text))  # [B, L, D]
     bias = None
     if text_mask is not None:
