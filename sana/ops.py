@@ -52,6 +52,28 @@ def set_text_attention_kernel(enabled: bool) -> None:
     _text_attention_kernel = enabled
 
 
+# The block's linears that feed a residual add can run as one Triton GEMM with the add in its epilogue
+# (`sana/kernels/linear_residual`): "residual" where the add stands alone (the self-attention's output), "all"
+# also where a modulated norm reads the sum (then the norm runs as a pass of its own instead of fused with the
+# add). Off unless chosen (`set_linear_residual_kernel`, or SANA_LINEAR_RESIDUAL=residual|all): it pays only where
+# the Triton GEMM keeps up with cuBLAS's (`python -m sana.kernels.linear_residual.bench --sweep`).
+LINEAR_RESIDUAL_MODES = ("off", "residual", "all")
+_linear_residual_mode = os.environ.get("SANA_LINEAR_RESIDUAL", "").strip().lower() or "off"
+if _linear_residual_mode not in LINEAR_RESIDUAL_MODES:
+    _linear_residual_mode = "off"
+
+
+def set_linear_residual_kernel(mode: str) -> None:
+    if mode not in LINEAR_RESIDUAL_MODES:
+        raise ValueError(f"linear residual mode must be one of {LINEAR_RESIDUAL_MODES}, got {mode!r}")
+    global _linear_residual_mode
+    _linear_residual_mode = mode
+
+
+def linear_residual_mode() -> str:
+    return _linear_residual_mode
+
+
 def _kernel(name: str, *tensors: torch.Tensor):
     """The Triton implementation of op `name` if it may run on `tensors`, else None (use the reference)."""
     if not _kernels_enabled or torch.is_grad_enabled():
@@ -263,6 +285,43 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, y2: tor
     if kernel is not None:
         return kernel(x, gate, y, y2)
     return torch.addcmul(x, gate, y if y2 is None else y + y2)
+
+
+def _fused_linear_residual(x: torch.Tensor, h: torch.Tensor, linear: torch.nn.Module, modes: tuple[str, ...]):
+    """The fused GEMM for x + gate * linear(h) where it is chosen and may run: a plain bf16/fp32 linear (not fp8,
+    not a LoRA wrapper), inference on CUDA; fp16 keeps diffusers' clip of the linear's output. Else None."""
+    if _linear_residual_mode not in modes or type(linear) is not torch.nn.Linear:
+        return None
+    if x.dtype == torch.float16 or not (h.dtype == x.dtype == linear.weight.dtype):
+        return None
+    return _kernel("linear_gated_residual", x, h, linear.weight)
+
+
+def linear_gated_residual(x: torch.Tensor, gate: torch.Tensor | None, h: torch.Tensor, linear: torch.nn.Module,
+                          clip_output: bool = False) -> torch.Tensor:
+    """x + gate * linear(h): x [B, N, D], h [B, N, K], gate [B, 1, D] or None (1). With the fused kernel chosen,
+    one GEMM adds the residual in its epilogue (the linear's output unrounded); else the linear and
+    `gated_residual`. clip_output: the linear's output clipped to fp16's range in fp16 first (diffusers does so
+    for the self-attention's; the fused kernel never runs in fp16)."""
+    kernel = _fused_linear_residual(x, h, linear, ("residual", "all"))
+    if kernel is not None:
+        return kernel(h, linear.weight, linear.bias, x, gate)
+    y = linear(h)
+    if clip_output:
+        y = clip_fp16(y)
+    return x + y if gate is None else gated_residual(x, gate, y)
+
+
+def linear_gated_residual_modulated_norm(x: torch.Tensor, gate: torch.Tensor | None, h: torch.Tensor,
+                                         linear: torch.nn.Module, shift: torch.Tensor, scale: torch.Tensor,
+                                         eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gated_residual_modulated_norm(x, gate, linear(h), shift, scale, eps)`; with the fused kernel chosen for
+    "all", the residual add runs in the GEMM's epilogue and the norm in a pass of its own."""
+    kernel = _fused_linear_residual(x, h, linear, ("all",))
+    if kernel is not None:
+        x = kernel(h, linear.weight, linear.bias, x, gate)
+        return x, modulated_layer_norm(x, shift, scale, eps)
+    return gated_residual_modulated_norm(x, gate, linear(h), shift, scale, eps)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:

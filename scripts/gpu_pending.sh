@@ -29,6 +29,9 @@
 #                  stage's best scored at 20 and 4 steps; WORK/rl-shift-CHAIN.tgz carry the records and the last
 #                  stage's best DiT (fp16, ~10 MB)
 #   levers         issue 23: the 1.6B DiT's step with the block levers of 2026-12-06 on and off, one process (~2 min)
+#   linear-residual issue 23: the GEMM with the gated residual in its epilogue: its GPU tests and the 1.6B parity
+#                  with it, its launch-shape sweep and table against cuBLAS + the residual pass, and the DiT's step
+#                  with it off / "residual" / "all" in one process (~6 min)
 #   profile-image  issue 23: where the 1.6B DiT's denoising step spends its GPU time at 1024 and 4096 px (~2 min)
 #   gpu-tests      the GPU tests of first-image, decoder-bias and text-attention alone (they need no quiet GPU, so
 #                  they can run beside the RL jobs; those jobs skip them once it passed in WORK, or with
@@ -231,6 +234,14 @@ run_job() {
         gpu_tests block-boundary block-boundary ;;
     levers)
         timed levers 300 "$PYTHON" scripts/bench_dit_levers.py --px 1024 --px 4096 ;;
+    linear-residual)
+        timed linear-residual 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_linear_residual.py \
+                tests/test_gpu_parity.py -k "linear_residual or linear-residual" \
+            ; timed linear-residual 240 "$PYTHON" -m sana.kernels.linear_residual.bench --sweep \
+                --shapes attn-out-1024 ffn-point-1024 attn-out-4096 ffn-point-4096 \
+            ; timed linear-residual 120 "$PYTHON" -m sana.kernels.linear_residual.bench \
+            ; timed linear-residual 300 "$PYTHON" scripts/bench_dit_levers.py --lever linear-residual \
+                --px 1024 --px 2048 --px 4096 ;;
     profile-image)
         timed profile-image 200 "$PYTHON" scripts/profile_dit.py image --px 1024 \
             && timed profile-image 200 "$PYTHON" scripts/profile_dit.py image --px 4096 ;;

@@ -50,16 +50,19 @@ def _diffusers_output(ref, x, text, mask, t, guidance) -> torch.Tensor:
                return_dict=False)[0]
 
 
-@pytest.mark.parametrize("text_kernel", [False, True], ids=["sdpa", "text-attention-kernel"])
+@pytest.mark.parametrize("variant", ["sdpa", "text-attention-kernel", "linear-residual-kernel"])
 @pytest.mark.parametrize("name,px", [("sana-1.6b", 1024), ("sana-1.6b-4k", 4096), ("sprint-1.6b", 1024)])
-def test_real_config_bf16_matches_diffusers(name, px, text_kernel, tmp_path):
-    """Ours against diffusers, eager and captured; the cross-attention through SDPA or the (opt-in) Triton kernel."""
+def test_real_config_bf16_matches_diffusers(name, px, variant, tmp_path):
+    """Ours against diffusers, eager and captured; the cross-attention through SDPA or the (opt-in) Triton kernel,
+    or the output projections with the residual add in their GEMM's epilogue (opt-in, every site)."""
     from sana import ops
     from sana.graphs import GraphedForward
 
     ref, ours, config = _real_config_pair(name, tmp_path)
     x, text, mask, t, guidance = _inputs(config, px)
-    ops.set_text_attention_kernel(text_kernel)
+    mode = ops.linear_residual_mode()
+    ops.set_text_attention_kernel(variant == "text-attention-kernel")
+    ops.set_linear_residual_kernel("all" if variant == "linear-residual-kernel" else "off")
     try:
         with torch.no_grad():
             expected = _diffusers_output(ref, x, text, mask, t, guidance)
@@ -67,8 +70,9 @@ def test_real_config_bf16_matches_diffusers(name, px, text_kernel, tmp_path):
             graphed = GraphedForward(ours)(x, text, t, text_mask=mask, guidance=guidance)
     finally:
         ops.set_text_attention_kernel(False)
+        ops.set_linear_residual_kernel(mode)
     err = _relative_error(got, expected)
-    print(f"{name} {px}px batch 2{' (text attention kernel)' if text_kernel else ''}: relative error {err:.2e}")
+    print(f"{name} {px}px batch 2 ({variant}): relative error {err:.2e}")
     assert torch.isfinite(got).all()
     assert err < 1e-2
     assert _relative_error(graphed, got) < 1e-3

@@ -21,6 +21,8 @@ Public functions (all inference-only, no autograd):
     gated_residual_modulated_norm_fp8(x, gate, y, shift, scale, eps=1e-6, y2=None) -> ([B, N, C], float8_e4m3fn [B, N, C],
         float32 [B, N])
     gated_residual(x, gate, y) -> [B, N, C]
+    linear_gated_residual(h, weight, bias, x, gate) -> [B, N, D] (x + gate * (h W^T + bias), one GEMM with the
+        residual in its epilogue)
     mixffn_middle(h, height, width, dw_weight, dw_bias) -> [B, N, Hd]
     rms_norm_affine(x, weight, bias, eps=1e-5, residual=None) -> [..., C]
     assemble_phases(y, skip=None, bias=None) -> [B, Cout, 2h, 2w] channels-last
@@ -63,6 +65,7 @@ if triton_available():
     from .gdn.triton import gdn_bidirectional
     from .linear_attention.triton import linear_attention
     from .linear_attention_rope.triton import linear_attention_rope
+    from .linear_residual.triton import linear_gated_residual
     from .mixffn.triton import mixffn_middle
     from .multiscale.triton import multiscale_projection
     from .modulation.triton import (gated_residual, gated_residual_modulated_norm, gated_residual_modulated_norm_fp8,
@@ -81,4 +84,4 @@ if triton_available():
     __all__ += ["linear_attention_rope", "modulated_layer_norm_fp8", "gated_residual_modulated_norm_fp8",
                 "fp8_linear_quantized"]
     __all__ += ["gdn_bidirectional", "short_conv", "ucpe", "silu_gate", "qk_prep", "temporal_conv", "text_attention",
-                "bias_activation", "multiscale_projection"]
+                "bias_activation", "multiscale_projection", "linear_gated_residual"]

@@ -189,6 +189,10 @@ class LinearSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, perturbed_rows: int = 0) -> torch.Tensor:
         """x [B, N, D] (or, before fp8 linears, its `QuantizedRows`) -> [B, N, D]. The last `perturbed_rows` rows get
         identity attention (PAG): out(v(x))."""
+        return ops.clip_fp16(self.out(self.attend(x, perturbed_rows)))
+
+    def attend(self, x: torch.Tensor, perturbed_rows: int = 0) -> torch.Tensor:
+        """The attention before the output projection (which the block may fuse with its residual add)."""
         keep = x.shape[0] - perturbed_rows
         q, k, v = self.qkv(x[:keep]).chunk(3, dim=-1)  # [b, N, D] each, views of one projection
         if self.norm_q is not None:
@@ -198,7 +202,7 @@ class LinearSelfAttention(nn.Module):
             dim = x.shape[-1]
             identity = linear_output_rows(self.qkv, x[keep:], 2 * dim, 3 * dim)  # v(x): [B - b, N, D]
             attended = torch.cat([attended, identity])
-        return ops.clip_fp16(self.out(attended))
+        return attended
 
 
 class CrossAttention(nn.Module):
@@ -223,11 +227,15 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, text: BlockText) -> torch.Tensor:
         """x [B, N, D], text: the block's view of the `TextContext` (bias [B, 1, 1, L] or None) -> [B, N, D]."""
+        return self.out(self.attend(x, text))
+
+    def attend(self, x: torch.Tensor, text: BlockText) -> torch.Tensor:
+        """The attention before the output projection: [B, N, h*d]."""
         q = self.q(x)  # [B, N, h*d]
         if self.norm_q is not None:
             q = self.norm_q(q)
         k, v = text.keys_values(self)
-        return self.out(ops.text_attention(q, k, v, self.heads, text.bias))
+        return ops.text_attention(q, k, v, self.heads, text.bias)
 
 
 # -- feed-forward -------------------------------------------------------------------------------------------
@@ -248,9 +256,12 @@ class MixFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """x [B, N, D] (N = height * width, row-major) -> [B, N, D]."""
+        return self.point(self.hidden(x, height, width))
+
+    def hidden(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The gated hidden activations before the last 1x1 conv: [B, N, Hd]."""
         h = self.inverted(x)  # [B, N, 2Hd]
-        h = ops.mixffn_middle(h, height, width, self.depthwise.weight, self.depthwise.bias)  # [B, N, Hd]
-        return self.point(h)
+        return ops.mixffn_middle(h, height, width, self.depthwise.weight, self.depthwise.bias)  # [B, N, Hd]
 
 
 # -- blocks and model ---------------------------------------------------------------------------------------
@@ -310,25 +321,28 @@ class SanaBlock(nn.Module):
             h = QuantizedRows(*ops.modulated_layer_norm_fp8(x, shift_msa, scale_msa, self.eps), x.dtype)
         elif h is None:
             h = ops.modulated_layer_norm(x, shift_msa, scale_msa, self.eps)  # [B, N, D]
-        x = ops.gated_residual(x, gate_msa, self.attn(h, perturbed_rows))
+        # The output projections feed residual adds: `ops.linear_gated_residual*` may fuse the two into one GEMM.
+        x = ops.linear_gated_residual(x, gate_msa, self.attn.attend(h, perturbed_rows), self.attn.out,
+                                      clip_output=True)
         if self.norm2 is None and isinstance(self.ff.inverted, Fp8Linear):
             x, q, row_scale = ops.gated_residual_modulated_norm_fp8(x, None, self.cross_attn(x, text), shift_mlp,
                                                                     scale_mlp, self.eps)
             h = QuantizedRows(q, row_scale, x.dtype)
         elif self.norm2 is None:  # the cross-attention's residual add and the FFN's norm in one pass
-            x, h = ops.gated_residual_modulated_norm(x, None, self.cross_attn(x, text), shift_mlp, scale_mlp,
-                                                     self.eps)
+            x, h = ops.linear_gated_residual_modulated_norm(x, None, self.cross_attn.attend(x, text),
+                                                            self.cross_attn.out, shift_mlp, scale_mlp, self.eps)
         else:
             x = x + self.cross_attn(x, text)
             h = ops.modulate(self.norm2(x), shift_mlp, scale_mlp)
-        y = self.ff(h, height, width)
+        hidden = self.ff.hidden(h, height, width)
         if next_modulation is None:
-            return ops.gated_residual(x, gate_mlp, y), None
+            return ops.linear_gated_residual(x, gate_mlp, hidden, self.ff.point), None
         next_norm = next_modulation[:2]  # the next block's (shift_msa, scale_msa)
         if next_fp8:
-            x, q, row_scale = ops.gated_residual_modulated_norm_fp8(x, gate_mlp, y, *next_norm, self.eps)
+            x, q, row_scale = ops.gated_residual_modulated_norm_fp8(x, gate_mlp, self.ff.point(hidden), *next_norm,
+                                                                    self.eps)
             return x, QuantizedRows(q, row_scale, x.dtype)
-        return ops.gated_residual_modulated_norm(x, gate_mlp, y, *next_norm, self.eps)
+        return ops.linear_gated_residual_modulated_norm(x, gate_mlp, hidden, self.ff.point, *next_norm, self.eps)
 
 
 def first_norm_modulation(block: nn.Module | None, t_mod: torch.Tensor,
