@@ -87,12 +87,16 @@ class RopeLinearSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [B, N, D], cos/sin [N, head_dim] -> [B, N, D]."""
+        return self.out(self.attend(x, cos, sin))
+
+    def attend(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The attention before the output projection (which the block may fuse with its residual add)."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # [B, N, D] each, views of one projection
         if self.norm_q is not None:
             # Folding these norms into the attention kernel (a per-token 1/rms pre-pass, rows normalised as
             # loaded) ran slower than the two norm kernels: 1.68 against 1.35 ms at 480p on an H200.
             q, k = self.norm_q(q), self.norm_k(k)
-        return self.out(ops.linear_attention_rope(q, k, v, cos, sin, self.heads))
+        return ops.linear_attention_rope(q, k, v, cos, sin, self.heads)
 
 
 class SanaVideoBlock(nn.Module):
@@ -141,8 +145,8 @@ class SanaVideoBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         fp8 = self.reads_fp8_rows
 
-        def grouped(t: torch.Tensor | None) -> torch.Tensor | None:  # [B, N, D] -> [G, B*N/G, D], a view
-            return None if t is None else t.view(g, -1, dim)
+        def grouped(t: torch.Tensor | None) -> torch.Tensor | None:  # [B, N, C] -> [G, B*N/G, C], a view
+            return None if t is None else t.view(g, -1, t.shape[-1])
 
         def rows(q: torch.Tensor, row_scale: torch.Tensor) -> QuantizedRows:  # grouped fp8 rows -> [B, N, D]
             return QuantizedRows(q.view(b, n, dim), row_scale.view(b, n), x.dtype)
@@ -151,15 +155,17 @@ class SanaVideoBlock(nn.Module):
             h = rows(*ops.modulated_layer_norm_fp8(grouped(x), shift_msa, scale_msa, self.eps))
         elif h is None:
             h = ops.modulated_layer_norm(grouped(x), shift_msa, scale_msa, self.eps).view(b, n, dim)
-        x = ops.gated_residual(grouped(x), gate_msa, grouped(self.attn(h, *rope))).view(b, n, dim)
+        # The output projections feed residual adds: `ops.linear_gated_residual*` may fuse the two into one GEMM.
+        x = ops.linear_gated_residual(grouped(x), gate_msa, grouped(self.attn.attend(h, *rope)),
+                                      self.attn.out).view(b, n, dim)
         if self.norm2 is None and fp8:
             x, q, row_scale = ops.gated_residual_modulated_norm_fp8(grouped(x), None, grouped(self.cross_attn(x, text)),
                                                                     shift_mlp, scale_mlp, self.eps)
             x = x.view(b, n, dim)
             h = rows(q, row_scale)
         elif self.norm2 is None:  # the cross-attention's residual add and the FFN's norm in one pass
-            x, h = ops.gated_residual_modulated_norm(grouped(x), None, grouped(self.cross_attn(x, text)),
-                                                     shift_mlp, scale_mlp, self.eps)
+            x, h = ops.linear_gated_residual_modulated_norm(grouped(x), None, grouped(self.cross_attn.attend(x, text)),
+                                                            self.cross_attn.out, shift_mlp, scale_mlp, self.eps)
             x, h = x.view(b, n, dim), h.view(b, n, dim)
         else:
             x = x + self.cross_attn(x, text)

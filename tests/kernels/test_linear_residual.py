@@ -51,7 +51,8 @@ def test_matches_reference(b, n, k, d, dtype, launch):
         assert rel_err(out, exact) <= 1.05 * rel_err(exact.to(dtype), exact) + 1e-6
 
 
-@pytest.mark.parametrize("bias, gate", [(False, True), (True, False), (False, False)], ids=["no-bias", "no-gate", "bare"])
+@pytest.mark.parametrize("bias, gate", [(False, True), (True, False), (False, False)],
+                         ids=["no-bias", "no-gate", "bare"])
 def test_bias_and_gate_are_optional(bias, gate):
     h, weight, b_, x, g = _inputs(2, 24, 40, 24, torch.float32, bias=bias, gate=gate)
     for launch in (LaunchShape(), LaunchShape(tma=True)):
@@ -164,4 +165,40 @@ def test_the_image_dit_with_fused_residuals_matches_it_without(mode, monkeypatch
         got = model(x, text, t, text_mask=mask)
     # "residual": each block's self-attention output and the last block's Mix-FFN output (no next norm to feed)
     assert len(calls) == (config.num_layers + 1 if mode == "residual" else 3 * config.num_layers)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_video_dit_with_fused_residuals_matches_it_without(monkeypatch):
+    """The video block's two attention outputs through the fused kernel, with a per-frame timestep (the gate is
+    then one row a frame's tokens, so tiles cross gate rows)."""
+    from sana.models.video_transformer import SanaVideoTransformer, VideoTransformerConfig
+
+    config = VideoTransformerConfig.from_dict(dict(
+        num_attention_heads=2, attention_head_dim=16, num_layers=2, num_cross_attention_heads=3,
+        cross_attention_head_dim=8, cross_attention_dim=32, caption_channels=20, mlp_ratio=3.0,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=64, in_channels=8, out_channels=6, sample_size=22,
+        patch_size=(1, 1, 1)))
+    torch.manual_seed(0)
+    model = SanaVideoTransformer(config).to(DEVICE).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.2 * torch.randn_like(p))
+    x = torch.randn(1, 8, 3, 5, 6, device=DEVICE)
+    text = torch.randn(1, 7, 20, device=DEVICE)
+    t = torch.tensor([[900.0, 500.0, 100.0]], device=DEVICE)  # per latent frame
+    calls = []
+
+    def run_fused(*args):
+        calls.append(1)
+        return linear_gated_residual(*args)
+
+    with torch.no_grad():
+        monkeypatch.setattr("sana.ops._linear_residual_mode", "off")
+        expected = model(x, text, t)
+        real = ops._kernel
+        monkeypatch.setattr("sana.ops._kernel", lambda name, *tensors: run_fused if name == "linear_gated_residual"
+                            else real(name, *tensors))
+        ops.set_linear_residual_kernel("all")
+        got = model(x, text, t)
+    assert len(calls) == 2 * config.num_layers
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -98,8 +98,10 @@ def sweep(name, dtype) -> None:
 def time_shape(name, dtype) -> tuple[str, int, dict[str, float]]:
     flops, nbytes = _flops_bytes(name, dtype)
     times = {form: median_ms(fn) for form, fn in _forms(name, dtype).items()}
-    print(f"{name}: relative error {_error(name, dtype):.2e} against fp32; GEMM {flops / times['cuBLAS GEMM'] / 1e9:.0f}"
-          f" TFLOP/s (cuBLAS), fused {flops / times['fused'] / 1e9:.0f} TFLOP/s with its epilogue")
+    gemm = flops / times["cuBLAS GEMM"] / 1e9
+    fused = flops / times["fused"] / 1e9
+    print(f"{name}: relative error {_error(name, dtype):.2e} against fp32; GEMM {gemm:.0f} TFLOP/s (cuBLAS), "
+          f"fused {fused:.0f} TFLOP/s with its epilogue")
     return name, nbytes, times
 
 

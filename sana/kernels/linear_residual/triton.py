@@ -81,7 +81,8 @@ def _bias_and_gate(acc, rows, cols, M, D, L, bias_ptr, gate_ptr, stride_gb,
     if HAS_GATE:
         if ONE_BATCH:  # L is a multiple of BLOCK_M: the whole tile is one batch element
             batch = tl.min(rows, axis=0) // L
-            acc *= tl.load(gate_ptr + batch.to(tl.int64) * stride_gb + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            gate = tl.load(gate_ptr + batch.to(tl.int64) * stride_gb + cols, mask=col_ok, other=0.0)
+            acc *= gate.to(tl.float32)[None, :]
         else:
             batch = (rows // L).to(tl.int64)
             mask = (rows < M)[:, None] & col_ok[None, :]
