@@ -59,7 +59,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 PENDING_TESTS=${PENDING_TESTS:-1}
 ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe rl-shift gpu-tests world-fp8 finetune-image
-     bench-image text-attention decoder-bias generate block-boundary profile-image levers prompt-keys)
+     bench-image text-attention decoder-bias generate block-boundary profile-image levers prompt-keys linear-residual)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05, gpu-tests, first-image,
 # decoder-bias, generate, text-attention, finetune-image, bench-image, block-boundary, profile-image, levers,
 # rl-shift and prompt-keys on 2026-12-06 (BENCHMARKS.md, NOTES.md); name a job to run it again.
@@ -237,8 +237,8 @@ run_job() {
     linear-residual)
         timed linear-residual 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rf tests/kernels/test_linear_residual.py \
                 tests/test_gpu_parity.py -k "linear_residual or linear-residual" \
-            ; timed linear-residual 240 "$PYTHON" -m sana.kernels.linear_residual.bench --sweep \
-                --shapes attn-out-1024 ffn-point-1024 attn-out-4096 ffn-point-4096 \
+            ; timed linear-residual 360 "$PYTHON" -m sana.kernels.linear_residual.bench --sweep \
+                --shapes attn-out-1024 ffn-point-1024 attn-out-4096 ffn-point-4096 attn-out-sprint \
             ; timed linear-residual 120 "$PYTHON" -m sana.kernels.linear_residual.bench \
             ; timed linear-residual 300 "$PYTHON" scripts/bench_dit_levers.py --lever linear-residual \
                 --px 1024 --px 2048 --px 4096 ;;

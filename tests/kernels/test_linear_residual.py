@@ -202,3 +202,14 @@ def test_the_video_dit_with_fused_residuals_matches_it_without(monkeypatch):
         got = model(x, text, t)
     assert len(calls) == 2 * config.num_layers
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_hopper_takes_the_swept_launch_shapes(monkeypatch):
+    from sana.kernels.linear_residual import triton as kernel
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert kernel._default_launch(torch.device("cuda"), 32768) == kernel.HOPPER_LAUNCH
+    assert kernel._default_launch(torch.device("cuda"), 2048) == kernel.HOPPER_LAUNCH_FEW_ROWS
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    assert kernel._default_launch(torch.device("cuda"), 32768) == LAUNCH_SHAPES[0]
+    assert kernel._default_launch(torch.device("cpu"), 32768) == LAUNCH_SHAPES[0]

@@ -12,6 +12,7 @@ optionally persistent (one program per SM walking the tiles) with warp specializ
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -36,17 +37,17 @@ class LaunchShape:
 
 TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
-# Hopper (compute capability 9+) takes the sweep's winner, other cards the first candidate below. The temporal
-# conv's implicit GEMM, the same loop, won with 128 x 256 tiles in three stages through descriptors (H100,
-# 2026-12-05); this GEMM's own sweep is `bench.py --sweep`.
-HOPPER_LAUNCH = LaunchShape(block_n=256, stages=3, tma=True)
+# Hopper (compute capability 9+) takes the sweep's winners (`bench.py --sweep`, H100, 2026-12-06, bf16): 128 x 256
+# tiles through descriptors, persistent, from 8192 token rows (2048 px and up), 128 x 128 below; other cards the
+# first candidate below. Even these reach only 0.84-0.91x cuBLAS's GEMM at 4096 px and 0.6x at 1024 px.
+HOPPER_LAUNCH = LaunchShape(block_n=256, stages=3, tma=True, persistent=True)
+HOPPER_LAUNCH_FEW_ROWS = LaunchShape(stages=4, tma=True)
 
 # Candidates for a sweep on a GPU.
 LAUNCH_SHAPES = (
     LaunchShape(),
     LaunchShape(block_n=256, stages=3),
     LaunchShape(block_n=256, stages=3, tma=True),
-    LaunchShape(block_n=256, stages=4, tma=True),
     LaunchShape(block_m=256, block_n=128, stages=3, tma=True),
     LaunchShape(stages=4, tma=True),
     LaunchShape(block_k=128, stages=3, tma=True),
@@ -194,7 +195,9 @@ def linear_gated_residual(h: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     rows_x = x.reshape(b * n, d)
     rows_out = out.view(b * n, d)
     m = b * n
-    shape = launch or _default_launch(x.device)
+    shape = launch or _default_launch(x.device, b * n)
+    if h.element_size() == 4:  # fp32 tiles take twice the shared memory a stage
+        shape = dataclasses.replace(shape, block_k=min(shape.block_k, 32), stages=min(shape.stages, 3))
     if interpreting():  # the interpreter runs one program at a time: small tiles keep CPU tests quick
         shape = LaunchShape(block_m=16, block_n=16, block_k=16, group_m=2, warps=1, stages=1, tma=shape.tma,
                             persistent=shape.persistent)
@@ -233,7 +236,7 @@ def linear_gated_residual(h: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return out
 
 
-def _default_launch(device: torch.device) -> LaunchShape:
+def _default_launch(device: torch.device, rows: int) -> LaunchShape:
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9:
-        return HOPPER_LAUNCH
+        return HOPPER_LAUNCH if rows >= 8192 else HOPPER_LAUNCH_FEW_ROWS
     return LAUNCH_SHAPES[0]
