@@ -7,7 +7,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -104,6 +104,31 @@ def check_fp8(device, dtype: str) -> None:
                          "drop --fp8")
     if dtype != "bf16":
         raise UsageError(f"--fp8 runs with bf16 activations, not {dtype}", "drop --dtype or pass --dtype bf16")
+
+
+def suggests_fp8(plan, fp8_plan: Callable[[], Any], *, fp8: bool, supported: bool) -> bool:
+    """Whether to suggest --fp8: not asked for, a GPU with fp8 GEMMs, bf16 activations, and the bf16 `plan` keeps
+    the transformer off the device (offloaded or streamed) where `fp8_plan()` (the same run with fp8 block weights,
+    made only when the rest holds) fits with it resident. Never switched on unasked: fp8 moves the output."""
+    if fp8 or not supported or plan.dtype != "bf16" or plan.home("transformer") == "device":
+        return False
+    with_fp8 = fp8_plan()
+    return with_fp8.fits and with_fp8.home("transformer") == "device"
+
+
+def note_fp8_would_fit(plan, device, transformer_config: dict, replan: Callable[[Any], Any], *, fp8: bool) -> None:
+    """One notice where --fp8 would keep on the GPU the transformer that `plan` moves off it (`suggests_fp8`);
+    `replan(sizes)` plans the same run for other component sizes."""
+    from sana.memory import with_fp8_blocks
+    from sana.ops import fp8_supported
+
+    def fp8_plan():
+        return replan(with_fp8_blocks(plan.sizes, transformer_config))
+
+    if suggests_fp8(plan, fp8_plan, fp8=fp8, supported=fp8_supported(device)):
+        now = "streaming its blocks" if plan.home("transformer") == "streamed" else "offloading it"
+        console.notice(f"--fp8 would keep the transformer on the GPU instead of {now} (faster; the output moves "
+                       "~3% from bf16's)")
 
 
 def check_fp8_early(flags: dict[str, Any]) -> None:
@@ -291,6 +316,12 @@ def run(flags: dict[str, Any], *, command: str) -> None:
         per_batch = max(len(r.seeds) for r, _ in requests)
     if fp8:
         check_fp8(device, plan.dtype)
+
+    def replan(other_sizes):
+        return plan_memory(info, other_sizes, plan.work, mode=memory_mode, max_vram=max_vram,
+                           dtype=flags.get("dtype") or "auto")
+
+    note_fp8_would_fit(plan, device, transformer_config_for(resolved, spec, transformer_path), replan, fp8=fp8)
     if max_vram is not None and not info.is_accelerator:
         console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
     if dry_run:

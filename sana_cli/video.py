@@ -249,10 +249,16 @@ def run(flags: dict[str, Any]) -> None:
                        vae_dtype=flags.get("vae_dtype") or "auto")
     if max_vram is not None and not info.is_accelerator:
         console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
-    if fp8:
-        from .gen import check_fp8
+    from .gen import check_fp8, note_fp8_would_fit
 
+    if fp8:
         check_fp8(device, plan.dtype)
+
+    def replan(other_sizes):
+        return plan_memory(info, other_sizes, plan.work, mode=memory_mode, max_vram=max_vram,
+                           dtype=flags.get("dtype") or "auto", vae_dtype=flags.get("vae_dtype") or "auto")
+
+    note_fp8_would_fit(plan, device, t_config, replan, fp8=fp8)
     if dry_run:
         print_dry_run(model_arg, requests, generated, formats, plan)
         return

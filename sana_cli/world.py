@@ -269,19 +269,26 @@ def run(flags: dict[str, Any]) -> None:
     info = probe_device(device)
     sizes = component_sizes(resolved, spec, None)
     fp8 = bool(flags.get("fp8"))
+    t_config = {"_class_name": "SanaWMTransformer3DModel",
+                **(_transformer_config(resolved) or (spec.transformer if spec else {}))}
     if fp8:  # the planner counts the block linears at a byte a weight
         from sana.memory import with_fp8_blocks
 
-        sizes = with_fp8_blocks(sizes, {"_class_name": "SanaWMTransformer3DModel",
-                                        **(_transformer_config(resolved) or spec.transformer)})
-    plan = plan_memory(info, sizes, work, mode=memory_mode, max_vram=max_vram, dtype=flags.get("dtype") or "auto")
+        sizes = with_fp8_blocks(sizes, t_config)
+
+    def replan(other_sizes):
+        return plan_memory(info, other_sizes, work, mode=memory_mode, max_vram=max_vram,
+                           dtype=flags.get("dtype") or "auto")
+
+    plan = replan(sizes)
     plan = dataclasses.replace(plan, cuda_graphs=False)  # the world DiT's step is not graph-captured
     if max_vram is not None and not info.is_accelerator:
         console.notice("--max-vram caps GPU memory; this run uses the CPU, so it has no effect")
-    if fp8:
-        from .gen import check_fp8
+    from .gen import check_fp8, note_fp8_would_fit
 
+    if fp8:
         check_fp8(device, plan.dtype)
+    note_fp8_would_fit(plan, device, t_config, replan, fp8=fp8)
     if dry_run and console.settings.json:
         from .generation import plan_json
 

@@ -54,10 +54,12 @@ class Fp8Linear(nn.Module):
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Fp8Linear":
-        """Quantize `linear`'s weight per output row (amax -> 448); the bias keeps its dtype."""
-        weight_fp8, weight_scale = quantize_fp8_rows_reference(linear.weight.detach())
-        bias = None if linear.bias is None else linear.bias.detach().clone()
+    def from_linear(cls, linear: nn.Linear, device: torch.device | str | None = None) -> "Fp8Linear":
+        """Quantize `linear`'s weight per output row (amax -> 448); the bias keeps its dtype. With `device`, the
+        weight is copied there first and quantized there: the same rows give the same bits wherever they are."""
+        weight = linear.weight.detach()
+        weight_fp8, weight_scale = quantize_fp8_rows_reference(weight if device is None else weight.to(device))
+        bias = None if linear.bias is None else linear.bias.detach().to(device=device, copy=True)
         return cls(weight_fp8, weight_scale, bias)
 
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
@@ -75,11 +77,14 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 rowwise"
 
 
-def quantize_blocks_fp8(transformer: nn.Module) -> int:
+def quantize_blocks_fp8(transformer: nn.Module, device: torch.device | str | None = None) -> int:
     """Replace every block's image-token linears with `Fp8Linear`s in place; returns how many were replaced.
 
     A linear whose sides are not multiples of 16 (tiny test configs) stays as it is: cuBLAS's fp8 GEMM needs
     them. Each bf16 weight is freed as soon as its fp8 copy exists, so the peak is one linear above the model.
+    With `device` (the model in host memory), each linear is copied there and quantized there, and only its fp8
+    form stays: the device holds the fp8 linears and one bf16 weight at a time, never the bf16 model; the rest
+    of the model stays where it is (`sana.loading.fp8` moves it after). None quantizes each linear where it is.
     """
     replaced = 0
     for block in transformer.blocks:
@@ -88,7 +93,7 @@ def quantize_blocks_fp8(transformer: nn.Module) -> int:
             linear = getattr(parent, name, None)  # None: this block has no such linear (e.g. no camera branch)
             if not isinstance(linear, nn.Linear) or linear.in_features % 16 or linear.out_features % 16:
                 continue
-            setattr(parent, name, Fp8Linear.from_linear(linear))
+            setattr(parent, name, Fp8Linear.from_linear(linear, device))
             replaced += 1
     transformer.fp8 = replaced > 0
     return replaced

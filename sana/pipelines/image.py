@@ -116,7 +116,9 @@ class ImagePipeline(PlacedPipeline):
         With `plan`, each component loads where the plan keeps it (the device, or host memory for offloaded and
         streamed ones, or the CPU in the plan's text-encoder dtype), so nothing larger than the plan allows ever
         reaches the device; the plan's `cuda_graphs` replaces the argument. `fp8` quantizes the DiT's block linears
-        to fp8 after load (`sana.models.fp8`; fast on GPUs of compute capability 8.9+ with bf16 activations).
+        to fp8 (`sana.models.fp8`; fast on GPUs of compute capability 8.9+ with bf16 activations); where the plan
+        keeps the DiT on the device, they are quantized there one at a time from a load to host memory, so the
+        device never holds the bf16 DiT (`sana.loading.fp8`).
 
         The components load side by side (`load_together`). With `warm_for` (the first image's width and height)
         on a CUDA device, the text encoder and the VAE decoder, once loaded, each run once at that image's shapes
@@ -128,6 +130,7 @@ class ImagePipeline(PlacedPipeline):
         """
         from ..device import DTYPES
         from ..loading import load_transformer
+        from ..loading.fp8 import load_fp8
 
         index = model_index(model_dir)
         family = family or family_from_index(index) or "sana"
@@ -141,15 +144,12 @@ class ImagePipeline(PlacedPipeline):
         def dit():
             weights = model_dir if transformer_path is None else Path(transformer_path).expanduser()
             config = read_json(model_dir / "transformer" / "config.json") if weights.is_file() else None
-            transformer = load_transformer(weights, dtype=dtype, device=load_device("transformer"), config=config,
-                                           variant=variant, loras=list(loras))
-            if fp8:
-                from ..loading.files import BUILD_LOCK
-                from ..models.fp8 import quantize_blocks_fp8
 
-                with BUILD_LOCK:  # new parameters
-                    quantize_blocks_fp8(transformer)
-            return transformer
+            def load(where):
+                return load_transformer(weights, dtype=dtype, device=where, config=config, variant=variant,
+                                        loras=list(loras))
+
+            return load_fp8(load, load_device("transformer")) if fp8 else load(load_device("transformer"))
 
         @torch.no_grad()
         def warm_text_encoder(encoder):

@@ -118,10 +118,11 @@ class VideoPipeline(PlacedPipeline):
         """Load every component of a diffusers-format SANA-Video folder (text to video or image to video: the
         same weights); `transformer_path` swaps in other DiT weights read with the folder's transformer config.
         With `plan`, each component loads where the plan keeps it, in the plan's dtypes (and the plan's
-        `cuda_graphs` replaces the argument). `fp8` quantizes the DiT's block linears to fp8 after load, as
-        `ImagePipeline.from_pretrained` does."""
+        `cuda_graphs` replaces the argument). `fp8` quantizes the DiT's block linears to fp8 as
+        `ImagePipeline.from_pretrained` does (`sana.loading.fp8`)."""
         from ..device import DTYPES
         from ..loading import load_transformer
+        from ..loading.fp8 import load_fp8
         from ..models.video_transformer import SanaVideoTransformer
 
         family = family_from_index(model_index(model_dir))
@@ -137,17 +138,15 @@ class VideoPipeline(PlacedPipeline):
         def dit():
             weights = Path(transformer_path).expanduser() if transformer_path else model_dir
             config = read_json(model_dir / "transformer" / "config.json") if weights.is_file() else None
-            transformer = load_transformer(weights, dtype=dtype, device=load_device("transformer"), config=config,
-                                           variant=variant, loras=list(loras))
-            if not isinstance(transformer, SanaVideoTransformer):
-                raise SanaError(f"{weights} does not hold a SANA-Video transformer")
-            if fp8:
-                from ..loading.files import BUILD_LOCK
-                from ..models.fp8 import quantize_blocks_fp8
 
-                with BUILD_LOCK:  # new parameters
-                    quantize_blocks_fp8(transformer)
-            return transformer
+            def load(where):
+                transformer = load_transformer(weights, dtype=dtype, device=where, config=config, variant=variant,
+                                               loras=list(loras))
+                if not isinstance(transformer, SanaVideoTransformer):
+                    raise SanaError(f"{weights} does not hold a SANA-Video transformer")
+                return transformer
+
+            return load_fp8(load, load_device("transformer")) if fp8 else load(load_device("transformer"))
 
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
         vae_dtype = DTYPES[plan.vae_dt] if plan is not None else dtype

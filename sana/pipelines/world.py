@@ -120,10 +120,11 @@ class WorldPipeline(PlacedPipeline):
     def from_pretrained(cls, model_dir: Path, *, dtype: torch.dtype, device: torch.device | str,
                         variant: str | None = None, plan=None, fp8: bool = False) -> "WorldPipeline":
         """Load every component of a diffusers-format SANA-WM folder (`SanaWMPipeline`). With `plan`, each component
-        loads where the plan keeps it, in the plan's dtypes. `fp8` quantizes the DiT's block linears to fp8 after
-        load (`WorldBlock.FP8_LINEARS`), as the image and video pipelines do."""
+        loads where the plan keeps it, in the plan's dtypes. `fp8` quantizes the DiT's block linears to fp8
+        (`WorldBlock.FP8_LINEARS`) as the image and video pipelines do (`sana.loading.fp8`)."""
         from ..device import DTYPES
         from ..loading import load_world_transformer
+        from ..loading.fp8 import load_fp8
 
         family = family_from_index(model_index(model_dir))
         if family != "wm":
@@ -137,15 +138,10 @@ class WorldPipeline(PlacedPipeline):
         text_dtype = DTYPES[plan.te_dtype] if plan is not None else dtype
         vae_dtype = DTYPES[plan.vae_dt] if plan is not None else dtype
         def dit():
-            transformer = load_world_transformer(model_dir, dtype=dtype, device=load_device("transformer"),
-                                                 variant=variant)
-            if fp8:
-                from ..loading.files import BUILD_LOCK
-                from ..models.fp8 import quantize_blocks_fp8
+            def load(where):
+                return load_world_transformer(model_dir, dtype=dtype, device=where, variant=variant)
 
-                with BUILD_LOCK:  # new parameters
-                    quantize_blocks_fp8(transformer)
-            return transformer
+            return load_fp8(load, load_device("transformer")) if fp8 else load(load_device("transformer"))
 
         loaded = load_together({
             "transformer": dit,
