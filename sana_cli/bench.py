@@ -13,7 +13,8 @@ from rich.table import Table
 
 from . import console
 
-KERNEL_BENCHES = ("linear_attention", "modulation", "mixffn", "rms_norm", "upsample", "fp8", "text_attention")
+KERNEL_BENCHES = ("linear_attention", "modulation", "mixffn", "rms_norm", "upsample", "fp8", "text_attention",
+                  "linear_residual")
 
 
 def bench(

@@ -62,7 +62,7 @@ ALL=(lora-video temporal-conv first-image bench-video rl rl-recipe rl-shift gpu-
      bench-image text-attention decoder-bias generate block-boundary profile-image levers prompt-keys linear-residual)
 # lora-video, the temporal conv's sweep, bench-video and world-fp8 ran on 2026-12-05, gpu-tests, first-image,
 # decoder-bias, generate, text-attention, finetune-image, bench-image, block-boundary, profile-image, levers,
-# rl-shift and prompt-keys on 2026-12-06 (BENCHMARKS.md, NOTES.md); name a job to run it again.
+# rl-shift, prompt-keys and linear-residual on 2026-12-06 (BENCHMARKS.md, NOTES.md); name a job to run it again.
 DEFAULT=(generate)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
