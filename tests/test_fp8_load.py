@@ -73,15 +73,18 @@ def test_quantizing_on_a_device_leaves_the_rest_of_the_model_where_it_is(model_d
 
 # -- load_fp8 -------------------------------------------------------------------------------------------------
 
-def test_load_fp8_reads_to_the_host_and_ends_on_the_device(model_dir):
-    """A device other than the CPU (meta here, a GPU in use): the load goes to the host, the model to the device."""
-    asked = []
-
+def recording_loader(model_dir, asked: list):
+    """`load(where)` for `load_fp8`, noting each place it is asked to load to."""
     def load(where):
         asked.append(where)
         return load_transformer(model_dir, dtype=torch.bfloat16, device=where)
+    return load
 
-    model = load_fp8(load, "meta")
+
+def test_load_fp8_reads_to_the_host_and_ends_on_the_device(model_dir):
+    """A device other than the CPU (meta here, a GPU in use): the load goes to the host, the model to the device."""
+    asked = []
+    model = load_fp8(recording_loader(model_dir, asked), "meta")
     assert asked == ["cpu"]
     assert model.fp8 and len(replaced_linears(model)) == 0
     assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
@@ -90,12 +93,7 @@ def test_load_fp8_reads_to_the_host_and_ends_on_the_device(model_dir):
 
 def test_load_fp8_on_the_cpu_loads_and_quantizes_there(model_dir):
     asked = []
-
-    def load(where):
-        asked.append(where)
-        return load_transformer(model_dir, dtype=torch.bfloat16, device=where)
-
-    model = load_fp8(load, "cpu")
+    model = load_fp8(recording_loader(model_dir, asked), "cpu")
     expected = load_transformer(model_dir, dtype=torch.bfloat16)
     quantize_blocks_fp8(expected)
     assert asked == ["cpu"]

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .._common import check_device, check_float, check_last_dim_contiguous, interpreting
+from .._gemm import TL_DTYPES, accumulate_k, grouped_tile
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,6 @@ class LaunchShape:
     persistent: bool = False  # one program per SM walking the tiles (descriptor form only)
     warp_specialize: bool = False  # loads and MMAs in warps of their own (descriptor form, persistent)
 
-
-TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 # Hopper (compute capability 9+) takes the sweep's winners (`bench.py --sweep`, H100, 2026-12-06, bf16): 128 x 256
 # tiles through descriptors, persistent, from 8192 token rows (2048 px and up), 128 x 128 below; other cards the
@@ -59,17 +58,6 @@ LAUNCH_SHAPES = (
     LaunchShape(stages=4, tma=True, persistent=True, warp_specialize=True),
     LaunchShape(block_n=256, group_m=16, stages=3, tma=True, persistent=True),
 )
-
-
-@triton.jit
-def _tile(pid, M, D, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Tile `pid` -> its (row block, column block), in groups of GROUP_M row blocks, so the programs running
-    together share their rows and weights in L2."""
-    num_n = tl.cdiv(D, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
-    return first_m + (pid % per_group) % group_rows, (pid % per_group) // group_rows
 
 
 @triton.jit
@@ -101,7 +89,7 @@ def _linear_residual_kernel(
     GROUP_M: tl.constexpr,
 ):
     """Program p: out[rows, cols] for BLOCK_M token rows (of all B * N) and BLOCK_N output channels."""
-    pid_m, pid_n = _tile(tl.program_id(0), M, D, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, D, BLOCK_M, BLOCK_N, GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = tl.arange(0, BLOCK_K)
@@ -109,17 +97,7 @@ def _linear_residual_kernel(
     a_ptrs = h_ptr + rows[:, None].to(tl.int64) * stride_hm + ks[None, :]  # [BLOCK_M, BLOCK_K]
     w_ptrs = w_ptr + cols[None, :].to(tl.int64) * stride_wd + ks[:, None]  # [BLOCK_K, BLOCK_N]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
-        else:
-            k_ok = (k0 + ks) < K
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a, w, acc, input_precision=PRECISION)
-        a_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
+    acc = accumulate_k(acc, a_ptrs, w_ptrs, row_ok, col_ok, K, EVEN_K, PRECISION, BLOCK_K)
 
     acc = _bias_and_gate(acc, rows, cols, M, D, L, bias_ptr, gate_ptr, stride_gb, HAS_BIAS, HAS_GATE, ONE_BATCH)
     mask = row_ok[:, None] & col_ok[None, :]
@@ -141,7 +119,7 @@ def _linear_residual_tma_kernel(
     when PROGRAMS is the tile count)."""
     tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(D, BLOCK_N)
     for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, warp_specialize=WARP_SPECIALIZE):
-        pid_m, pid_n = _tile(tile, M, D, BLOCK_M, BLOCK_N, GROUP_M)
+        pid_m, pid_n = grouped_tile(tile, M, D, BLOCK_M, BLOCK_N, GROUP_M)
         m0 = pid_m * BLOCK_M
         n0 = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .._common import check_device, check_float, check_last_dim_contiguous, interpreting
+from .._gemm import TL_DTYPES, accumulate_k, grouped_tile
 from .reference import pack_weight
 
 
@@ -33,8 +34,6 @@ class LaunchShape:
     stages: int = 4
     tma: bool = False  # tiles through tensor descriptors (Hopper's TMA; the frame shifts' zero rows come free)
 
-
-TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 # The sweep's winner on an H100 (2026-12-05, bf16, the 2B model at 480p and 720p: 1.20x and 1.27x cuDNN's conv +
 # add; the first candidate below ran at 0.88x): 128 x 256 tiles in three stages through tensor descriptors. TMA is
@@ -58,17 +57,6 @@ LAUNCH_SHAPES = (
 
 
 @triton.jit
-def _tile(pid, N, C_OUT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Program `pid` -> its (row block, column block), in groups of GROUP_M row blocks, so the programs running
-    together share their rows and weights in L2."""
-    num_n = tl.cdiv(C_OUT, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(tl.cdiv(N, BLOCK_M) - first_m, GROUP_M)
-    return first_m + (pid % per_group) % group_rows, (pid % per_group) // group_rows
-
-
-@triton.jit
 def _temporal_conv_kernel(
     y_ptr, w_ptr, out_ptr,
     N, S, C, C_OUT,
@@ -77,7 +65,7 @@ def _temporal_conv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """Program (tile, b): out[b, rows, cols] for BLOCK_M token rows and BLOCK_N output channels of clip b."""
-    pid_m, pid_n = _tile(tl.program_id(0), N, C_OUT, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), N, C_OUT, BLOCK_M, BLOCK_N, GROUP_M)
     b = tl.program_id(1)
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -91,17 +79,7 @@ def _temporal_conv_kernel(
         row_ok = (src >= 0) & (src < N) & (rows < N)  # frames outside the clip are zero padding
         a_ptrs = y_clip + src[:, None].to(tl.int64) * stride_yn + ks[None, :]
         w_ptrs = w_ptr + tap * stride_wt + cols[None, :].to(tl.int64) * stride_wn + ks[:, None]  # [BLOCK_K, BLOCK_N]
-        for k0 in range(0, C, BLOCK_K):
-            if EVEN_K:
-                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-                w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
-            else:
-                k_ok = (k0 + ks) < C
-                a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc = tl.dot(a, w, acc, input_precision=PRECISION)
-            a_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
+        acc = accumulate_k(acc, a_ptrs, w_ptrs, row_ok, col_ok, C, EVEN_K, PRECISION, BLOCK_K)
 
     dtype = out_ptr.dtype.element_ty
     out = acc.to(dtype)  # the conv rounded once, as cuDNN rounds it
@@ -123,7 +101,7 @@ def _temporal_conv_tma_kernel(
     """`_temporal_conv_kernel` through tensor descriptors over [B, N, C] (y, the output) and [3, C_out, C] (the
     weight): a tap's rows S before or after the tile start at a negative row or run past N, and the descriptor
     fills those rows (the frames outside the clip) with zeros, as it does the K and column tails."""
-    pid_m, pid_n = _tile(tl.program_id(0), N, C_OUT, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), N, C_OUT, BLOCK_M, BLOCK_N, GROUP_M)
     b = tl.program_id(1)
     m0 = pid_m * BLOCK_M
     n0 = pid_n * BLOCK_N
