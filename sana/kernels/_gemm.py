@@ -1,13 +1,29 @@
 """Pieces the Triton GEMMs share (the temporal conv's implicit GEMM, the linear with the residual in its epilogue):
-the tile order and the output dtypes as Triton names them."""
+the launch shape, the tile order, the K loop and the output dtypes as Triton names them."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+@dataclass(frozen=True)
+class LaunchShape:
+    """A GEMM's tile shape and schedule: [block_m, block_n] output tiles over K steps of block_k, GROUP_M row
+    blocks a group (`grouped_tile`), the warps and pipeline stages of a program."""
+
+    block_m: int = 128
+    block_n: int = 128
+    block_k: int = 64
+    group_m: int = 8
+    warps: int = 8
+    stages: int = 4
+    tma: bool = False  # tiles through tensor descriptors (Hopper's TMA)
 
 
 @triton.jit

@@ -21,17 +21,11 @@ import triton.language as tl
 
 from .._common import check_device, check_float, check_last_dim_contiguous, interpreting
 from .._gemm import TL_DTYPES, accumulate_k, grouped_tile
+from .._gemm import LaunchShape as GemmLaunch
 
 
 @dataclass(frozen=True)
-class LaunchShape:
-    block_m: int = 128
-    block_n: int = 128
-    block_k: int = 64
-    group_m: int = 8
-    warps: int = 8
-    stages: int = 4
-    tma: bool = False  # tiles through tensor descriptors (Hopper's TMA)
+class LaunchShape(GemmLaunch):
     persistent: bool = False  # one program per SM walking the tiles (descriptor form only)
     warp_specialize: bool = False  # loads and MMAs in warps of their own (descriptor form, persistent)
 

@@ -13,26 +13,13 @@ The weight is read as [3, C_out, C] (each tap's [C_out, C] contiguous along C, l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from .._common import check_device, check_float, check_last_dim_contiguous, interpreting
-from .._gemm import TL_DTYPES, accumulate_k, grouped_tile
+from .._gemm import TL_DTYPES, LaunchShape, accumulate_k, grouped_tile
 from .reference import pack_weight
-
-
-@dataclass(frozen=True)
-class LaunchShape:
-    block_m: int = 128
-    block_n: int = 128
-    block_k: int = 64
-    group_m: int = 8
-    warps: int = 8
-    stages: int = 4
-    tma: bool = False  # tiles through tensor descriptors (Hopper's TMA; the frame shifts' zero rows come free)
 
 
 # The sweep's winner on an H100 (2026-12-05, bf16, the 2B model at 480p and 720p: 1.20x and 1.27x cuDNN's conv +
