@@ -3,6 +3,7 @@ the launch shape, the tile order, the K loop and the output dtypes as Triton nam
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,12 @@ class LaunchShape:
     warps: int = 8
     stages: int = 4
     tma: bool = False  # tiles through tensor descriptors (Hopper's TMA)
+
+    def for_element_size(self, size: int) -> "LaunchShape":
+        """fp32 tiles take twice the shared memory a stage: K steps of at most 32 in at most three stages."""
+        if size < 4:
+            return self
+        return dataclasses.replace(self, block_k=min(self.block_k, 32), stages=min(self.stages, 3))
 
 
 @triton.jit

@@ -12,7 +12,6 @@ optionally persistent (one program per SM walking the tiles) with warp specializ
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -167,9 +166,7 @@ def linear_gated_residual(h: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     rows_x = x.reshape(b * n, d)
     rows_out = out.view(b * n, d)
     m = b * n
-    shape = launch or _default_launch(x.device, b * n)
-    if h.element_size() == 4:  # fp32 tiles take twice the shared memory a stage
-        shape = dataclasses.replace(shape, block_k=min(shape.block_k, 32), stages=min(shape.stages, 3))
+    shape = (launch or _default_launch(x.device, b * n)).for_element_size(h.element_size())
     if interpreting():  # the interpreter runs one program at a time: small tiles keep CPU tests quick
         shape = LaunchShape(block_m=16, block_n=16, block_k=16, group_m=2, warps=1, stages=1, tma=shape.tma,
                             persistent=shape.persistent)

@@ -143,7 +143,7 @@ def temporal_conv(y: torch.Tensor, weight: torch.Tensor, tokens_per_frame: int, 
     out = torch.empty((b, n, c_out), device=y.device, dtype=y.dtype)
     if out.numel() == 0:
         return out
-    shape = launch or _default_launch(y.device)
+    shape = (launch or _default_launch(y.device)).for_element_size(y.element_size())
     if interpreting():  # the interpreter runs one program at a time: small tiles keep CPU tests quick
         shape = LaunchShape(block_m=16, block_n=16, block_k=16, group_m=2, warps=1, stages=1, tma=shape.tma)
     grid = (triton.cdiv(n, shape.block_m) * triton.cdiv(c_out, shape.block_n), b)
