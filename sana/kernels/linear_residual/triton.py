@@ -137,7 +137,8 @@ def linear_gated_residual(h: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         bias: [D] or None.
         x: [B, N, D], the residual stream (last dim contiguous).
         gate: [B, 1, D] (any batch stride, channels contiguous) or None for 1.
-        launch: the tile shape (default: `HOPPER_LAUNCH` on compute capability 9+, else `LAUNCH_SHAPES[0]`).
+        launch: the tile shape (default on compute capability 9+: `HOPPER_LAUNCH` from 8192 token rows,
+            `HOPPER_LAUNCH_FEW_ROWS` below; else `LAUNCH_SHAPES[0]`).
 
     Returns:
         [B, N, D] contiguous in x's dtype (a new tensor: x is left as it is).
