@@ -14,6 +14,7 @@ holds the loop, validation and `run`.
 
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import time
@@ -295,6 +296,12 @@ def run_trainer(trainer_class: type[Trainer], cfg: TrainConfig, *, resume: bool 
         distributed.barrier(trainer.world)
         return result
     finally:
+        # The model, optimizer and FSDP state go while the group and the interpreter are alive: work handles they
+        # still hold, freed during the interpreter's finalization after the group is gone, abort a gloo rank at
+        # exit with the same message (seen again under load after the barrier above).
+        world, trainer = trainer.world, None
+        if world.distributed:
+            gc.collect()
         distributed.teardown()
 
 
